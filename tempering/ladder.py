@@ -1,0 +1,238 @@
+"""The ladder: per-rung hyperparameter values and temperatures.
+
+Rung 0 is the coldest (least noise); rung ``r + 1`` is hotter than rung ``r``.
+The temperature of a rung follows the noise its hyperparameters inject into
+SGD (Pushkarov et al. 2019, section 2): a learning rate ``lr`` has
+``T = lr``; a dropout rate ``q`` (keep probability ``p = 1 - q``) has
+``T = 1 / p``. A ladder over several hyperparameters at once needs explicit
+temperatures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "HYPERPARAMETERS",
+    "Ladder",
+    "default_temperature",
+    "geometric_ladder",
+    "linear_ladder",
+    "make_ladder",
+]
+
+HYPERPARAMETERS = ("learning_rate", "dropout_rate")
+
+
+class Ladder(NamedTuple):
+    """Hyperparameter values and temperatures of the M rungs, coldest first."""
+
+    values: dict[str, jax.Array]  # name -> shape=(M,), dtype=float32
+    temperatures: jax.Array  # shape=(M,), dtype=float32, strictly increasing
+
+    @property
+    def betas(self) -> jax.Array:
+        """Inverse temperatures ``1 / T``, shape ``(M,)``, decreasing."""
+        return 1.0 / self.temperatures
+
+    @property
+    def num_rungs(self) -> int:
+        """Number of rungs M."""
+        return int(self.temperatures.shape[0])
+
+
+def default_temperature(name: str, values: np.ndarray) -> np.ndarray:
+    """Temperature of each value of one hyperparameter (paper, section 2).
+
+    Args:
+        name: ``"learning_rate"`` (``T = lr``) or ``"dropout_rate"``
+            (``T = 1 / (1 - q)``).
+        values: the hyperparameter values, shape ``(M,)``.
+
+    Returns:
+        The temperatures, shape ``(M,)``.
+    """
+    values = np.asarray(values, np.float64)
+    if name == "learning_rate":
+        return values
+    if name == "dropout_rate":
+        return 1.0 / (1.0 - values)
+    raise ValueError(f"no default temperature for {name!r}; pass temperatures=")
+
+
+def _check_values(name: str, values: np.ndarray) -> None:
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} has non-finite values {values.tolist()}")
+    if name == "learning_rate" and np.any(values <= 0):
+        raise ValueError(
+            f"learning_rate must be > 0 on every rung, got {values.tolist()}"
+        )
+    if name == "dropout_rate" and np.any((values < 0) | (values >= 1)):
+        raise ValueError(
+            f"dropout_rate must lie in [0, 1) on every rung, got {values.tolist()}"
+        )
+
+
+def make_ladder(
+    values: Mapping[str, ArrayLike] | None = None,
+    *,
+    temperatures: ArrayLike | None = None,
+    **kwargs: ArrayLike,
+) -> Ladder:
+    """Builds a validated ladder, rungs sorted from coldest to hottest.
+
+    Each hyperparameter is given as one value per rung, or as a scalar shared
+    by every rung. Without ``temperatures``, exactly one hyperparameter may vary
+    across rungs and sets the temperatures by :func:`default_temperature`.
+
+    Args:
+        values: mapping from hyperparameter name to values; names in
+            :data:`HYPERPARAMETERS`. May also be given as keyword arguments.
+        temperatures: optional explicit temperatures, one per rung, > 0.
+        **kwargs: hyperparameter values, as in ``values``.
+
+    Returns:
+        A :class:`Ladder` whose rungs are ordered by increasing temperature.
+
+    Raises:
+        ValueError: fewer than 2 rungs, non-finite values, ``learning_rate <= 0``,
+            ``dropout_rate`` outside ``[0, 1)``, lengths that differ, duplicate
+            temperatures, or an unknown hyperparameter name.
+
+    Example:
+        >>> ladder = make_ladder(learning_rate=[0.01, 0.02, 0.04])
+        >>> ladder.betas  # 1 / lr
+        Array([100.,  50.,  25.], dtype=float32)
+    """
+    given = dict(values or {}, **kwargs)
+    if not given:
+        raise ValueError(
+            "make_ladder needs at least one hyperparameter, e.g. "
+            "make_ladder(learning_rate=[0.01, 0.02, 0.04])"
+        )
+    unknown = sorted(set(given) - set(HYPERPARAMETERS))
+    if unknown:
+        raise ValueError(
+            f"unknown hyperparameter(s) {unknown}; the ladder supports {HYPERPARAMETERS}"
+        )
+    arrays = {name: np.asarray(v, np.float64) for name, v in given.items()}
+    for name, arr in arrays.items():
+        if arr.ndim > 1:
+            raise ValueError(f"{name} must be a scalar or 1-D, got shape {arr.shape}")
+    lengths = {name: arr.size for name, arr in arrays.items() if arr.ndim == 1}
+    if temperatures is not None:
+        temps = np.asarray(temperatures, np.float64)
+        if temps.ndim != 1:
+            raise ValueError(f"temperatures must be 1-D, got shape {temps.shape}")
+        lengths["temperatures"] = temps.size
+    if len(set(lengths.values())) > 1:
+        raise ValueError(
+            f"mismatched ladder lengths {lengths}; give one value per rung"
+        )
+    num_rungs = next(iter(lengths.values()), 1)
+    if num_rungs < 2:
+        raise ValueError(
+            f"a ladder needs at least 2 rungs, got {num_rungs}; give each "
+            "hyperparameter as a list of values, one per rung"
+        )
+    arrays = {name: np.broadcast_to(arr, (num_rungs,)) for name, arr in arrays.items()}
+    for name, arr in arrays.items():
+        _check_values(name, arr)
+
+    if temperatures is None:
+        varying = [name for name, arr in arrays.items() if np.ptp(arr) > 0]
+        if len(varying) != 1:
+            raise ValueError(
+                "temperatures is required when "
+                + ("no hyperparameter varies" if not varying else f"{varying} all vary")
+                + " across rungs; pass temperatures=[...] (one per rung, > 0)"
+            )
+        temps = default_temperature(varying[0], arrays[varying[0]])
+    if not np.all(np.isfinite(temps)) or np.any(temps <= 0):
+        raise ValueError(f"temperatures must be finite and > 0, got {temps.tolist()}")
+    order = np.argsort(temps, kind="stable")
+    temps = temps[order]
+    if np.any(np.diff(temps) <= 0):
+        raise ValueError(
+            f"duplicate temperatures {temps.tolist()}: every rung needs its own "
+            "temperature (its own hyperparameter value)"
+        )
+    return Ladder(
+        values={
+            name: jnp.asarray(arr[order], jnp.float32) for name, arr in arrays.items()
+        },
+        temperatures=jnp.asarray(temps, jnp.float32),
+    )
+
+
+def _spaced_ladder(spacing, name, low, high, num_rungs, temperatures, fixed) -> Ladder:
+    if not isinstance(num_rungs, int | np.integer) or num_rungs < 2:
+        raise ValueError(f"num_rungs must be an int >= 2, got {num_rungs!r}")
+    if name not in HYPERPARAMETERS:
+        raise ValueError(
+            f"unknown hyperparameter {name!r}; supported: {HYPERPARAMETERS}"
+        )
+    values = spacing(low, high, num_rungs)
+    return make_ladder({name: values, **fixed}, temperatures=temperatures)
+
+
+def linear_ladder(
+    name: str,
+    low: float,
+    high: float,
+    num_rungs: int,
+    *,
+    temperatures: ArrayLike | None = None,
+    **fixed: ArrayLike,
+) -> Ladder:
+    """A ladder with ``num_rungs`` linearly spaced values of one hyperparameter.
+
+    Args:
+        name: the hyperparameter that varies, e.g. ``"learning_rate"``.
+        low: value at one end of the ladder.
+        high: value at the other end.
+        num_rungs: number of rungs M >= 2.
+        temperatures: optional explicit temperatures.
+        **fixed: other hyperparameters, one value shared by every rung, e.g.
+            ``learning_rate=0.01`` for a dropout ladder.
+
+    Returns:
+        The validated :class:`Ladder`, coldest rung first.
+
+    Example:
+        >>> ladder = linear_ladder("dropout_rate", 0.47, 0.55, 8, learning_rate=0.01)
+    """
+    return _spaced_ladder(np.linspace, name, low, high, num_rungs, temperatures, fixed)
+
+
+def geometric_ladder(
+    name: str,
+    low: float,
+    high: float,
+    num_rungs: int,
+    *,
+    temperatures: ArrayLike | None = None,
+    **fixed: ArrayLike,
+) -> Ladder:
+    """A ladder with geometrically spaced values of one hyperparameter.
+
+    Args:
+        name: the hyperparameter that varies.
+        low: value at one end (> 0).
+        high: value at the other end (> 0).
+        num_rungs: number of rungs M >= 2.
+        temperatures: optional explicit temperatures.
+        **fixed: other hyperparameters shared by every rung.
+
+    Returns:
+        The validated :class:`Ladder`, coldest rung first.
+    """
+    if not (np.isfinite(low) and np.isfinite(high) and low > 0 and high > 0):
+        raise ValueError(f"a geometric ladder needs low, high > 0, got {low}, {high}")
+    return _spaced_ladder(np.geomspace, name, low, high, num_rungs, temperatures, fixed)

@@ -1,0 +1,59 @@
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+import tempering as tp
+
+
+class TinyMLP(nn.Module):
+    """A small model following the engine's contract (train flag, dropout rate)."""
+
+    features: int = 16
+    num_classes: int = 3
+
+    @nn.compact
+    def __call__(self, x, *, train=False, dropout_rate=0.0):
+        x = x.reshape((x.shape[0], -1))
+        x = nn.tanh(nn.Dense(self.features)(x))
+        x = tp.Dropout()(x, dropout_rate, deterministic=not train)
+        return nn.Dense(self.num_classes)(x)
+
+
+class TinyBNNet(nn.Module):
+    """A model with BatchNorm, to check per-replica batch statistics."""
+
+    num_classes: int = 3
+
+    @nn.compact
+    def __call__(self, x, *, train=False, dropout_rate=0.0):
+        x = nn.Dense(8)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        x = tp.Dropout()(nn.relu(x), dropout_rate, deterministic=not train)
+        return nn.Dense(self.num_classes)(x)
+
+
+def make_blobs(num, dim=5, num_classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(num_classes, dim)) * 2.0
+    labels = rng.integers(0, num_classes, size=num).astype(np.int32)
+    inputs = (centers[labels] + rng.normal(size=(num, dim))).astype(np.float32)
+    return inputs, labels
+
+
+@pytest.fixture(scope="session")
+def blobs():
+    train = make_blobs(256, seed=0)
+    val = make_blobs(64, seed=1)
+    return train, val
+
+
+@pytest.fixture(scope="session")
+def tx():
+    # One optimiser object for the session: the compiled programs are cached on it.
+    return tp.sgd(0.05, momentum=0.9)
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(0)

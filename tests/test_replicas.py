@@ -1,0 +1,240 @@
+"""The stacked replica state and the fused vectorised step."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import TinyBNNet, TinyMLP
+
+import tempering as tp
+
+M = 3
+
+
+def make_state(tx, inputs, model=None, **kwargs):
+    ladder = kwargs.pop("ladder", tp.make_ladder(learning_rate=[0.01, 0.05, 0.2]))
+    return tp.create_replicas(
+        jax.random.key(0), model or TinyMLP(), tx, inputs[:4], ladder=ladder, **kwargs
+    )
+
+
+def replica(tree, m):
+    return jax.tree.map(lambda x: x[m], tree)
+
+
+def test_stacked_state_shapes(tx, blobs):
+    (x, _), _ = blobs
+    state = make_state(tx, x, dropout_rate=0.25)
+    chex.assert_tree_shape_prefix(state.params, (M,))
+    chex.assert_tree_shape_prefix(state.opt_state, (M,))
+    chex.assert_shape([state.dropout_rate, state.rungs, state.learning_rate], (M,))
+    chex.assert_shape(state.step, ())
+    assert state.learning_rate.dtype == jnp.float32
+    np.testing.assert_allclose(state.learning_rate, [0.01, 0.05, 0.2], rtol=1e-6)
+    np.testing.assert_array_equal(state.rungs, np.arange(M))
+    np.testing.assert_allclose(state.dropout_rate, 0.25)
+    kernels = state.params["Dense_0"]["kernel"]
+    assert not np.allclose(kernels[0], kernels[1]), (
+        "replicas should start independently"
+    )
+    same = make_state(tx, x, same_init=True).params["Dense_0"]["kernel"]
+    np.testing.assert_array_equal(same[0], same[1])
+
+
+def test_learning_rate_stays_float32_with_bfloat16_params(blobs):
+    (x, _), _ = blobs
+    tx = tp.sgd(0.1, momentum=0.9)
+    state = make_state(tx, x)
+    params16 = jax.tree.map(lambda p: p.astype(jnp.bfloat16), state.params)
+    opt16 = jax.vmap(tx.init)(params16)
+    assert opt16.hyperparams["learning_rate"].dtype == jnp.float32
+
+
+def test_optimizer_without_injected_learning_rate_is_rejected(blobs):
+    (x, _), _ = blobs
+    with pytest.raises(TypeError, match="inject_hyperparams"):
+        make_state(optax.sgd(0.1), x)
+
+
+def test_vmapped_step_equals_per_replica_loop(tx, blobs):
+    (x, y), _ = blobs
+    state = make_state(tx, x, dropout_rate=0.3)
+    state = tp.set_hyperparams(state, dropout_rate=jnp.array([0.0, 0.3, 0.6]))
+    batch_x, batch_y, key = jnp.asarray(x[:32]), jnp.asarray(y[:32]), jax.random.key(3)
+    new, info = jax.jit(tp.train_step)(state, key, batch_x, batch_y)
+    keys = jax.random.split(key, M)
+    single = jax.jit(functools.partial(tp.replica_train_step, state))
+    for m in range(M):
+        params, _, opt_state, loss = single(
+            replica(state.params, m),
+            {},
+            replica(state.opt_state, m),
+            state.dropout_rate[m],
+            keys[m],
+            batch_x,
+            batch_y,
+        )
+        chex.assert_trees_all_close(
+            params, replica(new.params, m), rtol=1e-5, atol=1e-6
+        )
+        chex.assert_trees_all_close(
+            opt_state, replica(new.opt_state, m), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(loss, info.loss[m], rtol=1e-5)
+    assert int(new.step) == 1
+
+
+def test_per_replica_learning_rate_scales_the_update(blobs):
+    (x, y), _ = blobs
+    tx = tp.sgd(0.1)  # plain SGD: the update is exactly -lr * grad
+    ladder = tp.make_ladder(learning_rate=[0.01, 0.02, 0.04])
+    state = make_state(tx, x, ladder=ladder, same_init=True)
+    new, _ = jax.jit(tp.train_step)(
+        state, jax.random.key(0), jnp.asarray(x[:32]), jnp.asarray(y[:32])
+    )
+    delta = jax.tree.map(lambda a, b: a - b, new.params, state.params)
+    d = delta["Dense_0"]["kernel"]
+    # params - old params rounds at ~1e-7; the updates themselves are ~1e-3
+    np.testing.assert_allclose(d[1], 2 * d[0], rtol=1e-3, atol=5e-7)
+    np.testing.assert_allclose(d[2], 4 * d[0], rtol=1e-3, atol=5e-7)
+    assert np.abs(d[0]).max() > 1e-4
+
+
+def test_per_replica_dropout_rate_changes_the_update(blobs):
+    (x, y), _ = blobs
+    tx = tp.sgd(0.1)
+    state = make_state(
+        tx, x, ladder=tp.make_ladder(learning_rate=[0.1, 0.2, 0.3]), same_init=True
+    )
+    state = tp.set_hyperparams(
+        state, learning_rate=0.1, dropout_rate=jnp.array([0.0, 0.0, 0.5])
+    )
+    new, _ = jax.jit(tp.train_step)(
+        state, jax.random.key(0), jnp.asarray(x[:32]), jnp.asarray(y[:32])
+    )
+    k = new.params["Dense_1"]["kernel"]
+    # replicas 0 and 1: same weights, lr, batch, no dropout -> identical updates
+    np.testing.assert_allclose(k[0], k[1], rtol=1e-6)
+    assert not np.allclose(k[0], k[2], rtol=1e-3)
+
+
+def test_batchnorm_statistics_are_per_replica(blobs):
+    (x, y), _ = blobs
+    tx = tp.sgd(0.05)
+    state = make_state(tx, x, model=TinyBNNet())
+    chex.assert_tree_shape_prefix(state.batch_stats, (M,))
+    new, _ = jax.jit(tp.train_step)(
+        state, jax.random.key(0), jnp.asarray(x[:32]), jnp.asarray(y[:32])
+    )
+    mean = new.batch_stats["BatchNorm_0"]["mean"]
+    assert not np.allclose(
+        mean[0], mean[1]
+    )  # each replica its own weights -> own stats
+    assert not np.allclose(mean[0], state.batch_stats["BatchNorm_0"]["mean"][0])
+
+
+def test_assign_rungs_moves_only_hyperparameters(tx, blobs):
+    (x, _), _ = blobs
+    ladder = tp.make_ladder(
+        learning_rate=[0.01, 0.02, 0.04],
+        dropout_rate=[0.1, 0.2, 0.3],
+        temperatures=[1, 2, 3],
+    )
+    state = make_state(tx, x, ladder=ladder)
+    moved = tp.assign_rungs(state, ladder, jnp.array([2, 0, 1]))
+    np.testing.assert_allclose(moved.learning_rate, [0.04, 0.01, 0.02], rtol=1e-6)
+    np.testing.assert_allclose(moved.dropout_rate, [0.3, 0.1, 0.2], rtol=1e-6)
+    chex.assert_trees_all_equal(moved.params, state.params)
+
+
+def test_segment_compiles_once_for_any_length(tx, blobs):
+    (x, y), _ = blobs
+    state = make_state(tx, x)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def segment(state, key, steps):
+        return tp.train_segment(
+            state,
+            key,
+            jax.random.key(1),
+            jnp.asarray(x),
+            jnp.asarray(y),
+            steps,
+            batch_size=32,
+        )
+
+    for steps in (1, 3, 7):
+        state, loss = segment(state, jax.random.key(steps), steps)
+    assert int(state.step) == 11
+    chex.assert_shape(loss, (M,))
+
+
+def test_segments_see_the_same_batches_as_one_long_run(tx, blobs):
+    (x, y), _ = blobs
+    state = make_state(tx, x)
+    data = (jax.random.key(1), jnp.asarray(x), jnp.asarray(y))
+    seg = jax.jit(
+        lambda s, n: tp.train_segment(
+            s, jax.random.key(5), *data, n, batch_size=32, augment=None
+        )
+    )
+    # dropout is off, so only the batch order matters: 6 steps = 2 + 4 steps
+    one, _ = seg(state, 6)
+    two, _ = seg(seg(state, 2)[0], 4)
+    chex.assert_trees_all_close(one.params, two.params, rtol=1e-5, atol=1e-6)
+
+
+def test_per_replica_batches_differ_from_shared(tx, blobs):
+    (x, y), _ = blobs
+    state = make_state(tx, x, same_init=True)
+    state = tp.set_hyperparams(state, learning_rate=0.05)
+    args = (jax.random.key(5), jax.random.key(1), jnp.asarray(x), jnp.asarray(y), 3)
+    shared, _ = tp.train_segment(state, *args, batch_size=32, shared_batch=True)
+    own, _ = tp.train_segment(state, *args, batch_size=32, shared_batch=False)
+    k_shared, k_own = (
+        shared.params["Dense_0"]["kernel"],
+        own.params["Dense_0"]["kernel"],
+    )
+    np.testing.assert_allclose(
+        k_shared[0], k_shared[1], rtol=1e-6
+    )  # same init, lr, batches
+    assert not np.allclose(k_own[0], k_own[1])
+
+
+def test_evaluate_matches_direct_computation(tx, blobs):
+    (x, y), (xv, yv) = blobs
+    state = make_state(tx, x)
+    metrics = tp.evaluate(
+        state, jnp.asarray(xv), jnp.asarray(yv), batch_size=24
+    )  # 64 = 24+24+16
+    for m in range(M):
+        logits = TinyMLP().apply({"params": replica(state.params, m)}, jnp.asarray(xv))
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, yv).mean()
+        acc = (logits.argmax(-1) == yv).mean()
+        np.testing.assert_allclose(metrics.loss[m], loss, rtol=1e-5)
+        np.testing.assert_allclose(metrics.accuracy[m], acc, rtol=1e-6)
+
+
+def test_diverged_replica_does_not_poison_the_others(tx, blobs):
+    (x, y), _ = blobs
+    state = make_state(tx, x)
+    poison = jnp.array([0.0, jnp.nan, 0.0])
+    blown = state.replace(
+        params=jax.tree.map(
+            lambda p: p + poison.reshape((M,) + (1,) * (p.ndim - 1)), state.params
+        )
+    )
+    args = (jax.random.key(5), jax.random.key(1), jnp.asarray(x), jnp.asarray(y), 5)
+    ref, _ = tp.train_segment(state, *args, batch_size=32)
+    bad, loss = tp.train_segment(blown, *args, batch_size=32)
+    assert not np.all(np.isfinite(np.asarray(bad.params["Dense_0"]["kernel"][1])))
+    for m in (0, 2):
+        chex.assert_trees_all_equal(replica(bad.params, m), replica(ref.params, m))
+    metrics = tp.evaluate(bad, jnp.asarray(x), jnp.asarray(y))
+    loss = np.asarray(metrics.loss)
+    assert np.isinf(loss[1]) and np.all(np.isfinite(loss[[0, 2]]))

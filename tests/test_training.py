@@ -1,0 +1,192 @@
+"""pt_train end to end: history, summary, determinism, compile-once, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TinyMLP
+
+import tempering as tp
+from tempering import training
+
+LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2])
+
+
+@pytest.fixture
+def state(tx, blobs):
+    (x, _), _ = blobs
+    return tp.create_replicas(
+        jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LADDER, dropout_rate=0.1
+    )
+
+
+def run(state, blobs, **kwargs):
+    train, val = blobs
+    settings = dict(
+        train_data=train,
+        validation_data=val,
+        num_steps=50,
+        exchange_interval=10,
+        burn_in=5,
+        c=0.1,
+        batch_size=32,
+    )
+    settings.update(kwargs)
+    return tp.pt_train(state, LADDER, jax.random.key(1), **settings)
+
+
+def test_short_run_history_and_summary(state, blobs):
+    result = run(state, blobs, scheme="even_odd")
+    history, summary = result.history, result.summary
+    rounds = (50 - 5) // 10
+    np.testing.assert_array_equal(history.step, 5 + 10 * np.arange(1, rounds + 1))
+    assert (
+        history.val_loss.shape
+        == history.val_accuracy.shape
+        == history.rungs.shape
+        == (rounds, 4)
+    )
+    assert history.proposed.shape == history.accepted.shape == (rounds, 3)
+    assert int(result.state.step) == 50
+    for row in history.rungs:
+        assert sorted(row.tolist()) == [0, 1, 2, 3]
+    # even-odd alternates parity: round 0 proposes pairs 0 and 2, round 1 pair 1
+    np.testing.assert_array_equal(history.proposed[0], [True, False, True])
+    np.testing.assert_array_equal(history.proposed[1], [False, True, False])
+    assert history.accepted.sum() > 0
+    assert summary.acceptance_rate.shape == (3,) and summary.round_trips.shape == (4,)
+    assert 0 <= summary.best_replica < 4
+    assert summary.best_val_loss == pytest.approx(summary.final_val_loss.min())
+    # the final hyperparameters are those of the final rungs
+    np.testing.assert_allclose(
+        result.state.learning_rate, LADDER.values["learning_rate"][history.rungs[-1]]
+    )
+    assert np.isfinite(history.val_loss).all()
+
+
+def test_exchanges_off_is_the_independent_grid(state, blobs):
+    result = run(state, blobs, exchanges=False)
+    assert not result.history.accepted.any() and not result.history.proposed.any()
+    assert np.all(result.history.rungs == np.arange(4))
+    assert np.all(np.isnan(result.summary.acceptance_rate))
+
+
+def test_same_key_same_run_and_caller_state_untouched(state, blobs):
+    before = jax.tree.map(np.asarray, state.params)
+    a = run(state, blobs)
+    b = run(state, blobs)
+    np.testing.assert_array_equal(a.history.rungs, b.history.rungs)
+    np.testing.assert_array_equal(a.history.val_loss, b.history.val_loss)
+    jax.tree.map(
+        np.testing.assert_array_equal, before, jax.tree.map(np.asarray, state.params)
+    )
+
+
+def test_round_compiles_once_for_burn_in_rounds_and_leftover(state, blobs):
+    training._round.clear_cache()
+    run(state, blobs, num_steps=47, burn_in=6, exchange_interval=10)  # 6 + 4 x 10 + 1
+    assert training._round._cache_size() == 1
+
+
+def test_burn_in_hyperparams_then_ladder(state, blobs):
+    result = run(state, blobs, burn_in_hyperparams={"learning_rate": 0.01})
+    assert result.history.initial_rungs.tolist() == [0, 1, 2, 3]
+    np.testing.assert_allclose(
+        result.state.learning_rate,
+        LADDER.values["learning_rate"][result.history.rungs[-1]],
+    )
+
+
+def test_diverged_replica_is_pushed_to_the_hot_end(tx, blobs):
+    (x, _), _ = blobs
+    state = tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LADDER)
+    poison = jnp.array([jnp.nan, 0.0, 0.0, 0.0])  # the coldest replica diverged
+    state = state.replace(
+        params=jax.tree.map(
+            lambda p: p + poison.reshape((4,) + (1,) * (p.ndim - 1)), state.params
+        )
+    )
+    result = run(
+        state, blobs, num_steps=125, burn_in=5, exchange_interval=10, scheme="even_odd"
+    )
+    rungs = result.history.rungs[:, 0]
+    assert np.all(np.diff(rungs) >= 0), (
+        "a diverged replica never moves to a colder rung"
+    )
+    assert rungs[-1] == 3
+    assert np.isinf(result.history.val_loss[:, 0]).all()
+    assert np.isfinite(result.history.val_loss[:, 1:]).all()
+    assert result.summary.best_replica != 0
+
+
+def test_round_trip_counting():
+    path = np.array([[0, 2], [1, 1], [2, 0], [1, 1], [0, 2], [2, 0], [0, 2]])
+    np.testing.assert_array_equal(tp.count_round_trips(path, 3), [2, 1])
+
+
+BAD = [
+    (dict(num_steps=0), ValueError, "num_steps must be >= 1"),
+    (dict(exchange_interval=0), ValueError, "exchange_interval must be >= 1"),
+    (dict(exchange_interval=-3), ValueError, "exchange_interval must be >= 1"),
+    (dict(exchange_interval=2.5), TypeError, "exchange_interval must be an int"),
+    (dict(burn_in=-1), ValueError, "burn_in must be >= 0"),
+    (dict(burn_in=50), ValueError, "burn_in=50 must be smaller"),
+    (dict(c=0.0), ValueError, "c must be finite and > 0"),
+    (dict(c=-1.0), ValueError, "c must be finite and > 0"),
+    (dict(c=float("nan")), ValueError, "c must be finite and > 0"),
+    (dict(scheme="all_pairs"), ValueError, "scheme must be one of"),
+    (dict(batch_size=1000), ValueError, "fewer than batch_size"),
+    (dict(burn_in_hyperparams={"momentum": 0.5}), ValueError, "unknown names"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, match", BAD)
+def test_invalid_settings_raise_before_compiling(state, blobs, kwargs, error, match):
+    training._round.clear_cache()
+    with pytest.raises(error, match=match):
+        run(state, blobs, **kwargs)
+    assert training._round._cache_size() == 0
+
+
+def test_invalid_data_raise_before_compiling(state, blobs):
+    (x, y), (xv, yv) = blobs
+    training._round.clear_cache()
+    cases = [
+        (
+            dict(train_data=(x, np.where(y == 2, 3, y))),
+            ValueError,
+            r"labels must lie in \[0, 3\)",
+        ),
+        (
+            dict(validation_data=(xv, yv - 1)),
+            ValueError,
+            r"labels must lie in \[0, 3\)",
+        ),
+        (dict(train_data=(x[:0], y[:0])), ValueError, "train_data is empty"),
+        (
+            dict(validation_data=(xv[:0], yv[:0])),
+            ValueError,
+            "validation_data is empty",
+        ),
+        (dict(train_data=(x, y[:-1])), ValueError, "must match"),
+        (dict(train_data=(x, y.astype(np.float32))), TypeError, "must be integers"),
+        (dict(train_data=x), TypeError, "train_data must be"),
+    ]
+    for kwargs, error, match in cases:
+        with pytest.raises(error, match=match):
+            run(state, blobs, **kwargs)
+    assert training._round._cache_size() == 0
+
+
+def test_mismatched_ladder_and_state(state, blobs):
+    train, val = blobs
+    with pytest.raises(ValueError, match="ladder has 3 rungs but the state holds 4"):
+        tp.pt_train(
+            state,
+            tp.make_ladder(learning_rate=[0.1, 0.2, 0.3]),
+            jax.random.key(0),
+            train_data=train,
+            validation_data=val,
+            num_steps=10,
+            exchange_interval=5,
+        )
