@@ -42,6 +42,7 @@ class RoundInfo(NamedTuple):
     validation: EvalMetrics  # (M,) loss and accuracy before the exchange
     rungs: jax.Array  # shape=(M,), rungs after the exchange
     exchange: ExchangeInfo  # (M - 1,) per adjacent rung pair
+    test: EvalMetrics | None = None  # (M,) on test_data, None when not given
 
 
 class PTHistory(NamedTuple):
@@ -56,6 +57,8 @@ class PTHistory(NamedTuple):
     accepted: np.ndarray  # shape=(R, M - 1), bool
     acceptance_prob: np.ndarray  # shape=(R, M - 1)
     initial_rungs: np.ndarray  # shape=(M,), rungs before the first round
+    test_loss: np.ndarray | None = None  # shape=(R, M), NaN without test_data
+    test_accuracy: np.ndarray | None = None  # shape=(R, M), NaN without test_data
 
 
 class PTSummary(NamedTuple):
@@ -127,6 +130,8 @@ def _round(
     exchange_enabled: jax.Array,
     parity: jax.Array,
     c: jax.Array,
+    test_x: jax.Array | None = None,
+    test_y: jax.Array | None = None,
     *,
     batch_size: int,
     shared_batch: bool,
@@ -147,6 +152,9 @@ def _round(
         augment=augment,
     )
     metrics = evaluate(state, val_x, val_y, batch_size=eval_batch_size)
+    test = None
+    if test_x is not None:  # same weights as the validation, before the exchange
+        test = evaluate(state, test_x, test_y, batch_size=eval_batch_size)
     proposal, info = exchange(
         exchange_key,
         state.rungs,
@@ -162,7 +170,7 @@ def _round(
     )
     new_rungs = jnp.where(exchange_enabled, proposal, state.rungs)
     state = assign_rungs(state, ladder, new_rungs)
-    return state, RoundInfo(train_loss, metrics, new_rungs, info)
+    return state, RoundInfo(train_loss, metrics, new_rungs, info, test)
 
 
 def _as_split(data: Any, name: str) -> Split:
@@ -262,6 +270,7 @@ def pt_train(
     burn_in_hyperparams: dict[str, float] | None = None,
     eval_batch_size: int = 1000,
     progress: bool = False,
+    test_data: Split | tuple | None = None,
 ) -> PTResult:
     """Trains M replicas by hyperparameter parallel tempering.
 
@@ -292,6 +301,11 @@ def pt_train(
             the ladder takes over when the exchanges start.
         eval_batch_size: chunk size of the vectorised validation.
         progress: show a tqdm progress bar.
+        test_data: optional held-out ``Split`` or ``(inputs, labels)`` pair,
+            evaluated in the same compiled round as the validation (same
+            weights, before the exchange) and recorded in
+            ``history.test_loss`` / ``history.test_accuracy``; it never
+            influences the exchanges. Without it those fields are NaN.
 
     Returns:
         :class:`PTResult` ``(state, history, summary)``.
@@ -341,6 +355,10 @@ def pt_train(
     num_classes = _num_classes(state, train.inputs) if len(train.inputs) else 0
     _check_split(train, "train_data", num_classes, batch_size)
     _check_split(validation, "validation_data", num_classes, 1)
+    test = None
+    if test_data is not None:
+        test = _as_split(test_data, "test_data")
+        _check_split(test, "test_data", num_classes, 1)
     rungs0 = np.asarray(state.rungs)
     if sorted(rungs0.tolist()) != list(range(num_replicas)):
         raise ValueError(f"state.rungs must be a permutation of 0..M-1, got {rungs0}")
@@ -350,6 +368,10 @@ def pt_train(
         jnp.asarray(validation.inputs),
         jnp.asarray(validation.labels, jnp.int32),
     )
+    test_x = test_y = None
+    if test is not None:
+        test_x = jnp.asarray(test.inputs)
+        test_y = jnp.asarray(test.labels, jnp.int32)
     data_key, key = jax.random.split(key)
     run_round = functools.partial(
         _round,
@@ -360,6 +382,8 @@ def pt_train(
         val_y=val_y,
         ladder=ladder,
         c=jnp.float32(c),
+        test_x=test_x,
+        test_y=test_y,
         batch_size=batch_size,
         shared_batch=shared_batch,
         augment=augment,
@@ -408,8 +432,13 @@ def pt_train(
 
 def _history(rounds, initial_rungs, burn_in, interval, num_replicas) -> PTHistory:
     num_rounds = len(rounds)
+    nan_m = np.full((num_rounds, num_replicas), np.nan, np.float32)
+    test_loss, test_accuracy = nan_m, nan_m.copy()
     if num_rounds:
         stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *rounds))
+        if stacked.test is not None:
+            test_loss = np.asarray(stacked.test.loss)
+            test_accuracy = np.asarray(stacked.test.accuracy)
     else:
         empty_m = np.zeros((0, num_replicas), np.float32)
         empty_p = np.zeros((0, num_replicas - 1), bool)
@@ -431,6 +460,8 @@ def _history(rounds, initial_rungs, burn_in, interval, num_replicas) -> PTHistor
         accepted=np.asarray(stacked.exchange.accepted),
         acceptance_prob=np.asarray(stacked.exchange.acceptance_prob),
         initial_rungs=initial_rungs,
+        test_loss=test_loss,
+        test_accuracy=test_accuracy,
     )
 
 

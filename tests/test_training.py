@@ -190,3 +190,26 @@ def test_mismatched_ladder_and_state(state, blobs):
             num_steps=10,
             exchange_interval=5,
         )
+
+
+def test_test_data_is_recorded_per_round_and_does_not_change_the_run(state, blobs):
+    train, val = blobs
+    plain = run(state, blobs)
+    with_test = run(state, blobs, test_data=val)
+    rounds = plain.history.step.shape[0]
+    assert with_test.history.test_loss.shape == (rounds, 4)
+    assert with_test.history.test_accuracy.shape == (rounds, 4)
+    # the test split here is the validation split: the same numbers, same weights
+    np.testing.assert_allclose(
+        with_test.history.test_loss, with_test.history.val_loss, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        with_test.history.test_accuracy, with_test.history.val_accuracy, rtol=1e-6
+    )
+    # the test data never influences training or exchanges
+    np.testing.assert_array_equal(plain.history.rungs, with_test.history.rungs)
+    np.testing.assert_allclose(plain.history.val_loss, with_test.history.val_loss)
+    # without test_data the fields are NaN-filled with the same shape
+    assert plain.history.test_loss.shape == (rounds, 4)
+    assert np.isnan(plain.history.test_loss).all()
+    assert np.isnan(plain.history.test_accuracy).all()
