@@ -1,0 +1,302 @@
+"""Weight diffusion test (Pushkarov et al. 2019, Fig. 1).
+
+A hyperparameter acts like a temperature when more of it makes the weights
+wander faster: M replicas are trained, one per value of the hyperparameter,
+with the vectorised engine (:func:`tempering.train_segment` in chunks, one
+compiled program for every chunk length), and the distance
+``||W(t) - W(t0)||`` (all parameters flattened, L2 norm) is recorded against
+time for every replica. Dropout rate and learning rate diffuse faster when
+larger; L2 weight decay confines the weights, so its curves plateau, lower for
+a larger coefficient.
+
+Learning rate and dropout rate are the engine's own per-replica
+hyperparameters. L2 weight decay becomes one with an optimiser that injects it
+too, :func:`l2_sgd`: ``opt_state.hyperparams["weight_decay"]`` then has shape
+``(M,)`` under the stacked state and :func:`set_weight_decay` writes it.
+
+Example:
+    >>> tx = tp.diffusion.l2_sgd(0.05)
+    >>> state = tp.create_replicas(key, model, tx, x[:1], num_replicas=4)
+    >>> result = tp.diffusion.diffusion_test(
+    ...     state, key, train_data=(x, y), hyperparameter="weight_decay",
+    ...     values=[0.0, 1e-3, 1e-2, 1e-1], num_steps=2000)
+    >>> result.distance.shape  # (num_records, 4)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tempering.replicas import ReplicaState, set_hyperparams, train_segment
+
+__all__ = [
+    "DIFFUSION_HYPERPARAMETERS",
+    "DiffusionResult",
+    "diffusion_test",
+    "l2_sgd",
+    "record_schedule",
+    "set_weight_decay",
+    "weight_distance",
+]
+
+DIFFUSION_HYPERPARAMETERS = ("learning_rate", "dropout_rate", "weight_decay")
+
+
+class DiffusionResult(NamedTuple):
+    """Distances of M replicas from their weights at t0, T records."""
+
+    steps: np.ndarray  # shape=(T,), SGD steps since t0 at each record
+    distance: np.ndarray  # shape=(T, M), ||W(t) - W(t0)|| of replica m
+    train_loss: np.ndarray  # shape=(T, M), mean training loss of the chunk
+    values: np.ndarray  # shape=(M,), hyperparameter value of replica m
+    hyperparameter: str  # which hyperparameter the values set
+
+
+def l2_sgd(
+    learning_rate: float = 0.01,
+    weight_decay: float = 0.0,
+    momentum: float | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """SGD with L2 weight decay whose coefficient is a per-replica hyperparameter.
+
+    The update is ``-lr * (grad + weight_decay * params)``: the gradient of the
+    loss plus ``weight_decay / 2 * ||W||^2``. Both ``learning_rate`` and
+    ``weight_decay`` are injected (float32 arrays in
+    ``opt_state.hyperparams``), so the engine's exchanges and
+    :func:`set_weight_decay` can set them per replica without recompiling.
+
+    Args:
+        learning_rate: initial learning rate.
+        weight_decay: initial L2 coefficient.
+        momentum: momentum coefficient, or None for plain SGD.
+
+    Returns:
+        An ``optax.inject_hyperparams`` transformation.
+    """
+
+    def factory(learning_rate, weight_decay):
+        return optax.chain(
+            optax.add_decayed_weights(weight_decay),
+            optax.sgd(learning_rate, momentum=momentum),
+        )
+
+    return optax.inject_hyperparams(factory, hyperparam_dtype=jnp.float32)(
+        learning_rate=learning_rate, weight_decay=weight_decay
+    )
+
+
+def set_weight_decay(state: ReplicaState, weight_decay: Any) -> ReplicaState:
+    """Writes a per-replica L2 coefficient (``(M,)`` or a scalar) into the state.
+
+    Args:
+        state: replicas whose optimiser injects ``weight_decay`` (:func:`l2_sgd`).
+        weight_decay: the coefficients.
+
+    Returns:
+        The state with ``opt_state.hyperparams["weight_decay"]`` of shape ``(M,)``.
+
+    Raises:
+        TypeError: the optimiser does not inject ``weight_decay``.
+    """
+    hyperparams = getattr(state.opt_state, "hyperparams", None)
+    if not isinstance(hyperparams, dict) or "weight_decay" not in hyperparams:
+        raise TypeError(
+            "the optimiser does not inject weight_decay; build it with "
+            "tempering.diffusion.l2_sgd(learning_rate, weight_decay)"
+        )
+    hyperparams = dict(hyperparams)
+    hyperparams["weight_decay"] = jnp.broadcast_to(
+        jnp.asarray(weight_decay, jnp.float32), (state.num_replicas,)
+    )
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+
+
+def weight_distance(params: Any, reference: Any) -> jax.Array:
+    """``||W - W_ref||`` per replica over all parameter leaves.
+
+    Args:
+        params: stacked parameters, leaves ``(M, ...)``.
+        reference: the same structure and shapes.
+
+    Returns:
+        ``(M,)`` float32 L2 distances.
+    """
+    squares = jax.tree.map(
+        lambda a, b: jnp.sum(
+            jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)).reshape(
+                a.shape[0], -1
+            ),
+            axis=1,
+        ),
+        params,
+        reference,
+    )
+    return jnp.sqrt(sum(jax.tree.leaves(squares)))
+
+
+def record_schedule(
+    num_steps: int, num_records: int, spacing: str = "log"
+) -> np.ndarray:
+    """Increasing record times in ``[1, num_steps]``, ending at ``num_steps``.
+
+    Args:
+        num_steps: last record time.
+        num_records: at most this many records (duplicates of a log grid on
+            small step counts are dropped).
+        spacing: ``"log"`` (diffusion is a power law in time) or ``"linear"``.
+
+    Returns:
+        ``(T,)`` int64 array, ``T <= num_records``.
+    """
+    if num_steps < 1 or num_records < 1:
+        raise ValueError("num_steps and num_records must be >= 1")
+    if spacing == "log":
+        grid = np.geomspace(1, num_steps, num_records)
+    elif spacing == "linear":
+        grid = np.linspace(num_steps / num_records, num_steps, num_records)
+    else:
+        raise ValueError(f"spacing must be 'log' or 'linear', got {spacing!r}")
+    steps = np.unique(np.clip(np.round(grid).astype(np.int64), 1, num_steps))
+    return steps
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("batch_size", "shared_batch", "augment"),
+    donate_argnames=("state",),
+)
+def _chunk(
+    state, key, data_key, inputs, labels, num_steps, reference, *, batch_size,
+    shared_batch, augment,
+):  # fmt: skip
+    state, loss = train_segment(
+        state,
+        key,
+        data_key,
+        inputs,
+        labels,
+        num_steps,
+        batch_size=batch_size,
+        shared_batch=shared_batch,
+        augment=augment,
+    )
+    return state, loss, weight_distance(state.params, reference)
+
+
+def diffusion_test(
+    state: ReplicaState,
+    key: jax.Array,
+    *,
+    train_data: Any,
+    hyperparameter: str,
+    values: Sequence[float] | np.ndarray,
+    num_steps: int,
+    num_records: int = 20,
+    spacing: str = "log",
+    t0: int = 0,
+    batch_size: int = 128,
+    shared_batch: bool = True,
+    augment: Any = None,
+) -> DiffusionResult:
+    """Trains replica m at ``values[m]`` and records ``||W(t) - W(t0)||``.
+
+    All M replicas train together (vmapped, one fused program per chunk);
+    replica m uses ``values[m]`` of ``hyperparameter`` for the whole run,
+    the other hyperparameters as they are in ``state``. With
+    ``create_replicas(..., same_init=True)`` every replica starts from the
+    same weights, so the curves differ by the hyperparameter alone.
+
+    Args:
+        state: M replicas (:func:`tempering.create_replicas`); for
+            ``"weight_decay"`` the optimiser must be :func:`l2_sgd`.
+        key: PRNG key (dropout noise and batch order).
+        train_data: ``Split`` or ``(inputs, labels)``.
+        hyperparameter: ``"learning_rate"``, ``"dropout_rate"`` or
+            ``"weight_decay"``.
+        values: M values, one per replica.
+        num_steps: SGD steps after t0.
+        num_records: number of record times (see :func:`record_schedule`).
+        spacing: ``"log"`` or ``"linear"`` record times.
+        t0: SGD steps trained (at the same values) before the reference
+            weights ``W(t0)`` are taken, to skip the initial transient.
+        batch_size: examples per step.
+        shared_batch: all replicas see the same batch at each step.
+        augment: optional on-device ``augment(key, batch) -> batch``.
+
+    Returns:
+        :class:`DiffusionResult`.
+
+    Raises:
+        ValueError: unknown hyperparameter, wrong number of values, bad counts.
+        TypeError: ``"weight_decay"`` with an optimiser that does not inject it.
+    """
+    if hyperparameter not in DIFFUSION_HYPERPARAMETERS:
+        raise ValueError(
+            f"hyperparameter must be one of {DIFFUSION_HYPERPARAMETERS}, "
+            f"got {hyperparameter!r}"
+        )
+    values = np.asarray(values, np.float32)
+    if values.shape != (state.num_replicas,):
+        raise ValueError(
+            f"values must have one entry per replica ({state.num_replicas}), "
+            f"got shape {values.shape}"
+        )
+    if t0 < 0:
+        raise ValueError(f"t0 must be >= 0, got {t0}")
+    inputs, labels = train_data
+    if len(labels) < batch_size:
+        raise ValueError(
+            f"train_data has {len(labels)} examples, fewer than batch_size={batch_size}"
+        )
+    record_steps = record_schedule(num_steps, num_records, spacing)
+
+    if hyperparameter == "weight_decay":
+        state = set_weight_decay(state, values)
+    else:
+        state = set_hyperparams(state, **{hyperparameter: values})
+    state = jax.tree.map(jnp.copy, state)  # never donate the caller's buffers
+    inputs = jnp.asarray(inputs)
+    labels = jnp.asarray(labels, jnp.int32)
+    data_key, key = jax.random.split(key)
+    run = functools.partial(
+        _chunk,
+        data_key=data_key,
+        inputs=inputs,
+        labels=labels,
+        batch_size=batch_size,
+        shared_batch=shared_batch,
+        augment=augment,
+    )
+    if t0 > 0:
+        state, _, _ = run(
+            state, jax.random.fold_in(key, 0), num_steps=jnp.int32(t0),
+            reference=jax.tree.map(jnp.copy, state.params),
+        )  # fmt: skip
+    reference = jax.tree.map(jnp.copy, state.params)
+    distances, losses = [], []
+    done = 0
+    for i, target in enumerate(record_steps):
+        state, loss, dist = run(
+            state,
+            jax.random.fold_in(key, i + 1),
+            num_steps=jnp.int32(int(target) - done),
+            reference=reference,
+        )
+        done = int(target)
+        distances.append(dist)
+        losses.append(loss)
+    distance, train_loss = jax.device_get((jnp.stack(distances), jnp.stack(losses)))
+    return DiffusionResult(
+        steps=record_steps,
+        distance=np.asarray(distance),
+        train_loss=np.asarray(train_loss),
+        values=values,
+        hyperparameter=hyperparameter,
+    )

@@ -1,0 +1,121 @@
+"""Weight diffusion test (paper Fig. 1): shapes, hand checks, the physics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TinyMLP
+
+import tempering as tp
+from tempering import diffusion
+
+
+@pytest.fixture(scope="module")
+def l2_tx():
+    return diffusion.l2_sgd(0.05)
+
+
+def make_state(tx, x, num=3):
+    return tp.create_replicas(
+        jax.random.key(0), TinyMLP(), tx, x[:4], num_replicas=num, same_init=True
+    )
+
+
+def test_weight_distance_by_hand():
+    a = {"w": jnp.zeros((2, 3)), "b": jnp.zeros((2, 1))}
+    b = {"w": jnp.array([[3.0, 0, 0], [0, 0, 0]]), "b": jnp.array([[4.0], [1.0]])}
+    np.testing.assert_allclose(diffusion.weight_distance(a, b), [5.0, 1.0])
+
+
+def test_record_schedule():
+    steps = diffusion.record_schedule(1000, 10)
+    assert steps[0] == 1 and steps[-1] == 1000 and np.all(np.diff(steps) > 0)
+    np.testing.assert_array_equal(
+        diffusion.record_schedule(100, 4, "linear"), [25, 50, 75, 100]
+    )
+    assert len(diffusion.record_schedule(3, 10)) == 3  # duplicates dropped
+
+
+def test_l2_sgd_update_and_per_replica_weight_decay(l2_tx, blobs):
+    params = {"w": jnp.array([2.0])}
+    opt_state = l2_tx.init(params)
+    updates, _ = l2_tx.update({"w": jnp.array([1.0])}, opt_state, params)
+    # -lr * (grad + wd * w) with wd = 0
+    np.testing.assert_allclose(updates["w"], [-0.05])
+    (x, _), _ = blobs
+    state = diffusion.set_weight_decay(make_state(l2_tx, x), jnp.array([0.0, 0.1, 1.0]))
+    np.testing.assert_allclose(
+        state.opt_state.hyperparams["weight_decay"], [0.0, 0.1, 1.0]
+    )
+    with pytest.raises(TypeError, match="l2_sgd"):
+        diffusion.set_weight_decay(make_state(tp.sgd(0.05), x), 0.1)
+
+
+def test_diffusion_shapes_and_learning_rate_is_temperature_like(tx, blobs):
+    (x, y), _ = blobs
+    state = make_state(tx, x)
+    result = diffusion.diffusion_test(
+        state,
+        jax.random.key(1),
+        train_data=(x, y),
+        hyperparameter="learning_rate",
+        values=[0.0, 0.01, 0.1],
+        num_steps=40,
+        num_records=5,
+        batch_size=32,
+    )
+    assert isinstance(result, diffusion.DiffusionResult)
+    num_records = len(result.steps)
+    assert result.distance.shape == result.train_loss.shape == (num_records, 3)
+    assert result.steps[-1] == 40
+    np.testing.assert_allclose(result.distance[:, 0], 0.0, atol=1e-6)  # lr 0: frozen
+    assert result.distance[-1, 2] > result.distance[-1, 1] > 0
+    # the caller's state is untouched (buffers copied, never donated)
+    assert int(state.step) == 0
+
+
+def test_weight_decay_confines_the_weights(l2_tx, blobs):
+    (x, y), _ = blobs
+    state = make_state(l2_tx, x)
+    result = diffusion.diffusion_test(
+        state,
+        jax.random.key(1),
+        train_data=(x, y),
+        hyperparameter="weight_decay",
+        values=[0.0, 0.3, 3.0],
+        num_steps=200,
+        num_records=4,
+        spacing="linear",
+        t0=5,
+        batch_size=32,
+    )
+    assert result.hyperparameter == "weight_decay"
+    np.testing.assert_array_equal(result.steps, [50, 100, 150, 200])
+    assert np.all(np.isfinite(result.distance))
+    # growth over the second half: free weights keep diffusing, strong L2 has
+    # reached its plateau (the weights sit at a fixed distance from W(t0))
+    growth = (result.distance[-1] - result.distance[1]) / result.distance[-1]
+    assert growth[0] > 0.1
+    assert abs(growth[2]) < 0.01
+    assert growth[2] < growth[1] < growth[0]
+
+
+def test_bad_arguments(tx, blobs):
+    (x, y), _ = blobs
+    state = make_state(tx, x)
+    kwargs = dict(train_data=(x, y), num_steps=5, batch_size=32)
+    with pytest.raises(ValueError, match="hyperparameter"):
+        diffusion.diffusion_test(
+            state, jax.random.key(0), hyperparameter="momentum", values=[1, 2, 3],
+            **kwargs,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="one entry per replica"):
+        diffusion.diffusion_test(
+            state, jax.random.key(0), hyperparameter="dropout_rate", values=[0.1],
+            **kwargs,
+        )  # fmt: skip
+    with pytest.raises(TypeError, match="l2_sgd"):
+        diffusion.diffusion_test(
+            state, jax.random.key(0), hyperparameter="weight_decay",
+            values=[0.0, 0.1, 0.2], **kwargs,
+        )  # fmt: skip
