@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from tempering.fast import replica_vmap, resolve_policy
 from tempering.ladder import Ladder
 
 __all__ = [
@@ -74,6 +75,9 @@ class ReplicaState:
     train_kwarg: str | None = struct.field(pytree_node=False, default="train")
     dropout_kwarg: str | None = struct.field(pytree_node=False, default="dropout_rate")
     loss_fn: LossFn = struct.field(pytree_node=False, default=cross_entropy)
+    # How layers are batched over replicas: "auto" (fastest measured for the
+    # backend), "vmap" (plain jax.vmap), "unroll" or "map"; see tempering.fast.
+    vectorize: str = struct.field(pytree_node=False, default="auto")
 
     @property
     def num_replicas(self) -> int:
@@ -149,6 +153,23 @@ def _check_optimizer_state(opt_state: PyTree) -> None:
         )
 
 
+@functools.partial(
+    jax.jit, static_argnames=("model", "tx", "train_kwarg", "dropout_kwarg")
+)
+def _init_replicas(keys, sample_input, *, model, tx, train_kwarg, dropout_kwarg):
+    """``(params, batch_stats, opt_state)`` of len(keys) replicas, stacked."""
+
+    def init_one(key):
+        kwargs = {train_kwarg: False} if train_kwarg is not None else {}
+        if dropout_kwarg is not None:
+            kwargs[dropout_kwarg] = 0.0
+        variables = model.init({"params": key, "dropout": key}, sample_input, **kwargs)
+        params = variables["params"]
+        return params, variables.get("batch_stats", {}), tx.init(params)
+
+    return jax.vmap(init_one)(keys)
+
+
 def create_replicas(
     key: jax.Array,
     model: nn.Module,
@@ -162,6 +183,7 @@ def create_replicas(
     train_kwarg: str | None = "train",
     dropout_kwarg: str | None = "dropout_rate",
     loss_fn: LossFn = cross_entropy,
+    vectorize: str = "auto",
 ) -> ReplicaState:
     """Initialises M replicas by vmapping ``model.init`` and ``tx.init``.
 
@@ -181,6 +203,11 @@ def create_replicas(
         train_kwarg: name of the model's train-mode argument, or None.
         dropout_kwarg: name of the model's dropout-rate argument, or None.
         loss_fn: per-example loss ``loss_fn(logits, labels) -> (B,)``.
+        vectorize: how the fused step batches layers over replicas (see
+            :func:`tempering.fast.replica_vmap`): ``"auto"`` (default; on CPU
+            convolutions are emitted once per replica instead of as one grouped
+            convolution), ``"vmap"`` (force plain ``jax.vmap``), ``"unroll"``
+            or ``"map"``.
 
     Returns:
         The stacked :class:`ReplicaState`, step 0.
@@ -194,21 +221,20 @@ def create_replicas(
         num_replicas = ladder.num_rungs
     if num_replicas is None or num_replicas < 1:
         raise ValueError("give a ladder or num_replicas >= 1")
+    resolve_policy(vectorize)  # fail early on an unknown name
     sample_input = jnp.asarray(sample_input)
-
-    def init_one(k):
-        kwargs = {train_kwarg: False} if train_kwarg is not None else {}
-        if dropout_kwarg is not None:
-            kwargs[dropout_kwarg] = 0.0
-        variables = model.init({"params": k, "dropout": k}, sample_input, **kwargs)
-        params = variables["params"]
-        return params, variables.get("batch_stats", {}), tx.init(params)
-
     keys = jax.random.split(key, num_replicas)
     if same_init:
         keys = jnp.broadcast_to(keys[:1], keys.shape)
-    _check_optimizer_state(jax.eval_shape(init_one, keys[0])[2])
-    params, batch_stats, opt_state = jax.jit(jax.vmap(init_one))(keys)
+    init = functools.partial(
+        _init_replicas,
+        model=model,
+        tx=tx,
+        train_kwarg=train_kwarg,
+        dropout_kwarg=dropout_kwarg,
+    )
+    _check_optimizer_state(jax.eval_shape(init, keys[:1], sample_input)[2])
+    params, batch_stats, opt_state = init(keys, sample_input)
     state = ReplicaState(
         params=params,
         batch_stats=batch_stats,
@@ -221,6 +247,7 @@ def create_replicas(
         train_kwarg=train_kwarg,
         dropout_kwarg=dropout_kwarg,
         loss_fn=loss_fn,
+        vectorize=vectorize,
     )
     if ladder is not None:
         state = assign_rungs(state, ladder, state.rungs)
@@ -303,7 +330,10 @@ def replica_train_step(
 def train_step(
     state: ReplicaState, key: jax.Array, inputs: jax.Array, labels: jax.Array
 ) -> tuple[ReplicaState, StepInfo]:
-    """Advances all M replicas one SGD step with ``jax.vmap`` over replicas.
+    """Advances all M replicas one SGD step, vectorised over replicas.
+
+    Batched with :func:`tempering.fast.replica_vmap` under the state's
+    ``vectorize`` policy (plain ``jax.vmap`` when it is ``"vmap"``).
 
     Args:
         state: the stacked replicas.
@@ -319,7 +349,8 @@ def train_step(
     keys = jax.random.split(key, state.num_replicas)
     step_one = functools.partial(replica_train_step, state)
     in_axes = (0, 0, 0, 0, 0, None if shared else 0, None if shared else 0)
-    params, batch_stats, opt_state, loss = jax.vmap(step_one, in_axes=in_axes)(
+    vmapped = replica_vmap(step_one, in_axes=in_axes, policy=state.vectorize)
+    params, batch_stats, opt_state, loss = vmapped(
         state.params,
         state.batch_stats,
         state.opt_state,
@@ -456,7 +487,7 @@ def evaluate(
 
     def chunk(totals, batch):
         x, y, m = batch
-        logits = jax.vmap(logits_one, in_axes=(0, 0, None))(
+        logits = replica_vmap(logits_one, in_axes=(0, 0, None), policy=state.vectorize)(
             state.params, state.batch_stats, x
         )
         losses = jax.vmap(state.loss_fn, in_axes=(0, None))(logits, y)

@@ -1,0 +1,40 @@
+"""The quick start runs end to end at a tiny size and records its provenance."""
+
+import json
+
+import pytest
+
+pytest.importorskip("mnist1d")
+pytest.importorskip("matplotlib")
+
+
+def test_quickstart_tiny(tmp_path):
+    from experiments import quickstart
+
+    argv = [
+        "--seeds",
+        "2",
+        "--steps",
+        "60",
+        "--burn-in",
+        "10",
+        "--exchange-interval",
+        "10",
+        "--replicas",
+        "4",
+        "--out-dir",
+        str(tmp_path),
+        "--name",
+        "tiny",
+    ]
+    payload = quickstart.main(argv)
+    record = json.loads((tmp_path / "tiny.json").read_text())
+    for field in ("command", "git_commit", "machine", "seeds"):
+        assert record[field], field
+    assert record["seeds"] == [0, 1]
+    assert set(record["runs"][0]) == {"grid", "PT", "PT-DEO"}
+    assert (tmp_path / "tiny.png").stat().st_size > 10_000
+    table = (tmp_path / "tiny.md").read_text()
+    assert "| grid |" in table and "| PT |" in table
+    grid = payload["runs"][0]["grid"]
+    assert grid["rungs"].shape == (5, 4)  # (60 - 10) / 10 rounds, 4 replicas
