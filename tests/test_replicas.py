@@ -3,6 +3,7 @@
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -238,3 +239,28 @@ def test_diverged_replica_does_not_poison_the_others(tx, blobs):
     metrics = tp.evaluate(bad, jnp.asarray(x), jnp.asarray(y))
     loss = np.asarray(metrics.loss)
     assert np.isinf(loss[1]) and np.all(np.isfinite(loss[[0, 2]]))
+
+
+class OtherNamesNet(nn.Module):
+    """A third-party style model: other argument names, flax-style rng use."""
+
+    @nn.compact
+    def __call__(self, x, training: bool, drop):
+        x = nn.relu(nn.Dense(8)(x))
+        x = tp.Dropout()(x, drop, deterministic=not training)
+        return nn.Dense(3)(x)
+
+
+def test_any_flax_model_with_named_train_and_rate_arguments(tx, blobs):
+    (x, y), _ = blobs
+    state = make_state(
+        tx, x, model=OtherNamesNet(), train_kwarg="training", dropout_kwarg="drop"
+    )
+    state = tp.set_hyperparams(state, dropout_rate=jnp.array([0.0, 0.5, 0.9]))
+    new, info = jax.jit(tp.train_step)(
+        state, jax.random.key(0), jnp.asarray(x[:32]), jnp.asarray(y[:32])
+    )
+    chex.assert_shape(info.loss, (M,))
+    assert np.all(np.isfinite(np.asarray(info.loss)))
+    metrics = tp.evaluate(new, jnp.asarray(x), jnp.asarray(y))
+    chex.assert_shape(metrics.accuracy, (M,))
