@@ -1,0 +1,310 @@
+"""Fast formulations of layers over the replica axis: ``replica_vmap``.
+
+``jax.vmap`` over per-replica weights turns every convolution into one grouped
+convolution (``feature_group_count = M``). XLA:CPU runs grouped convolutions far
+slower than M ordinary ones (jax-ml/jax#15339, #26568): on 2 CPU cores a vmapped
+LeNet step costs twice a Python loop over the replicas. Dense layers,
+element-wise ops and average pooling, on the other hand, gain from being
+vectorised.
+
+:func:`replica_vmap` is a drop-in ``jax.vmap`` that lets each primitive choose
+its own batching rule. It traces the single-replica function to a jaxpr (after
+``jax.grad``, so forward *and* backward convolutions are plain
+``conv_general_dilated`` equations), wraps every equation of a chosen primitive
+in :func:`jax.custom_batching.custom_vmap`, and vmaps the result. Everything
+else is batched by JAX's own rules. The model stays a plain single-replica Flax
+module; no layer needs to know about replicas, and gradients need no custom
+rule because differentiation happens before the rewrite.
+
+Formulations of a primitive whose operands carry the replica axis:
+
+- ``"vmap"``: JAX's rule (a grouped convolution for a conv).
+- ``"unroll"``: the primitive emitted once per replica inside the same
+  compiled program, outputs stacked. Where only one operand is per replica,
+  the replica axis is merged instead: a shared input and per-replica kernels
+  become one convolution with M times the output channels; a per-replica
+  input and a shared kernel become one convolution with M times the batch.
+- ``"map"``: ``jax.lax.map`` over replicas (a loop inside the program), with
+  the same merges for one-sided operands.
+
+A :class:`Policy` maps primitive names to formulations; ``"auto"`` picks the
+measured best for the default backend (see ``experiments/benchmark.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_batching import custom_vmap
+from jax.extend import core as jex_core
+
+__all__ = [
+    "FORMULATIONS",
+    "POLICIES",
+    "Policy",
+    "resolve_policy",
+    "replica_vmap",
+]
+
+FORMULATIONS = ("vmap", "unroll", "map")
+
+Policy = Mapping[str, str]  # primitive name -> formulation
+
+CONV = "conv_general_dilated"
+
+#: Named policies. ``"vmap"`` is JAX's plain vmap, the reference.
+POLICIES: dict[str, dict[str, str]] = {
+    "vmap": {},
+    "unroll": {CONV: "unroll"},
+    "map": {CONV: "map"},
+}
+
+# Measured on CPU (2 cores, jax 0.10.2; experiments/benchmark.py): grouped
+# convolutions are the whole cost, every other layer is fastest under vmap.
+_AUTO = {"cpu": "unroll"}
+
+
+def resolve_policy(policy: str | Policy, backend: str | None = None) -> dict[str, str]:
+    """Turns a policy name (or mapping) into a primitive -> formulation dict.
+
+    Args:
+        policy: ``"auto"``, a key of :data:`POLICIES`, or a mapping from
+            primitive names (e.g. ``"conv_general_dilated"``) to formulations.
+        backend: backend for ``"auto"``; the default backend if None.
+
+    Returns:
+        The mapping; an empty one means plain ``jax.vmap``.
+
+    Raises:
+        ValueError: for an unknown policy name or formulation.
+    """
+    if isinstance(policy, str):
+        if policy == "auto":
+            policy = _AUTO.get(backend or jax.default_backend(), "vmap")
+        if policy not in POLICIES:
+            raise ValueError(
+                f"unknown vectorize policy {policy!r}; choose 'auto' or one of "
+                f"{sorted(POLICIES)}"
+            )
+        return dict(POLICIES[policy])
+    rules = dict(policy)
+    for name, formulation in rules.items():
+        if formulation not in FORMULATIONS:
+            raise ValueError(
+                f"unknown formulation {formulation!r} for {name!r}; choose one of "
+                f"{FORMULATIONS}"
+            )
+    return rules
+
+
+# --------------------------------------------------------------------------
+# Batching rules. Each takes the primitive, its params, the replica count, the
+# batched flags and the operands (replica axis first where batched) and
+# returns the batched output(s), replica axis first.
+
+
+def _per_replica(prim, params, num, batched, args, formulation):
+    """Emits the primitive once per replica (unrolled) or in a ``lax.map``."""
+
+    def one(sliced):
+        it = iter(sliced)
+        operands = [next(it) if b else a for a, b in zip(args, batched, strict=True)]
+        return prim.bind(*operands, **params)
+
+    sliced = [a for a, b in zip(args, batched, strict=True) if b]
+    if formulation == "map":
+        return lax.map(one, sliced)
+    outs = [one([a[m] for a in sliced]) for m in range(num)]
+    if prim.multiple_results:
+        return [jnp.stack(o) for o in zip(*outs, strict=True)]
+    return jnp.stack(outs)
+
+
+def _conv_shared_input(params, num, lhs, rhs):
+    """Shared input, per-replica kernels: one conv with M x output features."""
+    dn = params["dimension_numbers"]
+    out_feat, out_dim = dn.rhs_spec[0], dn.out_spec[1]
+    kernel = jnp.moveaxis(rhs, 0, out_feat)  # (..., M, O, ...)
+    shape = list(rhs.shape[1:])
+    shape[out_feat] *= num
+    out = lax.conv_general_dilated_p.bind(lhs, kernel.reshape(shape), **params)
+    split = out.shape[:out_dim] + (num, -1) + out.shape[out_dim + 1 :]
+    return jnp.moveaxis(out.reshape(split), out_dim, 0)
+
+
+def _conv_shared_kernel(params, num, lhs, rhs):
+    """Per-replica inputs, shared kernel: one conv with M x the batch."""
+    dn = params["dimension_numbers"]
+    in_batch, out_batch = dn.lhs_spec[0], dn.out_spec[0]
+    inputs = jnp.moveaxis(lhs, 0, in_batch)
+    shape = list(lhs.shape[1:])
+    shape[in_batch] *= num
+    out = lax.conv_general_dilated_p.bind(inputs.reshape(shape), rhs, **params)
+    split = out.shape[:out_batch] + (num, -1) + out.shape[out_batch + 1 :]
+    return jnp.moveaxis(out.reshape(split), out_batch, 0)
+
+
+def _conv_rule(prim, params, num, batched, args, formulation):
+    lhs_b, rhs_b = batched
+    lhs, rhs = args
+    if params["batch_group_count"] == 1:
+        if not lhs_b and rhs_b and params["feature_group_count"] == 1:
+            return _conv_shared_input(params, num, lhs, rhs)
+        if lhs_b and not rhs_b:
+            return _conv_shared_kernel(params, num, lhs, rhs)
+    return _per_replica(prim, params, num, batched, args, formulation)
+
+
+_RULES: dict[str, Callable] = {CONV: _conv_rule}
+
+
+def _batched_primitive(eqn: Any, formulation: str) -> Callable:
+    """The equation's primitive as a function with a custom batching rule."""
+    prim, params = eqn.primitive, eqn.params
+    rule = _RULES.get(prim.name, _per_replica)
+
+    def apply(*args):
+        return prim.bind(*args, **params)
+
+    batched_apply = custom_vmap(apply)
+
+    @batched_apply.def_vmap
+    def _vmap_rule(axis_size, in_batched, *args):
+        if not any(in_batched):
+            out = apply(*args)
+            return out, [False] * len(out) if prim.multiple_results else False
+        out = rule(prim, params, axis_size, list(in_batched), list(args), formulation)
+        out_batched = [True] * len(out) if prim.multiple_results else True
+        return out, out_batched
+
+    return batched_apply
+
+
+# --------------------------------------------------------------------------
+# The jaxpr rewrite.
+
+
+def _subjaxprs(params: Mapping[str, Any]) -> list[jex_core.Jaxpr]:
+    found = []
+    for value in params.values():
+        values = value if isinstance(value, tuple | list) else (value,)
+        for v in values:
+            if isinstance(v, jex_core.ClosedJaxpr):
+                found.append(v.jaxpr)
+            elif isinstance(v, jex_core.Jaxpr):
+                found.append(v)
+    return found
+
+
+def _contains(jaxpr: jex_core.Jaxpr, names: frozenset[str]) -> bool:
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in names:
+            return True
+        if any(_contains(sub, names) for sub in _subjaxprs(eqn.params)):
+            return True
+    return False
+
+
+# Call-like primitives whose body can be inlined without changing semantics.
+_INLINE = frozenset({"pjit", "jit", "closed_call", "core_call", "remat", "checkpoint"})
+
+
+def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence, args: Sequence, rules) -> list:
+    """Evaluates ``jaxpr`` with chosen primitives routed through custom_vmap."""
+    env: dict[Any, Any] = {}
+
+    def read(v):
+        return v.val if isinstance(v, jex_core.Literal) else env[v]
+
+    for v, x in zip(jaxpr.constvars, consts, strict=True):
+        env[v] = x
+    for v, x in zip(jaxpr.invars, args, strict=True):
+        env[v] = x
+    names = frozenset(rules)
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        name = eqn.primitive.name
+        if name in rules:
+            outs = _batched_primitive(eqn, rules[name])(*invals)
+        elif name in _INLINE and _contains(_subjaxprs(eqn.params)[0], names):
+            closed = eqn.params["jaxpr"]
+            sub = closed.jaxpr if isinstance(closed, jex_core.ClosedJaxpr) else closed
+            sub_consts = (
+                closed.consts if isinstance(closed, jex_core.ClosedJaxpr) else []
+            )
+            outs = _eval(sub, sub_consts, invals, rules)
+        else:
+            outs = eqn.primitive.bind(
+                *invals, **eqn.primitive.get_bind_params(eqn.params)
+            )
+        if eqn.primitive.multiple_results:
+            for v, x in zip(eqn.outvars, outs, strict=True):
+                env[v] = x
+        else:
+            env[eqn.outvars[0]] = outs
+    return [read(v) for v in jaxpr.outvars]
+
+
+def replica_vmap(
+    fun: Callable,
+    in_axes: Any = 0,
+    *,
+    policy: str | Policy = "auto",
+) -> Callable:
+    """``jax.vmap(fun, in_axes)`` with the per-primitive formulations of ``policy``.
+
+    The mapped axis is the replica axis; it must be axis 0 (or None) and the
+    outputs carry it at axis 0, as everywhere in this library.
+
+    Args:
+        fun: the single-replica function (may contain ``jax.grad``).
+        in_axes: 0 or None per argument (a prefix pytree, as for ``jax.vmap``).
+        policy: ``"auto"`` (fastest measured for the backend), ``"vmap"`` (plain
+            ``jax.vmap``), ``"unroll"``, ``"map"``, or a mapping from primitive
+            name to formulation.
+
+    Returns:
+        The vectorised function; numerically equal to ``jax.vmap(fun, in_axes)``
+        up to float reassociation.
+
+    Example:
+        >>> step = replica_vmap(single_step, in_axes=(0, 0, None), policy="unroll")
+    """
+    rules = resolve_policy(policy)
+    if not rules:
+        return jax.vmap(fun, in_axes=in_axes)
+
+    @functools.wraps(fun)
+    def vectorised(*args):
+        axes = in_axes if isinstance(in_axes, tuple | list) else (in_axes,) * len(args)
+        if any(a not in (0, None) for a in axes):
+            raise ValueError("replica_vmap takes in_axes of 0 or None per argument")
+        flat_axes = [
+            axis
+            for arg, axis in zip(args, axes, strict=True)
+            for _ in jax.tree.leaves(arg)
+        ]
+        flat_args, in_tree = jax.tree.flatten(args)
+        single = [
+            jax.ShapeDtypeStruct(x.shape[1:] if a == 0 else x.shape, x.dtype)
+            for x, a in zip(flat_args, flat_axes, strict=True)
+        ]
+
+        def flat_fun(*flat):
+            return fun(*jax.tree.unflatten(in_tree, flat))
+
+        closed, out_shape = jax.make_jaxpr(flat_fun, return_shape=True)(*single)
+        out_tree = jax.tree.structure(out_shape)
+
+        def rewritten(*flat):
+            return _eval(closed.jaxpr, closed.consts, flat, rules)
+
+        outs = jax.vmap(rewritten, in_axes=flat_axes)(*flat_args)
+        return jax.tree.unflatten(out_tree, outs)
+
+    return vectorised
