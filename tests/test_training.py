@@ -213,3 +213,10 @@ def test_test_data_is_recorded_per_round_and_does_not_change_the_run(state, blob
     assert plain.history.test_loss.shape == (rounds, 4)
     assert np.isnan(plain.history.test_loss).all()
     assert np.isnan(plain.history.test_accuracy).all()
+
+
+def test_progress_bar_reports_every_step(state, blobs, capsys):
+    pytest.importorskip("tqdm")
+    run(state, blobs, progress=True)
+    err = capsys.readouterr().err
+    assert "pt_train" in err and "50/50" in err
