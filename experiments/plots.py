@@ -117,7 +117,7 @@ def plot_error_curves(
         errors_by_label: label -> ``(R,)`` error in [0, 1] (fractions).
         std_by_label: optional label -> ``(R,)`` standard deviation, drawn as a
             shaded band.
-        highlight: labels drawn thick and on top.
+        highlight: labels drawn thick and on top; the first one in black.
         xlabel: x axis label.
         ylabel: y axis label.
         percent: multiply errors by 100.
@@ -137,7 +137,7 @@ def plot_error_curves(
             err,
             lw=2.4 if strong else 1.0,
             alpha=1.0 if strong else 0.7,
-            color="black" if strong and len(highlight) == 1 else None,
+            color="black" if strong and label == highlight[0] else None,
             zorder=5 if strong else 2,
             label=label,
         )

@@ -1,0 +1,167 @@
+"""Paper Fig. 1: weight diffusion ||W(t) - W(t0)|| for dropout, lr and L2.
+
+LeNet-5 (tanh, average pooling) on Fashion-MNIST (or MNIST) from the raw
+files in ``--data-dir``. For each hyperparameter, M replicas start from the same
+weights and train with the same batches, replica m at value m; the library's
+:func:`tempering.diffusion.diffusion_test` records the distance of each from
+its weights at t0. Writes ``experiments/results/fig1_diffusion.json`` and
+``fig1_diffusion.png`` and prints whether the paper's finding holds: more
+dropout and a higher learning rate diffuse faster; L2 weight decay plateaus,
+lower for a larger coefficient.
+
+    python -m experiments.fig1_diffusion --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import tempering as tp
+from experiments.common import RESULTS_DIR, provenance, save_result
+from tempering import diffusion
+from tempering.models import LeNet5
+
+SWEEPS = {
+    # hyperparameter: (values, base learning rate)
+    "dropout_rate": ([0.0, 0.2, 0.4, 0.6], 0.05),
+    "learning_rate": ([0.0125, 0.025, 0.05, 0.1], None),
+    "weight_decay": ([0.0, 0.01, 0.03, 0.1], 0.05),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--dataset", default="fashion_mnist", choices=["fashion_mnist", "mnist"]
+    )
+    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--steps", type=int, default=600, help="SGD steps after t0")
+    p.add_argument("--t0", type=int, default=100, help="steps before W(t0)")
+    p.add_argument("--records", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--train-size", type=int, default=None, help="subsample train set")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--name", default="fig1_diffusion")
+    return p.parse_args(argv)
+
+
+def monotone(x: np.ndarray, increasing: bool) -> bool:
+    d = np.diff(x)
+    return bool(np.all(d > 0) if increasing else np.all(d < 0))
+
+
+def verdicts(results: dict) -> dict:
+    """The paper's three claims, checked on the seed-mean final distances."""
+    out = {}
+    drop = np.asarray(results["dropout_rate"]["mean_distance"])
+    out["dropout_faster_when_larger"] = monotone(drop[-1], True)
+    lr = np.asarray(results["learning_rate"]["mean_distance"])
+    out["lr_faster_when_larger"] = monotone(lr[-1], True)
+    wd = np.asarray(results["weight_decay"]["mean_distance"])
+    steps = np.asarray(results["weight_decay"]["steps"])
+    half = max(int(np.searchsorted(steps, steps[-1] // 2, side="right")) - 1, 0)
+    growth = (wd[-1] - wd[half]) / wd[-1]  # relative growth over the second half
+    out["l2_growth_second_half"] = growth.tolist()
+    out["l2_plateaus_for_largest"] = bool(abs(growth[-1]) < 0.05)
+    out["l2_final_lower_when_larger"] = monotone(wd[-1][1:], False)
+    out["l2_below_no_decay"] = bool(np.all(wd[-1][1:] < wd[-1][0]))
+    return out
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    data = tp.data.load_dataset(args.dataset, data_dir=args.data_dir, source="raw")
+    x, y = data.train
+    if args.train_size:
+        x, y = x[: args.train_size], y[: args.train_size]
+    model = LeNet5(num_classes=data.num_classes, activation="tanh", pooling="avg")
+    results = {}
+    start = time.time()
+    for name, (values, base_lr) in SWEEPS.items():
+        runs = []
+        for seed in args.seeds:
+            if name == "weight_decay":
+                tx = diffusion.l2_sgd(base_lr)
+            else:
+                tx = tp.sgd(base_lr or values[0])
+            state = tp.create_replicas(
+                jax.random.key(seed),
+                model,
+                tx,
+                x[:2],
+                num_replicas=len(values),
+                same_init=True,
+            )
+            res = diffusion.diffusion_test(
+                state,
+                jax.random.key(1000 + seed),
+                train_data=(x, y),
+                hyperparameter=name,
+                values=values,
+                num_steps=args.steps,
+                num_records=args.records,
+                t0=args.t0,
+                batch_size=args.batch_size,
+            )
+            runs.append(res)
+            print(f"{name} seed {seed}: final distance {res.distance[-1].round(3)}")
+        dist = np.stack([r.distance for r in runs])
+        results[name] = {
+            "values": values,
+            "base_learning_rate": base_lr,
+            "steps": runs[0].steps,
+            "distance_per_seed": dist,
+            "mean_distance": dist.mean(0),
+            "train_loss_per_seed": np.stack([r.train_loss for r in runs]),
+        }
+    check = verdicts(results)
+    payload = {
+        "provenance": provenance(args.seeds),
+        "settings": vars(args) | {"out_dir": str(args.out_dir)},
+        "model": "LeNet5(tanh, avg pool), same initial weights and batches per sweep",
+        "dataset": args.dataset,
+        "note": "CPU only (no GPU in this session)",
+        "wall_time_s": time.time() - start,
+        "results": results,
+        "verdicts": check,
+    }
+    path = save_result(args.name, payload, args.out_dir)
+    plot(results, args.out_dir / f"{args.name}.png")
+    print(f"wrote {path}")
+    for k, v in check.items():
+        print(f"  {k}: {v}")
+    return payload
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from experiments.plots import plot_diffusion
+
+    titles = {
+        "dropout_rate": "dropout rate",
+        "learning_rate": "learning rate",
+        "weight_decay": "L2 weight decay",
+    }
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, (name, res) in zip(axes, results.items(), strict=True):
+        labels = [f"{v:g}" for v in res["values"]]
+        plot_diffusion(
+            ax, res["steps"], res["mean_distance"], labels, title=titles[name]
+        )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
