@@ -1,0 +1,41 @@
+"""Smoke test of experiments/compare.py: the real harness at a tiny size."""
+
+import json
+
+import numpy as np
+
+from experiments import compare
+
+
+def test_compare_main_tiny(tmp_path):
+    payload = compare.main(
+        [
+            "mnist1d",
+            "--seeds",
+            "2",
+            "--steps",
+            "40",
+            "--interval",
+            "10",
+            "--burn-in",
+            "10",
+            "--replicas",
+            "3",
+            "--train-subset",
+            "512",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
+    stored = json.loads((tmp_path / "compare_mnist1d.json").read_text())
+    assert (tmp_path / "compare_mnist1d.md").read_text().startswith("**mnist1d**")
+    assert (tmp_path / "compare_mnist1d.png").stat().st_size > 0
+    assert stored["provenance"]["seeds"] == [0, 1]
+    assert {"command", "git_commit", "machine"} <= set(stored["provenance"])
+    for method in compare.METHODS:
+        errors = np.asarray(payload["summary"][method]["test_error"])
+        assert errors.shape == (2,) and np.all((errors >= 0) & (errors <= 1))
+        # (40 - 10) / 10 rounds; PBT does not exploit after the last segment
+        rounds = 2 if method == "pbt" else 3
+        assert len(stored["runs"][0][method]["curve_step"]) == rounds
+    assert payload["c"] > 0
