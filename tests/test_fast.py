@@ -1,0 +1,181 @@
+"""Every replica formulation of tempering.fast equals the plain vmap reference."""
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import tempering as tp
+from tempering import fast, models
+from tempering.replicas import replica_train_step
+
+M = 2
+POLICIES = ["unroll", "map"]  # "auto" is "unroll" on CPU (test_resolve_policy)
+TOL = {"atol": 2e-5, "rtol": 2e-5}
+
+
+class GroupedConvNet(nn.Module):
+    """Grouped (feature_group_count=2) and strided convs: batch_group_count in grads."""
+
+    @nn.compact
+    def __call__(self, x, *, train=False, dropout_rate=0.0):
+        x = nn.relu(nn.Conv(4, (3, 3))(x))
+        x = nn.relu(nn.Conv(4, (3, 3), strides=2, feature_group_count=2)(x))
+        x = jax.jit(jnp.tanh)(x.mean(axis=(1, 2)))  # a nested jit
+        return nn.Dense(3)(x)
+
+
+def _setup(name):
+    rng = np.random.default_rng(0)
+    if name == "lenet":
+        model, shape, classes = models.lenet5_emnist(), (4, 28, 28, 1), 26
+    elif name == "resnet":
+        model, shape, classes = models.ResNet((1, 1, 1)), (4, 16, 16, 3), 10
+    elif name == "grouped":
+        model, shape, classes = GroupedConvNet(), (4, 9, 9, 2), 3
+    else:
+        model, shape, classes = models.MLP((16, 16)), (4, 40), 10
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    y = jnp.asarray(rng.integers(0, classes, size=(shape[0],)), jnp.int32)
+    return model, x, y
+
+
+def _assert_trees_close(a, b):
+    chex.assert_trees_all_equal_shapes_and_dtypes(a, b)
+    chex.assert_trees_all_close(a, b, **TOL)
+
+
+@functools.cache
+def _replicas(name, vectorize):
+    model, x, y = _setup(name)
+    state = tp.create_replicas(
+        jax.random.key(0),
+        model,
+        tp.sgd(0.05, momentum=0.9),
+        x,
+        num_replicas=M,
+        dropout_rate=0.2,
+        vectorize=vectorize,
+    )
+    state = tp.set_hyperparams(state, learning_rate=jnp.array([0.01, 0.1]))
+    return state, x, y
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("name", ["lenet", "mlp", "grouped"])
+def test_forward_and_gradients_match_vmap(name, policy):
+    state, x, y = _replicas(name, "vmap")
+    per_replica_x = jnp.stack([x + 0.1 * m for m in range(M)])
+
+    def loss(params, batch_stats, inputs):
+        variables = {"params": params}
+        if batch_stats:
+            variables["batch_stats"] = batch_stats
+        logits = state.model.apply(variables, inputs)
+        return tp.replicas.cross_entropy(logits, y).mean(), logits
+
+    grad_fn = jax.value_and_grad(loss, has_aux=True)
+    for x_axis, inputs in [(None, x), (0, per_replica_x)]:
+        axes = (0, 0, x_axis)
+        ref = jax.jit(jax.vmap(grad_fn, in_axes=axes))(
+            state.params, state.batch_stats, inputs
+        )
+        got = jax.jit(fast.replica_vmap(grad_fn, in_axes=axes, policy=policy))(
+            state.params, state.batch_stats, inputs
+        )
+        chex.assert_tree_shape_prefix(got, (M,))
+        _assert_trees_close(got, ref)
+
+
+@pytest.mark.parametrize(
+    "name, policy", [("lenet", "unroll"), ("resnet", "unroll"), ("mlp", "unroll")]
+)
+def test_train_step_and_evaluate_match_vmap(name, policy):
+    ref_state, x, y = _replicas(name, "vmap")
+    state = ref_state.replace(vectorize=policy)
+    key = jax.random.key(3)
+    ref, ref_info = jax.jit(tp.train_step)(ref_state, key, x, y)
+    new, info = jax.jit(tp.train_step)(state, key, x, y)
+    chex.assert_shape(info.loss, (M,))
+    _assert_trees_close(info.loss, ref_info.loss)
+    _assert_trees_close(
+        (new.params, new.batch_stats, new.opt_state),
+        (ref.params, ref.batch_stats, ref.opt_state),
+    )
+    chex.assert_trees_all_close(
+        tp.evaluate(new, x, y, batch_size=4),
+        tp.evaluate(ref, x, y, batch_size=4),
+        **TOL,
+    )
+
+
+def test_per_replica_batches_match_vmap():
+    ref_state, x, y = _replicas("lenet", "vmap")
+    xs, ys = jnp.stack([x, -x[::-1]]), jnp.stack([y, y[::-1]])
+    key = jax.random.key(1)
+    ref, _ = jax.jit(tp.train_step)(ref_state, key, xs, ys)
+    new, _ = jax.jit(tp.train_step)(ref_state.replace(vectorize="unroll"), key, xs, ys)
+    _assert_trees_close(new.params, ref.params)
+
+
+def test_replica_train_step_is_the_vmapped_function():
+    state, x, y = _replicas("lenet", "unroll")
+    step = functools.partial(replica_train_step, state)
+    keys = jax.random.split(jax.random.key(0), M)
+    args = (state.params, state.batch_stats, state.opt_state, state.dropout_rate)
+    fused = fast.replica_vmap(step, (0, 0, 0, 0, 0, None, None), policy="unroll")
+    out = jax.jit(fused)(*args, keys, x, y)
+    for m in range(M):
+        one = jax.jit(step)(*jax.tree.map(lambda a, m=m: a[m], args), keys[m], x, y)
+        _assert_trees_close(jax.tree.map(lambda a, m=m: a[m], out), one)
+
+
+def test_differentiating_through_replica_vmap():
+    w = jax.random.normal(jax.random.key(0), (M, 3, 3, 2, 4))
+    x = jax.random.normal(jax.random.key(1), (5, 8, 8, 2))
+
+    def f(w, x):
+        y = lax.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return jnp.sum(jnp.tanh(y) ** 2)
+
+    def total(w, policy):
+        return fast.replica_vmap(f, (0, None), policy=policy)(w, x).sum()
+
+    ref = jax.grad(total)(w, "vmap")
+    got = jax.jit(jax.grad(total), static_argnums=1)(w, "unroll")
+    _assert_trees_close(got, ref)
+
+
+def test_resolve_policy():
+    assert fast.resolve_policy("vmap") == {}
+    assert fast.resolve_policy("auto", backend="cpu") == fast.POLICIES["unroll"]
+    assert fast.resolve_policy("auto", backend="gpu") == {}
+    assert fast.resolve_policy({"dot_general": "map"}) == {"dot_general": "map"}
+    with pytest.raises(ValueError, match="unknown vectorize policy"):
+        fast.resolve_policy("fastest")
+    with pytest.raises(ValueError, match="unknown formulation"):
+        fast.resolve_policy({"conv_general_dilated": "grouped"})
+    model, x, _ = _setup("mlp")
+    with pytest.raises(ValueError, match="unknown vectorize policy"):
+        tp.create_replicas(
+            jax.random.key(0), model, tp.sgd(), x, num_replicas=2, vectorize="nope"
+        )
+
+
+def test_fused_step_traces_once():
+    state, x, y = _replicas("lenet", "unroll")
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(state, key):
+        return tp.train_step(state, key, x, y)
+
+    for i in range(3):
+        state, _ = step(state, jax.random.key(i))
