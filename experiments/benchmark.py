@@ -1,0 +1,382 @@
+"""Throughput of the fused replica step against a loop and lax.map; PT overhead.
+
+Replica-steps per second (one SGD step of one replica, batch 128) for M
+replicas of an MLP (MNIST-1D shapes), both LeNet-5s and ResNet-20, comparing
+
+- ``fused``: the library's step, ``jit(train_step)`` with the default
+  ``vectorize="auto"`` (tempering.fast);
+- ``vmap``: the same step forced to plain ``jax.vmap`` (``vectorize="vmap"``),
+  i.e. the naive vectorised grid;
+- ``loop``: a Python loop over M jitted single-replica steps;
+- ``lax_map``: ``jax.lax.map`` over replicas inside one jit.
+
+All variants of one (model, M) are timed interleaved, round robin, in one
+process, so that load from other processes hits them alike; the ratios are the
+result (absolute times are only meaningful on an idle, named device). Also
+measured: the compiled peak memory against M, the share of ``pt_train`` wall
+time spent outside SGD (validation + exchange), and PT against the independent
+grid (``exchanges=False``) in the same engine.
+
+Run::
+
+    python -m experiments.benchmark            # full CPU run
+    python -m experiments.benchmark --quick    # a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import tempering as tp
+from experiments.common import RESULTS_DIR, provenance, save_result
+from tempering import models
+from tempering.replicas import replica_train_step
+
+BATCH = 128
+VARIANTS = ("fused", "vmap", "loop", "lax_map")
+
+
+def model_spec(name: str):
+    """(model, single input shape, number of classes) of a benchmark model."""
+    if name == "mlp":
+        return models.MLP(), (40,), 10
+    if name == "lenet_emnist":
+        return models.lenet5_emnist(), (28, 28, 1), 26
+    if name == "lenet_cifar10":
+        return models.lenet5_cifar10(), (32, 32, 3), 10
+    if name == "resnet20":
+        return models.resnet20(), (32, 32, 3), 10
+    raise ValueError(f"unknown model {name!r}")
+
+
+def synthetic(shape, classes, num, seed=0):
+    """Random inputs and labels: timing does not depend on the values."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num, *shape)).astype(np.float32)
+    y = rng.integers(0, classes, size=num).astype(np.int32)
+    return jnp.asarray(x), jnp.asarray(y)
+
+
+def make_state(name: str, num: int, vectorize: str = "auto"):
+    model, shape, _ = model_spec(name)
+    tx = models.resnet_optimizer() if name == "resnet20" else tp.sgd(0.01, 0.9)
+    rate = 0.0 if name == "resnet20" else 0.1
+    return tp.create_replicas(
+        jax.random.key(0),
+        model,
+        tx,
+        jnp.zeros((BATCH, *shape)),
+        num_replicas=num,
+        dropout_rate=rate,
+        vectorize=vectorize,
+    )
+
+
+def step_variants(name: str, num: int, x, y) -> dict[str, Callable[[], object]]:
+    """Zero-argument callables, one SGD step of all M replicas each."""
+    state = make_state(name, num)
+    key = jax.random.key(1)
+    fused = jax.jit(tp.train_step)
+    plain = state.replace(vectorize="vmap")
+    one = functools.partial(replica_train_step, state)
+    keys = jax.random.split(key, num)
+    args = (state.params, state.batch_stats, state.opt_state, state.dropout_rate, keys)
+    single = jax.jit(one)
+    per_replica = [jax.tree.map(lambda a, m=m: a[m], args) for m in range(num)]
+    mapped = jax.jit(lambda a, x, y: jax.lax.map(lambda s: one(*s, x, y), a))
+    return {
+        "fused": lambda: fused(state, key, x, y),
+        "vmap": lambda: fused(plain, key, x, y),
+        "loop": lambda: [single(*p, x, y) for p in per_replica],
+        "lax_map": lambda: mapped(args, x, y),
+    }
+
+
+def peak_memory(name: str, num: int, vectorize: str, x, y) -> dict[str, int]:
+    """Compiled memory of the fused step (arguments, outputs, temporaries)."""
+    state = make_state(name, num, vectorize)
+    compiled = jax.jit(tp.train_step).lower(state, jax.random.key(0), x, y).compile()
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return {}
+    return {
+        "argument_bytes": int(mem.argument_size_in_bytes),
+        "output_bytes": int(mem.output_size_in_bytes),
+        "temp_bytes": int(mem.temp_size_in_bytes),
+        "peak_bytes": int(
+            mem.argument_size_in_bytes
+            + mem.output_size_in_bytes
+            + mem.temp_size_in_bytes
+        ),
+    }
+
+
+def time_interleaved(fns: dict[str, Callable], reps: int) -> dict[str, dict]:
+    """Round-robin timing; min and median seconds per call of every variant."""
+    for fn in fns.values():  # compile and warm up
+        jax.block_until_ready(fn())
+        jax.block_until_ready(fn())
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[k].append(time.perf_counter() - start)
+    return {
+        k: {"min_s": float(np.min(v)), "median_s": float(np.median(v))}
+        for k, v in times.items()
+    }
+
+
+def throughput(names, ms, reps, resnet_ms) -> list[dict]:
+    rows = []
+    for name in names:
+        _, shape, classes = model_spec(name)
+        x, y = synthetic(shape, classes, BATCH)
+        for num in resnet_ms if name == "resnet20" else ms:
+            t0 = time.perf_counter()
+            timing = time_interleaved(step_variants(name, num, x, y), reps)
+            row = {"model": name, "M": num, "timing": timing}
+            for k, t in timing.items():
+                row[f"{k}_replica_steps_per_s"] = num / t["min_s"]
+                row[f"{k}_vs_loop"] = timing["loop"]["min_s"] / t["min_s"]
+                row[f"{k}_vs_loop_median"] = timing["loop"]["median_s"] / t["median_s"]
+            row["memory"] = {
+                v: peak_memory(name, num, v, x, y) for v in ("auto", "vmap")
+            }
+            rows.append(row)
+            print(
+                f"{name:14s} M={num:3d} "
+                + " ".join(f"{k}={row[f'{k}_vs_loop']:.2f}x" for k in VARIANTS)
+                + f"  (vs loop, min of {reps}; {time.perf_counter() - t0:.0f}s)",
+                flush=True,
+            )
+    return rows
+
+
+def pt_overhead(name: str, num: int, interval: int, rounds: int, reps: int) -> dict:
+    """Wall time of pt_train (PT and grid) against SGD alone, same steps.
+
+    The training set has ``9 * n_val`` examples and the validation split
+    ``n_val`` (a 10 % split of the paper's data sizes: 54k/6k for MNIST-like,
+    45k/5k for CIFAR-10, 4k/1k... scaled down to keep the run short).
+    """
+    _, shape, classes = model_spec(name)
+    n_val = {"mlp": 1000, "lenet_emnist": 5000, "lenet_cifar10": 5000}.get(name, 5000)
+    train = synthetic(shape, classes, 9 * n_val, seed=1)
+    val = synthetic(shape, classes, n_val, seed=2)
+    ladder = tp.make_ladder(learning_rate=np.linspace(0.01, 0.02, num))
+    state = make_state(name, num)
+    steps = interval * rounds
+    segment = jax.jit(
+        functools.partial(tp.train_segment, batch_size=BATCH), donate_argnums=0
+    )
+    evaluate = jax.jit(functools.partial(tp.evaluate, batch_size=1000))
+
+    def run_pt(exchanges):
+        def go():
+            return tp.pt_train(
+                state,
+                ladder,
+                jax.random.key(0),
+                train_data=train,
+                validation_data=val,
+                num_steps=steps,
+                exchange_interval=interval,
+                exchanges=exchanges,
+            ).state
+
+        return go
+
+    def sgd_only():
+        s = jax.tree.map(jnp.copy, state)
+        for r in range(rounds):  # same rounds, no validation or exchange
+            s, _ = segment(s, jax.random.key(r), jax.random.key(0), *train, interval)
+        return s
+
+    fns = {"pt": run_pt(True), "grid": run_pt(False), "sgd_only": sgd_only}
+    timing = time_interleaved(fns, reps)
+    eval_t = time_interleaved({"eval": lambda: evaluate(state, *val)}, 5)["eval"]
+    step_t = timing["sgd_only"]["min_s"] / steps
+    return {
+        "model": name,
+        "M": num,
+        "exchange_interval": interval,
+        "rounds": rounds,
+        "n_val": n_val,
+        "timing": timing,
+        "validation_s": eval_t,
+        "pt_vs_grid": timing["pt"]["min_s"] / timing["grid"]["min_s"],
+        "pt_vs_grid_median": timing["pt"]["median_s"] / timing["grid"]["median_s"],
+        "outside_sgd_share": 1 - timing["sgd_only"]["min_s"] / timing["pt"]["min_s"],
+        "validation_share_estimate": eval_t["min_s"]
+        / (eval_t["min_s"] + interval * step_t),
+    }
+
+
+def pt_overhead_estimate(name: str, num: int, intervals, reps: int) -> dict:
+    """Validation share at the authors' intervals from measured components."""
+    _, shape, classes = model_spec(name)
+    x, y = synthetic(shape, classes, BATCH)
+    val = synthetic(shape, classes, 5000, seed=2)
+    state = make_state(name, num)
+    step = jax.jit(tp.train_step)
+    evaluate = jax.jit(functools.partial(tp.evaluate, batch_size=1000))
+    timing = time_interleaved(
+        {
+            "step": lambda: step(state, jax.random.key(0), x, y),
+            "validation": lambda: evaluate(state, *val),
+        },
+        reps,
+    )
+    t_step, t_val = timing["step"]["min_s"], timing["validation"]["min_s"]
+    return {
+        "model": name,
+        "M": num,
+        "n_val": 5000,
+        "validation_in_steps": t_val / t_step,
+        "share": {str(k): t_val / (t_val + k * t_step) for k in intervals},
+    }
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "### Fused replica step on CPU: throughput relative to a loop of M jitted steps",
+        "",
+        f"{result['provenance']['machine']['cpu']}, "
+        f"{result['provenance']['machine']['cpu_count']} cores (shared), "
+        f"jax {result['provenance']['machine']['jax']}, batch {BATCH}. "
+        "Ratio = loop time / variant time (min over interleaved repeats; "
+        ">1 is faster than the loop). `fused` is the library default "
+        '(`vectorize="auto"`), `vmap` plain `jax.vmap`.',
+        "",
+        "| model | M | fused | vmap | lax.map | loop | peak MiB fused / vmap |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["throughput"]:
+        mem = r["memory"]
+        mib = " / ".join(
+            f"{mem[v].get('peak_bytes', 0) / 2**20:.1f}" for v in ("auto", "vmap")
+        )
+        lines.append(
+            f"| {r['model']} | {r['M']} | {r['fused_vs_loop']:.2f} | "
+            f"{r['vmap_vs_loop']:.2f} | {r['lax_map_vs_loop']:.2f} | 1.00 | {mib} |"
+        )
+    if result.get("pt_overhead"):
+        lines += [
+            "",
+            "### Tempering overhead (validation + exchange) in `pt_train`",
+            "",
+            "| model | M | exchange every | validation set | PT / grid wall | "
+            "outside SGD (end to end) | validation share (components) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in result["pt_overhead"]:
+            lines.append(
+                f"| {r['model']} | {r['M']} | {r['exchange_interval']} | "
+                f"{r['n_val']} | {r['pt_vs_grid']:.3f} | "
+                f"{100 * r['outside_sgd_share']:.1f}% | "
+                f"{100 * r['validation_share_estimate']:.2f}% |"
+            )
+    if result.get("overhead_estimates"):
+        intervals = list(result["overhead_estimates"][0]["share"])
+        lines += [
+            "",
+            "Validation share of PT wall time at the authors' exchange intervals "
+            "(5000 validation examples; from the measured step and validation "
+            "times):",
+            "",
+            "| model | M | validation = steps | "
+            + " | ".join(f"every {k}" for k in intervals)
+            + " |",
+            "|---|---|---|" + "---|" * len(intervals),
+        ]
+        for r in result["overhead_estimates"]:
+            lines.append(
+                f"| {r['model']} | {r['M']} | {r['validation_in_steps']:.1f} | "
+                + " | ".join(f"{100 * v:.2f}%" for v in r["share"].values())
+                + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({r["model"] for r in result["throughput"]})
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.4))
+    axes = np.atleast_1d(axes)
+    for ax, name in zip(axes, names, strict=True):
+        rows = [r for r in result["throughput"] if r["model"] == name]
+        ms = [r["M"] for r in rows]
+        loop = np.array([r["loop_replica_steps_per_s"] for r in rows])
+        for v in VARIANTS:
+            rel = np.array([r[f"{v}_replica_steps_per_s"] for r in rows])
+            ax.plot(ms, rel / loop[0], marker="o", label=v)
+        ax.set_xscale("log", base=2)
+        ax.set_title(name)
+        ax.set_xlabel("replicas M")
+    axes[0].set_ylabel("replica-steps/s (÷ loop at smallest M)")
+    axes[0].legend()
+    fig.suptitle("CPU throughput vs M (relative; shared 2-core machine)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ms", default="1,2,4,8,16,32")
+    parser.add_argument("--resnet-ms", default="1,2,4,8")
+    parser.add_argument("--models", default="mlp,lenet_emnist,lenet_cifar10,resnet20")
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip-pt", action="store_true")
+    parser.add_argument("--name", default="benchmark_cpu")
+    parser.add_argument("--out", default=str(RESULTS_DIR))
+    args = parser.parse_args(argv)
+    ms = [int(m) for m in args.ms.split(",")]
+    resnet_ms = [int(m) for m in args.resnet_ms.split(",")]
+    names = args.models.split(",")
+    reps = args.reps
+    pt_runs = [("mlp", 8, 300, 3), ("mlp", 8, 1000, 2)]
+    if args.quick:
+        ms, resnet_ms, reps = [1, 8], [1, 2], min(reps, 5)
+        pt_runs = [("mlp", 8, 300, 2)]
+    result = {"provenance": provenance(seeds=[0])}
+    result["throughput"] = throughput(names, ms, reps, resnet_ms)
+    if not args.skip_pt:
+        result["pt_overhead"] = [
+            pt_overhead(n, m, k, r, 2 if args.quick else 3) for n, m, k, r in pt_runs
+        ]
+        for r in result["pt_overhead"]:
+            print(
+                f"pt_train {r['model']} every {r['exchange_interval']}: PT/grid "
+                f"{r['pt_vs_grid']:.3f}, outside SGD {100 * r['outside_sgd_share']:.2f}%"
+                f", validation (components) {100 * r['validation_share_estimate']:.2f}%",
+                flush=True,
+            )
+        lenets = [n for n in names if n.startswith("lenet")]
+        result["overhead_estimates"] = [
+            pt_overhead_estimate(n, 8, (300, 600, 1000), reps) for n in lenets
+        ]
+    out = Path(args.out)
+    save_result(args.name, result, out)
+    (out / f"{args.name}.md").write_text(markdown(result))
+    plot(result, out / f"{args.name}.png")
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
