@@ -105,7 +105,7 @@ def run_seed(args, bench: Benchmark, dataset, ladder, tx, seed: int, c) -> dict:
         validation_data=dataset.validation,
         num_steps=args.steps,
         burn_in=args.burn_in,
-        batch_size=bench.batch_size,
+        batch_size=args.batch_size,
     )
     init_key, run_key = jax.random.key(seed), jax.random.key(10_000 + seed)
     out = {"seed": seed}
@@ -278,6 +278,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--interval", type=int, default=None)
     parser.add_argument("--burn-in", type=int, default=None)
     parser.add_argument("--replicas", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--c", type=float, default=None, help="default: the C rule")
     parser.add_argument("--scheme", default="even_odd", choices=tp.SCHEMES)
     parser.add_argument("--momentum", type=float, default=0.9)
@@ -293,7 +294,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     bench = BENCHMARKS[args.benchmark]
-    for field in ("seeds", "steps", "interval", "burn_in", "replicas"):
+    for field in ("seeds", "steps", "interval", "burn_in", "replicas", "batch_size"):
         if getattr(args, field) is None:
             setattr(args, field, getattr(bench, field))
     dataset = load(args.benchmark, args.data_dir)
@@ -323,7 +324,7 @@ def main(argv=None) -> dict:
     desc = (
         f"{type(bench.model).__name__}, {args.replicas} replicas, geometric lr ladder "
         f"{bench.lr_low}–{bench.lr_high}, SGD momentum {args.momentum}, batch "
-        f"{bench.batch_size}, {args.steps} steps per replica (burn-in {args.burn_in}), "
+        f"{args.batch_size}, {args.steps} steps per replica (burn-in {args.burn_in}), "
         f"exchange / PBT ready interval {args.interval}, PT scheme {args.scheme}; "
         f"train / validation / test examples {len(dataset.train.labels)} / "
         f"{len(dataset.validation.labels)} / {len(dataset.test.labels)}"
