@@ -46,6 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--train-size", type=int, default=None, help="subsample train set")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--replicas", type=int, default=None, help="first M values only")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--name", default="fig1_diffusion")
     return p.parse_args(argv)
@@ -81,15 +82,16 @@ def main(argv=None) -> dict:
     if args.train_size:
         x, y = x[: args.train_size], y[: args.train_size]
     model = LeNet5(num_classes=data.num_classes, activation="tanh", pooling="avg")
+    # one optimiser object per kind: the compiled programs are cached on it
+    sgd_tx = tp.sgd(0.05)
+    l2_tx = diffusion.l2_sgd(0.05)
     results = {}
     start = time.time()
     for name, (values, base_lr) in SWEEPS.items():
+        values = values[: args.replicas] if args.replicas else values
         runs = []
         for seed in args.seeds:
-            if name == "weight_decay":
-                tx = diffusion.l2_sgd(base_lr)
-            else:
-                tx = tp.sgd(base_lr or values[0])
+            tx = l2_tx if name == "weight_decay" else sgd_tx
             state = tp.create_replicas(
                 jax.random.key(seed),
                 model,
@@ -98,6 +100,8 @@ def main(argv=None) -> dict:
                 num_replicas=len(values),
                 same_init=True,
             )
+            if base_lr is not None:  # the swept hyperparameter is set by the test
+                state = tp.set_hyperparams(state, learning_rate=base_lr)
             res = diffusion.diffusion_test(
                 state,
                 jax.random.key(1000 + seed),

@@ -23,7 +23,7 @@ from experiments.fig2_common import (
     apply_overrides,
     run_experiment,
 )
-from tempering.models import resnet20, resnet44, resnet_optimizer
+from tempering.models import ResNet, resnet20, resnet44, resnet_optimizer
 
 TOTAL_STEPS = 64_000
 BURN_IN = 32_000
@@ -49,14 +49,25 @@ def paper_config(depth: int) -> Fig2Config:
     )
 
 
+def _resnet8() -> ResNet:
+    """ResNet8 (one block per stage): a fast stand-in for the smoke test only."""
+    return ResNet(stage_sizes=(1, 1, 1))
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--depth", type=int, default=20, choices=[20, 44])
+    p.add_argument(
+        "--depth",
+        type=int,
+        default=20,
+        choices=[8, 20, 44],
+        help="20 or 44 (paper); 8 only for the smoke test",
+    )
     add_common_args(p)
     args = p.parse_args(argv)
     config = apply_overrides(paper_config(args.depth), args)
     data = tp.data.load_dataset("cifar10", data_dir=args.data_dir, source="auto")
-    model = resnet20() if args.depth == 20 else resnet44()
+    model = {20: resnet20, 44: resnet44}.get(args.depth, _resnet8)()
     tx = resnet_optimizer(learning_rate=0.1, momentum=0.9, weight_decay=1e-4)
     extra = {"model": f"ResNet{args.depth}", "augment": "crop(4)+flip on device"}
     return run_experiment(
