@@ -1,0 +1,60 @@
+"""Smoke tests: every experiment script runs end to end at a tiny size.
+
+The data are small raw files written here (the format of shared/data), so
+these tests need neither the network nor ../shared.
+"""
+
+import json
+
+import pytest
+from test_data import make_cifar, make_idx_dataset
+
+pytest.importorskip("matplotlib")
+
+from experiments import fig1_diffusion, fig2_lenet, fig2_resnet, fig2_table  # noqa: E402
+
+TINY = ["--seeds", "0", "--replicas", "2", "--batch-size", "8", "--rounds", "2"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_idx_dataset(root, "fashion_mnist", n_train=80, n_test=16)
+    make_cifar(root, sizes=(30, 30, 30), n_test=16)
+    return root
+
+
+def test_fig1_diffusion_smoke(data_dir, tmp_path):
+    payload = fig1_diffusion.main(
+        ["--data-dir", str(data_dir), "--steps", "3", "--t0", "1", "--records", "2",
+         "--batch-size", "8", "--replicas", "2", "--out-dir", str(tmp_path)]
+    )  # fmt: skip
+    assert set(payload["results"]) == {"dropout_rate", "learning_rate", "weight_decay"}
+    assert (tmp_path / "fig1_diffusion.json").exists()
+    assert (tmp_path / "fig1_diffusion.png").exists()
+
+
+def test_fig2_lenet_and_table_smoke(data_dir, tmp_path):
+    fig2_lenet.main(
+        ["--dataset", "fashion_mnist", "--ladder", "lr", "--scale", "0.0002",
+         "--data-dir", str(data_dir), "--out-dir", str(tmp_path), *TINY]
+    )  # fmt: skip
+    result = json.loads((tmp_path / "fig2_lenet_fashion_mnist_lr.json").read_text())
+    assert result["config"]["num_replicas"] == 2
+    assert len(result["runs"]["pt"]) == len(result["runs"]["grid"]) == 1
+    assert len(result["runs"]["pt"][0]["step"]) == 2
+    assert result["provenance"]["seeds"] == [0]
+    assert (tmp_path / "fig2_lenet_fashion_mnist_lr.png").exists()
+    text = fig2_table.main(["--results-dir", str(tmp_path)])
+    assert "fig2_lenet_fashion_mnist_lr" in text
+    assert (tmp_path / "fig2_table.md").exists()
+
+
+def test_fig2_resnet_smoke(data_dir, tmp_path):
+    fig2_resnet.main(
+        ["--depth", "8", "--scale", "0.00003", "--data-dir", str(data_dir),
+         "--out-dir", str(tmp_path), *TINY]
+    )  # fmt: skip
+    result = json.loads((tmp_path / "fig2_resnet8.json").read_text())
+    assert result["config"]["hyperparameter"] == "learning_rate"
+    assert (tmp_path / "fig2_resnet8.png").exists()
