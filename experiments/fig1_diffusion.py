@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 import tempering as tp
-from experiments.common import RESULTS_DIR, provenance, save_result
+from experiments.common import RESULTS_DIR, fmt_mean_std, provenance, save_result
 from tempering import diffusion
 from tempering.models import LeNet5
 
@@ -137,10 +137,47 @@ def main(argv=None) -> dict:
     }
     path = save_result(args.name, payload, args.out_dir)
     plot(results, args.out_dir / f"{args.name}.png")
+    (args.out_dir / f"{args.name}.md").write_text(markdown(payload))
     print(f"wrote {path}")
     for k, v in check.items():
         print(f"  {k}: {v}")
     return payload
+
+
+CLAIMS = {
+    "dropout_faster_when_larger": "more dropout diffuses faster",
+    "lr_faster_when_larger": "a higher learning rate diffuses faster",
+    "l2_plateaus_for_largest": "the largest L2 coefficient plateaus "
+    "(< 5% growth over the second half)",
+    "l2_final_lower_when_larger": "a larger L2 coefficient ends lower",
+    "l2_below_no_decay": "every L2 coefficient ends below no decay",
+}
+
+
+def markdown(payload: dict) -> str:
+    """Final distances (mean ± std over seeds) and the paper's claims checked."""
+    results, seeds = payload["results"], payload["provenance"]["seeds"]
+    steps = payload["results"]["dropout_rate"]["steps"]
+    lines = [
+        f"{payload['dataset']}, {payload['model']}; ||W(t) - W(t0)|| after "
+        f"{int(steps[-1])} steps (t0 = {payload['settings']['t0']}), batch "
+        f"{payload['settings']['batch_size']}, {len(seeds)} seeds, mean ± std.",
+        "",
+        "| hyperparameter | value: final distance |",
+        "|---|---|",
+    ]
+    for name, res in results.items():
+        final = np.asarray(res["distance_per_seed"])[:, -1, :]  # (seeds, values)
+        cells = ", ".join(
+            f"{v:g}: {fmt_mean_std(final[:, i], digits=2)}"
+            for i, v in enumerate(res["values"])
+        )
+        lines.append(f"| {name} | {cells} |")
+    lines.append("")
+    for key, words in CLAIMS.items():
+        verdict = "holds" if payload["verdicts"][key] else "does **not** hold"
+        lines.append(f"- {words}: {verdict}")
+    return "\n".join(lines) + "\n"
 
 
 def plot(results: dict, path: Path) -> None:

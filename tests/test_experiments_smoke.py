@@ -32,6 +32,8 @@ def test_fig1_diffusion_smoke(data_dir, tmp_path):
     assert set(payload["results"]) == {"dropout_rate", "learning_rate", "weight_decay"}
     assert (tmp_path / "fig1_diffusion.json").exists()
     assert (tmp_path / "fig1_diffusion.png").exists()
+    table = (tmp_path / "fig1_diffusion.md").read_text()
+    assert "| dropout_rate |" in table and "more dropout diffuses faster" in table
 
 
 def test_fig2_lenet_and_table_smoke(data_dir, tmp_path):
