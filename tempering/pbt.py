@@ -56,7 +56,6 @@ from tempering.replicas import (
     ReplicaState,
     evaluate,
     set_hyperparams,
-    train_segment,
 )
 from tempering.training import (
     _as_split,
@@ -64,6 +63,7 @@ from tempering.training import (
     _check_split,
     _num_classes,
     _progress,
+    segment_and_validate,
 )
 
 __all__ = [
@@ -476,18 +476,20 @@ def _round(
     eval_batch_size: int,
 ) -> tuple[ReplicaState, PBTRoundInfo]:
     segment_key, pbt_key = jax.random.split(key)
-    state, train_loss = train_segment(
+    state, train_loss, metrics = segment_and_validate(
         state,
         segment_key,
         data_key,
         train_x,
         train_y,
+        val_x,
+        val_y,
         num_steps,
         batch_size=batch_size,
         shared_batch=shared_batch,
         augment=augment,
+        eval_batch_size=eval_batch_size,
     )
-    metrics = evaluate(state, val_x, val_y, batch_size=eval_batch_size)
     new_state, info = pbt_step(pbt_key, state, metrics.loss, config)
     # The identical program serves rounds without exploit (the last segment,
     # the burn-in, replays): every copy is masked out.

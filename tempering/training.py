@@ -106,6 +106,39 @@ def count_round_trips(rung_path: np.ndarray, num_rungs: int) -> np.ndarray:
     return trips
 
 
+def segment_and_validate(
+    state: ReplicaState,
+    segment_key: jax.Array,
+    data_key: jax.Array,
+    train_x: jax.Array,
+    train_y: jax.Array,
+    val_x: jax.Array,
+    val_y: jax.Array,
+    num_steps: jax.Array,
+    *,
+    batch_size: int,
+    shared_batch: bool,
+    augment: Callable | None,
+    eval_batch_size: int,
+) -> tuple[ReplicaState, jax.Array, Any]:
+    """One segment of fused steps, then every replica on the validation split.
+
+    The common first half of a PT round and a PBT round (traced inside both).
+    """
+    state, train_loss = train_segment(
+        state,
+        segment_key,
+        data_key,
+        train_x,
+        train_y,
+        num_steps,
+        batch_size=batch_size,
+        shared_batch=shared_batch,
+        augment=augment,
+    )
+    return state, train_loss, evaluate(state, val_x, val_y, batch_size=eval_batch_size)
+
+
 @functools.partial(
     jax.jit,
     static_argnames=(
@@ -140,18 +173,20 @@ def _round(
     eval_batch_size: int,
 ) -> tuple[ReplicaState, RoundInfo]:
     segment_key, exchange_key = jax.random.split(key)
-    state, train_loss = train_segment(
+    state, train_loss, metrics = segment_and_validate(
         state,
         segment_key,
         data_key,
         train_x,
         train_y,
+        val_x,
+        val_y,
         num_steps,
         batch_size=batch_size,
         shared_batch=shared_batch,
         augment=augment,
+        eval_batch_size=eval_batch_size,
     )
-    metrics = evaluate(state, val_x, val_y, batch_size=eval_batch_size)
     test = None
     if test_x is not None:  # same weights as the validation, before the exchange
         test = evaluate(state, test_x, test_y, batch_size=eval_batch_size)
