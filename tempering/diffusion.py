@@ -2,7 +2,7 @@
 
 A hyperparameter acts like a temperature when more of it makes the weights
 wander faster: M replicas are trained, one per value of the hyperparameter,
-with the vectorised engine (:func:`tempering.train_segment` in chunks, one
+with the vectorised engine (:func:`tempering.run_segment` in chunks, one
 compiled program for every chunk length), and the distance
 ``||W(t) - W(t0)||`` (all parameters flattened, L2 norm) is recorded against
 time for every replica. Dropout rate and learning rate diffuse faster when
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tempering.replicas import ReplicaState, set_hyperparams, train_segment
+from tempering.replicas import ReplicaState, run_segment, set_hyperparams
 
 __all__ = [
     "DIFFUSION_HYPERPARAMETERS",
@@ -167,27 +167,7 @@ def record_schedule(
     return steps
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("batch_size", "shared_batch", "augment"),
-    donate_argnames=("state",),
-)
-def _chunk(
-    state, key, data_key, inputs, labels, num_steps, reference, *, batch_size,
-    shared_batch, augment,
-):  # fmt: skip
-    state, loss = train_segment(
-        state,
-        key,
-        data_key,
-        inputs,
-        labels,
-        num_steps,
-        batch_size=batch_size,
-        shared_batch=shared_batch,
-        augment=augment,
-    )
-    return state, loss, weight_distance(state.params, reference)
+_distance = jax.jit(weight_distance)
 
 
 def diffusion_test(
@@ -266,7 +246,7 @@ def diffusion_test(
     labels = jnp.asarray(labels, jnp.int32)
     data_key, key = jax.random.split(key)
     run = functools.partial(
-        _chunk,
+        run_segment,
         data_key=data_key,
         inputs=inputs,
         labels=labels,
@@ -275,22 +255,16 @@ def diffusion_test(
         augment=augment,
     )
     if t0 > 0:
-        state, _, _ = run(
-            state, jax.random.fold_in(key, 0), num_steps=jnp.int32(t0),
-            reference=jax.tree.map(jnp.copy, state.params),
-        )  # fmt: skip
+        state, _ = run(state, jax.random.fold_in(key, 0), num_steps=t0)
     reference = jax.tree.map(jnp.copy, state.params)
     distances, losses = [], []
     done = 0
     for i, target in enumerate(record_steps):
-        state, loss, dist = run(
-            state,
-            jax.random.fold_in(key, i + 1),
-            num_steps=jnp.int32(int(target) - done),
-            reference=reference,
+        state, loss = run(
+            state, jax.random.fold_in(key, i + 1), num_steps=int(target) - done
         )
         done = int(target)
-        distances.append(dist)
+        distances.append(_distance(state.params, reference))
         losses.append(loss)
     distance, train_loss = jax.device_get((jnp.stack(distances), jnp.stack(losses)))
     return DiffusionResult(

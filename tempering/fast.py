@@ -27,6 +27,16 @@ Formulations of a primitive whose operands carry the replica axis:
 - ``"map"``: ``jax.lax.map`` over replicas (a loop inside the program), with
   the same merges for one-sided operands.
 
+One formulation applies to the whole function rather than to a primitive:
+
+- ``"sequential"``: the single-replica function emitted once per replica in
+  one program, each copy's inputs chained to the previous copy's outputs by
+  ``lax.optimization_barrier`` so the copies run one after another. It is the
+  Python loop over replicas without its M dispatches. XLA:CPU otherwise runs
+  independent unrolled copies concurrently; for large models (ResNet20) the M
+  concurrent working sets no longer fit in cache and the step runs at half the
+  loop's speed (``experiments/benchmark.py``).
+
 A :class:`Policy` maps primitive names to formulations; ``"auto"`` picks the
 measured best for the default backend (see ``experiments/benchmark.py``).
 """
@@ -52,6 +62,7 @@ __all__ = [
 ]
 
 FORMULATIONS = ("vmap", "unroll", "map")
+SEQUENTIAL = "sequential"
 
 Policy = Mapping[str, str]  # primitive name -> formulation
 
@@ -62,6 +73,7 @@ POLICIES: dict[str, dict[str, str]] = {
     "vmap": {},
     "unroll": {CONV: "unroll"},
     "map": {CONV: "map"},
+    SEQUENTIAL: {"*": SEQUENTIAL},
 }
 
 # Measured on CPU (2 cores, jax 0.10.2; experiments/benchmark.py): grouped
@@ -250,6 +262,42 @@ def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence, args: Sequence, rules) -> lis
     return [read(v) for v in jaxpr.outvars]
 
 
+def _normalised_axes(in_axes: Any, args: tuple) -> tuple:
+    axes = in_axes if isinstance(in_axes, tuple | list) else (in_axes,) * len(args)
+    if any(a not in (0, None) for a in axes):
+        raise ValueError("replica_vmap takes in_axes of 0 or None per argument")
+    return tuple(axes)
+
+
+def _sequential(fun: Callable, in_axes: Any) -> Callable:
+    """One copy of ``fun`` per replica, chained to run one after another."""
+
+    @functools.wraps(fun)
+    def chained(*args):
+        axes = _normalised_axes(in_axes, args)
+        mapped = [
+            leaf
+            for arg, axis in zip(args, axes, strict=True)
+            if axis == 0
+            for leaf in jax.tree.leaves(arg)
+        ]
+        if not mapped:
+            raise ValueError("replica_vmap needs at least one argument with axis 0")
+        outs, previous = [], None
+        for m in range(mapped[0].shape[0]):
+            sliced = tuple(
+                jax.tree.map(lambda x, m=m: x[m], arg) if axis == 0 else arg
+                for arg, axis in zip(args, axes, strict=True)
+            )
+            if previous is not None:
+                sliced, _ = lax.optimization_barrier((sliced, previous))
+            previous = fun(*sliced)
+            outs.append(previous)
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    return chained
+
+
 def replica_vmap(
     fun: Callable,
     in_axes: Any = 0,
@@ -265,8 +313,8 @@ def replica_vmap(
         fun: the single-replica function (may contain ``jax.grad``).
         in_axes: 0 or None per argument (a prefix pytree, as for ``jax.vmap``).
         policy: ``"auto"`` (fastest measured for the backend), ``"vmap"`` (plain
-            ``jax.vmap``), ``"unroll"``, ``"map"``, or a mapping from primitive
-            name to formulation.
+            ``jax.vmap``), ``"unroll"``, ``"map"``, ``"sequential"``, or a
+            mapping from primitive name to formulation.
 
     Returns:
         The vectorised function; numerically equal to ``jax.vmap(fun, in_axes)``
@@ -278,12 +326,12 @@ def replica_vmap(
     rules = resolve_policy(policy)
     if not rules:
         return jax.vmap(fun, in_axes=in_axes)
+    if rules == POLICIES[SEQUENTIAL]:
+        return _sequential(fun, in_axes)
 
     @functools.wraps(fun)
     def vectorised(*args):
-        axes = in_axes if isinstance(in_axes, tuple | list) else (in_axes,) * len(args)
-        if any(a not in (0, None) for a in axes):
-            raise ValueError("replica_vmap takes in_axes of 0 or None per argument")
+        axes = _normalised_axes(in_axes, args)
         flat_axes = [
             axis
             for arg, axis in zip(args, axes, strict=True)

@@ -27,8 +27,9 @@ worst. Two selection rules (the paper's section 4.1):
 Where PT moves only O(M) hyperparameters between replicas, PBT moves whole
 models: the difference between nonlocal paths and greedy selection.
 
-``pbt_train`` mirrors :func:`tempering.pt_train` (one jitted round: segment,
-validation, exploit/explore, state buffers donated) and records the lineage,
+``pbt_train`` mirrors :func:`tempering.pt_train` (rounds of segment,
+validation and exploit/explore, dispatched asynchronously with the state
+buffers donated) and records the lineage,
 so :func:`best_schedule` reads out the piecewise-constant hyperparameter
 schedule of any final replica and :func:`replay_schedule` retrains fresh
 replicas with it through the same engine.
@@ -54,7 +55,7 @@ from tempering.ladder import HYPERPARAMETERS
 from tempering.replicas import (
     EvalMetrics,
     ReplicaState,
-    evaluate,
+    run_evaluate,
     set_hyperparams,
 )
 from tempering.training import (
@@ -447,17 +448,6 @@ class PBTResult(NamedTuple):
     summary: PBTSummary
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "config",
-        "batch_size",
-        "shared_batch",
-        "augment",
-        "eval_batch_size",
-    ),
-    donate_argnames=("state",),
-)
 def _round(
     state: ReplicaState,
     key: jax.Array,
@@ -466,7 +456,7 @@ def _round(
     train_y: jax.Array,
     val_x: jax.Array,
     val_y: jax.Array,
-    num_steps: jax.Array,
+    num_steps: int,
     exploit_enabled: jax.Array,
     *,
     config: PBTConfig,
@@ -490,7 +480,21 @@ def _round(
         augment=augment,
         eval_batch_size=eval_batch_size,
     )
-    new_state, info = pbt_step(pbt_key, state, metrics.loss, config)
+    state, info = _exploit_explore(
+        pbt_key, state, metrics.loss, exploit_enabled, config
+    )
+    return state, PBTRoundInfo(train_loss, metrics, info)
+
+
+@functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("state",))
+def _exploit_explore(
+    key: jax.Array,
+    state: ReplicaState,
+    losses: jax.Array,
+    exploit_enabled: jax.Array,
+    config: PBTConfig,
+) -> tuple[ReplicaState, PBTInfo]:
+    new_state, info = pbt_step(key, state, losses, config)
     # The identical program serves rounds without exploit (the last segment,
     # the burn-in, replays): every copy is masked out.
     state = jax.tree.map(
@@ -503,7 +507,7 @@ def _round(
         resampled={k: v & exploit_enabled for k, v in info.resampled.items()},
         hyperparams=get_hyperparams(state, config.names),
     )
-    return state, PBTRoundInfo(train_loss, metrics, info)
+    return state, info
 
 
 def _segments(num_steps: int, burn_in: int, interval: int) -> list[int]:
@@ -638,7 +642,7 @@ def pbt_train(
         state, info = run_round(
             state,
             round_key,
-            num_steps=jnp.int32(steps),
+            num_steps=int(steps),
             exploit_enabled=jnp.bool_(enabled),
         )
         if bar is not None:
@@ -665,7 +669,7 @@ def pbt_train(
             rounds.append(info)
     if bar is not None:
         bar.close()
-    final = evaluate(state, val_x, val_y, batch_size=eval_batch_size)
+    final = run_evaluate(state, val_x, val_y, batch_size=eval_batch_size)
     history = _history(
         rounds, start_values, burn_values, burn_in, num_steps, ready_interval, state
     )
@@ -871,7 +875,7 @@ def replay_schedule(
             train_y,
             val_x,
             val_y,
-            jnp.int32(length),
+            length,
             jnp.bool_(False),
             config=config,
             batch_size=batch_size,

@@ -40,6 +40,9 @@ __all__ = [
     "create_replicas",
     "evaluate",
     "replica_train_step",
+    "resolve_loop",
+    "run_evaluate",
+    "run_segment",
     "set_hyperparams",
     "sgd",
     "train_segment",
@@ -78,6 +81,10 @@ class ReplicaState:
     # How layers are batched over replicas: "auto" (fastest measured for the
     # backend), "vmap" (plain jax.vmap), "unroll" or "map"; see tempering.fast.
     vectorize: str = struct.field(pytree_node=False, default="auto")
+    # Where the loop over steps (and evaluation chunks) runs: "device" (one
+    # lax.fori_loop program per segment), "host" (one compiled step per call,
+    # dispatched asynchronously) or "auto"; see resolve_loop.
+    loop: str = struct.field(pytree_node=False, default="auto")
 
     @property
     def num_replicas(self) -> int:
@@ -184,6 +191,7 @@ def create_replicas(
     dropout_kwarg: str | None = "dropout_rate",
     loss_fn: LossFn = cross_entropy,
     vectorize: str = "auto",
+    loop: str = "auto",
 ) -> ReplicaState:
     """Initialises M replicas by vmapping ``model.init`` and ``tx.init``.
 
@@ -206,8 +214,11 @@ def create_replicas(
         vectorize: how the fused step batches layers over replicas (see
             :func:`tempering.fast.replica_vmap`): ``"auto"`` (default; on CPU
             convolutions are emitted once per replica instead of as one grouped
-            convolution), ``"vmap"`` (force plain ``jax.vmap``), ``"unroll"``
-            or ``"map"``.
+            convolution), ``"vmap"`` (force plain ``jax.vmap``), ``"unroll"``,
+            ``"map"`` or ``"sequential"``.
+        loop: where the drivers (:func:`run_segment`, :func:`run_evaluate`,
+            ``pt_train``, ``pbt_train``) loop over steps: ``"device"``,
+            ``"host"`` or ``"auto"`` (see :func:`resolve_loop`).
 
     Returns:
         The stacked :class:`ReplicaState`, step 0.
@@ -222,6 +233,7 @@ def create_replicas(
     if num_replicas is None or num_replicas < 1:
         raise ValueError("give a ladder or num_replicas >= 1")
     resolve_policy(vectorize)  # fail early on an unknown name
+    resolve_loop(loop)
     sample_input = jnp.asarray(sample_input)
     keys = jax.random.split(key, num_replicas)
     if same_init:
@@ -248,6 +260,7 @@ def create_replicas(
         dropout_kwarg=dropout_kwarg,
         loss_fn=loss_fn,
         vectorize=vectorize,
+        loop=loop,
     )
     if ladder is not None:
         state = assign_rungs(state, ladder, state.rungs)
@@ -407,44 +420,176 @@ def train_segment(
         ``(new_state, mean_train_loss)`` with the per-replica training loss
         averaged over the segment, shape ``(M,)``.
     """
+    step_fn = functools.partial(
+        _segment_step,
+        key=key,
+        data_key=data_key,
+        inputs=inputs,
+        labels=labels,
+        batch_size=batch_size,
+        shared_batch=shared_batch,
+        augment=augment,
+    )
+    order = _first_order(
+        state.step, data_key, labels.shape[0], state.num_replicas, batch_size,
+        shared_batch,
+    )  # fmt: skip
+    zeros = jnp.zeros((state.num_replicas,), jnp.float32)
+    state, _, loss_sum = jax.lax.fori_loop(0, num_steps, step_fn, (state, order, zeros))
+    return state, loss_sum / jnp.maximum(num_steps, 1)
+
+
+SegmentCarry = tuple[ReplicaState, jax.Array, jax.Array]  # state, order, loss sum
+
+
+def _first_order(
+    step: jax.Array,
+    data_key: jax.Array,
+    num_examples: int,
+    num_replicas: int,
+    batch_size: int,
+    shared_batch: bool,
+) -> jax.Array:
+    """The batch order of the epoch that global step ``step`` falls in."""
+    epoch = step // (num_examples // batch_size)
+    return _epoch_order(data_key, epoch, num_examples, num_replicas, shared_batch)
+
+
+def _segment_step(
+    i: jax.Array,
+    carry: SegmentCarry,
+    *,
+    key: jax.Array,
+    data_key: jax.Array,
+    inputs: jax.Array,
+    labels: jax.Array,
+    batch_size: int,
+    shared_batch: bool,
+    augment: Callable | None,
+) -> SegmentCarry:
+    """Step ``i`` of a segment: the batch of global step ``state.step``, one step."""
+    state, order, loss_sum = carry
     num_examples = labels.shape[0]
     steps_per_epoch = num_examples // batch_size
-    num_replicas = state.num_replicas
-    start = state.step
-
-    def body(i, carry):
-        state, order, loss_sum = carry
-        step = start + i
-        epoch, position = step // steps_per_epoch, step % steps_per_epoch
-        order = jax.lax.cond(
-            position == 0,
-            lambda: _epoch_order(
-                data_key, epoch, num_examples, num_replicas, shared_batch
-            ),
-            lambda: order,
-        )
-        idx = jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size, 1)
-        step_key = jax.random.fold_in(key, i)
-        dropout_key, augment_key = jax.random.split(step_key)
-        idx = idx[0] if shared_batch else idx
-        batch_x, batch_y = inputs[idx], labels[idx]
-        if augment is not None:
-            batch_x = (
-                augment(augment_key, batch_x)
-                if shared_batch
-                else jax.vmap(augment)(
-                    jax.random.split(augment_key, num_replicas), batch_x
-                )
-            )
-        state, info = train_step(state, dropout_key, batch_x, batch_y)
-        return state, order, loss_sum + info.loss
-
-    order = _epoch_order(
-        data_key, start // steps_per_epoch, num_examples, num_replicas, shared_batch
+    epoch, position = state.step // steps_per_epoch, state.step % steps_per_epoch
+    order = jax.lax.cond(
+        position == 0,
+        lambda: _epoch_order(
+            data_key, epoch, num_examples, state.num_replicas, shared_batch
+        ),
+        lambda: order,
     )
-    loss_sum = jnp.zeros((num_replicas,), jnp.float32)
-    state, _, loss_sum = jax.lax.fori_loop(0, num_steps, body, (state, order, loss_sum))
-    return state, loss_sum / jnp.maximum(num_steps, 1)
+    idx = jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size, 1)
+    dropout_key, augment_key = jax.random.split(jax.random.fold_in(key, i))
+    idx = idx[0] if shared_batch else idx
+    batch_x, batch_y = inputs[idx], labels[idx]
+    if augment is not None:
+        batch_x = (
+            augment(augment_key, batch_x)
+            if shared_batch
+            else jax.vmap(augment)(
+                jax.random.split(augment_key, state.num_replicas), batch_x
+            )
+        )
+    state, info = train_step(state, dropout_key, batch_x, batch_y)
+    return state, order, loss_sum + info.loss
+
+
+LOOPS = ("auto", "device", "host")
+
+
+def resolve_loop(loop: str, backend: str | None = None) -> str:
+    """Where the drivers loop over steps: ``"device"`` or ``"host"``.
+
+    ``"device"`` runs a whole segment as one ``lax.fori_loop`` program (and the
+    evaluation chunks as one ``lax.scan``). ``"host"`` compiles one step (one
+    chunk) and calls it from Python; the calls are dispatched asynchronously and
+    nothing is copied to the host, so the device never waits on Python. ``"auto"``
+    is ``"host"`` on CPU and ``"device"`` elsewhere: XLA:CPU runs convolutions
+    inside a loop body several times slower than the same convolutions at the
+    top level of a program (jax-ml/jax#12868; a LeNet step 4-5x slower on 2
+    cores, ``experiments/benchmark.py``).
+
+    Args:
+        loop: ``"auto"``, ``"device"`` or ``"host"``.
+        backend: backend for ``"auto"``; the default backend if None.
+
+    Returns:
+        ``"device"`` or ``"host"``.
+
+    Raises:
+        ValueError: for any other value.
+    """
+    if loop not in LOOPS:
+        raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
+    if loop == "auto":
+        return "host" if (backend or jax.default_backend()) == "cpu" else "device"
+    return loop
+
+
+_SEGMENT_STATIC = ("batch_size", "shared_batch", "augment")
+
+
+@functools.partial(jax.jit, static_argnames=_SEGMENT_STATIC, donate_argnames=("state",))
+def _device_segment(state, key, data_key, inputs, labels, num_steps, **static):
+    return train_segment(state, key, data_key, inputs, labels, num_steps, **static)
+
+
+_host_first_order = jax.jit(_first_order, static_argnums=(2, 3, 4, 5))
+_host_step = jax.jit(
+    _segment_step, static_argnames=_SEGMENT_STATIC, donate_argnames=("carry",)
+)
+
+
+def run_segment(
+    state: ReplicaState,
+    key: jax.Array,
+    data_key: jax.Array,
+    inputs: jax.Array,
+    labels: jax.Array,
+    num_steps: int,
+    *,
+    batch_size: int,
+    shared_batch: bool = True,
+    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+) -> tuple[ReplicaState, jax.Array]:
+    """:func:`train_segment` from the host, looping where ``state.loop`` says.
+
+    Same batches, dropout keys and result as :func:`train_segment` (up to
+    float reassociation); ``state``'s buffers are donated. Not traceable:
+    call it from Python, as ``pt_train`` does.
+
+    Args:
+        state: the stacked replicas (donated).
+        key: PRNG key for dropout and augmentation in this segment.
+        data_key: PRNG key of the batch order for the whole run.
+        inputs: training inputs ``(N, ...)`` on device.
+        labels: training labels ``(N,)``.
+        num_steps: number of steps, a Python int.
+        batch_size: examples per step and replica.
+        shared_batch: if True all replicas see the same batch each step.
+        augment: optional ``augment(key, batch) -> batch``.
+
+    Returns:
+        ``(new_state, mean_train_loss)``, the loss of shape ``(M,)``.
+    """
+    static = dict(batch_size=batch_size, shared_batch=shared_batch, augment=augment)
+    if resolve_loop(state.loop) == "device":
+        return _device_segment(
+            state, key, data_key, inputs, labels, jnp.int32(num_steps), **static
+        )
+    order = _host_first_order(
+        state.step, data_key, labels.shape[0], state.num_replicas, batch_size,
+        shared_batch,
+    )  # fmt: skip
+    carry = (state, order, jnp.zeros((state.num_replicas,), jnp.float32))
+    for i in range(num_steps):
+        carry = _host_step(
+            jnp.int32(i), carry, key=key, data_key=data_key, inputs=inputs,
+            labels=labels, **static,
+        )  # fmt: skip
+    state, _, loss_sum = carry
+    return state, loss_sum / max(num_steps, 1)
 
 
 def evaluate(
@@ -469,6 +614,21 @@ def evaluate(
         :class:`EvalMetrics` with ``(M,)`` loss (non-finite mapped to +inf) and
         accuracy.
     """
+    xs, ys, mask = _chunked(inputs, labels, batch_size)
+    zeros = jnp.zeros((state.num_replicas,), jnp.float32)
+
+    def chunk(totals, batch):
+        sums = _eval_chunk(state, *batch)
+        return (totals[0] + sums[0], totals[1] + sums[1]), None
+
+    (loss_sum, correct_sum), _ = jax.lax.scan(chunk, (zeros, zeros), (xs, ys, mask))
+    return _metrics(loss_sum, correct_sum, labels.shape[0])
+
+
+def _chunked(
+    inputs: jax.Array, labels: jax.Array, batch_size: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Pads to whole chunks: ``(C, b, ...)`` inputs, ``(C, b)`` labels and mask."""
     num_examples = labels.shape[0]
     batch_size = min(batch_size, num_examples)
     num_chunks = -(-num_examples // batch_size)
@@ -477,7 +637,13 @@ def evaluate(
     ys = jnp.pad(labels, (0, pad))
     mask = jnp.arange(num_chunks * batch_size) < num_examples
     xs = xs.reshape(num_chunks, batch_size, *inputs.shape[1:])
-    ys, mask = ys.reshape(num_chunks, batch_size), mask.reshape(num_chunks, batch_size)
+    return xs, ys.reshape(num_chunks, batch_size), mask.reshape(num_chunks, batch_size)
+
+
+def _eval_chunk(
+    state: ReplicaState, x: jax.Array, y: jax.Array, mask: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Per-replica sums of loss and of correct predictions over one chunk."""
 
     def logits_one(params, batch_stats, x):
         variables = {"params": params}
@@ -485,19 +651,54 @@ def evaluate(
             variables["batch_stats"] = batch_stats
         return state.model.apply(variables, x, **_model_kwargs(state, False, 0.0))
 
-    def chunk(totals, batch):
-        x, y, m = batch
-        logits = replica_vmap(logits_one, in_axes=(0, 0, None), policy=state.vectorize)(
-            state.params, state.batch_stats, x
-        )
-        losses = jax.vmap(state.loss_fn, in_axes=(0, None))(logits, y)
-        correct = jnp.argmax(logits, -1) == y
-        loss_sum = jnp.sum(jnp.where(m, losses, 0.0), axis=1)
-        correct_sum = jnp.sum(m & correct, axis=1)
-        return (totals[0] + loss_sum, totals[1] + correct_sum), None
+    logits = replica_vmap(logits_one, in_axes=(0, 0, None), policy=state.vectorize)(
+        state.params, state.batch_stats, x
+    )
+    losses = jax.vmap(state.loss_fn, in_axes=(0, None))(logits, y)
+    correct = jnp.argmax(logits, -1) == y
+    loss_sum = jnp.sum(jnp.where(mask, losses, 0.0), axis=1)
+    return loss_sum, jnp.sum(mask & correct, axis=1).astype(jnp.float32)
 
-    zeros = jnp.zeros((state.num_replicas,), jnp.float32)
-    (loss_sum, correct_sum), _ = jax.lax.scan(chunk, (zeros, zeros), (xs, ys, mask))
-    loss = loss_sum / num_examples
+
+def _metrics(loss_sum: jax.Array, correct_sum: jax.Array, num: int) -> EvalMetrics:
+    loss = loss_sum / num
     loss = jnp.where(jnp.isfinite(loss), loss, jnp.inf)
-    return EvalMetrics(loss=loss, accuracy=correct_sum / num_examples)
+    return EvalMetrics(loss=loss, accuracy=correct_sum / num)
+
+
+_device_evaluate = jax.jit(evaluate, static_argnames=("batch_size",))
+_host_chunked = jax.jit(_chunked, static_argnums=2)
+
+
+@jax.jit
+def _host_eval_chunk(state, xs, ys, mask, index, totals):
+    sums = _eval_chunk(state, xs[index], ys[index], mask[index])
+    return totals[0] + sums[0], totals[1] + sums[1]
+
+
+def run_evaluate(
+    state: ReplicaState,
+    inputs: jax.Array,
+    labels: jax.Array,
+    *,
+    batch_size: int = 1000,
+) -> EvalMetrics:
+    """:func:`evaluate` from the host, looping over chunks where ``state.loop`` says.
+
+    Args:
+        state: the stacked replicas (not donated).
+        inputs: ``(N, ...)``.
+        labels: ``(N,)``.
+        batch_size: examples per chunk.
+
+    Returns:
+        :class:`EvalMetrics`, as :func:`evaluate`.
+    """
+    if resolve_loop(state.loop) == "device":
+        return _device_evaluate(state, inputs, labels, batch_size=batch_size)
+    xs, ys, mask = _host_chunked(inputs, labels, batch_size)
+    zeros = jnp.zeros((state.num_replicas,), jnp.float32)
+    totals = (zeros, zeros)
+    for index in range(xs.shape[0]):
+        totals = _host_eval_chunk(state, xs, ys, mask, jnp.int32(index), totals)
+    return _metrics(*totals, labels.shape[0])

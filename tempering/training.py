@@ -2,11 +2,13 @@
 
 Algorithm 1 of Pushkarov et al. (2019): ``burn_in`` SGD steps for every
 replica, then rounds of ``exchange_interval`` fused SGD steps, a vectorised
-validation of every replica and one exchange, until ``num_steps``. A whole
-round (segment, validation, exchange) is one compiled call with the state
-buffers donated; the host only collects the small per-round records. With
-``exchanges=False`` the very same program runs with every swap masked out:
-that is the independent grid, at exactly the same cost.
+validation of every replica and one exchange, until ``num_steps``. A round is
+dispatched asynchronously with the state buffers donated: the segment (one
+``lax.fori_loop`` program, or on CPU one compiled step per call; see
+:func:`tempering.resolve_loop`), the validation and the exchange; the host only
+collects the small per-round records. With ``exchanges=False`` the very same
+programs run with every swap masked out: that is the independent grid, at
+exactly the same cost.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from tempering.replicas import (
     EvalMetrics,
     ReplicaState,
     assign_rungs,
-    evaluate,
+    run_evaluate,
+    run_segment,
     set_hyperparams,
-    train_segment,
 )
 
 __all__ = ["PTHistory", "PTResult", "PTSummary", "count_round_trips", "pt_train"]
@@ -114,18 +116,19 @@ def segment_and_validate(
     train_y: jax.Array,
     val_x: jax.Array,
     val_y: jax.Array,
-    num_steps: jax.Array,
+    num_steps: int,
     *,
     batch_size: int,
     shared_batch: bool,
     augment: Callable | None,
     eval_batch_size: int,
-) -> tuple[ReplicaState, jax.Array, Any]:
+) -> tuple[ReplicaState, jax.Array, EvalMetrics]:
     """One segment of fused steps, then every replica on the validation split.
 
-    The common first half of a PT round and a PBT round (traced inside both).
+    The common first half of a PT round and a PBT round. Runs from the host
+    (:func:`run_segment`, :func:`run_evaluate`); ``state`` is donated.
     """
-    state, train_loss = train_segment(
+    state, train_loss = run_segment(
         state,
         segment_key,
         data_key,
@@ -136,20 +139,37 @@ def segment_and_validate(
         shared_batch=shared_batch,
         augment=augment,
     )
-    return state, train_loss, evaluate(state, val_x, val_y, batch_size=eval_batch_size)
+    return (
+        state,
+        train_loss,
+        run_evaluate(state, val_x, val_y, batch_size=eval_batch_size),
+    )
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "batch_size",
-        "shared_batch",
-        "augment",
-        "scheme",
-        "eval_batch_size",
-    ),
-    donate_argnames=("state",),
-)
+@functools.partial(jax.jit, static_argnames=("scheme",), donate_argnames=("state",))
+def _exchange_round(
+    state: ReplicaState,
+    key: jax.Array,
+    losses: jax.Array,
+    ladder: Ladder,
+    exchange_enabled: jax.Array,
+    parity: jax.Array,
+    c: jax.Array,
+    *,
+    scheme: str,
+) -> tuple[ReplicaState, jax.Array, ExchangeInfo]:
+    """The exchange on validation losses, masked out for the grid and burn-in."""
+    proposal, info = exchange(
+        key, state.rungs, losses, ladder.betas, c=c, scheme=scheme, parity=parity
+    )
+    info = info._replace(
+        proposed=info.proposed & exchange_enabled,
+        accepted=info.accepted & exchange_enabled,
+    )
+    new_rungs = jnp.where(exchange_enabled, proposal, state.rungs)
+    return assign_rungs(state, ladder, new_rungs), new_rungs, info
+
+
 def _round(
     state: ReplicaState,
     key: jax.Array,
@@ -159,7 +179,7 @@ def _round(
     val_x: jax.Array,
     val_y: jax.Array,
     ladder: Ladder,
-    num_steps: jax.Array,
+    num_steps: int,
     exchange_enabled: jax.Array,
     parity: jax.Array,
     c: jax.Array,
@@ -172,6 +192,7 @@ def _round(
     scheme: str,
     eval_batch_size: int,
 ) -> tuple[ReplicaState, RoundInfo]:
+    """Segment, validation (and test), exchange; all dispatched asynchronously."""
     segment_key, exchange_key = jax.random.split(key)
     state, train_loss, metrics = segment_and_validate(
         state,
@@ -189,22 +210,11 @@ def _round(
     )
     test = None
     if test_x is not None:  # same weights as the validation, before the exchange
-        test = evaluate(state, test_x, test_y, batch_size=eval_batch_size)
-    proposal, info = exchange(
-        exchange_key,
-        state.rungs,
-        metrics.loss,
-        ladder.betas,
-        c=c,
+        test = run_evaluate(state, test_x, test_y, batch_size=eval_batch_size)
+    state, new_rungs, info = _exchange_round(
+        state, exchange_key, metrics.loss, ladder, exchange_enabled, parity, c,
         scheme=scheme,
-        parity=parity,
-    )
-    info = info._replace(
-        proposed=info.proposed & exchange_enabled,
-        accepted=info.accepted & exchange_enabled,
-    )
-    new_rungs = jnp.where(exchange_enabled, proposal, state.rungs)
-    state = assign_rungs(state, ladder, new_rungs)
+    )  # fmt: skip
     return state, RoundInfo(train_loss, metrics, new_rungs, info, test)
 
 
@@ -431,7 +441,7 @@ def pt_train(
         state, info = run_round(
             state,
             round_key,
-            num_steps=jnp.int32(steps),
+            num_steps=int(steps),
             exchange_enabled=jnp.bool_(enabled),
             parity=jnp.int32(parity),
         )
@@ -459,7 +469,7 @@ def pt_train(
         )
     if bar is not None:
         bar.close()
-    final = evaluate(state, val_x, val_y, batch_size=eval_batch_size)
+    final = run_evaluate(state, val_x, val_y, batch_size=eval_batch_size)
     history = _history(rounds, initial_rungs, burn_in, exchange_interval, num_replicas)
     summary = _summary(history, final, num_replicas)
     return PTResult(state, history, summary)

@@ -15,7 +15,11 @@ from tempering import fast, models
 from tempering.replicas import replica_train_step
 
 M = 2
-POLICIES = ["unroll", "map"]  # "auto" is "unroll" on CPU (test_resolve_policy)
+POLICIES = [
+    "unroll",
+    "map",
+    "sequential",
+]  # "auto" is "unroll" on CPU (test_resolve_policy)
 TOL = {"atol": 2e-5, "rtol": 2e-5}
 
 
@@ -93,7 +97,13 @@ def test_forward_and_gradients_match_vmap(name, policy):
 
 
 @pytest.mark.parametrize(
-    "name, policy", [("lenet", "unroll"), ("resnet", "unroll"), ("mlp", "unroll")]
+    "name, policy",
+    [
+        ("lenet", "unroll"),
+        ("resnet", "unroll"),
+        ("mlp", "unroll"),
+        ("resnet", "sequential"),
+    ],
 )
 def test_train_step_and_evaluate_match_vmap(name, policy):
     ref_state, x, y = _replicas(name, "vmap")

@@ -237,9 +237,9 @@ def test_pbt_train_history_lineage_and_determinism(state, blobs):
     assert summary.best_val_loss == pytest.approx(summary.final_val_loss.min())
     assert summary.num_copies == 3 * rounds
     # determinism, compile once, and the caller's state is not donated
-    size = pbt._round._cache_size()
+    size = pbt._exploit_explore._cache_size()
     again = run(state, blobs, burn_in_hyperparams={"learning_rate": 0.1})
-    assert pbt._round._cache_size() == size
+    assert pbt._exploit_explore._cache_size() == size
     assert leaves_equal(again.state.params, result.state.params)
     np.testing.assert_array_equal(again.history.parent, history.parent)
     assert int(state.step) == 0

@@ -264,3 +264,38 @@ def test_any_flax_model_with_named_train_and_rate_arguments(tx, blobs):
     assert np.all(np.isfinite(np.asarray(info.loss)))
     metrics = tp.evaluate(new, jnp.asarray(x), jnp.asarray(y))
     chex.assert_shape(metrics.accuracy, (M,))
+
+
+@pytest.mark.parametrize("shared_batch", [True, False])
+def test_host_and_device_loops_give_the_same_segment(tx, blobs, shared_batch):
+    (x, y), (xv, yv) = blobs
+    state = tp.set_hyperparams(make_state(tx, x), dropout_rate=0.3)
+    # 11 steps of 32 from 256 examples cross an epoch boundary (8 steps/epoch)
+    args = (jax.random.key(5), jax.random.key(1), jnp.asarray(x), jnp.asarray(y))
+    kwargs = dict(batch_size=32, shared_batch=shared_batch)
+    ref, ref_loss = jax.jit(tp.train_segment, static_argnames=tuple(kwargs))(
+        state, *args, 11, **kwargs
+    )
+    for loop in ("host", "device"):
+        start = jax.tree.map(jnp.copy, state.replace(loop=loop))
+        new, loss = tp.run_segment(start, *args, 11, **kwargs)
+        assert int(new.step) == 11
+        chex.assert_trees_all_close(new.params, ref.params, rtol=1e-5, atol=1e-6)
+        chex.assert_trees_all_close(loss, ref_loss, rtol=1e-5)
+        metrics = tp.run_evaluate(new, jnp.asarray(xv), jnp.asarray(yv), batch_size=24)
+        chex.assert_trees_all_close(
+            metrics, tp.evaluate(new, jnp.asarray(xv), jnp.asarray(yv)), rtol=1e-5
+        )
+
+
+def test_resolve_loop():
+    assert tp.resolve_loop("auto", backend="cpu") == "host"
+    assert tp.resolve_loop("auto", backend="gpu") == "device"
+    assert tp.resolve_loop("device") == "device"
+    with pytest.raises(ValueError, match="loop must be one of"):
+        tp.resolve_loop("python")
+    with pytest.raises(ValueError, match="loop must be one of"):
+        tp.create_replicas(
+            jax.random.key(0), TinyMLP(), tp.sgd(), np.zeros((2, 5)), num_replicas=2,
+            loop="gpu",
+        )  # fmt: skip

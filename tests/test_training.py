@@ -7,7 +7,7 @@ import pytest
 from conftest import TinyMLP
 
 import tempering as tp
-from tempering import training
+from tempering import replicas, training
 
 LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2])
 
@@ -18,6 +18,25 @@ def state(tx, blobs):
     return tp.create_replicas(
         jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LADDER, dropout_rate=0.1
     )
+
+
+# Every program pt_train compiles, for either loop.
+COMPILED = (
+    replicas._host_step,
+    replicas._host_eval_chunk,
+    replicas._device_segment,
+    replicas._device_evaluate,
+    training._exchange_round,
+)
+
+
+def clear_compiled():
+    for fn in COMPILED:
+        fn.clear_cache()
+
+
+def compiled_sizes():
+    return [fn._cache_size() for fn in COMPILED]
 
 
 def run(state, blobs, **kwargs):
@@ -82,10 +101,22 @@ def test_same_key_same_run_and_caller_state_untouched(state, blobs):
     )
 
 
-def test_round_compiles_once_for_burn_in_rounds_and_leftover(state, blobs):
-    training._round.clear_cache()
+@pytest.mark.parametrize("loop", ["host", "device"])
+def test_rounds_compile_once_for_burn_in_rounds_and_leftover(state, blobs, loop):
+    clear_compiled()
+    state = state.replace(loop=loop)
     run(state, blobs, num_steps=47, burn_in=6, exchange_interval=10)  # 6 + 4 x 10 + 1
-    assert training._round._cache_size() == 1
+    segment, chunk = (1, 1) if loop == "host" else (0, 0)
+    assert compiled_sizes() == [segment, chunk, 1 - segment, 1 - chunk, 1]
+
+
+def test_host_and_device_loops_give_the_same_run(state, blobs):
+    host = run(state.replace(loop="host"), blobs)
+    device = run(state.replace(loop="device"), blobs)
+    np.testing.assert_array_equal(host.history.rungs, device.history.rungs)
+    np.testing.assert_allclose(
+        host.history.val_loss, device.history.val_loss, rtol=1e-5
+    )
 
 
 def test_burn_in_hyperparams_then_ladder(state, blobs):
@@ -142,15 +173,15 @@ BAD = [
 
 @pytest.mark.parametrize("kwargs, error, match", BAD)
 def test_invalid_settings_raise_before_compiling(state, blobs, kwargs, error, match):
-    training._round.clear_cache()
+    clear_compiled()
     with pytest.raises(error, match=match):
         run(state, blobs, **kwargs)
-    assert training._round._cache_size() == 0
+    assert compiled_sizes() == [0] * len(COMPILED)
 
 
 def test_invalid_data_raise_before_compiling(state, blobs):
     (x, y), (xv, yv) = blobs
-    training._round.clear_cache()
+    clear_compiled()
     cases = [
         (
             dict(train_data=(x, np.where(y == 2, 3, y))),
@@ -175,7 +206,7 @@ def test_invalid_data_raise_before_compiling(state, blobs):
     for kwargs, error, match in cases:
         with pytest.raises(error, match=match):
             run(state, blobs, **kwargs)
-    assert training._round._cache_size() == 0
+    assert compiled_sizes() == [0] * len(COMPILED)
 
 
 def test_mismatched_ladder_and_state(state, blobs):
