@@ -8,7 +8,13 @@ replicas of an MLP (MNIST-1D shapes), both LeNet-5s and ResNet-20, comparing
 - ``vmap``: the same step forced to plain ``jax.vmap`` (``vectorize="vmap"``),
   i.e. the naive vectorised grid;
 - ``loop``: a Python loop over M jitted single-replica steps;
-- ``lax_map``: ``jax.lax.map`` over replicas inside one jit.
+- ``lax_map``: ``jax.lax.map`` over replicas inside one jit;
+- ``sequential``: ``vectorize="sequential"``, the single-replica step emitted
+  M times in one program and chained to run one after another (M <= 8).
+
+Also compared, at M = 8: a segment of steps run as one ``lax.fori_loop``
+program (``loop="device"``) against one compiled step called from Python per
+step (``loop="host"``, the CPU default), through :func:`tempering.run_segment`.
 
 All variants of one (model, M) are timed interleaved, round robin, in one
 process, so that load from other processes hits them alike; the ratios are the
@@ -41,7 +47,8 @@ from tempering import models
 from tempering.replicas import replica_train_step
 
 BATCH = 128
-VARIANTS = ("fused", "vmap", "loop", "lax_map")
+VARIANTS = ("fused", "vmap", "loop", "lax_map", "sequential")
+MAX_SEQUENTIAL_M = 8  # compile time grows with M copies of the step
 # lax.map runs ResNet-20's step as a sequential loop of small convolutions,
 # far slower than the Python loop on CPU; timing it at every M would dominate
 # the benchmark's run time, so it is left out for ResNet-20.
@@ -69,7 +76,7 @@ def synthetic(shape, classes, num, seed=0):
     return jnp.asarray(x), jnp.asarray(y)
 
 
-def make_state(name: str, num: int, vectorize: str = "auto"):
+def make_state(name: str, num: int, vectorize: str = "auto", loop: str = "auto"):
     model, shape, _ = model_spec(name)
     tx = models.resnet_optimizer() if name == "resnet20" else tp.sgd(0.01, 0.9)
     rate = 0.0 if name == "resnet20" else 0.1
@@ -81,15 +88,19 @@ def make_state(name: str, num: int, vectorize: str = "auto"):
         num_replicas=num,
         dropout_rate=rate,
         vectorize=vectorize,
+        loop=loop,
     )
 
 
-def step_variants(name: str, num: int, x, y) -> dict[str, Callable[[], object]]:
+def step_variants(
+    name: str, num: int, x, y, skip: tuple[str, ...] = ()
+) -> dict[str, Callable[[], object]]:
     """Zero-argument callables, one SGD step of all M replicas each."""
     state = make_state(name, num)
     key = jax.random.key(1)
     fused = jax.jit(tp.train_step)
     plain = state.replace(vectorize="vmap")
+    chained = state.replace(vectorize="sequential")
     one = functools.partial(replica_train_step, state)
     keys = jax.random.split(key, num)
     args = (state.params, state.batch_stats, state.opt_state, state.dropout_rate, keys)
@@ -101,10 +112,13 @@ def step_variants(name: str, num: int, x, y) -> dict[str, Callable[[], object]]:
         "vmap": lambda: fused(plain, key, x, y),
         "loop": lambda: [single(*p, x, y) for p in per_replica],
         "lax_map": lambda: mapped(args, x, y),
+        "sequential": lambda: fused(chained, key, x, y),
     }
     if name in NO_LAX_MAP:
-        del variants["lax_map"]
-    return variants
+        skip = (*skip, "lax_map")
+    if num > MAX_SEQUENTIAL_M:
+        skip = (*skip, "sequential")
+    return {k: v for k, v in variants.items() if k not in skip}
 
 
 def peak_memory(name: str, num: int, vectorize: str, x, y) -> dict[str, int]:
@@ -143,14 +157,16 @@ def time_interleaved(fns: dict[str, Callable], reps: int) -> dict[str, dict]:
     }
 
 
-def throughput(names, ms, reps, resnet_ms) -> list[dict]:
+def throughput(names, ms, reps, resnet_ms, resnet_skip=()) -> list[dict]:
     rows = []
     for name in names:
         _, shape, classes = model_spec(name)
         x, y = synthetic(shape, classes, BATCH)
         for num in resnet_ms if name == "resnet20" else ms:
             t0 = time.perf_counter()
-            timing = time_interleaved(step_variants(name, num, x, y), reps)
+            skip = tuple(resnet_skip) if name == "resnet20" else ()
+            variants = step_variants(name, num, x, y, skip)
+            timing = time_interleaved(variants, min(reps, 3) if skip else reps)
             row = {"model": name, "M": num, "timing": timing}
             for k, t in timing.items():
                 row[f"{k}_replica_steps_per_s"] = num / t["min_s"]
@@ -183,10 +199,7 @@ def pt_overhead(name: str, num: int, interval: int, rounds: int, reps: int) -> d
     ladder = tp.make_ladder(learning_rate=np.linspace(0.01, 0.02, num))
     state = make_state(name, num)
     steps = interval * rounds
-    segment = jax.jit(
-        functools.partial(tp.train_segment, batch_size=BATCH), donate_argnums=0
-    )
-    evaluate = jax.jit(functools.partial(tp.evaluate, batch_size=1000))
+    evaluate = functools.partial(tp.run_evaluate, batch_size=1000)
 
     def run_pt(exchanges):
         def go():
@@ -206,7 +219,10 @@ def pt_overhead(name: str, num: int, interval: int, rounds: int, reps: int) -> d
     def sgd_only():
         s = jax.tree.map(jnp.copy, state)
         for r in range(rounds):  # same rounds, no validation or exchange
-            s, _ = segment(s, jax.random.key(r), jax.random.key(0), *train, interval)
+            s, _ = tp.run_segment(
+                s, jax.random.key(r), jax.random.key(0), *train, interval,
+                batch_size=BATCH,
+            )  # fmt: skip
         return s
 
     fns = {"pt": run_pt(True), "grid": run_pt(False), "sgd_only": sgd_only}
@@ -236,7 +252,7 @@ def pt_overhead_estimate(name: str, num: int, intervals, reps: int) -> dict:
     val = synthetic(shape, classes, 5000, seed=2)
     state = make_state(name, num)
     step = jax.jit(tp.train_step)
-    evaluate = jax.jit(functools.partial(tp.evaluate, batch_size=1000))
+    evaluate = functools.partial(tp.run_evaluate, batch_size=1000)
     timing = time_interleaved(
         {
             "step": lambda: step(state, jax.random.key(0), x, y),
@@ -254,6 +270,37 @@ def pt_overhead_estimate(name: str, num: int, intervals, reps: int) -> dict:
     }
 
 
+def segment_loops(name: str, num: int, steps: int, reps: int) -> dict:
+    """Seconds per step of a segment: lax.fori_loop program vs host loop."""
+    _, shape, classes = model_spec(name)
+    train = [jnp.asarray(a) for a in synthetic(shape, classes, 20 * BATCH, seed=1)]
+    states = {loop: make_state(name, num, loop=loop) for loop in ("device", "host")}
+
+    def run(loop):
+        def go():
+            state = jax.tree.map(jnp.copy, states[loop])
+            return tp.run_segment(
+                state, jax.random.key(0), jax.random.key(1), *train, steps,
+                batch_size=BATCH,
+            )  # fmt: skip
+
+        return go
+
+    timing = time_interleaved({loop: run(loop) for loop in states}, reps)
+    row = {"model": name, "M": num, "steps": steps, "timing": timing}
+    row["host_vs_device"] = timing["device"]["min_s"] / timing["host"]["min_s"]
+    row["host_vs_device_median"] = (
+        timing["device"]["median_s"] / timing["host"]["median_s"]
+    )
+    print(
+        f"segment {name} M={num}: device {timing['device']['min_s'] / steps:.3f} "
+        f"s/step, host {timing['host']['min_s'] / steps:.3f} s/step, "
+        f"host {row['host_vs_device']:.2f}x faster",
+        flush=True,
+    )
+    return row
+
+
 def markdown(result: dict) -> str:
     lines = [
         "### Fused replica step on CPU: throughput relative to a loop of M jitted steps",
@@ -265,19 +312,40 @@ def markdown(result: dict) -> str:
         ">1 is faster than the loop). `fused` is the library default "
         '(`vectorize="auto"`), `vmap` plain `jax.vmap`.',
         "",
-        "| model | M | fused | vmap | lax.map | loop | peak MiB fused / vmap |",
-        "|---|---|---|---|---|---|---|",
+        "| model | M | fused | vmap | lax.map | sequential | loop | "
+        "peak MiB fused / vmap |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["throughput"]:
         mem = r["memory"]
         mib = " / ".join(
             f"{mem[v].get('peak_bytes', 0) / 2**20:.1f}" for v in ("auto", "vmap")
         )
-        lax_map = f"{r['lax_map_vs_loop']:.2f}" if "lax_map_vs_loop" in r else "–"
+        cells = [
+            f"{r[f'{v}_vs_loop']:.2f}" if f"{v}_vs_loop" in r else "–"
+            for v in ("fused", "vmap", "lax_map", "sequential")
+        ]
         lines.append(
-            f"| {r['model']} | {r['M']} | {r['fused_vs_loop']:.2f} | "
-            f"{r['vmap_vs_loop']:.2f} | {lax_map} | 1.00 | {mib} |"
+            f"| {r['model']} | {r['M']} | {' | '.join(cells)} | 1.00 | {mib} |"
         )
+    if result.get("segment_loops"):
+        lines += [
+            "",
+            "### A segment of steps: `lax.fori_loop` program vs host loop",
+            "",
+            "Seconds per step are min over interleaved repeats (shared machine: "
+            "read the ratio). `device`: the segment as one `lax.fori_loop` "
+            "program; `host`: one compiled step called per step (the CPU default).",
+            "",
+            "| model | M | steps | device s/step | host s/step | host faster by |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in result["segment_loops"]:
+            t, n = r["timing"], r["steps"]
+            lines.append(
+                f"| {r['model']} | {r['M']} | {n} | {t['device']['min_s'] / n:.3f} | "
+                f"{t['host']['min_s'] / n:.3f} | {r['host_vs_device']:.2f}x |"
+            )
     if result.get("pt_overhead"):
         lines += [
             "",
@@ -352,6 +420,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-pt", action="store_true")
+    parser.add_argument(
+        "--resnet-skip",
+        default="",
+        help="comma-separated variants not timed for resnet20 (e.g. vmap,lax_map)",
+    )
+    parser.add_argument("--segment-models", default="mlp,lenet_emnist,lenet_cifar10")
+    parser.add_argument("--segment-steps", type=int, default=10)
     parser.add_argument("--name", default="benchmark_cpu")
     parser.add_argument("--out", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
@@ -364,8 +439,15 @@ def main(argv=None) -> dict:
         ms, resnet_ms, reps = [1, 8], [1, 2], min(reps, 5)
         pt_runs = [("mlp", 8, 300, 2)]
     result = {"provenance": provenance(seeds=[0])}
-    result["throughput"] = throughput(names, ms, reps, resnet_ms)
+    resnet_skip = tuple(v for v in args.resnet_skip.split(",") if v)
+    result["throughput"] = throughput(names, ms, reps, resnet_ms, resnet_skip)
     save_result(args.name, result, Path(args.out))  # kept if a later part fails
+    result["segment_loops"] = [
+        segment_loops(n, 8, args.segment_steps, min(reps, 3))
+        for n in args.segment_models.split(",")
+        if n
+    ]
+    save_result(args.name, result, Path(args.out))
     if not args.skip_pt:
         result["pt_overhead"] = [
             pt_overhead(n, m, k, r, 2 if args.quick else 3) for n, m, k, r in pt_runs

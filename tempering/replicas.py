@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from tempering.fast import replica_vmap, resolve_policy
+from tempering.fast import _contains, replica_vmap, resolve_policy
 from tempering.ladder import Ladder
 
 __all__ = [
@@ -498,21 +498,25 @@ def _segment_step(
 LOOPS = ("auto", "device", "host")
 
 
-def resolve_loop(loop: str, backend: str | None = None) -> str:
+def resolve_loop(
+    loop: str, backend: str | None = None, *, has_convolution: bool = True
+) -> str:
     """Where the drivers loop over steps: ``"device"`` or ``"host"``.
 
     ``"device"`` runs a whole segment as one ``lax.fori_loop`` program (and the
     evaluation chunks as one ``lax.scan``). ``"host"`` compiles one step (one
     chunk) and calls it from Python; the calls are dispatched asynchronously and
     nothing is copied to the host, so the device never waits on Python. ``"auto"``
-    is ``"host"`` on CPU and ``"device"`` elsewhere: XLA:CPU runs convolutions
-    inside a loop body several times slower than the same convolutions at the
-    top level of a program (jax-ml/jax#12868; a LeNet step 4-5x slower on 2
-    cores, ``experiments/benchmark.py``).
+    is ``"host"`` on CPU for models with convolutions and ``"device"``
+    otherwise: XLA:CPU runs convolutions inside a loop body several times slower
+    than the same convolutions at the top level of a program (jax-ml/jax#12868;
+    measured in ``experiments/benchmark.py``), while for convolution-free models
+    the loop program saves the per-step dispatch.
 
     Args:
         loop: ``"auto"``, ``"device"`` or ``"host"``.
         backend: backend for ``"auto"``; the default backend if None.
+        has_convolution: whether the model convolves (for ``"auto"``).
 
     Returns:
         ``"device"`` or ``"host"``.
@@ -523,8 +527,26 @@ def resolve_loop(loop: str, backend: str | None = None) -> str:
     if loop not in LOOPS:
         raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
     if loop == "auto":
-        return "host" if (backend or jax.default_backend()) == "cpu" else "device"
+        on_cpu = (backend or jax.default_backend()) == "cpu"
+        return "host" if on_cpu and has_convolution else "device"
     return loop
+
+
+@functools.cache
+def _convolves(model: nn.Module, shape: tuple, dtype: Any, kwargs: tuple) -> bool:
+    sample = jax.ShapeDtypeStruct((1, *shape), dtype)
+    init = functools.partial(model.init, **dict(kwargs))
+    jaxpr = jax.make_jaxpr(init)(jax.random.key(0), sample)
+    return _contains(jaxpr.jaxpr, frozenset({"conv_general_dilated"}))
+
+
+def _loop(state: ReplicaState, inputs: jax.Array) -> str:
+    """The state's loop for a model fed ``inputs`` (``"auto"`` resolved)."""
+    if state.loop != "auto":
+        return resolve_loop(state.loop)
+    kwargs = tuple(_model_kwargs(state, False, 0.0).items())
+    convolves = _convolves(state.model, inputs.shape[1:], inputs.dtype, kwargs)
+    return resolve_loop("auto", has_convolution=convolves)
 
 
 _SEGMENT_STATIC = ("batch_size", "shared_batch", "augment")
@@ -574,7 +596,7 @@ def run_segment(
         ``(new_state, mean_train_loss)``, the loss of shape ``(M,)``.
     """
     static = dict(batch_size=batch_size, shared_batch=shared_batch, augment=augment)
-    if resolve_loop(state.loop) == "device":
+    if _loop(state, inputs) == "device":
         return _device_segment(
             state, key, data_key, inputs, labels, jnp.int32(num_steps), **static
         )
@@ -671,8 +693,8 @@ _host_chunked = jax.jit(_chunked, static_argnums=2)
 
 
 @jax.jit
-def _host_eval_chunk(state, xs, ys, mask, index, totals):
-    sums = _eval_chunk(state, xs[index], ys[index], mask[index])
+def _host_eval_chunk(state, x, y, mask, totals):
+    sums = _eval_chunk(state, x, y, mask)
     return totals[0] + sums[0], totals[1] + sums[1]
 
 
@@ -694,11 +716,11 @@ def run_evaluate(
     Returns:
         :class:`EvalMetrics`, as :func:`evaluate`.
     """
-    if resolve_loop(state.loop) == "device":
+    if _loop(state, inputs) == "device":
         return _device_evaluate(state, inputs, labels, batch_size=batch_size)
     xs, ys, mask = _host_chunked(inputs, labels, batch_size)
     zeros = jnp.zeros((state.num_replicas,), jnp.float32)
     totals = (zeros, zeros)
-    for index in range(xs.shape[0]):
-        totals = _host_eval_chunk(state, xs, ys, mask, jnp.int32(index), totals)
+    for index in range(xs.shape[0]):  # one program for every chunk count
+        totals = _host_eval_chunk(state, xs[index], ys[index], mask[index], totals)
     return _metrics(*totals, labels.shape[0])

@@ -12,6 +12,7 @@ import pytest
 from conftest import TinyBNNet, TinyMLP
 
 import tempering as tp
+from tempering import models, replicas
 
 M = 3
 
@@ -290,6 +291,14 @@ def test_host_and_device_loops_give_the_same_segment(tx, blobs, shared_batch):
 
 def test_resolve_loop():
     assert tp.resolve_loop("auto", backend="cpu") == "host"
+    assert tp.resolve_loop("auto", backend="cpu", has_convolution=False) == "device"
+    mlp = make_state(tp.sgd(), np.zeros((4, 5), np.float32))
+    assert replicas._loop(mlp, jnp.zeros((4, 5))) == "device"
+    conv = tp.create_replicas(
+        jax.random.key(0), models.lenet5_emnist(), tp.sgd(), np.zeros((2, 28, 28)),
+        num_replicas=2,
+    )  # fmt: skip
+    assert replicas._loop(conv, jnp.zeros((2, 28, 28))) == tp.resolve_loop("auto")
     assert tp.resolve_loop("auto", backend="gpu") == "device"
     assert tp.resolve_loop("device") == "device"
     with pytest.raises(ValueError, match="loop must be one of"):
