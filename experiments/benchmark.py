@@ -335,7 +335,8 @@ def markdown(result: dict) -> str:
             "",
             "Seconds per step are min over interleaved repeats (shared machine: "
             "read the ratio). `device`: the segment as one `lax.fori_loop` "
-            "program; `host`: one compiled step called per step (the CPU default).",
+            "program; `host`: one compiled step called per step (the CPU default for "
+            "models with convolutions).",
             "",
             "| model | M | steps | device s/step | host s/step | host faster by |",
             "|---|---|---|---|---|---|",
