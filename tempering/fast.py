@@ -31,11 +31,10 @@ One formulation applies to the whole function rather than to a primitive:
 
 - ``"sequential"``: the single-replica function emitted once per replica in
   one program, each copy's inputs chained to the previous copy's outputs by
-  ``lax.optimization_barrier`` so the copies run one after another. It is the
-  Python loop over replicas without its M dispatches. XLA:CPU otherwise runs
-  independent unrolled copies concurrently; for large models (ResNet20) the M
-  concurrent working sets no longer fit in cache and the step runs at half the
-  loop's speed (``experiments/benchmark.py``).
+  ``lax.optimization_barrier`` so the copies run one after another: the Python
+  loop over replicas without its M dispatches, and one replica's activations
+  live at a time. On 2 CPU cores it was never faster than ``"unroll"``
+  (``experiments/benchmark.py``), so ``"auto"`` does not choose it.
 
 A :class:`Policy` maps primitive names to formulations; ``"auto"`` picks the
 measured best for the default backend (see ``experiments/benchmark.py``).
