@@ -430,11 +430,10 @@ def train_segment(
         shared_batch=shared_batch,
         augment=augment,
     )
-    order = _first_order(
+    order, zeros = _segment_start(
         state.step, data_key, labels.shape[0], state.num_replicas, batch_size,
         shared_batch,
     )  # fmt: skip
-    zeros = jnp.zeros((state.num_replicas,), jnp.float32)
     state, _, loss_sum = jax.lax.fori_loop(0, num_steps, step_fn, (state, order, zeros))
     return state, loss_sum / jnp.maximum(num_steps, 1)
 
@@ -442,17 +441,22 @@ def train_segment(
 SegmentCarry = tuple[ReplicaState, jax.Array, jax.Array]  # state, order, loss sum
 
 
-def _first_order(
+def _segment_start(
     step: jax.Array,
     data_key: jax.Array,
     num_examples: int,
     num_replicas: int,
     batch_size: int,
     shared_batch: bool,
-) -> jax.Array:
-    """The batch order of the epoch that global step ``step`` falls in."""
+) -> tuple[jax.Array, jax.Array]:
+    """The loop carry besides the state before a segment's first step.
+
+    Returns the batch order of the epoch that global step ``step`` falls in and
+    a zero per-replica loss sum.
+    """
     epoch = step // (num_examples // batch_size)
-    return _epoch_order(data_key, epoch, num_examples, num_replicas, shared_batch)
+    order = _epoch_order(data_key, epoch, num_examples, num_replicas, shared_batch)
+    return order, jnp.zeros((num_replicas,), jnp.float32)
 
 
 def _segment_step(
@@ -557,7 +561,7 @@ def _device_segment(state, key, data_key, inputs, labels, num_steps, **static):
     return train_segment(state, key, data_key, inputs, labels, num_steps, **static)
 
 
-_host_first_order = jax.jit(_first_order, static_argnums=(2, 3, 4, 5))
+_host_segment_start = jax.jit(_segment_start, static_argnums=(2, 3, 4, 5))
 _host_step = jax.jit(
     _segment_step, static_argnames=_SEGMENT_STATIC, donate_argnames=("carry",)
 )
@@ -600,11 +604,11 @@ def run_segment(
         return _device_segment(
             state, key, data_key, inputs, labels, jnp.int32(num_steps), **static
         )
-    order = _host_first_order(
+    order, zeros = _host_segment_start(
         state.step, data_key, labels.shape[0], state.num_replicas, batch_size,
         shared_batch,
     )  # fmt: skip
-    carry = (state, order, jnp.zeros((state.num_replicas,), jnp.float32))
+    carry = (state, order, zeros)
     for i in range(num_steps):
         carry = _host_step(
             jnp.int32(i), carry, key=key, data_key=data_key, inputs=inputs,
