@@ -644,8 +644,7 @@ def evaluate(
     zeros = jnp.zeros((state.num_replicas,), jnp.float32)
 
     def chunk(totals, batch):
-        sums = _eval_chunk(state, *batch)
-        return (totals[0] + sums[0], totals[1] + sums[1]), None
+        return _add_chunk(state, totals, *batch), None
 
     (loss_sum, correct_sum), _ = jax.lax.scan(chunk, (zeros, zeros), (xs, ys, mask))
     return _metrics(loss_sum, correct_sum, labels.shape[0])
@@ -696,10 +695,13 @@ _device_evaluate = jax.jit(evaluate, static_argnames=("batch_size",))
 _host_chunked = jax.jit(_chunked, static_argnums=2)
 
 
-@jax.jit
-def _host_eval_chunk(state, x, y, mask, totals):
+def _add_chunk(state, totals, x, y, mask):
+    """``totals`` (loss sum, correct sum) plus one chunk's per-replica sums."""
     sums = _eval_chunk(state, x, y, mask)
     return totals[0] + sums[0], totals[1] + sums[1]
+
+
+_host_add_chunk = jax.jit(_add_chunk)
 
 
 def run_evaluate(
@@ -726,5 +728,5 @@ def run_evaluate(
     zeros = jnp.zeros((state.num_replicas,), jnp.float32)
     totals = (zeros, zeros)
     for index in range(xs.shape[0]):  # one program for every chunk count
-        totals = _host_eval_chunk(state, xs[index], ys[index], mask[index], totals)
+        totals = _host_add_chunk(state, totals, xs[index], ys[index], mask[index])
     return _metrics(*totals, labels.shape[0])

@@ -23,7 +23,7 @@ def state(tx, blobs):
 # Every program pt_train compiles, for either loop.
 COMPILED = (
     replicas._host_step,
-    replicas._host_eval_chunk,
+    replicas._host_add_chunk,
     replicas._device_segment,
     replicas._device_evaluate,
     training._exchange_round,
