@@ -8,8 +8,9 @@ exchanges every 300 steps and C = 20 (ResNet20) or 30 (ResNet44), until 64K
 steps; random crop (4-pixel padding) and horizontal flip on device.
 
     python -m experiments.fig2_resnet --depth 20             # paper scale (GPU)
-    python -m experiments.fig2_resnet --depth 20 --scale 0.001 --rounds 8 \\
-        --batch-size 32 --train-size 5000 --eval-size 500     # CPU smoke only
+    python -m experiments.fig2_resnet --depth 20 --scale 0.004 --burn-in 128 \\
+        --exchange-interval 16 --rounds 8 --batch-size 32 --eval-size 256 \\
+        --final-test-size 2000                                # reduced CPU run
 """
 
 from __future__ import annotations

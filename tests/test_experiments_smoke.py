@@ -6,6 +6,7 @@ these tests need neither the network nor ../shared.
 
 import json
 
+import numpy as np
 import pytest
 from test_data import make_cifar, make_idx_dataset
 
@@ -54,9 +55,16 @@ def test_fig2_lenet_and_table_smoke(data_dir, tmp_path):
 
 def test_fig2_resnet_smoke(data_dir, tmp_path):
     fig2_resnet.main(
-        ["--depth", "8", "--scale", "0.00003", "--data-dir", str(data_dir),
-         "--out-dir", str(tmp_path), *TINY]
+        ["--depth", "8", "--scale", "0.00003", "--burn-in", "2",
+         "--exchange-interval", "1", "--final-test-size", "7",
+         "--data-dir", str(data_dir), "--out-dir", str(tmp_path), *TINY]
     )  # fmt: skip
     result = json.loads((tmp_path / "fig2_resnet8.json").read_text())
     assert result["config"]["hyperparameter"] == "learning_rate"
+    assert result["config"]["burn_in"] == 2
+    assert result["config"]["exchange_interval"] == 1
+    assert result["final_test_size"] == 7
+    errors = np.asarray(result["runs"]["pt"][0]["final_test_error"])
+    assert errors.shape == (2,)
+    np.testing.assert_allclose(errors * 7, np.round(errors * 7), atol=1e-5)
     assert (tmp_path / "fig2_resnet8.png").exists()
