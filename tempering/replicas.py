@@ -163,18 +163,19 @@ def _check_optimizer_state(opt_state: PyTree) -> None:
 @functools.partial(
     jax.jit, static_argnames=("model", "tx", "train_kwarg", "dropout_kwarg")
 )
-def _init_replicas(keys, sample_input, *, model, tx, train_kwarg, dropout_kwarg):
-    """``(params, batch_stats, opt_state)`` of len(keys) replicas, stacked."""
+def _init_replica(key, sample_input, *, model, tx, train_kwarg, dropout_kwarg):
+    """``(params, batch_stats, opt_state)`` of one replica."""
+    kwargs = {train_kwarg: False} if train_kwarg is not None else {}
+    if dropout_kwarg is not None:
+        kwargs[dropout_kwarg] = 0.0
+    variables = model.init({"params": key, "dropout": key}, sample_input, **kwargs)
+    params = variables["params"]
+    return params, variables.get("batch_stats", {}), tx.init(params)
 
-    def init_one(key):
-        kwargs = {train_kwarg: False} if train_kwarg is not None else {}
-        if dropout_kwarg is not None:
-            kwargs[dropout_kwarg] = 0.0
-        variables = model.init({"params": key, "dropout": key}, sample_input, **kwargs)
-        params = variables["params"]
-        return params, variables.get("batch_stats", {}), tx.init(params)
 
-    return jax.vmap(init_one)(keys)
+@jax.jit
+def _stack(trees: list[PyTree]) -> PyTree:
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
 def create_replicas(
@@ -239,14 +240,16 @@ def create_replicas(
     if same_init:
         keys = jnp.broadcast_to(keys[:1], keys.shape)
     init = functools.partial(
-        _init_replicas,
+        _init_replica,
         model=model,
         tx=tx,
         train_kwarg=train_kwarg,
         dropout_kwarg=dropout_kwarg,
     )
-    _check_optimizer_state(jax.eval_shape(init, keys[:1], sample_input)[2])
-    params, batch_stats, opt_state = init(keys, sample_input)
+    _check_optimizer_state(jax.eval_shape(init, keys[0], sample_input)[2])
+    # One replica at a time, not vmapped: init runs once, and XLA compiles the
+    # single-replica init (random initialisers) several times faster.
+    params, batch_stats, opt_state = _stack([init(k, sample_input) for k in keys])
     state = ReplicaState(
         params=params,
         batch_stats=batch_stats,
