@@ -415,7 +415,8 @@ def replica_vmap(
         fun: the single-replica function (may contain ``jax.grad``).
         in_axes: 0 or None per argument (a prefix pytree, as for ``jax.vmap``).
         policy: ``"auto"`` (fastest measured for the backend), ``"vmap"`` (plain
-            ``jax.vmap``), ``"unroll"``, ``"map"``, ``"sequential"``, or a
+            ``jax.vmap``), ``"unroll"``, ``"map"``, ``"patches"``,
+            ``"sequential"``, or a
             mapping from primitive name to formulation.
 
     Returns:

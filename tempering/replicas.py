@@ -79,7 +79,8 @@ class ReplicaState:
     dropout_kwarg: str | None = struct.field(pytree_node=False, default="dropout_rate")
     loss_fn: LossFn = struct.field(pytree_node=False, default=cross_entropy)
     # How layers are batched over replicas: "auto" (fastest measured for the
-    # backend), "vmap" (plain jax.vmap), "unroll" or "map"; see tempering.fast.
+    # backend), "vmap" (plain jax.vmap), "unroll", "map", "patches" or
+    # "sequential"; see tempering.fast.
     vectorize: str = struct.field(pytree_node=False, default="auto")
     # Where the loop over steps (and evaluation chunks) runs: "device" (one
     # lax.fori_loop program per segment), "host" (one compiled step per call,
@@ -216,7 +217,7 @@ def create_replicas(
             :func:`tempering.fast.replica_vmap`): ``"auto"`` (default; on CPU
             convolutions are emitted once per replica instead of as one grouped
             convolution), ``"vmap"`` (force plain ``jax.vmap``), ``"unroll"``,
-            ``"map"`` or ``"sequential"``.
+            ``"map"``, ``"patches"`` or ``"sequential"``.
         loop: where the drivers (:func:`run_segment`, :func:`run_evaluate`,
             ``pt_train``, ``pbt_train``) loop over steps: ``"device"``,
             ``"host"`` or ``"auto"`` (see :func:`resolve_loop`).
