@@ -85,8 +85,9 @@ POLICIES: dict[str, dict[str, str]] = {
 }
 
 # Measured on CPU (2 cores, jax 0.10.2; experiments/benchmark.py): grouped
-# convolutions are the whole cost, every other layer is fastest under vmap.
-_AUTO = {"cpu": "unroll"}
+# convolutions are the whole cost, every other layer is fastest under vmap, and
+# shared-input convolutions are fastest as patches times all kernels.
+_AUTO = {"cpu": "patches"}
 
 
 def resolve_policy(policy: str | Policy, backend: str | None = None) -> dict[str, str]:

@@ -215,8 +215,9 @@ def create_replicas(
         loss_fn: per-example loss ``loss_fn(logits, labels) -> (B,)``.
         vectorize: how the fused step batches layers over replicas (see
             :func:`tempering.fast.replica_vmap`): ``"auto"`` (default; on CPU
-            convolutions are emitted once per replica instead of as one grouped
-            convolution), ``"vmap"`` (force plain ``jax.vmap``), ``"unroll"``,
+            ``"patches"``: convolutions are emitted once per replica instead of
+            as one grouped convolution, and those on the shared input batch
+            become one patch tensor times all replicas' kernels), ``"vmap"`` (force plain ``jax.vmap``), ``"unroll"``,
             ``"map"``, ``"patches"`` or ``"sequential"``.
         loop: where the drivers (:func:`run_segment`, :func:`run_evaluate`,
             ``pt_train``, ``pbt_train``) loop over steps: ``"device"``,

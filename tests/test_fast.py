@@ -20,7 +20,7 @@ POLICIES = [
     "map",
     "patches",
     "sequential",
-]  # "auto" is "unroll" on CPU (test_resolve_policy)
+]  # "auto" is "patches" on CPU (test_resolve_policy)
 TOL = {"atol": 2e-5, "rtol": 2e-5}
 
 
@@ -200,7 +200,7 @@ def test_differentiating_through_replica_vmap():
 
 def test_resolve_policy():
     assert fast.resolve_policy("vmap") == {}
-    assert fast.resolve_policy("auto", backend="cpu") == fast.POLICIES["unroll"]
+    assert fast.resolve_policy("auto", backend="cpu") == fast.POLICIES["patches"]
     assert fast.resolve_policy("auto", backend="gpu") == {}
     assert fast.resolve_policy({"dot_general": "map"}) == {"dot_general": "map"}
     with pytest.raises(ValueError, match="unknown vectorize policy"):
