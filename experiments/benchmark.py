@@ -5,6 +5,8 @@ replicas of an MLP (MNIST-1D shapes), both LeNet-5s and ResNet-20, comparing
 
 - ``fused``: the library's step, ``jit(train_step)`` with the default
   ``vectorize="auto"`` (tempering.fast);
+- ``unroll``: ``vectorize="unroll"``, every convolution emitted once per
+  replica (merged into one convolution where the input is shared);
 - ``vmap``: the same step forced to plain ``jax.vmap`` (``vectorize="vmap"``),
   i.e. the naive vectorised grid;
 - ``loop``: a Python loop over M jitted single-replica steps;
@@ -47,7 +49,7 @@ from tempering import models
 from tempering.replicas import replica_train_step
 
 BATCH = 128
-VARIANTS = ("fused", "vmap", "loop", "lax_map", "sequential")
+VARIANTS = ("fused", "unroll", "vmap", "loop", "lax_map", "sequential")
 MAX_SEQUENTIAL_M = 8  # compile time grows with M copies of the step
 # lax.map runs ResNet-20's step as a sequential loop of small convolutions,
 # far slower than the Python loop on CPU; timing it at every M would dominate
@@ -100,6 +102,7 @@ def step_variants(
     key = jax.random.key(1)
     fused = jax.jit(tp.train_step)
     plain = state.replace(vectorize="vmap")
+    unrolled = state.replace(vectorize="unroll")
     chained = state.replace(vectorize="sequential")
     one = functools.partial(replica_train_step, state)
     keys = jax.random.split(key, num)
@@ -109,6 +112,7 @@ def step_variants(
     mapped = jax.jit(lambda a, x, y: jax.lax.map(lambda s: one(*s, x, y), a))
     variants = {
         "fused": lambda: fused(state, key, x, y),
+        "unroll": lambda: fused(unrolled, key, x, y),
         "vmap": lambda: fused(plain, key, x, y),
         "loop": lambda: [single(*p, x, y) for p in per_replica],
         "lax_map": lambda: mapped(args, x, y),
@@ -157,16 +161,16 @@ def time_interleaved(fns: dict[str, Callable], reps: int) -> dict[str, dict]:
     }
 
 
-def throughput(names, ms, reps, resnet_ms, resnet_skip=()) -> list[dict]:
+def throughput(names, ms, reps, resnet_ms, resnet_skip=(), skip=()) -> list[dict]:
     rows = []
     for name in names:
         _, shape, classes = model_spec(name)
         x, y = synthetic(shape, classes, BATCH)
         for num in resnet_ms if name == "resnet20" else ms:
             t0 = time.perf_counter()
-            skip = tuple(resnet_skip) if name == "resnet20" else ()
-            variants = step_variants(name, num, x, y, skip)
-            timing = time_interleaved(variants, min(reps, 3) if skip else reps)
+            resnet = tuple(resnet_skip) if name == "resnet20" else ()
+            variants = step_variants(name, num, x, y, (*skip, *resnet))
+            timing = time_interleaved(variants, min(reps, 3) if resnet else reps)
             row = {"model": name, "M": num, "timing": timing}
             for k, t in timing.items():
                 row[f"{k}_replica_steps_per_s"] = num / t["min_s"]
@@ -310,11 +314,12 @@ def markdown(result: dict) -> str:
         f"jax {result['provenance']['machine']['jax']}, batch {BATCH}. "
         "Ratio = loop time / variant time (min over interleaved repeats; "
         ">1 is faster than the loop). `fused` is the library default "
-        '(`vectorize="auto"`), `vmap` plain `jax.vmap`.',
+        '(`vectorize="auto"`), `unroll` one convolution per replica, `vmap` '
+        "plain `jax.vmap`.",
         "",
-        "| model | M | fused | vmap | lax.map | sequential | loop | "
+        "| model | M | fused | unroll | vmap | lax.map | sequential | loop | "
         "peak MiB fused / vmap |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["throughput"]:
         mem = r["memory"]
@@ -323,7 +328,7 @@ def markdown(result: dict) -> str:
         )
         cells = [
             f"{r[f'{v}_vs_loop']:.2f}" if f"{v}_vs_loop" in r else "–"
-            for v in ("fused", "vmap", "lax_map", "sequential")
+            for v in ("fused", "unroll", "vmap", "lax_map", "sequential")
         ]
         lines.append(
             f"| {r['model']} | {r['M']} | {' | '.join(cells)} | 1.00 | {mib} |"
@@ -426,6 +431,9 @@ def main(argv=None) -> dict:
         default="",
         help="comma-separated variants not timed for resnet20 (e.g. vmap,lax_map)",
     )
+    parser.add_argument(
+        "--skip", default="", help="comma-separated variants not timed at all"
+    )
     parser.add_argument("--segment-models", default="mlp,lenet_emnist,lenet_cifar10")
     parser.add_argument("--segment-steps", type=int, default=10)
     parser.add_argument("--name", default="benchmark_cpu")
@@ -441,7 +449,8 @@ def main(argv=None) -> dict:
         pt_runs = [("mlp", 8, 300, 2)]
     result = {"provenance": provenance(seeds=[0])}
     resnet_skip = tuple(v for v in args.resnet_skip.split(",") if v)
-    result["throughput"] = throughput(names, ms, reps, resnet_ms, resnet_skip)
+    skip = tuple(v for v in args.skip.split(",") if v)
+    result["throughput"] = throughput(names, ms, reps, resnet_ms, resnet_skip, skip)
     save_result(args.name, result, Path(args.out))  # kept if a later part fails
     result["segment_loops"] = [
         segment_loops(n, 8, args.segment_steps, min(reps, 3))

@@ -26,6 +26,12 @@ Formulations of a primitive whose operands carry the replica axis:
   input and a shared kernel become one convolution with M times the batch.
 - ``"map"``: ``jax.lax.map`` over replicas (a loop inside the program), with
   the same merges for one-sided operands.
+- ``"patches"``: a convolution whose input is shared by all replicas (the
+  first layer with a shared batch, forward and kernel gradient) becomes one
+  patch matrix, built once by slicing, times every replica's kernel: a single
+  matrix product with M times the output features. The first layer has few
+  input channels, which XLA:CPU's convolutions handle poorly. Other
+  convolutions are treated as under ``"unroll"``.
 
 One formulation applies to the whole function rather than to a primitive:
 
@@ -43,6 +49,8 @@ measured best for the default backend (see ``experiments/benchmark.py``).
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -60,7 +68,7 @@ __all__ = [
     "replica_vmap",
 ]
 
-FORMULATIONS = ("vmap", "unroll", "map")
+FORMULATIONS = ("vmap", "unroll", "map", "patches")
 SEQUENTIAL = "sequential"
 
 Policy = Mapping[str, str]  # primitive name -> formulation
@@ -72,12 +80,14 @@ POLICIES: dict[str, dict[str, str]] = {
     "vmap": {},
     "unroll": {CONV: "unroll"},
     "map": {CONV: "map"},
+    "patches": {CONV: "patches"},
     SEQUENTIAL: {"*": SEQUENTIAL},
 }
 
 # Measured on CPU (2 cores, jax 0.10.2; experiments/benchmark.py): grouped
-# convolutions are the whole cost, every other layer is fastest under vmap.
-_AUTO = {"cpu": "unroll"}
+# convolutions are the whole cost, every other layer is fastest under vmap, and
+# shared-input convolutions are fastest as patches times all kernels.
+_AUTO = {"cpu": "patches"}
 
 
 def resolve_policy(policy: str | Policy, backend: str | None = None) -> dict[str, str]:
@@ -160,11 +170,105 @@ def _conv_shared_kernel(params, num, lhs, rhs):
     return jnp.moveaxis(out.reshape(split), out_batch, 0)
 
 
+# Largest patch tensor (elements) the "patches" formulation builds.
+_MAX_PATCH_ELEMENTS = 1 << 26
+
+
+def _out_spatial(params, spatial: Sequence[int], window: Sequence[int]) -> tuple:
+    """Output spatial sizes of a convolution of an unpadded input."""
+    return tuple(
+        ((size - 1) * ld + 1 + lo + hi - (k - 1) * d - 1) // s + 1
+        for size, ld, (lo, hi), k, d, s in zip(
+            spatial,
+            params["lhs_dilation"],
+            params["padding"],
+            window,
+            params["rhs_dilation"],
+            params["window_strides"],
+            strict=True,
+        )
+    )
+
+
+def _patches(params, lhs, window: tuple[int, ...]) -> jax.Array:
+    """The patch tensor ``(N, C, *window, *out_spatial)`` of a convolution input.
+
+    Built from one strided slice per window offset or per output position,
+    whichever is fewer (the kernel-gradient convolution has a large window and
+    few output positions).
+    """
+    dn = params["dimension_numbers"]
+    x = jnp.transpose(lhs, dn.lhs_spec)  # (N, C, *spatial)
+    out = _out_spatial(params, x.shape[2:], window)
+    pads = [
+        (lo, hi, d - 1)
+        for (lo, hi), d in zip(params["padding"], params["lhs_dilation"], strict=True)
+    ]
+    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (0, 0, 0), *pads])
+    strides, dilation = params["window_strides"], params["rhs_dilation"]
+    n, c, rank = x.shape[0], x.shape[1], len(window)
+    by_offset = math.prod(window) <= math.prod(out)
+    # slice over window offsets (each slice spans all outputs) or the reverse
+    outer, inner = (window, out) if by_offset else (out, window)
+    outer_step, inner_step = (dilation, strides) if by_offset else (strides, dilation)
+    slices = []
+    for index in itertools.product(*map(range, outer)):
+        start = [0, 0, *(i * st for i, st in zip(index, outer_step, strict=True))]
+        limit = [
+            n,
+            c,
+            *(
+                b + (m - 1) * st + 1
+                for b, m, st in zip(start[2:], inner, inner_step, strict=True)
+            ),
+        ]
+        slices.append(lax.slice(x, start, limit, (1, 1, *inner_step)))
+    patches = jnp.stack(slices, axis=2).reshape(n, c, *outer, *inner)
+    if not by_offset:  # (N, C, *out, *window) -> (N, C, *window, *out)
+        patches = jnp.moveaxis(
+            patches, tuple(range(2, 2 + rank)), tuple(range(2 + rank, 2 + 2 * rank))
+        )
+    return patches
+
+
+def _conv_patches(params, num, lhs, rhs):
+    """Shared input, per-replica kernels: patches times all kernels at once."""
+    dn = params["dimension_numbers"]
+    kernels = jnp.transpose(rhs, (0, *(d + 1 for d in dn.rhs_spec)))  # (M, O, I, *K)
+    rank = kernels.ndim - 3
+    patches = _patches(params, lhs, kernels.shape[3:])
+    window, out = "abcdefgh"[:rank], "pqrstuvw"[:rank]
+    result = jnp.einsum(
+        f"nc{window}{out},moc{window}->mno{out}",
+        patches,
+        kernels,
+        precision=params["precision"],
+        preferred_element_type=params["preferred_element_type"],
+    )  # (M, N, O, *out), canonical order
+    to_out = sorted(range(len(dn.out_spec)), key=lambda j: dn.out_spec[j])
+    return jnp.transpose(result, (0, *(j + 1 for j in to_out)))
+
+
+def _patch_elements(params, lhs, rhs) -> int:
+    """Elements of the patch tensor ``_conv_patches`` would build."""
+    dn = params["dimension_numbers"]
+    window = [rhs.shape[1 + d] for d in dn.rhs_spec[2:]]
+    spatial = [lhs.shape[d] for d in dn.lhs_spec[2:]]
+    out = _out_spatial(params, spatial, window)
+    n, c = lhs.shape[dn.lhs_spec[0]], lhs.shape[dn.lhs_spec[1]]
+    return n * c * math.prod(window) * math.prod(out)
+
+
 def _conv_rule(prim, params, num, batched, args, formulation):
     lhs_b, rhs_b = batched
     lhs, rhs = args
     if params["batch_group_count"] == 1:
         if not lhs_b and rhs_b and params["feature_group_count"] == 1:
+            if (
+                formulation == "patches"
+                and _patch_elements(params, lhs, rhs) <= _MAX_PATCH_ELEMENTS
+            ):
+                return _conv_patches(params, num, lhs, rhs)
             return _conv_shared_input(params, num, lhs, rhs)
         if lhs_b and not rhs_b:
             return _conv_shared_kernel(params, num, lhs, rhs)
@@ -312,7 +416,8 @@ def replica_vmap(
         fun: the single-replica function (may contain ``jax.grad``).
         in_axes: 0 or None per argument (a prefix pytree, as for ``jax.vmap``).
         policy: ``"auto"`` (fastest measured for the backend), ``"vmap"`` (plain
-            ``jax.vmap``), ``"unroll"``, ``"map"``, ``"sequential"``, or a
+            ``jax.vmap``), ``"unroll"``, ``"map"``, ``"patches"``,
+            ``"sequential"``, or a
             mapping from primitive name to formulation.
 
     Returns:

@@ -79,7 +79,8 @@ class ReplicaState:
     dropout_kwarg: str | None = struct.field(pytree_node=False, default="dropout_rate")
     loss_fn: LossFn = struct.field(pytree_node=False, default=cross_entropy)
     # How layers are batched over replicas: "auto" (fastest measured for the
-    # backend), "vmap" (plain jax.vmap), "unroll" or "map"; see tempering.fast.
+    # backend), "vmap" (plain jax.vmap), "unroll", "map", "patches" or
+    # "sequential"; see tempering.fast.
     vectorize: str = struct.field(pytree_node=False, default="auto")
     # Where the loop over steps (and evaluation chunks) runs: "device" (one
     # lax.fori_loop program per segment), "host" (one compiled step per call,
@@ -163,18 +164,19 @@ def _check_optimizer_state(opt_state: PyTree) -> None:
 @functools.partial(
     jax.jit, static_argnames=("model", "tx", "train_kwarg", "dropout_kwarg")
 )
-def _init_replicas(keys, sample_input, *, model, tx, train_kwarg, dropout_kwarg):
-    """``(params, batch_stats, opt_state)`` of len(keys) replicas, stacked."""
+def _init_replica(key, sample_input, *, model, tx, train_kwarg, dropout_kwarg):
+    """``(params, batch_stats, opt_state)`` of one replica."""
+    kwargs = {train_kwarg: False} if train_kwarg is not None else {}
+    if dropout_kwarg is not None:
+        kwargs[dropout_kwarg] = 0.0
+    variables = model.init({"params": key, "dropout": key}, sample_input, **kwargs)
+    params = variables["params"]
+    return params, variables.get("batch_stats", {}), tx.init(params)
 
-    def init_one(key):
-        kwargs = {train_kwarg: False} if train_kwarg is not None else {}
-        if dropout_kwarg is not None:
-            kwargs[dropout_kwarg] = 0.0
-        variables = model.init({"params": key, "dropout": key}, sample_input, **kwargs)
-        params = variables["params"]
-        return params, variables.get("batch_stats", {}), tx.init(params)
 
-    return jax.vmap(init_one)(keys)
+@jax.jit
+def _stack(trees: list[PyTree]) -> PyTree:
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
 def create_replicas(
@@ -213,9 +215,10 @@ def create_replicas(
         loss_fn: per-example loss ``loss_fn(logits, labels) -> (B,)``.
         vectorize: how the fused step batches layers over replicas (see
             :func:`tempering.fast.replica_vmap`): ``"auto"`` (default; on CPU
-            convolutions are emitted once per replica instead of as one grouped
-            convolution), ``"vmap"`` (force plain ``jax.vmap``), ``"unroll"``,
-            ``"map"`` or ``"sequential"``.
+            ``"patches"``: convolutions are emitted once per replica instead of
+            as one grouped convolution, and those on the shared input batch
+            become one patch tensor times all replicas' kernels), ``"vmap"`` (force plain ``jax.vmap``), ``"unroll"``,
+            ``"map"``, ``"patches"`` or ``"sequential"``.
         loop: where the drivers (:func:`run_segment`, :func:`run_evaluate`,
             ``pt_train``, ``pbt_train``) loop over steps: ``"device"``,
             ``"host"`` or ``"auto"`` (see :func:`resolve_loop`).
@@ -239,14 +242,16 @@ def create_replicas(
     if same_init:
         keys = jnp.broadcast_to(keys[:1], keys.shape)
     init = functools.partial(
-        _init_replicas,
+        _init_replica,
         model=model,
         tx=tx,
         train_kwarg=train_kwarg,
         dropout_kwarg=dropout_kwarg,
     )
-    _check_optimizer_state(jax.eval_shape(init, keys[:1], sample_input)[2])
-    params, batch_stats, opt_state = init(keys, sample_input)
+    _check_optimizer_state(jax.eval_shape(init, keys[0], sample_input)[2])
+    # One replica at a time, not vmapped: init runs once, and XLA compiles the
+    # single-replica init (random initialisers) several times faster.
+    params, batch_stats, opt_state = _stack([init(k, sample_input) for k in keys])
     state = ReplicaState(
         params=params,
         batch_stats=batch_stats,

@@ -47,6 +47,18 @@ def test_stacked_state_shapes(tx, blobs):
     np.testing.assert_array_equal(same[0], same[1])
 
 
+def test_replica_m_is_model_init_with_the_mth_split_key(tx, blobs):
+    (x, _), _ = blobs
+    state = make_state(tx, x, model=TinyBNNet())
+    keys = jax.random.split(jax.random.key(0), M)
+    for m in range(M):
+        variables = TinyBNNet().init({"params": keys[m], "dropout": keys[m]}, x[:4])
+        chex.assert_trees_all_equal(replica(state.params, m), variables["params"])
+        chex.assert_trees_all_equal(
+            replica(state.batch_stats, m), variables["batch_stats"]
+        )
+
+
 def test_learning_rate_stays_float32_with_bfloat16_params(blobs):
     (x, _), _ = blobs
     tx = tp.sgd(0.1, momentum=0.9)
