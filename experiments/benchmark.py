@@ -45,6 +45,7 @@ import numpy as np
 
 import tempering as tp
 from experiments.common import RESULTS_DIR, provenance, save_result
+from experiments.flops import jaxpr_flops, peak_tflops
 from tempering import models
 from tempering.replicas import replica_train_step
 
@@ -92,6 +93,19 @@ def make_state(name: str, num: int, vectorize: str = "auto", loop: str = "auto")
         vectorize=vectorize,
         loop=loop,
     )
+
+
+def replica_step_flops(name: str) -> float:
+    """Model FLOPs of one replica's SGD step at batch ``BATCH`` (forward + backward)."""
+    _, shape, classes = model_spec(name)
+    x, y = synthetic(shape, classes, BATCH)
+    state = make_state(name, 1)
+    one = functools.partial(replica_train_step, state)
+    args = jax.tree.map(
+        lambda a: a[0],
+        (state.params, state.batch_stats, state.opt_state, state.dropout_rate),
+    )
+    return jaxpr_flops(jax.make_jaxpr(one)(*args, jax.random.key(0), x, y))
 
 
 def step_variants(
@@ -163,17 +177,23 @@ def time_interleaved(fns: dict[str, Callable], reps: int) -> dict[str, dict]:
 
 def throughput(names, ms, reps, resnet_ms, resnet_skip=(), skip=()) -> list[dict]:
     rows = []
+    peak = peak_tflops(jax.devices()[0].device_kind)
     for name in names:
         _, shape, classes = model_spec(name)
         x, y = synthetic(shape, classes, BATCH)
+        flops = replica_step_flops(name)
         for num in resnet_ms if name == "resnet20" else ms:
             t0 = time.perf_counter()
             resnet = tuple(resnet_skip) if name == "resnet20" else ()
             variants = step_variants(name, num, x, y, (*skip, *resnet))
             timing = time_interleaved(variants, min(reps, 3) if resnet else reps)
             row = {"model": name, "M": num, "timing": timing}
+            row["flops_per_replica_step"] = flops
             for k, t in timing.items():
                 row[f"{k}_replica_steps_per_s"] = num / t["min_s"]
+                row[f"{k}_tflops_per_s"] = flops * num / t["min_s"] / 1e12
+                if peak is not None:
+                    row[f"{k}_mfu"] = row[f"{k}_tflops_per_s"] / peak
                 row[f"{k}_vs_loop"] = timing["loop"]["min_s"] / t["min_s"]
                 row[f"{k}_vs_loop_median"] = timing["loop"]["median_s"] / t["median_s"]
             row["memory"] = {
@@ -305,21 +325,39 @@ def segment_loops(name: str, num: int, steps: int, reps: int) -> dict:
     return row
 
 
+def device_line(machine: dict) -> tuple[str, str]:
+    """(short device name, one-line description) of the machine of a result."""
+    if machine["backend"] == "cpu":
+        return "CPU", f"{machine['cpu']}, {machine['cpu_count']} cores (shared)"
+    kind = machine["devices"][0]
+    return kind, f"{kind} (host: {machine['cpu']}, {machine['cpu_count']} cores)"
+
+
 def markdown(result: dict) -> str:
+    machine = result["provenance"]["machine"]
+    short, described = device_line(machine)
+    has_mfu = any("fused_mfu" in r for r in result["throughput"])
     lines = [
-        "### Fused replica step on CPU: throughput relative to a loop of M jitted steps",
+        f"### Fused replica step on {short}: throughput relative to a loop of M "
+        "jitted steps",
         "",
-        f"{result['provenance']['machine']['cpu']}, "
-        f"{result['provenance']['machine']['cpu_count']} cores (shared), "
-        f"jax {result['provenance']['machine']['jax']}, batch {BATCH}. "
+        f"{described}, jax {machine['jax']}, batch {BATCH}. "
         "Ratio = loop time / variant time (min over interleaved repeats; "
         ">1 is faster than the loop). `fused` is the library default "
         '(`vectorize="auto"`), `unroll` one convolution per replica, `vmap` '
-        "plain `jax.vmap`.",
+        "plain `jax.vmap`. Model GFLOP/s: matrix products and convolutions of "
+        "the step (forward and backward, `experiments/flops.py`) per second of "
+        "the fused step"
+        + (
+            "; MFU: that over the device's dense float32 (TF32) peak."
+            if has_mfu
+            else "."
+        ),
         "",
         "| model | M | fused | unroll | vmap | lax.map | sequential | loop | "
-        "peak MiB fused / vmap |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "peak MiB fused / vmap | fused model GFLOP/s |"
+        + (" fused MFU |" if has_mfu else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if has_mfu else ""),
     ]
     for r in result["throughput"]:
         mem = r["memory"]
@@ -330,8 +368,15 @@ def markdown(result: dict) -> str:
             f"{r[f'{v}_vs_loop']:.2f}" if f"{v}_vs_loop" in r else "–"
             for v in ("fused", "unroll", "vmap", "lax_map", "sequential")
         ]
+        gflops = (
+            f"{1e3 * r['fused_tflops_per_s']:.1f}" if "fused_tflops_per_s" in r else "–"
+        )
+        mfu = f" {100 * r['fused_mfu']:.1f}% |" if "fused_mfu" in r else ""
+        if has_mfu and not mfu:
+            mfu = " – |"
         lines.append(
-            f"| {r['model']} | {r['M']} | {' | '.join(cells)} | 1.00 | {mib} |"
+            f"| {r['model']} | {r['M']} | {' | '.join(cells)} | 1.00 | {mib} | "
+            f"{gflops} |{mfu}"
         )
     if result.get("segment_loops"):
         lines += [
@@ -413,7 +458,8 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xlabel("replicas M")
     axes[0].set_ylabel("replica-steps/s (÷ loop at smallest M)")
     axes[0].legend()
-    fig.suptitle("CPU throughput vs M (relative; shared 2-core machine)")
+    short, _ = device_line(result["provenance"]["machine"])
+    fig.suptitle(f"{short} throughput vs M (relative to the loop)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

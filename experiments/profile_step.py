@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 from pathlib import Path
 
 import jax
@@ -30,35 +29,8 @@ from experiments.benchmark import (
     time_interleaved,
 )
 from experiments.common import RESULTS_DIR, provenance, save_result
+from experiments.flops import CONV, conv_flops, equations
 from tempering.replicas import replica_train_step
-
-CONV = "conv_general_dilated"
-
-
-def conv_flops(eqn) -> float:
-    """2 x multiply-adds of one convolution as a direct algorithm executes it.
-
-    Zeros inserted by padding or dilation (the input gradient of a strided or
-    VALID convolution) are counted, so this overstates the useful work there.
-    """
-    lhs, rhs = (v.aval for v in eqn.invars)
-    out = eqn.outvars[0].aval
-    dn = eqn.params["dimension_numbers"]
-    window = math.prod(rhs.shape[d] for d in dn.rhs_spec[2:])
-    in_features = rhs.shape[dn.rhs_spec[1]]
-    return 2.0 * math.prod(out.shape) * window * in_features
-
-
-def conv_equations(jaxpr) -> list:
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == CONV:
-            found.append(eqn)
-        for value in eqn.params.values():
-            sub = getattr(value, "jaxpr", None)
-            if sub is not None:
-                found += conv_equations(getattr(sub, "jaxpr", sub))
-    return found
 
 
 def profile(name: str, reps: int) -> dict:
@@ -76,7 +48,7 @@ def profile(name: str, reps: int) -> dict:
     fns = {"step": lambda: step(*step_args)}
     convs = []
     rng = np.random.default_rng(0)
-    for i, eqn in enumerate(conv_equations(jaxpr.jaxpr)):
+    for i, eqn in enumerate(equations(jaxpr.jaxpr, CONV)):
         operands = [
             jnp.asarray(rng.normal(size=v.aval.shape), v.aval.dtype) for v in eqn.invars
         ]
