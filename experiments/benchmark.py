@@ -186,7 +186,8 @@ def throughput(names, ms, reps, resnet_ms, resnet_skip=(), skip=()) -> list[dict
             t0 = time.perf_counter()
             resnet = tuple(resnet_skip) if name == "resnet20" else ()
             variants = step_variants(name, num, x, y, (*skip, *resnet))
-            timing = time_interleaved(variants, min(reps, 3) if resnet else reps)
+            repeats = min(reps, 3) if name == "resnet20" else reps
+            timing = time_interleaved(variants, repeats)
             row = {"model": name, "M": num, "timing": timing}
             row["flops_per_replica_step"] = flops
             for k, t in timing.items():
@@ -203,7 +204,7 @@ def throughput(names, ms, reps, resnet_ms, resnet_skip=(), skip=()) -> list[dict
             print(
                 f"{name:14s} M={num:3d} "
                 + " ".join(f"{k}={row[f'{k}_vs_loop']:.2f}x" for k in timing)
-                + f"  (vs loop, min of {reps}; {time.perf_counter() - t0:.0f}s)",
+                + f"  (vs loop, min of {repeats}; {time.perf_counter() - t0:.0f}s)",
                 flush=True,
             )
     return rows
@@ -342,8 +343,9 @@ def markdown(result: dict) -> str:
         "jitted steps",
         "",
         f"{described}, jax {machine['jax']}, batch {BATCH}. "
-        "Ratio = loop time / variant time (min over interleaved repeats; "
-        ">1 is faster than the loop). `fused` is the library default "
+        "Ratio = loop time / variant time (min over interleaved repeats, at "
+        "most 3 for ResNet-20; >1 is faster than the loop). `fused` is the "
+        "library default "
         '(`vectorize="auto"`), `unroll` one convolution per replica, `vmap` '
         "plain `jax.vmap`. Model GFLOP/s: matrix products and convolutions of "
         "the step (forward and backward, `experiments/flops.py`) per second of "
