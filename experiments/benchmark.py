@@ -95,17 +95,23 @@ def make_state(name: str, num: int, vectorize: str = "auto", loop: str = "auto")
     )
 
 
-def replica_step_flops(name: str) -> float:
-    """Model FLOPs of one replica's SGD step at batch ``BATCH`` (forward + backward)."""
+def single_replica_step(name: str) -> tuple[Callable, tuple]:
+    """One replica's unbatched SGD step at batch ``BATCH`` and its arguments."""
     _, shape, classes = model_spec(name)
     x, y = synthetic(shape, classes, BATCH)
     state = make_state(name, 1)
-    one = functools.partial(replica_train_step, state)
-    args = jax.tree.map(
+    replica = jax.tree.map(
         lambda a: a[0],
         (state.params, state.batch_stats, state.opt_state, state.dropout_rate),
     )
-    return jaxpr_flops(jax.make_jaxpr(one)(*args, jax.random.key(0), x, y))
+    step = functools.partial(replica_train_step, state)
+    return step, (*replica, jax.random.key(0), x, y)
+
+
+def replica_step_flops(name: str) -> float:
+    """Model FLOPs of one replica's SGD step at batch ``BATCH`` (forward + backward)."""
+    step, args = single_replica_step(name)
+    return jaxpr_flops(jax.make_jaxpr(step)(*args))
 
 
 def step_variants(

@@ -21,28 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.benchmark import (
-    BATCH,
-    make_state,
-    model_spec,
-    synthetic,
-    time_interleaved,
-)
+from experiments.benchmark import BATCH, single_replica_step, time_interleaved
 from experiments.common import RESULTS_DIR, provenance, save_result
 from experiments.flops import CONV, conv_flops, equations
-from tempering.replicas import replica_train_step
 
 
 def profile(name: str, reps: int) -> dict:
-    _, shape, classes = model_spec(name)
-    x, y = synthetic(shape, classes, BATCH)
-    state = make_state(name, 1)
-    one = functools.partial(replica_train_step, state)
-    args = jax.tree.map(
-        lambda a: a[0],
-        (state.params, state.batch_stats, state.opt_state, state.dropout_rate),
-    )
-    step_args = (*args, jax.random.key(0), x, y)
+    one, step_args = single_replica_step(name)
     jaxpr = jax.make_jaxpr(one)(*step_args)
     step = jax.jit(one)
     fns = {"step": lambda: step(*step_args)}

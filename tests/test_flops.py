@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import benchmark
+from experiments import benchmark, profile_step
 from experiments.flops import jaxpr_flops, peak_tflops
 
 
@@ -79,3 +79,30 @@ def test_benchmark_records_model_flops(tmp_path):
     assert "Fused replica step on CPU" in table
     assert "fused model GFLOP/s" in table
     assert (tmp_path / "bench.png").exists()
+
+
+def test_profile_step_times_each_convolution_of_the_lenet_step(tmp_path):
+    result = profile_step.main(
+        [
+            "--models",
+            "lenet_emnist",
+            "--reps",
+            "1",
+            "--name",
+            "prof",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    (prof,) = result["profiles"]
+    # LeNet-5 has two convolutions: two forward passes, two kernel gradients and
+    # one input gradient (the first layer's input needs none).
+    assert len(prof["convs"]) == 5
+    assert [c["lhs"] for c in prof["convs"]][0] == [128, 28, 28, 1]
+    conv_flops = sum(c["flops"] for c in prof["convs"])
+    assert 0 < conv_flops < benchmark.replica_step_flops("lenet_emnist")
+    assert all(c["seconds"] > 0 for c in prof["convs"])
+    assert prof["conv_share"] == pytest.approx(
+        sum(c["seconds"] for c in prof["convs"]) / prof["step_s"]
+    )
+    assert "**all convolutions**" in (tmp_path / "prof.md").read_text()
