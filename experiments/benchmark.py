@@ -176,8 +176,28 @@ def time_interleaved(fns: dict[str, Callable], reps: int) -> dict[str, dict]:
             jax.block_until_ready(fn())
             times[k].append(time.perf_counter() - start)
     return {
-        k: {"min_s": float(np.min(v)), "median_s": float(np.median(v))}
+        k: {
+            "min_s": float(np.min(v)),
+            "median_s": float(np.median(v)),
+            "times_s": [float(t) for t in v],
+        }
         for k, v in times.items()
+    }
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> dict:
+    """Median and quartiles of per-repeat ratios of two interleaved variants.
+
+    Repeat i of both ran back to back, so their ratio cancels the machine's
+    load at that moment; the spread of the ratios is the measurement's noise.
+    """
+    ratios = np.asarray(numerator) / np.asarray(denominator)
+    q25, q50, q75 = np.percentile(ratios, [25, 50, 75])
+    return {
+        "median": float(q50),
+        "q25": float(q25),
+        "q75": float(q75),
+        "n": len(ratios),
     }
 
 
@@ -270,6 +290,9 @@ def pt_overhead(name: str, num: int, interval: int, rounds: int, reps: int) -> d
         "validation_s": eval_t,
         "pt_vs_grid": timing["pt"]["min_s"] / timing["grid"]["min_s"],
         "pt_vs_grid_median": timing["pt"]["median_s"] / timing["grid"]["median_s"],
+        "pt_vs_grid_paired": paired_ratio(
+            timing["pt"]["times_s"], timing["grid"]["times_s"]
+        ),
         "outside_sgd_share": 1 - timing["sgd_only"]["min_s"] / timing["pt"]["min_s"],
         "validation_share_estimate": eval_t["min_s"]
         / (eval_t["min_s"] + interval * step_t),
@@ -344,29 +367,33 @@ def markdown(result: dict) -> str:
     machine = result["provenance"]["machine"]
     short, described = device_line(machine)
     has_mfu = any("fused_mfu" in r for r in result["throughput"])
-    lines = [
-        f"### Fused replica step on {short}: throughput relative to a loop of M "
-        "jitted steps",
-        "",
-        f"{described}, jax {machine['jax']}, batch {BATCH}. "
-        "Ratio = loop time / variant time (min over interleaved repeats, at "
-        "most 3 for ResNet-20; >1 is faster than the loop). `fused` is the "
-        "library default "
-        '(`vectorize="auto"`), `unroll` one convolution per replica, `vmap` '
-        "plain `jax.vmap`. Model GFLOP/s: matrix products and convolutions of "
-        "the step (forward and backward, `experiments/flops.py`) per second of "
-        "the fused step"
-        + (
-            "; MFU: that over the device's dense float32 (TF32) peak."
-            if has_mfu
-            else "."
-        ),
-        "",
-        "| model | M | fused | unroll | vmap | lax.map | sequential | loop | "
-        "peak MiB fused / vmap | fused model GFLOP/s |"
-        + (" fused MFU |" if has_mfu else ""),
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if has_mfu else ""),
-    ]
+    lines = (
+        []
+        if not result["throughput"]
+        else [
+            f"### Fused replica step on {short}: throughput relative to a loop of M "
+            "jitted steps",
+            "",
+            f"{described}, jax {machine['jax']}, batch {BATCH}. "
+            "Ratio = loop time / variant time (min over interleaved repeats, at "
+            "most 3 for ResNet-20; >1 is faster than the loop). `fused` is the "
+            "library default "
+            '(`vectorize="auto"`), `unroll` one convolution per replica, `vmap` '
+            "plain `jax.vmap`. Model GFLOP/s: matrix products and convolutions of "
+            "the step (forward and backward, `experiments/flops.py`) per second of "
+            "the fused step"
+            + (
+                "; MFU: that over the device's dense float32 (TF32) peak."
+                if has_mfu
+                else "."
+            ),
+            "",
+            "| model | M | fused | unroll | vmap | lax.map | sequential | loop | "
+            "peak MiB fused / vmap | fused model GFLOP/s |"
+            + (" fused MFU |" if has_mfu else ""),
+            "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if has_mfu else ""),
+        ]
+    )
     for r in result["throughput"]:
         mem = r["memory"]
         mib = " / ".join(
@@ -410,14 +437,25 @@ def markdown(result: dict) -> str:
             "",
             "### Tempering overhead (validation + exchange) in `pt_train`",
             "",
+            "PT / grid: min over repeats; paired: median [quartiles] of the "
+            "per-repeat ratios (PT and grid run back to back in each repeat).",
+            "",
             "| model | M | exchange every | validation set | PT / grid wall | "
-            "outside SGD (end to end) | validation share (components) |",
-            "|---|---|---|---|---|---|---|",
+            "PT / grid paired | outside SGD (end to end) | "
+            "validation share (components) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in result["pt_overhead"]:
+            paired = r.get("pt_vs_grid_paired")
+            paired = (
+                f"{paired['median']:.3f} [{paired['q25']:.3f}, {paired['q75']:.3f}]"
+                f" (n = {paired['n']})"
+                if paired
+                else "–"
+            )
             lines.append(
                 f"| {r['model']} | {r['M']} | {r['exchange_interval']} | "
-                f"{r['n_val']} | {r['pt_vs_grid']:.3f} | "
+                f"{r['n_val']} | {r['pt_vs_grid']:.3f} | {paired} | "
                 f"{100 * r['outside_sgd_share']:.1f}% | "
                 f"{100 * r['validation_share_estimate']:.2f}% |"
             )
@@ -481,6 +519,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-pt", action="store_true")
     parser.add_argument(
+        "--pt-only",
+        action="store_true",
+        help="only the pt_train overhead (PT vs grid vs SGD alone)",
+    )
+    parser.add_argument(
+        "--pt-reps",
+        type=int,
+        default=3,
+        help="interleaved repeats of each pt_train run",
+    )
+    parser.add_argument(
+        "--pt-runs",
+        default="mlp:300:3,mlp:1000:2",
+        help="model:exchange_interval:rounds of each pt_train overhead run (M = 8)",
+    )
+    parser.add_argument(
         "--resnet-skip",
         default="",
         help="comma-separated variants not timed for resnet20 (e.g. vmap,lax_map)",
@@ -497,13 +551,18 @@ def main(argv=None) -> dict:
     resnet_ms = [int(m) for m in args.resnet_ms.split(",")]
     names = args.models.split(",")
     reps = args.reps
-    pt_runs = [("mlp", 8, 300, 3), ("mlp", 8, 1000, 2)]
+    pt_runs = [
+        (n, 8, int(k), int(r))
+        for n, k, r in (x.split(":") for x in args.pt_runs.split(","))
+    ]
     if args.quick:
         ms, resnet_ms, reps = [1, 8], [1, 2], min(reps, 5)
         pt_runs = [("mlp", 8, 300, 2)]
     result = {"provenance": provenance(seeds=[0])}
     resnet_skip = tuple(v for v in args.resnet_skip.split(",") if v)
     skip = tuple(v for v in args.skip.split(",") if v)
+    if args.pt_only:
+        names, args.segment_models = [], ""
     result["throughput"] = throughput(names, ms, reps, resnet_ms, resnet_skip, skip)
     save_result(args.name, result, Path(args.out))  # kept if a later part fails
     result["segment_loops"] = [
@@ -513,8 +572,9 @@ def main(argv=None) -> dict:
     ]
     save_result(args.name, result, Path(args.out))
     if not args.skip_pt:
+        pt_reps = min(args.pt_reps, 2) if args.quick else args.pt_reps
         result["pt_overhead"] = [
-            pt_overhead(n, m, k, r, 2 if args.quick else 3) for n, m, k, r in pt_runs
+            pt_overhead(n, m, k, r, pt_reps) for n, m, k, r in pt_runs
         ]
         for r in result["pt_overhead"]:
             print(
@@ -530,7 +590,8 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     save_result(args.name, result, out)
     (out / f"{args.name}.md").write_text(markdown(result))
-    plot(result, out / f"{args.name}.png")
+    if result["throughput"]:
+        plot(result, out / f"{args.name}.png")
     print(markdown(result))
     return result
 

@@ -106,3 +106,21 @@ def test_profile_step_times_each_convolution_of_the_lenet_step(tmp_path):
         sum(c["seconds"] for c in prof["convs"]) / prof["step_s"]
     )
     assert "**all convolutions**" in (tmp_path / "prof.md").read_text()
+
+
+def test_benchmark_pt_only_records_paired_pt_grid_ratios(tmp_path):
+    argv = ["--pt-only", "--pt-runs", "mlp:4:2", "--pt-reps", "3"]
+    result = benchmark.main([*argv, "--name", "pt", "--out", str(tmp_path)])
+    assert result["throughput"] == []
+    (run,) = result["pt_overhead"]
+    assert (run["exchange_interval"], run["rounds"]) == (4, 2)
+    pt, grid = run["timing"]["pt"]["times_s"], run["timing"]["grid"]["times_s"]
+    paired = run["pt_vs_grid_paired"]
+    ratios = sorted(p / g for p, g in zip(pt, grid, strict=True))
+    assert paired["n"] == 3
+    assert paired["median"] == pytest.approx(ratios[1])
+    assert paired["q25"] <= paired["median"] <= paired["q75"]
+    table = (tmp_path / "pt.md").read_text()
+    assert "PT / grid paired" in table
+    assert "Fused replica step" not in table
+    assert not (tmp_path / "pt.png").exists()
