@@ -27,6 +27,12 @@ PAPER = {  # DESIGN.md section 2b, read off the paper's figures (PT vs best grid
 }
 
 
+def paper_numbers(name: str) -> str:
+    """The paper's PT vs grid for a result stem (a suffix marks a rerun at other scale)."""
+    name = name.replace("fashion_mnist", "emnist_letters")
+    return next((v for k, v in PAPER.items() if name.startswith(k)), "–")
+
+
 def row(path: Path) -> tuple[str, str]:
     """One table row and a plain-words verdict for one result file."""
     res = json.loads(path.read_text())
@@ -57,7 +63,7 @@ def row(path: Path) -> tuple[str, str]:
         fmt_mean_std(diff, 100),
         f"{wins}/{len(pt)}",
         f"{rate:.2f}",
-        PAPER.get(name.replace("fashion_mnist", "emnist_letters"), "–"),
+        paper_numbers(name),
     ]
     if np.mean(diff) < 0:
         verdict = (
