@@ -437,8 +437,9 @@ def markdown(result: dict) -> str:
             "",
             "### Tempering overhead (validation + exchange) in `pt_train`",
             "",
-            "PT / grid: min over repeats; paired: median [quartiles] of the "
-            "per-repeat ratios (PT and grid run back to back in each repeat).",
+            f"{described}, jax {machine['jax']}. PT / grid: min over repeats; "
+            "paired: median [quartiles] of the per-repeat ratios (PT and grid run "
+            "back to back in each repeat).",
             "",
             "| model | M | exchange every | validation set | PT / grid wall | "
             "PT / grid paired | outside SGD (end to end) | "
@@ -478,7 +479,7 @@ def markdown(result: dict) -> str:
                 + " | ".join(f"{100 * v:.2f}%" for v in r["share"].values())
                 + " |"
             )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def plot(result: dict, path: Path) -> None:
