@@ -68,3 +68,17 @@ def test_fig2_resnet_smoke(data_dir, tmp_path):
     assert errors.shape == (2,)
     np.testing.assert_allclose(errors * 7, np.round(errors * 7), atol=1e-5)
     assert (tmp_path / "fig2_resnet8.png").exists()
+
+
+@pytest.mark.parametrize(
+    "name, paper",
+    [
+        ("fig2_lenet_emnist_letters_dropout", "5.65 vs 5.8"),
+        ("fig2_lenet_fashion_mnist_dropout", "5.65 vs 5.8"),  # the offline stand-in
+        ("fig2_lenet_fashion_mnist_dropout_scale004", "5.65 vs 5.8"),  # a rerun
+        ("fig2_resnet44", "8.2 vs 8.4"),
+        ("fig2_lenet_cifar10_lr", "–"),  # the paper shows no number for it
+    ],
+)
+def test_fig2_table_finds_the_papers_numbers(name, paper):
+    assert fig2_table.paper_numbers(name) == paper
