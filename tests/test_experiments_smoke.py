@@ -50,6 +50,7 @@ def test_fig2_lenet_and_table_smoke(data_dir, tmp_path):
     assert (tmp_path / "fig2_lenet_fashion_mnist_lr.png").exists()
     text = fig2_table.main(["--results-dir", str(tmp_path)])
     assert "fig2_lenet_fashion_mnist_lr" in text
+    assert "selected replica exchanged" in text
     assert (tmp_path / "fig2_table.md").exists()
 
 
@@ -82,3 +83,14 @@ def test_fig2_resnet_smoke(data_dir, tmp_path):
 )
 def test_fig2_table_finds_the_papers_numbers(name, paper):
     assert fig2_table.paper_numbers(name) == paper
+
+
+def test_selected_replica_moved_reads_the_selected_replicas_path():
+    rungs = [[0, 2, 1], [0, 1, 2]]  # rounds x replicas: replicas 1 and 2 swap once
+    stayed = {"rungs": rungs, "initial_rungs": [0, 1, 2], "best_replica": 0}
+    swapped = {"rungs": rungs, "initial_rungs": [0, 1, 2], "best_replica": 1}
+    assert not fig2_table.selected_replica_moved(stayed)
+    assert fig2_table.selected_replica_moved(swapped)
+    # a first-round move away from the initial rung counts too
+    first = {"rungs": [[1, 0]], "initial_rungs": [0, 1], "best_replica": 0}
+    assert fig2_table.selected_replica_moved(first)

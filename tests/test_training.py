@@ -90,6 +90,24 @@ def test_exchanges_off_is_the_independent_grid(state, blobs):
     assert np.all(np.isnan(result.summary.acceptance_rate))
 
 
+def test_never_exchanged_replica_is_its_grid_twin(state, blobs):
+    # Same key: the same initial weights, batches and dropout masks, so a PT
+    # replica that never left its rung is bit-identical to its grid twin and
+    # one that moved is not. Fig. 2's PT = grid ties are exactly these twins.
+    pt = run(state, blobs, scheme="random_pair")
+    grid = run(state, blobs, exchanges=False)
+    stayed = np.all(pt.history.rungs == np.arange(4), axis=0)
+    assert stayed.any() and not stayed.all(), pt.history.rungs
+    pt_leaves = jax.tree.leaves(pt.state.params)
+    grid_leaves = jax.tree.leaves(grid.state.params)
+    for replica in range(4):
+        identical = all(
+            np.array_equal(a[replica], b[replica])
+            for a, b in zip(pt_leaves, grid_leaves, strict=True)
+        )
+        assert identical == stayed[replica], replica
+
+
 def test_same_key_same_run_and_caller_state_untouched(state, blobs):
     before = jax.tree.map(np.asarray, state.params)
     a = run(state, blobs)
