@@ -33,13 +33,16 @@ def paper_numbers(name: str) -> str:
     return next((v for k, v in PAPER.items() if name.startswith(k)), "–")
 
 
-def selected_replica_moved(run: dict) -> bool:
-    """Whether PT's selected replica ever left its rung.
+def selected_replica_moved(run: dict, num_steps: int) -> bool:
+    """Whether PT's selected replica ever trained away from its first rung.
 
-    One that never did is bit-identical to its grid twin (same initial weights,
-    batches and dropout masks), so its seed is a tie by construction.
+    ``run["rungs"][k]`` holds from ``run["step"][k]`` on, so an exchange at the
+    last step changes no weights. A replica that never trained elsewhere is
+    bit-identical to its grid twin (same initial weights, batches and dropout
+    masks), so its seed is a tie by construction.
     """
-    path = np.asarray(run["rungs"])[:, run["best_replica"]]
+    trained = np.asarray(run["step"]) < num_steps
+    path = np.asarray(run["rungs"])[trained, run["best_replica"]]
     return bool(np.any(path != run["initial_rungs"][run["best_replica"]]))
 
 
@@ -55,7 +58,7 @@ def row(path: Path) -> tuple[str, str]:
     accepted = sum(np.sum(r["accepted"]) for r in runs["pt"])
     proposed = sum(np.sum(r["proposed"]) for r in runs["pt"])
     rate = accepted / proposed if proposed else float("nan")
-    moved = sum(selected_replica_moved(r) for r in runs["pt"])
+    moved = sum(selected_replica_moved(r, cfg["num_steps"]) for r in runs["pt"])
     name = path.stem
     dataset = res["dataset"]
     if res.get("stand_in"):
@@ -129,7 +132,8 @@ def main(argv=None) -> str:
             "the grid is the same ladder "
             "with exchanges off (same split, initial weights, batches and "
             "steps). *Selected replica exchanged*: on how many seeds PT's "
-            "selected replica ever changed rung; one that never did is the same "
+            "selected replica ever trained at another rung than its first; one "
+            "that never did is the same "
             "network as its grid twin, so that seed is an exact tie. "
             "Runs at scale < 1 are reduced CPU runs (no GPU was "
             "available): they are not comparable to the paper's numbers.",

@@ -86,11 +86,12 @@ def test_fig2_table_finds_the_papers_numbers(name, paper):
 
 
 def test_selected_replica_moved_reads_the_selected_replicas_path():
-    rungs = [[0, 2, 1], [0, 1, 2]]  # rounds x replicas: replicas 1 and 2 swap once
-    stayed = {"rungs": rungs, "initial_rungs": [0, 1, 2], "best_replica": 0}
-    swapped = {"rungs": rungs, "initial_rungs": [0, 1, 2], "best_replica": 1}
-    assert not fig2_table.selected_replica_moved(stayed)
-    assert fig2_table.selected_replica_moved(swapped)
-    # a first-round move away from the initial rung counts too
-    first = {"rungs": [[1, 0]], "initial_rungs": [0, 1], "best_replica": 0}
-    assert fig2_table.selected_replica_moved(first)
+    run = {
+        "step": [10, 20, 30],
+        "rungs": [[0, 2, 1], [0, 1, 2], [1, 0, 2]],  # rounds x replicas
+        "initial_rungs": [0, 1, 2],
+    }
+    assert not fig2_table.selected_replica_moved({**run, "best_replica": 0}, 30)
+    assert fig2_table.selected_replica_moved({**run, "best_replica": 1}, 30)
+    # the last exchange counts only if steps follow it
+    assert fig2_table.selected_replica_moved({**run, "best_replica": 0}, 35)
