@@ -129,14 +129,13 @@ def main(argv=None) -> str:
             "",
             "Test error of the replica with the lowest final validation loss "
             "(on the test examples counted in the table), mean ± std over seeds; "
-            "the grid is the same ladder "
-            "with exchanges off (same split, initial weights, batches and "
-            "steps). *Selected replica exchanged*: on how many seeds PT's "
-            "selected replica ever trained at another rung than its first; one "
-            "that never did is the same "
-            "network as its grid twin, so that seed is an exact tie. "
-            "Runs at scale < 1 are reduced CPU runs (no GPU was "
-            "available): they are not comparable to the paper's numbers.",
+            "the grid is the same ladder with exchanges off (same split, initial "
+            "weights, batches and steps). *Selected replica exchanged*: on how "
+            "many seeds PT's selected replica ever trained at another rung than "
+            "its first; one that never did is the same network as its grid "
+            "twin, so that seed is an exact tie. Runs at scale < 1 are reduced "
+            "CPU runs (no GPU was available): they are not comparable to the "
+            "paper's numbers.",
             "",
             *verdicts,
             "",
