@@ -1,99 +1,79 @@
-"""tempering: hyperparameter parallel tempering for neural networks in JAX."""
+"""tempering: hyperparameter parallel tempering for neural networks in JAX.
 
-from tempering.exchange import SCHEMES, ExchangeInfo, exchange, replicas_by_rung
-from tempering.ladder import (
-    HYPERPARAMETERS,
-    Ladder,
-    default_temperature,
-    geometric_ladder,
-    linear_ladder,
-    make_ladder,
-)
-from tempering.layers import Dropout, dropout
+The concepts a user writes code against are here; the plumbing (segments and
+loops, the vectorisation rewrite, data sources) sits in submodules:
+:mod:`tempering.loops`, :mod:`tempering.fast`, :mod:`tempering.sources`,
+:mod:`tempering.hyperparams`, :mod:`tempering.diffusion`, :mod:`tempering.data`,
+:mod:`tempering.models`, :mod:`tempering.loggers`.
+"""
+
+from tempering.driver import History, RoundRecord, RunResult, train
+from tempering.exchange import ExchangeInfo, exchange
+from tempering.ladder import Ladder, geometric_ladder, linear_ladder, make_ladder
+from tempering.layers import Dropout
+from tempering.moves import exchange_move, identity_move
 from tempering.pbt import (
     PBTConfig,
     PBTHistory,
-    PBTInfo,
     PBTResult,
     PBTSummary,
     Prior,
-    ReplayResult,
-    Schedule,
     best_schedule,
     pbt_config,
-    pbt_step,
+    pbt_move,
     pbt_train,
     replay_schedule,
 )
 from tempering.replicas import (
     EvalMetrics,
     ReplicaState,
-    StepInfo,
-    assign_rungs,
     create_replicas,
     evaluate,
-    replica_train_step,
-    resolve_loop,
-    run_evaluate,
-    run_segment,
+    get_hyperparams,
+    replica,
     set_hyperparams,
     sgd,
-    train_segment,
     train_step,
 )
-from tempering.training import (
-    PTHistory,
-    PTResult,
-    PTSummary,
-    count_round_trips,
-    pt_train,
-)
+from tempering.training import PTHistory, PTResult, PTSummary, pt_train
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "HYPERPARAMETERS",
-    "SCHEMES",
     "Dropout",
     "EvalMetrics",
     "ExchangeInfo",
+    "History",
     "Ladder",
     "PBTConfig",
     "PBTHistory",
-    "PBTInfo",
     "PBTResult",
     "PBTSummary",
     "PTHistory",
     "PTResult",
     "PTSummary",
     "Prior",
-    "ReplayResult",
     "ReplicaState",
-    "Schedule",
-    "StepInfo",
-    "assign_rungs",
+    "RoundRecord",
+    "RunResult",
     "best_schedule",
-    "count_round_trips",
     "create_replicas",
-    "default_temperature",
-    "dropout",
     "evaluate",
     "exchange",
+    "exchange_move",
     "geometric_ladder",
+    "get_hyperparams",
+    "identity_move",
     "linear_ladder",
     "make_ladder",
     "pbt_config",
-    "pbt_step",
+    "pbt_move",
     "pbt_train",
     "pt_train",
     "replay_schedule",
-    "replica_train_step",
-    "replicas_by_rung",
-    "resolve_loop",
-    "run_evaluate",
-    "run_segment",
+    "replica",
     "set_hyperparams",
     "sgd",
-    "train_segment",
+    "train",
     "train_step",
 ]

@@ -9,10 +9,10 @@ time for every replica. Dropout rate and learning rate diffuse faster when
 larger; L2 weight decay confines the weights, so its curves plateau, lower for
 a larger coefficient.
 
-Learning rate and dropout rate are the engine's own per-replica
-hyperparameters. L2 weight decay becomes one with an optimiser that injects it
-too, :func:`l2_sgd`: ``opt_state.hyperparams["weight_decay"]`` then has shape
-``(M,)`` under the stacked state and :func:`set_weight_decay` writes it.
+Any per-replica hyperparameter can be tested (:mod:`tempering.hyperparams`):
+L2 weight decay becomes one with an optimiser that injects it, e.g.
+:func:`l2_sgd`. The run is :func:`tempering.train` twice: ``t0`` steps, then
+one round per record whose move measures the distance.
 
 Example:
     >>> tx = tp.diffusion.l2_sgd(0.05)
@@ -33,11 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 
-from tempering.replicas import ReplicaState, run_segment, set_hyperparams
+from tempering.driver import check_not_traced, train
+from tempering.moves import identity_move
+from tempering.replicas import ReplicaState, set_hyperparams
 
 __all__ = [
-    "DIFFUSION_HYPERPARAMETERS",
     "DiffusionResult",
     "diffusion_test",
     "l2_sgd",
@@ -46,7 +48,15 @@ __all__ = [
     "weight_distance",
 ]
 
-DIFFUSION_HYPERPARAMETERS = ("learning_rate", "dropout_rate", "weight_decay")
+@struct.dataclass
+class _Distance:
+    """A move that changes nothing and reports ``||W - W(t0)||`` per replica."""
+
+    reference: Any  # leaves shape=(M, ...): the parameters at t0
+
+    def __call__(self, key, state, scores, round_index):
+        del key, scores, round_index
+        return state, weight_distance(state.params, self.reference)
 
 
 class DiffusionResult(NamedTuple):
@@ -93,29 +103,8 @@ def l2_sgd(
 
 
 def set_weight_decay(state: ReplicaState, weight_decay: Any) -> ReplicaState:
-    """Writes a per-replica L2 coefficient (``(M,)`` or a scalar) into the state.
-
-    Args:
-        state: replicas whose optimiser injects ``weight_decay`` (:func:`l2_sgd`).
-        weight_decay: the coefficients.
-
-    Returns:
-        The state with ``opt_state.hyperparams["weight_decay"]`` of shape ``(M,)``.
-
-    Raises:
-        TypeError: the optimiser does not inject ``weight_decay``.
-    """
-    hyperparams = getattr(state.opt_state, "hyperparams", None)
-    if not isinstance(hyperparams, dict) or "weight_decay" not in hyperparams:
-        raise TypeError(
-            "the optimiser does not inject weight_decay; build it with "
-            "tempering.diffusion.l2_sgd(learning_rate, weight_decay)"
-        )
-    hyperparams = dict(hyperparams)
-    hyperparams["weight_decay"] = jnp.broadcast_to(
-        jnp.asarray(weight_decay, jnp.float32), (state.num_replicas,)
-    )
-    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+    """Writes a per-replica L2 coefficient: ``set_hyperparams(state, weight_decay=...)``."""
+    return set_hyperparams(state, weight_decay=weight_decay)
 
 
 def weight_distance(params: Any, reference: Any) -> jax.Array:
@@ -167,9 +156,6 @@ def record_schedule(
     return steps
 
 
-_distance = jax.jit(weight_distance)
-
-
 def diffusion_test(
     state: ReplicaState,
     key: jax.Array,
@@ -181,96 +167,61 @@ def diffusion_test(
     num_records: int = 20,
     spacing: str = "log",
     t0: int = 0,
-    batch_size: int = 128,
-    shared_batch: bool = True,
-    augment: Any = None,
+    **kwargs: Any,
 ) -> DiffusionResult:
     """Trains replica m at ``values[m]`` and records ``||W(t) - W(t0)||``.
 
-    All M replicas train together (vmapped, one fused program per chunk);
+    All M replicas train together (vmapped, one fused program per round);
     replica m uses ``values[m]`` of ``hyperparameter`` for the whole run,
     the other hyperparameters as they are in ``state``. With
     ``create_replicas(..., same_init=True)`` every replica starts from the
     same weights, so the curves differ by the hyperparameter alone.
 
     Args:
-        state: M replicas (:func:`tempering.create_replicas`); for
-            ``"weight_decay"`` the optimiser must be :func:`l2_sgd`.
+        state: M replicas (:func:`tempering.create_replicas`) at step 0; for
+            ``"weight_decay"`` the optimiser must inject it (:func:`l2_sgd`).
         key: PRNG key (dropout noise and batch order).
-        train_data: ``Split`` or ``(inputs, labels)``.
-        hyperparameter: ``"learning_rate"``, ``"dropout_rate"`` or
-            ``"weight_decay"``.
+        train_data: ``Split``, ``(inputs, targets)`` or an iterable of batches.
+        hyperparameter: any hyperparameter the replicas hold.
         values: M values, one per replica.
         num_steps: SGD steps after t0.
         num_records: number of record times (see :func:`record_schedule`).
         spacing: ``"log"`` or ``"linear"`` record times.
         t0: SGD steps trained (at the same values) before the reference
             weights ``W(t0)`` are taken, to skip the initial transient.
-        batch_size: examples per step.
-        shared_batch: all replicas see the same batch at each step.
-        augment: optional on-device ``augment(key, batch) -> batch``.
+        **kwargs: settings as for :func:`tempering.train` (``batch_size``,
+            ``shared_batch``, ``augment``, ``vectorize``, ``loop``).
 
     Returns:
         :class:`DiffusionResult`.
 
     Raises:
-        ValueError: unknown hyperparameter, wrong number of values, bad counts.
-        TypeError: ``"weight_decay"`` with an optimiser that does not inject it.
+        ValueError: a hyperparameter the state does not hold, wrong number of
+            values, bad counts.
     """
-    if hyperparameter not in DIFFUSION_HYPERPARAMETERS:
-        raise ValueError(
-            f"hyperparameter must be one of {DIFFUSION_HYPERPARAMETERS}, "
-            f"got {hyperparameter!r}"
-        )
+    check_not_traced(state)
     values = np.asarray(values, np.float32)
     if values.shape != (state.num_replicas,):
         raise ValueError(
             f"values must have one entry per replica ({state.num_replicas}), "
             f"got shape {values.shape}"
         )
-    if t0 < 0:
-        raise ValueError(f"t0 must be >= 0, got {t0}")
-    inputs, labels = train_data
-    if len(labels) < batch_size:
-        raise ValueError(
-            f"train_data has {len(labels)} examples, fewer than batch_size={batch_size}"
-        )
+    if isinstance(t0, bool) or not isinstance(t0, int | np.integer) or t0 < 0:
+        raise ValueError(f"t0 must be an int >= 0, got {t0!r}")
     record_steps = record_schedule(num_steps, num_records, spacing)
-
-    if hyperparameter == "weight_decay":
-        state = set_weight_decay(state, values)
-    else:
-        state = set_hyperparams(state, **{hyperparameter: values})
-    state = jax.tree.map(jnp.copy, state)  # never donate the caller's buffers
-    inputs = jnp.asarray(inputs)
-    labels = jnp.asarray(labels, jnp.int32)
-    data_key, key = jax.random.split(key)
-    run = functools.partial(
-        run_segment,
-        data_key=data_key,
-        inputs=inputs,
-        labels=labels,
-        batch_size=batch_size,
-        shared_batch=shared_batch,
-        augment=augment,
-    )
+    state = set_hyperparams(state, **{hyperparameter: values})
+    run = functools.partial(train, key=key, train_data=train_data, **kwargs)
     if t0 > 0:
-        state, _ = run(state, jax.random.fold_in(key, 0), num_steps=t0)
-    reference = jax.tree.map(jnp.copy, state.params)
-    distances, losses = [], []
-    done = 0
-    for i, target in enumerate(record_steps):
-        state, loss = run(
-            state, jax.random.fold_in(key, i + 1), num_steps=int(target) - done
-        )
-        done = int(target)
-        distances.append(_distance(state.params, reference))
-        losses.append(loss)
-    distance, train_loss = jax.device_get((jnp.stack(distances), jnp.stack(losses)))
+        state = run(state, move=identity_move(), num_steps=int(t0), interval=[int(t0)]).state
+    ends = [int(t0), *(int(t0) + record_steps).tolist()]
+    result = run(
+        state, move=_Distance(jax.tree.map(jnp.copy, state.params)),
+        num_steps=int(record_steps[-1]), interval=ends,
+    )  # fmt: skip
     return DiffusionResult(
         steps=record_steps,
-        distance=np.asarray(distance),
-        train_loss=np.asarray(train_loss),
+        distance=result.history.move,
+        train_loss=result.history.train_loss,
         values=values,
         hyperparameter=hyperparameter,
     )

@@ -4,8 +4,8 @@ Rung 0 is the coldest (least noise); rung ``r + 1`` is hotter than rung ``r``.
 The temperature of a rung follows the noise its hyperparameters inject into
 SGD (Pushkarov et al. 2019, section 2): a learning rate ``lr`` has
 ``T = lr``; a dropout rate ``q`` (keep probability ``p = 1 - q``) has
-``T = 1 / p``. A ladder over several hyperparameters at once needs explicit
-temperatures.
+``T = 1 / p``. Any other hyperparameter (weight decay, momentum, a model
+input, ...), and a ladder over several at once, needs explicit temperatures.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
+from tempering.hyperparams import check_values
+
 __all__ = [
     "HYPERPARAMETERS",
     "Ladder",
@@ -27,6 +29,7 @@ __all__ = [
     "make_ladder",
 ]
 
+# Hyperparameters with a default temperature (any other name needs explicit ones).
 HYPERPARAMETERS = ("learning_rate", "dropout_rate")
 
 
@@ -66,19 +69,6 @@ def default_temperature(name: str, values: np.ndarray) -> np.ndarray:
     raise ValueError(f"no default temperature for {name!r}; pass temperatures=")
 
 
-def _check_values(name: str, values: np.ndarray) -> None:
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"{name} has non-finite values {values.tolist()}")
-    if name == "learning_rate" and np.any(values <= 0):
-        raise ValueError(
-            f"learning_rate must be > 0 on every rung, got {values.tolist()}"
-        )
-    if name == "dropout_rate" and np.any((values < 0) | (values >= 1)):
-        raise ValueError(
-            f"dropout_rate must lie in [0, 1) on every rung, got {values.tolist()}"
-        )
-
-
 def make_ladder(
     values: Mapping[str, ArrayLike] | None = None,
     *,
@@ -92,8 +82,10 @@ def make_ladder(
     across rungs and sets the temperatures by :func:`default_temperature`.
 
     Args:
-        values: mapping from hyperparameter name to values; names in
-            :data:`HYPERPARAMETERS`. May also be given as keyword arguments.
+        values: mapping from hyperparameter name to values: any name the
+            replicas hold (``learning_rate``, ``weight_decay``, ``b1``,
+            ``dropout_rate``, a model input, ...). May also be given as keyword
+            arguments.
         temperatures: optional explicit temperatures, one per rung, > 0.
         **kwargs: hyperparameter values, as in ``values``.
 
@@ -101,9 +93,11 @@ def make_ladder(
         A :class:`Ladder` whose rungs are ordered by increasing temperature.
 
     Raises:
-        ValueError: fewer than 2 rungs, non-finite values, ``learning_rate <= 0``,
-            ``dropout_rate`` outside ``[0, 1)``, lengths that differ, duplicate
-            temperatures, or an unknown hyperparameter name.
+        ValueError: fewer than 2 rungs, non-finite values, values outside a
+            known range (``learning_rate <= 0``, ``dropout_rate`` outside
+            ``[0, 1)``, ...; :data:`tempering.hyperparams.RANGES`), lengths that
+            differ, duplicate temperatures, or no temperature for a name
+            without a default one.
 
     Example:
         >>> ladder = make_ladder(learning_rate=[0.01, 0.02, 0.04])
@@ -115,11 +109,6 @@ def make_ladder(
         raise ValueError(
             "make_ladder needs at least one hyperparameter, e.g. "
             "make_ladder(learning_rate=[0.01, 0.02, 0.04])"
-        )
-    unknown = sorted(set(given) - set(HYPERPARAMETERS))
-    if unknown:
-        raise ValueError(
-            f"unknown hyperparameter(s) {unknown}; the ladder supports {HYPERPARAMETERS}"
         )
     arrays = {name: np.asarray(v, np.float64) for name, v in given.items()}
     for name, arr in arrays.items():
@@ -143,7 +132,7 @@ def make_ladder(
         )
     arrays = {name: np.broadcast_to(arr, (num_rungs,)) for name, arr in arrays.items()}
     for name, arr in arrays.items():
-        _check_values(name, arr)
+        check_values(name, arr, "the ladder")
 
     if temperatures is None:
         varying = [name for name, arr in arrays.items() if np.ptp(arr) > 0]
@@ -174,10 +163,8 @@ def make_ladder(
 def _spaced_ladder(spacing, name, low, high, num_rungs, temperatures, fixed) -> Ladder:
     if not isinstance(num_rungs, int | np.integer) or num_rungs < 2:
         raise ValueError(f"num_rungs must be an int >= 2, got {num_rungs!r}")
-    if name not in HYPERPARAMETERS:
-        raise ValueError(
-            f"unknown hyperparameter {name!r}; supported: {HYPERPARAMETERS}"
-        )
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a hyperparameter name, got {name!r}")
     values = spacing(low, high, num_rungs)
     return make_ladder({name: values, **fixed}, temperatures=temperatures)
 

@@ -41,30 +41,24 @@ References:
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
-from tempering.data import Split
+from tempering.driver import best_index, check_not_traced, train
+from tempering.hyperparams import check_values
 from tempering.ladder import HYPERPARAMETERS
+from tempering.moves import NoInfo
 from tempering.replicas import (
-    EvalMetrics,
     ReplicaState,
-    run_evaluate,
+    check_names,
+    get_hyperparams,
     set_hyperparams,
-)
-from tempering.training import (
-    _as_split,
-    _check_int,
-    _check_split,
-    _num_classes,
-    _progress,
-    segment_and_validate,
 )
 
 __all__ = [
@@ -72,6 +66,7 @@ __all__ = [
     "PBTConfig",
     "PBTHistory",
     "PBTInfo",
+    "PBTMove",
     "PBTResult",
     "PBTSummary",
     "Prior",
@@ -79,8 +74,8 @@ __all__ = [
     "Schedule",
     "best_schedule",
     "explore",
-    "get_hyperparams",
     "pbt_config",
+    "pbt_move",
     "pbt_step",
     "pbt_train",
     "replay_schedule",
@@ -149,12 +144,7 @@ def _check_prior(name: str, prior: Any) -> Prior:
 
 
 def _check_range(name: str, low: float, high: float, what: str) -> None:
-    if name == "learning_rate" and low <= 0:
-        raise ValueError(f"{what} of learning_rate must be > 0, got low={low}")
-    if name == "dropout_rate" and (low < 0 or high >= 1):
-        raise ValueError(
-            f"{what} of dropout_rate must lie in [0, 1), got ({low}, {high})"
-        )
+    check_values(name, [low, high], what)
 
 
 def pbt_config(
@@ -169,10 +159,10 @@ def pbt_config(
     """Validates PBT settings, before anything compiles.
 
     Args:
-        prior: hyperparameter name (``"learning_rate"`` and/or
-            ``"dropout_rate"``) -> :class:`Prior` or ``(low, high[, log])``.
-            Only these hyperparameters are explored; the others are copied
-            from the parent unchanged.
+        prior: hyperparameter name (any the replicas hold: ``"learning_rate"``,
+            ``"dropout_rate"``, ``"weight_decay"``, ...) -> :class:`Prior` or
+            ``(low, high[, log])``. Only these hyperparameters are explored; the
+            others are copied from the parent unchanged.
         bounds: name -> ``(low, high)`` clip range after explore; defaults to
             the prior's range.
         selection: ``"truncation"`` or ``"tournament"``.
@@ -186,8 +176,8 @@ def pbt_config(
         A :class:`PBTConfig`.
 
     Raises:
-        ValueError: empty prior, unknown names, reversed or invalid bounds
-            (``low >= high``, lr <= 0, dropout outside [0, 1)), q outside
+        ValueError: empty prior, reversed or invalid bounds (``low >= high``,
+            values outside a known range such as lr <= 0), q outside
             (0, 0.5], p outside [0, 1], empty or non-positive factors, or an
             unknown selection rule.
 
@@ -199,16 +189,14 @@ def pbt_config(
             "prior is empty: give at least one hyperparameter to explore, e.g. "
             "{'learning_rate': Prior(1e-3, 1e-1, log=True)}"
         )
-    unknown = sorted(set(prior) - set(HYPERPARAMETERS))
-    if unknown:
-        raise ValueError(
-            f"unknown hyperparameter(s) {unknown} in prior; PBT explores {HYPERPARAMETERS}"
-        )
     bounds = dict(bounds or {})
     extra = sorted(set(bounds) - set(prior))
     if extra:
         raise ValueError(f"bounds given for {extra}, which have no prior")
-    names = tuple(name for name in HYPERPARAMETERS if name in prior)
+    # The order fixes which key each name draws from: the common two first.
+    names = tuple(n for n in HYPERPARAMETERS if n in prior) + tuple(
+        sorted(n for n in prior if n not in HYPERPARAMETERS)
+    )
     priors, clips = [], []
     for name in names:
         p = _check_prior(name, prior[name])
@@ -249,12 +237,6 @@ def pbt_config(
         resample_probability=resample_probability,
         perturb_factors=factors,
     )
-
-
-def get_hyperparams(state: ReplicaState, names: Sequence[str]) -> dict[str, jax.Array]:
-    """The per-replica values ``(M,)`` of the named hyperparameters."""
-    where = {"learning_rate": state.learning_rate, "dropout_rate": state.dropout_rate}
-    return {name: where[name] for name in names}
 
 
 def num_truncated(num_replicas: int, fraction: float) -> int:
@@ -367,8 +349,8 @@ def pbt_step(
 
     Returns:
         ``(new_state, info)``. Replicas with ``info.copied[m]`` hold the
-        parameters, optimiser state, BatchNorm statistics and dropout rate of
-        ``info.parent[m]`` with explored hyperparameters; the others are
+        parameters, optimiser state, BatchNorm statistics and hyperparameters
+        of ``info.parent[m]``, the explored ones perturbed; the others are
         unchanged, bit for bit. ``rungs`` and ``step`` are not touched.
     """
     select_key, explore_key = jax.random.split(key)
@@ -381,7 +363,7 @@ def pbt_step(
         params=gather(state.params),
         batch_stats=gather(state.batch_stats),
         opt_state=gather(state.opt_state),
-        dropout_rate=gather(state.dropout_rate),
+        hyperparams=gather(state.hyperparams),
     )
     values, resampled = explore(
         explore_key, get_hyperparams(state, config.names), copied, config
@@ -390,17 +372,25 @@ def pbt_step(
     return state, PBTInfo(parent, copied, resampled, values)
 
 
-# ----------------------------------------------------------------------------
-# The training driver.
-# ----------------------------------------------------------------------------
+@struct.dataclass
+class PBTMove:
+    """PBT's exploit/explore as a move (build it with :func:`pbt_move`)."""
+
+    config: PBTConfig = struct.field(pytree_node=False)
+
+    def __call__(
+        self, key: jax.Array, state: ReplicaState, scores: jax.Array, round_index: jax.Array
+    ) -> tuple[ReplicaState, PBTInfo]:
+        """One :func:`pbt_step`."""
+        del round_index
+        return pbt_step(key, state, scores, self.config)
 
 
-class PBTRoundInfo(NamedTuple):
-    """What one compiled round returns (device arrays)."""
-
-    train_loss: jax.Array  # shape=(M,), mean training loss over the segment
-    validation: EvalMetrics  # (M,) loss and accuracy before exploit
-    pbt: PBTInfo
+def pbt_move(config: PBTConfig) -> PBTMove:
+    """PBT's exploit/explore as a move for :func:`tempering.train`."""
+    if not isinstance(config, PBTConfig):
+        raise TypeError("config must be a PBTConfig; build it with tempering.pbt_config")
+    return PBTMove(config)
 
 
 class PBTHistory(NamedTuple):
@@ -417,7 +407,7 @@ class PBTHistory(NamedTuple):
     step: np.ndarray  # shape=(R,), SGD steps done at the exploit of round r
     train_loss: np.ndarray  # shape=(R, M), mean training loss of the segment
     val_loss: np.ndarray  # shape=(R, M), validation loss before exploit
-    val_accuracy: np.ndarray  # shape=(R, M)
+    val_metrics: dict[str, np.ndarray]  # name -> shape=(R, M)
     parent: np.ndarray  # shape=(R, M), int; replica m copied parent[r, m]
     copied: np.ndarray  # shape=(R, M), bool
     hyperparams: dict[str, np.ndarray]  # name -> shape=(R, M), after explore
@@ -425,19 +415,33 @@ class PBTHistory(NamedTuple):
     initial_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), segment 0
     burn_in_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), burn-in
     burn_in: int
-    num_steps: int
+    num_steps: int  # global step at the end of the run
+
+    @property
+    def val_accuracy(self) -> np.ndarray:
+        """``val_metrics["accuracy"]``, shape ``(R, M)``."""
+        return self.val_metrics["accuracy"]
 
 
 class PBTSummary(NamedTuple):
     """Run summary."""
 
     num_copies: int  # exploit copies over the run
-    best_replica: int  # replica with the lowest final validation loss
+    best_replica: int  # replica with the lowest final score (validation loss)
     best_val_loss: float
-    best_val_accuracy: float
     final_val_loss: np.ndarray  # shape=(M,)
-    final_val_accuracy: np.ndarray  # shape=(M,)
+    final_val_metrics: dict[str, np.ndarray]  # name -> shape=(M,)
     final_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,)
+
+    @property
+    def final_val_accuracy(self) -> np.ndarray:
+        """``final_val_metrics["accuracy"]``, shape ``(M,)``."""
+        return self.final_val_metrics["accuracy"]
+
+    @property
+    def best_val_accuracy(self) -> float:
+        """Validation accuracy of the best replica."""
+        return float(self.final_val_accuracy[self.best_replica])
 
 
 class PBTResult(NamedTuple):
@@ -448,119 +452,21 @@ class PBTResult(NamedTuple):
     summary: PBTSummary
 
 
-def _round(
-    state: ReplicaState,
-    key: jax.Array,
-    data_key: jax.Array,
-    train_x: jax.Array,
-    train_y: jax.Array,
-    val_x: jax.Array,
-    val_y: jax.Array,
-    num_steps: int,
-    exploit_enabled: jax.Array,
-    *,
-    config: PBTConfig,
-    batch_size: int,
-    shared_batch: bool,
-    augment: Callable | None,
-    eval_batch_size: int,
-) -> tuple[ReplicaState, PBTRoundInfo]:
-    segment_key, pbt_key = jax.random.split(key)
-    state, train_loss, metrics = segment_and_validate(
-        state,
-        segment_key,
-        data_key,
-        train_x,
-        train_y,
-        val_x,
-        val_y,
-        num_steps,
-        batch_size=batch_size,
-        shared_batch=shared_batch,
-        augment=augment,
-        eval_batch_size=eval_batch_size,
-    )
-    state, info = _exploit_explore(
-        pbt_key, state, metrics.loss, exploit_enabled, config
-    )
-    return state, PBTRoundInfo(train_loss, metrics, info)
-
-
-@functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("state",))
-def _exploit_explore(
-    key: jax.Array,
-    state: ReplicaState,
-    losses: jax.Array,
-    exploit_enabled: jax.Array,
-    config: PBTConfig,
-) -> tuple[ReplicaState, PBTInfo]:
-    new_state, info = pbt_step(key, state, losses, config)
-    # The identical program serves rounds without exploit (the last segment,
-    # the burn-in, replays): every copy is masked out.
-    state = jax.tree.map(
-        lambda new, old: jnp.where(exploit_enabled, new, old), new_state, state
-    )
-    own = jnp.arange(state.num_replicas, dtype=jnp.int32)
-    info = PBTInfo(
-        parent=jnp.where(exploit_enabled, info.parent, own),
-        copied=info.copied & exploit_enabled,
-        resampled={k: v & exploit_enabled for k, v in info.resampled.items()},
-        hyperparams=get_hyperparams(state, config.names),
-    )
-    return state, info
-
-
-def _segments(num_steps: int, burn_in: int, interval: int) -> list[int]:
-    """Lengths of the segments after the burn-in (the last may be shorter)."""
-    full, leftover = divmod(num_steps - burn_in, interval)
-    return [interval] * full + ([leftover] if leftover else [])
-
-
-def _validated_data(state, train_data, validation_data, batch_size):
-    train = _as_split(train_data, "train_data")
-    validation = _as_split(validation_data, "validation_data")
-    num_classes = _num_classes(state, train.inputs) if len(train.inputs) else 0
-    _check_split(train, "train_data", num_classes, batch_size)
-    _check_split(validation, "validation_data", num_classes, 1)
-    return (
-        jnp.asarray(train.inputs),
-        jnp.asarray(train.labels, jnp.int32),
-        jnp.asarray(validation.inputs),
-        jnp.asarray(validation.labels, jnp.int32),
-    )
-
-
-def _check_hyperparam_dict(values: Mapping | None, what: str) -> None:
-    if values is not None:
-        unknown = set(values) - set(HYPERPARAMETERS)
-        if unknown:
-            raise ValueError(f"{what} has unknown names {sorted(unknown)}")
-
-
 def pbt_train(
     state: ReplicaState,
     key: jax.Array,
     *,
     config: PBTConfig,
-    train_data: Split | tuple,
-    validation_data: Split | tuple,
-    num_steps: int,
     ready_interval: int,
-    burn_in: int = 0,
-    batch_size: int = 128,
-    shared_batch: bool = True,
-    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-    burn_in_hyperparams: dict[str, float] | None = None,
     init_from_prior: bool = False,
-    eval_batch_size: int = 1000,
-    progress: bool = False,
+    **kwargs: Any,
 ) -> PBTResult:
     """Trains M replicas by population based training in the PT engine.
 
-    The run is the same program as :func:`tempering.pt_train` with the
-    exchange replaced by :func:`pbt_step`: ``burn_in`` steps, then segments of
-    ``ready_interval`` fused steps, each followed by a vectorised validation
-    and one exploit/explore (not after the last segment), until ``num_steps``.
+    :func:`tempering.train` with :func:`pbt_move`: ``burn_in`` steps, then
+    segments of ``ready_interval`` fused steps, each followed by a vectorised
+    validation and one exploit/explore (not after the last segment of the
+    call).
 
     Args:
         state: replicas from :func:`tempering.create_replicas`; their current
@@ -568,29 +474,20 @@ def pbt_train(
         key: PRNG key; the run is a deterministic function of it. The batch
             order is derived from it as in ``pt_train`` (same key, same batches).
         config: :class:`PBTConfig` from :func:`pbt_config`.
-        train_data: ``Split`` or ``(inputs, labels)``.
-        validation_data: the split whose loss is the PBT score.
-        num_steps: total SGD steps per replica, burn-in included.
         ready_interval: SGD steps between exploit/explore steps.
-        burn_in: SGD steps before the first segment.
-        batch_size: examples per step and replica.
-        shared_batch: every replica sees the same batch at each step.
-        augment: optional on-device ``augment(key, batch) -> batch``.
-        burn_in_hyperparams: hyperparameters of every replica during the
-            burn-in, e.g. ``{"learning_rate": 0.1}``.
-        init_from_prior: draw the starting hyperparameters in ``config.names``
-            from the prior instead of keeping the state's.
-        eval_batch_size: chunk size of the vectorised validation.
-        progress: show a tqdm progress bar.
+        init_from_prior: at step 0, draw the starting hyperparameters in
+            ``config.names`` from the prior instead of keeping the state's.
+        **kwargs: the run's data and settings, as for :func:`tempering.train`
+            (``train_data``, ``validation_data``, ``num_steps``, ``burn_in``,
+            ``batch_size``, ``burn_in_hyperparams``, ``callback``, ...).
 
     Returns:
         :class:`PBTResult` ``(state, history, summary)``.
 
     Raises:
         ValueError / TypeError: before anything compiles, for a config that is
-            not a :class:`PBTConfig`, non-positive ``ready_interval`` or
-            ``num_steps``, ``burn_in >= num_steps``, bad hyperparameter names,
-            empty or mismatched data, or labels outside the model's classes.
+            not a :class:`PBTConfig` or names hyperparameters the state does
+            not hold, bad intervals, data or settings.
 
     Example:
         >>> config = pbt_config({"learning_rate": Prior(1e-3, 0.3, log=True)})
@@ -599,143 +496,49 @@ def pbt_train(
         ...                    num_steps=2000, ready_interval=100)
         >>> schedule = best_schedule(result.history, result.summary.best_replica)
     """
-    if not isinstance(state, ReplicaState):
-        raise TypeError("state must be a ReplicaState from tempering.create_replicas")
-    if not isinstance(config, PBTConfig):
-        raise TypeError(
-            "config must be a PBTConfig; build it with tempering.pbt_config"
-        )
-    num_steps = _check_int(num_steps, "num_steps", 1)
-    ready_interval = _check_int(ready_interval, "ready_interval", 1)
-    burn_in = _check_int(burn_in, "burn_in", 0)
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    eval_batch_size = _check_int(eval_batch_size, "eval_batch_size", 1)
-    if burn_in >= num_steps:
-        raise ValueError(
-            f"burn_in={burn_in} must be smaller than num_steps={num_steps}"
-        )
-    _check_hyperparam_dict(burn_in_hyperparams, "burn_in_hyperparams")
-    train_x, train_y, val_x, val_y = _validated_data(
-        state, train_data, validation_data, batch_size
-    )
-    num_replicas = state.num_replicas
-    names = HYPERPARAMETERS
-
-    data_key, key = jax.random.split(key)  # as in pt_train: same key, same batches
-    prior_key = jax.random.fold_in(key, 2**30)
-    run_round = functools.partial(
-        _round,
-        data_key=data_key,
-        train_x=train_x,
-        train_y=train_y,
-        val_x=val_x,
-        val_y=val_y,
-        config=config,
-        batch_size=batch_size,
-        shared_batch=shared_batch,
-        augment=augment,
-        eval_batch_size=eval_batch_size,
-    )
-    bar = _progress(num_steps, progress)
-
-    def advance(state, round_key, steps, enabled):
-        state, info = run_round(
-            state,
-            round_key,
-            num_steps=int(steps),
-            exploit_enabled=jnp.bool_(enabled),
-        )
-        if bar is not None:
-            bar.update(steps)
-        return state, info
-
-    state = jax.tree.map(jnp.copy, state)  # the caller's buffers are never donated
-    if init_from_prior:
-        state = set_hyperparams(state, **sample_prior(prior_key, config, num_replicas))
-    start_values = _host(get_hyperparams(state, names))
-    burn_values = start_values
-    if burn_in > 0:
-        if burn_in_hyperparams:
-            state = set_hyperparams(state, **burn_in_hyperparams)
-            burn_values = _host(get_hyperparams(state, names))
-        state, _ = advance(state, jax.random.fold_in(key, 0), burn_in, False)
-        state = set_hyperparams(state, **start_values)
-    segments = _segments(num_steps, burn_in, ready_interval)
-    rounds = []
-    for r, steps in enumerate(segments):
-        last = r == len(segments) - 1
-        state, info = advance(state, jax.random.fold_in(key, r + 1), steps, not last)
-        if not last:
-            rounds.append(info)
-    if bar is not None:
-        bar.close()
-    final = run_evaluate(state, val_x, val_y, batch_size=eval_batch_size)
-    history = _history(
-        rounds, start_values, burn_values, burn_in, num_steps, ready_interval, state
-    )
-    final_loss, final_acc = np.asarray(final.loss), np.asarray(final.accuracy)
-    best = int(np.argmin(np.where(np.isfinite(final_loss), final_loss, np.inf)))
+    check_not_traced(state)
+    move = pbt_move(config)
+    check_names(state, config.names, "config")
+    if kwargs.get("validation_data") is None:
+        raise TypeError("pbt_train needs validation_data: its loss is the PBT score")
+    if init_from_prior and int(state.step) == 0:
+        prior_key = jax.random.fold_in(jax.random.split(key)[1], 2**30)
+        values = sample_prior(prior_key, config, state.num_replicas)
+        state = set_hyperparams(state, **values)
+    run = train(state, key, move, interval=ready_interval, move_at_end=False,
+                interval_name="ready_interval", **kwargs)  # fmt: skip
+    history, final = run.history, run.final
+    pbt = history.move
+    num = state.num_replicas
+    resampled = {
+        name: pbt.resampled.get(name, np.zeros((len(history.step), num), bool))
+        for name in history.initial_hyperparams
+    }
+    score_fn = kwargs.get("score_fn")
+    best = best_index(final.loss if score_fn is None else np.asarray(score_fn(final)))
     summary = PBTSummary(
-        num_copies=int(history.copied.sum()),
+        num_copies=int(pbt.copied.sum()),
         best_replica=best,
-        best_val_loss=float(final_loss[best]),
-        best_val_accuracy=float(final_acc[best]),
-        final_val_loss=final_loss,
-        final_val_accuracy=final_acc,
-        final_hyperparams=_host(get_hyperparams(state, names)),
+        best_val_loss=float(final.loss[best]),
+        final_val_loss=final.loss,
+        final_val_metrics=final.metrics,
+        final_hyperparams=jax.device_get(get_hyperparams(run.state)),
     )
-    return PBTResult(state, history, summary)
-
-
-def _host(values: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
-    return {k: np.asarray(jax.device_get(v)) for k, v in values.items()}
-
-
-def _history(
-    rounds, start_values, burn_values, burn_in, num_steps, interval, state
-) -> PBTHistory:
-    num_rounds, num = len(rounds), state.num_replicas
-    if num_rounds:
-        stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *rounds))
-        train_loss = np.asarray(stacked.train_loss)
-        val_loss = np.asarray(stacked.validation.loss)
-        val_acc = np.asarray(stacked.validation.accuracy)
-        parent = np.asarray(stacked.pbt.parent)
-        copied = np.asarray(stacked.pbt.copied)
-        resampled = {k: np.asarray(v) for k, v in stacked.pbt.resampled.items()}
-        explored = {k: np.asarray(v) for k, v in stacked.pbt.hyperparams.items()}
-    else:
-        train_loss = val_loss = val_acc = np.zeros((0, num), np.float32)
-        parent = np.zeros((0, num), np.int32)
-        copied = np.zeros((0, num), bool)
-        resampled, explored = {}, {}
-    # Every hyperparameter, explored or not, per round: unexplored ones are
-    # copied from the parent along with the weights.
-    hyperparams = {}
-    for name, start in start_values.items():
-        if name in explored:
-            hyperparams[name] = explored[name]
-            continue
-        rows, current = [], start
-        for r in range(num_rounds):
-            current = current[parent[r]]
-            rows.append(current)
-        hyperparams[name] = np.stack(rows) if rows else np.zeros((0, num), np.float32)
-        resampled[name] = np.zeros((num_rounds, num), bool)
-    return PBTHistory(
-        step=burn_in + interval * np.arange(1, num_rounds + 1),
-        train_loss=train_loss,
-        val_loss=val_loss,
-        val_accuracy=val_acc,
-        parent=parent,
-        copied=copied,
-        hyperparams=hyperparams,
+    pbt_history = PBTHistory(
+        step=history.step,
+        train_loss=history.train_loss,
+        val_loss=history.validation.loss,
+        val_metrics=history.validation.metrics,
+        parent=pbt.parent,
+        copied=pbt.copied,
+        hyperparams=history.hyperparams,
         resampled=resampled,
-        initial_hyperparams=dict(start_values),
-        burn_in_hyperparams=dict(burn_values),
-        burn_in=int(burn_in),
-        num_steps=int(num_steps),
+        initial_hyperparams=history.initial_hyperparams,
+        burn_in_hyperparams=history.burn_in_hyperparams,
+        burn_in=int(kwargs.get("burn_in", 0)),
+        num_steps=int(run.state.step),
     )
+    return PBTResult(run.state, pbt_history, summary)
 
 
 class Schedule(NamedTuple):
@@ -813,77 +616,67 @@ class ReplayResult(NamedTuple):
     state: ReplicaState
     step: np.ndarray  # shape=(S,), SGD steps done at the end of each piece
     val_loss: np.ndarray  # shape=(S, M), validation loss at the end of each piece
-    val_accuracy: np.ndarray  # shape=(S, M)
+    val_metrics: dict[str, np.ndarray]  # name -> shape=(S, M)
+
+    @property
+    def val_accuracy(self) -> np.ndarray:
+        """``val_metrics["accuracy"]``, shape ``(S, M)``."""
+        return self.val_metrics["accuracy"]
+
+
+@struct.dataclass
+class _NextPiece:
+    """The move of a replay: every replica takes the next piece's values."""
+
+    values: dict[str, jax.Array]  # name -> shape=(S,), float32
+
+    def __call__(self, key, state, scores, round_index):
+        del key, scores
+        last = next(iter(self.values.values())).shape[0] - 1
+        piece = jnp.minimum(round_index + 1, last)
+        return set_hyperparams(state, **{n: v[piece] for n, v in self.values.items()}), NoInfo()
 
 
 def replay_schedule(
     state: ReplicaState,
     key: jax.Array,
     schedule: Schedule,
-    *,
-    train_data: Split | tuple,
-    validation_data: Split | tuple,
-    batch_size: int = 128,
-    shared_batch: bool = True,
-    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-    eval_batch_size: int = 1000,
+    **kwargs: Any,
 ) -> ReplayResult:
     """Trains fresh replicas with a fixed piecewise-constant schedule.
 
-    Every replica of ``state`` follows ``schedule`` (all at the same values),
-    through the same compiled round as :func:`pbt_train` with exploit masked
-    out. With the key of the PBT run the batch order is the same.
+    Every replica of ``state`` follows ``schedule`` (all at the same values):
+    :func:`tempering.train` with one round per piece, whose move sets the
+    next piece's values. With the key of the PBT run the batch order is the
+    same.
 
     Args:
         state: fresh replicas (any M), e.g. ``create_replicas(new_key, ...)``.
         key: PRNG key.
         schedule: from :func:`best_schedule`.
-        train_data: ``Split`` or ``(inputs, labels)``.
-        validation_data: evaluated at the end of every piece.
-        batch_size: examples per step and replica.
-        shared_batch: every replica sees the same batch at each step.
-        augment: optional on-device ``augment(key, batch) -> batch``.
-        eval_batch_size: chunk size of the vectorised validation.
+        **kwargs: data and settings as for :func:`tempering.train`
+            (``train_data``, ``validation_data``, ``batch_size``, ...).
 
     Returns:
         :class:`ReplayResult`.
     """
-    if not isinstance(state, ReplicaState):
-        raise TypeError("state must be a ReplicaState from tempering.create_replicas")
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    ends = [*schedule.starts[1:].tolist(), schedule.num_steps]
-    lengths = [int(e - s) for s, e in zip(schedule.starts.tolist(), ends, strict=True)]
-    if not lengths or min(lengths) < 1 or int(schedule.starts[0]) != 0:
+    check_not_traced(state)
+    if not isinstance(schedule, Schedule):
+        raise TypeError("schedule must be a Schedule from tempering.best_schedule")
+    starts = [int(s) for s in schedule.starts]
+    ends = [*starts[1:], int(schedule.num_steps)]
+    if not starts or starts[0] != 0 or any(e <= s for s, e in zip(starts, ends, strict=True)):
         raise ValueError(
             "schedule must start at step 0 with increasing starts below num_steps"
         )
-    train_x, train_y, val_x, val_y = _validated_data(
-        state, train_data, validation_data, batch_size
+    if kwargs.get("validation_data") is None:
+        raise TypeError("replay_schedule needs validation_data")
+    check_names(state, list(schedule.values), "schedule")
+    values = {n: jnp.asarray(v, jnp.float32) for n, v in schedule.values.items()}
+    state = set_hyperparams(state, **{n: v[0] for n, v in schedule.values.items()})
+    run = train(state, key, _NextPiece(values), num_steps=ends[-1], interval=ends,
+                interval_name="schedule", **kwargs)  # fmt: skip
+    history = run.history
+    return ReplayResult(
+        run.state, history.step, history.validation.loss, history.validation.metrics
     )
-    # A config is needed only to build the (masked) program.
-    config = pbt_config({"dropout_rate": Prior(0.0, 0.5)})
-    data_key, key = jax.random.split(key)
-    state = jax.tree.map(jnp.copy, state)
-    steps, losses, accs = [], [], []
-    for s, length in enumerate(lengths):
-        state = set_hyperparams(state, **{n: v[s] for n, v in schedule.values.items()})
-        state, info = _round(
-            state,
-            jax.random.fold_in(key, s),
-            data_key,
-            train_x,
-            train_y,
-            val_x,
-            val_y,
-            length,
-            jnp.bool_(False),
-            config=config,
-            batch_size=batch_size,
-            shared_batch=shared_batch,
-            augment=augment,
-            eval_batch_size=eval_batch_size,
-        )
-        steps.append(int(state.step))
-        losses.append(np.asarray(info.validation.loss))
-        accs.append(np.asarray(info.validation.accuracy))
-    return ReplayResult(state, np.asarray(steps), np.stack(losses), np.stack(accs))

@@ -1,25 +1,28 @@
 """M replicas as one stacked pytree, and the fused vectorised training step.
 
-Every per-replica leaf has leading axis M. The learning rate of replica m lives
-in ``opt_state.hyperparams["learning_rate"][m]`` (``optax.inject_hyperparams``),
-its dropout rate in ``dropout_rate[m]``: hyperparameters live in exactly one
-place per replica, and an exchange writes them there from the ladder.
+Every per-replica leaf has leading axis M. Replica m's hyperparameters are
+``state.hyperparams[name][m]``: one mapping for the optimiser's injected
+hyperparameters and the model's per-replica inputs (see
+:mod:`tempering.hyperparams`).
 
 Model contract. Any Flax linen module works whose ``__call__`` takes the batch,
-a ``train`` flag and a dropout rate (names configurable), draws dropout masks
-from the ``"dropout"`` RNG stream and, optionally, keeps BatchNorm statistics in
-the ``"batch_stats"`` collection::
+optionally a train-mode flag (``train_kwarg``) and any per-replica inputs
+(``model_inputs``, by default ``dropout_rate`` when the model takes it), draws
+dropout masks from the ``"dropout"`` RNG stream and, optionally, keeps
+BatchNorm statistics in the ``"batch_stats"`` collection::
 
-    logits = model.apply(variables, x, train=True, dropout_rate=rate,
-                         rngs={"dropout": key}, mutable=["batch_stats"])
+    outputs = model.apply(variables, x, train=True, dropout_rate=rate,
+                          rngs={"dropout": key}, mutable=["batch_stats"])
 
-The dropout rate may be traced (use :class:`tempering.layers.Dropout`).
+A per-replica input is traced: use :class:`tempering.Dropout`, not
+``flax.linen.Dropout``, for a laddered dropout rate.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -29,7 +32,14 @@ import numpy as np
 import optax
 from flax import struct
 
-from tempering.fast import _contains, replica_vmap, resolve_policy
+from tempering.fast import replica_vmap
+from tempering.hyperparams import (
+    check_values,
+    injected_names,
+    read_injected,
+    scheduled_names,
+    write_injected,
+)
 from tempering.ladder import Ladder
 
 __all__ = [
@@ -37,55 +47,66 @@ __all__ = [
     "ReplicaState",
     "StepInfo",
     "assign_rungs",
+    "check_ladder",
+    "check_names",
     "create_replicas",
+    "cross_entropy",
+    "default_metrics",
     "evaluate",
-    "replica_train_step",
-    "resolve_loop",
-    "run_evaluate",
-    "run_segment",
+    "get_hyperparams",
+    "replica",
     "set_hyperparams",
     "sgd",
-    "train_segment",
     "train_step",
 ]
 
 PyTree = Any
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+MetricsFn = Callable[[jax.Array, jax.Array], Mapping[str, jax.Array]]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example softmax cross entropy with integer labels."""
+    """Per-example softmax cross entropy with integer labels, shape ``(B,)``."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def default_metrics(outputs: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
+    """Per-example accuracy for classification, nothing otherwise.
+
+    Classification is recognised from the shapes: integer targets ``(B, ...)``
+    with outputs ``(B, ..., classes)``.
+    """
+    if jnp.issubdtype(targets.dtype, jnp.integer) and outputs.ndim == targets.ndim + 1:
+        correct = jnp.argmax(outputs, -1) == targets
+        return {"accuracy": correct.reshape(correct.shape[0], -1).mean(axis=1)}
+    return {}
 
 
 @struct.dataclass
 class ReplicaState:
-    """The stacked state of M replicas (a pytree; model and optimiser are static).
+    """The stacked state of M replicas (a pytree; model, optimiser, loss static).
 
-    Like ``flax.training.train_state.TrainState``, the model and the optimiser
-    are static fields so that ``pt_train(state, ladder, key)`` needs nothing
-    else; they are part of the jit cache key, never traced.
+    Like ``flax.training.train_state.TrainState``, the model, the optimiser and
+    the loss are static fields so that ``pt_train(state, ladder, key)`` needs
+    nothing else; they are part of the jit cache key, never traced. How the
+    step is vectorised or looped is a setting of the functions that run it.
     """
 
     params: PyTree  # leaves shape=(M, ...)
     batch_stats: PyTree  # leaves shape=(M, ...); {} for models without BatchNorm
-    opt_state: PyTree  # leaves shape=(M, ...); hyperparams["learning_rate"] (M,) f32
-    dropout_rate: jax.Array  # shape=(M,), dtype=float32
+    opt_state: PyTree  # leaves shape=(M, ...)
+    hyperparams: dict[str, jax.Array]  # name -> shape=(M,), float32
     rungs: jax.Array  # shape=(M,), dtype=int32; ladder rung replica m holds
     step: jax.Array  # shape=(), dtype=int32; SGD steps taken
     model: nn.Module = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
-    train_kwarg: str | None = struct.field(pytree_node=False, default="train")
-    dropout_kwarg: str | None = struct.field(pytree_node=False, default="dropout_rate")
     loss_fn: LossFn = struct.field(pytree_node=False, default=cross_entropy)
-    # How layers are batched over replicas: "auto" (fastest measured for the
-    # backend), "vmap" (plain jax.vmap), "unroll", "map", "patches" or
-    # "sequential"; see tempering.fast.
-    vectorize: str = struct.field(pytree_node=False, default="auto")
-    # Where the loop over steps (and evaluation chunks) runs: "device" (one
-    # lax.fori_loop program per segment), "host" (one compiled step per call,
-    # dispatched asynchronously) or "auto"; see resolve_loop.
-    loop: str = struct.field(pytree_node=False, default="auto")
+    train_kwarg: str | None = struct.field(pytree_node=False, default="train")
+    # Names in ``hyperparams`` passed to the model's __call__ (the rest are the
+    # optimiser's injected hyperparameters).
+    model_inputs: tuple[str, ...] = struct.field(pytree_node=False, default=())
+    # Names the optimiser computes from an optax schedule (not per-replica).
+    scheduled: tuple[str, ...] = struct.field(pytree_node=False, default=())
 
     @property
     def num_replicas(self) -> int:
@@ -95,20 +116,35 @@ class ReplicaState:
     @property
     def learning_rate(self) -> jax.Array:
         """Per-replica learning rate, shape ``(M,)``."""
-        return self.opt_state.hyperparams["learning_rate"]
+        return self.hyperparams["learning_rate"]
+
+    @property
+    def dropout_rate(self) -> jax.Array:
+        """Per-replica dropout rate, shape ``(M,)``."""
+        return self.hyperparams["dropout_rate"]
 
 
 class StepInfo(NamedTuple):
     """Training metrics of one fused step."""
 
-    loss: jax.Array  # shape=(M,), mean training loss of the batch
+    loss: jax.Array  # shape=(M,), float32, mean training loss of the batch
 
 
 class EvalMetrics(NamedTuple):
     """Per-replica evaluation metrics."""
 
     loss: jax.Array  # shape=(M,), mean loss; +inf where not finite
-    accuracy: jax.Array  # shape=(M,), fraction correct
+    metrics: dict[str, jax.Array]  # name -> shape=(M,), mean over examples
+
+    @property
+    def accuracy(self) -> jax.Array:
+        """``metrics["accuracy"]``, shape ``(M,)`` (classification only)."""
+        if "accuracy" not in self.metrics:
+            raise AttributeError(
+                "no accuracy: the metrics function returned "
+                f"{sorted(self.metrics)} (accuracy needs integer targets)"
+            )
+        return self.metrics["accuracy"]
 
 
 def sgd(
@@ -118,7 +154,7 @@ def sgd(
     nesterov: bool = False,
     weight_decay: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
-    """SGD (optionally momentum and L2 weight decay) with an injectable lr.
+    """SGD (optionally momentum and L2 weight decay) with an injected lr.
 
     Args:
         learning_rate: initial learning rate (a ladder overwrites it per replica).
@@ -141,34 +177,63 @@ def sgd(
     )
 
 
-def _model_kwargs(state: ReplicaState, train: bool, rate: jax.Array) -> dict:
-    kwargs = {}
-    if state.train_kwarg is not None:
-        kwargs[state.train_kwarg] = train
-    if state.dropout_kwarg is not None:
-        kwargs[state.dropout_kwarg] = rate
+def _model_kwargs(
+    train_kwarg: str | None, train: bool, inputs: Mapping[str, jax.Array]
+) -> dict:
+    kwargs = dict(inputs)
+    if train_kwarg is not None:
+        kwargs[train_kwarg] = train
     return kwargs
 
 
-def _check_optimizer_state(opt_state: PyTree) -> None:
-    hyperparams = getattr(opt_state, "hyperparams", None)
-    if not isinstance(hyperparams, dict) or "learning_rate" not in hyperparams:
-        raise TypeError(
-            "tx must be built with optax.inject_hyperparams and take a "
-            "learning_rate, e.g. tempering.sgd(0.01, momentum=0.9) or "
-            "optax.inject_hyperparams(optax.sgd, hyperparam_dtype=jnp.float32)"
-            "(learning_rate=0.01)"
+def _model_hyperparams(state: ReplicaState, hyperparams: Mapping) -> dict:
+    return {name: hyperparams[name] for name in state.model_inputs}
+
+
+def _call_keywords(model: nn.Module) -> tuple[set[str], bool, dict[str, Any]]:
+    """Keyword names of ``model.__call__``, whether it takes ``**kwargs``, defaults."""
+    try:
+        signature = inspect.signature(model.__call__)
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return set(), True, {}
+    params = signature.parameters.values()
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    names = {p.name for p in params if p.kind is not p.VAR_KEYWORD}
+    defaults = {p.name: p.default for p in params if p.default is not p.empty}
+    return names, var_kw, defaults
+
+
+def _resolve_model_inputs(
+    model: nn.Module, train_kwarg: str | None, model_inputs: Any
+) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """Validated model input names and the defaults of the model's signature."""
+    names, var_kw, defaults = _call_keywords(model)
+    kind = type(model).__name__
+    if train_kwarg is not None and train_kwarg not in names and not var_kw:
+        raise ValueError(
+            f"{kind}.__call__ has no keyword {train_kwarg!r}: pass "
+            "train_kwarg='<its name>' to create_replicas to rename it, or "
+            "train_kwarg=None for a model without a train mode"
         )
+    if isinstance(model_inputs, str) and model_inputs == "auto":
+        return (("dropout_rate",) if "dropout_rate" in names else ()), defaults
+    if isinstance(model_inputs, str):
+        model_inputs = (model_inputs,)
+    model_inputs = tuple(model_inputs)
+    missing = [n for n in model_inputs if n not in names and not var_kw]
+    if missing:
+        raise ValueError(
+            f"model_inputs {missing} are not keywords of {kind}.__call__ "
+            f"(it takes {sorted(names - {'self'})}); pass model_inputs=(...) with "
+            "its names, or model_inputs=() for a model without per-replica inputs"
+        )
+    return model_inputs, defaults
 
 
-@functools.partial(
-    jax.jit, static_argnames=("model", "tx", "train_kwarg", "dropout_kwarg")
-)
-def _init_replica(key, sample_input, *, model, tx, train_kwarg, dropout_kwarg):
+@functools.partial(jax.jit, static_argnames=("model", "tx", "train_kwarg"))
+def _init_replica(key, sample_input, inputs, *, model, tx, train_kwarg):
     """``(params, batch_stats, opt_state)`` of one replica."""
-    kwargs = {train_kwarg: False} if train_kwarg is not None else {}
-    if dropout_kwarg is not None:
-        kwargs[dropout_kwarg] = 0.0
+    kwargs = _model_kwargs(train_kwarg, False, inputs)
     variables = model.init({"params": key, "dropout": key}, sample_input, **kwargs)
     params = variables["params"]
     return params, variables.get("batch_stats", {}), tx.init(params)
@@ -179,6 +244,30 @@ def _stack(trees: list[PyTree]) -> PyTree:
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
+def _check_traced_inputs(model, train_kwarg, sample_input, params, stats, inputs):
+    """Fails early, with the fix, when the model cannot take traced inputs."""
+
+    def apply(params, stats, traced):
+        variables = {"params": params, **({"batch_stats": stats} if stats else {})}
+        return model.apply(
+            variables,
+            sample_input,
+            rngs={"dropout": jax.random.key(0)},
+            mutable=["batch_stats"] if stats else False,
+            **_model_kwargs(train_kwarg, True, traced),
+        )
+
+    try:
+        jax.eval_shape(apply, params, stats, inputs)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError):
+        raise TypeError(
+            f"{type(model).__name__} cannot take a per-replica (traced) value of "
+            f"{sorted(inputs)}: flax.linen.Dropout decides in Python whether to "
+            "drop; use tempering.Dropout()(x, rate, deterministic=not train), or "
+            "pass model_inputs=() to create_replicas to keep the rate fixed"
+        ) from None
+
+
 def create_replicas(
     key: jax.Array,
     model: nn.Module,
@@ -187,111 +276,195 @@ def create_replicas(
     *,
     ladder: Ladder | None = None,
     num_replicas: int | None = None,
-    dropout_rate: float = 0.0,
+    hyperparams: Mapping[str, float] | None = None,
+    model_inputs: str | Sequence[str] = "auto",
     same_init: bool = False,
     train_kwarg: str | None = "train",
-    dropout_kwarg: str | None = "dropout_rate",
     loss_fn: LossFn = cross_entropy,
-    vectorize: str = "auto",
-    loop: str = "auto",
 ) -> ReplicaState:
-    """Initialises M replicas by vmapping ``model.init`` and ``tx.init``.
+    """Initialises M replicas of a Flax model and an optax optimiser.
 
     Args:
         key: PRNG key for the initial weights.
         model: a Flax linen module following the model contract (module doc).
-        tx: optimiser from ``optax.inject_hyperparams`` with a ``learning_rate``
-            (see :func:`sgd`).
+        tx: any optax transformation. Floats it injects with
+            ``optax.inject_hyperparams`` (also inside ``optax.chain``) become
+            per-replica hyperparameters; see :func:`sgd`.
         sample_input: one batch of inputs, shape ``(B, ...)``; only its shape and
             dtype are used.
         ladder: if given, M is its number of rungs and replica m starts on rung m
             with that rung's hyperparameters.
         num_replicas: M when no ladder is given.
-        dropout_rate: dropout rate of every replica unless the ladder sets one.
+        hyperparams: starting value (shared by every replica) of any
+            hyperparameter, e.g. ``{"dropout_rate": 0.1}``; the ladder's values
+            take precedence.
+        model_inputs: keywords of the model's ``__call__`` that take a
+            per-replica value. ``"auto"`` (default): ``("dropout_rate",)`` when
+            the model has that keyword, else none.
         same_init: if True every replica starts from the same weights; by
             default each draws its own (independent chains).
-        train_kwarg: name of the model's train-mode argument, or None.
-        dropout_kwarg: name of the model's dropout-rate argument, or None.
-        loss_fn: per-example loss ``loss_fn(logits, labels) -> (B,)``.
-        vectorize: how the fused step batches layers over replicas (see
-            :func:`tempering.fast.replica_vmap`): ``"auto"`` (default; on CPU
-            ``"patches"``: convolutions are emitted once per replica instead of
-            as one grouped convolution, and those on the shared input batch
-            become one patch tensor times all replicas' kernels), ``"vmap"`` (force plain ``jax.vmap``), ``"unroll"``,
-            ``"map"``, ``"patches"`` or ``"sequential"``.
-        loop: where the drivers (:func:`run_segment`, :func:`run_evaluate`,
-            ``pt_train``, ``pbt_train``) loop over steps: ``"device"``,
-            ``"host"`` or ``"auto"`` (see :func:`resolve_loop`).
+        train_kwarg: name of the model's train-mode keyword, or None.
+        loss_fn: per-example loss ``loss_fn(outputs, targets) -> (B,)``
+            (default: softmax cross entropy with integer labels).
 
     Returns:
         The stacked :class:`ReplicaState`, step 0.
+
+    Raises:
+        ValueError: no ladder and no ``num_replicas``, names the model or the
+            optimiser does not take, values out of range.
+        TypeError: a model that cannot take a traced per-replica input.
     """
     if ladder is not None:
+        if not isinstance(ladder, Ladder):
+            raise TypeError("ladder must be a tempering.Ladder (see make_ladder)")
         if num_replicas is not None and num_replicas != ladder.num_rungs:
             raise ValueError(
                 f"num_replicas={num_replicas} but the ladder has {ladder.num_rungs} "
                 "rungs; drop num_replicas or make them equal"
             )
         num_replicas = ladder.num_rungs
-    if num_replicas is None or num_replicas < 1:
+    if num_replicas is None or isinstance(num_replicas, bool) or num_replicas < 1:
         raise ValueError("give a ladder or num_replicas >= 1")
-    resolve_policy(vectorize)  # fail early on an unknown name
-    resolve_loop(loop)
+    key = _check_key(key, "key")
+    inputs, defaults = _resolve_model_inputs(model, train_kwarg, model_inputs)
+    given = dict(hyperparams or {})
+    start = {}
+    for name in inputs:
+        value = given.get(name, defaults.get(name))
+        if value is None and not (ladder is not None and name in ladder.values):
+            raise ValueError(
+                f"model input {name!r} has no default: give its starting value "
+                f"with hyperparams={{{name!r}: ...}}"
+            )
+        start[name] = jnp.float32(0.0 if value is None else value)
     sample_input = jnp.asarray(sample_input)
     keys = jax.random.split(key, num_replicas)
     if same_init:
         keys = jnp.broadcast_to(keys[:1], keys.shape)
-    init = functools.partial(
-        _init_replica,
-        model=model,
-        tx=tx,
-        train_kwarg=train_kwarg,
-        dropout_kwarg=dropout_kwarg,
-    )
-    _check_optimizer_state(jax.eval_shape(init, keys[0], sample_input)[2])
+    init = functools.partial(_init_replica, model=model, tx=tx, train_kwarg=train_kwarg)
+    params, stats, opt_state = jax.eval_shape(init, keys[0], sample_input, start)
+    if inputs:
+        _check_traced_inputs(model, train_kwarg, sample_input, params, stats, start)
     # One replica at a time, not vmapped: init runs once, and XLA compiles the
     # single-replica init (random initialisers) several times faster.
-    params, batch_stats, opt_state = _stack([init(k, sample_input) for k in keys])
+    params, stats, opt_state = _stack([init(k, sample_input, start) for k in keys])
+    scheduled = scheduled_names(opt_state)
+    values = {
+        name: read_injected(opt_state, name)
+        for name in injected_names(opt_state)
+        if name not in scheduled
+    }
+    values.update({name: jnp.broadcast_to(v, (num_replicas,)) for name, v in start.items()})
     state = ReplicaState(
         params=params,
-        batch_stats=batch_stats,
+        batch_stats=stats,
         opt_state=opt_state,
-        dropout_rate=jnp.full((num_replicas,), dropout_rate, jnp.float32),
+        hyperparams={k: jnp.asarray(v, jnp.float32) for k, v in values.items()},
         rungs=jnp.arange(num_replicas, dtype=jnp.int32),
         step=jnp.zeros((), jnp.int32),
         model=model,
         tx=tx,
-        train_kwarg=train_kwarg,
-        dropout_kwarg=dropout_kwarg,
         loss_fn=loss_fn,
-        vectorize=vectorize,
-        loop=loop,
+        train_kwarg=train_kwarg,
+        model_inputs=inputs,
+        scheduled=scheduled,
     )
+    unknown = sorted(set(given) - set(state.hyperparams))
+    if unknown:
+        _raise_unknown(state, unknown, "hyperparams")
+    state = set_hyperparams(state, **{k: v for k, v in given.items() if k not in start})
     if ladder is not None:
+        check_ladder(state, ladder)
         state = assign_rungs(state, ladder, state.rungs)
     return state
 
 
-def set_hyperparams(
-    state: ReplicaState,
-    *,
-    learning_rate: jax.Array | None = None,
-    dropout_rate: jax.Array | None = None,
-) -> ReplicaState:
-    """Writes per-replica hyperparameters (each ``(M,)`` or a scalar) into the state."""
+def _check_key(key: Any, name: str) -> jax.Array:
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"{name} must be a single PRNG key, got shape {key.shape}")
+        return key
+    if isinstance(key, jax.Array | np.ndarray) and key.shape == (2,) and key.dtype in (
+        np.uint32,
+        jnp.uint32,
+    ):
+        return key  # a raw jax.random.PRNGKey
+    raise TypeError(
+        f"{name} must be a JAX PRNG key such as jax.random.key(0), got "
+        f"{type(key).__name__} {key!r}"
+    )
+
+
+def _raise_unknown(state: ReplicaState, names: Sequence[str], where: str) -> None:
+    scheduled = [n for n in names if n in state.scheduled]
+    if scheduled:
+        raise ValueError(
+            f"{where}: {scheduled} follow an optax schedule in tx, so they cannot "
+            "be set per replica; pass a number to optax.inject_hyperparams "
+            "for a hyperparameter you ladder or set"
+        )
+    raise ValueError(
+        f"{where}: unknown hyperparameter(s) {list(names)}; this state has "
+        f"{sorted(state.hyperparams)} (the floats tx injects with "
+        "optax.inject_hyperparams, and the model inputs; declare more with "
+        "create_replicas(..., model_inputs=...))"
+    )
+
+
+def check_ladder(state: ReplicaState, ladder: Ladder) -> None:
+    """Raises ValueError unless the state can take every hyperparameter of ``ladder``."""
+    if ladder.num_rungs != state.num_replicas:
+        raise ValueError(
+            f"the ladder has {ladder.num_rungs} rungs but the state holds "
+            f"{state.num_replicas} replicas; create the state with "
+            "create_replicas(..., ladder=ladder)"
+        )
+    check_names(state, list(ladder.values), "ladder")
+
+
+def check_names(state: ReplicaState, names: Sequence[str], where: str) -> None:
+    """Raises ValueError, with the fix, for names the state does not hold."""
+    unknown = sorted(set(names) - set(state.hyperparams))
+    if unknown:
+        _raise_unknown(state, unknown, where)
+
+
+def get_hyperparams(
+    state: ReplicaState, names: Sequence[str] | None = None
+) -> dict[str, jax.Array]:
+    """Per-replica values ``(M,)`` of the named (default: all) hyperparameters."""
+    names = sorted(state.hyperparams) if names is None else names
+    return {name: state.hyperparams[name] for name in names}
+
+
+def set_hyperparams(state: ReplicaState, **values: Any) -> ReplicaState:
+    """Writes per-replica hyperparameters (each ``(M,)`` or a scalar).
+
+    Pure and jit-able; concrete values are range-checked (:data:`RANGES`).
+
+    Example:
+        >>> state = set_hyperparams(state, learning_rate=0.1, dropout_rate=rates)
+    """
+    if not values:
+        return state
+    unknown = sorted(set(values) - set(state.hyperparams))
+    if unknown:
+        _raise_unknown(state, unknown, "set_hyperparams")
     num = state.num_replicas
-    if learning_rate is not None:
-        hyperparams = dict(state.opt_state.hyperparams)
-        hyperparams["learning_rate"] = jnp.broadcast_to(
-            jnp.asarray(learning_rate, jnp.float32), (num,)
-        )
-        state = state.replace(
-            opt_state=state.opt_state._replace(hyperparams=hyperparams)
-        )
-    if dropout_rate is not None:
-        rate = jnp.broadcast_to(jnp.asarray(dropout_rate, jnp.float32), (num,))
-        state = state.replace(dropout_rate=rate)
-    return state
+    new = dict(state.hyperparams)
+    for name, value in values.items():
+        if not isinstance(value, jax.core.Tracer):
+            array = check_values(name, value)
+            if array.shape not in ((), (num,)):
+                raise ValueError(
+                    f"{name} must be a scalar or have shape ({num},) (one value per "
+                    f"replica), got shape {array.shape}"
+                )
+        value = jnp.array(value, jnp.float32, copy=True)  # never alias a caller's
+        new[name] = jnp.broadcast_to(value, (num,))
+    opt_state = write_injected(state.opt_state, new)
+    return state.replace(hyperparams=new, opt_state=opt_state)
 
 
 def assign_rungs(state: ReplicaState, ladder: Ladder, rungs: jax.Array) -> ReplicaState:
@@ -305,24 +478,39 @@ def assign_rungs(state: ReplicaState, ladder: Ladder, rungs: jax.Array) -> Repli
     return state.replace(rungs=jnp.asarray(rungs, jnp.int32))
 
 
-def replica_train_step(
+def replica(state: ReplicaState, index: int) -> dict[str, PyTree]:
+    """Replica ``index`` as plain Flax variables, ready for ``model.apply``.
+
+    Example:
+        >>> variables = replica(result.state, result.summary.best_replica)
+        >>> logits = state.model.apply(variables, x, train=False, dropout_rate=0.0)
+    """
+    if not -state.num_replicas <= index < state.num_replicas:
+        raise IndexError(f"index must lie in [0, {state.num_replicas}), got {index}")
+    variables = {"params": jax.tree.map(lambda x: x[index], state.params)}
+    if jax.tree.leaves(state.batch_stats):
+        variables["batch_stats"] = jax.tree.map(lambda x: x[index], state.batch_stats)
+    return variables
+
+
+def _per_example(losses: jax.Array) -> jax.Array:
+    """``(B, ...)`` losses averaged over all but the first axis."""
+    return losses.reshape(losses.shape[0], -1).mean(axis=1) if losses.ndim > 1 else losses
+
+
+def _replica_train_step(
     state: ReplicaState,
     params: PyTree,
     batch_stats: PyTree,
     opt_state: PyTree,
-    dropout_rate: jax.Array,
+    hyperparams: Mapping[str, jax.Array],
     key: jax.Array,
     inputs: jax.Array,
-    labels: jax.Array,
+    targets: jax.Array,
 ) -> tuple[PyTree, PyTree, PyTree, jax.Array]:
-    """One SGD step of a single replica (the function the fused step vmaps).
-
-    ``state`` supplies only the static model, optimiser and loss.
-
-    Returns:
-        ``(params, batch_stats, opt_state, loss)`` after the step.
-    """
+    """One step of a single replica (the function the fused step vmaps)."""
     has_batch_stats = bool(jax.tree.leaves(batch_stats))
+    kwargs = _model_kwargs(state.train_kwarg, True, _model_hyperparams(state, hyperparams))
 
     def loss_of(p):
         variables = {"params": p}
@@ -333,49 +521,57 @@ def replica_train_step(
             inputs,
             rngs={"dropout": key},
             mutable=["batch_stats"] if has_batch_stats else False,
-            **_model_kwargs(state, True, dropout_rate),
+            **kwargs,
         )
-        logits, updates = out if has_batch_stats else (out, {})
+        outputs, updates = out if has_batch_stats else (out, {})
         new_stats = updates.get("batch_stats", batch_stats)
-        return state.loss_fn(logits, labels).mean(), new_stats
+        return _per_example(state.loss_fn(outputs, targets)).mean(), new_stats
 
     (loss, new_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+    opt_state = write_injected(opt_state, hyperparams)
     updates, opt_state = state.tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return params, new_stats, opt_state, loss
+    return params, new_stats, opt_state, loss.astype(jnp.float32)
 
 
 def train_step(
-    state: ReplicaState, key: jax.Array, inputs: jax.Array, labels: jax.Array
+    state: ReplicaState,
+    key: jax.Array,
+    inputs: jax.Array,
+    targets: jax.Array,
+    *,
+    per_replica_batch: bool = False,
+    vectorize: str = "auto",
 ) -> tuple[ReplicaState, StepInfo]:
-    """Advances all M replicas one SGD step, vectorised over replicas.
-
-    Batched with :func:`tempering.fast.replica_vmap` under the state's
-    ``vectorize`` policy (plain ``jax.vmap`` when it is ``"vmap"``).
+    """Advances all M replicas one step, vectorised over replicas (pure, jit-able).
 
     Args:
         state: the stacked replicas.
         key: PRNG key; split into one dropout key per replica.
-        inputs: a batch shared by all replicas ``(B, ...)``, or one batch per
-            replica ``(M, B, ...)``.
-        labels: ``(B,)`` or ``(M, B)``, matching ``inputs``.
+        inputs: a batch shared by all replicas ``(B, ...)``, or with
+            ``per_replica_batch`` one batch per replica ``(M, B, ...)``.
+        targets: ``(B, ...)`` or ``(M, B, ...)``, matching ``inputs``.
+        per_replica_batch: whether inputs and targets carry a replica axis.
+        vectorize: how layers are batched over replicas
+            (:func:`tempering.fast.replica_vmap`): ``"auto"``, ``"vmap"``,
+            ``"unroll"``, ``"map"``, ``"patches"`` or ``"sequential"``.
 
     Returns:
         ``(new_state, info)``.
     """
-    shared = labels.ndim == 1
     keys = jax.random.split(key, state.num_replicas)
-    step_one = functools.partial(replica_train_step, state)
-    in_axes = (0, 0, 0, 0, 0, None if shared else 0, None if shared else 0)
-    vmapped = replica_vmap(step_one, in_axes=in_axes, policy=state.vectorize)
+    step_one = functools.partial(_replica_train_step, state)
+    data_axis = 0 if per_replica_batch else None
+    in_axes = (0, 0, 0, 0, 0, data_axis, data_axis)
+    vmapped = replica_vmap(step_one, in_axes=in_axes, policy=vectorize)
     params, batch_stats, opt_state, loss = vmapped(
         state.params,
         state.batch_stats,
         state.opt_state,
-        state.dropout_rate,
+        state.hyperparams,
         keys,
         inputs,
-        labels,
+        targets,
     )
     new = state.replace(
         params=params, batch_stats=batch_stats, opt_state=opt_state, step=state.step + 1
@@ -383,254 +579,16 @@ def train_step(
     return new, StepInfo(loss=loss)
 
 
-def _epoch_order(data_key, epoch, num_examples, num_replicas, shared_batch):
-    epoch_key = jax.random.fold_in(data_key, epoch)
-    if shared_batch:
-        return jax.random.permutation(epoch_key, num_examples)[None]
-    keys = jax.random.split(epoch_key, num_replicas)
-    return jax.vmap(lambda k: jax.random.permutation(k, num_examples))(keys)
-
-
-def train_segment(
-    state: ReplicaState,
-    key: jax.Array,
-    data_key: jax.Array,
-    inputs: jax.Array,
-    labels: jax.Array,
-    num_steps: jax.Array | int,
-    *,
-    batch_size: int,
-    shared_batch: bool = True,
-    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-) -> tuple[ReplicaState, jax.Array]:
-    """Runs ``num_steps`` fused steps on device, batches gathered on device.
-
-    The batch of global step s is fixed by ``(data_key, s)``: epochs are seeded
-    permutations of the training set (the last incomplete batch is dropped), so
-    a run split into segments sees the same batches as one long run.
-
-    Args:
-        state: the stacked replicas.
-        key: PRNG key for dropout and augmentation in this segment.
-        data_key: PRNG key of the batch order for the whole run.
-        inputs: training inputs ``(N, ...)`` on device.
-        labels: training labels ``(N,)``.
-        num_steps: number of steps; may be traced (one compiled program serves
-            every segment length).
-        batch_size: examples per step and replica.
-        shared_batch: if True all replicas see the same batch each step.
-        augment: optional ``augment(key, batch) -> batch``, e.g. crop and flip.
-
-    Returns:
-        ``(new_state, mean_train_loss)`` with the per-replica training loss
-        averaged over the segment, shape ``(M,)``.
-    """
-    step_fn = functools.partial(
-        _segment_step,
-        key=key,
-        data_key=data_key,
-        inputs=inputs,
-        labels=labels,
-        batch_size=batch_size,
-        shared_batch=shared_batch,
-        augment=augment,
-    )
-    order, zeros = _segment_start(
-        state.step, data_key, labels.shape[0], state.num_replicas, batch_size,
-        shared_batch,
-    )  # fmt: skip
-    state, _, loss_sum = jax.lax.fori_loop(0, num_steps, step_fn, (state, order, zeros))
-    return state, loss_sum / jnp.maximum(num_steps, 1)
-
-
-SegmentCarry = tuple[ReplicaState, jax.Array, jax.Array]  # state, order, loss sum
-
-
-def _segment_start(
-    step: jax.Array,
-    data_key: jax.Array,
-    num_examples: int,
-    num_replicas: int,
-    batch_size: int,
-    shared_batch: bool,
-) -> tuple[jax.Array, jax.Array]:
-    """The loop carry besides the state before a segment's first step.
-
-    Returns the batch order of the epoch that global step ``step`` falls in and
-    a zero per-replica loss sum.
-    """
-    epoch = step // (num_examples // batch_size)
-    order = _epoch_order(data_key, epoch, num_examples, num_replicas, shared_batch)
-    return order, jnp.zeros((num_replicas,), jnp.float32)
-
-
-def _segment_step(
-    i: jax.Array,
-    carry: SegmentCarry,
-    *,
-    key: jax.Array,
-    data_key: jax.Array,
-    inputs: jax.Array,
-    labels: jax.Array,
-    batch_size: int,
-    shared_batch: bool,
-    augment: Callable | None,
-) -> SegmentCarry:
-    """Step ``i`` of a segment: the batch of global step ``state.step``, one step."""
-    state, order, loss_sum = carry
-    num_examples = labels.shape[0]
-    steps_per_epoch = num_examples // batch_size
-    epoch, position = state.step // steps_per_epoch, state.step % steps_per_epoch
-    order = jax.lax.cond(
-        position == 0,
-        lambda: _epoch_order(
-            data_key, epoch, num_examples, state.num_replicas, shared_batch
-        ),
-        lambda: order,
-    )
-    idx = jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size, 1)
-    dropout_key, augment_key = jax.random.split(jax.random.fold_in(key, i))
-    idx = idx[0] if shared_batch else idx
-    batch_x, batch_y = inputs[idx], labels[idx]
-    if augment is not None:
-        batch_x = (
-            augment(augment_key, batch_x)
-            if shared_batch
-            else jax.vmap(augment)(
-                jax.random.split(augment_key, state.num_replicas), batch_x
-            )
-        )
-    state, info = train_step(state, dropout_key, batch_x, batch_y)
-    return state, order, loss_sum + info.loss
-
-
-LOOPS = ("auto", "device", "host")
-
-
-def resolve_loop(
-    loop: str, backend: str | None = None, *, has_convolution: bool = True
-) -> str:
-    """Where the drivers loop over steps: ``"device"`` or ``"host"``.
-
-    ``"device"`` runs a whole segment as one ``lax.fori_loop`` program (and the
-    evaluation chunks as one ``lax.scan``). ``"host"`` compiles one step (one
-    chunk) and calls it from Python; the calls are dispatched asynchronously and
-    nothing is copied to the host, so the device never waits on Python. ``"auto"``
-    is ``"host"`` on CPU for models with convolutions and ``"device"``
-    otherwise: XLA:CPU runs convolutions inside a loop body several times slower
-    than the same convolutions at the top level of a program (jax-ml/jax#12868;
-    measured in ``experiments/benchmark.py``), while for convolution-free models
-    the loop program saves the per-step dispatch.
-
-    Args:
-        loop: ``"auto"``, ``"device"`` or ``"host"``.
-        backend: backend for ``"auto"``; the default backend if None.
-        has_convolution: whether the model convolves (for ``"auto"``).
-
-    Returns:
-        ``"device"`` or ``"host"``.
-
-    Raises:
-        ValueError: for any other value.
-    """
-    if loop not in LOOPS:
-        raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
-    if loop == "auto":
-        on_cpu = (backend or jax.default_backend()) == "cpu"
-        return "host" if on_cpu and has_convolution else "device"
-    return loop
-
-
-@functools.cache
-def _convolves(model: nn.Module, shape: tuple, dtype: Any, kwargs: tuple) -> bool:
-    sample = jax.ShapeDtypeStruct((1, *shape), dtype)
-    init = functools.partial(model.init, **dict(kwargs))
-    jaxpr = jax.make_jaxpr(init)(jax.random.key(0), sample)
-    return _contains(jaxpr.jaxpr, frozenset({"conv_general_dilated"}))
-
-
-def _loop(state: ReplicaState, inputs: jax.Array) -> str:
-    """The state's loop for a model fed ``inputs`` (``"auto"`` resolved)."""
-    if state.loop != "auto":
-        return resolve_loop(state.loop)
-    kwargs = tuple(_model_kwargs(state, False, 0.0).items())
-    convolves = _convolves(state.model, inputs.shape[1:], inputs.dtype, kwargs)
-    return resolve_loop("auto", has_convolution=convolves)
-
-
-_SEGMENT_STATIC = ("batch_size", "shared_batch", "augment")
-
-
-@functools.partial(jax.jit, static_argnames=_SEGMENT_STATIC, donate_argnames=("state",))
-def _device_segment(state, key, data_key, inputs, labels, num_steps, **static):
-    return train_segment(state, key, data_key, inputs, labels, num_steps, **static)
-
-
-_host_segment_start = jax.jit(_segment_start, static_argnums=(2, 3, 4, 5))
-_host_step = jax.jit(
-    _segment_step, static_argnames=_SEGMENT_STATIC, donate_argnames=("carry",)
-)
-
-
-def run_segment(
-    state: ReplicaState,
-    key: jax.Array,
-    data_key: jax.Array,
-    inputs: jax.Array,
-    labels: jax.Array,
-    num_steps: int,
-    *,
-    batch_size: int,
-    shared_batch: bool = True,
-    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-) -> tuple[ReplicaState, jax.Array]:
-    """:func:`train_segment` from the host, looping where ``state.loop`` says.
-
-    Same batches, dropout keys and result as :func:`train_segment` (up to
-    float reassociation); ``state``'s buffers are donated. Not traceable:
-    call it from Python, as ``pt_train`` does.
-
-    Args:
-        state: the stacked replicas (donated).
-        key: PRNG key for dropout and augmentation in this segment.
-        data_key: PRNG key of the batch order for the whole run.
-        inputs: training inputs ``(N, ...)`` on device.
-        labels: training labels ``(N,)``.
-        num_steps: number of steps, a Python int.
-        batch_size: examples per step and replica.
-        shared_batch: if True all replicas see the same batch each step.
-        augment: optional ``augment(key, batch) -> batch``.
-
-    Returns:
-        ``(new_state, mean_train_loss)``, the loss of shape ``(M,)``.
-    """
-    static = dict(batch_size=batch_size, shared_batch=shared_batch, augment=augment)
-    if _loop(state, inputs) == "device":
-        return _device_segment(
-            state, key, data_key, inputs, labels, jnp.int32(num_steps), **static
-        )
-    order, zeros = _host_segment_start(
-        state.step, data_key, labels.shape[0], state.num_replicas, batch_size,
-        shared_batch,
-    )  # fmt: skip
-    carry = (state, order, zeros)
-    for i in range(num_steps):
-        carry = _host_step(
-            jnp.int32(i), carry, key=key, data_key=data_key, inputs=inputs,
-            labels=labels, **static,
-        )  # fmt: skip
-    state, _, loss_sum = carry
-    return state, loss_sum / max(num_steps, 1)
-
-
 def evaluate(
     state: ReplicaState,
     inputs: jax.Array,
-    labels: jax.Array,
+    targets: jax.Array,
     *,
     batch_size: int = 1000,
+    metrics_fn: MetricsFn | None = default_metrics,
+    vectorize: str = "auto",
 ) -> EvalMetrics:
-    """Mean loss and accuracy of every replica on a dataset, vmapped.
+    """Mean loss and metrics of every replica on a dataset (pure, jit-able).
 
     Runs in eval mode (no dropout, BatchNorm running averages), over chunks of
     ``batch_size`` examples with a mask for the last partial chunk.
@@ -638,100 +596,121 @@ def evaluate(
     Args:
         state: the stacked replicas.
         inputs: ``(N, ...)``.
-        labels: ``(N,)``.
+        targets: ``(N, ...)``.
         batch_size: examples per chunk (bounds memory).
+        metrics_fn: ``metrics_fn(outputs, targets) -> {name: (B,)}`` per-example
+            metrics, averaged over the dataset; default accuracy for
+            classification (:func:`default_metrics`), None for none.
+        vectorize: see :func:`train_step`.
 
     Returns:
         :class:`EvalMetrics` with ``(M,)`` loss (non-finite mapped to +inf) and
-        accuracy.
+        metrics.
     """
-    xs, ys, mask = _chunked(inputs, labels, batch_size)
-    zeros = jnp.zeros((state.num_replicas,), jnp.float32)
+    xs, ys, mask = chunked(inputs, targets, batch_size)
+    totals = zero_totals(state, inputs, targets, metrics_fn, vectorize)
 
     def chunk(totals, batch):
-        return _add_chunk(state, totals, *batch), None
+        return add_chunk(state, totals, *batch, metrics_fn=metrics_fn, vectorize=vectorize), None
 
-    (loss_sum, correct_sum), _ = jax.lax.scan(chunk, (zeros, zeros), (xs, ys, mask))
-    return _metrics(loss_sum, correct_sum, labels.shape[0])
+    totals, _ = jax.lax.scan(chunk, totals, (xs, ys, mask))
+    return metrics_from_totals(totals, targets.shape[0])
 
 
-def _chunked(
-    inputs: jax.Array, labels: jax.Array, batch_size: int
+def chunked(
+    inputs: jax.Array, targets: jax.Array, batch_size: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Pads to whole chunks: ``(C, b, ...)`` inputs, ``(C, b)`` labels and mask."""
-    num_examples = labels.shape[0]
+    """Pads to whole chunks: ``(C, b, ...)`` inputs and targets, ``(C, b)`` mask."""
+    num_examples = targets.shape[0]
     batch_size = min(batch_size, num_examples)
     num_chunks = -(-num_examples // batch_size)
     pad = num_chunks * batch_size - num_examples
-    xs = jnp.pad(inputs, [(0, pad)] + [(0, 0)] * (inputs.ndim - 1))
-    ys = jnp.pad(labels, (0, pad))
+
+    def padded(a):
+        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+        return a.reshape(num_chunks, batch_size, *a.shape[1:])
+
     mask = jnp.arange(num_chunks * batch_size) < num_examples
-    xs = xs.reshape(num_chunks, batch_size, *inputs.shape[1:])
-    return xs, ys.reshape(num_chunks, batch_size), mask.reshape(num_chunks, batch_size)
+    return padded(inputs), padded(targets), mask.reshape(num_chunks, batch_size)
+
+
+Totals = tuple[jax.Array, dict[str, jax.Array]]  # (M,) loss sum, name -> (M,) sums
 
 
 def _eval_chunk(
-    state: ReplicaState, x: jax.Array, y: jax.Array, mask: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """Per-replica sums of loss and of correct predictions over one chunk."""
+    state: ReplicaState,
+    x: jax.Array,
+    y: jax.Array,
+    mask: jax.Array,
+    metrics_fn: MetricsFn | None,
+    vectorize: str,
+) -> Totals:
+    """Per-replica sums of the loss and of every metric over one chunk."""
 
-    def logits_one(params, batch_stats, x):
+    def outputs_one(params, batch_stats, hyperparams, x):
         variables = {"params": params}
         if jax.tree.leaves(batch_stats):
             variables["batch_stats"] = batch_stats
-        return state.model.apply(variables, x, **_model_kwargs(state, False, 0.0))
+        kwargs = _model_kwargs(
+            state.train_kwarg, False, _model_hyperparams(state, hyperparams)
+        )
+        return state.model.apply(variables, x, **kwargs)
 
-    logits = replica_vmap(logits_one, in_axes=(0, 0, None), policy=state.vectorize)(
-        state.params, state.batch_stats, x
+    outputs = replica_vmap(outputs_one, in_axes=(0, 0, 0, None), policy=vectorize)(
+        state.params, state.batch_stats, state.hyperparams, x
     )
-    losses = jax.vmap(state.loss_fn, in_axes=(0, None))(logits, y)
-    correct = jnp.argmax(logits, -1) == y
-    loss_sum = jnp.sum(jnp.where(mask, losses, 0.0), axis=1)
-    return loss_sum, jnp.sum(mask & correct, axis=1).astype(jnp.float32)
+    losses = jax.vmap(lambda o: _per_example(state.loss_fn(o, y)))(outputs)
+    loss_sum = jnp.sum(jnp.where(mask, losses, 0.0), axis=1).astype(jnp.float32)
+    metrics = {}
+    if metrics_fn is not None:
+        per_example = jax.vmap(lambda o: dict(metrics_fn(o, y)))(outputs)
+        metrics = {
+            name: jnp.sum(jnp.where(mask, v.astype(jnp.float32), 0.0), axis=1)
+            for name, v in per_example.items()
+        }
+    return loss_sum, metrics
 
 
-def _metrics(loss_sum: jax.Array, correct_sum: jax.Array, num: int) -> EvalMetrics:
-    loss = loss_sum / num
-    loss = jnp.where(jnp.isfinite(loss), loss, jnp.inf)
-    return EvalMetrics(loss=loss, accuracy=correct_sum / num)
-
-
-_device_evaluate = jax.jit(evaluate, static_argnames=("batch_size",))
-_host_chunked = jax.jit(_chunked, static_argnums=2)
-
-
-def _add_chunk(state, totals, x, y, mask):
-    """``totals`` (loss sum, correct sum) plus one chunk's per-replica sums."""
-    sums = _eval_chunk(state, x, y, mask)
-    return totals[0] + sums[0], totals[1] + sums[1]
-
-
-_host_add_chunk = jax.jit(_add_chunk)
-
-
-def run_evaluate(
+def zero_totals(
     state: ReplicaState,
     inputs: jax.Array,
-    labels: jax.Array,
+    targets: jax.Array,
+    metrics_fn: MetricsFn | None,
+    vectorize: str,
+) -> Totals:
+    """Zero sums with the structure one chunk of these inputs produces."""
+    x = jax.ShapeDtypeStruct((1, *inputs.shape[1:]), inputs.dtype)
+    y = jax.ShapeDtypeStruct((1, *targets.shape[1:]), targets.dtype)
+    mask = jax.ShapeDtypeStruct((1,), jnp.bool_)
+    shapes = jax.eval_shape(
+        functools.partial(_eval_chunk, metrics_fn=metrics_fn, vectorize="vmap"),
+        state,
+        x,
+        y,
+        mask,
+    )
+    del vectorize
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def add_chunk(
+    state: ReplicaState,
+    totals: Totals,
+    x: jax.Array,
+    y: jax.Array,
+    mask: jax.Array,
     *,
-    batch_size: int = 1000,
-) -> EvalMetrics:
-    """:func:`evaluate` from the host, looping over chunks where ``state.loop`` says.
+    metrics_fn: MetricsFn | None,
+    vectorize: str,
+) -> Totals:
+    """``totals`` plus one chunk's per-replica sums."""
+    sums = _eval_chunk(state, x, y, mask, metrics_fn, vectorize)
+    return jax.tree.map(jnp.add, totals, sums)
 
-    Args:
-        state: the stacked replicas (not donated).
-        inputs: ``(N, ...)``.
-        labels: ``(N,)``.
-        batch_size: examples per chunk.
 
-    Returns:
-        :class:`EvalMetrics`, as :func:`evaluate`.
-    """
-    if _loop(state, inputs) == "device":
-        return _device_evaluate(state, inputs, labels, batch_size=batch_size)
-    xs, ys, mask = _host_chunked(inputs, labels, batch_size)
-    zeros = jnp.zeros((state.num_replicas,), jnp.float32)
-    totals = (zeros, zeros)
-    for index in range(xs.shape[0]):  # one program for every chunk count
-        totals = _host_add_chunk(state, totals, xs[index], ys[index], mask[index])
-    return _metrics(*totals, labels.shape[0])
+def metrics_from_totals(totals: Totals, num: int) -> EvalMetrics:
+    """Means over ``num`` examples; a non-finite loss becomes +inf."""
+    loss_sum, sums = totals
+    loss = loss_sum / num
+    loss = jnp.where(jnp.isfinite(loss), loss, jnp.inf)
+    return EvalMetrics(loss=loss, metrics={k: v / num for k, v in sums.items()})

@@ -1,0 +1,520 @@
+"""The one driver: burn-in, then rounds of segment -> evaluate -> move.
+
+:func:`train` runs any move (:mod:`tempering.moves`); :func:`tempering.pt_train`,
+:func:`tempering.pbt_train`, :func:`tempering.pbt.replay_schedule` and
+:func:`tempering.diffusion.diffusion_test` are thin wrappers around it.
+
+Steps are global: ``state.step`` says where a run stands, so a second call
+with the same key continues the first. Steps ``[0, burn_in)`` are the burn-in
+(round 0, no move); round r >= 1 covers the ``interval`` steps after
+``burn_in + (r - 1) * interval`` and ends with an evaluation and a move. The
+keys of round r are ``fold_in(key, r)``, whichever call runs it, so N + K
+steps in two calls are the N + K steps of one call, bit for bit. A call that
+ends part-way through a round leaves the rest of it (and its move) to the
+next call.
+
+Every round's record goes to the host as numpy when the round ends (so memory
+stays flat in the number of rounds) and to the optional callback, which may
+stop the run.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tempering.loops import SegmentSettings, loop_for, run_evaluate, run_segment
+from tempering.moves import as_move
+from tempering.replicas import (
+    EvalMetrics,
+    MetricsFn,
+    ReplicaState,
+    _check_key,
+    _model_kwargs,
+    cross_entropy,
+    default_metrics,
+    set_hyperparams,
+)
+from tempering.sources import (
+    ArraySource,
+    BatchReader,
+    IterableSource,
+    as_eval_source,
+    as_train_source,
+    batch_pair,
+)
+
+__all__ = [
+    "History",
+    "RoundRecord",
+    "RunResult",
+    "Rounds",
+    "best_index",
+    "train",
+]
+
+ScoreFn = Callable[[EvalMetrics], jax.Array]
+Callback = Callable[["RoundRecord"], Any]
+
+
+class Rounds(NamedTuple):
+    """When to train, evaluate and move (validated by :func:`rounds`).
+
+    Fixed rounds: round 0 is the burn-in ``[0, burn_in)`` (no evaluation, no
+    move) and round r >= 1 ends at ``burn_in + r * interval``. Explicit rounds
+    (``ends``): round r ends at ``ends[r]``, and every round is evaluated and
+    followed by a move, round 0 included.
+    """
+
+    num_steps: int  # SGD steps this call takes, burn-in included
+    interval: int  # SGD steps per round (fixed rounds)
+    burn_in: int  # global steps [0, burn_in) before the first round
+    ends: tuple[int, ...] = ()  # explicit global round ends, increasing
+
+
+class RoundRecord(NamedTuple):
+    """One round, on the host (numpy); M replicas."""
+
+    round: int  # 0-based round after the burn-in (the move's round_index)
+    step: int  # global SGD steps done when the round was evaluated
+    train_loss: np.ndarray  # shape=(M,), mean training loss of the segment
+    validation: EvalMetrics | None  # (M,) loss and metrics, before the move
+    score: np.ndarray  # shape=(M,), what the move compared (lower is better)
+    test: EvalMetrics | None  # (M,) on test_data, before the move; None without
+    move: Any  # the move's info (e.g. ExchangeInfo, PBTInfo)
+    rungs: np.ndarray  # shape=(M,), after the move
+    hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), after the move
+
+
+class History(NamedTuple):
+    """The records of one call stacked over its R rounds (leading axis R)."""
+
+    round: np.ndarray  # shape=(R,)
+    step: np.ndarray  # shape=(R,)
+    train_loss: np.ndarray  # shape=(R, M)
+    validation: EvalMetrics | None  # (R, M) loss and metrics
+    score: np.ndarray  # shape=(R, M)
+    test: EvalMetrics | None  # (R, M); None without test_data
+    move: Any  # the move's info, leaves (R, ...)
+    rungs: np.ndarray  # shape=(R, M), after each move
+    hyperparams: dict[str, np.ndarray]  # name -> shape=(R, M), after each move
+    initial_rungs: np.ndarray  # shape=(M,), before the first round of this call
+    initial_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), likewise
+    burn_in_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), in the burn-in
+
+
+class RunResult(NamedTuple):
+    """What :func:`train` returns."""
+
+    state: ReplicaState
+    history: History
+    final: EvalMetrics | None  # (M,) on validation_data at the end of the call
+
+
+def best_index(scores: Any) -> int:
+    """Index of the lowest score; NaN and inf count as worst."""
+    scores = np.asarray(scores, np.float64)
+    return int(np.argmin(np.where(np.isfinite(scores), scores, np.inf)))
+
+
+def check_int(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (bools refused), else a clear error."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` as a bool; strings and numbers are refused."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def rounds(
+    num_steps: int, interval: Any, burn_in: int, *, interval_name: str
+) -> Rounds:
+    """Validates the rounds of a call (``interval``: an int, or the round ends)."""
+    num_steps = check_int(num_steps, "num_steps", 1)
+    burn_in = check_int(burn_in, "burn_in", 0)
+    if isinstance(interval, int | np.integer) and not isinstance(interval, bool):
+        return Rounds(num_steps, check_int(interval, interval_name, 1), burn_in)
+    ends = tuple(int(e) for e in interval)
+    if not ends or ends[0] < 0 or any(b <= a for a, b in zip(ends, ends[1:], strict=False)):
+        raise ValueError(f"{interval_name} must be increasing round ends >= 0, got {ends}")
+    if burn_in:
+        raise ValueError("burn_in must be 0 with explicit round ends")
+    return Rounds(num_steps, 0, 0, ends)
+
+
+class _Segment(NamedTuple):
+    round: int  # the round's number: its keys are fold_in(key, round)
+    start: int  # index within the round of its first step
+    steps: int
+    ends_round: bool  # the round is complete after it
+    evaluated: bool  # a complete round is evaluated and followed by a move
+    round_index: int  # what the move sees (0 for the first evaluated round)
+
+
+def plan(first_step: int, sched: Rounds) -> list[_Segment]:
+    """The segments of a call that starts at global step ``first_step``."""
+    segments, step, end = [], first_step, first_step + sched.num_steps
+    if sched.ends:
+        if end > sched.ends[-1]:
+            raise ValueError(
+                f"num_steps={sched.num_steps} from step {first_step} runs past the "
+                f"last round end {sched.ends[-1]}"
+            )
+        for r, (low, high) in enumerate(zip((0, *sched.ends), sched.ends, strict=False)):
+            lo, hi = max(low, step), min(high, end)
+            if lo < hi:
+                segments.append(_Segment(r, lo - low, hi - lo, hi == high, True, r))
+        return segments
+    while step < end:
+        if step < sched.burn_in:
+            steps = min(sched.burn_in, end) - step
+            segments.append(_Segment(0, step, steps, False, False, -1))
+        else:
+            done, offset = divmod(step - sched.burn_in, sched.interval)
+            steps = min(sched.interval - offset, end - step)
+            complete = offset + steps == sched.interval
+            segments.append(_Segment(done + 1, offset, steps, complete, True, done))
+        step += steps
+    return segments
+
+
+def check_not_traced(state: ReplicaState) -> None:
+    if isinstance(state.step, jax.core.Tracer) or isinstance(state.rungs, jax.core.Tracer):
+        raise TypeError(
+            "the training drivers (pt_train, pbt_train, train) run on the host: "
+            "they loop over rounds in Python and read records back, so they "
+            "cannot be traced by jax.jit/vmap/grad. Call them outside jax.jit "
+            "(every step inside is compiled already); to compile your own loop, "
+            "use tempering.train_step or tempering.loops.train_segment"
+        )
+
+
+def _check_compatible(
+    state: ReplicaState, inputs: Any, targets: Any, name: str, metrics_fn: Any
+) -> None:
+    """Model, loss and metrics accept one example of ``name``, before compiling."""
+    one = jax.tree.map(
+        lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype),
+        {"params": state.params, "batch_stats": state.batch_stats},
+    )
+    hyper = {n: jax.ShapeDtypeStruct((), jnp.float32) for n in state.model_inputs}
+    x = jax.ShapeDtypeStruct((1, *np.shape(inputs)[1:]), jnp.result_type(inputs))
+    y = jax.ShapeDtypeStruct((1, *np.shape(targets)[1:]), jnp.result_type(targets))
+
+    def outputs(variables, hyper, x):
+        if not jax.tree.leaves(variables["batch_stats"]):
+            variables = {"params": variables["params"]}
+        kwargs = _model_kwargs(state.train_kwarg, False, hyper)
+        return state.model.apply(variables, x, **kwargs)
+
+    try:
+        out = jax.eval_shape(outputs, one, hyper, x)
+    except Exception as error:  # noqa: BLE001 - re-raised with the fix
+        raise ValueError(
+            f"{name}: the model cannot take inputs of shape {x.shape[1:]} per "
+            f"example ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+            "give inputs shaped like the sample_input of create_replicas"
+        ) from error
+    classification = state.loss_fn is cross_entropy
+    if classification:
+        _check_labels(targets, out, name)
+    try:
+        jax.eval_shape(state.loss_fn, out, y)
+        if metrics_fn is not None:
+            jax.eval_shape(metrics_fn, out, y)
+    except Exception as error:  # noqa: BLE001 - re-raised with the fix
+        raise ValueError(
+            f"{name}: loss_fn or metrics_fn cannot take model outputs {out.shape[1:]} "
+            f"with targets {y.shape[1:]} per example ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200]})"
+        ) from error
+
+
+def _check_labels(targets: Any, out: Any, name: str) -> None:
+    labels = np.asarray(targets)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(
+            f"{name} labels must be integers for the default cross-entropy loss, got "
+            f"{labels.dtype}; for regression or other targets pass loss_fn= to "
+            "create_replicas (e.g. a mean squared error)"
+        )
+    num_classes = out.shape[-1]
+    if labels.size:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"{name} labels must lie in [0, {num_classes}) (the model has "
+                f"{num_classes} outputs), got values in [{low}, {high}]"
+            )
+
+
+def _first_batch(source: IterableSource, name: str) -> tuple[np.ndarray, np.ndarray]:
+    for element in source.make_iterator():
+        return batch_pair(element, name)
+    raise ValueError(f"{name} yielded no batches")
+
+
+def _eval_source(data: Any, name: str, state: ReplicaState, metrics_fn: Any):
+    source = as_eval_source(data, name)
+    if isinstance(source, ArraySource):
+        _check_compatible(state, *source, name, metrics_fn)
+        return ArraySource(jnp.asarray(source.inputs), jnp.asarray(source.targets))
+    _check_compatible(state, *_first_batch(source, name), name, metrics_fn)
+    return source
+
+
+def _progress(total: int, enabled: bool, name: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, desc=name, unit="step", file=sys.stderr)
+
+
+def _host(tree: Any) -> Any:
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+@jax.jit
+def _copy(tree: Any) -> Any:
+    return jax.tree.map(jnp.copy, tree)
+
+
+def _apply_move(move, key, state, scores, round_index):
+    return move(key, state, scores, round_index)
+
+
+_jitted_move = jax.jit(_apply_move, donate_argnums=(2,))
+
+
+def train(
+    state: ReplicaState,
+    key: jax.Array,
+    move: Any,
+    *,
+    train_data: Any,
+    validation_data: Any = None,
+    num_steps: int,
+    interval: int | Sequence[int],
+    burn_in: int = 0,
+    test_data: Any = None,
+    batch_size: int = 128,
+    shared_batch: bool = True,
+    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    eval_batch_size: int = 1000,
+    metrics_fn: MetricsFn | None = default_metrics,
+    score_fn: ScoreFn | None = None,
+    burn_in_hyperparams: Mapping[str, Any] | None = None,
+    callback: Callback | None = None,
+    vectorize: str = "auto",
+    loop: str = "auto",
+    progress: bool = False,
+    move_at_end: bool = True,
+    interval_name: str = "interval",
+) -> RunResult:
+    """Trains M replicas in rounds of segment -> evaluate -> move (a host driver).
+
+    Args:
+        state: replicas from :func:`tempering.create_replicas`; training
+            continues from ``state.step``.
+        key: PRNG key of the run: pass the same key to continue a run.
+        move: ``move(key, state, scores, round_index) -> (state, info)``
+            (:mod:`tempering.moves`).
+        train_data: in-memory ``(inputs, targets)`` / ``Split``, or an iterable
+            of batches (:mod:`tempering.sources`).
+        validation_data: arrays or a re-iterable of batches, evaluated every
+            round; its loss is the default score. None: no evaluation (the
+            move sees zero scores).
+        num_steps: SGD steps this call takes per replica, burn-in included.
+        interval: SGD steps per round, or explicit global round ends (every
+            round then evaluated and moved, round 0 included; no burn-in).
+        burn_in: global steps before the first round (no evaluation, no move).
+        test_data: optional held-out data evaluated every round with the same
+            weights as the validation (before the move); never scored.
+        batch_size: examples per step and replica (in-memory data).
+        shared_batch: every replica sees the same batch each step; False gives
+            each replica its own batch order (in-memory data) or expects
+            batches with a leading replica axis (streams).
+        augment: optional on-device ``augment(key, batch) -> batch``.
+        eval_batch_size: chunk size of the vectorised evaluation.
+        metrics_fn: per-example metrics ``(outputs, targets) -> {name: (B,)}``;
+            default accuracy for classification, None for none.
+        score_fn: ``score_fn(validation: EvalMetrics) -> (M,)`` scores the move
+            compares, lower is better; default the validation loss.
+        burn_in_hyperparams: values every replica uses during the burn-in, e.g.
+            ``{"learning_rate": 0.1}``; the state's own come back afterwards.
+        callback: ``callback(record)`` after every round with its
+            :class:`RoundRecord`; a truthy return stops the run after that round.
+        vectorize: how layers are batched over replicas (``tempering.fast``).
+        loop: ``"auto"``, ``"device"`` or ``"host"`` (:mod:`tempering.loops`).
+        progress: show a tqdm progress bar.
+        move_at_end: False skips the move (and the record) of a round that
+            ends the call (PBT: no exploit after the last segment).
+        interval_name: the name ``interval`` has in the calling wrapper (for
+            error messages).
+
+    Returns:
+        :class:`RunResult` ``(state, history, final)``.
+
+    Raises:
+        TypeError / ValueError: before anything compiles, for bad settings or
+            data (each message names the argument and the fix), or when traced
+            by ``jax.jit``.
+    """
+    check_not_traced(state)
+    if not isinstance(state, ReplicaState):
+        raise TypeError("state must be a ReplicaState from tempering.create_replicas")
+    key = _check_key(key, "key")
+    move = as_move(move)
+    sched = rounds(num_steps, interval, burn_in, interval_name=interval_name)
+    settings = SegmentSettings(
+        batch_size=check_int(batch_size, "batch_size", 1),
+        shared_batch=check_bool(shared_batch, "shared_batch"),
+        augment=augment,
+        vectorize=vectorize,
+    )
+    eval_batch_size = check_int(eval_batch_size, "eval_batch_size", 1)
+    if burn_in_hyperparams:
+        set_hyperparams(state, **burn_in_hyperparams)  # validates names and values
+    source = as_train_source(train_data, "train_data", settings.batch_size)
+    if isinstance(source, ArraySource):
+        _check_compatible(state, *source, "train_data", metrics_fn)
+        source = ArraySource(jnp.asarray(source.inputs), jnp.asarray(source.targets))
+        sample = source.inputs
+    else:
+        source = BatchReader(source, "train_data")
+        sample = None
+    validation = test = None
+    if validation_data is not None:
+        validation = _eval_source(validation_data, "validation_data", state, metrics_fn)
+    if test_data is not None:
+        test = _eval_source(test_data, "test_data", state, metrics_fn)
+    if sample is None and validation is not None:
+        sample = validation.inputs if isinstance(validation, ArraySource) else (
+            _first_batch(validation, "validation_data")[0]
+        )
+    loop = loop_for(state, sample, loop)
+    eval_settings = dict(
+        batch_size=eval_batch_size, metrics_fn=metrics_fn, vectorize=vectorize, loop=loop
+    )
+
+    data_key, key = jax.random.split(key)
+    state = _copy(state)  # the caller's buffers are never donated
+    segments = plan(int(state.step), sched)
+    before_burn_in = _copy(state.hyperparams)  # the state's buffers are donated
+    burn_values = _host(before_burn_in)
+    records, initial = [], None
+    bar = _progress(sched.num_steps, progress, interval_name)
+    for index, segment in enumerate(segments):
+        burning = not segment.evaluated
+        if burning and burn_in_hyperparams:
+            state = set_hyperparams(state, **burn_in_hyperparams)
+            burn_values = _host(state.hyperparams)
+        if not burning and initial is None:
+            initial = (_host(state.rungs), _host(state.hyperparams))
+        segment_key, move_key = jax.random.split(jax.random.fold_in(key, segment.round))
+        state, train_loss = run_segment(
+            state, segment_key, source, segment.steps, data_key=data_key,
+            settings=settings, loop=loop, start=segment.start,
+        )  # fmt: skip
+        if bar is not None:
+            bar.update(segment.steps)
+        last = index + 1 == len(segments)
+        if burning and burn_in_hyperparams and (last or segments[index + 1].evaluated):
+            state = set_hyperparams(state, **before_burn_in)  # burn-in over
+        if not (segment.evaluated and segment.ends_round) or (last and not move_at_end):
+            continue
+        metrics = test_metrics = None
+        scores = jnp.zeros((state.num_replicas,), jnp.float32)
+        if validation is not None:
+            metrics = run_evaluate(state, validation, name="validation_data", **eval_settings)
+            scores = metrics.loss if score_fn is None else jnp.asarray(score_fn(metrics))
+        if test is not None:
+            test_metrics = run_evaluate(state, test, name="test_data", **eval_settings)
+        state, info = _jitted_move(
+            move, move_key, state, scores, jnp.int32(segment.round_index)
+        )
+        record = RoundRecord(
+            round=segment.round_index,
+            step=int(state.step),
+            train_loss=_host(train_loss),
+            validation=_host(metrics),
+            score=_host(scores),
+            test=_host(test_metrics),
+            move=_host(info),
+            rungs=_host(state.rungs),
+            hyperparams=_host(state.hyperparams),
+        )
+        records.append(record)
+        if callback is not None and callback(record):
+            break
+    if bar is not None:
+        bar.close()
+    if initial is None:
+        initial = (_host(state.rungs), _host(state.hyperparams))
+    final = None
+    if validation is not None:
+        final = run_evaluate(state, validation, name="validation_data", **eval_settings)
+        final = _host(final)
+    history = _stack(records, initial, burn_values, state, move, final, test)
+    return RunResult(state, history, final)
+
+
+def _stack(records, initial, burn_values, state, move, final, test) -> History:
+    """Stacks round records; an empty history keeps every field's trailing shape."""
+    if not records:
+        num = state.num_replicas
+        empty_m = np.zeros((0, num), np.float32)
+
+        def empty_metrics(source):
+            if source is None:
+                return None
+            names = () if final is None else final.metrics  # same metrics_fn
+            return EvalMetrics(empty_m, {k: empty_m for k in names})
+
+        info = jax.eval_shape(
+            _apply_move, move, jax.random.key(0), state, jnp.zeros(num), jnp.int32(0)
+        )[1]
+        return History(
+            round=np.zeros((0,), np.int64),
+            step=np.zeros((0,), np.int64),
+            train_loss=empty_m,
+            validation=empty_metrics(final),
+            score=empty_m,
+            test=empty_metrics(test),
+            move=jax.tree.map(lambda s: np.zeros((0, *s.shape), s.dtype), info),
+            rungs=empty_m.astype(np.int32),
+            hyperparams={k: empty_m for k in initial[1]},
+            initial_rungs=initial[0],
+            initial_hyperparams=initial[1],
+            burn_in_hyperparams=burn_values,
+        )
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *records)
+    return History(
+        round=np.asarray(stacked.round),
+        step=np.asarray(stacked.step),
+        train_loss=stacked.train_loss,
+        validation=stacked.validation,
+        score=stacked.score,
+        test=stacked.test,
+        move=stacked.move,
+        rungs=stacked.rungs,
+        hyperparams=stacked.hyperparams,
+        initial_rungs=initial[0],
+        initial_hyperparams=initial[1],
+        burn_in_hyperparams=burn_values,
+    )

@@ -1,0 +1,168 @@
+"""The registry of per-replica hyperparameters: where each lives and what it accepts.
+
+A replica's hyperparameters are one mapping, ``ReplicaState.hyperparams``
+(name -> ``(M,)`` float32), and come from two places:
+
+- **optimiser hyperparameters**: every float a ``optax.inject_hyperparams``
+  transformation injects (``learning_rate``, ``b1``, ``weight_decay``, ...),
+  wherever it sits in the optimiser state (inside ``optax.chain``, a
+  ``MultiSteps``, ...). The engine writes the mapping's values into every
+  injected copy of that name before each update, so the mapping is the one
+  source of truth. A name the user gave an optax *schedule* is not a
+  per-replica hyperparameter (the schedule recomputes it every step); laddering
+  it is an error.
+- **model inputs**: keywords of the model's ``__call__`` that take a traced
+  per-replica value (``dropout_rate`` by default, when the model has it).
+
+Values are checked against the known range of common names
+(:data:`RANGES`); any other name only needs to be finite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "RANGES",
+    "Range",
+    "check_values",
+    "injected_names",
+    "read_injected",
+    "scheduled_names",
+    "write_injected",
+]
+
+PyTree = Any
+
+
+class Range(NamedTuple):
+    """Allowed values of a hyperparameter: ``low (<|<=) value (<|<=) high``."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, values: np.ndarray) -> np.ndarray:
+        """Elementwise membership."""
+        above = values > self.low if self.low_open else values >= self.low
+        below = values < self.high if self.high_open else values <= self.high
+        return above & below
+
+    def describe(self) -> str:
+        """The range in interval notation, e.g. ``[0, 1)``."""
+        left = "(" if self.low_open else "["
+        right = ")" if self.high_open else "]"
+        return f"{left}{self.low:g}, {self.high:g}{right}"
+
+
+_UNIT = Range(0.0, 1.0, high_open=True)
+RANGES: dict[str, Range] = {
+    "learning_rate": Range(0.0, np.inf, low_open=True, high_open=True),
+    "dropout_rate": _UNIT,
+    "weight_decay": Range(0.0, np.inf, high_open=True),
+    "momentum": _UNIT,
+    "b1": _UNIT,
+    "b2": _UNIT,
+    "decay": _UNIT,
+    "label_smoothing": _UNIT,
+    "eps": Range(0.0, np.inf, high_open=True),
+    "eps_root": Range(0.0, np.inf, high_open=True),
+}
+
+
+def check_values(name: str, values: Any, where: str = "") -> np.ndarray:
+    """Validates values of one hyperparameter (finite, within :data:`RANGES`).
+
+    Args:
+        name: the hyperparameter.
+        values: a scalar or array of values.
+        where: what the values are, for the message (e.g. ``"the ladder"``).
+
+    Returns:
+        The values as a float64 numpy array.
+
+    Raises:
+        TypeError: values that are not numbers.
+        ValueError: non-finite values, or values outside the known range.
+    """
+    label = f"{name} in {where}" if where else name
+    try:
+        array = np.asarray(values, np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{label} must be numbers, got {values!r}") from None
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{label} has non-finite values {array.tolist()}")
+    allowed = RANGES.get(name)
+    if allowed is not None and not np.all(allowed.contains(array)):
+        raise ValueError(
+            f"{label} must lie in {allowed.describe()}, got {array.tolist()}"
+        )
+    return array
+
+
+def _injected_key(path: tuple) -> str | None:
+    """The hyperparameter name of a leaf at ``...hyperparams[name]``, else None."""
+    if len(path) < 2:
+        return None
+    parent, last = path[-2], path[-1]
+    if getattr(parent, "name", None) == "hyperparams" and hasattr(last, "key"):
+        return str(last.key)
+    return None
+
+
+def injected_names(opt_state: PyTree) -> tuple[str, ...]:
+    """Names of the float hyperparameters injected anywhere in an optimiser state.
+
+    Args:
+        opt_state: the state of one replica (or the stacked state).
+
+    Returns:
+        Sorted names, each once, scheduled ones included.
+    """
+    names = set()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+        name = _injected_key(path)
+        if name is not None and jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            names.add(name)
+    return tuple(sorted(names))
+
+
+def scheduled_names(opt_state: PyTree) -> tuple[str, ...]:
+    """Names injected as optax schedules (recomputed by the optimiser every step)."""
+    names = set()
+    for path, _ in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+        for i, entry in enumerate(path[:-1]):
+            if getattr(entry, "name", None) == "hyperparams_states":
+                names.add(str(path[i + 1].key))
+    return tuple(sorted(names))
+
+
+def read_injected(opt_state: PyTree, name: str) -> jax.Array:
+    """The first injected copy of ``name`` in an optimiser state."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+        if _injected_key(path) == name:
+            return leaf
+    raise KeyError(f"the optimiser injects no hyperparameter {name!r}")
+
+
+def write_injected(opt_state: PyTree, values: Mapping[str, jax.Array]) -> PyTree:
+    """Writes ``values`` into every injected copy of each name, in its dtype.
+
+    Names the optimiser does not inject are ignored; shapes must match the
+    injected leaves (``()`` for one replica, ``(M,)`` for the stacked state).
+    """
+
+    def write(path, leaf):
+        name = _injected_key(path)
+        if name is None or name not in values:
+            return leaf
+        # A copy: the state's buffers are donated one by one, never aliased.
+        return jnp.array(values[name], dtype=jnp.result_type(leaf), copy=True)
+
+    return jax.tree_util.tree_map_with_path(write, opt_state)

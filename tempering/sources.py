@@ -1,0 +1,177 @@
+"""Data sources: in-memory arrays or any iterable of host batches.
+
+Training data is either
+
+- in memory: a ``Split``, or an ``(inputs, targets)`` pair of arrays with a
+  leading example axis. The batches are gathered on device from seeded epoch
+  permutations, so the batch of global step s depends only on the run's key;
+- a stream: any iterable of batches (a Python generator, ``tfds.as_numpy(...)``,
+  a grain ``DataLoader``; a re-iterable starts a new pass when one ends, a
+  generator must last the run). Each element is an ``(inputs, targets)`` pair, a
+  ``Split``, or a dict with one of the key pairs in :data:`BATCH_KEYS`. The
+  driver pulls a segment's batches at once and sends them to the device
+  together, so there is no host round trip per step.
+
+Evaluation data (validation, test) is in memory, or a *re-iterable* of batches
+(a list, a ``tf.data`` / tfds dataset, a grain loader) or a function returning
+a fresh iterator: it is read once per round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from tempering.data import Split
+
+__all__ = [
+    "BATCH_KEYS",
+    "ArraySource",
+    "BatchReader",
+    "IterableSource",
+    "as_eval_source",
+    "as_train_source",
+    "batch_pair",
+]
+
+BATCH_KEYS = (
+    ("inputs", "targets"),
+    ("inputs", "labels"),
+    ("image", "label"),
+    ("x", "y"),
+)
+
+
+class ArraySource(NamedTuple):
+    """A dataset held in memory."""
+
+    inputs: Any  # shape=(N, ...)
+    targets: Any  # shape=(N, ...)
+
+
+class IterableSource(NamedTuple):
+    """Batches read from an iterable (``make_iterator()`` starts a fresh pass)."""
+
+    make_iterator: Callable[[], Iterator]
+    restartable: bool  # False for a generator or iterator: it is read only once
+
+
+class BatchReader:
+    """Reads training batches; a restartable source starts a new pass when done."""
+
+    def __init__(self, source: IterableSource, name: str):
+        self._source, self._name = source, name
+        self._iterator = source.make_iterator()
+        self.batches_read = 0
+
+    def take(self, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The next ``count`` batches as numpy ``(inputs, targets)`` pairs."""
+        out = []
+        restarted = False
+        while len(out) < count:
+            try:
+                element = next(self._iterator)
+            except StopIteration:
+                if not self._source.restartable or restarted:
+                    raise ValueError(
+                        f"{self._name} ran out after {self.batches_read} batches; "
+                        "give more batches (e.g. repeat the dataset) or fewer "
+                        "num_steps"
+                    ) from None
+                self._iterator, restarted = self._source.make_iterator(), True
+                continue
+            restarted = False
+            out.append(batch_pair(element, self._name))
+            self.batches_read += 1
+        return out
+
+
+def _is_array(x: Any) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def batch_pair(element: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(inputs, targets)`` of one batch from a pair, a ``Split`` or a dict."""
+    if isinstance(element, dict):
+        for keys in BATCH_KEYS:
+            if all(k in element for k in keys):
+                return np.asarray(element[keys[0]]), np.asarray(element[keys[1]])
+        raise ValueError(
+            f"a batch of {name} is a dict with keys {sorted(element)}; it needs one "
+            f"of the key pairs {BATCH_KEYS}, or yield (inputs, targets) pairs"
+        )
+    if isinstance(element, tuple | list) and len(element) == 2:
+        return np.asarray(element[0]), np.asarray(element[1])
+    raise TypeError(
+        f"a batch of {name} must be an (inputs, targets) pair or a dict, got "
+        f"{type(element).__name__}"
+    )
+
+
+def _in_memory(data: Any) -> bool:
+    return (
+        isinstance(data, Split)
+        or isinstance(data, tuple | list)
+        and len(data) == 2
+        and all(_is_array(part) for part in data)
+    )
+
+
+def _check_arrays(source: ArraySource, name: str, min_size: int) -> ArraySource:
+    inputs, targets = source
+    if np.ndim(inputs) < 1 or np.ndim(targets) < 1:
+        raise ValueError(
+            f"{name} needs a leading example axis: inputs (N, ...) and targets "
+            f"(N, ...), got shapes {np.shape(inputs)} and {np.shape(targets)}"
+        )
+    if len(targets) == 0:
+        raise ValueError(f"{name} is empty: it needs at least {min_size} examples")
+    if len(targets) != len(inputs):
+        raise ValueError(
+            f"{name} has {len(inputs)} inputs but {len(targets)} targets; they "
+            "must match"
+        )
+    if len(targets) < min_size:
+        raise ValueError(
+            f"{name} has {len(targets)} examples, fewer than batch_size={min_size}; "
+            "lower batch_size or give more data"
+        )
+    return source
+
+
+def as_train_source(data: Any, name: str, batch_size: int) -> ArraySource | IterableSource:
+    """The training source of ``data`` (arrays, or an iterable of batches)."""
+    if _in_memory(data):
+        return _check_arrays(ArraySource(*data), name, batch_size)
+    if isinstance(data, Iterator):
+        return IterableSource(lambda: data, restartable=False)
+    if isinstance(data, Iterable) and not isinstance(data, str | bytes | dict):
+        return IterableSource(lambda: iter(data), restartable=True)
+    raise TypeError(
+        f"{name} must be a tempering.data.Split, an (inputs, targets) pair of "
+        f"arrays, or an iterable of (inputs, targets) batches; got "
+        f"{type(data).__name__}"
+    )
+
+
+def as_eval_source(data: Any, name: str) -> ArraySource | IterableSource:
+    """The evaluation source of ``data`` (arrays, a re-iterable, or a factory)."""
+    if _in_memory(data):
+        return _check_arrays(ArraySource(*data), name, 1)
+    if isinstance(data, Iterator):
+        raise TypeError(
+            f"{name} is a one-pass iterator (e.g. a generator), but it is read "
+            "every round; pass a list of batches, a re-iterable dataset, or a "
+            "function that returns a fresh iterator"
+        )
+    if callable(data):
+        return IterableSource(lambda: iter(data()), restartable=True)
+    if isinstance(data, Iterable) and not isinstance(data, str | bytes | dict):
+        return IterableSource(lambda: iter(data), restartable=True)
+    raise TypeError(
+        f"{name} must be a tempering.data.Split, an (inputs, targets) pair of "
+        "arrays, a re-iterable of batches or a function returning an iterator; "
+        f"got {type(data).__name__}"
+    )
