@@ -122,6 +122,15 @@ def best_index(scores: Any) -> int:
     return int(np.argmin(np.where(np.isfinite(scores), scores, np.inf)))
 
 
+def metric_of(metrics: Mapping[str, np.ndarray], name: str, where: str) -> np.ndarray:
+    """``metrics[name]``, or an AttributeError that says which metrics exist."""
+    if name not in metrics:
+        raise AttributeError(
+            f"no {name} in {where}: the metrics function returned {sorted(metrics)}"
+        )
+    return metrics[name]
+
+
 def check_int(value: Any, name: str, minimum: int) -> int:
     """``value`` as an int >= ``minimum`` (bools refused), else a clear error."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):

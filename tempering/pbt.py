@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tempering.driver import best_index, check_not_traced, train
+from tempering.driver import best_index, check_not_traced, metric_of, train
 from tempering.hyperparams import check_values
 from tempering.ladder import HYPERPARAMETERS
 from tempering.moves import NoInfo
@@ -420,7 +420,7 @@ class PBTHistory(NamedTuple):
     @property
     def val_accuracy(self) -> np.ndarray:
         """``val_metrics["accuracy"]``, shape ``(R, M)``."""
-        return self.val_metrics["accuracy"]
+        return metric_of(self.val_metrics, "accuracy", "val_metrics")
 
 
 class PBTSummary(NamedTuple):
@@ -436,7 +436,7 @@ class PBTSummary(NamedTuple):
     @property
     def final_val_accuracy(self) -> np.ndarray:
         """``final_val_metrics["accuracy"]``, shape ``(M,)``."""
-        return self.final_val_metrics["accuracy"]
+        return metric_of(self.final_val_metrics, "accuracy", "final_val_metrics")
 
     @property
     def best_val_accuracy(self) -> float:
@@ -621,7 +621,7 @@ class ReplayResult(NamedTuple):
     @property
     def val_accuracy(self) -> np.ndarray:
         """``val_metrics["accuracy"]``, shape ``(S, M)``."""
-        return self.val_metrics["accuracy"]
+        return metric_of(self.val_metrics, "accuracy", "val_metrics")
 
 
 @struct.dataclass

@@ -244,8 +244,9 @@ def _stack(trees: list[PyTree]) -> PyTree:
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-def _check_traced_inputs(model, train_kwarg, sample_input, params, stats, inputs):
-    """Fails early, with the fix, when the model cannot take traced inputs."""
+def _shapes_with_traced_inputs(init, key, model, train_kwarg, sample_input, inputs):
+    """``init``'s output shapes; fails early, with the fix, when the model cannot
+    take its per-replica inputs as traced values (in init or in a train step)."""
 
     def apply(params, stats, traced):
         variables = {"params": params, **({"batch_stats": stats} if stats else {})}
@@ -258,7 +259,9 @@ def _check_traced_inputs(model, train_kwarg, sample_input, params, stats, inputs
         )
 
     try:
-        jax.eval_shape(apply, params, stats, inputs)
+        params, stats, opt_state = jax.eval_shape(init, key, sample_input, inputs)
+        if inputs:
+            jax.eval_shape(apply, params, stats, inputs)
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError):
         raise TypeError(
             f"{type(model).__name__} cannot take a per-replica (traced) value of "
@@ -266,6 +269,7 @@ def _check_traced_inputs(model, train_kwarg, sample_input, params, stats, inputs
             "drop; use tempering.Dropout()(x, rate, deterministic=not train), or "
             "pass model_inputs=() to create_replicas to keep the rate fixed"
         ) from None
+    return params, stats, opt_state
 
 
 def create_replicas(
@@ -343,9 +347,7 @@ def create_replicas(
     if same_init:
         keys = jnp.broadcast_to(keys[:1], keys.shape)
     init = functools.partial(_init_replica, model=model, tx=tx, train_kwarg=train_kwarg)
-    params, stats, opt_state = jax.eval_shape(init, keys[0], sample_input, start)
-    if inputs:
-        _check_traced_inputs(model, train_kwarg, sample_input, params, stats, start)
+    _shapes_with_traced_inputs(init, keys[0], model, train_kwarg, sample_input, start)
     # One replica at a time, not vmapped: init runs once, and XLA compiles the
     # single-replica init (random initialisers) several times faster.
     params, stats, opt_state = _stack([init(k, sample_input, start) for k in keys])

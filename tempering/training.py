@@ -15,20 +15,19 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from tempering.driver import History, best_index, check_bool, train
+from tempering.driver import (
+    History,
+    best_index,
+    check_bool,
+    check_not_traced,
+    metric_of,
+    train,
+)
 from tempering.ladder import Ladder
 from tempering.moves import exchange_move
 from tempering.replicas import ReplicaState, assign_rungs, check_ladder
 
 __all__ = ["PTHistory", "PTResult", "PTSummary", "count_round_trips", "pt_train"]
-
-
-def _metric(metrics: dict[str, np.ndarray], name: str, where: str) -> np.ndarray:
-    if name not in metrics:
-        raise AttributeError(
-            f"no {name} in {where}: the metrics function returned {sorted(metrics)}"
-        )
-    return metrics[name]
 
 
 class PTHistory(NamedTuple):
@@ -51,14 +50,14 @@ class PTHistory(NamedTuple):
     @property
     def val_accuracy(self) -> np.ndarray:
         """``val_metrics["accuracy"]``, shape ``(R, M)``."""
-        return _metric(self.val_metrics, "accuracy", "val_metrics")
+        return metric_of(self.val_metrics, "accuracy", "val_metrics")
 
     @property
     def test_accuracy(self) -> np.ndarray:
         """``test_metrics["accuracy"]``, shape ``(R, M)``; NaN without test_data."""
         if not self.test_metrics:
             return np.full_like(self.test_loss, np.nan)
-        return _metric(self.test_metrics, "accuracy", "test_metrics")
+        return metric_of(self.test_metrics, "accuracy", "test_metrics")
 
 
 class PTSummary(NamedTuple):
@@ -75,7 +74,7 @@ class PTSummary(NamedTuple):
     @property
     def final_val_accuracy(self) -> np.ndarray:
         """``final_val_metrics["accuracy"]``, shape ``(M,)``."""
-        return _metric(self.final_val_metrics, "accuracy", "final_val_metrics")
+        return metric_of(self.final_val_metrics, "accuracy", "final_val_metrics")
 
     @property
     def best_val_accuracy(self) -> float:
@@ -167,6 +166,7 @@ def pt_train(
     """
     if not isinstance(state, ReplicaState):
         raise TypeError("state must be a ReplicaState from tempering.create_replicas")
+    check_not_traced(state)
     if not isinstance(ladder, Ladder):
         raise TypeError("ladder must be a tempering.Ladder (see tempering.make_ladder)")
     check_ladder(state, ladder)

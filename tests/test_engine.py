@@ -1,0 +1,412 @@
+"""The one driver: any hyperparameter, any task, any data source, continuing runs.
+
+Each of the bugs the "One engine" issue lists has a test here that failed
+before the rewrite (marked ``# bug:``).
+"""
+
+import json
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import TinyMLP
+
+import tempering as tp
+from tempering import loggers
+
+LR_LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2])
+SETTINGS = dict(num_steps=50, burn_in=5, batch_size=32)
+
+
+def leaves_equal(a, b):
+    return all(
+        np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+
+
+def pt(state, blobs, ladder=LR_LADDER, **kwargs):
+    train, val = blobs
+    settings = dict(
+        SETTINGS, train_data=train, validation_data=val, exchange_interval=10, c=0.1
+    )
+    settings.update(kwargs)
+    return tp.pt_train(state, ladder, jax.random.key(1), **settings)
+
+
+@pytest.fixture
+def state(tx, blobs):
+    (x, _), _ = blobs
+    return tp.create_replicas(
+        jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LR_LADDER,
+        hyperparams={"dropout_rate": 0.1},
+    )  # fmt: skip
+
+
+# --- runs that continue ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("exchanges", [True, False])
+def test_two_calls_equal_one(state, blobs, exchanges):  # bug: calls did not compose
+    one = pt(state, blobs, exchanges=exchanges, scheme="even_odd")
+    first = pt(state, blobs, exchanges=exchanges, scheme="even_odd", num_steps=23)
+    second = pt(first.state, blobs, exchanges=exchanges, scheme="even_odd", num_steps=27)
+    assert int(second.state.step) == 50
+    assert leaves_equal(one.state, second.state)
+    np.testing.assert_array_equal(first.history.step, [15])
+    np.testing.assert_array_equal(second.history.step, [25, 35, 45])
+    np.testing.assert_array_equal(
+        np.concatenate([first.history.rungs, second.history.rungs]), one.history.rungs
+    )
+    np.testing.assert_array_equal(
+        np.concatenate([first.history.val_loss, second.history.val_loss]),
+        one.history.val_loss,
+    )
+
+
+def test_continuing_inside_the_burn_in(state, blobs):
+    one = pt(state, blobs, burn_in_hyperparams={"learning_rate": 0.3})
+    first = pt(state, blobs, burn_in_hyperparams={"learning_rate": 0.3}, num_steps=3)
+    np.testing.assert_array_equal(first.state.learning_rate, state.learning_rate)
+    second = pt(first.state, blobs, burn_in_hyperparams={"learning_rate": 0.3},
+                num_steps=47)  # fmt: skip
+    assert leaves_equal(one.state, second.state)
+
+
+def test_jit_around_the_driver_is_a_clear_error(state, blobs):  # bug: tracer error
+    with pytest.raises(TypeError, match="outside jax.jit"):
+        jax.jit(lambda s: pt(s, blobs).state)(state)
+
+
+def test_history_records_go_to_the_callback_and_can_stop(state, blobs):
+    seen = []
+
+    def callback(record):
+        seen.append(record)
+        chex.assert_shape(record.validation.loss, (4,))
+        assert isinstance(record.validation.loss, np.ndarray)
+        return record.round == 1
+
+    result = pt(state, blobs, callback=callback)
+    assert [r.round for r in seen] == [0, 1]
+    assert [r.step for r in seen] == [15, 25]
+    assert int(result.state.step) == 25
+    np.testing.assert_array_equal(result.history.step, [15, 25])
+    np.testing.assert_array_equal(result.history.rungs[-1], seen[-1].rungs)
+
+
+def test_loggers_write_every_round(state, blobs, tmp_path):
+    path = tmp_path / "log.jsonl"
+    with loggers.JsonlLogger(path) as log:
+        pt(state, blobs, callback=loggers.stop_when(lambda r: False, then=log))
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["step"] for line in lines] == [15, 25, 35, 45]
+    assert len(lines[0]["validation"]["accuracy"]) == 4
+    pytest.importorskip("tensorboardX")
+    with loggers.TensorBoardLogger(tmp_path / "tb") as log:
+        pt(state, blobs, callback=log)
+    events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 1000
+
+
+# --- any hyperparameter ---------------------------------------------------------
+
+
+def test_weight_decay_ladder_through_a_chain(blobs):  # bug: chain was refused
+    (x, _), _ = blobs
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.inject_hyperparams(optax.adamw)(learning_rate=0.01, weight_decay=0.0),
+    )
+    ladder = tp.make_ladder(weight_decay=[0.0, 0.01, 0.1], temperatures=[1.0, 2.0, 3.0])
+    state = tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:4], ladder=ladder)
+    assert {"learning_rate", "weight_decay", "b1", "b2", "dropout_rate"} <= set(
+        state.hyperparams
+    )
+    np.testing.assert_allclose(state.hyperparams["weight_decay"], [0.0, 0.01, 0.1])
+    injected = state.opt_state[1].hyperparams["weight_decay"]
+    np.testing.assert_allclose(injected, [0.0, 0.01, 0.1])
+    result = pt(state, blobs, ladder=ladder, c=50.0, exchange_interval=5)
+    history = result.history
+    for r in range(len(history.step)):  # hyperparameters follow the rungs
+        expected = np.asarray(ladder.values["weight_decay"])[history.rungs[r]]
+        np.testing.assert_allclose(history.hyperparams["weight_decay"][r], expected)
+    assert history.accepted.any()
+
+
+def test_the_step_uses_the_laddered_value(blobs):
+    """Replicas at a 10x larger b1 end elsewhere than at the same b1."""
+    (x, y), _ = blobs
+    tx = optax.inject_hyperparams(optax.adam)(learning_rate=0.05)
+    state = tp.create_replicas(
+        jax.random.key(0), TinyMLP(), tx, x[:4], num_replicas=2, same_init=True
+    )
+    same, _ = tp.train_step(state, jax.random.key(1), x[:32], y[:32])
+    state = tp.set_hyperparams(state, b1=jnp.array([0.9, 0.09]))
+    new, _ = tp.train_step(state, jax.random.key(1), x[:32], y[:32])
+    second = jax.tree.map(lambda a: a[1], (same.params, new.params))
+    assert leaves_equal(*jax.tree.map(lambda a: a[0], (same.params, new.params)))
+    assert not leaves_equal(second[0], second[1])
+    new, _ = tp.train_step(new, jax.random.key(2), x[:32], y[:32])
+    np.testing.assert_allclose(new.opt_state.hyperparams["b1"], [0.9, 0.09])
+
+
+class NoisyNet(nn.Module):
+    """A model with its own per-replica input: additive input noise."""
+
+    @nn.compact
+    def __call__(self, x, *, train=False, noise_scale=0.0):
+        if train:
+            x = x + noise_scale * jax.random.normal(self.make_rng("dropout"), x.shape)
+        return nn.Dense(3)(nn.tanh(nn.Dense(8)(x)))
+
+
+def test_any_model_input_is_a_hyperparameter(blobs):
+    (x, _), _ = blobs
+    ladder = tp.make_ladder(noise_scale=[0.0, 0.5, 1.0], temperatures=[1.0, 1.5, 2.0])
+    state = tp.create_replicas(
+        jax.random.key(0), NoisyNet(), tp.sgd(0.05), x[:4], ladder=ladder,
+        model_inputs=("noise_scale",),
+    )  # fmt: skip
+    assert state.model_inputs == ("noise_scale",)
+    result = pt(state, blobs, ladder=ladder, c=10.0)
+    assert np.isfinite(result.summary.final_val_loss).all()
+    assert set(result.history.hyperparams) == {"learning_rate", "noise_scale"}
+
+
+def test_ladder_over_a_name_nobody_takes(state):
+    ladder = tp.make_ladder(momentum=[0.5, 0.6, 0.7, 0.8], temperatures=[1, 2, 3, 4])
+    with pytest.raises(ValueError, match=r"unknown hyperparameter.*'momentum'"):
+        pt(state, ((None, None), None), ladder=ladder)
+
+
+def test_optax_schedule_for_a_laddered_name_is_an_error(blobs):  # bug: silent
+    (x, _), _ = blobs
+    schedule = optax.cosine_decay_schedule(0.05, 100)
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=schedule)
+    with pytest.raises(ValueError, match="optax schedule"):
+        tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LR_LADDER)
+    # A dropout ladder beside a scheduled lr is fine: the schedule runs.
+    ladder = tp.linear_ladder("dropout_rate", 0.0, 0.3, 4)
+    state = tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:4], ladder=ladder)
+    assert "learning_rate" not in state.hyperparams
+    result = pt(state, blobs, ladder=ladder)
+    assert np.isfinite(result.summary.final_val_loss).all()
+
+
+# --- any task -------------------------------------------------------------------
+
+
+class Regressor(nn.Module):
+    outputs: int = 2
+
+    @nn.compact
+    def __call__(self, x, *, train=False, dropout_rate=0.0):
+        x = nn.tanh(nn.Dense(16)(x))
+        x = tp.Dropout()(x, dropout_rate, deterministic=not train)
+        return nn.Dense(self.outputs)(x)
+
+
+def mse(outputs, targets):
+    return jnp.mean((outputs - targets) ** 2, axis=-1)
+
+
+def abs_error(outputs, targets):
+    return {"mae": jnp.mean(jnp.abs(outputs - targets), axis=-1)}
+
+
+@pytest.fixture(scope="module")
+def regression():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(5, 2))
+    x = rng.normal(size=(320, 5)).astype(np.float32)
+    y = (np.tanh(x @ w) + 0.05 * rng.normal(size=(320, 2))).astype(np.float32)
+    return (x[:256], y[:256]), (x[256:], y[256:])
+
+
+@pytest.mark.parametrize("driver", ["pt", "grid", "pbt"])
+def test_regression_with_float_multi_output_targets(regression, driver):
+    train, val = regression
+    ladder = tp.linear_ladder("dropout_rate", 0.0, 0.3, 4, learning_rate=0.05)
+    state = tp.create_replicas(
+        jax.random.key(0), Regressor(), tp.sgd(0.05), train[0][:4], ladder=ladder,
+        loss_fn=mse,
+    )  # fmt: skip
+    common = dict(SETTINGS, train_data=train, validation_data=val,
+                  metrics_fn=abs_error, score_fn=lambda m: m.metrics["mae"])  # fmt: skip
+    if driver == "pbt":
+        config = tp.pbt_config({"learning_rate": tp.Prior(0.01, 0.1, log=True)})
+        result = tp.pbt_train(state, jax.random.key(1), config=config,
+                              ready_interval=10, **common)  # fmt: skip
+    else:
+        result = tp.pt_train(state, ladder, jax.random.key(1), exchange_interval=10,
+                             c=10.0, exchanges=driver == "pt", **common)  # fmt: skip
+    summary = result.summary
+    assert set(summary.final_val_metrics) == {"mae"}
+    chex.assert_shape(result.history.val_metrics["mae"], (4, 4))
+    first = result.history.val_loss[0]
+    assert (summary.final_val_loss < first).all()  # it learns
+    if driver != "pbt":
+        np.testing.assert_array_equal(
+            result.history.score, result.history.val_metrics["mae"]
+        )
+        assert summary.best_replica == np.argmin(summary.final_score)
+    with pytest.raises(AttributeError, match="accuracy"):
+        _ = summary.final_val_accuracy
+
+
+def test_float_targets_with_the_classification_loss_say_how(blobs, state):
+    (x, y), val = blobs
+    with pytest.raises(TypeError, match="loss_fn="):
+        pt(state, ((x, y.astype(np.float32)), val))
+
+
+# --- any data source ------------------------------------------------------------
+
+
+def batches(x, y, batch_size, seed=0):
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(y))
+        for i in range(0, len(y) - batch_size + 1, batch_size):
+            yield x[order[i : i + batch_size]], y[order[i : i + batch_size]]
+
+
+@pytest.mark.parametrize("loop", ["device", "host"])
+def test_generator_as_train_data(state, blobs, loop):
+    (x, y), (xv, yv) = blobs
+    validation = [(xv[:32], yv[:32]), (xv[32:], yv[32:])]  # a re-iterable
+    result = pt(state, blobs, train_data=batches(x, y, 32), validation_data=validation,
+                loop=loop)  # fmt: skip
+    assert int(result.state.step) == 50
+    reference = tp.evaluate(result.state, xv, yv)
+    np.testing.assert_allclose(result.summary.final_val_loss, reference.loss, rtol=1e-5)
+    # The same batches as arrays give the same run, whatever the loop.
+    again = pt(state, blobs, train_data=batches(x, y, 32), validation_data=validation,
+               loop="device" if loop == "host" else "host")  # fmt: skip
+    np.testing.assert_allclose(again.history.val_loss, result.history.val_loss, rtol=1e-5)
+
+
+def test_dict_batches_and_their_errors(state, blobs):
+    (x, y), (xv, yv) = blobs
+    dicts = ({"image": bx, "label": by} for bx, by in batches(x, y, 32))
+    result = pt(state, blobs, train_data=dicts, num_steps=20)
+    assert int(result.state.step) == 20
+    with pytest.raises(ValueError, match="ran out after 8 batches"):
+        pt(state, blobs, train_data=iter([(x[:32], y[:32])] * 8), num_steps=20)
+    with pytest.raises(TypeError, match="one-pass iterator"):
+        pt(state, blobs, validation_data=((xv, yv) for _ in range(3)))
+    with pytest.raises(ValueError, match="key pairs"):
+        pt(state, blobs, train_data=iter([{"a": x[:32]}] * 30))
+
+
+def test_grain_loader_as_train_data(state, blobs):
+    grain = pytest.importorskip("grain")
+    (x, y), _ = blobs
+    source = [{"image": x[i], "label": y[i]} for i in range(len(y))]
+    loader = (
+        grain.MapDataset.source(source).shuffle(seed=0).repeat().batch(32)
+        if hasattr(grain, "MapDataset")
+        else None
+    )
+    if loader is None:
+        pytest.skip("this grain has no MapDataset")
+    result = pt(state, blobs, train_data=iter(loader), num_steps=20)
+    assert int(result.state.step) == 20
+
+
+# --- float64 --------------------------------------------------------------------
+
+
+def test_float64_inputs_under_x64(blobs, tx):  # bug: loop carry dtype mismatch
+    (x, y), (xv, yv) = blobs
+    with jax.enable_x64(True):
+        state = tp.create_replicas(jax.random.key(0), TinyMLP(), tx,
+                                   x[:4].astype(np.float64), ladder=LR_LADDER)  # fmt: skip
+        data = ((x.astype(np.float64), y), (xv.astype(np.float64), yv))
+        for loop in ("device", "host"):
+            result = pt(state, data, loop=loop, num_steps=20)
+            assert np.isfinite(result.summary.final_val_loss).all()
+        metrics = tp.evaluate(result.state, xv.astype(np.float64), yv)
+        assert metrics.loss.dtype == jnp.float32
+
+
+# --- the user's own move --------------------------------------------------------
+
+
+def test_a_users_move_runs_in_the_one_driver(state, blobs):
+    train, val = blobs
+
+    def halve_the_worst(key, state, scores, round_index):
+        worst = jnp.argmax(scores)
+        lr = state.hyperparams["learning_rate"]
+        lr = lr.at[worst].multiply(0.5)
+        return tp.set_hyperparams(state, learning_rate=lr), {"worst": worst}
+
+    result = tp.train(state, jax.random.key(1), halve_the_worst, train_data=train,
+                      validation_data=val, interval=10, **SETTINGS)  # fmt: skip
+    worst = result.history.move["worst"]
+    chex.assert_shape(worst, (4,))
+    lr = result.history.hyperparams["learning_rate"]
+    for r in range(1, 4):
+        assert lr[r, worst[r]] == pytest.approx(lr[r - 1, worst[r]] * 0.5)
+    grid = tp.train(state, jax.random.key(1), tp.identity_move(), train_data=train,
+                    validation_data=val, interval=10, **SETTINGS)  # fmt: skip
+    reference = pt(state, blobs, exchanges=False)
+    assert leaves_equal(grid.state.params, reference.state.params)
+
+
+# --- errors that name the argument and the fix ----------------------------------
+
+
+class FlaxDropoutNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, train=False, dropout_rate=0.0):
+        x = nn.Dense(8)(x)
+        return nn.Dropout(dropout_rate, deterministic=not train)(x)
+
+
+class NoTrainFlag(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(x)
+
+
+def test_model_contract_errors_point_to_the_fix(blobs):
+    (x, _), _ = blobs
+    key, tx = jax.random.key(0), tp.sgd(0.1)
+    with pytest.raises(TypeError, match="tempering.Dropout"):
+        tp.create_replicas(key, FlaxDropoutNet(), tx, x[:4], num_replicas=2)
+    with pytest.raises(ValueError, match="train_kwarg=None"):
+        tp.create_replicas(key, NoTrainFlag(), tx, x[:4], num_replicas=2)
+    state = tp.create_replicas(key, NoTrainFlag(), tx, x[:4], num_replicas=2,
+                               train_kwarg=None)  # fmt: skip
+    assert state.model_inputs == ()
+    with pytest.raises(ValueError, match="model_inputs=()"):
+        tp.create_replicas(key, TinyMLP(), tx, x[:4], num_replicas=2,
+                           model_inputs=("rate",))  # fmt: skip
+
+
+def test_bad_data_fails_before_compiling(state, blobs):
+    (x, y), (xv, yv) = blobs
+    with pytest.raises(ValueError, match=r"validation_data: the model cannot take"):
+        pt(state, ((x, y), (xv[:, :3], yv)))
+    with pytest.raises(TypeError, match="PRNG key"):
+        tp.pt_train(state, LR_LADDER, 0, train_data=(x, y), validation_data=(xv, yv),
+                    num_steps=10, exchange_interval=5)  # fmt: skip
+    with pytest.raises(TypeError, match="exchanges must be True or False"):
+        pt(state, blobs, exchanges="False")
+    with pytest.raises(ValueError, match="shape \\(4,\\)"):
+        tp.set_hyperparams(state, learning_rate=[0.1, 0.2])
+
+
+def test_replica_helper_returns_plain_flax_variables(state, blobs):
+    (x, _), _ = blobs
+    variables = tp.replica(state, 2)
+    single = state.model.apply(variables, x[:8], train=False, dropout_rate=0.0)
+    stacked = tp.evaluate(state, x[:8], np.zeros(8, np.int32))
+    expected = tp.replicas.cross_entropy(single, jnp.zeros(8, jnp.int32)).mean()
+    np.testing.assert_allclose(stacked.loss[2], expected, rtol=1e-5)
