@@ -295,7 +295,8 @@ def _progress(total: int, enabled: bool, name: str):
 
 
 def _host(tree: Any) -> Any:
-    return jax.tree.map(np.asarray, jax.device_get(tree))
+    # Copies: a view of a CPU device buffer would keep the buffer alive.
+    return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(tree))
 
 
 @jax.jit
