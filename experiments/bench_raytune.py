@@ -104,8 +104,9 @@ def single_replica_fns(batch_size: int):
 
     @jax.jit
     def segment(params, opt_state, data_key, train_x, train_y, start, num_steps):
-        # Batches as in tempering.train_segment (shared_batch=True): epoch e is
-        # permutation(fold_in(data_key, e)), the last incomplete batch dropped.
+        # Batches as in tempering.loops.train_segment (shared_batch=True): epoch
+        # e is permutation(fold_in(data_key, e)), the last incomplete batch
+        # dropped.
         num_examples = train_y.shape[0]
         steps_per_epoch = num_examples // batch_size
 

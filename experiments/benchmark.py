@@ -16,7 +16,8 @@ replicas of an MLP (MNIST-1D shapes), both LeNet-5s and ResNet-20, comparing
 
 Also compared, at M = 8: a segment of steps run as one ``lax.fori_loop``
 program (``loop="device"``) against one compiled step called from Python per
-step (``loop="host"``, the CPU default), through :func:`tempering.run_segment`.
+step (``loop="host"``, the CPU default), through
+:func:`tempering.loops.run_segment`.
 
 All variants of one (model, M) are timed interleaved, round robin, in one
 process, so that load from other processes hits them alike; the ratios are the
@@ -44,10 +45,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import tempering as tp
-from experiments.common import RESULTS_DIR, provenance, save_result
+from experiments.common import RESULTS_DIR, provenance, run_evaluate, save_result
 from experiments.flops import jaxpr_flops, peak_tflops
-from tempering import models
-from tempering.replicas import replica_train_step
+from tempering import loops, models
+from tempering.replicas import _replica_train_step
+from tempering.sources import ArraySource
 
 BATCH = 128
 VARIANTS = ("fused", "unroll", "vmap", "loop", "lax_map", "sequential")
@@ -79,7 +81,7 @@ def synthetic(shape, classes, num, seed=0):
     return jnp.asarray(x), jnp.asarray(y)
 
 
-def make_state(name: str, num: int, vectorize: str = "auto", loop: str = "auto"):
+def make_state(name: str, num: int):
     model, shape, _ = model_spec(name)
     tx = models.resnet_optimizer() if name == "resnet20" else tp.sgd(0.01, 0.9)
     rate = 0.0 if name == "resnet20" else 0.1
@@ -89,10 +91,12 @@ def make_state(name: str, num: int, vectorize: str = "auto", loop: str = "auto")
         tx,
         jnp.zeros((BATCH, *shape)),
         num_replicas=num,
-        dropout_rate=rate,
-        vectorize=vectorize,
-        loop=loop,
+        hyperparams={"dropout_rate": rate},
     )
+
+
+# The fused step, jitted once; how it is vectorised is a static argument.
+fused_step = jax.jit(tp.train_step, static_argnames=("per_replica_batch", "vectorize"))
 
 
 def single_replica_step(name: str) -> tuple[Callable, tuple]:
@@ -102,9 +106,9 @@ def single_replica_step(name: str) -> tuple[Callable, tuple]:
     state = make_state(name, 1)
     replica = jax.tree.map(
         lambda a: a[0],
-        (state.params, state.batch_stats, state.opt_state, state.dropout_rate),
+        (state.params, state.batch_stats, state.opt_state, state.hyperparams),
     )
-    step = functools.partial(replica_train_step, state)
+    step = functools.partial(_replica_train_step, state)
     return step, (*replica, jax.random.key(0), x, y)
 
 
@@ -120,23 +124,19 @@ def step_variants(
     """Zero-argument callables, one SGD step of all M replicas each."""
     state = make_state(name, num)
     key = jax.random.key(1)
-    fused = jax.jit(tp.train_step)
-    plain = state.replace(vectorize="vmap")
-    unrolled = state.replace(vectorize="unroll")
-    chained = state.replace(vectorize="sequential")
-    one = functools.partial(replica_train_step, state)
+    one = functools.partial(_replica_train_step, state)
     keys = jax.random.split(key, num)
-    args = (state.params, state.batch_stats, state.opt_state, state.dropout_rate, keys)
+    args = (state.params, state.batch_stats, state.opt_state, state.hyperparams, keys)
     single = jax.jit(one)
     per_replica = [jax.tree.map(lambda a, m=m: a[m], args) for m in range(num)]
     mapped = jax.jit(lambda a, x, y: jax.lax.map(lambda s: one(*s, x, y), a))
     variants = {
-        "fused": lambda: fused(state, key, x, y),
-        "unroll": lambda: fused(unrolled, key, x, y),
-        "vmap": lambda: fused(plain, key, x, y),
+        "fused": lambda: fused_step(state, key, x, y),
+        "unroll": lambda: fused_step(state, key, x, y, vectorize="unroll"),
+        "vmap": lambda: fused_step(state, key, x, y, vectorize="vmap"),
         "loop": lambda: [single(*p, x, y) for p in per_replica],
         "lax_map": lambda: mapped(args, x, y),
-        "sequential": lambda: fused(chained, key, x, y),
+        "sequential": lambda: fused_step(state, key, x, y, vectorize="sequential"),
     }
     if name in NO_LAX_MAP:
         skip = (*skip, "lax_map")
@@ -147,8 +147,9 @@ def step_variants(
 
 def peak_memory(name: str, num: int, vectorize: str, x, y) -> dict[str, int]:
     """Compiled memory of the fused step (arguments, outputs, temporaries)."""
-    state = make_state(name, num, vectorize)
-    compiled = jax.jit(tp.train_step).lower(state, jax.random.key(0), x, y).compile()
+    state = make_state(name, num)
+    lowered = fused_step.lower(state, jax.random.key(0), x, y, vectorize=vectorize)
+    compiled = lowered.compile()
     mem = compiled.memory_analysis()
     if mem is None:
         return {}
@@ -250,7 +251,11 @@ def pt_overhead(name: str, num: int, interval: int, rounds: int, reps: int) -> d
     ladder = tp.make_ladder(learning_rate=np.linspace(0.01, 0.02, num))
     state = make_state(name, num)
     steps = interval * rounds
-    evaluate = functools.partial(tp.run_evaluate, batch_size=1000)
+    evaluate = functools.partial(run_evaluate, batch_size=1000)
+    # the segments exactly as pt_train runs them (its loop and batches)
+    source = ArraySource(*train)
+    settings = loops.SegmentSettings(batch_size=BATCH)
+    loop = loops.loop_for(state, train[0], "auto")
 
     def run_pt(exchanges):
         def go():
@@ -270,9 +275,9 @@ def pt_overhead(name: str, num: int, interval: int, rounds: int, reps: int) -> d
     def sgd_only():
         s = jax.tree.map(jnp.copy, state)
         for r in range(rounds):  # same rounds, no validation or exchange
-            s, _ = tp.run_segment(
-                s, jax.random.key(r), jax.random.key(0), *train, interval,
-                batch_size=BATCH,
+            s, _ = loops.run_segment(
+                s, jax.random.key(r), source, interval, data_key=jax.random.key(0),
+                settings=settings, loop=loop,
             )  # fmt: skip
         return s
 
@@ -305,11 +310,10 @@ def pt_overhead_estimate(name: str, num: int, intervals, reps: int) -> dict:
     x, y = synthetic(shape, classes, BATCH)
     val = synthetic(shape, classes, 5000, seed=2)
     state = make_state(name, num)
-    step = jax.jit(tp.train_step)
-    evaluate = functools.partial(tp.run_evaluate, batch_size=1000)
+    evaluate = functools.partial(run_evaluate, batch_size=1000)
     timing = time_interleaved(
         {
-            "step": lambda: step(state, jax.random.key(0), x, y),
+            "step": lambda: fused_step(state, jax.random.key(0), x, y),
             "validation": lambda: evaluate(state, *val),
         },
         reps,
@@ -327,20 +331,21 @@ def pt_overhead_estimate(name: str, num: int, intervals, reps: int) -> dict:
 def segment_loops(name: str, num: int, steps: int, reps: int) -> dict:
     """Seconds per step of a segment: lax.fori_loop program vs host loop."""
     _, shape, classes = model_spec(name)
-    train = [jnp.asarray(a) for a in synthetic(shape, classes, 20 * BATCH, seed=1)]
-    states = {loop: make_state(name, num, loop=loop) for loop in ("device", "host")}
+    train = ArraySource(*synthetic(shape, classes, 20 * BATCH, seed=1))
+    state = make_state(name, num)
+    settings = loops.SegmentSettings(batch_size=BATCH)
 
     def run(loop):
         def go():
-            state = jax.tree.map(jnp.copy, states[loop])
-            return tp.run_segment(
-                state, jax.random.key(0), jax.random.key(1), *train, steps,
-                batch_size=BATCH,
+            copy = jax.tree.map(jnp.copy, state)  # run_segment donates it
+            return loops.run_segment(
+                copy, jax.random.key(0), train, steps, data_key=jax.random.key(1),
+                settings=settings, loop=loop,
             )  # fmt: skip
 
         return go
 
-    timing = time_interleaved({loop: run(loop) for loop in states}, reps)
+    timing = time_interleaved({loop: run(loop) for loop in ("device", "host")}, reps)
     row = {"model": name, "M": num, "steps": steps, "timing": timing}
     row["host_vs_device"] = timing["device"]["min_s"] / timing["host"]["min_s"]
     row["host_vs_device_median"] = (

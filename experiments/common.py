@@ -16,10 +16,29 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from tempering import loops
+from tempering.replicas import default_metrics
+from tempering.sources import ArraySource
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR_ENV = "TEMPERING_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    """Where the raw data files are: ``$TEMPERING_DATA_DIR``, else ``../shared/data``.
+
+    The relative default is resolved from the repository root (not from the
+    working directory), so ``--data-dir`` needs no setting wherever the scripts
+    run from.
+    """
+    override = os.environ.get(DATA_DIR_ENV)
+    if override:
+        return Path(override)
+    return REPO_ROOT.parent / "shared" / "data"
 
 
 def git_commit() -> str:
@@ -97,9 +116,28 @@ def _to_jsonable(obj: Any) -> Any:
         return _to_jsonable(np.asarray(obj).tolist())
     if isinstance(obj, np.generic):
         return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
     if isinstance(obj, float) and not np.isfinite(obj):
         return None if np.isnan(obj) else ("inf" if obj > 0 else "-inf")
     return obj
+
+
+def run_evaluate(state, inputs, targets, *, batch_size: int = 1000):
+    """Evaluates every replica from the host, as ``tempering.train`` does.
+
+    :func:`tempering.loops.run_evaluate` on in-memory data, with the loop
+    ``"auto"`` resolves to for this model (a host loop over chunks on CPU for
+    models with convolutions, one ``lax.scan`` program otherwise).
+    """
+    source = ArraySource(jnp.asarray(inputs), jnp.asarray(targets))
+    return loops.run_evaluate(
+        state,
+        source,
+        batch_size=batch_size,
+        metrics_fn=default_metrics,
+        loop=loops.loop_for(state, source.inputs, "auto"),
+    )
 
 
 def save_result(

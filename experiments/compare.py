@@ -42,9 +42,16 @@ import jax
 import numpy as np
 
 import tempering as tp
-from experiments.common import fmt_mean_std, provenance, save_result
+from experiments.common import (
+    DATA_DIR_ENV,
+    default_data_dir,
+    fmt_mean_std,
+    provenance,
+    save_result,
+)
 from tempering import data as tdata
 from tempering import models
+from tempering.exchange import SCHEMES
 
 ACCEPT_TARGET = 0.3
 METHODS = ("grid", "pt", "pbt")
@@ -280,12 +287,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--replicas", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--c", type=float, default=None, help="default: the C rule")
-    parser.add_argument("--scheme", default="even_odd", choices=tp.SCHEMES)
+    parser.add_argument("--scheme", default="even_odd", choices=SCHEMES)
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--val-subset", type=int, default=None)
     parser.add_argument("--test-subset", type=int, default=None)
-    parser.add_argument("--data-dir", default="/work/shared/data")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help=f"raw data files (default: ${DATA_DIR_ENV}, else ../shared/data "
+        "next to the repository)",
+    )
     parser.add_argument("--out-dir", type=Path, default=None)
     parser.add_argument("--name", default=None)
     return parser.parse_args(argv)

@@ -9,7 +9,7 @@ its weights at t0. Writes ``experiments/results/fig1_diffusion.json`` and
 dropout and a higher learning rate diffuse faster; L2 weight decay plateaus,
 lower for a larger coefficient.
 
-    python -m experiments.fig1_diffusion --data-dir ../shared/data
+    python -m experiments.fig1_diffusion   # data: ../shared/data next to the repo
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ import jax
 import numpy as np
 
 import tempering as tp
-from experiments.common import RESULTS_DIR, fmt_mean_std, provenance, save_result
+from experiments.common import (
+    RESULTS_DIR,
+    default_data_dir,
+    fmt_mean_std,
+    provenance,
+    save_result,
+)
 from tempering import diffusion
 from tempering.models import LeNet5
 
@@ -39,7 +45,13 @@ def parse_args(argv=None):
     p.add_argument(
         "--dataset", default="fashion_mnist", choices=["fashion_mnist", "mnist"]
     )
-    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help="raw data files (default: $TEMPERING_DATA_DIR, else ../shared/data "
+        "next to the repository)",
+    )
     p.add_argument("--steps", type=int, default=600, help="SGD steps after t0")
     p.add_argument("--t0", type=int, default=100, help="steps before W(t0)")
     p.add_argument("--records", type=int, default=15)

@@ -32,7 +32,15 @@ import jax
 import numpy as np
 
 import tempering as tp
-from experiments.common import RESULTS_DIR, mean_std, provenance, save_result
+from experiments.common import (
+    DATA_DIR_ENV,
+    RESULTS_DIR,
+    default_data_dir,
+    mean_std,
+    provenance,
+    run_evaluate,
+    save_result,
+)
 
 
 class Fig2Config(NamedTuple):
@@ -89,7 +97,13 @@ def make_ladder(config: Fig2Config) -> tp.Ladder:
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
     """Arguments every Fig. 2 script takes."""
-    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help=f"raw data files (default: ${DATA_DIR_ENV}, else ../shared/data "
+        "next to the repository)",
+    )
     p.add_argument("--scale", type=float, default=1.0, help="step scale (1 = paper)")
     p.add_argument("--rounds", type=int, default=None, help="exchange rounds")
     p.add_argument(
@@ -189,7 +203,7 @@ def run_one(
     for r in range(test_error.shape[0]):
         by_rung[r, path[r]] = test_error[r]
     final_test = _subset(data.test, final_test_size)
-    final = tp.run_evaluate(result.state, final_test.inputs, final_test.labels)
+    final = run_evaluate(result.state, final_test.inputs, final_test.labels)
     final_error = 1.0 - np.asarray(final.accuracy)
     return {
         "seed": seed,

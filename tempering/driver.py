@@ -155,6 +155,8 @@ def rounds(
     burn_in = check_int(burn_in, "burn_in", 0)
     if isinstance(interval, int | np.integer) and not isinstance(interval, bool):
         return Rounds(num_steps, check_int(interval, interval_name, 1), burn_in)
+    if np.ndim(interval) == 0:  # a float, a bool, ...: not an int, not round ends
+        check_int(interval, interval_name, 1)
     ends = tuple(int(e) for e in interval)
     if not ends or ends[0] < 0 or any(b <= a for a, b in zip(ends, ends[1:], strict=False)):
         raise ValueError(f"{interval_name} must be increasing round ends >= 0, got {ends}")
@@ -282,6 +284,14 @@ def _eval_source(data: Any, name: str, state: ReplicaState, metrics_fn: Any):
         return ArraySource(jnp.asarray(source.inputs), jnp.asarray(source.targets))
     _check_compatible(state, *_first_batch(source, name), name, metrics_fn)
     return source
+
+
+# The progress bar names the wrapper that called train (by its interval's name).
+_RUN_NAMES = {
+    "exchange_interval": "pt_train",
+    "ready_interval": "pbt_train",
+    "schedule": "replay_schedule",
+}
 
 
 def _progress(total: int, enabled: bool, name: str):
@@ -428,7 +438,7 @@ def train(
     before_burn_in = _copy(state.hyperparams)  # the state's buffers are donated
     burn_values = _host(before_burn_in)
     records, initial = [], None
-    bar = _progress(sched.num_steps, progress, interval_name)
+    bar = _progress(sched.num_steps, progress, _RUN_NAMES.get(interval_name, "train"))
     for index, segment in enumerate(segments):
         burning = not segment.evaluated
         if burning and burn_in_hyperparams:

@@ -64,6 +64,9 @@ class SegmentSettings(NamedTuple):
     vectorize: str = "auto"  # see tempering.fast.replica_vmap
 
 
+_DEFAULT_SETTINGS = SegmentSettings()
+
+
 def resolve_loop(
     loop: str, backend: str | None = None, *, has_convolution: bool = True
 ) -> str:
@@ -171,7 +174,7 @@ def train_segment(
     targets: jax.Array,
     num_steps: jax.Array | int,
     *,
-    settings: SegmentSettings = SegmentSettings(),
+    settings: SegmentSettings = _DEFAULT_SETTINGS,
     start: jax.Array | int = 0,
 ) -> tuple[ReplicaState, jax.Array]:
     """Runs ``num_steps`` fused steps on device, batches gathered on device.
@@ -341,7 +344,6 @@ _EVAL_STATIC = ("batch_size", "metrics_fn", "vectorize")
 _device_evaluate = jax.jit(evaluate, static_argnames=_EVAL_STATIC)
 _host_chunked = jax.jit(chunked, static_argnums=2)
 _host_add_chunk = jax.jit(add_chunk, static_argnames=("metrics_fn", "vectorize"))
-_host_zero_totals = functools.partial(zero_totals)
 
 
 def _padded_batch(x: np.ndarray, y: np.ndarray, size: int):

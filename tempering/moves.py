@@ -50,7 +50,8 @@ class Move(Protocol):
 
     def __call__(
         self, key: jax.Array, state: ReplicaState, scores: jax.Array, round_index: jax.Array
-    ) -> tuple[ReplicaState, Any]: ...
+    ) -> tuple[ReplicaState, Any]:
+        """Returns the new state and the move's diagnostics."""
 
 
 @struct.dataclass

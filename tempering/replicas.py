@@ -245,8 +245,10 @@ def _stack(trees: list[PyTree]) -> PyTree:
 
 
 def _shapes_with_traced_inputs(init, key, model, train_kwarg, sample_input, inputs):
-    """``init``'s output shapes; fails early, with the fix, when the model cannot
-    take its per-replica inputs as traced values (in init or in a train step)."""
+    """``init``'s output shapes, checking the model takes traced per-replica inputs.
+
+    Fails early, with the fix, when it cannot (in init or in a train step).
+    """
 
     def apply(params, stats, traced):
         variables = {"params": params, **({"batch_stats": stats} if stats else {})}

@@ -1,6 +1,7 @@
 """Smoke test of experiments/compare.py: the real harness at a tiny size."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -39,3 +40,18 @@ def test_compare_main_tiny(tmp_path):
         rounds = 2 if method == "pbt" else 3
         assert len(stored["runs"][0][method]["curve_step"]) == rounds
     assert payload["c"] > 0
+
+
+def test_data_dir_default_is_shared_data_next_to_the_repository(monkeypatch, tmp_path):
+    from experiments import common
+
+    monkeypatch.delenv(common.DATA_DIR_ENV, raising=False)
+    root = Path(common.__file__).resolve().parents[1]
+    assert compare.parse_args(["mnist1d"]).data_dir == root.parent / "shared" / "data"
+    # resolved from wherever the repository is, not a path of one machine
+    monkeypatch.setattr(common, "REPO_ROOT", tmp_path / "elsewhere" / "repo")
+    default = compare.parse_args(["mnist1d"]).data_dir
+    assert default == tmp_path / "elsewhere" / "shared" / "data"
+    monkeypatch.setenv(common.DATA_DIR_ENV, str(tmp_path / "data"))
+    assert compare.parse_args(["mnist1d"]).data_dir == tmp_path / "data"
+    assert compare.parse_args(["mnist1d", "--data-dir", "x"]).data_dir == Path("x")

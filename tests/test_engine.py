@@ -24,7 +24,8 @@ SETTINGS = dict(num_steps=50, burn_in=5, batch_size=32)
 
 def leaves_equal(a, b):
     return all(
-        np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+        np.array_equal(x, y)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     )
 
 

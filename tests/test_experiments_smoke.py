@@ -95,3 +95,19 @@ def test_selected_replica_moved_reads_the_selected_replicas_path():
     assert fig2_table.selected_replica_moved({**run, "best_replica": 1}, 30)
     # the last exchange counts only if steps follow it
     assert fig2_table.selected_replica_moved({**run, "best_replica": 0}, 35)
+
+
+def test_data_dir_defaults_follow_the_repository(monkeypatch, tmp_path):
+    import argparse
+
+    from experiments import common, fig2_common
+
+    monkeypatch.delenv(common.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(common, "REPO_ROOT", tmp_path / "repo")
+    expected = tmp_path / "shared" / "data"
+    parser = argparse.ArgumentParser()
+    fig2_common.add_common_args(parser)
+    assert parser.parse_args([]).data_dir == expected
+    assert fig1_diffusion.parse_args([]).data_dir == expected
+    monkeypatch.setenv(common.DATA_DIR_ENV, str(tmp_path / "data"))
+    assert fig1_diffusion.parse_args([]).data_dir == tmp_path / "data"
