@@ -56,6 +56,7 @@ import tempering as tp
 from experiments.common import REPO_ROOT, fmt_mean_std, provenance, save_result
 from tempering import data as tdata
 from tempering import models
+from tempering.driver import best_index
 
 LR_LOW, LR_HIGH = 0.005, 0.2
 FEATURES, NUM_CLASSES = (128, 128), 10
@@ -328,7 +329,7 @@ def run_ray(args, dataset: tdata.Dataset, seed: int, storage: Path, mode: str) -
     steps = [m.get("step", 0) for m in finals]
     val_loss = np.array([m.get("val_loss", np.inf) for m in finals], np.float64)
     val_acc = np.array([m.get("val_accuracy", np.nan) for m in finals], np.float64)
-    best = int(np.argmin(np.where(np.isfinite(val_loss), val_loss, np.inf)))
+    best = best_index(val_loss)
     _, _, _, _, evaluate = single_replica_fns(args.batch_size)
     with results[best].checkpoint.as_directory() as directory:
         saved = pickle.loads((Path(directory) / "state.pkl").read_bytes())

@@ -51,6 +51,7 @@ from experiments.common import (
 )
 from tempering import data as tdata
 from tempering import models
+from tempering.driver import best_index
 from tempering.exchange import SCHEMES
 
 ACCEPT_TARGET = 0.3
@@ -99,8 +100,7 @@ def calibrate_c(history: tp.PTHistory, ladder: tp.Ladder) -> float:
 
 
 def best_test_error(state: tp.ReplicaState, val_error: np.ndarray, test) -> float:
-    finite = np.where(np.isfinite(val_error), val_error, np.inf)
-    best = int(np.argmin(finite))
+    best = best_index(val_error)
     metrics = tp.evaluate(state, test.inputs, test.labels)
     return float(1.0 - np.asarray(metrics.accuracy)[best])
 
