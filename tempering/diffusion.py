@@ -48,6 +48,7 @@ __all__ = [
     "weight_distance",
 ]
 
+
 @struct.dataclass
 class _Distance:
     """A move that changes nothing and reports ``||W - W(t0)||`` per replica."""
@@ -212,7 +213,9 @@ def diffusion_test(
     state = set_hyperparams(state, **{hyperparameter: values})
     run = functools.partial(train, key=key, train_data=train_data, **kwargs)
     if t0 > 0:
-        state = run(state, move=identity_move(), num_steps=int(t0), interval=[int(t0)]).state
+        state = run(
+            state, move=identity_move(), num_steps=int(t0), interval=[int(t0)]
+        ).state
     ends = [int(t0), *(int(t0) + record_steps).tolist()]
     result = run(
         state, move=_Distance(jax.tree.map(jnp.copy, state.params)),

@@ -158,8 +158,14 @@ def rounds(
     if np.ndim(interval) == 0:  # a float, a bool, ...: not an int, not round ends
         check_int(interval, interval_name, 1)
     ends = tuple(int(e) for e in interval)
-    if not ends or ends[0] < 0 or any(b <= a for a, b in zip(ends, ends[1:], strict=False)):
-        raise ValueError(f"{interval_name} must be increasing round ends >= 0, got {ends}")
+    if (
+        not ends
+        or ends[0] < 0
+        or any(b <= a for a, b in zip(ends, ends[1:], strict=False))
+    ):
+        raise ValueError(
+            f"{interval_name} must be increasing round ends >= 0, got {ends}"
+        )
     if burn_in:
         raise ValueError("burn_in must be 0 with explicit round ends")
     return Rounds(num_steps, 0, 0, ends)
@@ -183,7 +189,9 @@ def plan(first_step: int, sched: Rounds) -> list[_Segment]:
                 f"num_steps={sched.num_steps} from step {first_step} runs past the "
                 f"last round end {sched.ends[-1]}"
             )
-        for r, (low, high) in enumerate(zip((0, *sched.ends), sched.ends, strict=False)):
+        for r, (low, high) in enumerate(
+            zip((0, *sched.ends), sched.ends, strict=False)
+        ):
             lo, hi = max(low, step), min(high, end)
             if lo < hi:
                 segments.append(_Segment(r, lo - low, hi - lo, hi == high, True, r))
@@ -202,7 +210,9 @@ def plan(first_step: int, sched: Rounds) -> list[_Segment]:
 
 
 def check_not_traced(state: ReplicaState) -> None:
-    if isinstance(state.step, jax.core.Tracer) or isinstance(state.rungs, jax.core.Tracer):
+    if isinstance(state.step, jax.core.Tracer) or isinstance(
+        state.rungs, jax.core.Tracer
+    ):
         raise TypeError(
             "the training drivers (pt_train, pbt_train, train) run on the host: "
             "they loop over rounds in Python and read records back, so they "
@@ -424,12 +434,17 @@ def train(
     if test_data is not None:
         test = _eval_source(test_data, "test_data", state, metrics_fn)
     if sample is None and validation is not None:
-        sample = validation.inputs if isinstance(validation, ArraySource) else (
-            _first_batch(validation, "validation_data")[0]
+        sample = (
+            validation.inputs
+            if isinstance(validation, ArraySource)
+            else (_first_batch(validation, "validation_data")[0])
         )
     loop = loop_for(state, sample, loop)
     eval_settings = dict(
-        batch_size=eval_batch_size, metrics_fn=metrics_fn, vectorize=vectorize, loop=loop
+        batch_size=eval_batch_size,
+        metrics_fn=metrics_fn,
+        vectorize=vectorize,
+        loop=loop,
     )
 
     data_key, key = jax.random.split(key)
@@ -461,8 +476,12 @@ def train(
         metrics = test_metrics = None
         scores = jnp.zeros((state.num_replicas,), jnp.float32)
         if validation is not None:
-            metrics = run_evaluate(state, validation, name="validation_data", **eval_settings)
-            scores = metrics.loss if score_fn is None else jnp.asarray(score_fn(metrics))
+            metrics = run_evaluate(
+                state, validation, name="validation_data", **eval_settings
+            )
+            scores = (
+                metrics.loss if score_fn is None else jnp.asarray(score_fn(metrics))
+            )
         if test is not None:
             test_metrics = run_evaluate(state, test, name="test_data", **eval_settings)
         state, info = _jitted_move(

@@ -135,7 +135,8 @@ class TensorBoardLogger:
 
 
 def stop_when(
-    condition: Callable[[RoundRecord], bool], then: Callable[[RoundRecord], Any] | None = None
+    condition: Callable[[RoundRecord], bool],
+    then: Callable[[RoundRecord], Any] | None = None,
 ) -> Callable[[RoundRecord], bool]:
     """A callback that stops the run once ``condition(record)`` holds.
 

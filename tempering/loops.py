@@ -98,7 +98,9 @@ def loop_for(state: ReplicaState, sample: Any, loop: str) -> str:
     inputs = {name: 0.0 for name in state.model_inputs}
     kwargs = tuple(sorted(_model_kwargs(state.train_kwarg, False, inputs).items()))
     shape, dtype = tuple(np.shape(sample)[1:]), jnp.result_type(sample)
-    return resolve_loop("auto", has_convolution=_convolves(state.model, shape, dtype, kwargs))
+    return resolve_loop(
+        "auto", has_convolution=_convolves(state.model, shape, dtype, kwargs)
+    )
 
 
 def _step_on_batch(
@@ -384,7 +386,9 @@ def run_evaluate(
                 )
             if totals is None:
                 totals = zero_totals(state, x, y, **static)
-            totals = _host_add_chunk(state, totals, *_padded_batch(x, y, size), **static)
+            totals = _host_add_chunk(
+                state, totals, *_padded_batch(x, y, size), **static
+            )
             count += len(y)
         if totals is None:
             raise ValueError(f"{name} yielded no batches")
@@ -395,5 +399,7 @@ def run_evaluate(
     xs, ys, mask = _host_chunked(inputs, targets, batch_size)
     totals = zero_totals(state, inputs, targets, **static)
     for index in range(xs.shape[0]):  # one program for every chunk count
-        totals = _host_add_chunk(state, totals, xs[index], ys[index], mask[index], **static)
+        totals = _host_add_chunk(
+            state, totals, xs[index], ys[index], mask[index], **static
+        )
     return metrics_from_totals(totals, targets.shape[0])

@@ -49,7 +49,11 @@ class Move(Protocol):
     """``move(key, state, scores, round_index) -> (new_state, info)``."""
 
     def __call__(
-        self, key: jax.Array, state: ReplicaState, scores: jax.Array, round_index: jax.Array
+        self,
+        key: jax.Array,
+        state: ReplicaState,
+        scores: jax.Array,
+        round_index: jax.Array,
     ) -> tuple[ReplicaState, Any]:
         """Returns the new state and the move's diagnostics."""
 
@@ -65,7 +69,11 @@ class ExchangeMove:
     enabled: bool = struct.field(pytree_node=False, default=True)
 
     def __call__(
-        self, key: jax.Array, state: ReplicaState, scores: jax.Array, round_index: jax.Array
+        self,
+        key: jax.Array,
+        state: ReplicaState,
+        scores: jax.Array,
+        round_index: jax.Array,
     ) -> tuple[ReplicaState, ExchangeInfo]:
         """Proposes swaps of adjacent rungs; accepted replicas swap hyperparameters."""
         proposal, info = exchange(
@@ -127,7 +135,11 @@ class IdentityMove:
     """Leaves the replicas as they are: the independent grid."""
 
     def __call__(
-        self, key: jax.Array, state: ReplicaState, scores: jax.Array, round_index: jax.Array
+        self,
+        key: jax.Array,
+        state: ReplicaState,
+        scores: jax.Array,
+        round_index: jax.Array,
     ) -> tuple[ReplicaState, NoInfo]:
         """Returns ``state`` unchanged."""
         del key, scores, round_index
@@ -146,7 +158,11 @@ class FunctionMove:
     fn: Callable = struct.field(pytree_node=False)
 
     def __call__(
-        self, key: jax.Array, state: ReplicaState, scores: jax.Array, round_index: jax.Array
+        self,
+        key: jax.Array,
+        state: ReplicaState,
+        scores: jax.Array,
+        round_index: jax.Array,
     ) -> tuple[ReplicaState, Any]:
         """Calls the function."""
         return self.fn(key, state, scores, round_index)

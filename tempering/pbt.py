@@ -379,7 +379,11 @@ class PBTMove:
     config: PBTConfig = struct.field(pytree_node=False)
 
     def __call__(
-        self, key: jax.Array, state: ReplicaState, scores: jax.Array, round_index: jax.Array
+        self,
+        key: jax.Array,
+        state: ReplicaState,
+        scores: jax.Array,
+        round_index: jax.Array,
     ) -> tuple[ReplicaState, PBTInfo]:
         """One :func:`pbt_step`."""
         del round_index
@@ -389,7 +393,9 @@ class PBTMove:
 def pbt_move(config: PBTConfig) -> PBTMove:
     """PBT's exploit/explore as a move for :func:`tempering.train`."""
     if not isinstance(config, PBTConfig):
-        raise TypeError("config must be a PBTConfig; build it with tempering.pbt_config")
+        raise TypeError(
+            "config must be a PBTConfig; build it with tempering.pbt_config"
+        )
     return PBTMove(config)
 
 
@@ -634,7 +640,9 @@ class _NextPiece:
         del key, scores
         last = next(iter(self.values.values())).shape[0] - 1
         piece = jnp.minimum(round_index + 1, last)
-        return set_hyperparams(state, **{n: v[piece] for n, v in self.values.items()}), NoInfo()
+        return set_hyperparams(
+            state, **{n: v[piece] for n, v in self.values.items()}
+        ), NoInfo()
 
 
 def replay_schedule(
@@ -665,7 +673,11 @@ def replay_schedule(
         raise TypeError("schedule must be a Schedule from tempering.best_schedule")
     starts = [int(s) for s in schedule.starts]
     ends = [*starts[1:], int(schedule.num_steps)]
-    if not starts or starts[0] != 0 or any(e <= s for s, e in zip(starts, ends, strict=True)):
+    if (
+        not starts
+        or starts[0] != 0
+        or any(e <= s for s, e in zip(starts, ends, strict=True))
+    ):
         raise ValueError(
             "schedule must start at step 0 with increasing starts below num_steps"
         )

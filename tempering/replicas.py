@@ -359,7 +359,9 @@ def create_replicas(
         for name in injected_names(opt_state)
         if name not in scheduled
     }
-    values.update({name: jnp.broadcast_to(v, (num_replicas,)) for name, v in start.items()})
+    values.update(
+        {name: jnp.broadcast_to(v, (num_replicas,)) for name, v in start.items()}
+    )
     state = ReplicaState(
         params=params,
         batch_stats=stats,
@@ -389,9 +391,14 @@ def _check_key(key: Any, name: str) -> jax.Array:
         if key.shape != ():
             raise ValueError(f"{name} must be a single PRNG key, got shape {key.shape}")
         return key
-    if isinstance(key, jax.Array | np.ndarray) and key.shape == (2,) and key.dtype in (
-        np.uint32,
-        jnp.uint32,
+    if (
+        isinstance(key, jax.Array | np.ndarray)
+        and key.shape == (2,)
+        and key.dtype
+        in (
+            np.uint32,
+            jnp.uint32,
+        )
     ):
         return key  # a raw jax.random.PRNGKey
     raise TypeError(
@@ -499,7 +506,9 @@ def replica(state: ReplicaState, index: int) -> dict[str, PyTree]:
 
 def _per_example(losses: jax.Array) -> jax.Array:
     """``(B, ...)`` losses averaged over all but the first axis."""
-    return losses.reshape(losses.shape[0], -1).mean(axis=1) if losses.ndim > 1 else losses
+    return (
+        losses.reshape(losses.shape[0], -1).mean(axis=1) if losses.ndim > 1 else losses
+    )
 
 
 def _replica_train_step(
@@ -514,7 +523,9 @@ def _replica_train_step(
 ) -> tuple[PyTree, PyTree, PyTree, jax.Array]:
     """One step of a single replica (the function the fused step vmaps)."""
     has_batch_stats = bool(jax.tree.leaves(batch_stats))
-    kwargs = _model_kwargs(state.train_kwarg, True, _model_hyperparams(state, hyperparams))
+    kwargs = _model_kwargs(
+        state.train_kwarg, True, _model_hyperparams(state, hyperparams)
+    )
 
     def loss_of(p):
         variables = {"params": p}
@@ -615,7 +626,9 @@ def evaluate(
     totals = zero_totals(state, inputs, targets, metrics_fn, vectorize)
 
     def chunk(totals, batch):
-        return add_chunk(state, totals, *batch, metrics_fn=metrics_fn, vectorize=vectorize), None
+        return add_chunk(
+            state, totals, *batch, metrics_fn=metrics_fn, vectorize=vectorize
+        ), None
 
     totals, _ = jax.lax.scan(chunk, totals, (xs, ys, mask))
     return metrics_from_totals(totals, targets.shape[0])

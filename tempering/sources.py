@@ -141,7 +141,9 @@ def _check_arrays(source: ArraySource, name: str, min_size: int) -> ArraySource:
     return source
 
 
-def as_train_source(data: Any, name: str, batch_size: int) -> ArraySource | IterableSource:
+def as_train_source(
+    data: Any, name: str, batch_size: int
+) -> ArraySource | IterableSource:
     """The training source of ``data`` (arrays, or an iterable of batches)."""
     if _in_memory(data):
         return _check_arrays(ArraySource(*data), name, batch_size)

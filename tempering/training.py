@@ -181,7 +181,9 @@ def pt_train(
                 interval_name="exchange_interval", **kwargs)  # fmt: skip
     history = _pt_history(run.history)
     score_fn = kwargs.get("score_fn")
-    final_score = run.final.loss if score_fn is None else np.asarray(score_fn(run.final))
+    final_score = (
+        run.final.loss if score_fn is None else np.asarray(score_fn(run.final))
+    )
     best = best_index(final_score)
     summary = PTSummary(
         acceptance_rate=_acceptance_rate(history),

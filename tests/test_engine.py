@@ -54,7 +54,9 @@ def state(tx, blobs):
 def test_two_calls_equal_one(state, blobs, exchanges):  # bug: calls did not compose
     one = pt(state, blobs, exchanges=exchanges, scheme="even_odd")
     first = pt(state, blobs, exchanges=exchanges, scheme="even_odd", num_steps=23)
-    second = pt(first.state, blobs, exchanges=exchanges, scheme="even_odd", num_steps=27)
+    second = pt(
+        first.state, blobs, exchanges=exchanges, scheme="even_odd", num_steps=27
+    )
     assert int(second.state.step) == 50
     assert leaves_equal(one.state, second.state)
     np.testing.assert_array_equal(first.history.step, [15])
@@ -288,7 +290,9 @@ def test_generator_as_train_data(state, blobs, loop):
     # The same batches as arrays give the same run, whatever the loop.
     again = pt(state, blobs, train_data=batches(x, y, 32), validation_data=validation,
                loop="device" if loop == "host" else "host")  # fmt: skip
-    np.testing.assert_allclose(again.history.val_loss, result.history.val_loss, rtol=1e-5)
+    np.testing.assert_allclose(
+        again.history.val_loss, result.history.val_loss, rtol=1e-5
+    )
 
 
 def test_dict_batches_and_their_errors(state, blobs):

@@ -12,7 +12,7 @@ from jax import lax
 
 import tempering as tp
 from tempering import fast, models
-from tempering.replicas import replica_train_step
+from tempering.replicas import _replica_train_step
 
 M = 2
 POLICIES = [
@@ -56,7 +56,7 @@ def _assert_trees_close(a, b):
 
 
 @functools.cache
-def _replicas(name, vectorize):
+def _replicas(name):
     model, x, y = _setup(name)
     state = tp.create_replicas(
         jax.random.key(0),
@@ -64,8 +64,7 @@ def _replicas(name, vectorize):
         tp.sgd(0.05, momentum=0.9),
         x,
         num_replicas=M,
-        dropout_rate=0.2,
-        vectorize=vectorize,
+        hyperparams={"dropout_rate": 0.2},
     )
     state = tp.set_hyperparams(state, learning_rate=jnp.array([0.01, 0.1]))
     return state, x, y
@@ -74,7 +73,7 @@ def _replicas(name, vectorize):
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("name", ["lenet", "mlp", "grouped"])
 def test_forward_and_gradients_match_vmap(name, policy):
-    state, x, y = _replicas(name, "vmap")
+    state, x, y = _replicas(name)
     per_replica_x = jnp.stack([x + 0.1 * m for m in range(M)])
 
     def loss(params, batch_stats, inputs):
@@ -109,11 +108,11 @@ def test_forward_and_gradients_match_vmap(name, policy):
     ],
 )
 def test_train_step_and_evaluate_match_vmap(name, policy):
-    ref_state, x, y = _replicas(name, "vmap")
-    state = ref_state.replace(vectorize=policy)
+    state, x, y = _replicas(name)
     key = jax.random.key(3)
-    ref, ref_info = jax.jit(tp.train_step)(ref_state, key, x, y)
-    new, info = jax.jit(tp.train_step)(state, key, x, y)
+    step = jax.jit(tp.train_step, static_argnames="vectorize")
+    ref, ref_info = step(state, key, x, y, vectorize="vmap")
+    new, info = step(state, key, x, y, vectorize=policy)
     chex.assert_shape(info.loss, (M,))
     _assert_trees_close(info.loss, ref_info.loss)
     _assert_trees_close(
@@ -121,8 +120,8 @@ def test_train_step_and_evaluate_match_vmap(name, policy):
         (ref.params, ref.batch_stats, ref.opt_state),
     )
     chex.assert_trees_all_close(
-        tp.evaluate(new, x, y, batch_size=4),
-        tp.evaluate(ref, x, y, batch_size=4),
+        tp.evaluate(new, x, y, batch_size=4, vectorize=policy),
+        tp.evaluate(ref, x, y, batch_size=4, vectorize="vmap"),
         **TOL,
     )
 
@@ -160,19 +159,20 @@ def test_patches_conv_and_kernel_gradient_match_vmap(
 
 
 def test_per_replica_batches_match_vmap():
-    ref_state, x, y = _replicas("lenet", "vmap")
+    state, x, y = _replicas("lenet")
     xs, ys = jnp.stack([x, -x[::-1]]), jnp.stack([y, y[::-1]])
     key = jax.random.key(1)
-    ref, _ = jax.jit(tp.train_step)(ref_state, key, xs, ys)
-    new, _ = jax.jit(tp.train_step)(ref_state.replace(vectorize="unroll"), key, xs, ys)
+    step = jax.jit(tp.train_step, static_argnames=("per_replica_batch", "vectorize"))
+    ref, _ = step(state, key, xs, ys, per_replica_batch=True, vectorize="vmap")
+    new, _ = step(state, key, xs, ys, per_replica_batch=True, vectorize="unroll")
     _assert_trees_close(new.params, ref.params)
 
 
 def test_replica_train_step_is_the_vmapped_function():
-    state, x, y = _replicas("lenet", "unroll")
-    step = functools.partial(replica_train_step, state)
+    state, x, y = _replicas("lenet")
+    step = functools.partial(_replica_train_step, state)
     keys = jax.random.split(jax.random.key(0), M)
-    args = (state.params, state.batch_stats, state.opt_state, state.dropout_rate)
+    args = (state.params, state.batch_stats, state.opt_state, state.hyperparams)
     fused = fast.replica_vmap(step, (0, 0, 0, 0, 0, None, None), policy="unroll")
     out = jax.jit(fused)(*args, keys, x, y)
     for m in range(M):
@@ -207,20 +207,21 @@ def test_resolve_policy():
         fast.resolve_policy("fastest")
     with pytest.raises(ValueError, match="unknown formulation"):
         fast.resolve_policy({"conv_general_dilated": "grouped"})
-    model, x, _ = _setup("mlp")
+    model, x, y = _setup("mlp")
+    state = tp.create_replicas(jax.random.key(0), model, tp.sgd(), x, num_replicas=2)
     with pytest.raises(ValueError, match="unknown vectorize policy"):
-        tp.create_replicas(
-            jax.random.key(0), model, tp.sgd(), x, num_replicas=2, vectorize="nope"
-        )
+        tp.train_step(state, jax.random.key(0), x, y, vectorize="nope")
+    with pytest.raises(ValueError, match="unknown vectorize policy"):
+        tp.evaluate(state, x, y, vectorize="nope")
 
 
 def test_fused_step_traces_once():
-    state, x, y = _replicas("lenet", "unroll")
+    state, x, y = _replicas("lenet")
 
     @jax.jit
     @chex.assert_max_traces(n=1)
     def step(state, key):
-        return tp.train_step(state, key, x, y)
+        return tp.train_step(state, key, x, y, vectorize="unroll")
 
     for i in range(3):
         state, _ = step(state, jax.random.key(i))

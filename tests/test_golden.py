@@ -76,7 +76,9 @@ def test_configs_match_recording(golden: dict[str, dict[str, np.ndarray]]) -> No
 # their dropout keys from split(fold_in(key, r))[0], as every other run does,
 # instead of fold_in(key, r) itself. Only replicas with dropout > 0 see other
 # masks: the dropout-free replica 0 must still match bit for bit.
-DROPOUT_KEYS_CHANGED = {"diffusion_dropout": ("diffusion.distance", "diffusion.train_loss")}
+DROPOUT_KEYS_CHANGED = {
+    "diffusion_dropout": ("diffusion.distance", "diffusion.train_loss")
+}
 
 
 @pytest.mark.parametrize("name", golden_configs.CONFIGS)

@@ -53,10 +53,22 @@ def test_linear_and_geometric_constructors():
         (dict(learning_rate=0.1), "at least 2 rungs"),
         (dict(learning_rate=[0.1, np.nan]), "non-finite"),
         (dict(learning_rate=[0.1, np.inf]), "non-finite"),
-        (dict(learning_rate=[0.0, 0.1]), "learning_rate must be > 0"),
-        (dict(learning_rate=[-0.1, 0.1]), "learning_rate must be > 0"),
-        (dict(dropout_rate=[0.1, 1.0]), r"dropout_rate must lie in \[0, 1\)"),
-        (dict(dropout_rate=[-0.1, 0.2]), r"dropout_rate must lie in \[0, 1\)"),
+        (
+            dict(learning_rate=[0.0, 0.1]),
+            r"learning_rate in the ladder must lie in \(0,",
+        ),
+        (
+            dict(learning_rate=[-0.1, 0.1]),
+            r"learning_rate in the ladder must lie in \(0,",
+        ),
+        (
+            dict(dropout_rate=[0.1, 1.0]),
+            r"dropout_rate in the ladder must lie in \[0, 1\)",
+        ),
+        (
+            dict(dropout_rate=[-0.1, 0.2]),
+            r"dropout_rate in the ladder must lie in \[0, 1\)",
+        ),
         (dict(learning_rate=[0.1, 0.2], dropout_rate=[0.1, 0.2, 0.3]), "mismatched"),
         (dict(learning_rate=[0.1, 0.2], temperatures=[1, 2, 3]), "mismatched"),
         (dict(learning_rate=[0.1, 0.1, 0.2]), "duplicate temperatures"),
@@ -72,13 +84,39 @@ def test_linear_and_geometric_constructors():
             dict(learning_rate=[0.1, 0.2], dropout_rate=[0.1, 0.2]),
             "temperatures is required",
         ),
-        (dict(momentum=[0.1, 0.2]), "unknown hyperparameter"),
+        (dict(momentum=[0.1, 0.2]), "no default temperature for 'momentum'"),
+        (
+            dict(momentum=[0.1, 1.0], temperatures=[1, 2]),
+            r"momentum in the ladder must lie in \[0, 1\)",
+        ),
+        (dict(weight_decay=[-0.1, 0.1], temperatures=[1, 2]), "weight_decay"),
+        (dict(b1=[0.9, np.nan], temperatures=[1, 2]), "non-finite"),
         (dict(), "at least one hyperparameter"),
     ],
 )
 def test_invalid_ladders_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tp.make_ladder(**kwargs)
+
+
+def test_any_hyperparameter_with_explicit_temperatures():
+    # Names without a default temperature (weight decay, Adam's b1, a model
+    # input, ...) are allowed once the temperatures are given.
+    ladder = tp.make_ladder(
+        weight_decay=[1e-3, 1e-4, 1e-2], learning_rate=0.1, temperatures=[2, 1, 3]
+    )
+    np.testing.assert_allclose(ladder.temperatures, [1, 2, 3])
+    np.testing.assert_allclose(
+        ladder.values["weight_decay"], [1e-4, 1e-3, 1e-2], rtol=1e-6
+    )
+    np.testing.assert_allclose(ladder.values["learning_rate"], 0.1)
+    custom = tp.make_ladder(my_input=[5.0, -1.0], temperatures=[1, 2])
+    np.testing.assert_allclose(custom.values["my_input"], [5.0, -1.0])
+    geo = tp.geometric_ladder("weight_decay", 1e-4, 1e-2, 3, temperatures=[1, 2, 3])
+    np.testing.assert_allclose(
+        geo.values["weight_decay"], [1e-4, 1e-3, 1e-2], rtol=1e-5
+    )
+    assert set(tp.ladder.HYPERPARAMETERS) == {"learning_rate", "dropout_rate"}
 
 
 def test_invalid_constructor_arguments():

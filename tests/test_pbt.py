@@ -8,7 +8,7 @@ import pytest
 from conftest import TinyBNNet, TinyMLP
 
 import tempering as tp
-from tempering import pbt
+from tempering import driver, pbt
 
 LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2, 0.3, 0.4])
 M = LADDER.num_rungs
@@ -22,8 +22,9 @@ CONFIG = pbt.pbt_config(
 def state(tx, blobs):
     (x, _), _ = blobs
     return tp.create_replicas(
-        jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LADDER, dropout_rate=0.1
-    )
+        jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LADDER,
+        hyperparams={"dropout_rate": 0.1},
+    )  # fmt: skip
 
 
 def leaves_equal(a, b):
@@ -92,7 +93,7 @@ def test_exploit_copies_exactly_and_leaves_rest_bit_identical(state):
     assert leaves_equal(new.rungs, state.rungs) and int(new.step) == int(state.step)
     for name, values in info.hyperparams.items():
         chex.assert_shape(values, (M,))
-        np.testing.assert_array_equal(pbt.get_hyperparams(new, [name])[name], values)
+        np.testing.assert_array_equal(tp.get_hyperparams(new, [name])[name], values)
 
 
 def test_exploit_copies_batch_stats(tx, blobs):
@@ -237,9 +238,9 @@ def test_pbt_train_history_lineage_and_determinism(state, blobs):
     assert summary.best_val_loss == pytest.approx(summary.final_val_loss.min())
     assert summary.num_copies == 3 * rounds
     # determinism, compile once, and the caller's state is not donated
-    size = pbt._exploit_explore._cache_size()
+    size = driver._jitted_move._cache_size()
     again = run(state, blobs, burn_in_hyperparams={"learning_rate": 0.1})
-    assert pbt._exploit_explore._cache_size() == size
+    assert driver._jitted_move._cache_size() == size
     assert leaves_equal(again.state.params, result.state.params)
     np.testing.assert_array_equal(again.history.parent, history.parent)
     assert int(state.step) == 0
@@ -263,6 +264,16 @@ def test_pbt_without_exploit_equals_the_grid(state, blobs):
         batch_size=32,
     )
     assert leaves_equal(result.state.params, grid.state.params)
+
+
+def test_a_call_within_the_burn_in_has_no_rounds(state, blobs):
+    # num_steps counts this call's steps: a longer burn-in is not an error, the
+    # next call continues it
+    result = run(state, blobs, num_steps=10, burn_in=47)
+    assert int(result.state.step) == 10
+    assert result.history.step.size == 0 and result.summary.num_copies == 0
+    chex.assert_shape([result.history.parent, result.history.val_loss], (0, M))
+    np.testing.assert_array_equal(result.state.learning_rate, state.learning_rate)
 
 
 def test_best_schedule_follows_lineage(state, blobs):
@@ -325,7 +336,11 @@ def test_replay_schedule(state, blobs, tx):
     ("kwargs", "match"),
     [
         (dict(prior={}), "prior is empty"),
-        (dict(prior={"momentum": (0.1, 0.9)}), "unknown hyperparameter"),
+        (
+            dict(prior={"momentum": (0.1, 1.0)}),
+            r"momentum in the prior must lie in \[0, 1\)",
+        ),
+        (dict(prior={"weight_decay": (-1.0, 0.1)}), "weight_decay in the prior"),
         (dict(prior={"learning_rate": (0.1, 0.01)}), "bounds reversed"),
         (
             dict(
@@ -361,14 +376,34 @@ def test_invalid_config(kwargs, match):
         pbt.pbt_config(prior, **kwargs)
 
 
+def test_config_takes_any_hyperparameter_name():
+    # the names a state holds are checked by pbt_train (test_pbt_train_invalid);
+    # the config orders the two common names first, then the others sorted
+    config = pbt.pbt_config(
+        {
+            "weight_decay": (0.0, 1e-2),
+            "b1": (0.8, 0.99),
+            "learning_rate": (1e-3, 1e-1, True),
+        }
+    )
+    assert config.names == ("learning_rate", "b1", "weight_decay")
+    assert config.bounds[1] == (0.8, 0.99)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
         (dict(ready_interval=0), ValueError, "ready_interval"),
         (dict(num_steps=0), ValueError, "num_steps"),
-        (dict(burn_in=47), ValueError, "burn_in"),
+        (dict(burn_in=-1), ValueError, "burn_in"),
         (dict(config={"learning_rate": (0.1, 1)}), TypeError, "PBTConfig"),
+        (
+            dict(config=pbt.pbt_config({"momentum": (0.1, 0.9)})),
+            ValueError,
+            r"config: unknown hyperparameter.*momentum",
+        ),
         (dict(burn_in_hyperparams={"momentum": 0.9}), ValueError, "unknown"),
+        (dict(validation_data=None), TypeError, "needs validation_data"),
         (dict(batch_size=10_000), ValueError, "batch_size"),
     ],
 )

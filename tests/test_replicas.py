@@ -12,13 +12,17 @@ import pytest
 from conftest import TinyBNNet, TinyMLP
 
 import tempering as tp
-from tempering import models, replicas
+from tempering import loops, models, replicas
+from tempering.loops import SegmentSettings
+from tempering.sources import ArraySource
 
 M = 3
 
 
 def make_state(tx, inputs, model=None, **kwargs):
     ladder = kwargs.pop("ladder", tp.make_ladder(learning_rate=[0.01, 0.05, 0.2]))
+    if "dropout_rate" in kwargs:
+        kwargs["hyperparams"] = {"dropout_rate": kwargs.pop("dropout_rate")}
     return tp.create_replicas(
         jax.random.key(0), model or TinyMLP(), tx, inputs[:4], ladder=ladder, **kwargs
     )
@@ -70,8 +74,18 @@ def test_learning_rate_stays_float32_with_bfloat16_params(blobs):
 
 def test_optimizer_without_injected_learning_rate_is_rejected(blobs):
     (x, _), _ = blobs
-    with pytest.raises(TypeError, match="inject_hyperparams"):
+    # a learning-rate ladder needs an optimiser that injects the learning rate
+    with pytest.raises(
+        ValueError, match=r"unknown hyperparameter.*learning_rate.*inject_hyperparams"
+    ):
         make_state(optax.sgd(0.1), x)
+    # without a ladder such an optimiser is fine; its lr is just not per replica
+    state = tp.create_replicas(
+        jax.random.key(0), TinyMLP(), optax.sgd(0.1), x[:4], num_replicas=M
+    )
+    assert set(state.hyperparams) == {"dropout_rate"}
+    with pytest.raises(ValueError, match=r"unknown hyperparameter.*learning_rate"):
+        tp.set_hyperparams(state, learning_rate=0.1)
 
 
 def test_vmapped_step_equals_per_replica_loop(tx, blobs):
@@ -81,13 +95,13 @@ def test_vmapped_step_equals_per_replica_loop(tx, blobs):
     batch_x, batch_y, key = jnp.asarray(x[:32]), jnp.asarray(y[:32]), jax.random.key(3)
     new, info = jax.jit(tp.train_step)(state, key, batch_x, batch_y)
     keys = jax.random.split(key, M)
-    single = jax.jit(functools.partial(tp.replica_train_step, state))
+    single = jax.jit(functools.partial(replicas._replica_train_step, state))
     for m in range(M):
         params, _, opt_state, loss = single(
             replica(state.params, m),
             {},
             replica(state.opt_state, m),
-            state.dropout_rate[m],
+            replica(state.hyperparams, m),
             keys[m],
             batch_x,
             batch_y,
@@ -159,7 +173,7 @@ def test_assign_rungs_moves_only_hyperparameters(tx, blobs):
         temperatures=[1, 2, 3],
     )
     state = make_state(tx, x, ladder=ladder)
-    moved = tp.assign_rungs(state, ladder, jnp.array([2, 0, 1]))
+    moved = replicas.assign_rungs(state, ladder, jnp.array([2, 0, 1]))
     np.testing.assert_allclose(moved.learning_rate, [0.04, 0.01, 0.02], rtol=1e-6)
     np.testing.assert_allclose(moved.dropout_rate, [0.3, 0.1, 0.2], rtol=1e-6)
     chex.assert_trees_all_equal(moved.params, state.params)
@@ -172,14 +186,14 @@ def test_segment_compiles_once_for_any_length(tx, blobs):
     @jax.jit
     @chex.assert_max_traces(n=1)
     def segment(state, key, steps):
-        return tp.train_segment(
+        return loops.train_segment(
             state,
             key,
             jax.random.key(1),
             jnp.asarray(x),
             jnp.asarray(y),
             steps,
-            batch_size=32,
+            settings=SegmentSettings(batch_size=32),
         )
 
     for steps in (1, 3, 7):
@@ -193,8 +207,8 @@ def test_segments_see_the_same_batches_as_one_long_run(tx, blobs):
     state = make_state(tx, x)
     data = (jax.random.key(1), jnp.asarray(x), jnp.asarray(y))
     seg = jax.jit(
-        lambda s, n: tp.train_segment(
-            s, jax.random.key(5), *data, n, batch_size=32, augment=None
+        lambda s, n: loops.train_segment(
+            s, jax.random.key(5), *data, n, settings=SegmentSettings(batch_size=32)
         )
     )
     # dropout is off, so only the batch order matters: 6 steps = 2 + 4 steps
@@ -208,8 +222,12 @@ def test_per_replica_batches_differ_from_shared(tx, blobs):
     state = make_state(tx, x, same_init=True)
     state = tp.set_hyperparams(state, learning_rate=0.05)
     args = (jax.random.key(5), jax.random.key(1), jnp.asarray(x), jnp.asarray(y), 3)
-    shared, _ = tp.train_segment(state, *args, batch_size=32, shared_batch=True)
-    own, _ = tp.train_segment(state, *args, batch_size=32, shared_batch=False)
+    shared, _ = loops.train_segment(
+        state, *args, settings=SegmentSettings(batch_size=32, shared_batch=True)
+    )
+    own, _ = loops.train_segment(
+        state, *args, settings=SegmentSettings(batch_size=32, shared_batch=False)
+    )
     k_shared, k_own = (
         shared.params["Dense_0"]["kernel"],
         own.params["Dense_0"]["kernel"],
@@ -244,8 +262,9 @@ def test_diverged_replica_does_not_poison_the_others(tx, blobs):
         )
     )
     args = (jax.random.key(5), jax.random.key(1), jnp.asarray(x), jnp.asarray(y), 5)
-    ref, _ = tp.train_segment(state, *args, batch_size=32)
-    bad, loss = tp.train_segment(blown, *args, batch_size=32)
+    settings = SegmentSettings(batch_size=32)
+    ref, _ = loops.train_segment(state, *args, settings=settings)
+    bad, loss = loops.train_segment(blown, *args, settings=settings)
     assert not np.all(np.isfinite(np.asarray(bad.params["Dense_0"]["kernel"][1])))
     for m in (0, 2):
         chex.assert_trees_all_equal(replica(bad.params, m), replica(ref.params, m))
@@ -267,9 +286,13 @@ class OtherNamesNet(nn.Module):
 def test_any_flax_model_with_named_train_and_rate_arguments(tx, blobs):
     (x, y), _ = blobs
     state = make_state(
-        tx, x, model=OtherNamesNet(), train_kwarg="training", dropout_kwarg="drop"
-    )
-    state = tp.set_hyperparams(state, dropout_rate=jnp.array([0.0, 0.5, 0.9]))
+        tx, x, model=OtherNamesNet(), train_kwarg="training", model_inputs=("drop",),
+        hyperparams={"drop": 0.1},
+    )  # fmt: skip
+    assert state.model_inputs == ("drop",)
+    assert set(state.hyperparams) == {"learning_rate", "drop"}
+    np.testing.assert_allclose(state.hyperparams["drop"], 0.1)
+    state = tp.set_hyperparams(state, drop=jnp.array([0.0, 0.5, 0.9]))
     new, info = jax.jit(tp.train_step)(
         state, jax.random.key(0), jnp.asarray(x[:32]), jnp.asarray(y[:32])
     )
@@ -284,39 +307,47 @@ def test_host_and_device_loops_give_the_same_segment(tx, blobs, shared_batch):
     (x, y), (xv, yv) = blobs
     state = tp.set_hyperparams(make_state(tx, x), dropout_rate=0.3)
     # 11 steps of 32 from 256 examples cross an epoch boundary (8 steps/epoch)
-    args = (jax.random.key(5), jax.random.key(1), jnp.asarray(x), jnp.asarray(y))
-    kwargs = dict(batch_size=32, shared_batch=shared_batch)
-    ref, ref_loss = jax.jit(tp.train_segment, static_argnames=tuple(kwargs))(
-        state, *args, 11, **kwargs
+    key, data_key = jax.random.key(5), jax.random.key(1)
+    inputs, targets = jnp.asarray(x), jnp.asarray(y)
+    settings = SegmentSettings(batch_size=32, shared_batch=shared_batch)
+    ref, ref_loss = jax.jit(loops.train_segment, static_argnames="settings")(
+        state, key, data_key, inputs, targets, 11, settings=settings
     )
+    val = ArraySource(jnp.asarray(xv), jnp.asarray(yv))
     for loop in ("host", "device"):
-        start = jax.tree.map(jnp.copy, state.replace(loop=loop))
-        new, loss = tp.run_segment(start, *args, 11, **kwargs)
+        start = jax.tree.map(jnp.copy, state)  # run_segment donates its state
+        new, loss = loops.run_segment(
+            start, key, ArraySource(inputs, targets), 11, data_key=data_key,
+            settings=settings, loop=loop,
+        )  # fmt: skip
         assert int(new.step) == 11
         chex.assert_trees_all_close(new.params, ref.params, rtol=1e-5, atol=1e-6)
         chex.assert_trees_all_close(loss, ref_loss, rtol=1e-5)
-        metrics = tp.run_evaluate(new, jnp.asarray(xv), jnp.asarray(yv), batch_size=24)
-        chex.assert_trees_all_close(
-            metrics, tp.evaluate(new, jnp.asarray(xv), jnp.asarray(yv)), rtol=1e-5
+        metrics = loops.run_evaluate(
+            new, val, batch_size=24, metrics_fn=replicas.default_metrics, loop=loop
         )
+        chex.assert_trees_all_close(metrics, tp.evaluate(new, *val), rtol=1e-5)
 
 
-def test_resolve_loop():
-    assert tp.resolve_loop("auto", backend="cpu") == "host"
-    assert tp.resolve_loop("auto", backend="cpu", has_convolution=False) == "device"
+def test_resolve_loop(blobs):
+    resolve_loop = loops.resolve_loop
+    assert resolve_loop("auto", backend="cpu") == "host"
+    assert resolve_loop("auto", backend="cpu", has_convolution=False) == "device"
     mlp = make_state(tp.sgd(), np.zeros((4, 5), np.float32))
-    assert replicas._loop(mlp, jnp.zeros((4, 5))) == "device"
+    assert loops.loop_for(mlp, jnp.zeros((4, 5)), "auto") == "device"
+    assert loops.loop_for(mlp, jnp.zeros((4, 5)), "host") == "host"
     conv = tp.create_replicas(
         jax.random.key(0), models.lenet5_emnist(), tp.sgd(), np.zeros((2, 28, 28)),
         num_replicas=2,
     )  # fmt: skip
-    assert replicas._loop(conv, jnp.zeros((2, 28, 28))) == tp.resolve_loop("auto")
-    assert tp.resolve_loop("auto", backend="gpu") == "device"
-    assert tp.resolve_loop("device") == "device"
+    assert loops.loop_for(conv, jnp.zeros((2, 28, 28)), "auto") == resolve_loop("auto")
+    assert resolve_loop("auto", backend="gpu") == "device"
+    assert resolve_loop("device") == "device"
     with pytest.raises(ValueError, match="loop must be one of"):
-        tp.resolve_loop("python")
+        resolve_loop("python")
+    # the loop is a setting of the driver now, checked before anything runs
     with pytest.raises(ValueError, match="loop must be one of"):
-        tp.create_replicas(
-            jax.random.key(0), TinyMLP(), tp.sgd(), np.zeros((2, 5)), num_replicas=2,
-            loop="gpu",
+        tp.train(
+            mlp, jax.random.key(0), tp.identity_move(), train_data=blobs[0],
+            num_steps=2, interval=1, batch_size=32, loop="gpu",
         )  # fmt: skip

@@ -7,7 +7,7 @@ import pytest
 from conftest import TinyMLP
 
 import tempering as tp
-from tempering import replicas, training
+from tempering import driver, loops, training
 
 LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2])
 
@@ -16,17 +16,19 @@ LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2])
 def state(tx, blobs):
     (x, _), _ = blobs
     return tp.create_replicas(
-        jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LADDER, dropout_rate=0.1
-    )
+        jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LADDER,
+        hyperparams={"dropout_rate": 0.1},
+    )  # fmt: skip
 
 
 # Every program pt_train compiles, for either loop.
 COMPILED = (
-    replicas._host_step,
-    replicas._host_add_chunk,
-    replicas._device_segment,
-    replicas._device_evaluate,
-    training._exchange_round,
+    loops._host_array_step,
+    loops._host_segment_start,
+    loops._host_add_chunk,
+    loops._device_array_segment,
+    loops._device_evaluate,
+    driver._jitted_move,
 )
 
 
@@ -122,15 +124,17 @@ def test_same_key_same_run_and_caller_state_untouched(state, blobs):
 @pytest.mark.parametrize("loop", ["host", "device"])
 def test_rounds_compile_once_for_burn_in_rounds_and_leftover(state, blobs, loop):
     clear_compiled()
-    state = state.replace(loop=loop)
-    run(state, blobs, num_steps=47, burn_in=6, exchange_interval=10)  # 6 + 4 x 10 + 1
-    segment, chunk = (1, 1) if loop == "host" else (0, 0)
-    assert compiled_sizes() == [segment, chunk, 1 - segment, 1 - chunk, 1]
+    # 6 + 4 x 10 + 1: the leftover step starts a round the next call would end
+    result = run(state, blobs, num_steps=47, burn_in=6, exchange_interval=10, loop=loop)
+    assert int(result.state.step) == 47
+    np.testing.assert_array_equal(result.history.step, [16, 26, 36, 46])
+    host = 1 if loop == "host" else 0
+    assert compiled_sizes() == [host, host, host, 1 - host, 1 - host, 1]
 
 
 def test_host_and_device_loops_give_the_same_run(state, blobs):
-    host = run(state.replace(loop="host"), blobs)
-    device = run(state.replace(loop="device"), blobs)
+    host = run(state, blobs, loop="host")
+    device = run(state, blobs, loop="device")
     np.testing.assert_array_equal(host.history.rungs, device.history.rungs)
     np.testing.assert_allclose(
         host.history.val_loss, device.history.val_loss, rtol=1e-5
@@ -170,7 +174,7 @@ def test_diverged_replica_is_pushed_to_the_hot_end(tx, blobs):
 
 def test_round_trip_counting():
     path = np.array([[0, 2], [1, 1], [2, 0], [1, 1], [0, 2], [2, 0], [0, 2]])
-    np.testing.assert_array_equal(tp.count_round_trips(path, 3), [2, 1])
+    np.testing.assert_array_equal(training.count_round_trips(path, 3), [2, 1])
 
 
 BAD = [
@@ -179,13 +183,21 @@ BAD = [
     (dict(exchange_interval=-3), ValueError, "exchange_interval must be >= 1"),
     (dict(exchange_interval=2.5), TypeError, "exchange_interval must be an int"),
     (dict(burn_in=-1), ValueError, "burn_in must be >= 0"),
-    (dict(burn_in=50), ValueError, "burn_in=50 must be smaller"),
+    (dict(burn_in=True), TypeError, "burn_in must be an int"),
+    (dict(num_steps=10.0), TypeError, "num_steps must be an int"),
     (dict(c=0.0), ValueError, "c must be finite and > 0"),
     (dict(c=-1.0), ValueError, "c must be finite and > 0"),
     (dict(c=float("nan")), ValueError, "c must be finite and > 0"),
     (dict(scheme="all_pairs"), ValueError, "scheme must be one of"),
     (dict(batch_size=1000), ValueError, "fewer than batch_size"),
-    (dict(burn_in_hyperparams={"momentum": 0.5}), ValueError, "unknown names"),
+    (
+        dict(burn_in_hyperparams={"momentum": 0.5}),
+        ValueError,
+        r"unknown hyperparameter.*momentum",
+    ),
+    (dict(burn_in_hyperparams={"learning_rate": 0.0}), ValueError, "learning_rate"),
+    (dict(exchanges="yes"), TypeError, "exchanges must be True or False"),
+    (dict(loop="gpu"), ValueError, "loop must be one of"),
 ]
 
 
@@ -225,6 +237,19 @@ def test_invalid_data_raise_before_compiling(state, blobs):
         with pytest.raises(error, match=match):
             run(state, blobs, **kwargs)
     assert compiled_sizes() == [0] * len(COMPILED)
+
+
+def test_a_call_within_the_burn_in_takes_its_steps_without_rounds(state, blobs):
+    # num_steps counts this call's steps; a burn-in longer than the call is
+    # continued by the next call (it was an error when a call was a whole run)
+    result = run(state, blobs, num_steps=12, burn_in=50)
+    assert int(result.state.step) == 12
+    assert result.history.step.shape == (0,)
+    assert result.history.rungs.shape == result.history.val_loss.shape == (0, 4)
+    assert result.history.proposed.shape == (0, 3)
+    assert np.all(np.isnan(result.summary.acceptance_rate))
+    np.testing.assert_array_equal(result.state.rungs, np.arange(4))
+    assert np.isfinite(result.summary.final_val_loss).all()
 
 
 def test_mismatched_ladder_and_state(state, blobs):
