@@ -417,34 +417,16 @@ def train(
         augment=augment,
         vectorize=vectorize,
     )
-    eval_batch_size = check_int(eval_batch_size, "eval_batch_size", 1)
     if burn_in_hyperparams:
         set_hyperparams(state, **burn_in_hyperparams)  # validates names and values
-    source = as_train_source(train_data, "train_data", settings.batch_size)
-    if isinstance(source, ArraySource):
-        _check_compatible(state, *source, "train_data", metrics_fn)
-        source = ArraySource(jnp.asarray(source.inputs), jnp.asarray(source.targets))
-        sample = source.inputs
-    else:
-        source = BatchReader(source, "train_data")
-        sample = None
-    validation = test = None
-    if validation_data is not None:
-        validation = _eval_source(validation_data, "validation_data", state, metrics_fn)
-    if test_data is not None:
-        test = _eval_source(test_data, "test_data", state, metrics_fn)
-    if sample is None and validation is not None:
-        sample = (
-            validation.inputs
-            if isinstance(validation, ArraySource)
-            else (_first_batch(validation, "validation_data")[0])
-        )
-    loop = loop_for(state, sample, loop)
-    eval_settings = dict(
-        batch_size=eval_batch_size,
+    data = _prepare_data(
+        state, train_data, validation_data, test_data, settings.batch_size, metrics_fn
+    )
+    evaluation = _Evaluation(
+        batch_size=check_int(eval_batch_size, "eval_batch_size", 1),
         metrics_fn=metrics_fn,
         vectorize=vectorize,
-        loop=loop,
+        loop=loop_for(state, data.sample, loop),
     )
 
     data_key, key = jax.random.split(key)
@@ -463,8 +445,8 @@ def train(
             initial = (_host(state.rungs), _host(state.hyperparams))
         segment_key, move_key = jax.random.split(jax.random.fold_in(key, segment.round))
         state, train_loss = run_segment(
-            state, segment_key, source, segment.steps, data_key=data_key,
-            settings=settings, loop=loop, start=segment.start,
+            state, segment_key, data.train, segment.steps, data_key=data_key,
+            settings=settings, loop=evaluation.loop, start=segment.start,
         )  # fmt: skip
         if bar is not None:
             bar.update(segment.steps)
@@ -473,31 +455,10 @@ def train(
             state = set_hyperparams(state, **before_burn_in)  # burn-in over
         if not (segment.evaluated and segment.ends_round) or (last and not move_at_end):
             continue
-        metrics = test_metrics = None
-        scores = jnp.zeros((state.num_replicas,), jnp.float32)
-        if validation is not None:
-            metrics = run_evaluate(
-                state, validation, name="validation_data", **eval_settings
-            )
-            scores = (
-                metrics.loss if score_fn is None else jnp.asarray(score_fn(metrics))
-            )
-        if test is not None:
-            test_metrics = run_evaluate(state, test, name="test_data", **eval_settings)
-        state, info = _jitted_move(
-            move, move_key, state, scores, jnp.int32(segment.round_index)
-        )
-        record = RoundRecord(
-            round=segment.round_index,
-            step=int(state.step),
-            train_loss=_host(train_loss),
-            validation=_host(metrics),
-            score=_host(scores),
-            test=_host(test_metrics),
-            move=_host(info),
-            rungs=_host(state.rungs),
-            hyperparams=_host(state.hyperparams),
-        )
+        state, record = _end_round(
+            state, move, move_key, segment.round_index, train_loss, data, evaluation,
+            score_fn,
+        )  # fmt: skip
         records.append(record)
         if callback is not None and callback(record):
             break
@@ -506,11 +467,82 @@ def train(
     if initial is None:
         initial = (_host(state.rungs), _host(state.hyperparams))
     final = None
-    if validation is not None:
-        final = run_evaluate(state, validation, name="validation_data", **eval_settings)
-        final = _host(final)
-    history = _stack(records, initial, burn_values, state, move, final, test)
+    if data.validation is not None:
+        final = _host(evaluation(state, data.validation, "validation_data"))
+    history = _stack(records, initial, burn_values, state, move, final, data.test)
     return RunResult(state, history, final)
+
+
+class _Data(NamedTuple):
+    train: ArraySource | BatchReader  # in-memory data on device, or a reader
+    validation: ArraySource | IterableSource | None
+    test: ArraySource | IterableSource | None
+    sample: Any  # inputs shaped like a batch (for the loop's "auto")
+
+
+def _prepare_data(
+    state, train_data, validation_data, test_data, batch_size, metrics_fn
+):
+    """Validated sources, checked against the model before anything compiles."""
+    source = as_train_source(train_data, "train_data", batch_size)
+    sample = None
+    if isinstance(source, ArraySource):
+        _check_compatible(state, *source, "train_data", metrics_fn)
+        source = ArraySource(jnp.asarray(source.inputs), jnp.asarray(source.targets))
+        sample = source.inputs
+    else:
+        source = BatchReader(source, "train_data")
+    validation = test = None
+    if validation_data is not None:
+        validation = _eval_source(validation_data, "validation_data", state, metrics_fn)
+        if sample is None:
+            sample = (
+                validation.inputs
+                if isinstance(validation, ArraySource)
+                else _first_batch(validation, "validation_data")[0]
+            )
+    if test_data is not None:
+        test = _eval_source(test_data, "test_data", state, metrics_fn)
+    return _Data(source, validation, test, sample)
+
+
+class _Evaluation(NamedTuple):
+    """How the rounds evaluate (one compiled program per source shape)."""
+
+    batch_size: int
+    metrics_fn: MetricsFn | None
+    vectorize: str
+    loop: str
+
+    def __call__(self, state, source, name):
+        return run_evaluate(
+            state, source, batch_size=self.batch_size, metrics_fn=self.metrics_fn,
+            vectorize=self.vectorize, loop=self.loop, name=name,
+        )  # fmt: skip
+
+
+def _end_round(state, move, key, round_index, train_loss, data, evaluation, score_fn):
+    """Evaluate (validation, test), score, move; the round's record on the host."""
+    metrics = test_metrics = None
+    scores = jnp.zeros((state.num_replicas,), jnp.float32)
+    if data.validation is not None:
+        metrics = evaluation(state, data.validation, "validation_data")
+        scores = metrics.loss if score_fn is None else jnp.asarray(score_fn(metrics))
+    if data.test is not None:
+        test_metrics = evaluation(state, data.test, "test_data")
+    state, info = _jitted_move(move, key, state, scores, jnp.int32(round_index))
+    record = RoundRecord(
+        round=round_index,
+        step=int(state.step),
+        train_loss=_host(train_loss),
+        validation=_host(metrics),
+        score=_host(scores),
+        test=_host(test_metrics),
+        move=_host(info),
+        rungs=_host(state.rungs),
+        hyperparams=_host(state.hyperparams),
+    )
+    return state, record
 
 
 def _stack(records, initial, burn_values, state, move, final, test) -> History:
