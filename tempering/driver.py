@@ -434,7 +434,8 @@ def train(
     segments = plan(int(state.step), sched)
     before_burn_in = _copy(state.hyperparams)  # the state's buffers are donated
     burn_values = _host(before_burn_in)
-    records, initial = [], None
+    records = _Rows(sum(seg.evaluated and seg.ends_round for seg in segments))
+    initial = None
     bar = _progress(sched.num_steps, progress, _RUN_NAMES.get(interval_name, "train"))
     for index, segment in enumerate(segments):
         burning = not segment.evaluated
@@ -459,7 +460,7 @@ def train(
             state, move, move_key, segment.round_index, train_loss, data, evaluation,
             score_fn,
         )  # fmt: skip
-        records.append(record)
+        records.add(record)
         if callback is not None and callback(record):
             break
     if bar is not None:
@@ -545,9 +546,34 @@ def _end_round(state, move, key, round_index, train_loss, data, evaluation, scor
     return state, record
 
 
+class _Rows:
+    """Round records written, as they arrive, into preallocated ``(R, ...)`` arrays."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.count, self.arrays = capacity, 0, None
+
+    def add(self, record: RoundRecord) -> None:
+        """Copies one record into row ``count``."""
+        if self.arrays is None:
+            self.arrays = jax.tree.map(
+                lambda x: np.empty((self.capacity, *np.shape(x)), np.asarray(x).dtype),
+                record,
+            )
+        jax.tree.map(
+            lambda rows, x: rows.__setitem__(self.count, x), self.arrays, record
+        )
+        self.count += 1
+
+    def stacked(self) -> RoundRecord:
+        """The rows written so far (copied when the run stopped early)."""
+        if self.count == self.capacity:
+            return self.arrays
+        return jax.tree.map(lambda rows: rows[: self.count].copy(), self.arrays)
+
+
 def _stack(records, initial, burn_values, state, move, final, test) -> History:
-    """Stacks round records; an empty history keeps every field's trailing shape."""
-    if not records:
+    """The history of the rounds; an empty one keeps every field's trailing shape."""
+    if not records.count:
         num = state.num_replicas
         empty_m = np.zeros((0, num), np.float32)
 
@@ -574,7 +600,7 @@ def _stack(records, initial, burn_values, state, move, final, test) -> History:
             initial_hyperparams=initial[1],
             burn_in_hyperparams=burn_values,
         )
-    stacked = jax.tree.map(lambda *xs: np.stack(xs), *records)
+    stacked = records.stacked()
     return History(
         round=np.asarray(stacked.round),
         step=np.asarray(stacked.step),
