@@ -51,6 +51,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -60,10 +61,16 @@ from jax import lax
 from jax.custom_batching import custom_vmap
 from jax.extend import core as jex_core
 
+try:
+    _optimization_barrier = lax.optimization_barrier
+except AttributeError:  # not public in jax 0.4.30
+    from jax._src.ad_checkpoint import _optimization_barrier
+
 __all__ = [
     "FORMULATIONS",
     "POLICIES",
     "Policy",
+    "RewriteFallbackWarning",
     "resolve_policy",
     "replica_vmap",
 ]
@@ -329,6 +336,21 @@ def _contains(jaxpr: jex_core.Jaxpr, names: frozenset[str]) -> bool:
 _INLINE = frozenset({"pjit", "jit", "closed_call", "core_call", "remat", "checkpoint"})
 
 
+def _bind(eqn: Any, invals: Sequence) -> Any:
+    """Binds an equation's primitive to new operands, as ``jax.core.eval_jaxpr``.
+
+    ``Primitive.get_bind_params`` returns the bind parameters in new JAX and a
+    pair ``(subfuns, params)`` in older JAX (0.4.30, 0.6.2 and 0.8.3 were
+    measured; not 0.9.2), where the sub-functions (a call primitive's body)
+    come before the operands.
+    """
+    bind_params = eqn.primitive.get_bind_params(eqn.params)
+    if isinstance(bind_params, tuple | list):
+        subfuns, bind_params = bind_params
+        return eqn.primitive.bind(*subfuns, *invals, **bind_params)
+    return eqn.primitive.bind(*invals, **bind_params)
+
+
 def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence, args: Sequence, rules) -> list:
     """Evaluates ``jaxpr`` with chosen primitives routed through custom_vmap."""
     env: dict[Any, Any] = {}
@@ -354,9 +376,7 @@ def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence, args: Sequence, rules) -> lis
             )
             outs = _eval(sub, sub_consts, invals, rules)
         else:
-            outs = eqn.primitive.bind(
-                *invals, **eqn.primitive.get_bind_params(eqn.params)
-            )
+            outs = _bind(eqn, invals)
         if eqn.primitive.multiple_results:
             for v, x in zip(eqn.outvars, outs, strict=True):
                 env[v] = x
@@ -393,12 +413,38 @@ def _sequential(fun: Callable, in_axes: Any) -> Callable:
                 for arg, axis in zip(args, axes, strict=True)
             )
             if previous is not None:
-                sliced, _ = lax.optimization_barrier((sliced, previous))
+                sliced, _ = _optimization_barrier((sliced, previous))
             previous = fun(*sliced)
             outs.append(previous)
         return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
     return chained
+
+
+class RewriteFallbackWarning(RuntimeWarning):
+    """:func:`replica_vmap` fell back to plain ``jax.vmap`` (slower on CPU)."""
+
+
+_warned: set = set()
+
+
+def _warn_fallback(fun: Callable, rules: Mapping[str, str], error: Exception) -> None:
+    """Warns once per function name and policy that the rewrite fell back."""
+    while isinstance(fun, functools.partial):
+        fun = fun.func
+    name = getattr(fun, "__qualname__", None) or type(fun).__qualname__
+    key = (name, tuple(sorted(rules.items())))
+    if key in _warned:
+        return
+    _warned.add(key)
+    warnings.warn(
+        f"tempering.fast.replica_vmap could not rewrite {name} for policy "
+        f"{dict(rules)} under jax {jax.__version__} "
+        f"({type(error).__name__}: {error}); using plain jax.vmap instead: the "
+        "same results, possibly slower (set vectorize='vmap' to silence this).",
+        RewriteFallbackWarning,
+        stacklevel=3,
+    )
 
 
 def replica_vmap(
@@ -422,7 +468,10 @@ def replica_vmap(
 
     Returns:
         The vectorised function; numerically equal to ``jax.vmap(fun, in_axes)``
-        up to float reassociation.
+        up to float reassociation. Where the jaxpr rewrite fails while tracing
+        (JAX internals it does not know, a primitive it cannot re-bind), the
+        function is plain ``jax.vmap(fun, in_axes)`` and a
+        :class:`RewriteFallbackWarning` is issued once per function and policy.
 
     Example:
         >>> step = replica_vmap(single_step, in_axes=(0, 0, None), policy="unroll")
@@ -436,6 +485,18 @@ def replica_vmap(
     @functools.wraps(fun)
     def vectorised(*args):
         axes = _normalised_axes(in_axes, args)
+        try:
+            return rewritten_vmap(axes, args)
+        except Exception as error:
+            # The rewrite relies on JAX internals (jaxpr equations, bind params,
+            # custom_vmap); where it meets ones it does not know, or a primitive
+            # it cannot re-bind, plain jax.vmap computes the same function. An
+            # error of ``fun`` itself is raised again by jax.vmap, unwarned.
+            outs = jax.vmap(fun, in_axes=in_axes)(*args)
+            _warn_fallback(fun, rules, error)
+            return outs
+
+    def rewritten_vmap(axes, args):
         flat_axes = [
             axis
             for arg, axis in zip(args, axes, strict=True)

@@ -328,7 +328,11 @@ def test_grain_loader_as_train_data(state, blobs):
 
 def test_float64_inputs_under_x64(blobs, tx):  # bug: loop carry dtype mismatch
     (x, y), (xv, yv) = blobs
-    with jax.enable_x64(True):
+    # jax.enable_x64 in new JAX, jax.experimental.enable_x64 in old (0.4.30)
+    enable_x64 = getattr(jax, "enable_x64", None)
+    if enable_x64 is None:
+        from jax.experimental import enable_x64
+    with enable_x64(True):
         state = tp.create_replicas(jax.random.key(0), TinyMLP(), tx,
                                    x[:4].astype(np.float64), ladder=LR_LADDER)  # fmt: skip
         data = ((x.astype(np.float64), y), (xv.astype(np.float64), yv))

@@ -14,6 +14,9 @@ import tempering as tp
 from tempering import fast, models
 from tempering.replicas import _replica_train_step
 
+# A rewrite that silently fell back to plain vmap would pass every comparison.
+pytestmark = pytest.mark.filterwarnings("error::tempering.fast.RewriteFallbackWarning")
+
 M = 2
 POLICIES = [
     "unroll",
@@ -225,3 +228,63 @@ def test_fused_step_traces_once():
 
     for i in range(3):
         state, _ = step(state, jax.random.key(i))
+
+
+def _break_the_rewrite(monkeypatch, where):
+    # The crash of old JAX (get_bind_params returned (subfuns, params)) or any
+    # other failure inside the rewrite.
+    def fail(*args, **kwargs):
+        raise TypeError("argument after ** must be a mapping, not tuple")
+
+    monkeypatch.setattr(fast, where, fail)
+    monkeypatch.setattr(fast, "_warned", set())
+
+
+def _fallback_messages(record):
+    return [str(w.message) for w in record if w.category is fast.RewriteFallbackWarning]
+
+
+@pytest.mark.parametrize("where", ["_bind", "_eval"])
+def test_rewrite_failure_falls_back_to_vmap_with_one_warning(monkeypatch, where):
+    _break_the_rewrite(monkeypatch, where)
+
+    def f(w, x):
+        y = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
+        return jnp.sum(jnp.tanh(y) ** 2)
+
+    grad = jax.grad(f)
+    fused = jax.jit(fast.replica_vmap(grad, (0, None), policy="unroll"))
+    w = jax.random.normal(jax.random.key(0), (M, 3, 3, 2, 4))
+    with pytest.warns(fast.RewriteFallbackWarning, match="plain jax.vmap") as record:
+        for x in (jnp.ones((5, 8, 8, 2)), jnp.ones((3, 6, 6, 2))):  # two traces
+            ref = jax.vmap(grad, (0, None))(w, x)
+            _assert_trees_close(fused(w, x), ref)
+    messages = _fallback_messages(record)
+    assert len(messages) == 1, messages  # once per function and policy
+    assert ".f for policy {'conv_general_dilated': 'unroll'}" in messages[0]
+    assert "TypeError: argument after ** must be a mapping" in messages[0]
+
+
+def test_a_broken_rewrite_trains_as_plain_vmap(monkeypatch):
+    _break_the_rewrite(monkeypatch, "_bind")
+    state, x, y = _replicas("lenet")
+    key = jax.random.key(1)
+    step = jax.jit(tp.train_step, static_argnames="vectorize")
+    ref, ref_metrics = step(state, key, x, y, vectorize="vmap")
+    with pytest.warns(fast.RewriteFallbackWarning) as record:
+        new, metrics = step(state, key, x, y, vectorize="unroll")
+    assert len(_fallback_messages(record)) == 1
+    _assert_trees_close((new.params, metrics), (ref.params, ref_metrics))
+
+
+def test_errors_of_the_function_itself_are_not_a_fallback(monkeypatch):
+    monkeypatch.setattr(fast, "_warned", set())
+    w = jnp.ones((M, 3, 3, 2, 4))
+
+    def f(w, x):
+        y = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
+        return y @ jnp.ones((5, 5))  # wrong shape: the user's error
+
+    # no RewriteFallbackWarning (an error in this module): the user's error
+    with pytest.raises(TypeError, match="dot_general"):
+        fast.replica_vmap(f, (0, None), policy="unroll")(w, jnp.ones((5, 8, 8, 2)))
