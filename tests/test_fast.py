@@ -269,7 +269,11 @@ def test_a_broken_rewrite_trains_as_plain_vmap(monkeypatch):
     _break_the_rewrite(monkeypatch, "_bind")
     state, x, y = _replicas("lenet")
     key = jax.random.key(1)
-    step = jax.jit(tp.train_step, static_argnames="vectorize")
+
+    def fresh_step(*args, **kwargs):  # a new function: no trace cached by jit
+        return tp.train_step(*args, **kwargs)
+
+    step = jax.jit(fresh_step, static_argnames="vectorize")
     ref, ref_metrics = step(state, key, x, y, vectorize="vmap")
     with pytest.warns(fast.RewriteFallbackWarning) as record:
         new, metrics = step(state, key, x, y, vectorize="unroll")
