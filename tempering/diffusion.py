@@ -2,7 +2,7 @@
 
 A hyperparameter acts like a temperature when more of it makes the weights
 wander faster: M replicas are trained, one per value of the hyperparameter,
-with the vectorised engine (:func:`tempering.run_segment` in chunks, one
+with the vectorised engine (:func:`tempering.train` in chunks, one
 compiled program for every chunk length), and the distance
 ``||W(t) - W(t0)||`` (all parameters flattened, L2 norm) is recorded against
 time for every replica. Dropout rate and learning rate diffuse faster when
@@ -15,9 +15,10 @@ L2 weight decay becomes one with an optimiser that injects it, e.g.
 one round per record whose move measures the distance.
 
 Example:
-    >>> tx = tp.diffusion.l2_sgd(0.05)
+    >>> from tempering import diffusion
+    >>> tx = diffusion.l2_sgd(0.05)
     >>> state = tp.create_replicas(key, model, tx, x[:1], num_replicas=4)
-    >>> result = tp.diffusion.diffusion_test(
+    >>> result = diffusion.diffusion_test(
     ...     state, key, train_data=(x, y), hyperparameter="weight_decay",
     ...     values=[0.0, 1e-3, 1e-2, 1e-1], num_steps=2000)
     >>> result.distance.shape  # (num_records, 4)
@@ -201,6 +202,11 @@ def diffusion_test(
             values, bad counts.
     """
     check_not_traced(state)
+    if int(state.step) != 0:
+        raise ValueError(
+            f"diffusion_test needs replicas at step 0 (t0 counts from there), got "
+            f"state.step={int(state.step)}; create fresh ones with create_replicas"
+        )
     values = np.asarray(values, np.float32)
     if values.shape != (state.num_replicas,):
         raise ValueError(
@@ -222,7 +228,7 @@ def diffusion_test(
         num_steps=int(record_steps[-1]), interval=ends,
     )  # fmt: skip
     return DiffusionResult(
-        steps=record_steps,
+        steps=result.history.step - int(t0),  # a callback may stop the run early
         distance=result.history.move,
         train_loss=result.history.train_loss,
         values=values,

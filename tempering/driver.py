@@ -13,9 +13,12 @@ steps in two calls are the N + K steps of one call, bit for bit. A call that
 ends part-way through a round leaves the rest of it (and its move) to the
 next call.
 
-Every round's record goes to the host as numpy when the round ends (so memory
-stays flat in the number of rounds) and to the optional callback, which may
-stop the run.
+Every round's record goes to the host as numpy when the round ends (no device
+memory is held per round; the host keeps a few hundred bytes per round) and to
+the optional callback, which may stop the run. In-memory data continues
+exactly across calls; a stream continues from wherever the caller's iterator
+is. A move skipped at the end of a call (``move_at_end=False``, PBT) is not
+made up by the next call.
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ class History(NamedTuple):
     initial_rungs: np.ndarray  # shape=(M,), before the first round of this call
     initial_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), likewise
     burn_in_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), in the burn-in
+    first_step: int = 0  # global step at which this call started
 
 
 class RunResult(NamedTuple):
@@ -157,7 +161,7 @@ def rounds(
         return Rounds(num_steps, check_int(interval, interval_name, 1), burn_in)
     if np.ndim(interval) == 0:  # a float, a bool, ...: not an int, not round ends
         check_int(interval, interval_name, 1)
-    ends = tuple(int(e) for e in interval)
+    ends = tuple(check_int(e, interval_name, 0) for e in interval)
     if (
         not ends
         or ends[0] < 0
@@ -210,6 +214,9 @@ def plan(first_step: int, sched: Rounds) -> list[_Segment]:
 
 
 def check_not_traced(state: ReplicaState) -> None:
+    """Raises TypeError unless ``state`` is a concrete ReplicaState (no jax.jit)."""
+    if not isinstance(state, ReplicaState):
+        raise TypeError("state must be a ReplicaState from tempering.create_replicas")
     if isinstance(state.step, jax.core.Tracer) or isinstance(
         state.rungs, jax.core.Tracer
     ):
@@ -406,8 +413,6 @@ def train(
             by ``jax.jit``.
     """
     check_not_traced(state)
-    if not isinstance(state, ReplicaState):
-        raise TypeError("state must be a ReplicaState from tempering.create_replicas")
     key = _check_key(key, "key")
     move = as_move(move)
     sched = rounds(num_steps, interval, burn_in, interval_name=interval_name)
@@ -420,7 +425,7 @@ def train(
     if burn_in_hyperparams:
         set_hyperparams(state, **burn_in_hyperparams)  # validates names and values
     data = _prepare_data(
-        state, train_data, validation_data, test_data, settings.batch_size, metrics_fn
+        state, train_data, validation_data, test_data, settings, metrics_fn
     )
     evaluation = _Evaluation(
         batch_size=check_int(eval_batch_size, "eval_batch_size", 1),
@@ -431,7 +436,8 @@ def train(
 
     data_key, key = jax.random.split(key)
     state = _copy(state)  # the caller's buffers are never donated
-    segments = plan(int(state.step), sched)
+    first_step = int(state.step)
+    segments = plan(first_step, sched)
     before_burn_in = _copy(state.hyperparams)  # the state's buffers are donated
     burn_values = _host(before_burn_in)
     records = _Rows(sum(seg.evaluated and seg.ends_round for seg in segments))
@@ -470,7 +476,9 @@ def train(
     final = None
     if data.validation is not None:
         final = _host(evaluation(state, data.validation, "validation_data"))
-    history = _stack(records, initial, burn_values, state, move, final, data.test)
+    history = _stack(
+        records, initial, burn_values, state, move, final, data.test, first_step
+    )
     return RunResult(state, history, final)
 
 
@@ -481,11 +489,9 @@ class _Data(NamedTuple):
     sample: Any  # inputs shaped like a batch (for the loop's "auto")
 
 
-def _prepare_data(
-    state, train_data, validation_data, test_data, batch_size, metrics_fn
-):
+def _prepare_data(state, train_data, validation_data, test_data, settings, metrics_fn):
     """Validated sources, checked against the model before anything compiles."""
-    source = as_train_source(train_data, "train_data", batch_size)
+    source = as_train_source(train_data, "train_data", settings.batch_size)
     sample = None
     if isinstance(source, ArraySource):
         _check_compatible(state, *source, "train_data", metrics_fn)
@@ -493,6 +499,11 @@ def _prepare_data(
         sample = source.inputs
     else:
         source = BatchReader(source, "train_data")
+        x, y = source.peek()
+        if not settings.shared_batch:  # (M, B, ...) batches: check one replica's
+            x, y = x[0], y[0]
+        _check_compatible(state, x, y, "train_data", metrics_fn)
+        sample = x
     validation = test = None
     if validation_data is not None:
         validation = _eval_source(validation_data, "validation_data", state, metrics_fn)
@@ -529,6 +540,11 @@ def _end_round(state, move, key, round_index, train_loss, data, evaluation, scor
     if data.validation is not None:
         metrics = evaluation(state, data.validation, "validation_data")
         scores = metrics.loss if score_fn is None else jnp.asarray(score_fn(metrics))
+        if scores.shape != (state.num_replicas,):
+            raise ValueError(
+                f"score_fn must return one score per replica, shape "
+                f"({state.num_replicas},), got shape {scores.shape}"
+            )
     if data.test is not None:
         test_metrics = evaluation(state, data.test, "test_data")
     state, info = _jitted_move(move, key, state, scores, jnp.int32(round_index))
@@ -571,7 +587,7 @@ class _Rows:
         return jax.tree.map(lambda rows: rows[: self.count].copy(), self.arrays)
 
 
-def _stack(records, initial, burn_values, state, move, final, test) -> History:
+def _stack(records, initial, burn_values, state, move, final, test, first_step):
     """The history of the rounds; an empty one keeps every field's trailing shape."""
     if not records.count:
         num = state.num_replicas
@@ -599,6 +615,7 @@ def _stack(records, initial, burn_values, state, move, final, test) -> History:
             initial_rungs=initial[0],
             initial_hyperparams=initial[1],
             burn_in_hyperparams=burn_values,
+            first_step=first_step,
         )
     stacked = records.stacked()
     return History(
@@ -614,4 +631,5 @@ def _stack(records, initial, burn_values, state, move, final, test) -> History:
         initial_rungs=initial[0],
         initial_hyperparams=initial[1],
         burn_in_hyperparams=burn_values,
+        first_step=first_step,
     )

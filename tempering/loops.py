@@ -378,6 +378,8 @@ def run_evaluate(
         count, size = 0, None
         for element in source.make_iterator():
             x, y = batch_pair(element, name)
+            if len(y) == 0:
+                raise ValueError(f"{name} yielded an empty batch")
             size = size or len(y)
             if len(y) > size:
                 raise ValueError(

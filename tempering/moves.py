@@ -22,6 +22,7 @@ same shapes and settings reuses the compiled program.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -39,6 +40,7 @@ __all__ = [
     "FunctionMove",
     "IdentityMove",
     "Move",
+    "NoInfo",
     "as_move",
     "exchange_move",
     "identity_move",
@@ -172,8 +174,8 @@ def as_move(move: Any) -> Any:
     """A move the driver can jit: moves pass through, functions are wrapped."""
     if isinstance(move, ExchangeMove | IdentityMove | FunctionMove):
         return move
-    if hasattr(move, "__dataclass_fields__") and callable(move):
-        return move  # another flax.struct move (e.g. PBTMove)
+    if dataclasses.is_dataclass(move) and hasattr(move, "replace") and callable(move):
+        return move  # another flax.struct move (a pytree), e.g. PBTMove
     if callable(move):
         return FunctionMove(move)
     raise TypeError(

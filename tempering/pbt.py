@@ -2,7 +2,7 @@
 
 PBT runs on the same stacked :class:`~tempering.replicas.ReplicaState` as
 parallel tempering: M replicas train with the fused vectorised step, and every
-``ready_interval`` SGD steps one pure step ``pbt_step(key, state, scores)``
+``ready_interval`` SGD steps one pure step ``pbt_step(key, state, scores, config)``
 
 - *exploits*: a replica chosen for replacement copies the parameters,
   optimiser state (moments and the learning rate in
@@ -422,6 +422,7 @@ class PBTHistory(NamedTuple):
     burn_in_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), burn-in
     burn_in: int
     num_steps: int  # global step at the end of the run
+    first_step: int = 0  # global step at which this call started
 
     @property
     def val_accuracy(self) -> np.ndarray:
@@ -543,6 +544,7 @@ def pbt_train(
         burn_in_hyperparams=history.burn_in_hyperparams,
         burn_in=int(kwargs.get("burn_in", 0)),
         num_steps=int(run.state.step),
+        first_step=history.first_step,
     )
     return PBTResult(run.state, pbt_history, summary)
 
@@ -574,6 +576,12 @@ def best_schedule(history: PBTHistory, replica: int) -> Schedule:
     Returns:
         The :class:`Schedule` (burn-in piece first when ``burn_in > 0``).
     """
+    if history.first_step != 0:
+        raise ValueError(
+            f"this history starts at step {history.first_step} (a continued "
+            "pbt_train call); best_schedule needs the lineage from step 0: take "
+            "it from a single call, or keep the first call's history"
+        )
     num = (
         history.parent.shape[1]
         if history.parent.size

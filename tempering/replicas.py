@@ -343,6 +343,8 @@ def create_replicas(
                 f"model input {name!r} has no default: give its starting value "
                 f"with hyperparams={{{name!r}: ...}}"
             )
+        if value is not None:
+            check_values(name, value, "hyperparams")
         start[name] = jnp.float32(0.0 if value is None else value)
     sample_input = jnp.asarray(sample_input)
     keys = jax.random.split(key, num_replicas)
@@ -446,6 +448,8 @@ def get_hyperparams(
 ) -> dict[str, jax.Array]:
     """Per-replica values ``(M,)`` of the named (default: all) hyperparameters."""
     names = sorted(state.hyperparams) if names is None else names
+    names = (names,) if isinstance(names, str) else tuple(names)
+    check_names(state, names, "get_hyperparams")
     return {name: state.hyperparams[name] for name in names}
 
 
@@ -497,7 +501,9 @@ def replica(state: ReplicaState, index: int) -> dict[str, PyTree]:
         >>> logits = state.model.apply(variables, x, train=False, dropout_rate=0.0)
     """
     if not -state.num_replicas <= index < state.num_replicas:
-        raise IndexError(f"index must lie in [0, {state.num_replicas}), got {index}")
+        raise IndexError(
+            f"index must lie in [-{state.num_replicas}, {state.num_replicas}), got {index}"
+        )
     variables = {"params": jax.tree.map(lambda x: x[index], state.params)}
     if jax.tree.leaves(state.batch_stats):
         variables["batch_stats"] = jax.tree.map(lambda x: x[index], state.batch_stats)
@@ -639,6 +645,11 @@ def chunked(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Pads to whole chunks: ``(C, b, ...)`` inputs and targets, ``(C, b)`` mask."""
     num_examples = targets.shape[0]
+    if num_examples == 0 or batch_size < 1:
+        raise ValueError(
+            f"evaluate needs examples and batch_size >= 1, got {num_examples} "
+            f"examples and batch_size={batch_size}"
+        )
     batch_size = min(batch_size, num_examples)
     num_chunks = -(-num_examples // batch_size)
     pad = num_chunks * batch_size - num_examples

@@ -64,10 +64,23 @@ class BatchReader:
     def __init__(self, source: IterableSource, name: str):
         self._source, self._name = source, name
         self._iterator = source.make_iterator()
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self.batches_read = 0
+
+    def peek(self) -> tuple[np.ndarray, np.ndarray]:
+        """The next batch, kept for the next :meth:`take`."""
+        if not self._pending:
+            self._pending = self._read(1)
+            self.batches_read -= 1
+        return self._pending[0]
 
     def take(self, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """The next ``count`` batches as numpy ``(inputs, targets)`` pairs."""
+        out, self._pending = self._pending[:count], self._pending[count:]
+        self.batches_read += len(out)
+        return out + self._read(count - len(out))
+
+    def _read(self, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
         out = []
         restarted = False
         while len(out) < count:

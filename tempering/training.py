@@ -170,6 +170,8 @@ def pt_train(
     if not isinstance(ladder, Ladder):
         raise TypeError("ladder must be a tempering.Ladder (see tempering.make_ladder)")
     check_ladder(state, ladder)
+    if kwargs.get("validation_data") is None:
+        raise TypeError("pt_train needs validation_data: its loss drives the exchanges")
     move = exchange_move(
         ladder, c=c, scheme=scheme, enabled=check_bool(exchanges, "exchanges")
     )

@@ -419,3 +419,68 @@ def test_replica_helper_returns_plain_flax_variables(state, blobs):
     stacked = tp.evaluate(state, x[:8], np.zeros(8, np.int32))
     expected = tp.replicas.cross_entropy(single, jnp.zeros(8, jnp.int32)).mean()
     np.testing.assert_allclose(stacked.loss[2], expected, rtol=1e-5)
+
+
+# --- review fixes ---------------------------------------------------------------
+
+
+def test_more_bad_input_is_caught_before_training(state, blobs):
+    (x, y), (xv, yv) = blobs
+    with pytest.raises(TypeError, match="needs validation_data"):
+        pt(state, blobs, validation_data=None)
+    with pytest.raises(ValueError, match=r"score_fn must return one score per replica"):
+        pt(state, blobs, score_fn=lambda m: m.loss.mean())
+    with pytest.raises(ValueError, match="dropout_rate in hyperparams"):
+        tp.create_replicas(jax.random.key(0), TinyMLP(), tp.sgd(0.1), x[:4],
+                           num_replicas=2, hyperparams={"dropout_rate": 1.5})  # fmt: skip
+    with pytest.raises(ValueError, match="get_hyperparams: unknown"):
+        tp.get_hyperparams(state, "lr")
+    assert set(tp.get_hyperparams(state, "learning_rate")) == {"learning_rate"}
+    with pytest.raises(TypeError, match="ReplicaState"):
+        tp.train({"params": 1}, jax.random.key(0), tp.identity_move(),
+                 train_data=(x, y), num_steps=5, interval=5)  # fmt: skip
+    with pytest.raises(TypeError, match="interval must be an int"):
+        tp.train(state, jax.random.key(0), tp.identity_move(), train_data=(x, y),
+                 num_steps=5, interval=[1.5, 5])  # fmt: skip
+
+
+def test_a_stream_without_validation_data(state, blobs):
+    (x, y), _ = blobs
+    result = tp.train(state, jax.random.key(0), tp.identity_move(),
+                      train_data=batches(x, y, 32), num_steps=20, interval=10)  # fmt: skip
+    assert int(result.state.step) == 20 and result.final is None
+    with pytest.raises(ValueError, match="train_data: the model cannot take"):
+        tp.train(state, jax.random.key(0), tp.identity_move(),
+                 train_data=batches(x[:, :2], y, 32), num_steps=20, interval=10)  # fmt: skip
+
+
+def test_best_schedule_refuses_a_continued_history(state, blobs):
+    train, val = blobs
+    config = tp.pbt_config({"learning_rate": tp.Prior(0.01, 0.2, log=True)})
+    kwargs = dict(config=config, train_data=train, validation_data=val,
+                  ready_interval=10, batch_size=32)  # fmt: skip
+    first = tp.pbt_train(state, jax.random.key(2), num_steps=20, **kwargs)
+    tp.best_schedule(first.history, 0)
+    second = tp.pbt_train(first.state, jax.random.key(2), num_steps=20, **kwargs)
+    assert second.history.first_step == 20
+    with pytest.raises(ValueError, match="starts at step 20"):
+        tp.best_schedule(second.history, 0)
+
+
+def test_diffusion_needs_step_zero_and_reports_the_steps_it_ran(state, blobs):
+    from tempering import diffusion
+
+    train, _ = blobs
+    common = dict(train_data=train, hyperparameter="learning_rate",
+                  values=[0.01, 0.02, 0.03, 0.04], num_steps=8, num_records=4,
+                  batch_size=32)  # fmt: skip
+    result = diffusion.diffusion_test(state, jax.random.key(0), **common)
+    np.testing.assert_array_equal(result.steps, diffusion.record_schedule(8, 4))
+    stopped = diffusion.diffusion_test(
+        state, jax.random.key(0), callback=lambda r: True, **common
+    )
+    assert stopped.steps.shape == (1,) and stopped.distance.shape == (1, 4)
+    moved = tp.train(state, jax.random.key(0), tp.identity_move(), train_data=train,
+                     num_steps=3, interval=3, batch_size=32).state  # fmt: skip
+    with pytest.raises(ValueError, match="at step 0"):
+        diffusion.diffusion_test(moved, jax.random.key(0), **common)
