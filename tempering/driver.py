@@ -23,6 +23,7 @@ made up by the next call.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -38,9 +39,9 @@ from tempering.replicas import (
     MetricsFn,
     ReplicaState,
     _check_key,
-    _model_kwargs,
     cross_entropy,
     default_metrics,
+    eval_outputs,
     set_hyperparams,
 )
 from tempering.sources import (
@@ -118,6 +119,7 @@ class RunResult(NamedTuple):
     state: ReplicaState
     history: History
     final: EvalMetrics | None  # (M,) on validation_data at the end of the call
+    final_score: np.ndarray | None  # shape=(M,), score_fn of final (lower is better)
 
 
 def best_index(scores: Any) -> int:
@@ -233,22 +235,14 @@ def _check_compatible(
     state: ReplicaState, inputs: Any, targets: Any, name: str, metrics_fn: Any
 ) -> None:
     """Model, loss and metrics accept one example of ``name``, before compiling."""
-    one = jax.tree.map(
+    one_replica = jax.tree.map(
         lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype),
-        {"params": state.params, "batch_stats": state.batch_stats},
+        (state.params, state.batch_stats, state.hyperparams),
     )
-    hyper = {n: jax.ShapeDtypeStruct((), jnp.float32) for n in state.model_inputs}
     x = jax.ShapeDtypeStruct((1, *np.shape(inputs)[1:]), jnp.result_type(inputs))
     y = jax.ShapeDtypeStruct((1, *np.shape(targets)[1:]), jnp.result_type(targets))
-
-    def outputs(variables, hyper, x):
-        if not jax.tree.leaves(variables["batch_stats"]):
-            variables = {"params": variables["params"]}
-        kwargs = _model_kwargs(state.train_kwarg, False, hyper)
-        return state.model.apply(variables, x, **kwargs)
-
     try:
-        out = jax.eval_shape(outputs, one, hyper, x)
+        out = jax.eval_shape(functools.partial(eval_outputs, state), *one_replica, x)
     except Exception as error:  # noqa: BLE001 - re-raised with the fix
         raise ValueError(
             f"{name}: the model cannot take inputs of shape {x.shape[1:]} per "
@@ -473,26 +467,28 @@ def train(
         bar.close()
     if initial is None:
         initial = (_host(state.rungs), _host(state.hyperparams))
-    final = None
+    final = final_score = None
     if data.validation is not None:
-        final = _host(evaluation(state, data.validation, "validation_data"))
+        final = evaluation(state, data.validation, "validation_data")
+        final, final_score = _host(
+            (final, _scores(final, score_fn, state.num_replicas))
+        )
     history = _stack(
         records, initial, burn_values, state, move, final, data.test, first_step
     )
-    return RunResult(state, history, final)
+    return RunResult(state, history, final, final_score)
 
 
 class _Data(NamedTuple):
     train: ArraySource | BatchReader  # in-memory data on device, or a reader
     validation: ArraySource | IterableSource | None
     test: ArraySource | IterableSource | None
-    sample: Any  # inputs shaped like a batch (for the loop's "auto")
+    sample: Any  # training inputs shaped like a batch (for the loop's "auto")
 
 
 def _prepare_data(state, train_data, validation_data, test_data, settings, metrics_fn):
     """Validated sources, checked against the model before anything compiles."""
     source = as_train_source(train_data, "train_data", settings.batch_size)
-    sample = None
     if isinstance(source, ArraySource):
         _check_compatible(state, *source, "train_data", metrics_fn)
         source = ArraySource(jnp.asarray(source.inputs), jnp.asarray(source.targets))
@@ -507,12 +503,6 @@ def _prepare_data(state, train_data, validation_data, test_data, settings, metri
     validation = test = None
     if validation_data is not None:
         validation = _eval_source(validation_data, "validation_data", state, metrics_fn)
-        if sample is None:
-            sample = (
-                validation.inputs
-                if isinstance(validation, ArraySource)
-                else _first_batch(validation, "validation_data")[0]
-            )
     if test_data is not None:
         test = _eval_source(test_data, "test_data", state, metrics_fn)
     return _Data(source, validation, test, sample)
@@ -533,18 +523,24 @@ class _Evaluation(NamedTuple):
         )  # fmt: skip
 
 
+def _scores(metrics: EvalMetrics, score_fn: ScoreFn | None, num: int) -> jax.Array:
+    """What the moves compare: ``score_fn(metrics)``, by default the loss."""
+    scores = metrics.loss if score_fn is None else jnp.asarray(score_fn(metrics))
+    if scores.shape != (num,):
+        raise ValueError(
+            f"score_fn must return one score per replica, shape ({num},), got "
+            f"shape {scores.shape}"
+        )
+    return scores
+
+
 def _end_round(state, move, key, round_index, train_loss, data, evaluation, score_fn):
     """Evaluate (validation, test), score, move; the round's record on the host."""
     metrics = test_metrics = None
     scores = jnp.zeros((state.num_replicas,), jnp.float32)
     if data.validation is not None:
         metrics = evaluation(state, data.validation, "validation_data")
-        scores = metrics.loss if score_fn is None else jnp.asarray(score_fn(metrics))
-        if scores.shape != (state.num_replicas,):
-            raise ValueError(
-                f"score_fn must return one score per replica, shape "
-                f"({state.num_replicas},), got shape {scores.shape}"
-            )
+        scores = _scores(metrics, score_fn, state.num_replicas)
     if data.test is not None:
         test_metrics = evaluation(state, data.test, "test_data")
     state, info = _jitted_move(move, key, state, scores, jnp.int32(round_index))

@@ -387,7 +387,7 @@ def run_evaluate(
                     "the first batch must be the largest"
                 )
             if totals is None:
-                totals = zero_totals(state, x, y, **static)
+                totals = zero_totals(state, x, y, metrics_fn)
             totals = _host_add_chunk(
                 state, totals, *_padded_batch(x, y, size), **static
             )
@@ -399,7 +399,7 @@ def run_evaluate(
     if loop == "device":
         return _device_evaluate(state, inputs, targets, batch_size=batch_size, **static)
     xs, ys, mask = _host_chunked(inputs, targets, batch_size)
-    totals = zero_totals(state, inputs, targets, **static)
+    totals = zero_totals(state, inputs, targets, metrics_fn)
     for index in range(xs.shape[0]):  # one program for every chunk count
         totals = _host_add_chunk(
             state, totals, xs[index], ys[index], mask[index], **static

@@ -521,8 +521,7 @@ def pbt_train(
         name: pbt.resampled.get(name, np.zeros((len(history.step), num), bool))
         for name in history.initial_hyperparams
     }
-    score_fn = kwargs.get("score_fn")
-    best = best_index(final.loss if score_fn is None else np.asarray(score_fn(final)))
+    best = best_index(run.final_score)
     summary = PBTSummary(
         num_copies=int(pbt.copied.sum()),
         best_replica=best,

@@ -186,6 +186,27 @@ def _model_kwargs(
     return kwargs
 
 
+def _variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
+    """Flax variables of one replica; ``batch_stats`` only when the model has some."""
+    if jax.tree.leaves(batch_stats):
+        return {"params": params, "batch_stats": batch_stats}
+    return {"params": params}
+
+
+def eval_outputs(
+    state: ReplicaState,
+    params: PyTree,
+    batch_stats: PyTree,
+    hyperparams: Mapping[str, jax.Array],
+    x: jax.Array,
+) -> jax.Array:
+    """One replica's outputs in eval mode (no dropout, BatchNorm running averages)."""
+    kwargs = _model_kwargs(
+        state.train_kwarg, False, _model_hyperparams(state, hyperparams)
+    )
+    return state.model.apply(_variables(params, batch_stats), x, **kwargs)
+
+
 def _model_hyperparams(state: ReplicaState, hyperparams: Mapping) -> dict:
     return {name: hyperparams[name] for name in state.model_inputs}
 
@@ -244,16 +265,15 @@ def _stack(trees: list[PyTree]) -> PyTree:
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-def _shapes_with_traced_inputs(init, key, model, train_kwarg, sample_input, inputs):
-    """``init``'s output shapes, checking the model takes traced per-replica inputs.
+def _check_traced_inputs(init, key, model, train_kwarg, sample_input, inputs):
+    """Fails early, with the fix, unless the model takes traced per-replica inputs.
 
-    Fails early, with the fix, when it cannot (in init or in a train step).
+    Checked for init and for a train step, by tracing both (nothing compiles).
     """
 
     def apply(params, stats, traced):
-        variables = {"params": params, **({"batch_stats": stats} if stats else {})}
         return model.apply(
-            variables,
+            _variables(params, stats),
             sample_input,
             rngs={"dropout": jax.random.key(0)},
             mutable=["batch_stats"] if stats else False,
@@ -271,7 +291,6 @@ def _shapes_with_traced_inputs(init, key, model, train_kwarg, sample_input, inpu
             "drop; use tempering.Dropout()(x, rate, deterministic=not train), or "
             "pass model_inputs=() to create_replicas to keep the rate fixed"
         ) from None
-    return params, stats, opt_state
 
 
 def create_replicas(
@@ -351,7 +370,7 @@ def create_replicas(
     if same_init:
         keys = jnp.broadcast_to(keys[:1], keys.shape)
     init = functools.partial(_init_replica, model=model, tx=tx, train_kwarg=train_kwarg)
-    _shapes_with_traced_inputs(init, keys[0], model, train_kwarg, sample_input, start)
+    _check_traced_inputs(init, keys[0], model, train_kwarg, sample_input, start)
     # One replica at a time, not vmapped: init runs once, and XLA compiles the
     # single-replica init (random initialisers) several times faster.
     params, stats, opt_state = _stack([init(k, sample_input, start) for k in keys])
@@ -504,10 +523,7 @@ def replica(state: ReplicaState, index: int) -> dict[str, PyTree]:
         raise IndexError(
             f"index must lie in [-{state.num_replicas}, {state.num_replicas}), got {index}"
         )
-    variables = {"params": jax.tree.map(lambda x: x[index], state.params)}
-    if jax.tree.leaves(state.batch_stats):
-        variables["batch_stats"] = jax.tree.map(lambda x: x[index], state.batch_stats)
-    return variables
+    return jax.tree.map(lambda x: x[index], _variables(state.params, state.batch_stats))
 
 
 def _per_example(losses: jax.Array) -> jax.Array:
@@ -534,11 +550,8 @@ def _replica_train_step(
     )
 
     def loss_of(p):
-        variables = {"params": p}
-        if has_batch_stats:
-            variables["batch_stats"] = batch_stats
         out = state.model.apply(
-            variables,
+            _variables(p, batch_stats),
             inputs,
             rngs={"dropout": key},
             mutable=["batch_stats"] if has_batch_stats else False,
@@ -629,7 +642,7 @@ def evaluate(
         metrics.
     """
     xs, ys, mask = chunked(inputs, targets, batch_size)
-    totals = zero_totals(state, inputs, targets, metrics_fn, vectorize)
+    totals = zero_totals(state, inputs, targets, metrics_fn)
 
     def chunk(totals, batch):
         return add_chunk(
@@ -674,16 +687,7 @@ def _eval_chunk(
     vectorize: str,
 ) -> Totals:
     """Per-replica sums of the loss and of every metric over one chunk."""
-
-    def outputs_one(params, batch_stats, hyperparams, x):
-        variables = {"params": params}
-        if jax.tree.leaves(batch_stats):
-            variables["batch_stats"] = batch_stats
-        kwargs = _model_kwargs(
-            state.train_kwarg, False, _model_hyperparams(state, hyperparams)
-        )
-        return state.model.apply(variables, x, **kwargs)
-
+    outputs_one = functools.partial(eval_outputs, state)
     outputs = replica_vmap(outputs_one, in_axes=(0, 0, 0, None), policy=vectorize)(
         state.params, state.batch_stats, state.hyperparams, x
     )
@@ -704,7 +708,6 @@ def zero_totals(
     inputs: jax.Array,
     targets: jax.Array,
     metrics_fn: MetricsFn | None,
-    vectorize: str,
 ) -> Totals:
     """Zero sums with the structure one chunk of these inputs produces."""
     x = jax.ShapeDtypeStruct((1, *inputs.shape[1:]), inputs.dtype)
@@ -717,7 +720,6 @@ def zero_totals(
         y,
         mask,
     )
-    del vectorize
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 

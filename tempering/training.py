@@ -182,11 +182,7 @@ def pt_train(
     run = train(state, key, move, interval=exchange_interval,
                 interval_name="exchange_interval", **kwargs)  # fmt: skip
     history = _pt_history(run.history)
-    score_fn = kwargs.get("score_fn")
-    final_score = (
-        run.final.loss if score_fn is None else np.asarray(score_fn(run.final))
-    )
-    best = best_index(final_score)
+    best = best_index(run.final_score)
     summary = PTSummary(
         acceptance_rate=_acceptance_rate(history),
         round_trips=count_round_trips(
@@ -197,7 +193,7 @@ def pt_train(
         best_val_loss=float(run.final.loss[best]),
         final_val_loss=run.final.loss,
         final_val_metrics=run.final.metrics,
-        final_score=np.asarray(final_score),
+        final_score=run.final_score,
     )
     return PTResult(run.state, history, summary)
 
