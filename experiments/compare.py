@@ -2,7 +2,7 @@
 
     python -m experiments.compare mnist1d --seeds 10
     python -m experiments.compare fashion_mnist --seeds 5
-    python -m experiments.compare cifar10 --seeds 3
+    python -m experiments.compare cifar10 --seeds 5
 
 For every seed the three methods start from the same replicas (same initial
 weights and learning-rate ladder), see the same batches (same run key: the batch
@@ -16,11 +16,18 @@ replica:
   perturb x0.8 / x1.2 or resample (p = 0.25) from a log-uniform prior over the
   ladder's range, clipped to that range, every ``interval`` steps.
 
-C rule. C is set once per benchmark from the grid run of the first seed: with
-``x`` the median over rounds and adjacent rung pairs of
-``|(beta_r - beta_{r+1}) (L_r - L_{r+1})|``, ``C = ln(1 / a) / x`` with
-``a = 0.3``, so that a typical unfavourable swap is accepted with probability
-0.3 (favourable ones always are). ``--c`` overrides it.
+PT uses the library's defaults: C is adapted to a mean acceptance of 0.3 in
+the first quarter of the rounds (``c="auto"``), with no grid run before it;
+``pt_ladder`` also adapts the ladder's inner rungs. ``--c`` fixes C instead.
+``--methods`` picks among grid, pt, pt_ladder, pt_random_pair, pt_even_odd
+(the two exchange schemes with everything else at the defaults),
+pt_target_0.2, pt_target_0.4 (other acceptance targets) and pbt.
+
+Every seed writes its own file, ``results/compare/<name>/seed<k>.json``
+(command, commit, machine); a seed whose file exists is not run again (unless
+``--force``), so a long comparison can be run piece by piece
+(``--seed-list 3,4``) and the table is merged from the files once every seed
+is there.
 
 Reported per method (mean ± std over seeds): test error of the replica with the
 lowest final validation error; steps until the best replica's validation error
@@ -33,6 +40,7 @@ compiles, excluded when there is more than one seed).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -44,18 +52,45 @@ import numpy as np
 import tempering as tp
 from experiments.common import (
     DATA_DIR_ENV,
+    RESULTS_DIR,
+    _to_jsonable,
     default_data_dir,
     fmt_mean_std,
+    mean_std,
     provenance,
     save_result,
 )
 from tempering import data as tdata
 from tempering import models
 from tempering.driver import best_index
-from tempering.exchange import SCHEMES
 
-ACCEPT_TARGET = 0.3
-METHODS = ("grid", "pt", "pbt")
+# pt_train settings of each method beside the library's defaults (None: PBT).
+METHODS: dict[str, dict | None] = {
+    "grid": {"exchanges": False},
+    "pt": {},
+    "pt_ladder": {"adapt_ladder": True},
+    "pt_random_pair": {"scheme": "random_pair"},
+    "pt_even_odd": {"scheme": "even_odd"},
+    "pt_target_0.2": {"target_acceptance": 0.2},
+    "pt_target_0.4": {"target_acceptance": 0.4},
+    "pbt": None,
+}
+DEFAULT_METHODS = ("grid", "pt", "pt_ladder", "pbt")
+LABELS = {
+    "grid": "independent grid",
+    "pt": "parallel tempering (auto C)",
+    "pt_ladder": "PT, auto C + adaptive ladder",
+    "pt_random_pair": "PT, random pair",
+    "pt_even_odd": "PT, even-odd",
+    "pt_target_0.2": "PT, auto C, target 0.2",
+    "pt_target_0.4": "PT, auto C, target 0.4",
+    "pbt": "PBT",
+}
+# Settings a seed file must share with the run that merges it.
+RUN_SETTINGS = (
+    "benchmark", "steps", "interval", "burn_in", "replicas", "batch_size", "c",
+    "momentum", "train_subset", "val_subset", "test_subset",
+)  # fmt: skip
 
 
 class Benchmark(NamedTuple):
@@ -76,9 +111,13 @@ class Benchmark(NamedTuple):
 
 BENCHMARKS = {
     "mnist1d": Benchmark(models.MLP((128, 128), 10), 8, 0.005, 0.2, 2000, 100, 200, 10),
-    "fashion_mnist": Benchmark(models.lenet5_emnist(10), 4, 0.01, 0.1, 400, 40, 80, 5),
+    # About 2.8 epochs of the 54,000 training examples, 20 rounds.
+    "fashion_mnist": Benchmark(
+        models.lenet5_emnist(10), 4, 0.01, 0.1, 1200, 55, 100, 5
+    ),
+    # About 2.3 epochs of the 45,000 training examples, 20 rounds.
     "cifar10": Benchmark(
-        models.lenet5_cifar10(10), 4, 0.005, 0.05, 150, 30, 30, 3, 128, 1000, 2000
+        models.lenet5_cifar10(10), 4, 0.005, 0.05, 800, 40, 0, 5, 128, 1000, 2000
     ),
 }
 
@@ -89,23 +128,14 @@ def load(name: str, data_dir: str) -> tdata.Dataset:
     return tdata.load_dataset(name, data_dir=data_dir, source="raw")
 
 
-def calibrate_c(history: tp.PTHistory, ladder: tp.Ladder) -> float:
-    """C such that a median unfavourable swap in the grid is accepted w.p. 0.3."""
-    betas = np.asarray(ladder.betas)
-    order = np.argsort(history.initial_rungs)  # replica at rung r (never moves)
-    losses = history.val_loss[:, order]  # (R, M) by rung
-    gaps = np.abs((betas[:-1] - betas[1:]) * (losses[:, :-1] - losses[:, 1:]))
-    typical = float(np.median(gaps[np.isfinite(gaps)]))
-    return math.log(1.0 / ACCEPT_TARGET) / max(typical, 1e-12)
-
-
 def best_test_error(state: tp.ReplicaState, val_error: np.ndarray, test) -> float:
     best = best_index(val_error)
     metrics = tp.evaluate(state, test.inputs, test.labels)
     return float(1.0 - np.asarray(metrics.accuracy)[best])
 
 
-def run_seed(args, bench: Benchmark, dataset, ladder, tx, seed: int, c) -> dict:
+def run_method(method, args, bench, dataset, ladder, tx, seed) -> dict:
+    """One method on one seed: same replicas, batches and steps as the others."""
     sample = dataset.train.inputs[:2]
     common = dict(
         train_data=dataset.train,
@@ -115,67 +145,94 @@ def run_seed(args, bench: Benchmark, dataset, ladder, tx, seed: int, c) -> dict:
         batch_size=args.batch_size,
     )
     init_key, run_key = jax.random.key(seed), jax.random.key(10_000 + seed)
-    out = {"seed": seed}
-    for method in METHODS:
-        state = tp.create_replicas(init_key, bench.model, tx, sample, ladder=ladder)
-        start = time.perf_counter()
-        if method == "pbt":
-            low, high = (
-                float(ladder.values["learning_rate"].min()),
-                float(ladder.values["learning_rate"].max()),
-            )
-            config = tp.pbt_config(
-                {"learning_rate": tp.Prior(low, high, log=True)}, fraction=0.25
-            )
-            result = tp.pbt_train(
-                state, run_key, config=config, ready_interval=args.interval, **common
-            )
-            extra = {
-                "num_copies": result.summary.num_copies,
-                "final_lr": result.summary.final_hyperparams["learning_rate"],
-            }
-            schedule = tp.best_schedule(result.history, result.summary.best_replica)
-            extra["best_schedule"] = {
+    state = tp.create_replicas(init_key, bench.model, tx, sample, ladder=ladder)
+    start = time.perf_counter()
+    settings = METHODS[method]
+    if settings is None:
+        low = float(ladder.values["learning_rate"].min())
+        high = float(ladder.values["learning_rate"].max())
+        config = tp.pbt_config(
+            {"learning_rate": tp.Prior(low, high, log=True)}, fraction=0.25
+        )
+        result = tp.pbt_train(
+            state, run_key, config=config, ready_interval=args.interval, **common
+        )
+        schedule = tp.best_schedule(result.history, result.summary.best_replica)
+        extra = {
+            "num_copies": result.summary.num_copies,
+            "final_lr": result.summary.final_hyperparams["learning_rate"],
+            "best_schedule": {
                 "starts": schedule.starts,
                 "learning_rate": schedule.values["learning_rate"],
-            }
-        else:
-            if method == "pt" and c is None:
-                raise RuntimeError("C is calibrated from the grid: run the grid first")
-            result = tp.pt_train(
-                state,
-                ladder,
-                run_key,
-                exchange_interval=args.interval,
-                c=c if method == "pt" else 1.0,
-                scheme=args.scheme,
-                exchanges=method == "pt",
-                **common,
-            )
-            extra = {
-                "acceptance_rate": result.summary.acceptance_rate,
-                "round_trips": result.summary.round_trips,
-            }
-            if method == "grid" and c is None:
-                c = calibrate_c(result.history, ladder)
-        jax.block_until_ready(result.state.params)
-        wall = time.perf_counter() - start
-        val_error = 1.0 - np.asarray(result.summary.final_val_accuracy)
-        out[method] = {
-            "test_error": best_test_error(result.state, val_error, dataset.test),
-            "best_val_error": float(np.min(val_error)),
-            "curve_step": result.history.step,
-            "curve_best_val_error": 1.0 - result.history.val_accuracy.max(axis=1),
-            "wall_s": wall,
-            **extra,
+            },
         }
+    else:
+        if args.c is not None:
+            settings = {**settings, "c": args.c}
+        result = tp.pt_train(
+            state, ladder, run_key, exchange_interval=args.interval,
+            **settings, **common,
+        )  # fmt: skip
+        history = result.history
+        extra = {
+            "acceptance_rate": result.summary.acceptance_rate,
+            "round_trips": result.summary.round_trips,
+            "c": history.c,
+            "final_ladder_lr": result.summary.ladder.values["learning_rate"],
+            "best_lr_path": history.hyperparams["learning_rate"][
+                :, result.summary.best_replica
+            ],
+        }
+    jax.block_until_ready(result.state.params)
+    wall = time.perf_counter() - start
+    val_error = 1.0 - np.asarray(result.summary.final_val_accuracy)
+    return {
+        "test_error": best_test_error(result.state, val_error, dataset.test),
+        "best_val_error": float(np.min(val_error)),
+        "curve_step": result.history.step,
+        "curve_best_val_error": 1.0 - result.history.val_accuracy.max(axis=1),
+        "wall_s": wall,
+        **extra,
+    }
+
+
+def seed_path(args, seed: int) -> Path:
+    out_dir = args.out_dir if args.out_dir is not None else RESULTS_DIR
+    return Path(out_dir) / "compare" / run_name(args) / f"seed{seed}.json"
+
+
+def run_name(args) -> str:
+    return args.name or f"compare_{args.benchmark}"
+
+
+def run_settings(args) -> dict:
+    return {k: getattr(args, k) for k in RUN_SETTINGS}
+
+
+def run_seed(args, bench, dataset, ladder, tx, seed: int) -> dict:
+    """Runs the methods of one seed that its file lacks, and saves the file."""
+    path = seed_path(args, seed)
+    record = json.loads(path.read_text()) if path.exists() and not args.force else None
+    if record is not None and record["settings"] != run_settings(args):
+        raise ValueError(
+            f"{path} was made with other settings ({record['settings']}); "
+            "use --force to rerun it or --name for another run"
+        )
+    if record is None:
+        record = {"seed": seed, "settings": run_settings(args), "runs": {}}
+    todo = [m for m in args.methods if m not in record["runs"]]
+    for method in todo:
+        run = run_method(method, args, bench, dataset, ladder, tx, seed)
+        record["runs"][method] = json.loads(json.dumps(_to_jsonable(run)))
         print(
-            f"seed {seed} {method:4s} test err {out[method]['test_error']:.4f} "
-            f"val err {out[method]['best_val_error']:.4f} {wall:.1f}s",
+            f"seed {seed} {method:14s} test err {run['test_error']:.4f} "
+            f"val err {run['best_val_error']:.4f} {run['wall_s']:.1f}s",
             flush=True,
         )
-    out["c"] = c
-    return out
+    if todo:
+        record.setdefault("provenance", {})[",".join(todo)] = provenance([seed])
+        save_result(path.stem, record, path.parent)
+    return record
 
 
 def steps_to_target(run: dict, target: float, final_step: int) -> float:
@@ -188,10 +245,10 @@ def steps_to_target(run: dict, target: float, final_step: int) -> float:
     return float(final_step) if run["best_val_error"] <= target + 1e-9 else math.nan
 
 
-def summarise(runs: list[dict], steps: int) -> tuple[dict, float]:
+def summarise(runs: list[dict], methods, steps: int) -> tuple[dict, float]:
     target = float(np.mean([r["grid"]["best_val_error"] for r in runs]))
     summary = {}
-    for method in METHODS:
+    for method in methods:
         per = [r[method] for r in runs]
         reach = np.array([steps_to_target(p, target, steps) for p in per])
         walls = [p["wall_s"] for p in per]
@@ -205,8 +262,23 @@ def summarise(runs: list[dict], steps: int) -> tuple[dict, float]:
     return summary, target
 
 
+def paired(summary: dict, method: str, other: str) -> dict:
+    """Paired difference of test errors (method - other) over seeds, in points."""
+    diff = 100 * (
+        np.array(summary[method]["test_error"]) - np.array(summary[other]["test_error"])
+    )
+    mean, std = mean_std(diff)
+    sem = std / math.sqrt(diff.size) if diff.size > 1 else math.nan
+    return {
+        "mean": mean, "std": std, "sem": sem,
+        "lower": int((diff < 0).sum()), "equal": int((diff == 0).sum()),
+        "n": int(diff.size), "beyond_2_sem": bool(diff.size > 1 and mean < -2 * sem),
+    }  # fmt: skip
+
+
 def table(name: str, summary: dict, target: float, runs: list[dict], desc: str) -> str:
     n = len(runs)
+    methods = list(summary)
     lines = [
         f"**{name}**: {desc}; {n} seeds, mean ± std. Target validation error "
         f"{100 * target:.2f}% (the grid's mean final best).",
@@ -215,30 +287,51 @@ def table(name: str, summary: dict, target: float, runs: list[dict], desc: str) 
         "steps to target (reached) | wall time (s) |",
         "|---|---|---|---|",
     ]
-    labels = {"grid": "independent grid", "pt": "parallel tempering", "pbt": "PBT"}
-    for method in METHODS:
+    for method in methods:
         s = summary[method]
         reach = s["steps_to_target"][np.isfinite(s["steps_to_target"])]
         reach_txt = fmt_mean_std(reach, digits=0) if reach.size else "–"
         lines.append(
-            f"| {labels[method]} | {fmt_mean_std(s['test_error'], 100)} | "
+            f"| {LABELS[method]} | {fmt_mean_std(s['test_error'], 100)} | "
             f"{reach_txt} ({s['reached']}/{n}) | {fmt_mean_std(s['wall_s'], digits=1)} |"
         )
-    pt_err = np.array(summary["pt"]["test_error"])
-    for other in ("grid", "pbt"):
-        diff = pt_err - np.array(summary[other]["test_error"])
-        wins = int((diff < 0).sum())
-        lines.append("")
+    lines += [
+        "",
+        "| paired difference (points) | mean ± std | ± s.e. | lower in | beyond 2 s.e. |",
+        "|---|---|---|---|---|",
+    ]
+    for method in methods:
+        if not method.startswith("pt"):
+            continue
+        for other in ("grid", "pbt", "pt"):
+            if other not in summary or other == method:
+                continue
+            d = paired(summary, method, other)
+            lines.append(
+                f"| {LABELS[method]} − {LABELS[other]} | {d['mean']:.2f} ± "
+                f"{d['std']:.2f} | {d['sem']:.2f} | {d['lower']}/{n} "
+                f"(equal {d['equal']}) | {'yes' if d['beyond_2_sem'] else 'no'} |"
+            )
+    lines.append("")
+    for method in methods:
+        if not method.startswith("pt") or method == "grid":
+            continue
+        acc = np.array([r[method]["acceptance_rate"] for r in runs], np.float64)
+        trips = np.array([np.sum(r[method]["round_trips"]) for r in runs], np.float64)
+        final_c = np.array([r[method]["c"][-1] for r in runs], np.float64)
         lines.append(
-            f"PT − {labels[other]}: {fmt_mean_std(diff, 100)} points "
-            f"(PT lower in {wins}/{n} seeds, equal in {int((diff == 0).sum())})."
+            f"{LABELS[method]}: acceptance per adjacent pair (mean over seeds) "
+            f"{np.round(np.nanmean(acc, 0), 2).tolist()}, round trips per run "
+            f"{fmt_mean_std(trips, digits=1)}, final C {fmt_mean_std(final_c, digits=4)}."
         )
-    acc = np.array([r["pt"]["acceptance_rate"] for r in runs], np.float64)
-    lines.append(
-        f"PT acceptance rate per adjacent pair (mean over seeds): "
-        f"{np.round(np.nanmean(acc, 0), 2).tolist()}; C = {runs[0]['c']:.4g}."
-    )
     return "\n".join(lines) + "\n"
+
+
+COLORS = {
+    "grid": "tab:gray", "pt": "tab:red", "pt_ladder": "tab:orange",
+    "pt_random_pair": "tab:purple", "pt_even_odd": "tab:green", "pbt": "tab:blue",
+    "pt_target_0.2": "tab:brown", "pt_target_0.4": "tab:pink",
+}  # fmt: skip
 
 
 def figure(name: str, runs: list[dict], summary: dict, target: float, path: Path):
@@ -247,29 +340,27 @@ def figure(name: str, runs: list[dict], summary: dict, target: float, path: Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"grid": "tab:gray", "pt": "tab:red", "pbt": "tab:blue"}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for method in METHODS:
+    methods = list(summary)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for method in methods:
         curves = np.array([r[method]["curve_best_val_error"] for r in runs])
         steps = np.asarray(runs[0][method]["curve_step"])
         mean, std = curves.mean(0), curves.std(0)
-        ax1.plot(steps, 100 * mean, color=colors[method], label=method)
+        color = COLORS[method]
+        ax1.plot(steps, 100 * mean, color=color, label=method)
         ax1.fill_between(
-            steps,
-            100 * (mean - std),
-            100 * (mean + std),
-            color=colors[method],
-            alpha=0.2,
+            steps, 100 * (mean - std), 100 * (mean + std), color=color, alpha=0.15
         )
     ax1.axhline(100 * target, color="k", ls=":", lw=1, label="target")
     ax1.set_xlabel("SGD steps per replica")
     ax1.set_ylabel("best validation error (%)")
     ax1.set_title(f"{name}: best replica, mean ± std over seeds")
-    ax1.legend()
-    data = [100 * np.asarray(summary[m]["test_error"]) for m in METHODS]
-    ax2.boxplot(data, tick_labels=list(METHODS))
+    ax1.legend(fontsize=8)
+    data = [100 * np.asarray(summary[m]["test_error"]) for m in methods]
+    ax2.boxplot(data, tick_labels=methods)
     for i, d in enumerate(data):
-        ax2.scatter(np.full(d.size, i + 1), d, color=colors[METHODS[i]], s=12, zorder=3)
+        ax2.scatter(np.full(d.size, i + 1), d, color=COLORS[methods[i]], s=12, zorder=3)
+    ax2.tick_params(axis="x", labelsize=8)
     ax2.set_ylabel("test error of best-by-validation replica (%)")
     ax2.set_title(f"{len(runs)} seeds")
     fig.tight_layout()
@@ -280,14 +371,19 @@ def figure(name: str, runs: list[dict], summary: dict, target: float, path: Path
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
-    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1")
+    parser.add_argument(
+        "--seed-list", default=None,
+        help="run only these seeds (e.g. 3,4); the table is merged once all are there",
+    )  # fmt: skip
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    parser.add_argument("--force", action="store_true", help="rerun existing seeds")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--interval", type=int, default=None)
     parser.add_argument("--burn-in", type=int, default=None)
     parser.add_argument("--replicas", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--c", type=float, default=None, help="default: the C rule")
-    parser.add_argument("--scheme", default="even_odd", choices=SCHEMES)
+    parser.add_argument("--c", type=float, default=None, help="default: c='auto'")
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--val-subset", type=int, default=None)
@@ -301,20 +397,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--out-dir", type=Path, default=None)
     parser.add_argument("--name", default=None)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.methods = tuple(args.methods.split(","))
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown or "grid" not in args.methods:
+        parser.error(f"--methods must include grid and name only {sorted(METHODS)}")
+    return args
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | None:
     args = parse_args(argv)
     bench = BENCHMARKS[args.benchmark]
     for field in ("seeds", "steps", "interval", "burn_in", "replicas", "batch_size"):
         if getattr(args, field) is None:
             setattr(args, field, getattr(bench, field))
+    args.val_subset = args.val_subset or bench.val_subset
+    args.test_subset = args.test_subset or bench.test_subset
     dataset = load(args.benchmark, args.data_dir)
     subsets = {
         "train": args.train_subset,
-        "validation": args.val_subset or bench.val_subset,
-        "test": args.test_subset or bench.test_subset,
+        "validation": args.val_subset,
+        "test": args.test_subset,
     }
     for split, size in subsets.items():
         if size:
@@ -327,35 +430,55 @@ def main(argv=None) -> dict:
     )
     tx = tp.sgd(bench.lr_low, momentum=args.momentum)
     seeds = list(range(args.seeds))
-    c = args.c
-    runs = []
-    for seed in seeds:
-        run = run_seed(args, bench, dataset, ladder, tx, seed, c)
-        c = run["c"]
-        runs.append(run)
-    summary, target = summarise(runs, args.steps)
+    todo = (
+        seeds if args.seed_list is None else [int(x) for x in args.seed_list.split(",")]
+    )
+    for seed in todo:
+        run_seed(args, bench, dataset, ladder, tx, seed)
+    missing = [s for s in seeds if not seed_path(args, s).exists()]
+    if missing:
+        print(f"seeds {missing} not run yet: no table")
+        return None
+    records = [json.loads(seed_path(args, s).read_text()) for s in seeds]
+    lacking = [r["seed"] for r in records if set(args.methods) - set(r["runs"])]
+    if lacking:
+        print(f"seeds {lacking} lack some of {args.methods}: no table")
+        return None
+    runs = [r["runs"] for r in records]
+    summary, target = summarise(runs, args.methods, args.steps)
     desc = (
         f"{type(bench.model).__name__}, {args.replicas} replicas, geometric lr ladder "
         f"{bench.lr_low}–{bench.lr_high}, SGD momentum {args.momentum}, batch "
         f"{args.batch_size}, {args.steps} steps per replica (burn-in {args.burn_in}), "
-        f"exchange / PBT ready interval {args.interval}, PT scheme {args.scheme}; "
-        f"train / validation / test examples {len(dataset.train.labels)} / "
+        f"exchange / PBT ready interval {args.interval}, "
+        + (
+            "C adapted (c='auto', pt_train defaults)"
+            if args.c is None
+            else f"C = {args.c}"
+        )
+        + f"; train / validation / test examples {len(dataset.train.labels)} / "
         f"{len(dataset.validation.labels)} / {len(dataset.test.labels)}"
     )
-    name = args.name or f"compare_{args.benchmark}"
+    name = run_name(args)
     markdown = table(args.benchmark, summary, target, runs, desc)
     payload = {
         "provenance": provenance(seeds),
+        "seed_provenance": {r["seed"]: r["provenance"] for r in records},
         "benchmark": args.benchmark,
         "settings": {
             k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
         },
         "description": desc,
         "ladder_learning_rate": np.asarray(ladder.values["learning_rate"]),
-        "c": c,
-        "c_rule": f"ln(1/{ACCEPT_TARGET}) / median |dbeta * dL| of the seed-0 grid run",
         "target_val_error": target,
         "summary": summary,
+        "paired": {
+            f"{m}-{o}": paired(summary, m, o)
+            for m in args.methods
+            if m.startswith("pt")
+            for o in ("grid", "pbt", "pt")
+            if o in summary and o != m
+        },  # fmt: skip
         "runs": runs,
         "table": markdown,
     }

@@ -4,14 +4,18 @@ The concepts a user writes code against are here; the plumbing (segments and
 loops, the vectorisation rewrite, data sources) sits in submodules:
 :mod:`tempering.loops`, :mod:`tempering.fast`, :mod:`tempering.sources`,
 :mod:`tempering.hyperparams`, :mod:`tempering.diffusion`, :mod:`tempering.data`,
-:mod:`tempering.models`, :mod:`tempering.loggers`.
+:mod:`tempering.models`, :mod:`tempering.loggers`; the adaptation of C and
+the ladder is :mod:`tempering.adaptation`, the figures and statistics over a
+history :mod:`tempering.diagnostics`.
 """
 
+from tempering import diagnostics
 from tempering.driver import History, RoundRecord, RunResult, train
 from tempering.exchange import ExchangeInfo, exchange
 from tempering.ladder import Ladder, geometric_ladder, linear_ladder, make_ladder
 from tempering.layers import Dropout
 from tempering.moves import exchange_move, identity_move
+from tempering.multi import multi_exchange_move
 from tempering.pbt import (
     PBTConfig,
     PBTHistory,
@@ -37,7 +41,7 @@ from tempering.replicas import (
 )
 from tempering.training import PTHistory, PTResult, PTSummary, pt_train
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "Dropout",
@@ -58,6 +62,7 @@ __all__ = [
     "RunResult",
     "best_schedule",
     "create_replicas",
+    "diagnostics",
     "evaluate",
     "exchange",
     "exchange_move",
@@ -66,6 +71,7 @@ __all__ = [
     "identity_move",
     "linear_ladder",
     "make_ladder",
+    "multi_exchange_move",
     "pbt_config",
     "pbt_move",
     "pbt_train",

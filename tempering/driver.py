@@ -364,7 +364,9 @@ def train(
             continues from ``state.step``.
         key: PRNG key of the run: pass the same key to continue a run.
         move: ``move(key, state, scores, round_index) -> (state, info)``
-            (:mod:`tempering.moves`).
+            (:mod:`tempering.moves`). A move with an ``init_state(state) ->
+            state`` method gets to set ``state.move_state`` (what it carries
+            between rounds) before the first round.
         train_data: in-memory ``(inputs, targets)`` / ``Split``, or an iterable
             of batches (:mod:`tempering.sources`).
         validation_data: arrays or a re-iterable of batches, evaluated every
@@ -409,6 +411,8 @@ def train(
     check_not_traced(state)
     key = _check_key(key, "key")
     move = as_move(move)
+    if hasattr(move, "init_state"):
+        state = move.init_state(state)
     sched = rounds(num_steps, interval, burn_in, interval_name=interval_name)
     settings = SegmentSettings(
         batch_size=check_int(batch_size, "batch_size", 1),

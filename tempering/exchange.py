@@ -19,7 +19,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["SCHEMES", "ExchangeInfo", "exchange", "replicas_by_rung"]
+__all__ = [
+    "SCHEMES",
+    "ExchangeInfo",
+    "exchange",
+    "pair_log_ratios",
+    "replicas_by_rung",
+]
 
 SCHEMES = ("random_pair", "even_odd")
 
@@ -36,6 +42,25 @@ class ExchangeInfo(NamedTuple):
 def replicas_by_rung(rungs: jax.Array) -> jax.Array:
     """Inverse permutation: ``replicas_by_rung(rungs)[r]`` is the replica at rung r."""
     return jnp.argsort(rungs)
+
+
+def pair_log_ratios(rungs: jax.Array, losses: jax.Array, betas: jax.Array) -> jax.Array:
+    """``(betas[r] - betas[r + 1]) * (L_cold - L_hot)`` of every adjacent pair, C = 1.
+
+    Args:
+        rungs: int ``(M,)``, the rung of every replica.
+        losses: float ``(M,)``, per replica; NaN counts as ``+inf``.
+        betas: float ``(M,)``, decreasing.
+
+    Returns:
+        ``(M - 1,)`` float32: entry r for the replicas at rungs r and r + 1; the
+        log acceptance ratio is C times it (NaN where undefined, inf - inf).
+    """
+    losses = jnp.asarray(losses, jnp.float32)
+    losses = jnp.where(jnp.isnan(losses), jnp.inf, losses)
+    betas = jnp.asarray(betas, jnp.float32)
+    at_rung = replicas_by_rung(jnp.asarray(rungs))
+    return (betas[:-1] - betas[1:]) * (losses[at_rung[:-1]] - losses[at_rung[1:]])
 
 
 def exchange(

@@ -5,7 +5,19 @@ The temperature of a rung follows the noise its hyperparameters inject into
 SGD (Pushkarov et al. 2019, section 2): a learning rate ``lr`` has
 ``T = lr``; a dropout rate ``q`` (keep probability ``p = 1 - q``) has
 ``T = 1 / p``. Any other hyperparameter (weight decay, momentum, a model
-input, ...), and a ladder over several at once, needs explicit temperatures.
+input, ...) needs explicit temperatures.
+
+A ladder over several hyperparameters at once follows the library's
+documented rule: when every hyperparameter that varies across the rungs has a
+default temperature, the rung's temperature is the *product* of their default
+temperatures, e.g. ``T = lr / (1 - q)`` for a learning rate and a dropout rate
+that vary together. The rationale: the noise of SGD scales with the learning
+rate, and inverted dropout scales the variance of the gradient noise by
+``1 / (1 - q)``, so the two noise factors multiply. This is a convention of
+the library, not a theorem; give ``temperatures=`` to use any other. As soon
+as one varying name has no default rule, explicit temperatures are required.
+(:mod:`tempering.multi` offers the alternative of one ladder per
+hyperparameter.)
 """
 
 from __future__ import annotations
@@ -78,8 +90,12 @@ def make_ladder(
     """Builds a validated ladder, rungs sorted from coldest to hottest.
 
     Each hyperparameter is given as one value per rung, or as a scalar shared
-    by every rung. Without ``temperatures``, exactly one hyperparameter may vary
-    across rungs and sets the temperatures by :func:`default_temperature`.
+    by every rung. Without ``temperatures``, the hyperparameters that vary
+    across rungs set the temperatures: one varying hyperparameter gives its
+    :func:`default_temperature`; several give the product of their default
+    temperatures (the library's documented rule, see the module docstring:
+    ``T = lr / (1 - q)`` for a learning rate and a dropout rate), which needs
+    every varying name to have a default rule (:data:`HYPERPARAMETERS`).
 
     Args:
         values: mapping from hyperparameter name to values: any name the
@@ -96,13 +112,17 @@ def make_ladder(
         ValueError: fewer than 2 rungs, non-finite values, values outside a
             known range (``learning_rate <= 0``, ``dropout_rate`` outside
             ``[0, 1)``, ...; :data:`tempering.hyperparams.RANGES`), lengths that
-            differ, duplicate temperatures, or no temperature for a name
+            differ, duplicate temperatures, no hyperparameter that varies
+            (without ``temperatures``), or no temperature for a varying name
             without a default one.
 
     Example:
         >>> ladder = make_ladder(learning_rate=[0.01, 0.02, 0.04])
         >>> ladder.betas  # 1 / lr
         Array([100.,  50.,  25.], dtype=float32)
+        >>> both = make_ladder(learning_rate=[0.01, 0.02], dropout_rate=[0.1, 0.2])
+        >>> both.temperatures  # lr / (1 - q)
+        Array([0.01111111, 0.025     ], dtype=float32)
     """
     given = dict(values or {}, **kwargs)
     if not given:
@@ -135,14 +155,7 @@ def make_ladder(
         check_values(name, arr, "the ladder")
 
     if temperatures is None:
-        varying = [name for name, arr in arrays.items() if np.ptp(arr) > 0]
-        if len(varying) != 1:
-            raise ValueError(
-                "temperatures is required when "
-                + ("no hyperparameter varies" if not varying else f"{varying} all vary")
-                + " across rungs; pass temperatures=[...] (one per rung, > 0)"
-            )
-        temps = default_temperature(varying[0], arrays[varying[0]])
+        temps = _combined_temperature(arrays)
     if not np.all(np.isfinite(temps)) or np.any(temps <= 0):
         raise ValueError(f"temperatures must be finite and > 0, got {temps.tolist()}")
     order = np.argsort(temps, kind="stable")
@@ -158,6 +171,38 @@ def make_ladder(
         },
         temperatures=jnp.asarray(temps, jnp.float32),
     )
+
+
+def _combined_temperature(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Default temperatures of the rungs: the product over the varying names.
+
+    Args:
+        arrays: name -> float64 values, shape ``(M,)`` each.
+
+    Returns:
+        The temperatures, shape ``(M,)``, float64 (unsorted).
+    """
+    varying = [name for name, arr in arrays.items() if np.ptp(arr) > 0]
+    if not varying:
+        raise ValueError(
+            "temperatures is required when no hyperparameter varies across "
+            "rungs; pass temperatures=[...] (one per rung, > 0)"
+        )
+    if len(varying) == 1:  # one name: its own rule, exactly
+        return default_temperature(varying[0], arrays[varying[0]])
+    without = [name for name in varying if name not in HYPERPARAMETERS]
+    if without:
+        raise ValueError(
+            f"temperatures is required: {without} vary across rungs together "
+            f"with {[n for n in varying if n not in without]} and have no default "
+            f"temperature (default rules exist for {list(HYPERPARAMETERS)}, "
+            "combined by their product); pass temperatures=[...] (one per rung, > 0)"
+        )
+    temps = np.ones_like(arrays[varying[0]])  # shape=(M,), float64
+    for name in HYPERPARAMETERS:  # a fixed order of the factors
+        if name in varying:
+            temps = temps * default_temperature(name, arrays[name])
+    return temps
 
 
 def _spaced_ladder(spacing, name, low, high, num_rungs, temperatures, fixed) -> Ladder:

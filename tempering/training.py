@@ -43,6 +43,8 @@ class PTHistory(NamedTuple):
     proposed: np.ndarray  # shape=(R, M - 1), bool, pair (r, r + 1) proposed
     accepted: np.ndarray  # shape=(R, M - 1), bool
     acceptance_prob: np.ndarray  # shape=(R, M - 1)
+    c: np.ndarray  # shape=(R,), the C each round's exchange used
+    temperatures: np.ndarray  # shape=(R, M), the ladder after each round
     initial_rungs: np.ndarray  # shape=(M,), rungs before the first round
     test_loss: np.ndarray  # shape=(R, M), NaN without test_data
     test_metrics: dict[str, np.ndarray]  # name -> shape=(R, M), {} without test_data
@@ -70,6 +72,8 @@ class PTSummary(NamedTuple):
     final_val_loss: np.ndarray  # shape=(M,)
     final_val_metrics: dict[str, np.ndarray]  # name -> shape=(M,)
     final_score: np.ndarray  # shape=(M,)
+    c: float  # C at the end of the call (frozen once the adaptation is over)
+    ladder: Ladder  # the ladder at the end of the call (re-spaced if adapted)
 
     @property
     def final_val_accuracy(self) -> np.ndarray:
@@ -121,9 +125,12 @@ def pt_train(
     key: jax.Array,
     *,
     exchange_interval: int,
-    c: float = 1.0,
-    scheme: str = "random_pair",
+    c: float | str = "auto",
+    scheme: str = "even_odd",
     exchanges: bool = True,
+    target_acceptance: float = 0.3,
+    adapt_rounds: int | None = None,
+    adapt_ladder: bool = False,
     **kwargs: Any,
 ) -> PTResult:
     """Trains M replicas by hyperparameter parallel tempering (a host driver).
@@ -140,9 +147,23 @@ def pt_train(
             values are written into the replicas before the first step.
         key: PRNG key of the run; the run is a deterministic function of it.
         exchange_interval: SGD steps between exchanges (Delta N_e).
-        c: normalisation constant C > 0 of the acceptance probability.
-        scheme: ``"random_pair"`` (paper) or ``"even_odd"`` (DEO).
+        c: ``"auto"`` (default): C is tuned during the first ``adapt_rounds``
+            rounds so that the mean acceptance of proposed swaps is
+            ``target_acceptance``, then frozen (:mod:`tempering.adaptation`;
+            its values are ``history.c``). A number: the fixed constant C > 0
+            of the acceptance probability.
+        scheme: ``"even_odd"`` (default: deterministic even-odd, Syed et al.
+            2019; more round trips for the same number of rounds, see the
+            README's comparison) or ``"random_pair"`` (the paper's Algorithm 1).
         exchanges: False rejects every swap: the independent grid baseline.
+        target_acceptance: the acceptance ``c="auto"`` aims at, in (0, 1).
+        adapt_rounds: rounds of adaptation; default a quarter of the rounds
+            this call completes (at least 1). A later call of the same run
+            continues the adaptation it finds in ``state.move_state``; a run
+            split over calls should name it (the default follows the call).
+        adapt_ladder: also re-space the inner rungs during the adaptation so
+            that adjacent pairs reject equally often (the ends stay; the final
+            ladder is ``summary.ladder``, its history ``history.temperatures``).
         **kwargs: the run's data and settings, as for :func:`tempering.train`:
             ``train_data``, ``validation_data``, ``num_steps`` (this call's
             steps, burn-in included), ``burn_in``, ``test_data``,
@@ -172,13 +193,18 @@ def pt_train(
     check_ladder(state, ladder)
     if kwargs.get("validation_data") is None:
         raise TypeError("pt_train needs validation_data: its loss drives the exchanges")
+    if adapt_rounds is None:
+        adapt_rounds = _default_adapt_rounds(state, exchange_interval, kwargs)
     move = exchange_move(
-        ladder, c=c, scheme=scheme, enabled=check_bool(exchanges, "exchanges")
-    )
+        ladder, c=c, scheme=scheme, enabled=check_bool(exchanges, "exchanges"),
+        target_acceptance=target_acceptance, adapt_rounds=adapt_rounds,
+        adapt_ladder=adapt_ladder,
+    )  # fmt: skip
     rungs = np.asarray(state.rungs)
     if sorted(rungs.tolist()) != list(range(state.num_replicas)):
         raise ValueError(f"state.rungs must be a permutation of 0..M-1, got {rungs}")
-    state = assign_rungs(state, ladder, state.rungs)
+    state = move.init_state(state)
+    state = assign_rungs(state, move.current_ladder(state), state.rungs)
     run = train(state, key, move, interval=exchange_interval,
                 interval_name="exchange_interval", **kwargs)  # fmt: skip
     history = _pt_history(run.history)
@@ -194,8 +220,35 @@ def pt_train(
         final_val_loss=run.final.loss,
         final_val_metrics=run.final.metrics,
         final_score=run.final_score,
+        c=float(history.c[-1])
+        if len(history.c)
+        else float(_current_c(move, run.state)),
+        ladder=move.current_ladder(run.state),
     )
     return PTResult(run.state, history, summary)
+
+
+def _current_c(move: Any, state: ReplicaState) -> Any:
+    return move.c if move.adaptation is None else state.move_state.c
+
+
+def _default_adapt_rounds(state: ReplicaState, interval: Any, kwargs: dict) -> int:
+    """A quarter of the rounds this call completes, at least 1."""
+    num_steps, burn_in = kwargs.get("num_steps"), kwargs.get("burn_in", 0)
+    if (
+        not all(
+            isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 0
+            for v in (num_steps, burn_in, interval)
+        )
+        or interval < 1
+    ):
+        return 1  # train() names the bad argument
+    start = int(state.step)
+
+    def completed(step: int) -> int:
+        return max(0, step - burn_in) // interval
+
+    return max(1, -(-(completed(start + num_steps) - completed(start)) // 4))
 
 
 def _pt_history(history: History) -> PTHistory:
@@ -211,6 +264,8 @@ def _pt_history(history: History) -> PTHistory:
         proposed=history.move.proposed,
         accepted=history.move.accepted,
         acceptance_prob=history.move.acceptance_prob,
+        c=history.move.c,
+        temperatures=history.move.temperatures,
         initial_rungs=history.initial_rungs,
         test_loss=(
             np.full_like(history.train_loss, np.nan) if test is None else test.loss

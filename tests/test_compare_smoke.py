@@ -28,18 +28,46 @@ def test_compare_main_tiny(tmp_path):
             str(tmp_path),
         ]
     )
+    # one file per seed; a second call reruns nothing and merges the same table
+    assert sorted(
+        p.name for p in (tmp_path / "compare" / "compare_mnist1d").iterdir()
+    ) == ["seed0.json", "seed1.json"]
     stored = json.loads((tmp_path / "compare_mnist1d.json").read_text())
+    again = compare.main(
+        [
+            "mnist1d",
+            "--seeds",
+            "2",
+            "--steps",
+            "40",
+            "--interval",
+            "10",
+            "--burn-in",
+            "10",
+            "--replicas",
+            "3",
+            "--train-subset",
+            "512",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
+    assert again["table"] == payload["table"]
     assert (tmp_path / "compare_mnist1d.md").read_text().startswith("**mnist1d**")
     assert (tmp_path / "compare_mnist1d.png").stat().st_size > 0
     assert stored["provenance"]["seeds"] == [0, 1]
     assert {"command", "git_commit", "machine"} <= set(stored["provenance"])
-    for method in compare.METHODS:
+    assert set(payload["summary"]) == set(compare.DEFAULT_METHODS)
+    for method in compare.DEFAULT_METHODS:
         errors = np.asarray(payload["summary"][method]["test_error"])
         assert errors.shape == (2,) and np.all((errors >= 0) & (errors <= 1))
         # (40 - 10) / 10 rounds; PBT does not exploit after the last segment
         rounds = 2 if method == "pbt" else 3
         assert len(stored["runs"][0][method]["curve_step"]) == rounds
-    assert payload["c"] > 0
+    # PT adapts C with no grid run before it: a quarter of the 3 rounds
+    c = np.asarray(stored["runs"][0]["pt"]["c"])
+    assert c.shape == (3,) and np.all(c > 0) and c[1] == c[2]
+    assert "pt-grid" in payload["paired"]
 
 
 def test_data_dir_default_is_shared_data_next_to_the_repository(monkeypatch, tmp_path):

@@ -132,7 +132,9 @@ def test_weight_decay_ladder_through_a_chain(blobs):  # bug: chain was refused
     np.testing.assert_allclose(state.hyperparams["weight_decay"], [0.0, 0.01, 0.1])
     injected = state.opt_state[1].hyperparams["weight_decay"]
     np.testing.assert_allclose(injected, [0.0, 0.01, 0.1])
-    result = pt(state, blobs, ladder=ladder, c=50.0, exchange_interval=5)
+    result = pt(
+        state, blobs, ladder=ladder, c=50.0, exchange_interval=5, scheme="random_pair"
+    )
     history = result.history
     for r in range(len(history.step)):  # hyperparameters follow the rungs
         expected = np.asarray(ladder.values["weight_decay"])[history.rungs[r]]

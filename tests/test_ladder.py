@@ -81,7 +81,7 @@ def test_linear_and_geometric_constructors():
             "temperatures must be",
         ),
         (
-            dict(learning_rate=[0.1, 0.2], dropout_rate=[0.1, 0.2]),
+            dict(learning_rate=[0.1, 0.2], weight_decay=[0.1, 0.2]),
             "temperatures is required",
         ),
         (dict(momentum=[0.1, 0.2]), "no default temperature for 'momentum'"),

@@ -32,7 +32,7 @@ def test_quickstart_tiny(tmp_path):
     for field in ("command", "git_commit", "machine", "seeds"):
         assert record[field], field
     assert record["seeds"] == [0, 1]
-    assert set(record["runs"][0]) == {"grid", "PT", "PT-DEO"}
+    assert set(record["runs"][0]) == {"grid", "PT", "PT-random-pair"}
     assert (tmp_path / "tiny.png").stat().st_size > 10_000
     table = (tmp_path / "tiny.md").read_text()
     assert "| grid |" in table and "| PT |" in table

@@ -1,0 +1,253 @@
+"""Adaptive C and ladder: the exchange tunes itself in its first rounds, then freezes.
+
+``pt_train(..., c="auto")`` (the default) sets the constant C of the Metropolis
+test from what it observes. Every adaptation round records, for each adjacent
+pair of rungs, the log acceptance ratio at C = 1,
+``x_r = (beta_r - beta_{r+1}) (L_cold - L_hot)``; C is then the value that makes
+the mean Metropolis probability ``mean min(1, exp(C x))`` over every ratio seen
+so far equal the target (bisection in log C). Every pair is proposed equally
+often under both schemes, so the target is the expected acceptance of a
+proposed swap. After ``adapt_rounds`` rounds C is frozen and the exchange is a
+fixed Metropolis rule for the rest of the run.
+
+With ``adapt_ladder=True`` the inner rungs are also re-spaced every adaptation
+round, so that adjacent pairs reject equally often (Syed et al. 2019; Vousden,
+Farr & Mandel 2016): the rejection ``rho_r = 1 - min(1, exp(C x_r))`` of each
+pair, spread over its interval of ``u = log T`` and pooled over the rounds
+seen (:func:`barrier`), is a "communication barrier"; the new rungs divide it
+into equal parts. The ends of the ladder and the order of its rungs never change. A
+hyperparameter whose values set the temperatures by the default rule (learning
+rate: ``T = lr``; dropout: ``T = 1 / (1 - q)``) follows its rule exactly, so a
+learning-rate ladder is re-spaced in log space; any other hyperparameter is
+interpolated between the old rungs (in log space when its values are > 0).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tempering.ladder import Ladder
+
+__all__ = [
+    "Adaptation",
+    "AdaptationState",
+    "barrier",
+    "init_adaptation",
+    "mean_acceptance",
+    "respace_ladder",
+    "solve_c",
+]
+
+# Bisection of log C within +-ln(1e4) around 1 / (the median unfavourable gap).
+_LOG_RANGE = float(np.log(1e4))
+_BISECTIONS = 48
+# Cells of log T between the ladder's ends on which the barrier is pooled.
+_GRID = 64
+# Floor of the total barrier density, so that the barrier strictly increases
+# (with no rejection at all the ladder becomes evenly spaced in log T).
+_MIN_REJECTION = 1e-3
+
+
+class Adaptation(NamedTuple):
+    """Static settings of the adaptation (validated by ``exchange_move``)."""
+
+    target: float | None  # mean acceptance C is tuned to; None keeps C fixed
+    ladder: bool  # also re-space the inner rungs
+    rule: str | None  # the hyperparameter whose default rule sets T, if any
+    log_names: tuple[str, ...] = ()  # other names interpolated in log space
+
+
+class AdaptationState(NamedTuple):
+    """What the adaptive exchange carries between rounds (``state.move_state``)."""
+
+    c: jax.Array  # shape=(), float32, the current C
+    temperatures: jax.Array  # shape=(M,), the current ladder, coldest first
+    values: dict[str, jax.Array]  # name -> shape=(M,), the current ladder values
+    log_ratios: jax.Array  # shape=(A, M - 1), x of adaptation round a; NaN unseen
+    positions: jax.Array  # shape=(A, M), log T of round a's rungs; NaN unseen
+    rounds_done: jax.Array  # shape=(), int32, adaptation rounds done (<= A)
+
+    @property
+    def adapt_rounds(self) -> int:
+        """A: rounds of adaptation before C (and the ladder) freeze."""
+        return int(self.log_ratios.shape[0])
+
+    @property
+    def ladder(self) -> Ladder:
+        """The current ladder."""
+        return Ladder(self.values, self.temperatures)
+
+
+def init_adaptation(ladder: Ladder, adapt_rounds: int, c: float) -> AdaptationState:
+    """The adaptation state before the first round.
+
+    Args:
+        ladder: the starting ladder (its ends stay fixed).
+        adapt_rounds: A >= 1, rounds before C and the ladder freeze.
+        c: C until the first round has seen an unfavourable pair.
+
+    Returns:
+        An :class:`AdaptationState`.
+    """
+    num_pairs = ladder.num_rungs - 1
+    return AdaptationState(
+        c=jnp.float32(c),
+        temperatures=jnp.asarray(ladder.temperatures, jnp.float32),
+        values={k: jnp.asarray(v, jnp.float32) for k, v in ladder.values.items()},
+        log_ratios=jnp.full((adapt_rounds, num_pairs), jnp.nan, jnp.float32),
+        positions=jnp.full((adapt_rounds, num_pairs + 1), jnp.nan, jnp.float32),
+        rounds_done=jnp.int32(0),
+    )
+
+
+def mean_acceptance(c: jax.Array, log_ratios: jax.Array) -> jax.Array:
+    """Mean of ``min(1, exp(c x))`` over the finite entries of ``log_ratios``."""
+    valid = jnp.isfinite(log_ratios)
+    x = jnp.where(valid, log_ratios, 0.0)
+    probs = jnp.where(valid, jnp.exp(jnp.minimum(c * x, 0.0)), 0.0)
+    return probs.sum() / jnp.maximum(valid.sum(), 1)
+
+
+def solve_c(log_ratios: jax.Array, target: float, fallback: jax.Array) -> jax.Array:
+    """The C at which the mean Metropolis probability of ``log_ratios`` is ``target``.
+
+    Args:
+        log_ratios: any shape; the log acceptance ratios at C = 1 (non-finite
+            entries are ignored).
+        target: the mean acceptance wanted, in (0, 1).
+        fallback: returned when no finite ratio is unfavourable (< 0): then
+            every C accepts everything and the data say nothing about C.
+
+    Returns:
+        C, shape ``()``, float32. When the favourable pairs alone exceed the
+        target, C is the top of the search range (1e4 / the median
+        unfavourable gap): unfavourable swaps are then all but never accepted.
+    """
+    x = jnp.asarray(log_ratios, jnp.float32)
+    unfavourable = jnp.isfinite(x) & (x < 0)
+    scale = jnp.nanmedian(jnp.where(unfavourable, -x, jnp.nan))
+    centre = -jnp.log(jnp.where(unfavourable.any(), scale, 1.0))
+
+    def bisect(_, bounds):
+        low, high = bounds
+        mid = 0.5 * (low + high)
+        too_often = mean_acceptance(jnp.exp(mid), x) > target  # C must grow
+        return jnp.where(too_often, mid, low), jnp.where(too_often, high, mid)
+
+    low, high = jax.lax.fori_loop(
+        0, _BISECTIONS, bisect, (centre - _LOG_RANGE, centre + _LOG_RANGE)
+    )
+    c = jnp.exp(0.5 * (low + high))
+    return jnp.where(unfavourable.any(), c, fallback).astype(jnp.float32)
+
+
+def _inverse_rule(name: str, temperatures: jax.Array) -> jax.Array:
+    if name == "learning_rate":
+        return temperatures
+    return 1.0 - 1.0 / temperatures  # dropout_rate: T = 1 / (1 - q)
+
+
+def barrier(c: jax.Array, log_ratios: jax.Array, positions: jax.Array) -> jax.Array:
+    """The cumulative rejection along ``u = log T``, pooled over rounds.
+
+    Round a's pair (r, r + 1) rejects with ``rho = 1 - min(1, exp(c x))``,
+    spread evenly over ``[u_r, u_{r+1}]`` of that round's ladder; the density
+    at each of ``_GRID`` cells between the ends is the mean over the rounds
+    seen. Every round is re-weighed at the current C.
+
+    Args:
+        c: the current C.
+        log_ratios: ``(A, M - 1)`` ratios at C = 1 per round (NaN: unseen).
+        positions: ``(A, M)`` ``log T`` of each round's rungs (NaN: unseen).
+
+    Returns:
+        ``(_GRID + 1,)`` cumulative barrier at the cell edges (0 at the cold
+        end, strictly increasing).
+    """
+    low, high = positions[0, 0], positions[0, -1]  # the ends never move
+    edges = jnp.linspace(low, high, _GRID + 1)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    rho = 1.0 - jnp.exp(jnp.minimum(c * log_ratios, 0.0))  # (A, M - 1)
+    num_pairs = log_ratios.shape[1]
+
+    def density(u: jax.Array, rho_row: jax.Array) -> jax.Array:
+        pair = jnp.clip(
+            jnp.searchsorted(u, centres, side="right") - 1, 0, num_pairs - 1
+        )
+        return rho_row[pair] / jnp.diff(u)[pair]
+
+    densities = jax.vmap(density)(positions, rho)  # (A, _GRID); NaN when unseen
+    mean = jnp.nan_to_num(jnp.nanmean(densities, axis=0), nan=0.0)
+    floor = _MIN_REJECTION / (high - low)
+    cell = (high - low) / _GRID
+    return jnp.concatenate(
+        [jnp.zeros((1,)), jnp.cumsum(jnp.maximum(mean, floor) * cell)]
+    )
+
+
+def respace_ladder(
+    ladder: Ladder,
+    cumulative: jax.Array,
+    rule: str | None = None,
+    log_names: tuple[str, ...] = (),
+) -> Ladder:
+    """Inner rungs moved so that every adjacent pair gets an equal barrier share.
+
+    Args:
+        ladder: the current ladder, M rungs.
+        cumulative: the cumulative barrier at ``_GRID + 1`` evenly spaced
+            points of ``log T`` between the ends (:func:`barrier`).
+        rule: the hyperparameter whose default rule sets the temperatures
+            (its values follow the new temperatures exactly), or None.
+        log_names: hyperparameters interpolated in log space (values > 0);
+            the others are interpolated linearly in ``log T``.
+
+    Returns:
+        The new ladder: same ends, same order, same names.
+    """
+    temps = ladder.temperatures
+    positions = jnp.log(temps)
+    edges = jnp.linspace(positions[0], positions[-1], cumulative.shape[0])
+    wanted = jnp.linspace(0.0, cumulative[-1], temps.shape[0])
+    new_positions = jnp.interp(wanted, cumulative, edges)
+    new_temps = jnp.exp(new_positions).at[0].set(temps[0]).at[-1].set(temps[-1])
+    values = {}
+    for name, old in ladder.values.items():
+        if name == rule:
+            new = _inverse_rule(name, new_temps)
+        elif name in log_names:
+            new = jnp.exp(jnp.interp(new_positions, positions, jnp.log(old)))
+        else:
+            new = jnp.interp(new_positions, positions, old)
+        new = jnp.where(jnp.all(old == old[0]), old, new)  # a shared value stays
+        values[name] = new.at[0].set(old[0]).at[-1].set(old[-1]).astype(jnp.float32)
+    return Ladder(values, new_temps.astype(jnp.float32))
+
+
+def adapt(
+    settings: Adaptation, adaptation: AdaptationState, log_ratios: jax.Array
+) -> AdaptationState:
+    """One round of adaptation given this round's ratios at C = 1, ``(M - 1,)``.
+
+    Past ``adapt_rounds`` rounds the state comes back unchanged (frozen).
+    """
+    active = adaptation.rounds_done < adaptation.adapt_rounds
+    row = jnp.minimum(adaptation.rounds_done, adaptation.adapt_rounds - 1)
+    seen = adaptation.log_ratios.at[row].set(log_ratios)
+    positions = adaptation.positions.at[row].set(jnp.log(adaptation.temperatures))
+    c = adaptation.c
+    if settings.target is not None:
+        c = solve_c(seen, settings.target, adaptation.c)
+    ladder = adaptation.ladder
+    if settings.ladder:
+        cumulative = barrier(c, seen, positions)
+        ladder = respace_ladder(ladder, cumulative, settings.rule, settings.log_names)
+    new = AdaptationState(
+        c, ladder.temperatures, ladder.values, seen, positions,
+        adaptation.rounds_done + 1,
+    )  # fmt: skip
+    return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, adaptation)

@@ -1,0 +1,482 @@
+"""Diagnostics of a parallel tempering run: is the ladder exchanging, are replicas mixing?
+
+Every function takes the :class:`~tempering.training.PTHistory` of
+:func:`tempering.pt_train` (``result.history``) and is plain numpy; the
+``plot_*`` functions draw the same quantities with matplotlib (an optional
+dependency: ``pip install matplotlib``), each on a given or new ``Axes`` which
+it returns. :func:`plot_diagnostics` draws all of them on one figure.
+
+What each tells you:
+
+- :func:`acceptance_over_time`: the fraction of proposed swaps each adjacent
+  pair of rungs accepted over the last ``window`` rounds. Near 1, neighbouring
+  rungs are nearly indistinguishable and replicas random-walk through the
+  ladder without the exchange selecting anything (rungs too close, or C too
+  small); near 0, the rungs are too far apart (or C too large) and the ladder
+  splits into blocks that never communicate. A pair far below the others is a
+  bottleneck: a rung should be inserted there (``adapt_ladder=True`` re-spaces
+  the rungs towards equal acceptance).
+- :func:`rung_occupancy`: the fraction of rounds each replica spent on each
+  rung. Well-mixed replicas visit every rung (rows close to uniform); a
+  diagonal matrix means no replica ever moved.
+- :func:`round_trips` and :func:`round_trip_steps`: completed coldest ->
+  hottest -> coldest trips of every replica, and when each ended. Round trips
+  measure how well hyperparameters mix: a replica that comes back to the cold
+  rung after a visit to the hot end has had the chance to escape what it
+  learned under the cold hyperparameters. Zero trips in a long run means the
+  ladder does not mix end to end.
+- :func:`replica_schedule`: the values of one hyperparameter one replica had
+  after every round, e.g. the learning-rate schedule that parallel tempering
+  found for the best replica (a schedule to replay in a single run).
+- :func:`c_over_time`: the Metropolis constant C of every round; with
+  ``c="auto"`` it moves during the adaptation rounds and is constant after.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tempering.driver import best_index
+from tempering.training import PTHistory, count_round_trips
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "acceptance_over_time",
+    "c_over_time",
+    "plot_acceptance",
+    "plot_c",
+    "plot_diagnostics",
+    "plot_rung_occupancy",
+    "plot_rung_paths",
+    "plot_schedule",
+    "plot_val_loss",
+    "replica_schedule",
+    "round_trip_steps",
+    "round_trips",
+    "rung_occupancy",
+]
+
+
+# --------------------------------------------------------------------------
+# numpy diagnostics
+# --------------------------------------------------------------------------
+
+
+def acceptance_over_time(history: PTHistory, window: int = 10) -> np.ndarray:
+    """Acceptance of every adjacent pair over a trailing window of rounds.
+
+    Args:
+        history: the history of :func:`tempering.pt_train`.
+        window: rounds in the window; the value of round r pools rounds
+            ``max(0, r - window + 1) .. r`` (fewer at the start of the run).
+
+    Returns:
+        ``(R, M - 1)`` float array: accepted / proposed swaps of pair
+        ``(r, r + 1)`` over the window ending at each round; NaN where the pair
+        was not proposed in the window.
+
+    Raises:
+        ValueError: if ``window`` is not an integer >= 1.
+    """
+    if (
+        isinstance(window, bool)
+        or not isinstance(window, int | np.integer)
+        or window < 1
+    ):
+        raise ValueError(f"window must be an integer >= 1, got {window!r}")
+    proposed = np.asarray(history.proposed, np.int64)  # shape=(R, M - 1)
+    accepted = np.asarray(history.accepted, np.int64) & proposed  # shape=(R, M - 1)
+    num_rounds = proposed.shape[0]
+    # Cumulative sums with a leading zero row: window sum = cs[r + 1] - cs[start].
+    zero = np.zeros((1, proposed.shape[1]), np.int64)
+    cum_proposed = np.concatenate([zero, np.cumsum(proposed, 0)])  # (R + 1, M - 1)
+    cum_accepted = np.concatenate([zero, np.cumsum(accepted, 0)])  # (R + 1, M - 1)
+    end = np.arange(1, num_rounds + 1)  # shape=(R,)
+    start = np.maximum(end - int(window), 0)  # shape=(R,)
+    num_proposed = cum_proposed[end] - cum_proposed[start]  # shape=(R, M - 1)
+    num_accepted = cum_accepted[end] - cum_accepted[start]  # shape=(R, M - 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(
+            num_proposed > 0, num_accepted / np.maximum(num_proposed, 1), np.nan
+        )
+
+
+def rung_occupancy(history: PTHistory) -> np.ndarray:
+    """Fraction of rounds every replica spent on every rung.
+
+    A replica's rung in a round is its rung after that round's exchange
+    (``history.rungs``), so each of the R rounds counts once.
+
+    Args:
+        history: the history of :func:`tempering.pt_train`.
+
+    Returns:
+        ``(M, M)`` float array, ``[m, r]``: fraction of rounds replica m spent
+        on rung r; every row sums to 1 (all NaN for a history without rounds).
+    """
+    rungs = np.asarray(history.rungs)  # shape=(R, M)
+    num_replicas = len(history.initial_rungs)
+    if rungs.shape[0] == 0:
+        return np.full((num_replicas, num_replicas), np.nan)
+    one_hot = np.eye(num_replicas)[rungs]  # shape=(R, M, M), [round, replica, rung]
+    return one_hot.mean(0)  # shape=(M, M)
+
+
+def _rung_path(history: PTHistory) -> np.ndarray:
+    """``(R + 1, M)``: the initial rungs, then the rungs after every round."""
+    initial = np.asarray(history.initial_rungs)[None]  # shape=(1, M)
+    return np.concatenate(
+        [initial, np.asarray(history.rungs).reshape(-1, initial.shape[1])]
+    )
+
+
+def round_trips(history: PTHistory) -> np.ndarray:
+    """Completed round trips (coldest rung -> hottest -> coldest) of every replica.
+
+    :func:`tempering.training.count_round_trips` over the initial rungs and the
+    rungs after every round (``summary.round_trips`` of the same call).
+
+    Args:
+        history: the history of :func:`tempering.pt_train`.
+
+    Returns:
+        ``(M,)`` int array.
+    """
+    path = _rung_path(history)  # shape=(R + 1, M)
+    return count_round_trips(path, path.shape[1])
+
+
+def round_trip_steps(history: PTHistory) -> list[np.ndarray]:
+    """The global steps at which every replica completed a round trip.
+
+    A trip is counted as in :func:`round_trips`: a return to the coldest rung
+    after a visit to the hottest rung that followed a visit to the coldest. The
+    differences of consecutive entries are round-trip times in SGD steps.
+
+    Args:
+        history: the history of :func:`tempering.pt_train`.
+
+    Returns:
+        M int arrays; entry m has shape ``(round_trips(history)[m],)``: the
+        ``history.step`` of each round that ended a trip of replica m.
+    """
+    path = _rung_path(history)  # shape=(R + 1, M)
+    num_rungs = path.shape[1]
+    steps = np.asarray(history.step)  # shape=(R,)
+    trips = []
+    for m in range(num_rungs):  # over replicas; the rounds are vectorised
+        column = path[:, m]  # shape=(R + 1,)
+        if num_rungs < 2:
+            trips.append(steps[:0].astype(np.int64))
+            continue
+        ends = np.flatnonzero((column == 0) | (column == num_rungs - 1))  # (E,)
+        cold = column[ends] == 0  # shape=(E,), True at the cold end
+        if not cold.any():
+            trips.append(steps[:0].astype(np.int64))
+            continue
+        # A hot visit counts only after a cold one; from the first cold visit
+        # on, a trip ends at every cold visit whose previous end visit was hot.
+        first = int(np.argmax(cold))
+        ends, cold = ends[first:], cold[first:]
+        done = ends[1:][cold[1:] & ~cold[:-1]]  # rows of path, all >= 1
+        trips.append(steps[done - 1].astype(np.int64))
+    return trips
+
+
+def replica_schedule(
+    history: PTHistory, replica: int, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The values of one hyperparameter that one replica had, round by round.
+
+    Args:
+        history: the history of :func:`tempering.pt_train`.
+        replica: index of the replica, in ``[0, M)`` (e.g.
+            ``summary.best_replica``).
+        name: a hyperparameter in ``history.hyperparams`` (e.g.
+            ``"learning_rate"``).
+
+    Returns:
+        ``(steps, values)``, both of shape ``(R,)``: ``values[r]`` is the
+        replica's value after the exchange of the round evaluated at global
+        step ``steps[r]``, i.e. the value it trained with from then on.
+
+    Raises:
+        ValueError: for an unknown name or a replica out of range.
+    """
+    if name not in history.hyperparams:
+        raise ValueError(
+            f"no hyperparameter {name!r} in the history; it has "
+            f"{sorted(history.hyperparams)}"
+        )
+    values = np.asarray(history.hyperparams[name])  # shape=(R, M)
+    num_replicas = len(history.initial_rungs)
+    if isinstance(replica, bool) or not isinstance(replica, int | np.integer):
+        raise ValueError(f"replica must be an integer, got {replica!r}")
+    if not 0 <= replica < num_replicas:
+        raise ValueError(f"replica must be in [0, {num_replicas}), got {replica}")
+    return np.asarray(history.step), values[:, int(replica)]
+
+
+def c_over_time(history: PTHistory) -> tuple[np.ndarray, np.ndarray]:
+    """The Metropolis constant C that every round's exchange used.
+
+    Args:
+        history: the history of :func:`tempering.pt_train`.
+
+    Returns:
+        ``(steps, c)``, both of shape ``(R,)``.
+    """
+    return np.asarray(history.step), np.asarray(history.c)
+
+
+# --------------------------------------------------------------------------
+# figures (matplotlib, imported lazily)
+# --------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "tempering.diagnostics plots need matplotlib: pip install matplotlib"
+        ) from err
+    return plt
+
+
+def _axes(ax: Axes | None) -> Axes:
+    if ax is None:
+        _, ax = _pyplot().subplots()
+    else:
+        _pyplot()
+    return ax
+
+
+def _default_replica(history: PTHistory) -> int:
+    """The replica with the lowest final validation loss (0 without rounds)."""
+    val_loss = np.asarray(history.val_loss)
+    return best_index(val_loss[-1]) if val_loss.shape[0] else 0
+
+
+def _default_name(history: PTHistory) -> str | None:
+    """The first hyperparameter whose values vary, else the first one (or None)."""
+    for name, values in history.hyperparams.items():
+        values = np.asarray(values, np.float64)
+        finite = values[np.isfinite(values)]
+        if finite.size and finite.min() != finite.max():
+            return name
+    return next(iter(history.hyperparams), None)
+
+
+def _log_scale_if_wide(ax: Axes, values: np.ndarray) -> None:
+    values = np.asarray(values, np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() > 0 and finite.max() / finite.min() > 10:
+        ax.set_yscale("log")
+
+
+def plot_acceptance(
+    history: PTHistory, ax: Axes | None = None, *, window: int = 10
+) -> Axes:
+    """Plots :func:`acceptance_over_time` of every adjacent pair against the step.
+
+    Args:
+        history: the history of :func:`tempering.pt_train`.
+        ax: the Axes to draw on; a new figure's by default.
+        window: rounds of the trailing window.
+
+    Returns:
+        The Axes.
+    """
+    ax = _axes(ax)
+    acceptance = acceptance_over_time(history, window)  # shape=(R, M - 1)
+    steps = np.asarray(history.step)
+    for pair in range(acceptance.shape[1]):
+        ax.plot(steps, acceptance[:, pair], label=f"{pair}-{pair + 1}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"acceptance (last {window} rounds)")
+    ax.set_title("acceptance per rung pair")
+    if acceptance.shape[1]:
+        ax.legend(fontsize="x-small", ncol=2, title="rungs", title_fontsize="x-small")
+    return ax
+
+
+def plot_rung_occupancy(
+    history: PTHistory, ax: Axes | None = None, *, colorbar: bool = True
+) -> Axes:
+    """Draws :func:`rung_occupancy` as a heatmap (replica by rung).
+
+    Args:
+        history: the history of :func:`tempering.pt_train`.
+        ax: the Axes to draw on; a new figure's by default.
+        colorbar: add a colour bar (inset on the right of ``ax``).
+
+    Returns:
+        The Axes.
+    """
+    ax = _axes(ax)
+    occupancy = rung_occupancy(history)  # shape=(M, M)
+    image = ax.imshow(occupancy, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    num_replicas = occupancy.shape[0]
+    ticks = np.arange(num_replicas) if num_replicas <= 16 else None
+    if ticks is not None:
+        ax.set_xticks(ticks)
+        ax.set_yticks(ticks)
+    ax.set_xlabel("rung (0 = coldest)")
+    ax.set_ylabel("replica")
+    ax.set_title("rung occupancy (fraction of rounds)")
+    if colorbar:
+        cax = ax.inset_axes((1.02, 0.0, 0.04, 1.0))
+        ax.figure.colorbar(image, cax=cax)
+    return ax
+
+
+def plot_rung_paths(
+    history: PTHistory, ax: Axes | None = None, *, highlight: int | None = None
+) -> Axes:
+    """Plots the rung of every replica against the step (after every exchange).
+
+    Args:
+        history: the history of :func:`tempering.pt_train`.
+        ax: the Axes to draw on; a new figure's by default.
+        highlight: a replica to draw thicker (the others fade).
+
+    Returns:
+        The Axes.
+    """
+    ax = _axes(ax)
+    rungs = np.asarray(history.rungs)  # shape=(R, M)
+    steps = np.asarray(history.step)
+    num_replicas = len(history.initial_rungs)
+    for m in range(num_replicas):
+        style: dict[str, Any] = {}
+        if highlight is not None:
+            style = {"lw": 2.5, "zorder": 3} if m == highlight else {"alpha": 0.35}
+        ax.step(steps, rungs[:, m], where="post", label=f"{m}", **style)
+    ax.set_ylim(-0.5, max(num_replicas - 0.5, 0.5))
+    if num_replicas <= 16:
+        ax.set_yticks(np.arange(num_replicas))
+    ax.set_xlabel("step")
+    ax.set_ylabel("rung (0 = coldest)")
+    ax.set_title(f"rung paths ({int(round_trips(history).sum())} round trips)")
+    return ax
+
+
+def plot_schedule(
+    history: PTHistory, replica: int, name: str, ax: Axes | None = None
+) -> Axes:
+    """Plots :func:`replica_schedule`: one replica's values of one hyperparameter.
+
+    Args:
+        history: the history of :func:`tempering.pt_train`.
+        replica: index of the replica.
+        name: the hyperparameter.
+        ax: the Axes to draw on; a new figure's by default.
+
+    Returns:
+        The Axes (log y axis when the values are positive and span over 10x).
+    """
+    steps, values = replica_schedule(history, replica, name)
+    ax = _axes(ax)
+    ax.step(steps, values, where="post", marker=".")
+    _log_scale_if_wide(ax, values)
+    ax.set_xlabel("step")
+    ax.set_ylabel(name)
+    ax.set_title(f"{name} of replica {replica}")
+    return ax
+
+
+def plot_c(history: PTHistory, ax: Axes | None = None) -> Axes:
+    """Plots :func:`c_over_time`, the Metropolis constant C of every round.
+
+    Args:
+        history: the history of :func:`tempering.pt_train`.
+        ax: the Axes to draw on; a new figure's by default.
+
+    Returns:
+        The Axes (log y axis when C spans over 10x).
+    """
+    ax = _axes(ax)
+    steps, c = c_over_time(history)
+    ax.plot(steps, c, marker=".")
+    _log_scale_if_wide(ax, c)
+    ax.set_xlabel("step")
+    ax.set_ylabel("C")
+    ax.set_title("Metropolis constant C")
+    return ax
+
+
+def plot_val_loss(
+    history: PTHistory, ax: Axes | None = None, *, highlight: int | None = None
+) -> Axes:
+    """Plots the validation loss of every replica against the step.
+
+    Args:
+        history: the history of :func:`tempering.pt_train`.
+        ax: the Axes to draw on; a new figure's by default.
+        highlight: a replica to draw thicker (the others fade).
+
+    Returns:
+        The Axes.
+    """
+    ax = _axes(ax)
+    val_loss = np.asarray(history.val_loss)  # shape=(R, M)
+    steps = np.asarray(history.step)
+    for m in range(val_loss.shape[1]):
+        style: dict[str, Any] = {}
+        if highlight is not None:
+            style = {"lw": 2.5, "zorder": 3} if m == highlight else {"alpha": 0.35}
+        ax.plot(steps, val_loss[:, m], label=f"{m}", **style)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss")
+    ax.set_title("validation loss per replica")
+    return ax
+
+
+def plot_diagnostics(
+    history: PTHistory,
+    replica: int | None = None,
+    name: str | None = None,
+    *,
+    window: int = 10,
+) -> Figure:
+    """A 2 x 3 dashboard of a parallel tempering run.
+
+    Top row: :func:`plot_acceptance`, :func:`plot_rung_occupancy`,
+    :func:`plot_rung_paths`; bottom row: :func:`plot_val_loss`,
+    :func:`plot_schedule` of ``replica``, :func:`plot_c`.
+
+    Args:
+        history: the history of :func:`tempering.pt_train`.
+        replica: the replica whose schedule is drawn (and highlighted); default
+            the one with the lowest final validation loss.
+        name: the hyperparameter of the schedule; default the first one in
+            ``history.hyperparams`` whose values vary.
+        window: rounds of the acceptance window.
+
+    Returns:
+        The matplotlib Figure (6 Axes).
+    """
+    plt = _pyplot()
+    if replica is None:
+        replica = _default_replica(history)
+    if name is None:
+        name = _default_name(history)
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5), layout="constrained")
+    plot_acceptance(history, axes[0, 0], window=window)
+    plot_rung_occupancy(history, axes[0, 1])
+    plot_rung_paths(history, axes[0, 2], highlight=replica)
+    plot_val_loss(history, axes[1, 0], highlight=replica)
+    if name is None:
+        axes[1, 1].text(0.5, 0.5, "no hyperparameters", ha="center", va="center")
+        axes[1, 1].set_axis_off()
+    else:
+        plot_schedule(history, replica, name, axes[1, 1])
+    plot_c(history, axes[1, 2])
+    return fig

@@ -1,0 +1,175 @@
+"""Adaptive C and ladder on synthetic loss models with known gaps."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tempering as tp
+from tempering import models
+from tempering.adaptation import mean_acceptance, solve_c
+from tempering.moves import exchange_move
+from tempering.replicas import assign_rungs
+
+M = 8
+LADDER = tp.geometric_ladder("learning_rate", 0.01, 1.0, M)
+
+
+@pytest.fixture(scope="module")
+def state() -> tp.ReplicaState:
+    sample = np.zeros((2, 3), np.float32)
+    return tp.create_replicas(
+        jax.random.key(0), models.MLP((4,), 2), tp.sgd(0.1), sample, ladder=LADDER
+    )
+
+
+def run_synthetic(state, move, loss_of_lr, rounds, noise=0.0, seed=1):
+    """Rounds of the move where a replica's score is a function of its lr."""
+    state = move.init_state(state)
+    state = assign_rungs(state, move.current_ladder(state), state.rungs)
+    step = jax.jit(lambda *args: move(*args))
+    key, infos = jax.random.key(seed), []
+    for r in range(rounds):
+        key, move_key, noise_key = jax.random.split(key, 3)
+        scores = loss_of_lr(state.hyperparams["learning_rate"])
+        scores = scores + noise * jax.random.normal(noise_key, (M,))
+        state, info = step(move_key, state, scores, jnp.int32(r))
+        infos.append(jax.device_get(info))
+    return state, jax.tree.map(lambda *xs: np.stack(xs), *infos)
+
+
+def test_solve_c_hits_the_target() -> None:
+    x = -np.random.default_rng(0).exponential(2.0, size=(5, 7)).astype(np.float32)
+    x[0, :3] = 0.5  # favourable pairs count as accepted
+    x[1, 0] = np.nan  # unseen
+    for target in (0.1, 0.3, 0.6):
+        c = solve_c(jnp.asarray(x), target, jnp.float32(1.0))
+        assert float(mean_acceptance(c, jnp.asarray(x))) == pytest.approx(
+            target, abs=1e-4
+        )
+    # Only favourable (or no) pairs: C is not identified, the fallback stays.
+    assert float(solve_c(jnp.full((2, 3), 0.5), 0.3, jnp.float32(7.0))) == 7.0
+    assert float(solve_c(jnp.full((2, 3), jnp.nan), 0.3, jnp.float32(7.0))) == 7.0
+
+
+@pytest.mark.parametrize("target", [0.2, 0.4])
+def test_auto_c_reaches_the_target_on_known_gaps(state, target) -> None:
+    move = exchange_move(LADDER, c="auto", target_acceptance=target, adapt_rounds=10)
+    state, info = run_synthetic(state, move, lambda lr: 3.0 * lr, rounds=30)
+    # Loss linear in T on a geometric ladder: every pair has the same gap x, so
+    # the frozen C accepts every pair with probability exactly the target.
+    frozen = info.c[10:]
+    assert np.all(frozen == frozen[0]) and np.all(info.c[9] == frozen[0])
+    np.testing.assert_allclose(info.acceptance_prob[10:], target, atol=2e-3)
+    assert float(state.move_state.c) == float(frozen[0])
+
+
+def test_auto_c_with_noisy_losses_within_tolerance(state) -> None:
+    move = exchange_move(LADDER, c="auto", target_acceptance=0.3, adapt_rounds=20)
+    _, info = run_synthetic(state, move, lambda lr: 3.0 * lr, rounds=220, noise=0.05)
+    # Measured after the freeze, on 200 fresh rounds: within 0.05 of the target.
+    assert abs(info.acceptance_prob[20:].mean() - 0.3) < 0.05
+    assert np.all(info.c[20:] == info.c[19])
+
+
+def test_adaptive_ladder_equalises_acceptance_keeps_ends_and_order(state) -> None:
+    def loss(lr):
+        return 3.0 * lr**2  # the barrier grows toward the hot end
+
+    fixed = exchange_move(LADDER, c="auto", adapt_rounds=20)
+    _, before = run_synthetic(state, fixed, loss, rounds=40)
+    move = exchange_move(LADDER, c="auto", adapt_rounds=20, adapt_ladder=True)
+    new_state, info = run_synthetic(state, move, loss, rounds=40)
+    spread_before = np.ptp(before.acceptance_prob[20:].mean(0))
+    spread_after = np.ptp(info.acceptance_prob[20:].mean(0))
+    assert spread_before > 0.4  # the geometric ladder is far from equal
+    assert spread_after < 0.05
+    assert abs(info.acceptance_prob[20:].mean() - 0.3) < 0.03
+    temps = np.asarray(new_state.move_state.temperatures)
+    assert temps[0] == np.float32(0.01) and temps[-1] == np.float32(1.0)
+    assert np.all(np.diff(temps) > 0)
+    # The learning rate follows its rule T = lr exactly; replicas hold their rung's.
+    lrs = np.asarray(new_state.move_state.values["learning_rate"])
+    np.testing.assert_allclose(lrs, temps, rtol=1e-6)
+    np.testing.assert_array_equal(
+        np.asarray(new_state.hyperparams["learning_rate"]),
+        lrs[np.asarray(new_state.rungs)],
+    )
+    np.testing.assert_array_equal(info.temperatures[-1], temps)
+    assert np.all(info.temperatures[20:] == temps)  # frozen
+
+
+def test_adaptive_ladder_respaces_dropout_by_its_rule(state) -> None:
+    sample = np.zeros((2, 3), np.float32)
+    ladder = tp.linear_ladder("dropout_rate", 0.0, 0.6, 4, learning_rate=0.05)
+    dropout_state = tp.create_replicas(
+        jax.random.key(0), models.MLP((4,), 2), tp.sgd(0.1), sample, ladder=ladder
+    )
+    move = exchange_move(ladder, c="auto", adapt_rounds=5, adapt_ladder=True)
+    out = move.init_state(dropout_state)
+    out = assign_rungs(out, ladder, out.rungs)
+    step = jax.jit(lambda *args: move(*args))
+    for r in range(5):
+        scores = 2.0 * out.hyperparams["dropout_rate"] ** 3
+        out, _ = step(jax.random.key(r), out, scores, jnp.int32(r))
+    adapted = out.move_state.ladder
+    rates = np.asarray(adapted.values["dropout_rate"])
+    np.testing.assert_allclose(
+        np.asarray(adapted.temperatures), 1 / (1 - rates), rtol=1e-5
+    )
+    assert rates[0] == 0.0 and rates[-1] == np.float32(0.6)
+    assert not np.allclose(rates, np.asarray(ladder.values["dropout_rate"]))
+    np.testing.assert_array_equal(adapted.values["learning_rate"], np.float32(0.05))
+
+
+def test_pt_train_auto_is_default_records_c_and_continues(blobs, tx) -> None:
+    train, val = blobs
+    ladder = tp.geometric_ladder("learning_rate", 0.02, 0.3, 4)
+    state = tp.create_replicas(
+        jax.random.key(0), models.MLP((16,), 3), tx, train[0][:2], ladder=ladder
+    )
+    kwargs = dict(
+        train_data=train, validation_data=val, exchange_interval=5, burn_in=10
+    )
+    full = tp.pt_train(state, ladder, jax.random.key(3), num_steps=90, **kwargs)
+    # 16 rounds: a quarter adapt, then C stays.
+    assert full.history.c.shape == (16,)
+    assert np.all(full.history.c[3:] == full.history.c[3])
+    assert full.summary.c == float(full.history.c[-1])
+    assert full.history.temperatures.shape == (16, 4)
+    # Two calls of the same run give the same run (the second continues the
+    # adaptation it finds in the state); the default adapt_rounds depends on
+    # the call's length, so a split run names it.
+    kwargs["adapt_rounds"] = 4
+    first = tp.pt_train(state, ladder, jax.random.key(3), num_steps=30, **kwargs)
+    second = tp.pt_train(first.state, ladder, jax.random.key(3), num_steps=60, **kwargs)
+    np.testing.assert_array_equal(
+        np.concatenate([first.history.c, second.history.c]), full.history.c
+    )
+    np.testing.assert_array_equal(second.history.rungs, full.history.rungs[4:])
+    for got, want in zip(
+        jax.tree.leaves(second.state.params), jax.tree.leaves(full.state.params),
+        strict=True,
+    ):  # fmt: skip
+        np.testing.assert_array_equal(got, want)
+    # A number keeps C fixed.
+    fixed = tp.pt_train(state, ladder, jax.random.key(3), num_steps=30, c=5.0, **kwargs)
+    assert np.all(fixed.history.c == 5.0) and fixed.summary.c == 5.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"c": "adaptive"}, ValueError, "c must be a number > 0 or 'auto'"),
+        ({"c": "auto", "target_acceptance": 1.0}, ValueError, "target_acceptance"),
+        ({"c": "auto", "target_acceptance": "0.3"}, TypeError, "target_acceptance"),
+        ({"c": "auto", "adapt_rounds": 0}, ValueError, "adapt_rounds must be >= 1"),
+        ({"c": "auto", "adapt_rounds": 2.0}, TypeError, "adapt_rounds must be an int"),
+        ({"adapt_ladder": "yes"}, TypeError, "adapt_ladder must be True or False"),
+    ],
+)
+def test_bad_adaptation_settings(kwargs, error, match) -> None:
+    with pytest.raises(error, match=match):
+        exchange_move(LADDER, **kwargs)
