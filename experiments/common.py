@@ -42,7 +42,11 @@ def default_data_dir() -> Path:
 
 
 def git_commit() -> str:
-    """The commit of the working tree, with ``-dirty`` if it has local changes."""
+    """The commit of the working tree, with ``-dirty`` if its code has local changes.
+
+    Result files (``experiments/results/``) do not count: a sequence of
+    experiments run from one clean checkout records the same clean commit.
+    """
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -52,7 +56,15 @@ def git_commit() -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)experiments/results",
+            ],  # fmt: skip
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
