@@ -5,7 +5,9 @@ wander faster: M replicas are trained, one per value of the hyperparameter,
 with the vectorised engine (:func:`tempering.train` in chunks, one
 compiled program for every chunk length), and the distance
 ``||W(t) - W(t0)||`` (all parameters flattened, L2 norm) is recorded against
-time for every replica. Dropout rate and learning rate diffuse faster when
+time for every replica, beside the norm ``||W(t)||`` (a distance measured
+while the norm still shrinks toward the equilibrium that weight decay imposes
+records that shrinkage, not a diffusion; choose ``t0`` past it). Dropout rate and learning rate diffuse faster when
 larger; L2 weight decay confines the weights, so its curves plateau, lower for
 a larger coefficient.
 
@@ -47,18 +49,26 @@ __all__ = [
     "record_schedule",
     "set_weight_decay",
     "weight_distance",
+    "weight_norm",
 ]
+
+
+class _Record(NamedTuple):
+    distance: jax.Array  # shape=(M,), ||W - W(t0)||
+    norm: jax.Array  # shape=(M,), ||W||
 
 
 @struct.dataclass
 class _Distance:
-    """A move that changes nothing and reports ``||W - W(t0)||`` per replica."""
+    """A move that changes nothing and reports ``||W - W(t0)||`` and ``||W||``."""
 
     reference: Any  # leaves shape=(M, ...): the parameters at t0
 
     def __call__(self, key, state, scores, round_index):
         del key, scores, round_index
-        return state, weight_distance(state.params, self.reference)
+        return state, _Record(
+            weight_distance(state.params, self.reference), weight_norm(state.params)
+        )
 
 
 class DiffusionResult(NamedTuple):
@@ -66,6 +76,8 @@ class DiffusionResult(NamedTuple):
 
     steps: np.ndarray  # shape=(T,), SGD steps since t0 at each record
     distance: np.ndarray  # shape=(T, M), ||W(t) - W(t0)|| of replica m
+    weight_norm: np.ndarray  # shape=(T, M), ||W(t)||: has it equilibrated?
+    initial_norm: np.ndarray  # shape=(M,), ||W(t0)||
     train_loss: np.ndarray  # shape=(T, M), mean training loss of the chunk
     values: np.ndarray  # shape=(M,), hyperparameter value of replica m
     hyperparameter: str  # which hyperparameter the values set
@@ -130,6 +142,11 @@ def weight_distance(params: Any, reference: Any) -> jax.Array:
         reference,
     )
     return jnp.sqrt(sum(jax.tree.leaves(squares)))
+
+
+def weight_norm(params: Any) -> jax.Array:
+    """``||W||`` per replica over all parameter leaves, ``(M,)`` float32."""
+    return weight_distance(params, jax.tree.map(jnp.zeros_like, params))
 
 
 def record_schedule(
@@ -223,13 +240,16 @@ def diffusion_test(
             state, move=identity_move(), num_steps=int(t0), interval=[int(t0)]
         ).state
     ends = [int(t0), *(int(t0) + record_steps).tolist()]
+    initial_norm = np.asarray(weight_norm(state.params))
     result = run(
         state, move=_Distance(jax.tree.map(jnp.copy, state.params)),
         num_steps=int(record_steps[-1]), interval=ends,
     )  # fmt: skip
     return DiffusionResult(
         steps=result.history.step - int(t0),  # a callback may stop the run early
-        distance=result.history.move,
+        distance=result.history.move.distance,
+        weight_norm=result.history.move.norm,
+        initial_norm=initial_norm,
         train_loss=result.history.train_loss,
         values=values,
         hyperparameter=hyperparameter,

@@ -21,6 +21,11 @@ def make_state(tx, x, num=3):
     )
 
 
+def test_weight_norm_by_hand():
+    params = {"a": jnp.array([[3.0, 4.0], [0.0, 1.0]]), "b": jnp.zeros((2, 3))}
+    np.testing.assert_allclose(diffusion.weight_norm(params), [5.0, 1.0])
+
+
 def test_weight_distance_by_hand():
     a = {"w": jnp.zeros((2, 3)), "b": jnp.zeros((2, 1))}
     b = {"w": jnp.array([[3.0, 0, 0], [0, 0, 0]]), "b": jnp.array([[4.0], [1.0]])}
@@ -102,6 +107,16 @@ def test_weight_decay_confines_the_weights(l2_tx, blobs):
     assert growth[0] > 0.1
     assert abs(growth[2]) < 0.01
     assert growth[2] < growth[1] < growth[0]
+    # The weight norm is recorded beside the distance: strong L2 has shrunk
+    # the weights to an equilibrium norm, below the free replica's.
+    assert result.weight_norm.shape == result.distance.shape
+    assert result.initial_norm.shape == (3,)
+    assert result.weight_norm[-1, 2] < 0.5 * result.initial_norm[2]
+    assert result.weight_norm[-1, 2] < result.weight_norm[-1, 0]
+    # equilibrated: over the second half the strong-L2 norm moves by less
+    # than 1% of where it started (it only fluctuates near its small floor)
+    drift = abs(result.weight_norm[-1, 2] - result.weight_norm[1, 2])
+    assert drift < 0.01 * result.initial_norm[2]
 
 
 def test_bad_arguments(tx, blobs):
