@@ -7,7 +7,10 @@ pair of rungs, the log acceptance ratio at C = 1,
 the mean Metropolis probability ``mean min(1, exp(C x))`` over every ratio seen
 so far equal the target (bisection in log C). Every pair is proposed equally
 often under both schemes, so the target is the expected acceptance of a
-proposed swap. After ``adapt_rounds`` rounds C is frozen and the exchange is a
+proposed swap. When favourable swaps (the hotter replica has the lower loss,
+always accepted) alone reach the target, as early in training on a
+learning-rate ladder, C instead sets the acceptance of the unfavourable swaps
+to the target, so the exchange keeps exploring rather than sorting. After ``adapt_rounds`` rounds C is frozen and the exchange is a
 fixed Metropolis rule for the rest of the run.
 
 With ``adapt_ladder=True`` the inner rungs are also re-spaced every adaptation
@@ -123,12 +126,17 @@ def solve_c(log_ratios: jax.Array, target: float, fallback: jax.Array) -> jax.Ar
             every C accepts everything and the data say nothing about C.
 
     Returns:
-        C, shape ``()``, float32. When the favourable pairs alone exceed the
-        target, C is the top of the search range (1e4 / the median
-        unfavourable gap): unfavourable swaps are then all but never accepted.
+        C, shape ``()``, float32. When the favourable pairs (always accepted)
+        alone make up ``target`` or more of the ratios, no C reaches the
+        target; C then makes the mean acceptance of the *unfavourable* swaps
+        equal to ``target``, so that the exchange keeps exploring instead of
+        sorting the replicas by loss.
     """
     x = jnp.asarray(log_ratios, jnp.float32)
-    unfavourable = jnp.isfinite(x) & (x < 0)
+    valid = jnp.isfinite(x)
+    unfavourable = valid & (x < 0)
+    favourable_share = (valid & (x >= 0)).sum() / jnp.maximum(valid.sum(), 1)
+    x = jnp.where(favourable_share < target, x, jnp.where(unfavourable, x, jnp.nan))
     scale = jnp.nanmedian(jnp.where(unfavourable, -x, jnp.nan))
     centre = -jnp.log(jnp.where(unfavourable.any(), scale, 1.0))
 

@@ -49,6 +49,12 @@ def test_solve_c_hits_the_target() -> None:
         assert float(mean_acceptance(c, jnp.asarray(x))) == pytest.approx(
             target, abs=1e-4
         )
+    # Favourable pairs (always accepted) above the target: C sets the mean
+    # acceptance of the unfavourable ones to the target instead.
+    mostly = np.array([0.5, 0.2, 0.1, 0.3, -1.0, -3.0], np.float32)
+    c = solve_c(jnp.asarray(mostly), 0.3, jnp.float32(1.0))
+    unfavourable = jnp.asarray(mostly[mostly < 0])
+    assert float(mean_acceptance(c, unfavourable)) == pytest.approx(0.3, abs=1e-4)
     # Only favourable (or no) pairs: C is not identified, the fallback stays.
     assert float(solve_c(jnp.full((2, 3), 0.5), 0.3, jnp.float32(7.0))) == 7.0
     assert float(solve_c(jnp.full((2, 3), jnp.nan), 0.3, jnp.float32(7.0))) == 7.0
