@@ -35,6 +35,7 @@ from tempering.hyperparams import check_values
 __all__ = [
     "HYPERPARAMETERS",
     "Ladder",
+    "check_sound",
     "default_temperature",
     "geometric_ladder",
     "linear_ladder",
@@ -60,6 +61,37 @@ class Ladder(NamedTuple):
     def num_rungs(self) -> int:
         """Number of rungs M."""
         return int(self.temperatures.shape[0])
+
+
+def check_sound(ladder: Ladder) -> None:
+    """Raises ValueError unless a (possibly hand-built) ladder is sound.
+
+    Temperatures finite, > 0 and strictly increasing (a decreasing ladder
+    would reverse the exchange's direction); one value per rung for every
+    hyperparameter, each finite and within its range.
+    """
+    temps = np.asarray(ladder.temperatures, np.float64)
+    if temps.ndim != 1 or temps.size < 2:
+        raise ValueError(
+            f"ladder.temperatures must be 1-D with one entry per rung (>= 2), got "
+            f"shape {temps.shape}; build ladders with tempering.make_ladder"
+        )
+    if not np.all(np.isfinite(temps)) or np.any(temps <= 0):
+        raise ValueError(
+            f"ladder.temperatures must be finite and > 0, got {temps.tolist()}"
+        )
+    if np.any(np.diff(temps) <= 0):
+        raise ValueError(
+            f"ladder.temperatures must increase strictly, coldest rung first, got "
+            f"{temps.tolist()}; tempering.make_ladder sorts the rungs for you"
+        )
+    for name, values in ladder.values.items():
+        if np.shape(values) != temps.shape:
+            raise ValueError(
+                f"ladder.values[{name!r}] must have one value per rung, shape "
+                f"{temps.shape}, got shape {np.shape(values)}"
+            )
+        check_values(name, values, "the ladder")
 
 
 def default_temperature(name: str, values: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ from tempering.adaptation import (
     init_adaptation,
 )
 from tempering.exchange import SCHEMES, exchange, pair_log_ratios
-from tempering.ladder import HYPERPARAMETERS, Ladder, default_temperature
+from tempering.ladder import HYPERPARAMETERS, Ladder, check_sound, default_temperature
 from tempering.replicas import ReplicaState, assign_rungs
 
 __all__ = [
@@ -204,6 +204,7 @@ def exchange_move(
     """
     if not isinstance(ladder, Ladder):
         raise TypeError("ladder must be a tempering.Ladder (see tempering.make_ladder)")
+    check_sound(ladder)
     auto = isinstance(c, str)
     if auto and c != AUTO:
         raise ValueError(f"c must be a number > 0 or 'auto', got {c!r}")

@@ -40,7 +40,7 @@ from tempering.hyperparams import (
     scheduled_names,
     write_injected,
 )
-from tempering.ladder import Ladder
+from tempering.ladder import Ladder, check_sound
 
 __all__ = [
     "EvalMetrics",
@@ -448,7 +448,14 @@ def _raise_unknown(state: ReplicaState, names: Sequence[str], where: str) -> Non
 
 
 def check_ladder(state: ReplicaState, ladder: Ladder) -> None:
-    """Raises ValueError unless the state can take every hyperparameter of ``ladder``."""
+    """Raises ValueError unless ``ladder`` is sound and fits the state.
+
+    A hand-built :class:`Ladder` (not from :func:`tempering.make_ladder`) is
+    checked too: temperatures finite, > 0 and strictly increasing (a
+    decreasing ladder would reverse the exchange's direction), one value per
+    rung for every hyperparameter, each finite and within its range.
+    """
+    check_sound(ladder)
     if ladder.num_rungs != state.num_replicas:
         raise ValueError(
             f"the ladder has {ladder.num_rungs} rungs but the state holds "

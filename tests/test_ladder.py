@@ -1,3 +1,4 @@
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -124,3 +125,29 @@ def test_invalid_constructor_arguments():
         tp.linear_ladder("learning_rate", 0.1, 0.2, 1)
     with pytest.raises(ValueError, match="low, high > 0"):
         tp.geometric_ladder("learning_rate", 0.0, 0.2, 4)
+
+
+@pytest.mark.parametrize(
+    ("values", "temperatures", "match"),
+    [
+        ({"learning_rate": [0.1, 0.05, 0.01]}, [0.1, 0.05, 0.01], "increase strictly"),
+        ({"learning_rate": [0.01, float("nan"), 0.1]}, [1.0, 2.0, 3.0], "non-finite"),
+        ({"learning_rate": [-0.01, 0.05, 0.1]}, [1.0, 2.0, 3.0], "learning_rate"),
+        ({"learning_rate": [0.01, 0.05]}, [1.0, 2.0, 3.0], "one value per rung"),
+        ({"dropout_rate": [0.0, 0.5, 1.0]}, [1.0, 2.0, 3.0], "dropout_rate"),
+        ({"learning_rate": [0.01, 0.05, 0.1]}, [1.0, float("inf"), 3.0], "finite"),
+        ({"learning_rate": [0.01, 0.05, 0.1]}, [0.0, 1.0, 3.0], "> 0"),
+    ],
+)
+def test_hand_built_ladders_are_checked(values, temperatures, match):
+    """A Ladder built by hand (not make_ladder) is refused before anything runs."""
+    from tempering.moves import exchange_move
+
+    ladder = tp.Ladder(
+        {k: jnp.asarray(v, jnp.float32) for k, v in values.items()},
+        jnp.asarray(temperatures, jnp.float32),
+    )
+    with pytest.raises(ValueError, match=match):
+        exchange_move(ladder)
+    with pytest.raises(ValueError, match=match):
+        tp.ladder.check_sound(ladder)
