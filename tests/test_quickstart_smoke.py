@@ -15,7 +15,7 @@ def test_quickstart_tiny(tmp_path):
         "--seeds",
         "2",
         "--steps",
-        "60",
+        "40",
         "--burn-in",
         "10",
         "--exchange-interval",
@@ -37,4 +37,6 @@ def test_quickstart_tiny(tmp_path):
     table = (tmp_path / "tiny.md").read_text()
     assert "| grid |" in table and "| PT |" in table
     grid = payload["runs"][0]["grid"]
-    assert grid["rungs"].shape == (5, 4)  # (60 - 10) / 10 rounds, 4 replicas
+    assert grid["rungs"].shape == (3, 4)  # (40 - 10) / 10 rounds, 4 replicas
+    c = payload["runs"][0]["PT"]["c"]  # adapted in the first round, then frozen
+    assert c.shape == (3,) and c[0] > 0 and c[1] == c[2] == c[0]
