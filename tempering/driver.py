@@ -291,10 +291,25 @@ def _first_batch(source: IterableSource, name: str) -> tuple[np.ndarray, np.ndar
 def _eval_source(data: Any, name: str, state: ReplicaState, metrics_fn: Any):
     source = as_eval_source(data, name)
     if isinstance(source, ArraySource):
+        _check_finite(source, name)
         _check_compatible(state, *source, name, metrics_fn)
         return ArraySource(jnp.asarray(source.inputs), jnp.asarray(source.targets))
     _check_compatible(state, *_first_batch(source, name), name, metrics_fn)
     return source
+
+
+def _check_finite(source: ArraySource, name: str) -> None:
+    """In-memory data with NaN or inf would poison every replica: refused up front."""
+    for part, array in (("inputs", source.inputs), ("targets", source.targets)):
+        dtype = getattr(array, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+            continue
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(np.asarray(array))))
+        if bad:
+            raise ValueError(
+                f"{name} {part} hold {bad} non-finite values (NaN or inf); every "
+                "replica would train or be scored on them. Clean or drop them first"
+            )
 
 
 # The progress bar names the wrapper that called train (by its interval's name).
@@ -494,6 +509,7 @@ def _prepare_data(state, train_data, validation_data, test_data, settings, metri
     """Validated sources, checked against the model before anything compiles."""
     source = as_train_source(train_data, "train_data", settings.batch_size)
     if isinstance(source, ArraySource):
+        _check_finite(source, "train_data")
         _check_compatible(state, *source, "train_data", metrics_fn)
         source = ArraySource(jnp.asarray(source.inputs), jnp.asarray(source.targets))
         sample = source.inputs

@@ -486,3 +486,14 @@ def test_diffusion_needs_step_zero_and_reports_the_steps_it_ran(state, blobs):
                      num_steps=3, interval=3, batch_size=32).state  # fmt: skip
     with pytest.raises(ValueError, match="at step 0"):
         diffusion.diffusion_test(moved, jax.random.key(0), **common)
+
+
+@pytest.mark.parametrize("split", ["train_data", "validation_data", "test_data"])
+def test_non_finite_data_is_refused_up_front(state, blobs, split):
+    """One NaN in the inputs would make every replica NaN (or no swap accepted)."""
+    train, val = blobs
+    x, y = train if split == "train_data" else val
+    x = np.array(x, copy=True)
+    x[3, 1] = np.nan if split != "test_data" else np.inf
+    with pytest.raises(ValueError, match=f"{split} inputs hold 1 non-finite"):
+        pt(state, blobs, **{split: (x, y)})
