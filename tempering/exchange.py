@@ -14,10 +14,11 @@ rung assignment changes: weights and optimiser state stay with their replica.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "SCHEMES",
@@ -63,6 +64,43 @@ def pair_log_ratios(rungs: jax.Array, losses: jax.Array, betas: jax.Array) -> ja
     return (betas[:-1] - betas[1:]) * (losses[at_rung[:-1]] - losses[at_rung[1:]])
 
 
+def _check_concrete(rungs: Any, losses: Any, betas: Any, c: Any) -> None:
+    """Validates the arguments that are concrete (traced ones are left alone)."""
+
+    def concrete(x: Any) -> bool:
+        return not isinstance(x, jax.core.Tracer)
+
+    if concrete(rungs):
+        array = np.asarray(rungs)
+        if array.ndim != 1 or sorted(array.tolist()) != list(range(array.size)):
+            raise ValueError(
+                f"rungs must be a permutation of 0..M-1, got {array.tolist()}"
+            )
+        num = array.size
+        for name, value in (("losses", losses), ("betas", betas)):
+            if concrete(value) and np.shape(value) != (num,):
+                raise ValueError(
+                    f"{name} must have one entry per replica, shape ({num},), got "
+                    f"shape {np.shape(value)}"
+                )
+    if concrete(betas):
+        values = np.asarray(betas, np.float64)
+        if (
+            values.ndim != 1
+            or not np.all(np.isfinite(values))
+            or np.any(np.diff(values) >= 0)
+        ):
+            raise ValueError(
+                "betas must be finite and strictly decreasing (rung 0 the coldest, "
+                f"betas = 1 / temperatures), got {values.tolist()}"
+            )
+    if concrete(c):
+        if np.ndim(c) != 0:
+            raise ValueError(f"c must be one number, got shape {np.shape(c)}")
+        if not np.isfinite(float(c)) or float(c) <= 0:
+            raise ValueError(f"c must be finite and > 0, got {float(c)}")
+
+
 def exchange(
     key: jax.Array,
     rungs: jax.Array,
@@ -93,9 +131,15 @@ def exchange(
         ``(new_rungs, info)``: the rung of every replica after the exchange and
         an :class:`ExchangeInfo`. A replica with a non-finite loss is never moved
         to a colder rung; an undefined ratio (``inf`` against ``inf``) rejects.
+
+    Raises:
+        ValueError: for concrete (not traced) arguments, rungs that are not a
+            permutation, losses or betas of the wrong length, betas that do
+            not decrease strictly, or ``c`` not finite and > 0.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    _check_concrete(rungs, losses, betas, c)
     rungs = jnp.asarray(rungs)
     num_rungs = rungs.shape[0]
     losses = jnp.asarray(losses, jnp.float32)

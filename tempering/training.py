@@ -10,6 +10,7 @@ exactly the same cost.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -193,6 +194,7 @@ def pt_train(
     check_ladder(state, ladder)
     if kwargs.get("validation_data") is None:
         raise TypeError("pt_train needs validation_data: its loss drives the exchanges")
+    _check_some_exchange(state, exchange_interval, kwargs)
     if adapt_rounds is None:
         adapt_rounds = _default_adapt_rounds(state, exchange_interval, kwargs)
     move = exchange_move(
@@ -230,6 +232,30 @@ def pt_train(
 
 def _current_c(move: Any, state: ReplicaState) -> Any:
     return move.c if move.adaptation is None else state.move_state.c
+
+
+def _check_some_exchange(state: ReplicaState, interval: Any, kwargs: dict) -> None:
+    """Warns when a fresh run's call ends before its first exchange.
+
+    Its result is the grid's under PT's name (acceptance NaN), unless a later
+    call continues the run (a run split within its burn-in).
+    """
+    num_steps, burn_in = kwargs.get("num_steps"), kwargs.get("burn_in", 0)
+    ints = all(
+        isinstance(v, int | np.integer) and not isinstance(v, bool)
+        for v in (num_steps, burn_in, interval)
+    )
+    if not ints or min(num_steps, interval) < 1 or burn_in < 0:
+        return  # train() names the bad argument
+    if int(state.step) == 0 and num_steps < burn_in + interval:
+        warnings.warn(
+            f"num_steps={num_steps} ends before the first exchange (burn_in="
+            f"{burn_in} + exchange_interval={interval}): this call tries no swap "
+            "and its result is the grid's. Fine when a later call continues the "
+            "run; otherwise give more steps or a shorter exchange_interval",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _default_adapt_rounds(state: ReplicaState, interval: Any, kwargs: dict) -> int:

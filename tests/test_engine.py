@@ -497,3 +497,33 @@ def test_non_finite_data_is_refused_up_front(state, blobs, split):
     x[3, 1] = np.nan if split != "test_data" else np.inf
     with pytest.raises(ValueError, match=f"{split} inputs hold 1 non-finite"):
         pt(state, blobs, **{split: (x, y)})
+
+
+def test_a_run_without_any_exchange_warns(state, blobs):
+    with pytest.warns(UserWarning, match="ends before the first exchange"):
+        result = pt(state, blobs, num_steps=25, burn_in=20, exchange_interval=10)
+    assert len(result.history.step) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"c": 0.0}, "c must be finite and > 0"),
+        ({"c": -1.0}, "c must be finite and > 0"),
+        ({"c": float("nan")}, "c must be finite and > 0"),
+        ({"c": float("inf")}, "c must be finite and > 0"),
+        ({"betas": jnp.array([1.0, 2.0, 3.0, 4.0])}, "strictly decreasing"),
+        ({"betas": jnp.array([4.0, 3.0])}, "betas must have one entry per replica"),
+        ({"losses": jnp.zeros(3)}, "losses must have one entry per replica"),
+        ({"losses": jnp.zeros(5)}, "losses must have one entry per replica"),
+        ({"rungs": jnp.array([0, 0, 1, 2])}, "permutation"),
+    ],
+)
+def test_exchange_refuses_bad_concrete_arguments(kwargs, match):
+    args = dict(
+        rungs=jnp.arange(4), losses=jnp.zeros(4), betas=jnp.array([4.0, 3.0, 2.0, 1.0])
+    )
+    c = kwargs.pop("c", 1.0)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        tp.exchange(jax.random.key(0), **args, c=c)
