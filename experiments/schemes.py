@@ -1,0 +1,122 @@
+"""Round trips of the two exchange schemes at the same acceptance, no training.
+
+Which scheme mixes hyperparameters faster? A round trip (a replica going from
+the coldest rung to the hottest and back) needs many rounds, more than the
+training comparisons of ``experiments.compare`` have (18 rounds there: no
+replica of either scheme completes one). Here the exchange runs alone, many
+rounds, on a synthetic loss model: the validation loss of a replica is the
+loss of its rung plus noise, ``L = r * gap + noise * N(0, 1)``, so a colder
+rung is better on average and swaps are accepted at a rate set by C. C is
+tuned once (``tempering.adaptation.solve_c`` on 200 rounds of ratios) to the
+same mean acceptance (0.3, the ``c="auto"`` default) for both schemes; then
+both schemes run the same number of rounds with the same keys.
+
+    python -m experiments.schemes
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.common import RESULTS_DIR, fmt_mean_std, provenance, save_result
+from tempering.adaptation import solve_c
+from tempering.exchange import exchange, pair_log_ratios
+from tempering.training import count_round_trips
+
+GAP, NOISE, TARGET = 1.0, 1.0, 0.3
+
+
+def losses(key: jax.Array, rungs: jax.Array) -> jax.Array:
+    """Synthetic validation losses: the rung's loss plus per-replica noise."""
+    return GAP * rungs + NOISE * jax.random.normal(key, rungs.shape)
+
+
+def tuned_c(key: jax.Array, num: int) -> jax.Array:
+    """C at which the mean acceptance is TARGET on this loss model."""
+    betas = 1.0 / jnp.arange(1.0, num + 1.0)
+    rungs = jnp.arange(num)
+    ratios = jax.vmap(lambda k: pair_log_ratios(rungs, losses(k, rungs), betas))(
+        jax.random.split(key, 200)
+    )
+    return solve_c(ratios, TARGET, jnp.float32(1.0))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def run(key: jax.Array, num: int, rounds: int, scheme: str, c: jax.Array):
+    """Rung of every replica after every round, and the mean acceptance."""
+    betas = 1.0 / jnp.arange(1.0, num + 1.0)
+
+    def step(rungs, inputs):
+        key, r = inputs
+        loss_key, swap_key = jax.random.split(key)
+        new, info = exchange(
+            swap_key, rungs, losses(loss_key, rungs), betas, c=c, scheme=scheme,
+            parity=r % 2,
+        )  # fmt: skip
+        return new, (new, info.acceptance_prob.mean())
+
+    keys = jax.random.split(key, rounds)
+    _, (path, acceptance) = jax.lax.scan(
+        step, jnp.arange(num), (keys, jnp.arange(rounds))
+    )
+    return path, acceptance.mean()
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rungs", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--name", default="schemes_round_trips")
+    args = parser.parse_args(argv)
+    results = {}
+    lines = [
+        f"Exchange alone on a synthetic loss model (rung loss r·{GAP:g} + N(0, "
+        f"{NOISE:g}) noise, T_r = r + 1), C tuned to mean acceptance {TARGET}; "
+        f"{args.rounds} rounds, {args.seeds} seeds, mean ± std.",
+        "",
+        "| rungs M | scheme | round trips per replica | mean acceptance |",
+        "|---|---|---|---|",
+    ]
+    for num in args.rungs:
+        c = tuned_c(jax.random.key(num), num)
+        for scheme in ("even_odd", "random_pair"):
+            trips, accept = [], []
+            for seed in range(args.seeds):
+                path, acc = run(jax.random.key(seed), num, args.rounds, scheme, c)
+                path = np.concatenate([np.arange(num)[None], np.asarray(path)])
+                trips.append(count_round_trips(path, num).mean())
+                accept.append(float(acc))
+            results[f"{num}/{scheme}"] = {
+                "c": float(c), "round_trips_per_replica": trips, "acceptance": accept,
+            }  # fmt: skip
+            lines.append(
+                f"| {num} | {scheme} | {fmt_mean_std(trips)} | "
+                f"{fmt_mean_std(accept, digits=3)} |"
+            )
+    table = "\n".join(lines) + "\n"
+    payload = {
+        "provenance": provenance(list(range(args.seeds))),
+        "settings": {
+            k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+        },
+        "model": {"gap": GAP, "noise": NOISE, "target": TARGET},
+        "results": results,
+        "table": table,
+    }
+    path = save_result(args.name, payload, args.out_dir)
+    (args.out_dir / f"{args.name}.md").write_text(table)
+    print(table)
+    print(f"wrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
