@@ -337,6 +337,13 @@ def plot_rung_occupancy(
     return ax
 
 
+def _replica_style(replica: int, highlight: int | None) -> dict[str, Any]:
+    """Line style of one replica: the highlighted one thick, the others faded."""
+    if highlight is None:
+        return {}
+    return {"lw": 2.5, "zorder": 3} if replica == highlight else {"alpha": 0.35}
+
+
 def plot_rung_paths(
     history: PTHistory, ax: Axes | None = None, *, highlight: int | None = None
 ) -> Axes:
@@ -355,9 +362,7 @@ def plot_rung_paths(
     steps = np.asarray(history.step)
     num_replicas = len(history.initial_rungs)
     for m in range(num_replicas):
-        style: dict[str, Any] = {}
-        if highlight is not None:
-            style = {"lw": 2.5, "zorder": 3} if m == highlight else {"alpha": 0.35}
+        style = _replica_style(m, highlight)
         ax.step(steps, rungs[:, m], where="post", label=f"{m}", **style)
     ax.set_ylim(-0.5, max(num_replicas - 0.5, 0.5))
     if num_replicas <= 16:
@@ -429,9 +434,7 @@ def plot_val_loss(
     val_loss = np.asarray(history.val_loss)  # shape=(R, M)
     steps = np.asarray(history.step)
     for m in range(val_loss.shape[1]):
-        style: dict[str, Any] = {}
-        if highlight is not None:
-            style = {"lw": 2.5, "zorder": 3} if m == highlight else {"alpha": 0.35}
+        style = _replica_style(m, highlight)
         ax.plot(steps, val_loss[:, m], label=f"{m}", **style)
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss")

@@ -234,19 +234,29 @@ def _current_c(move: Any, state: ReplicaState) -> Any:
     return move.c if move.adaptation is None else state.move_state.c
 
 
+def _valid_schedule(interval: Any, kwargs: dict) -> tuple[int, int, int] | None:
+    """``(num_steps, burn_in, interval)`` when valid ints, else None (train raises)."""
+    num_steps, burn_in = kwargs.get("num_steps"), kwargs.get("burn_in", 0)
+    values = (num_steps, burn_in, interval)
+    if not all(
+        isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values
+    ):
+        return None
+    if min(num_steps, interval) < 1 or burn_in < 0:
+        return None
+    return int(num_steps), int(burn_in), int(interval)
+
+
 def _check_some_exchange(state: ReplicaState, interval: Any, kwargs: dict) -> None:
     """Warns when a fresh run's call ends before its first exchange.
 
     Its result is the grid's under PT's name (acceptance NaN), unless a later
     call continues the run (a run split within its burn-in).
     """
-    num_steps, burn_in = kwargs.get("num_steps"), kwargs.get("burn_in", 0)
-    ints = all(
-        isinstance(v, int | np.integer) and not isinstance(v, bool)
-        for v in (num_steps, burn_in, interval)
-    )
-    if not ints or min(num_steps, interval) < 1 or burn_in < 0:
+    schedule = _valid_schedule(interval, kwargs)
+    if schedule is None:
         return  # train() names the bad argument
+    num_steps, burn_in, interval = schedule
     if int(state.step) == 0 and num_steps < burn_in + interval:
         warnings.warn(
             f"num_steps={num_steps} ends before the first exchange (burn_in="
@@ -260,15 +270,10 @@ def _check_some_exchange(state: ReplicaState, interval: Any, kwargs: dict) -> No
 
 def _default_adapt_rounds(state: ReplicaState, interval: Any, kwargs: dict) -> int:
     """A quarter of the rounds this call completes, at least 1."""
-    num_steps, burn_in = kwargs.get("num_steps"), kwargs.get("burn_in", 0)
-    if (
-        not all(
-            isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 0
-            for v in (num_steps, burn_in, interval)
-        )
-        or interval < 1
-    ):
+    schedule = _valid_schedule(interval, kwargs)
+    if schedule is None:
         return 1  # train() names the bad argument
+    num_steps, burn_in, interval = schedule
     start = int(state.step)
 
     def completed(step: int) -> int:

@@ -9,49 +9,16 @@ from experiments import compare
 
 
 def test_compare_main_tiny(tmp_path):
-    payload = compare.main(
-        [
-            "mnist1d",
-            "--seeds",
-            "2",
-            "--steps",
-            "40",
-            "--interval",
-            "10",
-            "--burn-in",
-            "10",
-            "--replicas",
-            "3",
-            "--train-subset",
-            "512",
-            "--out-dir",
-            str(tmp_path),
-        ]
-    )
+    argv = ["mnist1d", "--seeds", "2", "--steps", "40", "--interval", "10"]
+    argv += ["--burn-in", "10", "--replicas", "3", "--train-subset", "512"]
+    argv += ["--out-dir", str(tmp_path)]
+    payload = compare.main(argv)
     # one file per seed; a second call reruns nothing and merges the same table
     assert sorted(
         p.name for p in (tmp_path / "compare" / "compare_mnist1d").iterdir()
     ) == ["seed0.json", "seed1.json"]
     stored = json.loads((tmp_path / "compare_mnist1d.json").read_text())
-    again = compare.main(
-        [
-            "mnist1d",
-            "--seeds",
-            "2",
-            "--steps",
-            "40",
-            "--interval",
-            "10",
-            "--burn-in",
-            "10",
-            "--replicas",
-            "3",
-            "--train-subset",
-            "512",
-            "--out-dir",
-            str(tmp_path),
-        ]
-    )
+    again = compare.main(argv)
     assert again["table"] == payload["table"]
     assert (tmp_path / "compare_mnist1d.md").read_text().startswith("**mnist1d**")
     assert (tmp_path / "compare_mnist1d.png").stat().st_size > 0
