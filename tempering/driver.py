@@ -24,7 +24,11 @@ made up by the next call.
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
+import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -32,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tempering import checkpoint, divergence
 from tempering.loops import SegmentSettings, loop_for, run_evaluate, run_segment
 from tempering.moves import as_move
 from tempering.replicas import (
@@ -93,6 +98,8 @@ class RoundRecord(NamedTuple):
     move: Any  # the move's info (e.g. ExchangeInfo, PBTInfo)
     rungs: np.ndarray  # shape=(M,), after the move
     hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), after the move
+    diverged: np.ndarray  # shape=(M,), bool; non-finite loss or score this round
+    restored_from: np.ndarray  # shape=(M,), int32; source replica, -1 if none
 
 
 class History(NamedTuple):
@@ -107,6 +114,8 @@ class History(NamedTuple):
     move: Any  # the move's info, leaves (R, ...)
     rungs: np.ndarray  # shape=(R, M), after each move
     hyperparams: dict[str, np.ndarray]  # name -> shape=(R, M), after each move
+    diverged: np.ndarray  # shape=(R, M), bool; non-finite loss or score
+    restored_from: np.ndarray  # shape=(R, M), int32; source replica, -1 if none
     initial_rungs: np.ndarray  # shape=(M,), before the first round of this call
     initial_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), likewise
     burn_in_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), in the burn-in
@@ -120,6 +129,8 @@ class RunResult(NamedTuple):
     history: History
     final: EvalMetrics | None  # (M,) on validation_data at the end of the call
     final_score: np.ndarray | None  # shape=(M,), score_fn of final (lower is better)
+    diverged: np.ndarray  # shape=(M,), bool; non-finite at the end of the call
+    interrupted: bool = False  # stopped early by Ctrl-C (after a whole round)
 
 
 def best_index(scores: Any) -> int:
@@ -371,6 +382,10 @@ def train(
     progress: bool = False,
     move_at_end: bool = True,
     interval_name: str = "interval",
+    on_diverge: str = "flag",
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    keep_checkpoints: int = 2,
 ) -> RunResult:
     """Trains M replicas in rounds of segment -> evaluate -> move (a host driver).
 
@@ -414,14 +429,35 @@ def train(
             ends the call (PBT: no exploit after the last segment).
         interval_name: the name ``interval`` has in the calling wrapper (for
             error messages).
+        on_diverge: what to do with a replica whose training loss, validation
+            loss or score is NaN or inf at the end of a round
+            (:mod:`tempering.divergence`): ``"flag"`` (default) records it in
+            ``history.diverged``, warns once, and never reports it best;
+            ``"restore"`` also copies the weights, optimiser state and batch
+            statistics of the nearest finite colder replica into it before
+            the move (``history.restored_from``).
+        checkpoint_dir: save checkpoints here (orbax) and resume from the
+            latest one found: a call with the same arguments after an
+            interruption carries on and ends bit for bit where an uninterrupted
+            call would (:mod:`tempering.checkpoint`). None: no checkpoints.
+        checkpoint_every: rounds between checkpoints; one is also written when
+            the call ends or is interrupted.
+        keep_checkpoints: how many of the latest checkpoints to keep.
 
     Returns:
-        :class:`RunResult` ``(state, history, final)``.
+        :class:`RunResult` ``(state, history, final, final_score, diverged,
+        interrupted)``. Ctrl-C during the rounds stops the call after the
+        round in progress (a second Ctrl-C aborts at once): the result holds
+        the rounds done, ``interrupted`` is True, and with ``checkpoint_dir``
+        a checkpoint is written to resume from.
 
     Raises:
         TypeError / ValueError: before anything compiles, for bad settings or
-            data (each message names the argument and the fix), or when traced
-            by ``jax.jit``.
+            data (each message names the argument and the fix), when traced
+            by ``jax.jit``, or when ``checkpoint_dir`` holds another run's
+            checkpoints.
+        tempering.divergence.DivergenceError: every replica diverged (its
+            ``history`` holds the rounds done).
     """
     check_not_traced(state)
     key = _check_key(key, "key")
@@ -447,55 +483,205 @@ def train(
         loop=loop_for(state, data.sample, loop),
     )
 
+    policy = divergence.check_policy(on_diverge)
     data_key, key = jax.random.split(key)
     state = _copy(state)  # the caller's buffers are never donated
     first_step = int(state.step)
     segments = plan(first_step, sched)
     before_burn_in = _copy(state.hyperparams)  # the state's buffers are donated
-    burn_values = _host(before_burn_in)
-    records = _Rows(sum(seg.evaluated and seg.ends_round for seg in segments))
-    initial = None
-    bar = _progress(sched.num_steps, progress, _RUN_NAMES.get(interval_name, "train"))
-    for index, segment in enumerate(segments):
-        burning = not segment.evaluated
-        if burning and burn_in_hyperparams:
-            state = set_hyperparams(state, **burn_in_hyperparams)
-            burn_values = _host(state.hyperparams)
-        if not burning and initial is None:
-            initial = (_host(state.rungs), _host(state.hyperparams))
-        segment_key, move_key = jax.random.split(jax.random.fold_in(key, segment.round))
-        state, train_loss = run_segment(
-            state, segment_key, data.train, segment.steps, data_key=data_key,
-            settings=settings, loop=evaluation.loop, start=segment.start,
-        )  # fmt: skip
-        if bar is not None:
-            bar.update(segment.steps)
-        last = index + 1 == len(segments)
-        if burning and burn_in_hyperparams and (last or segments[index + 1].evaluated):
-            state = set_hyperparams(state, **before_burn_in)  # burn-in over
-        if not (segment.evaluated and segment.ends_round) or (last and not move_at_end):
-            continue
-        state, record = _end_round(
-            state, move, move_key, segment.round_index, train_loss, data, evaluation,
-            score_fn,
-        )  # fmt: skip
-        records.add(record)
-        if callback is not None and callback(record):
-            break
-    if bar is not None:
-        bar.close()
-    if initial is None:
-        initial = (_host(state.rungs), _host(state.hyperparams))
-    final = final_score = None
-    if data.validation is not None:
-        final = evaluation(state, data.validation, "validation_data")
-        final, final_score = _host(
-            (final, _scores(final, score_fn, state.num_replicas))
-        )
-    history = _stack(
-        records, initial, burn_values, state, move, final, data.test, first_step
+    progress_ = checkpoint.Progress(
+        next_segment=0,
+        records=_Rows(sum(seg.evaluated and seg.ends_round for seg in segments)),
+        initial=None,
+        burn_values=_host(before_burn_in),
     )
-    return RunResult(state, history, final, final_score)
+    saver = None
+    if checkpoint_dir is not None:
+        saver = _checkpointer(
+            checkpoint_dir, checkpoint_every, keep_checkpoints, state, key, move,
+            data, sched, settings, evaluation, policy, move_at_end, burn_in_hyperparams,
+        )  # fmt: skip
+        restored = saver.restore(state)
+        if restored is not None:
+            state, progress_ = restored
+    records, initial, burn_values = (
+        progress_.records,
+        progress_.initial,
+        progress_.burn_values,
+    )
+    warner = divergence.Warner(policy)
+    done_steps = sum(seg.steps for seg in segments[: progress_.next_segment])
+    bar = _progress(sched.num_steps, progress, _RUN_NAMES.get(interval_name, "train"))
+    if bar is not None and done_steps:
+        bar.update(done_steps)
+    next_segment = progress_.next_segment
+    with _StopOnInterrupt() as interrupt:
+        for index, segment in enumerate(segments):
+            if index < next_segment:
+                continue  # done before the checkpoint this call resumed from
+            burning = not segment.evaluated
+            if burning and burn_in_hyperparams:
+                state = set_hyperparams(state, **burn_in_hyperparams)
+                burn_values = _host(state.hyperparams)
+            if not burning and initial is None:
+                initial = (_host(state.rungs), _host(state.hyperparams))
+            segment_key, move_key = jax.random.split(
+                jax.random.fold_in(key, segment.round)
+            )
+            state, train_loss = run_segment(
+                state, segment_key, data.train, segment.steps, data_key=data_key,
+                settings=settings, loop=evaluation.loop, start=segment.start,
+            )  # fmt: skip
+            next_segment = index + 1
+            if bar is not None:
+                bar.update(segment.steps)
+            last = index + 1 == len(segments)
+            if (
+                burning
+                and burn_in_hyperparams
+                and (last or segments[index + 1].evaluated)
+            ):
+                state = set_hyperparams(state, **before_burn_in)  # burn-in over
+            stop = interrupt.requested
+            if segment.evaluated and segment.ends_round and (move_at_end or not last):
+                try:
+                    state, record = _end_round(
+                        state, move, move_key, segment.round_index, train_loss,
+                        data, evaluation, score_fn, policy,
+                    )  # fmt: skip
+                except divergence.DivergenceError as error:
+                    error.history = _stack(
+                        records, initial or (_host(state.rungs), burn_values),
+                        burn_values, state, move, None, data.test, first_step,
+                    )  # fmt: skip
+                    raise
+                records.add(record)
+                warner(record)
+                stop = (callback is not None and bool(callback(record))) or stop
+                if saver is not None and saver.due() and not (stop or last):
+                    saver.save(
+                        state,
+                        checkpoint.Progress(index + 1, records, initial, burn_values),
+                    )
+            stop = stop or interrupt.requested
+            if stop:
+                break
+        if saver is not None:
+            saver.save(
+                state, checkpoint.Progress(next_segment, records, initial, burn_values)
+            )
+            saver.close()
+        if bar is not None:
+            bar.close()
+        if interrupt.requested:
+            _warn_interrupted(int(state.step), saver is not None)
+        if initial is None:
+            initial = (_host(state.rungs), _host(state.hyperparams))
+        final, final_score = _final(state, data, evaluation, score_fn)
+        history = _stack(
+            records, initial, burn_values, state, move, final, data.test, first_step
+        )
+        return _result(state, history, final, final_score, interrupt.requested)
+
+
+def _warn_interrupted(step: int, checkpointed: bool) -> None:
+    how = (
+        "call again with the same arguments to resume"
+        if checkpointed
+        else "give checkpoint_dir= to resume exactly"
+    )
+    warnings.warn(
+        f"interrupted: stopped at step {step} after a whole round; the result "
+        f"holds the rounds done ({how})",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _final(state, data, evaluation, score_fn) -> tuple[Any, Any]:
+    """The final validation metrics and scores (host), or ``(None, None)``."""
+    if data.validation is None:
+        return None, None
+    final = evaluation(state, data.validation, "validation_data")
+    return _host((final, _scores(final, score_fn, state.num_replicas)))
+
+
+def _result(state, history, final, final_score, interrupted) -> RunResult:
+    """The call's result; every replica diverged at the end is an error."""
+    diverged = _diverged_at_end(history, final, final_score, state.num_replicas)
+    if diverged.all():
+        raise divergence.DivergenceError(
+            f"every replica diverged (non-finite loss) by step {int(state.step)}, "
+            "the end of the call: lower the learning rate or check the model and "
+            "data; the error's .history holds the rounds done",
+            history,
+        )
+    return RunResult(state, history, final, final_score, diverged, bool(interrupted))
+
+
+def _checkpointer(
+    directory, every, keep, state, key, move, data, sched, settings, evaluation,
+    policy, move_at_end, burn_in_hyperparams,
+) -> checkpoint.Checkpointer:  # fmt: skip
+    """A checkpointer whose fingerprint holds everything the call depends on."""
+    return checkpoint.Checkpointer(
+        directory,
+        every=check_int(every, "checkpoint_every", 1),
+        keep=check_int(keep, "keep_checkpoints", 1),
+        settings=checkpoint.fingerprint(
+            state,
+            key,
+            move,
+            data,
+            schedule=tuple(sched),
+            batch_size=settings.batch_size,
+            shared_batch=settings.shared_batch,
+            augment=getattr(settings.augment, "__qualname__", settings.augment),
+            eval_batch_size=evaluation.batch_size,
+            on_diverge=policy,
+            move_at_end=move_at_end,
+            burn_in_hyperparams=jax.tree.map(float, dict(burn_in_hyperparams or {})),
+        ),  # fmt: skip
+    )
+
+
+def _diverged_at_end(history, final, final_score, num: int) -> np.ndarray:
+    """Replicas whose last evaluation (or round) was not finite."""
+    if final is not None:
+        return divergence.non_finite(final.loss, final_score)
+    if len(history.diverged):
+        return history.diverged[-1] & (history.restored_from[-1] < 0)
+    return np.zeros((num,), bool)
+
+
+class _StopOnInterrupt:
+    """Ctrl-C sets ``requested`` (stop after the round); a second one aborts.
+
+    Only in the main thread (signals are delivered there); elsewhere a no-op.
+    """
+
+    def __init__(self):
+        self.requested, self.previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "tempering: stopping after the round in progress (Ctrl-C again aborts)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 class _Data(NamedTuple):
@@ -554,8 +740,10 @@ def _scores(metrics: EvalMetrics, score_fn: ScoreFn | None, num: int) -> jax.Arr
     return scores
 
 
-def _end_round(state, move, key, round_index, train_loss, data, evaluation, score_fn):
-    """Evaluate (validation, test), score, move; the round's record on the host."""
+def _end_round(
+    state, move, key, round_index, train_loss, data, evaluation, score_fn, policy
+):
+    """Evaluate, score, flag (and restore) diverged replicas, move; the record."""
     metrics = test_metrics = None
     scores = jnp.zeros((state.num_replicas,), jnp.float32)
     if data.validation is not None:
@@ -563,17 +751,38 @@ def _end_round(state, move, key, round_index, train_loss, data, evaluation, scor
         scores = _scores(metrics, score_fn, state.num_replicas)
     if data.test is not None:
         test_metrics = evaluation(state, data.test, "test_data")
-    state, info = _jitted_move(move, key, state, scores, jnp.int32(round_index))
+    train_loss, metrics, scores = _host((train_loss, metrics, scores))
+    diverged = divergence.non_finite(
+        train_loss, None if metrics is None else metrics.loss, scores
+    )
+    if diverged.all():
+        raise divergence.DivergenceError(
+            f"every replica diverged (non-finite loss) in round {round_index}, by "
+            f"step {int(state.step)}: lower the learning rate or check the model "
+            "and data; the error's .history holds the rounds done"
+        )
+    sources = np.full(diverged.shape, -1, np.int32)
+    move_scores = scores
+    if policy == "restore" and diverged.any():
+        sources = divergence.restore_sources(diverged, _host(state.rungs))
+        gather = np.where(sources >= 0, sources, np.arange(len(sources)))
+        state = divergence.copy_replicas(state, jnp.asarray(gather, jnp.int32))
+        move_scores = scores[gather]  # a restored replica scores as its source
+    state, info = _jitted_move(
+        move, key, state, jnp.asarray(move_scores), jnp.int32(round_index)
+    )
     record = RoundRecord(
         round=round_index,
         step=int(state.step),
-        train_loss=_host(train_loss),
-        validation=_host(metrics),
-        score=_host(scores),
+        train_loss=train_loss,
+        validation=metrics,
+        score=scores,
         test=_host(test_metrics),
         move=_host(info),
         rungs=_host(state.rungs),
         hyperparams=_host(state.hyperparams),
+        diverged=diverged,
+        restored_from=sources,
     )
     return state, record
 
@@ -628,6 +837,8 @@ def _stack(records, initial, burn_values, state, move, final, test, first_step):
             move=jax.tree.map(lambda s: np.zeros((0, *s.shape), s.dtype), info),
             rungs=empty_m.astype(np.int32),
             hyperparams={k: empty_m for k in initial[1]},
+            diverged=empty_m.astype(bool),
+            restored_from=empty_m.astype(np.int32),
             initial_rungs=initial[0],
             initial_hyperparams=initial[1],
             burn_in_hyperparams=burn_values,
@@ -644,6 +855,8 @@ def _stack(records, initial, burn_values, state, move, final, test, first_step):
         move=stacked.move,
         rungs=stacked.rungs,
         hyperparams=stacked.hyperparams,
+        diverged=stacked.diverged,
+        restored_from=stacked.restored_from,
         initial_rungs=initial[0],
         initial_hyperparams=initial[1],
         burn_in_hyperparams=burn_values,

@@ -49,6 +49,8 @@ class PTHistory(NamedTuple):
     initial_rungs: np.ndarray  # shape=(M,), rungs before the first round
     test_loss: np.ndarray  # shape=(R, M), NaN without test_data
     test_metrics: dict[str, np.ndarray]  # name -> shape=(R, M), {} without test_data
+    diverged: np.ndarray | None = None  # shape=(R, M), bool; non-finite loss
+    restored_from: np.ndarray | None = None  # shape=(R, M), int; -1 if not restored
 
     @property
     def val_accuracy(self) -> np.ndarray:
@@ -75,6 +77,8 @@ class PTSummary(NamedTuple):
     final_score: np.ndarray  # shape=(M,)
     c: float  # C at the end of the call (frozen once the adaptation is over)
     ladder: Ladder  # the ladder at the end of the call (re-spaced if adapted)
+    diverged: np.ndarray | None = None  # shape=(M,), bool; non-finite at the end
+    interrupted: bool = False  # stopped early by Ctrl-C (after a whole round)
 
     @property
     def final_val_accuracy(self) -> np.ndarray:
@@ -170,7 +174,9 @@ def pt_train(
             steps, burn-in included), ``burn_in``, ``test_data``,
             ``batch_size``, ``shared_batch``, ``augment``,
             ``burn_in_hyperparams``, ``eval_batch_size``, ``metrics_fn``,
-            ``score_fn``, ``callback``, ``vectorize``, ``loop``, ``progress``.
+            ``score_fn``, ``callback``, ``vectorize``, ``loop``, ``progress``,
+            ``on_diverge`` (``"flag"`` or ``"restore"``), ``checkpoint_dir``,
+            ``checkpoint_every``, ``keep_checkpoints`` (exact resume).
 
     Returns:
         :class:`PTResult` ``(state, history, summary)``.
@@ -226,6 +232,8 @@ def pt_train(
         if len(history.c)
         else float(_current_c(move, run.state)),
         ladder=move.current_ladder(run.state),
+        diverged=run.diverged,
+        interrupted=run.interrupted,
     )
     return PTResult(run.state, history, summary)
 
@@ -302,6 +310,8 @@ def _pt_history(history: History) -> PTHistory:
             np.full_like(history.train_loss, np.nan) if test is None else test.loss
         ),
         test_metrics={} if test is None else test.metrics,
+        diverged=history.diverged,
+        restored_from=history.restored_from,
     )
 
 

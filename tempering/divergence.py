@@ -1,0 +1,119 @@
+"""What happens to a replica whose loss stops being finite.
+
+A replica *diverges* in a round when its mean training loss over the round's
+segment, its validation loss or its score is NaN or inf. Its weights are then
+useless and, with the default policy, stay so: the round's record flags it
+(``diverged``), the driver warns once per replica and call, and it is never
+reported as the best replica. With ``on_diverge="restore"`` the driver copies
+the weights, optimiser state and batch statistics of the nearest finite colder
+replica (the finite replica on the highest rung below its own; the nearest
+hotter one when none is colder) into it before the move; it keeps its own
+hyperparameters, and the record says where it came from (``restored_from``).
+When every replica has diverged the run stops with :class:`DivergenceError`,
+which carries the history of the rounds done.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = ["POLICIES", "DivergenceError", "check_policy"]
+
+POLICIES = ("flag", "restore")
+
+
+class DivergenceError(FloatingPointError):
+    """Every replica's loss is NaN or inf; ``history`` holds the rounds done."""
+
+    def __init__(self, message: str, history: Any = None):
+        super().__init__(message)
+        self.history = history
+
+
+def check_policy(on_diverge: Any) -> str:
+    """``on_diverge`` validated: one of :data:`POLICIES`."""
+    if not isinstance(on_diverge, str) or on_diverge not in POLICIES:
+        raise ValueError(
+            f"on_diverge must be one of {POLICIES} ('flag' records and warns, "
+            f"'restore' re-initialises from the nearest finite colder replica), "
+            f"got {on_diverge!r}"
+        )
+    return on_diverge
+
+
+def non_finite(*values: np.ndarray | None) -> np.ndarray:
+    """Replicas with any non-finite value among ``values`` (each ``(M,)``)."""
+    present = [np.asarray(v, np.float64) for v in values if v is not None]
+    return np.logical_or.reduce([~np.isfinite(v) for v in present])
+
+
+def restore_sources(diverged: np.ndarray, rungs: np.ndarray) -> np.ndarray:
+    """For each diverged replica, the finite replica it is restored from.
+
+    Args:
+        diverged: shape ``(M,)``, bool.
+        rungs: shape ``(M,)``, the rung each replica holds (0 is the coldest).
+
+    Returns:
+        shape ``(M,)``, int32: the finite replica on the highest rung below the
+        diverged one's (the lowest rung above it when none is colder); -1 for
+        replicas that did not diverge.
+    """
+    rungs = np.asarray(rungs)
+    finite = np.flatnonzero(~diverged)
+    sources = np.full(diverged.shape, -1, np.int32)
+    for m in np.flatnonzero(diverged):
+        colder = finite[rungs[finite] < rungs[m]]
+        hotter = finite[rungs[finite] > rungs[m]]
+        if colder.size:
+            sources[m] = colder[np.argmax(rungs[colder])]
+        elif hotter.size:
+            sources[m] = hotter[np.argmin(rungs[hotter])]
+    return sources
+
+
+@jax.jit
+def copy_replicas(state: Any, gather: jax.Array) -> Any:
+    """Replica m's weights, optimiser state and batch statistics from ``gather[m]``."""
+    take = lambda tree: jax.tree.map(lambda x: x[gather], tree)  # noqa: E731
+    return state.replace(
+        params=take(state.params),
+        batch_stats=take(state.batch_stats),
+        opt_state=take(state.opt_state),
+    )
+
+
+class Warner:
+    """Warns once per replica and call (``flag``), or at every restore."""
+
+    def __init__(self, policy: str):
+        self.policy, self.flagged = policy, set()
+
+    def __call__(self, record: Any) -> None:
+        """Warns about the replicas ``record`` flags."""
+        for m in np.flatnonzero(record.diverged):
+            source = int(record.restored_from[m])
+            if source >= 0:
+                what = f"restored from replica {source} (its nearest finite colder)"
+            elif m in self.flagged:
+                continue
+            else:
+                what = (
+                    "kept as it is and never reported best; "
+                    "on_diverge='restore' re-initialises it from the nearest "
+                    "finite colder replica"
+                )
+            self.flagged.add(m)
+            values = ", ".join(
+                f"{k}={float(v[m]):.4g}" for k, v in record.hyperparams.items()
+            )
+            warnings.warn(
+                f"replica {m} ({values}) diverged by step {record.step} "
+                f"(non-finite loss): {what}",
+                RuntimeWarning,
+                stacklevel=4,
+            )

@@ -1,0 +1,126 @@
+"""The divergence policy: flag (default), restore, every replica diverged."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TinyMLP
+
+import tempering as tp
+from tempering import divergence
+
+LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2])
+
+
+def poisoned(state, which):
+    """``state`` with NaN weights in the replicas where ``which`` is True."""
+    poison = jnp.where(jnp.asarray(which), jnp.nan, 0.0)
+    return state.replace(
+        params=jax.tree.map(
+            lambda p: p + poison.reshape((-1,) + (1,) * (p.ndim - 1)), state.params
+        )
+    )
+
+
+@pytest.fixture
+def state(tx, blobs):
+    (x, _), _ = blobs
+    return tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LADDER)
+
+
+def run(state, blobs, **kwargs):
+    train, val = blobs
+    settings = dict(
+        train_data=train, validation_data=val, num_steps=45, exchange_interval=10,
+        burn_in=5, c=0.1, batch_size=32,
+    )  # fmt: skip
+    settings.update(kwargs)
+    return tp.pt_train(state, LADDER, jax.random.key(1), **settings)
+
+
+def test_restore_sources_pick_the_nearest_finite_colder_replica():
+    rungs = np.array([2, 0, 3, 1, 4])  # replica -> rung
+    diverged = np.array([True, False, True, True, False])
+    # replica 0 (rung 2): colder finite rungs {0 (replica 1)}; replica 3 (rung 1)
+    # likewise; replica 2 (rung 3): colder finite is rung 0 as well.
+    np.testing.assert_array_equal(
+        divergence.restore_sources(diverged, rungs), [1, -1, 1, 1, -1]
+    )
+    # The coldest diverged: its nearest finite hotter replica.
+    np.testing.assert_array_equal(
+        divergence.restore_sources(np.array([True, False, False]), [0, 2, 1]),
+        [2, -1, -1],
+    )
+
+
+def test_flag_records_warns_once_and_is_never_best(state, blobs):
+    bad = poisoned(state, [False, True, False, False])
+    with pytest.warns(RuntimeWarning, match="replica 1 .* diverged") as caught:
+        result = run(bad, blobs)
+    assert sum("diverged" in str(w.message) for w in caught) == 1
+    history = result.history
+    assert history.diverged[:, 1].all() and not history.diverged[:, [0, 2, 3]].any()
+    assert (history.restored_from == -1).all()
+    assert result.summary.diverged.tolist() == [False, True, False, False]
+    assert result.summary.best_replica != 1
+    # The others never see the NaN: same weights as a run where replica 1 is fine
+    # but scores as +inf (it is pushed to the hot end either way).
+    assert np.isfinite(history.val_loss[:, [0, 2, 3]]).all()
+
+
+def test_restore_copies_the_nearest_colder_replica_and_keeps_the_rung(state, blobs):
+    bad = poisoned(state, [False, False, True, False])  # rung 2 diverged
+    with pytest.warns(RuntimeWarning, match="restored from replica 1"):
+        result = run(bad, blobs, on_diverge="restore", num_steps=15)
+    history = result.history
+    assert history.diverged[0].tolist() == [False, False, True, False]
+    assert history.restored_from[0].tolist() == [-1, -1, 1, -1]
+    assert not history.diverged[1:].any()
+    assert np.isfinite(result.summary.final_val_loss).all()
+    assert not result.summary.diverged.any()
+    # Replica 2 kept its own learning rate (rung 2 before the exchange).
+    lr = result.history.hyperparams["learning_rate"][0]
+    rungs = result.history.rungs[0]
+    np.testing.assert_allclose(lr, np.asarray(LADDER.temperatures)[rungs])
+
+
+def test_restore_leaves_a_healthy_run_bit_for_bit(state, blobs):
+    plain = run(state, blobs)
+    restore = run(state, blobs, on_diverge="restore")
+    for a, b in zip(
+        jax.tree.leaves(plain.state.params),
+        jax.tree.leaves(restore.state.params),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(plain.history.rungs, restore.history.rungs)
+
+
+def test_every_replica_diverged_is_an_error_naming_the_round(state, blobs):
+    bad = poisoned(state, [True] * 4)
+    with pytest.raises(divergence.DivergenceError, match="round 0, by step 15") as e:
+        run(bad, blobs)
+    assert e.value.history is not None and len(e.value.history.step) == 0
+
+
+def test_bad_policy_is_refused_before_compiling(state, blobs):
+    with pytest.raises(ValueError, match="on_diverge must be one of"):
+        run(state, blobs, on_diverge="ignore")
+
+
+def test_pbt_flags_too(tx, blobs):
+    (x, _), val = blobs
+    state = tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:4], num_replicas=4)
+    bad = poisoned(state, [True, False, False, False])
+    config = tp.pbt_config({"learning_rate": (0.01, 0.2)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = tp.pbt_train(
+            bad, jax.random.key(0), config=config, train_data=blobs[0],
+            validation_data=val, num_steps=30, ready_interval=10, batch_size=32,
+        )  # fmt: skip
+    assert result.history.diverged[0].tolist() == [True, False, False, False]
+    assert result.history.copied[0, 0]  # the worst (NaN) replica was exploited
+    assert not result.summary.diverged.any()
