@@ -40,6 +40,7 @@ from tempering.replicas import (
     train_step,
     zero_totals,
 )
+from tempering.sharding import keep_sharded
 from tempering.sources import ArraySource, BatchReader, IterableSource, batch_pair
 
 __all__ = [
@@ -294,6 +295,7 @@ def run_segment(
     Returns:
         ``(new_state, mean_train_loss)``, the loss of shape ``(M,)``.
     """
+    state = keep_sharded(state)  # a move may have gathered replicas onto all devices
     if isinstance(source, BatchReader):
         return _run_stream_segment(state, key, source, num_steps, settings, loop, start)
     inputs, targets = source

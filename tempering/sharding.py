@@ -1,0 +1,312 @@
+"""Replicas sharded over devices: the replica axis split over a 1-D device mesh.
+
+:func:`shard_replicas` places every per-replica array of a
+:class:`~tempering.ReplicaState` (params, BatchNorm statistics, optimiser
+state, hyperparameters, rungs: all with leading axis M) on a 1-D
+:class:`jax.sharding.Mesh` whose one axis is named ``"replicas"``, with
+``NamedSharding(mesh, P("replicas"))``: device d holds replicas
+``[d * M / D, (d + 1) * M / D)``. Everything else (``step``, the move's
+``move_state``: C and the ladder, O(M) numbers) is replicated on every device.
+
+The compiled steps, evaluations and moves of the drivers then run as SPMD
+programs over the mesh: XLA propagates the replica sharding from the state
+through the vmapped step, so each device trains its own replicas. The
+exchange moves only the O(M) hyperparameters and rungs, and its output stays
+sharded; PBT's exploit copies the weights of a parent replica across devices
+and XLA leaves its output replicated, so each segment starts with
+:func:`keep_sharded` (in :func:`tempering.loops.run_segment`), which puts the
+replicas back on their shards.
+
+In-memory data that is a numpy array reaches the compiled programs on one
+device and is copied to the others at every call (every step with
+``loop="host"``); :func:`replicate` puts it on every device once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from tempering.replicas import ReplicaState
+
+__all__ = [
+    "REPLICA_AXIS",
+    "constrain",
+    "keep_sharded",
+    "mesh_of",
+    "replica_mesh",
+    "replicate",
+    "shard_replicas",
+]
+
+#: Name of the mesh axis the replica axis is split over.
+REPLICA_AXIS = "replicas"
+
+
+def replica_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh over ``devices`` (default all, ``jax.devices()``), axis ``"replicas"``.
+
+    Args:
+        devices: the devices to spread the replicas over, in order.
+
+    Returns:
+        The :class:`jax.sharding.Mesh`.
+
+    Raises:
+        ValueError: for an empty or repeated list of devices.
+        TypeError: for something other than a sequence of ``jax.Device``.
+
+    Example:
+        >>> mesh = replica_mesh(jax.devices()[:2])
+        >>> mesh.shape
+        {'replicas': 2}
+    """
+    if devices is None:
+        devices = jax.devices()
+    if isinstance(devices, jax.Device) or not isinstance(devices, Sequence):
+        raise TypeError(
+            "devices must be a sequence of jax devices, e.g. jax.devices() or "
+            f"jax.devices()[:2]; got {type(devices).__name__}"
+        )
+    devices = list(devices)
+    if not devices:
+        raise ValueError("devices is empty: give at least one device")
+    if not all(isinstance(d, jax.Device) for d in devices):
+        raise TypeError(
+            "devices must hold jax devices (from jax.devices()), got "
+            f"{sorted({type(d).__name__ for d in devices})}"
+        )
+    if len(set(devices)) != len(devices):
+        raise ValueError(f"devices lists a device twice: {devices}")
+    return Mesh(np.array(devices), (REPLICA_AXIS,))
+
+
+def _mesh_of(where: Mesh | Sequence[jax.Device] | None) -> Mesh:
+    return where if isinstance(where, Mesh) else replica_mesh(where)
+
+
+def shard_replicas(
+    state: ReplicaState, devices: Sequence[jax.Device] | Mesh | None = None
+) -> ReplicaState:
+    """The state with its replica axis split over ``devices``.
+
+    Every array with the leading replica axis (params, batch_stats, opt_state,
+    hyperparams, rungs) gets ``NamedSharding(mesh, P("replicas"))``; ``step``,
+    ``move_state`` and any leaf without a leading axis of length M are
+    replicated on every device. The values are unchanged; the drivers
+    (:func:`tempering.pt_train`, :func:`tempering.pbt_train`,
+    :func:`tempering.train`) then train each device's replicas on that device
+    and keep the state sharded from round to round.
+
+    Args:
+        state: replicas from :func:`tempering.create_replicas` (or a result's
+            ``state``, to continue a run).
+        devices: the devices, in order (default all: ``jax.devices()``), or a
+            1-D :class:`jax.sharding.Mesh` from :func:`replica_mesh`. Their
+            number D must divide the number of replicas M; each device then
+            holds M / D replicas.
+
+    Returns:
+        A new :class:`~tempering.ReplicaState` with the same values, sharded.
+
+    Raises:
+        ValueError: M not a multiple of the number of devices (the message
+            says how to fix it), or a mesh that is not 1-D.
+        TypeError: ``state`` is not a ReplicaState, or bad ``devices``.
+
+    Example:
+        >>> state = tp.create_replicas(key, model, tp.sgd(0.05), x[:1], ladder=ladder)
+        >>> state = shard_replicas(state)  # M / D replicas on each of D devices
+        >>> result = tp.pt_train(state, ladder, key, train_data=(x, y),
+        ...                      validation_data=(xv, yv), num_steps=2000,
+        ...                      exchange_interval=100)
+        >>> result.state.params["Dense_0"]["kernel"].sharding.spec
+        PartitionSpec('replicas',)
+    """
+    if not isinstance(state, ReplicaState):
+        raise TypeError(
+            "state must be a ReplicaState from tempering.create_replicas, got "
+            f"{type(state).__name__}"
+        )
+    mesh = _mesh_of(devices)
+    if mesh.axis_names != (REPLICA_AXIS,):
+        raise ValueError(
+            f"devices: a mesh must be 1-D with axis {REPLICA_AXIS!r} (see "
+            f"replica_mesh), got axes {mesh.axis_names}"
+        )
+    num, count = state.num_replicas, mesh.size
+    if num % count:
+        raise ValueError(
+            f"num_replicas={num} is not a multiple of the {count} devices: each "
+            "device must hold the same number of replicas. Give "
+            f"devices=jax.devices()[:k] with k dividing {num}, or create "
+            f"{num + count - num % count} replicas (a multiple of {count})"
+        )
+    split = NamedSharding(mesh, P(REPLICA_AXIS))
+    whole = NamedSharding(mesh, P())
+
+    def place(leaf: Any) -> Any:
+        if np.ndim(leaf) >= 1 and np.shape(leaf)[0] == num:
+            return jax.device_put(leaf, split)
+        return jax.device_put(leaf, whole)
+
+    per_replica = jax.tree.map(
+        place,
+        (state.params, state.batch_stats, state.opt_state, state.hyperparams),
+    )
+    params, batch_stats, opt_state, hyperparams = per_replica
+    replicated = jax.device_put((state.step, state.move_state), whole)
+    return state.replace(
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        hyperparams=hyperparams,
+        rungs=place(state.rungs),
+        step=replicated[0],
+        move_state=replicated[1],
+    )
+
+
+def replicate(tree: Any, devices: Sequence[jax.Device] | Mesh | None = None) -> Any:
+    """Every array of ``tree`` copied to each of ``devices`` (replicated).
+
+    For the data that all sharded replicas read (in-memory training,
+    validation and test arrays): the drivers pass such arrays to the compiled
+    steps as they are, whereas an array on one device is copied to the others
+    at every call of a compiled step (at every step with ``loop="host"``).
+
+    Args:
+        tree: a pytree of arrays (numpy or JAX), e.g. ``(inputs, targets)``.
+        devices: as for :func:`shard_replicas` (default ``jax.devices()``);
+            give the same as there.
+
+    Returns:
+        The same pytree of ``jax.Array`` with ``NamedSharding(mesh, P())``.
+
+    Example:
+        >>> result = tp.pt_train(shard_replicas(state), ladder, key,
+        ...                      train_data=replicate((x, y)),
+        ...                      validation_data=replicate((xv, yv)), ...)
+    """
+    return jax.device_put(tree, NamedSharding(_mesh_of(devices), P()))
+
+
+# --- for the drivers: keep a sharded state sharded ---------------------------
+
+
+def _per_replica_leaves(state: ReplicaState) -> list[Any]:
+    return [
+        state.rungs,
+        *jax.tree.leaves(
+            (state.hyperparams, state.params, state.batch_stats, state.opt_state)
+        ),
+    ]
+
+
+def _probe_leaves(state: ReplicaState) -> list[Any]:
+    """Rungs, hyperparameters and the first weight of each tree (cheap to scan)."""
+    firsts = [
+        jax.tree.leaves(tree)[:1]
+        for tree in (state.params, state.batch_stats, state.opt_state)
+    ]
+    return [state.rungs, *jax.tree.leaves(state.hyperparams), *sum(firsts, [])]
+
+
+def mesh_of(state: ReplicaState) -> Mesh | None:
+    """The replica mesh ``state`` is sharded over, or None for an unsharded state.
+
+    A state counts as sharded when its rungs, a hyperparameter or the first
+    array of its params, batch_stats or opt_state is split over the
+    ``"replicas"`` axis of a mesh (as :func:`shard_replicas` leaves it); a
+    state replicated on several devices, or on one device, is not.
+
+    Example:
+        >>> mesh_of(shard_replicas(state)).shape
+        {'replicas': 4}
+    """
+    if jax.device_count() == 1:
+        return None
+    for leaf in _probe_leaves(state):
+        sharding = getattr(leaf, "sharding", None)
+        if (
+            isinstance(sharding, NamedSharding)
+            and sharding.mesh.axis_names == (REPLICA_AXIS,)
+            and len(sharding.spec) > 0
+            and sharding.spec[0] == REPLICA_AXIS
+        ):
+            return sharding.mesh
+    return None
+
+
+def keep_sharded(state: ReplicaState) -> ReplicaState:
+    """``state`` with every per-replica array split over its replica mesh again.
+
+    A move that gathers replicas by an index (PBT's exploit, a restore of a
+    diverged replica) may leave its outputs replicated on every device: each
+    device would then train all M replicas. This puts them back on their
+    shards (each device keeps its slice: no transfer). A no-op, returning
+    ``state`` itself, for an unsharded state or one still sharded; call it on
+    the host, between compiled calls.
+
+    Example:
+        >>> state = keep_sharded(state)  # after a move, before the next segment
+    """
+    mesh = mesh_of(state)
+    if mesh is None:
+        return state
+    split = NamedSharding(mesh, P(REPLICA_AXIS))
+    num = state.num_replicas
+    for leaf in _per_replica_leaves(state):
+        if np.ndim(leaf) >= 1 and np.shape(leaf)[0] == num:
+            if not leaf.sharding.is_equivalent_to(split, leaf.ndim):
+                return shard_replicas(state, mesh)
+    return state
+
+
+def constrain(state: ReplicaState, mesh: Mesh | None) -> ReplicaState:
+    """Inside ``jax.jit``: the state's per-replica arrays pinned to ``mesh``'s shards.
+
+    The traced counterpart of :func:`shard_replicas` (via
+    ``jax.lax.with_sharding_constraint``), for a compiled move whose outputs
+    should stay sharded: with ``mesh`` static (``mesh_of(state)`` taken on
+    the host before the run), XLA then computes a gather of replicas shard by
+    shard instead of on every device. ``mesh=None``: ``state`` unchanged.
+
+    Example:
+        >>> @functools.partial(jax.jit, static_argnames="mesh")
+        ... def apply_move(move, key, state, scores, round_index, mesh=None):
+        ...     state, info = move(key, state, scores, round_index)
+        ...     return constrain(state, mesh), info
+    """
+    if mesh is None:
+        return state
+    split = NamedSharding(mesh, P(REPLICA_AXIS))
+    whole = NamedSharding(mesh, P())
+    num = state.num_replicas
+
+    def pin(leaf: Any) -> Any:
+        leading = np.ndim(leaf) >= 1 and np.shape(leaf)[0] == num
+        return jax.lax.with_sharding_constraint(leaf, split if leading else whole)
+
+    params, batch_stats, opt_state, hyperparams, rungs = jax.tree.map(
+        pin,
+        (state.params, state.batch_stats, state.opt_state, state.hyperparams,
+         state.rungs),
+    )  # fmt: skip
+    return state.replace(
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        hyperparams=hyperparams,
+        rungs=rungs,
+        step=jax.lax.with_sharding_constraint(state.step, whole),
+        move_state=jax.tree.map(
+            lambda leaf: jax.lax.with_sharding_constraint(leaf, whole),
+            state.move_state,
+        ),
+    )
