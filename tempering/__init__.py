@@ -4,12 +4,14 @@ The concepts a user writes code against are here; the plumbing (segments and
 loops, the vectorisation rewrite, data sources) sits in submodules:
 :mod:`tempering.loops`, :mod:`tempering.fast`, :mod:`tempering.sources`,
 :mod:`tempering.hyperparams`, :mod:`tempering.diffusion`, :mod:`tempering.data`,
-:mod:`tempering.models`, :mod:`tempering.loggers`; the adaptation of C and
+:mod:`tempering.models`, :mod:`tempering.loggers`, :mod:`tempering.sharding`,
+:mod:`tempering.checkpoint`, :mod:`tempering.divergence`; the adaptation of C and
 the ladder is :mod:`tempering.adaptation`, the figures and statistics over a
 history :mod:`tempering.diagnostics`.
 """
 
 from tempering import diagnostics
+from tempering.divergence import DivergenceError
 from tempering.driver import History, RoundRecord, RunResult, train
 from tempering.exchange import ExchangeInfo, exchange
 from tempering.ladder import Ladder, geometric_ladder, linear_ladder, make_ladder
@@ -39,11 +41,13 @@ from tempering.replicas import (
     sgd,
     train_step,
 )
+from tempering.sharding import replicate, shard_replicas
 from tempering.training import PTHistory, PTResult, PTSummary, pt_train
 
 __version__ = "0.3.0"
 
 __all__ = [
+    "DivergenceError",
     "Dropout",
     "EvalMetrics",
     "ExchangeInfo",
@@ -78,7 +82,9 @@ __all__ = [
     "pt_train",
     "replay_schedule",
     "replica",
+    "replicate",
     "set_hyperparams",
+    "shard_replicas",
     "sgd",
     "train",
     "train_step",

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tempering import checkpoint, divergence
+from tempering import checkpoint, divergence, sharding
 from tempering.loops import SegmentSettings, loop_for, run_evaluate, run_segment
 from tempering.moves import as_move
 from tempering.replicas import (
@@ -304,7 +304,7 @@ def _eval_source(data: Any, name: str, state: ReplicaState, metrics_fn: Any):
     if isinstance(source, ArraySource):
         _check_finite(source, name)
         _check_compatible(state, *source, name, metrics_fn)
-        return ArraySource(jnp.asarray(source.inputs), jnp.asarray(source.targets))
+        return _on_devices(source, state)
     _check_compatible(state, *_first_batch(source, name), name, metrics_fn)
     return source
 
@@ -351,11 +351,22 @@ def _copy(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
 
 
-def _apply_move(move, key, state, scores, round_index):
-    return move(key, state, scores, round_index)
+def _on_devices(source: ArraySource, state: ReplicaState) -> ArraySource:
+    """In-memory data on the device, or on every device of a sharded state."""
+    mesh = sharding.mesh_of(state)
+    if mesh is None:
+        return ArraySource(jnp.asarray(source.inputs), jnp.asarray(source.targets))
+    return ArraySource(*sharding.replicate((source.inputs, source.targets), mesh))
 
 
-_jitted_move = jax.jit(_apply_move, donate_argnums=(2,))
+def _apply_move(move, key, state, scores, round_index, mesh=None):
+    state, info = move(key, state, scores, round_index)
+    return sharding.constrain(state, mesh), info
+
+
+# A sharded state's moves keep each replica on its device (PBT's exploit would
+# otherwise leave copied weights on every device).
+_jitted_move = jax.jit(_apply_move, donate_argnums=(2,), static_argnames=("mesh",))
 
 
 def train(
@@ -386,6 +397,7 @@ def train(
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
     keep_checkpoints: int = 2,
+    devices: Sequence[jax.Device] | None = None,
 ) -> RunResult:
     """Trains M replicas in rounds of segment -> evaluate -> move (a host driver).
 
@@ -443,6 +455,10 @@ def train(
         checkpoint_every: rounds between checkpoints; one is also written when
             the call ends or is interrupted.
         keep_checkpoints: how many of the latest checkpoints to keep.
+        devices: split the replicas over these devices
+            (:func:`tempering.sharding.shard_replicas`; M a multiple of their
+            number); in-memory data is then copied to each once. None: the
+            state stays where it is (already sharded or not).
 
     Returns:
         :class:`RunResult` ``(state, history, final, final_score, diverged,
@@ -473,6 +489,8 @@ def train(
     )
     if burn_in_hyperparams:
         set_hyperparams(state, **burn_in_hyperparams)  # validates names and values
+    if devices is not None:
+        state = sharding.shard_replicas(state, devices)
     data = _prepare_data(
         state, train_data, validation_data, test_data, settings, metrics_fn
     )
@@ -697,7 +715,7 @@ def _prepare_data(state, train_data, validation_data, test_data, settings, metri
     if isinstance(source, ArraySource):
         _check_finite(source, "train_data")
         _check_compatible(state, *source, "train_data", metrics_fn)
-        source = ArraySource(jnp.asarray(source.inputs), jnp.asarray(source.targets))
+        source = _on_devices(source, state)
         sample = source.inputs
     else:
         source = BatchReader(source, "train_data")
@@ -769,8 +787,9 @@ def _end_round(
         state = divergence.copy_replicas(state, jnp.asarray(gather, jnp.int32))
         move_scores = scores[gather]  # a restored replica scores as its source
     state, info = _jitted_move(
-        move, key, state, jnp.asarray(move_scores), jnp.int32(round_index)
-    )
+        move, key, state, jnp.asarray(move_scores), jnp.int32(round_index),
+        mesh=sharding.mesh_of(state),
+    )  # fmt: skip
     record = RoundRecord(
         round=round_index,
         step=int(state.step),

@@ -148,6 +148,30 @@ SCRIPT = textwrap.dedent(
         errors["two_devices_ok"] = placement(
             shard_replicas(six, jax.devices()[:2]))["per_device"]
         out["errors"] = errors
+    if NUM == 8:
+        # devices= shards inside the driver; a crash, then the same call resumes
+        import tempfile
+
+
+        class CrashError(Exception):
+            pass
+
+
+        def crash(record):
+            if record.round == 1:
+                raise CrashError
+
+
+        directory = tempfile.mkdtemp()
+        sharded = dict(pt, devices=jax.devices(), checkpoint_dir=directory)
+        try:
+            tp.pt_train(state, ladder, jax.random.key(1), callback=crash, **sharded)
+        except CrashError:
+            pass
+        resumed = tp.pt_train(state, ladder, jax.random.key(1), **sharded)
+        tick("pt_resumed_sharded")
+        out["resume"] = {"placement": placement(resumed.state),
+                         **compare(spread, resumed)}
     out["seconds"] = SECONDS
     print(json.dumps(out))
     """
@@ -260,3 +284,10 @@ def test_unsharded_state_has_no_mesh():
     )  # fmt: skip
     assert mesh_of(state) is None
     assert keep_sharded(state) is state
+
+
+def test_devices_argument_and_a_sharded_resume_bit_for_bit(eight):
+    resume = eight["resume"]
+    assert resume["placement"]["specs"] == SHARDED
+    assert resume["placement"]["per_device"] == [2, 2, 2, 2]
+    assert resume["bitwise"] and resume["history_equal"]
