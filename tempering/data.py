@@ -62,6 +62,19 @@ class Dataset(NamedTuple):
     name: str
 
 
+def _check_fraction(fraction: Any) -> None:
+    """Raises unless ``fraction`` is a number in (0, 1), before any data is read."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float | np.number):
+        raise TypeError(
+            f"validation_fraction must be a number in (0, 1), got {fraction!r}"
+        )
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(
+            f"validation_fraction must be in (0, 1), got {fraction}; "
+            "the paper holds out 0.1 of the training set."
+        )
+
+
 def split_validation(
     inputs: np.ndarray, labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[Split, Split]:
@@ -76,10 +89,11 @@ def split_validation(
     Returns:
         ``(train, validation)`` splits.
     """
-    if not 0.0 < fraction < 1.0:
+    _check_fraction(fraction)
+    if len(inputs) != len(labels):
         raise ValueError(
-            f"validation_fraction must be in (0, 1), got {fraction}; "
-            "the paper holds out 0.1 of the training set."
+            f"inputs and labels must hold the same number of examples, got "
+            f"{len(inputs)} inputs and {len(labels)} labels"
         )
     order = np.random.default_rng(seed).permutation(len(labels))
     n_val = max(1, int(round(fraction * len(labels))))
@@ -107,6 +121,11 @@ def load_mnist1d(
         A :class:`Dataset` with inputs of shape ``(N, 40)``, standardised with
         the training mean and std.
     """
+    _check_fraction(validation_fraction)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer):
+        raise TypeError(f"num_samples must be an int, got {num_samples!r}")
+    if num_samples < 10:
+        raise ValueError(f"num_samples must be >= 10, got {num_samples}")
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -613,6 +632,7 @@ def load_dataset(
             ``data_dir`` holds only some of the raw files of ``name``.
     """
     spec = _spec(name)
+    _check_fraction(validation_fraction)
     resolved = _resolve_source(name, spec, source, data_dir)
     if resolved == "raw":
         if data_dir is None:
@@ -690,6 +710,14 @@ def augment_crop_flip(
     Returns:
         Augmented images, same shape and dtype as ``images``.
     """
+    if np.ndim(images) != 4:
+        raise ValueError(
+            f"images must be NHWC, shape (N, H, W, C), got shape {np.shape(images)}"
+        )
+    if isinstance(padding, bool) or not isinstance(padding, int | np.integer):
+        raise TypeError(f"padding must be an int >= 0, got {padding!r}")
+    if padding < 0:
+        raise ValueError(f"padding must be an int >= 0, got {padding}")
     n, h, w, c = images.shape
     padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     key_crop, key_flip = jax.random.split(key)

@@ -162,9 +162,18 @@ def record_schedule(
 
     Returns:
         ``(T,)`` int64 array, ``T <= num_records``.
+
+    Raises:
+        TypeError: counts that are not ints.
+        ValueError: counts below 1, an unknown spacing.
     """
-    if num_steps < 1 or num_records < 1:
-        raise ValueError("num_steps and num_records must be >= 1")
+    for name, value in (("num_steps", num_steps), ("num_records", num_records)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise TypeError(
+                f"{name} must be an int >= 1, got {type(value).__name__} {value!r}"
+            )
+        if value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value}")
     if spacing == "log":
         grid = np.geomspace(1, num_steps, num_records)
     elif spacing == "linear":
@@ -217,14 +226,25 @@ def diffusion_test(
     Raises:
         ValueError: a hyperparameter the state does not hold, wrong number of
             values, bad counts.
+        TypeError: a hyperparameter that is not a name, counts that are not ints.
     """
     check_not_traced(state)
+    if not isinstance(hyperparameter, str):
+        raise TypeError(
+            "hyperparameter must be the name of a hyperparameter the replicas hold "
+            f"(one of {sorted(state.hyperparams)}), got {hyperparameter!r}"
+        )
     if int(state.step) != 0:
         raise ValueError(
             f"diffusion_test needs replicas at step 0 (t0 counts from there), got "
             f"state.step={int(state.step)}; create fresh ones with create_replicas"
         )
-    values = np.asarray(values, np.float32)
+    try:
+        values = np.asarray(values, np.float32)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"values must be numbers, one per replica, got {values!r}"
+        ) from None
     if values.shape != (state.num_replicas,):
         raise ValueError(
             f"values must have one entry per replica ({state.num_replicas}), "

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tempering.replicas import _check_key
+
 __all__ = [
     "SCHEMES",
     "ExchangeInfo",
@@ -64,12 +66,26 @@ def pair_log_ratios(rungs: jax.Array, losses: jax.Array, betas: jax.Array) -> ja
     return (betas[:-1] - betas[1:]) * (losses[at_rung[:-1]] - losses[at_rung[1:]])
 
 
-def _check_concrete(rungs: Any, losses: Any, betas: Any, c: Any) -> None:
+def _check_concrete(rungs: Any, losses: Any, betas: Any, c: Any, parity: Any) -> None:
     """Validates the arguments that are concrete (traced ones are left alone)."""
 
     def concrete(x: Any) -> bool:
         return not isinstance(x, jax.core.Tracer)
 
+    if not jnp.issubdtype(jnp.result_type(rungs), jnp.integer):
+        raise TypeError(
+            "rungs must be integers (the rung of every replica, a permutation of "
+            f"0..M-1), got dtype {jnp.result_type(rungs)}"
+        )
+    if concrete(parity) and (
+        np.ndim(parity) != 0
+        or not np.issubdtype(np.asarray(parity).dtype, np.integer)
+        or int(parity) not in (0, 1)
+    ):
+        raise ValueError(
+            f"parity must be 0 or 1 (an int; alternate it between rounds), got "
+            f"{parity!r}"
+        )
     if concrete(rungs):
         array = np.asarray(rungs)
         if array.ndim != 1 or sorted(array.tolist()) != list(range(array.size)):
@@ -95,6 +111,13 @@ def _check_concrete(rungs: Any, losses: Any, betas: Any, c: Any) -> None:
                 f"betas = 1 / temperatures), got {values.tolist()}"
             )
     if concrete(c):
+        if isinstance(c, str | bool | np.bool_) or not np.issubdtype(
+            np.asarray(c).dtype, np.number
+        ):
+            raise TypeError(
+                f"c must be a number > 0, got {c!r} (c='auto' belongs to "
+                "tempering.exchange_move and pt_train, which tune it)"
+            )
         if np.ndim(c) != 0:
             raise ValueError(f"c must be one number, got shape {np.shape(c)}")
         if not np.isfinite(float(c)) or float(c) <= 0:
@@ -135,11 +158,15 @@ def exchange(
     Raises:
         ValueError: for concrete (not traced) arguments, rungs that are not a
             permutation, losses or betas of the wrong length, betas that do
-            not decrease strictly, or ``c`` not finite and > 0.
+            not decrease strictly, ``c`` not finite and > 0, or a parity
+            other than 0 or 1.
+        TypeError: a key that is not a PRNG key, rungs that are not integers,
+            or a ``c`` that is not a number.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
-    _check_concrete(rungs, losses, betas, c)
+    key = _check_key(key, "key")
+    _check_concrete(rungs, losses, betas, c, parity)
     rungs = jnp.asarray(rungs)
     num_rungs = rungs.shape[0]
     losses = jnp.asarray(losses, jnp.float32)

@@ -15,7 +15,8 @@ A replica's hyperparameters are one mapping, ``ReplicaState.hyperparams``
   per-replica value (``dropout_rate`` by default, when the model has it).
 
 Values are checked against the known range of common names
-(:data:`RANGES`); any other name only needs to be finite.
+(:data:`RANGES`, and the upper :data:`LIMITS` beyond which a value is a typo);
+any other name only needs to be finite.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "LIMITS",
     "RANGES",
     "Range",
     "check_values",
@@ -74,10 +76,13 @@ RANGES: dict[str, Range] = {
     "eps": Range(0.0, np.inf, high_open=True),
     "eps_root": Range(0.0, np.inf, high_open=True),
 }
+# Largest value accepted: above it a value is a typo, not a setting (a learning
+# rate of 1e3 diverges on any usual loss scale). Raise an entry to allow more.
+LIMITS: dict[str, float] = {"learning_rate": 10.0}
 
 
 def check_values(name: str, values: Any, where: str = "") -> np.ndarray:
-    """Validates values of one hyperparameter (finite, within :data:`RANGES`).
+    """Validates values of a hyperparameter (finite, :data:`RANGES`, :data:`LIMITS`).
 
     Args:
         name: the hyperparameter.
@@ -88,10 +93,13 @@ def check_values(name: str, values: Any, where: str = "") -> np.ndarray:
         The values as a float64 numpy array.
 
     Raises:
-        TypeError: values that are not numbers.
-        ValueError: non-finite values, or values outside the known range.
+        TypeError: values that are not numbers (bools included).
+        ValueError: non-finite values, or values outside the known range or
+            above the limit.
     """
     label = f"{name} in {where}" if where else name
+    if np.asarray(values).dtype == np.bool_:
+        raise TypeError(f"{label} must be numbers, not bools, got {values!r}")
     try:
         array = np.asarray(values, np.float64)
     except (TypeError, ValueError):
@@ -102,6 +110,13 @@ def check_values(name: str, values: Any, where: str = "") -> np.ndarray:
     if allowed is not None and not np.all(allowed.contains(array)):
         raise ValueError(
             f"{label} must lie in {allowed.describe()}, got {array.tolist()}"
+        )
+    limit = LIMITS.get(name)
+    if limit is not None and np.any(array > limit):
+        raise ValueError(
+            f"{label} must be at most {limit:g} (larger values diverge; raise "
+            f"tempering.hyperparams.LIMITS[{name!r}] if you mean it), got "
+            f"{array.tolist()}"
         )
     return array
 

@@ -38,8 +38,8 @@ from tempering.adaptation import (
     init_adaptation,
 )
 from tempering.exchange import SCHEMES, exchange, pair_log_ratios
-from tempering.ladder import HYPERPARAMETERS, Ladder, check_sound, default_temperature
-from tempering.replicas import ReplicaState, assign_rungs
+from tempering.ladder import HYPERPARAMETERS, Ladder, default_temperature
+from tempering.replicas import ReplicaState, as_ladder, assign_rungs
 
 __all__ = [
     "ExchangeMove",
@@ -202,9 +202,7 @@ def exchange_move(
         >>> move = exchange_move(ladder, c=30.0, scheme="even_odd")
         >>> state, info = move(key, state, val_losses, jnp.int32(0))
     """
-    if not isinstance(ladder, Ladder):
-        raise TypeError("ladder must be a tempering.Ladder (see tempering.make_ladder)")
-    check_sound(ladder)
+    ladder = as_ladder(ladder)  # checked; a hand-built one's lists made arrays
     auto = isinstance(c, str)
     if auto and c != AUTO:
         raise ValueError(f"c must be a number > 0 or 'auto', got {c!r}")

@@ -37,7 +37,7 @@ from flax import struct
 from tempering.adaptation import AdaptationState
 from tempering.ladder import Ladder
 from tempering.moves import ExchangeMove, exchange_move
-from tempering.replicas import ReplicaState, check_ladder, set_hyperparams
+from tempering.replicas import ReplicaState, as_ladder, check_ladder, set_hyperparams
 
 __all__ = [
     "MultiExchangeInfo",
@@ -289,6 +289,7 @@ def multi_exchange_move(
                 f"ladders[{index}] must be a tempering.Ladder (see "
                 f"tempering.make_ladder), got {type(ladder).__name__}"
             )
+    ladders = tuple(as_ladder(ladder) for ladder in ladders)
     counts = [ladder.num_rungs for ladder in ladders]
     if len(set(counts)) > 1:
         raise ValueError(

@@ -56,6 +56,7 @@ from tempering.ladder import HYPERPARAMETERS
 from tempering.moves import NoInfo
 from tempering.replicas import (
     ReplicaState,
+    _check_key,
     check_names,
     get_hyperparams,
     set_hyperparams,
@@ -143,6 +144,16 @@ def _check_prior(name: str, prior: Any) -> Prior:
     return Prior(low, high, log)
 
 
+def _number(value: Any, name: str) -> float:
+    """``value`` as a float; bools, strings and arrays are refused by name."""
+    if isinstance(value, bool | str) or np.ndim(value) != 0:
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+
+
 def _check_range(name: str, low: float, high: float, what: str) -> None:
     check_values(name, [low, high], what)
 
@@ -184,11 +195,18 @@ def pbt_config(
     Example:
         >>> config = pbt_config({"learning_rate": Prior(1e-3, 1e-1, log=True)})
     """
+    if not isinstance(prior, Mapping):
+        raise TypeError(
+            "prior must be a mapping name -> Prior(low, high, log), e.g. "
+            f"{{'learning_rate': Prior(1e-3, 1e-1, log=True)}}, got {prior!r}"
+        )
     if not prior:
         raise ValueError(
             "prior is empty: give at least one hyperparameter to explore, e.g. "
             "{'learning_rate': Prior(1e-3, 1e-1, log=True)}"
         )
+    if bounds is not None and not isinstance(bounds, Mapping):
+        raise TypeError(f"bounds must be a mapping name -> (low, high), got {bounds!r}")
     bounds = dict(bounds or {})
     extra = sorted(set(bounds) - set(prior))
     if extra:
@@ -213,17 +231,22 @@ def pbt_config(
         clips.append((low, high))
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-    fraction = float(fraction)
+    fraction = _number(fraction, "fraction")
     if not 0.0 < fraction <= 0.5:
         raise ValueError(
             f"fraction q must lie in (0, 0.5] (bottom q copy the top q), got {fraction}"
         )
-    resample_probability = float(resample_probability)
+    resample_probability = _number(resample_probability, "resample_probability")
     if not 0.0 <= resample_probability <= 1.0:
         raise ValueError(
             f"resample_probability must lie in [0, 1], got {resample_probability}"
         )
-    factors = tuple(float(f) for f in perturb_factors)
+    if isinstance(perturb_factors, str) or np.ndim(perturb_factors) != 1:
+        raise TypeError(
+            "perturb_factors must be a sequence of positive numbers, e.g. "
+            f"(0.8, 1.2), got {perturb_factors!r}"
+        )
+    factors = tuple(_number(f, "perturb_factors") for f in perturb_factors)
     if not factors or not all(np.isfinite(f) and f > 0 for f in factors):
         raise ValueError(
             f"perturb_factors must be a non-empty list of positive numbers, got {factors}"
@@ -352,7 +375,23 @@ def pbt_step(
         parameters, optimiser state, BatchNorm statistics and hyperparameters
         of ``info.parent[m]``, the explored ones perturbed; the others are
         unchanged, bit for bit. ``rungs`` and ``step`` are not touched.
+
+    Raises:
+        TypeError: a config that is not a :class:`PBTConfig`, a key that is
+            not a PRNG key.
+        ValueError: scores of the wrong shape, names the state does not hold.
     """
+    if not isinstance(config, PBTConfig):
+        raise TypeError(
+            "config must be a PBTConfig; build it with tempering.pbt_config"
+        )
+    key = _check_key(key, "key")
+    if np.shape(scores) != (state.num_replicas,):
+        raise ValueError(
+            f"scores must have one entry per replica, shape ({state.num_replicas},), "
+            f"got shape {np.shape(scores)}"
+        )
+    check_names(state, config.names, "config")
     select_key, explore_key = jax.random.split(key)
     parent, copied = select_parents(select_key, scores, config)
 

@@ -46,6 +46,7 @@ __all__ = [
     "EvalMetrics",
     "ReplicaState",
     "StepInfo",
+    "as_ladder",
     "assign_rungs",
     "check_ladder",
     "check_names",
@@ -294,6 +295,97 @@ def _check_traced_inputs(init, key, model, train_kwarg, sample_input, inputs):
             "drop; use tempering.Dropout()(x, rate, deterministic=not train), or "
             "pass model_inputs=() to create_replicas to keep the rate fixed"
         ) from None
+    return opt_state
+
+
+def _check_arguments(
+    model: Any,
+    tx: Any,
+    num_replicas: Any,
+    hyperparams: Any,
+    same_init: Any,
+    loss_fn: Any,
+) -> None:
+    """Types of create_replicas' arguments, each error with the fix."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            "model must be a flax.linen.Module instance (e.g. MLP(features=(128,))), "
+            f"got {type(model).__name__}"
+        )
+    if not (
+        callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))
+    ):
+        raise TypeError(
+            "tx must be an optax.GradientTransformation, e.g. tempering.sgd(0.05), "
+            f"got {type(tx).__name__} {tx!r}"
+        )
+    if num_replicas is not None and (
+        isinstance(num_replicas, bool) or not isinstance(num_replicas, int | np.integer)
+    ):
+        raise TypeError(
+            f"num_replicas must be an int >= 1, got {type(num_replicas).__name__} "
+            f"{num_replicas!r}"
+        )
+    if hyperparams is not None and not isinstance(hyperparams, Mapping):
+        raise TypeError(
+            "hyperparams must be a mapping name -> starting value, e.g. "
+            f"{{'dropout_rate': 0.1}}, got {type(hyperparams).__name__}"
+        )
+    if not isinstance(same_init, bool | np.bool_):
+        raise TypeError(f"same_init must be True or False, got {same_init!r}")
+    if not callable(loss_fn):
+        raise TypeError(
+            "loss_fn must be callable as loss_fn(outputs, targets) -> (B,) per-example "
+            f"losses, got {type(loss_fn).__name__} {loss_fn!r}"
+        )
+
+
+def _as_sample(sample_input: Any) -> jax.Array:
+    """``sample_input`` as a numeric array with a leading batch axis."""
+    try:
+        array = jnp.asarray(sample_input)
+    except TypeError:
+        array = None
+    if array is None or not (
+        jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_
+    ):
+        raise TypeError(
+            "sample_input must be a numeric array, one batch of inputs (B, ...), "
+            f"got {type(sample_input).__name__}"
+            + ("" if array is None else f" of dtype {array.dtype}")
+        )
+    if array.ndim < 1:
+        raise ValueError(
+            "sample_input must be one batch of inputs with a leading batch axis, "
+            f"shape (B, ...), got shape {array.shape}; e.g. pass x[:1]"
+        )
+    return array
+
+
+def as_ladder(ladder: Any) -> Ladder:
+    """A sound ladder (:func:`tempering.ladder.check_sound`) as float32 arrays.
+
+    Hand-built ladders may hold lists; they are checked, then converted.
+
+    Raises:
+        TypeError: not a :class:`Ladder`, or values that are not a mapping.
+        ValueError: an unsound ladder (see :func:`check_ladder`).
+    """
+    if not isinstance(ladder, Ladder):
+        raise TypeError(
+            "ladder must be a tempering.Ladder (see tempering.make_ladder), got "
+            f"{type(ladder).__name__}"
+        )
+    if not isinstance(ladder.values, Mapping):
+        raise TypeError(
+            "ladder.values must be a mapping name -> one value per rung, got "
+            f"{type(ladder.values).__name__}; build ladders with tempering.make_ladder"
+        )
+    check_sound(ladder)
+    return Ladder(
+        values={k: jnp.asarray(v, jnp.float32) for k, v in ladder.values.items()},
+        temperatures=jnp.asarray(ladder.temperatures, jnp.float32),
+    )
 
 
 def create_replicas(
@@ -340,20 +432,25 @@ def create_replicas(
 
     Raises:
         ValueError: no ladder and no ``num_replicas``, names the model or the
-            optimiser does not take, values out of range.
-        TypeError: a model that cannot take a traced per-replica input.
+            optimiser does not take, values out of range or of the wrong
+            shape, an unsound ladder; all before the init compiles.
+        TypeError: arguments of the wrong type (model, tx, key, sample_input,
+            hyperparams, loss_fn, ...), a model that cannot take a traced
+            per-replica input.
     """
+    _check_arguments(model, tx, num_replicas, hyperparams, same_init, loss_fn)
     if ladder is not None:
-        if not isinstance(ladder, Ladder):
-            raise TypeError("ladder must be a tempering.Ladder (see make_ladder)")
+        ladder = as_ladder(ladder)
         if num_replicas is not None and num_replicas != ladder.num_rungs:
             raise ValueError(
                 f"num_replicas={num_replicas} but the ladder has {ladder.num_rungs} "
                 "rungs; drop num_replicas or make them equal"
             )
         num_replicas = ladder.num_rungs
-    if num_replicas is None or isinstance(num_replicas, bool) or num_replicas < 1:
-        raise ValueError("give a ladder or num_replicas >= 1")
+    if num_replicas is None or num_replicas < 1:
+        raise ValueError(
+            f"give a ladder or num_replicas >= 1, got num_replicas={num_replicas!r}"
+        )
     key = _check_key(key, "key")
     inputs, defaults = _resolve_model_inputs(model, train_kwarg, model_inputs)
     given = dict(hyperparams or {})
@@ -368,12 +465,31 @@ def create_replicas(
         if value is not None:
             check_values(name, value, "hyperparams")
         start[name] = jnp.float32(0.0 if value is None else value)
-    sample_input = jnp.asarray(sample_input)
+    sample_input = _as_sample(sample_input)
     keys = jax.random.split(key, num_replicas)
     if same_init:
         keys = jnp.broadcast_to(keys[:1], keys.shape)
     init = functools.partial(_init_replica, model=model, tx=tx, train_kwarg=train_kwarg)
-    _check_traced_inputs(init, keys[0], model, train_kwarg, sample_input, start)
+    abstract = _check_traced_inputs(
+        init, keys[0], model, train_kwarg, sample_input, start
+    )
+    # Names and values are checked before the init compiles.
+    scheduled = scheduled_names(abstract)
+    known = set(injected_names(abstract)) - set(scheduled) | set(start)
+    for where, names in (
+        ("hyperparams", given),
+        ("ladder", () if ladder is None else ladder.values),
+    ):
+        unknown = sorted(set(names) - known)
+        if unknown:
+            _raise_unknown_names(known, scheduled, unknown, where)
+    for name, value in given.items():
+        shape = check_values(name, value, "hyperparams").shape
+        if shape not in ((), (num_replicas,)):
+            raise ValueError(
+                f"{name} in hyperparams must be one value or one per replica, shape "
+                f"({num_replicas},), got shape {shape}"
+            )
     # One replica at a time, not vmapped: init runs once, and XLA compiles the
     # single-replica init (random initialisers) several times faster.
     params, stats, opt_state = _stack([init(k, sample_input, start) for k in keys])
@@ -400,9 +516,6 @@ def create_replicas(
         model_inputs=inputs,
         scheduled=scheduled,
     )
-    unknown = sorted(set(given) - set(state.hyperparams))
-    if unknown:
-        _raise_unknown(state, unknown, "hyperparams")
     state = set_hyperparams(state, **{k: v for k, v in given.items() if k not in start})
     if ladder is not None:
         check_ladder(state, ladder)
@@ -432,16 +545,22 @@ def _check_key(key: Any, name: str) -> jax.Array:
 
 
 def _raise_unknown(state: ReplicaState, names: Sequence[str], where: str) -> None:
-    scheduled = [n for n in names if n in state.scheduled]
-    if scheduled:
+    _raise_unknown_names(state.hyperparams, state.scheduled, names, where)
+
+
+def _raise_unknown_names(
+    known: Any, scheduled: Sequence[str], names: Sequence[str], where: str
+) -> None:
+    on_schedule = [n for n in names if n in scheduled]
+    if on_schedule:
         raise ValueError(
-            f"{where}: {scheduled} follow an optax schedule in tx, so they cannot "
+            f"{where}: {on_schedule} follow an optax schedule in tx, so they cannot "
             "be set per replica; pass a number to optax.inject_hyperparams "
             "for a hyperparameter you ladder or set"
         )
     raise ValueError(
         f"{where}: unknown hyperparameter(s) {list(names)}; this state has "
-        f"{sorted(state.hyperparams)} (the floats tx injects with "
+        f"{sorted(known)} (the floats tx injects with "
         "optax.inject_hyperparams, and the model inputs; declare more with "
         "create_replicas(..., model_inputs=...))"
     )
@@ -455,7 +574,7 @@ def check_ladder(state: ReplicaState, ladder: Ladder) -> None:
     decreasing ladder would reverse the exchange's direction), one value per
     rung for every hyperparameter, each finite and within its range.
     """
-    check_sound(ladder)
+    ladder = as_ladder(ladder)
     if ladder.num_rungs != state.num_replicas:
         raise ValueError(
             f"the ladder has {ladder.num_rungs} rungs but the state holds "
@@ -475,9 +594,24 @@ def check_names(state: ReplicaState, names: Sequence[str], where: str) -> None:
 def get_hyperparams(
     state: ReplicaState, names: Sequence[str] | None = None
 ) -> dict[str, jax.Array]:
-    """Per-replica values ``(M,)`` of the named (default: all) hyperparameters."""
+    """Per-replica values ``(M,)`` of the named (default: all) hyperparameters.
+
+    Raises:
+        TypeError: names that are not strings.
+        ValueError: names the state does not hold.
+    """
     names = sorted(state.hyperparams) if names is None else names
-    names = (names,) if isinstance(names, str) else tuple(names)
+    if isinstance(names, str):
+        names = (names,)
+    elif not (
+        isinstance(names, Sequence | set | frozenset)
+        and all(isinstance(n, str) for n in names)
+    ):
+        raise TypeError(
+            "names must be a hyperparameter name or a sequence of names, e.g. "
+            f"['learning_rate'], got {names!r}"
+        )
+    names = tuple(names)
     check_names(state, names, "get_hyperparams")
     return {name: state.hyperparams[name] for name in names}
 
@@ -602,25 +736,89 @@ def train_step(
 
     Returns:
         ``(new_state, info)``.
+
+    Raises:
+        TypeError: a key that is not a PRNG key.
+        ValueError: inputs and targets of different lengths, a missing replica
+            axis with ``per_replica_batch``, inputs the model cannot take.
     """
+    key = _check_key(key, "key")
+    batch_axis = _check_batch_axes(state, inputs, targets, per_replica_batch)
     keys = jax.random.split(key, state.num_replicas)
     step_one = functools.partial(_replica_train_step, state)
     data_axis = 0 if per_replica_batch else None
     in_axes = (0, 0, 0, 0, 0, data_axis, data_axis)
     vmapped = replica_vmap(step_one, in_axes=in_axes, policy=vectorize)
-    params, batch_stats, opt_state, loss = vmapped(
-        state.params,
-        state.batch_stats,
-        state.opt_state,
-        state.hyperparams,
-        keys,
-        inputs,
-        targets,
-    )
+    try:
+        params, batch_stats, opt_state, loss = vmapped(
+            state.params,
+            state.batch_stats,
+            state.opt_state,
+            state.hyperparams,
+            keys,
+            inputs,
+            targets,
+        )
+    except Exception:
+        # Only on failure: say so when the model cannot take these inputs.
+        _check_model_takes(state, inputs, "inputs", batch_axis)
+        raise
     new = state.replace(
         params=params, batch_stats=batch_stats, opt_state=opt_state, step=state.step + 1
     )
     return new, StepInfo(loss=loss)
+
+
+def _check_batch_axes(
+    state: ReplicaState, inputs: Any, targets: Any, per_replica_batch: bool
+) -> int:
+    """Checks a training batch's leading axes; returns its batch axis (0, or 1)."""
+    if not isinstance(per_replica_batch, bool | np.bool_):
+        raise TypeError(
+            f"per_replica_batch must be True or False, got {per_replica_batch!r}"
+        )
+    axis = 1 if per_replica_batch else 0
+    shapes = {"inputs": getattr(inputs, "shape", None)}
+    shapes["targets"] = getattr(targets, "shape", None)
+    if None in shapes.values():
+        return axis  # a pytree of inputs: the model and the loss check it
+    for name, shape in shapes.items():
+        if len(shape) <= axis:
+            raise ValueError(
+                f"{name} must have a batch axis, shape "
+                f"{'(M, B, ...)' if axis else '(B, ...)'}, got shape {shape}"
+            )
+        if per_replica_batch and shape[0] != state.num_replicas:
+            raise ValueError(
+                f"with per_replica_batch=True, {name} must have one batch per "
+                f"replica, shape ({state.num_replicas}, B, ...), got shape {shape}; "
+                "pass per_replica_batch=False for a batch shared by every replica"
+            )
+    if shapes["inputs"][axis] != shapes["targets"][axis]:
+        raise ValueError(
+            f"inputs and targets must hold the same number of examples, got "
+            f"inputs of shape {shapes['inputs']} and targets of shape "
+            f"{shapes['targets']}"
+        )
+    return axis
+
+
+def _check_model_takes(state: ReplicaState, inputs: Any, name: str, axis: int) -> None:
+    """Raises ValueError, with the fix, unless the model takes ``inputs``' examples."""
+    one_replica = jax.tree.map(
+        lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype),
+        (state.params, state.batch_stats, state.hyperparams),
+    )
+    example = tuple(np.shape(inputs)[axis + 1 :])
+    x = jax.ShapeDtypeStruct((1, *example), jnp.result_type(inputs))
+    try:
+        jax.eval_shape(functools.partial(eval_outputs, state), *one_replica, x)
+    except Exception as error:  # noqa: BLE001 - re-raised with the fix
+        raise ValueError(
+            f"{name}: the model cannot take inputs of shape {example} per example "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); give "
+            "inputs shaped like the sample_input of create_replicas"
+        ) from error
 
 
 def evaluate(
@@ -650,9 +848,32 @@ def evaluate(
     Returns:
         :class:`EvalMetrics` with ``(M,)`` loss (non-finite mapped to +inf) and
         metrics.
+
+    Raises:
+        TypeError: a batch size that is not an int, targets the loss or the
+            metrics cannot take (e.g. float labels for cross entropy).
+        ValueError: no examples, a batch size < 1, inputs and targets of
+            different lengths, inputs the model cannot take.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+        raise TypeError(
+            f"batch_size must be an int >= 1, got {type(batch_size).__name__} "
+            f"{batch_size!r}"
+        )
+    _check_batch_axes(state, inputs, targets, False)
+    try:
+        totals = zero_totals(state, inputs, targets, metrics_fn)
+    except Exception as error:  # noqa: BLE001 - re-raised with the fix
+        _check_model_takes(state, inputs, "inputs", 0)
+        kind = TypeError if isinstance(error, TypeError) else ValueError
+        raise kind(
+            f"targets: loss_fn or metrics_fn cannot take targets of shape "
+            f"{tuple(np.shape(targets)[1:])} and dtype {jnp.result_type(targets)} "
+            f"per example ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200]}); integer labels for the default "
+            "cross-entropy, or pass loss_fn= to create_replicas"
+        ) from error
     xs, ys, mask = chunked(inputs, targets, batch_size)
-    totals = zero_totals(state, inputs, targets, metrics_fn)
 
     def chunk(totals, batch):
         return add_chunk(
