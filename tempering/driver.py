@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tempering import checkpoint, divergence, sharding
+from tempering.fast import resolve_policy
 from tempering.loops import SegmentSettings, loop_for, run_evaluate, run_segment
 from tempering.moves import as_move
 from tempering.replicas import (
@@ -351,6 +352,23 @@ def _copy(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
 
 
+_CALLABLE_FORMS = {
+    "callback": "callback(record) -> stop?",
+    "score_fn": "score_fn(metrics) -> (M,) scores",
+    "augment": "augment(key, batch) -> batch",
+}
+
+
+def _check_callables(**functions: Any) -> None:
+    """Each given function is None or callable (else a TypeError with its form)."""
+    for name, function in functions.items():
+        if function is not None and not callable(function):
+            raise TypeError(
+                f"{name} must be callable as {_CALLABLE_FORMS[name]} (or None), "
+                f"got {type(function).__name__} {function!r}"
+            )
+
+
 def _on_devices(source: ArraySource, state: ReplicaState) -> ArraySource:
     """In-memory data on the device, or on every device of a sharded state."""
     mesh = sharding.mesh_of(state)
@@ -477,6 +495,8 @@ def train(
     """
     check_not_traced(state)
     key = _check_key(key, "key")
+    _check_callables(callback=callback, score_fn=score_fn, augment=augment)
+    resolve_policy(vectorize)  # an unknown name is a ValueError before compiling
     move = as_move(move)
     if hasattr(move, "init_state"):
         state = move.init_state(state)
@@ -502,10 +522,10 @@ def train(
     )
 
     policy = divergence.check_policy(on_diverge)
+    first_step = int(state.step)
+    segments = plan(first_step, sched)  # a plan past explicit round ends raises
     data_key, key = jax.random.split(key)
     state = _copy(state)  # the caller's buffers are never donated
-    first_step = int(state.step)
-    segments = plan(first_step, sched)
     before_burn_in = _copy(state.hyperparams)  # the state's buffers are donated
     progress_ = checkpoint.Progress(
         next_segment=0,

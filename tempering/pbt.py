@@ -50,7 +50,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tempering.driver import best_index, check_not_traced, metric_of, train
+from tempering.driver import (
+    best_index,
+    check_bool,
+    check_not_traced,
+    metric_of,
+    train,
+)
 from tempering.hyperparams import check_values
 from tempering.ladder import HYPERPARAMETERS
 from tempering.moves import NoInfo
@@ -462,6 +468,8 @@ class PBTHistory(NamedTuple):
     burn_in: int
     num_steps: int  # global step at the end of the run
     first_step: int = 0  # global step at which this call started
+    diverged: np.ndarray | None = None  # shape=(R, M), bool; non-finite loss
+    restored_from: np.ndarray | None = None  # shape=(R, M), int; -1 if not restored
 
     @property
     def val_accuracy(self) -> np.ndarray:
@@ -478,6 +486,8 @@ class PBTSummary(NamedTuple):
     final_val_loss: np.ndarray  # shape=(M,)
     final_val_metrics: dict[str, np.ndarray]  # name -> shape=(M,)
     final_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,)
+    diverged: np.ndarray | None = None  # shape=(M,), bool; non-finite at the end
+    interrupted: bool = False  # stopped early by Ctrl-C (after a whole round)
 
     @property
     def final_val_accuracy(self) -> np.ndarray:
@@ -525,7 +535,8 @@ def pbt_train(
             ``config.names`` from the prior instead of keeping the state's.
         **kwargs: the run's data and settings, as for :func:`tempering.train`
             (``train_data``, ``validation_data``, ``num_steps``, ``burn_in``,
-            ``batch_size``, ``burn_in_hyperparams``, ``callback``, ...).
+            ``batch_size``, ``burn_in_hyperparams``, ``callback``,
+            ``on_diverge``, ``checkpoint_dir``, ``checkpoint_every``, ...).
 
     Returns:
         :class:`PBTResult` ``(state, history, summary)``.
@@ -547,7 +558,7 @@ def pbt_train(
     check_names(state, config.names, "config")
     if kwargs.get("validation_data") is None:
         raise TypeError("pbt_train needs validation_data: its loss is the PBT score")
-    if init_from_prior and int(state.step) == 0:
+    if check_bool(init_from_prior, "init_from_prior") and int(state.step) == 0:
         prior_key = jax.random.fold_in(jax.random.split(key)[1], 2**30)
         values = sample_prior(prior_key, config, state.num_replicas)
         state = set_hyperparams(state, **values)
@@ -568,6 +579,8 @@ def pbt_train(
         final_val_loss=final.loss,
         final_val_metrics=final.metrics,
         final_hyperparams=jax.device_get(get_hyperparams(run.state)),
+        diverged=run.diverged,
+        interrupted=run.interrupted,
     )
     pbt_history = PBTHistory(
         step=history.step,
@@ -583,6 +596,8 @@ def pbt_train(
         burn_in=int(kwargs.get("burn_in", 0)),
         num_steps=int(run.state.step),
         first_step=history.first_step,
+        diverged=history.diverged,
+        restored_from=history.restored_from,
     )
     return PBTResult(run.state, pbt_history, summary)
 
