@@ -3,15 +3,37 @@
 Rung 0 is the coldest (least noise); rung ``r + 1`` is hotter than rung ``r``.
 The temperature of a rung follows the noise its hyperparameters inject into
 SGD (Pushkarov et al. 2019, section 2): a learning rate ``lr`` has
-``T = lr``; a dropout rate ``q`` (keep probability ``p = 1 - q``) has
-``T = 1 / p``. Any other hyperparameter (weight decay, momentum, a model
-input, ...) needs explicit temperatures.
+``T = lr``; a dropout rate ``q`` (keep probability ``p = 1 - q``) has one of
+two temperatures, chosen by ``dropout_temperature=`` wherever a ladder is built
+(:func:`make_ladder`, :func:`linear_ladder`, :func:`geometric_ladder`):
+
+- ``"library"`` (the default): ``T = 1 / p = 1 / (1 - q)``, the factor by
+  which inverted dropout scales the gradient noise, as the paper's text
+  suggests (its section 2: "variance up by 1/p").
+- ``"authors"``: ``beta = p / (1 - p)``, i.e. ``T = (1 - p) / p = q / (1 - q)``,
+  the variance that inverted dropout *adds* (zero at ``p = 1``). This is what
+  the authors' code computes (``betas = t/(1-t)`` in ``_swap`` of
+  ``simulator/graph/simulator_graph.py``; their Keras code alike), and the
+  paper's dropout constants C (2000 on CIFAR-10, 500 on EMNIST) were tuned
+  with it: under ``T = 1 / p`` the same C is 3-4x weaker on the CIFAR-10
+  ladder and 76-333x weaker on the EMNIST one, and the exchange becomes
+  near-random (DESIGN.md section 2). It needs ``q > 0`` on every rung
+  (``beta = inf`` at ``q = 0``).
+
+Both rules order the rungs alike (hotter = more dropout); only the gaps
+``beta_r - beta_{r+1}`` differ, and with them the strength of a given C. The
+rule a ladder follows is recorded on it: :attr:`Ladder.dropout_temperature`
+(also in its repr) reads it back from the values and temperatures, so a result
+can store it and :func:`inverse_temperature` can map re-spaced temperatures
+back to dropout rates by the same rule. Any other hyperparameter (weight
+decay, momentum, a model input, ...) needs explicit temperatures.
 
 A ladder over several hyperparameters at once follows the library's
 documented rule: when every hyperparameter that varies across the rungs has a
 default temperature, the rung's temperature is the *product* of their default
 temperatures, e.g. ``T = lr / (1 - q)`` for a learning rate and a dropout rate
-that vary together. The rationale: the noise of SGD scales with the learning
+that vary together (``T = lr * q / (1 - q)`` with the authors' dropout rule).
+The rationale: the noise of SGD scales with the learning
 rate, and inverted dropout scales the variance of the gradient noise by
 ``1 / (1 - q)``, so the two noise factors multiply. This is a convention of
 the library, not a theorem; give ``temperatures=`` to use any other. As soon
@@ -33,17 +55,26 @@ from numpy.typing import ArrayLike
 from tempering.hyperparams import check_values
 
 __all__ = [
+    "DROPOUT_TEMPERATURES",
     "HYPERPARAMETERS",
     "Ladder",
     "check_sound",
     "default_temperature",
+    "dropout_temperature_of",
     "geometric_ladder",
+    "inverse_temperature",
     "linear_ladder",
     "make_ladder",
 ]
 
 # Hyperparameters with a default temperature (any other name needs explicit ones).
 HYPERPARAMETERS = ("learning_rate", "dropout_rate")
+# The two dropout temperature rules (module docstring); "library" is the default.
+DROPOUT_TEMPERATURES = ("library", "authors")
+# Relative tolerance with which a ladder's float32 temperatures are matched to
+# a rule (the two dropout rules differ by the factor 1 / q >= 1.05 on any
+# sound ladder, far beyond it).
+_RULE_RTOL = 1e-4
 
 
 class Ladder(NamedTuple):
@@ -61,6 +92,28 @@ class Ladder(NamedTuple):
     def num_rungs(self) -> int:
         """Number of rungs M."""
         return int(self.temperatures.shape[0])
+
+    @property
+    def dropout_temperature(self) -> str | None:
+        """The dropout rule the temperatures follow: ``"library"``, ``"authors"``.
+
+        None when no dropout rate varies across the rungs, or when the
+        temperatures follow neither rule (explicit ones). Read back from the
+        values and temperatures (:func:`dropout_temperature_of`), so it holds
+        for any ladder, hand-built or re-spaced, and the Ladder stays a pytree
+        of arrays only. Needs concrete arrays (not inside ``jax.jit``).
+        """
+        return dropout_temperature_of(self)
+
+    def __repr__(self) -> str:
+        text = f"Ladder(values={self.values!r}, temperatures={self.temperatures!r}"
+        try:
+            rule = self.dropout_temperature
+        except Exception:  # traced or malformed arrays: no rule to show  # noqa: BLE001
+            rule = None
+        if rule is not None:
+            text += f", dropout_temperature={rule!r}"
+        return text + ")"
 
 
 def check_sound(ladder: Ladder) -> None:
@@ -94,29 +147,110 @@ def check_sound(ladder: Ladder) -> None:
         check_values(name, values, "the ladder")
 
 
-def default_temperature(name: str, values: np.ndarray) -> np.ndarray:
+def _check_rule(dropout_temperature: str) -> str:
+    if dropout_temperature not in DROPOUT_TEMPERATURES:
+        raise ValueError(
+            f"dropout_temperature must be one of {DROPOUT_TEMPERATURES} "
+            f"('library': T = 1 / (1 - q); 'authors': T = q / (1 - q), i.e. "
+            f"beta = p / (1 - p)), got {dropout_temperature!r}"
+        )
+    return dropout_temperature
+
+
+def default_temperature(
+    name: str, values: np.ndarray, *, dropout_temperature: str = "library"
+) -> np.ndarray:
     """Temperature of each value of one hyperparameter (paper, section 2).
 
     Args:
-        name: ``"learning_rate"`` (``T = lr``) or ``"dropout_rate"``
-            (``T = 1 / (1 - q)``).
+        name: ``"learning_rate"`` (``T = lr``) or ``"dropout_rate"``.
         values: the hyperparameter values, shape ``(M,)``.
+        dropout_temperature: the dropout rule (module docstring):
+            ``"library"`` (default), ``T = 1 / (1 - q)``, the paper's text; or
+            ``"authors"``, ``T = q / (1 - q)`` (``beta = p / (1 - p)`` for keep
+            probability ``p = 1 - q``), the authors' code, which needs
+            ``q > 0``.
 
     Returns:
         The temperatures, shape ``(M,)``.
+
+    Example:
+        >>> default_temperature("dropout_rate", [0.5], dropout_temperature="authors")
+        array([1.])
     """
+    _check_rule(dropout_temperature)
     values = np.asarray(values, np.float64)
     if name == "learning_rate":
         return values
     if name == "dropout_rate":
-        return 1.0 / (1.0 - values)
+        if dropout_temperature == "library":
+            return 1.0 / (1.0 - values)
+        if np.any(values <= 0):
+            raise ValueError(
+                "the authors' dropout temperature T = q / (1 - q) is 0 at "
+                f"dropout_rate 0 (beta = inf), got dropout rates {values.tolist()}; "
+                "keep every rung's dropout rate > 0, or use "
+                "dropout_temperature='library' (T = 1 / (1 - q))"
+            )
+        return values / (1.0 - values)
     raise ValueError(f"no default temperature for {name!r}; pass temperatures=")
+
+
+def inverse_temperature(
+    name: str, temperatures, *, dropout_temperature: str = "library"
+):
+    """The value of one hyperparameter whose default temperature is ``temperatures``.
+
+    The inverse of :func:`default_temperature` (numpy or jax arrays alike), for
+    code that moves temperatures and must move the values with them, such as
+    a re-spaced ladder (:mod:`tempering.adaptation`): learning rate ``T``;
+    dropout ``1 - 1 / T`` (``"library"``) or ``T / (1 + T)`` (``"authors"``).
+    """
+    _check_rule(dropout_temperature)
+    if name == "learning_rate":
+        return temperatures
+    if name == "dropout_rate":
+        if dropout_temperature == "library":
+            return 1.0 - 1.0 / temperatures
+        return temperatures / (1.0 + temperatures)
+    raise ValueError(f"no default temperature for {name!r}")
+
+
+def dropout_temperature_of(ladder: Ladder) -> str | None:
+    """Which dropout rule a ladder's temperatures follow (:attr:`Ladder.dropout_temperature`).
+
+    Returns ``"library"`` or ``"authors"`` when a dropout rate varies across
+    the rungs and the temperatures equal that rule's default temperatures
+    (the product with the learning rate's when it varies too), to float32
+    precision; None otherwise (no dropout ladder, or explicit temperatures).
+    """
+    values = {k: np.asarray(v, np.float64) for k, v in ladder.values.items()}
+    temps = np.asarray(ladder.temperatures, np.float64)
+    varying = [name for name, arr in values.items() if arr.size and np.ptp(arr) > 0]
+    if "dropout_rate" not in varying or any(
+        name not in HYPERPARAMETERS for name in varying
+    ):
+        return None
+    for rule in DROPOUT_TEMPERATURES:
+        if rule == "authors" and np.any(values["dropout_rate"] <= 0):
+            continue
+        expected = np.ones_like(temps)
+        for name in varying:
+            expected = expected * default_temperature(
+                name, values[name], dropout_temperature=rule
+            )
+        if expected.shape == temps.shape and np.allclose(
+            expected, temps, rtol=_RULE_RTOL, atol=0.0
+        ):
+            return rule
+    return None
 
 
 def make_ladder(
     values: Mapping[str, ArrayLike] | None = None,
     *,
     temperatures: ArrayLike | None = None,
+    dropout_temperature: str = "library",
     **kwargs: ArrayLike,
 ) -> Ladder:
     """Builds a validated ladder, rungs sorted from coldest to hottest.
@@ -135,6 +269,13 @@ def make_ladder(
             ``dropout_rate``, a model input, ...). May also be given as keyword
             arguments.
         temperatures: optional explicit temperatures, one per rung, > 0.
+        dropout_temperature: the rule of a varying dropout rate ``q``:
+            ``"library"`` (default, unchanged), ``T = 1 / (1 - q)`` (the
+            paper's text); ``"authors"``, ``T = q / (1 - q)``, i.e.
+            ``beta = p / (1 - p)`` for keep probability ``p``, what the
+            authors' code uses and their C values were tuned with (module
+            docstring; DESIGN.md section 2). Read back from the result as
+            :attr:`Ladder.dropout_temperature`. Not with ``temperatures``.
         **kwargs: hyperparameter values, as in ``values``.
 
     Returns:
@@ -155,7 +296,18 @@ def make_ladder(
         >>> both = make_ladder(learning_rate=[0.01, 0.02], dropout_rate=[0.1, 0.2])
         >>> both.temperatures  # lr / (1 - q)
         Array([0.01111111, 0.025     ], dtype=float32)
+        >>> authors = make_ladder(dropout_rate=[0.5, 0.2], dropout_temperature="authors")
+        >>> authors.betas  # p / (1 - p)
+        Array([4., 1.], dtype=float32)
+        >>> authors.dropout_temperature
+        'authors'
     """
+    _check_rule(dropout_temperature)
+    if temperatures is not None and dropout_temperature != "library":
+        raise ValueError(
+            f"dropout_temperature={dropout_temperature!r} sets the temperatures "
+            "from the dropout rates; give it or temperatures=, not both"
+        )
     given = dict(values or {}, **kwargs)
     if not given:
         raise ValueError(
@@ -187,7 +339,7 @@ def make_ladder(
         check_values(name, arr, "the ladder")
 
     if temperatures is None:
-        temps = _combined_temperature(arrays)
+        temps = _combined_temperature(arrays, dropout_temperature)
     if not np.all(np.isfinite(temps)) or np.any(temps <= 0):
         raise ValueError(f"temperatures must be finite and > 0, got {temps.tolist()}")
     order = np.argsort(temps, kind="stable")
@@ -205,11 +357,14 @@ def make_ladder(
     )
 
 
-def _combined_temperature(arrays: dict[str, np.ndarray]) -> np.ndarray:
+def _combined_temperature(
+    arrays: dict[str, np.ndarray], dropout_temperature: str = "library"
+) -> np.ndarray:
     """Default temperatures of the rungs: the product over the varying names.
 
     Args:
         arrays: name -> float64 values, shape ``(M,)`` each.
+        dropout_temperature: the dropout rule, ``"library"`` or ``"authors"``.
 
     Returns:
         The temperatures, shape ``(M,)``, float64 (unsorted).
@@ -221,7 +376,9 @@ def _combined_temperature(arrays: dict[str, np.ndarray]) -> np.ndarray:
             "rungs; pass temperatures=[...] (one per rung, > 0)"
         )
     if len(varying) == 1:  # one name: its own rule, exactly
-        return default_temperature(varying[0], arrays[varying[0]])
+        return default_temperature(
+            varying[0], arrays[varying[0]], dropout_temperature=dropout_temperature
+        )
     without = [name for name in varying if name not in HYPERPARAMETERS]
     if without:
         raise ValueError(
@@ -233,17 +390,25 @@ def _combined_temperature(arrays: dict[str, np.ndarray]) -> np.ndarray:
     temps = np.ones_like(arrays[varying[0]])  # shape=(M,), float64
     for name in HYPERPARAMETERS:  # a fixed order of the factors
         if name in varying:
-            temps = temps * default_temperature(name, arrays[name])
+            temps = temps * default_temperature(
+                name, arrays[name], dropout_temperature=dropout_temperature
+            )
     return temps
 
 
-def _spaced_ladder(spacing, name, low, high, num_rungs, temperatures, fixed) -> Ladder:
+def _spaced_ladder(
+    spacing, name, low, high, num_rungs, temperatures, fixed, dropout_temperature
+) -> Ladder:
     if not isinstance(num_rungs, int | np.integer) or num_rungs < 2:
         raise ValueError(f"num_rungs must be an int >= 2, got {num_rungs!r}")
     if not isinstance(name, str):
         raise TypeError(f"name must be a hyperparameter name, got {name!r}")
     values = spacing(low, high, num_rungs)
-    return make_ladder({name: values, **fixed}, temperatures=temperatures)
+    return make_ladder(
+        {name: values, **fixed},
+        temperatures=temperatures,
+        dropout_temperature=dropout_temperature,
+    )
 
 
 def linear_ladder(
@@ -253,6 +418,7 @@ def linear_ladder(
     num_rungs: int,
     *,
     temperatures: ArrayLike | None = None,
+    dropout_temperature: str = "library",
     **fixed: ArrayLike,
 ) -> Ladder:
     """A ladder with ``num_rungs`` linearly spaced values of one hyperparameter.
@@ -263,6 +429,9 @@ def linear_ladder(
         high: value at the other end.
         num_rungs: number of rungs M >= 2.
         temperatures: optional explicit temperatures.
+        dropout_temperature: ``"library"`` (default, ``T = 1 / (1 - q)``) or
+            ``"authors"`` (``T = q / (1 - q)``, ``beta = p / (1 - p)``), the
+            rule of a dropout ladder (:func:`make_ladder`).
         **fixed: other hyperparameters, one value shared by every rung, e.g.
             ``learning_rate=0.01`` for a dropout ladder.
 
@@ -271,8 +440,15 @@ def linear_ladder(
 
     Example:
         >>> ladder = linear_ladder("dropout_rate", 0.47, 0.55, 8, learning_rate=0.01)
+        >>> authors = linear_ladder(
+        ...     "dropout_rate", 0.47, 0.55, 8, learning_rate=0.01,
+        ...     dropout_temperature="authors",
+        ... )  # the paper's CIFAR-10 ladder (keep 0.45-0.53) as its code ran it
     """
-    return _spaced_ladder(np.linspace, name, low, high, num_rungs, temperatures, fixed)
+    return _spaced_ladder(
+        np.linspace, name, low, high, num_rungs, temperatures, fixed,
+        dropout_temperature,
+    )  # fmt: skip
 
 
 def geometric_ladder(
@@ -282,6 +458,7 @@ def geometric_ladder(
     num_rungs: int,
     *,
     temperatures: ArrayLike | None = None,
+    dropout_temperature: str = "library",
     **fixed: ArrayLike,
 ) -> Ladder:
     """A ladder with geometrically spaced values of one hyperparameter.
@@ -292,6 +469,8 @@ def geometric_ladder(
         high: value at the other end (> 0).
         num_rungs: number of rungs M >= 2.
         temperatures: optional explicit temperatures.
+        dropout_temperature: ``"library"`` (default) or ``"authors"``, the
+            rule of a dropout ladder (:func:`make_ladder`).
         **fixed: other hyperparameters shared by every rung.
 
     Returns:
@@ -299,4 +478,7 @@ def geometric_ladder(
     """
     if not (np.isfinite(low) and np.isfinite(high) and low > 0 and high > 0):
         raise ValueError(f"a geometric ladder needs low, high > 0, got {low}, {high}")
-    return _spaced_ladder(np.geomspace, name, low, high, num_rungs, temperatures, fixed)
+    return _spaced_ladder(
+        np.geomspace, name, low, high, num_rungs, temperatures, fixed,
+        dropout_temperature,
+    )  # fmt: skip

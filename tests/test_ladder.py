@@ -151,3 +151,109 @@ def test_hand_built_ladders_are_checked(values, temperatures, match):
         exchange_move(ladder)
     with pytest.raises(ValueError, match=match):
         tp.ladder.check_sound(ladder)
+
+
+def test_authors_dropout_temperature_on_a_two_rung_ladder():
+    # The authors' code: beta = p / (1 - p) for keep probability p = 1 - q.
+    ladder = tp.make_ladder(dropout_rate=[0.5, 0.2], dropout_temperature="authors")
+    keep = np.array([0.8, 0.5])  # coldest rung first (less dropout)
+    np.testing.assert_allclose(ladder.betas, keep / (1 - keep), rtol=1e-6)
+    np.testing.assert_allclose(ladder.temperatures, [0.25, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(ladder.values["dropout_rate"], [0.2, 0.5])
+    assert ladder.dropout_temperature == "authors"
+    assert "dropout_temperature='authors'" in repr(ladder)
+
+
+def test_authors_rule_gives_the_papers_c_delta_beta():
+    # DESIGN.md section 2: C * (beta_r - beta_{r+1}) is 77-101 on the CIFAR-10
+    # ladder (C = 2000) and 380-1670 on the EMNIST one (C = 500).
+    cifar = tp.linear_ladder(
+        "dropout_rate", 0.47, 0.55, 8, dropout_temperature="authors"
+    )
+    gaps = 2000 * -np.diff(np.asarray(cifar.betas, np.float64))
+    assert 76.5 < gaps.min() < 77.5 and 100.5 < gaps.max() < 101.5
+    emnist = tp.geometric_ladder(
+        "dropout_rate", 0.05, 0.12, 2, dropout_temperature="authors"
+    )
+    np.testing.assert_allclose(emnist.betas, [0.95 / 0.05, 0.88 / 0.12], rtol=1e-5)
+
+
+def test_default_dropout_temperature_is_unchanged_and_recorded():
+    rates = np.linspace(0.05, 0.12, 3)
+    for ladder in (
+        tp.make_ladder(dropout_rate=rates),
+        tp.make_ladder(dropout_rate=rates, dropout_temperature="library"),
+        tp.linear_ladder("dropout_rate", 0.05, 0.12, 3),
+    ):
+        np.testing.assert_array_equal(
+            ladder.temperatures,
+            jnp.asarray(1.0 / (1.0 - np.linspace(0.05, 0.12, 3)), jnp.float32),
+        )
+        assert ladder.dropout_temperature == "library"
+        assert "dropout_temperature='library'" in repr(ladder)
+    # no varying dropout, or explicit temperatures: no dropout rule to record
+    assert tp.make_ladder(learning_rate=[0.1, 0.2]).dropout_temperature is None
+    explicit = tp.make_ladder(dropout_rate=[0.1, 0.2], temperatures=[1.0, 5.0])
+    assert explicit.dropout_temperature is None
+    assert "dropout_temperature" not in repr(explicit)
+
+
+def test_authors_rule_with_a_learning_rate_is_the_product():
+    both = tp.make_ladder(
+        learning_rate=[0.01, 0.02],
+        dropout_rate=[0.1, 0.2],
+        dropout_temperature="authors",
+    )
+    np.testing.assert_allclose(
+        both.temperatures, [0.01 * 0.1 / 0.9, 0.02 * 0.2 / 0.8], rtol=1e-6
+    )
+    assert both.dropout_temperature == "authors"
+
+
+def test_inverse_temperature_round_trips_both_rules():
+    rates = np.array([0.05, 0.3, 0.6])
+    for rule in tp.ladder.DROPOUT_TEMPERATURES:
+        temps = tp.ladder.default_temperature(
+            "dropout_rate", rates, dropout_temperature=rule
+        )
+        for back in (
+            tp.ladder.inverse_temperature(
+                "dropout_rate", temps, dropout_temperature=rule
+            ),
+            tp.ladder.inverse_temperature(
+                "dropout_rate", jnp.asarray(temps), dropout_temperature=rule
+            ),
+        ):
+            np.testing.assert_allclose(back, rates, rtol=1e-6)
+
+
+def test_ladder_stays_a_pytree_of_arrays():
+    import jax
+
+    ladder = tp.make_ladder(dropout_rate=[0.2, 0.5], dropout_temperature="authors")
+    assert len(jax.tree.leaves(ladder)) == 2
+    betas = jax.jit(lambda lad: lad.betas)(ladder)
+    np.testing.assert_allclose(betas, [4.0, 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(dropout_rate=[0.1, 0.2], dropout_temperature="paper"), "one of"),
+        (
+            dict(dropout_rate=[0.0, 0.2], dropout_temperature="authors"),
+            r"beta = inf",
+        ),
+        (
+            dict(
+                dropout_rate=[0.1, 0.2],
+                temperatures=[1, 2],
+                dropout_temperature="authors",
+            ),
+            "not both",
+        ),
+    ],
+)
+def test_invalid_dropout_temperature_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tp.make_ladder(**kwargs)
