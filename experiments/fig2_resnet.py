@@ -5,12 +5,15 @@ ResNet44 (He et al. 2016, BatchNorm statistics per replica), SGD with momentum
 0.9 and weight decay 1e-4, batch 128, 8 replicas; every replica trains at lr
 0.1 until step 32K, then the linear lr ladder 0.009-0.014 switches on with
 exchanges every 300 steps and C = 20 (ResNet20) or 30 (ResNet44), until 64K
-steps; random crop (4-pixel padding) and horizontal flip on device.
+steps; random crop (4-pixel padding) and horizontal flip on device; one
+random adjacent pair proposed per exchange (the paper's Algorithm 1). Result
+files, length options and the rule for C at another interval are those of
+:mod:`experiments.fig2_common`.
 
     python -m experiments.fig2_resnet --depth 20             # paper scale (GPU)
     python -m experiments.fig2_resnet --depth 20 --scale 0.004 --burn-in 128 \\
-        --exchange-interval 16 --rounds 8 --batch-size 32 --eval-size 256 \\
-        --final-test-size 2000                                # reduced CPU run
+        --exchange-interval 16 --c-rule keep --rounds 8 --batch-size 32 \\
+        --eval-size 256 --final-test-size 2000               # reduced CPU run
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ def paper_config(depth: int) -> Fig2Config:
         dropout_rate=0.0,
         burn_in_learning_rate=0.1,
         augment=True,
+        paper_exchange_interval=INTERVAL,
+        paper_num_steps=TOTAL_STEPS,
     )
 
 

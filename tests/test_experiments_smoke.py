@@ -14,7 +14,7 @@ pytest.importorskip("matplotlib")
 
 from experiments import fig1_diffusion, fig2_lenet, fig2_resnet, fig2_table  # noqa: E402
 
-TINY = ["--seeds", "0", "--replicas", "2", "--batch-size", "8", "--rounds", "2"]
+TINY = ["--seeds", "0", "--replicas", "2", "--batch-size", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -38,37 +38,145 @@ def test_fig1_diffusion_smoke(data_dir, tmp_path):
 
 
 def test_fig2_lenet_and_table_smoke(data_dir, tmp_path):
-    fig2_lenet.main(
-        ["--dataset", "fashion_mnist", "--ladder", "lr", "--scale", "0.0002",
-         "--data-dir", str(data_dir), "--out-dir", str(tmp_path), *TINY]
-    )  # fmt: skip
-    result = json.loads((tmp_path / "fig2_lenet_fashion_mnist_lr.json").read_text())
-    assert result["config"]["num_replicas"] == 2
-    assert len(result["runs"]["pt"]) == len(result["runs"]["grid"]) == 1
-    assert len(result["runs"]["pt"][0]["step"]) == 2
-    assert result["provenance"]["seeds"] == [0]
-    assert (tmp_path / "fig2_lenet_fashion_mnist_lr.png").exists()
+    # 28 steps of the Fashion-MNIST stand-in, the authors' dropout ladder and
+    # beta, interval 3 (not the paper's 1000, so a stated C rule is required)
+    argv = ["--dataset", "fashion_mnist", "--steps", "28", "--exchange-interval",
+            "3", "--data-dir", str(data_dir), "--out-dir", str(tmp_path),
+            *TINY]  # fmt: skip
+    with pytest.raises(ValueError, match="--c-rule keep"):
+        fig2_lenet.main(argv)  # a changed interval never keeps C silently
+    out = fig2_lenet.main([*argv, "--c-rule", "keep"])  # fmt: skip
+    name = "fig2_lenet_fashion_mnist_dropout_26steps_every3"
+    folder = tmp_path / "fig2" / name
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "seed0_grid.json", "seed0_pt.json"
+    ]  # fmt: skip
+    result = json.loads((folder / "seed0_pt.json").read_text())
+    proto, run = result["protocol"], result["run"]
+    assert result["kind"] == "pt" and result["seed"] == 0
+    assert proto["dropout_temperature"] == "authors"
+    assert proto["ladder_dropout_temperature"] == "authors"
+    np.testing.assert_allclose(proto["betas"], [0.95 / 0.05, 0.88 / 0.12], rtol=1e-5)
+    assert proto["c"] == 500 and proto["c_rule"] == "keep"
+    assert proto["exchange_interval"] == 3
+    assert proto["paper_exchange_interval"] == 1000
+    assert proto["paper_num_steps"] == 351_200
+    assert proto["scheme"] == "random_pair"
+    assert proto["validation_size"] == 8  # the whole (tiny) validation split
+    # schedule points scaled by 28 / 351200: burn-in 25k -> 2 steps, lr
+    # 0.1 -> 0.01 at 62k -> 5 steps (the end of the first round, here)
+    sched = proto["schedule"]
+    assert sched["burn_in"] == 2 and sched["lr_drop_step"] == 5
+    assert sched["learning_rate"] == [
+        {"from_step": 0, "learning_rate": 0.1},
+        {"from_step": 5, "learning_rate": 0.01},
+    ]
+    assert sched["evaluation_dropout"].startswith("off")
+    assert proto["exchange_attempts"] == run["exchange_attempts"] == 8
+    assert run["step"] == list(range(5, 27, 3))
+    assert run["pairs_proposed"] == 8  # one random pair per round
+    errors = np.asarray(run["test_error_by_replica"])
+    assert errors.shape == (8, 2)
+    stat = run["authors_statistic"]
+    assert 0 <= stat["value"] <= 1 and stat["sigma"] == 3
+    assert stat["raw_min"] == pytest.approx(errors.min())
+    assert run["best_test_error"] == run["final_test_error"][run["best_replica"]]
+    assert len(out["runs"]["pt"]) == len(out["runs"]["grid"]) == 1
+    grid = json.loads((folder / "seed0_grid.json").read_text())["run"]
+    assert grid["pairs_proposed"] == 0 and grid["exchange_attempts"] == 8
     text = fig2_table.main(["--results-dir", str(tmp_path)])
-    assert "fig2_lenet_fashion_mnist_lr" in text
-    assert "selected replica exchanged" in text
+    assert name in text and "authors: β = p/(1−p)" in text
+    assert "ours: PT (%)" in text and "authors': PT (%)" in text
+    assert f"{name} (ours)" in text and f"{name} (authors')" in text
+    assert (tmp_path / "fig2" / f"{name}.png").exists()
     assert (tmp_path / "fig2_table.md").exists()
+
+
+def test_fig2_settings_follow_the_authors():
+    import argparse
+
+    from experiments import fig2_common
+
+    parser = argparse.ArgumentParser()
+    fig2_common.add_common_args(parser)
+
+    def config(dataset, ladder, *argv):
+        paper = fig2_lenet.paper_config(dataset, ladder)
+        return fig2_common.apply_overrides(paper, parser.parse_args(list(argv)))
+
+    full = config("cifar10", "dropout")
+    assert full.name == "fig2_lenet_cifar10_dropout" and full.c_rule == "paper"
+    assert (full.num_steps, full.burn_in, full.rounds) == (140_800, 10_000, 218)
+    assert fig2_common.phases(full) == [(0, 25_000, 0.1), (25_000, 140_800, 0.01)]
+    ladder = fig2_common.make_ladder(full)
+    assert ladder.dropout_temperature == "authors" and set(ladder.values) == {
+        "dropout_rate"
+    }  # fmt: skip
+    # lr runs: every replica at 0.1 until the ladder, fixed keep 0.6 / 0.95
+    lr = config("cifar10", "lr")
+    assert lr.name == "fig2_lenet_cifar10_lr"  # 25k + 144 x 800 of 140,800
+    assert lr.burn_in == 25_000 and fig2_common.phases(lr) == [(0, 140_200, None)]
+    assert fig2_common.schedule(lr)["fixed_dropout_rate"] == 0.4
+    assert config("fashion_mnist", "lr").burn_in == 62_000
+    assert config("fashion_mnist", "lr").dropout_rate == 0.05
+    # --scale: length and schedule points scaled, C and interval kept
+    half = config("cifar10", "lr", "--scale", "0.5")
+    assert (half.exchange_interval, half.c, half.burn_in) == (800, 3e5, 12_500)
+    assert half.rounds == (70_400 - 12_500) // 800
+    assert half.name == f"fig2_lenet_cifar10_lr_{half.num_steps}steps_every800"
+    short = config("fashion_mnist", "dropout", "--steps", "20000",
+                   "--exchange-interval", "150", "--c-rule", "keep")  # fmt: skip
+    assert (short.burn_in, short.lr_drop_step) == (1424, 3531)
+    assert short.rounds == (20_000 - 1424) // 150 >= 100
+    assert (short.c, short.c_rule) == (500.0, "keep")
+    with pytest.raises(ValueError, match="--c-rule"):
+        config("cifar10", "lr", "--exchange-interval", "80")
+    auto = config("cifar10", "lr", "--exchange-interval", "80", "--c-rule", "auto")
+    assert auto.c_rule == "auto" and auto.name.endswith("_cauto")
+    library = config("cifar10", "dropout", "--dropout-temperature", "library")
+    assert library.name == "fig2_lenet_cifar10_dropout_betalibrary"
+    assert fig2_common.make_ladder(library).dropout_temperature == "library"
+
+
+def test_fig2_table_refuses_mixed_settings(tmp_path):
+    folder = tmp_path / "fig2" / "setting"
+    folder.mkdir(parents=True)
+    for seed, c in ((0, 500.0), (1, 600.0)):
+        payload = {"kind": "pt", "seed": seed, "run": {}, "provenance": {},
+                   "config": {"c": c}, "protocol": {"c": c}}  # fmt: skip
+        (folder / f"seed{seed}_pt.json").write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match=r"record different \['config', 'protocol'\]"):
+        fig2_table.merge_setting(folder)
+
+
+def test_authors_statistic_is_the_smoothed_minimum_over_time_and_replicas():
+    from experiments.fig2_common import authors_statistic
+
+    errors = np.full((40, 3), 0.5)
+    errors[10, 1] = 0.1  # one low point: smoothed away mostly
+    errors[12:, 2] = 0.3  # a lasting low: what the smoothed minimum finds
+    stat = authors_statistic(errors)
+    assert stat["replica"] == 2 and stat["value"] == pytest.approx(0.3)
+    assert stat["raw_min"] == pytest.approx(0.1)
+    assert authors_statistic(errors, sigma=0)["value"] == pytest.approx(0.1)
 
 
 def test_fig2_resnet_smoke(data_dir, tmp_path):
     fig2_resnet.main(
         ["--depth", "8", "--scale", "0.00003", "--burn-in", "2",
-         "--exchange-interval", "1", "--final-test-size", "7",
+         "--exchange-interval", "1", "--c-rule", "keep", "--rounds", "2",
+         "--final-test-size", "7",
          "--data-dir", str(data_dir), "--out-dir", str(tmp_path), *TINY]
     )  # fmt: skip
-    result = json.loads((tmp_path / "fig2_resnet8.json").read_text())
+    folder = tmp_path / "fig2" / "fig2_resnet8_4steps_every1"
+    result = json.loads((folder / "seed0_pt.json").read_text())
     assert result["config"]["hyperparameter"] == "learning_rate"
     assert result["config"]["burn_in"] == 2
     assert result["config"]["exchange_interval"] == 1
-    assert result["final_test_size"] == 7
-    errors = np.asarray(result["runs"]["pt"][0]["final_test_error"])
+    assert result["protocol"]["final_test_size"] == 7
+    errors = np.asarray(result["run"]["final_test_error"])
     assert errors.shape == (2,)
     np.testing.assert_allclose(errors * 7, np.round(errors * 7), atol=1e-5)
-    assert (tmp_path / "fig2_resnet8.png").exists()
 
 
 @pytest.mark.parametrize(
