@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tempering.ladder import Ladder
+from tempering.ladder import Ladder, inverse_temperature
 
 __all__ = [
     "Adaptation",
@@ -62,6 +62,7 @@ class Adaptation(NamedTuple):
     ladder: bool  # also re-space the inner rungs
     rule: str | None  # the hyperparameter whose default rule sets T, if any
     log_names: tuple[str, ...] = ()  # other names interpolated in log space
+    dropout_temperature: str = "library"  # the dropout rule, when rule is dropout
 
 
 class AdaptationState(NamedTuple):
@@ -153,12 +154,6 @@ def solve_c(log_ratios: jax.Array, target: float, fallback: jax.Array) -> jax.Ar
     return jnp.where(unfavourable.any(), c, fallback).astype(jnp.float32)
 
 
-def _inverse_rule(name: str, temperatures: jax.Array) -> jax.Array:
-    if name == "learning_rate":
-        return temperatures
-    return 1.0 - 1.0 / temperatures  # dropout_rate: T = 1 / (1 - q)
-
-
 def barrier(c: jax.Array, log_ratios: jax.Array, positions: jax.Array) -> jax.Array:
     """The cumulative rejection along ``u = log T``, pooled over rounds.
 
@@ -202,6 +197,7 @@ def respace_ladder(
     cumulative: jax.Array,
     rule: str | None = None,
     log_names: tuple[str, ...] = (),
+    dropout_temperature: str = "library",
 ) -> Ladder:
     """Inner rungs moved so that every adjacent pair gets an equal barrier share.
 
@@ -213,6 +209,9 @@ def respace_ladder(
             (its values follow the new temperatures exactly), or None.
         log_names: hyperparameters interpolated in log space (values > 0);
             the others are interpolated linearly in ``log T``.
+        dropout_temperature: the dropout rule (``"library"`` or
+            ``"authors"``, :func:`tempering.ladder.default_temperature`) when
+            ``rule`` is the dropout rate.
 
     Returns:
         The new ladder: same ends, same order, same names.
@@ -226,7 +225,9 @@ def respace_ladder(
     values = {}
     for name, old in ladder.values.items():
         if name == rule:
-            new = _inverse_rule(name, new_temps)
+            new = inverse_temperature(
+                name, new_temps, dropout_temperature=dropout_temperature
+            )
         elif name in log_names:
             new = jnp.exp(jnp.interp(new_positions, positions, jnp.log(old)))
         else:
@@ -253,7 +254,10 @@ def adapt(
     ladder = adaptation.ladder
     if settings.ladder:
         cumulative = barrier(c, seen, positions)
-        ladder = respace_ladder(ladder, cumulative, settings.rule, settings.log_names)
+        ladder = respace_ladder(
+            ladder, cumulative, settings.rule, settings.log_names,
+            settings.dropout_temperature,
+        )  # fmt: skip
     new = AdaptationState(
         c, ladder.temperatures, ladder.values, seen, positions,
         adaptation.rounds_done + 1,

@@ -45,7 +45,7 @@ hyperparameter.)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -246,6 +246,18 @@ def dropout_temperature_of(ladder: Ladder) -> str | None:
     return None
 
 
+def _numbers(values: Any, name: str) -> np.ndarray:
+    """``values`` as float64, or a TypeError naming ``name`` (strings, bools)."""
+    try:
+        array = np.asarray(values, np.float64)
+        kind = np.asarray(values).dtype.kind
+    except (TypeError, ValueError):
+        kind = "O"
+    if kind not in "iuf":
+        raise TypeError(f"{name} in the ladder must be numbers, got {values!r}")
+    return array
+
+
 def make_ladder(
     values: Mapping[str, ArrayLike] | None = None,
     *,
@@ -314,7 +326,9 @@ def make_ladder(
             "make_ladder needs at least one hyperparameter, e.g. "
             "make_ladder(learning_rate=[0.01, 0.02, 0.04])"
         )
-    arrays = {name: np.asarray(v, np.float64) for name, v in given.items()}
+    arrays = {name: _numbers(v, name) for name, v in given.items()}
+    if temperatures is not None:
+        temperatures = _numbers(temperatures, "temperatures")
     for name, arr in arrays.items():
         if arr.ndim > 1:
             raise ValueError(f"{name} must be a scalar or 1-D, got shape {arr.shape}")

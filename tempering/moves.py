@@ -38,7 +38,12 @@ from tempering.adaptation import (
     init_adaptation,
 )
 from tempering.exchange import SCHEMES, exchange, pair_log_ratios
-from tempering.ladder import HYPERPARAMETERS, Ladder, default_temperature
+from tempering.ladder import (
+    DROPOUT_TEMPERATURES,
+    HYPERPARAMETERS,
+    Ladder,
+    default_temperature,
+)
 from tempering.replicas import ReplicaState, as_ladder, assign_rungs
 
 __all__ = [
@@ -235,10 +240,12 @@ def exchange_move(
             raise TypeError(f"adapt_rounds must be an int, got {adapt_rounds!r}")
         if adapt_rounds < 1:
             raise ValueError(f"adapt_rounds must be >= 1, got {adapt_rounds}")
+        rule, dropout_rule = _temperature_rule(ladder)
         adaptation = Adaptation(
             target=float(target_acceptance) if auto else None,
             ladder=bool(adapt_ladder),
-            rule=_temperature_rule(ladder),
+            rule=rule,
+            dropout_temperature=dropout_rule,
             log_names=tuple(
                 name for name, v in ladder.values.items() if np.all(np.asarray(v) > 0)
             ),
@@ -250,15 +257,27 @@ def exchange_move(
     )  # fmt: skip
 
 
-def _temperature_rule(ladder: Ladder) -> str | None:
-    """The hyperparameter whose default rule gives the ladder's temperatures."""
+def _temperature_rule(ladder: Ladder) -> tuple[str | None, str]:
+    """``(name, dropout rule)``: who sets the ladder's temperatures by its rule.
+
+    The name is None when no single hyperparameter's default rule gives the
+    temperatures; the dropout rule (``"library"`` or ``"authors"``) matters
+    when the name is the dropout rate.
+    """
     temps = np.asarray(ladder.temperatures, np.float64)
     for name, values in ladder.values.items():
         if name in HYPERPARAMETERS and np.ptp(np.asarray(values)) > 0:
-            rule = default_temperature(name, np.asarray(values, np.float64))
-            if np.allclose(rule, temps, rtol=1e-5):
-                return name
-    return None
+            for dropout_rule in DROPOUT_TEMPERATURES:
+                values64 = np.asarray(values, np.float64)
+                if name == "dropout_rate" and dropout_rule == "authors":
+                    if np.any(values64 <= 0):
+                        continue
+                rule = default_temperature(
+                    name, values64, dropout_temperature=dropout_rule
+                )
+                if np.allclose(rule, temps, rtol=1e-5):
+                    return name, dropout_rule
+    return None, "library"
 
 
 class NoInfo(NamedTuple):

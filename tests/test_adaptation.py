@@ -107,9 +107,16 @@ def test_adaptive_ladder_equalises_acceptance_keeps_ends_and_order(state) -> Non
     assert np.all(info.temperatures[20:] == temps)  # frozen
 
 
-def test_adaptive_ladder_respaces_dropout_by_its_rule(state) -> None:
+@pytest.mark.parametrize(
+    ("rule", "temperature"),
+    [("library", lambda q: 1 / (1 - q)), ("authors", lambda q: q / (1 - q))],
+)
+def test_adaptive_ladder_respaces_dropout_by_its_rule(rule, temperature) -> None:
     sample = np.zeros((2, 3), np.float32)
-    ladder = tp.linear_ladder("dropout_rate", 0.0, 0.6, 4, learning_rate=0.05)
+    low = 0.0 if rule == "library" else 0.1  # the authors' T is 0 at q = 0
+    ladder = tp.linear_ladder(
+        "dropout_rate", low, 0.6, 4, learning_rate=0.05, dropout_temperature=rule
+    )
     dropout_state = tp.create_replicas(
         jax.random.key(0), models.MLP((4,), 2), tp.sgd(0.1), sample, ladder=ladder
     )
@@ -123,9 +130,11 @@ def test_adaptive_ladder_respaces_dropout_by_its_rule(state) -> None:
     adapted = out.move_state.ladder
     rates = np.asarray(adapted.values["dropout_rate"])
     np.testing.assert_allclose(
-        np.asarray(adapted.temperatures), 1 / (1 - rates), rtol=1e-5
-    )
-    assert rates[0] == 0.0 and rates[-1] == np.float32(0.6)
+        np.asarray(adapted.temperatures), temperature(rates.astype(np.float64)),
+        rtol=1e-5,
+    )  # fmt: skip
+    assert adapted.dropout_temperature == rule
+    assert rates[0] == np.float32(low) and rates[-1] == np.float32(0.6)
     assert not np.allclose(rates, np.asarray(ladder.values["dropout_rate"]))
     np.testing.assert_array_equal(adapted.values["learning_rate"], np.float32(0.05))
 
