@@ -23,9 +23,30 @@ from tempering import loops
 from tempering.replicas import default_metrics
 from tempering.sources import ArraySource
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# The committed records the README quotes (python -m experiments.update_readme
+# reads them). Scripts write here only when asked: --out-dir experiments/results,
+# or TEMPERING_RESULTS_DIR=experiments/results.
+RECORDS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR_ENV = "TEMPERING_DATA_DIR"
+RESULTS_DIR_ENV = "TEMPERING_RESULTS_DIR"
+
+
+def default_results_dir() -> Path:
+    """Where experiments write by default: ``$TEMPERING_RESULTS_DIR``, else ``./tempering-results``.
+
+    A path relative to the working directory, never the tracked
+    ``experiments/results/`` (:data:`RECORDS_DIR`), so that running an
+    experiment does not dirty a clone. Set ``TEMPERING_RESULTS_DIR`` (or pass
+    the script's ``--out-dir``) to ``experiments/results`` to refresh the
+    committed records on purpose.
+    """
+    override = os.environ.get(RESULTS_DIR_ENV)
+    return Path(override) if override else Path("tempering-results")
+
+
+# Default output directory of every script (read once, at import).
+RESULTS_DIR = default_results_dir()
 
 
 def default_data_dir() -> Path:
@@ -44,8 +65,9 @@ def default_data_dir() -> Path:
 def git_commit() -> str:
     """The commit of the working tree, with ``-dirty`` if its code has local changes.
 
-    Result files (``experiments/results/``) do not count: a sequence of
-    experiments run from one clean checkout records the same clean commit.
+    Result files (``experiments/results/``, and the untracked default
+    ``tempering-results/``) do not count: a sequence of experiments run from
+    one clean checkout records the same clean commit.
     """
     try:
         commit = subprocess.run(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import sys
 
-from experiments.common import REPO_ROOT, RESULTS_DIR
+from experiments.common import RECORDS_DIR, REPO_ROOT
 
 BLOCK = re.compile(r"(<!-- results:([\w.-]+) -->\n).*?(<!-- /results:\2 -->)", re.S)
 
@@ -23,7 +23,7 @@ def update(text: str) -> tuple[str, list[str]]:
 
     def fill(match: re.Match) -> str:
         name = match.group(2)
-        table = RESULTS_DIR / f"{name}.md"
+        table = RECORDS_DIR / f"{name}.md"
         if not table.exists():
             missing.append(name)
             return match.group(0)
