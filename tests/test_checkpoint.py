@@ -122,17 +122,14 @@ def kill_after(process, line, delay):
 
 def test_sigkill_at_several_moments_then_resume_bit_for_bit(tmp_path, reference):
     checkpoints, out = tmp_path / "ck", tmp_path / "out.npz"
-    # Killed inside a save: files written, not yet committed by the rename.
+    # Killed inside its third save: files written, not yet committed by the rename.
     first = spawn(checkpoints, out, "--kill-in-save", 3)
     assert "killed in save" in first.communicate()[0]
     assert first.returncode == -signal.SIGKILL
     # Killed by us just after a round ended (during or right after its save).
-    kill_after(spawn(checkpoints, out), "round 4", 0.0)
-    kill_after(spawn(checkpoints, out), "round 9", 0.05)
-    last = spawn(checkpoints, out)
-    printed = last.communicate()[0].split()
-    assert last.returncode == 0 and printed[-1] == "done"
-    assert printed[:2] != ["round", "0"]  # it resumed
-    assert out.exists()
-    with np.load(out) as data:
-        assert_same({k: data[k] for k in data.files}, reference)
+    kill_after(spawn(checkpoints, out), "round 9", 0.02)
+    assert not out.exists()
+    rounds_seen = []
+    result = worker.run(checkpoints, callback=lambda r: rounds_seen.append(r.round))
+    assert 0 < rounds_seen[0] <= 10  # it resumed
+    assert_same(worker.arrays(result), reference)
