@@ -116,7 +116,8 @@ class Checkpointer:
         self._ocp = ocp
         self.directory = Path(directory).expanduser().absolute()
         self.every, self.settings = every, settings
-        self.since_save, self.saved_step = 0, None
+        self.since_save = 0
+        self.saved_step: int | None = None
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,

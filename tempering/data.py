@@ -337,7 +337,7 @@ def read_npz_split(
             arrays of the wrong shape or dtype.
     """
     xs, ys = [], []
-    for path in map(os.fspath, paths):
+    for path in [os.fspath(p) for p in paths]:
         x, y = _read_npz_part(path, image_shape)
         _check_labels(y, num_classes, path)
         xs.append(x)

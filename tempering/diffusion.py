@@ -257,12 +257,12 @@ def diffusion_test(
     run = functools.partial(train, key=key, train_data=train_data, **kwargs)
     if t0 > 0:
         state = run(
-            state, move=identity_move(), num_steps=int(t0), interval=[int(t0)]
+            state=state, move=identity_move(), num_steps=int(t0), interval=[int(t0)]
         ).state
     ends = [int(t0), *(int(t0) + record_steps).tolist()]
     initial_norm = np.asarray(weight_norm(state.params))
     result = run(
-        state, move=_Distance(jax.tree.map(jnp.copy, state.params)),
+        state=state, move=_Distance(jax.tree.map(jnp.copy, state.params)),
         num_steps=int(record_steps[-1]), interval=ends,
     )  # fmt: skip
     return DiffusionResult(

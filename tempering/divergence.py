@@ -91,7 +91,8 @@ class Warner:
     """Warns once per replica and call (``flag``), or at every restore."""
 
     def __init__(self, policy: str):
-        self.policy, self.flagged = policy, set()
+        self.policy = policy
+        self.flagged: set[Any] = set()
 
     def __call__(self, record: Any) -> None:
         """Warns about the replicas ``record`` flags."""

@@ -38,6 +38,8 @@ def record_scalars(record: RoundRecord) -> Iterator[tuple[str, int, float]]:
     per-replica fields as ``move/<field>`` where they have shape ``(M,)``.
     """
     num = len(record.score)
+    per_replica: dict[str, Any]
+    value: Any
     per_replica = {"train_loss": record.train_loss, "score": record.score,
                    "rung": record.rungs}  # fmt: skip
     for prefix, metrics in (("val", record.validation), ("test", record.test)):
@@ -47,7 +49,9 @@ def record_scalars(record: RoundRecord) -> Iterator[tuple[str, int, float]]:
                 per_replica[f"{prefix}_{name}"] = value
     for name, value in record.hyperparams.items():
         per_replica[f"hyperparams/{name}"] = value
-    fields = getattr(record.move, "_asdict", dict)() if record.move is not None else {}
+    fields: dict[str, Any] = (
+        getattr(record.move, "_asdict", dict)() if record.move is not None else {}
+    )
     for name, value in fields.items():
         if isinstance(value, np.ndarray) and value.shape == (num,):
             per_replica[f"move/{name}"] = value

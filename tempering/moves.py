@@ -211,7 +211,7 @@ def exchange_move(
     auto = isinstance(c, str)
     if auto and c != AUTO:
         raise ValueError(f"c must be a number > 0 or 'auto', got {c!r}")
-    if not auto:
+    if not isinstance(c, str):
         if isinstance(c, bool) or np.ndim(c) != 0:
             raise TypeError(f"c must be one number or 'auto', got {c!r}")
         if not np.isfinite(c) or c <= 0:

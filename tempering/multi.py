@@ -27,7 +27,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -119,7 +119,7 @@ class MultiExchangeMove:
             previous = (None,) * self.num_ladders
         else:
             rungs, previous = jnp.asarray(current.rungs, jnp.int32), current.sub_states
-        sub_states = []
+        sub_states: list[Any] = []
         for move, before in zip(self.moves, previous, strict=True):
             if move.adaptation is None:
                 sub_states.append(None)
@@ -219,11 +219,11 @@ class MultiExchangeMove:
         multi = state.move_state
         state = state.replace(rungs=multi.rungs[0])
         # (K,): an adaptive C after this round is the C this round used.
-        cs = [
+        c_values = [
             move.c if move.adaptation is None else sub.c
             for move, sub in zip(self.moves, multi.sub_states, strict=True)
         ]
-        cs = jnp.stack([jnp.asarray(c, jnp.float32) for c in cs])
+        cs = jnp.stack([jnp.asarray(c, jnp.float32) for c in c_values])
         return state, MultiExchangeInfo(
             ladder=chosen.astype(jnp.int32),
             proposed=info.proposed,
@@ -308,10 +308,11 @@ def multi_exchange_move(
                     "with create_replicas(..., hyperparams=...)"
                 )
             seen[name] = index
+    per_ladder: list[Any]
     if isinstance(c, str) or np.ndim(c) == 0:
         per_ladder = [c] * len(ladders)
     else:
-        per_ladder = list(c)
+        per_ladder = list(cast(Sequence[Any], c))
         if len(per_ladder) != len(ladders):
             raise ValueError(
                 f"c must be one number, 'auto', or one C per ladder: got "

@@ -662,7 +662,9 @@ def best_schedule(history: PBTHistory, replica: int) -> Schedule:
         pieces.insert(0, (-1, slot, burn))
         starts.insert(0, 0)
     # merge consecutive pieces with equal values
-    out_starts, out_values, out_slots = [], [], []
+    out_starts: list[Any] = []
+    out_values: list[Any] = []
+    out_slots: list[Any] = []
     for start, (_, s, vals) in zip(starts, pieces, strict=True):
         if out_values and out_values[-1] == vals:
             continue

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import flax.linen as nn
 import jax
@@ -112,6 +112,12 @@ class ReplicaState:
     # ladder, :class:`tempering.adaptation.AdaptationState`); None for others.
     move_state: Any = None
 
+    if TYPE_CHECKING:  # added by flax.struct.dataclass at run time
+
+        def replace(self, **updates: Any) -> ReplicaState:
+            """A copy with the given fields replaced."""
+            ...
+
     @property
     def num_replicas(self) -> int:
         """Number of replicas M."""
@@ -182,8 +188,8 @@ def sgd(
 
 
 def _model_kwargs(
-    train_kwarg: str | None, train: bool, inputs: Mapping[str, jax.Array]
-) -> dict:
+    train_kwarg: str | None, train: bool, inputs: Mapping[str, Any]
+) -> dict[str, Any]:
     kwargs = dict(inputs)
     if train_kwarg is not None:
         kwargs[train_kwarg] = train
@@ -208,7 +214,8 @@ def eval_outputs(
     kwargs = _model_kwargs(
         state.train_kwarg, False, _model_hyperparams(state, hyperparams)
     )
-    return state.model.apply(_variables(params, batch_stats), x, **kwargs)
+    outputs = state.model.apply(_variables(params, batch_stats), x, **kwargs)
+    return cast(jax.Array, outputs)  # not mutable: the outputs alone
 
 
 def _model_hyperparams(state: ReplicaState, hyperparams: Mapping) -> dict:
@@ -537,7 +544,7 @@ def _check_key(key: Any, name: str) -> jax.Array:
             jnp.uint32,
         )
     ):
-        return key  # a raw jax.random.PRNGKey
+        return cast(jax.Array, key)  # a raw jax.random.PRNGKey
     raise TypeError(
         f"{name} must be a JAX PRNG key such as jax.random.key(0), got "
         f"{type(key).__name__} {key!r}"
@@ -715,8 +722,8 @@ def _replica_train_step(
 def train_step(
     state: ReplicaState,
     key: jax.Array,
-    inputs: jax.Array,
-    targets: jax.Array,
+    inputs: jax.Array | np.ndarray,
+    targets: jax.Array | np.ndarray,
     *,
     per_replica_batch: bool = False,
     vectorize: str = "auto",
@@ -778,7 +785,7 @@ def _check_batch_axes(
             f"per_replica_batch must be True or False, got {per_replica_batch!r}"
         )
     axis = 1 if per_replica_batch else 0
-    shapes = {"inputs": getattr(inputs, "shape", None)}
+    shapes: dict[str, Any] = {"inputs": getattr(inputs, "shape", None)}
     shapes["targets"] = getattr(targets, "shape", None)
     if None in shapes.values():
         return axis  # a pytree of inputs: the model and the loss check it
@@ -823,8 +830,8 @@ def _check_model_takes(state: ReplicaState, inputs: Any, name: str, axis: int) -
 
 def evaluate(
     state: ReplicaState,
-    inputs: jax.Array,
-    targets: jax.Array,
+    inputs: jax.Array | np.ndarray,
+    targets: jax.Array | np.ndarray,
     *,
     batch_size: int = 1000,
     metrics_fn: MetricsFn | None = default_metrics,
@@ -885,7 +892,7 @@ def evaluate(
 
 
 def chunked(
-    inputs: jax.Array, targets: jax.Array, batch_size: int
+    inputs: jax.Array | np.ndarray, targets: jax.Array | np.ndarray, batch_size: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Pads to whole chunks: ``(C, b, ...)`` inputs and targets, ``(C, b)`` mask."""
     num_examples = targets.shape[0]
@@ -936,8 +943,8 @@ def _eval_chunk(
 
 def zero_totals(
     state: ReplicaState,
-    inputs: jax.Array,
-    targets: jax.Array,
+    inputs: jax.Array | np.ndarray,
+    targets: jax.Array | np.ndarray,
     metrics_fn: MetricsFn | None,
 ) -> Totals:
     """Zero sums with the structure one chunk of these inputs produces."""

@@ -25,7 +25,7 @@ device and is copied to the others at every call (every step with
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -239,7 +239,7 @@ def mesh_of(state: ReplicaState) -> Mesh | None:
             and len(sharding.spec) > 0
             and sharding.spec[0] == REPLICA_AXIS
         ):
-            return sharding.mesh
+            return cast(Mesh, sharding.mesh)
     return None
 
 

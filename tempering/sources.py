@@ -81,7 +81,7 @@ class BatchReader:
         return out + self._read(count - len(out))
 
     def _read(self, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        out = []
+        out: list[tuple[np.ndarray, np.ndarray]] = []
         restarted = False
         while len(out) < count:
             try:
