@@ -1,0 +1,105 @@
+"""MkDocs hooks of the documentation site (``mkdocs.yml``: ``hooks:``).
+
+- The notebook ``notebooks/quickstart.ipynb`` becomes the page
+  ``notebooks/quickstart.md``, rendered as stored, *without* executing it
+  (executing it takes minutes on a 2-core CPU; the test suite executes it
+  offline with its tiny configuration, ``tests/test_notebook.py``).
+- The figures under ``experiments/results/`` are served as ``results/*.png``,
+  so the guides show the committed figures without copying them.
+- Every name in ``tempering.__all__`` must have an entry on the API page
+  ``api/tempering.md``, and every public submodule a page: a name added to the
+  package without documentation fails the (strict) build.
+- Sphinx roles in docstrings (``:func:`x```) are shown as plain code.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+from mkdocs.exceptions import PluginError
+from mkdocs.structure.files import File, Files
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = {"notebooks/quickstart.md": ROOT / "notebooks" / "quickstart.ipynb"}
+RESULTS = ROOT / "experiments" / "results"
+PUBLIC_SUBMODULES = (
+    "loops fast sources hyperparams diffusion data models loggers sharding "
+    "checkpoint divergence adaptation diagnostics multi"
+).split()
+ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|exc|obj|py:\w+):(<code)")
+
+
+def notebook_markdown(path: Path) -> str:
+    """The notebook as a Markdown page: its text cells, code cells and outputs."""
+    notebook = json.loads(path.read_text())
+    rel = path.relative_to(ROOT).as_posix()
+    parts = [
+        f'!!! note "`{rel}`, shown as stored (not executed here)"\n'
+        "    Open it in Jupyter or Colab to run it (a few minutes on a CPU).\n"
+        "    The test suite executes it offline with a tiny configuration\n"
+        "    (`TEMPERING_NOTEBOOK_TINY=1`, `tests/test_notebook.py`).\n"
+    ]
+    for cell in notebook["cells"]:
+        source = "".join(cell["source"]).rstrip()
+        if cell["cell_type"] == "markdown":
+            parts.append(source + "\n")
+        elif cell["cell_type"] == "code":
+            parts.append("```python\n" + source + "\n```\n")
+            for output in cell.get("outputs", []):
+                text = output.get("text") or output.get("data", {}).get("text/plain")
+                if output.get("data", {}).get("image/png"):
+                    image = output["data"]["image/png"].replace("\n", "")
+                    parts.append(f"![output](data:image/png;base64,{image})\n")
+                elif text:
+                    parts.append("```text\n" + "".join(text).rstrip() + "\n```\n")
+    return "\n".join(parts)
+
+
+def public_names() -> list[str]:
+    """``tempering.__all__``, read from the source without importing JAX."""
+    tree = ast.parse((ROOT / "tempering" / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            getattr(target, "id", None) == "__all__" for target in node.targets
+        ):
+            return list(ast.literal_eval(node.value))
+    raise PluginError("tempering/__init__.py has no __all__")
+
+
+def check_api_coverage(docs_dir: Path) -> None:
+    """Every public name and submodule has its entry in the API reference."""
+    page = (docs_dir / "api" / "tempering.md").read_text()
+    missing = [
+        name
+        for name in public_names()
+        if name not in PUBLIC_SUBMODULES
+        and not re.search(rf"^::: tempering\.{name}$", page, re.M)
+    ]
+    for module in PUBLIC_SUBMODULES:
+        path = docs_dir / "api" / f"{module}.md"
+        if not path.exists() or f"::: tempering.{module}\n" not in path.read_text():
+            missing.append(f"tempering.{module} (page api/{module}.md)")
+    if missing:
+        raise PluginError(
+            "public names without an API reference entry: " + ", ".join(missing)
+        )
+
+
+def on_files(files: Files, config) -> Files:
+    """Adds the notebook pages and the result figures; checks API coverage."""
+    check_api_coverage(Path(config["docs_dir"]))
+    for src_uri, path in NOTEBOOKS.items():
+        files.append(File.generated(config, src_uri, content=notebook_markdown(path)))
+    for figure in sorted(RESULTS.glob("*.png")):
+        files.append(
+            File.generated(config, f"results/{figure.name}", abs_src_path=str(figure))
+        )
+    return files
+
+
+def on_page_content(html: str, **kwargs) -> str:
+    """Sphinx roles left in docstrings (``:func:`x```) render as plain code."""
+    return ROLE.sub(r"\1", html)
