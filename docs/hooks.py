@@ -10,11 +10,16 @@
   ``api/tempering.md``, and every public submodule a page: a name added to the
   package without documentation fails the (strict) build.
 - Sphinx roles in docstrings (``:func:`x```) are shown as plain code.
+- Every results block (``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->``)
+  is filled from ``experiments/results/NAME.md`` as the page is rendered, by
+  ``experiments/update_readme.py`` (which also keeps the Markdown files
+  current); a block without its file fails the build.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -29,6 +34,20 @@ PUBLIC_SUBMODULES = (
     "loops fast sources hyperparams diffusion data models loggers sharding "
     "checkpoint divergence adaptation diagnostics multi"
 ).split()
+
+
+def _load_update_readme():
+    """``experiments/update_readme.py``, loaded by path (no JAX import)."""
+    path = ROOT / "experiments" / "update_readme.py"
+    spec = importlib.util.spec_from_file_location("_tempering_update_readme", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+UPDATE_README = _load_update_readme()
+
 ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|exc|obj|py:\w+):(<code)")
 
 
@@ -98,6 +117,17 @@ def on_files(files: Files, config) -> Files:
             File.generated(config, f"results/{figure.name}", abs_src_path=str(figure))
         )
     return files
+
+
+def on_page_markdown(markdown: str, page, **kwargs) -> str:
+    """Fills the results blocks from the committed records."""
+    markdown, missing = UPDATE_README.update(markdown, RESULTS)
+    if missing:
+        raise PluginError(
+            f"{page.file.src_uri}: no experiments/results/<name>.md for the "
+            "results block(s) " + ", ".join(missing)
+        )
+    return markdown
 
 
 def on_page_content(html: str, **kwargs) -> str:
