@@ -32,6 +32,23 @@ Formulations of a primitive whose operands carry the replica axis:
   matrix product with M times the output features. The first layer has few
   input channels, which XLA:CPU's convolutions handle poorly. Other
   convolutions are treated as under ``"unroll"``.
+- ``"fold"`` (window reductions only, :data:`WINDOW_PRIMITIVES`: max/min/sum
+  pooling ``reduce_window_*`` and the max-pool derivatives
+  ``select_and_scatter_add`` (gradient) and ``select_and_gather_add`` (JVP)):
+  these layers have no weights, so the replica axis is folded into a dimension
+  the window does not touch (the batch, for a pooling layer): ``(M, B, ...)``
+  becomes ``(M * B, ...)``, the single-replica primitive runs once, and the
+  result is unfolded. JAX's own rule adds a window dimension of size 1
+  instead. A one-sided operand (a shared input) is broadcast to M first; a
+  window that touches every dimension is emitted once per replica. The same
+  element work as JAX's rule: on 2 CPU cores no faster (indicative timing on
+  a loaded machine, not yet on a quiet one).
+- ``"reshape"`` (max/min pooling and its derivatives): where the windows tile
+  the input (stride = window, no padding, as LeNet's 2x2 pooling), pooling is
+  a reshape and a max over each window, its gradient a one-hot of each
+  window's first maximum (the element ``select_and_scatter_add`` picks) times
+  the cotangent: no scatter, which XLA:CPU runs slowly on large arrays.
+  Bitwise equal to JAX's rule (NaN aside). Other windows are folded.
 
 One formulation applies to the whole function rather than to a primitive:
 
@@ -44,6 +61,10 @@ One formulation applies to the whole function rather than to a primitive:
 
 A :class:`Policy` maps primitive names to formulations; ``"auto"`` picks the
 measured best for the default backend (see ``experiments/benchmark.py``).
+Named policies combining convolutions and window reductions,
+``"patches+fold"`` and ``"patches+reshape"``, are in :data:`POLICIES`;
+``"auto"`` leaves window reductions to JAX's rule until a quiet-machine run of
+``experiments/bench_zoo.py`` measures them.
 """
 
 from __future__ import annotations
@@ -69,18 +90,41 @@ except AttributeError:  # not public in jax 0.4.30
 __all__ = [
     "FORMULATIONS",
     "POLICIES",
+    "WINDOW_PRIMITIVES",
     "Policy",
     "RewriteFallbackWarning",
     "resolve_policy",
     "replica_vmap",
 ]
 
-FORMULATIONS = ("vmap", "unroll", "map", "patches")
+FORMULATIONS = ("vmap", "unroll", "map", "patches", "fold", "reshape")
 SEQUENTIAL = "sequential"
+FOLD = "fold"
+RESHAPE = "reshape"
 
 Policy = Mapping[str, str]  # primitive name -> formulation
 
 CONV = "conv_general_dilated"
+
+#: Weight-free window reductions (pooling and the max-pool derivatives), the
+#: primitives the ``"fold"`` formulation applies to.
+WINDOW_PRIMITIVES = (
+    "reduce_window_max",
+    "reduce_window_min",
+    "reduce_window_sum",
+    "reduce_window",
+    "select_and_scatter_add",
+    "select_and_gather_add",
+)
+_FOLD_ALL = dict.fromkeys(WINDOW_PRIMITIVES, FOLD)
+# max/min pooling and its derivatives as reshapes (where the windows tile the
+# input, else folded); sum pooling left to JAX's rule
+_RESHAPE_ALL = {
+    "reduce_window_max": RESHAPE,
+    "reduce_window_min": RESHAPE,
+    "select_and_scatter_add": RESHAPE,
+    "select_and_gather_add": RESHAPE,
+}
 
 #: Named policies. ``"vmap"`` is JAX's plain vmap, the reference.
 POLICIES: dict[str, dict[str, str]] = {
@@ -89,11 +133,19 @@ POLICIES: dict[str, dict[str, str]] = {
     "map": {CONV: "map"},
     "patches": {CONV: "patches"},
     SEQUENTIAL: {"*": SEQUENTIAL},
+    FOLD: dict(_FOLD_ALL),
+    "unroll+fold": {CONV: "unroll", **_FOLD_ALL},
+    "patches+fold": {CONV: "patches", **_FOLD_ALL},
+    RESHAPE: dict(_RESHAPE_ALL),
+    "patches+reshape": {CONV: "patches", **_RESHAPE_ALL},
 }
 
 # Measured on CPU (2 cores, jax 0.10.2; experiments/benchmark.py): grouped
 # convolutions are the whole cost, every other layer is fastest under vmap, and
-# shared-input convolutions are fastest as patches times all kernels.
+# shared-input convolutions are fastest as patches times all kernels. Window
+# reductions ("patches+fold", "patches+reshape") are not measured yet on a
+# quiet machine (experiments/bench_zoo.py times them), so "auto" leaves them
+# to JAX's rule.
 _AUTO = {"cpu": "patches"}
 
 
@@ -109,7 +161,8 @@ def resolve_policy(policy: str | Policy, backend: str | None = None) -> dict[str
         The mapping; an empty one means plain ``jax.vmap``.
 
     Raises:
-        ValueError: for an unknown policy name or formulation.
+        ValueError: for an unknown policy name or formulation, or ``"fold"``
+            or ``"reshape"`` for a primitive outside :data:`WINDOW_PRIMITIVES`.
     """
     if isinstance(policy, str):
         if policy == "auto":
@@ -126,6 +179,11 @@ def resolve_policy(policy: str | Policy, backend: str | None = None) -> dict[str
             raise ValueError(
                 f"unknown formulation {formulation!r} for {name!r}; choose one of "
                 f"{FORMULATIONS}"
+            )
+        if formulation in (FOLD, RESHAPE) and name not in WINDOW_PRIMITIVES:
+            raise ValueError(
+                f"formulation {formulation!r} is for weight-free window "
+                f"reductions {WINDOW_PRIMITIVES}, not {name!r}"
             )
     return rules
 
@@ -282,7 +340,164 @@ def _conv_rule(prim, params, num, batched, args, formulation):
     return _per_replica(prim, params, num, batched, args, formulation)
 
 
-_RULES: dict[str, Callable] = {CONV: _conv_rule}
+def _jax_rule(prim, params, num, batched, args):
+    """JAX's own batching rule of the primitive."""
+
+    def apply(*operands):
+        return prim.bind(*operands, **params)
+
+    axes = [0 if b else None for b in batched]
+    return jax.vmap(apply, in_axes=axes, axis_size=num)(*args)
+
+
+def _untouched_dim(params) -> int | None:
+    """The first dimension a window reduction maps element for element.
+
+    Window 1, stride 1, no padding and no dilation there: the batch dimension
+    of a pooling layer. None if the window touches every dimension.
+    """
+    rank = len(params["window_dimensions"])
+    trivial = {
+        "window_dimensions": 1,
+        "window_strides": 1,
+        "base_dilation": 1,
+        "window_dilation": 1,
+    }
+    for d in range(rank):
+        if all(
+            name not in params or params[name][d] == value
+            for name, value in trivial.items()
+        ) and tuple(params["padding"][d]) == (0, 0):
+            return d
+    return None
+
+
+def _fold(x, num: int, dim: int, batched: bool) -> jax.Array:
+    """``(M, ..., n_dim, ...)`` -> ``(..., M * n_dim, ...)`` (replica-major)."""
+    if not batched:
+        x = jnp.broadcast_to(x, (num, *x.shape))
+    x = jnp.moveaxis(x, 0, dim)
+    return x.reshape(*x.shape[:dim], num * x.shape[dim + 1], *x.shape[dim + 2 :])
+
+
+def _unfold(x, num: int, dim: int) -> jax.Array:
+    """Inverse of :func:`_fold`: the replica axis back in front."""
+    x = x.reshape(*x.shape[:dim], num, x.shape[dim] // num, *x.shape[dim + 1 :])
+    return jnp.moveaxis(x, dim, 0)
+
+
+# Chooser windows the "reshape" formulation takes: max or min pooling and the
+# max/min-pool derivatives whose selection keeps the first extreme (ge / le).
+_CHOOSERS = {
+    "reduce_window_max": jnp.max,
+    "reduce_window_min": jnp.min,
+}
+_SELECTS = {"ge": jnp.argmax, "le": jnp.argmin}
+
+
+def _tiles(params, shape: Sequence[int]) -> bool:
+    """Whether the window tiles the operand: no overlap, padding or dilation."""
+    return all(
+        s == k and tuple(pad) == (0, 0) and size % k == 0
+        for s, k, pad, size in zip(
+            params["window_strides"],
+            params["window_dimensions"],
+            params["padding"],
+            shape,
+            strict=True,
+        )
+    ) and all(
+        d == 1
+        for name in ("base_dilation", "window_dilation")
+        for d in params.get(name, ())
+    )
+
+
+def _windows(x, window: Sequence[int]) -> jax.Array:
+    """``(*(n_d * k_d))`` -> ``(*n, prod(k))``: each window's elements last."""
+    rank = len(window)
+    counts = [size // k for size, k in zip(x.shape, window, strict=True)]
+    x = x.reshape([v for pair in zip(counts, window, strict=True) for v in pair])
+    x = x.transpose([*range(0, 2 * rank, 2), *range(1, 2 * rank, 2)])
+    return x.reshape(*counts, -1)
+
+
+def _unwindows(x, window: Sequence[int], shape: Sequence[int]) -> jax.Array:
+    """Inverse of :func:`_windows`."""
+    rank = len(window)
+    x = x.reshape(*x.shape[:rank], *window)
+    return x.transpose([i for d in range(rank) for i in (d, rank + d)]).reshape(shape)
+
+
+def _window_reshape(prim, params, num, batched, args):
+    """Max/min pooling and its derivatives as reshapes, or None where they don't tile.
+
+    Where the windows tile the input (stride = window, no padding, as in
+    LeNet's 2x2 pooling), pooling is a reshape and a max over each window; the
+    gradient (``select_and_scatter_add``) puts the cotangent at each window's
+    first maximum (``argmax``, the element ``select_prim=ge`` keeps) and zeros
+    elsewhere; the JVP (``select_and_gather_add``) gathers the tangent there.
+    Element for element the values ``jax.vmap``'s primitives give (NaN aside),
+    with no scatter, which XLA:CPU runs slowly on large arrays. Sum pooling,
+    other selections (``gt``, ``lt``) and windows that overlap, pad, dilate or
+    leave a remainder give None (the caller folds them).
+    """
+    name = prim.name
+    select = _SELECTS.get(str(params.get("select_prim")))
+    if name not in _CHOOSERS and select is None:
+        return None
+    at = 0 if name in _CHOOSERS else 1  # the pooled operand
+    if not _tiles(params, args[at].shape[1:] if batched[at] else args[at].shape):
+        return None
+    args = [
+        a if b else jnp.broadcast_to(a, (num, *a.shape))
+        for a, b in zip(args, batched, strict=True)
+    ]
+    operand = args[at]
+    window = (1, *params["window_dimensions"])  # the replica axis: window 1
+    if name in _CHOOSERS:
+        return _CHOOSERS[name](_windows(operand, window), axis=-1)
+    first = select(_windows(operand, window), axis=-1)[..., None]
+    if name == "select_and_gather_add":
+        tangents = _windows(args[0], window)
+        return jnp.take_along_axis(tangents, first, axis=-1)[..., 0]
+    source = args[0]  # select_and_scatter_add: one cotangent per window
+    hot = first == jnp.arange(math.prod(window))
+    scattered = jnp.where(hot, source[..., None], jnp.zeros((), source.dtype))
+    return _unwindows(scattered, window, operand.shape)
+
+
+def _window_rule(prim, params, num, batched, args, formulation):
+    """Window reductions: reshaped, folded into the batch, per replica, or JAX's."""
+    if formulation == "vmap":
+        return _jax_rule(prim, params, num, batched, args)
+    if formulation == RESHAPE:
+        out = _window_reshape(prim, params, num, batched, args)
+        if out is not None:
+            return out
+        formulation = FOLD  # overlapping or padded windows, sum pooling
+    if formulation != FOLD:
+        return _per_replica(prim, params, num, batched, args, formulation)
+    dim = _untouched_dim(params)
+    # the generic reduce_window takes operands then their init values; the
+    # init values must be shared (a per-replica init cannot be folded)
+    folded = len(args) // 2 if prim.name == "reduce_window" else len(args)
+    if dim is None or any(batched[folded:]):
+        return _per_replica(prim, params, num, batched, args, "unroll")
+    operands = [
+        _fold(a, num, dim, b)
+        for a, b in zip(args[:folded], batched[:folded], strict=True)
+    ]
+    out = prim.bind(*operands, *args[folded:], **params)
+    if prim.multiple_results:
+        return [_unfold(o, num, dim) for o in out]
+    return _unfold(out, num, dim)
+
+
+_RULES: dict[str, Callable] = {
+    CONV: _conv_rule,
+    **dict.fromkeys(WINDOW_PRIMITIVES, _window_rule),
+}
 
 
 def _batched_primitive(eqn: Any, formulation: str) -> Callable:
@@ -463,7 +678,8 @@ def replica_vmap(
         in_axes: 0 or None per argument (a prefix pytree, as for ``jax.vmap``).
         policy: ``"auto"`` (fastest measured for the backend), ``"vmap"`` (plain
             ``jax.vmap``), ``"unroll"``, ``"map"``, ``"patches"``,
-            ``"sequential"``, or a
+            ``"sequential"``, ``"fold"``, ``"unroll+fold"``,
+            ``"patches+fold"``, ``"reshape"``, ``"patches+reshape"``, or a
             mapping from primitive name to formulation.
 
     Returns:

@@ -1,6 +1,8 @@
 """Every replica formulation of tempering.fast equals the plain vmap reference."""
 
 import functools
+import re
+import warnings
 
 import chex
 import flax.linen as nn
@@ -46,6 +48,11 @@ def _setup(name):
         model, shape, classes = models.ResNet((1, 1, 1)), (4, 16, 16, 3), 10
     elif name == "grouped":
         model, shape, classes = GroupedConvNet(), (4, 9, 9, 2), 3
+    elif name == "user_lenet":  # the issue's user LeNet: ReLU, max-pool, SAME
+        model = models.LeNet5(
+            10, activation="relu", pooling="max", first_padding="SAME"
+        )
+        shape, classes = (4, 28, 28, 1), 10
     else:
         model, shape, classes = models.MLP((16, 16)), (4, 40), 10
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
@@ -76,8 +83,26 @@ def _replicas(name):
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("name", ["lenet", "mlp", "grouped"])
 def test_forward_and_gradients_match_vmap(name, policy):
-    state, x, y = _replicas(name)
-    per_replica_x = jnp.stack([x + 0.1 * m for m in range(M)])
+    _check_forward_and_gradients(name, policy)
+
+
+@pytest.mark.parametrize(
+    "name, policy",
+    [
+        ("user_lenet", "patches+reshape"),  # max-pool and gradient as reshapes
+        ("lenet", "patches+fold"),  # average pooling (reduce_window_sum) folded
+    ],
+)
+def test_window_formulations_in_models_match_vmap(name, policy):
+    # Whole models: float tolerance, since XLA fuses the two programs'
+    # element-wise parts differently (the window primitives alone are bitwise
+    # equal: test_window_reductions_bitwise_equal_to_vmap). A shared batch
+    # only: per-replica batches change the convolutions, not the pooling.
+    _check_forward_and_gradients(name, policy, x_axes=(None,))
+
+
+def _grad_fn(name):
+    state, _, y = _replicas(name)
 
     def loss(params, batch_stats, inputs):
         variables = {"params": params}
@@ -86,17 +111,31 @@ def test_forward_and_gradients_match_vmap(name, policy):
         logits = state.model.apply(variables, inputs)
         return tp.replicas.cross_entropy(logits, y).mean(), logits
 
-    grad_fn = jax.value_and_grad(loss, has_aux=True)
-    for x_axis, inputs in [(None, x), (0, per_replica_x)]:
-        axes = (0, 0, x_axis)
-        ref = jax.jit(jax.vmap(grad_fn, in_axes=axes))(
-            state.params, state.batch_stats, inputs
-        )
-        got = jax.jit(fast.replica_vmap(grad_fn, in_axes=axes, policy=policy))(
-            state.params, state.batch_stats, inputs
-        )
+    return jax.value_and_grad(loss, has_aux=True)
+
+
+def _grad_inputs(name, x_axis):
+    state, x, _ = _replicas(name)
+    inputs = x if x_axis is None else jnp.stack([x + 0.1 * m for m in range(M)])
+    return state.params, state.batch_stats, inputs
+
+
+@functools.cache
+def _reference_grads(name, x_axis):
+    """Plain vmap's forward and gradients, compiled once per model (CI time)."""
+    fun = jax.vmap(_grad_fn(name), in_axes=(0, 0, x_axis))
+    return jax.jit(fun)(*_grad_inputs(name, x_axis))
+
+
+def _check_forward_and_gradients(name, policy, x_axes=(None, 0)):
+    for x_axis in x_axes:
+        fused = fast.replica_vmap(_grad_fn(name), in_axes=(0, 0, x_axis), policy=policy)
+        got = jax.jit(fused)(*_grad_inputs(name, x_axis))
         chex.assert_tree_shape_prefix(got, (M,))
-        _assert_trees_close(got, ref)
+        _assert_trees_close(got, _reference_grads(name, x_axis))
+
+
+_TRAIN_STEP = jax.jit(tp.train_step, static_argnames="vectorize")
 
 
 @pytest.mark.parametrize(
@@ -113,7 +152,7 @@ def test_forward_and_gradients_match_vmap(name, policy):
 def test_train_step_and_evaluate_match_vmap(name, policy):
     state, x, y = _replicas(name)
     key = jax.random.key(3)
-    step = jax.jit(tp.train_step, static_argnames="vectorize")
+    step = _TRAIN_STEP
     ref, ref_info = step(state, key, x, y, vectorize="vmap")
     new, info = step(state, key, x, y, vectorize=policy)
     chex.assert_shape(info.loss, (M,))
@@ -161,6 +200,112 @@ def test_patches_conv_and_kernel_gradient_match_vmap(
     assert "conv_general_dilated" not in str(jax.make_jaxpr(patched)(kernels, x))
 
 
+# (window, strides, padding, base dilation, window dilation) of NHWC pooling
+# on 8x8 maps; JAX has no max-pool VJP with window dilation, so only the sum
+# pool dilates. The first two windows tile the maps (the "reshape" cases).
+WINDOWS = [
+    ((1, 2, 2, 1), (1, 2, 2, 1), "SAME", None, None),  # LeNet pooling
+    ((1, 2, 4, 1), (1, 2, 4, 1), "VALID", None, None),
+    ((1, 3, 3, 1), (1, 2, 2, 1), "SAME", None, None),  # overlapping, padded
+    ((1, 2, 3, 1), (1, 1, 2, 1), ((0, 0), (1, 0), (0, 2), (0, 0)), None, (1, 2, 1, 1)),
+    ((1, 2, 2, 1), (1, 2, 1, 1), "VALID", (1, 2, 1, 1), None),  # base dilation
+]
+
+
+def test_window_reductions_bitwise_equal_to_vmap():
+    # Max and sum (average) pooling with the strides, paddings and dilations
+    # of WINDOWS and their gradients (select_and_scatter_add for the max), a
+    # min pool, the max-pool JVP (select_and_gather_add), and a shared input
+    # pooled before a per-replica weight, with ties (zeros) in the maxima.
+    # Folding runs the very same primitive on (M*B, ...); reshaping takes the
+    # max and the first argmax of each window, the element
+    # select_and_scatter_add picks: both are bitwise equal to jax.vmap's.
+    # Every output comes from one pooling alone: gradients summed over several
+    # poolings round differently as XLA fuses the sums.
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(3, 8, 8, 2)), jnp.float32)  # shared input
+    x = x.at[:, :3].set(0.0)  # ties in the max, as after a ReLU
+    n = 2 * len(WINDOWS) + 2
+    w = jnp.asarray(rng.normal(size=(M, n, 2)), jnp.float32)  # per replica
+
+    def pool(init, op, v, k, dilated=False):
+        window, strides, padding, base, dilation = WINDOWS[k]
+        dilation = dilation if dilated else None
+        return lax.reduce_window(v, init, op, window, strides, padding, base, dilation)
+
+    def terms(w, xs):
+        out = []
+        for k in range(len(WINDOWS)):
+            max_in = nn.relu(xs[2 * k] * w[2 * k])
+            sum_in = jnp.sin(xs[2 * k + 1] * w[2 * k + 1])
+            out += [
+                jnp.sum(pool(-jnp.inf, lax.max, max_in, k) ** 2),
+                jnp.sum(pool(0.0, lax.add, sum_in, k, dilated=True)),
+            ]
+        min_pool = pool(jnp.inf, lax.min, xs[-2] * w[-2], 0)
+        shared = pool(-jnp.inf, lax.max, xs[-1], 0)  # an unbatched operand
+        return [*out, jnp.sum(jnp.cos(min_pool)), jnp.sum(shared * w[-1])]
+
+    def fun(w, xs):
+        # terms apart: each gradient row comes from one pooling alone
+        grads = jax.grad(lambda w, xs: sum(terms(w, xs)), (0, 1))(w, xs)
+        jvps = [
+            jax.jvp(
+                functools.partial(pool, -jnp.inf, lax.max, k=k),
+                (xs[0] * w[k],),
+                (jnp.sin(xs[k]),),
+            )  # fmt: skip
+            for k in (0, 2)  # tiling, overlapping
+        ]
+        return grads, jvps
+
+    xs = jnp.stack([x] * n)
+    ref = jax.jit(jax.vmap(fun, in_axes=(0, None)))(w, xs)
+    for policy in ("fold", "reshape"):
+        _check_window_policy(fun, policy, (w, xs), ref)
+
+
+def _check_window_policy(fun, policy, args, ref):
+    fused = fast.replica_vmap(fun, in_axes=(0, None), policy=policy)
+    chex.assert_trees_all_equal(jax.jit(fused)(*args), ref)
+    jaxpr = str(jax.make_jaxpr(fused)(*args))
+    windowed = re.findall(
+        r"f32\[([\d,]+)\] = (reduce_window_\w+|select_and_\w+)", jaxpr
+    )
+    # single-replica (4-D) primitives on (M*B, ...) where they remain (the
+    # "reshape" policy leaves sum pooling to JAX's rule)
+    folded = [(shape, op) for shape, op in windowed if op != "reduce_window_sum" or policy == "fold"]  # fmt: skip
+    assert all(shape.count(",") == 3 for shape, _ in folded), folded  # no 5-D
+    scatters = [op for _, op in windowed].count("select_and_scatter_add")
+    if policy == "fold":
+        assert {op for _, op in windowed} == {
+            "reduce_window_max",
+            "reduce_window_min",
+            "reduce_window_sum",
+            "select_and_scatter_add",
+            "select_and_gather_add",
+        }
+        assert scatters == len(WINDOWS) + 2  # every max and the min pool
+    else:  # the tiling windows reshaped: no scatter left for them
+        assert "argmax" in jaxpr and "argmin" in jaxpr
+        assert scatters == len(WINDOWS) - 2
+
+
+def test_window_over_every_dimension_and_generic_reduce_window():
+    # No dimension untouched by the window: emitted per replica. A generic
+    # reduce_window (a product): folded, with its shared init value.
+    w = jnp.asarray(np.random.default_rng(3).normal(size=(M, 6, 5)), jnp.float32)
+
+    def f(w):
+        every = lax.reduce_window(w, 0.0, lax.add, (2, 2), (1, 2), "SAME")
+        prod = lax.reduce_window(w[None], 1.0, lax.mul, (1, 2, 1), (1, 1, 1), "VALID")
+        return every, prod
+
+    ref = jax.vmap(f)(w)
+    got = jax.jit(fast.replica_vmap(f, policy="fold"))(w)
+    chex.assert_trees_all_equal(got, ref)
+
+
 def test_per_replica_batches_match_vmap():
     state, x, y = _replicas("lenet")
     xs, ys = jnp.stack([x, -x[::-1]]), jnp.stack([y, y[::-1]])
@@ -206,6 +351,13 @@ def test_resolve_policy():
     assert fast.resolve_policy("auto", backend="cpu") == fast.POLICIES["patches"]
     assert fast.resolve_policy("auto", backend="gpu") == {}
     assert fast.resolve_policy({"dot_general": "map"}) == {"dot_general": "map"}
+    both = fast.resolve_policy("patches+fold")
+    assert both["conv_general_dilated"] == "patches"
+    assert {both[name] for name in fast.WINDOW_PRIMITIVES} == {"fold"}
+    assert "select_and_scatter_add" in both and "reduce_window_max" in both
+    for formulation in ("fold", "reshape"):
+        with pytest.raises(ValueError, match="is for weight-free window"):
+            fast.resolve_policy({"conv_general_dilated": formulation})
     with pytest.raises(ValueError, match="unknown vectorize policy"):
         fast.resolve_policy("fastest")
     with pytest.raises(ValueError, match="unknown formulation"):
@@ -292,3 +444,72 @@ def test_errors_of_the_function_itself_are_not_a_fallback(monkeypatch):
     # no RewriteFallbackWarning (an error in this module): the user's error
     with pytest.raises(TypeError, match="dot_general"):
         fast.replica_vmap(f, (0, None), policy="unroll")(w, jnp.ones((5, 8, 8, 2)))
+
+
+class UnusualNet(nn.Module):
+    """A conv net with primitives the rewrite has no rule for."""
+
+    @nn.compact
+    def __call__(self, x, *, train=False):
+        x = nn.max_pool(nn.relu(nn.Conv(4, (3, 3))(x)), (2, 2), strides=(2, 2))
+        x = jnp.cumsum(x, axis=1)  # cumsum
+        x = jnp.sort(x, axis=-1)  # sort
+        x = lax.top_k(x, 3)[0]  # top_k
+        x = _soft_sign(x)  # custom_jvp
+        x = x + jax.pure_callback(  # a host callback
+            _host_sin,
+            jax.ShapeDtypeStruct(x.shape, x.dtype),
+            lax.stop_gradient(x),
+            vmap_method="sequential",
+        )
+        x = lax.fori_loop(0, 2, lambda i, c: 0.5 * c + jnp.tanh(c), x)  # while
+        return nn.Dense(3)(x.reshape((x.shape[0], -1)))
+
+
+@jax.custom_jvp
+def _soft_sign(x):
+    return x / (1 + jnp.abs(x))
+
+
+@_soft_sign.defjvp
+def _soft_sign_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return _soft_sign(x), t / (1 + jnp.abs(x)) ** 2
+
+
+def _host_sin(x):
+    return np.sin(np.asarray(x)).astype(x.dtype)
+
+
+def test_unusual_primitives_are_rewritten_or_fall_back_never_an_error(monkeypatch):
+    # cumsum, sort, top_k, a custom_jvp function, a pure_callback and a while
+    # loop: the rewrite binds them as they are (no warning). A policy that
+    # routes a call-like primitive (custom_jvp_call: ReLU) through a
+    # formulation cannot be rewritten: it falls back to plain vmap with a
+    # warning. Either way the results equal plain vmap's, forward and
+    # gradients.
+    monkeypatch.setattr(fast, "_warned", set())
+    model = UnusualNet()
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, 6, 6, 1)), jnp.float32)
+    y = jnp.asarray([0, 2], jnp.int32)
+    keys = jax.random.split(jax.random.key(0), M)
+    params = jax.jit(jax.vmap(lambda k: model.init(k, x)["params"]))(keys)
+
+    def loss(params, x):
+        logits = model.apply({"params": params}, x, train=True)
+        return tp.replicas.cross_entropy(logits, y).mean(), logits
+
+    grad_fn = jax.value_and_grad(loss, has_aux=True)  # the logits: forward
+    routed = {"conv_general_dilated": "unroll", "custom_jvp_call": "unroll"}
+    ref = jax.jit(jax.vmap(grad_fn, in_axes=(0, None)))(params, x)
+    for policy in ("patches+reshape", routed):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            fused = fast.replica_vmap(grad_fn, in_axes=(0, None), policy=policy)
+            got = jax.jit(fused)(params, x)
+        messages = _fallback_messages(record)
+        assert len(messages) == int(policy is routed), messages
+        if policy is routed:
+            assert "custom_jvp_call" in messages[0] and "plain jax.vmap" in messages[0]
+        _assert_trees_close(got, ref)
