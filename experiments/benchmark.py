@@ -30,6 +30,11 @@ Run::
 
     python -m experiments.benchmark            # full CPU run
     python -m experiments.benchmark --quick    # a few minutes
+
+The models users write (a zoo: max-pool LeNet, BatchNorm CNN, 1-D conv net,
+ResNet-20, a transformer layer, ...) against the loop a user writes by hand
+(flax + optax, no library), median of interleaved repeats:
+``python -m experiments.bench_zoo``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,394 @@
+"""The zoo benchmark: the fused replica step against a user's hand loop.
+
+For every model of :mod:`experiments.zoo` (the MLP, both library LeNets, a
+user's LeNet with ReLU + max-pool + SAME padding, a small CNN with BatchNorm
+and max-pool, a 1-D conv net for MNIST-1D, ResNet-20, one transformer layer),
+M replicas (default 8), batch 128, one SGD step (momentum 0.9) of all M
+replicas is timed as
+
+- ``fused``: the library's step, ``jit(tempering.train_step)`` with the
+  default ``vectorize="auto"``;
+- ``vmap``: the same step with ``vectorize="vmap"`` (plain ``jax.vmap``);
+- one variant per name in ``--policies`` (default ``patches+fold`` and
+  ``patches+reshape``: patch matrices for shared-input convolutions, and
+  window reductions folded into the batch, or max-pooling and its gradient
+  as reshapes; see :mod:`tempering.fast`), candidates for ``"auto"``; not
+  timed for a model where it is ``"auto"``'s program (no pooling);
+- ``loop``: what a user writes without the library: a Python loop over the M
+  replicas of one jitted flax + optax SGD step (:func:`experiments.zoo.hand_step`,
+  compiled once for all M).
+
+All variants of a model are timed interleaved, round robin, in one process.
+The statistic is the MEDIAN over the repeats of each variant's seconds per
+step (not the minimum); ``loop / variant`` is the ratio of those medians, and
+the paired ratio (median and quartiles of the per-repeat ratios, both run back
+to back) shows the spread. Memory: XLA's compiled peak (arguments, outputs and
+temporaries; ``memory_analysis``) of each fused variant at M replicas against M
+times that of the user's single-replica step.
+
+Run::
+
+    python -m experiments.bench_zoo            # the full zoo, M = 8, batch 128
+    python -m experiments.bench_zoo --models lenet_user,mlp --reps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import tempering as tp
+from experiments import zoo
+from experiments.benchmark import device_line, fused_step, paired_ratio, synthetic
+from experiments.common import RESULTS_DIR, provenance, save_result
+from tempering import fast
+
+BATCH = 128
+# ResNet-20 steps take seconds (plain vmap's grouped convolutions a minute on
+# 2 CPU cores): fewer repeats for it by default.
+SLOW_MODELS = ("resnet20",)
+
+
+def make_replicas(entry: zoo.ZooEntry, num: int, x: jax.Array) -> tp.ReplicaState:
+    """M replicas of a zoo model with SGD (momentum), the user's settings."""
+    return tp.create_replicas(
+        jax.random.key(0),
+        entry.make(),
+        tp.sgd(zoo.LEARNING_RATE, momentum=zoo.MOMENTUM),
+        x,
+        num_replicas=num,
+        hyperparams=dict(entry.call_kwargs),
+        model_inputs=tuple(entry.call_kwargs),
+    )
+
+
+def step_variants(
+    entry: zoo.ZooEntry,
+    num: int,
+    batch: int,
+    policies: tuple[str, ...],
+    skip: tuple[str, ...] = (),
+) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], dict]]]:
+    """Zero-argument callables (one step of all M replicas) and their memory."""
+    x, y = synthetic(entry.input_shape, entry.num_classes, batch)
+    state = make_replicas(entry, num, x)
+    key = jax.random.key(1)
+    init, hand = zoo.hand_step(entry)
+    replicas = [jax.jit(init)(k, x) for k in jax.random.split(jax.random.key(0), num)]
+    keys = list(jax.random.split(key, num))
+
+    def fused(vectorize):
+        return lambda: fused_step(state, key, x, y, vectorize=vectorize)
+
+    def fused_memory(vectorize):
+        return lambda: compiled_memory(
+            fused_step.lower(state, key, x, y, vectorize=vectorize)
+        )
+
+    variants = {"fused": fused("auto"), "vmap": fused("vmap")}
+    memory = {"fused": fused_memory("auto"), "vmap": fused_memory("vmap")}
+    used = primitive_names(jax.make_jaxpr(hand)(*replicas[0], keys[0], x, y).jaxpr)
+    for policy in policies:
+        if same_program(policy, "auto", used):
+            continue  # e.g. no pooling in the model: the fused step itself
+        variants[policy], memory[policy] = fused(policy), fused_memory(policy)
+    variants["loop"] = lambda: [
+        hand(v, o, k, x, y) for (v, o), k in zip(replicas, keys, strict=True)
+    ]
+    memory["one_replica"] = lambda: compiled_memory(
+        hand.lower(*replicas[0], keys[0], x, y)
+    )
+    variants = {k: v for k, v in variants.items() if k not in skip}
+    memory = {k: v for k, v in memory.items() if k not in skip}
+    return variants, memory
+
+
+def primitive_names(jaxpr) -> set[str]:
+    """Names of the primitives of a jaxpr, sub-jaxprs included."""
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for value in eqn.params.values():
+            for v in value if isinstance(value, tuple | list) else (value,):
+                sub = getattr(v, "jaxpr", v)
+                if hasattr(sub, "eqns"):
+                    names |= primitive_names(sub)
+    return names
+
+
+def same_program(policy: str, other: str, used: set[str]) -> bool:
+    """Whether two policies treat the primitives in ``used`` alike."""
+    a, b = fast.resolve_policy(policy), fast.resolve_policy(other)
+    if "*" in a or "*" in b:  # "sequential" rewrites the whole function
+        return a == b
+    return {k: v for k, v in a.items() if k in used} == {
+        k: v for k, v in b.items() if k in used
+    }
+
+
+def compiled_memory(lowered) -> dict[str, int]:
+    """Arguments, outputs, temporaries and their sum (bytes) of a compiled step."""
+    mem = lowered.compile().memory_analysis()
+    if mem is None:
+        return {}
+    sizes = {
+        "argument_bytes": int(mem.argument_size_in_bytes),
+        "output_bytes": int(mem.output_size_in_bytes),
+        "temp_bytes": int(mem.temp_size_in_bytes),
+    }
+    sizes["peak_bytes"] = sum(sizes.values())
+    return sizes
+
+
+def time_interleaved(fns: dict[str, Callable], reps: int) -> dict[str, dict]:
+    """Round robin over the variants; median (and min) seconds of every one."""
+    compile_s = {}
+    for name, fn in fns.items():  # compile, then one warm call
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        compile_s[name] = time.perf_counter() - start
+        jax.block_until_ready(fn())
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[k].append(time.perf_counter() - start)
+    return {
+        k: {
+            "median_s": float(np.median(v)),
+            "min_s": float(np.min(v)),
+            "first_call_s": compile_s[k],
+            "times_s": [float(t) for t in v],
+        }
+        for k, v in times.items()
+    }
+
+
+def param_count(entry: zoo.ZooEntry) -> int:
+    """Parameters of one replica (shapes only: nothing is computed)."""
+    x = jnp.zeros((1, *entry.input_shape), jnp.float32)
+    model = entry.make()
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), x, train=False, **entry.call_kwargs)
+    )
+    return int(sum(np.prod(a.shape) for a in jax.tree.leaves(shapes["params"])))
+
+
+def bench_model(
+    entry: zoo.ZooEntry,
+    num: int,
+    batch: int,
+    reps: int,
+    policies: tuple[str, ...],
+    skip: tuple[str, ...],
+    memory: bool,
+) -> dict:
+    t0 = time.perf_counter()
+    variants, memory_fns = step_variants(entry, num, batch, policies, skip)
+    timing = time_interleaved(variants, reps)
+    loop = timing["loop"]
+    row = {
+        "model": entry.name,
+        "description": entry.description,
+        "M": num,
+        "batch": batch,
+        "repeats": reps,
+        "params_per_replica": param_count(entry),
+        "timing": timing,
+        "loop_vs": {
+            k: loop["median_s"] / t["median_s"]
+            for k, t in timing.items()
+            if k != "loop"
+        },
+        "loop_vs_paired": {
+            k: paired_ratio(loop["times_s"], t["times_s"])
+            for k, t in timing.items()
+            if k != "loop"
+        },
+    }
+    if memory:
+        row["memory"] = {k: fn() for k, fn in memory_fns.items()}
+        one = row["memory"]["one_replica"].get("peak_bytes")
+        row["memory_vs_m_times_one"] = {
+            k: m["peak_bytes"] / (num * one)
+            for k, m in row["memory"].items()
+            if k != "one_replica" and one and "peak_bytes" in m
+        }
+    row["wall_s"] = time.perf_counter() - t0
+    print(
+        f"{entry.name:15s} M={num} "
+        + " ".join(f"{k}={t['median_s'] * 1e3:.1f}ms" for k, t in timing.items())
+        + "  loop/"
+        + " loop/".join(f"{k}={r:.2f}x" for k, r in row["loop_vs"].items())
+        + f"  (medians of {reps}; {row['wall_s']:.0f}s)",
+        flush=True,
+    )
+    return row
+
+
+def summary(rows: list[dict]) -> dict:
+    """Median and minimum over the zoo of loop / variant, per variant and M."""
+    out = {}
+    for num in sorted({r["M"] for r in rows}):
+        at = [r for r in rows if r["M"] == num]
+        names = sorted({k for r in at for k in r["loop_vs"]})
+        out[str(num)] = {}
+        for k in names:
+            ratios = [r["loop_vs"][k] for r in at if k in r["loop_vs"]]
+            out[str(num)][k] = {
+                "median": float(np.median(ratios)),
+                "min": float(np.min(ratios)),
+                "models": len(ratios),
+            }
+    return out
+
+
+def markdown(result: dict) -> str:
+    machine = result["provenance"]["machine"]
+    short, described = device_line(machine)
+    rows = result["rows"]
+    variants = list(dict.fromkeys(k for r in rows for k in r["timing"] if k != "loop"))
+    has_memory = any("memory" in r for r in rows)
+    lines = [
+        f"### Zoo: fused replica step vs a user's hand loop on {short}",
+        "",
+        f"{described}, jax {machine['jax']}, batch {result['batch']}, one SGD step "
+        "(momentum 0.9) of all M replicas. **Statistic: the median over "
+        "interleaved repeats** (round robin in one process; repeats per model in "
+        "the table), not the minimum. `loop`: a Python loop over M replicas of one "
+        "jitted flax + optax step, as a user writes it; `fused`: "
+        '`train_step` with `vectorize="auto"`; `vmap`: plain `jax.vmap`; other '
+        "columns: named `vectorize` policies. Ratios are loop median / variant "
+        "median (> 1: faster than the loop); paired: median [q25, q75] of the "
+        "per-repeat ratios loop / fused. Memory: XLA's compiled peak (arguments "
+        "+ outputs + temporaries) of the fused step against M times that of the "
+        "user's single-replica step.",
+        "",
+        "| model | M | repeats | "
+        + " | ".join(f"{v} ms" for v in variants)
+        + " | loop ms | "
+        + " | ".join(f"loop / {v}" for v in variants)
+        + " | loop / fused paired |"
+        + (" peak MiB fused / M × one | fused ÷ (M × one) |" if has_memory else ""),
+        "|---|---|---|"
+        + "---|" * (2 * len(variants) + 2)
+        + ("---|---|" if has_memory else ""),
+    ]
+    for r in rows:
+        t = r["timing"]
+        ms = [f"{t[v]['median_s'] * 1e3:.1f}" if v in t else "–" for v in variants]
+        ratios = [
+            f"{r['loop_vs'][v]:.2f}" if v in r["loop_vs"] else "–" for v in variants
+        ]
+        p = r["loop_vs_paired"].get("fused")
+        paired = f"{p['median']:.2f} [{p['q25']:.2f}, {p['q75']:.2f}]" if p else "–"
+        mem = ""
+        if has_memory:
+            m = r.get("memory", {})
+            fused = m.get("fused", {}).get("peak_bytes")
+            one = m.get("one_replica", {}).get("peak_bytes")
+            if fused and one:
+                mem = (
+                    f" {fused / 2**20:.1f} / {r['M'] * one / 2**20:.1f} | "
+                    f"{r['memory_vs_m_times_one']['fused']:.2f} |"
+                )
+            else:
+                mem = " – | – |"
+        lines.append(
+            f"| {r['model']} | {r['M']} | {r['repeats']} | {' | '.join(ms)} | "
+            f"{t['loop']['median_s'] * 1e3:.1f} | {' | '.join(ratios)} | {paired} |"
+            + mem
+        )
+    for num, per in result["summary"].items():
+        lines += [
+            "",
+            f"Over the zoo at M = {num}: "
+            + "; ".join(
+                f"loop / {k} median {s['median']:.2f}, min {s['min']:.2f} "
+                f"({s['models']} models)"
+                for k, s in per.items()
+            )
+            + ".",
+        ]
+    lines += ["", "Models:", ""]
+    lines += [
+        f"- `{r['model']}`: {r['description']}" for r in rows if r["M"] == rows[0]["M"]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(zoo.ZOO))
+    parser.add_argument("--ms", default="8", help="comma-separated replica counts")
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument(
+        "--slow-reps",
+        type=int,
+        default=3,
+        help=f"repeats for {', '.join(SLOW_MODELS)} (seconds per step)",
+    )
+    parser.add_argument(
+        "--policies",
+        default="patches+fold,patches+reshape",
+        help="comma-separated vectorize policies timed besides auto and vmap",
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated model:variant pairs not timed (e.g. resnet20:vmap)",
+    )
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--name", default="bench_zoo")
+    parser.add_argument("--out", default=str(RESULTS_DIR))
+    args = parser.parse_args(argv)
+    names = [n for n in args.models.split(",") if n]
+    unknown = [n for n in names if n not in zoo.ZOO]
+    if unknown:
+        parser.error(f"unknown models {unknown}; the zoo has {list(zoo.ZOO)}")
+    policies = tuple(p for p in args.policies.split(",") if p)
+    for policy in policies:
+        fast.resolve_policy(policy)  # fail before any timing
+    skips = [s.split(":") for s in args.skip.split(",") if s]
+    if any(len(s) != 2 or s[1] in ("loop", "fused") for s in skips):
+        parser.error("--skip takes model:variant pairs, never the loop or fused")
+    out = Path(args.out)
+    result = {
+        "provenance": provenance(seeds=[0]),
+        "statistic": "median over interleaved repeats (round robin, one process)",
+        "batch": args.batch,
+        "policies": list(policies),
+        "rows": [],
+    }
+    for num in (int(m) for m in args.ms.split(",")):
+        for name in names:
+            skip = tuple(v for m, v in skips if m == name)
+            reps = args.slow_reps if name in SLOW_MODELS else args.reps
+            result["rows"].append(
+                bench_model(
+                    zoo.ZOO[name],
+                    num,
+                    args.batch,
+                    reps,
+                    policies,
+                    skip,
+                    memory=not args.no_memory,
+                )  # fmt: skip
+            )
+            result["summary"] = summary(result["rows"])
+            save_result(args.name, result, out)  # kept if a later model fails
+    (out / f"{args.name}.md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Smoke tests of the zoo benchmark (experiments/bench_zoo.py) at a tiny size."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from experiments import bench_zoo, zoo
+
+
+@pytest.mark.parametrize("name", list(zoo.ZOO))
+def test_every_zoo_model_trains_as_a_user_writes_it(name):
+    # Shapes only (jax.eval_shape: traced, not compiled): the user's init and
+    # SGD step take the model as written, with its train keyword.
+    entry = zoo.ZOO[name]
+    x = jnp.zeros((2, *entry.input_shape), jnp.float32)
+    y = jnp.zeros((2,), jnp.int32)
+    init, step = zoo.hand_step(entry)
+    key = jax.random.key(0)
+    variables, opt_state = jax.eval_shape(init, key, x)
+    new, _, loss = jax.eval_shape(step, variables, opt_state, key, x, y)
+    assert loss.shape == () and jax.tree.structure(new) == jax.tree.structure(variables)
+    assert zoo.has_batch_stats(variables) == (name in ("cnn_bn", "resnet20"))
+    assert bench_zoo.param_count(entry) > 0
+
+
+def test_bench_zoo_smoke(tmp_path):
+    result = bench_zoo.main(
+        ["--models", "mlp", "--ms", "2", "--batch", "4", "--reps", "2",
+         "--skip", "mlp:vmap", "--out", str(tmp_path)]
+    )  # fmt: skip
+    (row,) = result["rows"]
+    # no pooling in an MLP: the default policies are the fused step, not timed
+    assert result["policies"] == ["patches+fold", "patches+reshape"]
+    assert set(row["timing"]) == {"fused", "loop"}
+    assert len(row["timing"]["loop"]["times_s"]) == 2
+    assert row["loop_vs_paired"]["fused"]["n"] == 2
+    assert set(row["memory"]) == {"fused", "one_replica"}
+    assert row["memory_vs_m_times_one"]["fused"] > 0
+    saved = json.loads((tmp_path / "bench_zoo.json").read_text())
+    assert saved["statistic"].startswith("median over interleaved repeats")
+    assert saved["provenance"]["git_commit"]
+    assert saved["summary"]["2"]["fused"]["models"] == 1
+    table = (tmp_path / "bench_zoo.md").read_text()
+    assert "Statistic: the median over interleaved repeats" in table
+    assert "| mlp | 2 | 2 |" in table
+
+
+def test_bench_zoo_refuses_unknown_names(tmp_path):
+    with pytest.raises(SystemExit):
+        bench_zoo.main(["--models", "vgg", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        bench_zoo.main(["--skip", "mlp:loop", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="unknown vectorize policy"):
+        bench_zoo.main(["--models", "mlp", "--policies", "fastest", "--out", str(tmp_path)])  # fmt: skip
