@@ -1,6 +1,7 @@
 """Every replica formulation of tempering.fast equals the plain vmap reference."""
 
 import functools
+import inspect
 import re
 import warnings
 
@@ -446,6 +447,15 @@ def test_errors_of_the_function_itself_are_not_a_fallback(monkeypatch):
         fast.replica_vmap(f, (0, None), policy="unroll")(w, jnp.ones((5, 8, 8, 2)))
 
 
+# jax < 0.4.34 has no vmap_method (it would be passed to the callback as an
+# argument); its default there, vectorized=False, is the same sequential map.
+_SEQUENTIAL_CALLBACK = (
+    {"vmap_method": "sequential"}
+    if "vmap_method" in inspect.signature(jax.pure_callback).parameters
+    else {}
+)
+
+
 class UnusualNet(nn.Module):
     """A conv net with primitives the rewrite has no rule for."""
 
@@ -460,7 +470,7 @@ class UnusualNet(nn.Module):
             _host_sin,
             jax.ShapeDtypeStruct(x.shape, x.dtype),
             lax.stop_gradient(x),
-            vmap_method="sequential",
+            **_SEQUENTIAL_CALLBACK,
         )
         x = lax.fori_loop(0, 2, lambda i, c: 0.5 * c + jnp.tanh(c), x)  # while
         return nn.Dense(3)(x.reshape((x.shape[0], -1)))
