@@ -6,6 +6,7 @@ from experiments import update_readme
 SHOWN = {
     "quickstart": "README.md",
     "fig1_diffusion": "README.md",
+    "fig1_l2": "README.md",
     "schemes_round_trips": "docs/guides/ladder-and-c.md",
     "compare_mnist1d": "docs/guides/comparison.md",
     "compare_fashion_mnist": "docs/guides/comparison.md",
