@@ -20,6 +20,7 @@ SHOWN = {
     "profile_step_cpu": "docs/guides/performance.md",
     "benchmark_cpu_pt_paired": "docs/guides/performance.md",
     "rounds_memory": "docs/guides/performance.md",
+    "bench_zoo": "docs/guides/performance.md",
 }
 
 
