@@ -23,7 +23,6 @@ made up by the next call.
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import sys
@@ -45,9 +44,9 @@ from tempering.replicas import (
     MetricsFn,
     ReplicaState,
     _check_key,
+    _check_model_takes,
     cross_entropy,
     default_metrics,
-    eval_outputs,
     set_hyperparams,
 )
 from tempering.sources import (
@@ -247,20 +246,8 @@ def _check_compatible(
     state: ReplicaState, inputs: Any, targets: Any, name: str, metrics_fn: Any
 ) -> None:
     """Model, loss and metrics accept one example of ``name``, before compiling."""
-    one_replica = jax.tree.map(
-        lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype),
-        (state.params, state.batch_stats, state.hyperparams),
-    )
-    x = jax.ShapeDtypeStruct((1, *np.shape(inputs)[1:]), jnp.result_type(inputs))
+    out = _check_model_takes(state, inputs, name, axis=0)
     y = jax.ShapeDtypeStruct((1, *np.shape(targets)[1:]), jnp.result_type(targets))
-    try:
-        out = jax.eval_shape(functools.partial(eval_outputs, state), *one_replica, x)
-    except Exception as error:  # noqa: BLE001 - re-raised with the fix
-        raise ValueError(
-            f"{name}: the model cannot take inputs of shape {x.shape[1:]} per "
-            f"example ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
-            "give inputs shaped like the sample_input of create_replicas"
-        ) from error
     classification = state.loss_fn is cross_entropy
     if classification:
         _check_labels(targets, out, name)

@@ -810,8 +810,11 @@ def _check_batch_axes(
     return axis
 
 
-def _check_model_takes(state: ReplicaState, inputs: Any, name: str, axis: int) -> None:
-    """Raises ValueError, with the fix, unless the model takes ``inputs``' examples."""
+def _check_model_takes(state: ReplicaState, inputs: Any, name: str, axis: int) -> Any:
+    """The model's output shape for one example of ``inputs``, else a ValueError.
+
+    Axis ``axis`` of ``inputs`` is the batch; the error says how to fix it.
+    """
     one_replica = jax.tree.map(
         lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype),
         (state.params, state.batch_stats, state.hyperparams),
@@ -819,7 +822,7 @@ def _check_model_takes(state: ReplicaState, inputs: Any, name: str, axis: int) -
     example = tuple(np.shape(inputs)[axis + 1 :])
     x = jax.ShapeDtypeStruct((1, *example), jnp.result_type(inputs))
     try:
-        jax.eval_shape(functools.partial(eval_outputs, state), *one_replica, x)
+        return jax.eval_shape(functools.partial(eval_outputs, state), *one_replica, x)
     except Exception as error:  # noqa: BLE001 - re-raised with the fix
         raise ValueError(
             f"{name}: the model cannot take inputs of shape {example} per example "
