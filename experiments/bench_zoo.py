@@ -45,7 +45,13 @@ import numpy as np
 
 import tempering as tp
 from experiments import zoo
-from experiments.benchmark import device_line, fused_step, paired_ratio, synthetic
+from experiments.benchmark import (
+    device_line,
+    fused_step,
+    paired_ratio,
+    synthetic,
+    time_interleaved,
+)
 from experiments.common import RESULTS_DIR, provenance, save_result
 from tempering import fast
 
@@ -144,31 +150,6 @@ def compiled_memory(lowered) -> dict[str, int]:
     }
     sizes["peak_bytes"] = sum(sizes.values())
     return sizes
-
-
-def time_interleaved(fns: dict[str, Callable], reps: int) -> dict[str, dict]:
-    """Round robin over the variants; median (and min) seconds of every one."""
-    compile_s = {}
-    for name, fn in fns.items():  # compile, then one warm call
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        compile_s[name] = time.perf_counter() - start
-        jax.block_until_ready(fn())
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[k].append(time.perf_counter() - start)
-    return {
-        k: {
-            "median_s": float(np.median(v)),
-            "min_s": float(np.min(v)),
-            "first_call_s": compile_s[k],
-            "times_s": [float(t) for t in v],
-        }
-        for k, v in times.items()
-    }
 
 
 def param_count(entry: zoo.ZooEntry) -> int:

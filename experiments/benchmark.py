@@ -172,8 +172,11 @@ def peak_memory(name: str, num: int, vectorize: str, x, y) -> dict[str, int]:
 
 def time_interleaved(fns: dict[str, Callable], reps: int) -> dict[str, dict]:
     """Round-robin timing; min and median seconds per call of every variant."""
-    for fn in fns.values():  # compile and warm up
+    first_call = {}
+    for name, fn in fns.items():  # compile, then one warm call
+        start = time.perf_counter()
         jax.block_until_ready(fn())
+        first_call[name] = time.perf_counter() - start
         jax.block_until_ready(fn())
     times = {k: [] for k in fns}
     for _ in range(reps):
@@ -185,6 +188,7 @@ def time_interleaved(fns: dict[str, Callable], reps: int) -> dict[str, dict]:
         k: {
             "min_s": float(np.min(v)),
             "median_s": float(np.median(v)),
+            "first_call_s": first_call[k],
             "times_s": [float(t) for t in v],
         }
         for k, v in times.items()
