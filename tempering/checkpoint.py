@@ -22,7 +22,6 @@ on from wherever the given iterator is (only in-memory data resumes exactly).
 from __future__ import annotations
 
 import hashlib
-import json
 import pickle
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -201,8 +200,3 @@ class Checkpointer:
         """Waits for pending writes and releases the manager."""
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-def describe(settings: dict) -> str:
-    """The fingerprint as JSON (for messages and tests)."""
-    return json.dumps(settings, sort_keys=True)
