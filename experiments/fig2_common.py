@@ -308,6 +308,19 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
         help="test examples of the final evaluation (default: all)",
     )
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="save each run's checkpoints under DIR/<setting>/seed<k>_<kind> "
+        "and resume from them: the same command carries on a killed run",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=10,
+        help="exchange rounds between checkpoints (with --checkpoint-dir)",
+    )
     p.add_argument("--name", default=None, help="setting name (result folder)")
     p.add_argument("--note", default="", help="free text stored in the result")
 
@@ -451,8 +464,16 @@ def run_one(
     augment: Callable | None,
     final_test_size: int | None = None,
     test_curve_size: int | None = None,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 10,
 ) -> dict[str, Any]:
-    """One PT (or grid) run; returns its per-round curves and final metrics."""
+    """One PT (or grid) run; returns its per-round curves and final metrics.
+
+    With ``checkpoint_dir``, each ``pt_train`` call of the run checkpoints into
+    ``checkpoint_dir / phase<i>`` and resumes from there: a killed run, started
+    again with the same arguments, carries on bit for bit (a finished phase
+    returns its result without training).
+    """
     ladder = make_ladder(config)
     train = data.train
     fixed = {}
@@ -478,12 +499,19 @@ def run_one(
     burn_in_hyperparams = None
     if config.hyperparameter == "learning_rate":
         burn_in_hyperparams = {"learning_rate": config.burn_in_learning_rate}
+    resumed = checkpoint_dir is not None and any(Path(checkpoint_dir).glob("phase*/*"))
     start = time.time()
     histories, result = [], None
     parts = phases(config)
     for index, (first, end, lr) in enumerate(parts):
         if lr is not None:
             state = tp.set_hyperparams(state, learning_rate=lr)
+        resume = {}
+        if checkpoint_dir is not None:
+            resume = {
+                "checkpoint_dir": Path(checkpoint_dir).absolute() / f"phase{index}",
+                "checkpoint_every": checkpoint_every,
+            }
         with warnings.catch_warnings():
             if index < len(parts) - 1:  # the next call continues the run
                 warnings.filterwarnings("ignore", "num_steps=.*ends before")
@@ -504,6 +532,7 @@ def run_one(
                 augment=augment,
                 burn_in_hyperparams=burn_in_hyperparams,
                 **auto,
+                **resume,
             )
         state = result.state
         histories.append(result.history)
@@ -531,7 +560,8 @@ def run_one(
     return {
         "seed": seed,
         "exchanges": exchanges,
-        "wall_time_s": wall,
+        "wall_time_s": wall,  # this process only, when resumed
+        "resumed_from_checkpoint": resumed,
         "step": h["step"],
         "epoch": h["step"] * config.batch_size / len(train.labels),
         "val_loss": val_loss,
@@ -568,6 +598,12 @@ def run_one(
 def run_path(out_dir: Path, name: str, seed: int, kind: str) -> Path:
     """Where the result of one seed and kind of a setting is written."""
     return Path(out_dir) / FIG2_DIR / name / f"seed{seed}_{kind}.json"
+
+
+def checkpoint_path(args: Any, name: str, seed: int, kind: str) -> Path | None:
+    """Where one run's checkpoints live (None without ``--checkpoint-dir``)."""
+    root = getattr(args, "checkpoint_dir", None)
+    return None if root is None else Path(root) / name / f"seed{seed}_{kind}"
 
 
 def protocol(
@@ -649,6 +685,8 @@ def run_experiment(
                 augment,
                 args.final_test_size,
                 args.test_curve_size,
+                checkpoint_dir=checkpoint_path(args, config.name, seed, kind),
+                checkpoint_every=getattr(args, "checkpoint_every", 10),
             )
             payload = {
                 "provenance": provenance([seed]),

@@ -92,6 +92,23 @@ def test_fig2_lenet_and_table_smoke(data_dir, tmp_path):
     assert (tmp_path / "fig2_table.md").exists()
 
 
+def test_fig2_run_resumes_from_its_checkpoints(data_dir, tmp_path):
+    # A finished (or killed) run started again with the same command restores
+    # its checkpoints instead of training: the same records, marked resumed.
+    argv = ["--dataset", "fashion_mnist", "--steps", "28", "--exchange-interval",
+            "3", "--c-rule", "keep", "--kinds", "pt", "--data-dir", str(data_dir),
+            "--checkpoint-dir", str(tmp_path / "ckpt"), "--checkpoint-every", "2",
+            *TINY]  # fmt: skip
+    first = fig2_lenet.main([*argv, "--out-dir", str(tmp_path / "a")])["runs"]["pt"][0]
+    name = "fig2_lenet_fashion_mnist_dropout_26steps_every3"
+    run_dir = tmp_path / "ckpt" / name / "seed0_pt"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["phase0", "phase1"]
+    again = fig2_lenet.main([*argv, "--out-dir", str(tmp_path / "b")])["runs"]["pt"][0]
+    assert not first["resumed_from_checkpoint"] and again["resumed_from_checkpoint"]
+    for field in ("val_loss", "rungs", "test_error_by_replica", "final_test_error"):
+        np.testing.assert_array_equal(again[field], first[field])
+
+
 def test_fig2_settings_follow_the_authors():
     import argparse
 
