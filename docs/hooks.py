@@ -1,9 +1,13 @@
 """MkDocs hooks of the documentation site (``mkdocs.yml``: ``hooks:``).
 
 - The notebook ``notebooks/quickstart.ipynb`` becomes the page
-  ``notebooks/quickstart.md``, rendered as stored, *without* executing it
-  (executing it takes minutes on a 2-core CPU; the test suite executes it
-  offline with its tiny configuration, ``tests/test_notebook.py``).
+  ``notebooks/quickstart.md``, *executed* as the site builds, offline with its
+  tiny configuration (``TEMPERING_NOTEBOOK_TINY=1``, under a minute on 2 CPU
+  cores), by ``nbclient`` in a subprocess of ``$TEMPERING_DOCS_PYTHON`` (a
+  Python with tempering, JAX and the ``notebook`` extra; default: the one
+  running MkDocs). A cell that fails fails the build.
+  ``TEMPERING_DOCS_EXECUTE=0`` renders it as stored instead, for a quick
+  local preview (the page says so).
 - The figures under ``experiments/results/`` are served as ``results/*.png``,
   so the guides show the committed figures without copying them.
 - Every name in ``tempering.__all__`` must have an entry on the API page
@@ -21,7 +25,10 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from mkdocs.exceptions import PluginError
@@ -51,16 +58,71 @@ UPDATE_README = _load_update_readme()
 ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|exc|obj|py:\w+):(<code)")
 
 
-def notebook_markdown(path: Path) -> str:
-    """The notebook as a Markdown page: its text cells, code cells and outputs."""
-    notebook = json.loads(path.read_text())
+# Run by $TEMPERING_DOCS_PYTHON: executes the notebook (argv[1]) in its own
+# directory's repository root and prints it, outputs included, as JSON.
+EXECUTE = """
+import sys
+import nbclient, nbformat
+nb = nbformat.read(sys.argv[1], as_version=4)
+nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                        resources={"metadata": {"path": sys.argv[2]}}).execute()
+sys.stdout.write(nbformat.writes(nb))
+"""
+
+
+def execute_notebook(path: Path) -> dict:
+    """The notebook executed offline with its tiny configuration.
+
+    Raises:
+        PluginError: a cell failed (its error is shown), or the Python given
+            by ``TEMPERING_DOCS_PYTHON`` lacks nbclient, ipykernel or tempering.
+    """
+    python = os.environ.get("TEMPERING_DOCS_PYTHON") or sys.executable
+    # the inline backend (ipykernel's), so that figures become image outputs
+    inline = "module://matplotlib_inline.backend_inline"
+    env = dict(os.environ, TEMPERING_NOTEBOOK_TINY="1", MPLBACKEND=inline)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), env.get("PYTHONPATH")])
+    )
+    done = subprocess.run(
+        [python, "-c", EXECUTE, str(path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    if done.returncode:
+        raise PluginError(
+            f"executing {path.relative_to(ROOT)} with {python} failed "
+            f"(TEMPERING_DOCS_EXECUTE=0 renders it unexecuted):\n" + done.stderr[-3000:]
+        )
+    return json.loads(done.stdout)
+
+
+def notebook_markdown(path: Path, execute: bool = True) -> str:
+    """The notebook as a Markdown page: its text cells, code cells and outputs.
+
+    Args:
+        path: the ``.ipynb`` file (stored without outputs).
+        execute: execute it first (tiny configuration); else render as stored.
+    """
     rel = path.relative_to(ROOT).as_posix()
-    parts = [
-        f'!!! note "`{rel}`, shown as stored (not executed here)"\n'
-        "    Open it in Jupyter or Colab to run it (a few minutes on a CPU).\n"
-        "    The test suite executes it offline with a tiny configuration\n"
-        "    (`TEMPERING_NOTEBOOK_TINY=1`, `tests/test_notebook.py`).\n"
-    ]
+    if execute:
+        notebook = execute_notebook(path)
+        note = (
+            f'!!! note "`{rel}`, executed as this site was built"\n'
+            "    With its tiny configuration (`TEMPERING_NOTEBOOK_TINY=1`: a few\n"
+            "    seconds of training on a CPU), so the numbers below show that it\n"
+            "    runs, not what PT achieves. Open it in Jupyter or Colab for the\n"
+            "    full configuration (a few minutes on a CPU).\n"
+        )
+    else:
+        notebook = json.loads(path.read_text())
+        note = (
+            f'!!! note "`{rel}`, shown as stored (not executed in this build)"\n'
+            "    Open it in Jupyter or Colab to run it (a few minutes on a CPU).\n"
+        )
+    parts = [note]
     for cell in notebook["cells"]:
         source = "".join(cell["source"]).rstrip()
         if cell["cell_type"] == "markdown":
@@ -110,8 +172,10 @@ def check_api_coverage(docs_dir: Path) -> None:
 def on_files(files: Files, config) -> Files:
     """Adds the notebook pages and the result figures; checks API coverage."""
     check_api_coverage(Path(config["docs_dir"]))
+    execute = os.environ.get("TEMPERING_DOCS_EXECUTE", "1") != "0"
     for src_uri, path in NOTEBOOKS.items():
-        files.append(File.generated(config, src_uri, content=notebook_markdown(path)))
+        content = notebook_markdown(path, execute=execute)
+        files.append(File.generated(config, src_uri, content=content))
     for figure in sorted(RESULTS.glob("*.png")):
         files.append(
             File.generated(config, f"results/{figure.name}", abs_src_path=str(figure))

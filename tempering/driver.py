@@ -682,14 +682,16 @@ def _diverged_at_end(history, final, final_score, num: int) -> np.ndarray:
 class _StopOnInterrupt:
     """Ctrl-C sets ``requested`` (stop after the round); a second one aborts.
 
-    Only in the main thread (signals are delivered there); elsewhere a no-op.
+    Only in the main thread (signals are delivered there), and only where
+    SIGINT is not ignored (a background job's, ``nohup``'s): elsewhere a no-op.
     """
 
     def __init__(self):
         self.requested, self.previous = False, None
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
 

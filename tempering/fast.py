@@ -52,19 +52,19 @@ Formulations of a primitive whose operands carry the replica axis:
 
 One formulation applies to the whole function rather than to a primitive:
 
-- ``"sequential"``: the single-replica function emitted once per replica in
-  one program, each copy's inputs chained to the previous copy's outputs by
-  ``lax.optimization_barrier`` so the copies run one after another: the Python
-  loop over replicas without its M dispatches, and one replica's activations
-  live at a time. On 2 CPU cores it was never faster than ``"unroll"``
-  (``experiments/benchmark.py``), so ``"auto"`` does not choose it.
+- ``"sequential"``: the single-replica function in a ``lax.map`` over the
+  replicas: one program whose loop body is the single-replica program,
+  compiled once, so each replica runs the kernels of a Python loop over
+  replicas without its M dispatches, and one replica's activations live at a
+  time.
 
-A :class:`Policy` maps primitive names to formulations; ``"auto"`` picks the
-measured best for the default backend (see ``experiments/benchmark.py``).
-Named policies combining convolutions and window reductions,
-``"patches+fold"`` and ``"patches+reshape"``, are in :data:`POLICIES`;
-``"auto"`` leaves window reductions to JAX's rule until a quiet-machine run of
-``experiments/bench_zoo.py`` measures them.
+A :class:`Policy` maps primitive names to formulations. ``"auto"`` picks, per
+backend, what ``experiments/bench_zoo.py`` measured fastest against a user's
+hand loop. On CPU: ``"patches+reshape"`` for a function with convolutions or
+window reductions, ``"sequential"`` for one without (an MLP, an attention
+block: there vmap's batched matrix products lose to M ordinary ones), the
+latter on a single device only (a loop over a replica axis sharded across
+devices would serialise it). Elsewhere: plain ``jax.vmap``.
 """
 
 from __future__ import annotations
@@ -81,11 +81,6 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_batching import custom_vmap
 from jax.extend import core as jex_core
-
-try:
-    _optimization_barrier = lax.optimization_barrier
-except AttributeError:  # not public in jax 0.4.30
-    from jax._src.ad_checkpoint import _optimization_barrier
 
 __all__ = [
     "FORMULATIONS",
@@ -140,13 +135,22 @@ POLICIES: dict[str, dict[str, str]] = {
     "patches+reshape": {CONV: "patches", **_RESHAPE_ALL},
 }
 
-# Measured on CPU (2 cores, jax 0.10.2; experiments/benchmark.py): grouped
-# convolutions are the whole cost, every other layer is fastest under vmap, and
-# shared-input convolutions are fastest as patches times all kernels. Window
-# reductions ("patches+fold", "patches+reshape") are not measured yet on a
-# quiet machine (experiments/bench_zoo.py times them), so "auto" leaves them
-# to JAX's rule.
-_AUTO = {"cpu": "patches"}
+# "auto" on CPU (2 cores, jax 0.10.2; experiments/bench_zoo.py, a user's hand
+# loop as the reference): grouped convolutions and vmapped max-pooling are the
+# cost of a vmapped CNN; convolutions with a shared input are fastest as patches
+# times all kernels, the others unrolled, and max-pooling as reshapes. A
+# function with none of these primitives (an MLP, an attention block) runs
+# fastest as the single-replica program in a loop, "sequential". On one device
+# only: a lax.map over a replica axis sharded across devices would serialise it.
+_AUTO = {"cpu": "patches+reshape"}
+_AUTO_OTHERWISE = {"cpu": SEQUENTIAL}
+
+
+def _auto_otherwise(backend: str | None = None) -> str | None:
+    """``"auto"``'s policy for a function without the rewritten primitives."""
+    if jax.device_count() > 1:
+        return None
+    return _AUTO_OTHERWISE.get(backend or jax.default_backend())
 
 
 def resolve_policy(policy: str | Policy, backend: str | None = None) -> dict[str, str]:
@@ -608,32 +612,34 @@ def _normalised_axes(in_axes: Any, args: tuple) -> tuple:
 
 
 def _sequential(fun: Callable, in_axes: Any) -> Callable:
-    """One copy of ``fun`` per replica, chained to run one after another."""
+    """``fun`` over the replicas one after another: a ``lax.map`` in one program.
+
+    The loop body is the single-replica program, compiled once, so each
+    replica runs the kernels a Python loop over replicas would, without its M
+    dispatches, and one replica's activations live at a time.
+    """
 
     @functools.wraps(fun)
-    def chained(*args):
+    def mapped(*args):
         axes = _normalised_axes(in_axes, args)
-        mapped = [
-            leaf
-            for arg, axis in zip(args, axes, strict=True)
-            if axis == 0
-            for leaf in jax.tree.leaves(arg)
-        ]
-        if not mapped:
+        if not any(
+            jax.tree.leaves(a) for a, axis in zip(args, axes, strict=True) if axis == 0
+        ):
             raise ValueError("replica_vmap needs at least one argument with axis 0")
-        outs, previous = [], None
-        for m in range(mapped[0].shape[0]):
-            sliced = tuple(
-                jax.tree.map(lambda x, m=m: x[m], arg) if axis == 0 else arg
-                for arg, axis in zip(args, axes, strict=True)
-            )
-            if previous is not None:
-                sliced, _ = _optimization_barrier((sliced, previous))
-            previous = fun(*sliced)
-            outs.append(previous)
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+        per_replica = [
+            a if axis == 0 else None for a, axis in zip(args, axes, strict=True)
+        ]
+        shared = [None if axis == 0 else a for a, axis in zip(args, axes, strict=True)]
 
-    return chained
+        def one(sliced):
+            return fun(*(
+                mine if axis == 0 else common
+                for mine, common, axis in zip(sliced, shared, axes, strict=True)
+            ))  # fmt: skip
+
+        return lax.map(one, per_replica)
+
+    return mapped
 
 
 class RewriteFallbackWarning(RuntimeWarning):
@@ -676,7 +682,8 @@ def replica_vmap(
     Args:
         fun: the single-replica function (may contain ``jax.grad``).
         in_axes: 0 or None per argument (a prefix pytree, as for ``jax.vmap``).
-        policy: ``"auto"`` (fastest measured for the backend), ``"vmap"`` (plain
+        policy: ``"auto"`` (fastest measured for the backend, see the module
+            docstring), ``"vmap"`` (plain
             ``jax.vmap``), ``"unroll"``, ``"map"``, ``"patches"``,
             ``"sequential"``, ``"fold"``, ``"unroll+fold"``,
             ``"patches+fold"``, ``"reshape"``, ``"patches+reshape"``, or a
@@ -693,6 +700,7 @@ def replica_vmap(
         >>> step = replica_vmap(single_step, in_axes=(0, 0, None), policy="unroll")
     """
     rules = resolve_policy(policy)
+    otherwise = _auto_otherwise() if policy == "auto" else None
     if not rules:
         return jax.vmap(fun, in_axes=in_axes)
     if rules == POLICIES[SEQUENTIAL]:
@@ -729,7 +737,10 @@ def replica_vmap(
 
         closed, out_shape = jax.make_jaxpr(flat_fun, return_shape=True)(*single)
         if not _contains(closed.jaxpr, frozenset(rules)):
-            # Nothing to reformulate (e.g. an MLP): exactly jax.vmap's program.
+            # Nothing to reformulate (e.g. an MLP): jax.vmap's program, or under
+            # "auto" on one CPU the single-replica program in a loop.
+            if otherwise == SEQUENTIAL:
+                return _sequential(fun, in_axes)(*args)
             return jax.vmap(fun, in_axes=in_axes)(*args)
         out_tree = jax.tree.structure(out_shape)
 

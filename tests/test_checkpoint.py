@@ -69,6 +69,29 @@ def test_other_settings_are_refused(tmp_path):
 
 
 def test_ctrl_c_stops_after_the_round_and_resumes(tmp_path, reference):
+    # as in a terminal, also when the tests run as a background job (SIG_IGN)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_stops_after_the_round_and_resumes(tmp_path, reference)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_an_ignored_ctrl_c_stays_ignored(tmp_path):
+    # a background job (nohup, &) ignores SIGINT: a run must not take it over
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    seen = []
+    try:
+        worker.run(
+            tmp_path, callback=lambda r: seen.append(signal.getsignal(signal.SIGINT))
+        )
+        assert seen and all(h is signal.SIG_IGN for h in seen)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_stops_after_the_round_and_resumes(tmp_path, reference):
     def interrupt_at_3(record):
         if record.round == 3:
             os.kill(os.getpid(), signal.SIGINT)

@@ -26,7 +26,7 @@ POLICIES = [
     "map",
     "patches",
     "sequential",
-]  # "auto" is "patches" on CPU (test_resolve_policy)
+]  # "auto" is "patches+reshape" or "sequential" on CPU (test_resolve_policy)
 TOL = {"atol": 2e-5, "rtol": 2e-5}
 
 
@@ -349,7 +349,9 @@ def test_differentiating_through_replica_vmap():
 
 def test_resolve_policy():
     assert fast.resolve_policy("vmap") == {}
-    assert fast.resolve_policy("auto", backend="cpu") == fast.POLICIES["patches"]
+    assert fast.resolve_policy("auto", backend="cpu") == fast.POLICIES[
+        "patches+reshape"
+    ]  # fmt: skip
     assert fast.resolve_policy("auto", backend="gpu") == {}
     assert fast.resolve_policy({"dot_general": "map"}) == {"dot_general": "map"}
     both = fast.resolve_policy("patches+fold")
@@ -369,6 +371,31 @@ def test_resolve_policy():
         tp.train_step(state, jax.random.key(0), x, y, vectorize="nope")
     with pytest.raises(ValueError, match="unknown vectorize policy"):
         tp.evaluate(state, x, y, vectorize="nope")
+
+
+def test_auto_runs_a_conv_free_function_as_a_loop_on_one_cpu(monkeypatch):
+    # "auto" on one CPU device: an MLP (nothing to rewrite) becomes a lax.map
+    # over replicas, equal to vmap; on several devices it stays jax.vmap.
+    state, x, y = _replicas("mlp")
+    key = jax.random.key(2)
+
+    def step(vectorize):
+        return jax.jit(lambda s: tp.train_step(s, key, x, y, vectorize=vectorize))
+
+    def primitives(vectorize):
+        text = str(jax.make_jaxpr(step(vectorize))(state))
+        return "while[" in text or "scan[" in text
+
+    assert fast._auto_otherwise("cpu") == "sequential"
+    assert primitives("auto") and not primitives("vmap")
+    ref, ref_info = step("vmap")(state)
+    new, info = step("auto")(state)
+    _assert_trees_close((new.params, new.opt_state, info.loss),
+                        (ref.params, ref.opt_state, ref_info.loss))  # fmt: skip
+    monkeypatch.setattr(jax, "device_count", lambda *a: 2)
+    assert fast._auto_otherwise("cpu") is None
+    assert not primitives("auto")
+    assert fast._auto_otherwise("gpu") is None
 
 
 def test_fused_step_traces_once():

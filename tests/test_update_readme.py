@@ -21,6 +21,7 @@ SHOWN = {
     "benchmark_cpu_pt_paired": "docs/guides/performance.md",
     "rounds_memory": "docs/guides/performance.md",
     "bench_zoo": "docs/guides/performance.md",
+    "bench_zoo_short": "README.md",
 }
 
 
