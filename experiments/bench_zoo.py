@@ -99,7 +99,10 @@ def step_variants(
 
     variants = {"fused": fused("auto"), "vmap": fused("vmap")}
     memory = {"fused": fused_memory("auto"), "vmap": fused_memory("vmap")}
-    used = primitive_names(jax.make_jaxpr(hand)(*replicas[0], keys[0], x, y).jaxpr)
+    hand_jaxpr = jax.make_jaxpr(hand)(*replicas[0], keys[0], x, y).jaxpr
+    used = primitive_names(hand_jaxpr)
+    if fast._has_batched_product(hand_jaxpr):
+        used.add(BATCHED_PRODUCT)
     for policy in policies:
         if same_program(policy, "auto", used):
             continue  # e.g. no pooling in the model: the fused step itself
@@ -128,14 +131,19 @@ def primitive_names(jaxpr) -> set[str]:
     return names
 
 
+# Marks, among a function's primitive names, a dot_general with batch dimensions.
+BATCHED_PRODUCT = "dot_general (batched)"
+
+
 def effective_rules(policy: str, used: set[str]) -> dict[str, str]:
     """The formulations ``policy`` applies to a function using ``used``."""
     rules = fast.resolve_policy(policy)
     if "*" in rules:  # "sequential" rewrites the whole function
         return rules
     applied = {k: v for k, v in rules.items() if k in used}
-    if not applied and policy == "auto" and fast._auto_otherwise():
-        return {"*": fast._auto_otherwise()}  # nothing to rewrite: a loop
+    otherwise = fast._auto_otherwise() if policy == "auto" else None
+    if not applied and otherwise and BATCHED_PRODUCT in used:
+        return {"*": otherwise}  # nothing to rewrite, batched products: a loop
     return applied
 
 

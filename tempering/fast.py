@@ -61,10 +61,12 @@ One formulation applies to the whole function rather than to a primitive:
 A :class:`Policy` maps primitive names to formulations. ``"auto"`` picks, per
 backend, what ``experiments/bench_zoo.py`` measured fastest against a user's
 hand loop. On CPU: ``"patches+reshape"`` for a function with convolutions or
-window reductions, ``"sequential"`` for one without (an MLP, an attention
-block: there vmap's batched matrix products lose to M ordinary ones), the
-latter on a single device only (a loop over a replica axis sharded across
-devices would serialise it). Elsewhere: plain ``jax.vmap``.
+window reductions; for one without, ``"sequential"`` where it has batched
+matrix products (attention: vmap makes them doubly batched, which XLA:CPU runs
+far slower than M ordinary ones), on a single device only (a loop over a
+replica axis sharded across devices would serialise it), and plain
+``jax.vmap`` otherwise (an MLP: its products are ordinary GEMMs either way,
+``experiments/profile_dense.py``). Elsewhere: plain ``jax.vmap``.
 """
 
 from __future__ import annotations
@@ -139,9 +141,10 @@ POLICIES: dict[str, dict[str, str]] = {
 # loop as the reference): grouped convolutions and vmapped max-pooling are the
 # cost of a vmapped CNN; convolutions with a shared input are fastest as patches
 # times all kernels, the others unrolled, and max-pooling as reshapes. A
-# function with none of these primitives (an MLP, an attention block) runs
-# fastest as the single-replica program in a loop, "sequential". On one device
-# only: a lax.map over a replica axis sharded across devices would serialise it.
+# function with none of these primitives but with batched matrix products (an
+# attention block) runs fastest as the single-replica program in a loop,
+# "sequential"; one without (an MLP) as plain vmap. On one device only: a
+# lax.map over a replica axis sharded across devices would serialise it.
 _AUTO = {"cpu": "patches+reshape"}
 _AUTO_OTHERWISE = {"cpu": SEQUENTIAL}
 
@@ -604,6 +607,22 @@ def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence, args: Sequence, rules) -> lis
     return [read(v) for v in jaxpr.outvars]
 
 
+def _has_batched_product(jaxpr: jex_core.Jaxpr) -> bool:
+    """Whether a ``dot_general`` with batch dimensions (attention's) is used.
+
+    vmap adds the replica axis as one more batch dimension, and XLA:CPU runs
+    such products far slower than M of the single-replica ones.
+    """
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (_, _), (lhs_batch, _) = eqn.params["dimension_numbers"]
+            if lhs_batch:
+                return True
+        if any(_has_batched_product(sub) for sub in _subjaxprs(eqn.params)):
+            return True
+    return False
+
+
 def _normalised_axes(in_axes: Any, args: tuple) -> tuple:
     axes = in_axes if isinstance(in_axes, tuple | list) else (in_axes,) * len(args)
     if any(a not in (0, None) for a in axes):
@@ -737,9 +756,10 @@ def replica_vmap(
 
         closed, out_shape = jax.make_jaxpr(flat_fun, return_shape=True)(*single)
         if not _contains(closed.jaxpr, frozenset(rules)):
-            # Nothing to reformulate (e.g. an MLP): jax.vmap's program, or under
-            # "auto" on one CPU the single-replica program in a loop.
-            if otherwise == SEQUENTIAL:
+            # Nothing to reformulate: jax.vmap's program (an MLP), or under
+            # "auto" on one CPU, for batched matrix products (attention), the
+            # single-replica program in a loop.
+            if otherwise == SEQUENTIAL and _has_batched_product(closed.jaxpr):
                 return _sequential(fun, in_axes)(*args)
             return jax.vmap(fun, in_axes=in_axes)(*args)
         out_tree = jax.tree.structure(out_shape)

@@ -739,7 +739,8 @@ def train_step(
         per_replica_batch: whether inputs and targets carry a replica axis.
         vectorize: how layers are batched over replicas
             (:func:`tempering.fast.replica_vmap`): ``"auto"``, ``"vmap"``,
-            ``"unroll"``, ``"map"``, ``"patches"`` or ``"sequential"``.
+            ``"unroll"``, ``"map"``, ``"patches"``, ``"sequential"`` or another
+            policy of :data:`tempering.fast.POLICIES`.
 
     Returns:
         ``(new_state, info)``.

@@ -373,29 +373,48 @@ def test_resolve_policy():
         tp.evaluate(state, x, y, vectorize="nope")
 
 
-def test_auto_runs_a_conv_free_function_as_a_loop_on_one_cpu(monkeypatch):
-    # "auto" on one CPU device: an MLP (nothing to rewrite) becomes a lax.map
-    # over replicas, equal to vmap; on several devices it stays jax.vmap.
-    state, x, y = _replicas("mlp")
-    key = jax.random.key(2)
+def _attention_loss(w, x):
+    q = x @ w
+    scores = jnp.einsum("bqd,bkd->bqk", q, q)  # a batched product (batch dim b)
+    return jnp.sum(jax.nn.softmax(scores) @ q)
 
-    def step(vectorize):
-        return jax.jit(lambda s: tp.train_step(s, key, x, y, vectorize=vectorize))
 
-    def primitives(vectorize):
-        text = str(jax.make_jaxpr(step(vectorize))(state))
-        return "while[" in text or "scan[" in text
+def _dense_loss(w, x):
+    return jnp.sum(jnp.tanh(x.reshape(-1, x.shape[-1]) @ w))
 
+
+def _loops(fn, *args):
+    text = str(jax.make_jaxpr(fn)(*args))
+    return "while[" in text or "scan[" in text
+
+
+def test_auto_runs_batched_products_as_a_loop_on_one_cpu(monkeypatch):
+    # "auto" on one CPU device: no conv or pooling but batched products
+    # (attention) -> a lax.map over replicas; ordinary GEMMs (an MLP) -> vmap.
+    # Equal to vmap either way; on several devices always vmap.
+    w = jax.random.normal(jax.random.key(0), (M, 4, 4))
+    x = jax.random.normal(jax.random.key(1), (3, 5, 4))
+    for loss, loops in ((_attention_loss, True), (_dense_loss, False)):
+        grad = jax.grad(loss)
+        auto = fast.replica_vmap(grad, (0, None), policy="auto")
+        assert _loops(auto, w, x) is loops, loss.__name__
+        _assert_trees_close(jax.jit(auto)(w, x), jax.vmap(grad, (0, None))(w, x))
     assert fast._auto_otherwise("cpu") == "sequential"
-    assert primitives("auto") and not primitives("vmap")
-    ref, ref_info = step("vmap")(state)
-    new, info = step("auto")(state)
-    _assert_trees_close((new.params, new.opt_state, info.loss),
-                        (ref.params, ref.opt_state, ref_info.loss))  # fmt: skip
     monkeypatch.setattr(jax, "device_count", lambda *a: 2)
     assert fast._auto_otherwise("cpu") is None
-    assert not primitives("auto")
+    auto = fast.replica_vmap(jax.grad(_attention_loss), (0, None), policy="auto")
+    assert not _loops(auto, w, x)
     assert fast._auto_otherwise("gpu") is None
+
+
+def test_auto_train_step_of_an_mlp_is_plain_vmap():
+    state, x, y = _replicas("mlp")
+    key = jax.random.key(2)
+    programs = [
+        str(jax.make_jaxpr(lambda s, v=v: tp.train_step(s, key, x, y, vectorize=v))(state))
+        for v in ("auto", "vmap")
+    ]  # fmt: skip
+    assert programs[0] == programs[1]
 
 
 def test_fused_step_traces_once():

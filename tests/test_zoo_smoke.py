@@ -31,13 +31,13 @@ def test_bench_zoo_smoke(tmp_path):
          "--skip", "mlp:vmap", "--out", str(tmp_path)]
     )  # fmt: skip
     (row,) = result["rows"]
-    # an MLP, nothing to rewrite: "auto" runs it as "sequential" on one CPU
-    # (that policy is the fused step, not timed again), "patches" as plain vmap
+    # an MLP, nothing to rewrite: "auto" and "patches" are plain vmap (the
+    # fused step, not timed again); "sequential" is timed
     assert result["policies"] == ["patches", "sequential"]
-    assert set(row["timing"]) == {"fused", "patches", "loop"}
+    assert set(row["timing"]) == {"fused", "sequential", "loop"}
     assert len(row["timing"]["loop"]["times_s"]) == 2
     assert row["loop_vs_paired"]["fused"]["n"] == 2
-    assert set(row["memory"]) == {"fused", "patches", "one_replica"}
+    assert set(row["memory"]) == {"fused", "sequential", "one_replica"}
     assert row["memory_vs_m_times_one"]["fused"] > 0
     saved = json.loads((tmp_path / "bench_zoo.json").read_text())
     assert saved["statistic"].startswith("median over interleaved repeats")
@@ -57,3 +57,18 @@ def test_bench_zoo_refuses_unknown_names(tmp_path):
         bench_zoo.main(["--skip", "mlp:loop", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="unknown vectorize policy"):
         bench_zoo.main(["--models", "mlp", "--policies", "fastest", "--out", str(tmp_path)])  # fmt: skip
+
+
+def test_profile_dense_smoke(tmp_path):
+    from experiments import profile_dense
+
+    result = profile_dense.main(
+        ["--replicas", "2", "--reps", "1", "--out", str(tmp_path)]
+    )["profile"]
+    # forward, input and weight gradients of the MLP's three layers (the first
+    # layer's input gradient is not needed): the same products in both steps
+    assert len(result["rows"]) == 8
+    assert all(r["loop_s"] > 0 and r["fused_s"] > 0 for r in result["rows"])
+    assert set(result["steps"]) == {"loop", "vmap", "sequential"}
+    table = (tmp_path / "profile_dense_cpu.md").read_text()
+    assert "median of interleaved repeats" in table and "| **all** |" in table

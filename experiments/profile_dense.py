@@ -1,0 +1,155 @@
+"""Where the zoo's MLP step spends its time: M single GEMMs against batched ones.
+
+The zoo benchmark (``experiments/bench_zoo.py``) finds no formulation of the
+fused MLP step clearly faster than a user's loop over M jitted steps on CPU.
+This profile says why. Every ``dot_general`` of one replica's SGD step
+(forward, and the input and weight gradients ``jax.grad`` emits) is compiled
+alone at the step's shapes and called M times in a row, as the loop runs it;
+every ``dot_general`` of the vmapped M-replica step (one batched product, or
+one with the replica axis merged into a shared operand) is compiled alone and
+called once. Both are timed interleaved with the whole steps (the loop, the
+fused step under plain vmap and under ``"sequential"``), so the table shows
+what share of a step the matrix products are, and whether batching them over
+replicas gains anything on this backend.
+
+    python -m experiments.profile_dense
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import tempering as tp
+from experiments import zoo
+from experiments.bench_zoo import BATCH, make_replicas, synthetic
+from experiments.benchmark import time_interleaved
+from experiments.common import RESULTS_DIR, provenance, save_result
+from experiments.flops import equations
+from tempering.replicas import _replica_train_step
+
+
+def _alone(eqn, rng) -> tuple[object, dict]:
+    """A zero-argument call of one equation, compiled alone, and its shapes."""
+    operands = [
+        jnp.asarray(rng.normal(size=v.aval.shape), v.aval.dtype) for v in eqn.invars
+    ]
+    fn = jax.jit(lambda *a, p=dict(eqn.params): eqn.primitive.bind(*a, **p))
+    shapes = {
+        "lhs": list(eqn.invars[0].aval.shape),
+        "rhs": list(eqn.invars[1].aval.shape),
+        "out": list(eqn.outvars[0].aval.shape),
+    }
+    return functools.partial(fn, *operands), shapes
+
+
+def profile(model: str, num: int, reps: int) -> dict:
+    entry = zoo.ZOO[model]
+    x, y = synthetic(entry.input_shape, entry.num_classes, BATCH)
+    state = make_replicas(entry, num, x)
+    one = functools.partial(_replica_train_step, state)
+    keys = jax.random.split(jax.random.key(1), num)
+    stacked = (state.params, state.batch_stats, state.opt_state, state.hyperparams)
+    replica = jax.tree.map(lambda a: a[0], stacked)
+    single_jaxpr = jax.make_jaxpr(one)(*replica, keys[0], x, y).jaxpr
+    batched = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None, None))
+    fused_jaxpr = jax.make_jaxpr(batched)(*stacked, keys, x, y).jaxpr
+    rng = np.random.default_rng(0)
+    fns, rows = {}, []
+    singles = [_alone(e, rng) for e in equations(single_jaxpr, "dot_general")]
+    fuseds = [_alone(e, rng) for e in equations(fused_jaxpr, "dot_general")]
+    for i, ((single, s_shapes), (fused, f_shapes)) in enumerate(
+        zip(singles, fuseds, strict=True)
+    ):
+        fns[f"loop{i}"] = lambda f=single: [f() for _ in range(num)]
+        fns[f"fused{i}"] = fused
+        rows.append({"index": i, "single": s_shapes, "fused": f_shapes})
+    step = jax.jit(one)
+    per_replica = [jax.tree.map(lambda a, m=m: a[m], stacked) for m in range(num)]
+    fns["step_loop"] = lambda: [
+        step(*r, k, x, y) for r, k in zip(per_replica, keys, strict=True)
+    ]
+    for policy in ("vmap", "sequential"):
+        vectorised = jax.jit(
+            lambda s, p=policy: tp.train_step(s, keys[0], x, y, vectorize=p)
+        )
+        fns[f"step_{policy}"] = functools.partial(vectorised, state)
+    timing = time_interleaved(fns, reps)
+    med = {k: v["median_s"] for k, v in timing.items()}
+    for r in rows:
+        r["loop_s"], r["fused_s"] = med[f"loop{r['index']}"], med[f"fused{r['index']}"]
+    return {
+        "model": model,
+        "M": num,
+        "rows": rows,
+        "steps": {k[5:]: v for k, v in med.items() if k.startswith("step_")},
+        "gemm_loop_s": sum(r["loop_s"] for r in rows),
+        "gemm_fused_s": sum(r["fused_s"] for r in rows),
+        "timing": timing,
+    }
+
+
+def markdown(result: dict) -> str:
+    m = result["provenance"]["machine"]
+    p = result["profile"]
+    steps = p["steps"]
+    lines = [
+        f"Zoo model `{p['model']}`, M = {p['M']}, batch {BATCH}, {m['cpu']}, "
+        f"{m['cpu_count']} cores, jax {m['jax']}; each matrix product of the step "
+        "compiled and timed alone, **median of interleaved repeats**: *loop* = "
+        "one replica's product called M times, *fused* = the vmapped step's "
+        "product called once.",
+        "",
+        "| product | one replica (lhs · rhs → out) | fused (lhs · rhs → out) | "
+        "loop ms | fused ms | loop / fused |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in p["rows"]:
+        s, f = r["single"], r["fused"]
+        lines.append(
+            f"| {r['index']} | {s['lhs']} · {s['rhs']} → {s['out']} | "
+            f"{f['lhs']} · {f['rhs']} → {f['out']} | {1e3 * r['loop_s']:.2f} | "
+            f"{1e3 * r['fused_s']:.2f} | {r['loop_s'] / r['fused_s']:.2f} |"
+        )
+    lines.append(
+        f"| **all** | | | **{1e3 * p['gemm_loop_s']:.2f}** | "
+        f"**{1e3 * p['gemm_fused_s']:.2f}** | "
+        f"**{p['gemm_loop_s'] / p['gemm_fused_s']:.2f}** |"
+    )
+    lines += [
+        "",
+        f"Whole steps: loop {1e3 * steps['loop']:.2f} ms, fused (vmap) "
+        f"{1e3 * steps['vmap']:.2f} ms, fused (sequential) "
+        f"{1e3 * steps['sequential']:.2f} ms; the products are "
+        f"{100 * p['gemm_loop_s'] / steps['loop']:.0f}% of the loop's step and "
+        f"{100 * p['gemm_fused_s'] / steps['vmap']:.0f}% of the vmapped one.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mlp", choices=["mlp", "attention"])
+    parser.add_argument("--replicas", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--name", default="profile_dense_cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    result = {
+        "provenance": provenance(seeds=[0]),
+        "statistic": "median over interleaved repeats",
+        "profile": profile(args.model, args.replicas, args.reps),
+    }
+    save_result(args.name, result, args.out)
+    (args.out / f"{args.name}.md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
