@@ -7,8 +7,10 @@ This profile says why. Every ``dot_general`` of one replica's SGD step
 alone at the step's shapes and called M times in a row, as the loop runs it;
 every ``dot_general`` of the vmapped M-replica step (one batched product, or
 one with the replica axis merged into a shared operand) is compiled alone and
-called once. Both are timed interleaved with the whole steps (the loop, the
-fused step under plain vmap and under ``"sequential"``), so the table shows
+called once. Both are timed interleaved with the whole steps (the library's
+single-replica step and a user's flax + optax step, each in a loop over
+replicas, and the fused step under plain vmap and ``"sequential"``; data
+passed as arguments, as in the zoo), so the table shows
 what share of a step the matrix products are, and whether batching them over
 replicas gains anything on this backend.
 
@@ -25,10 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import tempering as tp
 from experiments import zoo
 from experiments.bench_zoo import BATCH, make_replicas, synthetic
-from experiments.benchmark import time_interleaved
+from experiments.benchmark import fused_step, time_interleaved
 from experiments.common import RESULTS_DIR, provenance, save_result
 from experiments.flops import equations
 from tempering.replicas import _replica_train_step
@@ -74,11 +75,15 @@ def profile(model: str, num: int, reps: int) -> dict:
     fns["step_loop"] = lambda: [
         step(*r, k, x, y) for r, k in zip(per_replica, keys, strict=True)
     ]
+    init, hand = zoo.hand_step(entry)
+    users = [jax.jit(init)(k, x) for k in keys]
+    fns["step_hand"] = lambda: [
+        hand(v, o, k, x, y) for (v, o), k in zip(users, keys, strict=True)
+    ]
     for policy in ("vmap", "sequential"):
-        vectorised = jax.jit(
-            lambda s, p=policy: tp.train_step(s, keys[0], x, y, vectorize=p)
+        fns[f"step_{policy}"] = functools.partial(
+            fused_step, state, keys[0], x, y, vectorize=policy
         )
-        fns[f"step_{policy}"] = functools.partial(vectorised, state)
     timing = time_interleaved(fns, reps)
     med = {k: v["median_s"] for k, v in timing.items()}
     for r in rows:
@@ -123,7 +128,9 @@ def markdown(result: dict) -> str:
     )
     lines += [
         "",
-        f"Whole steps: loop {1e3 * steps['loop']:.2f} ms, fused (vmap) "
+        f"Whole steps (M replicas): the library's single-replica step in a "
+        f"loop {1e3 * steps['loop']:.2f} ms, a user's flax + optax step in a "
+        f"loop (the zoo's baseline) {1e3 * steps['hand']:.2f} ms, fused (vmap) "
         f"{1e3 * steps['vmap']:.2f} ms, fused (sequential) "
         f"{1e3 * steps['sequential']:.2f} ms; the products are "
         f"{100 * p['gemm_loop_s'] / steps['loop']:.0f}% of the loop's step and "

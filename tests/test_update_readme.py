@@ -13,7 +13,6 @@ SHOWN = {
     "compare_cifar10": "docs/guides/comparison.md",
     "bench_raytune": "docs/guides/comparison.md",
     "fig2_table": "docs/guides/paper.md",
-    "benchmark_cpu": "docs/guides/performance.md",
     "benchmark_cpu_m8": "docs/guides/performance.md",
     "benchmark_cpu_patches": "docs/guides/performance.md",
     "benchmark_cpu_flops": "docs/guides/performance.md",

@@ -69,6 +69,6 @@ def test_profile_dense_smoke(tmp_path):
     # layer's input gradient is not needed): the same products in both steps
     assert len(result["rows"]) == 8
     assert all(r["loop_s"] > 0 and r["fused_s"] > 0 for r in result["rows"])
-    assert set(result["steps"]) == {"loop", "vmap", "sequential"}
+    assert set(result["steps"]) == {"loop", "hand", "vmap", "sequential"}
     table = (tmp_path / "profile_dense_cpu.md").read_text()
     assert "median of interleaved repeats" in table and "| **all** |" in table
