@@ -21,6 +21,7 @@ SHOWN = {
     "rounds_memory": "docs/guides/performance.md",
     "bench_zoo": "docs/guides/performance.md",
     "bench_zoo_short": "README.md",
+    "profile_dense_cpu": "docs/guides/performance.md",
 }
 
 
