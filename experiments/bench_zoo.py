@@ -100,11 +100,8 @@ def step_variants(
     variants = {"fused": fused("auto"), "vmap": fused("vmap")}
     memory = {"fused": fused_memory("auto"), "vmap": fused_memory("vmap")}
     hand_jaxpr = jax.make_jaxpr(hand)(*replicas[0], keys[0], x, y).jaxpr
-    used = primitive_names(hand_jaxpr)
-    if fast._has_batched_product(hand_jaxpr):
-        used.add(BATCHED_PRODUCT)
     for policy in policies:
-        if same_program(policy, "auto", used):
+        if same_program(policy, "auto", hand_jaxpr):
             continue  # e.g. no pooling in the model: the fused step itself
         variants[policy], memory[policy] = fused(policy), fused_memory(policy)
     variants["loop"] = lambda: [
@@ -118,38 +115,9 @@ def step_variants(
     return variants, memory
 
 
-def primitive_names(jaxpr) -> set[str]:
-    """Names of the primitives of a jaxpr, sub-jaxprs included."""
-    names = set()
-    for eqn in jaxpr.eqns:
-        names.add(eqn.primitive.name)
-        for value in eqn.params.values():
-            for v in value if isinstance(value, tuple | list) else (value,):
-                sub = getattr(v, "jaxpr", v)
-                if hasattr(sub, "eqns"):
-                    names |= primitive_names(sub)
-    return names
-
-
-# Marks, among a function's primitive names, a dot_general with batch dimensions.
-BATCHED_PRODUCT = "dot_general (batched)"
-
-
-def effective_rules(policy: str, used: set[str]) -> dict[str, str]:
-    """The formulations ``policy`` applies to a function using ``used``."""
-    rules = fast.resolve_policy(policy)
-    if "*" in rules:  # "sequential" rewrites the whole function
-        return rules
-    applied = {k: v for k, v in rules.items() if k in used}
-    otherwise = fast._auto_otherwise() if policy == "auto" else None
-    if not applied and otherwise and BATCHED_PRODUCT in used:
-        return {"*": otherwise}  # nothing to rewrite, batched products: a loop
-    return applied
-
-
-def same_program(policy: str, other: str, used: set[str]) -> bool:
-    """Whether two policies treat the primitives in ``used`` alike."""
-    return effective_rules(policy, used) == effective_rules(other, used)
+def same_program(policy: str, other: str, jaxpr) -> bool:
+    """Whether two policies compile the same fused step for this jaxpr."""
+    return fast.applied_rules(policy, jaxpr) == fast.applied_rules(other, jaxpr)
 
 
 def compiled_memory(lowered) -> dict[str, int]:

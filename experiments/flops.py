@@ -10,7 +10,13 @@ useful model FLOPs per second over the device's peak.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 CONV = "conv_general_dilated"
 DOT = "dot_general"
@@ -74,6 +80,24 @@ def equations(jaxpr, primitive: str) -> list:
             if sub is not None:
                 found += equations(getattr(sub, "jaxpr", sub), primitive)
     return found
+
+
+def compiled_alone(eqn, rng: np.random.Generator) -> tuple[Callable, dict]:
+    """A zero-argument call of one jaxpr equation, compiled alone, and its shapes.
+
+    The operands are random arrays of the equation's shapes and dtypes, bound
+    once, so timing the call times the primitive at the step's shapes.
+    """
+    operands = [
+        jnp.asarray(rng.normal(size=v.aval.shape), v.aval.dtype) for v in eqn.invars
+    ]
+    fn = jax.jit(lambda *a, p=dict(eqn.params): eqn.primitive.bind(*a, **p))
+    shapes = {
+        "lhs": list(eqn.invars[0].aval.shape),
+        "rhs": list(eqn.invars[1].aval.shape),
+        "out": list(eqn.outvars[0].aval.shape),
+    }
+    return functools.partial(fn, *operands), shapes
 
 
 def jaxpr_flops(closed_jaxpr) -> float:

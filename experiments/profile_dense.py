@@ -24,29 +24,14 @@ import functools
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import zoo
 from experiments.bench_zoo import BATCH, make_replicas, synthetic
 from experiments.benchmark import fused_step, time_interleaved
 from experiments.common import RESULTS_DIR, provenance, save_result
-from experiments.flops import equations
+from experiments.flops import compiled_alone, equations
 from tempering.replicas import _replica_train_step
-
-
-def _alone(eqn, rng) -> tuple[object, dict]:
-    """A zero-argument call of one equation, compiled alone, and its shapes."""
-    operands = [
-        jnp.asarray(rng.normal(size=v.aval.shape), v.aval.dtype) for v in eqn.invars
-    ]
-    fn = jax.jit(lambda *a, p=dict(eqn.params): eqn.primitive.bind(*a, **p))
-    shapes = {
-        "lhs": list(eqn.invars[0].aval.shape),
-        "rhs": list(eqn.invars[1].aval.shape),
-        "out": list(eqn.outvars[0].aval.shape),
-    }
-    return functools.partial(fn, *operands), shapes
 
 
 def profile(model: str, num: int, reps: int) -> dict:
@@ -62,8 +47,8 @@ def profile(model: str, num: int, reps: int) -> dict:
     fused_jaxpr = jax.make_jaxpr(batched)(*stacked, keys, x, y).jaxpr
     rng = np.random.default_rng(0)
     fns, rows = {}, []
-    singles = [_alone(e, rng) for e in equations(single_jaxpr, "dot_general")]
-    fuseds = [_alone(e, rng) for e in equations(fused_jaxpr, "dot_general")]
+    singles = [compiled_alone(e, rng) for e in equations(single_jaxpr, "dot_general")]
+    fuseds = [compiled_alone(e, rng) for e in equations(fused_jaxpr, "dot_general")]
     for i, ((single, s_shapes), (fused, f_shapes)) in enumerate(
         zip(singles, fuseds, strict=True)
     ):

@@ -14,16 +14,14 @@ formulation of the fused step can beat a loop over replicas by much.
 from __future__ import annotations
 
 import argparse
-import functools
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments.benchmark import BATCH, single_replica_step, time_interleaved
 from experiments.common import RESULTS_DIR, provenance, save_result
-from experiments.flops import CONV, conv_flops, equations
+from experiments.flops import CONV, compiled_alone, conv_flops, equations
 
 
 def profile(name: str, reps: int) -> dict:
@@ -34,23 +32,8 @@ def profile(name: str, reps: int) -> dict:
     convs = []
     rng = np.random.default_rng(0)
     for i, eqn in enumerate(equations(jaxpr.jaxpr, CONV)):
-        operands = [
-            jnp.asarray(rng.normal(size=v.aval.shape), v.aval.dtype) for v in eqn.invars
-        ]
-        params = dict(eqn.params)
-        fn = jax.jit(
-            lambda a, b, p=params: jax.lax.conv_general_dilated_p.bind(a, b, **p)
-        )
-        fns[f"conv{i}"] = functools.partial(fn, *operands)
-        convs.append(
-            {
-                "index": i,
-                "lhs": list(eqn.invars[0].aval.shape),
-                "rhs": list(eqn.invars[1].aval.shape),
-                "out": list(eqn.outvars[0].aval.shape),
-                "flops": conv_flops(eqn),
-            }
-        )
+        fns[f"conv{i}"], shapes = compiled_alone(eqn, rng)
+        convs.append({"index": i, **shapes, "flops": conv_flops(eqn)})
     timing = time_interleaved(fns, reps)
     step_s = timing["step"]["min_s"]
     for c in convs:

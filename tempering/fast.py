@@ -90,6 +90,7 @@ __all__ = [
     "WINDOW_PRIMITIVES",
     "Policy",
     "RewriteFallbackWarning",
+    "applied_rules",
     "resolve_policy",
     "replica_vmap",
 ]
@@ -623,6 +624,42 @@ def _has_batched_product(jaxpr: jex_core.Jaxpr) -> bool:
     return False
 
 
+def applied_rules(
+    policy: str | Policy, jaxpr: jex_core.Jaxpr, backend: str | None = None
+) -> dict[str, str]:
+    """The formulations :func:`replica_vmap` applies to a function, by its jaxpr.
+
+    Args:
+        policy: as for :func:`replica_vmap`.
+        jaxpr: the single-replica function's jaxpr (``jax.make_jaxpr(f)(...).jaxpr``).
+        backend: backend for ``"auto"``; the default backend if None.
+
+    Returns:
+        ``{}`` for plain ``jax.vmap``; ``{"*": "sequential"}`` for the
+        single-replica program in a loop over replicas; otherwise the
+        policy's formulations of the primitives the jaxpr uses. Two policies
+        with equal results compile the same program for this function.
+    """
+    rules = resolve_policy(policy, backend)
+    if rules == POLICIES[SEQUENTIAL]:
+        return rules
+    applied = {
+        name: formulation
+        for name, formulation in rules.items()
+        if _contains(jaxpr, frozenset({name}))
+    }
+    if (
+        not applied
+        and policy == "auto"
+        and _auto_otherwise(backend) == SEQUENTIAL
+        and _has_batched_product(jaxpr)
+    ):
+        # Nothing to reformulate but batched matrix products (attention): on
+        # one CPU the single-replica program in a loop is faster than vmap.
+        return dict(POLICIES[SEQUENTIAL])
+    return applied
+
+
 def _normalised_axes(in_axes: Any, args: tuple) -> tuple:
     axes = in_axes if isinstance(in_axes, tuple | list) else (in_axes,) * len(args)
     if any(a not in (0, None) for a in axes):
@@ -719,7 +756,6 @@ def replica_vmap(
         >>> step = replica_vmap(single_step, in_axes=(0, 0, None), policy="unroll")
     """
     rules = resolve_policy(policy)
-    otherwise = _auto_otherwise() if policy == "auto" else None
     if not rules:
         return jax.vmap(fun, in_axes=in_axes)
     if rules == POLICIES[SEQUENTIAL]:
@@ -755,17 +791,15 @@ def replica_vmap(
             return fun(*jax.tree.unflatten(in_tree, flat))
 
         closed, out_shape = jax.make_jaxpr(flat_fun, return_shape=True)(*single)
-        if not _contains(closed.jaxpr, frozenset(rules)):
-            # Nothing to reformulate: jax.vmap's program (an MLP), or under
-            # "auto" on one CPU, for batched matrix products (attention), the
-            # single-replica program in a loop.
-            if otherwise == SEQUENTIAL and _has_batched_product(closed.jaxpr):
-                return _sequential(fun, in_axes)(*args)
+        applied = applied_rules(policy, closed.jaxpr)
+        if not applied:
             return jax.vmap(fun, in_axes=in_axes)(*args)
+        if applied == POLICIES[SEQUENTIAL]:
+            return _sequential(fun, in_axes)(*args)
         out_tree = jax.tree.structure(out_shape)
 
         def rewritten(*flat):
-            return _eval(closed.jaxpr, closed.consts, flat, rules)
+            return _eval(closed.jaxpr, closed.consts, flat, applied)
 
         outs = jax.vmap(rewritten, in_axes=flat_axes)(*flat_args)
         return jax.tree.unflatten(out_tree, outs)

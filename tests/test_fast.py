@@ -407,6 +407,27 @@ def test_auto_runs_batched_products_as_a_loop_on_one_cpu(monkeypatch):
     assert fast._auto_otherwise("gpu") is None
 
 
+def test_applied_rules_name_the_program_replica_vmap_compiles(monkeypatch):
+    # The one decision the library and the zoo benchmark share: conv models get
+    # their rewrites, attention a loop on one CPU, an MLP plain vmap.
+    w = jax.random.normal(jax.random.key(0), (4, 4))
+    x = jax.random.normal(jax.random.key(1), (3, 5, 4))
+    attention = jax.make_jaxpr(jax.grad(_attention_loss))(w, x).jaxpr
+    dense = jax.make_jaxpr(jax.grad(_dense_loss))(w, x).jaxpr
+    model, images, _ = _setup("user_lenet")  # convolutions and max-pooling
+    variables = model.init(jax.random.key(0), images)
+    conv = jax.make_jaxpr(lambda v: model.apply(v, images))(variables).jaxpr
+    assert fast.applied_rules("auto", attention, "cpu") == {"*": "sequential"}
+    assert fast.applied_rules("auto", dense, "cpu") == {}
+    assert fast.applied_rules("patches", attention, "cpu") == {}
+    assert fast.applied_rules("auto", conv, "cpu") == {
+        "conv_general_dilated": "patches", "reduce_window_max": "reshape"
+    }  # fmt: skip
+    assert fast.applied_rules("auto", conv, "gpu") == {}
+    monkeypatch.setattr(jax, "device_count", lambda *a: 2)
+    assert fast.applied_rules("auto", attention, "cpu") == {}
+
+
 def test_auto_train_step_of_an_mlp_is_plain_vmap():
     state, x, y = _replicas("mlp")
     key = jax.random.key(2)
