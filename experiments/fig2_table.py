@@ -138,17 +138,27 @@ def _statistics(pt_runs: list[dict], grid_runs: list[dict]) -> dict[str, Any]:
 
 def _cells(pt: np.ndarray, grid: np.ndarray) -> list[str]:
     diff = pt - grid
-    return [
-        fmt_mean_std(pt, 100),
-        fmt_mean_std(grid, 100),
-        fmt_mean_std(diff, 100),
-        f"{int(np.sum(diff < 0))}/{len(pt)}",
-    ]
+
+    def cell(values):  # one seed has no spread: its value, not "± 0.00"
+        return (
+            fmt_mean_std(values, 100) if len(values) > 1 else f"{100 * values[0]:.2f}"
+        )
+
+    return [cell(pt), cell(grid), cell(diff), f"{int(np.sum(diff < 0))}/{len(pt)}"]
 
 
 def verdict(name: str, label: str, pt: np.ndarray, grid: np.ndarray) -> str:
-    """One plain-words line: does PT beat the grid by this statistic?"""
+    """One plain-words line: does PT beat the grid by this statistic?
+
+    One seed gives no verdict: without a spread over seeds no difference can
+    be told from seed noise.
+    """
     diff = pt - grid
+    if len(pt) < 2:
+        return (
+            f"{name} ({label}): one seed so far, no verdict: "
+            f"PT {100 * np.mean(pt):.2f}% vs grid {100 * np.mean(grid):.2f}%"
+        )
     wins = int(np.sum(diff < 0))
     mean_diff, noise = mean_std(100 * diff)
     gain = -mean_diff

@@ -87,7 +87,9 @@ def test_fig2_lenet_and_table_smoke(data_dir, tmp_path):
     text = fig2_table.main(["--results-dir", str(tmp_path)])
     assert name in text and "authors: β = p/(1−p)" in text
     assert "ours: PT (%)" in text and "authors': PT (%)" in text
-    assert f"{name} (ours)" in text and f"{name} (authors')" in text
+    assert f"{name} (ours): one seed so far, no verdict" in text  # and no "± 0.00"
+    assert f"{name} (authors'): one seed so far, no verdict" in text
+    assert "± 0.00" not in text.split("**Earlier protocol**")[0]
     assert (tmp_path / "fig2" / f"{name}.png").exists()
     assert (tmp_path / "fig2_table.md").exists()
 
