@@ -92,6 +92,9 @@ def test_fig2_lenet_and_table_smoke(data_dir, tmp_path):
     assert "± 0.00" not in text.split("**Earlier protocol**")[0]
     assert (tmp_path / "fig2" / f"{name}.png").exists()
     assert (tmp_path / "fig2_table.md").exists()
+    summary = (tmp_path / "fig2_summary.md").read_text()  # the README's block
+    assert f"- {name} (ours): one seed so far" in summary
+    assert "without their twin" not in summary
 
 
 def test_fig2_run_resumes_from_its_checkpoints(data_dir, tmp_path):

@@ -13,6 +13,7 @@ SHOWN = {
     "compare_cifar10": "docs/guides/comparison.md",
     "bench_raytune": "docs/guides/comparison.md",
     "fig2_table": "docs/guides/paper.md",
+    "fig2_summary": "README.md",
     "benchmark_cpu_m8": "docs/guides/performance.md",
     "benchmark_cpu_patches": "docs/guides/performance.md",
     "benchmark_cpu_flops": "docs/guides/performance.md",
