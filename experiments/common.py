@@ -193,6 +193,12 @@ def mean_std(values) -> tuple[float, float]:
 
 
 def fmt_mean_std(values, scale: float = 1.0, digits: int = 2) -> str:
-    """``mean ± std`` of ``values * scale`` as a string."""
-    mean, std = mean_std(np.asarray(values, np.float64) * scale)
+    """``mean ± std`` of ``values * scale`` as a string; one value alone.
+
+    A single value has no spread over seeds: it is shown without "± 0.00".
+    """
+    values = np.asarray(values, np.float64) * scale
+    if values.size == 1:
+        return f"{values.item():.{digits}f}"
+    mean, std = mean_std(values)
     return f"{mean:.{digits}f} ± {std:.{digits}f}"

@@ -141,13 +141,12 @@ def _statistics(pt_runs: list[dict], grid_runs: list[dict]) -> dict[str, Any]:
 
 def _cells(pt: np.ndarray, grid: np.ndarray) -> list[str]:
     diff = pt - grid
-
-    def cell(values):  # one seed has no spread: its value, not "± 0.00"
-        return (
-            fmt_mean_std(values, 100) if len(values) > 1 else f"{100 * values[0]:.2f}"
-        )
-
-    return [cell(pt), cell(grid), cell(diff), f"{int(np.sum(diff < 0))}/{len(pt)}"]
+    return [
+        fmt_mean_std(pt, 100),
+        fmt_mean_std(grid, 100),
+        fmt_mean_std(diff, 100),
+        f"{int(np.sum(diff < 0))}/{len(pt)}",
+    ]
 
 
 def verdict(name: str, label: str, pt: np.ndarray, grid: np.ndarray) -> str:
