@@ -201,6 +201,47 @@ def test_fig2_resnet_smoke(data_dir, tmp_path):
     np.testing.assert_allclose(errors * 7, np.round(errors * 7), atol=1e-5)
 
 
+def test_authors_cifar10_net_is_the_network_their_code_builds():
+    import jax
+    import jax.numpy as jnp
+
+    from tempering.models import lenet5_cifar10
+
+    x = jnp.ones((2, 32, 32, 3))
+    params = fig2_lenet.AuthorsCifar10Net().init(jax.random.key(0), x)["params"]
+    shapes = {k: v["kernel"].shape for k, v in params.items()}
+    assert shapes == {
+        "Conv_0": (5, 5, 3, 16),  # on the image: their conv2 reads x
+        "Conv_1": (5, 5, 16, 120),
+        "Dense_0": (10 * 10 * 120, 10),  # their 84-unit layer is overwritten
+    }
+    count = lambda tree: sum(a.size for a in jax.tree.leaves(tree))  # noqa: E731
+    assert count(params) == 169_346
+    assert count(lenet5_cifar10().init(jax.random.key(0), x)) == 62_006
+    net = fig2_lenet.AuthorsCifar10Net()
+    rngs = {"dropout": jax.random.key(1)}
+    evaluated = net.apply({"params": params}, x, dropout_rate=0.5)
+    trained = net.apply({"params": params}, x, train=True, dropout_rate=0.5, rngs=rngs)
+    assert evaluated.shape == trained.shape == (2, 10)
+    assert not np.allclose(evaluated, trained)  # dropout acts in training only
+    again = net.apply({"params": params}, x, train=True, dropout_rate=0.0, rngs=rngs)
+    np.testing.assert_allclose(again, evaluated, rtol=1e-6)
+
+
+def test_fig2_lenet_runs_the_authors_network(data_dir, tmp_path):
+    argv = ["--dataset", "cifar10", "--model", "authors", "--steps", "28",
+            "--exchange-interval", "3", "--c-rule", "keep", "--kinds", "pt",
+            "--data-dir", str(data_dir), "--out-dir", str(tmp_path), *TINY]  # fmt: skip
+    fig2_lenet.main(argv)
+    folder = tmp_path / "fig2" / "fig2_lenet_cifar10_dropout_26steps_every3_authorsnet"
+    result = json.loads((folder / "seed0_pt.json").read_text())
+    assert result["model"].startswith("AuthorsCifar10Net")
+    assert fig2_table.paper_numbers(folder.name) == "22.3 vs 23.0"
+    fashion = ["--dataset", "fashion_mnist", "--model", "authors"]
+    with pytest.raises(ValueError, match="--model lenet5"):
+        fig2_lenet.main([*fashion, "--data-dir", str(tmp_path / "missing")])
+
+
 @pytest.mark.parametrize(
     "name, paper",
     [
