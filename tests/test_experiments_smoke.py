@@ -171,6 +171,20 @@ def test_fig2_table_refuses_mixed_settings(tmp_path):
         fig2_table.merge_setting(folder)
 
 
+def test_fig2_table_merges_runs_that_differ_in_the_last_bit_only():
+    # the same ladder's betas on a CPU (jax 0.10) and a GPU (jax 0.11)
+    cpu = {
+        "protocol": {"betas": [19.0, 15.666666984558105], "c": 500.0, "rule": "keep"}
+    }
+    gpu = {
+        "protocol": {"betas": [19.0, 15.666666030883789], "c": 500.0, "rule": "keep"}
+    }
+    assert fig2_table._same(cpu, gpu)
+    assert not fig2_table._same(cpu, {"protocol": {**gpu["protocol"], "c": 500.1}})
+    assert not fig2_table._same(cpu, {"protocol": {**gpu["protocol"], "rule": "auto"}})
+    assert not fig2_table._same(cpu, {"protocol": {**gpu["protocol"], "betas": [19.0]}})
+
+
 def test_authors_statistic_is_the_smoothed_minimum_over_time_and_replicas():
     from experiments.fig2_common import authors_statistic
 
