@@ -219,6 +219,7 @@ def test_authors_cifar10_net_is_the_network_their_code_builds():
     import jax
     import jax.numpy as jnp
 
+    from experiments.flops import jaxpr_flops
     from tempering.models import lenet5_cifar10
 
     x = jnp.ones((2, 32, 32, 3))
@@ -232,6 +233,13 @@ def test_authors_cifar10_net_is_the_network_their_code_builds():
     count = lambda tree: sum(a.size for a in jax.tree.leaves(tree))  # noqa: E731
     assert count(params) == 169_346
     assert count(lenet5_cifar10().init(jax.random.key(0), x)) == 62_006
+
+    def flops(net):  # of the forward pass: its convolutions and matrix products
+        variables = net.init(jax.random.key(0), x)
+        return jaxpr_flops(jax.make_jaxpr(lambda v: net.apply(v, x))(variables))
+
+    ratio = flops(fig2_lenet.AuthorsCifar10Net()) / flops(lenet5_cifar10())
+    assert 8.9 < ratio < 9.1  # "nine times LeNet-5's multiply-adds"
     net = fig2_lenet.AuthorsCifar10Net()
     rngs = {"dropout": jax.random.key(1)}
     evaluated = net.apply({"params": params}, x, dropout_rate=0.5)
