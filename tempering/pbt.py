@@ -515,6 +515,7 @@ def pbt_train(
     config: PBTConfig,
     ready_interval: int,
     init_from_prior: bool = False,
+    exploit_at_end: bool = False,
     **kwargs: Any,
 ) -> PBTResult:
     """Trains M replicas by population based training in the PT engine.
@@ -522,7 +523,7 @@ def pbt_train(
     :func:`tempering.train` with :func:`pbt_move`: ``burn_in`` steps, then
     segments of ``ready_interval`` fused steps, each followed by a vectorised
     validation and one exploit/explore (not after the last segment of the
-    call).
+    call, unless ``exploit_at_end``).
 
     Args:
         state: replicas from :func:`tempering.create_replicas`; their current
@@ -533,6 +534,11 @@ def pbt_train(
         ready_interval: SGD steps between exploit/explore steps.
         init_from_prior: at step 0, draw the starting hyperparameters in
             ``config.names`` from the prior instead of keeping the state's.
+        exploit_at_end: also exploit/explore when the call's last segment
+            ends a round, as a longer run would. Pass True to every call of a
+            run split over calls but the last: the split run is then the one
+            long run, bit for bit. False (default): the call's final
+            population is the one its last segment trained.
         **kwargs: the run's data and settings, as for :func:`tempering.train`
             (``train_data``, ``validation_data``, ``num_steps``, ``burn_in``,
             ``batch_size``, ``burn_in_hyperparams``, ``callback``,
@@ -558,11 +564,12 @@ def pbt_train(
     check_names(state, config.names, "config")
     if kwargs.get("validation_data") is None:
         raise TypeError("pbt_train needs validation_data: its loss is the PBT score")
+    move_at_end = check_bool(exploit_at_end, "exploit_at_end")
     if check_bool(init_from_prior, "init_from_prior") and int(state.step) == 0:
         prior_key = jax.random.fold_in(jax.random.split(key)[1], 2**30)
         values = sample_prior(prior_key, config, state.num_replicas)
         state = set_hyperparams(state, **values)
-    run = train(state, key, move, interval=ready_interval, move_at_end=False,
+    run = train(state, key, move, interval=ready_interval, move_at_end=move_at_end,
                 interval_name="ready_interval", **kwargs)  # fmt: skip
     history, final = run.history, run.final
     pbt = history.move

@@ -402,6 +402,7 @@ CASES = [
     Case("pbt-train-config-unknown-name", lambda c: pbt(c, config=tp.pbt_config({"weight_decay": (0.0, 0.1)})), V, r"config.*unknown.*weight_decay"),
     Case("pbt-train-ready-interval-0", lambda c: pbt(c, ready_interval=0), V, r"ready_interval must be >= 1"),
     Case("pbt-train-no-validation", lambda c: pbt(c, validation_data=None), T, r"pbt_train needs validation_data"),
+    Case("pbt-train-exploit-at-end-str", lambda c: pbt(c, exploit_at_end="yes"), T, r"exploit_at_end must be True or False"),
     Case("pbt-step-scores-length", lambda c: pbt_step(c.key, c.state, jnp.ones(3), c.config), V, r"scores must have one entry per replica", fixed=True),
     Case("pbt-step-config-dict", lambda c: pbt_step(c.key, c.state, jnp.ones(M), {"learning_rate": (0.01, 0.1)}), T, r"config must be a PBTConfig", fixed=True),
     # --- train ------------------------------------------------------------

@@ -266,6 +266,26 @@ def test_pbt_without_exploit_equals_the_grid(state, blobs):
     assert leaves_equal(result.state.params, grid.state.params)
 
 
+def test_a_run_split_over_calls_is_one_run_with_exploit_at_end(state, blobs):
+    whole = run(state, blobs)  # rounds end at 15, 25, 35, 45; 47 steps
+    first = run(state, blobs, num_steps=25, exploit_at_end=True)
+    assert first.history.step.tolist() == [15, 25]  # the exploit at 25 is made
+    rest = run(first.state, blobs, num_steps=22)
+    assert leaves_equal(rest.state, whole.state)
+    for field in ("step", "val_loss", "parent", "copied"):
+        joined = np.concatenate(
+            [getattr(first.history, field), getattr(rest.history, field)]
+        )
+        np.testing.assert_array_equal(joined, getattr(whole.history, field))
+    # by default a call ends on its last segment's population: the exploit at
+    # 25 is not made, and the split run is another run
+    cut = run(state, blobs, num_steps=25)
+    assert cut.history.step.tolist() == [15]
+    assert not leaves_equal(run(cut.state, blobs, num_steps=22).state, whole.state)
+    with pytest.raises(TypeError, match="exploit_at_end"):
+        run(state, blobs, exploit_at_end="yes")
+
+
 def test_a_call_within_the_burn_in_has_no_rounds(state, blobs):
     # num_steps counts this call's steps: a longer burn-in is not an error, the
     # next call continues it
