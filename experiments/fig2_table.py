@@ -58,6 +58,15 @@ def paper_numbers(name: str) -> str:
     return next((v for k, v in PAPER.items() if name.startswith(k)), "–")
 
 
+def machine_name(provenance: dict) -> str:
+    """The accelerator a run used, else its CPU, from its provenance."""
+    machine = provenance.get("machine") or {}
+    devices = machine.get("devices") or []
+    if machine.get("backend") not in (None, "cpu") and devices:
+        return str(devices[0])
+    return f"{machine.get('cpu', 'unknown')} (CPU)"
+
+
 def _same(a: Any, b: Any) -> bool:
     """Equal records, floats to float32 rounding (machines and JAX versions
     differ in the last bit of derived values such as a ladder's betas)."""
@@ -104,7 +113,7 @@ def merge_setting(folder: Path) -> dict[str, Any]:
         raise ValueError(f"no seed*_<kind>.json file in {folder}")
     reference, ref_name, stand_in = None, None, None
     runs: dict[str, dict[int, dict]] = {kind: {} for kind in KINDS}
-    commits = set()
+    commits, machines = set(), set()
     for path in files:
         res = json.loads(path.read_text())
         shared = {k: v for k, v in res.items() if k not in PER_FILE}
@@ -126,6 +135,7 @@ def merge_setting(folder: Path) -> dict[str, Any]:
             raise ValueError(f"two {kind} results for seed {seed} in {folder}")
         runs[kind][seed] = res["run"]
         commits.add(res["provenance"].get("git_commit", "unknown"))
+        machines.add(machine_name(res["provenance"]))
     paired = sorted(set(runs["pt"]) & set(runs["grid"]))
     return {
         **reference,
@@ -134,6 +144,7 @@ def merge_setting(folder: Path) -> dict[str, Any]:
         "paired_seeds": paired,
         "unpaired": {kind: sorted(set(runs[kind]) - set(paired)) for kind in KINDS},
         "commits": sorted(commits),
+        "machines": sorted(machines),
         "runs": {kind: [runs[kind][s] for s in paired] for kind in KINDS},
     }
 
@@ -243,6 +254,9 @@ def protocol_row(res: dict) -> str:
         proto["scheme"],
         str(proto["validation_size"]),
         f"{proto['test_curve_size']} / {proto['final_test_size']}",
+        str(res.get("model", "–")),
+        ", ".join(commit[:7] for commit in res["commits"]),
+        "; ".join(res["machines"]),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -305,7 +319,8 @@ PROTOCOL_HEADER = (
     "| setting | dataset | ladder | dropout temperature | C (rule) | "
     "steps (first exchange + rounds×interval) of the paper's | lr (from step) | "
     "fixed dropout | proposals | validation examples | test examples "
-    "(curves / final) |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    "(curves / final) | model | commits | machines |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 RESULT_HEADER = (
     "| setting | seeds | exchange attempts per run | acceptance | "

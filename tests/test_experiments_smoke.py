@@ -90,6 +90,12 @@ def test_fig2_lenet_and_table_smoke(data_dir, tmp_path):
     assert f"{name} (ours): one seed so far, no verdict" in text  # and no "± 0.00"
     assert f"{name} (authors'): one seed so far, no verdict" in text
     assert "± 0.00" not in text.split("**Earlier protocol**")[0]
+    # model, commit and machine of the runs, in the protocol table
+    machine = fig2_table.machine_name(result["provenance"])
+    assert machine.endswith("(CPU)") and f"| {machine} |" in text
+    assert f"| {result['model']} |" in text
+    gpu = {"machine": {"backend": "gpu", "devices": ["NVIDIA H100 80GB HBM3"]}}
+    assert fig2_table.machine_name(gpu) == "NVIDIA H100 80GB HBM3"
     assert (tmp_path / "fig2" / f"{name}.png").exists()
     assert (tmp_path / "fig2_table.md").exists()
     summary = (tmp_path / "fig2_summary.md").read_text()  # the README's block
