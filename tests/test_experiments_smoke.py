@@ -265,9 +265,40 @@ def test_fig2_lenet_runs_the_authors_network(data_dir, tmp_path):
     result = json.loads((folder / "seed0_pt.json").read_text())
     assert result["model"].startswith("AuthorsCifar10Net")
     assert fig2_table.paper_numbers(folder.name) == "22.3 vs 23.0"
-    fashion = ["--dataset", "fashion_mnist", "--model", "authors"]
-    with pytest.raises(ValueError, match="--model lenet5"):
-        fig2_lenet.main([*fashion, "--data-dir", str(tmp_path / "missing")])
+    fashion = ["--dataset", "fashion_mnist", *argv[2:]]
+    fig2_lenet.main(fashion)
+    folder = (
+        tmp_path / "fig2" / "fig2_lenet_fashion_mnist_dropout_26steps_every3_authorsnet"
+    )
+    result = json.loads((folder / "seed0_pt.json").read_text())
+    assert result["model"].startswith("AuthorsEmnistNet")
+
+
+def test_authors_emnist_net_is_their_lenet5():
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.linspace(0.0, 1.0, 2 * 28 * 28).reshape(2, 28, 28)
+    net = fig2_lenet.AuthorsEmnistNet()
+    params = net.init(jax.random.key(0), x)["params"]
+    shapes = {k: jax.tree.map(jnp.shape, v) for k, v in params.items()}
+    assert shapes["Conv_0"]["kernel"] == (5, 5, 1, 6)  # on the padded 32x32 image
+    assert shapes["Conv_2"]["kernel"] == (5, 5, 16, 120)
+    assert shapes["Dense_0"]["kernel"] == (120, 84)
+    assert shapes["pool_scale_6"] == shapes["pool_bias_6"] == (6,)
+    assert shapes["rbf_centres"] == (84, 26)  # no bias
+    assert sum(a.size for a in jax.tree.leaves(params)) == 63_084
+    logits = net.apply({"params": params}, x, dropout_rate=0.1)
+    # logit k is the squared distance between the 84 features and centre k
+    _, captured = net.apply(
+        {"params": params}, x, capture_intermediates=True, mutable=["intermediates"]
+    )
+    features = jnp.tanh(captured["intermediates"]["Dense_0"]["__call__"][0])
+    expected = ((features[..., None] - params["rbf_centres"]) ** 2).sum(1)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5)
+    rngs = {"dropout": jax.random.key(1)}
+    trained = net.apply({"params": params}, x, train=True, dropout_rate=0.5, rngs=rngs)
+    assert not np.allclose(trained, logits)
 
 
 @pytest.mark.parametrize(
