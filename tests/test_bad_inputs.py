@@ -1,4 +1,4 @@
-"""No silent bad input (issue 17): a table of 236 bad inputs to the public API.
+"""No silent bad input (issue 17): a table of 237 bad inputs to the public API.
 
 Each case makes one bad call (``create_replicas``, ``set_hyperparams``,
 ``get_hyperparams``, the ladders and hand-built ``Ladder``, ``exchange``,
