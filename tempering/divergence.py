@@ -116,5 +116,5 @@ class Warner:
                 f"replica {m} ({values}) diverged by step {record.step} "
                 f"(non-finite loss): {what}",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,  # the caller of pt_train (or another wrapper)
             )

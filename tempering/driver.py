@@ -507,106 +507,142 @@ def train(
         vectorize=vectorize,
         loop=loop_for(state, data.sample, loop),
     )
-
     policy = divergence.check_policy(on_diverge)
-    first_step = int(state.step)
-    segments = plan(first_step, sched)  # a plan past explicit round ends raises
+    segments = plan(int(state.step), sched)  # a plan past explicit round ends raises
     data_key, key = jax.random.split(key)
     state = _copy(state)  # the caller's buffers are never donated
-    before_burn_in = _copy(state.hyperparams)  # the state's buffers are donated
+    run = _Run(
+        move=move, key=key, data_key=data_key, data=data, settings=settings,
+        evaluation=evaluation, score_fn=score_fn, policy=policy,
+        segments=segments, burn_in_hyperparams=burn_in_hyperparams,
+        before_burn_in=_copy(state.hyperparams),  # the state's are donated
+        move_at_end=move_at_end, callback=callback, first_step=int(state.step),
+    )  # fmt: skip
     progress_ = checkpoint.Progress(
         next_segment=0,
         records=_Rows(sum(seg.evaluated and seg.ends_round for seg in segments)),
         initial=None,
-        burn_values=_host(before_burn_in),
+        burn_values=_host(run.before_burn_in),
     )
     saver = None
     if checkpoint_dir is not None:
         saver = _checkpointer(
-            checkpoint_dir, checkpoint_every, keep_checkpoints, state, key, move,
-            data, sched, settings, evaluation, policy, move_at_end, burn_in_hyperparams,
-        )  # fmt: skip
+            checkpoint_dir, checkpoint_every, keep_checkpoints, state, sched, run
+        )
         restored = saver.restore(state)
         if restored is not None:
             state, progress_ = restored
-    records, initial, burn_values = (
-        progress_.records,
-        progress_.initial,
-        progress_.burn_values,
-    )
-    warner = divergence.Warner(policy)
-    done_steps = sum(seg.steps for seg in segments[: progress_.next_segment])
     bar = _progress(sched.num_steps, progress, _RUN_NAMES.get(interval_name, "train"))
-    if bar is not None and done_steps:
-        bar.update(done_steps)
-    next_segment = progress_.next_segment
+    if bar is not None:
+        bar.update(sum(seg.steps for seg in segments[: progress_.next_segment]))
     with _StopOnInterrupt() as interrupt:
-        for index, segment in enumerate(segments):
-            if index < next_segment:
-                continue  # done before the checkpoint this call resumed from
-            burning = not segment.evaluated
-            if burning and burn_in_hyperparams:
-                state = set_hyperparams(state, **burn_in_hyperparams)
-                burn_values = _host(state.hyperparams)
-            if not burning and initial is None:
-                initial = (_host(state.rungs), _host(state.hyperparams))
-            segment_key, move_key = jax.random.split(
-                jax.random.fold_in(key, segment.round)
-            )
-            state, train_loss = run_segment(
-                state, segment_key, data.train, segment.steps, data_key=data_key,
-                settings=settings, loop=evaluation.loop, start=segment.start,
-            )  # fmt: skip
-            next_segment = index + 1
-            if bar is not None:
-                bar.update(segment.steps)
-            last = index + 1 == len(segments)
-            if (
-                burning
-                and burn_in_hyperparams
-                and (last or segments[index + 1].evaluated)
-            ):
-                state = set_hyperparams(state, **before_burn_in)  # burn-in over
-            stop = interrupt.requested
-            if segment.evaluated and segment.ends_round and (move_at_end or not last):
-                try:
-                    state, record = _end_round(
-                        state, move, move_key, segment.round_index, train_loss,
-                        data, evaluation, score_fn, policy,
-                    )  # fmt: skip
-                except divergence.DivergenceError as error:
-                    error.history = _stack(
-                        records, initial or (_host(state.rungs), burn_values),
-                        burn_values, state, move, None, data.test, first_step,
-                    )  # fmt: skip
-                    raise
-                records.add(record)
-                warner(record)
-                stop = (callback is not None and bool(callback(record))) or stop
-                if saver is not None and saver.due() and not (stop or last):
-                    saver.save(
-                        state,
-                        checkpoint.Progress(index + 1, records, initial, burn_values),
-                    )
-            stop = stop or interrupt.requested
-            if stop:
-                break
-        if saver is not None:
-            saver.save(
-                state, checkpoint.Progress(next_segment, records, initial, burn_values)
-            )
-            saver.close()
+        state, progress_ = _run_segments(run, state, progress_, saver, bar, interrupt)
+        return _finish(run, state, progress_, saver, bar, interrupt.requested)
+
+
+class _Run(NamedTuple):
+    """What a :func:`train` call fixes before its first segment (validated)."""
+
+    move: Any
+    key: jax.Array  # the run's key, the data key split off
+    data_key: jax.Array
+    data: _Data
+    settings: SegmentSettings
+    evaluation: _Evaluation
+    score_fn: ScoreFn | None
+    policy: str  # on_diverge
+    segments: list[_Segment]  # the call's plan
+    burn_in_hyperparams: Mapping[str, Any] | None
+    before_burn_in: Any  # the state's own hyperparams, back after the burn-in
+    move_at_end: bool
+    callback: Callback | None
+    first_step: int
+
+
+def _run_segments(run, state, progress, saver, bar, interrupt):
+    """Trains the segments left; the state and progress where it stopped.
+
+    It stops at the plan's end, a truthy callback or Ctrl-C, and checkpoints
+    when one is due.
+    """
+    warner = divergence.Warner(run.policy)
+    for index in range(progress.next_segment, len(run.segments)):
+        state, progress, record = _train_segment(run, state, progress, index)
         if bar is not None:
-            bar.close()
-        if interrupt.requested:
-            _warn_interrupted(int(state.step), saver is not None)
-        if initial is None:
-            initial = (_host(state.rungs), _host(state.hyperparams))
-        final, final_score = _final(state, data, evaluation, score_fn)
-        history = _stack(
-            records, initial, burn_values, state, move, final, data.test, first_step
-        )
-        return _result(state, history, final, final_score, interrupt.requested)
+            bar.update(run.segments[index].steps)
+        stop = interrupt.requested
+        if record is not None:
+            warner(record)
+            stop = (run.callback is not None and bool(run.callback(record))) or stop
+            last = index + 1 == len(run.segments)
+            if saver is not None and saver.due() and not (stop or last):
+                saver.save(state, progress)
+        if stop or interrupt.requested:
+            break
+    return state, progress
+
+
+def _train_segment(run, state, progress, index):
+    """One segment of the plan: ``(state, progress, record or None)``.
+
+    Its SGD steps, then the evaluation and the move if it ends a round.
+    """
+    segment = run.segments[index]
+    initial, burn_values = progress.initial, progress.burn_values
+    burning = not segment.evaluated
+    if burning and run.burn_in_hyperparams:
+        state = set_hyperparams(state, **run.burn_in_hyperparams)
+        burn_values = _host(state.hyperparams)
+    if not burning and initial is None:
+        initial = (_host(state.rungs), _host(state.hyperparams))
+    segment_key, move_key = jax.random.split(jax.random.fold_in(run.key, segment.round))
+    state, train_loss = run_segment(
+        state, segment_key, run.data.train, segment.steps, data_key=run.data_key,
+        settings=run.settings, loop=run.evaluation.loop, start=segment.start,
+    )  # fmt: skip
+    last = index + 1 == len(run.segments)
+    if (
+        burning
+        and run.burn_in_hyperparams
+        and (last or run.segments[index + 1].evaluated)
+    ):
+        state = set_hyperparams(state, **run.before_burn_in)  # burn-in over
+    progress = checkpoint.Progress(index + 1, progress.records, initial, burn_values)
+    if not (segment.evaluated and segment.ends_round and (run.move_at_end or not last)):
+        return state, progress, None
+    try:
+        state, record = _end_round(
+            state, run.move, move_key, segment.round_index, train_loss, run.data,
+            run.evaluation, run.score_fn, run.policy,
+        )  # fmt: skip
+    except divergence.DivergenceError as error:
+        error.history = _stack(
+            progress.records, initial or (_host(state.rungs), burn_values),
+            burn_values, state, run.move, None, run.data.test, run.first_step,
+        )  # fmt: skip
+        raise
+    progress.records.add(record)
+    return state, progress, record
+
+
+def _finish(run, state, progress, saver, bar, interrupted) -> RunResult:
+    """Saves the last checkpoint, evaluates the end state, stacks the history."""
+    if saver is not None:
+        saver.save(state, progress)
+        saver.close()
+    if bar is not None:
+        bar.close()
+    if interrupted:
+        _warn_interrupted(int(state.step), saver is not None)
+    initial = progress.initial
+    if initial is None:
+        initial = (_host(state.rungs), _host(state.hyperparams))
+    final, final_score = _final(state, run.data, run.evaluation, run.score_fn)
+    history = _stack(
+        progress.records, initial, progress.burn_values, state, run.move, final,
+        run.data.test, run.first_step,
+    )  # fmt: skip
+    return _result(state, history, final, final_score, interrupted)
 
 
 def _warn_interrupted(step: int, checkpointed: bool) -> None:
@@ -619,7 +655,7 @@ def _warn_interrupted(step: int, checkpointed: bool) -> None:
         f"interrupted: stopped at step {step} after a whole round; the result "
         f"holds the rounds done ({how})",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=5,  # the caller of pt_train (or another wrapper)
     )
 
 
@@ -644,29 +680,29 @@ def _result(state, history, final, final_score, interrupted) -> RunResult:
     return RunResult(state, history, final, final_score, diverged, bool(interrupted))
 
 
-def _checkpointer(
-    directory, every, keep, state, key, move, data, sched, settings, evaluation,
-    policy, move_at_end, burn_in_hyperparams,
-) -> checkpoint.Checkpointer:  # fmt: skip
+def _checkpointer(directory, every, keep, state, sched, run) -> checkpoint.Checkpointer:
     """A checkpointer whose fingerprint holds everything the call depends on."""
+    settings = run.settings
     return checkpoint.Checkpointer(
         directory,
         every=check_int(every, "checkpoint_every", 1),
         keep=check_int(keep, "keep_checkpoints", 1),
         settings=checkpoint.fingerprint(
             state,
-            key,
-            move,
-            data,
+            run.key,
+            run.move,
+            run.data,
             schedule=tuple(sched),
             batch_size=settings.batch_size,
             shared_batch=settings.shared_batch,
             augment=getattr(settings.augment, "__qualname__", settings.augment),
-            eval_batch_size=evaluation.batch_size,
-            on_diverge=policy,
-            move_at_end=move_at_end,
-            burn_in_hyperparams=jax.tree.map(float, dict(burn_in_hyperparams or {})),
-        ),  # fmt: skip
+            eval_batch_size=run.evaluation.batch_size,
+            on_diverge=run.policy,
+            move_at_end=run.move_at_end,
+            burn_in_hyperparams=jax.tree.map(
+                float, dict(run.burn_in_hyperparams or {})
+            ),
+        ),
     )
 
 
