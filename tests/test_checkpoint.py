@@ -96,8 +96,11 @@ def _ctrl_c_stops_after_the_round_and_resumes(tmp_path, reference):
         if record.round == 3:
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.warns(RuntimeWarning, match="interrupted: stopped at step 34"):
+    with pytest.warns(
+        RuntimeWarning, match="interrupted: stopped at step 34"
+    ) as caught:
         stopped = worker.run(tmp_path, callback=interrupt_at_3)
+    assert {w.filename for w in caught} == {worker.__file__}  # pt_train's caller
     assert stopped.summary.interrupted
     assert stopped.history.step.tolist() == [16, 22, 28, 34]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

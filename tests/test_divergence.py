@@ -60,6 +60,8 @@ def test_flag_records_warns_once_and_is_never_best(state, blobs):
     with pytest.warns(RuntimeWarning, match="replica 1 .* diverged") as caught:
         result = run(bad, blobs)
     assert sum("diverged" in str(w.message) for w in caught) == 1
+    # The warning points at the line that called pt_train, not into the library.
+    assert {w.filename for w in caught if "diverged" in str(w.message)} == {__file__}
     history = result.history
     assert history.diverged[:, 1].all() and not history.diverged[:, [0, 2, 3]].any()
     assert (history.restored_from == -1).all()
