@@ -446,32 +446,12 @@ def create_replicas(
             per-replica input.
     """
     _check_arguments(model, tx, num_replicas, hyperparams, same_init, loss_fn)
-    if ladder is not None:
-        ladder = as_ladder(ladder)
-        if num_replicas is not None and num_replicas != ladder.num_rungs:
-            raise ValueError(
-                f"num_replicas={num_replicas} but the ladder has {ladder.num_rungs} "
-                "rungs; drop num_replicas or make them equal"
-            )
-        num_replicas = ladder.num_rungs
-    if num_replicas is None or num_replicas < 1:
-        raise ValueError(
-            f"give a ladder or num_replicas >= 1, got num_replicas={num_replicas!r}"
-        )
+    ladder = None if ladder is None else as_ladder(ladder)
+    num_replicas = _replica_count(ladder, num_replicas)
     key = _check_key(key, "key")
     inputs, defaults = _resolve_model_inputs(model, train_kwarg, model_inputs)
     given = dict(hyperparams or {})
-    start = {}
-    for name in inputs:
-        value = given.get(name, defaults.get(name))
-        if value is None and not (ladder is not None and name in ladder.values):
-            raise ValueError(
-                f"model input {name!r} has no default: give its starting value "
-                f"with hyperparams={{{name!r}: ...}}"
-            )
-        if value is not None:
-            check_values(name, value, "hyperparams")
-        start[name] = jnp.float32(0.0 if value is None else value)
+    start = _starting_inputs(inputs, defaults, given, ladder)
     sample_input = _as_sample(sample_input)
     keys = jax.random.split(key, num_replicas)
     if same_init:
@@ -480,23 +460,7 @@ def create_replicas(
     abstract = _check_traced_inputs(
         init, keys[0], model, train_kwarg, sample_input, start
     )
-    # Names and values are checked before the init compiles.
-    scheduled = scheduled_names(abstract)
-    known = set(injected_names(abstract)) - set(scheduled) | set(start)
-    for where, names in (
-        ("hyperparams", given),
-        ("ladder", () if ladder is None else ladder.values),
-    ):
-        unknown = sorted(set(names) - known)
-        if unknown:
-            _raise_unknown_names(known, scheduled, unknown, where)
-    for name, value in given.items():
-        shape = check_values(name, value, "hyperparams").shape
-        if shape not in ((), (num_replicas,)):
-            raise ValueError(
-                f"{name} in hyperparams must be one value or one per replica, shape "
-                f"({num_replicas},), got shape {shape}"
-            )
+    _check_names(abstract, start, given, ladder, num_replicas)  # before compiling
     # One replica at a time, not vmapped: init runs once, and XLA compiles the
     # single-replica init (random initialisers) several times faster.
     params, stats, opt_state = _stack([init(k, sample_input, start) for k in keys])
@@ -528,6 +492,80 @@ def create_replicas(
         check_ladder(state, ladder)
         state = assign_rungs(state, ladder, state.rungs)
     return state
+
+
+def _replica_count(ladder: Ladder | None, num_replicas: int | None) -> int:
+    """M: the ladder's number of rungs, or ``num_replicas`` without a ladder."""
+    if ladder is not None:
+        if num_replicas is not None and num_replicas != ladder.num_rungs:
+            raise ValueError(
+                f"num_replicas={num_replicas} but the ladder has {ladder.num_rungs} "
+                "rungs; drop num_replicas or make them equal"
+            )
+        return ladder.num_rungs
+    if num_replicas is None or num_replicas < 1:
+        raise ValueError(
+            f"give a ladder or num_replicas >= 1, got num_replicas={num_replicas!r}"
+        )
+    return num_replicas
+
+
+def _starting_inputs(
+    inputs: Sequence[str],
+    defaults: Mapping[str, Any],
+    given: Mapping[str, Any],
+    ladder: Ladder | None,
+) -> dict[str, jax.Array]:
+    """Each per-replica model input's starting value (0 where the ladder sets it)."""
+    start = {}
+    for name in inputs:
+        value = given.get(name, defaults.get(name))
+        if value is None and not (ladder is not None and name in ladder.values):
+            raise ValueError(
+                f"model input {name!r} has no default: give its starting value "
+                f"with hyperparams={{{name!r}: ...}}"
+            )
+        if value is not None:
+            check_values(name, value, "hyperparams")
+        start[name] = jnp.float32(0.0 if value is None else value)
+    return start
+
+
+def _check_names(
+    abstract: Any,
+    start: Mapping[str, Any],
+    given: Mapping[str, Any],
+    ladder: Ladder | None,
+    num_replicas: int,
+) -> None:
+    """Raises unless every name given is a hyperparameter here, with a valid shape.
+
+    A hyperparameter here is a float ``tx`` injects (not on a schedule) or a
+    per-replica model input; a value is one number or one per replica.
+
+    Args:
+        abstract: the shapes of one replica's ``(params, stats, opt_state)``.
+        start: the model inputs' starting values.
+        given: the ``hyperparams`` argument.
+        ladder: the ladder, or None.
+        num_replicas: M.
+    """
+    scheduled = scheduled_names(abstract)
+    known = set(injected_names(abstract)) - set(scheduled) | set(start)
+    for where, names in (
+        ("hyperparams", given),
+        ("ladder", () if ladder is None else ladder.values),
+    ):
+        unknown = sorted(set(names) - known)
+        if unknown:
+            _raise_unknown_names(known, scheduled, unknown, where)
+    for name, value in given.items():
+        shape = check_values(name, value, "hyperparams").shape
+        if shape not in ((), (num_replicas,)):
+            raise ValueError(
+                f"{name} in hyperparams must be one value or one per replica, shape "
+                f"({num_replicas},), got shape {shape}"
+            )
 
 
 def _check_key(key: Any, name: str) -> jax.Array:
