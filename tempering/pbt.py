@@ -221,20 +221,11 @@ def pbt_config(
     names = tuple(n for n in HYPERPARAMETERS if n in prior) + tuple(
         sorted(n for n in prior if n not in HYPERPARAMETERS)
     )
-    priors, clips = [], []
-    for name in names:
-        p = _check_prior(name, prior[name])
-        _check_range(name, p.low, p.high, "the prior")
-        low, high = bounds.get(name, (p.low, p.high))
-        low, high = float(low), float(high)
-        if not (np.isfinite(low) and np.isfinite(high)) or low >= high:
-            raise ValueError(
-                f"bounds[{name!r}] = ({low}, {high}) must be finite with low < high "
-                "(bounds reversed?)"
-            )
-        _check_range(name, low, high, "the bounds")
-        priors.append(p)
-        clips.append((low, high))
+    priors = tuple(_check_prior(name, prior[name]) for name in names)
+    clips = tuple(
+        _check_bounds(name, p, bounds.get(name))
+        for name, p in zip(names, priors, strict=True)
+    )
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     fraction = _number(fraction, "fraction")
@@ -247,6 +238,35 @@ def pbt_config(
         raise ValueError(
             f"resample_probability must lie in [0, 1], got {resample_probability}"
         )
+    return PBTConfig(
+        names=names,
+        priors=priors,
+        bounds=clips,
+        selection=selection,
+        fraction=fraction,
+        resample_probability=resample_probability,
+        perturb_factors=_check_factors(perturb_factors),
+    )
+
+
+def _check_bounds(
+    name: str, prior: Prior, bounds: tuple[float, float] | None
+) -> tuple[float, float]:
+    """The clip range of ``name`` after explore (the prior's range by default)."""
+    _check_range(name, prior.low, prior.high, "the prior")
+    low, high = (prior.low, prior.high) if bounds is None else bounds
+    low, high = float(low), float(high)
+    if not (np.isfinite(low) and np.isfinite(high)) or low >= high:
+        raise ValueError(
+            f"bounds[{name!r}] = ({low}, {high}) must be finite with low < high "
+            "(bounds reversed?)"
+        )
+    _check_range(name, low, high, "the bounds")
+    return low, high
+
+
+def _check_factors(perturb_factors: Any) -> tuple[float, ...]:
+    """The perturbation factors as a non-empty tuple of positive floats."""
     if isinstance(perturb_factors, str) or np.ndim(perturb_factors) != 1:
         raise TypeError(
             "perturb_factors must be a sequence of positive numbers, e.g. "
@@ -257,15 +277,7 @@ def pbt_config(
         raise ValueError(
             f"perturb_factors must be a non-empty list of positive numbers, got {factors}"
         )
-    return PBTConfig(
-        names=names,
-        priors=tuple(priors),
-        bounds=tuple(clips),
-        selection=selection,
-        fraction=fraction,
-        resample_probability=resample_probability,
-        perturb_factors=factors,
-    )
+    return factors
 
 
 def num_truncated(num_replicas: int, fraction: float) -> int:
