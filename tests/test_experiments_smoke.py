@@ -177,6 +177,23 @@ def test_fig2_table_refuses_mixed_settings(tmp_path):
         fig2_table.merge_setting(folder)
 
 
+@pytest.mark.parametrize(
+    "pt, grid, says",
+    [
+        ([0.10], [0.11], "one seed so far, no verdict"),
+        ([0.100, 0.200, 0.300], [0.102, 0.203, 0.301], "PT is lower by 0.20 ± 0.10"),
+        ([0.100, 0.200, 0.300], [0.101, 0.199, 0.302], "not beat the grid beyond seed"),
+        # a mean gain of 1.13 standard deviations: under 2 s.e. with 3 seeds
+        ([0.100, 0.200, 0.300], [0.103, 0.201, 0.3005], "not beat the grid beyond"),
+        ([0.102, 0.203, 0.301], [0.100, 0.200, 0.300], "the grid is lower** by 0.20"),
+        ([0.101, 0.199, 0.302], [0.100, 0.200, 0.300], "does not beat the grid** here"),
+    ],
+)
+def test_fig2_verdict_calls_a_gain_or_a_loss_only_beyond_seed_noise(pt, grid, says):
+    line = fig2_table.verdict("s", "ours", np.array(pt), np.array(grid))
+    assert says in line
+
+
 def test_fig2_table_merges_runs_that_differ_in_the_last_bit_only():
     # the same ladder's betas on a CPU (jax 0.10) and a GPU (jax 0.11)
     cpu = {
