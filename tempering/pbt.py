@@ -147,6 +147,7 @@ def _check_prior(name: str, prior: Any) -> Prior:
         )
     if log and low <= 0:
         raise ValueError(f"log-uniform prior[{name!r}] needs low > 0, got {low}")
+    _check_range(name, low, high, "the prior")
     return Prior(low, high, log)
 
 
@@ -223,7 +224,7 @@ def pbt_config(
     )
     priors = tuple(_check_prior(name, prior[name]) for name in names)
     clips = tuple(
-        _check_bounds(name, p, bounds.get(name))
+        _check_bounds(name, bounds.get(name, (p.low, p.high)))
         for name, p in zip(names, priors, strict=True)
     )
     if selection not in SELECTIONS:
@@ -249,12 +250,9 @@ def pbt_config(
     )
 
 
-def _check_bounds(
-    name: str, prior: Prior, bounds: tuple[float, float] | None
-) -> tuple[float, float]:
-    """The clip range of ``name`` after explore (the prior's range by default)."""
-    _check_range(name, prior.low, prior.high, "the prior")
-    low, high = (prior.low, prior.high) if bounds is None else bounds
+def _check_bounds(name: str, bounds: tuple[float, float]) -> tuple[float, float]:
+    """The clip range of ``name`` after explore, as floats."""
+    low, high = bounds
     low, high = float(low), float(high)
     if not (np.isfinite(low) and np.isfinite(high)) or low >= high:
         raise ValueError(
