@@ -508,7 +508,8 @@ def train(
         loop=loop_for(state, data.sample, loop),
     )
     policy = divergence.check_policy(on_diverge)
-    segments = plan(int(state.step), sched)  # a plan past explicit round ends raises
+    first_step = int(state.step)
+    segments = plan(first_step, sched)  # a plan past explicit round ends raises
     data_key, key = jax.random.split(key)
     state = _copy(state)  # the caller's buffers are never donated
     run = _Run(
@@ -516,7 +517,7 @@ def train(
         evaluation=evaluation, score_fn=score_fn, policy=policy,
         segments=segments, burn_in_hyperparams=burn_in_hyperparams,
         before_burn_in=_copy(state.hyperparams),  # the state's are donated
-        move_at_end=move_at_end, callback=callback, first_step=int(state.step),
+        move_at_end=move_at_end, callback=callback, first_step=first_step,
     )  # fmt: skip
     progress_ = checkpoint.Progress(
         next_segment=0,
