@@ -447,6 +447,63 @@ def run_diffusion_wd() -> Arrays:
     return _diffusion("weight_decay", [0.0, 1e-3, 1e-2, 1e-1], l2_sgd(0.05))
 
 
+# Training steps of each configuration, for the tolerance of its float outputs
+# off the recording platform (compare.tolerance). The replays retrain the
+# 60-step schedules of pbt_truncation.
+NUM_STEPS = {
+    "pt_random": 55,
+    "grid": 55,
+    "pt_even_odd": 88,
+    "pt_host": 55,
+    "pbt_truncation": 60,
+    "pbt_tournament": 50,
+    "replay": 60,
+    "replay_lineage": 60,
+    "diffusion_lr": 30,
+    "diffusion_dropout": 30,
+    "diffusion_wd": 30,
+}
+
+# Losses of a 4-class problem start at ln 4 and fall: every recorded loss is
+# below this bound.
+LOSS_BOUND = 1.5
+
+
+def _acceptance_gain(ladder: tp.Ladder, c: float) -> float:
+    """How much an acceptance probability amplifies a change of the losses.
+
+    ``p = exp(min(0, C (beta_r - beta_r+1) (L_i - L_j)))`` moves by at most
+    ``C * max dbeta`` times the change of ``L_i - L_j``, which is at most twice
+    the deviation allowed for a loss (``LOSS_BOUND`` times the tolerance).
+    """
+    betas = np.asarray(ladder.betas, np.float64)
+    return 2.0 * c * float(np.max(betas[:-1] - betas[1:])) * LOSS_BOUND
+
+
+_DROPOUT_GAIN = _acceptance_gain(tp.linear_ladder("dropout_rate", 0.0, 0.5, 4), 5.0)
+GAINS: dict[str, dict[str, float]] = {
+    "pt_random": {"history.acceptance_prob": _DROPOUT_GAIN},
+    "grid": {"history.acceptance_prob": _DROPOUT_GAIN},
+    "pt_host": {"history.acceptance_prob": _DROPOUT_GAIN},
+    "pt_even_odd": {
+        "history.acceptance_prob": _acceptance_gain(
+            tp.geometric_ladder("learning_rate", 0.01, 0.3, NUM_REPLICAS), 5.0
+        )
+    },
+}
+
+# The PRNG bits of the recording (jax_threefry_partitionable; its default
+# changed from False to True in JAX 0.5.0): the runs reproduce them on every
+# supported release.
+THREEFRY_PARTITIONABLE = True
+
+
+def run(name: str) -> Arrays:
+    """The outputs of configuration ``name`` under the recording's PRNG setting."""
+    with jax.threefry_partitionable(THREEFRY_PARTITIONABLE):
+        return RUNNERS[name]()
+
+
 RUNNERS: dict[str, Callable[[], Arrays]] = {
     "pt_random": run_pt_random,
     "grid": run_grid,

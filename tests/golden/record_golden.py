@@ -1,17 +1,24 @@
 """Records the golden outputs of every configuration in ``golden_configs``.
 
-Run it with the engine to freeze on the import path, e.g. from a worktree of
-the commit::
+From the repository root, with the engine of the current checkout::
 
-    git worktree add /tmp/golden_wt <commit>
-    cd /tmp/golden_wt
-    PYTHONPATH=/tmp/golden_wt python /path/to/tests/golden/record_golden.py
+    python tests/golden/record_golden.py            # writes golden.npz, golden.json
+    python tests/golden/record_golden.py --check    # compares, writes nothing
 
-It writes ``golden.npz`` (keys ``"<config>/<field>"``) and ``golden.json``
-(library versions, the commit of the imported ``tempering``, the platform)
-next to this file, or into ``--out``. The XLA setting of ``tests/conftest.py``
-(``JAX_DISABLE_MOST_OPTIMIZATIONS``, on unless the environment says otherwise)
-is applied the same way, so the recording runs the programs the tests run.
+Recording needs a clean tree (the record names its commit) unless ``--allow-dirty``.
+It writes ``golden.npz`` (keys ``"<config>/<field>"``) and ``golden.json`` (library
+versions, the commit of the imported ``tempering``, and the platform's
+fingerprint, ``compare.fingerprint``) next to this file, or into ``--out``. The
+XLA setting of ``tests/conftest.py`` (``JAX_DISABLE_MOST_OPTIMIZATIONS``, on
+unless the environment says otherwise) is applied the same way, so the
+recording runs the programs the tests run.
+
+``--check`` reruns every configuration in fresh processes, once as this
+machine's XLA compiles it and once under each lower instruction set
+(``XLA_FLAGS=--xla_cpu_max_isa=...``), and prints, per run, whether the
+discrete outcomes equal the recording's and how close the float outputs come to
+their tolerance: the evidence that a configuration's outcomes are robust to
+last-bit differences (``tests/golden/README.md``).
 """
 
 from __future__ import annotations
@@ -24,12 +31,13 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import flax  # noqa: E402
 import jax  # noqa: E402
-import jaxlib  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
@@ -40,6 +48,7 @@ jax.config.update(
     os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] not in ("0", "false", "False"),
 )
 
+import golden_compare as compare  # noqa: E402
 import golden_configs as gc  # noqa: E402
 
 # Result types whose fields golden_configs lists: at recording time every
@@ -89,44 +98,104 @@ def git(*args: str) -> str:
 
 
 def metadata() -> dict[str, object]:
-    """Versions, commit and platform the outputs belong to."""
+    """Versions, commit and platform fingerprint the outputs belong to."""
     return {
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "flax": flax.__version__,
         "optax": optax.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
-        "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "tempering_file": str(Path(tp.__file__).resolve()),
         "platform": platform.platform(),
-        "machine": platform.machine(),
-        "backend": jax.default_backend(),
-        "device_kind": jax.devices()[0].device_kind,
-        "jax_disable_most_optimizations": bool(
-            jax.config.read("jax_disable_most_optimizations")
-        ),
+        "threefry_partitionable": gc.THREEFRY_PARTITIONABLE,
+        "fingerprint": compare.fingerprint(),
         "configs": list(gc.CONFIGS),
     }
 
 
+ISA_LEVELS = ("AVX512", "AVX2", "AVX", "SSE4_2")
+
+
+def lower_isas() -> list[str]:
+    """XLA:CPU instruction sets below this machine's (x86 only; [] elsewhere)."""
+    isa = set(compare.fingerprint()["cpu"]["isa"])
+    top = "AVX512" if "avx512f" in isa else "AVX2" if "avx2" in isa else "AVX"
+    if "avx" not in isa:
+        return []
+    return list(ISA_LEVELS[ISA_LEVELS.index(top) + 1 :])
+
+
+def run_all() -> dict[str, np.ndarray]:
+    """Every configuration's outputs, keyed ``"<config>/<field>"``."""
+    arrays: dict[str, np.ndarray] = {}
+    for name in gc.RUNNERS:
+        start = time.perf_counter()
+        outputs = gc.run(name)
+        print(f"{name}: {len(outputs)} arrays, {time.perf_counter() - start:.1f} s")
+        arrays.update({f"{name}/{key}": value for key, value in outputs.items()})
+    return arrays
+
+
+def check(directory: Path) -> None:
+    """Reruns the configurations under each instruction set against the record."""
+    recorded = dict(np.load(directory / "golden.npz", allow_pickle=False))
+    for isa in [None, *lower_isas()]:
+        env = dict(os.environ)
+        if isa is not None:
+            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_cpu_max_isa={isa}"
+        with tempfile.TemporaryDirectory() as scratch:
+            out = Path(scratch) / "outputs.npz"
+            subprocess.run(
+                [sys.executable, __file__, "--dump", str(out)],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            outputs = dict(np.load(out, allow_pickle=False))
+        print(f"{isa or 'this machine'}: {summarize(outputs, recorded)}")
+
+
+def summarize(outputs: dict[str, np.ndarray], recorded: dict[str, np.ndarray]) -> str:
+    """Discrete outcomes equal or not; the float deviation worst against its bound."""
+    changed, worst, where = [], 0.0, ""
+    for key, want in recorded.items():
+        name, field = key.split("/", 1)
+        got = outputs[key]
+        if compare.is_discrete(field, want):
+            if not np.array_equal(got, want):
+                changed.append(key)
+            continue
+        gain = gc.GAINS.get(name, {}).get(field, 1.0)
+        allowed = compare.allowed_deviation(want, gc.NUM_STEPS[name], gain)
+        error = float(np.nanmax(np.abs(got.astype(float) - want), initial=0.0))
+        if error / allowed > worst:
+            worst, where = error / allowed, key
+    discrete = "discrete outcomes equal" if not changed else f"CHANGED {changed}"
+    return f"{discrete}; float outputs at most {worst:.3f} of their bound ({where})"
+
+
 def main() -> None:
-    """Runs every configuration and writes golden.npz and golden.json."""
+    """Records (or checks, or dumps) the outputs of every configuration."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent, help="directory"
     )
+    parser.add_argument("--check", action="store_true", help="compare, write nothing")
+    parser.add_argument("--allow-dirty", action="store_true")
+    parser.add_argument("--dump", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.check:
+        check(args.out)
+        return
+    arrays = run_all()
+    if args.dump:
+        np.savez(args.dump, **arrays)
+        return
     check_field_lists()
-    arrays: dict[str, np.ndarray] = {}
-    for name, run in gc.RUNNERS.items():
-        start = time.perf_counter()
-        outputs = run()
-        print(f"{name}: {len(outputs)} arrays, {time.perf_counter() - start:.1f} s")
-        arrays.update({f"{name}/{key}": value for key, value in outputs.items()})
     check_coverage(arrays)
     meta = metadata()
+    if meta["dirty"] and not args.allow_dirty:
+        raise SystemExit("the tree has uncommitted changes: commit, or --allow-dirty")
     print(json.dumps(meta, indent=2))
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez(args.out / "golden.npz", **arrays)
