@@ -70,3 +70,27 @@ def tx():
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Says how the golden outputs were compared, when tests/test_golden.py ran."""
+    reports = [r for rs in terminalreporter.stats.values() for r in rs]
+    if not any("test_golden.py" in getattr(r, "nodeid", "") for r in reports):
+        return
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    golden = Path(__file__).resolve().parent / "golden"
+    spec = importlib.util.spec_from_file_location(
+        "golden_compare", golden / "golden_compare.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    recorded = json.loads((golden / "golden.json").read_text())["fingerprint"]
+    differences = module.fingerprint_differences(recorded)
+    if differences:
+        mode = "within tolerance; this platform differs: " + "; ".join(differences)
+    else:
+        mode = "bit for bit: this platform is the recording's"
+    terminalreporter.write_line(f"golden outputs compared {mode}")

@@ -110,7 +110,6 @@ SCRIPT = textwrap.dedent(
     out["pt"] = {
         "placement": placement(spread.state),
         "accepted": int(one.history.accepted.sum()),
-        "c_equal": bool(np.array_equal(one.history.c, spread.history.c)),
         "c_close": bool(np.allclose(one.history.c, spread.history.c, rtol=1e-4)),
         "move_state": sorted({str(a.sharding.spec)
                               for a in jax.tree.leaves(spread.state.move_state)}),
@@ -238,13 +237,19 @@ def test_pt_stays_sharded_and_equals_one_device(four):
     assert pt["max_diff"] < 1e-5
 
 
-def test_two_replicas_per_device_is_bitwise(eight):
+def test_two_replicas_per_device_equals_one_device(eight):
     pt = eight["pt"]
     assert pt["placement"]["specs"] == SHARDED
     assert pt["placement"]["per_device"] == [2, 2, 2, 2]
     assert pt["accepted"] > 0
-    assert pt["history_equal"] and pt["c_equal"]
-    assert pt["bitwise"], pt["max_diff"]
+    assert pt["history_equal"]  # the same swaps, exactly
+    # Not bit for bit: the partitioned program is another program, and XLA
+    # promises nothing about its rounding. The adaptive C is a bisection on the
+    # mean acceptance over all pairs, computed from losses gathered across the
+    # devices: on AVX-512 it lands one ulp off the one-device run's, while the
+    # weights happen to agree exactly (not guaranteed either).
+    assert pt["c_close"] and pt["val_loss_close"] and pt["params_close"]
+    assert pt["max_diff"] < 1e-5
 
 
 def test_grid_with_replicated_data_stays_sharded(four):
@@ -286,6 +291,9 @@ def test_unsharded_state_has_no_mesh():
     assert keep_sharded(state) is state
 
 
+# Bit for bit: the resumed rounds run the very programs of the uninterrupted run
+# (same shapes, shardings and devices) on the same inputs, and XLA:CPU's
+# compiled programs are deterministic.
 def test_devices_argument_and_a_sharded_resume_bit_for_bit(eight):
     resume = eight["resume"]
     assert resume["placement"]["specs"] == SHARDED

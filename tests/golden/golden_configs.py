@@ -39,29 +39,40 @@ PT_HISTORY_FIELDS = (
     "step",
     "train_loss",
     "val_loss",
-    "val_accuracy",
+    "val_metrics",
+    "score",
     "rungs",
+    "hyperparams",
     "proposed",
     "accepted",
     "acceptance_prob",
+    "c",
+    "temperatures",
     "initial_rungs",
     "test_loss",
-    "test_accuracy",
+    "test_metrics",
+    "diverged",
+    "restored_from",
 )
 PT_SUMMARY_FIELDS = (
     "acceptance_rate",
     "round_trips",
     "best_replica",
     "best_val_loss",
-    "best_val_accuracy",
     "final_val_loss",
-    "final_val_accuracy",
+    "final_val_metrics",
+    "final_score",
+    "c",
+    "ladder",
+    "diverged",
+    "interrupted",
 )
 PBT_HISTORY_FIELDS = (
     "step",
+    "first_step",
     "train_loss",
     "val_loss",
-    "val_accuracy",
+    "val_metrics",
     "parent",
     "copied",
     "hyperparams",
@@ -70,20 +81,31 @@ PBT_HISTORY_FIELDS = (
     "burn_in_hyperparams",
     "burn_in",
     "num_steps",
+    "diverged",
+    "restored_from",
 )
 PBT_SUMMARY_FIELDS = (
     "num_copies",
     "best_replica",
     "best_val_loss",
-    "best_val_accuracy",
     "final_val_loss",
-    "final_val_accuracy",
+    "final_val_metrics",
     "final_hyperparams",
+    "diverged",
+    "interrupted",
 )
 SCHEDULE_FIELDS = ("starts", "values", "replicas", "num_steps")
-REPLAY_FIELDS = ("step", "val_loss", "val_accuracy")
-DIFFUSION_FIELDS = ("steps", "distance", "train_loss", "values", "hyperparameter")
-EVAL_FIELDS = ("loss", "accuracy")
+REPLAY_FIELDS = ("step", "val_loss", "val_metrics")
+DIFFUSION_FIELDS = (
+    "steps",
+    "distance",
+    "train_loss",
+    "values",
+    "hyperparameter",
+    "initial_norm",
+    "weight_norm",
+)
+EVAL_FIELDS = ("loss", "metrics")
 
 
 class Data(NamedTuple):
@@ -111,6 +133,16 @@ def make_data() -> Data:
         return inputs, labels
 
     return Data(split(256), split(64), split(64))
+
+
+def _dropout_ladder() -> tp.Ladder:
+    """The linear dropout ladder 0-0.5 at lr 0.1 of the dropout configurations."""
+    return tp.linear_ladder("dropout_rate", 0.0, 0.5, NUM_REPLICAS, learning_rate=0.1)
+
+
+def _lr_ladder() -> tp.Ladder:
+    """The geometric learning-rate ladder 0.01-0.3."""
+    return tp.geometric_ladder("learning_rate", 0.01, 0.3, NUM_REPLICAS)
 
 
 @functools.cache
@@ -142,6 +174,9 @@ def _put(out: Arrays, key: str, value: Any) -> None:
     if isinstance(value, Mapping):
         for name in sorted(value):
             _put(out, f"{key}.{name}", value[name])
+    elif isinstance(value, tuple) and hasattr(value, "_fields"):  # a NamedTuple
+        for name in value._fields:
+            _put(out, f"{key}.{name}", getattr(value, name))
     else:
         out[key] = np.asarray(value)
 
@@ -192,7 +227,7 @@ def _pbt_outputs(result: tp.PBTResult) -> Arrays:
 def _pt_dropout(*, exchanges: bool, loop: str) -> Arrays:
     """PT (or the grid) on a linear dropout ladder, random-pair exchanges."""
     data = make_data()
-    ladder = tp.linear_ladder("dropout_rate", 0.0, 0.5, NUM_REPLICAS, learning_rate=0.1)
+    ladder = _dropout_ladder()
     tx = sgd(0.1, momentum=0.9)
     # engine calls
     state = tp.create_replicas(
@@ -240,7 +275,7 @@ def run_pt_host() -> Arrays:
 def run_pt_even_odd() -> Arrays:
     """Even-odd PT on a geometric lr ladder, own batches, burn-in at lr 0.1."""
     data = make_data()
-    ladder = tp.geometric_ladder("learning_rate", 0.01, 0.3, NUM_REPLICAS)
+    ladder = _lr_ladder()
     tx = sgd(0.05)
     # engine calls
     state = tp.create_replicas(
@@ -274,6 +309,33 @@ def run_pt_even_odd() -> Arrays:
     return _pt_outputs(result, metrics)
 
 
+def run_pt_auto() -> Arrays:
+    """``pt_train``'s defaults on an lr ladder: C tuned in the first quarter, even-odd.
+
+    Covers the adaptive exchange (its state carried between rounds, C frozen
+    after 3 of 12 rounds) that the fixed-C configurations do not.
+    """
+    data = make_data()
+    ladder = _lr_ladder()
+    tx = sgd(0.05)
+    # engine calls
+    state = tp.create_replicas(
+        jax.random.key(11), MODEL, tx, data.train[0][:BATCH_SIZE], ladder=ladder
+    )
+    result = tp.pt_train(
+        state,
+        ladder,
+        jax.random.key(12),
+        train_data=data.train,
+        validation_data=data.validation,
+        num_steps=120,
+        burn_in=0,
+        exchange_interval=10,
+        batch_size=BATCH_SIZE,
+    )
+    return _pt_outputs(result)
+
+
 # ----------------------------------------------------------------------------
 # Population based training.
 # ----------------------------------------------------------------------------
@@ -286,7 +348,7 @@ def _pbt_truncation() -> tuple[tp.PBTResult, tp.pbt.Schedule, list[tp.pbt.Schedu
     Cached: the ``replay`` configurations retrain on these schedules.
     """
     data = make_data()
-    ladder = tp.linear_ladder("dropout_rate", 0.0, 0.5, NUM_REPLICAS, learning_rate=0.1)
+    ladder = _dropout_ladder()
     tx = sgd(0.1, momentum=0.9)
     config = tp.pbt_config(
         {
@@ -455,6 +517,7 @@ NUM_STEPS = {
     "grid": 55,
     "pt_even_odd": 88,
     "pt_host": 55,
+    "pt_auto": 120,
     "pbt_truncation": 60,
     "pbt_tournament": 50,
     "replay": 60,
@@ -469,28 +532,31 @@ NUM_STEPS = {
 LOSS_BOUND = 1.5
 
 
-def _acceptance_gain(ladder: tp.Ladder, c: float) -> float:
-    """How much an acceptance probability amplifies a change of the losses.
-
-    ``p = exp(min(0, C (beta_r - beta_r+1) (L_i - L_j)))`` moves by at most
-    ``C * max dbeta`` times the change of ``L_i - L_j``, which is at most twice
-    the deviation allowed for a loss (``LOSS_BOUND`` times the tolerance).
-    """
-    betas = np.asarray(ladder.betas, np.float64)
-    return 2.0 * c * float(np.max(betas[:-1] - betas[1:])) * LOSS_BOUND
-
-
-_DROPOUT_GAIN = _acceptance_gain(tp.linear_ladder("dropout_rate", 0.0, 0.5, 4), 5.0)
-GAINS: dict[str, dict[str, float]] = {
-    "pt_random": {"history.acceptance_prob": _DROPOUT_GAIN},
-    "grid": {"history.acceptance_prob": _DROPOUT_GAIN},
-    "pt_host": {"history.acceptance_prob": _DROPOUT_GAIN},
-    "pt_even_odd": {
-        "history.acceptance_prob": _acceptance_gain(
-            tp.geometric_ladder("learning_rate", 0.01, 0.3, NUM_REPLICAS), 5.0
-        )
-    },
+# The (fixed) ladder of each exchange configuration.
+LADDERS: dict[str, Callable[[], tp.Ladder]] = {
+    "pt_random": _dropout_ladder,
+    "grid": _dropout_ladder,
+    "pt_host": _dropout_ladder,
+    "pt_even_odd": _lr_ladder,
+    "pt_auto": _lr_ladder,
 }
+
+
+def gains(name: str, recorded: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Outputs of ``name`` that amplify a change of the losses, and by how much.
+
+    An acceptance probability ``p = exp(min(0, C (beta_r - beta_r+1) (L_i -
+    L_j)))`` moves by at most ``C * max dbeta`` times the change of ``L_i -
+    L_j``, itself at most twice the deviation allowed for a loss (``LOSS_BOUND``
+    times the tolerance). C is the largest the run used (``history.c``).
+    """
+    if name not in LADDERS:
+        return {}
+    betas = np.asarray(LADDERS[name]().betas, np.float64)
+    c = float(np.max(recorded["history.c"]))
+    gain = 2.0 * c * float(np.max(betas[:-1] - betas[1:])) * LOSS_BOUND
+    return {"history.acceptance_prob": gain}
+
 
 # The PRNG bits of the recording (jax_threefry_partitionable; its default
 # changed from False to True in JAX 0.5.0): the runs reproduce them on every
@@ -509,6 +575,7 @@ RUNNERS: dict[str, Callable[[], Arrays]] = {
     "grid": run_grid,
     "pt_even_odd": run_pt_even_odd,
     "pt_host": run_pt_host,
+    "pt_auto": run_pt_auto,
     "pbt_truncation": run_pbt_truncation,
     "pbt_tournament": run_pbt_tournament,
     "replay": run_replay,

@@ -58,11 +58,11 @@ FIELD_LISTS = {
     tp.PTSummary: gc.PT_SUMMARY_FIELDS,
     tp.PBTHistory: gc.PBT_HISTORY_FIELDS,
     tp.PBTSummary: gc.PBT_SUMMARY_FIELDS,
-    tp.Schedule: gc.SCHEDULE_FIELDS,
+    tp.pbt.Schedule: gc.SCHEDULE_FIELDS,
     tp.diffusion.DiffusionResult: gc.DIFFUSION_FIELDS,
     tp.EvalMetrics: gc.EVAL_FIELDS,
 }
-REPLAY_FIELDS = set(tp.ReplayResult._fields) - {"state"}
+REPLAY_FIELDS = set(tp.pbt.ReplayResult._fields) - {"state"}
 
 
 def check_field_lists() -> None:
@@ -158,20 +158,25 @@ def check(directory: Path) -> None:
 def summarize(outputs: dict[str, np.ndarray], recorded: dict[str, np.ndarray]) -> str:
     """Discrete outcomes equal or not; the float deviation worst against its bound."""
     changed, worst, where = [], 0.0, ""
-    for key, want in recorded.items():
-        name, field = key.split("/", 1)
-        got = outputs[key]
-        if compare.is_discrete(field, want):
-            if not np.array_equal(got, want):
-                changed.append(key)
-            continue
-        gain = gc.GAINS.get(name, {}).get(field, 1.0)
-        allowed = compare.allowed_deviation(want, gc.NUM_STEPS[name], gain)
-        error = float(np.nanmax(np.abs(got.astype(float) - want), initial=0.0))
-        if error / allowed > worst:
-            worst, where = error / allowed, key
+    for name in gc.CONFIGS:
+        prefix = f"{name}/"
+        want = {
+            k[len(prefix) :]: v for k, v in recorded.items() if k.startswith(prefix)
+        }
+        gains = gc.gains(name, want)
+        for field, expected in want.items():
+            got = outputs[prefix + field]
+            if compare.is_discrete(field, expected):
+                if not np.array_equal(got, expected, equal_nan=got.dtype.kind == "f"):
+                    changed.append(prefix + field)
+                continue
+            gain = gains.get(field, 1.0)
+            allowed = compare.allowed_deviation(expected, gc.NUM_STEPS[name], gain)
+            error = np.nanmax(np.abs(got.astype(float) - expected), initial=0.0)
+            if error / allowed > worst:
+                worst, where = float(error / allowed), prefix + field
     discrete = "discrete outcomes equal" if not changed else f"CHANGED {changed}"
-    return f"{discrete}; float outputs at most {worst:.3f} of their bound ({where})"
+    return f"{discrete}; float outputs at most {worst:.4f} of their bound ({where})"
 
 
 def main() -> None:
