@@ -16,7 +16,7 @@ from tempering.driver import History, RoundRecord, RunResult, train
 from tempering.exchange import ExchangeInfo, exchange
 from tempering.ladder import Ladder, geometric_ladder, linear_ladder, make_ladder
 from tempering.layers import Dropout
-from tempering.moves import exchange_move, identity_move
+from tempering.moves import Move, exchange_move, identity_move
 from tempering.multi import multi_exchange_move
 from tempering.pbt import (
     PBTConfig,
@@ -44,7 +44,7 @@ from tempering.replicas import (
 from tempering.sharding import replicate, shard_replicas
 from tempering.training import PTHistory, PTResult, PTSummary, pt_train
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "DivergenceError",
@@ -53,6 +53,7 @@ __all__ = [
     "ExchangeInfo",
     "History",
     "Ladder",
+    "Move",
     "PBTConfig",
     "PBTHistory",
     "PBTResult",

@@ -66,7 +66,7 @@ class Adaptation(NamedTuple):
 
 
 class AdaptationState(NamedTuple):
-    """What the adaptive exchange carries between rounds (``state.move_state``)."""
+    """What the adaptive exchange carries between rounds (its move state)."""
 
     c: jax.Array  # shape=(), float32, the current C
     temperatures: jax.Array  # shape=(M,), the current ladder, coldest first

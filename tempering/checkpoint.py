@@ -171,9 +171,8 @@ class Checkpointer:
         self.since_save += 1
         return self.since_save >= self.every
 
-    def save(self, state: Any, progress: Progress) -> None:
-        """Writes a checkpoint at ``state.step`` (once per step)."""
-        step = int(state.step)
+    def save(self, state: Any, progress: Progress, step: int) -> None:
+        """Writes a checkpoint of ``state`` (any pytree) at ``step`` (once per step)."""
         if step == self.saved_step:
             return
         arrays, small = {}, {}

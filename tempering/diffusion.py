@@ -64,11 +64,15 @@ class _Distance:
 
     reference: Any  # leaves shape=(M, ...): the parameters at t0
 
-    def __call__(self, key, state, scores, round_index):
+    def init(self, state: Any = None) -> None:
+        """Nothing to carry: the reference is the move's own."""
+        del state
+
+    def step(self, key, state, move_state, scores, round_index):
+        """Leaves the replicas as they are; the distances are the info."""
         del key, scores, round_index
-        return state, _Record(
-            weight_distance(state.params, self.reference), weight_norm(state.params)
-        )
+        distance = weight_distance(state.params, self.reference)
+        return state, move_state, _Record(distance, weight_norm(state.params))
 
 
 class DiffusionResult(NamedTuple):

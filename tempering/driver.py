@@ -131,6 +131,7 @@ class RunResult(NamedTuple):
     final_score: np.ndarray | None  # shape=(M,), score_fn of final (lower is better)
     diverged: np.ndarray  # shape=(M,), bool; non-finite at the end of the call
     interrupted: bool = False  # stopped early by Ctrl-C (after a whole round)
+    move_state: Any = None  # the move's state at the end: pass it on to continue
 
 
 def best_index(scores: Any) -> int:
@@ -364,9 +365,28 @@ def _on_devices(source: ArraySource, state: ReplicaState) -> ArraySource:
     return ArraySource(*sharding.replicate((source.inputs, source.targets), mesh))
 
 
-def _apply_move(move, key, state, scores, round_index, mesh=None):
-    state, info = move(key, state, scores, round_index)
-    return sharding.constrain(state, mesh), info
+def _apply_move(move, key, state, move_state, scores, round_index, mesh=None):
+    state, move_state, info = move.step(key, state, move_state, scores, round_index)
+    if mesh is not None:
+        move_state = sharding.constrain_replicated(move_state, mesh)
+    return sharding.constrain(state, mesh), move_state, info
+
+
+def _check_move_state(move: Any, state: ReplicaState, move_state: Any) -> None:
+    """A ValueError unless ``move_state`` has the structure ``move.init`` builds."""
+    expected = move.init(state)
+
+    def layout(tree: Any) -> list[tuple[tuple[int, ...], str]]:
+        return [(np.shape(x), str(np.asarray(x).dtype)) for x in jax.tree.leaves(tree)]
+
+    same_tree = jax.tree.structure(expected) == jax.tree.structure(move_state)
+    if not same_tree or layout(expected) != layout(move_state):
+        raise ValueError(
+            "move_state does not fit this move: it must be what move.init(state) "
+            "builds (the move_state of an earlier call of the same run, e.g. "
+            f"result.move_state), got {type(move_state).__name__} with structure "
+            f"{jax.tree.structure(move_state)}; pass None to start the move afresh"
+        )
 
 
 # A sharded state's moves keep each replica on its device (PBT's exploit would
@@ -379,6 +399,7 @@ def train(
     key: jax.Array,
     move: Any,
     *,
+    move_state: Any = None,
     train_data: Any,
     validation_data: Any = None,
     num_steps: int,
@@ -410,10 +431,12 @@ def train(
         state: replicas from :func:`tempering.create_replicas`; training
             continues from ``state.step``.
         key: PRNG key of the run: pass the same key to continue a run.
-        move: ``move(key, state, scores, round_index) -> (state, info)``
-            (:mod:`tempering.moves`). A move with an ``init_state(state) ->
-            state`` method gets to set ``state.move_state`` (what it carries
-            between rounds) before the first round.
+        move: a :class:`tempering.moves.Move` (``init(state) -> move_state``
+            and ``step(key, state, move_state, scores, round_index) -> (state,
+            move_state, info)``), or a stateless function ``fn(key, state,
+            scores, round_index) -> (state, info)``.
+        move_state: what the move carries between rounds, from an earlier call
+            of the same run (``result.move_state``); None: ``move.init(state)``.
         train_data: in-memory ``(inputs, targets)`` / ``Split``, or an iterable
             of batches (:mod:`tempering.sources`).
         validation_data: arrays or a re-iterable of batches, evaluated every
@@ -485,8 +508,10 @@ def train(
     _check_callables(callback=callback, score_fn=score_fn, augment=augment)
     resolve_policy(vectorize)  # an unknown name is a ValueError before compiling
     move = as_move(move)
-    if hasattr(move, "init_state"):
-        state = move.init_state(state)
+    if move_state is None:
+        move_state = move.init(state)
+    else:
+        _check_move_state(move, state, move_state)
     sched = rounds(num_steps, interval, burn_in, interval_name=interval_name)
     settings = SegmentSettings(
         batch_size=check_int(batch_size, "batch_size", 1),
@@ -498,6 +523,9 @@ def train(
         set_hyperparams(state, **burn_in_hyperparams)  # validates names and values
     if devices is not None:
         state = sharding.shard_replicas(state, devices)
+    mesh = sharding.mesh_of(state)
+    if mesh is not None:
+        move_state = sharding.replicate(move_state, mesh)
     data = _prepare_data(
         state, train_data, validation_data, test_data, settings, metrics_fn
     )
@@ -512,6 +540,7 @@ def train(
     segments = plan(first_step, sched)  # a plan past explicit round ends raises
     data_key, key = jax.random.split(key)
     state = _copy(state)  # the caller's buffers are never donated
+    move_state = _copy(move_state)
     run = _Run(
         move=move, key=key, data_key=data_key, data=data, settings=settings,
         evaluation=evaluation, score_fn=score_fn, policy=policy,
@@ -530,15 +559,17 @@ def train(
         saver = _checkpointer(
             checkpoint_dir, checkpoint_every, keep_checkpoints, state, sched, run
         )
-        restored = saver.restore(state)
+        restored = saver.restore((state, move_state))
         if restored is not None:
-            state, progress_ = restored
+            (state, move_state), progress_ = restored
     bar = _progress(sched.num_steps, progress, _RUN_NAMES.get(interval_name, "train"))
     if bar is not None:
         bar.update(sum(seg.steps for seg in segments[: progress_.next_segment]))
     with _StopOnInterrupt() as interrupt:
-        state, progress_ = _run_segments(run, state, progress_, saver, bar, interrupt)
-        return _finish(run, state, progress_, saver, bar, interrupt.requested)
+        carry = _run_segments(
+            run, (state, move_state), progress_, saver, bar, interrupt
+        )
+        return _finish(run, *carry, saver, bar, interrupt.requested)
 
 
 class _Run(NamedTuple):
@@ -560,15 +591,15 @@ class _Run(NamedTuple):
     first_step: int
 
 
-def _run_segments(run, state, progress, saver, bar, interrupt):
-    """Trains the segments left; the state and progress where it stopped.
+def _run_segments(run, carry, progress, saver, bar, interrupt):
+    """Trains the segments left: ``(replicas, move_state)`` and progress where it stopped.
 
     It stops at the plan's end, a truthy callback or Ctrl-C, and checkpoints
     when one is due.
     """
     warner = divergence.Warner(run.policy)
     for index in range(progress.next_segment, len(run.segments)):
-        state, progress, record = _train_segment(run, state, progress, index)
+        carry, progress, record = _train_segment(run, carry, progress, index)
         if bar is not None:
             bar.update(run.segments[index].steps)
         stop = interrupt.requested
@@ -577,17 +608,18 @@ def _run_segments(run, state, progress, saver, bar, interrupt):
             stop = (run.callback is not None and bool(run.callback(record))) or stop
             last = index + 1 == len(run.segments)
             if saver is not None and saver.due() and not (stop or last):
-                saver.save(state, progress)
+                saver.save(carry, progress, int(carry[0].step))
         if stop or interrupt.requested:
             break
-    return state, progress
+    return carry, progress
 
 
-def _train_segment(run, state, progress, index):
-    """One segment of the plan: ``(state, progress, record or None)``.
+def _train_segment(run, carry, progress, index):
+    """One segment of the plan: ``((state, move_state), progress, record or None)``.
 
     Its SGD steps, then the evaluation and the move if it ends a round.
     """
+    state, move_state = carry
     segment = run.segments[index]
     initial, burn_values = progress.initial, progress.burn_values
     burning = not segment.evaluated
@@ -610,26 +642,28 @@ def _train_segment(run, state, progress, index):
         state = set_hyperparams(state, **run.before_burn_in)  # burn-in over
     progress = checkpoint.Progress(index + 1, progress.records, initial, burn_values)
     if not (segment.evaluated and segment.ends_round and (run.move_at_end or not last)):
-        return state, progress, None
+        return (state, move_state), progress, None
     try:
-        state, record = _end_round(
-            state, run.move, move_key, segment.round_index, train_loss, run.data,
-            run.evaluation, run.score_fn, run.policy,
+        state, move_state, record = _end_round(
+            state, move_state, run.move, move_key, segment.round_index, train_loss,
+            run.data, run.evaluation, run.score_fn, run.policy,
         )  # fmt: skip
     except divergence.DivergenceError as error:
         error.history = _stack(
             progress.records, initial or (_host(state.rungs), burn_values),
-            burn_values, state, run.move, None, run.data.test, run.first_step,
+            burn_values, state, move_state, run.move, None, run.data.test,
+            run.first_step,
         )  # fmt: skip
         raise
     progress.records.add(record)
-    return state, progress, record
+    return (state, move_state), progress, record
 
 
-def _finish(run, state, progress, saver, bar, interrupted) -> RunResult:
+def _finish(run, carry, progress, saver, bar, interrupted) -> RunResult:
     """Saves the last checkpoint, evaluates the end state, stacks the history."""
+    state, move_state = carry
     if saver is not None:
-        saver.save(state, progress)
+        saver.save(carry, progress, int(carry[0].step))
         saver.close()
     if bar is not None:
         bar.close()
@@ -640,10 +674,10 @@ def _finish(run, state, progress, saver, bar, interrupted) -> RunResult:
         initial = (_host(state.rungs), _host(state.hyperparams))
     final, final_score = _final(state, run.data, run.evaluation, run.score_fn)
     history = _stack(
-        progress.records, initial, progress.burn_values, state, run.move, final,
-        run.data.test, run.first_step,
+        progress.records, initial, progress.burn_values, state, move_state, run.move,
+        final, run.data.test, run.first_step,
     )  # fmt: skip
-    return _result(state, history, final, final_score, interrupted)
+    return _result(state, move_state, history, final, final_score, interrupted)
 
 
 def _warn_interrupted(step: int, checkpointed: bool) -> None:
@@ -668,7 +702,7 @@ def _final(state, data, evaluation, score_fn) -> tuple[Any, Any]:
     return _host((final, _scores(final, score_fn, state.num_replicas)))
 
 
-def _result(state, history, final, final_score, interrupted) -> RunResult:
+def _result(state, move_state, history, final, final_score, interrupted) -> RunResult:
     """The call's result; every replica diverged at the end is an error."""
     diverged = _diverged_at_end(history, final, final_score, state.num_replicas)
     if diverged.all():
@@ -678,7 +712,9 @@ def _result(state, history, final, final_score, interrupted) -> RunResult:
             "data; the error's .history holds the rounds done",
             history,
         )
-    return RunResult(state, history, final, final_score, diverged, bool(interrupted))
+    return RunResult(
+        state, history, final, final_score, diverged, bool(interrupted), move_state
+    )
 
 
 def _checkpointer(directory, every, keep, state, sched, run) -> checkpoint.Checkpointer:
@@ -805,7 +841,16 @@ def _scores(metrics: EvalMetrics, score_fn: ScoreFn | None, num: int) -> jax.Arr
 
 
 def _end_round(
-    state, move, key, round_index, train_loss, data, evaluation, score_fn, policy
+    state,
+    move_state,
+    move,
+    key,
+    round_index,
+    train_loss,
+    data,
+    evaluation,
+    score_fn,
+    policy,
 ):
     """Evaluate, score, flag (and restore) diverged replicas, move; the record."""
     metrics = test_metrics = None
@@ -832,9 +877,9 @@ def _end_round(
         gather = np.where(sources >= 0, sources, np.arange(len(sources)))
         state = divergence.copy_replicas(state, jnp.asarray(gather, jnp.int32))
         move_scores = scores[gather]  # a restored replica scores as its source
-    state, info = _jitted_move(
-        move, key, state, jnp.asarray(move_scores), jnp.int32(round_index),
-        mesh=sharding.mesh_of(state),
+    state, move_state, info = _jitted_move(
+        move, key, state, move_state, jnp.asarray(move_scores),
+        jnp.int32(round_index), mesh=sharding.mesh_of(state),
     )  # fmt: skip
     record = RoundRecord(
         round=round_index,
@@ -849,7 +894,7 @@ def _end_round(
         diverged=diverged,
         restored_from=sources,
     )
-    return state, record
+    return state, move_state, record
 
 
 class _Rows:
@@ -877,7 +922,9 @@ class _Rows:
         return jax.tree.map(lambda rows: rows[: self.count].copy(), self.arrays)
 
 
-def _stack(records, initial, burn_values, state, move, final, test, first_step):
+def _stack(
+    records, initial, burn_values, state, move_state, move, final, test, first_step
+):
     """The history of the rounds; an empty one keeps every field's trailing shape."""
     if not records.count:
         num = state.num_replicas
@@ -890,8 +937,9 @@ def _stack(records, initial, burn_values, state, move, final, test, first_step):
             return EvalMetrics(empty_m, {k: empty_m for k in names})
 
         info = jax.eval_shape(
-            _apply_move, move, jax.random.key(0), state, jnp.zeros(num), jnp.int32(0)
-        )[1]
+            _apply_move, move, jax.random.key(0), state, move_state, jnp.zeros(num),
+            jnp.int32(0),
+        )[2]  # fmt: skip
         return History(
             round=np.zeros((0,), np.int64),
             step=np.zeros((0,), np.int64),

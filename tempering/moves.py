@@ -1,19 +1,27 @@
 """Moves: what happens to the replicas between two training segments.
 
-A move is a pure, jit-able function of the round's scores (lower is better;
-by default the validation loss)::
+A move is a pair of pure functions, in the optax / blackjax manner::
 
-    new_state, info = move(key, state, scores, round_index)
+    move_state = move.init(state)
+    new_state, move_state, info = move.step(key, state, move_state, scores, round_index)
 
-``round_index`` counts the rounds after the burn-in from 0 (the even-odd
-scheme alternates on it). The driver (:func:`tempering.train`) jits the move
-once, with the state's buffers donated, and records its ``info`` every round.
+``init`` builds what the move carries from round to round (the adaptive
+exchange's C and ladder, a multi-ladder exchange's rungs; None for a move that
+carries nothing) from the replicas before the first round. ``step`` is jit-able:
+it sees the round's scores (lower is better; by default the validation loss),
+and returns the replicas, its new state and a diagnostic ``info`` pytree that
+the driver records every round. ``round_index`` counts the rounds after the
+burn-in from 0 (the even-odd scheme alternates on it). The driver
+(:func:`tempering.train`) carries ``(replicas, move_state)``, jits ``step`` once
+with the replicas' buffers donated, and returns the final move state beside the
+replicas, so that a later call continues the run.
 
 - :func:`exchange_move`: the parallel tempering exchange (Metropolis test on
   adjacent rungs, :func:`tempering.exchange`); only hyperparameters move.
 - :func:`identity_move`: nothing moves (the independent grid).
 - :func:`tempering.pbt.pbt_move`: PBT's exploit/explore; whole models move.
-- :func:`as_move`: any function with the signature above.
+- :func:`as_move`: an object with ``init`` and ``step``, or a stateless function
+  ``fn(key, state, scores, round_index) -> (state, info)``.
 
 Moves are pytrees (``flax.struct`` dataclasses): their arrays (a ladder, C)
 are traced and their settings static, so a new ``exchange_move`` with the
@@ -53,6 +61,7 @@ __all__ = [
     "IdentityMove",
     "Move",
     "NoInfo",
+    "StaticMove",
     "as_move",
     "exchange_move",
     "identity_move",
@@ -60,16 +69,20 @@ __all__ = [
 
 
 class Move(Protocol):
-    """``move(key, state, scores, round_index) -> (new_state, info)``."""
+    """The move protocol: ``init`` and a jit-able ``step``."""
 
-    def __call__(
+    def init(self, state: ReplicaState) -> Any:
+        """What the move carries between rounds, for replicas before the first."""
+
+    def step(
         self,
         key: jax.Array,
         state: ReplicaState,
+        move_state: Any,
         scores: jax.Array,
         round_index: jax.Array,
-    ) -> tuple[ReplicaState, Any]:
-        """Returns the new state and the move's diagnostics."""
+    ) -> tuple[ReplicaState, Any, Any]:
+        """Returns the new replicas, the new move state and the move's info."""
 
 
 class ExchangeMoveInfo(NamedTuple):
@@ -87,9 +100,9 @@ class ExchangeMoveInfo(NamedTuple):
 class ExchangeMove:
     """The PT exchange over a ladder (build it with :func:`exchange_move`).
 
-    With ``adaptation`` set (``c="auto"``), C and optionally the ladder live in
-    ``state.move_state`` (an :class:`~tempering.adaptation.AdaptationState`
-    that :meth:`init_state` creates) and are tuned during the first rounds.
+    Its state is None for a fixed C; with ``adaptation`` set (``c="auto"``) it
+    is an :class:`~tempering.adaptation.AdaptationState` holding C and the
+    ladder, tuned during the first ``adapt_rounds`` rounds, then frozen.
     """
 
     ladder: Ladder
@@ -100,59 +113,72 @@ class ExchangeMove:
     adaptation: Adaptation | None = struct.field(pytree_node=False, default=None)
     adapt_rounds: int = struct.field(pytree_node=False, default=0)
 
-    def init_state(self, state: ReplicaState) -> ReplicaState:
-        """Gives an adaptive exchange its state; a compatible one is continued.
-
-        The driver calls it once before the first round. A state that already
-        holds an adaptation of this ladder (same names, rungs and ends, e.g.
-        from an earlier call of the same run) keeps it, so a second call
-        continues with the adapted (or frozen) C and ladder. Set
-        ``state.replace(move_state=None)`` to adapt afresh.
-        """
+    def init(self, state: ReplicaState | None = None) -> AdaptationState | None:
+        """The exchange's starting state: None for a fixed C, else the adaptation's."""
+        del state  # the exchange starts from its ladder alone
         if self.adaptation is None:
-            return state
-        if not self._continues(state.move_state):
-            start = init_adaptation(self.ladder, self.adapt_rounds, float(self.c))
-            state = state.replace(move_state=start)
-        return state
+            return None
+        return init_adaptation(self.ladder, self.adapt_rounds, float(self.c))
 
-    def _continues(self, current: Any) -> bool:
-        if not isinstance(current, AdaptationState):
-            return False
-        if sorted(current.values) != sorted(self.ladder.values):
-            return False
-        if current.temperatures.shape != self.ladder.temperatures.shape:
-            return False
+    def check_state(self, move_state: Any) -> None:
+        """Raises ValueError unless ``move_state`` is a state of this exchange."""
+        if self.adaptation is None:
+            if move_state is not None:
+                raise ValueError(
+                    "move_state: an exchange with a fixed C carries no state (None), "
+                    f"got {type(move_state).__name__}"
+                )
+            return
+        if not isinstance(move_state, AdaptationState):
+            raise ValueError(
+                "move_state must be the AdaptationState of an adaptive exchange "
+                f"(c='auto'), e.g. result.move_state, got {type(move_state).__name__}"
+            )
+        if sorted(move_state.values) != sorted(self.ladder.values) or np.shape(
+            move_state.temperatures
+        ) != np.shape(self.ladder.temperatures):
+            raise ValueError(
+                "move_state belongs to another ladder (other names or number of "
+                "rungs); pass None to adapt afresh"
+            )
         ends = np.asarray(self.ladder.temperatures)[[0, -1]]
-        return bool(np.allclose(np.asarray(current.temperatures)[[0, -1]], ends))
+        if not np.allclose(np.asarray(move_state.temperatures)[[0, -1]], ends):
+            raise ValueError(
+                "move_state belongs to a ladder with other ends; pass None to "
+                "adapt afresh"
+            )
+        if np.shape(move_state.log_ratios)[0] != self.adapt_rounds:
+            raise ValueError(
+                f"move_state adapts over {np.shape(move_state.log_ratios)[0]} "
+                f"rounds, this exchange over adapt_rounds={self.adapt_rounds}: "
+                "give the adapt_rounds of the run being continued"
+            )
 
-    def current_ladder(self, state: ReplicaState) -> Ladder:
+    def current_ladder(self, move_state: Any) -> Ladder:
         """The ladder in use: the adapted one when adaptive, else ``self.ladder``."""
         if self.adaptation is None:
             return self.ladder
-        return self.init_state(state).move_state.ladder
+        return move_state.ladder
 
-    def __call__(
+    def current_c(self, move_state: Any) -> jax.Array:
+        """C in use: the adapted one when adaptive, else ``self.c``."""
+        return self.c if self.adaptation is None else move_state.c
+
+    def step(
         self,
         key: jax.Array,
         state: ReplicaState,
+        move_state: AdaptationState | None,
         scores: jax.Array,
         round_index: jax.Array,
-    ) -> tuple[ReplicaState, ExchangeMoveInfo]:
+    ) -> tuple[ReplicaState, AdaptationState | None, ExchangeMoveInfo]:
         """Proposes swaps of adjacent rungs; accepted replicas swap hyperparameters."""
         ladder, c = self.ladder, self.c
         if self.adaptation is not None:
-            adaptation = state.move_state
-            if not isinstance(adaptation, AdaptationState):
-                raise TypeError(
-                    "an adaptive exchange (c='auto') needs state.move_state from "
-                    "move.init_state(state); tempering.train calls it"
-                )
-            ratios = pair_log_ratios(state.rungs, scores, adaptation.ladder.betas)
-            old_ladder = adaptation.ladder
-            adaptation = adapt(self.adaptation, adaptation, ratios)
-            state = state.replace(move_state=adaptation)
-            ladder, c = old_ladder, adaptation.c
+            ratios = pair_log_ratios(state.rungs, scores, move_state.ladder.betas)
+            ladder = move_state.ladder
+            move_state = adapt(self.adaptation, move_state, ratios)
+            c = move_state.c
         proposal, info = exchange(
             key, state.rungs, scores, ladder.betas, c=c,
             scheme=self.scheme, parity=round_index % 2,
@@ -164,9 +190,10 @@ class ExchangeMove:
             )
             proposal = state.rungs
         if self.adaptation is not None:
-            ladder = state.move_state.ladder  # re-spaced for the next round
+            ladder = move_state.ladder  # re-spaced for the next round
         state = assign_rungs(state, ladder, proposal)
-        return state, ExchangeMoveInfo(*info, c=c, temperatures=ladder.temperatures)
+        info = ExchangeMoveInfo(*info, c=c, temperatures=ladder.temperatures)
+        return state, move_state, info
 
 
 AUTO = "auto"
@@ -288,16 +315,21 @@ class NoInfo(NamedTuple):
 class IdentityMove:
     """Leaves the replicas as they are: the independent grid."""
 
-    def __call__(
+    def init(self, state: ReplicaState | None = None) -> None:
+        """Nothing to carry."""
+        del state
+
+    def step(
         self,
         key: jax.Array,
         state: ReplicaState,
+        move_state: None,
         scores: jax.Array,
         round_index: jax.Array,
-    ) -> tuple[ReplicaState, NoInfo]:
+    ) -> tuple[ReplicaState, None, NoInfo]:
         """Returns ``state`` unchanged."""
         del key, scores, round_index
-        return state, NoInfo()
+        return state, move_state, NoInfo()
 
 
 def identity_move() -> IdentityMove:
@@ -307,30 +339,82 @@ def identity_move() -> IdentityMove:
 
 @struct.dataclass
 class FunctionMove:
-    """A user's move function, held static (its closure is part of the cache key)."""
+    """A stateless move function, held static (its closure is part of the cache key).
+
+    ``fn(key, state, scores, round_index) -> (state, info)``.
+    """
 
     fn: Callable = struct.field(pytree_node=False)
 
-    def __call__(
+    def init(self, state: ReplicaState | None = None) -> None:
+        """Nothing to carry."""
+        del state
+
+    def step(
         self,
         key: jax.Array,
         state: ReplicaState,
+        move_state: None,
         scores: jax.Array,
         round_index: jax.Array,
-    ) -> tuple[ReplicaState, Any]:
+    ) -> tuple[ReplicaState, None, Any]:
         """Calls the function."""
-        return self.fn(key, state, scores, round_index)
+        state, info = self.fn(key, state, scores, round_index)
+        return state, move_state, info
+
+
+@struct.dataclass
+class StaticMove:
+    """A user's move object that is not a pytree, held static (hashed by identity)."""
+
+    move: Any = struct.field(pytree_node=False)
+
+    def init(self, state: ReplicaState) -> Any:
+        """The wrapped move's ``init``."""
+        return self.move.init(state)
+
+    def step(
+        self,
+        key: jax.Array,
+        state: ReplicaState,
+        move_state: Any,
+        scores: jax.Array,
+        round_index: jax.Array,
+    ) -> tuple[ReplicaState, Any, Any]:
+        """The wrapped move's ``step``."""
+        return self.move.step(key, state, move_state, scores, round_index)
+
+
+def _is_pytree_dataclass(move: Any) -> bool:
+    return dataclasses.is_dataclass(move) and hasattr(move, "replace")
 
 
 def as_move(move: Any) -> Any:
-    """A move the driver can jit: moves pass through, functions are wrapped."""
-    if isinstance(move, ExchangeMove | IdentityMove | FunctionMove):
-        return move
-    if dataclasses.is_dataclass(move) and hasattr(move, "replace") and callable(move):
-        return move  # another flax.struct move (a pytree), e.g. PBTMove
-    if callable(move):
+    """A move the driver can jit.
+
+    Objects with ``init`` and ``step`` pass through (wrapped in
+    :class:`StaticMove` unless they are ``flax.struct`` pytrees); a plain
+    function ``fn(key, state, scores, round_index) -> (state, info)`` becomes a
+    stateless :class:`FunctionMove`.
+
+    Raises:
+        TypeError: anything else, or an object with the old single-call form.
+    """
+    if callable(getattr(move, "init", None)) and callable(getattr(move, "step", None)):
+        return move if _is_pytree_dataclass(move) else StaticMove(move)
+    if _is_pytree_dataclass(move):
+        raise TypeError(
+            f"move: {type(move).__name__} is a pytree but has no init(state) and "
+            "step(key, state, move_state, scores, round_index) methods; a move "
+            "written as __call__(key, state, scores, round_index) becomes step(key, "
+            "state, move_state, scores, round_index) -> (state, move_state, info) "
+            "with init(state) -> None"
+        )
+    if callable(move) and not isinstance(move, type):
         return FunctionMove(move)
     raise TypeError(
-        "move must be callable as move(key, state, scores, round_index) -> "
-        f"(state, info), got {type(move).__name__}"
+        "move must have init(state) -> move_state and step(key, state, move_state, "
+        "scores, round_index) -> (state, move_state, info) (tempering.moves.Move), "
+        f"or be a function fn(key, state, scores, round_index) -> (state, info); got "
+        f"{type(move).__name__}"
     )

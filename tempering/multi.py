@@ -9,19 +9,23 @@ runs on it alone with that ladder's temperatures and C: an accepted swap
 exchanges only ladder ``k``'s hyperparameters between the two replicas, whose
 rungs on the other ladders stay as they are.
 
-What the move carries between rounds lives in ``state.move_state`` as a
-:class:`MultiExchangeState`: the rung of every replica on every ladder, and
-each ladder's own exchange state (its adaptive C with ``c="auto"``, adapted
-over the rounds in which that ladder was drawn). ``state.rungs`` holds the
-rungs on ladder 0.
+What the move carries between rounds is a :class:`MultiExchangeState` (the
+driver's move state): the rung of every replica on every ladder, and each
+ladder's own exchange state (its adaptive C with ``c="auto"``, adapted over the
+rounds in which that ladder was drawn). ``state.rungs`` holds the rungs on
+ladder 0. :meth:`MultiExchangeMove.init` reads every replica's rungs off the
+values it holds, so give the replicas the ladders' values first
+(:meth:`MultiExchangeMove.assign`).
 
 Example:
     >>> lr = tp.geometric_ladder("learning_rate", 0.01, 0.1, 4)
     >>> q = tp.linear_ladder("dropout_rate", 0.1, 0.4, 4)
     >>> move = multi_exchange_move([lr, q], c=[30.0, "auto"])
+    >>> state = move.assign(state)  # replica m on rung state.rungs[m] of both
     >>> result = tp.train(state, key, move, train_data=..., validation_data=...,
     ...                   num_steps=1000, interval=50)
     >>> result.history.move.ladder  # (R,) the ladder exchanged each round
+    >>> more = tp.train(result.state, key, move, move_state=result.move_state, ...)
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tempering.adaptation import AdaptationState
 from tempering.ladder import Ladder
 from tempering.moves import ExchangeMove, exchange_move
 from tempering.replicas import ReplicaState, as_ladder, check_ladder, set_hyperparams
@@ -48,10 +51,10 @@ __all__ = [
 
 
 class MultiExchangeState(NamedTuple):
-    """What :class:`MultiExchangeMove` carries between rounds (``state.move_state``)."""
+    """What :class:`MultiExchangeMove` carries between rounds (its move state)."""
 
     rungs: jax.Array  # shape=(K, M), int32; rung of replica m on ladder k
-    # One entry per ladder: that exchange's move_state (None for a fixed C, an
+    # One entry per ladder: that exchange's state (None for a fixed C, an
     # AdaptationState for c="auto").
     sub_states: tuple[Any, ...]
 
@@ -88,23 +91,14 @@ class MultiExchangeMove:
         """The starting ladders, one per hyperparameter."""
         return tuple(move.ladder for move in self.moves)
 
-    def init_state(self, state: ReplicaState) -> ReplicaState:
-        """Gives the move its :class:`MultiExchangeState`; a compatible one is continued.
-
-        The driver calls it once before the first round. A fresh state starts
-        every ladder at ``state.rungs``; a ``state.move_state`` that already is
-        a :class:`MultiExchangeState` of K ladders and M replicas whose ladder-0
-        rungs equal ``state.rungs`` (e.g. from an earlier call of the same
-        run) is kept, each adaptive sub-state continued as
-        :meth:`tempering.moves.ExchangeMove.init_state` does. Either way every
-        replica is then given the hyperparameters of its rung on every ladder,
-        so that the replicas match the rungs from the first round on.
+    def assign(self, state: ReplicaState) -> ReplicaState:
+        """Replica m takes rung ``state.rungs[m]`` of every ladder: its values.
 
         Args:
             state: the replicas; they must hold every ladder's names.
 
         Returns:
-            The state with ``move_state`` set and the ladders' values assigned.
+            The state with every ladder's hyperparameters set.
 
         Raises:
             ValueError: a ladder whose rung count differs from the number of
@@ -112,88 +106,110 @@ class MultiExchangeMove:
         """
         for ladder in self.ladders:
             check_ladder(state, ladder)
-        current = state.move_state
-        fresh = not self._continues(current, state)
-        if fresh:
-            rungs = jnp.tile(jnp.asarray(state.rungs, jnp.int32), (self.num_ladders, 1))
-            previous = (None,) * self.num_ladders
-        else:
-            rungs, previous = jnp.asarray(current.rungs, jnp.int32), current.sub_states
-        sub_states: list[Any] = []
-        for move, before in zip(self.moves, previous, strict=True):
-            if move.adaptation is None:
-                sub_states.append(None)
-            else:
-                sub = move.init_state(state.replace(move_state=before))
-                sub_states.append(sub.move_state)
-        multi = MultiExchangeState(rungs, tuple(sub_states))
-        state = state.replace(move_state=multi)
-        values = {}
-        for k, ladder in enumerate(self.current_ladders(state)):
-            values.update({name: v[rungs[k]] for name, v in ladder.values.items()})
-        state = set_hyperparams(state, **values)
-        return state.replace(rungs=rungs[0])
+        rungs = jnp.asarray(state.rungs, jnp.int32)
+        values = {
+            name: v[rungs]
+            for ladder in self.ladders
+            for name, v in ladder.values.items()
+        }
+        return set_hyperparams(state, **values)
 
-    def _continues(self, current: Any, state: ReplicaState) -> bool:
-        if not isinstance(current, MultiExchangeState):
-            return False
-        shape = (self.num_ladders, state.num_replicas)
-        if np.shape(current.rungs) != shape or len(current.sub_states) != shape[0]:
-            return False
-        return bool(
-            np.array_equal(np.asarray(current.rungs)[0], np.asarray(state.rungs))
-        )
-
-    def current_ladders(self, state: ReplicaState) -> tuple[Ladder, ...]:
-        """The K ladders in use (an adaptive sub-move's ladder from its state).
+    def init(self, state: ReplicaState) -> MultiExchangeState:
+        """Every replica's rung on every ladder, read off the values it holds.
 
         Args:
-            state: replicas whose ``move_state`` this move set (else it is
-                created first, as :meth:`init_state` would).
+            state: replicas holding, for every ladder, the values of one of its
+                rungs (:meth:`assign` gives them), with ``state.rungs`` their
+                rungs on ladder 0.
 
         Returns:
-            One :class:`~tempering.Ladder` per hyperparameter, in order.
+            The :class:`MultiExchangeState` of a fresh start (adaptive ladders
+            at their starting C).
+
+        Raises:
+            ValueError: a ladder that does not fit the replicas, or a replica
+                whose values are no rung of a ladder (call :meth:`assign`).
         """
-        multi = state.move_state
+        for ladder in self.ladders:
+            check_ladder(state, ladder)
+        rungs = np.stack([self._rungs_on(k, state) for k in range(self.num_ladders)])
+        if not np.array_equal(rungs[0], np.asarray(state.rungs)):
+            raise ValueError(
+                "state.rungs must be the rungs of the replicas on ladders[0], whose "
+                f"values say {rungs[0].tolist()}: call state = move.assign(state)"
+            )
+        subs = tuple(move.init(state) for move in self.moves)
+        return MultiExchangeState(jnp.asarray(rungs, jnp.int32), subs)
+
+    def _rungs_on(self, k: int, state: ReplicaState) -> np.ndarray:
+        """``(M,)`` rung of every replica on ladder k, from its values."""
+        ladder = self.ladders[k]
+        num = state.num_replicas
+        match = np.ones((num, ladder.num_rungs), bool)
+        for name, values in ladder.values.items():
+            held = np.asarray(state.hyperparams[name])[:, None]
+            match &= held == np.asarray(values)[None, :]
+        found = match.any(axis=1)
+        if not found.all():
+            m = int(np.argmin(found))
+            raise ValueError(
+                f"replica {m} holds no rung of ladders[{k}] (its values "
+                f"{ {n: float(state.hyperparams[n][m]) for n in ladder.values} }): "
+                "call state = move.assign(state) before training"
+            )
+        distinct = [
+            n for n, v in ladder.values.items() if len(np.unique(np.asarray(v))) == num
+        ]
+        if not distinct:
+            raise ValueError(
+                f"ladders[{k}] has no hyperparameter that tells rungs apart"
+            )
+        held = np.asarray(state.hyperparams[distinct[0]])
+        return np.argmax(held[:, None] == np.asarray(ladder.values[distinct[0]]), 1)
+
+    def check_state(self, move_state: Any) -> None:
+        """Raises ValueError unless ``move_state`` is a state of this move."""
         if not (
-            isinstance(multi, MultiExchangeState)
-            and len(multi.sub_states) == self.num_ladders
+            isinstance(move_state, MultiExchangeState)
+            and len(move_state.sub_states) == self.num_ladders
         ):
-            multi = self.init_state(state).move_state
+            raise ValueError(
+                f"move_state must be a MultiExchangeState of {self.num_ladders} "
+                f"ladders (result.move_state), got {type(move_state).__name__}"
+            )
+        for move, sub in zip(self.moves, move_state.sub_states, strict=True):
+            move.check_state(sub)
+
+    def current_ladders(self, move_state: MultiExchangeState) -> tuple[Ladder, ...]:
+        """The K ladders in use (an adaptive sub-move's ladder from its state)."""
         return tuple(
-            sub.ladder if isinstance(sub, AdaptationState) else move.ladder
-            for move, sub in zip(self.moves, multi.sub_states, strict=True)
+            move.current_ladder(sub)
+            for move, sub in zip(self.moves, move_state.sub_states, strict=True)
         )
 
-    def __call__(
+    def step(
         self,
         key: jax.Array,
         state: ReplicaState,
+        move_state: MultiExchangeState,
         scores: jax.Array,
         round_index: jax.Array,
-    ) -> tuple[ReplicaState, MultiExchangeInfo]:
+    ) -> tuple[ReplicaState, MultiExchangeState, MultiExchangeInfo]:
         """Draws a ladder k uniformly and runs its exchange on the replicas' rungs on k.
 
         Args:
             key: PRNG key of the round (split: the choice, the exchange).
-            state: replicas with ``move_state`` from :meth:`init_state`.
+            state: the replicas.
+            move_state: from :meth:`init` or the previous round.
             scores: ``(M,)`` per replica, lower is better.
             round_index: ``()`` int32, passed on to the exchange (the parity of
                 ``scheme="even_odd"``).
 
         Returns:
-            ``(state, info)``: only ladder k's hyperparameters and rungs may
-            have changed; ``state.rungs`` is the rung on ladder 0.
+            ``(state, move_state, info)``: only ladder k's hyperparameters and
+            rungs may have changed; ``state.rungs`` is the rung on ladder 0.
         """
-        multi = state.move_state
-        if not (
-            isinstance(multi, MultiExchangeState)
-            and len(multi.sub_states) == self.num_ladders
-        ):
-            raise TypeError(
-                "a multi-ladder exchange needs state.move_state from "
-                "move.init_state(state); tempering.train calls it"
-            )
+        multi = move_state
         choice_key, exchange_key = jax.random.split(key)
         chosen = jax.random.randint(choice_key, (), 0, self.num_ladders)
 
@@ -201,37 +217,40 @@ class MultiExchangeMove:
             move = self.moves[k]
 
             def run(state: ReplicaState):
-                inner = state.replace(
-                    rungs=multi.rungs[k], move_state=multi.sub_states[k]
+                inner = state.replace(rungs=multi.rungs[k])
+                inner, sub, info = move.step(
+                    exchange_key, inner, multi.sub_states[k], scores, round_index
                 )
-                inner, info = move(exchange_key, inner, scores, round_index)
                 rungs = multi.rungs.at[k].set(inner.rungs)  # (K, M), row k changed
                 subs = list(multi.sub_states)
-                subs[k] = inner.move_state if move.adaptation is not None else None
-                new = MultiExchangeState(rungs, tuple(subs))
-                return inner.replace(move_state=new), info
+                subs[k] = sub
+                return inner, MultiExchangeState(rungs, tuple(subs)), info
 
             return run
 
-        state, info = jax.lax.switch(
+        state, multi, info = jax.lax.switch(
             chosen, [branch(k) for k in range(self.num_ladders)], state
         )
-        multi = state.move_state
         state = state.replace(rungs=multi.rungs[0])
         # (K,): an adaptive C after this round is the C this round used.
-        c_values = [
-            move.c if move.adaptation is None else sub.c
-            for move, sub in zip(self.moves, multi.sub_states, strict=True)
-        ]
-        cs = jnp.stack([jnp.asarray(c, jnp.float32) for c in c_values])
-        return state, MultiExchangeInfo(
-            ladder=chosen.astype(jnp.int32),
-            proposed=info.proposed,
-            accepted=info.accepted,
-            acceptance_prob=info.acceptance_prob,
-            log_ratio=info.log_ratio,
-            c=cs,
-            rungs=multi.rungs,
+        cs = jnp.stack(
+            [
+                jnp.asarray(move.current_c(sub), jnp.float32)
+                for move, sub in zip(self.moves, multi.sub_states, strict=True)
+            ]
+        )
+        return (
+            state,
+            multi,
+            MultiExchangeInfo(
+                ladder=chosen.astype(jnp.int32),
+                proposed=info.proposed,
+                accepted=info.accepted,
+                acceptance_prob=info.acceptance_prob,
+                log_ratio=info.log_ratio,
+                c=cs,
+                rungs=multi.rungs,
+            ),
         )
 
 
@@ -272,8 +291,10 @@ def multi_exchange_move(
 
     Example:
         >>> move = multi_exchange_move([lr_ladder, dropout_ladder], c=[30.0, 2000.0])
-        >>> state = move.init_state(state)
-        >>> state, info = move(key, state, val_losses, jnp.int32(0))
+        >>> state = move.assign(state)
+        >>> move_state = move.init(state)
+        >>> state, move_state, info = move.step(
+        ...     key, state, move_state, val_losses, jnp.int32(0))
     """
     if isinstance(ladders, Ladder) or not isinstance(ladders, Sequence):
         raise TypeError(

@@ -433,16 +433,22 @@ class PBTMove:
 
     config: PBTConfig = struct.field(pytree_node=False)
 
-    def __call__(
+    def init(self, state: ReplicaState | None = None) -> None:
+        """PBT carries nothing between rounds: the population is the state."""
+        del state
+
+    def step(
         self,
         key: jax.Array,
         state: ReplicaState,
+        move_state: None,
         scores: jax.Array,
         round_index: jax.Array,
-    ) -> tuple[ReplicaState, PBTInfo]:
+    ) -> tuple[ReplicaState, None, PBTInfo]:
         """One :func:`pbt_step`."""
         del round_index
-        return pbt_step(key, state, scores, self.config)
+        state, info = pbt_step(key, state, scores, self.config)
+        return state, move_state, info
 
 
 def pbt_move(config: PBTConfig) -> PBTMove:
@@ -716,13 +722,17 @@ class _NextPiece:
 
     values: dict[str, jax.Array]  # name -> shape=(S,), float32
 
-    def __call__(self, key, state, scores, round_index):
+    def init(self, state: ReplicaState | None = None) -> None:
+        """Nothing to carry: the piece follows from the round."""
+        del state
+
+    def step(self, key, state, move_state, scores, round_index):
+        """Every replica takes the values of piece ``round_index + 1``."""
         del key, scores
         last = next(iter(self.values.values())).shape[0] - 1
         piece = jnp.minimum(round_index + 1, last)
-        return set_hyperparams(
-            state, **{n: v[piece] for n, v in self.values.items()}
-        ), NoInfo()
+        values = {n: v[piece] for n, v in self.values.items()}
+        return set_hyperparams(state, **values), move_state, NoInfo()
 
 
 def replay_schedule(

@@ -108,9 +108,6 @@ class ReplicaState:
     model_inputs: tuple[str, ...] = struct.field(pytree_node=False, default=())
     # Names the optimiser computes from an optax schedule (not per-replica).
     scheduled: tuple[str, ...] = struct.field(pytree_node=False, default=())
-    # What a move carries from round to round (the adaptive exchange's C and
-    # ladder, :class:`tempering.adaptation.AdaptationState`); None for others.
-    move_state: Any = None
 
     if TYPE_CHECKING:  # added by flax.struct.dataclass at run time
 

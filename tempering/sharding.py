@@ -5,8 +5,8 @@
 state, hyperparameters, rungs: all with leading axis M) on a 1-D
 :class:`jax.sharding.Mesh` whose one axis is named ``"replicas"``, with
 ``NamedSharding(mesh, P("replicas"))``: device d holds replicas
-``[d * M / D, (d + 1) * M / D)``. Everything else (``step``, the move's
-``move_state``: C and the ladder, O(M) numbers) is replicated on every device.
+``[d * M / D, (d + 1) * M / D)``. Everything else (``step``; the driver's
+move state: C and the ladder, O(M) numbers) is replicated on every device.
 
 The compiled steps, evaluations and moves of the drivers then run as SPMD
 programs over the mesh: XLA propagates the replica sharding from the state
@@ -37,6 +37,7 @@ from tempering.replicas import ReplicaState
 __all__ = [
     "REPLICA_AXIS",
     "constrain",
+    "constrain_replicated",
     "keep_sharded",
     "mesh_of",
     "replica_mesh",
@@ -96,9 +97,9 @@ def shard_replicas(
     """The state with its replica axis split over ``devices``.
 
     Every array with the leading replica axis (params, batch_stats, opt_state,
-    hyperparams, rungs) gets ``NamedSharding(mesh, P("replicas"))``; ``step``,
-    ``move_state`` and any leaf without a leading axis of length M are
-    replicated on every device. The values are unchanged; the drivers
+    hyperparams, rungs) gets ``NamedSharding(mesh, P("replicas"))``; ``step``
+    and any leaf without a leading axis of length M are replicated on every
+    device. The values are unchanged; the drivers
     (:func:`tempering.pt_train`, :func:`tempering.pbt_train`,
     :func:`tempering.train`) then train each device's replicas on that device
     and keep the state sharded from round to round.
@@ -160,15 +161,13 @@ def shard_replicas(
         (state.params, state.batch_stats, state.opt_state, state.hyperparams),
     )
     params, batch_stats, opt_state, hyperparams = per_replica
-    replicated = jax.device_put((state.step, state.move_state), whole)
     return state.replace(
         params=params,
         batch_stats=batch_stats,
         opt_state=opt_state,
         hyperparams=hyperparams,
         rungs=place(state.rungs),
-        step=replicated[0],
-        move_state=replicated[1],
+        step=jax.device_put(state.step, whole),
     )
 
 
@@ -268,6 +267,17 @@ def keep_sharded(state: ReplicaState) -> ReplicaState:
     return state
 
 
+def constrain_replicated(tree: Any, mesh: Mesh) -> Any:
+    """Inside ``jax.jit``: every array of ``tree`` replicated over ``mesh``.
+
+    For a move's state (C, a ladder: O(M) numbers every device reads).
+    """
+    whole = NamedSharding(mesh, P())
+    return jax.tree.map(
+        lambda leaf: jax.lax.with_sharding_constraint(leaf, whole), tree
+    )
+
+
 def constrain(state: ReplicaState, mesh: Mesh | None) -> ReplicaState:
     """Inside ``jax.jit``: the state's per-replica arrays pinned to ``mesh``'s shards.
 
@@ -279,9 +289,10 @@ def constrain(state: ReplicaState, mesh: Mesh | None) -> ReplicaState:
 
     Example:
         >>> @functools.partial(jax.jit, static_argnames="mesh")
-        ... def apply_move(move, key, state, scores, round_index, mesh=None):
-        ...     state, info = move(key, state, scores, round_index)
-        ...     return constrain(state, mesh), info
+        ... def apply_move(move, key, state, move_state, scores, round_index, mesh):
+        ...     state, move_state, info = move.step(
+        ...         key, state, move_state, scores, round_index)
+        ...     return constrain(state, mesh), move_state, info
     """
     if mesh is None:
         return state
@@ -305,8 +316,4 @@ def constrain(state: ReplicaState, mesh: Mesh | None) -> ReplicaState:
         hyperparams=hyperparams,
         rungs=rungs,
         step=jax.lax.with_sharding_constraint(state.step, whole),
-        move_state=jax.tree.map(
-            lambda leaf: jax.lax.with_sharding_constraint(leaf, whole),
-            state.move_state,
-        ),
     )

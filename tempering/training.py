@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from tempering.adaptation import AdaptationState
 from tempering.driver import (
     History,
     best_index,
@@ -79,6 +80,9 @@ class PTSummary(NamedTuple):
     ladder: Ladder  # the ladder at the end of the call (re-spaced if adapted)
     diverged: np.ndarray | None = None  # shape=(M,), bool; non-finite at the end
     interrupted: bool = False  # stopped early by Ctrl-C (after a whole round)
+    # The exchange's state at the end of the call (an AdaptationState with
+    # c="auto", else None): pt_train(..., move_state=...) continues from it.
+    move_state: Any = None
 
     @property
     def final_val_accuracy(self) -> np.ndarray:
@@ -97,6 +101,16 @@ class PTResult(NamedTuple):
     state: ReplicaState
     history: PTHistory
     summary: PTSummary
+
+    @property
+    def move_state(self) -> Any:
+        """The exchange's state at the end of the call (``summary.move_state``).
+
+        Pass it to the next call of the same run, ``pt_train(result.state,
+        ladder, key, move_state=result.move_state, ...)``, to continue the
+        adapted C and ladder instead of tuning them afresh.
+        """
+        return self.summary.move_state
 
 
 def count_round_trips(rung_path: np.ndarray, num_rungs: int) -> np.ndarray:
@@ -136,6 +150,7 @@ def pt_train(
     target_acceptance: float = 0.3,
     adapt_rounds: int | None = None,
     adapt_ladder: bool = False,
+    move_state: Any = None,
     **kwargs: Any,
 ) -> PTResult:
     """Trains M replicas by hyperparameter parallel tempering (a host driver).
@@ -163,12 +178,15 @@ def pt_train(
         exchanges: False rejects every swap: the independent grid baseline.
         target_acceptance: the acceptance ``c="auto"`` aims at, in (0, 1).
         adapt_rounds: rounds of adaptation; default a quarter of the rounds
-            this call completes (at least 1). A later call of the same run
-            continues the adaptation it finds in ``state.move_state``; a run
-            split over calls should name it (the default follows the call).
+            this call completes (at least 1), or, continuing a run
+            (``move_state``), the adaptation's own.
         adapt_ladder: also re-space the inner rungs during the adaptation so
             that adjacent pairs reject equally often (the ends stay; the final
             ladder is ``summary.ladder``, its history ``history.temperatures``).
+        move_state: the exchange's state from an earlier call of the same run
+            (``result.move_state``): the adapted (or frozen) C and ladder carry
+            on. None: the exchange starts afresh (C tuned again with
+            ``c="auto"``; a warning says so when ``state`` has trained).
         **kwargs: the run's data and settings, as for :func:`tempering.train`:
             ``train_data``, ``validation_data``, ``num_steps`` (this call's
             steps, burn-in included), ``burn_in``, ``test_data``,
@@ -201,6 +219,8 @@ def pt_train(
     if kwargs.get("validation_data") is None:
         raise TypeError("pt_train needs validation_data: its loss drives the exchanges")
     _check_some_exchange(state, exchange_interval, kwargs)
+    if adapt_rounds is None and isinstance(move_state, AdaptationState):
+        adapt_rounds = move_state.adapt_rounds
     if adapt_rounds is None:
         adapt_rounds = _default_adapt_rounds(state, exchange_interval, kwargs)
     move = exchange_move(
@@ -211,9 +231,13 @@ def pt_train(
     rungs = np.asarray(state.rungs)
     if sorted(rungs.tolist()) != list(range(state.num_replicas)):
         raise ValueError(f"state.rungs must be a permutation of 0..M-1, got {rungs}")
-    state = move.init_state(state)
-    state = assign_rungs(state, move.current_ladder(state), state.rungs)
-    run = train(state, key, move, interval=exchange_interval,
+    if move_state is None:
+        _warn_fresh_adaptation(state, move)
+        move_state = move.init(state)
+    else:
+        move.check_state(move_state)
+    state = assign_rungs(state, move.current_ladder(move_state), state.rungs)
+    run = train(state, key, move, move_state=move_state, interval=exchange_interval,
                 interval_name="exchange_interval", **kwargs)  # fmt: skip
     history = _pt_history(run.history)
     best = best_index(run.final_score)
@@ -230,16 +254,25 @@ def pt_train(
         final_score=run.final_score,
         c=float(history.c[-1])
         if len(history.c)
-        else float(_current_c(move, run.state)),
-        ladder=move.current_ladder(run.state),
+        else float(move.current_c(run.move_state)),
+        ladder=move.current_ladder(run.move_state),
         diverged=run.diverged,
         interrupted=run.interrupted,
+        move_state=run.move_state,
     )
     return PTResult(run.state, history, summary)
 
 
-def _current_c(move: Any, state: ReplicaState) -> Any:
-    return move.c if move.adaptation is None else state.move_state.c
+def _warn_fresh_adaptation(state: ReplicaState, move: Any) -> None:
+    """Warns when trained replicas start an adaptive exchange without its state."""
+    if move.adaptation is not None and int(state.step) > 0:
+        warnings.warn(
+            f"the replicas have trained {int(state.step)} steps but no move_state "
+            "was given: C (and the ladder) are tuned afresh. To continue a run, "
+            "pass move_state=result.move_state from its previous call",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _valid_schedule(interval: Any, kwargs: dict) -> tuple[int, int, int] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 import tempering as tp
 from tempering import models
-from tempering.adaptation import mean_acceptance, solve_c
+from tempering.adaptation import AdaptationState, mean_acceptance, solve_c
 from tempering.moves import exchange_move
 from tempering.replicas import assign_rungs
 
@@ -26,18 +27,23 @@ def state() -> tp.ReplicaState:
 
 
 def run_synthetic(state, move, loss_of_lr, rounds, noise=0.0, seed=1):
-    """Rounds of the move where a replica's score is a function of its lr."""
-    state = move.init_state(state)
-    state = assign_rungs(state, move.current_ladder(state), state.rungs)
-    step = jax.jit(lambda *args: move(*args))
+    """Rounds of the move where a replica's score is a function of its lr.
+
+    Returns the replicas, the move's state and the stacked infos.
+    """
+    move_state = move.init(state)
+    state = assign_rungs(state, move.current_ladder(move_state), state.rungs)
+    step = jax.jit(move.step)
     key, infos = jax.random.key(seed), []
     for r in range(rounds):
         key, move_key, noise_key = jax.random.split(key, 3)
         scores = loss_of_lr(state.hyperparams["learning_rate"])
         scores = scores + noise * jax.random.normal(noise_key, (M,))
-        state, info = step(move_key, state, scores, jnp.int32(r))
+        state, move_state, info = step(
+            move_key, state, move_state, scores, jnp.int32(r)
+        )
         infos.append(jax.device_get(info))
-    return state, jax.tree.map(lambda *xs: np.stack(xs), *infos)
+    return state, move_state, jax.tree.map(lambda *xs: np.stack(xs), *infos)
 
 
 def test_solve_c_hits_the_target() -> None:
@@ -63,18 +69,18 @@ def test_solve_c_hits_the_target() -> None:
 @pytest.mark.parametrize("target", [0.2, 0.4])
 def test_auto_c_reaches_the_target_on_known_gaps(state, target) -> None:
     move = exchange_move(LADDER, c="auto", target_acceptance=target, adapt_rounds=10)
-    state, info = run_synthetic(state, move, lambda lr: 3.0 * lr, rounds=30)
+    state, move_state, info = run_synthetic(state, move, lambda lr: 3.0 * lr, rounds=30)
     # Loss linear in T on a geometric ladder: every pair has the same gap x, so
     # the frozen C accepts every pair with probability exactly the target.
     frozen = info.c[10:]
     assert np.all(frozen == frozen[0]) and np.all(info.c[9] == frozen[0])
     np.testing.assert_allclose(info.acceptance_prob[10:], target, atol=2e-3)
-    assert float(state.move_state.c) == float(frozen[0])
+    assert float(move_state.c) == float(frozen[0])
 
 
 def test_auto_c_with_noisy_losses_within_tolerance(state) -> None:
     move = exchange_move(LADDER, c="auto", target_acceptance=0.3, adapt_rounds=20)
-    _, info = run_synthetic(state, move, lambda lr: 3.0 * lr, rounds=220, noise=0.05)
+    _, _, info = run_synthetic(state, move, lambda lr: 3.0 * lr, rounds=220, noise=0.05)
     # Measured after the freeze, on 200 fresh rounds: within 0.05 of the target.
     assert abs(info.acceptance_prob[20:].mean() - 0.3) < 0.05
     assert np.all(info.c[20:] == info.c[19])
@@ -85,19 +91,19 @@ def test_adaptive_ladder_equalises_acceptance_keeps_ends_and_order(state) -> Non
         return 3.0 * lr**2  # the barrier grows toward the hot end
 
     fixed = exchange_move(LADDER, c="auto", adapt_rounds=20)
-    _, before = run_synthetic(state, fixed, loss, rounds=40)
+    _, _, before = run_synthetic(state, fixed, loss, rounds=40)
     move = exchange_move(LADDER, c="auto", adapt_rounds=20, adapt_ladder=True)
-    new_state, info = run_synthetic(state, move, loss, rounds=40)
+    new_state, adapted, info = run_synthetic(state, move, loss, rounds=40)
     spread_before = np.ptp(before.acceptance_prob[20:].mean(0))
     spread_after = np.ptp(info.acceptance_prob[20:].mean(0))
     assert spread_before > 0.4  # the geometric ladder is far from equal
     assert spread_after < 0.05
     assert abs(info.acceptance_prob[20:].mean() - 0.3) < 0.03
-    temps = np.asarray(new_state.move_state.temperatures)
+    temps = np.asarray(adapted.temperatures)
     assert temps[0] == np.float32(0.01) and temps[-1] == np.float32(1.0)
     assert np.all(np.diff(temps) > 0)
     # The learning rate follows its rule T = lr exactly; replicas hold their rung's.
-    lrs = np.asarray(new_state.move_state.values["learning_rate"])
+    lrs = np.asarray(adapted.values["learning_rate"])
     np.testing.assert_allclose(lrs, temps, rtol=1e-6)
     np.testing.assert_array_equal(
         np.asarray(new_state.hyperparams["learning_rate"]),
@@ -121,13 +127,15 @@ def test_adaptive_ladder_respaces_dropout_by_its_rule(rule, temperature) -> None
         jax.random.key(0), models.MLP((4,), 2), tp.sgd(0.1), sample, ladder=ladder
     )
     move = exchange_move(ladder, c="auto", adapt_rounds=5, adapt_ladder=True)
-    out = move.init_state(dropout_state)
-    out = assign_rungs(out, ladder, out.rungs)
-    step = jax.jit(lambda *args: move(*args))
+    move_state = move.init(dropout_state)
+    out = assign_rungs(dropout_state, ladder, dropout_state.rungs)
+    step = jax.jit(move.step)
     for r in range(5):
         scores = 2.0 * out.hyperparams["dropout_rate"] ** 3
-        out, _ = step(jax.random.key(r), out, scores, jnp.int32(r))
-    adapted = out.move_state.ladder
+        out, move_state, _ = step(
+            jax.random.key(r), out, move_state, scores, jnp.int32(r)
+        )
+    adapted = move_state.ladder
     rates = np.asarray(adapted.values["dropout_rate"])
     np.testing.assert_allclose(
         np.asarray(adapted.temperatures), temperature(rates.astype(np.float64)),
@@ -154,12 +162,31 @@ def test_pt_train_auto_is_default_records_c_and_continues(blobs, tx) -> None:
     assert np.all(full.history.c[3:] == full.history.c[3])
     assert full.summary.c == float(full.history.c[-1])
     assert full.history.temperatures.shape == (16, 4)
-    # Two calls of the same run give the same run (the second continues the
-    # adaptation it finds in the state); the default adapt_rounds depends on
-    # the call's length, so a split run names it.
-    kwargs["adapt_rounds"] = 4
-    first = tp.pt_train(state, ladder, jax.random.key(3), num_steps=30, **kwargs)
-    second = tp.pt_train(first.state, ladder, jax.random.key(3), num_steps=60, **kwargs)
+    # Two calls of the same run give the same run: the second continues the
+    # adaptation of the first's move_state (and takes its adapt_rounds; the
+    # first's default depends on the call's length, so it is named here).
+    first = tp.pt_train(
+        state, ladder, jax.random.key(3), num_steps=30, adapt_rounds=4, **kwargs
+    )
+    assert isinstance(first.move_state, AdaptationState)
+    second = tp.pt_train(
+        first.state, ladder, jax.random.key(3), num_steps=60,
+        move_state=first.move_state, **kwargs,
+    )  # fmt: skip
+    _assert_same_run(first, second, full)
+    # Without it the second call tunes C afresh, and says so.
+    with pytest.warns(UserWarning, match="no move_state was given"):
+        fresh = tp.pt_train(
+            first.state, ladder, jax.random.key(3), num_steps=60, **kwargs
+        )
+    assert fresh.history.c[0] != full.history.c[4]
+    # A number keeps C fixed.
+    fixed = tp.pt_train(state, ladder, jax.random.key(3), num_steps=30, c=5.0, **kwargs)
+    assert np.all(fixed.history.c == 5.0) and fixed.summary.c == 5.0
+    assert fixed.move_state is None
+
+
+def _assert_same_run(first, second, full) -> None:
     np.testing.assert_array_equal(
         np.concatenate([first.history.c, second.history.c]), full.history.c
     )
@@ -169,9 +196,45 @@ def test_pt_train_auto_is_default_records_c_and_continues(blobs, tx) -> None:
         strict=True,
     ):  # fmt: skip
         np.testing.assert_array_equal(got, want)
-    # A number keeps C fixed.
-    fixed = tp.pt_train(state, ladder, jax.random.key(3), num_steps=30, c=5.0, **kwargs)
-    assert np.all(fixed.history.c == 5.0) and fixed.summary.c == 5.0
+
+
+@pytest.mark.parametrize("saver", ["flax.serialization", "orbax"])
+def test_saved_replicas_and_move_state_continue_the_run(blobs, tx, tmp_path, saver):
+    train, val = blobs
+    ladder = tp.geometric_ladder("learning_rate", 0.02, 0.3, 4)
+
+    def fresh_replicas():
+        return tp.create_replicas(
+            jax.random.key(0), models.MLP((16,), 3), tx, train[0][:2], ladder=ladder
+        )
+
+    kwargs = dict(
+        train_data=train, validation_data=val, exchange_interval=5, burn_in=10,
+        adapt_rounds=4,
+    )  # fmt: skip
+    key = jax.random.key(3)
+    full = tp.pt_train(fresh_replicas(), ladder, key, num_steps=90, **kwargs)
+    first = tp.pt_train(fresh_replicas(), ladder, key, num_steps=30, **kwargs)
+    saved = {"replicas": first.state, "move_state": first.move_state}
+    # Fresh templates: new replicas and a fresh exchange state of the same run.
+    template = fresh_replicas()
+    move = tp.exchange_move(ladder, c="auto", adapt_rounds=4)
+    template = {"replicas": template, "move_state": move.init(template)}
+    if saver == "flax.serialization":
+        data = flax.serialization.to_bytes(saved)
+        restored = flax.serialization.from_bytes(template, data)
+    else:
+        ocp = pytest.importorskip("orbax.checkpoint")
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(tmp_path / "run", saved)
+            checkpointer.wait_until_finished()
+            restored = checkpointer.restore(tmp_path / "run", template)
+    assert int(restored["replicas"].step) == 30
+    second = tp.pt_train(
+        restored["replicas"], ladder, key, num_steps=60,
+        move_state=restored["move_state"], **kwargs,
+    )  # fmt: skip
+    _assert_same_run(first, second, full)
 
 
 @pytest.mark.parametrize(

@@ -406,7 +406,7 @@ CASES = [
     Case("pbt-step-scores-length", lambda c: pbt_step(c.key, c.state, jnp.ones(3), c.config), V, r"scores must have one entry per replica", fixed=True),
     Case("pbt-step-config-dict", lambda c: pbt_step(c.key, c.state, jnp.ones(M), {"learning_rate": (0.01, 0.1)}), T, r"config must be a PBTConfig", fixed=True),
     # --- train ------------------------------------------------------------
-    Case("train-move-not-callable", lambda c: run(c, move=5), T, r"move must be callable"),
+    Case("train-move-not-callable", lambda c: run(c, move=5), T, r"move must have init\(state\)"),
     Case("train-interval-empty", lambda c: run(c, interval=[]), V, r"interval must be increasing round ends"),
     Case("train-interval-decreasing", lambda c: run(c, interval=[10, 5]), V, r"interval must be increasing round ends"),
     Case("train-ends-with-burn-in", lambda c: run(c, interval=[5, 10, 20], burn_in=5), V, r"burn_in must be 0 with explicit round ends"),

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import TinyMLP
+from flax import struct
 
 import tempering as tp
 from tempering import loggers
@@ -368,6 +369,81 @@ def test_a_users_move_runs_in_the_one_driver(state, blobs):
                     validation_data=val, interval=10, **SETTINGS)  # fmt: skip
     reference = pt(state, blobs, exchanges=False)
     assert leaves_equal(grid.state.params, reference.state.params)
+
+
+@struct.dataclass
+class HalveTheWorst:
+    """docs/guides/engine.md's move: halve the lr after ``strikes`` worst rounds."""
+
+    strikes: int = struct.field(pytree_node=False, default=2)
+
+    def init(self, state):
+        return jnp.zeros((state.num_replicas,), jnp.int32)  # strikes so far
+
+    def step(self, key, state, move_state, scores, round_index):
+        worst = jnp.arange(state.num_replicas) == jnp.argmax(scores)
+        count = move_state + worst
+        halve = count >= self.strikes
+        lr = jnp.where(halve, 0.5, 1.0) * state.hyperparams["learning_rate"]
+        state = tp.set_hyperparams(state, learning_rate=lr)
+        return state, jnp.where(halve, 0, count), {"halved": halve, "worst": worst}
+
+
+class PlainHalveTheWorst:
+    """The same move as a plain object (not a pytree): held static by the driver."""
+
+    def __init__(self):
+        self.move = HalveTheWorst()
+
+    def init(self, state):
+        return self.move.init(state)
+
+    def step(self, *args):
+        return self.move.step(*args)
+
+
+@pytest.mark.parametrize("make", [HalveTheWorst, PlainHalveTheWorst])
+def test_a_users_move_with_state_continues_across_calls(state, blobs, make):
+    train, val = blobs
+    settings = dict(train_data=train, validation_data=val, interval=5, batch_size=32)
+    key = jax.random.key(2)
+    whole = tp.train(state, key, make(), num_steps=45, burn_in=5, **settings)
+    worst = whole.history.move["worst"].astype(int)  # (8, M)
+    halved = whole.history.move["halved"]
+    # The strikes the state carried: a replica is halved on its second worst
+    # round since it was last halved, and its lr then is half the round before.
+    count = np.zeros(state.num_replicas, int)
+    lr = whole.history.hyperparams["learning_rate"]
+    for r in range(len(worst)):
+        count += worst[r]
+        np.testing.assert_array_equal(halved[r], count >= 2)
+        before = lr[r - 1] if r else whole.history.initial_hyperparams["learning_rate"]
+        np.testing.assert_allclose(lr[r], np.where(halved[r], 0.5, 1.0) * before)
+        count[halved[r]] = 0
+    assert halved.any()
+    np.testing.assert_array_equal(whole.move_state, count)
+    # Two calls, the move state passed on: the same run, bit for bit.
+    first = tp.train(state, key, make(), num_steps=25, burn_in=5, **settings)
+    second = tp.train(
+        first.state, key, make(), move_state=first.move_state, num_steps=20,
+        burn_in=5, **settings,
+    )  # fmt: skip
+    np.testing.assert_array_equal(second.history.move["halved"], halved[4:])
+    assert leaves_equal(second.state.params, whole.state.params)
+    # A move state that is not this move's: refused before anything compiles.
+    with pytest.raises(ValueError, match="move_state does not fit this move"):
+        tp.train(state, key, make(), move_state=jnp.zeros(3), num_steps=10, **settings)
+
+
+def test_an_old_style_pytree_move_gets_a_migration_message(state, blobs):
+    @struct.dataclass
+    class OldMove:
+        def __call__(self, key, state, scores, round_index):
+            return state, {}
+
+    with pytest.raises(TypeError, match=r"becomes step\(key, state, move_state"):
+        tp.train(state, jax.random.key(0), OldMove(), train_data=blobs[0],
+                 num_steps=10, interval=5)  # fmt: skip
 
 
 # --- errors that name the argument and the fix ----------------------------------

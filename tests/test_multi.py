@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,20 +112,24 @@ def state() -> tp.ReplicaState:
 def run_synthetic(state, move, rounds, seed=1):
     """Rounds of the move where a replica's score is ``SLOPE * lr``.
 
-    Returns the final state and per round (stacked): the info, the rungs and
-    hyperparameters before and after the round, and the scores.
+    Returns the final ``(state, move_state)`` and per round (stacked): the
+    info, the rungs and hyperparameters before and after the round, and the
+    scores.
     """
-    state = move.init_state(state)
-    step = jax.jit(lambda *args: move(*args))
+    state = move.assign(state)
+    move_state = move.init(state)
+    step = jax.jit(move.step)
     key, rows = jax.random.key(seed), []
     for r in range(rounds):
         key, move_key = jax.random.split(key)
-        before = jax.device_get((state.move_state.rungs, state.hyperparams))
+        before = jax.device_get((move_state.rungs, state.hyperparams))
         scores = SLOPE * state.hyperparams["learning_rate"]
-        state, info = step(move_key, state, scores, jnp.int32(r))
+        state, move_state, info = step(
+            move_key, state, move_state, scores, jnp.int32(r)
+        )
         after = jax.device_get((state.rungs, state.hyperparams))
         rows.append((jax.device_get(info), before, after, np.asarray(scores)))
-    return state, jax.tree.map(lambda *xs: np.stack(xs), *rows)
+    return (state, move_state), jax.tree.map(lambda *xs: np.stack(xs), *rows)
 
 
 def binomial_bound(n, p, sigmas=4.5):
@@ -167,7 +172,7 @@ def test_random_ladder_choice_and_metropolis_statistics(state) -> None:
                 np.testing.assert_array_equal(
                     after_values[name][t], np.asarray(values)[info.rungs[t, j]]
                 )
-    np.testing.assert_array_equal(final.move_state.rungs, info.rungs[-1])
+    np.testing.assert_array_equal(final[1].rungs, info.rungs[-1])
 
     # The lr ladder: the cold replica of every pair has the lower score, with a
     # fixed gap: log ratio = -c * SLOPE * (2 - 1)^2 / 2 on a ratio-2 ladder.
@@ -203,7 +208,7 @@ def test_auto_c_per_ladder_freezes_after_its_own_rounds(state) -> None:
         [LR, DROPOUT], c="auto", adapt_rounds=adapt_rounds, target_acceptance=target
     )
     final, (info, *_) = run_synthetic(state, move, rounds, seed=2)
-    subs = final.move_state.sub_states
+    subs = final[1].sub_states
     assert all(isinstance(sub, AdaptationState) for sub in subs)
     for k in range(2):
         own = np.flatnonzero(info.ladder == k)
@@ -228,37 +233,33 @@ def test_auto_c_per_ladder_freezes_after_its_own_rounds(state) -> None:
 
     mixed = multi_exchange_move([LR, DROPOUT], c=[0.5, "auto"], adapt_rounds=3)
     final, (info, *_) = run_synthetic(state, mixed, 12, seed=3)
-    assert final.move_state.sub_states[0] is None
-    assert isinstance(final.move_state.sub_states[1], AdaptationState)
+    assert final[1].sub_states[0] is None
+    assert isinstance(final[1].sub_states[1], AdaptationState)
     np.testing.assert_array_equal(info.c[:, 0], 0.5)
-    ladders = mixed.current_ladders(final)
+    ladders = mixed.current_ladders(final[1])
     np.testing.assert_array_equal(ladders[1].temperatures, DROPOUT.temperatures)
 
 
-def test_init_state_keeps_a_compatible_state_and_assigns_values(state) -> None:
+def test_assign_then_init_reads_the_rungs_off_the_values(state) -> None:
     move = multi_exchange_move([LR, DROPOUT], c=[1.0, "auto"], adapt_rounds=3)
-    fresh = move.init_state(state)
-    multi = fresh.move_state
+    assigned = move.assign(state)
+    np.testing.assert_array_equal(
+        assigned.hyperparams["dropout_rate"], DROPOUT.values["dropout_rate"]
+    )
+    np.testing.assert_array_equal(
+        assigned.hyperparams["learning_rate"], LR.values["learning_rate"]
+    )
+    multi = move.init(assigned)
     assert isinstance(multi, MultiExchangeState)
     np.testing.assert_array_equal(multi.rungs, np.tile(np.arange(M), (2, 1)))
-    np.testing.assert_array_equal(
-        fresh.hyperparams["dropout_rate"], DROPOUT.values["dropout_rate"]
-    )
-    np.testing.assert_array_equal(
-        fresh.hyperparams["learning_rate"], LR.values["learning_rate"]
-    )
-    # A state moved on by some rounds is continued, not reset.
-    moved, _ = run_synthetic(state, move, 6, seed=4)
-    again = move.init_state(moved)
-    np.testing.assert_array_equal(again.move_state.rungs, moved.move_state.rungs)
-    assert int(again.move_state.sub_states[1].rounds_done) == int(
-        moved.move_state.sub_states[1].rounds_done
-    )
-    for name in ("learning_rate", "dropout_rate"):
-        np.testing.assert_array_equal(again.hyperparams[name], moved.hyperparams[name])
-    # Without init_state the move says what to do.
-    with pytest.raises(TypeError, match="init_state"):
-        move(jax.random.key(0), state, jnp.zeros(M), jnp.int32(0))
+    assert multi.sub_states[0] is None
+    assert int(multi.sub_states[1].rounds_done) == 0
+    # After some rounds the rungs on each ladder differ; init reads them back.
+    (moved, moved_state), _ = run_synthetic(state, move, 6, seed=4)
+    np.testing.assert_array_equal(move.init(moved).rungs, moved_state.rungs)
+    # Replicas that hold no rung of a ladder: the error says what to call.
+    with pytest.raises(ValueError, match=r"move.assign\(state\)"):
+        move.init(state)
 
 
 def test_train_end_to_end(blobs, tx) -> None:
@@ -269,6 +270,7 @@ def test_train_end_to_end(blobs, tx) -> None:
         hyperparams={"dropout_rate": 0.1},
     )  # fmt: skip
     move = multi_exchange_move([LR, DROPOUT], c=[0.5, "auto"], adapt_rounds=2)
+    state = move.assign(state)
     result = tp.train(
         state, jax.random.key(1), move, train_data=train, validation_data=val,
         num_steps=40, interval=5, batch_size=32,
@@ -289,8 +291,23 @@ def test_train_end_to_end(blobs, tx) -> None:
                 history.hyperparams[name], np.asarray(values)[info.rungs[:, k]]
             )
     assert np.all(np.isfinite(history.validation.loss))
-    assert isinstance(result.state.move_state, MultiExchangeState)
-    np.testing.assert_array_equal(result.state.move_state.rungs, info.rungs[-1])
+    assert isinstance(result.move_state, MultiExchangeState)
+    np.testing.assert_array_equal(result.move_state.rungs, info.rungs[-1])
+    # A second call with the move state continues the run: 40 + 20 steps in
+    # two calls are 60 in one.
+    more = tp.train(
+        result.state, jax.random.key(1), move, move_state=result.move_state,
+        train_data=train, validation_data=val, num_steps=20, interval=5,
+        batch_size=32,
+    )  # fmt: skip
+    whole = tp.train(
+        state, jax.random.key(1), move, train_data=train, validation_data=val,
+        num_steps=60, interval=5, batch_size=32,
+    )  # fmt: skip
+    np.testing.assert_array_equal(
+        more.history.move.rungs, whole.history.move.rungs[rounds:]
+    )
+    chex.assert_trees_all_equal(more.state.params, whole.state.params)
 
 
 def test_bad_inputs_name_the_argument(state) -> None:
@@ -315,8 +332,8 @@ def test_bad_inputs_name_the_argument(state) -> None:
         multi_exchange_move([LR, DROPOUT], scheme="all")
     wd = tp.make_ladder(weight_decay=[0.0, 0.1, 0.2, 0.3], temperatures=[1, 2, 3, 4])
     with pytest.raises(ValueError, match="weight_decay"):
-        multi_exchange_move([LR, wd]).init_state(state)
+        multi_exchange_move([LR, wd]).init(state)
     five = tp.geometric_ladder("learning_rate", 0.01, 0.1, 5)
     five_q = tp.linear_ladder("dropout_rate", 0.1, 0.5, 5)
     with pytest.raises(ValueError, match="5 rungs but the state holds 4"):
-        multi_exchange_move([five, five_q]).init_state(state)
+        multi_exchange_move([five, five_q]).init(state)

@@ -112,7 +112,7 @@ SCRIPT = textwrap.dedent(
         "accepted": int(one.history.accepted.sum()),
         "c_close": bool(np.allclose(one.history.c, spread.history.c, rtol=1e-4)),
         "move_state": sorted({str(a.sharding.spec)
-                              for a in jax.tree.leaves(spread.state.move_state)}),
+                              for a in jax.tree.leaves(spread.move_state)}),
         **compare(one, spread),
     }
     if NUM == 4:
