@@ -503,6 +503,7 @@ def run_one(
     start = time.time()
     histories, result = [], None
     parts = phases(config)
+    move_state = None  # the exchange's state, carried from phase to phase
     for index, (first, end, lr) in enumerate(parts):
         if lr is not None:
             state = tp.set_hyperparams(state, learning_rate=lr)
@@ -531,10 +532,11 @@ def run_one(
                 batch_size=config.batch_size,
                 augment=augment,
                 burn_in_hyperparams=burn_in_hyperparams,
+                move_state=move_state,
                 **auto,
                 **resume,
             )
-        state = result.state
+        state, move_state = result.state, result.move_state
         histories.append(result.history)
     wall = time.time() - start
     h, s = _merge(histories), result.summary

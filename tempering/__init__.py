@@ -11,6 +11,7 @@ history :mod:`tempering.diagnostics`.
 """
 
 from tempering import diagnostics
+from tempering.config import RunConfig, RunData
 from tempering.divergence import DivergenceError
 from tempering.driver import History, RoundRecord, RunResult, train
 from tempering.exchange import ExchangeInfo, exchange
@@ -64,6 +65,8 @@ __all__ = [
     "Prior",
     "ReplicaState",
     "RoundRecord",
+    "RunConfig",
+    "RunData",
     "RunResult",
     "best_schedule",
     "create_replicas",

@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -38,6 +37,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from tempering.config import RunConfig, RunData
 from tempering.driver import check_not_traced, train
 from tempering.moves import identity_move
 from tempering.replicas import ReplicaState, set_hyperparams
@@ -199,7 +199,7 @@ def diffusion_test(
     num_records: int = 20,
     spacing: str = "log",
     t0: int = 0,
-    **kwargs: Any,
+    **settings: Any,
 ) -> DiffusionResult:
     """Trains replica m at ``values[m]`` and records ``||W(t) - W(t0)||``.
 
@@ -221,8 +221,9 @@ def diffusion_test(
         spacing: ``"log"`` or ``"linear"`` record times.
         t0: SGD steps trained (at the same values) before the reference
             weights ``W(t0)`` are taken, to skip the initial transient.
-        **kwargs: settings as for :func:`tempering.train` (``batch_size``,
-            ``shared_batch``, ``augment``, ``vectorize``, ``loop``).
+        **settings: other :class:`tempering.RunConfig` fields (``batch_size``,
+            ``shared_batch``, ``augment``, ``vectorize``, ``loop``); the record
+            times set ``num_steps`` and the rounds.
 
     Returns:
         :class:`DiffusionResult`.
@@ -258,17 +259,15 @@ def diffusion_test(
         raise ValueError(f"t0 must be an int >= 0, got {t0!r}")
     record_steps = record_schedule(num_steps, num_records, spacing)
     state = set_hyperparams(state, **{hyperparameter: values})
-    run = functools.partial(train, key=key, train_data=train_data, **kwargs)
+    data = RunData(train_data)
     if t0 > 0:
-        state = run(
-            state=state, move=identity_move(), num_steps=int(t0), interval=[int(t0)]
-        ).state
-    ends = [int(t0), *(int(t0) + record_steps).tolist()]
+        burn = RunConfig(num_steps=int(t0), interval=(int(t0),), **settings)
+        state = train(state, key, identity_move(), data, burn).state
+    ends = (int(t0), *(int(t0) + record_steps).tolist())
     initial_norm = np.asarray(weight_norm(state.params))
-    result = run(
-        state=state, move=_Distance(jax.tree.map(jnp.copy, state.params)),
-        num_steps=int(record_steps[-1]), interval=ends,
-    )  # fmt: skip
+    config = RunConfig(num_steps=int(record_steps[-1]), interval=ends, **settings)
+    distance = _Distance(jax.tree.map(jnp.copy, state.params))
+    result = train(state, key, distance, data, config)
     return DiffusionResult(
         steps=result.history.step - int(t0),  # a callback may stop the run early
         distance=result.history.move.distance,

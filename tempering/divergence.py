@@ -15,11 +15,12 @@ which carries the history of the rounds done.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import jax
 import numpy as np
+
+from tempering._caller import warn
 
 __all__ = ["POLICIES", "DivergenceError", "check_policy"]
 
@@ -112,9 +113,8 @@ class Warner:
             values = ", ".join(
                 f"{k}={float(v[m]):.4g}" for k, v in record.hyperparams.items()
             )
-            warnings.warn(
+            warn(
                 f"replica {m} ({values}) diverged by step {record.step} "
                 f"(non-finite loss): {what}",
                 RuntimeWarning,
-                stacklevel=5,  # the caller of pt_train (or another wrapper)
             )

@@ -27,8 +27,7 @@ import os
 import signal
 import sys
 import threading
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -36,17 +35,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from tempering import checkpoint, divergence, sharding
-from tempering.fast import resolve_policy
+from tempering._caller import warn
+from tempering.config import Rounds, RunConfig, RunData, ScoreFn
 from tempering.loops import SegmentSettings, loop_for, run_evaluate, run_segment
 from tempering.moves import as_move
 from tempering.replicas import (
     EvalMetrics,
-    MetricsFn,
     ReplicaState,
     _check_key,
     _check_model_takes,
     cross_entropy,
-    default_metrics,
     set_hyperparams,
 )
 from tempering.sources import (
@@ -62,28 +60,9 @@ __all__ = [
     "History",
     "RoundRecord",
     "RunResult",
-    "Rounds",
     "best_index",
     "train",
 ]
-
-ScoreFn = Callable[[EvalMetrics], jax.Array]
-Callback = Callable[["RoundRecord"], Any]
-
-
-class Rounds(NamedTuple):
-    """When to train, evaluate and move (validated by :func:`rounds`).
-
-    Fixed rounds: round 0 is the burn-in ``[0, burn_in)`` (no evaluation, no
-    move) and round r >= 1 ends at ``burn_in + r * interval``. Explicit rounds
-    (``ends``): round r ends at ``ends[r]``, and every round is evaluated and
-    followed by a move, round 0 included.
-    """
-
-    num_steps: int  # SGD steps this call takes, burn-in included
-    interval: int  # SGD steps per round (fixed rounds)
-    burn_in: int  # global steps [0, burn_in) before the first round
-    ends: tuple[int, ...] = ()  # explicit global round ends, increasing
 
 
 class RoundRecord(NamedTuple):
@@ -147,46 +126,6 @@ def metric_of(metrics: Mapping[str, np.ndarray], name: str, where: str) -> np.nd
             f"no {name} in {where}: the metrics function returned {sorted(metrics)}"
         )
     return metrics[name]
-
-
-def check_int(value: Any, name: str, minimum: int) -> int:
-    """``value`` as an int >= ``minimum`` (bools refused), else a clear error."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def check_bool(value: Any, name: str) -> bool:
-    """``value`` as a bool; strings and numbers are refused."""
-    if not isinstance(value, bool | np.bool_):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
-
-
-def rounds(
-    num_steps: int, interval: Any, burn_in: int, *, interval_name: str
-) -> Rounds:
-    """Validates the rounds of a call (``interval``: an int, or the round ends)."""
-    num_steps = check_int(num_steps, "num_steps", 1)
-    burn_in = check_int(burn_in, "burn_in", 0)
-    if isinstance(interval, int | np.integer) and not isinstance(interval, bool):
-        return Rounds(num_steps, check_int(interval, interval_name, 1), burn_in)
-    if np.ndim(interval) == 0:  # a float, a bool, ...: not an int, not round ends
-        check_int(interval, interval_name, 1)
-    ends = tuple(check_int(e, interval_name, 0) for e in interval)
-    if (
-        not ends
-        or ends[0] < 0
-        or any(b <= a for a, b in zip(ends, ends[1:], strict=False))
-    ):
-        raise ValueError(
-            f"{interval_name} must be increasing round ends >= 0, got {ends}"
-        )
-    if burn_in:
-        raise ValueError("burn_in must be 0 with explicit round ends")
-    return Rounds(num_steps, 0, 0, ends)
 
 
 class _Segment(NamedTuple):
@@ -312,14 +251,6 @@ def _check_finite(source: ArraySource, name: str) -> None:
             )
 
 
-# The progress bar names the wrapper that called train (by its interval's name).
-_RUN_NAMES = {
-    "exchange_interval": "pt_train",
-    "ready_interval": "pbt_train",
-    "schedule": "replay_schedule",
-}
-
-
 def _progress(total: int, enabled: bool, name: str):
     if not enabled:
         return None
@@ -338,23 +269,6 @@ def _host(tree: Any) -> Any:
 @jax.jit
 def _copy(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
-
-
-_CALLABLE_FORMS = {
-    "callback": "callback(record) -> stop?",
-    "score_fn": "score_fn(metrics) -> (M,) scores",
-    "augment": "augment(key, batch) -> batch",
-}
-
-
-def _check_callables(**functions: Any) -> None:
-    """Each given function is None or callable (else a TypeError with its form)."""
-    for name, function in functions.items():
-        if function is not None and not callable(function):
-            raise TypeError(
-                f"{name} must be callable as {_CALLABLE_FORMS[name]} (or None), "
-                f"got {type(function).__name__} {function!r}"
-            )
 
 
 def _on_devices(source: ArraySource, state: ReplicaState) -> ArraySource:
@@ -379,7 +293,7 @@ def _check_move_state(move: Any, state: ReplicaState, move_state: Any) -> None:
     def layout(tree: Any) -> list[tuple[tuple[int, ...], str]]:
         return [(np.shape(x), str(np.asarray(x).dtype)) for x in jax.tree.leaves(tree)]
 
-    same_tree = jax.tree.structure(expected) == jax.tree.structure(move_state)
+    same_tree = str(jax.tree.structure(expected)) == str(jax.tree.structure(move_state))
     if not same_tree or layout(expected) != layout(move_state):
         raise ValueError(
             "move_state does not fit this move: it must be what move.init(state) "
@@ -395,36 +309,9 @@ _jitted_move = jax.jit(_apply_move, donate_argnums=(2,), static_argnames=("mesh"
 
 
 def train(
-    state: ReplicaState,
-    key: jax.Array,
-    move: Any,
-    *,
-    move_state: Any = None,
-    train_data: Any,
-    validation_data: Any = None,
-    num_steps: int,
-    interval: int | Sequence[int],
-    burn_in: int = 0,
-    test_data: Any = None,
-    batch_size: int = 128,
-    shared_batch: bool = True,
-    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-    eval_batch_size: int = 1000,
-    metrics_fn: MetricsFn | None = default_metrics,
-    score_fn: ScoreFn | None = None,
-    burn_in_hyperparams: Mapping[str, Any] | None = None,
-    callback: Callback | None = None,
-    vectorize: str = "auto",
-    loop: str = "auto",
-    progress: bool = False,
-    move_at_end: bool = True,
-    interval_name: str = "interval",
-    on_diverge: str = "flag",
-    checkpoint_dir: str | os.PathLike | None = None,
-    checkpoint_every: int = 1,
-    keep_checkpoints: int = 2,
-    devices: Sequence[jax.Device] | None = None,
-) -> RunResult:
+    state: ReplicaState, key: jax.Array, move: Any, data: RunData, config: RunConfig,
+    *, move_state: Any = None,
+) -> RunResult:  # fmt: skip
     """Trains M replicas in rounds of segment -> evaluate -> move (a host driver).
 
     Args:
@@ -435,141 +322,87 @@ def train(
             and ``step(key, state, move_state, scores, round_index) -> (state,
             move_state, info)``), or a stateless function ``fn(key, state,
             scores, round_index) -> (state, info)``.
+        data: the :class:`~tempering.config.RunData` (train, validation, test).
+        config: every other setting, a :class:`~tempering.config.RunConfig`.
         move_state: what the move carries between rounds, from an earlier call
             of the same run (``result.move_state``); None: ``move.init(state)``.
-        train_data: in-memory ``(inputs, targets)`` / ``Split``, or an iterable
-            of batches (:mod:`tempering.sources`).
-        validation_data: arrays or a re-iterable of batches, evaluated every
-            round; its loss is the default score. None: no evaluation (the
-            move sees zero scores).
-        num_steps: SGD steps this call takes per replica, burn-in included.
-        interval: SGD steps per round, or explicit global round ends (every
-            round then evaluated and moved, round 0 included; no burn-in).
-        burn_in: global steps before the first round (no evaluation, no move).
-        test_data: optional held-out data evaluated every round with the same
-            weights as the validation (before the move); never scored.
-        batch_size: examples per step and replica (in-memory data).
-        shared_batch: every replica sees the same batch each step; False gives
-            each replica its own batch order (in-memory data) or expects
-            batches with a leading replica axis (streams).
-        augment: optional on-device ``augment(key, batch) -> batch``.
-        eval_batch_size: chunk size of the vectorised evaluation.
-        metrics_fn: per-example metrics ``(outputs, targets) -> {name: (B,)}``;
-            default accuracy for classification, None for none.
-        score_fn: ``score_fn(validation: EvalMetrics) -> (M,)`` scores the move
-            compares, lower is better; default the validation loss.
-        burn_in_hyperparams: values every replica uses during the burn-in, e.g.
-            ``{"learning_rate": 0.1}``; the state's own come back afterwards.
-        callback: ``callback(record)`` after every round with its
-            :class:`RoundRecord`; a truthy return stops the run after that round.
-        vectorize: how layers are batched over replicas (``tempering.fast``).
-        loop: ``"auto"``, ``"device"`` or ``"host"`` (:mod:`tempering.loops`).
-        progress: show a tqdm progress bar.
-        move_at_end: False skips the move (and the record) of a round that
-            ends the call (PBT: no exploit after the last segment).
-        interval_name: the name ``interval`` has in the calling wrapper (for
-            error messages).
-        on_diverge: what to do with a replica whose training loss, validation
-            loss or score is NaN or inf at the end of a round
-            (:mod:`tempering.divergence`): ``"flag"`` (default) records it in
-            ``history.diverged``, warns once, and never reports it best;
-            ``"restore"`` also copies the weights, optimiser state and batch
-            statistics of the nearest finite colder replica into it before
-            the move (``history.restored_from``).
-        checkpoint_dir: save checkpoints here (orbax) and resume from the
-            latest one found: a call with the same arguments after an
-            interruption carries on and ends bit for bit where an uninterrupted
-            call would (:mod:`tempering.checkpoint`). None: no checkpoints.
-        checkpoint_every: rounds between checkpoints; one is also written when
-            the call ends or is interrupted.
-        keep_checkpoints: how many of the latest checkpoints to keep.
-        devices: split the replicas over these devices
-            (:func:`tempering.sharding.shard_replicas`; M a multiple of their
-            number); in-memory data is then copied to each once. None: the
-            state stays where it is (already sharded or not).
 
     Returns:
         :class:`RunResult` ``(state, history, final, final_score, diverged,
-        interrupted)``. Ctrl-C during the rounds stops the call after the
-        round in progress (a second Ctrl-C aborts at once): the result holds
-        the rounds done, ``interrupted`` is True, and with ``checkpoint_dir``
-        a checkpoint is written to resume from.
+        interrupted, move_state)``. Ctrl-C during the rounds stops the call
+        after the round in progress (a second Ctrl-C aborts at once): the
+        result holds the rounds done, ``interrupted`` is True, and with
+        ``config.checkpoint_dir`` a checkpoint is written to resume from.
 
     Raises:
-        TypeError / ValueError: before anything compiles, for bad settings or
-            data (each message names the argument and the fix), when traced
-            by ``jax.jit``, or when ``checkpoint_dir`` holds another run's
+        TypeError / ValueError: before anything compiles, for bad data (each
+            message names the argument and the fix), when traced by
+            ``jax.jit``, or when ``checkpoint_dir`` holds another run's
             checkpoints.
         tempering.divergence.DivergenceError: every replica diverged (its
             ``history`` holds the rounds done).
+
+    Example:
+        >>> config = tp.RunConfig(num_steps=2000, interval=100, burn_in=500)
+        >>> result = tp.train(state, key, tp.identity_move(),
+        ...                   tp.RunData((x, y), validation=(xv, yv)), config)
     """
     check_not_traced(state)
     key = _check_key(key, "key")
-    _check_callables(callback=callback, score_fn=score_fn, augment=augment)
-    resolve_policy(vectorize)  # an unknown name is a ValueError before compiling
+    if not isinstance(data, RunData):
+        raise TypeError(
+            "data must be a tempering.RunData(train, validation=None, test=None), "
+            f"got {type(data).__name__}"
+        )
+    if not isinstance(config, RunConfig):
+        raise TypeError(
+            "config must be a tempering.RunConfig(num_steps=..., interval=..., ...), "
+            f"got {type(config).__name__}"
+        )
     move = as_move(move)
     if move_state is None:
         move_state = move.init(state)
     else:
         _check_move_state(move, state, move_state)
-    sched = rounds(num_steps, interval, burn_in, interval_name=interval_name)
-    settings = SegmentSettings(
-        batch_size=check_int(batch_size, "batch_size", 1),
-        shared_batch=check_bool(shared_batch, "shared_batch"),
-        augment=augment,
-        vectorize=vectorize,
-    )
-    if burn_in_hyperparams:
-        set_hyperparams(state, **burn_in_hyperparams)  # validates names and values
-    if devices is not None:
-        state = sharding.shard_replicas(state, devices)
+    if config.burn_in_hyperparams:
+        set_hyperparams(state, **config.burn_in_hyperparams)  # validates the names
+    if config.devices is not None:
+        state = sharding.shard_replicas(state, config.devices)
     mesh = sharding.mesh_of(state)
     if mesh is not None:
         move_state = sharding.replicate(move_state, mesh)
-    data = _prepare_data(
-        state, train_data, validation_data, test_data, settings, metrics_fn
-    )
-    evaluation = _Evaluation(
-        batch_size=check_int(eval_batch_size, "eval_batch_size", 1),
-        metrics_fn=metrics_fn,
-        vectorize=vectorize,
-        loop=loop_for(state, data.sample, loop),
-    )
-    policy = divergence.check_policy(on_diverge)
+    sources = _prepare_data(state, data, config)
+    loop = loop_for(state, sources.sample, config.loop)
     first_step = int(state.step)
-    segments = plan(first_step, sched)  # a plan past explicit round ends raises
+    segments = plan(first_step, config.rounds)  # past explicit round ends raises
     data_key, key = jax.random.split(key)
     state = _copy(state)  # the caller's buffers are never donated
     move_state = _copy(move_state)
     run = _Run(
-        move=move, key=key, data_key=data_key, data=data, settings=settings,
-        evaluation=evaluation, score_fn=score_fn, policy=policy,
-        segments=segments, burn_in_hyperparams=burn_in_hyperparams,
+        move=move, key=key, data_key=data_key, data=sources, config=config,
+        loop=loop, segments=segments, first_step=first_step,
         before_burn_in=_copy(state.hyperparams),  # the state's are donated
-        move_at_end=move_at_end, callback=callback, first_step=first_step,
     )  # fmt: skip
-    progress_ = checkpoint.Progress(
+    progress = checkpoint.Progress(
         next_segment=0,
         records=_Rows(sum(seg.evaluated and seg.ends_round for seg in segments)),
         initial=None,
         burn_values=_host(run.before_burn_in),
     )
     saver = None
-    if checkpoint_dir is not None:
-        saver = _checkpointer(
-            checkpoint_dir, checkpoint_every, keep_checkpoints, state, sched, run
-        )
+    if config.checkpoint_dir is not None:
+        saver = _checkpointer(state, run)
         restored = saver.restore((state, move_state))
         if restored is not None:
-            (state, move_state), progress_ = restored
-    bar = _progress(sched.num_steps, progress, _RUN_NAMES.get(interval_name, "train"))
+            (state, move_state), progress = restored
+    bar = _progress(config.num_steps, config.progress, type(move).__name__)
     if bar is not None:
-        bar.update(sum(seg.steps for seg in segments[: progress_.next_segment]))
+        bar.update(sum(seg.steps for seg in segments[: progress.next_segment]))
     with _StopOnInterrupt() as interrupt:
-        carry = _run_segments(
-            run, (state, move_state), progress_, saver, bar, interrupt
+        carry, progress = _run_segments(
+            run, (state, move_state), progress, saver, bar, interrupt
         )
-        return _finish(run, *carry, saver, bar, interrupt.requested)
+        return _finish(run, carry, progress, saver, bar, interrupt.requested)
 
 
 class _Run(NamedTuple):
@@ -578,17 +411,29 @@ class _Run(NamedTuple):
     move: Any
     key: jax.Array  # the run's key, the data key split off
     data_key: jax.Array
-    data: _Data
-    settings: SegmentSettings
-    evaluation: _Evaluation
-    score_fn: ScoreFn | None
-    policy: str  # on_diverge
+    data: _Sources
+    config: RunConfig
+    loop: str  # "device" or "host", resolved for this state and data
     segments: list[_Segment]  # the call's plan
-    burn_in_hyperparams: Mapping[str, Any] | None
-    before_burn_in: Any  # the state's own hyperparams, back after the burn-in
-    move_at_end: bool
-    callback: Callback | None
     first_step: int
+    before_burn_in: Any  # the state's own hyperparams, back after the burn-in
+
+    def evaluate(self, state: ReplicaState, source: Any, name: str) -> EvalMetrics:
+        """The vectorised evaluation of every replica on ``source``."""
+        config = self.config
+        return run_evaluate(
+            state, source, batch_size=config.eval_batch_size,
+            metrics_fn=config.metrics_fn, vectorize=config.vectorize,
+            loop=self.loop, name=name,
+        )  # fmt: skip
+
+    @property
+    def segment_settings(self) -> SegmentSettings:
+        """How the segments batch and run their steps (static under jit)."""
+        config = self.config
+        return SegmentSettings(
+            config.batch_size, config.shared_batch, config.augment, config.vectorize
+        )
 
 
 def _run_segments(run, carry, progress, saver, bar, interrupt):
@@ -597,7 +442,7 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
     It stops at the plan's end, a truthy callback or Ctrl-C, and checkpoints
     when one is due.
     """
-    warner = divergence.Warner(run.policy)
+    warner = divergence.Warner(run.config.on_diverge)
     for index in range(progress.next_segment, len(run.segments)):
         carry, progress, record = _train_segment(run, carry, progress, index)
         if bar is not None:
@@ -605,7 +450,8 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
         stop = interrupt.requested
         if record is not None:
             warner(record)
-            stop = (run.callback is not None and bool(run.callback(record))) or stop
+            callback = run.config.callback
+            stop = (callback is not None and bool(callback(record))) or stop
             last = index + 1 == len(run.segments)
             if saver is not None and saver.due() and not (stop or last):
                 saver.save(carry, progress, int(carry[0].step))
@@ -623,31 +469,28 @@ def _train_segment(run, carry, progress, index):
     segment = run.segments[index]
     initial, burn_values = progress.initial, progress.burn_values
     burning = not segment.evaluated
-    if burning and run.burn_in_hyperparams:
-        state = set_hyperparams(state, **run.burn_in_hyperparams)
+    burn_in_hyperparams = run.config.burn_in_hyperparams
+    if burning and burn_in_hyperparams:
+        state = set_hyperparams(state, **burn_in_hyperparams)
         burn_values = _host(state.hyperparams)
     if not burning and initial is None:
         initial = (_host(state.rungs), _host(state.hyperparams))
     segment_key, move_key = jax.random.split(jax.random.fold_in(run.key, segment.round))
     state, train_loss = run_segment(
         state, segment_key, run.data.train, segment.steps, data_key=run.data_key,
-        settings=run.settings, loop=run.evaluation.loop, start=segment.start,
+        settings=run.segment_settings, loop=run.loop, start=segment.start,
     )  # fmt: skip
     last = index + 1 == len(run.segments)
-    if (
-        burning
-        and run.burn_in_hyperparams
-        and (last or run.segments[index + 1].evaluated)
-    ):
+    if burning and burn_in_hyperparams and (last or run.segments[index + 1].evaluated):
         state = set_hyperparams(state, **run.before_burn_in)  # burn-in over
     progress = checkpoint.Progress(index + 1, progress.records, initial, burn_values)
-    if not (segment.evaluated and segment.ends_round and (run.move_at_end or not last)):
+    moves = run.config.move_at_end or not last
+    if not (segment.evaluated and segment.ends_round and moves):
         return (state, move_state), progress, None
     try:
         state, move_state, record = _end_round(
-            state, move_state, run.move, move_key, segment.round_index, train_loss,
-            run.data, run.evaluation, run.score_fn, run.policy,
-        )  # fmt: skip
+            run, state, move_state, move_key, segment.round_index, train_loss
+        )
     except divergence.DivergenceError as error:
         error.history = _stack(
             progress.records, initial or (_host(state.rungs), burn_values),
@@ -672,7 +515,7 @@ def _finish(run, carry, progress, saver, bar, interrupted) -> RunResult:
     initial = progress.initial
     if initial is None:
         initial = (_host(state.rungs), _host(state.hyperparams))
-    final, final_score = _final(state, run.data, run.evaluation, run.score_fn)
+    final, final_score = _final(run, state)
     history = _stack(
         progress.records, initial, progress.burn_values, state, move_state, run.move,
         final, run.data.test, run.first_step,
@@ -686,20 +529,19 @@ def _warn_interrupted(step: int, checkpointed: bool) -> None:
         if checkpointed
         else "give checkpoint_dir= to resume exactly"
     )
-    warnings.warn(
+    warn(
         f"interrupted: stopped at step {step} after a whole round; the result "
         f"holds the rounds done ({how})",
         RuntimeWarning,
-        stacklevel=5,  # the caller of pt_train (or another wrapper)
     )
 
 
-def _final(state, data, evaluation, score_fn) -> tuple[Any, Any]:
+def _final(run: _Run, state: ReplicaState) -> tuple[Any, Any]:
     """The final validation metrics and scores (host), or ``(None, None)``."""
-    if data.validation is None:
+    if run.data.validation is None:
         return None, None
-    final = evaluation(state, data.validation, "validation_data")
-    return _host((final, _scores(final, score_fn, state.num_replicas)))
+    final = run.evaluate(state, run.data.validation, "validation_data")
+    return _host((final, _scores(final, run.config.score_fn, state.num_replicas)))
 
 
 def _result(state, move_state, history, final, final_score, interrupted) -> RunResult:
@@ -717,27 +559,28 @@ def _result(state, move_state, history, final, final_score, interrupted) -> RunR
     )
 
 
-def _checkpointer(directory, every, keep, state, sched, run) -> checkpoint.Checkpointer:
+def _checkpointer(state: ReplicaState, run: _Run) -> checkpoint.Checkpointer:
     """A checkpointer whose fingerprint holds everything the call depends on."""
-    settings = run.settings
+    config = run.config
+    assert config.checkpoint_dir is not None  # only called with one
     return checkpoint.Checkpointer(
-        directory,
-        every=check_int(every, "checkpoint_every", 1),
-        keep=check_int(keep, "keep_checkpoints", 1),
+        os.fspath(config.checkpoint_dir),
+        every=config.checkpoint_every,
+        keep=config.keep_checkpoints,
         settings=checkpoint.fingerprint(
             state,
             run.key,
             run.move,
             run.data,
-            schedule=tuple(sched),
-            batch_size=settings.batch_size,
-            shared_batch=settings.shared_batch,
-            augment=getattr(settings.augment, "__qualname__", settings.augment),
-            eval_batch_size=run.evaluation.batch_size,
-            on_diverge=run.policy,
-            move_at_end=run.move_at_end,
+            schedule=tuple(config.rounds),
+            batch_size=config.batch_size,
+            shared_batch=config.shared_batch,
+            augment=getattr(config.augment, "__qualname__", config.augment),
+            eval_batch_size=config.eval_batch_size,
+            on_diverge=config.on_diverge,
+            move_at_end=config.move_at_end,
             burn_in_hyperparams=jax.tree.map(
-                float, dict(run.burn_in_hyperparams or {})
+                float, dict(config.burn_in_hyperparams or {})
             ),
         ),
     )
@@ -784,49 +627,38 @@ class _StopOnInterrupt:
         return False
 
 
-class _Data(NamedTuple):
+class _Sources(NamedTuple):
+    """A call's data, validated and placed: what the segments and evaluations read."""
+
     train: ArraySource | BatchReader  # in-memory data on device, or a reader
     validation: ArraySource | IterableSource | None
     test: ArraySource | IterableSource | None
     sample: Any  # training inputs shaped like a batch (for the loop's "auto")
 
 
-def _prepare_data(state, train_data, validation_data, test_data, settings, metrics_fn):
+def _prepare_data(state: ReplicaState, data: RunData, config: RunConfig) -> _Sources:
     """Validated sources, checked against the model before anything compiles."""
-    source = as_train_source(train_data, "train_data", settings.batch_size)
-    if isinstance(source, ArraySource):
-        _check_finite(source, "train_data")
-        _check_compatible(state, *source, "train_data", metrics_fn)
-        source = _on_devices(source, state)
-        sample = source.inputs
+    metrics_fn = config.metrics_fn
+    given = as_train_source(data.train, "train_data", config.batch_size)
+    train: ArraySource | BatchReader
+    if isinstance(given, ArraySource):
+        _check_finite(given, "train_data")
+        _check_compatible(state, *given, "train_data", metrics_fn)
+        train = _on_devices(given, state)
+        sample = train.inputs
     else:
-        source = BatchReader(source, "train_data")
-        x, y = source.peek()
-        if not settings.shared_batch:  # (M, B, ...) batches: check one replica's
+        train = BatchReader(given, "train_data")
+        x, y = train.peek()
+        if not config.shared_batch:  # (M, B, ...) batches: check one replica's
             x, y = x[0], y[0]
         _check_compatible(state, x, y, "train_data", metrics_fn)
         sample = x
     validation = test = None
-    if validation_data is not None:
-        validation = _eval_source(validation_data, "validation_data", state, metrics_fn)
-    if test_data is not None:
-        test = _eval_source(test_data, "test_data", state, metrics_fn)
-    return _Data(source, validation, test, sample)
-
-
-class _Evaluation(NamedTuple):
-    """How the rounds evaluate (one compiled program per source shape)."""
-
-    batch_size: int
-    metrics_fn: MetricsFn | None
-    vectorize: str
-    loop: str
-
-    def __call__(self, state, source, name):
-        return run_evaluate(
-            state, source, batch_size=self.batch_size, metrics_fn=self.metrics_fn,
-            vectorize=self.vectorize, loop=self.loop, name=name,
-        )  # fmt: skip
+    if data.validation is not None:
+        validation = _eval_source(data.validation, "validation_data", state, metrics_fn)
+    if data.test is not None:
+        test = _eval_source(data.test, "test_data", state, metrics_fn)
+    return _Sources(train, validation, test, sample)
 
 
 def _scores(metrics: EvalMetrics, score_fn: ScoreFn | None, num: int) -> jax.Array:
@@ -840,26 +672,16 @@ def _scores(metrics: EvalMetrics, score_fn: ScoreFn | None, num: int) -> jax.Arr
     return scores
 
 
-def _end_round(
-    state,
-    move_state,
-    move,
-    key,
-    round_index,
-    train_loss,
-    data,
-    evaluation,
-    score_fn,
-    policy,
-):
+def _end_round(run, state, move_state, key, round_index, train_loss):
     """Evaluate, score, flag (and restore) diverged replicas, move; the record."""
+    data = run.data
     metrics = test_metrics = None
     scores = jnp.zeros((state.num_replicas,), jnp.float32)
     if data.validation is not None:
-        metrics = evaluation(state, data.validation, "validation_data")
-        scores = _scores(metrics, score_fn, state.num_replicas)
+        metrics = run.evaluate(state, data.validation, "validation_data")
+        scores = _scores(metrics, run.config.score_fn, state.num_replicas)
     if data.test is not None:
-        test_metrics = evaluation(state, data.test, "test_data")
+        test_metrics = run.evaluate(state, data.test, "test_data")
     train_loss, metrics, scores = _host((train_loss, metrics, scores))
     diverged = divergence.non_finite(
         train_loss, None if metrics is None else metrics.loss, scores
@@ -872,13 +694,13 @@ def _end_round(
         )
     sources = np.full(diverged.shape, -1, np.int32)
     move_scores = scores
-    if policy == "restore" and diverged.any():
+    if run.config.on_diverge == "restore" and diverged.any():
         sources = divergence.restore_sources(diverged, _host(state.rungs))
         gather = np.where(sources >= 0, sources, np.arange(len(sources)))
         state = divergence.copy_replicas(state, jnp.asarray(gather, jnp.int32))
         move_scores = scores[gather]  # a restored replica scores as its source
     state, move_state, info = _jitted_move(
-        move, key, state, move_state, jnp.asarray(move_scores),
+        run.move, key, state, move_state, jnp.asarray(move_scores),
         jnp.int32(round_index), mesh=sharding.mesh_of(state),
     )  # fmt: skip
     record = RoundRecord(

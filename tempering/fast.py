@@ -74,7 +74,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -83,6 +82,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_batching import custom_vmap
 from jax.extend import core as jex_core
+
+from tempering._caller import warn
 
 __all__ = [
     "FORMULATIONS",
@@ -714,13 +715,12 @@ def _warn_fallback(fun: Callable, rules: Mapping[str, str], error: Exception) ->
     if key in _warned:
         return
     _warned.add(key)
-    warnings.warn(
+    warn(
         f"tempering.fast.replica_vmap could not rewrite {name} for policy "
         f"{dict(rules)} under jax {jax.__version__} "
         f"({type(error).__name__}: {error}); using plain jax.vmap instead: the "
         "same results, possibly slower (set vectorize='vmap' to silence this).",
         RewriteFallbackWarning,
-        stacklevel=3,
     )
 
 

@@ -175,24 +175,25 @@ class ExchangeMove:
         """Proposes swaps of adjacent rungs; accepted replicas swap hyperparameters."""
         ladder, c = self.ladder, self.c
         if self.adaptation is not None:
+            assert move_state is not None  # init's AdaptationState
             ratios = pair_log_ratios(state.rungs, scores, move_state.ladder.betas)
             ladder = move_state.ladder
             move_state = adapt(self.adaptation, move_state, ratios)
             c = move_state.c
-        proposal, info = exchange(
+        proposal, exchanged = exchange(
             key, state.rungs, scores, ladder.betas, c=c,
             scheme=self.scheme, parity=round_index % 2,
         )  # fmt: skip
         if not self.enabled:
-            info = info._replace(
-                proposed=jnp.zeros_like(info.proposed),
-                accepted=jnp.zeros_like(info.accepted),
+            exchanged = exchanged._replace(
+                proposed=jnp.zeros_like(exchanged.proposed),
+                accepted=jnp.zeros_like(exchanged.accepted),
             )
             proposal = state.rungs
-        if self.adaptation is not None:
+        if move_state is not None:
             ladder = move_state.ladder  # re-spaced for the next round
         state = assign_rungs(state, ladder, proposal)
-        info = ExchangeMoveInfo(*info, c=c, temperatures=ladder.temperatures)
+        info = ExchangeMoveInfo(*exchanged, c=c, temperatures=ladder.temperatures)
         return state, move_state, info
 
 

@@ -22,10 +22,11 @@ Example:
     >>> q = tp.linear_ladder("dropout_rate", 0.1, 0.4, 4)
     >>> move = multi_exchange_move([lr, q], c=[30.0, "auto"])
     >>> state = move.assign(state)  # replica m on rung state.rungs[m] of both
-    >>> result = tp.train(state, key, move, train_data=..., validation_data=...,
-    ...                   num_steps=1000, interval=50)
+    >>> config = tp.RunConfig(num_steps=1000, interval=50)
+    >>> result = tp.train(state, key, move, tp.RunData(train, validation), config)
     >>> result.history.move.ladder  # (R,) the ladder exchanged each round
-    >>> more = tp.train(result.state, key, move, move_state=result.move_state, ...)
+    >>> more = tp.train(result.state, key, move, tp.RunData(train, validation),
+    ...                 config, move_state=result.move_state)
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -50,20 +51,24 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tempering.driver import (
-    best_index,
+from tempering.config import (
+    Callback,
+    RunConfig,
+    RunData,
+    ScoreFn,
     check_bool,
-    check_not_traced,
-    metric_of,
-    train,
+    config_from,
 )
+from tempering.driver import best_index, check_not_traced, metric_of, train
 from tempering.hyperparams import check_values
 from tempering.ladder import HYPERPARAMETERS
 from tempering.moves import NoInfo
 from tempering.replicas import (
+    MetricsFn,
     ReplicaState,
     _check_key,
     check_names,
+    default_metrics,
     get_hyperparams,
     set_hyperparams,
 )
@@ -529,10 +534,31 @@ def pbt_train(
     key: jax.Array,
     *,
     config: PBTConfig,
-    ready_interval: int,
+    train_data: Any,
+    validation_data: Any,
+    num_steps: int | None = None,
+    ready_interval: int | None = None,
+    burn_in: int = 0,
+    test_data: Any = None,
     init_from_prior: bool = False,
     exploit_at_end: bool = False,
-    **kwargs: Any,
+    batch_size: int = 128,
+    shared_batch: bool = True,
+    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    burn_in_hyperparams: Mapping[str, float] | None = None,
+    eval_batch_size: int = 1000,
+    metrics_fn: MetricsFn | None = default_metrics,
+    score_fn: ScoreFn | None = None,
+    callback: Callback | None = None,
+    vectorize: str = "auto",
+    loop: str = "auto",
+    progress: bool = False,
+    devices: Sequence[jax.Device] | None = None,
+    on_diverge: str = "flag",
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    keep_checkpoints: int = 2,
+    run_config: RunConfig | None = None,
 ) -> PBTResult:
     """Trains M replicas by population based training in the PT engine.
 
@@ -547,7 +573,13 @@ def pbt_train(
         key: PRNG key; the run is a deterministic function of it. The batch
             order is derived from it as in ``pt_train`` (same key, same batches).
         config: :class:`PBTConfig` from :func:`pbt_config`.
+        train_data: in-memory ``(inputs, targets)`` or an iterable of batches.
+        validation_data: arrays or a re-iterable of batches; its loss is the
+            PBT score.
+        num_steps: SGD steps this call takes per replica, burn-in included.
         ready_interval: SGD steps between exploit/explore steps.
+        burn_in: global steps before the first exploit.
+        test_data: optional held-out data evaluated every round (never scored).
         init_from_prior: at step 0, draw the starting hyperparameters in
             ``config.names`` from the prior instead of keeping the state's.
         exploit_at_end: also exploit/explore when the call's last segment
@@ -555,10 +587,27 @@ def pbt_train(
             run split over calls but the last: the split run is then the one
             long run, bit for bit. False (default): the call's final
             population is the one its last segment trained.
-        **kwargs: the run's data and settings, as for :func:`tempering.train`
-            (``train_data``, ``validation_data``, ``num_steps``, ``burn_in``,
-            ``batch_size``, ``burn_in_hyperparams``, ``callback``,
-            ``on_diverge``, ``checkpoint_dir``, ``checkpoint_every``, ...).
+        batch_size: examples per step and replica (in-memory data).
+        shared_batch: every replica sees the same batch each step.
+        augment: optional on-device ``augment(key, batch) -> batch``.
+        burn_in_hyperparams: values every replica uses during the burn-in.
+        eval_batch_size: chunk size of the vectorised evaluation.
+        metrics_fn: per-example metrics; default accuracy for classification.
+        score_fn: ``score_fn(validation: EvalMetrics) -> (M,)``, what the
+            exploit ranks (lower is better); default the validation loss.
+        callback: ``callback(record)`` after every round; truthy stops.
+        vectorize: how layers are batched over replicas (``tempering.fast``).
+        loop: ``"auto"``, ``"device"`` or ``"host"`` (:mod:`tempering.loops`).
+        progress: show a tqdm progress bar.
+        devices: split the replicas over these devices.
+        on_diverge: ``"flag"`` or ``"restore"`` (:mod:`tempering.divergence`).
+        checkpoint_dir: save checkpoints here and resume from the latest.
+        checkpoint_every: rounds between checkpoints.
+        keep_checkpoints: how many of the latest checkpoints to keep.
+        run_config: all the run settings above (``num_steps`` to
+            ``keep_checkpoints``; ``ready_interval`` is its ``interval``) as
+            one :class:`tempering.RunConfig`, instead of the keywords (its
+            ``move_at_end`` is ``exploit_at_end``'s).
 
     Returns:
         :class:`PBTResult` ``(state, history, summary)``.
@@ -578,15 +627,27 @@ def pbt_train(
     check_not_traced(state)
     move = pbt_move(config)
     check_names(state, config.names, "config")
-    if kwargs.get("validation_data") is None:
+    if validation_data is None:
         raise TypeError("pbt_train needs validation_data: its loss is the PBT score")
-    move_at_end = check_bool(exploit_at_end, "exploit_at_end")
+    settings = config_from(
+        run_config, "pbt_train", "ready_interval", num_steps, ready_interval,
+        burn_in=burn_in, batch_size=batch_size, shared_batch=shared_batch,
+        augment=augment, burn_in_hyperparams=burn_in_hyperparams,
+        eval_batch_size=eval_batch_size, metrics_fn=metrics_fn, score_fn=score_fn,
+        callback=callback, vectorize=vectorize, loop=loop, progress=progress,
+        devices=devices, on_diverge=on_diverge, checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+    )  # fmt: skip
+    settings = settings.replace(
+        move_at_end=check_bool(exploit_at_end, "exploit_at_end")
+    )
     if check_bool(init_from_prior, "init_from_prior") and int(state.step) == 0:
+        # A stream of its own: train's round keys are fold_in(key', r), r < 2**30.
         prior_key = jax.random.fold_in(jax.random.split(key)[1], 2**30)
         values = sample_prior(prior_key, config, state.num_replicas)
         state = set_hyperparams(state, **values)
-    run = train(state, key, move, interval=ready_interval, move_at_end=move_at_end,
-                interval_name="ready_interval", **kwargs)  # fmt: skip
+    data = RunData(train_data, validation_data, test_data)
+    run = train(state, key, move, data, settings)
     history, final = run.history, run.final
     pbt = history.move
     num = state.num_replicas
@@ -616,7 +677,7 @@ def pbt_train(
         resampled=resampled,
         initial_hyperparams=history.initial_hyperparams,
         burn_in_hyperparams=history.burn_in_hyperparams,
-        burn_in=int(kwargs.get("burn_in", 0)),
+        burn_in=settings.burn_in,
         num_steps=int(run.state.step),
         first_step=history.first_step,
         diverged=history.diverged,
@@ -739,7 +800,11 @@ def replay_schedule(
     state: ReplicaState,
     key: jax.Array,
     schedule: Schedule,
-    **kwargs: Any,
+    *,
+    train_data: Any,
+    validation_data: Any,
+    test_data: Any = None,
+    **settings: Any,
 ) -> ReplayResult:
     """Trains fresh replicas with a fixed piecewise-constant schedule.
 
@@ -752,8 +817,12 @@ def replay_schedule(
         state: fresh replicas (any M), e.g. ``create_replicas(new_key, ...)``.
         key: PRNG key.
         schedule: from :func:`best_schedule`.
-        **kwargs: data and settings as for :func:`tempering.train`
-            (``train_data``, ``validation_data``, ``batch_size``, ...).
+        train_data: the PBT run's training data.
+        validation_data: evaluated at the end of every piece.
+        test_data: optional held-out data.
+        **settings: other :class:`tempering.RunConfig` fields (``batch_size``,
+            ``vectorize``, ``callback``, ...); the schedule sets
+            ``num_steps`` and the rounds.
 
     Returns:
         :class:`ReplayResult`.
@@ -771,13 +840,14 @@ def replay_schedule(
         raise ValueError(
             "schedule must start at step 0 with increasing starts below num_steps"
         )
-    if kwargs.get("validation_data") is None:
+    if validation_data is None:
         raise TypeError("replay_schedule needs validation_data")
     check_names(state, list(schedule.values), "schedule")
     values = {n: jnp.asarray(v, jnp.float32) for n, v in schedule.values.items()}
     state = set_hyperparams(state, **{n: v[0] for n, v in schedule.values.items()})
-    run = train(state, key, _NextPiece(values), num_steps=ends[-1], interval=ends,
-                interval_name="schedule", **kwargs)  # fmt: skip
+    config = RunConfig(num_steps=ends[-1], interval=tuple(ends), **settings)
+    data = RunData(train_data, validation_data, test_data)
+    run = train(state, key, _NextPiece(values), data, config)
     history = run.history
     return ReplayResult(
         run.state, history.step, history.validation.loss, history.validation.metrics

@@ -10,24 +10,33 @@ exactly the same cost.
 
 from __future__ import annotations
 
-import warnings
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
+from tempering._caller import warn
 from tempering.adaptation import AdaptationState
-from tempering.driver import (
-    History,
-    best_index,
+from tempering.config import (
+    Callback,
+    RunConfig,
+    RunData,
+    ScoreFn,
     check_bool,
-    check_not_traced,
-    metric_of,
-    train,
+    config_from,
 )
+from tempering.driver import History, best_index, check_not_traced, metric_of, train
 from tempering.ladder import Ladder
 from tempering.moves import exchange_move
-from tempering.replicas import ReplicaState, assign_rungs, check_ladder
+from tempering.replicas import (
+    MetricsFn,
+    ReplicaState,
+    assign_rungs,
+    check_ladder,
+    default_metrics,
+)
 
 __all__ = ["PTHistory", "PTResult", "PTSummary", "count_round_trips", "pt_train"]
 
@@ -143,7 +152,12 @@ def pt_train(
     ladder: Ladder,
     key: jax.Array,
     *,
-    exchange_interval: int,
+    train_data: Any,
+    validation_data: Any,
+    num_steps: int | None = None,
+    exchange_interval: int | None = None,
+    burn_in: int = 0,
+    test_data: Any = None,
     c: float | str = "auto",
     scheme: str = "even_odd",
     exchanges: bool = True,
@@ -151,14 +165,32 @@ def pt_train(
     adapt_rounds: int | None = None,
     adapt_ladder: bool = False,
     move_state: Any = None,
-    **kwargs: Any,
+    batch_size: int = 128,
+    shared_batch: bool = True,
+    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    burn_in_hyperparams: Mapping[str, float] | None = None,
+    eval_batch_size: int = 1000,
+    metrics_fn: MetricsFn | None = default_metrics,
+    score_fn: ScoreFn | None = None,
+    callback: Callback | None = None,
+    vectorize: str = "auto",
+    loop: str = "auto",
+    progress: bool = False,
+    devices: Sequence[jax.Device] | None = None,
+    on_diverge: str = "flag",
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    keep_checkpoints: int = 2,
+    run_config: RunConfig | None = None,
 ) -> PTResult:
     """Trains M replicas by hyperparameter parallel tempering (a host driver).
 
     Every ``exchange_interval`` steps after the burn-in, adjacent rungs propose
     to swap their hyperparameters and accept by the Metropolis test on the
     validation scores (:func:`tempering.exchange`). A second call with the
-    same key continues the run (global steps, keys and parity).
+    same key (and the first's ``move_state``) continues the run (global steps,
+    keys and parity). It is :func:`tempering.train` with
+    :func:`tempering.exchange_move`.
 
     Args:
         state: replicas from :func:`tempering.create_replicas`; replica m holds
@@ -166,15 +198,21 @@ def pt_train(
         ladder: the :class:`tempering.Ladder`, one rung per replica; its
             values are written into the replicas before the first step.
         key: PRNG key of the run; the run is a deterministic function of it.
+        train_data: in-memory ``(inputs, targets)`` or an iterable of batches
+            (:mod:`tempering.sources`).
+        validation_data: arrays or a re-iterable of batches; its loss drives
+            the exchanges.
+        num_steps: SGD steps this call takes per replica, burn-in included.
         exchange_interval: SGD steps between exchanges (Delta N_e).
+        burn_in: global steps before the first exchange.
+        test_data: optional held-out data evaluated every round (never scored).
         c: ``"auto"`` (default): C is tuned during the first ``adapt_rounds``
             rounds so that the mean acceptance of proposed swaps is
             ``target_acceptance``, then frozen (:mod:`tempering.adaptation`;
             its values are ``history.c``). A number: the fixed constant C > 0
             of the acceptance probability.
         scheme: ``"even_odd"`` (default: deterministic even-odd, Syed et al.
-            2019; more round trips for the same number of rounds, see the
-            README's comparison) or ``"random_pair"`` (the paper's Algorithm 1).
+            2019) or ``"random_pair"`` (the paper's Algorithm 1).
         exchanges: False rejects every swap: the independent grid baseline.
         target_acceptance: the acceptance ``c="auto"`` aims at, in (0, 1).
         adapt_rounds: rounds of adaptation; default a quarter of the rounds
@@ -187,17 +225,31 @@ def pt_train(
             (``result.move_state``): the adapted (or frozen) C and ladder carry
             on. None: the exchange starts afresh (C tuned again with
             ``c="auto"``; a warning says so when ``state`` has trained).
-        **kwargs: the run's data and settings, as for :func:`tempering.train`:
-            ``train_data``, ``validation_data``, ``num_steps`` (this call's
-            steps, burn-in included), ``burn_in``, ``test_data``,
-            ``batch_size``, ``shared_batch``, ``augment``,
-            ``burn_in_hyperparams``, ``eval_batch_size``, ``metrics_fn``,
-            ``score_fn``, ``callback``, ``vectorize``, ``loop``, ``progress``,
-            ``on_diverge`` (``"flag"`` or ``"restore"``), ``checkpoint_dir``,
-            ``checkpoint_every``, ``keep_checkpoints`` (exact resume).
+        batch_size: examples per step and replica (in-memory data).
+        shared_batch: every replica sees the same batch each step.
+        augment: optional on-device ``augment(key, batch) -> batch``.
+        burn_in_hyperparams: values every replica uses during the burn-in,
+            e.g. ``{"learning_rate": 0.1}``.
+        eval_batch_size: chunk size of the vectorised evaluation.
+        metrics_fn: per-example metrics; default accuracy for classification.
+        score_fn: ``score_fn(validation: EvalMetrics) -> (M,)``, what the
+            exchange compares (lower is better); default the validation loss.
+        callback: ``callback(record)`` after every round; truthy stops.
+        vectorize: how layers are batched over replicas (``tempering.fast``).
+        loop: ``"auto"``, ``"device"`` or ``"host"`` (:mod:`tempering.loops`).
+        progress: show a tqdm progress bar.
+        devices: split the replicas over these devices.
+        on_diverge: ``"flag"`` or ``"restore"`` (:mod:`tempering.divergence`).
+        checkpoint_dir: save checkpoints here and resume from the latest.
+        checkpoint_every: rounds between checkpoints.
+        keep_checkpoints: how many of the latest checkpoints to keep.
+        run_config: all the run settings above (``num_steps`` to
+            ``keep_checkpoints``; ``exchange_interval`` is its ``interval``) as
+            one :class:`tempering.RunConfig`, instead of the keywords.
 
     Returns:
-        :class:`PTResult` ``(state, history, summary)``.
+        :class:`PTResult` ``(state, history, summary)``; ``result.move_state``
+        continues the run.
 
     Raises:
         ValueError / TypeError: before anything compiles, for a ladder that
@@ -216,13 +268,24 @@ def pt_train(
     if not isinstance(ladder, Ladder):
         raise TypeError("ladder must be a tempering.Ladder (see tempering.make_ladder)")
     check_ladder(state, ladder)
-    if kwargs.get("validation_data") is None:
+    if validation_data is None:
         raise TypeError("pt_train needs validation_data: its loss drives the exchanges")
-    _check_some_exchange(state, exchange_interval, kwargs)
+    config = config_from(
+        run_config, "pt_train", "exchange_interval", num_steps, exchange_interval,
+        burn_in=burn_in, batch_size=batch_size, shared_batch=shared_batch,
+        augment=augment, burn_in_hyperparams=burn_in_hyperparams,
+        eval_batch_size=eval_batch_size, metrics_fn=metrics_fn, score_fn=score_fn,
+        callback=callback, vectorize=vectorize, loop=loop, progress=progress,
+        devices=devices, on_diverge=on_diverge, checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+    )  # fmt: skip
+    if isinstance(config.interval, tuple):
+        raise TypeError("exchange_interval must be an int (steps between exchanges)")
+    _check_some_exchange(state, config)
     if adapt_rounds is None and isinstance(move_state, AdaptationState):
         adapt_rounds = move_state.adapt_rounds
     if adapt_rounds is None:
-        adapt_rounds = _default_adapt_rounds(state, exchange_interval, kwargs)
+        adapt_rounds = _default_adapt_rounds(state, config)
     move = exchange_move(
         ladder, c=c, scheme=scheme, enabled=check_bool(exchanges, "exchanges"),
         target_acceptance=target_acceptance, adapt_rounds=adapt_rounds,
@@ -237,8 +300,8 @@ def pt_train(
     else:
         move.check_state(move_state)
     state = assign_rungs(state, move.current_ladder(move_state), state.rungs)
-    run = train(state, key, move, move_state=move_state, interval=exchange_interval,
-                interval_name="exchange_interval", **kwargs)  # fmt: skip
+    data = RunData(train_data, validation_data, test_data)
+    run = train(state, key, move, data, config, move_state=move_state)
     history = _pt_history(run.history)
     best = best_index(run.final_score)
     summary = PTSummary(
@@ -266,61 +329,45 @@ def pt_train(
 def _warn_fresh_adaptation(state: ReplicaState, move: Any) -> None:
     """Warns when trained replicas start an adaptive exchange without its state."""
     if move.adaptation is not None and int(state.step) > 0:
-        warnings.warn(
+        warn(
             f"the replicas have trained {int(state.step)} steps but no move_state "
             "was given: C (and the ladder) are tuned afresh. To continue a run, "
             "pass move_state=result.move_state from its previous call",
             UserWarning,
-            stacklevel=3,
         )
 
 
-def _valid_schedule(interval: Any, kwargs: dict) -> tuple[int, int, int] | None:
-    """``(num_steps, burn_in, interval)`` when valid ints, else None (train raises)."""
-    num_steps, burn_in = kwargs.get("num_steps"), kwargs.get("burn_in", 0)
-    values = (num_steps, burn_in, interval)
-    if not all(
-        isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values
-    ):
-        return None
-    if min(num_steps, interval) < 1 or burn_in < 0:
-        return None
-    return int(num_steps), int(burn_in), int(interval)
-
-
-def _check_some_exchange(state: ReplicaState, interval: Any, kwargs: dict) -> None:
+def _check_some_exchange(state: ReplicaState, config: RunConfig) -> None:
     """Warns when a fresh run's call ends before its first exchange.
 
     Its result is the grid's under PT's name (acceptance NaN), unless a later
     call continues the run (a run split within its burn-in).
     """
-    schedule = _valid_schedule(interval, kwargs)
-    if schedule is None:
-        return  # train() names the bad argument
-    num_steps, burn_in, interval = schedule
+    num_steps, interval, burn_in = (
+        config.num_steps,
+        config.rounds.interval,
+        config.burn_in,
+    )
     if int(state.step) == 0 and num_steps < burn_in + interval:
-        warnings.warn(
+        warn(
             f"num_steps={num_steps} ends before the first exchange (burn_in="
             f"{burn_in} + exchange_interval={interval}): this call tries no swap "
             "and its result is the grid's. Fine when a later call continues the "
             "run; otherwise give more steps or a shorter exchange_interval",
             UserWarning,
-            stacklevel=3,
         )
 
 
-def _default_adapt_rounds(state: ReplicaState, interval: Any, kwargs: dict) -> int:
+def _default_adapt_rounds(state: ReplicaState, config: RunConfig) -> int:
     """A quarter of the rounds this call completes, at least 1."""
-    schedule = _valid_schedule(interval, kwargs)
-    if schedule is None:
-        return 1  # train() names the bad argument
-    num_steps, burn_in, interval = schedule
+    interval, burn_in = config.rounds.interval, config.burn_in
     start = int(state.step)
 
     def completed(step: int) -> int:
         return max(0, step - burn_in) // interval
 
-    return max(1, -(-(completed(start + num_steps) - completed(start)) // 4))
+    done = completed(start + config.num_steps) - completed(start)
+    return max(1, -(-done // 4))
 
 
 def _pt_history(history: History) -> PTHistory:

@@ -130,13 +130,15 @@ def pbt(ctx: Any, /, **overrides: Any) -> Any:
 
 def run(ctx: Any, /, **overrides: Any) -> Any:
     """``tp.train`` with the identity move on the shared state and data."""
-    kwargs = dict(
-        train_data=(ctx.x, ctx.y), validation_data=(ctx.xv, ctx.yv), num_steps=20,
-        interval=5, batch_size=8,
-    )  # fmt: skip
+    kwargs = dict(num_steps=20, interval=5, batch_size=8)
     kwargs.update(overrides)
     move = kwargs.pop("move", tp.identity_move())
-    return tp.train(ctx.state, ctx.key, move, **kwargs)
+    data = tp.RunData(
+        kwargs.pop("train_data", (ctx.x, ctx.y)),
+        kwargs.pop("validation_data", (ctx.xv, ctx.yv)),
+        kwargs.pop("test_data", None),
+    )
+    return tp.train(ctx.state, ctx.key, move, data, tp.RunConfig(**kwargs))
 
 
 def create(ctx: Any, /, **overrides: Any) -> Any:
@@ -413,7 +415,7 @@ CASES = [
     Case("train-past-last-end", lambda c: run(c, interval=[5, 10]), V, r"runs past the last round end 10"),
     Case("train-callback-not-callable", lambda c: run(c, callback="print"), T, r"callback must be callable", fixed=True),
     Case("train-score-fn-not-callable", lambda c: run(c, score_fn="loss"), T, r"score_fn must be callable", fixed=True),
-    Case("train-metrics-fn-not-callable", lambda c: run(c, metrics_fn="accuracy"), V, r"loss_fn or metrics_fn cannot take"),
+    Case("train-metrics-fn-not-callable", lambda c: run(c, metrics_fn="accuracy"), T, r"metrics_fn must be callable"),
     Case("train-augment-not-callable", lambda c: run(c, augment="flip"), T, r"augment must be callable", fixed=True),
     # --- diffusion_test ---------------------------------------------------
     Case("diffusion-values-length", lambda c: diff(c, values=[0.0, 0.1]), V, r"values must have one entry per replica \(4\)"),

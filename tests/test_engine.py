@@ -4,6 +4,8 @@ Each of the bugs the "One engine" issue lists has a test here that failed
 before the rewrite (marked ``# bug:``).
 """
 
+import dataclasses
+import inspect
 import json
 
 import chex
@@ -358,15 +360,14 @@ def test_a_users_move_runs_in_the_one_driver(state, blobs):
         lr = lr.at[worst].multiply(0.5)
         return tp.set_hyperparams(state, learning_rate=lr), {"worst": worst}
 
-    result = tp.train(state, jax.random.key(1), halve_the_worst, train_data=train,
-                      validation_data=val, interval=10, **SETTINGS)  # fmt: skip
+    data, config = tp.RunData(train, val), tp.RunConfig(interval=10, **SETTINGS)
+    result = tp.train(state, jax.random.key(1), halve_the_worst, data, config)
     worst = result.history.move["worst"]
     chex.assert_shape(worst, (4,))
     lr = result.history.hyperparams["learning_rate"]
     for r in range(1, 4):
         assert lr[r, worst[r]] == pytest.approx(lr[r - 1, worst[r]] * 0.5)
-    grid = tp.train(state, jax.random.key(1), tp.identity_move(), train_data=train,
-                    validation_data=val, interval=10, **SETTINGS)  # fmt: skip
+    grid = tp.train(state, jax.random.key(1), tp.identity_move(), data, config)
     reference = pt(state, blobs, exchanges=False)
     assert leaves_equal(grid.state.params, reference.state.params)
 
@@ -405,9 +406,10 @@ class PlainHalveTheWorst:
 @pytest.mark.parametrize("make", [HalveTheWorst, PlainHalveTheWorst])
 def test_a_users_move_with_state_continues_across_calls(state, blobs, make):
     train, val = blobs
-    settings = dict(train_data=train, validation_data=val, interval=5, batch_size=32)
+    data = tp.RunData(train, val)
+    config = tp.RunConfig(num_steps=45, interval=5, burn_in=5, batch_size=32)
     key = jax.random.key(2)
-    whole = tp.train(state, key, make(), num_steps=45, burn_in=5, **settings)
+    whole = tp.train(state, key, make(), data, config)
     worst = whole.history.move["worst"].astype(int)  # (8, M)
     halved = whole.history.move["halved"]
     # The strikes the state carried: a replica is halved on its second worst
@@ -423,16 +425,16 @@ def test_a_users_move_with_state_continues_across_calls(state, blobs, make):
     assert halved.any()
     np.testing.assert_array_equal(whole.move_state, count)
     # Two calls, the move state passed on: the same run, bit for bit.
-    first = tp.train(state, key, make(), num_steps=25, burn_in=5, **settings)
+    first = tp.train(state, key, make(), data, config.replace(num_steps=25))
     second = tp.train(
-        first.state, key, make(), move_state=first.move_state, num_steps=20,
-        burn_in=5, **settings,
+        first.state, key, make(), data, config.replace(num_steps=20),
+        move_state=first.move_state,
     )  # fmt: skip
     np.testing.assert_array_equal(second.history.move["halved"], halved[4:])
     assert leaves_equal(second.state.params, whole.state.params)
     # A move state that is not this move's: refused before anything compiles.
     with pytest.raises(ValueError, match="move_state does not fit this move"):
-        tp.train(state, key, make(), move_state=jnp.zeros(3), num_steps=10, **settings)
+        tp.train(state, key, make(), data, config, move_state=jnp.zeros(3))
 
 
 def test_an_old_style_pytree_move_gets_a_migration_message(state, blobs):
@@ -442,8 +444,8 @@ def test_an_old_style_pytree_move_gets_a_migration_message(state, blobs):
             return state, {}
 
     with pytest.raises(TypeError, match=r"becomes step\(key, state, move_state"):
-        tp.train(state, jax.random.key(0), OldMove(), train_data=blobs[0],
-                 num_steps=10, interval=5)  # fmt: skip
+        tp.train(state, jax.random.key(0), OldMove(), tp.RunData(blobs[0]),
+                 tp.RunConfig(num_steps=10, interval=5))  # fmt: skip
 
 
 # --- errors that name the argument and the fix ----------------------------------
@@ -516,20 +518,26 @@ def test_more_bad_input_is_caught_before_training(state, blobs):
     assert set(tp.get_hyperparams(state, "learning_rate")) == {"learning_rate"}
     with pytest.raises(TypeError, match="ReplicaState"):
         tp.train({"params": 1}, jax.random.key(0), tp.identity_move(),
-                 train_data=(x, y), num_steps=5, interval=5)  # fmt: skip
+                 tp.RunData((x, y)), tp.RunConfig(num_steps=5, interval=5))  # fmt: skip
     with pytest.raises(TypeError, match="interval must be an int"):
-        tp.train(state, jax.random.key(0), tp.identity_move(), train_data=(x, y),
-                 num_steps=5, interval=[1.5, 5])  # fmt: skip
+        tp.RunConfig(num_steps=5, interval=[1.5, 5])
+    with pytest.raises(TypeError, match=r"data must be a tempering.RunData"):
+        tp.train(state, jax.random.key(0), tp.identity_move(), (x, y),
+                 tp.RunConfig(num_steps=5, interval=5))  # fmt: skip
+    with pytest.raises(TypeError, match=r"config must be a tempering.RunConfig"):
+        tp.train(state, jax.random.key(0), tp.identity_move(), tp.RunData((x, y)),
+                 {"num_steps": 5, "interval": 5})  # fmt: skip
 
 
 def test_a_stream_without_validation_data(state, blobs):
     (x, y), _ = blobs
+    config = tp.RunConfig(num_steps=20, interval=10)
     result = tp.train(state, jax.random.key(0), tp.identity_move(),
-                      train_data=batches(x, y, 32), num_steps=20, interval=10)  # fmt: skip
+                      tp.RunData(batches(x, y, 32)), config)  # fmt: skip
     assert int(result.state.step) == 20 and result.final is None
     with pytest.raises(ValueError, match="train_data: the model cannot take"):
         tp.train(state, jax.random.key(0), tp.identity_move(),
-                 train_data=batches(x[:, :2], y, 32), num_steps=20, interval=10)  # fmt: skip
+                 tp.RunData(batches(x[:, :2], y, 32)), config)  # fmt: skip
 
 
 def test_best_schedule_refuses_a_continued_history(state, blobs):
@@ -558,8 +566,8 @@ def test_diffusion_needs_step_zero_and_reports_the_steps_it_ran(state, blobs):
         state, jax.random.key(0), callback=lambda r: True, **common
     )
     assert stopped.steps.shape == (1,) and stopped.distance.shape == (1, 4)
-    moved = tp.train(state, jax.random.key(0), tp.identity_move(), train_data=train,
-                     num_steps=3, interval=3, batch_size=32).state  # fmt: skip
+    moved = tp.train(state, jax.random.key(0), tp.identity_move(), tp.RunData(train),
+                     tp.RunConfig(num_steps=3, interval=3, batch_size=32)).state  # fmt: skip
     with pytest.raises(ValueError, match="at step 0"):
         diffusion.diffusion_test(moved, jax.random.key(0), **common)
 
@@ -603,3 +611,60 @@ def test_exchange_refuses_bad_concrete_arguments(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         tp.exchange(jax.random.key(0), **args, c=c)
+
+
+# --- one run configuration --------------------------------------------------------
+
+
+def test_run_config_is_validated_when_built_and_replaced_one_field():
+    config = tp.RunConfig(num_steps=20, interval=5, batch_size=32)
+    assert config.replace(batch_size=64).batch_size == 64
+    assert config.batch_size == 32  # frozen: replace makes a copy
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.batch_size = 64  # type: ignore[misc]
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        config.replace(batch_size=0)
+    with pytest.raises(ValueError, match="on_diverge must be one of"):
+        config.replace(on_diverge="ignore")
+    with pytest.raises(ValueError, match="vectorize"):
+        config.replace(vectorize="pmap")
+    assert tp.RunConfig(num_steps=9, interval=[0, 4, 9]).rounds.ends == (0, 4, 9)
+
+
+def test_pt_train_takes_a_run_config_or_keywords_not_both(state, blobs):
+    train, val = blobs
+    keywords = dict(num_steps=30, exchange_interval=10, burn_in=5, batch_size=32)
+    by_keywords = pt(state, blobs, **keywords)
+    config = tp.RunConfig(num_steps=30, interval=10, burn_in=5, batch_size=32)
+    by_config = tp.pt_train(
+        state, LR_LADDER, jax.random.key(1), train_data=train, validation_data=val,
+        c=0.1, run_config=config,
+    )  # fmt: skip
+    assert leaves_equal(by_config.state.params, by_keywords.state.params)
+    np.testing.assert_array_equal(by_config.history.rungs, by_keywords.history.rungs)
+    with pytest.raises(ValueError, match=r"not both \(also given: batch_size\)"):
+        tp.pt_train(state, LR_LADDER, jax.random.key(1), train_data=train,
+                    validation_data=val, run_config=config, batch_size=64)  # fmt: skip
+    with pytest.raises(TypeError, match="pt_train needs exchange_interval="):
+        tp.pt_train(state, LR_LADDER, jax.random.key(1), train_data=train,
+                    validation_data=val, num_steps=30)  # fmt: skip
+    with pytest.raises(TypeError, match="exchange_interval must be an int"):
+        pt(state, blobs, exchange_interval=2.5)
+
+
+def test_signatures_show_every_setting():
+    for wrapper, interval in ((tp.pt_train, "exchange_interval"),
+                              (tp.pbt_train, "ready_interval")):  # fmt: skip
+        parameters = inspect.signature(wrapper).parameters
+        assert not any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        settings = {f.name for f in dataclasses.fields(tp.RunConfig)}
+        settings -= {"interval", "move_at_end"}
+        assert settings | {interval, "train_data", "validation_data"} <= set(parameters)
+    parameters = inspect.signature(tp.train).parameters
+    assert list(parameters) == ["state", "key", "move", "data", "config", "move_state"]
+
+
+def test_a_warning_points_at_the_users_line(state, blobs):
+    with pytest.warns(UserWarning, match="ends before the first exchange") as record:
+        pt(state, blobs, num_steps=8, burn_in=5)
+    assert record[0].filename == __file__

@@ -271,10 +271,9 @@ def test_train_end_to_end(blobs, tx) -> None:
     )  # fmt: skip
     move = multi_exchange_move([LR, DROPOUT], c=[0.5, "auto"], adapt_rounds=2)
     state = move.assign(state)
-    result = tp.train(
-        state, jax.random.key(1), move, train_data=train, validation_data=val,
-        num_steps=40, interval=5, batch_size=32,
-    )  # fmt: skip
+    data = tp.RunData(train, val)
+    config = tp.RunConfig(num_steps=40, interval=5, batch_size=32)
+    result = tp.train(state, jax.random.key(1), move, data, config)
     history = result.history
     rounds = len(history.round)
     assert rounds >= 6
@@ -296,14 +295,10 @@ def test_train_end_to_end(blobs, tx) -> None:
     # A second call with the move state continues the run: 40 + 20 steps in
     # two calls are 60 in one.
     more = tp.train(
-        result.state, jax.random.key(1), move, move_state=result.move_state,
-        train_data=train, validation_data=val, num_steps=20, interval=5,
-        batch_size=32,
+        result.state, jax.random.key(1), move, data, config.replace(num_steps=20),
+        move_state=result.move_state,
     )  # fmt: skip
-    whole = tp.train(
-        state, jax.random.key(1), move, train_data=train, validation_data=val,
-        num_steps=60, interval=5, batch_size=32,
-    )  # fmt: skip
+    whole = tp.train(state, jax.random.key(1), move, data, config.replace(num_steps=60))
     np.testing.assert_array_equal(
         more.history.move.rungs, whole.history.move.rungs[rounds:]
     )

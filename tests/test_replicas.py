@@ -345,9 +345,6 @@ def test_resolve_loop(blobs):
     assert resolve_loop("device") == "device"
     with pytest.raises(ValueError, match="loop must be one of"):
         resolve_loop("python")
-    # the loop is a setting of the driver now, checked before anything runs
+    # the loop is a setting of the run, checked before anything runs
     with pytest.raises(ValueError, match="loop must be one of"):
-        tp.train(
-            mlp, jax.random.key(0), tp.identity_move(), train_data=blobs[0],
-            num_steps=2, interval=1, batch_size=32, loop="gpu",
-        )  # fmt: skip
+        tp.RunConfig(num_steps=2, interval=1, batch_size=32, loop="gpu")

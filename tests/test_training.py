@@ -293,4 +293,4 @@ def test_progress_bar_reports_every_step(state, blobs, capsys):
     pytest.importorskip("tqdm")
     run(state, blobs, progress=True)
     err = capsys.readouterr().err
-    assert "pt_train" in err and "50/50" in err
+    assert "ExchangeMove" in err and "50/50" in err  # the bar names the move
