@@ -434,25 +434,6 @@ def authors_statistic(
     }
 
 
-def _merge(histories: list[Any]) -> dict[str, np.ndarray]:
-    """The per-round records of a run split over calls, concatenated."""
-    hs = [h for h in histories if len(h.step)]
-
-    def cat(get: Callable[[Any], np.ndarray]) -> np.ndarray:
-        return np.concatenate([np.asarray(get(h)) for h in hs])
-
-    return {
-        "step": cat(lambda h: h.step),
-        "val_loss": cat(lambda h: h.val_loss),
-        "test_accuracy": cat(lambda h: h.test_accuracy),
-        "rungs": cat(lambda h: h.rungs),
-        "accepted": cat(lambda h: h.accepted),
-        "proposed": cat(lambda h: h.proposed),
-        "acceptance_prob": cat(lambda h: h.acceptance_prob),
-        "c": cat(lambda h: h.c),
-    }
-
-
 def run_one(
     config: Fig2Config,
     model: Any,
@@ -539,49 +520,49 @@ def run_one(
         state, move_state = result.state, result.move_state
         histories.append(result.history)
     wall = time.time() - start
-    h, s = _merge(histories), result.summary
-    test_error = 1.0 - h["test_accuracy"]  # (R, M)
-    val_loss = h["val_loss"]
+    h, s = tp.History.concatenate(histories), result.summary
+    test_error = 1.0 - h.test_accuracy  # (R, M)
+    val_loss = h.val_loss
     selected = np.argmin(np.where(np.isfinite(val_loss), val_loss, np.inf), axis=1)
     selected_error = test_error[np.arange(len(selected)), selected]
     # replica m's curve, and the curve of the replica on rung r (grid: the same)
     by_rung = np.empty_like(test_error)
-    path = np.concatenate([initial_rungs[None], h["rungs"][:-1]])  # during round
+    path = np.concatenate([initial_rungs[None], h.rungs[:-1]])  # during round
     for r in range(test_error.shape[0]):
         by_rung[r, path[r]] = test_error[r]
     final_test = _subset(data.test, final_test_size)
     final = run_evaluate(state, final_test.inputs, final_test.labels)
     final_error = 1.0 - np.asarray(final.accuracy)
-    accepted, proposed = h["accepted"].sum(0), h["proposed"].sum(0)
+    accepted, proposed = h.accepted.sum(0), h.proposed.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         rate = np.where(proposed > 0, accepted / np.maximum(proposed, 1), np.nan)
     best = int(s.best_replica)
     with warnings.catch_warnings():  # a pair never proposed: all NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        mean_prob = np.nanmean(h["acceptance_prob"], axis=0)
+        mean_prob = np.nanmean(h.acceptance_prob, axis=0)
     return {
         "seed": seed,
         "exchanges": exchanges,
         "wall_time_s": wall,  # this process only, when resumed
         "resumed_from_checkpoint": resumed,
-        "step": h["step"],
-        "epoch": h["step"] * config.batch_size / len(train.labels),
+        "step": h.step,
+        "epoch": h.step * config.batch_size / len(train.labels),
         "val_loss": val_loss,
         "test_error_by_replica": test_error,
         "test_error_by_rung": by_rung,
         "selected_replica": selected,
         "selected_test_error": selected_error,
-        "rungs": h["rungs"],
+        "rungs": h.rungs,
         "initial_rungs": initial_rungs,
         "accepted": accepted,
         "proposed": proposed,
         "acceptance_rate": rate,
         "mean_acceptance_prob": mean_prob,
-        "c_used": h["c"],
-        "exchange_attempts": int(len(h["step"])),
+        "c_used": h.c,
+        "exchange_attempts": int(len(h.step)),
         "pairs_proposed": int(proposed.sum()),
         "round_trips": count_round_trips(
-            np.concatenate([initial_rungs[None], h["rungs"]]), ladder.num_rungs
+            np.concatenate([initial_rungs[None], h.rungs]), ladder.num_rungs
         ),
         "best_replica": best,
         "final_val_loss": s.final_val_loss,

@@ -42,12 +42,12 @@ def plot_replica_paths(
     Args:
         ax: a matplotlib ``Axes``.
         rungs: ``(R, M)`` rung of replica m after exchange round r
-            (``PTHistory.rungs``).
+            (``History.rungs``).
         initial_rungs: ``(M,)`` rungs before the first round
-            (``PTHistory.initial_rungs``).
+            (``History.initial_rungs``).
         best_replica: replica drawn thick and on top (``PTSummary.best_replica``),
             or None.
-        steps: optional ``(R,)`` x positions of the rounds (``PTHistory.step``);
+        steps: optional ``(R,)`` x positions of the rounds (``History.step``);
             round indices when None. The initial rungs are drawn one interval
             before the first round.
         rung_labels: optional tick labels for the rungs (e.g. the ladder values).

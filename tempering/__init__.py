@@ -13,7 +13,7 @@ history :mod:`tempering.diagnostics`.
 from tempering import diagnostics
 from tempering.config import RunConfig, RunData
 from tempering.divergence import DivergenceError
-from tempering.driver import History, RoundRecord, RunResult, train
+from tempering.driver import RunResult, train
 from tempering.exchange import ExchangeInfo, exchange
 from tempering.ladder import Ladder, geometric_ladder, linear_ladder, make_ladder
 from tempering.layers import Dropout
@@ -21,7 +21,6 @@ from tempering.moves import Move, exchange_move, identity_move
 from tempering.multi import multi_exchange_move
 from tempering.pbt import (
     PBTConfig,
-    PBTHistory,
     PBTResult,
     PBTSummary,
     Prior,
@@ -31,6 +30,7 @@ from tempering.pbt import (
     pbt_train,
     replay_schedule,
 )
+from tempering.records import History, RoundRecord
 from tempering.replicas import (
     EvalMetrics,
     ReplicaState,
@@ -43,7 +43,7 @@ from tempering.replicas import (
     train_step,
 )
 from tempering.sharding import replicate, shard_replicas
-from tempering.training import PTHistory, PTResult, PTSummary, pt_train
+from tempering.training import PTResult, PTSummary, pt_train
 
 __version__ = "0.4.0"
 
@@ -56,10 +56,8 @@ __all__ = [
     "Ladder",
     "Move",
     "PBTConfig",
-    "PBTHistory",
     "PBTResult",
     "PBTSummary",
-    "PTHistory",
     "PTResult",
     "PTSummary",
     "Prior",

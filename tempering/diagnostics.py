@@ -1,7 +1,8 @@
 """Diagnostics of a parallel tempering run: is the ladder exchanging, are replicas mixing?
 
-Every function takes the :class:`~tempering.training.PTHistory` of
-:func:`tempering.pt_train` (``result.history``) and is plain numpy; the
+Every function takes a :class:`~tempering.History` whose rounds moved rungs
+(``result.history`` of :func:`tempering.pt_train`, or of :func:`tempering.train`
+with an exchange; concatenated calls too) and is plain numpy; the
 ``plot_*`` functions draw the same quantities with matplotlib (an optional
 dependency: ``pip install matplotlib``), each on a given or new ``Axes`` which
 it returns. :func:`plot_diagnostics` draws all of them on one figure.
@@ -39,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tempering.driver import best_index
-from tempering.training import PTHistory, count_round_trips
+from tempering.records import History
+from tempering.training import count_round_trips
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -67,7 +69,7 @@ __all__ = [
 # --------------------------------------------------------------------------
 
 
-def acceptance_over_time(history: PTHistory, window: int = 10) -> np.ndarray:
+def acceptance_over_time(history: History, window: int = 10) -> np.ndarray:
     """Acceptance of every adjacent pair over a trailing window of rounds.
 
     Args:
@@ -106,7 +108,7 @@ def acceptance_over_time(history: PTHistory, window: int = 10) -> np.ndarray:
         )
 
 
-def rung_occupancy(history: PTHistory) -> np.ndarray:
+def rung_occupancy(history: History) -> np.ndarray:
     """Fraction of rounds every replica spent on every rung.
 
     A replica's rung in a round is its rung after that round's exchange
@@ -127,7 +129,7 @@ def rung_occupancy(history: PTHistory) -> np.ndarray:
     return one_hot.mean(0)  # shape=(M, M)
 
 
-def _rung_path(history: PTHistory) -> np.ndarray:
+def _rung_path(history: History) -> np.ndarray:
     """``(R + 1, M)``: the initial rungs, then the rungs after every round."""
     initial = np.asarray(history.initial_rungs)[None]  # shape=(1, M)
     return np.concatenate(
@@ -135,7 +137,7 @@ def _rung_path(history: PTHistory) -> np.ndarray:
     )
 
 
-def round_trips(history: PTHistory) -> np.ndarray:
+def round_trips(history: History) -> np.ndarray:
     """Completed round trips (coldest rung -> hottest -> coldest) of every replica.
 
     :func:`tempering.training.count_round_trips` over the initial rungs and the
@@ -151,7 +153,7 @@ def round_trips(history: PTHistory) -> np.ndarray:
     return count_round_trips(path, path.shape[1])
 
 
-def round_trip_steps(history: PTHistory) -> list[np.ndarray]:
+def round_trip_steps(history: History) -> list[np.ndarray]:
     """The global steps at which every replica completed a round trip.
 
     A trip is counted as in :func:`round_trips`: a return to the coldest rung
@@ -189,7 +191,7 @@ def round_trip_steps(history: PTHistory) -> list[np.ndarray]:
 
 
 def replica_schedule(
-    history: PTHistory, replica: int, name: str
+    history: History, replica: int, name: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """The values of one hyperparameter that one replica had, round by round.
 
@@ -222,7 +224,7 @@ def replica_schedule(
     return np.asarray(history.step), values[:, int(replica)]
 
 
-def c_over_time(history: PTHistory) -> tuple[np.ndarray, np.ndarray]:
+def c_over_time(history: History) -> tuple[np.ndarray, np.ndarray]:
     """The Metropolis constant C that every round's exchange used.
 
     Args:
@@ -257,13 +259,13 @@ def _axes(ax: Axes | None) -> Axes:
     return ax
 
 
-def _default_replica(history: PTHistory) -> int:
+def _default_replica(history: History) -> int:
     """The replica with the lowest final validation loss (0 without rounds)."""
     val_loss = np.asarray(history.val_loss)
     return best_index(val_loss[-1]) if val_loss.shape[0] else 0
 
 
-def _default_name(history: PTHistory) -> str | None:
+def _default_name(history: History) -> str | None:
     """The first hyperparameter whose values vary, else the first one (or None)."""
     for name, values in history.hyperparams.items():
         values = np.asarray(values, np.float64)
@@ -281,7 +283,7 @@ def _log_scale_if_wide(ax: Axes, values: np.ndarray) -> None:
 
 
 def plot_acceptance(
-    history: PTHistory, ax: Axes | None = None, *, window: int = 10
+    history: History, ax: Axes | None = None, *, window: int = 10
 ) -> Axes:
     """Plots :func:`acceptance_over_time` of every adjacent pair against the step.
 
@@ -308,7 +310,7 @@ def plot_acceptance(
 
 
 def plot_rung_occupancy(
-    history: PTHistory, ax: Axes | None = None, *, colorbar: bool = True
+    history: History, ax: Axes | None = None, *, colorbar: bool = True
 ) -> Axes:
     """Draws :func:`rung_occupancy` as a heatmap (replica by rung).
 
@@ -345,7 +347,7 @@ def _replica_style(replica: int, highlight: int | None) -> dict[str, Any]:
 
 
 def plot_rung_paths(
-    history: PTHistory, ax: Axes | None = None, *, highlight: int | None = None
+    history: History, ax: Axes | None = None, *, highlight: int | None = None
 ) -> Axes:
     """Plots the rung of every replica against the step (after every exchange).
 
@@ -374,7 +376,7 @@ def plot_rung_paths(
 
 
 def plot_schedule(
-    history: PTHistory, replica: int, name: str, ax: Axes | None = None
+    history: History, replica: int, name: str, ax: Axes | None = None
 ) -> Axes:
     """Plots :func:`replica_schedule`: one replica's values of one hyperparameter.
 
@@ -397,7 +399,7 @@ def plot_schedule(
     return ax
 
 
-def plot_c(history: PTHistory, ax: Axes | None = None) -> Axes:
+def plot_c(history: History, ax: Axes | None = None) -> Axes:
     """Plots :func:`c_over_time`, the Metropolis constant C of every round.
 
     Args:
@@ -418,7 +420,7 @@ def plot_c(history: PTHistory, ax: Axes | None = None) -> Axes:
 
 
 def plot_val_loss(
-    history: PTHistory, ax: Axes | None = None, *, highlight: int | None = None
+    history: History, ax: Axes | None = None, *, highlight: int | None = None
 ) -> Axes:
     """Plots the validation loss of every replica against the step.
 
@@ -443,7 +445,7 @@ def plot_val_loss(
 
 
 def plot_diagnostics(
-    history: PTHistory,
+    history: History,
     replica: int | None = None,
     name: str | None = None,
     *,

@@ -27,7 +27,6 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -39,6 +38,7 @@ from tempering._caller import warn
 from tempering.config import Rounds, RunConfig, RunData, ScoreFn
 from tempering.loops import SegmentSettings, loop_for, run_evaluate, run_segment
 from tempering.moves import as_move
+from tempering.records import History, RecordRows, RoundRecord
 from tempering.replicas import (
     EvalMetrics,
     ReplicaState,
@@ -56,49 +56,7 @@ from tempering.sources import (
     batch_pair,
 )
 
-__all__ = [
-    "History",
-    "RoundRecord",
-    "RunResult",
-    "best_index",
-    "train",
-]
-
-
-class RoundRecord(NamedTuple):
-    """One round, on the host (numpy); M replicas."""
-
-    round: int  # 0-based round after the burn-in (the move's round_index)
-    step: int  # global SGD steps done when the round was evaluated
-    train_loss: np.ndarray  # shape=(M,), mean training loss of the segment
-    validation: EvalMetrics | None  # (M,) loss and metrics, before the move
-    score: np.ndarray  # shape=(M,), what the move compared (lower is better)
-    test: EvalMetrics | None  # (M,) on test_data, before the move; None without
-    move: Any  # the move's info (e.g. ExchangeInfo, PBTInfo)
-    rungs: np.ndarray  # shape=(M,), after the move
-    hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), after the move
-    diverged: np.ndarray  # shape=(M,), bool; non-finite loss or score this round
-    restored_from: np.ndarray  # shape=(M,), int32; source replica, -1 if none
-
-
-class History(NamedTuple):
-    """The records of one call stacked over its R rounds (leading axis R)."""
-
-    round: np.ndarray  # shape=(R,)
-    step: np.ndarray  # shape=(R,)
-    train_loss: np.ndarray  # shape=(R, M)
-    validation: EvalMetrics | None  # (R, M) loss and metrics
-    score: np.ndarray  # shape=(R, M)
-    test: EvalMetrics | None  # (R, M); None without test_data
-    move: Any  # the move's info, leaves (R, ...)
-    rungs: np.ndarray  # shape=(R, M), after each move
-    hyperparams: dict[str, np.ndarray]  # name -> shape=(R, M), after each move
-    diverged: np.ndarray  # shape=(R, M), bool; non-finite loss or score
-    restored_from: np.ndarray  # shape=(R, M), int32; source replica, -1 if none
-    initial_rungs: np.ndarray  # shape=(M,), before the first round of this call
-    initial_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), likewise
-    burn_in_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), in the burn-in
-    first_step: int = 0  # global step at which this call started
+__all__ = ["RunResult", "best_index", "train"]
 
 
 class RunResult(NamedTuple):
@@ -117,15 +75,6 @@ def best_index(scores: Any) -> int:
     """Index of the lowest score; NaN and inf count as worst."""
     scores = np.asarray(scores, np.float64)
     return int(np.argmin(np.where(np.isfinite(scores), scores, np.inf)))
-
-
-def metric_of(metrics: Mapping[str, np.ndarray], name: str, where: str) -> np.ndarray:
-    """``metrics[name]``, or an AttributeError that says which metrics exist."""
-    if name not in metrics:
-        raise AttributeError(
-            f"no {name} in {where}: the metrics function returned {sorted(metrics)}"
-        )
-    return metrics[name]
 
 
 class _Segment(NamedTuple):
@@ -385,7 +334,7 @@ def train(
     )  # fmt: skip
     progress = checkpoint.Progress(
         next_segment=0,
-        records=_Rows(sum(seg.evaluated and seg.ends_round for seg in segments)),
+        records=RecordRows(sum(seg.evaluated and seg.ends_round for seg in segments)),
         initial=None,
         burn_values=_host(run.before_burn_in),
     )
@@ -493,9 +442,8 @@ def _train_segment(run, carry, progress, index):
         )
     except divergence.DivergenceError as error:
         error.history = _stack(
-            progress.records, initial or (_host(state.rungs), burn_values),
-            burn_values, state, move_state, run.move, None, run.data.test,
-            run.first_step,
+            progress._replace(initial=initial, burn_values=burn_values), state,
+            move_state, run, None,
         )  # fmt: skip
         raise
     progress.records.add(record)
@@ -512,14 +460,8 @@ def _finish(run, carry, progress, saver, bar, interrupted) -> RunResult:
         bar.close()
     if interrupted:
         _warn_interrupted(int(state.step), saver is not None)
-    initial = progress.initial
-    if initial is None:
-        initial = (_host(state.rungs), _host(state.hyperparams))
     final, final_score = _final(run, state)
-    history = _stack(
-        progress.records, initial, progress.burn_values, state, move_state, run.move,
-        final, run.data.test, run.first_step,
-    )  # fmt: skip
+    history = _stack(progress, state, move_state, run, final)
     return _result(state, move_state, history, final, final_score, interrupted)
 
 
@@ -719,81 +661,41 @@ def _end_round(run, state, move_state, key, round_index, train_loss):
     return state, move_state, record
 
 
-class _Rows:
-    """Round records written, as they arrive, into preallocated ``(R, ...)`` arrays."""
+def _stack(progress, state, move_state, run, final) -> History:
+    """The history of the call's rounds; an empty one keeps every field's trailing shape."""
+    initial = progress.initial or (_host(state.rungs), _host(state.hyperparams))
+    num = state.num_replicas
+    empty_m = np.zeros((0, num), np.float32)
 
-    def __init__(self, capacity: int):
-        self.capacity, self.count, self.arrays = capacity, 0, None
+    def empty_metrics(source):
+        if source is None:
+            return None
+        names = () if final is None else final.metrics  # same metrics_fn
+        return EvalMetrics(empty_m, {k: empty_m for k in names})
 
-    def add(self, record: RoundRecord) -> None:
-        """Copies one record into row ``count``."""
-        if self.arrays is None:
-            self.arrays = jax.tree.map(
-                lambda x: np.empty((self.capacity, *np.shape(x)), np.asarray(x).dtype),
-                record,
-            )
-        jax.tree.map(
-            lambda rows, x: rows.__setitem__(self.count, x), self.arrays, record
-        )
-        self.count += 1
-
-    def stacked(self) -> RoundRecord:
-        """The rows written so far (copied when the run stopped early)."""
-        if self.count == self.capacity:
-            return self.arrays
-        return jax.tree.map(lambda rows: rows[: self.count].copy(), self.arrays)
-
-
-def _stack(
-    records, initial, burn_values, state, move_state, move, final, test, first_step
-):
-    """The history of the rounds; an empty one keeps every field's trailing shape."""
-    if not records.count:
-        num = state.num_replicas
-        empty_m = np.zeros((0, num), np.float32)
-
-        def empty_metrics(source):
-            if source is None:
-                return None
-            names = () if final is None else final.metrics  # same metrics_fn
-            return EvalMetrics(empty_m, {k: empty_m for k in names})
-
-        info = jax.eval_shape(
-            _apply_move, move, jax.random.key(0), state, move_state, jnp.zeros(num),
-            jnp.int32(0),
-        )[2]  # fmt: skip
-        return History(
-            round=np.zeros((0,), np.int64),
-            step=np.zeros((0,), np.int64),
-            train_loss=empty_m,
-            validation=empty_metrics(final),
-            score=empty_m,
-            test=empty_metrics(test),
-            move=jax.tree.map(lambda s: np.zeros((0, *s.shape), s.dtype), info),
-            rungs=empty_m.astype(np.int32),
-            hyperparams={k: empty_m for k in initial[1]},
-            diverged=empty_m.astype(bool),
-            restored_from=empty_m.astype(np.int32),
-            initial_rungs=initial[0],
-            initial_hyperparams=initial[1],
-            burn_in_hyperparams=burn_values,
-            first_step=first_step,
-        )
-    stacked = records.stacked()
-    return History(
-        round=np.asarray(stacked.round),
-        step=np.asarray(stacked.step),
-        train_loss=stacked.train_loss,
-        validation=stacked.validation,
-        score=stacked.score,
-        test=stacked.test,
-        move=stacked.move,
-        rungs=stacked.rungs,
-        hyperparams=stacked.hyperparams,
-        diverged=stacked.diverged,
-        restored_from=stacked.restored_from,
+    info = jax.eval_shape(
+        _apply_move, run.move, jax.random.key(0), state, move_state, jnp.zeros(num),
+        jnp.int32(0),
+    )[2]  # fmt: skip
+    empty = RoundRecord(  # stacked over zero rounds: arrays in the int fields too
+        round=np.zeros((0,), np.int64),  # type: ignore[arg-type]
+        step=np.zeros((0,), np.int64),  # type: ignore[arg-type]
+        train_loss=empty_m,
+        validation=empty_metrics(final),
+        score=empty_m,
+        test=empty_metrics(run.data.test),
+        move=jax.tree.map(lambda s: np.zeros((0, *s.shape), s.dtype), info),
+        rungs=empty_m.astype(np.int32),
+        hyperparams={k: empty_m for k in initial[1]},
+        diverged=empty_m.astype(bool),
+        restored_from=empty_m.astype(np.int32),
+    )
+    return progress.records.history(
+        empty,
         initial_rungs=initial[0],
         initial_hyperparams=initial[1],
-        burn_in_hyperparams=burn_values,
-        first_step=first_step,
+        burn_in_hyperparams=progress.burn_values,
+        first_step=run.first_step,
+        burn_in=run.config.burn_in,
+        num_steps=int(state.step),
     )

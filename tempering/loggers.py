@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from tempering.driver import RoundRecord
+from tempering.records import RoundRecord
 
 __all__ = ["JsonlLogger", "TensorBoardLogger", "record_scalars", "stop_when"]
 

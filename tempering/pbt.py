@@ -59,10 +59,11 @@ from tempering.config import (
     check_bool,
     config_from,
 )
-from tempering.driver import best_index, check_not_traced, metric_of, train
+from tempering.driver import RunResult, best_index, check_not_traced, train
 from tempering.hyperparams import check_values
 from tempering.ladder import HYPERPARAMETERS
 from tempering.moves import NoInfo
+from tempering.records import History, metric_of
 from tempering.replicas import (
     MetricsFn,
     ReplicaState,
@@ -76,7 +77,6 @@ from tempering.replicas import (
 __all__ = [
     "SELECTIONS",
     "PBTConfig",
-    "PBTHistory",
     "PBTInfo",
     "PBTMove",
     "PBTResult",
@@ -89,6 +89,7 @@ __all__ = [
     "pbt_config",
     "pbt_move",
     "pbt_step",
+    "pbt_summary",
     "pbt_train",
     "replay_schedule",
     "sample_prior",
@@ -129,7 +130,9 @@ class PBTInfo(NamedTuple):
         jax.Array
     )  # shape=(M,), dtype=int32; replica m now holds a copy of parent[m]
     copied: jax.Array  # shape=(M,), dtype=bool; parent[m] != m
-    resampled: dict[str, jax.Array]  # name -> shape=(M,), bool; drawn from the prior
+    # name -> shape=(M,), bool; drawn from the prior (every hyperparameter of
+    # the replicas: False for those the config does not explore)
+    resampled: dict[str, jax.Array]
     hyperparams: dict[str, jax.Array]  # name -> shape=(M,), float32; after explore
 
 
@@ -429,6 +432,8 @@ def pbt_step(
         explore_key, get_hyperparams(state, config.names), copied, config
     )
     state = set_hyperparams(state, **values)
+    unexplored = jnp.zeros_like(copied)
+    resampled = {n: resampled.get(n, unexplored) for n in state.hyperparams}
     return state, PBTInfo(parent, copied, resampled, values)
 
 
@@ -465,39 +470,6 @@ def pbt_move(config: PBTConfig) -> PBTMove:
     return PBTMove(config)
 
 
-class PBTHistory(NamedTuple):
-    """Per ready round records (numpy), R rounds, M replicas.
-
-    Segments: the burn-in ``[0, burn_in)`` runs with ``burn_in_hyperparams``;
-    segment ``r`` (``r = 0..R``) covers ``[starts[r], starts[r + 1])`` with
-    ``starts = (burn_in, step[0], ..., step[R - 1])`` and the last one ending at
-    ``num_steps``. Segment 0 runs with ``initial_hyperparams``, segment
-    ``r + 1`` with ``hyperparams[·][r]``. Exploit/explore happens after every
-    segment except the last.
-    """
-
-    step: np.ndarray  # shape=(R,), SGD steps done at the exploit of round r
-    train_loss: np.ndarray  # shape=(R, M), mean training loss of the segment
-    val_loss: np.ndarray  # shape=(R, M), validation loss before exploit
-    val_metrics: dict[str, np.ndarray]  # name -> shape=(R, M)
-    parent: np.ndarray  # shape=(R, M), int; replica m copied parent[r, m]
-    copied: np.ndarray  # shape=(R, M), bool
-    hyperparams: dict[str, np.ndarray]  # name -> shape=(R, M), after explore
-    resampled: dict[str, np.ndarray]  # name -> shape=(R, M), bool
-    initial_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), segment 0
-    burn_in_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), burn-in
-    burn_in: int
-    num_steps: int  # global step at the end of the run
-    first_step: int = 0  # global step at which this call started
-    diverged: np.ndarray | None = None  # shape=(R, M), bool; non-finite loss
-    restored_from: np.ndarray | None = None  # shape=(R, M), int; -1 if not restored
-
-    @property
-    def val_accuracy(self) -> np.ndarray:
-        """``val_metrics["accuracy"]``, shape ``(R, M)``."""
-        return metric_of(self.val_metrics, "accuracy", "val_metrics")
-
-
 class PBTSummary(NamedTuple):
     """Run summary."""
 
@@ -525,7 +497,7 @@ class PBTResult(NamedTuple):
     """What :func:`pbt_train` returns."""
 
     state: ReplicaState
-    history: PBTHistory
+    history: History  # its move info: parent, copied, resampled (PBTInfo)
     summary: PBTSummary
 
 
@@ -648,16 +620,15 @@ def pbt_train(
         state = set_hyperparams(state, **values)
     data = RunData(train_data, validation_data, test_data)
     run = train(state, key, move, data, settings)
-    history, final = run.history, run.final
-    pbt = history.move
-    num = state.num_replicas
-    resampled = {
-        name: pbt.resampled.get(name, np.zeros((len(history.step), num), bool))
-        for name in history.initial_hyperparams
-    }
+    return PBTResult(run.state, run.history, pbt_summary(run))
+
+
+def pbt_summary(run: RunResult) -> PBTSummary:
+    """The summary of a PBT call, from its :class:`~tempering.driver.RunResult`."""
+    final = run.final
     best = best_index(run.final_score)
-    summary = PBTSummary(
-        num_copies=int(pbt.copied.sum()),
+    return PBTSummary(
+        num_copies=int(run.history.copied.sum()),
         best_replica=best,
         best_val_loss=float(final.loss[best]),
         final_val_loss=final.loss,
@@ -666,24 +637,6 @@ def pbt_train(
         diverged=run.diverged,
         interrupted=run.interrupted,
     )
-    pbt_history = PBTHistory(
-        step=history.step,
-        train_loss=history.train_loss,
-        val_loss=history.validation.loss,
-        val_metrics=history.validation.metrics,
-        parent=pbt.parent,
-        copied=pbt.copied,
-        hyperparams=history.hyperparams,
-        resampled=resampled,
-        initial_hyperparams=history.initial_hyperparams,
-        burn_in_hyperparams=history.burn_in_hyperparams,
-        burn_in=settings.burn_in,
-        num_steps=int(run.state.step),
-        first_step=history.first_step,
-        diverged=history.diverged,
-        restored_from=history.restored_from,
-    )
-    return PBTResult(run.state, pbt_history, summary)
 
 
 class Schedule(NamedTuple):
@@ -699,7 +652,7 @@ class Schedule(NamedTuple):
     num_steps: int
 
 
-def best_schedule(history: PBTHistory, replica: int) -> Schedule:
+def best_schedule(history: History, replica: int) -> Schedule:
     """The hyperparameter schedule that produced final replica ``replica``.
 
     Follows the lineage backwards: the weights of ``replica`` after round r
@@ -707,7 +660,7 @@ def best_schedule(history: PBTHistory, replica: int) -> Schedule:
     with its own hyperparameters, and so on back to step 0.
 
     Args:
-        history: a :class:`PBTHistory` from :func:`pbt_train`.
+        history: a :class:`History` from :func:`pbt_train`.
         replica: final replica index, e.g. ``result.summary.best_replica``.
 
     Returns:

@@ -27,9 +27,10 @@ from tempering.config import (
     check_bool,
     config_from,
 )
-from tempering.driver import History, best_index, check_not_traced, metric_of, train
+from tempering.driver import RunResult, best_index, check_not_traced, train
 from tempering.ladder import Ladder
-from tempering.moves import exchange_move
+from tempering.moves import ExchangeMove, exchange_move
+from tempering.records import History, metric_of
 from tempering.replicas import (
     MetricsFn,
     ReplicaState,
@@ -38,41 +39,7 @@ from tempering.replicas import (
     default_metrics,
 )
 
-__all__ = ["PTHistory", "PTResult", "PTSummary", "count_round_trips", "pt_train"]
-
-
-class PTHistory(NamedTuple):
-    """Per exchange round records (numpy), R rounds, M replicas."""
-
-    step: np.ndarray  # shape=(R,), global SGD steps when the round was evaluated
-    train_loss: np.ndarray  # shape=(R, M), mean training loss of the segment
-    val_loss: np.ndarray  # shape=(R, M), validation loss of replica m
-    val_metrics: dict[str, np.ndarray]  # name -> shape=(R, M), e.g. "accuracy"
-    score: np.ndarray  # shape=(R, M), what the exchange compared (lower is better)
-    rungs: np.ndarray  # shape=(R, M), rung of replica m after the exchange
-    hyperparams: dict[str, np.ndarray]  # name -> shape=(R, M), after the exchange
-    proposed: np.ndarray  # shape=(R, M - 1), bool, pair (r, r + 1) proposed
-    accepted: np.ndarray  # shape=(R, M - 1), bool
-    acceptance_prob: np.ndarray  # shape=(R, M - 1)
-    c: np.ndarray  # shape=(R,), the C each round's exchange used
-    temperatures: np.ndarray  # shape=(R, M), the ladder after each round
-    initial_rungs: np.ndarray  # shape=(M,), rungs before the first round
-    test_loss: np.ndarray  # shape=(R, M), NaN without test_data
-    test_metrics: dict[str, np.ndarray]  # name -> shape=(R, M), {} without test_data
-    diverged: np.ndarray | None = None  # shape=(R, M), bool; non-finite loss
-    restored_from: np.ndarray | None = None  # shape=(R, M), int; -1 if not restored
-
-    @property
-    def val_accuracy(self) -> np.ndarray:
-        """``val_metrics["accuracy"]``, shape ``(R, M)``."""
-        return metric_of(self.val_metrics, "accuracy", "val_metrics")
-
-    @property
-    def test_accuracy(self) -> np.ndarray:
-        """``test_metrics["accuracy"]``, shape ``(R, M)``; NaN without test_data."""
-        if not self.test_metrics:
-            return np.full_like(self.test_loss, np.nan)
-        return metric_of(self.test_metrics, "accuracy", "test_metrics")
+__all__ = ["PTResult", "PTSummary", "count_round_trips", "pt_summary", "pt_train"]
 
 
 class PTSummary(NamedTuple):
@@ -108,7 +75,7 @@ class PTResult(NamedTuple):
     """What :func:`pt_train` returns."""
 
     state: ReplicaState
-    history: PTHistory
+    history: History  # its move info: proposed, accepted, acceptance_prob, c, ...
     summary: PTSummary
 
     @property
@@ -302,13 +269,23 @@ def pt_train(
     state = assign_rungs(state, move.current_ladder(move_state), state.rungs)
     data = RunData(train_data, validation_data, test_data)
     run = train(state, key, move, data, config, move_state=move_state)
-    history = _pt_history(run.history)
+    return PTResult(run.state, run.history, pt_summary(run, move))
+
+
+def pt_summary(run: RunResult, move: ExchangeMove) -> PTSummary:
+    """The summary of a PT call, from its :class:`~tempering.driver.RunResult`.
+
+    Args:
+        run: what :func:`tempering.train` returned for ``move``.
+        move: the exchange the call ran (for C and the ladder in use).
+    """
+    history = run.history
     best = best_index(run.final_score)
-    summary = PTSummary(
+    return PTSummary(
         acceptance_rate=_acceptance_rate(history),
         round_trips=count_round_trips(
             np.concatenate([history.initial_rungs[None], history.rungs]),
-            state.num_replicas,
+            run.state.num_replicas,
         ),
         best_replica=best,
         best_val_loss=float(run.final.loss[best]),
@@ -323,7 +300,6 @@ def pt_train(
         interrupted=run.interrupted,
         move_state=run.move_state,
     )
-    return PTResult(run.state, history, summary)
 
 
 def _warn_fresh_adaptation(state: ReplicaState, move: Any) -> None:
@@ -370,32 +346,7 @@ def _default_adapt_rounds(state: ReplicaState, config: RunConfig) -> int:
     return max(1, -(-done // 4))
 
 
-def _pt_history(history: History) -> PTHistory:
-    test = history.test
-    return PTHistory(
-        step=history.step,
-        train_loss=history.train_loss,
-        val_loss=history.validation.loss,
-        val_metrics=history.validation.metrics,
-        score=history.score,
-        rungs=history.rungs,
-        hyperparams=history.hyperparams,
-        proposed=history.move.proposed,
-        accepted=history.move.accepted,
-        acceptance_prob=history.move.acceptance_prob,
-        c=history.move.c,
-        temperatures=history.move.temperatures,
-        initial_rungs=history.initial_rungs,
-        test_loss=(
-            np.full_like(history.train_loss, np.nan) if test is None else test.loss
-        ),
-        test_metrics={} if test is None else test.metrics,
-        diverged=history.diverged,
-        restored_from=history.restored_from,
-    )
-
-
-def _acceptance_rate(history: PTHistory) -> np.ndarray:
+def _acceptance_rate(history: History) -> np.ndarray:
     proposed = history.proposed.sum(0)
     accepted = history.accepted.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):

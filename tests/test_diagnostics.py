@@ -15,12 +15,13 @@ from matplotlib.figure import Figure  # noqa: E402
 import tempering as tp  # noqa: E402
 from tempering import diagnostics as dg  # noqa: E402
 from tempering.models import MLP  # noqa: E402
+from tempering.moves import ExchangeMoveInfo  # noqa: E402
 from tempering.training import count_round_trips  # noqa: E402
 
 
 def make_history(rungs, initial_rungs, *, proposed=None, accepted=None, step=None,
                  c=None, hyperparams=None, val_loss=None):  # fmt: skip
-    """A PTHistory from a few arrays; the rest is filled with plausible values."""
+    """A History of PT rounds from a few arrays; the rest is filled plausibly."""
     rungs = np.asarray(rungs, np.int32)
     num_rounds, num_replicas = rungs.shape
     pairs = (num_rounds, num_replicas - 1)
@@ -34,22 +35,31 @@ def make_history(rungs, initial_rungs, *, proposed=None, accepted=None, step=Non
             "learning_rate": lrs[rungs],
         }
     zeros = np.zeros(rungs.shape)
-    return tp.PTHistory(
-        step=step,
-        train_loss=zeros,
-        val_loss=zeros if val_loss is None else np.asarray(val_loss, float),
-        val_metrics={},
-        score=zeros,
-        rungs=rungs,
-        hyperparams=hyperparams,
+    info = ExchangeMoveInfo(
         proposed=proposed,
         accepted=accepted,
         acceptance_prob=np.zeros(pairs),
+        log_ratio=np.zeros(pairs),
         c=np.ones(num_rounds) if c is None else np.asarray(c, float),
         temperatures=np.tile(np.arange(1.0, num_replicas + 1), (num_rounds, 1)),
+    )
+    return tp.History(
+        round=np.arange(num_rounds),
+        step=step,
+        train_loss=zeros,
+        validation=tp.EvalMetrics(
+            zeros if val_loss is None else np.asarray(val_loss, float), {}
+        ),
+        score=zeros,
+        test=None,
+        move=info,
+        rungs=rungs,
+        hyperparams=hyperparams,
+        diverged=np.zeros(rungs.shape, bool),
+        restored_from=np.full(rungs.shape, -1, np.int32),
         initial_rungs=np.asarray(initial_rungs, np.int32),
-        test_loss=np.full(rungs.shape, np.nan),
-        test_metrics={},
+        initial_hyperparams={k: np.zeros(num_replicas) for k in hyperparams},
+        burn_in_hyperparams={k: np.zeros(num_replicas) for k in hyperparams},
     )
 
 

@@ -1,0 +1,225 @@
+"""What a run records: one :class:`RoundRecord` per round, one :class:`History` per call.
+
+Every driver (``pt_train``, ``pbt_train``, ``replay_schedule``,
+``diffusion_test``, ``tempering.train`` with any move) returns the same
+:class:`History`: per round the training loss, the validation and test
+metrics, the scores, the rungs and hyperparameters after the move, and the
+move's own info (``history.move``: an exchange's proposals and acceptances,
+PBT's parents and copies). The info's fields read as the history's own
+(``history.accepted`` is ``history.move.accepted``), so PT and PBT histories
+read as they always did. Histories of continued calls of one run join with
+:func:`concatenate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from tempering.replicas import EvalMetrics
+
+__all__ = ["History", "RecordRows", "RoundRecord", "concatenate", "metric_of"]
+
+
+def metric_of(metrics: dict[str, np.ndarray], name: str, where: str) -> np.ndarray:
+    """``metrics[name]``, or an AttributeError that says which metrics exist."""
+    if name not in metrics:
+        raise AttributeError(
+            f"no {name} in {where}: the metrics function returned {sorted(metrics)}"
+        )
+    return metrics[name]
+
+
+class RoundRecord(NamedTuple):
+    """One round, on the host (numpy); M replicas."""
+
+    round: int  # 0-based round after the burn-in (the move's round_index)
+    step: int  # global SGD steps done when the round was evaluated
+    train_loss: np.ndarray  # shape=(M,), mean training loss of the segment
+    validation: EvalMetrics | None  # (M,) loss and metrics, before the move
+    score: np.ndarray  # shape=(M,), what the move compared (lower is better)
+    test: EvalMetrics | None  # (M,) on test_data, before the move; None without
+    move: Any  # the move's info (e.g. ExchangeMoveInfo, PBTInfo)
+    rungs: np.ndarray  # shape=(M,), after the move
+    hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), after the move
+    diverged: np.ndarray  # shape=(M,), bool; non-finite loss or score this round
+    restored_from: np.ndarray  # shape=(M,), int32; source replica, -1 if none
+
+
+# The fields with a leading round axis (the rest describe the call).
+PER_ROUND = RoundRecord._fields
+
+
+class History(NamedTuple):
+    """The records of one call stacked over its R rounds (leading axis R).
+
+    Besides its fields, the fields of the move's info read as the history's
+    own (``history.accepted`` for an exchange, ``history.parent`` for PBT),
+    and ``val_loss``, ``val_metrics``, ``test_loss``, ``test_metrics`` (and
+    their ``*_accuracy``) read the evaluations.
+    """
+
+    round: np.ndarray  # shape=(R,)
+    step: np.ndarray  # shape=(R,), global SGD steps when the round was evaluated
+    train_loss: np.ndarray  # shape=(R, M), mean training loss of the segment
+    validation: EvalMetrics | None  # (R, M) loss and metrics, before the move
+    score: np.ndarray  # shape=(R, M), what the move compared (lower is better)
+    test: EvalMetrics | None  # (R, M); None without test_data
+    move: Any  # the move's info, leaves (R, ...)
+    rungs: np.ndarray  # shape=(R, M), after each move
+    hyperparams: dict[str, np.ndarray]  # name -> shape=(R, M), after each move
+    diverged: np.ndarray  # shape=(R, M), bool; non-finite loss or score
+    restored_from: np.ndarray  # shape=(R, M), int32; source replica, -1 if none
+    initial_rungs: np.ndarray  # shape=(M,), before the first round of this call
+    initial_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), likewise
+    burn_in_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), in the burn-in
+    first_step: int = 0  # global step at which this call started
+    burn_in: int = 0  # global steps of the run's burn-in
+    num_steps: int = 0  # global step at which this call ended
+
+    @property
+    def val_loss(self) -> np.ndarray:
+        """``validation.loss``, shape ``(R, M)``."""
+        return np.asarray(self._validation.loss)
+
+    @property
+    def val_metrics(self) -> dict[str, np.ndarray]:
+        """``validation.metrics``: name -> shape ``(R, M)``."""
+        return dict(self._validation.metrics.items())  # type: ignore[arg-type]
+
+    @property
+    def val_accuracy(self) -> np.ndarray:
+        """``val_metrics["accuracy"]``, shape ``(R, M)``."""
+        return metric_of(self.val_metrics, "accuracy", "val_metrics")
+
+    @property
+    def test_loss(self) -> np.ndarray:
+        """``test.loss``, shape ``(R, M)``; NaN without test data."""
+        if self.test is None:
+            return np.full_like(np.asarray(self.train_loss, np.float32), np.nan)
+        return np.asarray(self.test.loss)
+
+    @property
+    def test_metrics(self) -> dict[str, np.ndarray]:
+        """``test.metrics``; ``{}`` without test data."""
+        return {} if self.test is None else dict(self.test.metrics.items())  # type: ignore[arg-type]
+
+    @property
+    def test_accuracy(self) -> np.ndarray:
+        """``test_metrics["accuracy"]``, shape ``(R, M)``; NaN without test data."""
+        if self.test is None:
+            return self.test_loss
+        return metric_of(self.test_metrics, "accuracy", "test_metrics")
+
+    @property
+    def _validation(self) -> EvalMetrics:
+        if self.validation is None:
+            raise AttributeError("this run had no validation data: no val_* records")
+        return self.validation
+
+    @classmethod
+    def concatenate(cls, histories: Sequence[History]) -> History:
+        """One history of consecutive calls of the same run (:func:`concatenate`)."""
+        return concatenate(histories)
+
+    def __getattr__(self, name: str) -> Any:
+        """A field of the move's info (``history.accepted``: ``history.move.accepted``)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        info = self.move
+        if isinstance(info, tuple) and name in getattr(info, "_fields", ()):
+            return getattr(info, name)
+        fields = getattr(info, "_fields", ())
+        raise AttributeError(
+            f"History has no {name!r}: its fields are {list(History._fields)}, and "
+            f"its move's info ({type(info).__name__}) has {list(fields)}"
+        )
+
+
+def concatenate(histories: Sequence[History]) -> History:
+    """One history of consecutive calls of the same run.
+
+    Args:
+        histories: each call's history, in order; each must start where the
+            previous one ended (``first_step`` equal to its ``num_steps``).
+
+    Returns:
+        A :class:`History` of all their rounds, starting where the first did.
+
+    Raises:
+        ValueError: no history, a gap between calls, or histories of different
+            runs (other evaluations, moves or hyperparameters).
+    """
+    histories = list(histories)
+    if not histories:
+        raise ValueError("histories must hold at least one History")
+    for before, after in zip(histories, histories[1:], strict=False):
+        if after.first_step != before.num_steps:
+            raise ValueError(
+                f"histories must be consecutive calls of one run: one ends at step "
+                f"{before.num_steps}, the next starts at {after.first_step}"
+            )
+    try:
+        rounds = {
+            name: jax.tree.map(
+                lambda *xs: np.concatenate([np.asarray(x) for x in xs]),
+                *(getattr(h, name) for h in histories),
+            )
+            for name in PER_ROUND
+        }
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            "histories must come from one run (the same evaluations, move and "
+            f"hyperparameters): {error}"
+        ) from error
+    first, last = histories[0], histories[-1]
+    return first._replace(**rounds, num_steps=last.num_steps)
+
+
+class RecordRows:
+    """Round records written, as they arrive, into preallocated ``(R, ...)`` arrays."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.count, self.arrays = capacity, 0, None
+
+    def add(self, record: RoundRecord) -> None:
+        """Copies one record into row ``count``."""
+        if self.arrays is None:
+            self.arrays = jax.tree.map(
+                lambda x: np.empty((self.capacity, *np.shape(x)), np.asarray(x).dtype),
+                record,
+            )
+        jax.tree.map(
+            lambda rows, x: rows.__setitem__(self.count, x), self.arrays, record
+        )
+        self.count += 1
+
+    def stacked(self) -> RoundRecord | None:
+        """The rows written so far (copied when the run stopped early); None if none."""
+        if self.arrays is None or self.count == self.capacity:
+            return self.arrays
+        return jax.tree.map(lambda rows: rows[: self.count].copy(), self.arrays)
+
+    def history(
+        self, empty: RoundRecord, **call: Any
+    ) -> History:  # fmt: skip
+        """The :class:`History` of the rows, ``call`` its per-call fields.
+
+        Args:
+            empty: a record with zero rounds (leading axis 0), whose trailing
+                shapes an empty history keeps.
+            **call: ``initial_rungs``, ``initial_hyperparams``,
+                ``burn_in_hyperparams``, ``first_step``, ``burn_in``,
+                ``num_steps``.
+        """
+        rows = self.stacked() if self.count else empty
+        assert rows is not None
+        return History(
+            **dict(
+                rows._asdict(), round=np.asarray(rows.round), step=np.asarray(rows.step)
+            ),
+            **call,
+        )

@@ -1,0 +1,56 @@
+"""tempering.records: one History for every driver, concatenated across calls."""
+
+import chex
+import jax
+import numpy as np
+import pytest
+from conftest import TinyMLP
+
+import tempering as tp
+
+LADDER = tp.geometric_ladder("learning_rate", 0.02, 0.2, 4)
+
+
+@pytest.fixture(scope="module")
+def state(tx, blobs):
+    (x, _), _ = blobs
+    return tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LADDER)
+
+
+def _pt(state, blobs, num_steps, move_state=None):
+    train, val = blobs
+    return tp.pt_train(
+        state, LADDER, jax.random.key(1), train_data=train, validation_data=val,
+        num_steps=num_steps, exchange_interval=5, burn_in=5, batch_size=32,
+        adapt_rounds=2, move_state=move_state,
+    )  # fmt: skip
+
+
+def test_continued_calls_concatenate_to_the_one_call(state, blobs):
+    whole = _pt(state, blobs, 40)
+    first = _pt(state, blobs, 20)
+    second = _pt(first.state, blobs, 20, move_state=first.move_state)
+    joined = tp.History.concatenate([first.history, second.history])
+    chex.assert_trees_all_equal(joined, whole.history)  # every field, bit for bit
+    assert (joined.first_step, joined.num_steps, joined.burn_in) == (0, 40, 5)
+    with pytest.raises(ValueError, match="consecutive calls of one run"):
+        tp.History.concatenate([first.history, first.history])
+    with pytest.raises(ValueError, match="at least one History"):
+        tp.History.concatenate([])
+
+
+def test_pt_and_pbt_histories_are_one_type_reading_their_move_info(state, blobs):
+    train, val = blobs
+    pt = _pt(state, blobs, 20).history
+    config = tp.pbt_config({"learning_rate": tp.Prior(0.01, 0.2, log=True)})
+    pbt = tp.pbt_train(
+        state, jax.random.key(2), config=config, train_data=train,
+        validation_data=val, num_steps=20, ready_interval=5, batch_size=32,
+    ).history  # fmt: skip
+    assert type(pt) is type(pbt) is tp.History
+    np.testing.assert_array_equal(pt.accepted, pt.move.accepted)
+    np.testing.assert_array_equal(pbt.parent, pbt.move.parent)
+    np.testing.assert_array_equal(pt.val_loss, pt.validation.loss)
+    assert np.isnan(pt.test_loss).all() and pt.test_metrics == {}
+    with pytest.raises(AttributeError, match=r"History has no 'parent'.*'accepted'"):
+        pt.parent  # noqa: B018
