@@ -82,7 +82,7 @@ class AdaptationState(NamedTuple):
 
     @property
     def ladder(self) -> Ladder:
-        """The current ladder."""
+        """The current values and temperatures (``current_ladder`` adds their rule)."""
         return Ladder(self.values, self.temperatures)
 
 

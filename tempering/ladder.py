@@ -22,10 +22,10 @@ two temperatures, chosen by ``dropout_temperature=`` wherever a ladder is built
 
 Both rules order the rungs alike (hotter = more dropout); only the gaps
 ``beta_r - beta_{r+1}`` differ, and with them the strength of a given C. The
-rule a ladder follows is recorded on it: :attr:`Ladder.dropout_temperature`
-(also in its repr) reads it back from the values and temperatures, so a result
-can store it and :func:`inverse_temperature` can map re-spaced temperatures
-back to dropout rates by the same rule. Any other hyperparameter (weight
+rule a ladder follows is stored on it (:attr:`Ladder.rule`, None for explicit
+temperatures; :attr:`Ladder.dropout_temperature` and its repr show it), so a
+result can store it and :func:`inverse_temperature` can map re-spaced
+temperatures back to dropout rates by the same rule. Any other hyperparameter (weight
 decay, momentum, a model input, ...) needs explicit temperatures.
 
 A ladder over several hyperparameters at once follows the library's
@@ -45,11 +45,12 @@ hyperparameter.)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from numpy.typing import ArrayLike
 
 from tempering.hyperparams import check_values
@@ -60,7 +61,6 @@ __all__ = [
     "Ladder",
     "check_sound",
     "default_temperature",
-    "dropout_temperature_of",
     "geometric_ladder",
     "inverse_temperature",
     "linear_ladder",
@@ -77,11 +77,26 @@ DROPOUT_TEMPERATURES = ("library", "authors")
 _RULE_RTOL = 1e-4
 
 
-class Ladder(NamedTuple):
-    """Hyperparameter values and temperatures of the M rungs, coldest first."""
+@struct.dataclass
+class Ladder:
+    """Hyperparameter values and temperatures of the M rungs, coldest first.
+
+    A pytree: the values and temperatures are its arrays, the rule that set
+    the temperatures a static field (part of a compiled program's key).
+    """
 
     values: dict[str, jax.Array]  # name -> shape=(M,), dtype=float32
     temperatures: jax.Array  # shape=(M,), dtype=float32, strictly increasing
+    # How the temperatures were set: None for explicit ones; "library" or
+    # "authors" for the product of the varying names' default temperatures,
+    # with that dropout rule (module docstring).
+    rule: str | None = struct.field(pytree_node=False, default=None)
+
+    if TYPE_CHECKING:  # added by flax.struct.dataclass at run time
+
+        def replace(self, **updates: Any) -> Ladder:
+            """A copy with the given fields replaced."""
+            ...
 
     @property
     def betas(self) -> jax.Array:
@@ -97,20 +112,19 @@ class Ladder(NamedTuple):
     def dropout_temperature(self) -> str | None:
         """The dropout rule the temperatures follow: ``"library"``, ``"authors"``.
 
-        None when no dropout rate varies across the rungs, or when the
-        temperatures follow neither rule (explicit ones). Read back from the
-        values and temperatures (:func:`dropout_temperature_of`), so it holds
-        for any ladder, hand-built or re-spaced, and the Ladder stays a pytree
-        of arrays only. Needs concrete arrays (not inside ``jax.jit``).
+        The ladder's :attr:`rule` when a dropout rate varies across its rungs;
+        None otherwise (no varying dropout rate, or explicit temperatures).
         """
-        return dropout_temperature_of(self)
+        if self.rule is None or "dropout_rate" not in self.values:
+            return None
+        rates = self.values["dropout_rate"]
+        if isinstance(rates, jax.core.Tracer):
+            return self.rule  # inside jit: the rule says dropout took part
+        return self.rule if np.ptp(np.asarray(rates)) > 0 else None
 
     def __repr__(self) -> str:
         text = f"Ladder(values={self.values!r}, temperatures={self.temperatures!r}"
-        try:
-            rule = self.dropout_temperature
-        except Exception:  # traced or malformed arrays: no rule to show  # noqa: BLE001
-            rule = None
+        rule = self.dropout_temperature
         if rule is not None:
             text += f", dropout_temperature={rule!r}"
         return text + ")"
@@ -145,6 +159,17 @@ def check_sound(ladder: Ladder) -> None:
                 f"{temps.shape}, got shape {np.shape(values)}"
             )
         check_values(name, values, "the ladder")
+    if ladder.rule is not None:
+        _check_rule(ladder.rule)
+        arrays = {k: np.asarray(v, np.float64) for k, v in ladder.values.items()}
+        expected = _combined_temperature(arrays, ladder.rule)
+        if not np.allclose(expected, temps, rtol=_RULE_RTOL, atol=0.0):
+            raise ValueError(
+                f"ladder.rule={ladder.rule!r} says the temperatures are the default "
+                f"ones of the values ({expected.tolist()}), got {temps.tolist()}; "
+                "give rule=None for explicit temperatures, or build the ladder with "
+                "tempering.make_ladder"
+            )
 
 
 def _check_rule(dropout_temperature: str) -> str:
@@ -214,36 +239,6 @@ def inverse_temperature(
             return 1.0 - 1.0 / temperatures
         return temperatures / (1.0 + temperatures)
     raise ValueError(f"no default temperature for {name!r}")
-
-
-def dropout_temperature_of(ladder: Ladder) -> str | None:
-    """Which dropout rule a ladder's temperatures follow (:attr:`Ladder.dropout_temperature`).
-
-    Returns ``"library"`` or ``"authors"`` when a dropout rate varies across
-    the rungs and the temperatures equal that rule's default temperatures
-    (the product with the learning rate's when it varies too), to float32
-    precision; None otherwise (no dropout ladder, or explicit temperatures).
-    """
-    values = {k: np.asarray(v, np.float64) for k, v in ladder.values.items()}
-    temps = np.asarray(ladder.temperatures, np.float64)
-    varying = [name for name, arr in values.items() if arr.size and np.ptp(arr) > 0]
-    if "dropout_rate" not in varying or any(
-        name not in HYPERPARAMETERS for name in varying
-    ):
-        return None
-    for rule in DROPOUT_TEMPERATURES:
-        if rule == "authors" and np.any(values["dropout_rate"] <= 0):
-            continue
-        expected = np.ones_like(temps)
-        for name in varying:
-            expected = expected * default_temperature(
-                name, values[name], dropout_temperature=rule
-            )
-        if expected.shape == temps.shape and np.allclose(
-            expected, temps, rtol=_RULE_RTOL, atol=0.0
-        ):
-            return rule
-    return None
 
 
 def _numbers(values: Any, name: str) -> np.ndarray:
@@ -368,6 +363,7 @@ def make_ladder(
             name: jnp.asarray(arr[order], jnp.float32) for name, arr in arrays.items()
         },
         temperatures=jnp.asarray(temps, jnp.float32),
+        rule=None if temperatures is not None else dropout_temperature,
     )
 
 

@@ -18,7 +18,10 @@ replicas, so that a later call continues the run.
 
 - :func:`exchange_move`: the parallel tempering exchange (Metropolis test on
   adjacent rungs, :func:`tempering.exchange`); only hyperparameters move.
-- :func:`identity_move`: nothing moves (the independent grid).
+- :func:`identity_move`: nothing moves (a run with no moves, e.g. a burn-in).
+  The grid baseline is the exchange with every swap rejected
+  (``exchange_move(ladder, enabled=False)``, ``pt_train(..., exchanges=False)``):
+  the very programs of PT, recording what it would have accepted.
 - :func:`tempering.pbt.pbt_move`: PBT's exploit/explore; whole models move.
 - :func:`as_move`: an object with ``init`` and ``step``, or a stateless function
   ``fn(key, state, scores, round_index) -> (state, info)``.
@@ -47,10 +50,7 @@ from tempering.adaptation import (
 )
 from tempering.exchange import SCHEMES, exchange, pair_log_ratios
 from tempering.ladder import (
-    DROPOUT_TEMPERATURES,
-    HYPERPARAMETERS,
     Ladder,
-    default_temperature,
 )
 from tempering.replicas import ReplicaState, as_ladder, assign_rungs
 
@@ -155,10 +155,17 @@ class ExchangeMove:
             )
 
     def current_ladder(self, move_state: Any) -> Ladder:
-        """The ladder in use: the adapted one when adaptive, else ``self.ladder``."""
+        """The ladder in use: the adapted one when adaptive, else ``self.ladder``.
+
+        A re-spaced ladder keeps the rule of its temperatures when one
+        hyperparameter's rule sets them; otherwise they are explicit.
+        """
         if self.adaptation is None:
             return self.ladder
-        return move_state.ladder
+        adaptation = self.adaptation
+        kept = not adaptation.ladder or adaptation.rule is not None
+        rule = self.ladder.rule if kept else None
+        return move_state.ladder.replace(rule=rule)
 
     def current_c(self, move_state: Any) -> jax.Array:
         """C in use: the adapted one when adaptive, else ``self.c``."""
@@ -288,24 +295,15 @@ def exchange_move(
 def _temperature_rule(ladder: Ladder) -> tuple[str | None, str]:
     """``(name, dropout rule)``: who sets the ladder's temperatures by its rule.
 
-    The name is None when no single hyperparameter's default rule gives the
-    temperatures; the dropout rule (``"library"`` or ``"authors"``) matters
-    when the name is the dropout rate.
+    Read off :attr:`Ladder.rule`: the name is the one varying hyperparameter
+    whose default rule gives the temperatures, None for explicit temperatures
+    or several varying names (their product); the dropout rule matters when
+    the name is the dropout rate.
     """
-    temps = np.asarray(ladder.temperatures, np.float64)
-    for name, values in ladder.values.items():
-        if name in HYPERPARAMETERS and np.ptp(np.asarray(values)) > 0:
-            for dropout_rule in DROPOUT_TEMPERATURES:
-                values64 = np.asarray(values, np.float64)
-                if name == "dropout_rate" and dropout_rule == "authors":
-                    if np.any(values64 <= 0):
-                        continue
-                rule = default_temperature(
-                    name, values64, dropout_temperature=dropout_rule
-                )
-                if np.allclose(rule, temps, rtol=1e-5):
-                    return name, dropout_rule
-    return None, "library"
+    if ladder.rule is None:
+        return None, "library"
+    varying = [n for n, v in ladder.values.items() if np.ptp(np.asarray(v)) > 0]
+    return (varying[0] if len(varying) == 1 else None), ladder.rule
 
 
 class NoInfo(NamedTuple):
@@ -334,7 +332,12 @@ class IdentityMove:
 
 
 def identity_move() -> IdentityMove:
-    """The move that changes nothing (the independent grid)."""
+    """The move that changes nothing: segments and evaluations only.
+
+    Not the grid baseline: that is ``pt_train(..., exchanges=False)``, the same
+    programs as PT with every swap rejected (and the acceptance it would
+    have had recorded).
+    """
     return IdentityMove()
 
 

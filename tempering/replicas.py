@@ -389,6 +389,7 @@ def as_ladder(ladder: Any) -> Ladder:
     return Ladder(
         values={k: jnp.asarray(v, jnp.float32) for k, v in ladder.values.items()},
         temperatures=jnp.asarray(ladder.temperatures, jnp.float32),
+        rule=ladder.rule,
     )
 
 

@@ -135,7 +135,7 @@ def test_adaptive_ladder_respaces_dropout_by_its_rule(rule, temperature) -> None
         out, move_state, _ = step(
             jax.random.key(r), out, move_state, scores, jnp.int32(r)
         )
-    adapted = move_state.ladder
+    adapted = move.current_ladder(move_state)
     rates = np.asarray(adapted.values["dropout_rate"])
     np.testing.assert_allclose(
         np.asarray(adapted.temperatures), temperature(rates.astype(np.float64)),

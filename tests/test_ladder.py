@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -257,3 +258,37 @@ def test_ladder_stays_a_pytree_of_arrays():
 def test_invalid_dropout_temperature_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tp.make_ladder(**kwargs)
+
+
+def test_the_ladder_stores_its_rule_and_nothing_guesses_it():
+    rates = jnp.asarray([0.1, 0.2, 0.4], jnp.float32)
+    library = tp.make_ladder(dropout_rate=rates)
+    assert library.rule == "library"
+    assert tp.make_ladder(dropout_rate=rates, temperatures=[1, 2, 3]).rule is None
+    # Built by hand: explicit unless it says otherwise, even when the
+    # temperatures happen to follow a rule (no read-back).
+    by_hand = tp.Ladder({"dropout_rate": rates}, library.temperatures)
+    assert by_hand.rule is None and by_hand.dropout_temperature is None
+    declared = tp.Ladder({"dropout_rate": rates}, library.temperatures, rule="library")
+    tp.ladder.check_sound(declared)
+    assert declared.dropout_temperature == "library"
+    wrong = tp.Ladder({"dropout_rate": rates}, library.temperatures, rule="authors")
+    with pytest.raises(ValueError, match="rule='authors' says the temperatures"):
+        tp.ladder.check_sound(wrong)
+    # The rule is static: part of the compiled program's key, not a traced leaf.
+    assert len(jax.tree.leaves(library)) == 2  # the values and the temperatures
+    assert jax.jit(lambda ladder: ladder.betas)(library).shape == (3,)
+
+
+def test_a_respaced_product_ladder_has_explicit_temperatures():
+    from tempering.moves import exchange_move
+
+    both = tp.make_ladder(
+        learning_rate=[0.01, 0.02, 0.04], dropout_rate=[0.1, 0.2, 0.3]
+    )
+    assert both.rule == "library"
+    move = exchange_move(both, c="auto", adapt_rounds=2, adapt_ladder=True)
+    assert move.current_ladder(move.init()).rule is None  # interpolated values
+    lr = tp.geometric_ladder("learning_rate", 0.01, 0.1, 3)
+    lr_move = exchange_move(lr, c="auto", adapt_rounds=2, adapt_ladder=True)
+    assert lr_move.current_ladder(lr_move.init()).rule == "library"  # T = lr exactly

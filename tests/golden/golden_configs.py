@@ -14,6 +14,7 @@ the seeds and the recorded fields stay fixed.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -177,6 +178,10 @@ def _put(out: Arrays, key: str, value: Any) -> None:
     elif isinstance(value, tuple) and hasattr(value, "_fields"):  # a NamedTuple
         for name in value._fields:
             _put(out, f"{key}.{name}", getattr(value, name))
+    elif dataclasses.is_dataclass(value):  # a flax.struct pytree: its arrays
+        for field in dataclasses.fields(value):
+            if field.metadata.get("pytree_node", True):
+                _put(out, f"{key}.{field.name}", getattr(value, field.name))
     else:
         out[key] = np.asarray(value)
 
