@@ -53,8 +53,8 @@ import tempering as tp
 from experiments.common import RESULTS_DIR, provenance, run_evaluate, save_result
 from experiments.flops import jaxpr_flops, peak_tflops
 from tempering import loops, models
-from tempering.replicas import _replica_train_step
 from tempering.sources import ArraySource
+from tempering.step import replica_train_step
 
 BATCH = 128
 VARIANTS = ("fused", "unroll", "vmap", "loop", "lax_map", "sequential")
@@ -113,7 +113,7 @@ def single_replica_step(name: str) -> tuple[Callable, tuple]:
         lambda a: a[0],
         (state.params, state.batch_stats, state.opt_state, state.hyperparams),
     )
-    step = functools.partial(_replica_train_step, state)
+    step = functools.partial(replica_train_step, state)
     return step, (*replica, jax.random.key(0), x, y)
 
 
@@ -129,7 +129,7 @@ def step_variants(
     """Zero-argument callables, one SGD step of all M replicas each."""
     state = make_state(name, num)
     key = jax.random.key(1)
-    one = functools.partial(_replica_train_step, state)
+    one = functools.partial(replica_train_step, state)
     keys = jax.random.split(key, num)
     args = (state.params, state.batch_stats, state.opt_state, state.hyperparams, keys)
     single = jax.jit(one)

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tempering import loops
-from tempering.replicas import default_metrics
 from tempering.sources import ArraySource
+from tempering.state import default_metrics
 
 # The committed records the README quotes (python -m experiments.update_readme
 # reads them). Scripts write here only when asked: --out-dir experiments/results,

@@ -31,14 +31,14 @@ from experiments.bench_zoo import BATCH, make_replicas, synthetic
 from experiments.benchmark import fused_step, time_interleaved
 from experiments.common import RESULTS_DIR, provenance, save_result
 from experiments.flops import compiled_alone, equations
-from tempering.replicas import _replica_train_step
+from tempering.step import replica_train_step
 
 
 def profile(model: str, num: int, reps: int) -> dict:
     entry = zoo.ZOO[model]
     x, y = synthetic(entry.input_shape, entry.num_classes, BATCH)
     state = make_replicas(entry, num, x)
-    one = functools.partial(_replica_train_step, state)
+    one = functools.partial(replica_train_step, state)
     keys = jax.random.split(jax.random.key(1), num)
     stacked = (state.params, state.batch_stats, state.opt_state, state.hyperparams)
     replica = jax.tree.map(lambda a: a[0], stacked)

@@ -1,13 +1,18 @@
 """tempering: hyperparameter parallel tempering for neural networks in JAX.
 
-The concepts a user writes code against are here; the plumbing (segments and
-loops, the vectorisation rewrite, data sources) sits in submodules:
-:mod:`tempering.loops`, :mod:`tempering.fast`, :mod:`tempering.sources`,
-:mod:`tempering.hyperparams`, :mod:`tempering.diffusion`, :mod:`tempering.data`,
-:mod:`tempering.models`, :mod:`tempering.loggers`, :mod:`tempering.sharding`,
-:mod:`tempering.checkpoint`, :mod:`tempering.divergence`; the adaptation of C and
-the ladder is :mod:`tempering.adaptation`, the figures and statistics over a
-history :mod:`tempering.diagnostics`.
+The concepts a user writes code against are here. The package is one module a
+concept: the replicas (:mod:`tempering.state`), their hyperparameters
+(:mod:`tempering.hyperparams`), the fused step and evaluation
+(:mod:`tempering.step`), the ladder (:mod:`tempering.ladder`), a run's settings
+(:mod:`tempering.config`), its records (:mod:`tempering.records`), the driver
+(:mod:`tempering.driver`) and the moves (:mod:`tempering.moves`: the exchange,
+:mod:`tempering.multi`, :mod:`tempering.pbt`); the plumbing (segments and
+loops, the vectorisation rewrite, data sources) sits in :mod:`tempering.loops`,
+:mod:`tempering.fast`, :mod:`tempering.sources`; and :mod:`tempering.diffusion`,
+:mod:`tempering.data`, :mod:`tempering.models`, :mod:`tempering.loggers`,
+:mod:`tempering.sharding`, :mod:`tempering.checkpoint`,
+:mod:`tempering.divergence`, :mod:`tempering.adaptation` and
+:mod:`tempering.diagnostics` serve them.
 """
 
 from tempering import diagnostics
@@ -15,6 +20,7 @@ from tempering.config import RunConfig, RunData
 from tempering.divergence import DivergenceError
 from tempering.driver import RunResult, train
 from tempering.exchange import ExchangeInfo, exchange
+from tempering.hyperparams import get_hyperparams, set_hyperparams
 from tempering.ladder import Ladder, geometric_ladder, linear_ladder, make_ladder
 from tempering.layers import Dropout
 from tempering.moves import Move, exchange_move, identity_move
@@ -31,18 +37,9 @@ from tempering.pbt import (
     replay_schedule,
 )
 from tempering.records import History, RoundRecord
-from tempering.replicas import (
-    EvalMetrics,
-    ReplicaState,
-    create_replicas,
-    evaluate,
-    get_hyperparams,
-    replica,
-    set_hyperparams,
-    sgd,
-    train_step,
-)
 from tempering.sharding import replicate, shard_replicas
+from tempering.state import EvalMetrics, ReplicaState, create_replicas, replica, sgd
+from tempering.step import evaluate, train_step
 from tempering.training import PTResult, PTSummary, pt_train
 
 __version__ = "0.4.0"

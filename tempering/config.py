@@ -28,7 +28,7 @@ import numpy as np
 from tempering.divergence import check_policy
 from tempering.fast import resolve_policy
 from tempering.loops import LOOPS
-from tempering.replicas import EvalMetrics, MetricsFn, default_metrics
+from tempering.state import EvalMetrics, MetricsFn, default_metrics
 
 __all__ = [
     "Callback",

@@ -39,8 +39,9 @@ from flax import struct
 
 from tempering.config import RunConfig, RunData
 from tempering.driver import check_not_traced, train
+from tempering.hyperparams import set_hyperparams
 from tempering.moves import identity_move
-from tempering.replicas import ReplicaState, set_hyperparams
+from tempering.state import ReplicaState
 
 __all__ = [
     "DiffusionResult",

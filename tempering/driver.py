@@ -36,17 +36,10 @@ import numpy as np
 from tempering import checkpoint, divergence, sharding
 from tempering._caller import warn
 from tempering.config import Rounds, RunConfig, RunData, ScoreFn
+from tempering.hyperparams import set_hyperparams
 from tempering.loops import SegmentSettings, loop_for, run_evaluate, run_segment
 from tempering.moves import as_move
 from tempering.records import History, RecordRows, RoundRecord
-from tempering.replicas import (
-    EvalMetrics,
-    ReplicaState,
-    _check_key,
-    _check_model_takes,
-    cross_entropy,
-    set_hyperparams,
-)
 from tempering.sources import (
     ArraySource,
     BatchReader,
@@ -55,6 +48,8 @@ from tempering.sources import (
     as_train_source,
     batch_pair,
 )
+from tempering.state import EvalMetrics, ReplicaState, check_key, cross_entropy
+from tempering.step import check_model_takes
 
 __all__ = ["RunResult", "best_index", "train"]
 
@@ -135,7 +130,7 @@ def _check_compatible(
     state: ReplicaState, inputs: Any, targets: Any, name: str, metrics_fn: Any
 ) -> None:
     """Model, loss and metrics accept one example of ``name``, before compiling."""
-    out = _check_model_takes(state, inputs, name, axis=0)
+    out = check_model_takes(state, inputs, name, axis=0)
     y = jax.ShapeDtypeStruct((1, *np.shape(targets)[1:]), jnp.result_type(targets))
     classification = state.loss_fn is cross_entropy
     if classification:
@@ -297,7 +292,7 @@ def train(
         ...                   tp.RunData((x, y), validation=(xv, yv)), config)
     """
     check_not_traced(state)
-    key = _check_key(key, "key")
+    key = check_key(key, "key")
     if not isinstance(data, RunData):
         raise TypeError(
             "data must be a tempering.RunData(train, validation=None, test=None), "

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tempering.replicas import _check_key
+from tempering.state import check_key
 
 __all__ = [
     "SCHEMES",
@@ -165,7 +165,7 @@ def exchange(
     """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
-    key = _check_key(key, "key")
+    key = check_key(key, "key")
     _check_concrete(rungs, losses, betas, c, parity)
     rungs = jnp.asarray(rungs)
     num_rungs = rungs.shape[0]

@@ -21,21 +21,28 @@ any other name only needs to be finite.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+if TYPE_CHECKING:
+    from tempering.state import ReplicaState
+
 __all__ = [
     "LIMITS",
     "RANGES",
     "Range",
+    "check_names",
     "check_values",
+    "get_hyperparams",
     "injected_names",
+    "raise_unknown_names",
     "read_injected",
     "scheduled_names",
+    "set_hyperparams",
     "write_injected",
 ]
 
@@ -181,3 +188,87 @@ def write_injected(opt_state: PyTree, values: Mapping[str, jax.Array]) -> PyTree
         return jnp.array(values[name], dtype=jnp.result_type(leaf), copy=True)
 
     return jax.tree_util.tree_map_with_path(write, opt_state)
+
+
+def _raise_unknown(state: ReplicaState, names: Sequence[str], where: str) -> None:
+    raise_unknown_names(state.hyperparams, state.scheduled, names, where)
+
+
+def raise_unknown_names(
+    known: Any, scheduled: Sequence[str], names: Sequence[str], where: str
+) -> None:
+    """Raises ValueError for ``names`` not among ``known``, naming the fix."""
+    on_schedule = [n for n in names if n in scheduled]
+    if on_schedule:
+        raise ValueError(
+            f"{where}: {on_schedule} follow an optax schedule in tx, so they cannot "
+            "be set per replica; pass a number to optax.inject_hyperparams "
+            "for a hyperparameter you ladder or set"
+        )
+    raise ValueError(
+        f"{where}: unknown hyperparameter(s) {list(names)}; this state has "
+        f"{sorted(known)} (the floats tx injects with "
+        "optax.inject_hyperparams, and the model inputs; declare more with "
+        "create_replicas(..., model_inputs=...))"
+    )
+
+
+def check_names(state: ReplicaState, names: Sequence[str], where: str) -> None:
+    """Raises ValueError, with the fix, for names the state does not hold."""
+    unknown = sorted(set(names) - set(state.hyperparams))
+    if unknown:
+        _raise_unknown(state, unknown, where)
+
+
+def get_hyperparams(
+    state: ReplicaState, names: Sequence[str] | None = None
+) -> dict[str, jax.Array]:
+    """Per-replica values ``(M,)`` of the named (default: all) hyperparameters.
+
+    Raises:
+        TypeError: names that are not strings.
+        ValueError: names the state does not hold.
+    """
+    names = sorted(state.hyperparams) if names is None else names
+    if isinstance(names, str):
+        names = (names,)
+    elif not (
+        isinstance(names, Sequence | set | frozenset)
+        and all(isinstance(n, str) for n in names)
+    ):
+        raise TypeError(
+            "names must be a hyperparameter name or a sequence of names, e.g. "
+            f"['learning_rate'], got {names!r}"
+        )
+    names = tuple(names)
+    check_names(state, names, "get_hyperparams")
+    return {name: state.hyperparams[name] for name in names}
+
+
+def set_hyperparams(state: ReplicaState, **values: Any) -> ReplicaState:
+    """Writes per-replica hyperparameters (each ``(M,)`` or a scalar).
+
+    Pure and jit-able; concrete values are range-checked (:data:`RANGES`).
+
+    Example:
+        >>> state = set_hyperparams(state, learning_rate=0.1, dropout_rate=rates)
+    """
+    if not values:
+        return state
+    unknown = sorted(set(values) - set(state.hyperparams))
+    if unknown:
+        _raise_unknown(state, unknown, "set_hyperparams")
+    num = state.num_replicas
+    new = dict(state.hyperparams)
+    for name, value in values.items():
+        if not isinstance(value, jax.core.Tracer):
+            array = check_values(name, value)
+            if array.shape not in ((), (num,)):
+                raise ValueError(
+                    f"{name} must be a scalar or have shape ({num},) (one value per "
+                    f"replica), got shape {array.shape}"
+                )
+        value = jnp.array(value, jnp.float32, copy=True)  # never alias a caller's
+        new[name] = jnp.broadcast_to(value, (num,))
+    opt_state = write_injected(state.opt_state, new)
+    return state.replace(hyperparams=new, opt_state=opt_state)

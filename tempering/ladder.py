@@ -53,12 +53,18 @@ import numpy as np
 from flax import struct
 from numpy.typing import ArrayLike
 
-from tempering.hyperparams import check_values
+from tempering.hyperparams import check_names, check_values, set_hyperparams
+
+if TYPE_CHECKING:
+    from tempering.state import ReplicaState
 
 __all__ = [
     "DROPOUT_TEMPERATURES",
     "HYPERPARAMETERS",
     "Ladder",
+    "as_ladder",
+    "assign_rungs",
+    "check_ladder",
     "check_sound",
     "default_temperature",
     "geometric_ladder",
@@ -492,3 +498,59 @@ def geometric_ladder(
         np.geomspace, name, low, high, num_rungs, temperatures, fixed,
         dropout_temperature,
     )  # fmt: skip
+
+
+def as_ladder(ladder: Any) -> Ladder:
+    """A sound ladder (:func:`tempering.ladder.check_sound`) as float32 arrays.
+
+    Hand-built ladders may hold lists; they are checked, then converted.
+
+    Raises:
+        TypeError: not a :class:`Ladder`, or values that are not a mapping.
+        ValueError: an unsound ladder (see :func:`check_ladder`).
+    """
+    if not isinstance(ladder, Ladder):
+        raise TypeError(
+            "ladder must be a tempering.Ladder (see tempering.make_ladder), got "
+            f"{type(ladder).__name__}"
+        )
+    if not isinstance(ladder.values, Mapping):
+        raise TypeError(
+            "ladder.values must be a mapping name -> one value per rung, got "
+            f"{type(ladder.values).__name__}; build ladders with tempering.make_ladder"
+        )
+    check_sound(ladder)
+    return Ladder(
+        values={k: jnp.asarray(v, jnp.float32) for k, v in ladder.values.items()},
+        temperatures=jnp.asarray(ladder.temperatures, jnp.float32),
+        rule=ladder.rule,
+    )
+
+
+def check_ladder(state: ReplicaState, ladder: Ladder) -> None:
+    """Raises ValueError unless ``ladder`` is sound and fits the state.
+
+    A hand-built :class:`Ladder` (not from :func:`tempering.make_ladder`) is
+    checked too: temperatures finite, > 0 and strictly increasing (a
+    decreasing ladder would reverse the exchange's direction), one value per
+    rung for every hyperparameter, each finite and within its range.
+    """
+    ladder = as_ladder(ladder)
+    if ladder.num_rungs != state.num_replicas:
+        raise ValueError(
+            f"the ladder has {ladder.num_rungs} rungs but the state holds "
+            f"{state.num_replicas} replicas; create the state with "
+            "create_replicas(..., ladder=ladder)"
+        )
+    check_names(state, list(ladder.values), "ladder")
+
+
+def assign_rungs(state: ReplicaState, ladder: Ladder, rungs: jax.Array) -> ReplicaState:
+    """Gives replica m the hyperparameters of ladder rung ``rungs[m]``.
+
+    Only hyperparameters move; weights, optimiser moments and BatchNorm
+    statistics stay with their replica.
+    """
+    values = {name: v[rungs] for name, v in ladder.values.items()}
+    state = set_hyperparams(state, **values)
+    return state.replace(rungs=jnp.asarray(rungs, jnp.int32))

@@ -27,12 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from tempering.fast import _contains
-from tempering.replicas import (
-    EvalMetrics,
-    MetricsFn,
-    ReplicaState,
+from tempering.sharding import keep_sharded
+from tempering.sources import ArraySource, BatchReader, IterableSource, batch_pair
+from tempering.state import EvalMetrics, MetricsFn, ReplicaState, model_kwargs
+from tempering.step import (
     Totals,
-    _model_kwargs,
     add_chunk,
     chunked,
     evaluate,
@@ -40,8 +39,6 @@ from tempering.replicas import (
     train_step,
     zero_totals,
 )
-from tempering.sharding import keep_sharded
-from tempering.sources import ArraySource, BatchReader, IterableSource, batch_pair
 
 __all__ = [
     "LOOPS",
@@ -97,7 +94,7 @@ def loop_for(state: ReplicaState, sample: Any, loop: str) -> str:
     if loop != "auto":
         return resolve_loop(loop)
     inputs = {name: 0.0 for name in state.model_inputs}
-    kwargs = tuple(sorted(_model_kwargs(state.train_kwarg, False, inputs).items()))
+    kwargs = tuple(sorted(model_kwargs(state.train_kwarg, False, inputs).items()))
     shape, dtype = tuple(np.shape(sample)[1:]), jnp.result_type(sample)
     return resolve_loop(
         "auto", has_convolution=_convolves(state.model, shape, dtype, kwargs)

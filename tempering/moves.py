@@ -51,8 +51,10 @@ from tempering.adaptation import (
 from tempering.exchange import SCHEMES, exchange, pair_log_ratios
 from tempering.ladder import (
     Ladder,
+    as_ladder,
+    assign_rungs,
 )
-from tempering.replicas import ReplicaState, as_ladder, assign_rungs
+from tempering.state import ReplicaState
 
 __all__ = [
     "ExchangeMove",

@@ -39,9 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tempering.ladder import Ladder
+from tempering.hyperparams import set_hyperparams
+from tempering.ladder import Ladder, as_ladder, check_ladder
 from tempering.moves import ExchangeMove, exchange_move
-from tempering.replicas import ReplicaState, as_ladder, check_ladder, set_hyperparams
+from tempering.state import ReplicaState
 
 __all__ = [
     "MultiExchangeInfo",

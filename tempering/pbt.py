@@ -1,6 +1,6 @@
 """Population based training (Jaderberg et al. 2017) in the replica engine.
 
-PBT runs on the same stacked :class:`~tempering.replicas.ReplicaState` as
+PBT runs on the same stacked :class:`~tempering.state.ReplicaState` as
 parallel tempering: M replicas train with the fused vectorised step, and every
 ``ready_interval`` SGD steps one pure step ``pbt_step(key, state, scores, config)``
 
@@ -60,19 +60,16 @@ from tempering.config import (
     config_from,
 )
 from tempering.driver import RunResult, best_index, check_not_traced, train
-from tempering.hyperparams import check_values
-from tempering.ladder import HYPERPARAMETERS
-from tempering.moves import NoInfo
-from tempering.records import History, metric_of
-from tempering.replicas import (
-    MetricsFn,
-    ReplicaState,
-    _check_key,
+from tempering.hyperparams import (
     check_names,
-    default_metrics,
+    check_values,
     get_hyperparams,
     set_hyperparams,
 )
+from tempering.ladder import HYPERPARAMETERS
+from tempering.moves import NoInfo
+from tempering.records import History, metric_of
+from tempering.state import MetricsFn, ReplicaState, check_key, default_metrics
 
 __all__ = [
     "SELECTIONS",
@@ -409,7 +406,7 @@ def pbt_step(
         raise TypeError(
             "config must be a PBTConfig; build it with tempering.pbt_config"
         )
-    key = _check_key(key, "key")
+    key = check_key(key, "key")
     if np.shape(scores) != (state.num_replicas,):
         raise ValueError(
             f"scores must have one entry per replica, shape ({state.num_replicas},), "

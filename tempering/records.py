@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from tempering.replicas import EvalMetrics
+from tempering.state import EvalMetrics
 
 __all__ = ["History", "RecordRows", "RoundRecord", "concatenate", "metric_of"]
 

@@ -32,7 +32,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tempering.replicas import ReplicaState
+from tempering.state import ReplicaState
 
 __all__ = [
     "REPLICA_AXIS",

@@ -28,16 +28,10 @@ from tempering.config import (
     config_from,
 )
 from tempering.driver import RunResult, best_index, check_not_traced, train
-from tempering.ladder import Ladder
+from tempering.ladder import Ladder, assign_rungs, check_ladder
 from tempering.moves import ExchangeMove, exchange_move
 from tempering.records import History, metric_of
-from tempering.replicas import (
-    MetricsFn,
-    ReplicaState,
-    assign_rungs,
-    check_ladder,
-    default_metrics,
-)
+from tempering.state import MetricsFn, ReplicaState, default_metrics
 
 __all__ = ["PTResult", "PTSummary", "count_round_trips", "pt_summary", "pt_train"]
 

@@ -11,8 +11,8 @@ import pytest
 import tempering as tp
 from tempering import models
 from tempering.adaptation import AdaptationState, mean_acceptance, solve_c
+from tempering.ladder import assign_rungs
 from tempering.moves import exchange_move
-from tempering.replicas import assign_rungs
 
 M = 8
 LADDER = tp.geometric_ladder("learning_rate", 0.01, 1.0, M)

@@ -528,7 +528,7 @@ def compiled():
 
 
 def test_compile_probe_sees_a_compile(compiled):
-    jax.jit(tp.replicas.cross_entropy)(jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32))
+    jax.jit(tp.state.cross_entropy)(jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32))
     assert "cross_entropy" in compiled and "cross_entropy" in ENGINE_PROGRAMS
 
 
@@ -572,4 +572,4 @@ def test_a_hand_built_ladder_of_lists_is_checked_then_used(ctx):
     move = tp.exchange_move(lists, c=2.0)
     assert move.ladder.temperatures.dtype == jnp.float32
     np.testing.assert_allclose(move.ladder.betas, 1 / np.array([0.01, 0.02, 0.05, 0.1]))
-    tp.replicas.check_ladder(ctx.state, lists)
+    tp.ladder.check_ladder(ctx.state, lists)

@@ -15,7 +15,7 @@ from jax import lax
 
 import tempering as tp
 from tempering import fast, models
-from tempering.replicas import _replica_train_step
+from tempering.step import replica_train_step
 
 # A rewrite that silently fell back to plain vmap would pass every comparison.
 pytestmark = pytest.mark.filterwarnings("error::tempering.fast.RewriteFallbackWarning")
@@ -110,7 +110,7 @@ def _grad_fn(name):
         if batch_stats:
             variables["batch_stats"] = batch_stats
         logits = state.model.apply(variables, inputs)
-        return tp.replicas.cross_entropy(logits, y).mean(), logits
+        return tp.state.cross_entropy(logits, y).mean(), logits
 
     return jax.value_and_grad(loss, has_aux=True)
 
@@ -319,7 +319,7 @@ def test_per_replica_batches_match_vmap():
 
 def test_replica_train_step_is_the_vmapped_function():
     state, x, y = _replicas("lenet")
-    step = functools.partial(_replica_train_step, state)
+    step = functools.partial(replica_train_step, state)
     keys = jax.random.split(jax.random.key(0), M)
     args = (state.params, state.batch_stats, state.opt_state, state.hyperparams)
     fused = fast.replica_vmap(step, (0, 0, 0, 0, 0, None, None), policy="unroll")
@@ -582,7 +582,7 @@ def test_unusual_primitives_are_rewritten_or_fall_back_never_an_error(monkeypatc
 
     def loss(params, x):
         logits = model.apply({"params": params}, x, train=True)
-        return tp.replicas.cross_entropy(logits, y).mean(), logits
+        return tp.state.cross_entropy(logits, y).mean(), logits
 
     grad_fn = jax.value_and_grad(loss, has_aux=True)  # the logits: forward
     routed = {"conv_general_dilated": "unroll", "custom_jvp_call": "unroll"}

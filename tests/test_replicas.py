@@ -12,9 +12,12 @@ import pytest
 from conftest import TinyBNNet, TinyMLP
 
 import tempering as tp
-from tempering import loops, models, replicas
+from tempering import loops, models
+from tempering.ladder import assign_rungs
 from tempering.loops import SegmentSettings
 from tempering.sources import ArraySource
+from tempering.state import default_metrics
+from tempering.step import replica_train_step
 
 M = 3
 
@@ -95,7 +98,7 @@ def test_vmapped_step_equals_per_replica_loop(tx, blobs):
     batch_x, batch_y, key = jnp.asarray(x[:32]), jnp.asarray(y[:32]), jax.random.key(3)
     new, info = jax.jit(tp.train_step)(state, key, batch_x, batch_y)
     keys = jax.random.split(key, M)
-    single = jax.jit(functools.partial(replicas._replica_train_step, state))
+    single = jax.jit(functools.partial(replica_train_step, state))
     for m in range(M):
         params, _, opt_state, loss = single(
             replica(state.params, m),
@@ -173,7 +176,7 @@ def test_assign_rungs_moves_only_hyperparameters(tx, blobs):
         temperatures=[1, 2, 3],
     )
     state = make_state(tx, x, ladder=ladder)
-    moved = replicas.assign_rungs(state, ladder, jnp.array([2, 0, 1]))
+    moved = assign_rungs(state, ladder, jnp.array([2, 0, 1]))
     np.testing.assert_allclose(moved.learning_rate, [0.04, 0.01, 0.02], rtol=1e-6)
     np.testing.assert_allclose(moved.dropout_rate, [0.3, 0.1, 0.2], rtol=1e-6)
     chex.assert_trees_all_equal(moved.params, state.params)
@@ -324,7 +327,7 @@ def test_host_and_device_loops_give_the_same_segment(tx, blobs, shared_batch):
         chex.assert_trees_all_close(new.params, ref.params, rtol=1e-5, atol=1e-6)
         chex.assert_trees_all_close(loss, ref_loss, rtol=1e-5)
         metrics = loops.run_evaluate(
-            new, val, batch_size=24, metrics_fn=replicas.default_metrics, loop=loop
+            new, val, batch_size=24, metrics_fn=default_metrics, loop=loop
         )
         chex.assert_trees_all_close(metrics, tp.evaluate(new, *val), rtol=1e-5)
 

@@ -1,4 +1,4 @@
-"""M replicas as one stacked pytree, and the fused vectorised training step.
+"""M replicas as one stacked pytree: the state, its creation, and the model contract.
 
 Every per-replica leaf has leading axis M. Replica m's hyperparameters are
 ``state.hyperparams[name][m]``: one mapping for the optimiser's injected
@@ -15,7 +15,8 @@ BatchNorm statistics in the ``"batch_stats"`` collection::
                           rngs={"dropout": key}, mutable=["batch_stats"])
 
 A per-replica input is traced: use :class:`tempering.Dropout`, not
-``flax.linen.Dropout``, for a laddered dropout rate.
+``flax.linen.Dropout``, for a laddered dropout rate. The fused step and the
+evaluation are :mod:`tempering.step`.
 """
 
 from __future__ import annotations
@@ -32,37 +33,38 @@ import numpy as np
 import optax
 from flax import struct
 
-from tempering.fast import replica_vmap
 from tempering.hyperparams import (
     check_values,
     injected_names,
+    raise_unknown_names,
     read_injected,
     scheduled_names,
-    write_injected,
+    set_hyperparams,
 )
-from tempering.ladder import Ladder, check_sound
+from tempering.ladder import Ladder, as_ladder, assign_rungs, check_ladder
 
 __all__ = [
     "EvalMetrics",
+    "LossFn",
+    "MetricsFn",
     "ReplicaState",
     "StepInfo",
-    "as_ladder",
-    "assign_rungs",
-    "check_ladder",
-    "check_names",
+    "check_key",
     "create_replicas",
     "cross_entropy",
     "default_metrics",
-    "evaluate",
-    "get_hyperparams",
+    "eval_outputs",
+    "model_hyperparams",
+    "model_kwargs",
+    "model_variables",
     "replica",
-    "set_hyperparams",
     "sgd",
-    "train_step",
 ]
 
 PyTree = Any
+
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
 MetricsFn = Callable[[jax.Array, jax.Array], Mapping[str, jax.Array]]
 
 
@@ -184,16 +186,17 @@ def sgd(
     )
 
 
-def _model_kwargs(
+def model_kwargs(
     train_kwarg: str | None, train: bool, inputs: Mapping[str, Any]
 ) -> dict[str, Any]:
+    """The keywords of one model call: the train flag (if any) and per-replica inputs."""
     kwargs = dict(inputs)
     if train_kwarg is not None:
         kwargs[train_kwarg] = train
     return kwargs
 
 
-def _variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
+def model_variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
     """Flax variables of one replica; ``batch_stats`` only when the model has some."""
     if jax.tree.leaves(batch_stats):
         return {"params": params, "batch_stats": batch_stats}
@@ -208,14 +211,15 @@ def eval_outputs(
     x: jax.Array,
 ) -> jax.Array:
     """One replica's outputs in eval mode (no dropout, BatchNorm running averages)."""
-    kwargs = _model_kwargs(
-        state.train_kwarg, False, _model_hyperparams(state, hyperparams)
+    kwargs = model_kwargs(
+        state.train_kwarg, False, model_hyperparams(state, hyperparams)
     )
-    outputs = state.model.apply(_variables(params, batch_stats), x, **kwargs)
+    outputs = state.model.apply(model_variables(params, batch_stats), x, **kwargs)
     return cast(jax.Array, outputs)  # not mutable: the outputs alone
 
 
-def _model_hyperparams(state: ReplicaState, hyperparams: Mapping) -> dict:
+def model_hyperparams(state: ReplicaState, hyperparams: Mapping) -> dict:
+    """The state's per-replica hyperparameters that are model inputs."""
     return {name: hyperparams[name] for name in state.model_inputs}
 
 
@@ -262,7 +266,7 @@ def _resolve_model_inputs(
 @functools.partial(jax.jit, static_argnames=("model", "tx", "train_kwarg"))
 def _init_replica(key, sample_input, inputs, *, model, tx, train_kwarg):
     """``(params, batch_stats, opt_state)`` of one replica."""
-    kwargs = _model_kwargs(train_kwarg, False, inputs)
+    kwargs = model_kwargs(train_kwarg, False, inputs)
     variables = model.init({"params": key, "dropout": key}, sample_input, **kwargs)
     params = variables["params"]
     return params, variables.get("batch_stats", {}), tx.init(params)
@@ -281,11 +285,11 @@ def _check_traced_inputs(init, key, model, train_kwarg, sample_input, inputs):
 
     def apply(params, stats, traced):
         return model.apply(
-            _variables(params, stats),
+            model_variables(params, stats),
             sample_input,
             rngs={"dropout": jax.random.key(0)},
             mutable=["batch_stats"] if stats else False,
-            **_model_kwargs(train_kwarg, True, traced),
+            **model_kwargs(train_kwarg, True, traced),
         )
 
     try:
@@ -366,33 +370,6 @@ def _as_sample(sample_input: Any) -> jax.Array:
     return array
 
 
-def as_ladder(ladder: Any) -> Ladder:
-    """A sound ladder (:func:`tempering.ladder.check_sound`) as float32 arrays.
-
-    Hand-built ladders may hold lists; they are checked, then converted.
-
-    Raises:
-        TypeError: not a :class:`Ladder`, or values that are not a mapping.
-        ValueError: an unsound ladder (see :func:`check_ladder`).
-    """
-    if not isinstance(ladder, Ladder):
-        raise TypeError(
-            "ladder must be a tempering.Ladder (see tempering.make_ladder), got "
-            f"{type(ladder).__name__}"
-        )
-    if not isinstance(ladder.values, Mapping):
-        raise TypeError(
-            "ladder.values must be a mapping name -> one value per rung, got "
-            f"{type(ladder.values).__name__}; build ladders with tempering.make_ladder"
-        )
-    check_sound(ladder)
-    return Ladder(
-        values={k: jnp.asarray(v, jnp.float32) for k, v in ladder.values.items()},
-        temperatures=jnp.asarray(ladder.temperatures, jnp.float32),
-        rule=ladder.rule,
-    )
-
-
 def create_replicas(
     key: jax.Array,
     model: nn.Module,
@@ -446,7 +423,7 @@ def create_replicas(
     _check_arguments(model, tx, num_replicas, hyperparams, same_init, loss_fn)
     ladder = None if ladder is None else as_ladder(ladder)
     num_replicas = _replica_count(ladder, num_replicas)
-    key = _check_key(key, "key")
+    key = check_key(key, "key")
     inputs, defaults = _resolve_model_inputs(model, train_kwarg, model_inputs)
     given = dict(hyperparams or {})
     start = _starting_inputs(inputs, defaults, given, ladder)
@@ -556,7 +533,7 @@ def _check_names(
     ):
         unknown = sorted(set(names) - known)
         if unknown:
-            _raise_unknown_names(known, scheduled, unknown, where)
+            raise_unknown_names(known, scheduled, unknown, where)
     for name, value in given.items():
         shape = check_values(name, value, "hyperparams").shape
         if shape not in ((), (num_replicas,)):
@@ -566,7 +543,8 @@ def _check_names(
             )
 
 
-def _check_key(key: Any, name: str) -> jax.Array:
+def check_key(key: Any, name: str) -> jax.Array:
+    """``key`` as a single PRNG key (new-style or raw), else a clear error naming ``name``."""
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
             raise ValueError(f"{name} must be a single PRNG key, got shape {key.shape}")
@@ -587,118 +565,6 @@ def _check_key(key: Any, name: str) -> jax.Array:
     )
 
 
-def _raise_unknown(state: ReplicaState, names: Sequence[str], where: str) -> None:
-    _raise_unknown_names(state.hyperparams, state.scheduled, names, where)
-
-
-def _raise_unknown_names(
-    known: Any, scheduled: Sequence[str], names: Sequence[str], where: str
-) -> None:
-    on_schedule = [n for n in names if n in scheduled]
-    if on_schedule:
-        raise ValueError(
-            f"{where}: {on_schedule} follow an optax schedule in tx, so they cannot "
-            "be set per replica; pass a number to optax.inject_hyperparams "
-            "for a hyperparameter you ladder or set"
-        )
-    raise ValueError(
-        f"{where}: unknown hyperparameter(s) {list(names)}; this state has "
-        f"{sorted(known)} (the floats tx injects with "
-        "optax.inject_hyperparams, and the model inputs; declare more with "
-        "create_replicas(..., model_inputs=...))"
-    )
-
-
-def check_ladder(state: ReplicaState, ladder: Ladder) -> None:
-    """Raises ValueError unless ``ladder`` is sound and fits the state.
-
-    A hand-built :class:`Ladder` (not from :func:`tempering.make_ladder`) is
-    checked too: temperatures finite, > 0 and strictly increasing (a
-    decreasing ladder would reverse the exchange's direction), one value per
-    rung for every hyperparameter, each finite and within its range.
-    """
-    ladder = as_ladder(ladder)
-    if ladder.num_rungs != state.num_replicas:
-        raise ValueError(
-            f"the ladder has {ladder.num_rungs} rungs but the state holds "
-            f"{state.num_replicas} replicas; create the state with "
-            "create_replicas(..., ladder=ladder)"
-        )
-    check_names(state, list(ladder.values), "ladder")
-
-
-def check_names(state: ReplicaState, names: Sequence[str], where: str) -> None:
-    """Raises ValueError, with the fix, for names the state does not hold."""
-    unknown = sorted(set(names) - set(state.hyperparams))
-    if unknown:
-        _raise_unknown(state, unknown, where)
-
-
-def get_hyperparams(
-    state: ReplicaState, names: Sequence[str] | None = None
-) -> dict[str, jax.Array]:
-    """Per-replica values ``(M,)`` of the named (default: all) hyperparameters.
-
-    Raises:
-        TypeError: names that are not strings.
-        ValueError: names the state does not hold.
-    """
-    names = sorted(state.hyperparams) if names is None else names
-    if isinstance(names, str):
-        names = (names,)
-    elif not (
-        isinstance(names, Sequence | set | frozenset)
-        and all(isinstance(n, str) for n in names)
-    ):
-        raise TypeError(
-            "names must be a hyperparameter name or a sequence of names, e.g. "
-            f"['learning_rate'], got {names!r}"
-        )
-    names = tuple(names)
-    check_names(state, names, "get_hyperparams")
-    return {name: state.hyperparams[name] for name in names}
-
-
-def set_hyperparams(state: ReplicaState, **values: Any) -> ReplicaState:
-    """Writes per-replica hyperparameters (each ``(M,)`` or a scalar).
-
-    Pure and jit-able; concrete values are range-checked (:data:`RANGES`).
-
-    Example:
-        >>> state = set_hyperparams(state, learning_rate=0.1, dropout_rate=rates)
-    """
-    if not values:
-        return state
-    unknown = sorted(set(values) - set(state.hyperparams))
-    if unknown:
-        _raise_unknown(state, unknown, "set_hyperparams")
-    num = state.num_replicas
-    new = dict(state.hyperparams)
-    for name, value in values.items():
-        if not isinstance(value, jax.core.Tracer):
-            array = check_values(name, value)
-            if array.shape not in ((), (num,)):
-                raise ValueError(
-                    f"{name} must be a scalar or have shape ({num},) (one value per "
-                    f"replica), got shape {array.shape}"
-                )
-        value = jnp.array(value, jnp.float32, copy=True)  # never alias a caller's
-        new[name] = jnp.broadcast_to(value, (num,))
-    opt_state = write_injected(state.opt_state, new)
-    return state.replace(hyperparams=new, opt_state=opt_state)
-
-
-def assign_rungs(state: ReplicaState, ladder: Ladder, rungs: jax.Array) -> ReplicaState:
-    """Gives replica m the hyperparameters of ladder rung ``rungs[m]``.
-
-    Only hyperparameters move; weights, optimiser moments and BatchNorm
-    statistics stay with their replica.
-    """
-    values = {name: v[rungs] for name, v in ladder.values.items()}
-    state = set_hyperparams(state, **values)
-    return state.replace(rungs=jnp.asarray(rungs, jnp.int32))
-
-
 def replica(state: ReplicaState, index: int) -> dict[str, PyTree]:
     """Replica ``index`` as plain Flax variables, ready for ``model.apply``.
 
@@ -710,315 +576,6 @@ def replica(state: ReplicaState, index: int) -> dict[str, PyTree]:
         raise IndexError(
             f"index must lie in [-{state.num_replicas}, {state.num_replicas}), got {index}"
         )
-    return jax.tree.map(lambda x: x[index], _variables(state.params, state.batch_stats))
-
-
-def _per_example(losses: jax.Array) -> jax.Array:
-    """``(B, ...)`` losses averaged over all but the first axis."""
-    return (
-        losses.reshape(losses.shape[0], -1).mean(axis=1) if losses.ndim > 1 else losses
+    return jax.tree.map(
+        lambda x: x[index], model_variables(state.params, state.batch_stats)
     )
-
-
-def _replica_train_step(
-    state: ReplicaState,
-    params: PyTree,
-    batch_stats: PyTree,
-    opt_state: PyTree,
-    hyperparams: Mapping[str, jax.Array],
-    key: jax.Array,
-    inputs: jax.Array,
-    targets: jax.Array,
-) -> tuple[PyTree, PyTree, PyTree, jax.Array]:
-    """One step of a single replica (the function the fused step vmaps)."""
-    has_batch_stats = bool(jax.tree.leaves(batch_stats))
-    kwargs = _model_kwargs(
-        state.train_kwarg, True, _model_hyperparams(state, hyperparams)
-    )
-
-    def loss_of(p):
-        out = state.model.apply(
-            _variables(p, batch_stats),
-            inputs,
-            rngs={"dropout": key},
-            mutable=["batch_stats"] if has_batch_stats else False,
-            **kwargs,
-        )
-        outputs, updates = out if has_batch_stats else (out, {})
-        new_stats = updates.get("batch_stats", batch_stats)
-        return _per_example(state.loss_fn(outputs, targets)).mean(), new_stats
-
-    (loss, new_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
-    opt_state = write_injected(opt_state, hyperparams)
-    updates, opt_state = state.tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, new_stats, opt_state, loss.astype(jnp.float32)
-
-
-def train_step(
-    state: ReplicaState,
-    key: jax.Array,
-    inputs: jax.Array | np.ndarray,
-    targets: jax.Array | np.ndarray,
-    *,
-    per_replica_batch: bool = False,
-    vectorize: str = "auto",
-) -> tuple[ReplicaState, StepInfo]:
-    """Advances all M replicas one step, vectorised over replicas (pure, jit-able).
-
-    Args:
-        state: the stacked replicas.
-        key: PRNG key; split into one dropout key per replica.
-        inputs: a batch shared by all replicas ``(B, ...)``, or with
-            ``per_replica_batch`` one batch per replica ``(M, B, ...)``.
-        targets: ``(B, ...)`` or ``(M, B, ...)``, matching ``inputs``.
-        per_replica_batch: whether inputs and targets carry a replica axis.
-        vectorize: how layers are batched over replicas
-            (:func:`tempering.fast.replica_vmap`): ``"auto"``, ``"vmap"``,
-            ``"unroll"``, ``"map"``, ``"patches"``, ``"sequential"`` or another
-            policy of :data:`tempering.fast.POLICIES`.
-
-    Returns:
-        ``(new_state, info)``.
-
-    Raises:
-        TypeError: a key that is not a PRNG key.
-        ValueError: inputs and targets of different lengths, a missing replica
-            axis with ``per_replica_batch``, inputs the model cannot take.
-    """
-    key = _check_key(key, "key")
-    batch_axis = _check_batch_axes(state, inputs, targets, per_replica_batch)
-    keys = jax.random.split(key, state.num_replicas)
-    step_one = functools.partial(_replica_train_step, state)
-    data_axis = 0 if per_replica_batch else None
-    in_axes = (0, 0, 0, 0, 0, data_axis, data_axis)
-    vmapped = replica_vmap(step_one, in_axes=in_axes, policy=vectorize)
-    try:
-        params, batch_stats, opt_state, loss = vmapped(
-            state.params,
-            state.batch_stats,
-            state.opt_state,
-            state.hyperparams,
-            keys,
-            inputs,
-            targets,
-        )
-    except Exception:
-        # Only on failure: say so when the model cannot take these inputs.
-        _check_model_takes(state, inputs, "inputs", batch_axis)
-        raise
-    new = state.replace(
-        params=params, batch_stats=batch_stats, opt_state=opt_state, step=state.step + 1
-    )
-    return new, StepInfo(loss=loss)
-
-
-def _check_batch_axes(
-    state: ReplicaState, inputs: Any, targets: Any, per_replica_batch: bool
-) -> int:
-    """Checks a training batch's leading axes; returns its batch axis (0, or 1)."""
-    if not isinstance(per_replica_batch, bool | np.bool_):
-        raise TypeError(
-            f"per_replica_batch must be True or False, got {per_replica_batch!r}"
-        )
-    axis = 1 if per_replica_batch else 0
-    shapes: dict[str, Any] = {"inputs": getattr(inputs, "shape", None)}
-    shapes["targets"] = getattr(targets, "shape", None)
-    if None in shapes.values():
-        return axis  # a pytree of inputs: the model and the loss check it
-    for name, shape in shapes.items():
-        if len(shape) <= axis:
-            raise ValueError(
-                f"{name} must have a batch axis, shape "
-                f"{'(M, B, ...)' if axis else '(B, ...)'}, got shape {shape}"
-            )
-        if per_replica_batch and shape[0] != state.num_replicas:
-            raise ValueError(
-                f"with per_replica_batch=True, {name} must have one batch per "
-                f"replica, shape ({state.num_replicas}, B, ...), got shape {shape}; "
-                "pass per_replica_batch=False for a batch shared by every replica"
-            )
-    if shapes["inputs"][axis] != shapes["targets"][axis]:
-        raise ValueError(
-            f"inputs and targets must hold the same number of examples, got "
-            f"inputs of shape {shapes['inputs']} and targets of shape "
-            f"{shapes['targets']}"
-        )
-    return axis
-
-
-def _check_model_takes(state: ReplicaState, inputs: Any, name: str, axis: int) -> Any:
-    """The model's output shape for one example of ``inputs``, else a ValueError.
-
-    Axis ``axis`` of ``inputs`` is the batch; the error says how to fix it.
-    """
-    one_replica = jax.tree.map(
-        lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype),
-        (state.params, state.batch_stats, state.hyperparams),
-    )
-    example = tuple(np.shape(inputs)[axis + 1 :])
-    x = jax.ShapeDtypeStruct((1, *example), jnp.result_type(inputs))
-    try:
-        return jax.eval_shape(functools.partial(eval_outputs, state), *one_replica, x)
-    except Exception as error:  # noqa: BLE001 - re-raised with the fix
-        raise ValueError(
-            f"{name}: the model cannot take inputs of shape {example} per example "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); give "
-            "inputs shaped like the sample_input of create_replicas"
-        ) from error
-
-
-def evaluate(
-    state: ReplicaState,
-    inputs: jax.Array | np.ndarray,
-    targets: jax.Array | np.ndarray,
-    *,
-    batch_size: int = 1000,
-    metrics_fn: MetricsFn | None = default_metrics,
-    vectorize: str = "auto",
-) -> EvalMetrics:
-    """Mean loss and metrics of every replica on a dataset (pure, jit-able).
-
-    Runs in eval mode (no dropout, BatchNorm running averages), over chunks of
-    ``batch_size`` examples with a mask for the last partial chunk.
-
-    Args:
-        state: the stacked replicas.
-        inputs: ``(N, ...)``.
-        targets: ``(N, ...)``.
-        batch_size: examples per chunk (bounds memory).
-        metrics_fn: ``metrics_fn(outputs, targets) -> {name: (B,)}`` per-example
-            metrics, averaged over the dataset; default accuracy for
-            classification (:func:`default_metrics`), None for none.
-        vectorize: see :func:`train_step`.
-
-    Returns:
-        :class:`EvalMetrics` with ``(M,)`` loss (non-finite mapped to +inf) and
-        metrics.
-
-    Raises:
-        TypeError: a batch size that is not an int, targets the loss or the
-            metrics cannot take (e.g. float labels for cross entropy).
-        ValueError: no examples, a batch size < 1, inputs and targets of
-            different lengths, inputs the model cannot take.
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-        raise TypeError(
-            f"batch_size must be an int >= 1, got {type(batch_size).__name__} "
-            f"{batch_size!r}"
-        )
-    _check_batch_axes(state, inputs, targets, False)
-    try:
-        totals = zero_totals(state, inputs, targets, metrics_fn)
-    except Exception as error:  # noqa: BLE001 - re-raised with the fix
-        _check_model_takes(state, inputs, "inputs", 0)
-        kind = TypeError if isinstance(error, TypeError) else ValueError
-        raise kind(
-            f"targets: loss_fn or metrics_fn cannot take targets of shape "
-            f"{tuple(np.shape(targets)[1:])} and dtype {jnp.result_type(targets)} "
-            f"per example ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200]}); integer labels for the default "
-            "cross-entropy, or pass loss_fn= to create_replicas"
-        ) from error
-    xs, ys, mask = chunked(inputs, targets, batch_size)
-
-    def chunk(totals, batch):
-        return add_chunk(
-            state, totals, *batch, metrics_fn=metrics_fn, vectorize=vectorize
-        ), None
-
-    totals, _ = jax.lax.scan(chunk, totals, (xs, ys, mask))
-    return metrics_from_totals(totals, targets.shape[0])
-
-
-def chunked(
-    inputs: jax.Array | np.ndarray, targets: jax.Array | np.ndarray, batch_size: int
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Pads to whole chunks: ``(C, b, ...)`` inputs and targets, ``(C, b)`` mask."""
-    num_examples = targets.shape[0]
-    if num_examples == 0 or batch_size < 1:
-        raise ValueError(
-            f"evaluate needs examples and batch_size >= 1, got {num_examples} "
-            f"examples and batch_size={batch_size}"
-        )
-    batch_size = min(batch_size, num_examples)
-    num_chunks = -(-num_examples // batch_size)
-    pad = num_chunks * batch_size - num_examples
-
-    def padded(a):
-        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
-        return a.reshape(num_chunks, batch_size, *a.shape[1:])
-
-    mask = jnp.arange(num_chunks * batch_size) < num_examples
-    return padded(inputs), padded(targets), mask.reshape(num_chunks, batch_size)
-
-
-Totals = tuple[jax.Array, dict[str, jax.Array]]  # (M,) loss sum, name -> (M,) sums
-
-
-def _eval_chunk(
-    state: ReplicaState,
-    x: jax.Array,
-    y: jax.Array,
-    mask: jax.Array,
-    metrics_fn: MetricsFn | None,
-    vectorize: str,
-) -> Totals:
-    """Per-replica sums of the loss and of every metric over one chunk."""
-    outputs_one = functools.partial(eval_outputs, state)
-    outputs = replica_vmap(outputs_one, in_axes=(0, 0, 0, None), policy=vectorize)(
-        state.params, state.batch_stats, state.hyperparams, x
-    )
-    losses = jax.vmap(lambda o: _per_example(state.loss_fn(o, y)))(outputs)
-    loss_sum = jnp.sum(jnp.where(mask, losses, 0.0), axis=1).astype(jnp.float32)
-    metrics = {}
-    if metrics_fn is not None:
-        per_example = jax.vmap(lambda o: dict(metrics_fn(o, y)))(outputs)
-        metrics = {
-            name: jnp.sum(jnp.where(mask, v.astype(jnp.float32), 0.0), axis=1)
-            for name, v in per_example.items()
-        }
-    return loss_sum, metrics
-
-
-def zero_totals(
-    state: ReplicaState,
-    inputs: jax.Array | np.ndarray,
-    targets: jax.Array | np.ndarray,
-    metrics_fn: MetricsFn | None,
-) -> Totals:
-    """Zero sums with the structure one chunk of these inputs produces."""
-    x = jax.ShapeDtypeStruct((1, *inputs.shape[1:]), inputs.dtype)
-    y = jax.ShapeDtypeStruct((1, *targets.shape[1:]), targets.dtype)
-    mask = jax.ShapeDtypeStruct((1,), jnp.bool_)
-    shapes = jax.eval_shape(
-        functools.partial(_eval_chunk, metrics_fn=metrics_fn, vectorize="vmap"),
-        state,
-        x,
-        y,
-        mask,
-    )
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
-def add_chunk(
-    state: ReplicaState,
-    totals: Totals,
-    x: jax.Array,
-    y: jax.Array,
-    mask: jax.Array,
-    *,
-    metrics_fn: MetricsFn | None,
-    vectorize: str,
-) -> Totals:
-    """``totals`` plus one chunk's per-replica sums."""
-    sums = _eval_chunk(state, x, y, mask, metrics_fn, vectorize)
-    return jax.tree.map(jnp.add, totals, sums)
-
-
-def metrics_from_totals(totals: Totals, num: int) -> EvalMetrics:
-    """Means over ``num`` examples; a non-finite loss becomes +inf."""
-    loss_sum, sums = totals
-    loss = loss_sum / num
-    loss = jnp.where(jnp.isfinite(loss), loss, jnp.inf)
-    return EvalMetrics(loss=loss, metrics={k: v / num for k, v in sums.items()})

@@ -1,0 +1,359 @@
+"""The fused vectorised training step and the vectorised evaluation of M replicas.
+
+:func:`train_step` is one SGD step of every replica in one program (each
+replica's own batch, dropout key and hyperparameters; the layers batched over
+replicas by :func:`tempering.fast.replica_vmap`); :func:`evaluate` runs every
+replica over a dataset in chunks. Both are pure and jit-able.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tempering.fast import replica_vmap
+from tempering.hyperparams import (
+    write_injected,
+)
+from tempering.state import (
+    EvalMetrics,
+    MetricsFn,
+    PyTree,
+    ReplicaState,
+    StepInfo,
+    check_key,
+    default_metrics,
+    eval_outputs,
+    model_hyperparams,
+    model_kwargs,
+    model_variables,
+)
+
+__all__ = [
+    "Totals",
+    "add_chunk",
+    "check_model_takes",
+    "chunked",
+    "evaluate",
+    "metrics_from_totals",
+    "replica_train_step",
+    "train_step",
+    "zero_totals",
+]
+
+
+def _per_example(losses: jax.Array) -> jax.Array:
+    """``(B, ...)`` losses averaged over all but the first axis."""
+    return (
+        losses.reshape(losses.shape[0], -1).mean(axis=1) if losses.ndim > 1 else losses
+    )
+
+
+def replica_train_step(
+    state: ReplicaState,
+    params: PyTree,
+    batch_stats: PyTree,
+    opt_state: PyTree,
+    hyperparams: Mapping[str, jax.Array],
+    key: jax.Array,
+    inputs: jax.Array,
+    targets: jax.Array,
+) -> tuple[PyTree, PyTree, PyTree, jax.Array]:
+    """One step of a single replica (the function the fused step vmaps)."""
+    has_batch_stats = bool(jax.tree.leaves(batch_stats))
+    kwargs = model_kwargs(
+        state.train_kwarg, True, model_hyperparams(state, hyperparams)
+    )
+
+    def loss_of(p):
+        out = state.model.apply(
+            model_variables(p, batch_stats),
+            inputs,
+            rngs={"dropout": key},
+            mutable=["batch_stats"] if has_batch_stats else False,
+            **kwargs,
+        )
+        outputs, updates = out if has_batch_stats else (out, {})
+        new_stats = updates.get("batch_stats", batch_stats)
+        return _per_example(state.loss_fn(outputs, targets)).mean(), new_stats
+
+    (loss, new_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+    opt_state = write_injected(opt_state, hyperparams)
+    updates, opt_state = state.tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, new_stats, opt_state, loss.astype(jnp.float32)
+
+
+def train_step(
+    state: ReplicaState,
+    key: jax.Array,
+    inputs: jax.Array | np.ndarray,
+    targets: jax.Array | np.ndarray,
+    *,
+    per_replica_batch: bool = False,
+    vectorize: str = "auto",
+) -> tuple[ReplicaState, StepInfo]:
+    """Advances all M replicas one step, vectorised over replicas (pure, jit-able).
+
+    Args:
+        state: the stacked replicas.
+        key: PRNG key; split into one dropout key per replica.
+        inputs: a batch shared by all replicas ``(B, ...)``, or with
+            ``per_replica_batch`` one batch per replica ``(M, B, ...)``.
+        targets: ``(B, ...)`` or ``(M, B, ...)``, matching ``inputs``.
+        per_replica_batch: whether inputs and targets carry a replica axis.
+        vectorize: how layers are batched over replicas
+            (:func:`tempering.fast.replica_vmap`): ``"auto"``, ``"vmap"``,
+            ``"unroll"``, ``"map"``, ``"patches"``, ``"sequential"`` or another
+            policy of :data:`tempering.fast.POLICIES`.
+
+    Returns:
+        ``(new_state, info)``.
+
+    Raises:
+        TypeError: a key that is not a PRNG key.
+        ValueError: inputs and targets of different lengths, a missing replica
+            axis with ``per_replica_batch``, inputs the model cannot take.
+    """
+    key = check_key(key, "key")
+    batch_axis = _check_batch_axes(state, inputs, targets, per_replica_batch)
+    keys = jax.random.split(key, state.num_replicas)
+    step_one = functools.partial(replica_train_step, state)
+    data_axis = 0 if per_replica_batch else None
+    in_axes = (0, 0, 0, 0, 0, data_axis, data_axis)
+    vmapped = replica_vmap(step_one, in_axes=in_axes, policy=vectorize)
+    try:
+        params, batch_stats, opt_state, loss = vmapped(
+            state.params,
+            state.batch_stats,
+            state.opt_state,
+            state.hyperparams,
+            keys,
+            inputs,
+            targets,
+        )
+    except Exception:
+        # Only on failure: say so when the model cannot take these inputs.
+        check_model_takes(state, inputs, "inputs", batch_axis)
+        raise
+    new = state.replace(
+        params=params, batch_stats=batch_stats, opt_state=opt_state, step=state.step + 1
+    )
+    return new, StepInfo(loss=loss)
+
+
+def _check_batch_axes(
+    state: ReplicaState, inputs: Any, targets: Any, per_replica_batch: bool
+) -> int:
+    """Checks a training batch's leading axes; returns its batch axis (0, or 1)."""
+    if not isinstance(per_replica_batch, bool | np.bool_):
+        raise TypeError(
+            f"per_replica_batch must be True or False, got {per_replica_batch!r}"
+        )
+    axis = 1 if per_replica_batch else 0
+    shapes: dict[str, Any] = {"inputs": getattr(inputs, "shape", None)}
+    shapes["targets"] = getattr(targets, "shape", None)
+    if None in shapes.values():
+        return axis  # a pytree of inputs: the model and the loss check it
+    for name, shape in shapes.items():
+        if len(shape) <= axis:
+            raise ValueError(
+                f"{name} must have a batch axis, shape "
+                f"{'(M, B, ...)' if axis else '(B, ...)'}, got shape {shape}"
+            )
+        if per_replica_batch and shape[0] != state.num_replicas:
+            raise ValueError(
+                f"with per_replica_batch=True, {name} must have one batch per "
+                f"replica, shape ({state.num_replicas}, B, ...), got shape {shape}; "
+                "pass per_replica_batch=False for a batch shared by every replica"
+            )
+    if shapes["inputs"][axis] != shapes["targets"][axis]:
+        raise ValueError(
+            f"inputs and targets must hold the same number of examples, got "
+            f"inputs of shape {shapes['inputs']} and targets of shape "
+            f"{shapes['targets']}"
+        )
+    return axis
+
+
+def check_model_takes(state: ReplicaState, inputs: Any, name: str, axis: int) -> Any:
+    """The model's output shape for one example of ``inputs``, else a ValueError.
+
+    Axis ``axis`` of ``inputs`` is the batch; the error says how to fix it.
+    """
+    one_replica = jax.tree.map(
+        lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype),
+        (state.params, state.batch_stats, state.hyperparams),
+    )
+    example = tuple(np.shape(inputs)[axis + 1 :])
+    x = jax.ShapeDtypeStruct((1, *example), jnp.result_type(inputs))
+    try:
+        return jax.eval_shape(functools.partial(eval_outputs, state), *one_replica, x)
+    except Exception as error:  # noqa: BLE001 - re-raised with the fix
+        raise ValueError(
+            f"{name}: the model cannot take inputs of shape {example} per example "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); give "
+            "inputs shaped like the sample_input of create_replicas"
+        ) from error
+
+
+def evaluate(
+    state: ReplicaState,
+    inputs: jax.Array | np.ndarray,
+    targets: jax.Array | np.ndarray,
+    *,
+    batch_size: int = 1000,
+    metrics_fn: MetricsFn | None = default_metrics,
+    vectorize: str = "auto",
+) -> EvalMetrics:
+    """Mean loss and metrics of every replica on a dataset (pure, jit-able).
+
+    Runs in eval mode (no dropout, BatchNorm running averages), over chunks of
+    ``batch_size`` examples with a mask for the last partial chunk.
+
+    Args:
+        state: the stacked replicas.
+        inputs: ``(N, ...)``.
+        targets: ``(N, ...)``.
+        batch_size: examples per chunk (bounds memory).
+        metrics_fn: ``metrics_fn(outputs, targets) -> {name: (B,)}`` per-example
+            metrics, averaged over the dataset; default accuracy for
+            classification (:func:`default_metrics`), None for none.
+        vectorize: see :func:`train_step`.
+
+    Returns:
+        :class:`EvalMetrics` with ``(M,)`` loss (non-finite mapped to +inf) and
+        metrics.
+
+    Raises:
+        TypeError: a batch size that is not an int, targets the loss or the
+            metrics cannot take (e.g. float labels for cross entropy).
+        ValueError: no examples, a batch size < 1, inputs and targets of
+            different lengths, inputs the model cannot take.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+        raise TypeError(
+            f"batch_size must be an int >= 1, got {type(batch_size).__name__} "
+            f"{batch_size!r}"
+        )
+    _check_batch_axes(state, inputs, targets, False)
+    try:
+        totals = zero_totals(state, inputs, targets, metrics_fn)
+    except Exception as error:  # noqa: BLE001 - re-raised with the fix
+        check_model_takes(state, inputs, "inputs", 0)
+        kind = TypeError if isinstance(error, TypeError) else ValueError
+        raise kind(
+            f"targets: loss_fn or metrics_fn cannot take targets of shape "
+            f"{tuple(np.shape(targets)[1:])} and dtype {jnp.result_type(targets)} "
+            f"per example ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200]}); integer labels for the default "
+            "cross-entropy, or pass loss_fn= to create_replicas"
+        ) from error
+    xs, ys, mask = chunked(inputs, targets, batch_size)
+
+    def chunk(totals, batch):
+        return add_chunk(
+            state, totals, *batch, metrics_fn=metrics_fn, vectorize=vectorize
+        ), None
+
+    totals, _ = jax.lax.scan(chunk, totals, (xs, ys, mask))
+    return metrics_from_totals(totals, targets.shape[0])
+
+
+def chunked(
+    inputs: jax.Array | np.ndarray, targets: jax.Array | np.ndarray, batch_size: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Pads to whole chunks: ``(C, b, ...)`` inputs and targets, ``(C, b)`` mask."""
+    num_examples = targets.shape[0]
+    if num_examples == 0 or batch_size < 1:
+        raise ValueError(
+            f"evaluate needs examples and batch_size >= 1, got {num_examples} "
+            f"examples and batch_size={batch_size}"
+        )
+    batch_size = min(batch_size, num_examples)
+    num_chunks = -(-num_examples // batch_size)
+    pad = num_chunks * batch_size - num_examples
+
+    def padded(a):
+        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+        return a.reshape(num_chunks, batch_size, *a.shape[1:])
+
+    mask = jnp.arange(num_chunks * batch_size) < num_examples
+    return padded(inputs), padded(targets), mask.reshape(num_chunks, batch_size)
+
+
+Totals = tuple[jax.Array, dict[str, jax.Array]]  # (M,) loss sum, name -> (M,) sums
+
+
+def _eval_chunk(
+    state: ReplicaState,
+    x: jax.Array,
+    y: jax.Array,
+    mask: jax.Array,
+    metrics_fn: MetricsFn | None,
+    vectorize: str,
+) -> Totals:
+    """Per-replica sums of the loss and of every metric over one chunk."""
+    outputs_one = functools.partial(eval_outputs, state)
+    outputs = replica_vmap(outputs_one, in_axes=(0, 0, 0, None), policy=vectorize)(
+        state.params, state.batch_stats, state.hyperparams, x
+    )
+    losses = jax.vmap(lambda o: _per_example(state.loss_fn(o, y)))(outputs)
+    loss_sum = jnp.sum(jnp.where(mask, losses, 0.0), axis=1).astype(jnp.float32)
+    metrics = {}
+    if metrics_fn is not None:
+        per_example = jax.vmap(lambda o: dict(metrics_fn(o, y)))(outputs)
+        metrics = {
+            name: jnp.sum(jnp.where(mask, v.astype(jnp.float32), 0.0), axis=1)
+            for name, v in per_example.items()
+        }
+    return loss_sum, metrics
+
+
+def zero_totals(
+    state: ReplicaState,
+    inputs: jax.Array | np.ndarray,
+    targets: jax.Array | np.ndarray,
+    metrics_fn: MetricsFn | None,
+) -> Totals:
+    """Zero sums with the structure one chunk of these inputs produces."""
+    x = jax.ShapeDtypeStruct((1, *inputs.shape[1:]), inputs.dtype)
+    y = jax.ShapeDtypeStruct((1, *targets.shape[1:]), targets.dtype)
+    mask = jax.ShapeDtypeStruct((1,), jnp.bool_)
+    shapes = jax.eval_shape(
+        functools.partial(_eval_chunk, metrics_fn=metrics_fn, vectorize="vmap"),
+        state,
+        x,
+        y,
+        mask,
+    )
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def add_chunk(
+    state: ReplicaState,
+    totals: Totals,
+    x: jax.Array,
+    y: jax.Array,
+    mask: jax.Array,
+    *,
+    metrics_fn: MetricsFn | None,
+    vectorize: str,
+) -> Totals:
+    """``totals`` plus one chunk's per-replica sums."""
+    sums = _eval_chunk(state, x, y, mask, metrics_fn, vectorize)
+    return jax.tree.map(jnp.add, totals, sums)
+
+
+def metrics_from_totals(totals: Totals, num: int) -> EvalMetrics:
+    """Means over ``num`` examples; a non-finite loss becomes +inf."""
+    loss_sum, sums = totals
+    loss = loss_sum / num
+    loss = jnp.where(jnp.isfinite(loss), loss, jnp.inf)
+    return EvalMetrics(loss=loss, metrics={k: v / num for k, v in sums.items()})
