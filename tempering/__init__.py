@@ -30,13 +30,12 @@ from tempering.pbt import (
     PBTResult,
     PBTSummary,
     Prior,
-    best_schedule,
     pbt_config,
     pbt_move,
     pbt_train,
-    replay_schedule,
 )
 from tempering.records import History, RoundRecord
+from tempering.replay import best_schedule, replay_schedule
 from tempering.sharding import replicate, shard_replicas
 from tempering.state import EvalMetrics, ReplicaState, create_replicas, replica, sgd
 from tempering.step import evaluate, train_step

@@ -1,7 +1,7 @@
 """The one driver: burn-in, then rounds of segment -> evaluate -> move.
 
 :func:`train` runs any move (:mod:`tempering.moves`); :func:`tempering.pt_train`,
-:func:`tempering.pbt_train`, :func:`tempering.pbt.replay_schedule` and
+:func:`tempering.pbt_train`, :func:`tempering.replay.replay_schedule` and
 :func:`tempering.diffusion.diffusion_test` are thin wrappers around it.
 
 Steps are global: ``state.step`` says where a run stands, so a second call
@@ -40,16 +40,8 @@ from tempering.hyperparams import set_hyperparams
 from tempering.loops import SegmentSettings, loop_for, run_evaluate, run_segment
 from tempering.moves import as_move
 from tempering.records import History, RecordRows, RoundRecord
-from tempering.sources import (
-    ArraySource,
-    BatchReader,
-    IterableSource,
-    as_eval_source,
-    as_train_source,
-    batch_pair,
-)
-from tempering.state import EvalMetrics, ReplicaState, check_key, cross_entropy
-from tempering.step import check_model_takes
+from tempering.sources import RunSources, prepare_sources
+from tempering.state import EvalMetrics, ReplicaState, check_key
 
 __all__ = ["RunResult", "best_index", "train"]
 
@@ -126,75 +118,6 @@ def check_not_traced(state: ReplicaState) -> None:
         )
 
 
-def _check_compatible(
-    state: ReplicaState, inputs: Any, targets: Any, name: str, metrics_fn: Any
-) -> None:
-    """Model, loss and metrics accept one example of ``name``, before compiling."""
-    out = check_model_takes(state, inputs, name, axis=0)
-    y = jax.ShapeDtypeStruct((1, *np.shape(targets)[1:]), jnp.result_type(targets))
-    classification = state.loss_fn is cross_entropy
-    if classification:
-        _check_labels(targets, out, name)
-    try:
-        jax.eval_shape(state.loss_fn, out, y)
-        if metrics_fn is not None:
-            jax.eval_shape(metrics_fn, out, y)
-    except Exception as error:  # noqa: BLE001 - re-raised with the fix
-        raise ValueError(
-            f"{name}: loss_fn or metrics_fn cannot take model outputs {out.shape[1:]} "
-            f"with targets {y.shape[1:]} per example ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200]})"
-        ) from error
-
-
-def _check_labels(targets: Any, out: Any, name: str) -> None:
-    labels = np.asarray(targets)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(
-            f"{name} labels must be integers for the default cross-entropy loss, got "
-            f"{labels.dtype}; for regression or other targets pass loss_fn= to "
-            "create_replicas (e.g. a mean squared error)"
-        )
-    num_classes = out.shape[-1]
-    if labels.size:
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"{name} labels must lie in [0, {num_classes}) (the model has "
-                f"{num_classes} outputs), got values in [{low}, {high}]"
-            )
-
-
-def _first_batch(source: IterableSource, name: str) -> tuple[np.ndarray, np.ndarray]:
-    for element in source.make_iterator():
-        return batch_pair(element, name)
-    raise ValueError(f"{name} yielded no batches")
-
-
-def _eval_source(data: Any, name: str, state: ReplicaState, metrics_fn: Any):
-    source = as_eval_source(data, name)
-    if isinstance(source, ArraySource):
-        _check_finite(source, name)
-        _check_compatible(state, *source, name, metrics_fn)
-        return _on_devices(source, state)
-    _check_compatible(state, *_first_batch(source, name), name, metrics_fn)
-    return source
-
-
-def _check_finite(source: ArraySource, name: str) -> None:
-    """In-memory data with NaN or inf would poison every replica: refused up front."""
-    for part, array in (("inputs", source.inputs), ("targets", source.targets)):
-        dtype = getattr(array, "dtype", None)
-        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
-            continue
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(np.asarray(array))))
-        if bad:
-            raise ValueError(
-                f"{name} {part} hold {bad} non-finite values (NaN or inf); every "
-                "replica would train or be scored on them. Clean or drop them first"
-            )
-
-
 def _progress(total: int, enabled: bool, name: str):
     if not enabled:
         return None
@@ -213,14 +136,6 @@ def _host(tree: Any) -> Any:
 @jax.jit
 def _copy(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
-
-
-def _on_devices(source: ArraySource, state: ReplicaState) -> ArraySource:
-    """In-memory data on the device, or on every device of a sharded state."""
-    mesh = sharding.mesh_of(state)
-    if mesh is None:
-        return ArraySource(jnp.asarray(source.inputs), jnp.asarray(source.targets))
-    return ArraySource(*sharding.replicate((source.inputs, source.targets), mesh))
 
 
 def _apply_move(move, key, state, move_state, scores, round_index, mesh=None):
@@ -315,7 +230,7 @@ def train(
     mesh = sharding.mesh_of(state)
     if mesh is not None:
         move_state = sharding.replicate(move_state, mesh)
-    sources = _prepare_data(state, data, config)
+    sources = prepare_sources(state, data, config)
     loop = loop_for(state, sources.sample, config.loop)
     first_step = int(state.step)
     segments = plan(first_step, config.rounds)  # past explicit round ends raises
@@ -355,7 +270,7 @@ class _Run(NamedTuple):
     move: Any
     key: jax.Array  # the run's key, the data key split off
     data_key: jax.Array
-    data: _Sources
+    data: RunSources
     config: RunConfig
     loop: str  # "device" or "host", resolved for this state and data
     segments: list[_Segment]  # the call's plan
@@ -562,40 +477,6 @@ class _StopOnInterrupt:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
         return False
-
-
-class _Sources(NamedTuple):
-    """A call's data, validated and placed: what the segments and evaluations read."""
-
-    train: ArraySource | BatchReader  # in-memory data on device, or a reader
-    validation: ArraySource | IterableSource | None
-    test: ArraySource | IterableSource | None
-    sample: Any  # training inputs shaped like a batch (for the loop's "auto")
-
-
-def _prepare_data(state: ReplicaState, data: RunData, config: RunConfig) -> _Sources:
-    """Validated sources, checked against the model before anything compiles."""
-    metrics_fn = config.metrics_fn
-    given = as_train_source(data.train, "train_data", config.batch_size)
-    train: ArraySource | BatchReader
-    if isinstance(given, ArraySource):
-        _check_finite(given, "train_data")
-        _check_compatible(state, *given, "train_data", metrics_fn)
-        train = _on_devices(given, state)
-        sample = train.inputs
-    else:
-        train = BatchReader(given, "train_data")
-        x, y = train.peek()
-        if not config.shared_batch:  # (M, B, ...) batches: check one replica's
-            x, y = x[0], y[0]
-        _check_compatible(state, x, y, "train_data", metrics_fn)
-        sample = x
-    validation = test = None
-    if data.validation is not None:
-        validation = _eval_source(data.validation, "validation_data", state, metrics_fn)
-    if data.test is not None:
-        test = _eval_source(data.test, "test_data", state, metrics_fn)
-    return _Sources(train, validation, test, sample)
 
 
 def _scores(metrics: EvalMetrics, score_fn: ScoreFn | None, num: int) -> jax.Array:

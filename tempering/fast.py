@@ -72,18 +72,23 @@ replica axis sharded across devices would serialise it), and plain
 from __future__ import annotations
 
 import functools
-import itertools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax import lax
-from jax.custom_batching import custom_vmap
 from jax.extend import core as jex_core
 
 from tempering._caller import warn
+from tempering.rewrite import (
+    CONV,
+    FOLD,
+    FORMULATIONS,
+    RESHAPE,
+    SEQUENTIAL,
+    WINDOW_PRIMITIVES,
+    batched_primitive,
+)
 
 __all__ = [
     "FORMULATIONS",
@@ -96,25 +101,10 @@ __all__ = [
     "replica_vmap",
 ]
 
-FORMULATIONS = ("vmap", "unroll", "map", "patches", "fold", "reshape")
-SEQUENTIAL = "sequential"
-FOLD = "fold"
-RESHAPE = "reshape"
 
 Policy = Mapping[str, str]  # primitive name -> formulation
 
-CONV = "conv_general_dilated"
 
-#: Weight-free window reductions (pooling and the max-pool derivatives), the
-#: primitives the ``"fold"`` formulation applies to.
-WINDOW_PRIMITIVES = (
-    "reduce_window_max",
-    "reduce_window_min",
-    "reduce_window_sum",
-    "reduce_window",
-    "select_and_scatter_add",
-    "select_and_gather_add",
-)
 _FOLD_ALL = dict.fromkeys(WINDOW_PRIMITIVES, FOLD)
 # max/min pooling and its derivatives as reshapes (where the windows tile the
 # input, else folded); sum pooling left to JAX's rule
@@ -203,334 +193,6 @@ def resolve_policy(policy: str | Policy, backend: str | None = None) -> dict[str
 # returns the batched output(s), replica axis first.
 
 
-def _per_replica(prim, params, num, batched, args, formulation):
-    """Emits the primitive once per replica (unrolled) or in a ``lax.map``."""
-
-    def one(sliced):
-        it = iter(sliced)
-        operands = [next(it) if b else a for a, b in zip(args, batched, strict=True)]
-        return prim.bind(*operands, **params)
-
-    sliced = [a for a, b in zip(args, batched, strict=True) if b]
-    if formulation == "map":
-        return lax.map(one, sliced)
-    outs = [one([a[m] for a in sliced]) for m in range(num)]
-    if prim.multiple_results:
-        return [jnp.stack(o) for o in zip(*outs, strict=True)]
-    return jnp.stack(outs)
-
-
-def _conv_shared_input(params, num, lhs, rhs):
-    """Shared input, per-replica kernels: one conv with M x output features."""
-    dn = params["dimension_numbers"]
-    out_feat, out_dim = dn.rhs_spec[0], dn.out_spec[1]
-    kernel = jnp.moveaxis(rhs, 0, out_feat)  # (..., M, O, ...)
-    shape = list(rhs.shape[1:])
-    shape[out_feat] *= num
-    out = lax.conv_general_dilated_p.bind(lhs, kernel.reshape(shape), **params)
-    split = out.shape[:out_dim] + (num, -1) + out.shape[out_dim + 1 :]
-    return jnp.moveaxis(out.reshape(split), out_dim, 0)
-
-
-def _conv_shared_kernel(params, num, lhs, rhs):
-    """Per-replica inputs, shared kernel: one conv with M x the batch."""
-    dn = params["dimension_numbers"]
-    in_batch, out_batch = dn.lhs_spec[0], dn.out_spec[0]
-    inputs = jnp.moveaxis(lhs, 0, in_batch)
-    shape = list(lhs.shape[1:])
-    shape[in_batch] *= num
-    out = lax.conv_general_dilated_p.bind(inputs.reshape(shape), rhs, **params)
-    split = out.shape[:out_batch] + (num, -1) + out.shape[out_batch + 1 :]
-    return jnp.moveaxis(out.reshape(split), out_batch, 0)
-
-
-# Largest patch tensor (elements) the "patches" formulation builds.
-_MAX_PATCH_ELEMENTS = 1 << 26
-
-
-def _out_spatial(params, spatial: Sequence[int], window: Sequence[int]) -> tuple:
-    """Output spatial sizes of a convolution of an unpadded input."""
-    return tuple(
-        ((size - 1) * ld + 1 + lo + hi - (k - 1) * d - 1) // s + 1
-        for size, ld, (lo, hi), k, d, s in zip(
-            spatial,
-            params["lhs_dilation"],
-            params["padding"],
-            window,
-            params["rhs_dilation"],
-            params["window_strides"],
-            strict=True,
-        )
-    )
-
-
-def _patches(params, lhs, window: tuple[int, ...]) -> jax.Array:
-    """The patch tensor ``(N, C, *window, *out_spatial)`` of a convolution input.
-
-    Built from one strided slice per window offset or per output position,
-    whichever is fewer (the kernel-gradient convolution has a large window and
-    few output positions).
-    """
-    dn = params["dimension_numbers"]
-    x = jnp.transpose(lhs, dn.lhs_spec)  # (N, C, *spatial)
-    out = _out_spatial(params, x.shape[2:], window)
-    pads = [
-        (lo, hi, d - 1)
-        for (lo, hi), d in zip(params["padding"], params["lhs_dilation"], strict=True)
-    ]
-    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (0, 0, 0), *pads])
-    strides, dilation = params["window_strides"], params["rhs_dilation"]
-    n, c, rank = x.shape[0], x.shape[1], len(window)
-    by_offset = math.prod(window) <= math.prod(out)
-    # slice over window offsets (each slice spans all outputs) or the reverse
-    outer, inner = (window, out) if by_offset else (out, window)
-    outer_step, inner_step = (dilation, strides) if by_offset else (strides, dilation)
-    slices = []
-    for index in itertools.product(*map(range, outer)):
-        start = [0, 0, *(i * st for i, st in zip(index, outer_step, strict=True))]
-        limit = [
-            n,
-            c,
-            *(
-                b + (m - 1) * st + 1
-                for b, m, st in zip(start[2:], inner, inner_step, strict=True)
-            ),
-        ]
-        slices.append(lax.slice(x, start, limit, (1, 1, *inner_step)))
-    patches = jnp.stack(slices, axis=2).reshape(n, c, *outer, *inner)
-    if not by_offset:  # (N, C, *out, *window) -> (N, C, *window, *out)
-        patches = jnp.moveaxis(
-            patches, tuple(range(2, 2 + rank)), tuple(range(2 + rank, 2 + 2 * rank))
-        )
-    return patches
-
-
-def _conv_patches(params, num, lhs, rhs):
-    """Shared input, per-replica kernels: patches times all kernels at once."""
-    dn = params["dimension_numbers"]
-    kernels = jnp.transpose(rhs, (0, *(d + 1 for d in dn.rhs_spec)))  # (M, O, I, *K)
-    rank = kernels.ndim - 3
-    patches = _patches(params, lhs, kernels.shape[3:])
-    window, out = "abcdefgh"[:rank], "pqrstuvw"[:rank]
-    result = jnp.einsum(
-        f"nc{window}{out},moc{window}->mno{out}",
-        patches,
-        kernels,
-        precision=params["precision"],
-        preferred_element_type=params["preferred_element_type"],
-    )  # (M, N, O, *out), canonical order
-    to_out = sorted(range(len(dn.out_spec)), key=lambda j: dn.out_spec[j])
-    return jnp.transpose(result, (0, *(j + 1 for j in to_out)))
-
-
-def _patch_elements(params, lhs, rhs) -> int:
-    """Elements of the patch tensor ``_conv_patches`` would build."""
-    dn = params["dimension_numbers"]
-    window = [rhs.shape[1 + d] for d in dn.rhs_spec[2:]]
-    spatial = [lhs.shape[d] for d in dn.lhs_spec[2:]]
-    out = _out_spatial(params, spatial, window)
-    n, c = lhs.shape[dn.lhs_spec[0]], lhs.shape[dn.lhs_spec[1]]
-    return n * c * math.prod(window) * math.prod(out)
-
-
-def _conv_rule(prim, params, num, batched, args, formulation):
-    lhs_b, rhs_b = batched
-    lhs, rhs = args
-    if params["batch_group_count"] == 1:
-        if not lhs_b and rhs_b and params["feature_group_count"] == 1:
-            if (
-                formulation == "patches"
-                and _patch_elements(params, lhs, rhs) <= _MAX_PATCH_ELEMENTS
-            ):
-                return _conv_patches(params, num, lhs, rhs)
-            return _conv_shared_input(params, num, lhs, rhs)
-        if lhs_b and not rhs_b:
-            return _conv_shared_kernel(params, num, lhs, rhs)
-    return _per_replica(prim, params, num, batched, args, formulation)
-
-
-def _jax_rule(prim, params, num, batched, args):
-    """JAX's own batching rule of the primitive."""
-
-    def apply(*operands):
-        return prim.bind(*operands, **params)
-
-    axes = [0 if b else None for b in batched]
-    return jax.vmap(apply, in_axes=axes, axis_size=num)(*args)
-
-
-def _untouched_dim(params) -> int | None:
-    """The first dimension a window reduction maps element for element.
-
-    Window 1, stride 1, no padding and no dilation there: the batch dimension
-    of a pooling layer. None if the window touches every dimension.
-    """
-    rank = len(params["window_dimensions"])
-    trivial = {
-        "window_dimensions": 1,
-        "window_strides": 1,
-        "base_dilation": 1,
-        "window_dilation": 1,
-    }
-    for d in range(rank):
-        if all(
-            name not in params or params[name][d] == value
-            for name, value in trivial.items()
-        ) and tuple(params["padding"][d]) == (0, 0):
-            return d
-    return None
-
-
-def _fold(x, num: int, dim: int, batched: bool) -> jax.Array:
-    """``(M, ..., n_dim, ...)`` -> ``(..., M * n_dim, ...)`` (replica-major)."""
-    if not batched:
-        x = jnp.broadcast_to(x, (num, *x.shape))
-    x = jnp.moveaxis(x, 0, dim)
-    return x.reshape(*x.shape[:dim], num * x.shape[dim + 1], *x.shape[dim + 2 :])
-
-
-def _unfold(x, num: int, dim: int) -> jax.Array:
-    """Inverse of :func:`_fold`: the replica axis back in front."""
-    x = x.reshape(*x.shape[:dim], num, x.shape[dim] // num, *x.shape[dim + 1 :])
-    return jnp.moveaxis(x, dim, 0)
-
-
-# Chooser windows the "reshape" formulation takes: max or min pooling and the
-# max/min-pool derivatives whose selection keeps the first extreme (ge / le).
-_CHOOSERS = {
-    "reduce_window_max": jnp.max,
-    "reduce_window_min": jnp.min,
-}
-_SELECTS = {"ge": jnp.argmax, "le": jnp.argmin}
-
-
-def _tiles(params, shape: Sequence[int]) -> bool:
-    """Whether the window tiles the operand: no overlap, padding or dilation."""
-    return all(
-        s == k and tuple(pad) == (0, 0) and size % k == 0
-        for s, k, pad, size in zip(
-            params["window_strides"],
-            params["window_dimensions"],
-            params["padding"],
-            shape,
-            strict=True,
-        )
-    ) and all(
-        d == 1
-        for name in ("base_dilation", "window_dilation")
-        for d in params.get(name, ())
-    )
-
-
-def _windows(x, window: Sequence[int]) -> jax.Array:
-    """``(*(n_d * k_d))`` -> ``(*n, prod(k))``: each window's elements last."""
-    rank = len(window)
-    counts = [size // k for size, k in zip(x.shape, window, strict=True)]
-    x = x.reshape([v for pair in zip(counts, window, strict=True) for v in pair])
-    x = x.transpose([*range(0, 2 * rank, 2), *range(1, 2 * rank, 2)])
-    return x.reshape(*counts, -1)
-
-
-def _unwindows(x, window: Sequence[int], shape: Sequence[int]) -> jax.Array:
-    """Inverse of :func:`_windows`."""
-    rank = len(window)
-    x = x.reshape(*x.shape[:rank], *window)
-    return x.transpose([i for d in range(rank) for i in (d, rank + d)]).reshape(shape)
-
-
-def _window_reshape(prim, params, num, batched, args):
-    """Max/min pooling and its derivatives as reshapes, or None where they don't tile.
-
-    Where the windows tile the input (stride = window, no padding, as in
-    LeNet's 2x2 pooling), pooling is a reshape and a max over each window; the
-    gradient (``select_and_scatter_add``) puts the cotangent at each window's
-    first maximum (``argmax``, the element ``select_prim=ge`` keeps) and zeros
-    elsewhere; the JVP (``select_and_gather_add``) gathers the tangent there.
-    Element for element the values ``jax.vmap``'s primitives give (NaN aside),
-    with no scatter, which XLA:CPU runs slowly on large arrays. Sum pooling,
-    other selections (``gt``, ``lt``) and windows that overlap, pad, dilate or
-    leave a remainder give None (the caller folds them).
-    """
-    name = prim.name
-    select = _SELECTS.get(str(params.get("select_prim")))
-    if name not in _CHOOSERS and select is None:
-        return None
-    at = 0 if name in _CHOOSERS else 1  # the pooled operand
-    if not _tiles(params, args[at].shape[1:] if batched[at] else args[at].shape):
-        return None
-    args = [
-        a if b else jnp.broadcast_to(a, (num, *a.shape))
-        for a, b in zip(args, batched, strict=True)
-    ]
-    operand = args[at]
-    window = (1, *params["window_dimensions"])  # the replica axis: window 1
-    if name in _CHOOSERS:
-        return _CHOOSERS[name](_windows(operand, window), axis=-1)
-    first = select(_windows(operand, window), axis=-1)[..., None]
-    if name == "select_and_gather_add":
-        tangents = _windows(args[0], window)
-        return jnp.take_along_axis(tangents, first, axis=-1)[..., 0]
-    source = args[0]  # select_and_scatter_add: one cotangent per window
-    hot = first == jnp.arange(math.prod(window))
-    scattered = jnp.where(hot, source[..., None], jnp.zeros((), source.dtype))
-    return _unwindows(scattered, window, operand.shape)
-
-
-def _window_rule(prim, params, num, batched, args, formulation):
-    """Window reductions: reshaped, folded into the batch, per replica, or JAX's."""
-    if formulation == "vmap":
-        return _jax_rule(prim, params, num, batched, args)
-    if formulation == RESHAPE:
-        out = _window_reshape(prim, params, num, batched, args)
-        if out is not None:
-            return out
-        formulation = FOLD  # overlapping or padded windows, sum pooling
-    if formulation != FOLD:
-        return _per_replica(prim, params, num, batched, args, formulation)
-    dim = _untouched_dim(params)
-    # the generic reduce_window takes operands then their init values; the
-    # init values must be shared (a per-replica init cannot be folded)
-    folded = len(args) // 2 if prim.name == "reduce_window" else len(args)
-    if dim is None or any(batched[folded:]):
-        return _per_replica(prim, params, num, batched, args, "unroll")
-    operands = [
-        _fold(a, num, dim, b)
-        for a, b in zip(args[:folded], batched[:folded], strict=True)
-    ]
-    out = prim.bind(*operands, *args[folded:], **params)
-    if prim.multiple_results:
-        return [_unfold(o, num, dim) for o in out]
-    return _unfold(out, num, dim)
-
-
-_RULES: dict[str, Callable] = {
-    CONV: _conv_rule,
-    **dict.fromkeys(WINDOW_PRIMITIVES, _window_rule),
-}
-
-
-def _batched_primitive(eqn: Any, formulation: str) -> Callable:
-    """The equation's primitive as a function with a custom batching rule."""
-    prim, params = eqn.primitive, eqn.params
-    rule = _RULES.get(prim.name, _per_replica)
-
-    def apply(*args):
-        return prim.bind(*args, **params)
-
-    batched_apply = custom_vmap(apply)
-
-    @batched_apply.def_vmap
-    def _vmap_rule(axis_size, in_batched, *args):
-        if not any(in_batched):
-            out = apply(*args)
-            return out, [False] * len(out) if prim.multiple_results else False
-        out = rule(prim, params, axis_size, list(in_batched), list(args), formulation)
-        out_batched = [True] * len(out) if prim.multiple_results else True
-        return out, out_batched
-
-    return batched_apply
-
-
 # --------------------------------------------------------------------------
 # The jaxpr rewrite.
 
@@ -591,7 +253,7 @@ def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence, args: Sequence, rules) -> lis
         invals = [read(v) for v in eqn.invars]
         name = eqn.primitive.name
         if name in rules:
-            outs = _batched_primitive(eqn, rules[name])(*invals)
+            outs = batched_primitive(eqn, rules[name])(*invals)
         elif name in _INLINE and _contains(_subjaxprs(eqn.params)[0], names):
             closed = eqn.params["jaxpr"]
             sub = closed.jaxpr if isinstance(closed, jex_core.ClosedJaxpr) else closed

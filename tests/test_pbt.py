@@ -300,7 +300,7 @@ def test_best_schedule_follows_lineage(state, blobs):
     result = run(state, blobs)
     history = result.history
     best = result.summary.best_replica
-    schedule = pbt.best_schedule(history, best)
+    schedule = tp.best_schedule(history, best)
     # reference: walk the lineage by hand, one value per segment
     slot, values = best, []
     values.append(history.hyperparams["learning_rate"][-1, slot])
@@ -327,16 +327,16 @@ def test_best_schedule_follows_lineage(state, blobs):
     np.testing.assert_array_equal(got, expanded)
     assert schedule.starts[0] == 0 and np.all(np.diff(schedule.starts) > 0)
     with pytest.raises(ValueError, match="replica"):
-        pbt.best_schedule(history, M)
+        tp.best_schedule(history, M)
 
 
 def test_replay_schedule(state, blobs, tx):
     result = run(state, blobs)
-    schedule = pbt.best_schedule(result.history, result.summary.best_replica)
+    schedule = tp.best_schedule(result.history, result.summary.best_replica)
     (x, _), _ = blobs
     fresh = tp.create_replicas(jax.random.key(9), TinyMLP(), tx, x[:4], num_replicas=2)
     train, val = blobs
-    replay = pbt.replay_schedule(
+    replay = tp.replay_schedule(
         fresh,
         jax.random.key(1),
         schedule,

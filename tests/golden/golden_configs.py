@@ -347,7 +347,9 @@ def run_pt_auto() -> Arrays:
 
 
 @functools.cache
-def _pbt_truncation() -> tuple[tp.PBTResult, tp.pbt.Schedule, list[tp.pbt.Schedule]]:
+def _pbt_truncation() -> tuple[
+    tp.PBTResult, tp.replay.Schedule, list[tp.replay.Schedule]
+]:
     """The ``pbt_truncation`` run, its best schedule and every final replica's.
 
     Cached: the ``replay`` configurations retrain on these schedules.
@@ -427,7 +429,7 @@ def run_pbt_tournament() -> Arrays:
     return _pbt_outputs(result)
 
 
-def _replay(schedule: tp.pbt.Schedule) -> Arrays:
+def _replay(schedule: tp.replay.Schedule) -> Arrays:
     """Fresh replicas retrained on ``schedule`` with the PBT run's key."""
     data = make_data()
     tx = sgd(0.1, momentum=0.9)

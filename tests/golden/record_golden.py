@@ -58,7 +58,7 @@ import golden_configs as gc  # noqa: E402
 FIELD_LISTS = {
     tp.PTSummary: gc.PT_SUMMARY_FIELDS,
     tp.PBTSummary: gc.PBT_SUMMARY_FIELDS,
-    tp.pbt.Schedule: gc.SCHEDULE_FIELDS,
+    tp.replay.Schedule: gc.SCHEDULE_FIELDS,
     tp.diffusion.DiffusionResult: gc.DIFFUSION_FIELDS,
     tp.EvalMetrics: gc.EVAL_FIELDS,
 }
@@ -67,7 +67,7 @@ NOT_RECORDED = {
     # (history.c, history.temperatures, summary.c, summary.ladder).
     tp.PTSummary: {"move_state"},
 }
-REPLAY_FIELDS = set(tp.pbt.ReplayResult._fields) - {"state"}
+REPLAY_FIELDS = set(tp.replay.ReplayResult._fields) - {"state"}
 
 
 def check_field_lists() -> None:

@@ -1,0 +1,194 @@
+"""Replaying a PBT schedule: the lineage of a final replica, retrained from scratch.
+
+:func:`best_schedule` reads the piecewise-constant hyperparameter schedule of
+any final replica of a :func:`tempering.pbt_train` run out of its history (its
+ancestors' hyperparameters, segment by segment); :func:`replay_schedule`
+retrains fresh replicas on it through the same engine, with the run's key for
+the same batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from tempering.config import RunConfig, RunData
+from tempering.driver import check_not_traced, train
+from tempering.hyperparams import check_names, set_hyperparams
+from tempering.moves import NoInfo
+from tempering.records import History, metric_of
+from tempering.state import ReplicaState
+
+__all__ = ["ReplayResult", "Schedule", "best_schedule", "replay_schedule"]
+
+
+class Schedule(NamedTuple):
+    """A piecewise-constant hyperparameter schedule, S pieces.
+
+    Piece ``s`` covers steps ``[starts[s], starts[s + 1])``, the last piece
+    ending at ``num_steps``.
+    """
+
+    starts: np.ndarray  # shape=(S,), int; first SGD step of each piece
+    values: dict[str, np.ndarray]  # name -> shape=(S,), value during each piece
+    replicas: np.ndarray  # shape=(S,), int; the ancestor slot that trained it
+    num_steps: int
+
+
+def best_schedule(history: History, replica: int) -> Schedule:
+    """The hyperparameter schedule that produced final replica ``replica``.
+
+    Follows the lineage backwards: the weights of ``replica`` after round r
+    came from ``history.parent[r, replica]``, which trained the segment before
+    with its own hyperparameters, and so on back to step 0.
+
+    Args:
+        history: a :class:`History` from :func:`pbt_train`.
+        replica: final replica index, e.g. ``result.summary.best_replica``.
+
+    Returns:
+        The :class:`Schedule` (burn-in piece first when ``burn_in > 0``).
+    """
+    if history.first_step != 0:
+        raise ValueError(
+            f"this history starts at step {history.first_step} (a continued "
+            "pbt_train call); best_schedule needs the lineage from step 0: take "
+            "it from a single call, or keep the first call's history"
+        )
+    num = (
+        history.parent.shape[1]
+        if history.parent.size
+        else len(next(iter(history.initial_hyperparams.values())))
+    )
+    if not 0 <= replica < num:
+        raise ValueError(f"replica must lie in [0, {num}), got {replica}")
+    num_rounds = history.step.shape[0]
+    names = list(history.initial_hyperparams)
+
+    def values_during(segment: int, slot: int) -> dict[str, float]:
+        if segment == 0:
+            return {n: float(history.initial_hyperparams[n][slot]) for n in names}
+        return {n: float(history.hyperparams[n][segment - 1, slot]) for n in names}
+
+    slot = int(replica)
+    pieces = [(num_rounds, slot, values_during(num_rounds, slot))]
+    for r in range(num_rounds - 1, -1, -1):
+        slot = int(history.parent[r, slot])
+        pieces.append((r, slot, values_during(r, slot)))
+    pieces.reverse()
+    starts = [history.burn_in] + [int(s) for s in history.step]
+    if history.burn_in > 0:
+        burn = {n: float(history.burn_in_hyperparams[n][slot]) for n in names}
+        pieces.insert(0, (-1, slot, burn))
+        starts.insert(0, 0)
+    # merge consecutive pieces with equal values
+    out_starts: list[Any] = []
+    out_values: list[Any] = []
+    out_slots: list[Any] = []
+    for start, (_, s, vals) in zip(starts, pieces, strict=True):
+        if out_values and out_values[-1] == vals:
+            continue
+        out_starts.append(start)
+        out_values.append(vals)
+        out_slots.append(s)
+    return Schedule(
+        starts=np.asarray(out_starts, np.int64),
+        values={n: np.asarray([v[n] for v in out_values], np.float32) for n in names},
+        replicas=np.asarray(out_slots, np.int64),
+        num_steps=history.num_steps,
+    )
+
+
+class ReplayResult(NamedTuple):
+    """What :func:`replay_schedule` returns."""
+
+    state: ReplicaState
+    step: np.ndarray  # shape=(S,), SGD steps done at the end of each piece
+    val_loss: np.ndarray  # shape=(S, M), validation loss at the end of each piece
+    val_metrics: dict[str, np.ndarray]  # name -> shape=(S, M)
+
+    @property
+    def val_accuracy(self) -> np.ndarray:
+        """``val_metrics["accuracy"]``, shape ``(S, M)``."""
+        return metric_of(self.val_metrics, "accuracy", "val_metrics")
+
+
+@struct.dataclass
+class _NextPiece:
+    """The move of a replay: every replica takes the next piece's values."""
+
+    values: dict[str, jax.Array]  # name -> shape=(S,), float32
+
+    def init(self, state: ReplicaState | None = None) -> None:
+        """Nothing to carry: the piece follows from the round."""
+        del state
+
+    def step(self, key, state, move_state, scores, round_index):
+        """Every replica takes the values of piece ``round_index + 1``."""
+        del key, scores
+        last = next(iter(self.values.values())).shape[0] - 1
+        piece = jnp.minimum(round_index + 1, last)
+        values = {n: v[piece] for n, v in self.values.items()}
+        return set_hyperparams(state, **values), move_state, NoInfo()
+
+
+def replay_schedule(
+    state: ReplicaState,
+    key: jax.Array,
+    schedule: Schedule,
+    *,
+    train_data: Any,
+    validation_data: Any,
+    test_data: Any = None,
+    **settings: Any,
+) -> ReplayResult:
+    """Trains fresh replicas with a fixed piecewise-constant schedule.
+
+    Every replica of ``state`` follows ``schedule`` (all at the same values):
+    :func:`tempering.train` with one round per piece, whose move sets the
+    next piece's values. With the key of the PBT run the batch order is the
+    same.
+
+    Args:
+        state: fresh replicas (any M), e.g. ``create_replicas(new_key, ...)``.
+        key: PRNG key.
+        schedule: from :func:`best_schedule`.
+        train_data: the PBT run's training data.
+        validation_data: evaluated at the end of every piece.
+        test_data: optional held-out data.
+        **settings: other :class:`tempering.RunConfig` fields (``batch_size``,
+            ``vectorize``, ``callback``, ...); the schedule sets
+            ``num_steps`` and the rounds.
+
+    Returns:
+        :class:`ReplayResult`.
+    """
+    check_not_traced(state)
+    if not isinstance(schedule, Schedule):
+        raise TypeError("schedule must be a Schedule from tempering.best_schedule")
+    starts = [int(s) for s in schedule.starts]
+    ends = [*starts[1:], int(schedule.num_steps)]
+    if (
+        not starts
+        or starts[0] != 0
+        or any(e <= s for s, e in zip(starts, ends, strict=True))
+    ):
+        raise ValueError(
+            "schedule must start at step 0 with increasing starts below num_steps"
+        )
+    if validation_data is None:
+        raise TypeError("replay_schedule needs validation_data")
+    check_names(state, list(schedule.values), "schedule")
+    values = {n: jnp.asarray(v, jnp.float32) for n, v in schedule.values.items()}
+    state = set_hyperparams(state, **{n: v[0] for n, v in schedule.values.items()})
+    config = RunConfig(num_steps=ends[-1], interval=tuple(ends), **settings)
+    data = RunData(train_data, validation_data, test_data)
+    run = train(state, key, _NextPiece(values), data, config)
+    history = run.history
+    return ReplayResult(
+        run.state, history.step, history.validation.loss, history.validation.metrics
+    )
