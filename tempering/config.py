@@ -39,6 +39,7 @@ __all__ = [
     "check_bool",
     "check_int",
     "config_from",
+    "require_validation",
 ]
 
 ScoreFn = Callable[[EvalMetrics], jax.Array]
@@ -66,6 +67,18 @@ def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool | np.bool_):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def require_validation(validation_data: Any, caller: str, role: str) -> None:
+    """A TypeError when a wrapper whose move needs scores gets no validation data.
+
+    Args:
+        validation_data: what the caller passed.
+        caller: the wrapper's name, e.g. ``"pt_train"``.
+        role: what the validation loss is for there, e.g. "drives the exchanges".
+    """
+    if validation_data is None:
+        raise TypeError(f"{caller} needs validation_data: its loss {role}")
 
 
 def _check_callable(function: Any, name: str) -> None:

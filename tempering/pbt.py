@@ -58,6 +58,7 @@ from tempering.config import (
     ScoreFn,
     check_bool,
     config_from,
+    require_validation,
 )
 from tempering.driver import RunResult, best_index, check_not_traced, train
 from tempering.hyperparams import (
@@ -591,8 +592,7 @@ def pbt_train(
     check_not_traced(state)
     move = pbt_move(config)
     check_names(state, config.names, "config")
-    if validation_data is None:
-        raise TypeError("pbt_train needs validation_data: its loss is the PBT score")
+    require_validation(validation_data, "pbt_train", "is the PBT score")
     settings = config_from(
         run_config, "pbt_train", "ready_interval", num_steps, ready_interval,
         burn_in=burn_in, batch_size=batch_size, shared_batch=shared_batch,

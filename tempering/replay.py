@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tempering.config import RunConfig, RunData
+from tempering.config import RunConfig, RunData, require_validation
 from tempering.driver import check_not_traced, train
 from tempering.hyperparams import check_names, set_hyperparams
 from tempering.moves import NoInfo
@@ -180,8 +180,7 @@ def replay_schedule(
         raise ValueError(
             "schedule must start at step 0 with increasing starts below num_steps"
         )
-    if validation_data is None:
-        raise TypeError("replay_schedule needs validation_data")
+    require_validation(validation_data, "replay_schedule", "is recorded per piece")
     check_names(state, list(schedule.values), "schedule")
     values = {n: jnp.asarray(v, jnp.float32) for n, v in schedule.values.items()}
     state = set_hyperparams(state, **{n: v[0] for n, v in schedule.values.items()})

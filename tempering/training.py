@@ -26,6 +26,7 @@ from tempering.config import (
     ScoreFn,
     check_bool,
     config_from,
+    require_validation,
 )
 from tempering.driver import RunResult, best_index, check_not_traced, train
 from tempering.ladder import Ladder, assign_rungs, check_ladder
@@ -223,14 +224,11 @@ def pt_train(
         ...                   num_steps=2000, exchange_interval=100, burn_in=500)
         >>> result.summary.acceptance_rate
     """
-    if not isinstance(state, ReplicaState):
-        raise TypeError("state must be a ReplicaState from tempering.create_replicas")
     check_not_traced(state)
     if not isinstance(ladder, Ladder):
         raise TypeError("ladder must be a tempering.Ladder (see tempering.make_ladder)")
     check_ladder(state, ladder)
-    if validation_data is None:
-        raise TypeError("pt_train needs validation_data: its loss drives the exchanges")
+    require_validation(validation_data, "pt_train", "drives the exchanges")
     config = config_from(
         run_config, "pt_train", "exchange_interval", num_steps, exchange_interval,
         burn_in=burn_in, batch_size=batch_size, shared_batch=shared_batch,
