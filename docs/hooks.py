@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = {"notebooks/quickstart.md": ROOT / "notebooks" / "quickstart.ipynb"}
 RESULTS = ROOT / "experiments" / "results"
 PUBLIC_SUBMODULES = (
-    "loops fast sources hyperparams diffusion data models loggers sharding "
+    "loops fast sources hyperparams diffusion data zoo.datasets zoo.models loggers "
+    "sharding "
     "checkpoint divergence adaptation diagnostics multi"
 ).split()
 

@@ -54,9 +54,9 @@ import optax
 
 import tempering as tp
 from experiments.common import REPO_ROOT, fmt_mean_std, provenance, save_result
-from tempering import data as tdata
-from tempering import models
 from tempering.driver import best_index
+from tempering.zoo import datasets as tdata
+from tempering.zoo import models
 
 LR_LOW, LR_HIGH = 0.005, 0.2
 FEATURES, NUM_CLASSES = (128, 128), 10

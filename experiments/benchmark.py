@@ -52,9 +52,10 @@ import numpy as np
 import tempering as tp
 from experiments.common import RESULTS_DIR, provenance, run_evaluate, save_result
 from experiments.flops import jaxpr_flops, peak_tflops
-from tempering import loops, models
+from tempering import loops
 from tempering.sources import ArraySource
 from tempering.step import replica_train_step
+from tempering.zoo import models
 
 BATCH = 128
 VARIANTS = ("fused", "unroll", "vmap", "loop", "lax_map", "sequential")

@@ -60,9 +60,9 @@ from experiments.common import (
     provenance,
     save_result,
 )
-from tempering import data as tdata
-from tempering import models
 from tempering.driver import best_index
+from tempering.zoo import datasets as tdata
+from tempering.zoo import models
 
 # pt_train settings of each method beside the library's defaults (None: PBT).
 METHODS: dict[str, dict | None] = {

@@ -30,7 +30,8 @@ from experiments.common import (
     save_result,
 )
 from tempering import diffusion
-from tempering.models import LeNet5
+from tempering.zoo import datasets
+from tempering.zoo.models import LeNet5
 
 SWEEPS = {
     # hyperparameter: (values, base learning rate)
@@ -89,7 +90,7 @@ def verdicts(results: dict) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    data = tp.data.load_dataset(args.dataset, data_dir=args.data_dir, source="raw")
+    data = datasets.load_dataset(args.dataset, data_dir=args.data_dir, source="raw")
     x, y = data.train
     if args.train_size:
         x, y = x[: args.train_size], y[: args.train_size]

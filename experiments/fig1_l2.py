@@ -38,7 +38,8 @@ from experiments.common import (
     save_result,
 )
 from tempering import diffusion
-from tempering.models import LeNet5
+from tempering.zoo import datasets
+from tempering.zoo.models import LeNet5
 
 BASE_LR = 0.05
 VALUES = (0.0, 0.01, 0.03, 0.1)
@@ -165,7 +166,7 @@ def main(argv=None) -> dict | None:
     args = parse_args(argv)
     seed_dir = args.out_dir / args.name
     seed_dir.mkdir(parents=True, exist_ok=True)
-    data = tp.data.load_dataset("fashion_mnist", data_dir=args.data_dir, source="raw")
+    data = datasets.load_dataset("fashion_mnist", data_dir=args.data_dir, source="raw")
     x, y = data.train
     runs = []
     for seed in args.seeds:

@@ -65,7 +65,8 @@ from experiments.fig2_common import (
     apply_overrides,
     run_experiment,
 )
-from tempering.models import _dropout, lenet5_cifar10, lenet5_emnist
+from tempering.zoo import datasets
+from tempering.zoo.models import _dropout, lenet5_cifar10, lenet5_emnist
 
 # --model: LeNet-5 as the paper names it, or the network the authors' code builds
 MODELS = ("lenet5", "authors")
@@ -214,13 +215,13 @@ def paper_config(dataset: str, ladder: str) -> Fig2Config:
 def load(dataset: str, data_dir: str) -> tuple[tp.data.Dataset, str | None]:
     """Loads the dataset; EMNIST-letters falls back to Fashion-MNIST offline."""
     if dataset != "emnist/letters":
-        return tp.data.load_dataset(dataset, data_dir=data_dir, source="auto"), None
+        return datasets.load_dataset(dataset, data_dir=data_dir, source="auto"), None
     try:
-        return tp.data.load_dataset(dataset, source="tfds"), None
+        return datasets.load_dataset(dataset, source="tfds"), None
     except Exception as err:  # offline: tfds cannot download  # noqa: BLE001
         reason = f"emnist/letters unavailable ({type(err).__name__}: {err})"
         print(reason[:200] + "; Fashion-MNIST stands in")
-        data = tp.data.load_dataset("fashion_mnist", data_dir=data_dir, source="raw")
+        data = datasets.load_dataset("fashion_mnist", data_dir=data_dir, source="raw")
         return data, reason[:500]
 
 

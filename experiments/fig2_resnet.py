@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import argparse
 
-import tempering as tp
 from experiments.fig2_common import (
     Fig2Config,
     add_common_args,
     apply_overrides,
     run_experiment,
 )
-from tempering.models import ResNet, resnet20, resnet44, resnet_optimizer
+from tempering.zoo import datasets
+from tempering.zoo.models import ResNet, resnet20, resnet44, resnet_optimizer
 
 TOTAL_STEPS = 64_000
 BURN_IN = 32_000
@@ -72,12 +72,12 @@ def main(argv=None) -> dict:
     add_common_args(p)
     args = p.parse_args(argv)
     config = apply_overrides(paper_config(args.depth), args)
-    data = tp.data.load_dataset("cifar10", data_dir=args.data_dir, source="auto")
+    data = datasets.load_dataset("cifar10", data_dir=args.data_dir, source="auto")
     model = {20: resnet20, 44: resnet44}.get(args.depth, _resnet8)()
     tx = resnet_optimizer(learning_rate=0.1, momentum=0.9, weight_decay=1e-4)
     extra = {"model": f"ResNet{args.depth}", "augment": "crop(4)+flip on device"}
     return run_experiment(
-        config, model, tx, data, args, augment=tp.data.augment_crop_flip, extra=extra
+        config, model, tx, data, args, augment=datasets.augment_crop_flip, extra=extra
     )
 
 

@@ -29,8 +29,8 @@ import numpy as np
 
 import tempering as tp
 from experiments.common import RESULTS_DIR, fmt_mean_std, provenance, save_result
-from tempering.data import load_mnist1d
-from tempering.models import MLP
+from tempering.zoo.datasets import load_mnist1d
+from tempering.zoo.models import MLP
 
 METHODS = {
     "grid": dict(exchanges=False),

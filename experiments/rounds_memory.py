@@ -36,7 +36,7 @@ def measure(num_rounds: int) -> dict:
     import jax.numpy as jnp  # noqa: F401
 
     import tempering as tp
-    from tempering.models import MLP
+    from tempering.zoo.models import MLP
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(512, 16)).astype(np.float32)

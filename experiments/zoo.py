@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import optax
 
-from tempering import models
+from tempering.zoo import models
 
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9

@@ -9,7 +9,7 @@ concept: the replicas (:mod:`tempering.state`), their hyperparameters
 :mod:`tempering.multi`, :mod:`tempering.pbt`); the plumbing (segments and
 loops, the vectorisation rewrite, data sources) sits in :mod:`tempering.loops`,
 :mod:`tempering.fast`, :mod:`tempering.sources`; and :mod:`tempering.diffusion`,
-:mod:`tempering.data`, :mod:`tempering.models`, :mod:`tempering.loggers`,
+:mod:`tempering.zoo.datasets`, :mod:`tempering.zoo.models`, :mod:`tempering.loggers`,
 :mod:`tempering.sharding`, :mod:`tempering.checkpoint`,
 :mod:`tempering.divergence`, :mod:`tempering.adaptation` and
 :mod:`tempering.diagnostics` serve them.

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import tempering as tp
-from tempering import models
 from tempering.adaptation import AdaptationState, mean_acceptance, solve_c
 from tempering.ladder import assign_rungs
 from tempering.moves import exchange_move
+from tempering.zoo import models
 
 M = 8
 LADDER = tp.geometric_ladder("learning_rate", 0.01, 1.0, M)

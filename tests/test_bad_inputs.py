@@ -40,9 +40,9 @@ import numpy as np
 import pytest
 
 import tempering as tp
-from tempering import data as tdata
 from tempering import diffusion
 from tempering.pbt import pbt_step
+from tempering.zoo import datasets as tdata
 
 NAN = float("nan")
 INF = float("inf")

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import tempering as tp
-from tempering import fast, loops, models, pbt
+from tempering import fast, loops, pbt
+from tempering.zoo import models
 
 pytestmark = pytest.mark.filterwarnings("error::tempering.fast.RewriteFallbackWarning")
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tempering.data import (
+from tempering.zoo.datasets import (
     DATASETS,
     augment_crop_flip,
     channel_stats,

@@ -14,9 +14,9 @@ from matplotlib.figure import Figure  # noqa: E402
 
 import tempering as tp  # noqa: E402
 from tempering import diagnostics as dg  # noqa: E402
-from tempering.models import MLP  # noqa: E402
 from tempering.moves import ExchangeMoveInfo  # noqa: E402
 from tempering.training import count_round_trips  # noqa: E402
+from tempering.zoo.models import MLP  # noqa: E402
 
 
 def make_history(rungs, initial_rungs, *, proposed=None, accepted=None, step=None,

@@ -243,7 +243,7 @@ def test_authors_cifar10_net_is_the_network_their_code_builds():
     import jax.numpy as jnp
 
     from experiments.flops import jaxpr_flops
-    from tempering.models import lenet5_cifar10
+    from tempering.zoo.models import lenet5_cifar10
 
     x = jnp.ones((2, 32, 32, 3))
     params = fig2_lenet.AuthorsCifar10Net().init(jax.random.key(0), x)["params"]

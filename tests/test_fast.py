@@ -14,8 +14,9 @@ import pytest
 from jax import lax
 
 import tempering as tp
-from tempering import fast, models
+from tempering import fast
 from tempering.step import replica_train_step
+from tempering.zoo import models
 
 # A rewrite that silently fell back to plain vmap would pass every comparison.
 pytestmark = pytest.mark.filterwarnings("error::tempering.fast.RewriteFallbackWarning")

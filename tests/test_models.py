@@ -1,4 +1,4 @@
-"""Tests for tempering.models: parameter counts, shapes, train/eval behaviour."""
+"""Tests for tempering.zoo.models: parameter counts, shapes, train/eval behaviour."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from tempering.models import (
+from tempering.zoo.models import (
     MLP,
     LeNet5,
     ResNet,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tempering as tp
-import tempering.models
+import tempering.zoo.models
 from tempering.adaptation import AdaptationState
 from tempering.multi import (
     MultiExchangeInfo,
@@ -103,7 +103,7 @@ def test_explicit_temperatures_still_win() -> None:
 @pytest.fixture(scope="module")
 def state() -> tp.ReplicaState:
     return tp.create_replicas(
-        jax.random.key(0), tempering.models.MLP((4,), 2), tp.sgd(0.1),
+        jax.random.key(0), tempering.zoo.models.MLP((4,), 2), tp.sgd(0.1),
         np.zeros((2, 3), np.float32), num_replicas=M,
         hyperparams={"learning_rate": 0.05, "dropout_rate": 0.2},
     )  # fmt: skip
@@ -266,7 +266,7 @@ def test_train_end_to_end(blobs, tx) -> None:
     (x, _), _ = blobs
     train, val = blobs
     state = tp.create_replicas(
-        jax.random.key(0), tempering.models.MLP((8,), 3), tx, x[:4], num_replicas=M,
+        jax.random.key(0), tempering.zoo.models.MLP((8,), 3), tx, x[:4], num_replicas=M,
         hyperparams={"dropout_rate": 0.1},
     )  # fmt: skip
     move = multi_exchange_move([LR, DROPOUT], c=[0.5, "auto"], adapt_rounds=2)

@@ -12,12 +12,13 @@ import pytest
 from conftest import TinyBNNet, TinyMLP
 
 import tempering as tp
-from tempering import loops, models
+from tempering import loops
 from tempering.ladder import assign_rungs
 from tempering.loops import SegmentSettings
 from tempering.sources import ArraySource
 from tempering.state import default_metrics
 from tempering.step import replica_train_step
+from tempering.zoo import models
 
 M = 3
 

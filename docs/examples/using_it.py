@@ -8,8 +8,8 @@ Shown on the getting-started page and type-checked against the public API in CI
 import jax
 
 import tempering as tp
-from tempering.data import load_mnist1d
-from tempering.models import MLP
+from tempering.zoo.datasets import load_mnist1d
+from tempering.zoo.models import MLP
 
 data = load_mnist1d()
 ladder = tp.linear_ladder("dropout_rate", 0.0, 0.7, 8)

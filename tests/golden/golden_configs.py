@@ -25,7 +25,7 @@ import optax
 
 import tempering as tp
 from tempering import diffusion
-from tempering.models import MLP
+from tempering.zoo.models import MLP
 
 NUM_REPLICAS = 4
 BATCH_SIZE = 32

@@ -4,7 +4,7 @@
 as ``.npz`` parts from a directory; :func:`load_tfds` reads
 tensorflow-datasets' array-record data sources without TensorFlow. Both return
 :class:`RawSplits` (uint8 images, int labels), which
-:func:`tempering.data.load_dataset` normalises and splits. :data:`DATASETS`
+:func:`tempering.zoo.datasets.load_dataset` normalises and splits. :data:`DATASETS`
 describes each dataset (shapes, classes, files, tfds name).
 """
 
