@@ -540,6 +540,23 @@ def _end_round(run, state, move_state, key, round_index, train_loss):
 def _stack(progress, state, move_state, run, final) -> History:
     """The history of the call's rounds; an empty one keeps every field's trailing shape."""
     initial = progress.initial or (_host(state.rungs), _host(state.hyperparams))
+    return progress.records.history(
+        lambda: _no_rounds(state, move_state, run, final, initial[1]),
+        initial_rungs=initial[0],
+        initial_hyperparams=initial[1],
+        burn_in_hyperparams=progress.burn_values,
+        first_step=run.first_step,
+        burn_in=run.config.burn_in,
+        num_steps=int(state.step),
+    )
+
+
+def _no_rounds(state, move_state, run, final, hyperparams) -> RoundRecord:
+    """A record stacked over zero rounds: the trailing shapes of every field.
+
+    The move's info shapes come from tracing its step, so this runs only for a
+    call that recorded no round.
+    """
     num = state.num_replicas
     empty_m = np.zeros((0, num), np.float32)
 
@@ -553,7 +570,7 @@ def _stack(progress, state, move_state, run, final) -> History:
         _apply_move, run.move, jax.random.key(0), state, move_state, jnp.zeros(num),
         jnp.int32(0),
     )[2]  # fmt: skip
-    empty = RoundRecord(  # stacked over zero rounds: arrays in the int fields too
+    return RoundRecord(  # stacked over zero rounds: arrays in the int fields too
         round=np.zeros((0,), np.int64),  # type: ignore[arg-type]
         step=np.zeros((0,), np.int64),  # type: ignore[arg-type]
         train_loss=empty_m,
@@ -562,16 +579,7 @@ def _stack(progress, state, move_state, run, final) -> History:
         test=empty_metrics(run.data.test),
         move=jax.tree.map(lambda s: np.zeros((0, *s.shape), s.dtype), info),
         rungs=empty_m.astype(np.int32),
-        hyperparams={k: empty_m for k in initial[1]},
+        hyperparams={k: empty_m for k in hyperparams},
         diverged=empty_m.astype(bool),
         restored_from=empty_m.astype(np.int32),
-    )
-    return progress.records.history(
-        empty,
-        initial_rungs=initial[0],
-        initial_hyperparams=initial[1],
-        burn_in_hyperparams=progress.burn_values,
-        first_step=run.first_step,
-        burn_in=run.config.burn_in,
-        num_steps=int(state.step),
     )

@@ -13,7 +13,7 @@ read as they always did. Histories of continued calls of one run join with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -203,19 +203,18 @@ class RecordRows:
             return self.arrays
         return jax.tree.map(lambda rows: rows[: self.count].copy(), self.arrays)
 
-    def history(
-        self, empty: RoundRecord, **call: Any
-    ) -> History:  # fmt: skip
+    def history(self, empty: Callable[[], RoundRecord], **call: Any) -> History:
         """The :class:`History` of the rows, ``call`` its per-call fields.
 
         Args:
-            empty: a record with zero rounds (leading axis 0), whose trailing
-                shapes an empty history keeps.
+            empty: builds a record with zero rounds (leading axis 0), whose
+                trailing shapes an empty history keeps; called only when no
+                round was recorded.
             **call: ``initial_rungs``, ``initial_hyperparams``,
                 ``burn_in_hyperparams``, ``first_step``, ``burn_in``,
                 ``num_steps``.
         """
-        rows = self.stacked() if self.count else empty
+        rows = self.stacked() if self.count else empty()
         assert rows is not None
         return History(
             **dict(
