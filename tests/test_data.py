@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import Case, T, V, bad_input_params, check_raises_before_compiling
 
+from tempering.zoo import datasets as tdata
 from tempering.zoo.datasets import (
     DATASETS,
     augment_crop_flip,
@@ -424,3 +426,30 @@ def test_augment_is_deterministic_per_key_and_vmappable():
     stacked = jax.jit(jax.vmap(augment_crop_flip))(keys, jnp.stack([images, images]))
     assert stacked.shape == (2, *images.shape)
     np.testing.assert_array_equal(stacked[0], augment_crop_flip(keys[0], images))
+
+
+# --- bad inputs (issue 17): raised before anything compiles ----------------------
+# The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
+
+# fmt: off
+BAD_INPUTS = [
+    # --- data -----------------------------------------------------------------
+    Case("data-split-fraction-0", lambda c: tdata.split_validation(c.x, c.y, 0.0, 0), V, r"validation_fraction must be in \(0, 1\)"),
+    Case("data-split-fraction-1", lambda c: tdata.split_validation(c.x, c.y, 1.0, 0), V, r"validation_fraction must be in \(0, 1\)"),
+    Case("data-split-lengths", lambda c: tdata.split_validation(c.x, c.y[:-4], 0.1, 0), V, r"inputs.*labels", fixed=True),
+    Case("data-unknown-dataset", lambda c: tdata.load_dataset("imagenet"), V, r"unknown dataset 'imagenet'"),
+    Case("data-unknown-source", lambda c: tdata.load_dataset("mnist", source="web"), V, r"unknown source 'web'"),
+    Case("data-raw-without-dir", lambda c: tdata.load_dataset("mnist", source="raw"), V, r"source='raw' needs data_dir"),
+    Case("data-fraction-before-loading", lambda c: tdata.load_dataset("mnist", source="raw", data_dir="/nonexistent", validation_fraction=1.5), V, r"validation_fraction must be in \(0, 1\)", fixed=True),
+    Case("data-mnist1d-fraction", lambda c: tdata.load_mnist1d(validation_fraction=0.0), V, r"validation_fraction must be in \(0, 1\)"),
+    Case("data-augment-not-nhwc", lambda c: tdata.augment_crop_flip(c.key, jnp.zeros((2, 8))), V, r"images must be NHWC", fixed=True),
+    Case("data-augment-padding-negative", lambda c: tdata.augment_crop_flip(c.key, jnp.zeros((2, 4, 4, 1)), padding=-1), V, r"padding must be an int >= 0", fixed=True),
+    Case("data-fraction-string", lambda c: tdata.load_dataset("mnist", source="raw", data_dir="/nonexistent", validation_fraction="0.1"), T, r"validation_fraction must be a number", fixed=True),
+    Case("data-mnist1d-num-samples", lambda c: tdata.load_mnist1d(num_samples=0), V, r"num_samples must be >= 10", fixed=True),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("case", bad_input_params(BAD_INPUTS))
+def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
+    check_raises_before_compiling(ctx, compiled, case)

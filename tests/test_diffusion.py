@@ -1,10 +1,20 @@
 """Weight diffusion test (paper Fig. 1): shapes, hand checks, the physics."""
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TinyMLP
+from conftest import (
+    NAN,
+    Case,
+    T,
+    TinyMLP,
+    V,
+    bad_input_params,
+    check_raises_before_compiling,
+)
 
 import tempering as tp
 from tempering import diffusion
@@ -143,3 +153,41 @@ def test_bad_arguments(tx, blobs):
             state, jax.random.key(0), hyperparameter="learning_rate",
             values=[0.0, 0.1, 0.2], **kwargs,
         )  # fmt: skip
+
+
+def diff(ctx: Any, /, **overrides: Any) -> Any:
+    """``diffusion_test`` on the shared state, with ``overrides``."""
+    kwargs = dict(
+        train_data=(ctx.x, ctx.y), hyperparameter="dropout_rate",
+        values=[0.0, 0.1, 0.2, 0.3], num_steps=10, num_records=3, batch_size=8,
+    )  # fmt: skip
+    kwargs.update(overrides)
+    return diffusion.diffusion_test(ctx.state, ctx.key, **kwargs)
+
+
+# --- bad inputs (issue 17): raised before anything compiles ----------------------
+# The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
+
+# fmt: off
+BAD_INPUTS = [
+    # --- diffusion_test -------------------------------------------------------
+    Case("diffusion-values-length", lambda c: diff(c, values=[0.0, 0.1]), V, r"values must have one entry per replica \(4\)"),
+    Case("diffusion-values-dropout-1", lambda c: diff(c, values=[0.0, 0.1, 0.2, 1.0]), V, r"dropout_rate.*\[0, 1\)"),
+    Case("diffusion-unknown-hyperparameter", lambda c: diff(c, hyperparameter="weight_decay"), V, r"unknown hyperparameter.*weight_decay"),
+    Case("diffusion-hyperparameter-not-str", lambda c: diff(c, hyperparameter=5), T, r"hyperparameter must be", fixed=True),
+    Case("diffusion-t0-negative", lambda c: diff(c, t0=-1), V, r"t0 must be an int >= 0"),
+    Case("diffusion-num-steps-0", lambda c: diff(c, num_steps=0), V, r"num_steps"),
+    Case("diffusion-num-steps-float", lambda c: diff(c, num_steps=2.5), T, r"num_steps must be an int", fixed=True),
+    Case("diffusion-num-records-0", lambda c: diff(c, num_records=0), V, r"num_records"),
+    Case("diffusion-num-records-float", lambda c: diff(c, num_records=2.5), T, r"num_records must be an int", fixed=True),
+    Case("diffusion-spacing-unknown", lambda c: diff(c, spacing="cubic"), V, r"spacing must be 'log' or 'linear'"),
+    Case("diffusion-values-nan", lambda c: diff(c, values=[0.0, NAN, 0.2, 0.3]), V, r"dropout_rate.*non-finite"),
+    Case("diffusion-values-strings", lambda c: diff(c, values=["a", "b", "c", "d"]), T, r"values must be numbers", fixed=True),
+    Case("diffusion-t0-float", lambda c: diff(c, t0=1.5), V, r"t0 must be an int >= 0"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("case", bad_input_params(BAD_INPUTS))
+def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
+    check_raises_before_compiling(ctx, compiled, case)

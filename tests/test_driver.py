@@ -15,7 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import TinyMLP
+from conftest import (
+    Case,
+    T,
+    TinyMLP,
+    V,
+    bad_input_params,
+    check_raises_before_compiling,
+    run,
+)
 from flax import struct
 
 import tempering as tp
@@ -668,3 +676,20 @@ def test_a_warning_points_at_the_users_line(state, blobs):
     with pytest.warns(UserWarning, match="ends before the first exchange") as record:
         pt(state, blobs, num_steps=8, burn_in=5)
     assert record[0].filename == __file__
+
+
+# --- bad inputs (issue 17): raised before anything compiles ----------------------
+# The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
+
+# fmt: off
+BAD_INPUTS = [
+    # --- train ----------------------------------------------------------------
+    Case("train-move-not-callable", lambda c: run(c, move=5), T, r"move must have init\(state\)"),
+    Case("train-past-last-end", lambda c: run(c, interval=[5, 10]), V, r"runs past the last round end 10"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("case", bad_input_params(BAD_INPUTS))
+def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
+    check_raises_before_compiling(ctx, compiled, case)

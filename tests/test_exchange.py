@@ -1,9 +1,24 @@
 """The exchange contract, checked exactly and statistically."""
 
+import math
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import (
+    INF,
+    NAN,
+    PROPERTY_SETTINGS,
+    Case,
+    T,
+    V,
+    bad_input_params,
+    check_raises_before_compiling,
+)
+from hypothesis import given
+from hypothesis import strategies as st
 
 import tempering as tp
 
@@ -177,3 +192,164 @@ def test_unknown_scheme_raises():
         tp.exchange(
             jax.random.key(0), jnp.arange(2), jnp.zeros(2), jnp.ones(2), scheme="all"
         )
+
+
+def xchg(ctx: Any, /, **overrides: Any) -> Any:
+    """``tp.exchange`` on concrete arguments, with ``overrides``."""
+    kwargs = dict(
+        key=ctx.key, rungs=ctx.rungs, losses=ctx.losses, betas=ctx.betas, c=1.0
+    )
+    kwargs.update(overrides)
+    return tp.exchange(**kwargs)
+
+
+# --- bad inputs (issue 17): raised before anything compiles ----------------------
+# The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
+
+# fmt: off
+BAD_INPUTS = [
+    # --- exchange -------------------------------------------------------------
+    Case("exchange-c-0", lambda c: xchg(c, c=0.0), V, r"c must be finite and > 0"),
+    Case("exchange-c-negative", lambda c: xchg(c, c=-1.0), V, r"c must be finite and > 0"),
+    Case("exchange-c-nan", lambda c: xchg(c, c=NAN), V, r"c must be finite and > 0"),
+    Case("exchange-c-inf", lambda c: xchg(c, c=INF), V, r"c must be finite and > 0"),
+    Case("exchange-c-array", lambda c: xchg(c, c=np.array([1.0, 2.0])), V, r"c must be one number"),
+    Case("exchange-c-string", lambda c: xchg(c, c="auto"), T, r"c must be a number", fixed=True),
+    Case("exchange-betas-increasing", lambda c: xchg(c, betas=c.betas[::-1]), V, r"betas must be finite and strictly decreasing"),
+    Case("exchange-betas-nan", lambda c: xchg(c, betas=jnp.array([4.0, NAN, 2.0, 1.0])), V, r"betas must be finite"),
+    Case("exchange-two-betas", lambda c: xchg(c, betas=c.betas[:2]), V, r"betas must have one entry per replica"),
+    Case("exchange-three-losses", lambda c: xchg(c, losses=c.losses[:3]), V, r"losses must have one entry per replica"),
+    Case("exchange-five-losses", lambda c: xchg(c, losses=jnp.ones(5)), V, r"losses must have one entry per replica"),
+    Case("exchange-rungs-not-permutation", lambda c: xchg(c, rungs=jnp.array([0, 0, 1, 2])), V, r"rungs must be a permutation"),
+    Case("exchange-rungs-float", lambda c: xchg(c, rungs=jnp.array([0.0, 1.0, 2.0, 3.0])), T, r"rungs must be integers", fixed=True),
+    Case("exchange-rungs-2d", lambda c: xchg(c, rungs=c.rungs[None]), V, r"rungs must be a permutation"),
+    Case("exchange-scheme-unknown", lambda c: xchg(c, scheme="even-odd"), V, r"scheme must be one of"),
+    Case("exchange-parity-2", lambda c: xchg(c, scheme="even_odd", parity=2), V, r"parity must be 0 or 1", fixed=True),
+    Case("exchange-parity-float", lambda c: xchg(c, scheme="even_odd", parity=0.5), V, r"parity must be 0 or 1", fixed=True),
+    Case("exchange-key-int", lambda c: xchg(c, key=3), T, r"key must be a JAX PRNG key", fixed=True),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("case", bad_input_params(BAD_INPUTS))
+def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
+    check_raises_before_compiling(ctx, compiled, case)
+
+
+# --- properties (hypothesis, PROPERTY_SETTINGS in conftest.py): the exchange ----------
+
+M = 6
+# The settings are static, so exchange still validates them while traced.
+jit_exchange = jax.jit(tp.exchange, static_argnames=("scheme", "parity"))
+
+losses_st = st.lists(
+    st.floats(-1e3, 1e3, width=32, allow_subnormal=False)
+    | st.sampled_from([math.inf, math.nan]),
+    min_size=M,
+    max_size=M,
+)
+temperatures_st = st.lists(
+    st.floats(1e-3, 1e3), min_size=M, max_size=M, unique=True
+).map(sorted)
+
+
+def _betas(temperatures: list[float]) -> np.ndarray:
+    betas = 1.0 / np.asarray(temperatures, np.float32)
+    # float32 rounding may merge two close temperatures: skip those examples
+    return betas if np.all(np.diff(betas) < 0) else None
+
+
+@PROPERTY_SETTINGS
+@given(
+    rungs=st.permutations(range(M)),
+    losses=losses_st,
+    temperatures=temperatures_st,
+    c=st.floats(1e-3, 1e3),
+    scheme=st.sampled_from(["random_pair", "even_odd"]),
+    parity=st.sampled_from([0, 1]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_exchange_swaps_only_neighbours_and_keeps_a_permutation(
+    rungs, losses, temperatures, c, scheme, parity, seed
+):
+    betas = _betas(temperatures)
+    if betas is None:
+        return
+    old = np.asarray(rungs, np.int32)
+    new, info = jit_exchange(
+        jax.random.key(seed), old, np.asarray(losses, np.float32), betas,
+        c=np.float32(c), scheme=scheme, parity=parity,
+    )  # fmt: skip
+    new = np.asarray(new)
+    proposed, accepted = np.asarray(info.proposed), np.asarray(info.accepted)
+    prob = np.asarray(info.acceptance_prob)
+
+    assert sorted(new.tolist()) == list(range(M))  # a permutation stays one
+    assert np.all(np.abs(new - old) <= 1)  # only adjacent rungs swap
+    assert np.all(prob >= 0) and np.all(prob <= 1)
+    assert not np.any(accepted & ~proposed)
+    assert not np.any(proposed[:-1] & proposed[1:])  # proposed pairs never overlap
+    if scheme == "random_pair":
+        assert proposed.sum() == 1
+    else:
+        np.testing.assert_array_equal(proposed, np.arange(M - 1) % 2 == parity)
+    # replica m moved up one rung exactly when the pair (rung, rung + 1) swapped
+    for m in range(M):
+        up = old[m] < M - 1 and accepted[old[m]]
+        down = old[m] > 0 and accepted[old[m] - 1]
+        assert new[m] == old[m] + int(up) - int(down)
+    # a diverged replica never moves to a colder rung
+    bad = ~np.isfinite(np.asarray(losses, np.float32))
+    assert np.all(new[bad] >= old[bad])
+
+
+@PROPERTY_SETTINGS
+@given(
+    losses=st.lists(
+        st.floats(-10, 10, width=32, allow_subnormal=False), min_size=M, max_size=M
+    ),
+    temperatures=temperatures_st,
+    c=st.floats(1e-2, 10),
+)
+def test_exchange_acceptance_is_the_metropolis_probability(losses, temperatures, c):
+    betas = _betas(temperatures)
+    if betas is None:
+        return
+    rungs = np.arange(M, dtype=np.int32)
+    _, info = jit_exchange(
+        jax.random.key(0), rungs, np.asarray(losses, np.float32), betas,
+        c=np.float32(c), scheme="even_odd", parity=0,
+    )  # fmt: skip
+    dbeta = (betas[:-1] - betas[1:]).astype(np.float64)  # float32, as exchange has it
+    log_ratio = np.float32(c) * dbeta * -np.diff(losses)
+    expected = np.exp(np.minimum(log_ratio, 0.0))
+    np.testing.assert_allclose(info.acceptance_prob, expected, rtol=2e-3, atol=1e-6)
+
+
+bad_c_st = st.floats(max_value=0.0) | st.sampled_from([math.nan, math.inf, -math.inf])
+
+
+@PROPERTY_SETTINGS
+@given(c=bad_c_st)
+def test_exchange_refuses_every_c_that_is_not_finite_and_positive(c):
+    with pytest.raises(ValueError, match="c must be finite and > 0"):
+        tp.exchange(jax.random.key(0), np.arange(M), np.zeros(M), -np.arange(M), c=c)
+
+
+@PROPERTY_SETTINGS
+@given(rungs=st.lists(st.integers(-2, M + 1), min_size=M, max_size=M))
+def test_exchange_refuses_rungs_that_are_not_a_permutation(rungs):
+    if sorted(rungs) == list(range(M)):
+        return
+    with pytest.raises(ValueError, match="rungs must be a permutation"):
+        tp.exchange(jax.random.key(0), np.asarray(rungs), np.zeros(M), -np.arange(M))
+
+
+@PROPERTY_SETTINGS
+@given(betas=st.lists(st.floats(-1e3, 1e3) | st.just(math.nan), min_size=M, max_size=M))
+def test_exchange_refuses_betas_that_do_not_decrease_strictly(betas):
+    betas = np.asarray(betas)
+    if np.all(np.isfinite(betas)) and np.all(np.diff(betas) < 0):
+        return
+    with pytest.raises(ValueError, match="betas must be finite and strictly"):
+        tp.exchange(jax.random.key(0), np.arange(M), np.zeros(M), betas)

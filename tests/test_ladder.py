@@ -1,9 +1,25 @@
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import (
+    NAN,
+    PROPERTY_SETTINGS,
+    Case,
+    T,
+    V,
+    bad_input_params,
+    check_raises_before_compiling,
+    hand_ladder,
+    pt,
+)
+from hypothesis import given
+from hypothesis import strategies as st
 
 import tempering as tp
+from tempering.hyperparams import LIMITS
 
 
 def test_learning_rate_temperature_is_lr_and_sorted():
@@ -292,3 +308,131 @@ def test_a_respaced_product_ladder_has_explicit_temperatures():
     lr = tp.geometric_ladder("learning_rate", 0.01, 0.1, 3)
     lr_move = exchange_move(lr, c="auto", adapt_rounds=2, adapt_ladder=True)
     assert lr_move.current_ladder(lr_move.init()).rule == "library"  # T = lr exactly
+
+
+# --- bad inputs (issue 17): raised before anything compiles ----------------------
+# The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
+
+# fmt: off
+BAD_INPUTS = [
+    # --- ladders --------------------------------------------------------------
+    Case("ladder-empty", lambda c: tp.make_ladder(), V, r"at least one hyperparameter"),
+    Case("ladder-one-rung", lambda c: tp.make_ladder(learning_rate=[0.1]), V, r"at least 2 rungs"),
+    Case("ladder-scalar-only", lambda c: tp.make_ladder(learning_rate=0.1), V, r"at least 2 rungs"),
+    Case("ladder-lr-negative", lambda c: tp.make_ladder(learning_rate=[-0.1, 0.1]), V, r"learning_rate.*\(0, "),
+    Case("ladder-dropout-1", lambda c: tp.make_ladder(dropout_rate=[0.1, 1.0]), V, r"dropout_rate.*\[0, 1\)"),
+    Case("ladder-nan", lambda c: tp.make_ladder(learning_rate=[0.1, NAN]), V, r"learning_rate.*non-finite"),
+    Case("ladder-duplicate-temperatures", lambda c: tp.make_ladder(weight_decay=[0.0, 1e-3], temperatures=[1.0, 1.0]), V, r"duplicate temperatures"),
+    Case("ladder-nothing-varies", lambda c: tp.make_ladder(learning_rate=[0.1, 0.1]), V, r"temperatures is required when no hyperparameter varies"),
+    Case("ladder-mismatched-lengths", lambda c: tp.make_ladder(learning_rate=[0.1, 0.2], dropout_rate=[0.1, 0.2, 0.3]), V, r"mismatched ladder lengths"),
+    Case("ladder-2d", lambda c: tp.make_ladder(learning_rate=[[0.1, 0.2]]), V, r"learning_rate must be a scalar or 1-D"),
+    Case("ladder-no-default-temperature", lambda c: tp.make_ladder(weight_decay=[0.0, 1e-3]), V, r"no default temperature.*temperatures="),
+    Case("ladder-temperatures-negative", lambda c: tp.make_ladder(weight_decay=[0.0, 1e-3], temperatures=[1.0, -1.0]), V, r"temperatures must be finite and > 0"),
+    Case("ladder-temperatures-length", lambda c: tp.make_ladder(learning_rate=[0.1, 0.2], temperatures=[1.0, 2.0, 3.0]), V, r"mismatched ladder lengths"),
+    Case("ladder-strings", lambda c: tp.make_ladder(learning_rate=["a", "b"]), T, r"learning_rate.*numbers", fixed=True),
+    Case("linear-num-rungs-1", lambda c: tp.linear_ladder("learning_rate", 0.1, 0.2, 1), V, r"num_rungs must be an int >= 2"),
+    Case("linear-num-rungs-float", lambda c: tp.linear_ladder("learning_rate", 0.1, 0.2, 2.5), V, r"num_rungs must be an int >= 2"),
+    Case("linear-name-not-str", lambda c: tp.linear_ladder(5, 0.1, 0.2, 4), T, r"name must be a hyperparameter name"),
+    Case("linear-dropout-to-1", lambda c: tp.linear_ladder("dropout_rate", 0.0, 1.0, 4), V, r"dropout_rate.*\[0, 1\)"),
+    Case("geometric-low-zero", lambda c: tp.geometric_ladder("learning_rate", 0.0, 0.1, 4), V, r"low, high > 0"),
+    Case("geometric-high-negative", lambda c: tp.geometric_ladder("learning_rate", 0.1, -1.0, 4), V, r"low, high > 0"),
+    Case("geometric-lr-huge", lambda c: tp.geometric_ladder("learning_rate", 0.01, 1e3, 4), V, r"learning_rate in the ladder must be at most 10", fixed=True),
+    Case("ladder-temperatures-2d", lambda c: tp.make_ladder(weight_decay=[0.0, 1e-3], temperatures=[[1.0, 2.0]]), V, r"temperatures must be 1-D"),
+    # --- hand-built Ladder (through exchange_move / pt_train) -----------------
+    Case("hand-ladder-decreasing", lambda c: tp.exchange_move(hand_ladder([0.4, 0.3, 0.2, 0.1])), V, r"temperatures must increase strictly"),
+    Case("hand-ladder-nan", lambda c: tp.exchange_move(hand_ladder([0.1, NAN, 0.3, 0.4])), V, r"temperatures must be finite"),
+    Case("hand-ladder-negative", lambda c: tp.exchange_move(hand_ladder([-0.1, 0.2, 0.3, 0.4])), V, r"temperatures must be finite and > 0"),
+    Case("hand-ladder-fewer-values", lambda c: tp.exchange_move(hand_ladder([0.1, 0.2, 0.3, 0.4], lr=[0.1, 0.2])), V, r"values\['learning_rate'\] must have one value per rung"),
+    Case("hand-ladder-lr-negative-values", lambda c: tp.exchange_move(hand_ladder([0.1, 0.2, 0.3, 0.4], lr=[-0.1, 0.2, 0.3, 0.4])), V, r"learning_rate in the ladder"),
+    Case("hand-ladder-one-rung", lambda c: tp.exchange_move(hand_ladder([0.1])), V, r"temperatures must be 1-D.*>= 2"),
+    Case("hand-ladder-pt-decreasing", lambda c: pt(c, ladder=hand_ladder([0.4, 0.3, 0.2, 0.1])), V, r"temperatures must increase strictly"),
+    Case("hand-ladder-pt-fewer-values", lambda c: pt(c, ladder=hand_ladder([0.1, 0.2, 0.3, 0.4], lr=[0.1, 0.2, 0.3])), V, r"one value per rung"),
+    Case("hand-ladder-lists-get-to-c", lambda c: pt(c, ladder=tp.Ladder({"learning_rate": [0.1, 0.2, 0.3, 0.4]}, [0.1, 0.2, 0.3, 0.4]), c=0.0), V, r"c must be finite and > 0", fixed=True),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("case", bad_input_params(BAD_INPUTS))
+def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
+    check_raises_before_compiling(ctx, compiled, case)
+
+
+def test_a_hand_built_ladder_of_lists_is_checked_then_used(ctx):
+    lists = tp.Ladder(
+        {"learning_rate": [0.01, 0.02, 0.05, 0.1]}, [0.01, 0.02, 0.05, 0.1]
+    )
+    move = tp.exchange_move(lists, c=2.0)
+    assert move.ladder.temperatures.dtype == jnp.float32
+    np.testing.assert_allclose(move.ladder.betas, 1 / np.array([0.01, 0.02, 0.05, 0.1]))
+    tp.ladder.check_ladder(ctx.state, lists)
+
+
+# --- properties (hypothesis, PROPERTY_SETTINGS in conftest.py): make_ladder -----------
+
+M = 6
+lr_st = st.floats(1e-4, LIMITS["learning_rate"])
+dropout_st = st.floats(0.0, 0.95)
+
+
+@PROPERTY_SETTINGS
+@given(
+    name_values=st.one_of(
+        st.tuples(
+            st.just("learning_rate"),
+            st.lists(lr_st, min_size=2, max_size=M, unique=True),
+        ),
+        st.tuples(
+            st.just("dropout_rate"),
+            st.lists(dropout_st, min_size=2, max_size=M, unique=True),
+        ),
+    )
+)
+def test_make_ladder_sorts_valid_values_into_strictly_increasing_temperatures(
+    name_values,
+):
+    name, values = name_values
+    temps64 = (
+        np.asarray(values) if name == "learning_rate" else 1 / (1 - np.asarray(values))
+    )
+    if np.any(np.diff(np.sort(temps64.astype(np.float32))) <= 0):
+        return  # float32 merges two values: make_ladder's duplicate check owns that
+    ladder = tp.make_ladder({name: values})
+    temps = np.asarray(ladder.temperatures)
+    assert ladder.num_rungs == len(values)
+    assert np.all(np.diff(temps) > 0)
+    assert np.all(np.diff(np.asarray(ladder.betas)) < 0)
+    np.testing.assert_allclose(
+        np.asarray(ladder.values[name]), np.sort(values), rtol=1e-6, atol=1e-7
+    )
+
+
+def _with_one(values: list[float], bad: float, index: int) -> list[float]:
+    values = list(values)
+    values[index % len(values)] = bad
+    return values
+
+
+@PROPERTY_SETTINGS
+@given(
+    values=st.lists(lr_st, min_size=2, max_size=M, unique=True),
+    bad=st.floats(max_value=0.0)
+    | st.floats(min_value=LIMITS["learning_rate"], exclude_min=True)
+    | st.sampled_from([math.nan, math.inf]),
+    index=st.integers(0, M),
+)
+def test_make_ladder_refuses_any_bad_learning_rate(values, bad, index):
+    with pytest.raises(ValueError, match="learning_rate"):
+        tp.make_ladder(learning_rate=_with_one(values, bad, index))
+
+
+@PROPERTY_SETTINGS
+@given(
+    values=st.lists(dropout_st, min_size=2, max_size=M, unique=True),
+    bad=st.floats(max_value=-1e-6)
+    | st.floats(min_value=1.0)
+    | st.sampled_from([math.nan, -math.inf]),
+    index=st.integers(0, M),
+)
+def test_make_ladder_refuses_any_bad_dropout_rate(values, bad, index):
+    with pytest.raises(ValueError, match="dropout_rate"):
+        tp.make_ladder(dropout_rate=_with_one(values, bad, index))

@@ -7,6 +7,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import (
+    REPLICAS,
+    Case,
+    T,
+    V,
+    bad_input_params,
+    check_raises_before_compiling,
+    hand_ladder,
+)
 
 import tempering as tp
 import tempering.zoo.models
@@ -332,3 +341,27 @@ def test_bad_inputs_name_the_argument(state) -> None:
     five_q = tp.linear_ladder("dropout_rate", 0.1, 0.5, 5)
     with pytest.raises(ValueError, match="5 rungs but the state holds 4"):
         multi_exchange_move([five, five_q]).init(state)
+
+
+# --- bad inputs (issue 17): raised before anything compiles ----------------------
+# The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
+
+# fmt: off
+BAD_INPUTS = [
+    # --- exchange_move / multi_exchange_move ----------------------------------
+    Case("multi-single-ladder", lambda c: tp.multi_exchange_move(c.ladder), T, r"ladders must be a sequence"),
+    Case("multi-empty", lambda c: tp.multi_exchange_move([]), V, r"ladders must hold at least one"),
+    Case("multi-not-ladder", lambda c: tp.multi_exchange_move([c.ladder, "dropout"]), T, r"ladders\[1\] must be a tempering.Ladder"),
+    Case("multi-rung-counts", lambda c: tp.multi_exchange_move([c.ladder, tp.linear_ladder("dropout_rate", 0.0, 0.3, 3)]), V, r"same number of rungs"),
+    Case("multi-shared-names", lambda c: tp.multi_exchange_move([c.ladder, tp.linear_ladder("dropout_rate", 0.0, 0.3, REPLICAS, learning_rate=0.1)]), V, r"disjoint hyperparameter names.*'learning_rate'"),
+    Case("multi-c-length", lambda c: tp.multi_exchange_move([c.ladder, tp.linear_ladder("dropout_rate", 0.0, 0.3, REPLICAS)], c=[1.0, 2.0, 3.0]), V, r"one C per ladder"),
+    Case("multi-c-negative", lambda c: tp.multi_exchange_move([c.ladder, c.dropout], c=[1.0, -2.0]), V, r"c must be finite and > 0"),
+    Case("multi-enabled-string", lambda c: tp.multi_exchange_move([c.ladder, c.dropout], enabled="no"), T, r"enabled must be a bool"),
+    Case("multi-hand-ladder-decreasing", lambda c: tp.multi_exchange_move([hand_ladder([0.4, 0.3, 0.2, 0.1]), c.dropout]), V, r"temperatures must increase strictly"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("case", bad_input_params(BAD_INPUTS))
+def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
+    check_raises_before_compiling(ctx, compiled, case)

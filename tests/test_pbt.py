@@ -1,14 +1,31 @@
 """PBT: exploit/explore as pure vectorised steps, pbt_train, lineage, replay."""
 
+import functools
+import math
+from typing import Any
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TinyBNNet, TinyMLP
+from conftest import (
+    PROPERTY_SETTINGS,
+    REPLICAS,
+    Case,
+    T,
+    TinyBNNet,
+    TinyMLP,
+    V,
+    bad_input_params,
+    check_raises_before_compiling,
+)
+from hypothesis import given
+from hypothesis import strategies as st
 
 import tempering as tp
 from tempering import driver, pbt
+from tempering.pbt import pbt_step
 
 LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2, 0.3, 0.4])
 M = LADDER.num_rungs
@@ -430,3 +447,161 @@ def test_config_takes_any_hyperparameter_name():
 def test_pbt_train_invalid(state, blobs, kwargs, error, match):
     with pytest.raises(error, match=match):
         run(state, blobs, **kwargs)
+
+
+def pbt_run(ctx: Any, /, **overrides: Any) -> Any:
+    """``pbt_train`` on the shared state and data, with ``overrides``."""
+    kwargs = dict(
+        train_data=(ctx.x, ctx.y), validation_data=(ctx.xv, ctx.yv), num_steps=20,
+        ready_interval=5, batch_size=8, config=ctx.config,
+    )  # fmt: skip
+    kwargs.update(overrides)
+    return tp.pbt_train(ctx.state, ctx.key, **kwargs)
+
+
+def pbt_cfg(**overrides: Any) -> Any:
+    """``pbt_config`` of a learning-rate prior, with ``overrides``."""
+    prior = overrides.pop("prior", {"learning_rate": (0.01, 0.1)})
+    return tp.pbt_config(prior, **overrides)
+
+
+# --- bad inputs (issue 17): raised before anything compiles ----------------------
+# The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
+
+# fmt: off
+BAD_INPUTS = [
+    # --- pbt ------------------------------------------------------------------
+    Case("pbt-prior-empty", lambda c: tp.pbt_config({}), V, r"prior is empty"),
+    Case("pbt-prior-reversed", lambda c: tp.pbt_config({"learning_rate": (0.1, 0.01)}), V, r"low=0.1 >= high=0.01"),
+    Case("pbt-prior-lr-negative", lambda c: tp.pbt_config({"learning_rate": (-0.1, 0.1)}), V, r"learning_rate in the prior"),
+    Case("pbt-prior-dropout-1", lambda c: tp.pbt_config({"dropout_rate": (0.0, 1.0)}), V, r"dropout_rate in the prior.*\[0, 1\)"),
+    Case("pbt-prior-log-zero", lambda c: tp.pbt_config({"weight_decay": (0.0, 0.1, True)}), V, r"log-uniform prior\['weight_decay'\] needs low > 0"),
+    Case("pbt-prior-not-tuple", lambda c: tp.pbt_config({"learning_rate": 0.1}), T, r"prior\['learning_rate'\] must be a Prior"),
+    Case("pbt-prior-not-mapping", lambda c: tp.pbt_config(["learning_rate"]), T, r"prior must be a mapping", fixed=True),
+    Case("pbt-bounds-without-prior", lambda c: tp.pbt_config({"learning_rate": (0.01, 0.1)}, bounds={"dropout_rate": (0.0, 0.5)}), V, r"bounds given for \['dropout_rate'\]"),
+    Case("pbt-bounds-reversed", lambda c: tp.pbt_config({"learning_rate": (0.01, 0.1)}, bounds={"learning_rate": (0.1, 0.01)}), V, r"bounds\['learning_rate'\]"),
+    Case("pbt-selection-unknown", lambda c: tp.pbt_config({"learning_rate": (0.01, 0.1)}, selection="best"), V, r"selection must be one of"),
+    Case("pbt-fraction-0", lambda c: tp.pbt_config({"learning_rate": (0.01, 0.1)}, fraction=0.0), V, r"fraction q must lie in \(0, 0.5\]"),
+    Case("pbt-fraction-0.6", lambda c: tp.pbt_config({"learning_rate": (0.01, 0.1)}, fraction=0.6), V, r"fraction q must lie in \(0, 0.5\]"),
+    Case("pbt-resample-1.5", lambda c: tp.pbt_config({"learning_rate": (0.01, 0.1)}, resample_probability=1.5), V, r"resample_probability must lie in \[0, 1\]"),
+    Case("pbt-factors-empty", lambda c: tp.pbt_config({"learning_rate": (0.01, 0.1)}, perturb_factors=()), V, r"perturb_factors must be a non-empty"),
+    Case("pbt-factors-negative", lambda c: tp.pbt_config({"learning_rate": (0.01, 0.1)}, perturb_factors=(-0.8, 1.2)), V, r"perturb_factors must be a non-empty"),
+    Case("pbt-factors-scalar", lambda c: tp.pbt_config({"learning_rate": (0.01, 0.1)}, perturb_factors=0.8), T, r"perturb_factors must be a sequence", fixed=True),
+    Case("pbt-prior-lr-huge", lambda c: tp.pbt_config({"learning_rate": (0.01, 100.0)}), V, r"learning_rate in the prior must be at most 10", fixed=True),
+    Case("pbt-fraction-string", lambda c: pbt_cfg(fraction="a fifth"), T, r"fraction must be a number", fixed=True),
+    Case("pbt-bounds-not-mapping", lambda c: pbt_cfg(bounds=[(0.01, 0.1)]), T, r"bounds must be a mapping", fixed=True),
+    Case("pbt-step-key-int", lambda c: pbt_step(7, c.state, c.losses, c.config), T, r"key must be a JAX PRNG key", fixed=True),
+    Case("pbt-train-config-dict", lambda c: pbt_run(c, config={"learning_rate": (0.01, 0.1)}), T, r"config must be a PBTConfig"),
+    Case("pbt-train-config-unknown-name", lambda c: pbt_run(c, config=tp.pbt_config({"weight_decay": (0.0, 0.1)})), V, r"config.*unknown.*weight_decay"),
+    Case("pbt-train-ready-interval-0", lambda c: pbt_run(c, ready_interval=0), V, r"ready_interval must be >= 1"),
+    Case("pbt-train-no-validation", lambda c: pbt_run(c, validation_data=None), T, r"pbt_train needs validation_data"),
+    Case("pbt-train-exploit-at-end-str", lambda c: pbt_run(c, exploit_at_end="yes"), T, r"exploit_at_end must be True or False"),
+    Case("pbt-step-scores-length", lambda c: pbt_step(c.key, c.state, jnp.ones(3), c.config), V, r"scores must have one entry per replica", fixed=True),
+    Case("pbt-step-config-dict", lambda c: pbt_step(c.key, c.state, jnp.ones(REPLICAS), {"learning_rate": (0.01, 0.1)}), T, r"config must be a PBTConfig", fixed=True),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("case", bad_input_params(BAD_INPUTS))
+def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
+    check_raises_before_compiling(ctx, compiled, case)
+
+
+# --- properties (hypothesis, PROPERTY_SETTINGS in conftest.py): exploit and explore ---
+
+CONFIGS = {
+    (selection, fraction): pbt.pbt_config(
+        {"learning_rate": (1e-3, 1.0, True), "dropout_rate": (0.0, 0.5)},
+        selection=selection,
+        fraction=fraction,
+        resample_probability=0.3,
+    )
+    for selection, fraction in [
+        ("truncation", 0.2),
+        ("truncation", 0.5),
+        ("tournament", 0.2),
+    ]
+}
+select_parents = jax.jit(pbt.select_parents, static_argnums=2)
+explore = jax.jit(pbt.explore, static_argnums=3)
+scores_st = st.lists(
+    st.floats(-1e3, 1e3, width=32, allow_subnormal=False)
+    | st.sampled_from([math.inf, math.nan]),
+    min_size=M,
+    max_size=M,
+)
+
+
+@PROPERTY_SETTINGS
+@given(
+    scores=scores_st,
+    setting=st.sampled_from(sorted(CONFIGS)),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_exploit_copies_only_from_better_replicas(scores, setting, seed):
+    config = CONFIGS[setting]
+    parent, copied = select_parents(
+        jax.random.key(seed), np.asarray(scores, np.float32), config
+    )
+    parent, copied = np.asarray(parent), np.asarray(copied)
+    own = np.arange(M)
+    assert np.all((0 <= parent) & (parent < M))
+    np.testing.assert_array_equal(copied, parent != own)
+    ranked = np.where(np.isfinite(scores), np.asarray(scores, np.float32), np.inf)
+    if config.selection == "truncation":
+        n = pbt.num_truncated(M, config.fraction)
+        ordered = np.sort(ranked)
+        assert copied.sum() == n  # exactly the bottom n copy
+        assert np.all(ranked[copied] >= ordered[M - n])
+        assert np.all(ranked[parent[copied]] <= ordered[n - 1])  # each from the top n
+    else:
+        assert np.all(ranked[parent[copied]] < ranked[copied])  # strictly better
+
+
+@PROPERTY_SETTINGS
+@given(
+    lr=st.lists(st.floats(1e-3, 1.0), min_size=M, max_size=M),
+    rate=st.lists(st.just(0.0) | st.floats(1e-6, 0.5), min_size=M, max_size=M),
+    copied=st.lists(st.booleans(), min_size=M, max_size=M),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_explore_stays_in_bounds_and_changes_only_copies(lr, rate, copied, seed):
+    config = CONFIGS[("truncation", 0.2)]
+    values = {
+        "learning_rate": np.asarray(lr, np.float32),
+        "dropout_rate": np.asarray(rate, np.float32),
+    }
+    copied = np.asarray(copied)
+    new, resampled = explore(jax.random.key(seed), values, copied, config)
+    for name, (low, high) in zip(config.names, config.bounds, strict=True):
+        out = np.asarray(new[name])
+        assert np.all((out >= np.float32(low)) & (out <= np.float32(high)))
+        np.testing.assert_array_equal(out[~copied], values[name][~copied])
+        assert not np.any(np.asarray(resampled[name]) & ~copied)
+        # a perturbed (not resampled, not clipped) value moved by one of the factors
+        moved = copied & ~np.asarray(resampled[name]) & (out > low) & (out < high)
+        ratios = out[moved] / values[name][moved]
+        factors = np.asarray(config.perturb_factors, np.float32)
+        assert np.all(np.min(np.abs(ratios[:, None] - factors), axis=1) < 1e-4)
+
+
+def test_resample_and_copy_frequencies_within_bounds():
+    config = CONFIGS[("tournament", 0.2)]  # resample_probability 0.3
+    trials = 1000
+    keys = jax.random.split(jax.random.key(3), trials)
+    values = {"learning_rate": jnp.full((M,), 0.1), "dropout_rate": jnp.zeros(M)}
+    explore_all = functools.partial(pbt.explore, config=config)
+    run = jax.jit(jax.vmap(explore_all, (0, None, None)))
+    _, resampled = run(keys, values, jnp.ones((M,), bool))
+    for name in config.names:
+        freq = float(np.mean(resampled[name]))
+        stderr = math.sqrt(0.3 * 0.7 / (trials * M))
+        assert abs(freq - 0.3) < 5 * stderr
+    # binary tournament on distinct scores: replica of rank k (0 best) copies
+    # with probability k / (M - 1)
+    scores = jnp.arange(M, dtype=jnp.float32)
+    pick = jax.jit(jax.vmap(lambda k: pbt.select_parents(k, scores, config)[1]))
+    freq = np.asarray(pick(keys)).mean(axis=0)
+    expected = np.arange(M) / (M - 1)
+    stderr = np.sqrt(expected * (1 - expected) / trials)
+    assert np.all(np.abs(freq - expected) <= 5 * stderr + 1e-9)

@@ -1,6 +1,8 @@
 """The stacked replica state and the fused vectorised step."""
 
 import functools
+import itertools
+from typing import Any
 
 import chex
 import flax.linen as nn
@@ -9,7 +11,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import TinyBNNet, TinyMLP
+from conftest import (
+    BAD_INPUTS_DOC,
+    ENGINE_PROGRAMS,
+    FEATURES,
+    INF,
+    NAN,
+    REPLICAS,
+    Case,
+    DropNet,
+    PlainNet,
+    T,
+    TinyBNNet,
+    TinyMLP,
+    V,
+    bad_input_params,
+    bad_input_tables,
+    check_raises_before_compiling,
+    hand_ladder,
+)
 
 import tempering as tp
 from tempering import loops
@@ -352,3 +372,84 @@ def test_resolve_loop(blobs):
     # the loop is a setting of the run, checked before anything runs
     with pytest.raises(ValueError, match="loop must be one of"):
         tp.RunConfig(num_steps=2, interval=1, batch_size=32, loop="gpu")
+
+
+_TAGS = itertools.count(1)
+
+
+def create(ctx: Any, /, **overrides: Any) -> Any:
+    """``create_replicas`` of a fresh one-layer net, with ``overrides``."""
+    kwargs = dict(
+        key=ctx.key, model=DropNet(tag=next(_TAGS)), tx=ctx.tx, sample_input=ctx.x[:1],
+        num_replicas=REPLICAS,
+    )  # fmt: skip
+    kwargs.update(overrides)
+    return tp.create_replicas(**kwargs)
+
+
+# --- bad inputs (issue 17): raised before anything compiles ----------------------
+# The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
+
+# fmt: off
+BAD_INPUTS = [
+    # --- create_replicas ------------------------------------------------------
+    Case("create-dropout-1", lambda c: create(c, hyperparams={"dropout_rate": 1.0}), V, r"dropout_rate.*\[0, 1\)"),
+    Case("create-dropout-nan", lambda c: create(c, hyperparams={"dropout_rate": NAN}), V, r"dropout_rate.*non-finite"),
+    Case("create-lr-negative", lambda c: create(c, hyperparams={"learning_rate": -0.1}), V, r"learning_rate.*\(0, ", fixed=True),
+    Case("create-lr-zero", lambda c: create(c, hyperparams={"learning_rate": 0.0}), V, r"learning_rate.*\(0, ", fixed=True),
+    Case("create-lr-huge", lambda c: create(c, hyperparams={"learning_rate": 1e9}), V, r"learning_rate in hyperparams must be at most 10", fixed=True),
+    Case("create-lr-inf", lambda c: create(c, hyperparams={"learning_rate": INF}), V, r"learning_rate.*non-finite", fixed=True),
+    Case("create-lr-string", lambda c: create(c, hyperparams={"learning_rate": "fast"}), T, r"learning_rate.*numbers", fixed=True),
+    Case("create-unknown-hyperparam", lambda c: create(c, hyperparams={"lr": 0.1}), V, r"unknown hyperparameter.*'lr'", fixed=True),
+    Case("create-hyperparams-not-mapping", lambda c: create(c, hyperparams=[("learning_rate", 0.1)]), T, r"hyperparams must be a mapping", fixed=True),
+    Case("create-key-int", lambda c: create(c, key=0), T, r"key must be a JAX PRNG key"),
+    Case("create-key-float", lambda c: create(c, key=1.5), T, r"key must be a JAX PRNG key"),
+    Case("create-key-batch", lambda c: create(c, key=jax.random.split(c.key, 2)), V, r"key must be a single PRNG key"),
+    Case("create-num-replicas-0", lambda c: create(c, num_replicas=0), V, r"num_replicas"),
+    Case("create-num-replicas-negative", lambda c: create(c, num_replicas=-2), V, r"num_replicas"),
+    Case("create-num-replicas-float", lambda c: create(c, num_replicas=2.5), T, r"num_replicas must be an int", fixed=True),
+    Case("create-num-replicas-missing", lambda c: create(c, num_replicas=None), V, r"num_replicas"),
+    Case("create-num-replicas-vs-ladder", lambda c: create(c, ladder=c.ladder, num_replicas=3), V, r"num_replicas=3.*4 rungs"),
+    Case("create-ladder-not-ladder", lambda c: create(c, ladder={"learning_rate": [0.1, 0.2]}), T, r"ladder must be a tempering.Ladder"),
+    Case("create-dropout-ladder-plain-model", lambda c: create(c, model=PlainNet(tag=next(_TAGS)), ladder=tp.linear_ladder("dropout_rate", 0.0, 0.5, REPLICAS), num_replicas=None), V, r"dropout_rate.*model_inputs", fixed=True),
+    Case("create-hand-ladder-decreasing", lambda c: create(c, ladder=hand_ladder([0.4, 0.3, 0.2, 0.1]), num_replicas=None), V, r"temperatures must increase", fixed=True),
+    Case("create-hand-ladder-fewer-values", lambda c: create(c, ladder=hand_ladder([0.1, 0.2, 0.3, 0.4], lr=[0.1, 0.2]), num_replicas=None), V, r"values\['learning_rate'\] must have one value per rung", fixed=True),
+    Case("create-hand-ladder-values-list", lambda c: create(c, ladder=tp.Ladder([0.1, 0.2], jnp.array([0.1, 0.2])), num_replicas=None), T, r"ladder.values must be a mapping", fixed=True),
+    Case("create-weight-decay-ladder-not-injected", lambda c: create(c, ladder=tp.linear_ladder("weight_decay", 0.0, 0.1, REPLICAS, temperatures=[1.0, 2.0, 3.0, 4.0]), num_replicas=None), V, r"ladder: unknown hyperparameter.*weight_decay", fixed=True),
+    Case("create-lr-wrong-length", lambda c: create(c, hyperparams={"learning_rate": [0.1, 0.2]}), V, r"learning_rate in hyperparams must be one value or one per replica, shape \(4,\)", fixed=True),
+    Case("create-lr-bool", lambda c: create(c, hyperparams={"learning_rate": True}), T, r"learning_rate in hyperparams must be numbers, not bools", fixed=True),
+    Case("create-model-inputs-unknown", lambda c: create(c, model_inputs=("temperature",)), V, r"model_inputs.*temperature"),
+    Case("create-train-kwarg-unknown", lambda c: create(c, train_kwarg="training"), V, r"train_kwarg"),
+    Case("create-model-not-module", lambda c: create(c, model=lambda x: x), T, r"model must be a flax.linen.Module", fixed=True),
+    Case("create-tx-not-optax", lambda c: create(c, tx=0.1), T, r"tx must be an optax", fixed=True),
+    Case("create-sample-input-scalar", lambda c: create(c, sample_input=np.float32(1.0)), V, r"sample_input", fixed=True),
+    Case("create-sample-input-strings", lambda c: create(c, sample_input=np.array([["a"] * FEATURES])), T, r"sample_input", fixed=True),
+    Case("create-loss-fn-not-callable", lambda c: create(c, loss_fn="mse"), T, r"loss_fn must be callable", fixed=True),
+    Case("create-same-init-string", lambda c: create(c, same_init="yes"), T, r"same_init must be True or False", fixed=True),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("case", bad_input_params(BAD_INPUTS))
+def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
+    check_raises_before_compiling(ctx, compiled, case)
+
+
+def test_compile_probe_sees_a_compile(compiled):
+    jax.jit(tp.state.cross_entropy)(jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32))
+    assert "cross_entropy" in compiled and "cross_entropy" in ENGINE_PROGRAMS
+
+
+def test_table_ids_are_unique_and_counted():
+    """The bad-input tables of all files (``BAD_INPUT_FILES``) against their doc."""
+    cases, warning_cases = bad_input_tables()
+    ids = [case.id for case in cases + warning_cases]
+    assert len(ids) == len(set(ids))
+    assert len(cases) >= 60
+    assert all(case.error in (ValueError, TypeError) for case in cases)
+    fixed = sum(case.fixed for case in cases)
+    pending = sum(case.pending is not None for case in cases)
+    doc = " ".join(BAD_INPUTS_DOC.split())
+    assert f"{len(cases)} bad inputs" in doc
+    assert f"{fixed} of them needed a library fix" in doc
+    assert f"{pending} still wait" in doc or f"{pending} still waits" in doc

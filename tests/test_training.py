@@ -1,10 +1,25 @@
 """pt_train end to end: history, summary, determinism, compile-once, bad input."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TinyMLP
+from conftest import (
+    CLASSES,
+    ENGINE_PROGRAMS,
+    INF,
+    NAN,
+    REPLICAS,
+    Case,
+    T,
+    TinyMLP,
+    V,
+    bad_input_params,
+    check_raises_before_compiling,
+    pt,
+)
 
 import tempering as tp
 from tempering import driver, loops, training
@@ -294,3 +309,93 @@ def test_progress_bar_reports_every_step(state, blobs, capsys):
     run(state, blobs, progress=True)
     err = capsys.readouterr().err
     assert "ExchangeMove" in err and "50/50" in err  # the bar names the move
+
+
+def nan_at(array: np.ndarray, index: tuple, value: float = NAN) -> np.ndarray:
+    """A copy of ``array`` with one entry replaced."""
+    array = array.copy()
+    array[index] = value
+    return array
+
+
+# --- bad inputs (issue 17): raised before anything compiles ----------------------
+# The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
+
+# fmt: off
+BAD_INPUTS = [
+    # --- pt_train -------------------------------------------------------------
+    Case("pt-exchanges-string", lambda c: pt(c, exchanges="False"), T, r"exchanges must be True or False"),
+    Case("pt-nan-train-inputs", lambda c: pt(c, train_data=(nan_at(c.x, (3, 2)), c.y)), V, r"train_data inputs hold 1 non-finite"),
+    Case("pt-nan-validation-inputs", lambda c: pt(c, validation_data=(nan_at(c.xv, (0, 0)), c.yv)), V, r"validation_data inputs hold 1 non-finite"),
+    Case("pt-inf-test-inputs", lambda c: pt(c, test_data=(np.full_like(c.xv, INF), c.yv)), V, r"test_data inputs hold .* non-finite"),
+    Case("pt-validation-shape-after-burn-in", lambda c: pt(c, burn_in=5, validation_data=(c.xv[:, :5], c.yv)), V, r"validation_data: the model cannot take inputs of shape \(5,\)"),
+    Case("pt-train-shape", lambda c: pt(c, train_data=(c.x[:, :, None], c.y)), V, r"train_data: the model cannot take inputs"),
+    Case("pt-labels-float", lambda c: pt(c, train_data=(c.x, c.y.astype(np.float32))), T, r"train_data labels must be integers"),
+    Case("pt-labels-out-of-range", lambda c: pt(c, validation_data=(c.xv, c.yv + CLASSES)), V, r"validation_data labels must lie in \[0, 3\)"),
+    Case("pt-labels-2d", lambda c: pt(c, train_data=(c.x, c.y[:, None])), V, r"train_data: loss_fn or metrics_fn cannot take"),
+    Case("pt-lengths-mismatch", lambda c: pt(c, train_data=(c.x, c.y[:-1])), V, r"train_data has 32 inputs but 31 targets"),
+    Case("pt-train-data-string", lambda c: pt(c, train_data="mnist"), T, r"train_data must be"),
+    Case("pt-validation-generator", lambda c: pt(c, validation_data=iter([(c.xv, c.yv)])), T, r"validation_data is a one-pass iterator"),
+    Case("pt-no-validation", lambda c: pt(c, validation_data=None), T, r"pt_train needs validation_data"),
+    Case("pt-c-0", lambda c: pt(c, c=0.0), V, r"c must be finite and > 0"),
+    Case("pt-c-minus-1", lambda c: pt(c, c=-1.0), V, r"c must be finite and > 0"),
+    Case("pt-c-array", lambda c: pt(c, c=np.array([1.0, 2.0])), T, r"c must be one number"),
+    Case("pt-scheme-unknown", lambda c: pt(c, scheme="random"), V, r"scheme must be one of"),
+    Case("pt-target-acceptance", lambda c: pt(c, c="auto", target_acceptance=1.0), V, r"target_acceptance must be a number in \(0, 1\)"),
+    Case("pt-adapt-rounds-negative", lambda c: pt(c, c="auto", adapt_rounds=-3), V, r"adapt_rounds must be >= 1"),
+    Case("pt-num-steps-0", lambda c: pt(c, num_steps=0), V, r"num_steps must be >= 1"),
+    Case("pt-num-steps-negative", lambda c: pt(c, num_steps=-1), V, r"num_steps must be >= 1"),
+    Case("pt-num-steps-float", lambda c: pt(c, num_steps=20.0), T, r"num_steps must be an int"),
+    Case("pt-interval-0", lambda c: pt(c, exchange_interval=0), V, r"exchange_interval must be >= 1"),
+    Case("pt-interval-float", lambda c: pt(c, exchange_interval=2.5), T, r"exchange_interval must be an int"),
+    Case("pt-burn-in-negative", lambda c: pt(c, burn_in=-1), V, r"burn_in must be >= 0"),
+    Case("pt-batch-size-0", lambda c: pt(c, batch_size=0), V, r"batch_size must be >= 1"),
+    Case("pt-batch-size-negative", lambda c: pt(c, batch_size=-8), V, r"batch_size must be >= 1"),
+    Case("pt-batch-size-too-big", lambda c: pt(c, batch_size=64), V, r"fewer than batch_size=64"),
+    Case("pt-eval-batch-size-0", lambda c: pt(c, eval_batch_size=0), V, r"eval_batch_size must be >= 1"),
+    Case("pt-burn-in-dropout-1", lambda c: pt(c, burn_in=5, burn_in_hyperparams={"dropout_rate": 1.0}), V, r"dropout_rate.*\[0, 1\)"),
+    Case("pt-burn-in-lr-negative", lambda c: pt(c, burn_in=5, burn_in_hyperparams={"learning_rate": -0.1}), V, r"learning_rate.*\(0, "),
+    Case("pt-burn-in-lr-huge", lambda c: pt(c, burn_in=5, burn_in_hyperparams={"learning_rate": 1e4}), V, r"learning_rate must be at most 10", fixed=True),
+    Case("pt-burn-in-unknown", lambda c: pt(c, burn_in=5, burn_in_hyperparams={"lr": 0.1}), V, r"unknown hyperparameter.*'lr'"),
+    Case("pt-key-int", lambda c: pt(c, key=0), T, r"key must be a JAX PRNG key"),
+    Case("pt-key-float", lambda c: pt(c, key=0.5), T, r"key must be a JAX PRNG key"),
+    Case("pt-state-not-state", lambda c: pt(c, state={"params": None}), T, r"state must be a ReplicaState"),
+    Case("pt-ladder-rungs-mismatch", lambda c: pt(c, ladder=tp.geometric_ladder("learning_rate", 0.01, 0.1, 3)), V, r"3 rungs but the state holds 4"),
+    Case("pt-weight-decay-ladder-not-injected", lambda c: pt(c, ladder=tp.linear_ladder("weight_decay", 0.0, 0.1, REPLICAS, temperatures=[1.0, 2.0, 3.0, 4.0])), V, r"ladder: unknown hyperparameter.*weight_decay.*inject_hyperparams"),
+    Case("pt-dropout-ladder-plain-model", lambda c: pt(c, state=c.plain, ladder=c.dropout), V, r"ladder: unknown hyperparameter.*dropout_rate.*model_inputs"),
+    Case("pt-rungs-not-permutation", lambda c: pt(c, state=c.state.replace(rungs=jnp.array([0, 0, 1, 2], jnp.int32))), V, r"state.rungs must be a permutation"),
+    Case("pt-num-steps-bool", lambda c: pt(c, num_steps=True), T, r"num_steps must be an int"),
+    Case("pt-interval-bool", lambda c: pt(c, exchange_interval=True), T, r"exchange_interval must be an int"),
+    Case("pt-labels-negative", lambda c: pt(c, train_data=(c.x, nan_at(c.y, (0,), -1))), V, r"train_data labels must lie in \[0, 3\)"),
+    Case("pt-test-labels-out-of-range", lambda c: pt(c, test_data=(c.xv, c.yv * 5)), V, r"test_data labels must lie in \[0, 3\)"),
+    Case("pt-test-shape", lambda c: pt(c, test_data=(c.xv[:, :3], c.yv)), V, r"test_data: the model cannot take inputs"),
+    Case("pt-nan-validation-targets", lambda c: pt(c, validation_data=(c.xv, c.yv.astype(np.float32) * NAN)), V, r"validation_data targets hold 16 non-finite"),
+    Case("pt-adapt-ladder-string", lambda c: pt(c, adapt_ladder="yes"), T, r"adapt_ladder must be True or False"),
+    Case("pt-ladder-dict", lambda c: pt(c, ladder={"learning_rate": [0.01, 0.1]}), T, r"ladder must be a tempering.Ladder"),
+    Case("pt-loop-unknown", lambda c: pt(c, loop="gpu"), V, r"loop must be one of"),
+    Case("pt-vectorize-unknown", lambda c: pt(c, vectorize="fast"), V, r"unknown vectorize policy 'fast'", fixed=True),
+    Case("pt-shared-batch-string", lambda c: pt(c, shared_batch="no"), T, r"shared_batch must be True or False"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("case", bad_input_params(BAD_INPUTS))
+def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
+    check_raises_before_compiling(ctx, compiled, case)
+
+
+# Calls that would run, but to a result the caller did not ask for: a warning
+# (an error under warnings-as-errors, raised before anything compiles).
+WARNING_CASES = [
+    Case("pt-exchange-interval-longer-than-run", lambda c: pt(c, exchange_interval=50), UserWarning, r"num_steps=20 ends before the first exchange.*exchange_interval=50"),
+    Case("pt-burn-in-longer-than-run", lambda c: pt(c, burn_in=30), UserWarning, r"num_steps=20 ends before the first exchange \(burn_in=30"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", bad_input_params(WARNING_CASES))
+def test_suspicious_input_warns_before_anything_compiles(ctx, compiled, case):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", case.error)
+        with pytest.raises(case.error, match=case.match):
+            case.call(ctx)
+    assert not set(compiled) & ENGINE_PROGRAMS

@@ -1,0 +1,25 @@
+"""RunConfig: the settings of one tp.train call."""
+
+import pytest
+from conftest import Case, T, V, bad_input_params, check_raises_before_compiling, run
+
+# --- bad inputs (issue 17): raised before anything compiles ----------------------
+# The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
+
+# fmt: off
+BAD_INPUTS = [
+    # --- train ----------------------------------------------------------------
+    Case("train-interval-empty", lambda c: run(c, interval=[]), V, r"interval must be increasing round ends"),
+    Case("train-interval-decreasing", lambda c: run(c, interval=[10, 5]), V, r"interval must be increasing round ends"),
+    Case("train-ends-with-burn-in", lambda c: run(c, interval=[5, 10, 20], burn_in=5), V, r"burn_in must be 0 with explicit round ends"),
+    Case("train-callback-not-callable", lambda c: run(c, callback="print"), T, r"callback must be callable", fixed=True),
+    Case("train-score-fn-not-callable", lambda c: run(c, score_fn="loss"), T, r"score_fn must be callable", fixed=True),
+    Case("train-metrics-fn-not-callable", lambda c: run(c, metrics_fn="accuracy"), T, r"metrics_fn must be callable"),
+    Case("train-augment-not-callable", lambda c: run(c, augment="flip"), T, r"augment must be callable", fixed=True),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("case", bad_input_params(BAD_INPUTS))
+def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
+    check_raises_before_compiling(ctx, compiled, case)

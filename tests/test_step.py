@@ -1,0 +1,40 @@
+"""The vectorised step and evaluation: train_step and evaluate."""
+
+import numpy as np
+import pytest
+from conftest import (
+    FEATURES,
+    Case,
+    T,
+    V,
+    bad_input_params,
+    check_raises_before_compiling,
+)
+
+import tempering as tp
+
+# --- bad inputs (issue 17): raised before anything compiles ----------------------
+# The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
+
+# fmt: off
+BAD_INPUTS = [
+    # --- evaluate / train_step ------------------------------------------------
+    Case("evaluate-batch-size-0", lambda c: tp.evaluate(c.state, c.xv, c.yv, batch_size=0), V, r"batch_size >= 1"),
+    Case("evaluate-metrics-fn-not-callable", lambda c: tp.evaluate(c.state, c.xv, c.yv, metrics_fn="accuracy"), T, r"loss_fn or metrics_fn cannot take", fixed=True),
+    Case("evaluate-batch-size-float", lambda c: tp.evaluate(c.state, c.xv, c.yv, batch_size=2.5), T, r"batch_size must be an int", fixed=True),
+    Case("evaluate-lengths-mismatch", lambda c: tp.evaluate(c.state, c.xv, c.yv[:-2]), V, r"inputs.*targets", fixed=True),
+    Case("evaluate-inputs-shape", lambda c: tp.evaluate(c.state, c.xv[:, :5], c.yv), V, r"inputs.*shape", fixed=True),
+    Case("evaluate-labels-float", lambda c: tp.evaluate(c.state, c.xv, c.yv.astype(np.float32)), T, r"targets: loss_fn or metrics_fn cannot take targets .* float32", fixed=True),
+    Case("step-inputs-shape", lambda c: tp.train_step(c.state, c.key, c.x[:, :5], c.y), V, r"inputs.*shape", fixed=True),
+    Case("step-lengths-mismatch", lambda c: tp.train_step(c.state, c.key, c.x, c.y[:-1]), V, r"inputs.*targets", fixed=True),
+    Case("step-per-replica-axis", lambda c: tp.train_step(c.state, c.key, c.x[:6].reshape(3, 2, FEATURES), c.y[:6].reshape(3, 2), per_replica_batch=True), V, r"per_replica_batch", fixed=True),
+    Case("step-key-int", lambda c: tp.train_step(c.state, 0, c.x, c.y), T, r"key must be a JAX PRNG key", fixed=True),
+    Case("step-scalar-targets", lambda c: tp.train_step(c.state, c.key, c.x, c.y[0]), V, r"targets must have a batch axis", fixed=True),
+    Case("step-vectorize-unknown", lambda c: tp.train_step(c.state, c.key, c.x, c.y, vectorize="fast"), V, r"vectorize"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("case", bad_input_params(BAD_INPUTS))
+def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
+    check_raises_before_compiling(ctx, compiled, case)
