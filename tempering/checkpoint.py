@@ -1,45 +1,94 @@
-"""Checkpoints of a run (orbax): exact resume after an interruption.
+"""Checkpoints of a run (orbax): exact resume, and nothing loaded that runs code.
 
 ``train(..., checkpoint_dir=path, checkpoint_every=K)`` (and ``pt_train`` /
 ``pbt_train``, which forward it) saves, every K rounds and when the call ends
-or is interrupted, everything the rest of the call depends on: the replica
-state (weights, optimiser and move state, step), the round records so far and
-the position in the call's plan. The keys of a round, its batches (in-memory
-data) and the even-odd parity are functions of the run's key and the global
-step, so nothing else is needed: calling again with the same arguments
-restores the latest checkpoint and carries on, and the final state and history
-are bit for bit those of an uninterrupted call.
+or is interrupted, everything the rest of the call depends on: the replicas
+(weights, optimiser state, step), the move's state, the round records so far
+and the position in the call's plan. The keys of a round, its batches
+(in-memory data) and the even-odd parity are functions of the run's key and
+the global step, so nothing else is needed: calling again with the same
+arguments restores the latest checkpoint and carries on, and the final state
+and history are bit for bit those of an uninterrupted call.
+
+What a checkpoint holds, and what a resume trusts:
+
+- **Arrays and JSON only.** Every array goes through orbax; the rest (the
+  fingerprint, the plan position, checksums, the structure of the saved trees)
+  is JSON, read with bounded size. Nothing is unpickled: loading a checkpoint
+  someone sent you cannot run code. The saved trees are rebuilt into templates
+  the resuming call builds itself, and their structure must match.
+- **Integrity.** A SHA-256 of every array is stored and checked on restore. A
+  step that fails (a flipped bit, a truncated or missing file, unreadable
+  metadata) is renamed ``<step>.corrupt-<time>`` (kept, never deleted), a
+  warning names it, and the call resumes from the newest intact step; when no
+  step is intact the call stops with a ValueError instead of starting afresh.
+- **One writer.** The call holds ``checkpoint_dir/.tempering-lock`` (its
+  process id, host and start time inside) while it runs: a second run on the
+  same folder fails at once naming the holder; the lock of a process that died
+  on this host is taken over with a warning.
+- **Only its own entries.** A numbered folder the library did not write (no
+  checkpoint inside) is an error that names it; other files are left alone.
+- **A fingerprint of everything that shapes the result**: the key, the initial
+  replicas and move state, the model (its configuration and code), the
+  optimiser (its structure, settings and code), the loss, metrics and score
+  functions (name and code), the data, schedule, move and policies. A resume
+  whose fingerprint differs is refused with a ValueError naming every entry
+  that differs; ``RunConfig(resume_allowing=(name, ...))`` resumes anyway
+  despite the entries named (for instance a metrics function that only gained
+  a metric).
 
 Each checkpoint is written by orbax into a temporary directory and renamed
 when complete, so a kill during a save leaves the previous checkpoint as the
-latest; the last ``keep`` are kept. A checkpoint records a fingerprint of the
-call's settings (key, schedule, batch sizes, move, initial state and data): a
-call whose fingerprint differs refuses to resume with a ValueError naming what
-differs. A stream of training batches cannot be rewound: a resumed call reads
-on from wherever the given iterator is (only in-memory data resumes exactly).
+latest; the last ``keep`` are kept. A stream of training batches resumes
+exactly when it can save its position (``get_state()`` / ``set_state()``, as
+grain's iterators do): its state is part of the checkpoint. Any other
+iterable reads on from wherever the given iterator is.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import functools
 import hashlib
-import pickle
+import inspect
+import json
+import os
+import re
+import socket
+import time
+import types
+from collections.abc import Callable, Sequence
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
 
-__all__ = ["Checkpointer", "Progress", "fingerprint"]
+from tempering._caller import warn
+
+__all__ = [
+    "CheckpointError",
+    "Checkpointer",
+    "describe_callable",
+    "fingerprint",
+]
+
+FORMAT = "tempering-checkpoint/2"
+LOCK_NAME = ".tempering-lock"
+# Bounds on what a restore reads as JSON (a checkpoint's metadata is small).
+MAX_META_BYTES = 64 * 2**20
+MAX_META_DEPTH = 64
+# The dtypes a checkpoint may declare for an empty array.
+_DTYPE_KINDS = "biufc"
 
 
-class Progress(NamedTuple):
-    """Where a call stands, besides its state (host values)."""
+class CheckpointError(Exception):
+    """A checkpoint step that cannot be trusted (corrupt, incomplete, unreadable)."""
 
-    next_segment: int  # index in the call's plan of the first segment left
-    records: Any  # the round records so far (the driver's rows)
-    initial: Any  # (rungs, hyperparams) before the first round of the call
-    burn_values: Any  # hyperparams used in the burn-in
+
+# --- fingerprints -----------------------------------------------------------
 
 
 def _digest(tree: Any) -> str:
@@ -54,6 +103,112 @@ def _digest(tree: Any) -> str:
         sha.update(f"{array.shape}{array.dtype}".encode())
         sha.update(array.tobytes())
     return sha.hexdigest()
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """Bytecode, constants (nested code included) and names of a function's code."""
+    sha = hashlib.sha1(code.co_code)
+    for const in code.co_consts:
+        sha.update(
+            _code_digest(const).encode()
+            if isinstance(const, types.CodeType)
+            else repr(const).encode()
+        )
+    sha.update(repr(code.co_names).encode())
+    return sha.hexdigest()[:16]
+
+
+def describe_callable(fn: Any, depth: int = 0) -> str:
+    """A function's identity: qualified name, code, defaults and closure, as a string.
+
+    Two functions that compute differently (other code, another captured
+    setting such as ``nesterov=True`` or a momentum inside an optax
+    transformation's closure) get different descriptions; the same function
+    defined again gets the same one. Bounded in depth.
+    """
+    if depth > 6:
+        return "..."
+    if isinstance(fn, functools.partial):
+        parts = [describe_callable(fn.func, depth + 1), _describe_value(fn.args, depth)]
+        parts.append(_describe_value(dict(fn.keywords), depth))
+        return f"partial({', '.join(parts)})"
+    inner = getattr(fn, "__func__", fn)  # a bound method's function
+    inner = getattr(inner, "__wrapped__", inner)  # jax.jit, functools.wraps
+    code = getattr(inner, "__code__", None)
+    name = getattr(inner, "__qualname__", type(inner).__qualname__)
+    if code is None:
+        if callable(fn) and not isinstance(fn, type):
+            state = _describe_value(_public_state(fn), depth)
+            return f"{type(fn).__qualname__}({state})"
+        return name
+    parts = [name, _code_digest(code)]
+    if inner.__defaults__:
+        parts.append(_describe_value(inner.__defaults__, depth))
+    if inner.__kwdefaults__:
+        parts.append(_describe_value(inner.__kwdefaults__, depth))
+    for cell in inner.__closure__ or ():
+        try:
+            parts.append(_describe_value(cell.cell_contents, depth))
+        except ValueError:  # an empty cell
+            parts.append("<empty>")
+    return "(" + ", ".join(parts) + ")"
+
+
+def _public_state(obj: Any) -> dict[str, Any]:
+    return {
+        k: v for k, v in getattr(obj, "__dict__", {}).items() if not k.startswith("_")
+    }
+
+
+def _describe_value(value: Any, depth: int) -> str:
+    """A setting captured by a function: numbers and strings by value, functions by code."""
+    if value is None or isinstance(value, bool | int | float | complex | str | bytes):
+        return repr(value)
+    if isinstance(value, np.ndarray | jax.Array | np.generic):
+        return f"array:{_digest(value)}"
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_describe_value(v, depth + 1) for v in value) + "]"
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda kv: repr(kv[0]))
+        return (
+            "{"
+            + ", ".join(f"{k!r}: {_describe_value(v, depth + 1)}" for k, v in items)
+            + "}"
+        )
+    if isinstance(value, types.ModuleType):
+        return f"module:{value.__name__}"
+    if isinstance(value, type):
+        return f"type:{value.__qualname__}"
+    if callable(value):
+        return describe_callable(value, depth + 1)
+    if is_dataclass(value) or isinstance(value, tuple):
+        return f"{type(value).__qualname__}:{_describe_value(_public_state(value), depth + 1)}"
+    return f"<{type(value).__qualname__}>"
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def describe_model(model: Any) -> str:
+    """A model's configuration (its repr) and the code of its class's methods."""
+    cls = type(model)
+    methods = []
+    for klass in cls.__mro__:
+        if klass.__module__.startswith(("flax.", "builtins", "typing", "abc")):
+            continue
+        for name, member in sorted(vars(klass).items()):
+            if inspect.isfunction(member):
+                methods.append(
+                    f"{klass.__qualname__}.{name}:{_code_digest(member.__code__)}"
+                )
+    config = _ADDRESS.sub("", repr(model))
+    return f"{cls.__qualname__}|{config}|{';'.join(methods)}"
+
+
+def describe_optimizer(tx: Any, opt_state: Any) -> str:
+    """An optax transformation: its state's structure and its functions' code and settings."""
+    structure = str(jax.tree.structure(opt_state))
+    return f"{structure}|{describe_callable(tx.init)}|{describe_callable(tx.update)}"
 
 
 def _describe_move(move: Any) -> str:
@@ -76,21 +231,207 @@ def _describe_data(data: Any) -> str:
     return _digest((inputs, data.targets))
 
 
-def fingerprint(state: Any, key: jax.Array, move: Any, data: Any, **settings: Any):
-    """What a checkpoint must share with the call that resumes from it."""
+def fingerprint(
+    state: Any, move_state: Any, key: jax.Array, move: Any, data: Any, **settings: Any
+) -> dict[str, str]:
+    """What a checkpoint must share with the call that resumes from it.
+
+    Entries: the key, the initial replicas and move state, the model, the
+    optimiser, the loss, the move, the data; and every ``settings`` entry
+    (callables described by :func:`describe_callable`, the rest by repr).
+    """
     return {
         "key": _digest(key),
         "initial_state": _digest(
             (state.params, state.batch_stats, state.opt_state, state.hyperparams)
         ),
-        "rungs": np.asarray(state.rungs).tolist(),
-        "first_step": int(state.step),
+        "initial_move_state": _digest(move_state),
+        "first_step": repr(int(state.step)),
+        "model": describe_model(state.model),
+        "optimizer": describe_optimizer(state.tx, state.opt_state),
+        "loss_fn": describe_callable(state.loss_fn),
+        "model_inputs": repr((state.train_kwarg, state.model_inputs, state.scheduled)),
         "move": _describe_move(move),
         "train_data": _describe_data(data.train),
         "validation_data": _describe_data(data.validation),
         "test_data": _describe_data(data.test),
-        **{name: repr(value) for name, value in settings.items()},
+        **{
+            name: describe_callable(value) if callable(value) else repr(value)
+            for name, value in settings.items()
+        },
     }
+
+
+# --- one writer per folder ----------------------------------------------------
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+class _Lock:
+    """``directory/.tempering-lock``, created exclusively; released by :meth:`release`."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / LOCK_NAME
+        self.held = False
+        self.owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.datetime.now(datetime.UTC).isoformat(
+                timespec="seconds"
+            ),
+        }
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                json.dump(self.owner, file)
+            self.held = True
+            return
+        raise RuntimeError(f"could not lock {self.path}")  # pragma: no cover
+
+    def _take_over_if_stale(self) -> None:
+        holder = _read_lock(self.path)
+        if holder is None:  # removed meanwhile, or being written: try again
+            time.sleep(0.05)
+            return
+        same_host = holder.get("host") == self.owner["host"]
+        pid = holder.get("pid")
+        if same_host and isinstance(pid, int) and not _process_alive(pid):
+            warn(
+                f"checkpoint_dir {self.path.parent}: taking over the lock of process "
+                f"{pid}, which is gone (started {holder.get('started')})",
+                RuntimeWarning,
+            )
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            return
+        raise ValueError(
+            f"checkpoint_dir {self.path.parent} is in use by another run (process "
+            f"{pid} on host {holder.get('host')!r}, started {holder.get('started')}): "
+            "two runs must not write one folder. Wait for it to finish, give "
+            f"another checkpoint_dir, or, if that run is gone, delete {self.path}"
+        )
+
+    def release(self) -> None:
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                if _read_lock(self.path) == self.owner:
+                    self.path.unlink()
+            self.held = False
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        text = path.read_text(encoding="utf-8")[:4096]
+        holder = json.loads(text)
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+# --- the directory ------------------------------------------------------------
+
+
+def check_directory(directory: Any) -> Path:
+    """``checkpoint_dir`` as an absolute path, or a TypeError/ValueError naming the fix."""
+    if isinstance(directory, bool) or not isinstance(directory, str | os.PathLike):
+        raise TypeError(
+            "checkpoint_dir must be a path (str or os.PathLike) to a folder, got "
+            f"{type(directory).__name__}"
+        )
+    if os.fspath(directory) == "":
+        raise ValueError(
+            "checkpoint_dir is '': give a folder for the checkpoints (e.g. "
+            "'checkpoints/run1'); '.' would write into the working directory"
+        )
+    path = Path(directory).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"checkpoint_dir {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"checkpoint_dir {path} cannot be created ({error.strerror}): give a "
+            "writable folder"
+        ) from error
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"checkpoint_dir {path} is not writable: give a writable folder"
+        )
+    return path
+
+
+def _step_dirs(directory: Path) -> dict[int, Path]:
+    return {
+        int(entry.name): entry
+        for entry in directory.iterdir()
+        if entry.name.isdigit() and entry.is_dir()
+    }
+
+
+def _check_own_entries(directory: Path) -> None:
+    """A ValueError naming numbered entries that hold no checkpoint of this library."""
+    foreign = sorted(
+        entry.name
+        for entry in directory.iterdir()
+        if entry.name.isdigit()
+        and not (
+            entry.is_dir()
+            and ((entry / "meta").exists() or (entry / "arrays").exists())
+        )
+    )
+    if foreign:
+        raise ValueError(
+            f"checkpoint_dir {directory} holds numbered entries tempering did not "
+            f"write: {foreign}. Checkpoint steps are numbered folders, so these "
+            "would be taken for (or deleted as) old checkpoints: move them away or "
+            "give another checkpoint_dir"
+        )
+
+
+# --- JSON, bounded --------------------------------------------------------------
+
+
+def _depth(value: Any, limit: int) -> int:
+    stack, deepest = [(value, 1)], 0
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def _check_meta_size(step_dir: Path) -> None:
+    """A CheckpointError unless the step's metadata files exist and are small."""
+    files = [p for p in (step_dir / "meta").glob("**/*") if p.is_file()]
+    if not files:
+        raise CheckpointError("its metadata is missing")
+    if sum(p.stat().st_size for p in files) > MAX_META_BYTES:
+        raise CheckpointError(f"its metadata is larger than {MAX_META_BYTES} bytes")
+
+
+def _meta_digest(body: dict) -> str:
+    text = json.dumps(body, sort_keys=True, allow_nan=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- the checkpointer -------------------------------------------------------------
 
 
 def _is_key(leaf: Any) -> bool:
@@ -99,103 +440,242 @@ def _is_key(leaf: Any) -> bool:
     )
 
 
+def _paths(tree: Any) -> list[str]:
+    """The key path of every leaf (the structure, without static fields)."""
+    return [
+        jax.tree_util.keystr(path)
+        for path, _ in jax.tree_util.tree_leaves_with_path(tree)
+    ]
+
+
+def _sha256(array: np.ndarray) -> str:
+    array = np.ascontiguousarray(array)
+    sha = hashlib.sha256(f"{array.shape}{array.dtype.str}".encode())
+    sha.update(array.tobytes())
+    return sha.hexdigest()
+
+
 class Checkpointer:
-    """Saves and restores one call's checkpoints in ``directory`` (orbax).
+    """Saves and restores one call's checkpoints in ``directory`` (orbax + JSON).
+
+    Holds the folder's lock from construction to :meth:`close`.
 
     Args:
         directory: where the checkpoints live (created if missing).
         every: rounds between checkpoints (>= 1).
         keep: how many of the latest checkpoints to keep (>= 1).
         settings: the call's :func:`fingerprint`.
+        allowed: fingerprint entries that may differ on resume.
     """
 
-    def __init__(self, directory: str | Path, every: int, keep: int, settings: dict):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        every: int,
+        keep: int,
+        settings: dict[str, str],
+        allowed: Sequence[str] = (),
+    ):
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
-        self.directory = Path(directory).expanduser().absolute()
-        self.every, self.settings = every, settings
+        self.directory = check_directory(directory)
+        self.every, self.settings, self.allowed = every, settings, tuple(allowed)
+        unknown = sorted(set(self.allowed) - set(settings))
+        if unknown:
+            raise ValueError(
+                f"resume_allowing names {unknown}, which are no fingerprint entries; "
+                f"they are {sorted(settings)}"
+            )
         self.since_save = 0
         self.saved_step: int | None = None
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            create=True,
-            enable_async_checkpointing=False,
-            cleanup_tmp_directories=True,
-        )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._lock = _Lock(self.directory)
+        try:
+            _check_own_entries(self.directory)
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                create=True,
+                enable_async_checkpointing=False,
+                cleanup_tmp_directories=True,
+            )
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+        except BaseException:
+            self._lock.release()
+            raise
 
-    def restore(self, template: Any) -> tuple[Any, Progress] | None:
-        """The latest checkpoint as ``(state, progress)``, or None when there is none.
+    def restore(self, template: Callable[[dict], Any]) -> tuple[Any, dict] | None:
+        """The newest intact checkpoint as ``(tree, extra)``, or None when there is none.
+
+        Args:
+            template: ``template(extra) -> tree`` builds, from the JSON
+                ``extra`` saved beside the arrays, a pytree of the saved
+                structure (its leaves give shardings and PRNG key types).
 
         Raises:
-            ValueError: the checkpoint was made by a call with other settings.
+            ValueError: the checkpoint was made by a call with other settings,
+                or no saved step is intact.
         """
-        step = self.manager.latest_step()
-        if step is None:
-            return None
-        ocp = self._ocp
-        saved = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                arrays=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
-            ),
+        steps = sorted(_step_dirs(self.directory), reverse=True)
+        failures = []
+        for step in steps:
+            try:
+                tree, extra = self._restore_step(step, template)
+            except CheckpointError as error:
+                failures.append(self._set_aside(step, error))
+                continue
+            self.saved_step = step
+            return tree, extra
+        if failures:
+            raise ValueError(
+                f"checkpoint_dir {self.directory} holds no intact checkpoint "
+                f"({'; '.join(failures)}): the run is not restarted silently. Give "
+                "another checkpoint_dir to start afresh"
+            )
+        return None
+
+    def _set_aside(self, step: int, error: CheckpointError) -> str:
+        """Renames a failed step out of orbax's way (kept for inspection); a warning."""
+        source = self.directory / str(step)
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+        target = self.directory / f"{step}.corrupt-{stamp}"
+        source.rename(target)
+        self.manager.reload()
+        message = f"step {step} ({error}), moved to {target.name}"
+        warn(
+            f"checkpoint_dir {self.directory}: the checkpoint of {message}; "
+            "resuming from the newest intact step before it",
+            RuntimeWarning,
         )
-        meta = saved["meta"]
+        return message
+
+    def _restore_step(
+        self, step: int, template: Callable[[dict], Any]
+    ) -> tuple[Any, dict]:
+        ocp = self._ocp
+        step_dir = self.directory / str(step)
+        _check_meta_size(step_dir)  # bounded before orbax parses it
+        try:
+            saved = self.manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )["meta"]
+        except Exception as error:  # orbax raises many kinds for broken files
+            raise CheckpointError(f"its metadata cannot be read: {error}") from None
+        if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+            raise CheckpointError(f"its metadata is not a {FORMAT} checkpoint's")
+        meta = saved.get("body")
+        if not isinstance(meta, dict) or _depth(meta, MAX_META_DEPTH) > MAX_META_DEPTH:
+            raise CheckpointError("its metadata is malformed or nested too deeply")
+        if _meta_digest(meta) != saved.get("sha256"):
+            raise CheckpointError("its metadata fails its checksum")
+        if meta.get("step") != step:
+            raise CheckpointError(f"its metadata is step {meta.get('step')}'s")
+        self._check_settings(meta.get("settings"))
+        try:
+            tree_template = template(meta["extra"])
+            leaves, treedef = jax.tree.flatten(tree_template)
+            if _paths(tree_template) != meta["structure"]:
+                raise ValueError(
+                    f"checkpoint_dir {self.directory}: the checkpoint of step {step} "
+                    "holds other arrays than this call saves (made by another "
+                    "version of tempering?); give another checkpoint_dir"
+                )
+            arrays = {}
+            if any(entry["stored"] for entry in meta["leaves"]):
+                arrays = self.manager.restore(
+                    step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore())
+                )["arrays"]
+        except (CheckpointError, ValueError):
+            raise
+        except Exception as error:
+            raise CheckpointError(f"its arrays cannot be read: {error}") from None
+        restored = []
+        for i, (leaf, entry) in enumerate(zip(leaves, meta["leaves"], strict=True)):
+            value = self._leaf_value(i, entry, arrays)
+            if _is_key(leaf):
+                value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf))
+            if isinstance(leaf, jax.Array):
+                value = jax.device_put(value, leaf.sharding)
+            restored.append(value)
+        return jax.tree.unflatten(treedef, restored), meta["extra"]
+
+    @staticmethod
+    def _leaf_value(i: int, entry: dict, arrays: dict) -> np.ndarray:
+        shape, dtype = tuple(entry["shape"]), np.dtype(entry["dtype"])
+        if dtype.kind not in _DTYPE_KINDS:
+            raise CheckpointError(f"leaf {i} declares dtype {dtype}")
+        if not entry["stored"]:
+            value = np.zeros(shape, dtype)
+        else:
+            if f"leaf_{i}" not in arrays:
+                raise CheckpointError(f"leaf {i} is missing")
+            value = np.asarray(arrays[f"leaf_{i}"])
+        if value.shape != shape or value.dtype != dtype:
+            raise CheckpointError(
+                f"leaf {i} is {value.dtype}{list(value.shape)}, saved as "
+                f"{dtype}{list(shape)}"
+            )
+        if _sha256(value) != entry["sha256"]:
+            raise CheckpointError(f"leaf {i} fails its checksum")
+        return value
+
+    def _check_settings(self, saved: Any) -> None:
+        if not isinstance(saved, dict):
+            raise CheckpointError("its metadata holds no fingerprint")
         differs = sorted(
             name
-            for name in set(meta["settings"]) | set(self.settings)
-            if meta["settings"].get(name) != self.settings.get(name)
+            for name in set(saved) | set(self.settings)
+            if saved.get(name) != self.settings.get(name) and name not in self.allowed
         )
         if differs:
             raise ValueError(
                 f"checkpoint_dir {self.directory} holds a run made with other "
                 f"settings (they differ in: {', '.join(differs)}); resume with the "
-                "same state, key, data and settings, or give another checkpoint_dir "
-                "(or delete this one) to start afresh"
+                "same state, key, model, optimiser, functions, data and settings, "
+                "give another checkpoint_dir (or delete this one) to start afresh, "
+                "or resume anyway with RunConfig(resume_allowing=(<names>,)) "
+                "(pt_train(..., resume_allowing=...))"
             )
-        arrays = saved["arrays"]
-        leaves, treedef = jax.tree.flatten(template)
-        blob = pickle.loads(np.asarray(arrays["blob"]).tobytes())
-        restored = []
-        for i, leaf in enumerate(leaves):
-            value = arrays.get(f"leaf_{i}", blob["small"].get(i))
-            if _is_key(leaf):
-                value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf))
-            restored.append(jax.device_put(value, leaf.sharding))
-        self.saved_step = step
-        return jax.tree.unflatten(treedef, restored), blob["progress"]
 
     def due(self) -> bool:
         """Counts a finished round; True when a checkpoint is due."""
         self.since_save += 1
         return self.since_save >= self.every
 
-    def save(self, state: Any, progress: Progress, step: int) -> None:
-        """Writes a checkpoint of ``state`` (any pytree) at ``step`` (once per step)."""
+    def save(self, tree: Any, extra: dict, step: int) -> None:
+        """Writes a checkpoint of ``tree`` (any pytree) and JSON ``extra`` at ``step``."""
         if step == self.saved_step:
             return
-        arrays, small = {}, {}
-        for i, leaf in enumerate(jax.tree.leaves(state)):
+        leaves = jax.tree.leaves(tree)
+        arrays, entries = {}, []
+        for i, leaf in enumerate(leaves):
             value = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
-            if value.size:
+            stored = bool(value.size)  # orbax refuses empty arrays
+            if stored:
                 arrays[f"leaf_{i}"] = value
-            else:  # orbax refuses empty arrays
-                small[i] = value
-        blob = pickle.dumps({"progress": progress, "small": small})
-        arrays["blob"] = np.frombuffer(blob, np.uint8).copy()
+            entries.append(
+                {"shape": list(value.shape), "dtype": value.dtype.str,
+                 "stored": stored, "sha256": _sha256(value)}
+            )  # fmt: skip
+        body = {
+            "settings": self.settings,
+            "step": step,
+            "structure": _paths(tree),
+            "leaves": entries,
+            "extra": extra,
+        }
+        meta = {"format": FORMAT, "body": body, "sha256": _meta_digest(body)}
         ocp = self._ocp
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                arrays=ocp.args.StandardSave(arrays),
-                meta=ocp.args.JsonSave({"settings": self.settings, "step": step}),
-            ),
-        )
+        items = {"meta": ocp.args.JsonSave(meta)}
+        if arrays:
+            items["arrays"] = ocp.args.StandardSave(arrays)
+        self.manager.save(step, args=ocp.args.Composite(**items))
         self.manager.wait_until_finished()
         self.saved_step, self.since_save = step, 0
 
     def close(self) -> None:
-        """Waits for pending writes and releases the manager."""
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for pending writes, releases the manager and the folder's lock."""
+        try:
+            self.manager.wait_until_finished()
+            self.manager.close()
+        finally:
+            self._lock.release()

@@ -178,6 +178,10 @@ class RunConfig:
             (:mod:`tempering.checkpoint`); None: no checkpoints.
         checkpoint_every: rounds between checkpoints.
         keep_checkpoints: how many of the latest checkpoints to keep.
+        resume_allowing: entries of the checkpoint's fingerprint that may
+            differ when resuming (e.g. ``("metrics_fn",)``): the run resumes
+            anyway, half one setting and half the other. By default any
+            difference is refused, naming the entries.
         on_diverge: ``"flag"`` or ``"restore"`` (:mod:`tempering.divergence`).
 
     Example:
@@ -210,6 +214,7 @@ class RunConfig:
     checkpoint_dir: str | os.PathLike | None = None
     checkpoint_every: int = 1
     keep_checkpoints: int = 2
+    resume_allowing: tuple[str, ...] = ()
     # divergence
     on_diverge: str = "flag"
 
@@ -227,6 +232,8 @@ class RunConfig:
             "checkpoint_every": check_int(self.checkpoint_every, "checkpoint_every", 1),
             "keep_checkpoints": check_int(self.keep_checkpoints, "keep_checkpoints", 1),
             "on_diverge": check_policy(self.on_diverge),
+            "checkpoint_dir": _check_checkpoint_dir(self.checkpoint_dir),
+            "resume_allowing": _check_names(self.resume_allowing, "resume_allowing"),
         }
         for name in ("callback", "score_fn", "augment", "metrics_fn"):
             _check_callable(getattr(self, name), name)
@@ -254,6 +261,32 @@ class RunConfig:
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with the given fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def _check_checkpoint_dir(directory: Any) -> Any:
+    if directory is None:
+        return None
+    if isinstance(directory, bool) or not isinstance(directory, str | os.PathLike):
+        raise TypeError(
+            "checkpoint_dir must be a path (str or os.PathLike) to a folder, or None; "
+            f"got {type(directory).__name__}"
+        )
+    if os.fspath(directory) == "":
+        raise ValueError(
+            "checkpoint_dir is '': give a folder for the checkpoints (e.g. "
+            "'checkpoints/run1'), or None for none"
+        )
+    return directory
+
+
+def _check_names(names: Any, name: str) -> tuple[str, ...]:
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise TypeError(
+            f"{name} must be a tuple of names, e.g. ('metrics_fn',), got {names!r}"
+        )
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError(f"{name} must hold names (str), got {names!r}")
+    return tuple(names)
 
 
 _DEFAULTS = {

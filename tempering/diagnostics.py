@@ -121,8 +121,8 @@ def rung_occupancy(history: History) -> np.ndarray:
         ``(M, M)`` float array, ``[m, r]``: fraction of rounds replica m spent
         on rung r; every row sums to 1 (all NaN for a history without rounds).
     """
-    rungs = np.asarray(history.rungs)  # shape=(R, M)
-    num_replicas = len(history.initial_rungs)
+    rungs = _rungs(history)  # shape=(R, M)
+    num_replicas = rungs.shape[1]
     if rungs.shape[0] == 0:
         return np.full((num_replicas, num_replicas), np.nan)
     one_hot = np.eye(num_replicas)[rungs]  # shape=(R, M, M), [round, replica, rung]
@@ -131,10 +131,20 @@ def rung_occupancy(history: History) -> np.ndarray:
 
 def _rung_path(history: History) -> np.ndarray:
     """``(R + 1, M)``: the initial rungs, then the rungs after every round."""
-    initial = np.asarray(history.initial_rungs)[None]  # shape=(1, M)
-    return np.concatenate(
-        [initial, np.asarray(history.rungs).reshape(-1, initial.shape[1])]
-    )
+    rungs = _rungs(history)  # shape=(R, M)
+    return np.concatenate([np.asarray(history.initial_rungs)[None], rungs])
+
+
+def _rungs(history: History) -> np.ndarray:
+    """``history.rungs`` as ``(R, M)`` int, or a ValueError for a move without rungs."""
+    if history.rungs is None or history.initial_rungs is None:
+        raise ValueError(
+            "this history has no rungs: its move keeps none (PBT, a replayed "
+            "schedule, the identity move); the rung diagnostics need an exchange's "
+            "history (pt_train, tempering.exchange_move, multi_exchange_move)"
+        )
+    rungs = np.asarray(history.rungs)
+    return rungs.reshape(-1, np.shape(history.initial_rungs)[0])
 
 
 def round_trips(history: History) -> np.ndarray:
@@ -216,7 +226,7 @@ def replica_schedule(
             f"{sorted(history.hyperparams)}"
         )
     values = np.asarray(history.hyperparams[name])  # shape=(R, M)
-    num_replicas = len(history.initial_rungs)
+    num_replicas = np.shape(history.train_loss)[1]
     if isinstance(replica, bool) or not isinstance(replica, int | np.integer):
         raise ValueError(f"replica must be an integer, got {replica!r}")
     if not 0 <= replica < num_replicas:
@@ -360,9 +370,9 @@ def plot_rung_paths(
         The Axes.
     """
     ax = _axes(ax)
-    rungs = np.asarray(history.rungs)  # shape=(R, M)
+    rungs = _rungs(history)  # shape=(R, M)
     steps = np.asarray(history.step)
-    num_replicas = len(history.initial_rungs)
+    num_replicas = rungs.shape[1]
     for m in range(num_replicas):
         style = _replica_style(m, highlight)
         ax.step(steps, rungs[:, m], where="post", label=f"{m}", **style)

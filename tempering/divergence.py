@@ -52,19 +52,21 @@ def non_finite(*values: np.ndarray | None) -> np.ndarray:
     return np.logical_or.reduce([~np.isfinite(v) for v in present])
 
 
-def restore_sources(diverged: np.ndarray, rungs: np.ndarray) -> np.ndarray:
+def restore_sources(diverged: np.ndarray, rungs: np.ndarray | None) -> np.ndarray:
     """For each diverged replica, the finite replica it is restored from.
 
     Args:
         diverged: shape ``(M,)``, bool.
-        rungs: shape ``(M,)``, the rung each replica holds (0 is the coldest).
+        rungs: shape ``(M,)``, the rung each replica holds (0 is the coldest);
+            None for a move that keeps no rungs (PBT): replica m counts as
+            rung m.
 
     Returns:
         shape ``(M,)``, int32: the finite replica on the highest rung below the
         diverged one's (the lowest rung above it when none is colder); -1 for
         replicas that did not diverge.
     """
-    rungs = np.asarray(rungs)
+    rungs = np.arange(len(diverged)) if rungs is None else np.asarray(rungs)
     finite = np.flatnonzero(~diverged)
     sources = np.full(diverged.shape, -1, np.int32)
     for m in np.flatnonzero(diverged):

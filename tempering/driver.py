@@ -23,7 +23,6 @@ made up by the next call.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -33,12 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tempering import checkpoint, divergence, sharding
+from tempering import divergence, resume, sharding
 from tempering._caller import warn
 from tempering.config import Rounds, RunConfig, RunData, ScoreFn
 from tempering.hyperparams import set_hyperparams
 from tempering.loops import SegmentSettings, loop_for, run_evaluate, run_segment
-from tempering.moves import as_move
+from tempering.moves import as_move, rungs_of
 from tempering.records import History, RecordRows, RoundRecord
 from tempering.sources import RunSources, prepare_sources
 from tempering.state import EvalMetrics, ReplicaState, check_key
@@ -106,9 +105,7 @@ def check_not_traced(state: ReplicaState) -> None:
     """Raises TypeError unless ``state`` is a concrete ReplicaState (no jax.jit)."""
     if not isinstance(state, ReplicaState):
         raise TypeError("state must be a ReplicaState from tempering.create_replicas")
-    if isinstance(state.step, jax.core.Tracer) or isinstance(
-        state.rungs, jax.core.Tracer
-    ):
+    if isinstance(state.step, jax.core.Tracer):
         raise TypeError(
             "the training drivers (pt_train, pbt_train, train) run on the host: "
             "they loop over rounds in Python and read records back, so they "
@@ -242,7 +239,7 @@ def train(
         loop=loop, segments=segments, first_step=first_step,
         before_burn_in=_copy(state.hyperparams),  # the state's are donated
     )  # fmt: skip
-    progress = checkpoint.Progress(
+    progress = resume.Progress(
         next_segment=0,
         records=RecordRows(sum(seg.evaluated and seg.ends_round for seg in segments)),
         initial=None,
@@ -250,18 +247,32 @@ def train(
     )
     saver = None
     if config.checkpoint_dir is not None:
-        saver = _checkpointer(state, run)
-        restored = saver.restore((state, move_state))
-        if restored is not None:
-            (state, move_state), progress = restored
-    bar = _progress(config.num_steps, config.progress, type(move).__name__)
-    if bar is not None:
-        bar.update(sum(seg.steps for seg in segments[: progress.next_segment]))
-    with _StopOnInterrupt() as interrupt:
-        carry, progress = _run_segments(
-            run, (state, move_state), progress, saver, bar, interrupt
-        )
-        return _finish(run, carry, progress, saver, bar, interrupt.requested)
+        saver = resume.checkpointer(state, move_state, key, move, sources, config)
+    try:
+        if saver is not None:
+            restored = _restore(saver, run, state, move_state, progress)
+            if restored is not None:
+                (state, move_state), progress = restored
+        bar = _progress(config.num_steps, config.progress, type(move).__name__)
+        if bar is not None:
+            bar.update(sum(seg.steps for seg in segments[: progress.next_segment]))
+        with _StopOnInterrupt() as interrupt:
+            carry, progress = _run_segments(
+                run, (state, move_state), progress, saver, bar, interrupt
+            )
+            return _finish(run, carry, progress, saver, bar, interrupt.requested)
+    finally:
+        if saver is not None:
+            saver.close()
+
+
+def _restore(saver, run, state, move_state, progress):
+    """The checkpoint's ``((state, move_state), progress)``, or None without one."""
+    initial = (rungs_of(move_state), _host(state.hyperparams))
+    return resume.restore(
+        saver, (state, move_state), progress, initial,
+        lambda names: _no_rounds(state, move_state, run, names, initial[1]),
+    )  # fmt: skip
 
 
 class _Run(NamedTuple):
@@ -313,7 +324,7 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
             stop = (callback is not None and bool(callback(record))) or stop
             last = index + 1 == len(run.segments)
             if saver is not None and saver.due() and not (stop or last):
-                saver.save(carry, progress, int(carry[0].step))
+                resume.save(saver, carry, progress, int(carry[0].step))
         if stop or interrupt.requested:
             break
     return carry, progress
@@ -333,7 +344,7 @@ def _train_segment(run, carry, progress, index):
         state = set_hyperparams(state, **burn_in_hyperparams)
         burn_values = _host(state.hyperparams)
     if not burning and initial is None:
-        initial = (_host(state.rungs), _host(state.hyperparams))
+        initial = (rungs_of(move_state), _host(state.hyperparams))
     segment_key, move_key = jax.random.split(jax.random.fold_in(run.key, segment.round))
     state, train_loss = run_segment(
         state, segment_key, run.data.train, segment.steps, data_key=run.data_key,
@@ -342,7 +353,7 @@ def _train_segment(run, carry, progress, index):
     last = index + 1 == len(run.segments)
     if burning and burn_in_hyperparams and (last or run.segments[index + 1].evaluated):
         state = set_hyperparams(state, **run.before_burn_in)  # burn-in over
-    progress = checkpoint.Progress(index + 1, progress.records, initial, burn_values)
+    progress = resume.Progress(index + 1, progress.records, initial, burn_values)
     moves = run.config.move_at_end or not last
     if not (segment.evaluated and segment.ends_round and moves):
         return (state, move_state), progress, None
@@ -364,8 +375,7 @@ def _finish(run, carry, progress, saver, bar, interrupted) -> RunResult:
     """Saves the last checkpoint, evaluates the end state, stacks the history."""
     state, move_state = carry
     if saver is not None:
-        saver.save(carry, progress, int(carry[0].step))
-        saver.close()
+        resume.save(saver, carry, progress, int(carry[0].step))
     if bar is not None:
         bar.close()
     if interrupted:
@@ -408,33 +418,6 @@ def _result(state, move_state, history, final, final_score, interrupted) -> RunR
         )
     return RunResult(
         state, history, final, final_score, diverged, bool(interrupted), move_state
-    )
-
-
-def _checkpointer(state: ReplicaState, run: _Run) -> checkpoint.Checkpointer:
-    """A checkpointer whose fingerprint holds everything the call depends on."""
-    config = run.config
-    assert config.checkpoint_dir is not None  # only called with one
-    return checkpoint.Checkpointer(
-        os.fspath(config.checkpoint_dir),
-        every=config.checkpoint_every,
-        keep=config.keep_checkpoints,
-        settings=checkpoint.fingerprint(
-            state,
-            run.key,
-            run.move,
-            run.data,
-            schedule=tuple(config.rounds),
-            batch_size=config.batch_size,
-            shared_batch=config.shared_batch,
-            augment=getattr(config.augment, "__qualname__", config.augment),
-            eval_batch_size=config.eval_batch_size,
-            on_diverge=config.on_diverge,
-            move_at_end=config.move_at_end,
-            burn_in_hyperparams=jax.tree.map(
-                float, dict(config.burn_in_hyperparams or {})
-            ),
-        ),
     )
 
 
@@ -513,7 +496,7 @@ def _end_round(run, state, move_state, key, round_index, train_loss):
     sources = np.full(diverged.shape, -1, np.int32)
     move_scores = scores
     if run.config.on_diverge == "restore" and diverged.any():
-        sources = divergence.restore_sources(diverged, _host(state.rungs))
+        sources = divergence.restore_sources(diverged, rungs_of(move_state))
         gather = np.where(sources >= 0, sources, np.arange(len(sources)))
         state = divergence.copy_replicas(state, jnp.asarray(gather, jnp.int32))
         move_scores = scores[gather]  # a restored replica scores as its source
@@ -529,7 +512,7 @@ def _end_round(run, state, move_state, key, round_index, train_loss):
         score=scores,
         test=_host(test_metrics),
         move=_host(info),
-        rungs=_host(state.rungs),
+        rungs=rungs_of(move_state),
         hyperparams=_host(state.hyperparams),
         diverged=diverged,
         restored_from=sources,
@@ -539,9 +522,15 @@ def _end_round(run, state, move_state, key, round_index, train_loss):
 
 def _stack(progress, state, move_state, run, final) -> History:
     """The history of the call's rounds; an empty one keeps every field's trailing shape."""
-    initial = progress.initial or (_host(state.rungs), _host(state.hyperparams))
+    initial = progress.initial or (rungs_of(move_state), _host(state.hyperparams))
     return progress.records.history(
-        lambda: _no_rounds(state, move_state, run, final, initial[1]),
+        lambda: _no_rounds(
+            state,
+            move_state,
+            run,
+            None if final is None else list(final.metrics),
+            initial[1],
+        ),  # fmt: skip
         initial_rungs=initial[0],
         initial_hyperparams=initial[1],
         burn_in_hyperparams=progress.burn_values,
@@ -551,11 +540,11 @@ def _stack(progress, state, move_state, run, final) -> History:
     )
 
 
-def _no_rounds(state, move_state, run, final, hyperparams) -> RoundRecord:
+def _no_rounds(state, move_state, run, metric_names, hyperparams) -> RoundRecord:
     """A record stacked over zero rounds: the trailing shapes of every field.
 
     The move's info shapes come from tracing its step, so this runs only for a
-    call that recorded no round.
+    call that recorded no round, and as the template of a resumed call's records.
     """
     num = state.num_replicas
     empty_m = np.zeros((0, num), np.float32)
@@ -563,8 +552,7 @@ def _no_rounds(state, move_state, run, final, hyperparams) -> RoundRecord:
     def empty_metrics(source):
         if source is None:
             return None
-        names = () if final is None else final.metrics  # same metrics_fn
-        return EvalMetrics(empty_m, {k: empty_m for k in names})
+        return EvalMetrics(empty_m, {k: empty_m for k in metric_names or ()})
 
     info = jax.eval_shape(
         _apply_move, run.move, jax.random.key(0), state, move_state, jnp.zeros(num),
@@ -574,11 +562,11 @@ def _no_rounds(state, move_state, run, final, hyperparams) -> RoundRecord:
         round=np.zeros((0,), np.int64),  # type: ignore[arg-type]
         step=np.zeros((0,), np.int64),  # type: ignore[arg-type]
         train_loss=empty_m,
-        validation=empty_metrics(final),
+        validation=empty_metrics(run.data.validation),
         score=empty_m,
         test=empty_metrics(run.data.test),
         move=jax.tree.map(lambda s: np.zeros((0, *s.shape), s.dtype), info),
-        rungs=empty_m.astype(np.int32),
+        rungs=None if rungs_of(move_state) is None else empty_m.astype(np.int32),
         hyperparams={k: empty_m for k in hyperparams},
         diverged=empty_m.astype(bool),
         restored_from=empty_m.astype(np.int32),

@@ -71,6 +71,7 @@ __all__ = [
     "inverse_temperature",
     "linear_ladder",
     "make_ladder",
+    "rungs_held",
 ]
 
 # Hyperparameters with a default temperature (any other name needs explicit ones).
@@ -545,12 +546,42 @@ def check_ladder(state: ReplicaState, ladder: Ladder) -> None:
     check_names(state, list(ladder.values), "ladder")
 
 
-def assign_rungs(state: ReplicaState, ladder: Ladder, rungs: jax.Array) -> ReplicaState:
+def assign_rungs(state: ReplicaState, ladder: Ladder, rungs: ArrayLike) -> ReplicaState:
     """Gives replica m the hyperparameters of ladder rung ``rungs[m]``.
 
     Only hyperparameters move; weights, optimiser moments and BatchNorm
     statistics stay with their replica.
     """
+    rungs = jnp.asarray(rungs, jnp.int32)
     values = {name: v[rungs] for name, v in ladder.values.items()}
-    state = set_hyperparams(state, **values)
-    return state.replace(rungs=jnp.asarray(rungs, jnp.int32))
+    return set_hyperparams(state, **values)
+
+
+def rungs_held(state: ReplicaState, ladder: Ladder) -> np.ndarray | None:
+    """The rung each replica holds, read off its values; None if they are no rungs.
+
+    Replica m holds rung r when its values of every name of ``ladder`` equal
+    rung r's (in float32, as the replicas store them). Replicas holding equal
+    values share out the equal rungs in order.
+
+    Returns:
+        ``(M,)`` int32, a permutation of the rungs, or None when the replicas'
+        values are not the ladder's rungs, each held once.
+    """
+    num = state.num_replicas
+    if ladder.num_rungs != num:
+        return None
+    match = np.ones((num, num), bool)  # replica m holds the values of rung r
+    for name, values in ladder.values.items():
+        if name not in state.hyperparams:
+            return None
+        held = np.asarray(state.hyperparams[name], np.float32)[:, None]
+        match &= held == np.asarray(values, np.float32)[None, :]
+    rungs, free = np.full(num, -1, np.int32), np.ones(num, bool)
+    for m in range(num):
+        candidates = np.flatnonzero(match[m] & free)
+        if candidates.size == 0:
+            return None
+        rungs[m] = candidates[0]
+        free[rungs[m]] = False
+    return rungs

@@ -33,15 +33,16 @@ __all__ = ["JsonlLogger", "TensorBoardLogger", "record_scalars", "stop_when"]
 def record_scalars(record: RoundRecord) -> Iterator[tuple[str, int, float]]:
     """``(tag, replica, value)`` for every per-replica scalar of a round.
 
-    Tags: ``train_loss``, ``score``, ``rung``, ``val_loss``, ``val_<metric>``,
+    Tags: ``train_loss``, ``score``, ``rung`` (a move with rungs), ``val_loss``, ``val_<metric>``,
     ``test_loss``, ``test_<metric>``, ``hyperparams/<name>``, and the move's
     per-replica fields as ``move/<field>`` where they have shape ``(M,)``.
     """
     num = len(record.score)
     per_replica: dict[str, Any]
     value: Any
-    per_replica = {"train_loss": record.train_loss, "score": record.score,
-                   "rung": record.rungs}  # fmt: skip
+    per_replica = {"train_loss": record.train_loss, "score": record.score}
+    if record.rungs is not None:
+        per_replica["rung"] = record.rungs
     for prefix, metrics in (("val", record.validation), ("test", record.test)):
         if metrics is not None:
             per_replica[f"{prefix}_loss"] = metrics.loss

@@ -5,9 +5,9 @@ A move is a pair of pure functions, in the optax / blackjax manner::
     move_state = move.init(state)
     new_state, move_state, info = move.step(key, state, move_state, scores, round_index)
 
-``init`` builds what the move carries from round to round (the adaptive
-exchange's C and ladder, a multi-ladder exchange's rungs; None for a move that
-carries nothing) from the replicas before the first round. ``step`` is jit-able:
+``init`` builds what the move carries from round to round (an exchange's
+rungs, its adaptive C and ladder; None for a move that carries nothing) from
+the replicas before the first round. ``step`` is jit-able:
 it sees the round's scores (lower is better; by default the validation loss),
 and returns the replicas, its new state and a diagnostic ``info`` pytree that
 the driver records every round. ``round_index`` counts the rounds after the
@@ -25,6 +25,13 @@ replicas, so that a later call continues the run.
 - :func:`tempering.pbt.pbt_move`: PBT's exploit/explore; whole models move.
 - :func:`as_move`: an object with ``init`` and ``step``, or a stateless function
   ``fn(key, state, scores, round_index) -> (state, info)``.
+
+A move that keeps replicas on the rungs of a ladder says so with a ``rungs``
+field in its state, shape ``(M,)`` int32, the rung each replica holds: the
+driver records it every round (``history.rungs``, ``history.initial_rungs``;
+:mod:`tempering.diagnostics` reads them) and restores a diverged replica from
+the nearest rung (:mod:`tempering.divergence`). The replicas themselves hold
+only their hyperparameter values.
 
 Moves are pytrees (``flax.struct`` dataclasses): their arrays (a ladder, C)
 are traced and their settings static, so a new ``exchange_move`` with the
@@ -49,16 +56,13 @@ from tempering.adaptation import (
     init_adaptation,
 )
 from tempering.exchange import SCHEMES, exchange, pair_log_ratios
-from tempering.ladder import (
-    Ladder,
-    as_ladder,
-    assign_rungs,
-)
+from tempering.ladder import Ladder, as_ladder, assign_rungs, rungs_held
 from tempering.state import ReplicaState
 
 __all__ = [
     "ExchangeMove",
     "ExchangeMoveInfo",
+    "ExchangeState",
     "FunctionMove",
     "IdentityMove",
     "Move",
@@ -67,6 +71,7 @@ __all__ = [
     "as_move",
     "exchange_move",
     "identity_move",
+    "rungs_of",
 ]
 
 
@@ -87,6 +92,19 @@ class Move(Protocol):
         """Returns the new replicas, the new move state and the move's info."""
 
 
+def rungs_of(move_state: Any) -> np.ndarray | None:
+    """The ``(M,)`` rungs a move state keeps (its ``rungs`` field) on the host, or None."""
+    rungs = getattr(move_state, "rungs", None)
+    return None if rungs is None else np.array(jax.device_get(rungs), np.int32)
+
+
+class ExchangeState(NamedTuple):
+    """What an exchange carries between rounds (its move state)."""
+
+    rungs: jax.Array  # shape=(M,), int32; the rung replica m holds
+    adaptation: AdaptationState | None  # C and the ladder with c="auto", else None
+
+
 class ExchangeMoveInfo(NamedTuple):
     """One exchange round: :class:`tempering.exchange.ExchangeInfo` plus C and the ladder."""
 
@@ -102,9 +120,10 @@ class ExchangeMoveInfo(NamedTuple):
 class ExchangeMove:
     """The PT exchange over a ladder (build it with :func:`exchange_move`).
 
-    Its state is None for a fixed C; with ``adaptation`` set (``c="auto"``) it
-    is an :class:`~tempering.adaptation.AdaptationState` holding C and the
-    ladder, tuned during the first ``adapt_rounds`` rounds, then frozen.
+    Its state is an :class:`ExchangeState`: the rung each replica holds and,
+    with ``adaptation`` set (``c="auto"``), an
+    :class:`~tempering.adaptation.AdaptationState` holding C and the ladder,
+    tuned during the first ``adapt_rounds`` rounds, then frozen.
     """
 
     ladder: Ladder
@@ -115,43 +134,72 @@ class ExchangeMove:
     adaptation: Adaptation | None = struct.field(pytree_node=False, default=None)
     adapt_rounds: int = struct.field(pytree_node=False, default=0)
 
-    def init(self, state: ReplicaState | None = None) -> AdaptationState | None:
-        """The exchange's starting state: None for a fixed C, else the adaptation's."""
-        del state  # the exchange starts from its ladder alone
-        if self.adaptation is None:
-            return None
-        return init_adaptation(self.ladder, self.adapt_rounds, float(self.c))
+    def init(self, state: ReplicaState) -> ExchangeState:
+        """The rungs the replicas hold (read off their values) and a fresh adaptation.
+
+        Raises:
+            ValueError: the replicas do not hold this ladder's rungs, each once
+                (give them with ``create_replicas(..., ladder)`` or
+                :func:`tempering.ladder.assign_rungs`).
+        """
+        rungs = rungs_held(state, self.ladder)
+        if rungs is None:
+            raise ValueError(
+                "the replicas' hyperparameters are not the rungs of this ladder, "
+                "each held by one replica: create them with this ladder "
+                "(create_replicas(..., ladder)) or give them its values with "
+                "tempering.ladder.assign_rungs(state, ladder, range(M)); pt_train "
+                "does this itself"
+            )
+        adaptation = None
+        if self.adaptation is not None:
+            adaptation = init_adaptation(self.ladder, self.adapt_rounds, float(self.c))
+        return ExchangeState(jnp.asarray(rungs, jnp.int32), adaptation)
 
     def check_state(self, move_state: Any) -> None:
         """Raises ValueError unless ``move_state`` is a state of this exchange."""
+        if not isinstance(move_state, ExchangeState):
+            raise ValueError(
+                "move_state must be the ExchangeState of an exchange (e.g. "
+                f"result.move_state), got {type(move_state).__name__}"
+            )
+        rungs = np.asarray(move_state.rungs)
+        if sorted(rungs.tolist()) != list(range(self.ladder.num_rungs)):
+            raise ValueError(
+                f"move_state.rungs must be a permutation of 0..{self.ladder.num_rungs - 1} "
+                f"(one rung per replica of this ladder), got {rungs.tolist()}"
+            )
+        adaptation = move_state.adaptation
         if self.adaptation is None:
-            if move_state is not None:
+            if adaptation is not None:
                 raise ValueError(
-                    "move_state: an exchange with a fixed C carries no state (None), "
-                    f"got {type(move_state).__name__}"
+                    "move_state: an exchange with a fixed C carries no adaptation "
+                    "(move_state.adaptation is None), got "
+                    f"{type(adaptation).__name__}"
                 )
             return
-        if not isinstance(move_state, AdaptationState):
+        if not isinstance(adaptation, AdaptationState):
             raise ValueError(
-                "move_state must be the AdaptationState of an adaptive exchange "
-                f"(c='auto'), e.g. result.move_state, got {type(move_state).__name__}"
+                "move_state.adaptation must be the AdaptationState of an adaptive "
+                "exchange (c='auto'), e.g. from result.move_state, got "
+                f"{type(adaptation).__name__}"
             )
-        if sorted(move_state.values) != sorted(self.ladder.values) or np.shape(
-            move_state.temperatures
+        if sorted(adaptation.values) != sorted(self.ladder.values) or np.shape(
+            adaptation.temperatures
         ) != np.shape(self.ladder.temperatures):
             raise ValueError(
                 "move_state belongs to another ladder (other names or number of "
                 "rungs); pass None to adapt afresh"
             )
         ends = np.asarray(self.ladder.temperatures)[[0, -1]]
-        if not np.allclose(np.asarray(move_state.temperatures)[[0, -1]], ends):
+        if not np.allclose(np.asarray(adaptation.temperatures)[[0, -1]], ends):
             raise ValueError(
                 "move_state belongs to a ladder with other ends; pass None to "
                 "adapt afresh"
             )
-        if np.shape(move_state.log_ratios)[0] != self.adapt_rounds:
+        if np.shape(adaptation.log_ratios)[0] != self.adapt_rounds:
             raise ValueError(
-                f"move_state adapts over {np.shape(move_state.log_ratios)[0]} "
+                f"move_state adapts over {np.shape(adaptation.log_ratios)[0]} "
                 f"rounds, this exchange over adapt_rounds={self.adapt_rounds}: "
                 "give the adapt_rounds of the run being continued"
             )
@@ -167,30 +215,31 @@ class ExchangeMove:
         adaptation = self.adaptation
         kept = not adaptation.ladder or adaptation.rule is not None
         rule = self.ladder.rule if kept else None
-        return move_state.ladder.replace(rule=rule)
+        return move_state.adaptation.ladder.replace(rule=rule)
 
     def current_c(self, move_state: Any) -> jax.Array:
         """C in use: the adapted one when adaptive, else ``self.c``."""
-        return self.c if self.adaptation is None else move_state.c
+        return self.c if self.adaptation is None else move_state.adaptation.c
 
     def step(
         self,
         key: jax.Array,
         state: ReplicaState,
-        move_state: AdaptationState | None,
+        move_state: ExchangeState,
         scores: jax.Array,
         round_index: jax.Array,
-    ) -> tuple[ReplicaState, AdaptationState | None, ExchangeMoveInfo]:
+    ) -> tuple[ReplicaState, ExchangeState, ExchangeMoveInfo]:
         """Proposes swaps of adjacent rungs; accepted replicas swap hyperparameters."""
+        rungs, adaptation = move_state
         ladder, c = self.ladder, self.c
         if self.adaptation is not None:
-            assert move_state is not None  # init's AdaptationState
-            ratios = pair_log_ratios(state.rungs, scores, move_state.ladder.betas)
-            ladder = move_state.ladder
-            move_state = adapt(self.adaptation, move_state, ratios)
-            c = move_state.c
+            assert adaptation is not None  # init's AdaptationState
+            ratios = pair_log_ratios(rungs, scores, adaptation.ladder.betas)
+            ladder = adaptation.ladder
+            adaptation = adapt(self.adaptation, adaptation, ratios)
+            c = adaptation.c
         proposal, exchanged = exchange(
-            key, state.rungs, scores, ladder.betas, c=c,
+            key, rungs, scores, ladder.betas, c=c,
             scheme=self.scheme, parity=round_index % 2,
         )  # fmt: skip
         if not self.enabled:
@@ -198,12 +247,12 @@ class ExchangeMove:
                 proposed=jnp.zeros_like(exchanged.proposed),
                 accepted=jnp.zeros_like(exchanged.accepted),
             )
-            proposal = state.rungs
-        if move_state is not None:
-            ladder = move_state.ladder  # re-spaced for the next round
+            proposal = rungs
+        if adaptation is not None:
+            ladder = adaptation.ladder  # re-spaced for the next round
         state = assign_rungs(state, ladder, proposal)
         info = ExchangeMoveInfo(*exchanged, c=c, temperatures=ladder.temperatures)
-        return state, move_state, info
+        return state, ExchangeState(proposal, adaptation), info
 
 
 AUTO = "auto"

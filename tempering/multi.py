@@ -10,18 +10,18 @@ exchanges only ladder ``k``'s hyperparameters between the two replicas, whose
 rungs on the other ladders stay as they are.
 
 What the move carries between rounds is a :class:`MultiExchangeState` (the
-driver's move state): the rung of every replica on every ladder, and each
-ladder's own exchange state (its adaptive C with ``c="auto"``, adapted over the
-rounds in which that ladder was drawn). ``state.rungs`` holds the rungs on
-ladder 0. :meth:`MultiExchangeMove.init` reads every replica's rungs off the
-values it holds, so give the replicas the ladders' values first
+driver's move state): each ladder's own exchange state (the rung every replica
+holds on that ladder; its adaptive C with ``c="auto"``, adapted over the rounds
+in which that ladder was drawn). Its ``rungs`` are the rungs on ladder 0 (what
+the history records). :meth:`MultiExchangeMove.init` reads every replica's
+rungs off the values it holds, so give the replicas the ladders' values first
 (:meth:`MultiExchangeMove.assign`).
 
 Example:
     >>> lr = tp.geometric_ladder("learning_rate", 0.01, 0.1, 4)
     >>> q = tp.linear_ladder("dropout_rate", 0.1, 0.4, 4)
     >>> move = multi_exchange_move([lr, q], c=[30.0, "auto"])
-    >>> state = move.assign(state)  # replica m on rung state.rungs[m] of both
+    >>> state = move.assign(state)  # replica m on rung m of both
     >>> config = tp.RunConfig(num_steps=1000, interval=50)
     >>> result = tp.train(state, key, move, tp.RunData(train, validation), config)
     >>> result.history.move.ladder  # (R,) the ladder exchanged each round
@@ -39,9 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tempering.hyperparams import set_hyperparams
-from tempering.ladder import Ladder, as_ladder, check_ladder
-from tempering.moves import ExchangeMove, exchange_move
+from tempering.ladder import Ladder, as_ladder, assign_rungs, check_ladder
+from tempering.moves import ExchangeMove, ExchangeState, exchange_move
 from tempering.state import ReplicaState
 
 __all__ = [
@@ -55,10 +54,18 @@ __all__ = [
 class MultiExchangeState(NamedTuple):
     """What :class:`MultiExchangeMove` carries between rounds (its move state)."""
 
-    rungs: jax.Array  # shape=(K, M), int32; rung of replica m on ladder k
-    # One entry per ladder: that exchange's state (None for a fixed C, an
-    # AdaptationState for c="auto").
-    sub_states: tuple[Any, ...]
+    # One ExchangeState per ladder: the rungs on it and its adaptation.
+    sub_states: tuple[ExchangeState, ...]
+
+    @property
+    def rungs(self) -> jax.Array:
+        """``(M,)`` int32: the rung of every replica on ladder 0."""
+        return self.sub_states[0].rungs
+
+    @property
+    def ladder_rungs(self) -> jax.Array:
+        """``(K, M)`` int32: the rung of replica m on ladder k."""
+        return jnp.stack([sub.rungs for sub in self.sub_states])
 
 
 class MultiExchangeInfo(NamedTuple):
@@ -93,11 +100,13 @@ class MultiExchangeMove:
         """The starting ladders, one per hyperparameter."""
         return tuple(move.ladder for move in self.moves)
 
-    def assign(self, state: ReplicaState) -> ReplicaState:
-        """Replica m takes rung ``state.rungs[m]`` of every ladder: its values.
+    def assign(self, state: ReplicaState, rungs: Any = None) -> ReplicaState:
+        """Replica m takes rung ``rungs[m]`` of every ladder: its values.
 
         Args:
             state: the replicas; they must hold every ladder's names.
+            rungs: ``(M,)`` the rung of each replica on every ladder; default
+                replica m on rung m.
 
         Returns:
             The state with every ladder's hyperparameters set.
@@ -108,71 +117,45 @@ class MultiExchangeMove:
         """
         for ladder in self.ladders:
             check_ladder(state, ladder)
-        rungs = jnp.asarray(state.rungs, jnp.int32)
-        values = {
-            name: v[rungs]
-            for ladder in self.ladders
-            for name, v in ladder.values.items()
-        }
-        return set_hyperparams(state, **values)
+        if rungs is None:
+            rungs = np.arange(state.num_replicas)
+        for ladder in self.ladders:
+            state = assign_rungs(state, ladder, rungs)
+        return state
 
     def init(self, state: ReplicaState) -> MultiExchangeState:
         """Every replica's rung on every ladder, read off the values it holds.
 
         Args:
             state: replicas holding, for every ladder, the values of one of its
-                rungs (:meth:`assign` gives them), with ``state.rungs`` their
-                rungs on ladder 0.
+                rungs (:meth:`assign` gives them).
 
         Returns:
             The :class:`MultiExchangeState` of a fresh start (adaptive ladders
             at their starting C).
 
         Raises:
-            ValueError: a ladder that does not fit the replicas, or a replica
-                whose values are no rung of a ladder (call :meth:`assign`).
+            ValueError: a ladder that does not fit the replicas, or replicas
+                whose values are not its rungs (call :meth:`assign`).
         """
         for ladder in self.ladders:
             check_ladder(state, ladder)
-        rungs = np.stack([self._rungs_on(k, state) for k in range(self.num_ladders)])
-        if not np.array_equal(rungs[0], np.asarray(state.rungs)):
-            raise ValueError(
-                "state.rungs must be the rungs of the replicas on ladders[0], whose "
-                f"values say {rungs[0].tolist()}: call state = move.assign(state)"
-            )
-        subs = tuple(move.init(state) for move in self.moves)
-        return MultiExchangeState(jnp.asarray(rungs, jnp.int32), subs)
-
-    def _rungs_on(self, k: int, state: ReplicaState) -> np.ndarray:
-        """``(M,)`` rung of every replica on ladder k, from its values."""
-        ladder = self.ladders[k]
-        num = state.num_replicas
-        match = np.ones((num, ladder.num_rungs), bool)
-        for name, values in ladder.values.items():
-            held = np.asarray(state.hyperparams[name])[:, None]
-            match &= held == np.asarray(values)[None, :]
-        found = match.any(axis=1)
-        if not found.all():
-            m = int(np.argmin(found))
-            raise ValueError(
-                f"replica {m} holds no rung of ladders[{k}] (its values "
-                f"{ {n: float(state.hyperparams[n][m]) for n in ladder.values} }): "
-                "call state = move.assign(state) before training"
-            )
-        distinct = [
-            n for n, v in ladder.values.items() if len(np.unique(np.asarray(v))) == num
-        ]
-        if not distinct:
-            raise ValueError(
-                f"ladders[{k}] has no hyperparameter that tells rungs apart"
-            )
-        held = np.asarray(state.hyperparams[distinct[0]])
-        return np.argmax(held[:, None] == np.asarray(ladder.values[distinct[0]]), 1)
+        subs = []
+        for k, move in enumerate(self.moves):
+            try:
+                subs.append(move.init(state))
+            except ValueError as error:
+                raise ValueError(
+                    f"the replicas do not hold the rungs of ladders[{k}], each "
+                    "once: call state = move.assign(state) before training"
+                ) from error
+        return MultiExchangeState(tuple(subs))
 
     def check_state(self, move_state: Any) -> None:
         """Raises ValueError unless ``move_state`` is a state of this move."""
         if not (
             isinstance(move_state, MultiExchangeState)
+            and isinstance(move_state.sub_states, tuple)
             and len(move_state.sub_states) == self.num_ladders
         ):
             raise ValueError(
@@ -209,31 +192,24 @@ class MultiExchangeMove:
 
         Returns:
             ``(state, move_state, info)``: only ladder k's hyperparameters and
-            rungs may have changed; ``state.rungs`` is the rung on ladder 0.
+            rungs may have changed.
         """
-        multi = move_state
         choice_key, exchange_key = jax.random.split(key)
         chosen = jax.random.randint(choice_key, (), 0, self.num_ladders)
 
         def branch(k: int):
-            move = self.moves[k]
-
             def run(state: ReplicaState):
-                inner = state.replace(rungs=multi.rungs[k])
-                inner, sub, info = move.step(
-                    exchange_key, inner, multi.sub_states[k], scores, round_index
+                subs = list(move_state.sub_states)
+                state, subs[k], info = self.moves[k].step(
+                    exchange_key, state, subs[k], scores, round_index
                 )
-                rungs = multi.rungs.at[k].set(inner.rungs)  # (K, M), row k changed
-                subs = list(multi.sub_states)
-                subs[k] = sub
-                return inner, MultiExchangeState(rungs, tuple(subs)), info
+                return state, MultiExchangeState(tuple(subs)), info
 
             return run
 
         state, multi, info = jax.lax.switch(
             chosen, [branch(k) for k in range(self.num_ladders)], state
         )
-        state = state.replace(rungs=multi.rungs[0])
         # (K,): an adaptive C after this round is the C this round used.
         cs = jnp.stack(
             [
@@ -251,7 +227,7 @@ class MultiExchangeMove:
                 acceptance_prob=info.acceptance_prob,
                 log_ratio=info.log_ratio,
                 c=cs,
-                rungs=multi.rungs,
+                rungs=multi.ladder_rungs,
             ),
         )
 

@@ -391,7 +391,7 @@ def pbt_step(
         ``(new_state, info)``. Replicas with ``info.copied[m]`` hold the
         parameters, optimiser state, BatchNorm statistics and hyperparameters
         of ``info.parent[m]``, the explored ones perturbed; the others are
-        unchanged, bit for bit. ``rungs`` and ``step`` are not touched.
+        unchanged, bit for bit. ``step`` is not touched.
 
     Raises:
         TypeError: a config that is not a :class:`PBTConfig`, a key that is
@@ -523,6 +523,7 @@ def pbt_train(
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
     keep_checkpoints: int = 2,
+    resume_allowing: Sequence[str] = (),
     run_config: RunConfig | None = None,
 ) -> PBTResult:
     """Trains M replicas by population based training in the PT engine.
@@ -569,8 +570,10 @@ def pbt_train(
         checkpoint_dir: save checkpoints here and resume from the latest.
         checkpoint_every: rounds between checkpoints.
         keep_checkpoints: how many of the latest checkpoints to keep.
+        resume_allowing: fingerprint entries that may differ on resume
+            (:class:`tempering.RunConfig`).
         run_config: all the run settings above (``num_steps`` to
-            ``keep_checkpoints``; ``ready_interval`` is its ``interval``) as
+            ``resume_allowing``; ``ready_interval`` is its ``interval``) as
             one :class:`tempering.RunConfig`, instead of the keywords (its
             ``move_at_end`` is ``exploit_at_end``'s).
 
@@ -601,6 +604,7 @@ def pbt_train(
         callback=callback, vectorize=vectorize, loop=loop, progress=progress,
         devices=devices, on_diverge=on_diverge, checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+        resume_allowing=resume_allowing,
     )  # fmt: skip
     settings = settings.replace(
         move_at_end=check_bool(exploit_at_end, "exploit_at_end")

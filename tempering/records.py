@@ -3,7 +3,8 @@
 Every driver (``pt_train``, ``pbt_train``, ``replay_schedule``,
 ``diffusion_test``, ``tempering.train`` with any move) returns the same
 :class:`History`: per round the training loss, the validation and test
-metrics, the scores, the rungs and hyperparameters after the move, and the
+metrics, the scores, the hyperparameters (and the rungs of a move that keeps
+them, :func:`tempering.moves.rungs_of`) after the move, and the
 move's own info (``history.move``: an exchange's proposals and acceptances,
 PBT's parents and copies). The info's fields read as the history's own
 (``history.accepted`` is ``history.move.accepted``), so PT and PBT histories
@@ -43,7 +44,9 @@ class RoundRecord(NamedTuple):
     score: np.ndarray  # shape=(M,), what the move compared (lower is better)
     test: EvalMetrics | None  # (M,) on test_data, before the move; None without
     move: Any  # the move's info (e.g. ExchangeMoveInfo, PBTInfo)
-    rungs: np.ndarray  # shape=(M,), after the move
+    # shape=(M,), int32, after the move: the move state's rungs (None for a
+    # move that keeps none, e.g. PBT)
+    rungs: np.ndarray | None
     hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), after the move
     diverged: np.ndarray  # shape=(M,), bool; non-finite loss or score this round
     restored_from: np.ndarray  # shape=(M,), int32; source replica, -1 if none
@@ -69,11 +72,11 @@ class History(NamedTuple):
     score: np.ndarray  # shape=(R, M), what the move compared (lower is better)
     test: EvalMetrics | None  # (R, M); None without test_data
     move: Any  # the move's info, leaves (R, ...)
-    rungs: np.ndarray  # shape=(R, M), after each move
+    rungs: np.ndarray | None  # shape=(R, M), after each move; None without rungs
     hyperparams: dict[str, np.ndarray]  # name -> shape=(R, M), after each move
     diverged: np.ndarray  # shape=(R, M), bool; non-finite loss or score
     restored_from: np.ndarray  # shape=(R, M), int32; source replica, -1 if none
-    initial_rungs: np.ndarray  # shape=(M,), before the first round of this call
+    initial_rungs: np.ndarray | None  # shape=(M,), before this call's first round
     initial_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), likewise
     burn_in_hyperparams: dict[str, np.ndarray]  # name -> shape=(M,), in the burn-in
     first_step: int = 0  # global step at which this call started
@@ -196,6 +199,11 @@ class RecordRows:
             lambda rows, x: rows.__setitem__(self.count, x), self.arrays, record
         )
         self.count += 1
+
+    def extend(self, rows: RoundRecord, count: int) -> None:
+        """Adds the first ``count`` of stacked ``rows`` (a resumed call's records)."""
+        for index in range(count):
+            self.add(jax.tree.map(lambda x, i=index: x[i], rows))
 
     def stacked(self) -> RoundRecord | None:
         """The rows written so far (copied when the run stopped early); None if none."""

@@ -2,16 +2,17 @@
 
 :func:`shard_replicas` places every per-replica array of a
 :class:`~tempering.ReplicaState` (params, BatchNorm statistics, optimiser
-state, hyperparameters, rungs: all with leading axis M) on a 1-D
+state, hyperparameters: all with leading axis M) on a 1-D
 :class:`jax.sharding.Mesh` whose one axis is named ``"replicas"``, with
 ``NamedSharding(mesh, P("replicas"))``: device d holds replicas
 ``[d * M / D, (d + 1) * M / D)``. Everything else (``step``; the driver's
-move state: C and the ladder, O(M) numbers) is replicated on every device.
+move state: rungs, C and the ladder, O(M) numbers) is replicated on every
+device.
 
 The compiled steps, evaluations and moves of the drivers then run as SPMD
 programs over the mesh: XLA propagates the replica sharding from the state
 through the vmapped step, so each device trains its own replicas. The
-exchange moves only the O(M) hyperparameters and rungs, and its output stays
+exchange moves only the O(M) hyperparameters, and its output stays
 sharded; PBT's exploit copies the weights of a parent replica across devices
 and XLA leaves its output replicated, so each segment starts with
 :func:`keep_sharded` (in :func:`tempering.loops.run_segment`), which puts the
@@ -97,7 +98,7 @@ def shard_replicas(
     """The state with its replica axis split over ``devices``.
 
     Every array with the leading replica axis (params, batch_stats, opt_state,
-    hyperparams, rungs) gets ``NamedSharding(mesh, P("replicas"))``; ``step``
+    hyperparams) gets ``NamedSharding(mesh, P("replicas"))``; ``step``
     and any leaf without a leading axis of length M are replicated on every
     device. The values are unchanged; the drivers
     (:func:`tempering.pt_train`, :func:`tempering.pbt_train`,
@@ -166,7 +167,6 @@ def shard_replicas(
         batch_stats=batch_stats,
         opt_state=opt_state,
         hyperparams=hyperparams,
-        rungs=place(state.rungs),
         step=jax.device_put(state.step, whole),
     )
 
@@ -199,27 +199,24 @@ def replicate(tree: Any, devices: Sequence[jax.Device] | Mesh | None = None) -> 
 
 
 def _per_replica_leaves(state: ReplicaState) -> list[Any]:
-    return [
-        state.rungs,
-        *jax.tree.leaves(
-            (state.hyperparams, state.params, state.batch_stats, state.opt_state)
-        ),
-    ]
+    return jax.tree.leaves(
+        (state.hyperparams, state.params, state.batch_stats, state.opt_state)
+    )
 
 
 def _probe_leaves(state: ReplicaState) -> list[Any]:
-    """Rungs, hyperparameters and the first weight of each tree (cheap to scan)."""
+    """Hyperparameters and the first weight of each tree (cheap to scan)."""
     firsts = [
         jax.tree.leaves(tree)[:1]
         for tree in (state.params, state.batch_stats, state.opt_state)
     ]
-    return [state.rungs, *jax.tree.leaves(state.hyperparams), *sum(firsts, [])]
+    return [*jax.tree.leaves(state.hyperparams), *sum(firsts, [])]
 
 
 def mesh_of(state: ReplicaState) -> Mesh | None:
     """The replica mesh ``state`` is sharded over, or None for an unsharded state.
 
-    A state counts as sharded when its rungs, a hyperparameter or the first
+    A state counts as sharded when a hyperparameter or the first
     array of its params, batch_stats or opt_state is split over the
     ``"replicas"`` axis of a mesh (as :func:`shard_replicas` leaves it); a
     state replicated on several devices, or on one device, is not.
@@ -304,16 +301,13 @@ def constrain(state: ReplicaState, mesh: Mesh | None) -> ReplicaState:
         leading = np.ndim(leaf) >= 1 and np.shape(leaf)[0] == num
         return jax.lax.with_sharding_constraint(leaf, split if leading else whole)
 
-    params, batch_stats, opt_state, hyperparams, rungs = jax.tree.map(
-        pin,
-        (state.params, state.batch_stats, state.opt_state, state.hyperparams,
-         state.rungs),
-    )  # fmt: skip
+    params, batch_stats, opt_state, hyperparams = jax.tree.map(
+        pin, (state.params, state.batch_stats, state.opt_state, state.hyperparams)
+    )
     return state.replace(
         params=params,
         batch_stats=batch_stats,
         opt_state=opt_state,
         hyperparams=hyperparams,
-        rungs=rungs,
         step=jax.lax.with_sharding_constraint(state.step, whole),
     )

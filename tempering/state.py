@@ -99,7 +99,6 @@ class ReplicaState:
     batch_stats: PyTree  # leaves shape=(M, ...); {} for models without BatchNorm
     opt_state: PyTree  # leaves shape=(M, ...)
     hyperparams: dict[str, jax.Array]  # name -> shape=(M,), float32
-    rungs: jax.Array  # shape=(M,), dtype=int32; ladder rung replica m holds
     step: jax.Array  # shape=(), dtype=int32; SGD steps taken
     model: nn.Module = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
@@ -119,8 +118,9 @@ class ReplicaState:
 
     @property
     def num_replicas(self) -> int:
-        """Number of replicas M."""
-        return int(self.rungs.shape[0])
+        """Number of replicas M: the leading axis of the stacked leaves."""
+        leaves = jax.tree.leaves((self.params, self.hyperparams, self.opt_state))
+        return int(leaves[0].shape[0])
 
     @property
     def learning_rate(self) -> jax.Array:
@@ -453,7 +453,6 @@ def create_replicas(
         batch_stats=stats,
         opt_state=opt_state,
         hyperparams={k: jnp.asarray(v, jnp.float32) for k, v in values.items()},
-        rungs=jnp.arange(num_replicas, dtype=jnp.int32),
         step=jnp.zeros((), jnp.int32),
         model=model,
         tx=tx,
@@ -465,7 +464,7 @@ def create_replicas(
     state = set_hyperparams(state, **{k: v for k, v in given.items() if k not in start})
     if ladder is not None:
         check_ladder(state, ladder)
-        state = assign_rungs(state, ladder, state.rungs)
+        state = assign_rungs(state, ladder, np.arange(num_replicas))
     return state
 
 

@@ -29,7 +29,7 @@ from tempering.config import (
     require_validation,
 )
 from tempering.driver import RunResult, best_index, check_not_traced, train
-from tempering.ladder import Ladder, assign_rungs, check_ladder
+from tempering.ladder import Ladder, assign_rungs, check_ladder, rungs_held
 from tempering.moves import ExchangeMove, exchange_move
 from tempering.records import History, metric_of
 from tempering.state import MetricsFn, ReplicaState, default_metrics
@@ -51,8 +51,9 @@ class PTSummary(NamedTuple):
     ladder: Ladder  # the ladder at the end of the call (re-spaced if adapted)
     diverged: np.ndarray | None = None  # shape=(M,), bool; non-finite at the end
     interrupted: bool = False  # stopped early by Ctrl-C (after a whole round)
-    # The exchange's state at the end of the call (an AdaptationState with
-    # c="auto", else None): pt_train(..., move_state=...) continues from it.
+    # The exchange's state at the end of the call (an ExchangeState: the rungs,
+    # and C and the ladder with c="auto"): pt_train(..., move_state=...)
+    # continues from it.
     move_state: Any = None
 
     @property
@@ -79,7 +80,7 @@ class PTResult(NamedTuple):
 
         Pass it to the next call of the same run, ``pt_train(result.state,
         ladder, key, move_state=result.move_state, ...)``, to continue the
-        adapted C and ladder instead of tuning them afresh.
+        rungs and the adapted C and ladder instead of tuning them afresh.
         """
         return self.summary.move_state
 
@@ -143,6 +144,7 @@ def pt_train(
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
     keep_checkpoints: int = 2,
+    resume_allowing: Sequence[str] = (),
     run_config: RunConfig | None = None,
 ) -> PTResult:
     """Trains M replicas by hyperparameter parallel tempering (a host driver).
@@ -155,10 +157,12 @@ def pt_train(
     :func:`tempering.exchange_move`.
 
     Args:
-        state: replicas from :func:`tempering.create_replicas`; replica m holds
-            rung ``state.rungs[m]`` of ``ladder``.
+        state: replicas from :func:`tempering.create_replicas`.
         ladder: the :class:`tempering.Ladder`, one rung per replica; its
-            values are written into the replicas before the first step.
+            values are written into the replicas before the first step:
+            replica m takes rung m, or keeps the rung whose values it holds
+            when the replicas hold the ladder's rungs (a state a fixed-C call
+            left), or ``move_state.rungs`` when given.
         key: PRNG key of the run; the run is a deterministic function of it.
         train_data: in-memory ``(inputs, targets)`` or an iterable of batches
             (:mod:`tempering.sources`).
@@ -184,8 +188,8 @@ def pt_train(
             that adjacent pairs reject equally often (the ends stay; the final
             ladder is ``summary.ladder``, its history ``history.temperatures``).
         move_state: the exchange's state from an earlier call of the same run
-            (``result.move_state``): the adapted (or frozen) C and ladder carry
-            on. None: the exchange starts afresh (C tuned again with
+            (``result.move_state``): the rungs and the adapted (or frozen) C and
+            ladder carry on. None: the exchange starts afresh (C tuned again with
             ``c="auto"``; a warning says so when ``state`` has trained).
         batch_size: examples per step and replica (in-memory data).
         shared_batch: every replica sees the same batch each step.
@@ -205,8 +209,10 @@ def pt_train(
         checkpoint_dir: save checkpoints here and resume from the latest.
         checkpoint_every: rounds between checkpoints.
         keep_checkpoints: how many of the latest checkpoints to keep.
+        resume_allowing: fingerprint entries that may differ on resume
+            (:class:`tempering.RunConfig`).
         run_config: all the run settings above (``num_steps`` to
-            ``keep_checkpoints``; ``exchange_interval`` is its ``interval``) as
+            ``resume_allowing``; ``exchange_interval`` is its ``interval``) as
             one :class:`tempering.RunConfig`, instead of the keywords.
 
     Returns:
@@ -237,12 +243,15 @@ def pt_train(
         callback=callback, vectorize=vectorize, loop=loop, progress=progress,
         devices=devices, on_diverge=on_diverge, checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+        resume_allowing=resume_allowing,
     )  # fmt: skip
     if isinstance(config.interval, tuple):
         raise TypeError("exchange_interval must be an int (steps between exchanges)")
     _check_some_exchange(state, config)
-    if adapt_rounds is None and isinstance(move_state, AdaptationState):
-        adapt_rounds = move_state.adapt_rounds
+    if adapt_rounds is None and isinstance(
+        getattr(move_state, "adaptation", None), AdaptationState
+    ):
+        adapt_rounds = move_state.adaptation.adapt_rounds
     if adapt_rounds is None:
         adapt_rounds = _default_adapt_rounds(state, config)
     move = exchange_move(
@@ -250,18 +259,26 @@ def pt_train(
         target_acceptance=target_acceptance, adapt_rounds=adapt_rounds,
         adapt_ladder=adapt_ladder,
     )  # fmt: skip
-    rungs = np.asarray(state.rungs)
-    if sorted(rungs.tolist()) != list(range(state.num_replicas)):
-        raise ValueError(f"state.rungs must be a permutation of 0..M-1, got {rungs}")
     if move_state is None:
         _warn_fresh_adaptation(state, move)
+        state = assign_rungs(state, ladder, _starting_rungs(state, ladder))
         move_state = move.init(state)
     else:
         move.check_state(move_state)
-    state = assign_rungs(state, move.current_ladder(move_state), state.rungs)
+        state = assign_rungs(state, move.current_ladder(move_state), move_state.rungs)
     data = RunData(train_data, validation_data, test_data)
     run = train(state, key, move, data, config, move_state=move_state)
     return PTResult(run.state, run.history, pt_summary(run, move))
+
+
+def _starting_rungs(state: ReplicaState, ladder: Ladder) -> np.ndarray:
+    """The rungs replicas hold when their values are the ladder's, else replica m on m.
+
+    A state a fixed-C call left continues on its rungs; fresh replicas (or
+    ones holding other values) start in order.
+    """
+    rungs = rungs_held(state, ladder)
+    return np.arange(state.num_replicas) if rungs is None else rungs
 
 
 def pt_summary(run: RunResult, move: ExchangeMove) -> PTSummary:

@@ -195,18 +195,18 @@ def record(prefix: str, obj: Any, names: Sequence[str]) -> Arrays:
 
 
 def record_state(state: tp.ReplicaState, prefix: str = "state") -> Arrays:
-    """Final weights, optimiser state, dropout rates, rungs and step of replicas."""
+    """Final weights, optimiser state, dropout rates and step of replicas."""
     return {
         f"{prefix}.params": params_digest(state.params),
         f"{prefix}.opt_state": params_digest(state.opt_state),
         f"{prefix}.dropout_rate": np.asarray(state.dropout_rate),
-        f"{prefix}.rungs": np.asarray(state.rungs),
         f"{prefix}.step": np.asarray(state.step),
     }
 
 
 def _pt_outputs(result: tp.PTResult, metrics: tp.EvalMetrics | None = None) -> Arrays:
     out = {
+        "move_state.rungs": np.asarray(result.move_state.rungs),
         **record("history", result.history, PT_HISTORY_FIELDS),
         **record("summary", result.summary, PT_SUMMARY_FIELDS),
         **record_state(result.state),
