@@ -53,7 +53,16 @@ import numpy as np
 import optax
 
 import tempering as tp
-from experiments.common import REPO_ROOT, fmt_mean_std, provenance, save_result
+from experiments.common import (
+    REPO_ROOT,
+    RUN_KEY_OFFSET,
+    add_output_args,
+    fmt_mean_std,
+    provenance,
+    seed_keys,
+    settings_of,
+    write_outputs,
+)
 from tempering.driver import best_index
 from tempering.zoo import datasets as tdata
 from tempering.zoo import models
@@ -219,12 +228,11 @@ def run_tempering(args, dataset: tdata.Dataset, seed: int) -> dict:
     out = {}
     for call in ("first", "second"):
         start = time.perf_counter()
-        state = tp.create_replicas(
-            jax.random.key(seed), model, tx, sample, ladder=ladder
-        )
+        init_key, run_key = seed_keys(seed)
+        state = tp.create_replicas(init_key, model, tx, sample, ladder=ladder)
         result = tp.pbt_train(
             state,
-            jax.random.key(10_000 + seed),
+            run_key,
             config=config,
             train_data=dataset.train,
             validation_data=dataset.validation,
@@ -296,7 +304,7 @@ def run_ray(args, dataset: tdata.Dataset, seed: int, storage: Path, mode: str) -
         "steps": args.steps,
         "interval": args.interval,
         "init_seed": seed,
-        "run_seed": 10_000 + seed,
+        "run_seed": RUN_KEY_OFFSET + seed,  # seed_keys' convention
     }
     tuner = tune.Tuner(
         tune.with_resources(
@@ -446,8 +454,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--reuse-actors", action=argparse.BooleanOptionalAction, default=True
     )
-    parser.add_argument("--out-dir", type=Path, default=None)
-    parser.add_argument("--name", default="bench_raytune")
+    add_output_args(parser, "bench_raytune")
     return parser.parse_args(argv)
 
 
@@ -544,9 +551,7 @@ def main(argv=None) -> dict:
             summary[f"ray_{mode}_{key}"] = [r["ray"][mode][key] for r in runs]
     payload = {
         "provenance": provenance(seeds),
-        "settings": {
-            k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-        },
+        "settings": settings_of(args),
         "description": desc,
         "ray_version": ray.__version__,
         "python_executable": sys.executable,
@@ -559,10 +564,7 @@ def main(argv=None) -> dict:
         "note": note,
         "table": markdown,
     }
-    path = save_result(args.name, payload, args.out_dir)
-    path.with_suffix(".md").write_text(markdown)
-    print(markdown)
-    print(f"wrote {path}")
+    write_outputs(args, payload, markdown)
     return payload
 
 

@@ -1,4 +1,17 @@
-"""Provenance and result files shared by the experiment scripts.
+"""The experiments' harness: arguments, seeds and keys, records, tables, figures.
+
+Every script uses these pieces, one implementation each:
+
+- command line: :func:`add_output_args` (``--out-dir``, ``--name``),
+  :func:`add_data_dir_arg` (``--data-dir``), :func:`add_seeds_arg`
+  (``--seeds``, a count or a list);
+- keys: :func:`seed_keys`, the convention every training comparison uses
+  (``key(seed)`` for the initial weights, ``key(10_000 + seed)`` for the run);
+- records: :func:`provenance` (command, commit, machine, seeds, date),
+  :func:`save_result`, per-seed records (:func:`seed_path`,
+  :func:`load_seed_record`, :func:`save_seed_record`, :func:`same_record`);
+- outputs: :func:`write_outputs` (record, table and figure of one result),
+  :func:`figure` (a matplotlib figure off screen), :func:`fmt_mean_std`.
 
 Every number the README quotes comes from a JSON file written here, which
 records the command, the git commit, the machine and the seeds.
@@ -6,12 +19,15 @@ records the command, the git commit, the machine and the seeds.
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +218,163 @@ def fmt_mean_std(values, scale: float = 1.0, digits: int = 2) -> str:
         return f"{values.item():.{digits}f}"
     mean, std = mean_std(values)
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+# --- command line -----------------------------------------------------------
+
+
+def add_output_args(parser: argparse.ArgumentParser, name: str | None) -> None:
+    """``--out-dir`` (alias ``--out``; default :data:`RESULTS_DIR`) and ``--name``."""
+    parser.add_argument(
+        "--out-dir", "--out", dest="out_dir", type=Path, default=RESULTS_DIR,
+        help=f"where the results go (default: ${RESULTS_DIR_ENV}, else "
+        "./tempering-results)",
+    )  # fmt: skip
+    parser.add_argument("--name", default=name, help="name of the result files")
+
+
+def add_data_dir_arg(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir``: the raw data files (:func:`default_data_dir`)."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help=f"raw data files (default: ${DATA_DIR_ENV}, else ../shared/data "
+        "next to the repository)",
+    )
+
+
+def add_seeds_arg(
+    parser: argparse.ArgumentParser, default: int | list[int] | None
+) -> None:
+    """``--seeds``: a count N (seeds 0..N-1) for an int default, else a list."""
+    if isinstance(default, list):
+        parser.add_argument("--seeds", type=int, nargs="+", default=default)
+    else:
+        parser.add_argument(
+            "--seeds", type=int, default=default, help="number of seeds: 0..N-1"
+        )
+
+
+# --- keys -------------------------------------------------------------------
+
+# The run key of seed k is key(RUN_KEY_OFFSET + k): batches, dropout masks and
+# exchanges draw from it, the initial weights from key(k).
+RUN_KEY_OFFSET = 10_000
+
+
+def seed_keys(seed: int, offset: int = RUN_KEY_OFFSET) -> tuple[jax.Array, jax.Array]:
+    """``(key(seed), key(offset + seed))``: initial weights and the run of a seed.
+
+    Every method of a comparison takes the same two keys for one seed, so they
+    start from the same replicas and see the same batches. The Fig. 1
+    diffusion scripts recorded their runs with ``offset=1000``.
+    """
+    return jax.random.key(seed), jax.random.key(offset + seed)
+
+
+# --- per-seed records -------------------------------------------------------
+
+
+def seed_path(out_dir: Path, name: str, seed: int, kind: str | None = None) -> Path:
+    """``<out_dir>/<name>/seed<k>[_<kind>].json``: one seed's record."""
+    suffix = "" if kind is None else f"_{kind}"
+    return Path(out_dir) / name / f"seed{seed}{suffix}.json"
+
+
+def load_seed_record(path: Path, settings: dict, force: bool = False) -> dict | None:
+    """The record at ``path`` if it exists (and not ``force``), else None.
+
+    Raises:
+        ValueError: the record was made with other ``settings``.
+    """
+    if force or not Path(path).exists():
+        return None
+    record = json.loads(Path(path).read_text())
+    if not same_record(record["settings"], _json(settings)):
+        raise ValueError(
+            f"{path} was made with other settings ({record['settings']}); "
+            "remove it (or --force, where offered) or give the run another --name"
+        )
+    return record
+
+
+def save_seed_record(path: Path, record: dict) -> dict:
+    """Writes one seed's record and returns it as read back (plain JSON types)."""
+    save_result(Path(path).stem, record, Path(path).parent)
+    return json.loads(Path(path).read_text())
+
+
+def same_record(a: Any, b: Any) -> bool:
+    """Equal records, floats to float32 rounding (machines and JAX versions
+    differ in the last bit of derived values such as a ladder's betas)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_record(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(same_record, a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=0.0)
+    return a == b
+
+
+def _json(obj: Any) -> Any:
+    return json.loads(json.dumps(_to_jsonable(obj)))
+
+
+# --- outputs ----------------------------------------------------------------
+
+
+def settings_of(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The command line's values (all, or ``names``) as a record stores them."""
+    values = vars(args)
+    return _json({k: values[k] for k in names} if names else values)
+
+
+def write_outputs(
+    args: argparse.Namespace,
+    payload: dict[str, Any],
+    table: str,
+    plot: Callable[[Path], None] | None = None,
+) -> Path:
+    """Writes ``<out_dir>/<name>``: ``.json`` (the record), ``.md`` (its
+    table) and ``.png`` (``plot(path)``, if given); prints the table."""
+    path = save_result(args.name, payload, args.out_dir)
+    path.with_suffix(".md").write_text(table)
+    if plot is not None:
+        plot(path.with_suffix(".png"))
+    print(table)
+    print(f"wrote {path}")
+    return path
+
+
+def figure(ncols: int, size: tuple[float, float]):
+    """``(fig, axes)``: a row of ``ncols`` axes, drawn off screen (Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, ncols, figsize=size)
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    """Writes and closes a figure of :func:`figure`."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def subset(split, size: int | None):
+    """The first ``size`` examples of a data split (all of them for None)."""
+    if size is None or size >= len(split.labels):
+        return split
+    return type(split)(split.inputs[:size], split.labels[:size])
+
+
+def final_rungs(history) -> np.ndarray:
+    """The rungs after a run's last round (its initial rungs with no round)."""
+    if history.rungs is not None and len(history.rungs):
+        return np.asarray(history.rungs)[-1]
+    return np.asarray(history.initial_rungs)

@@ -51,14 +51,21 @@ import numpy as np
 
 import tempering as tp
 from experiments.common import (
-    DATA_DIR_ENV,
-    RESULTS_DIR,
-    _to_jsonable,
-    default_data_dir,
+    add_data_dir_arg,
+    add_output_args,
+    add_seeds_arg,
+    figure,
     fmt_mean_std,
+    load_seed_record,
     mean_std,
     provenance,
-    save_result,
+    save_figure,
+    save_seed_record,
+    seed_keys,
+    seed_path,
+    settings_of,
+    subset,
+    write_outputs,
 )
 from tempering.driver import best_index
 from tempering.zoo import datasets as tdata
@@ -144,7 +151,7 @@ def run_method(method, args, bench, dataset, ladder, tx, seed) -> dict:
         burn_in=args.burn_in,
         batch_size=args.batch_size,
     )
-    init_key, run_key = jax.random.key(seed), jax.random.key(10_000 + seed)
+    init_key, run_key = seed_keys(seed)
     state = tp.create_replicas(init_key, bench.model, tx, sample, ladder=ladder)
     start = time.perf_counter()
     settings = METHODS[method]
@@ -196,34 +203,21 @@ def run_method(method, args, bench, dataset, ladder, tx, seed) -> dict:
     }
 
 
-def seed_path(args, seed: int) -> Path:
-    out_dir = args.out_dir if args.out_dir is not None else RESULTS_DIR
-    return Path(out_dir) / "compare" / run_name(args) / f"seed{seed}.json"
-
-
-def run_name(args) -> str:
-    return args.name or f"compare_{args.benchmark}"
-
-
-def run_settings(args) -> dict:
-    return {k: getattr(args, k) for k in RUN_SETTINGS}
+def record_path(args, seed: int) -> Path:
+    return seed_path(Path(args.out_dir) / "compare", args.name, seed)
 
 
 def run_seed(args, bench, dataset, ladder, tx, seed: int) -> dict:
     """Runs the methods of one seed that its file lacks, and saves the file."""
-    path = seed_path(args, seed)
-    record = json.loads(path.read_text()) if path.exists() and not args.force else None
-    if record is not None and record["settings"] != run_settings(args):
-        raise ValueError(
-            f"{path} was made with other settings ({record['settings']}); "
-            "use --force to rerun it or --name for another run"
-        )
-    if record is None:
-        record = {"seed": seed, "settings": run_settings(args), "runs": {}}
+    path = record_path(args, seed)
+    settings = settings_of(args, *RUN_SETTINGS)
+    record = load_seed_record(path, settings, args.force) or {
+        "seed": seed, "settings": settings, "runs": {},
+    }  # fmt: skip
     todo = [m for m in args.methods if m not in record["runs"]]
     for method in todo:
         run = run_method(method, args, bench, dataset, ladder, tx, seed)
-        record["runs"][method] = json.loads(json.dumps(_to_jsonable(run)))
+        record["runs"][method] = run
         print(
             f"seed {seed} {method:14s} test err {run['test_error']:.4f} "
             f"val err {run['best_val_error']:.4f} {run['wall_s']:.1f}s",
@@ -231,7 +225,7 @@ def run_seed(args, bench, dataset, ladder, tx, seed: int) -> dict:
         )
     if todo:
         record.setdefault("provenance", {})[",".join(todo)] = provenance([seed])
-        save_result(path.stem, record, path.parent)
+        record = save_seed_record(path, record)
     return record
 
 
@@ -334,14 +328,9 @@ COLORS = {
 }  # fmt: skip
 
 
-def figure(name: str, runs: list[dict], summary: dict, target: float, path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(name: str, runs: list[dict], summary: dict, target: float, path: Path):
     methods = list(summary)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (ax1, ax2) = figure(2, (11, 3.8))
     for method in methods:
         curves = np.array([r[method]["curve_best_val_error"] for r in runs])
         steps = np.asarray(runs[0][method]["curve_step"])
@@ -363,15 +352,13 @@ def figure(name: str, runs: list[dict], summary: dict, target: float, path: Path
     ax2.tick_params(axis="x", labelsize=8)
     ax2.set_ylabel("test error of best-by-validation replica (%)")
     ax2.set_title(f"{len(runs)} seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
-    parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1")
+    add_seeds_arg(parser, None)
     parser.add_argument(
         "--seed-list", default=None,
         help="run only these seeds (e.g. 3,4); the table is merged once all are there",
@@ -388,16 +375,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--val-subset", type=int, default=None)
     parser.add_argument("--test-subset", type=int, default=None)
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=default_data_dir(),
-        help=f"raw data files (default: ${DATA_DIR_ENV}, else ../shared/data "
-        "next to the repository)",
-    )
-    parser.add_argument("--out-dir", type=Path, default=None)
-    parser.add_argument("--name", default=None)
+    add_data_dir_arg(parser)
+    add_output_args(parser, None)
     args = parser.parse_args(argv)
+    args.name = args.name or f"compare_{args.benchmark}"
     args.methods = tuple(args.methods.split(","))
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown or "grid" not in args.methods:
@@ -414,17 +395,11 @@ def main(argv=None) -> dict | None:
     args.val_subset = args.val_subset or bench.val_subset
     args.test_subset = args.test_subset or bench.test_subset
     dataset = load(args.benchmark, args.data_dir)
-    subsets = {
-        "train": args.train_subset,
-        "validation": args.val_subset,
-        "test": args.test_subset,
-    }
-    for split, size in subsets.items():
-        if size:
-            part = getattr(dataset, split)
-            dataset = dataset._replace(
-                **{split: tdata.Split(*(a[:size] for a in part))}
-            )
+    dataset = dataset._replace(
+        train=subset(dataset.train, args.train_subset),
+        validation=subset(dataset.validation, args.val_subset),
+        test=subset(dataset.test, args.test_subset),
+    )
     ladder = tp.geometric_ladder(
         "learning_rate", bench.lr_low, bench.lr_high, args.replicas
     )
@@ -435,11 +410,11 @@ def main(argv=None) -> dict | None:
     )
     for seed in todo:
         run_seed(args, bench, dataset, ladder, tx, seed)
-    missing = [s for s in seeds if not seed_path(args, s).exists()]
+    missing = [s for s in seeds if not record_path(args, s).exists()]
     if missing:
         print(f"seeds {missing} not run yet: no table")
         return None
-    records = [json.loads(seed_path(args, s).read_text()) for s in seeds]
+    records = [json.loads(record_path(args, s).read_text()) for s in seeds]
     lacking = [r["seed"] for r in records if set(args.methods) - set(r["runs"])]
     if lacking:
         print(f"seeds {lacking} lack some of {args.methods}: no table")
@@ -459,15 +434,12 @@ def main(argv=None) -> dict | None:
         + f"; train / validation / test examples {len(dataset.train.labels)} / "
         f"{len(dataset.validation.labels)} / {len(dataset.test.labels)}"
     )
-    name = run_name(args)
     markdown = table(args.benchmark, summary, target, runs, desc)
     payload = {
         "provenance": provenance(seeds),
         "seed_provenance": {r["seed"]: r["provenance"] for r in records},
         "benchmark": args.benchmark,
-        "settings": {
-            k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-        },
+        "settings": settings_of(args),
         "description": desc,
         "ladder_learning_rate": np.asarray(ladder.values["learning_rate"]),
         "target_val_error": target,
@@ -482,11 +454,12 @@ def main(argv=None) -> dict | None:
         "runs": runs,
         "table": markdown,
     }
-    path = save_result(name, payload, args.out_dir)
-    path.with_suffix(".md").write_text(markdown)
-    figure(args.benchmark, runs, summary, target, path.with_suffix(".png"))
-    print(markdown)
-    print(f"wrote {path}")
+    write_outputs(
+        args,
+        payload,
+        markdown,
+        lambda p: plot(args.benchmark, runs, summary, target, p),
+    )
     return payload
 
 

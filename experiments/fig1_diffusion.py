@@ -18,16 +18,20 @@ import argparse
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 import tempering as tp
 from experiments.common import (
-    RESULTS_DIR,
-    default_data_dir,
+    add_data_dir_arg,
+    add_output_args,
+    add_seeds_arg,
+    figure,
     fmt_mean_std,
     provenance,
-    save_result,
+    save_figure,
+    seed_keys,
+    settings_of,
+    write_outputs,
 )
 from tempering import diffusion
 from tempering.zoo import datasets
@@ -46,22 +50,15 @@ def parse_args(argv=None):
     p.add_argument(
         "--dataset", default="fashion_mnist", choices=["fashion_mnist", "mnist"]
     )
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=default_data_dir(),
-        help="raw data files (default: $TEMPERING_DATA_DIR, else ../shared/data "
-        "next to the repository)",
-    )
+    add_data_dir_arg(p)
     p.add_argument("--steps", type=int, default=600, help="SGD steps after t0")
     p.add_argument("--t0", type=int, default=100, help="steps before W(t0)")
     p.add_argument("--records", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--train-size", type=int, default=None, help="subsample train set")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    add_seeds_arg(p, [0])
     p.add_argument("--replicas", type=int, default=None, help="first M values only")
-    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
-    p.add_argument("--name", default="fig1_diffusion")
+    add_output_args(p, "fig1_diffusion")
     return p.parse_args(argv)
 
 
@@ -105,8 +102,9 @@ def main(argv=None) -> dict:
         runs = []
         for seed in args.seeds:
             tx = l2_tx if name == "weight_decay" else sgd_tx
+            init_key, run_key = seed_keys(seed, offset=1000)
             state = tp.create_replicas(
-                jax.random.key(seed),
+                init_key,
                 model,
                 tx,
                 x[:2],
@@ -117,7 +115,7 @@ def main(argv=None) -> dict:
                 state = tp.set_hyperparams(state, learning_rate=base_lr)
             res = diffusion.diffusion_test(
                 state,
-                jax.random.key(1000 + seed),
+                run_key,
                 train_data=(x, y),
                 hyperparameter=name,
                 values=values,
@@ -140,7 +138,7 @@ def main(argv=None) -> dict:
     check = verdicts(results)
     payload = {
         "provenance": provenance(args.seeds),
-        "settings": vars(args) | {"out_dir": str(args.out_dir)},
+        "settings": settings_of(args),
         "model": "LeNet5(tanh, avg pool), same initial weights and batches per sweep",
         "dataset": args.dataset,
         "note": "CPU only (no GPU in this session)",
@@ -148,10 +146,7 @@ def main(argv=None) -> dict:
         "results": results,
         "verdicts": check,
     }
-    path = save_result(args.name, payload, args.out_dir)
-    plot(results, args.out_dir / f"{args.name}.png")
-    (args.out_dir / f"{args.name}.md").write_text(markdown(payload))
-    print(f"wrote {path}")
+    write_outputs(args, payload, markdown(payload), lambda p: plot(results, p))
     for k, v in check.items():
         print(f"  {k}: {v}")
     return payload
@@ -194,11 +189,6 @@ def markdown(payload: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from experiments.plots import plot_diffusion
 
     titles = {
@@ -206,15 +196,13 @@ def plot(results: dict, path: Path) -> None:
         "learning_rate": "learning rate",
         "weight_decay": "L2 weight decay",
     }
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = figure(3, (14, 4))
     for ax, (name, res) in zip(axes, results.items(), strict=True):
         labels = [f"{v:g}" for v in res["values"]]
         plot_diffusion(
             ax, res["steps"], res["mean_distance"], labels, title=titles[name]
         )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -22,20 +22,26 @@ from them once every seed is there:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 import tempering as tp
 from experiments.common import (
-    RESULTS_DIR,
-    default_data_dir,
+    add_data_dir_arg,
+    add_output_args,
+    add_seeds_arg,
+    figure,
     fmt_mean_std,
+    load_seed_record,
     provenance,
-    save_result,
+    save_figure,
+    save_seed_record,
+    seed_keys,
+    seed_path,
+    settings_of,
+    write_outputs,
 )
 from tempering import diffusion
 from tempering.zoo import datasets
@@ -50,8 +56,8 @@ PLATEAU = 0.05
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", type=Path, default=default_data_dir())
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_data_dir_arg(p)
+    add_seeds_arg(p, [0, 1, 2])
     p.add_argument(
         "--t0", type=int, default=None,
         help="steps before W(t0) (default: 3 / (lr * smallest non-zero wd))",
@@ -59,8 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=2000, help="steps after t0")
     p.add_argument("--records", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
-    p.add_argument("--name", default="fig1_l2")
+    add_output_args(p, "fig1_l2")
     args = p.parse_args(argv)
     if args.t0 is None:
         args.t0 = int(round(3 / (BASE_LR * min(v for v in VALUES if v > 0))))
@@ -69,13 +74,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run_seed(args, x, y, seed: int) -> dict:
     model = LeNet5(num_classes=10, activation="tanh", pooling="avg")
+    init_key, run_key = seed_keys(seed, offset=1000)
     state = tp.create_replicas(
-        jax.random.key(seed), model, diffusion.l2_sgd(BASE_LR), x[:2],
+        init_key, model, diffusion.l2_sgd(BASE_LR), x[:2],
         num_replicas=len(VALUES), same_init=True,
     )  # fmt: skip
     start = time.time()
     res = diffusion.diffusion_test(
-        state, jax.random.key(1000 + seed), train_data=(x, y),
+        state, run_key, train_data=(x, y),
         hyperparameter="weight_decay", values=list(VALUES), num_steps=args.steps,
         num_records=args.records, spacing="linear", t0=args.t0,
         batch_size=args.batch_size,
@@ -91,8 +97,7 @@ def run_seed(args, x, y, seed: int) -> dict:
     }
 
 
-def settings(args) -> dict:
-    return {k: getattr(args, k) for k in ("t0", "steps", "records", "batch_size")}
+SETTINGS = ("t0", "steps", "records", "batch_size")
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -139,13 +144,8 @@ def markdown(args, summary: dict, n: int) -> str:
 
 
 def plot(runs: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = np.asarray(runs[0]["steps"])
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = figure(2, (11, 4))
     for i, v in enumerate(VALUES):
         dist = np.stack([np.asarray(r["distance"])[:, i] for r in runs])
         norm = np.stack([np.asarray(r["weight_norm"])[:, i] for r in runs])
@@ -157,31 +157,23 @@ def plot(runs: list[dict], path: Path) -> None:
     ax1.set(xlabel="steps after t0", ylabel="‖W(t) − W(t0)‖", title="distance")
     ax2.set(xlabel="steps after t0", ylabel="‖W(t)‖", title="weight norm")
     ax1.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
-    seed_dir = args.out_dir / args.name
-    seed_dir.mkdir(parents=True, exist_ok=True)
     data = datasets.load_dataset("fashion_mnist", data_dir=args.data_dir, source="raw")
     x, y = data.train
+    settings = settings_of(args, *SETTINGS)
     runs = []
     for seed in args.seeds:
-        path = seed_dir / f"seed{seed}.json"
-        if path.exists():
-            record = json.loads(path.read_text())
-            if record["settings"] != settings(args):
-                raise ValueError(f"{path} was made with other settings; remove it")
-        else:
-            record = {
-                "provenance": provenance([seed]),
-                "settings": settings(args),
+        path = seed_path(args.out_dir, args.name, seed)
+        record = load_seed_record(path, settings)
+        if record is None:
+            record = save_seed_record(path, {
+                "provenance": provenance([seed]), "settings": settings,
                 **run_seed(args, x, y, seed),
-            }
-            save_result(path.stem, record, seed_dir)
+            })  # fmt: skip
             print(f"seed {seed}: {record['wall_time_s']:.0f}s", flush=True)
         runs.append(record)
     summary = summarise(runs)
@@ -189,16 +181,12 @@ def main(argv=None) -> dict | None:
     payload = {
         "provenance": provenance(args.seeds),
         "seed_provenance": {r["seed"]: r["provenance"] for r in runs},
-        "settings": settings(args),
+        "settings": settings,
         "values": VALUES,
         "summary": summary,
         "table": table,
     }
-    out = save_result(args.name, payload, args.out_dir)
-    (args.out_dir / f"{args.name}.md").write_text(table)
-    plot(runs, args.out_dir / f"{args.name}.png")
-    print(table)
-    print(f"wrote {out}")
+    write_outputs(args, payload, table, lambda p: plot(runs, p))
     return payload
 
 

@@ -41,7 +41,6 @@ Statistics, both recorded per run and both reported by the table:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 from collections.abc import Callable
@@ -53,12 +52,18 @@ import numpy as np
 
 import tempering as tp
 from experiments.common import (
-    DATA_DIR_ENV,
-    RESULTS_DIR,
-    default_data_dir,
+    add_data_dir_arg,
+    add_output_args,
+    add_seeds_arg,
+    figure,
+    final_rungs,
     provenance,
     run_evaluate,
-    save_result,
+    save_figure,
+    save_seed_record,
+    seed_keys,
+    seed_path,
+    subset,
 )
 from tempering.training import count_round_trips
 
@@ -156,11 +161,6 @@ def shaped(
     )
 
 
-def scaled(config: Fig2Config, scale: float) -> Fig2Config:
-    """:func:`shaped` with the scale alone (C and interval kept)."""
-    return shaped(config, scale)
-
-
 def make_ladder(config: Fig2Config) -> tp.Ladder:
     """The setting's linear ladder (only the ladder's hyperparameter; the
     learning rate of a dropout ladder and the dropout of an lr ladder are set
@@ -224,13 +224,7 @@ def schedule(config: Fig2Config) -> dict[str, Any]:
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
     """Arguments every Fig. 2 script takes."""
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=default_data_dir(),
-        help=f"raw data files (default: ${DATA_DIR_ENV}, else ../shared/data "
-        "next to the repository)",
-    )
+    add_data_dir_arg(p)
     length = p.add_mutually_exclusive_group()
     length.add_argument(
         "--scale",
@@ -278,7 +272,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
         default="random_pair",
         help="exchange proposals: the paper's one random pair (default) or even-odd",
     )
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_seeds_arg(p, [0, 1, 2])
     p.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
     p.add_argument("--replicas", type=int, default=None, help="M (paper: 8)")
     p.add_argument("--batch-size", type=int, default=None, help="paper: 128")
@@ -307,7 +301,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="test examples of the final evaluation (default: all)",
     )
-    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    add_output_args(p, None)
     p.add_argument(
         "--checkpoint-dir",
         type=Path,
@@ -321,7 +315,6 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
         default=10,
         help="exchange rounds between checkpoints (with --checkpoint-dir)",
     )
-    p.add_argument("--name", default=None, help="setting name (result folder)")
     p.add_argument("--note", default="", help="free text stored in the result")
 
 
@@ -390,12 +383,6 @@ def apply_overrides(config: Fig2Config, args: argparse.Namespace) -> Fig2Config:
     return config._replace(name=name)
 
 
-def _subset(split: tp.data.Split, size: int | None) -> tp.data.Split:
-    if size is None or size >= len(split.labels):
-        return split
-    return tp.data.Split(split.inputs[:size], split.labels[:size])
-
-
 def authors_statistic(
     test_error: np.ndarray, sigma: float = AUTHORS_SIGMA
 ) -> dict[str, Any]:
@@ -460,16 +447,10 @@ def run_one(
     fixed = {}
     if config.hyperparameter == "learning_rate":
         fixed = {"dropout_rate": config.dropout_rate}
+    init_key, key = seed_keys(seed)
     state = tp.create_replicas(
-        jax.random.key(seed),
-        model,
-        tx,
-        train.inputs[:2],
-        ladder=ladder,
-        hyperparams=fixed,
+        init_key, model, tx, train.inputs[:2], ladder=ladder, hyperparams=fixed
     )
-    initial_rungs = np.asarray(state.rungs)
-    key = jax.random.key(10_000 + seed)
     c: float | str = "auto" if config.c_rule == "auto" else config.c
     auto = {}
     if config.c_rule == "auto":
@@ -502,8 +483,8 @@ def run_one(
                 ladder,
                 key,
                 train_data=train,
-                validation_data=_subset(data.validation, val_size),
-                test_data=_subset(data.test, test_curve_size),
+                validation_data=subset(data.validation, val_size),
+                test_data=subset(data.test, test_curve_size),
                 num_steps=end - first,
                 exchange_interval=config.exchange_interval,
                 burn_in=config.burn_in,
@@ -521,6 +502,7 @@ def run_one(
         histories.append(result.history)
     wall = time.time() - start
     h, s = tp.History.concatenate(histories), result.summary
+    initial_rungs = np.asarray(h.initial_rungs)
     test_error = 1.0 - h.test_accuracy  # (R, M)
     val_loss = h.val_loss
     selected = np.argmin(np.where(np.isfinite(val_loss), val_loss, np.inf), axis=1)
@@ -530,7 +512,7 @@ def run_one(
     path = np.concatenate([initial_rungs[None], h.rungs[:-1]])  # during round
     for r in range(test_error.shape[0]):
         by_rung[r, path[r]] = test_error[r]
-    final_test = _subset(data.test, final_test_size)
+    final_test = subset(data.test, final_test_size)
     final = run_evaluate(state, final_test.inputs, final_test.labels)
     final_error = 1.0 - np.asarray(final.accuracy)
     accepted, proposed = h.accepted.sum(0), h.proposed.sum(0)
@@ -574,13 +556,8 @@ def run_one(
         # the authors': min over time of the smoothed per-round test error of
         # the replica whose test error gets lowest
         "authors_statistic": authors_statistic(test_error),
-        "final_rungs": np.asarray(state.rungs),
+        "final_rungs": final_rungs(h),
     }
-
-
-def run_path(out_dir: Path, name: str, seed: int, kind: str) -> Path:
-    """Where the result of one seed and kind of a setting is written."""
-    return Path(out_dir) / FIG2_DIR / name / f"seed{seed}_{kind}.json"
 
 
 def checkpoint_path(args: Any, name: str, seed: int, kind: str) -> Path | None:
@@ -646,7 +623,7 @@ def run_experiment(
         files (``runs``: kind -> list), with the file paths.
     """
     if args.train_size:
-        data = data._replace(train=_subset(data.train, args.train_size))
+        data = data._replace(train=subset(data.train, args.train_size))
     if getattr(args, "val_size", None) is None:
         args.val_size = getattr(args, "eval_size", None)
     if getattr(args, "test_curve_size", None) is None:
@@ -687,11 +664,9 @@ def run_experiment(
                 "run": run,
                 **(extra or {}),
             }
-            path = run_path(args.out_dir, config.name, seed, kind)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_result(path.stem, payload, path.parent)
+            path = seed_path(Path(args.out_dir) / FIG2_DIR, config.name, seed, kind)
+            runs[kind].append(save_seed_record(path, payload)["run"])
             paths.append(path)
-            runs[kind].append(json.loads(path.read_text())["run"])
             stat = run["authors_statistic"]["value"]
             print(
                 f"{config.name} seed {seed} {kind}: ours (best-val replica, final) "
@@ -711,11 +686,6 @@ def plot_experiment(payload: dict[str, Any], path: Path) -> None:
     ``payload``: ``config`` and ``ladder`` of the setting, ``runs`` (kind ->
     list of runs, one per seed), as :mod:`experiments.fig2_table` merges them.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from experiments.plots import plot_acceptance, plot_error_curves, plot_replica_paths
 
     runs, config = payload["runs"], payload["config"]
@@ -730,7 +700,7 @@ def plot_experiment(payload: dict[str, Any], path: Path) -> None:
     for label, kind in (("grid best (by val)", "grid"), ("PT", "pt")):
         sel = np.stack([r["selected_test_error"] for r in runs[kind]])
         curves[label], stds[label] = sel.mean(0), sel.std(0)
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    fig, axes = figure(3, (17, 4.5))
     finals = np.concatenate([c[-max(1, len(c) // 2) :] for c in curves.values()])
     lo, hi = 100 * np.nanmin(finals), 100 * np.nanmax(finals)
     pad = 0.3 * (hi - lo) + 0.5
@@ -755,6 +725,4 @@ def plot_experiment(payload: dict[str, Any], path: Path) -> None:
     )
     rates = np.array([r["acceptance_rate"] for r in runs["pt"]], np.float64)
     plot_acceptance(axes[2], np.nanmean(rates, 0), std=np.nanstd(rates, 0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

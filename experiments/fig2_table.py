@@ -32,14 +32,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from experiments.common import RESULTS_DIR, fmt_mean_std, mean_std
-from experiments.fig2_common import AUTHORS_SIGMA, FIG2_DIR, KINDS, authors_statistic
+from experiments.common import RESULTS_DIR, fmt_mean_std, mean_std, same_record
+from experiments.fig2_common import (
+    AUTHORS_SIGMA,
+    FIG2_DIR,
+    KINDS,
+    authors_statistic,
+    plot_experiment,
+)
 
 PAPER = {  # DESIGN.md section 2b, read off the paper's figures (PT vs best grid)
     "fig2_lenet_emnist_letters_dropout": "5.65 vs 5.8",
@@ -65,18 +70,6 @@ def machine_name(provenance: dict) -> str:
     if machine.get("backend") not in (None, "cpu") and devices:
         return str(devices[0])
     return f"{machine.get('cpu', 'unknown')} (CPU)"
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal records, floats to float32 rounding (machines and JAX versions
-    differ in the last bit of derived values such as a ladder's betas)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(map(_same, a, b))
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-6, abs_tol=0.0)
-    return a == b
 
 
 def selected_replica_moved(run: dict, num_steps: int) -> bool:
@@ -120,11 +113,11 @@ def merge_setting(folder: Path) -> dict[str, Any]:
         if reference is None:
             reference, ref_name = shared, path.name
             stand_in = res.get("stand_in")
-        elif not _same(shared, reference):
+        elif not same_record(shared, reference):
             keys = sorted(
                 k
                 for k in set(shared) | set(reference)
-                if not _same(shared.get(k), reference.get(k))
+                if not same_record(shared.get(k), reference.get(k))
             )
             raise ValueError(
                 f"{path} and {ref_name} in {folder} record different {keys}: "
@@ -383,7 +376,7 @@ def main(argv=None) -> str:
             lines.append(row)
             verdicts += [f"- {x}" for x in v]
             if not args.no_plots:
-                _plot(s, root / f"{s['name']}.png")
+                plot_experiment(s, root / f"{s['name']}.png")
         lines += ["", STATISTICS, "", *verdicts, ""]
         summary += [
             "The authors' protocol, per setting (seeds with both a PT and a grid "
@@ -434,12 +427,6 @@ def main(argv=None) -> str:
     out.with_name("fig2_summary.md").write_text("\n".join(summary) + "\n")
     print(text)
     return text
-
-
-def _plot(res: dict, path: Path) -> None:
-    from experiments.fig2_common import plot_experiment
-
-    plot_experiment(res, path)
 
 
 if __name__ == "__main__":

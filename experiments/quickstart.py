@@ -28,7 +28,18 @@ import jax
 import numpy as np
 
 import tempering as tp
-from experiments.common import RESULTS_DIR, fmt_mean_std, provenance, save_result
+from experiments.common import (
+    add_output_args,
+    add_seeds_arg,
+    figure,
+    final_rungs,
+    fmt_mean_std,
+    provenance,
+    save_figure,
+    seed_keys,
+    settings_of,
+    write_outputs,
+)
 from tempering.zoo.datasets import load_mnist1d
 from tempering.zoo.models import MLP
 
@@ -41,9 +52,7 @@ METHODS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--seeds", type=int, default=5, help="number of seeds (>= 3 for a table)"
-    )
+    add_seeds_arg(parser, 5)
     parser.add_argument("--steps", type=int, default=4000, help="SGD steps per replica")
     parser.add_argument("--burn-in", type=int, default=500)
     parser.add_argument("--exchange-interval", type=int, default=100)
@@ -54,8 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--c", type=float, default=None, help="a fixed C (default: c='auto')"
     )
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--name", default="quickstart")
+    add_output_args(parser, "quickstart")
     return parser.parse_args(argv)
 
 
@@ -63,15 +71,16 @@ def run_seed(args, dataset, ladder, tx, seed: int) -> dict:
     """All methods on one seed: same initial weights and batch order for each."""
     model = MLP(features=(128, 128), num_classes=dataset.num_classes)
     out = {}
+    init_key, run_key = seed_keys(seed)
     for method, settings in METHODS.items():
         state = tp.create_replicas(
-            jax.random.key(seed), model, tx, dataset.train.inputs[:2], ladder=ladder
+            init_key, model, tx, dataset.train.inputs[:2], ladder=ladder
         )
         start = time.perf_counter()
         result = tp.pt_train(
             state,
             ladder,
-            jax.random.key(10_000 + seed),
+            run_key,
             train_data=dataset.train,
             validation_data=dataset.validation,
             num_steps=args.steps,
@@ -89,7 +98,7 @@ def run_seed(args, dataset, ladder, tx, seed: int) -> dict:
             "test_error_best": 1.0 - float(test.accuracy[best]),
             "test_error_all": 1.0 - np.asarray(test.accuracy),
             "best_replica": best,
-            "best_final_rung": int(np.asarray(result.state.rungs)[best]),
+            "best_final_rung": int(final_rungs(history)[best]),
             "val_error_best": 1.0 - result.summary.best_val_accuracy,
             "acceptance_rate": result.summary.acceptance_rate,
             "round_trips": result.summary.round_trips,
@@ -134,16 +143,11 @@ def table(runs: list[dict], ladder_desc: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(runs: list[dict], ladder, path: Path) -> None:
+def plot(runs: list[dict], ladder, path: Path) -> None:
     """Replica paths (seed 0), validation-error curves, acceptance per pair."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from experiments.plots import plot_error_curves, plot_replica_paths
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, axes = figure(3, (16, 4.5))
     pt = runs[0]["PT"]
     labels = [f"q={q:.2f}" for q in np.asarray(ladder.values["dropout_rate"])]
     plot_replica_paths(
@@ -191,9 +195,7 @@ def figure(runs: list[dict], ladder, path: Path) -> None:
         title=f"acceptance rate per pair, mean over {len(runs)} seeds",
     )
     axes[2].legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
@@ -216,12 +218,9 @@ def main(argv=None) -> dict:
         f"exchange every {args.exchange_interval}, "
         + ("C adapted (c='auto')" if args.c is None else f"C = {args.c}")
     )
-    markdown = table(runs, ladder_desc)
-    print()
-    print(markdown)
     payload = {
         **provenance(seeds),
-        "settings": vars(args) | {"out_dir": str(args.out_dir)},
+        "settings": settings_of(args),
         "dataset": {
             "name": dataset.name,
             "train": len(dataset.train.labels),
@@ -233,13 +232,8 @@ def main(argv=None) -> dict:
         "runs": runs,
         "total_wall_seconds": time.perf_counter() - start,
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    path = save_result(args.name, payload, args.out_dir)
-    (args.out_dir / f"{args.name}.md").write_text(markdown)
-    figure(runs, ladder, args.out_dir / f"{args.name}.png")
-    print(
-        f"wrote {path}, {args.name}.md and {args.name}.png "
-        f"({payload['total_wall_seconds']:.0f}s)"
+    write_outputs(
+        args, payload, table(runs, ladder_desc), lambda p: plot(runs, ladder, p)
     )
     return payload
 

@@ -19,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import provenance
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from experiments.common import add_output_args, provenance, write_outputs
 
 
 def rss_mb() -> float:
@@ -64,12 +62,12 @@ def measure(num_rounds: int) -> dict:
     }
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, nargs="+", default=[50, 5000])
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--out", default=str(RESULTS / "rounds_memory"))
-    args = parser.parse_args()
+    add_output_args(parser, "rounds_memory")
+    args = parser.parse_args(argv)
     if args.child is not None:
         print(json.dumps(measure(args.child)))
         return
@@ -82,7 +80,6 @@ def main() -> None:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     record = {"provenance": provenance(), "rows": rows}
-    Path(args.out + ".json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         "| rounds | RSS growth (MB) | time (s) | ms / round |",
         "|---|---|---|---|",
@@ -96,8 +93,7 @@ def main() -> None:
         f"{record['provenance']['machine'].get('cpu', '')}: M = 4, MLP 16, "
         "exchange every step, after a 50-round warm-up in the same process.",
     ]
-    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_outputs(args, record, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -18,13 +18,19 @@ from __future__ import annotations
 
 import argparse
 import functools
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import RESULTS_DIR, fmt_mean_std, provenance, save_result
+from experiments.common import (
+    add_output_args,
+    add_seeds_arg,
+    fmt_mean_std,
+    provenance,
+    settings_of,
+    write_outputs,
+)
 from tempering.adaptation import solve_c
 from tempering.exchange import exchange, pair_log_ratios
 from tempering.training import count_round_trips
@@ -72,9 +78,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rungs", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--rounds", type=int, default=2000)
-    parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--name", default="schemes_round_trips")
+    add_seeds_arg(parser, 20)
+    add_output_args(parser, "schemes_round_trips")
     args = parser.parse_args(argv)
     results = {}
     lines = [
@@ -104,17 +109,12 @@ def main(argv=None) -> dict:
     table = "\n".join(lines) + "\n"
     payload = {
         "provenance": provenance(list(range(args.seeds))),
-        "settings": {
-            k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-        },
+        "settings": settings_of(args),
         "model": {"gap": GAP, "noise": NOISE, "target": TARGET},
         "results": results,
         "table": table,
     }
-    path = save_result(args.name, payload, args.out_dir)
-    (args.out_dir / f"{args.name}.md").write_text(table)
-    print(table)
-    print(f"wrote {path}")
+    write_outputs(args, payload, table)
     return payload
 
 

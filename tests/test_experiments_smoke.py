@@ -12,7 +12,13 @@ from test_data import make_cifar, make_idx_dataset
 
 pytest.importorskip("matplotlib")
 
-from experiments import fig1_diffusion, fig2_lenet, fig2_resnet, fig2_table  # noqa: E402
+from experiments import (  # noqa: E402
+    common,
+    fig1_diffusion,
+    fig2_lenet,
+    fig2_resnet,
+    fig2_table,
+)
 
 TINY = ["--seeds", "0", "--replicas", "2", "--batch-size", "8"]
 
@@ -202,10 +208,11 @@ def test_fig2_table_merges_runs_that_differ_in_the_last_bit_only():
     gpu = {
         "protocol": {"betas": [19.0, 15.666666030883789], "c": 500.0, "rule": "keep"}
     }
-    assert fig2_table._same(cpu, gpu)
-    assert not fig2_table._same(cpu, {"protocol": {**gpu["protocol"], "c": 500.1}})
-    assert not fig2_table._same(cpu, {"protocol": {**gpu["protocol"], "rule": "auto"}})
-    assert not fig2_table._same(cpu, {"protocol": {**gpu["protocol"], "betas": [19.0]}})
+    same = common.same_record
+    assert same(cpu, gpu)
+    assert not same(cpu, {"protocol": {**gpu["protocol"], "c": 500.1}})
+    assert not same(cpu, {"protocol": {**gpu["protocol"], "rule": "auto"}})
+    assert not same(cpu, {"protocol": {**gpu["protocol"], "betas": [19.0]}})
 
 
 def test_authors_statistic_is_the_smoothed_minimum_over_time_and_replicas():
