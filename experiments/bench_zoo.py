@@ -18,13 +18,18 @@ replicas is timed as
   replicas of one jitted flax + optax SGD step (:func:`experiments.zoo.hand_step`,
   compiled once for all M).
 
-All variants of a model are timed interleaved, round robin, in one process.
+All variants of a model are timed interleaved, round robin, in one process
+(the ratios are the result: absolute times mean something only on an idle,
+named device).
 The statistic is the MEDIAN over the repeats of each variant's seconds per
 step (not the minimum); ``loop / variant`` is the ratio of those medians, and
 the paired ratio (median and quartiles of the per-repeat ratios, both run back
 to back) shows the spread. Memory: XLA's compiled peak (arguments, outputs and
 temporaries; ``memory_analysis``) of each fused variant at M replicas against M
-times that of the user's single-replica step.
+times that of the user's single-replica step. Model FLOPs
+(:mod:`experiments.flops`: the matrix products and convolutions of one
+replica's step, forward and backward) give the fused step's model GFLOP/s,
+and its MFU on a GPU whose peak is tabulated there.
 
 Run::
 
@@ -37,7 +42,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -45,20 +49,71 @@ import numpy as np
 
 import tempering as tp
 from experiments import zoo
-from experiments.benchmark import (
-    device_line,
-    fused_step,
-    paired_ratio,
-    synthetic,
-    time_interleaved,
-)
-from experiments.common import RESULTS_DIR, provenance, save_result
+from experiments.common import add_output_args, provenance, save_result
+from experiments.flops import jaxpr_flops, peak_tflops
 from tempering import fast
 
 BATCH = 128
 # ResNet-20 steps take seconds (plain vmap's grouped convolutions a minute on
 # 2 CPU cores): fewer repeats for it by default.
 SLOW_MODELS = ("resnet20",)
+
+
+# The fused step, jitted once; how it is vectorised is a static argument.
+fused_step = jax.jit(tp.train_step, static_argnames=("per_replica_batch", "vectorize"))
+
+
+def synthetic(shape, classes, num, seed=0):
+    """Random inputs and labels: timing does not depend on the values."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num, *shape)).astype(np.float32)
+    y = rng.integers(0, classes, size=num).astype(np.int32)
+    return jnp.asarray(x), jnp.asarray(y)
+
+
+def time_interleaved(fns: dict[str, Callable], reps: int) -> dict[str, dict]:
+    """Round-robin timing; min and median seconds per call of every variant."""
+    first_call = {}
+    for name, fn in fns.items():  # compile, then one warm call
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        first_call[name] = time.perf_counter() - start
+        jax.block_until_ready(fn())
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[k].append(time.perf_counter() - start)
+    return {
+        k: {
+            "min_s": float(np.min(v)),
+            "median_s": float(np.median(v)),
+            "first_call_s": first_call[k],
+            "times_s": [float(t) for t in v],
+        }
+        for k, v in times.items()
+    }
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> dict:
+    """Median and quartiles of per-repeat ratios of two interleaved variants.
+
+    Repeat i of both ran back to back, so their ratio cancels the machine's
+    load at that moment; the spread of the ratios is the measurement's noise.
+    """
+    ratios = np.asarray(numerator) / np.asarray(denominator)
+    q25, q50, q75 = np.percentile(ratios, [25, 50, 75])
+    return {"median": float(q50), "q25": float(q25), "q75": float(q75),
+            "n": len(ratios)}  # fmt: skip
+
+
+def device_line(machine: dict) -> tuple[str, str]:
+    """(short device name, one-line description) of the machine of a result."""
+    if machine["backend"] == "cpu":
+        return "CPU", f"{machine['cpu']}, {machine['cpu_count']} cores (shared)"
+    kind = machine["devices"][0]
+    return kind, f"{kind} (host: {machine['cpu']}, {machine['cpu_count']} cores)"
 
 
 def make_replicas(entry: zoo.ZooEntry, num: int, x: jax.Array) -> tp.ReplicaState:
@@ -80,8 +135,9 @@ def step_variants(
     batch: int,
     policies: tuple[str, ...],
     skip: tuple[str, ...] = (),
-) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], dict]]]:
-    """Zero-argument callables (one step of all M replicas) and their memory."""
+) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], dict]], float]:
+    """Zero-argument callables (one step of all M replicas), their memory, and
+    the model FLOPs of one replica's step."""
     x, y = synthetic(entry.input_shape, entry.num_classes, batch)
     state = make_replicas(entry, num, x)
     key = jax.random.key(1)
@@ -99,9 +155,9 @@ def step_variants(
 
     variants = {"fused": fused("auto"), "vmap": fused("vmap")}
     memory = {"fused": fused_memory("auto"), "vmap": fused_memory("vmap")}
-    hand_jaxpr = jax.make_jaxpr(hand)(*replicas[0], keys[0], x, y).jaxpr
+    hand_jaxpr = jax.make_jaxpr(hand)(*replicas[0], keys[0], x, y)
     for policy in policies:
-        if same_program(policy, "auto", hand_jaxpr):
+        if same_program(policy, "auto", hand_jaxpr.jaxpr):
             continue  # e.g. no pooling in the model: the fused step itself
         variants[policy], memory[policy] = fused(policy), fused_memory(policy)
     variants["loop"] = lambda: [
@@ -112,7 +168,7 @@ def step_variants(
     )
     variants = {k: v for k, v in variants.items() if k not in skip}
     memory = {k: v for k, v in memory.items() if k not in skip}
-    return variants, memory
+    return variants, memory, jaxpr_flops(hand_jaxpr)
 
 
 def same_program(policy: str, other: str, jaxpr) -> bool:
@@ -154,7 +210,7 @@ def bench_model(
     memory: bool,
 ) -> dict:
     t0 = time.perf_counter()
-    variants, memory_fns = step_variants(entry, num, batch, policies, skip)
+    variants, memory_fns, flops = step_variants(entry, num, batch, policies, skip)
     timing = time_interleaved(variants, reps)
     loop = timing["loop"]
     row = {
@@ -164,6 +220,8 @@ def bench_model(
         "batch": batch,
         "repeats": reps,
         "params_per_replica": param_count(entry),
+        "flops_per_replica_step": flops,
+        "fused_gflops_per_s": flops * num / timing["fused"]["median_s"] / 1e9,
         "timing": timing,
         "loop_vs": {
             k: loop["median_s"] / t["median_s"]
@@ -176,6 +234,9 @@ def bench_model(
             if k != "loop"
         },
     }
+    peak = peak_tflops(jax.devices()[0].device_kind)
+    if peak is not None:
+        row["fused_mfu"] = row["fused_gflops_per_s"] / (1e3 * peak)
     if memory:
         row["memory"] = {k: fn() for k, fn in memory_fns.items()}
         one = row["memory"]["one_replica"].get("peak_bytes")
@@ -248,6 +309,8 @@ def markdown(result: dict) -> str:
     rows = result["rows"]
     variants = list(dict.fromkeys(k for r in rows for k in r["timing"] if k != "loop"))
     has_memory = any("memory" in r for r in rows)
+    has_flops = any("fused_gflops_per_s" in r for r in rows)
+    has_mfu = any("fused_mfu" in r for r in rows)
     lines = [
         f"### Zoo: fused replica step vs a user's hand loop on {short}",
         "",
@@ -261,17 +324,32 @@ def markdown(result: dict) -> str:
         "median (> 1: faster than the loop); paired: median [q25, q75] of the "
         "per-repeat ratios loop / fused. Memory: XLA's compiled peak (arguments "
         "+ outputs + temporaries) of the fused step against M times that of the "
-        "user's single-replica step.",
+        "user's single-replica step."
+        + (
+            " Model GFLOP/s: the matrix products and convolutions of one replica's "
+            "step (forward and backward, `experiments/flops.py`) × M per second of "
+            "the fused step"
+            + (
+                "; MFU: that over the device's dense float32 (TF32) peak."
+                if has_mfu
+                else "."
+            )
+            if has_flops
+            else ""
+        ),
         "",
         "| model | M | repeats | "
         + " | ".join(f"{v} ms" for v in variants)
         + " | loop ms | "
         + " | ".join(f"loop / {v}" for v in variants)
         + " | loop / fused paired |"
-        + (" peak MiB fused / M × one | fused ÷ (M × one) |" if has_memory else ""),
+        + (" peak MiB fused / M × one | fused ÷ (M × one) |" if has_memory else "")
+        + (" fused model GFLOP/s |" if has_flops else "")
+        + (" fused MFU |" if has_mfu else ""),
         "|---|---|---|"
         + "---|" * (2 * len(variants) + 2)
-        + ("---|---|" if has_memory else ""),
+        + ("---|---|" if has_memory else "")
+        + "---|" * (has_flops + has_mfu),
     ]
     for r in rows:
         t = r["timing"]
@@ -293,6 +371,11 @@ def markdown(result: dict) -> str:
                 )
             else:
                 mem = " – | – |"
+        if has_flops:
+            gflops = r.get("fused_gflops_per_s")
+            mem += f" {gflops:.1f} |" if gflops else " – |"
+        if has_mfu:
+            mem += f" {100 * r['fused_mfu']:.1f}% |" if "fused_mfu" in r else " – |"
         lines.append(
             f"| {r['model']} | {r['M']} | {r['repeats']} | {' | '.join(ms)} | "
             f"{t['loop']['median_s'] * 1e3:.1f} | {' | '.join(ratios)} | {paired} |"
@@ -339,8 +422,7 @@ def main(argv=None) -> dict:
         help="comma-separated model:variant pairs not timed (e.g. resnet20:vmap)",
     )
     parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--name", default="bench_zoo")
-    parser.add_argument("--out", default=str(RESULTS_DIR))
+    add_output_args(parser, "bench_zoo")
     args = parser.parse_args(argv)
     names = [n for n in args.models.split(",") if n]
     unknown = [n for n in names if n not in zoo.ZOO]
@@ -352,7 +434,7 @@ def main(argv=None) -> dict:
     skips = [s.split(":") for s in args.skip.split(",") if s]
     if any(len(s) != 2 or s[1] in ("loop", "fused") for s in skips):
         parser.error("--skip takes model:variant pairs, never the loop or fused")
-    out = Path(args.out)
+    out = args.out_dir
     result = {
         "provenance": provenance(seeds=[0]),
         "statistic": "median over interleaved repeats (round robin, one process)",

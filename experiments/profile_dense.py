@@ -1,40 +1,46 @@
-"""Where the zoo's MLP step spends its time: M single GEMMs against batched ones.
+"""Where a zoo model's step spends its time: M single products against batched ones.
 
 The zoo benchmark (``experiments/bench_zoo.py``) finds no formulation of the
 fused MLP step clearly faster than a user's loop over M jitted steps on CPU.
-This profile says why. Every ``dot_general`` of one replica's SGD step
-(forward, and the input and weight gradients ``jax.grad`` emits) is compiled
-alone at the step's shapes and called M times in a row, as the loop runs it;
-every ``dot_general`` of the vmapped M-replica step (one batched product, or
+This profile says why. Every ``dot_general`` (``--primitive``; or every
+``conv_general_dilated``, the convolutions of a LeNet) of one replica's SGD
+step (forward, and the input and weight gradients ``jax.grad`` emits) is
+compiled alone at the step's shapes and called M times in a row, as the loop
+runs it; every one of the vmapped M-replica step (one batched product, or
 one with the replica axis merged into a shared operand) is compiled alone and
 called once. Both are timed interleaved with the whole steps (the library's
 single-replica step and a user's flax + optax step, each in a loop over
 replicas, and the fused step under plain vmap and ``"sequential"``; data
 passed as arguments, as in the zoo), so the table shows
-what share of a step the matrix products are, and whether batching them over
+what share of a step the products are, and whether batching them over
 replicas gains anything on this backend.
 
     python -m experiments.profile_dense
+    python -m experiments.profile_dense --model lenet_cifar10 --primitive conv_general_dilated
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-from pathlib import Path
 
 import jax
 import numpy as np
 
 from experiments import zoo
-from experiments.bench_zoo import BATCH, make_replicas, synthetic
-from experiments.benchmark import fused_step, time_interleaved
-from experiments.common import RESULTS_DIR, provenance, save_result
-from experiments.flops import compiled_alone, equations
+from experiments.bench_zoo import (
+    BATCH,
+    fused_step,
+    make_replicas,
+    synthetic,
+    time_interleaved,
+)
+from experiments.common import add_output_args, provenance, write_outputs
+from experiments.flops import CONV, DOT, compiled_alone, equations
 from tempering.step import replica_train_step
 
 
-def profile(model: str, num: int, reps: int) -> dict:
+def profile(model: str, num: int, reps: int, primitive: str = DOT) -> dict:
     entry = zoo.ZOO[model]
     x, y = synthetic(entry.input_shape, entry.num_classes, BATCH)
     state = make_replicas(entry, num, x)
@@ -47,8 +53,8 @@ def profile(model: str, num: int, reps: int) -> dict:
     fused_jaxpr = jax.make_jaxpr(batched)(*stacked, keys, x, y).jaxpr
     rng = np.random.default_rng(0)
     fns, rows = {}, []
-    singles = [compiled_alone(e, rng) for e in equations(single_jaxpr, "dot_general")]
-    fuseds = [compiled_alone(e, rng) for e in equations(fused_jaxpr, "dot_general")]
+    singles = [compiled_alone(e, rng) for e in equations(single_jaxpr, primitive)]
+    fuseds = [compiled_alone(e, rng) for e in equations(fused_jaxpr, primitive)]
     for i, ((single, s_shapes), (fused, f_shapes)) in enumerate(
         zip(singles, fuseds, strict=True)
     ):
@@ -76,6 +82,7 @@ def profile(model: str, num: int, reps: int) -> dict:
     return {
         "model": model,
         "M": num,
+        "primitive": primitive,
         "rows": rows,
         "steps": {k[5:]: v for k, v in med.items() if k.startswith("step_")},
         "gemm_loop_s": sum(r["loop_s"] for r in rows),
@@ -88,12 +95,13 @@ def markdown(result: dict) -> str:
     m = result["provenance"]["machine"]
     p = result["profile"]
     steps = p["steps"]
+    what = "convolution" if p.get("primitive") == CONV else "matrix product"
     lines = [
         f"Zoo model `{p['model']}`, M = {p['M']}, batch {BATCH}, {m['cpu']}, "
-        f"{m['cpu_count']} cores, jax {m['jax']}; each matrix product of the step "
+        f"{m['cpu_count']} cores, jax {m['jax']}; each {what} of the step "
         "compiled and timed alone, **median of interleaved repeats**: *loop* = "
-        "one replica's product called M times, *fused* = the vmapped step's "
-        "product called once.",
+        f"one replica's {what} called M times, *fused* = the vmapped step's "
+        f"{what} called once.",
         "",
         "| product | one replica (lhs · rhs → out) | fused (lhs · rhs → out) | "
         "loop ms | fused ms | loop / fused |",
@@ -117,7 +125,7 @@ def markdown(result: dict) -> str:
         f"loop {1e3 * steps['loop']:.2f} ms, a user's flax + optax step in a "
         f"loop (the zoo's baseline) {1e3 * steps['hand']:.2f} ms, fused (vmap) "
         f"{1e3 * steps['vmap']:.2f} ms, fused (sequential) "
-        f"{1e3 * steps['sequential']:.2f} ms; the products are "
+        f"{1e3 * steps['sequential']:.2f} ms; the {what}s are "
         f"{100 * p['gemm_loop_s'] / steps['loop']:.0f}% of the loop's step and "
         f"{100 * p['gemm_fused_s'] / steps['vmap']:.0f}% of the vmapped one.",
     ]
@@ -126,20 +134,18 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="mlp", choices=["mlp", "attention"])
+    parser.add_argument("--model", default="mlp", choices=list(zoo.ZOO))
+    parser.add_argument("--primitive", default=DOT, choices=[DOT, CONV])
     parser.add_argument("--replicas", type=int, default=8)
     parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--name", default="profile_dense_cpu")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    add_output_args(parser, "profile_dense_cpu")
     args = parser.parse_args(argv)
     result = {
         "provenance": provenance(seeds=[0]),
         "statistic": "median over interleaved repeats",
-        "profile": profile(args.model, args.replicas, args.reps),
+        "profile": profile(args.model, args.replicas, args.reps, args.primitive),
     }
-    save_result(args.name, result, args.out)
-    (args.out / f"{args.name}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_outputs(args, result, markdown(result))
     return result
 
 
