@@ -198,9 +198,8 @@ def describe_model(model: Any) -> str:
             continue
         for name, member in sorted(vars(klass).items()):
             if inspect.isfunction(member):
-                methods.append(
-                    f"{klass.__qualname__}.{name}:{_code_digest(member.__code__)}"
-                )
+                code = inspect.unwrap(member).__code__  # flax wraps __call__
+                methods.append(f"{klass.__qualname__}.{name}:{_code_digest(code)}")
     config = _ADDRESS.sub("", repr(model))
     return f"{cls.__qualname__}|{config}|{';'.join(methods)}"
 
@@ -572,24 +571,26 @@ class Checkpointer:
         self._check_settings(meta.get("settings"))
         try:
             tree_template = template(meta["extra"])
-            leaves, treedef = jax.tree.flatten(tree_template)
-            if _paths(tree_template) != meta["structure"]:
-                raise ValueError(
-                    f"checkpoint_dir {self.directory}: the checkpoint of step {step} "
-                    "holds other arrays than this call saves (made by another "
-                    "version of tempering?); give another checkpoint_dir"
-                )
-            arrays = {}
-            if any(entry["stored"] for entry in meta["leaves"]):
+            entries = list(meta["leaves"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"its metadata is malformed: {error!r}") from None
+        leaves, treedef = jax.tree.flatten(tree_template)
+        if _paths(tree_template) != meta.get("structure"):
+            raise ValueError(
+                f"checkpoint_dir {self.directory}: the checkpoint of step {step} "
+                "holds other arrays than this call saves (made by another version "
+                "of tempering?); give another checkpoint_dir"
+            )
+        arrays = {}
+        if any(entry.get("stored") for entry in entries):
+            try:
                 arrays = self.manager.restore(
                     step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore())
                 )["arrays"]
-        except (CheckpointError, ValueError):
-            raise
-        except Exception as error:
-            raise CheckpointError(f"its arrays cannot be read: {error}") from None
+            except Exception as error:  # orbax raises many kinds for broken files
+                raise CheckpointError(f"its arrays cannot be read: {error}") from None
         restored = []
-        for i, (leaf, entry) in enumerate(zip(leaves, meta["leaves"], strict=True)):
+        for i, (leaf, entry) in enumerate(zip(leaves, entries, strict=True)):
             value = self._leaf_value(i, entry, arrays)
             if _is_key(leaf):
                 value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf))

@@ -34,16 +34,55 @@ class Net(nn.Module):
         return nn.Dense(3)(x)
 
 
+class NetRelu(nn.Module):
+    """Net with relu: the same parameter shapes and name, other code."""
+
+    @nn.compact
+    def __call__(self, x, *, train=False, dropout_rate=0.0):
+        x = nn.relu(nn.Dense(16)(x))
+        x = tp.Dropout()(x, dropout_rate, deterministic=not train)
+        return nn.Dense(3)(x)
+
+
+NetRelu.__name__ = NetRelu.__qualname__ = "Net"
+
+
+def smoothed(outputs, targets):
+    """Cross entropy with label smoothing 0.1."""
+    import optax
+
+    labels = optax.smooth_labels(jax.nn.one_hot(targets, outputs.shape[-1]), 0.1)
+    return optax.softmax_cross_entropy(outputs, labels)
+
+
+def by_accuracy(validation):
+    return -validation.metrics["accuracy"]
+
+
 def log_round(record) -> None:
     print(f"round {record.round}", flush=True)
 
 
-def run(checkpoint_dir: str | None, callback=log_round, **kwargs) -> tp.PTResult:
+def run(
+    checkpoint_dir: str | None, callback=log_round, variant=None, **kwargs
+) -> tp.PTResult:
+    """The run; ``variant`` swaps in another model, optimiser, loss or function."""
+    variant = variant or {}
+    model = NetRelu() if variant.get("model") == "relu" else Net()
+    tx = {
+        "momentum": tp.sgd(0.1, momentum=0.5),
+        "nesterov": tp.sgd(0.1, momentum=0.9, nesterov=True),
+    }.get(variant.get("tx"), tp.sgd(0.1, momentum=0.9))
+    loss = {"smoothed": smoothed}.get(variant.get("loss_fn"), tp.state.cross_entropy)
+    if "metrics_fn" in variant:
+        kwargs["metrics_fn"] = variant["metrics_fn"]
+    if variant.get("score_fn") == "accuracy":
+        kwargs["score_fn"] = by_accuracy
     rng = np.random.default_rng(0)
     x = rng.normal(size=(512, 8)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.5)
     state = tp.create_replicas(
-        jax.random.key(0), Net(), tp.sgd(0.1), x[:2], num_replicas=4
+        jax.random.key(0), model, tx, x[:2], num_replicas=4, loss_fn=loss
     )
     ladder = tp.geometric_ladder("learning_rate", 0.02, 0.4, 4, dropout_rate=0.1)
     settings = dict(

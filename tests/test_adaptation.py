@@ -32,7 +32,7 @@ def run_synthetic(state, move, loss_of_lr, rounds, noise=0.0, seed=1):
     Returns the replicas, the move's state and the stacked infos.
     """
     move_state = move.init(state)
-    state = assign_rungs(state, move.current_ladder(move_state), state.rungs)
+    state = assign_rungs(state, move.current_ladder(move_state), move_state.rungs)
     step = jax.jit(move.step)
     key, infos = jax.random.key(seed), []
     for r in range(rounds):
@@ -75,7 +75,7 @@ def test_auto_c_reaches_the_target_on_known_gaps(state, target) -> None:
     frozen = info.c[10:]
     assert np.all(frozen == frozen[0]) and np.all(info.c[9] == frozen[0])
     np.testing.assert_allclose(info.acceptance_prob[10:], target, atol=2e-3)
-    assert float(move_state.c) == float(frozen[0])
+    assert float(move_state.adaptation.c) == float(frozen[0])
 
 
 def test_auto_c_with_noisy_losses_within_tolerance(state) -> None:
@@ -93,7 +93,8 @@ def test_adaptive_ladder_equalises_acceptance_keeps_ends_and_order(state) -> Non
     fixed = exchange_move(LADDER, c="auto", adapt_rounds=20)
     _, _, before = run_synthetic(state, fixed, loss, rounds=40)
     move = exchange_move(LADDER, c="auto", adapt_rounds=20, adapt_ladder=True)
-    new_state, adapted, info = run_synthetic(state, move, loss, rounds=40)
+    new_state, move_state, info = run_synthetic(state, move, loss, rounds=40)
+    adapted = move_state.adaptation
     spread_before = np.ptp(before.acceptance_prob[20:].mean(0))
     spread_after = np.ptp(info.acceptance_prob[20:].mean(0))
     assert spread_before > 0.4  # the geometric ladder is far from equal
@@ -107,7 +108,7 @@ def test_adaptive_ladder_equalises_acceptance_keeps_ends_and_order(state) -> Non
     np.testing.assert_allclose(lrs, temps, rtol=1e-6)
     np.testing.assert_array_equal(
         np.asarray(new_state.hyperparams["learning_rate"]),
-        lrs[np.asarray(new_state.rungs)],
+        lrs[np.asarray(move_state.rungs)],
     )
     np.testing.assert_array_equal(info.temperatures[-1], temps)
     assert np.all(info.temperatures[20:] == temps)  # frozen
@@ -128,7 +129,7 @@ def test_adaptive_ladder_respaces_dropout_by_its_rule(rule, temperature) -> None
     )
     move = exchange_move(ladder, c="auto", adapt_rounds=5, adapt_ladder=True)
     move_state = move.init(dropout_state)
-    out = assign_rungs(dropout_state, ladder, dropout_state.rungs)
+    out = assign_rungs(dropout_state, ladder, move_state.rungs)
     step = jax.jit(move.step)
     for r in range(5):
         scores = 2.0 * out.hyperparams["dropout_rate"] ** 3
@@ -168,7 +169,7 @@ def test_pt_train_auto_is_default_records_c_and_continues(blobs, tx) -> None:
     first = tp.pt_train(
         state, ladder, jax.random.key(3), num_steps=30, adapt_rounds=4, **kwargs
     )
-    assert isinstance(first.move_state, AdaptationState)
+    assert isinstance(first.move_state.adaptation, AdaptationState)
     second = tp.pt_train(
         first.state, ladder, jax.random.key(3), num_steps=60,
         move_state=first.move_state, **kwargs,
@@ -183,7 +184,7 @@ def test_pt_train_auto_is_default_records_c_and_continues(blobs, tx) -> None:
     # A number keeps C fixed.
     fixed = tp.pt_train(state, ladder, jax.random.key(3), num_steps=30, c=5.0, **kwargs)
     assert np.all(fixed.history.c == 5.0) and fixed.summary.c == 5.0
-    assert fixed.move_state is None
+    assert fixed.move_state.adaptation is None  # only the rungs
 
 
 def _assert_same_run(first, second, full) -> None:

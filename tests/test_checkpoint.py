@@ -159,3 +159,171 @@ def test_sigkill_at_several_moments_then_resume_bit_for_bit(tmp_path, reference)
     result = worker.run(checkpoints, callback=lambda r: rounds_seen.append(r.round))
     assert 0 < rounds_seen[0] <= 10  # it resumed
     assert_same(worker.arrays(result), reference)
+
+
+# --- trust: no pickle, integrity, one writer, foreign entries, fingerprint ------
+
+
+def crashed_run(directory, rounds=7, **kwargs):
+    """A run stopped after ``rounds`` rounds, its checkpoints in ``directory``."""
+    with pytest.raises(CrashError):
+        worker.run(directory, callback=crash_at(rounds), **kwargs)
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def test_resume_never_unpickles(tmp_path, reference, monkeypatch):
+    crashed_run(tmp_path)
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a resume must not unpickle")
+
+    import _pickle
+
+    for module in (pickle, _pickle):
+        for name in ("loads", "load", "Unpickler"):
+            monkeypatch.setattr(module, name, refuse)
+    assert_same(worker.arrays(worker.run(tmp_path, callback=None)), reference)
+
+
+def _flip_byte(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset % len(data)] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "meta"])
+def test_a_damaged_latest_step_is_named_and_the_one_before_resumes(
+    tmp_path, reference, damage
+):
+    steps = crashed_run(tmp_path)
+    latest = tmp_path / str(steps[-1])
+    if damage == "meta":
+        meta = next(p for p in (latest / "meta").rglob("*") if p.is_file())
+        meta.write_text(
+            meta.read_text().replace('"next_segment": ', '"next_segment": 1')
+        )
+    else:
+        files = sorted(
+            (p for p in (latest / "arrays").rglob("*") if p.is_file()),
+            key=lambda p: -p.stat().st_size,
+        )
+        biggest = files[0]  # the weights' data file
+        if damage == "flip":
+            _flip_byte(biggest, biggest.stat().st_size // 2)
+        else:
+            biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+    rounds_seen = []
+    with pytest.warns(
+        RuntimeWarning, match=f"checkpoint of step {steps[-1]} .*moved to"
+    ):
+        result = worker.run(tmp_path, callback=lambda r: rounds_seen.append(r.round))
+    assert rounds_seen[0] == 6  # resumed from the step before (after round 5)
+    assert_same(worker.arrays(result), reference)
+    kept = [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert len(kept) == 1 and kept[0].startswith(f"{steps[-1]}.corrupt-")  # kept
+
+
+def test_no_intact_step_stops_instead_of_restarting(tmp_path):
+    steps = crashed_run(tmp_path)
+    for step in steps:
+        meta = next(
+            p for p in (tmp_path / str(step) / "meta").rglob("*") if p.is_file()
+        )
+        meta.write_text("{not json")
+    with (
+        pytest.warns(RuntimeWarning),
+        pytest.raises(ValueError, match="holds no intact checkpoint"),
+    ):
+        worker.run(tmp_path, callback=None)
+
+
+def test_a_folder_the_library_did_not_write_is_named_and_kept(tmp_path):
+    (tmp_path / "999").mkdir()
+    (tmp_path / "999" / "notes.txt").write_text("mine")
+    (tmp_path / "README.txt").write_text("also mine")
+    with pytest.raises(ValueError, match=r"did not write: \['999'\]"):
+        worker.run(tmp_path, callback=None)
+    assert (tmp_path / "999" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / ".tempering-lock").exists()  # released on the error
+
+
+def test_a_second_run_on_a_busy_folder_fails_at_once(tmp_path):
+    from tempering import checkpoint
+
+    holder = checkpoint.Checkpointer(tmp_path, every=1, keep=2, settings={})
+    try:
+        with pytest.raises(
+            ValueError, match=f"in use by another run \\(process {os.getpid()}"
+        ):
+            worker.run(tmp_path, callback=None)
+    finally:
+        holder.close()
+    assert not (tmp_path / ".tempering-lock").exists()
+
+
+def test_a_dead_process_lock_is_taken_over(tmp_path, reference):
+    import json
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    (tmp_path / ".tempering-lock").write_text(json.dumps(
+        {"pid": int(dead.stdout), "host": socket.gethostname(), "started": "then"}
+    ))  # fmt: skip
+    with pytest.warns(RuntimeWarning, match="taking over the lock of process"):
+        result = worker.run(tmp_path, callback=None)
+    assert_same(worker.arrays(result), reference)
+    assert not (tmp_path / ".tempering-lock").exists()
+
+
+def test_keep_checkpoints_holds(tmp_path):
+    worker.run(tmp_path, callback=None, keep_checkpoints=3)
+    assert len([p for p in tmp_path.iterdir() if p.name.isdigit()]) == 3
+
+
+@pytest.mark.parametrize(
+    ("change", "entry"),
+    [
+        ({"loss_fn": "smoothed"}, "loss_fn"),
+        ({"tx": "nesterov"}, "optimizer"),
+        ({"tx": "momentum"}, "optimizer"),
+        ({"model": "relu"}, "model"),
+        ({"metrics_fn": None}, "metrics_fn"),
+        ({"score_fn": "accuracy"}, "score_fn"),
+    ],
+)
+def test_a_change_that_shapes_the_result_is_refused(tmp_path, change, entry):
+    crashed_run(tmp_path, rounds=1, variant={})
+    with pytest.raises(
+        ValueError, match=f"other settings \\(they differ in: {entry}\\)"
+    ):
+        worker.run(tmp_path, callback=None, variant=change)
+
+
+def test_resume_allowing_resumes_despite_the_named_entries(tmp_path):
+    crashed_run(tmp_path, rounds=1, variant={})
+    rounds_seen = []
+    result = worker.run(
+        tmp_path, callback=lambda r: rounds_seen.append(r.round),
+        variant={"score_fn": "accuracy"}, resume_allowing=("score_fn",),
+    )  # fmt: skip
+    assert rounds_seen[0] == 1 and len(result.history.step) == 20
+    with pytest.raises(ValueError, match="no fingerprint entries"):
+        worker.run(tmp_path / "b", callback=None, resume_allowing=("colour",))
+
+
+@pytest.mark.parametrize(
+    ("directory", "error", "match"),
+    [
+        ("", ValueError, "checkpoint_dir is ''"),
+        (5, TypeError, "checkpoint_dir must be a path"),
+        ("file", ValueError, "is a file, not a folder"),
+    ],
+)
+def test_bad_checkpoint_dirs_are_named(tmp_path, directory, error, match):
+    if directory == "file":
+        directory = tmp_path / "file"
+        directory.write_text("x")
+    with pytest.raises(error, match=match):
+        worker.run(directory, callback=None)

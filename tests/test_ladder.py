@@ -297,17 +297,21 @@ def test_the_ladder_stores_its_rule_and_nothing_guesses_it():
 
 
 def test_a_respaced_product_ladder_has_explicit_temperatures():
-    from tempering.moves import exchange_move
+    from tempering.adaptation import init_adaptation
+    from tempering.moves import ExchangeState, exchange_move
+
+    def start(move):  # the exchange's state before the first round
+        return ExchangeState(jnp.arange(3), init_adaptation(move.ladder, 2, 1.0))
 
     both = tp.make_ladder(
         learning_rate=[0.01, 0.02, 0.04], dropout_rate=[0.1, 0.2, 0.3]
     )
     assert both.rule == "library"
     move = exchange_move(both, c="auto", adapt_rounds=2, adapt_ladder=True)
-    assert move.current_ladder(move.init()).rule is None  # interpolated values
+    assert move.current_ladder(start(move)).rule is None  # interpolated values
     lr = tp.geometric_ladder("learning_rate", 0.01, 0.1, 3)
     lr_move = exchange_move(lr, c="auto", adapt_rounds=2, adapt_ladder=True)
-    assert lr_move.current_ladder(lr_move.init()).rule == "library"  # T = lr exactly
+    assert lr_move.current_ladder(start(lr_move)).rule == "library"  # T = lr exactly
 
 
 # --- bad inputs (issue 17): raised before anything compiles ----------------------

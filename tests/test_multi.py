@@ -131,12 +131,12 @@ def run_synthetic(state, move, rounds, seed=1):
     key, rows = jax.random.key(seed), []
     for r in range(rounds):
         key, move_key = jax.random.split(key)
-        before = jax.device_get((move_state.rungs, state.hyperparams))
+        before = jax.device_get((move_state.ladder_rungs, state.hyperparams))
         scores = SLOPE * state.hyperparams["learning_rate"]
         state, move_state, info = step(
             move_key, state, move_state, scores, jnp.int32(r)
         )
-        after = jax.device_get((state.rungs, state.hyperparams))
+        after = jax.device_get((move_state.rungs, state.hyperparams))
         rows.append((jax.device_get(info), before, after, np.asarray(scores)))
     return (state, move_state), jax.tree.map(lambda *xs: np.stack(xs), *rows)
 
@@ -171,7 +171,7 @@ def test_random_ladder_choice_and_metropolis_statistics(state) -> None:
         for name in NAMES[other]:
             np.testing.assert_array_equal(after_values[name][t], before_values[name][t])
         assert info.proposed[t].sum() == 1  # random_pair
-        # Rung rows stay permutations; state.rungs is ladder 0's row.
+        # Rung rows stay permutations; move_state.rungs is ladder 0's row.
         for row in info.rungs[t]:
             np.testing.assert_array_equal(np.sort(row), np.arange(M))
         np.testing.assert_array_equal(after_rungs[t], info.rungs[t, 0])
@@ -181,7 +181,7 @@ def test_random_ladder_choice_and_metropolis_statistics(state) -> None:
                 np.testing.assert_array_equal(
                     after_values[name][t], np.asarray(values)[info.rungs[t, j]]
                 )
-    np.testing.assert_array_equal(final[1].rungs, info.rungs[-1])
+    np.testing.assert_array_equal(final[1].ladder_rungs, info.rungs[-1])
 
     # The lr ladder: the cold replica of every pair has the lower score, with a
     # fixed gap: log ratio = -c * SLOPE * (2 - 1)^2 / 2 on a ratio-2 ladder.
@@ -217,7 +217,7 @@ def test_auto_c_per_ladder_freezes_after_its_own_rounds(state) -> None:
         [LR, DROPOUT], c="auto", adapt_rounds=adapt_rounds, target_acceptance=target
     )
     final, (info, *_) = run_synthetic(state, move, rounds, seed=2)
-    subs = final[1].sub_states
+    subs = [sub.adaptation for sub in final[1].sub_states]
     assert all(isinstance(sub, AdaptationState) for sub in subs)
     for k in range(2):
         own = np.flatnonzero(info.ladder == k)
@@ -242,8 +242,8 @@ def test_auto_c_per_ladder_freezes_after_its_own_rounds(state) -> None:
 
     mixed = multi_exchange_move([LR, DROPOUT], c=[0.5, "auto"], adapt_rounds=3)
     final, (info, *_) = run_synthetic(state, mixed, 12, seed=3)
-    assert final[1].sub_states[0] is None
-    assert isinstance(final[1].sub_states[1], AdaptationState)
+    assert final[1].sub_states[0].adaptation is None
+    assert isinstance(final[1].sub_states[1].adaptation, AdaptationState)
     np.testing.assert_array_equal(info.c[:, 0], 0.5)
     ladders = mixed.current_ladders(final[1])
     np.testing.assert_array_equal(ladders[1].temperatures, DROPOUT.temperatures)
@@ -260,12 +260,14 @@ def test_assign_then_init_reads_the_rungs_off_the_values(state) -> None:
     )
     multi = move.init(assigned)
     assert isinstance(multi, MultiExchangeState)
-    np.testing.assert_array_equal(multi.rungs, np.tile(np.arange(M), (2, 1)))
-    assert multi.sub_states[0] is None
-    assert int(multi.sub_states[1].rounds_done) == 0
+    np.testing.assert_array_equal(multi.ladder_rungs, np.tile(np.arange(M), (2, 1)))
+    assert multi.sub_states[0].adaptation is None
+    assert int(multi.sub_states[1].adaptation.rounds_done) == 0
     # After some rounds the rungs on each ladder differ; init reads them back.
     (moved, moved_state), _ = run_synthetic(state, move, 6, seed=4)
-    np.testing.assert_array_equal(move.init(moved).rungs, moved_state.rungs)
+    np.testing.assert_array_equal(
+        move.init(moved).ladder_rungs, moved_state.ladder_rungs
+    )
     # Replicas that hold no rung of a ladder: the error says what to call.
     with pytest.raises(ValueError, match=r"move.assign\(state\)"):
         move.init(state)
@@ -300,7 +302,7 @@ def test_train_end_to_end(blobs, tx) -> None:
             )
     assert np.all(np.isfinite(history.validation.loss))
     assert isinstance(result.move_state, MultiExchangeState)
-    np.testing.assert_array_equal(result.move_state.rungs, info.rungs[-1])
+    np.testing.assert_array_equal(result.move_state.ladder_rungs, info.rungs[-1])
     # A second call with the move state continues the run: 40 + 20 steps in
     # two calls are 60 in one.
     more = tp.train(

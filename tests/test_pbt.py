@@ -107,7 +107,7 @@ def test_exploit_copies_exactly_and_leaves_rest_bit_identical(state):
             assert leaves_equal(new_m, src)
         else:
             assert leaves_equal(replica(per_replica_state(new), m), old_m)
-    assert leaves_equal(new.rungs, state.rungs) and int(new.step) == int(state.step)
+    assert int(new.step) == int(state.step)
     for name, values in info.hyperparams.items():
         chex.assert_shape(values, (M,))
         np.testing.assert_array_equal(tp.get_hyperparams(new, [name])[name], values)

@@ -64,7 +64,7 @@ SCRIPT = textwrap.dedent(
 
     def specs(state):
         arrays = (state.params, state.batch_stats, state.opt_state,
-                  state.hyperparams, state.rungs)
+                  state.hyperparams)
         return sorted({str(a.sharding.spec) for a in jax.tree.leaves(arrays)})
 
 

@@ -23,6 +23,7 @@ from conftest import (
 
 import tempering as tp
 from tempering import driver, loops, training
+from tempering.moves import ExchangeState
 
 LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2])
 
@@ -263,7 +264,7 @@ def test_a_call_within_the_burn_in_takes_its_steps_without_rounds(state, blobs):
     assert result.history.rungs.shape == result.history.val_loss.shape == (0, 4)
     assert result.history.proposed.shape == (0, 3)
     assert np.all(np.isnan(result.summary.acceptance_rate))
-    np.testing.assert_array_equal(result.state.rungs, np.arange(4))
+    np.testing.assert_array_equal(result.move_state.rungs, np.arange(4))
     assert np.isfinite(result.summary.final_val_loss).all()
 
 
@@ -363,7 +364,7 @@ BAD_INPUTS = [
     Case("pt-ladder-rungs-mismatch", lambda c: pt(c, ladder=tp.geometric_ladder("learning_rate", 0.01, 0.1, 3)), V, r"3 rungs but the state holds 4"),
     Case("pt-weight-decay-ladder-not-injected", lambda c: pt(c, ladder=tp.linear_ladder("weight_decay", 0.0, 0.1, REPLICAS, temperatures=[1.0, 2.0, 3.0, 4.0])), V, r"ladder: unknown hyperparameter.*weight_decay.*inject_hyperparams"),
     Case("pt-dropout-ladder-plain-model", lambda c: pt(c, state=c.plain, ladder=c.dropout), V, r"ladder: unknown hyperparameter.*dropout_rate.*model_inputs"),
-    Case("pt-rungs-not-permutation", lambda c: pt(c, state=c.state.replace(rungs=jnp.array([0, 0, 1, 2], jnp.int32))), V, r"state.rungs must be a permutation"),
+    Case("pt-rungs-not-permutation", lambda c: pt(c, move_state=ExchangeState(jnp.array([0, 0, 1, 2], jnp.int32), None)), V, r"move_state.rungs must be a permutation"),
     Case("pt-num-steps-bool", lambda c: pt(c, num_steps=True), T, r"num_steps must be an int"),
     Case("pt-interval-bool", lambda c: pt(c, exchange_interval=True), T, r"exchange_interval must be an int"),
     Case("pt-labels-negative", lambda c: pt(c, train_data=(c.x, nan_at(c.y, (0,), -1))), V, r"train_data labels must lie in \[0, 3\)"),
