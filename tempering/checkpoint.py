@@ -41,8 +41,11 @@ Each checkpoint is written by orbax into a temporary directory and renamed
 when complete, so a kill during a save leaves the previous checkpoint as the
 latest; the last ``keep`` are kept. A stream of training batches resumes
 exactly when it can save its position (``get_state()`` / ``set_state()``, as
-grain's iterators do): its state is part of the checkpoint. Any other
-iterable reads on from wherever the given iterator is.
+grain's ``DataLoader`` and dataset iterators do): its state before the next
+batch to train (whatever the reader peeked) is part of the checkpoint's JSON,
+and the resuming call sets it, so the same batches follow, bit for bit. Any
+other iterable (a generator, a ``tf.data`` iterator) cannot be rewound: a
+resumed call reads on from wherever the given iterator is.
 """
 
 from __future__ import annotations
@@ -559,6 +562,12 @@ class Checkpointer:
             )["meta"]
         except Exception as error:  # orbax raises many kinds for broken files
             raise CheckpointError(f"its metadata cannot be read: {error}") from None
+        if isinstance(saved, dict) and "format" not in saved and "settings" in saved:
+            raise ValueError(
+                f"checkpoint_dir {self.directory} holds a checkpoint of tempering "
+                f"< 0.4 (step {step}), whose records were pickled: it cannot be "
+                "loaded safely and is not resumed. Give another checkpoint_dir"
+            )
         if not isinstance(saved, dict) or saved.get("format") != FORMAT:
             raise CheckpointError(f"its metadata is not a {FORMAT} checkpoint's")
         meta = saved.get("body")

@@ -327,3 +327,15 @@ def test_bad_checkpoint_dirs_are_named(tmp_path, directory, error, match):
         directory.write_text("x")
     with pytest.raises(error, match=match):
         worker.run(directory, callback=None)
+
+
+def test_a_pickled_checkpoint_of_an_older_version_is_refused(tmp_path):
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager(tmp_path) as manager:  # the 0.3 layout
+        manager.save(12, args=ocp.args.Composite(
+            arrays=ocp.args.StandardSave({"blob": np.zeros(8, np.uint8)}),
+            meta=ocp.args.JsonSave({"settings": {}, "step": 12}),
+        ))  # fmt: skip
+    with pytest.raises(ValueError, match=r"tempering < 0.4 \(step 12\).*pickled"):
+        worker.run(tmp_path, callback=None)
