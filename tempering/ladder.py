@@ -282,7 +282,10 @@ def make_ladder(
             replicas hold (``learning_rate``, ``weight_decay``, ``b1``,
             ``dropout_rate``, a model input, ...). May also be given as keyword
             arguments.
-        temperatures: optional explicit temperatures, one per rung, > 0.
+        temperatures: optional explicit temperatures, one per rung, > 0,
+            increasing: rung ``r`` (the ``r``-th value of every
+            hyperparameter) gets ``temperatures[r]``, coldest first. Without
+            them, the rungs are sorted by their default temperatures.
         dropout_temperature: the rule of a varying dropout rate ``q``:
             ``"library"`` (default, unchanged), ``T = 1 / (1 - q)`` (the
             paper's text); ``"authors"``, ``T = q / (1 - q)``, i.e.
@@ -299,7 +302,8 @@ def make_ladder(
         ValueError: fewer than 2 rungs, non-finite values, values outside a
             known range (``learning_rate <= 0``, ``dropout_rate`` outside
             ``[0, 1)``, ...; :data:`tempering.hyperparams.RANGES`), lengths that
-            differ, duplicate temperatures, no hyperparameter that varies
+            differ, duplicate temperatures, explicit temperatures that do not
+            increase with the rung order, no hyperparameter that varies
             (without ``temperatures``), or no temperature for a varying name
             without a default one.
 
@@ -358,6 +362,13 @@ def make_ladder(
         temps = _combined_temperature(arrays, dropout_temperature)
     if not np.all(np.isfinite(temps)) or np.any(temps <= 0):
         raise ValueError(f"temperatures must be finite and > 0, got {temps.tolist()}")
+    if temperatures is not None and np.any(np.diff(temps) < 0):
+        raise ValueError(
+            f"temperatures {temps.tolist()} are out of order: rungs go coldest "
+            "first, so explicit temperatures must increase with the rung order. "
+            "Give the rungs' values and temperatures coldest first (the "
+            "rungs are not re-sorted by explicit temperatures)"
+        )
     order = np.argsort(temps, kind="stable")
     temps = temps[order]
     if np.any(np.diff(temps) <= 0):

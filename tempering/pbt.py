@@ -581,9 +581,10 @@ def pbt_train(
         :class:`PBTResult` ``(state, history, summary)``.
 
     Raises:
-        ValueError / TypeError: before anything compiles, for a config that is
-            not a :class:`PBTConfig` or names hyperparameters the state does
-            not hold, bad intervals, data or settings.
+        ValueError / TypeError: before anything compiles, for fewer than 2
+            replicas, a config that is not a :class:`PBTConfig` or names
+            hyperparameters the state does not hold, bad intervals, data or
+            settings.
 
     Example:
         >>> config = pbt_config({"learning_rate": Prior(1e-3, 0.3, log=True)})
@@ -594,6 +595,14 @@ def pbt_train(
     """
     check_not_traced(state)
     move = pbt_move(config)
+    if state.num_replicas < 2:
+        raise ValueError(
+            f"pbt_train needs at least 2 replicas, got M = {state.num_replicas}: PBT "
+            "copies the weights of better replicas into worse ones, so one replica "
+            "has nothing to exploit. Create more (create_replicas(..., "
+            "num_replicas=M) with M >= 2), or train one replica with tempering.train "
+            "and identity_move()"
+        )
     check_names(state, config.names, "config")
     require_validation(validation_data, "pbt_train", "is the PBT score")
     settings = config_from(

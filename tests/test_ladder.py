@@ -37,11 +37,12 @@ def test_dropout_temperature_is_inverse_keep_probability():
     np.testing.assert_allclose(ladder.values["learning_rate"], [0.01, 0.01])
 
 
-def test_explicit_temperatures_reorder_every_hyperparameter():
+def test_explicit_temperatures_pair_with_the_rungs_as_given():
+    # rung r gets temperatures[r]: the rungs are not re-sorted by them
     ladder = tp.make_ladder(
-        learning_rate=[0.1, 0.2, 0.3],
-        dropout_rate=[0.3, 0.2, 0.1],
-        temperatures=[3, 1, 2],
+        learning_rate=[0.2, 0.3, 0.1],
+        dropout_rate=[0.2, 0.1, 0.3],
+        temperatures=[1, 2, 3],
     )
     np.testing.assert_allclose(ladder.temperatures, [1, 2, 3])
     np.testing.assert_allclose(
@@ -50,6 +51,12 @@ def test_explicit_temperatures_reorder_every_hyperparameter():
     np.testing.assert_allclose(
         ladder.values["dropout_rate"], [0.2, 0.1, 0.3], rtol=1e-6
     )
+    with pytest.raises(ValueError, match=r"temperatures \[3.0, 1.0, 2.0\] are out"):
+        tp.make_ladder(
+            learning_rate=[0.1, 0.2, 0.3],
+            dropout_rate=[0.3, 0.2, 0.1],
+            temperatures=[3, 1, 2],
+        )
 
 
 def test_linear_and_geometric_constructors():
@@ -121,7 +128,7 @@ def test_any_hyperparameter_with_explicit_temperatures():
     # Names without a default temperature (weight decay, Adam's b1, a model
     # input, ...) are allowed once the temperatures are given.
     ladder = tp.make_ladder(
-        weight_decay=[1e-3, 1e-4, 1e-2], learning_rate=0.1, temperatures=[2, 1, 3]
+        weight_decay=[1e-4, 1e-3, 1e-2], learning_rate=0.1, temperatures=[1, 2, 3]
     )
     np.testing.assert_allclose(ladder.temperatures, [1, 2, 3])
     np.testing.assert_allclose(
@@ -341,6 +348,7 @@ BAD_INPUTS = [
     Case("geometric-low-zero", lambda c: tp.geometric_ladder("learning_rate", 0.0, 0.1, 4), V, r"low, high > 0"),
     Case("geometric-high-negative", lambda c: tp.geometric_ladder("learning_rate", 0.1, -1.0, 4), V, r"low, high > 0"),
     Case("geometric-lr-huge", lambda c: tp.geometric_ladder("learning_rate", 0.01, 1e3, 4), V, r"learning_rate in the ladder must be at most 10", fixed=True),
+    Case("ladder-temperatures-out-of-order", lambda c: tp.make_ladder(weight_decay=[1e-3, 1e-4], temperatures=[2.0, 1.0]), V, r"temperatures \[2.0, 1.0\] are out of order: rungs go coldest first", fixed=True),
     Case("ladder-temperatures-2d", lambda c: tp.make_ladder(weight_decay=[0.0, 1e-3], temperatures=[[1.0, 2.0]]), V, r"temperatures must be 1-D"),
     # --- hand-built Ladder (through exchange_move / pt_train) -----------------
     Case("hand-ladder-decreasing", lambda c: tp.exchange_move(hand_ladder([0.4, 0.3, 0.2, 0.1])), V, r"temperatures must increase strictly"),

@@ -456,7 +456,12 @@ def pbt_run(ctx: Any, /, **overrides: Any) -> Any:
         ready_interval=5, batch_size=8, config=ctx.config,
     )  # fmt: skip
     kwargs.update(overrides)
-    return tp.pbt_train(ctx.state, ctx.key, **kwargs)
+    return tp.pbt_train(kwargs.pop("state", ctx.state), ctx.key, **kwargs)
+
+
+def first_replica(state: Any) -> Any:
+    """The state of replica 0 alone (M = 1), sliced on the host (nothing compiles)."""
+    return jax.tree.map(lambda a: np.asarray(a)[:1] if np.ndim(a) else a, state)
 
 
 def pbt_cfg(**overrides: Any) -> Any:
@@ -497,6 +502,7 @@ BAD_INPUTS = [
     Case("pbt-train-no-validation", lambda c: pbt_run(c, validation_data=None), T, r"pbt_train needs validation_data"),
     Case("pbt-train-exploit-at-end-str", lambda c: pbt_run(c, exploit_at_end="yes"), T, r"exploit_at_end must be True or False"),
     Case("pbt-step-scores-length", lambda c: pbt_step(c.key, c.state, jnp.ones(3), c.config), V, r"scores must have one entry per replica", fixed=True),
+    Case("pbt-train-one-replica", lambda c: pbt_run(c, state=first_replica(c.state)), V, r"pbt_train needs at least 2 replicas, got M = 1", fixed=True),
     Case("pbt-step-config-dict", lambda c: pbt_step(c.key, c.state, jnp.ones(REPLICAS), {"learning_rate": (0.01, 0.1)}), T, r"config must be a PBTConfig", fixed=True),
 ]
 # fmt: on
