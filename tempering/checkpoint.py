@@ -57,7 +57,6 @@ import hashlib
 import inspect
 import json
 import os
-import re
 import socket
 import time
 import types
@@ -132,8 +131,8 @@ def describe_callable(fn: Any, depth: int = 0) -> str:
     if depth > 6:
         return "..."
     if isinstance(fn, functools.partial):
-        parts = [describe_callable(fn.func, depth + 1), _describe_value(fn.args, depth)]
-        parts.append(_describe_value(dict(fn.keywords), depth))
+        parts = [describe_callable(fn.func, depth + 1), describe_value(fn.args, depth)]
+        parts.append(describe_value(dict(fn.keywords), depth))
         return f"partial({', '.join(parts)})"
     inner = getattr(fn, "__func__", fn)  # a bound method's function
     inner = getattr(inner, "__wrapped__", inner)  # jax.jit, functools.wraps
@@ -141,17 +140,17 @@ def describe_callable(fn: Any, depth: int = 0) -> str:
     name = getattr(inner, "__qualname__", type(inner).__qualname__)
     if code is None:
         if callable(fn) and not isinstance(fn, type):
-            state = _describe_value(_public_state(fn), depth)
+            state = describe_value(_public_state(fn), depth)
             return f"{type(fn).__qualname__}({state})"
         return name
     parts = [name, _code_digest(code)]
     if inner.__defaults__:
-        parts.append(_describe_value(inner.__defaults__, depth))
+        parts.append(describe_value(inner.__defaults__, depth))
     if inner.__kwdefaults__:
-        parts.append(_describe_value(inner.__kwdefaults__, depth))
+        parts.append(describe_value(inner.__kwdefaults__, depth))
     for cell in inner.__closure__ or ():
         try:
-            parts.append(_describe_value(cell.cell_contents, depth))
+            parts.append(describe_value(cell.cell_contents, depth))
         except ValueError:  # an empty cell
             parts.append("<empty>")
     return "(" + ", ".join(parts) + ")"
@@ -163,19 +162,19 @@ def _public_state(obj: Any) -> dict[str, Any]:
     }
 
 
-def _describe_value(value: Any, depth: int) -> str:
+def describe_value(value: Any, depth: int) -> str:
     """A setting captured by a function: numbers and strings by value, functions by code."""
     if value is None or isinstance(value, bool | int | float | complex | str | bytes):
         return repr(value)
     if isinstance(value, np.ndarray | jax.Array | np.generic):
         return f"array:{_digest(value)}"
     if isinstance(value, tuple | list):
-        return "[" + ", ".join(_describe_value(v, depth + 1) for v in value) + "]"
+        return "[" + ", ".join(describe_value(v, depth + 1) for v in value) + "]"
     if isinstance(value, dict):
         items = sorted(value.items(), key=lambda kv: repr(kv[0]))
         return (
             "{"
-            + ", ".join(f"{k!r}: {_describe_value(v, depth + 1)}" for k, v in items)
+            + ", ".join(f"{k!r}: {describe_value(v, depth + 1)}" for k, v in items)
             + "}"
         )
     if isinstance(value, types.ModuleType):
@@ -185,26 +184,23 @@ def _describe_value(value: Any, depth: int) -> str:
     if callable(value):
         return describe_callable(value, depth + 1)
     if is_dataclass(value) or isinstance(value, tuple):
-        return f"{type(value).__qualname__}:{_describe_value(_public_state(value), depth + 1)}"
+        return f"{type(value).__qualname__}:{describe_value(_public_state(value), depth + 1)}"
     return f"<{type(value).__qualname__}>"
 
 
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def describe_model(model: Any) -> str:
-    """A model's configuration (its repr) and the code of its class's methods."""
-    cls = type(model)
+def code_of_class(cls: type) -> str:
+    """The code of a class's own methods (and its bases' outside flax/equinox/builtins)."""
     methods = []
     for klass in cls.__mro__:
-        if klass.__module__.startswith(("flax.", "builtins", "typing", "abc")):
+        if klass.__module__.startswith(
+            ("flax.", "equinox.", "builtins", "typing", "abc")
+        ):
             continue
         for name, member in sorted(vars(klass).items()):
             if inspect.isfunction(member):
                 code = inspect.unwrap(member).__code__  # flax wraps __call__
                 methods.append(f"{klass.__qualname__}.{name}:{_code_digest(code)}")
-    config = _ADDRESS.sub("", repr(model))
-    return f"{cls.__qualname__}|{config}|{';'.join(methods)}"
+    return ";".join(methods)
 
 
 def describe_optimizer(tx: Any, opt_state: Any) -> str:
@@ -249,10 +245,10 @@ def fingerprint(
         ),
         "initial_move_state": _digest(move_state),
         "first_step": repr(int(state.step)),
-        "model": describe_model(state.model),
+        "model": state.model.describe(),
         "optimizer": describe_optimizer(state.tx, state.opt_state),
         "loss_fn": describe_callable(state.loss_fn),
-        "model_inputs": repr((state.train_kwarg, state.model_inputs, state.scheduled)),
+        "model_inputs": repr((state.model_inputs, state.scheduled)),
         "move": _describe_move(move),
         "train_data": _describe_data(data.train),
         "validation_data": _describe_data(data.validation),

@@ -10,7 +10,10 @@ replica (the finite replica on the highest rung below its own; the nearest
 hotter one when none is colder) into it before the move; it keeps its own
 hyperparameters, and the record says where it came from (``restored_from``).
 When every replica has diverged the run stops with :class:`DivergenceError`,
-which carries the history of the rounds done.
+which carries the history of the rounds done and the last state whose round
+ended finite: nothing trained is lost, with or without ``checkpoint_dir``.
+The warnings name the hyperparameters a replica had when it diverged (before
+the round's restore and move).
 """
 
 from __future__ import annotations
@@ -22,17 +25,40 @@ import numpy as np
 
 from tempering._caller import warn
 
-__all__ = ["POLICIES", "DivergenceError", "check_policy"]
+__all__ = ["POLICIES", "DivergenceError", "attach", "check_policy"]
 
 POLICIES = ("flag", "restore")
 
 
 class DivergenceError(FloatingPointError):
-    """Every replica's loss is NaN or inf; ``history`` holds the rounds done."""
+    """Every replica's loss is NaN or inf: the run stops, its work attached.
 
-    def __init__(self, message: str, history: Any = None):
+    :func:`tempering.train` keeps a device copy of the replicas at the end of
+    every round that ended finite (not every replica diverged; the cost is one
+    more copy of the weights, batch statistics and optimiser state) and
+    attaches it, since the replicas it trains are donated to each segment.
+
+    Attributes:
+        history: the :class:`~tempering.records.History` of the rounds done.
+        state: the replicas after the last round that ended finite (after its
+            restore and move), or as the call started when none did; with
+            ``on_diverge="flag"`` a replica flagged by then stays non-finite.
+        move_state: the move's state at the same point: pass both to a
+            call that continues with other settings.
+    """
+
+    def __init__(
+        self, message: str, history: Any = None, state: Any = None,
+        move_state: Any = None,
+    ):  # fmt: skip
         super().__init__(message)
-        self.history = history
+        self.history, self.state, self.move_state = history, state, move_state
+
+
+def attach(error: Exception, state: Any, move_state: Any, history: Any) -> Exception:
+    """``error`` carrying the last finite ``state``, ``move_state`` and ``history``."""
+    error.state, error.move_state, error.history = state, move_state, history  # type: ignore[attr-defined]
+    return error
 
 
 def check_policy(on_diverge: Any) -> str:
@@ -97,8 +123,12 @@ class Warner:
         self.policy = policy
         self.flagged: set[Any] = set()
 
-    def __call__(self, record: Any) -> None:
-        """Warns about the replicas ``record`` flags."""
+    def __call__(self, record: Any, hyperparams: Any) -> None:
+        """Warns about the replicas ``record`` flags.
+
+        ``hyperparams`` are their values when they diverged: before the round's
+        restore and move (``record.hyperparams`` are after the move).
+        """
         for m in np.flatnonzero(record.diverged):
             source = int(record.restored_from[m])
             if source >= 0:
@@ -112,9 +142,7 @@ class Warner:
                     "finite colder replica"
                 )
             self.flagged.add(m)
-            values = ", ".join(
-                f"{k}={float(v[m]):.4g}" for k, v in record.hyperparams.items()
-            )
+            values = ", ".join(f"{k}={float(v[m]):.4g}" for k, v in hyperparams.items())
             warn(
                 f"replica {m} ({values}) diverged by step {record.step} "
                 f"(non-finite loss): {what}",

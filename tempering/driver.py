@@ -17,15 +17,19 @@ Every round's record goes to the host as numpy when the round ends (no device
 memory is held per round; the host keeps a few hundred bytes per round) and to
 the optional callback, which may stop the run. In-memory data continues
 exactly across calls; a stream continues from wherever the caller's iterator
-is. A move skipped at the end of a call (``move_at_end=False``, PBT) is not
-made up by the next call.
+is, and a resume from a checkpoint from the saved position when the stream can
+save one (:mod:`tempering.sources`). A move skipped at the end of a call
+(``move_at_end=False``, PBT) is not made up by the next call.
+
+Nothing trained is lost: a :class:`~tempering.divergence.DivergenceError` or a
+bad streamed batch (:class:`~tempering.sources.BatchError`) carries the
+replicas after the last round that ended finite, the move's state and the
+history (``error.state``, ``error.move_state``, ``error.history``).
 """
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from typing import Any, NamedTuple
 
 import jax
@@ -33,13 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from tempering import divergence, resume, sharding
-from tempering._caller import warn
 from tempering.config import Rounds, RunConfig, RunData, ScoreFn
 from tempering.hyperparams import set_hyperparams
 from tempering.loops import SegmentSettings, loop_for, run_evaluate, run_segment
 from tempering.moves import as_move, rungs_of
 from tempering.records import History, RecordRows, RoundRecord
-from tempering.sources import RunSources, prepare_sources
+from tempering.sources import BatchError, RunSources, prepare_sources
 from tempering.state import EvalMetrics, ReplicaState, check_key
 
 __all__ = ["RunResult", "best_index", "train"]
@@ -188,15 +191,21 @@ def train(
         interrupted, move_state)``. Ctrl-C during the rounds stops the call
         after the round in progress (a second Ctrl-C aborts at once): the
         result holds the rounds done, ``interrupted`` is True, and with
-        ``config.checkpoint_dir`` a checkpoint is written to resume from.
+        ``config.checkpoint_dir`` a checkpoint is written to resume from. A
+        second Ctrl-C during the final evaluation stops only the evaluation:
+        the result comes back with ``final=None``.
 
     Raises:
         TypeError / ValueError: before anything compiles, for bad data (each
             message names the argument and the fix), when traced by
             ``jax.jit``, or when ``checkpoint_dir`` holds another run's
             checkpoints.
-        tempering.divergence.DivergenceError: every replica diverged (its
-            ``history`` holds the rounds done).
+        tempering.divergence.DivergenceError: every replica diverged.
+        tempering.sources.BatchError: a streamed batch is bad (shape, dtype,
+            NaN or inf, labels), named by its index, before it trains.
+            Both errors carry ``state`` and ``move_state`` (after the last
+            round that ended finite; a device copy of the replicas is kept at
+            each round's end for this) and ``history`` (the rounds done).
 
     Example:
         >>> config = tp.RunConfig(num_steps=2000, interval=100, burn_in=500)
@@ -238,6 +247,7 @@ def train(
         move=move, key=key, data_key=data_key, data=sources, config=config,
         loop=loop, segments=segments, first_step=first_step,
         before_burn_in=_copy(state.hyperparams),  # the state's are donated
+        warner=divergence.Warner(config.on_diverge),
     )  # fmt: skip
     progress = resume.Progress(
         next_segment=0,
@@ -256,11 +266,11 @@ def train(
         bar = _progress(config.num_steps, config.progress, type(move).__name__)
         if bar is not None:
             bar.update(sum(seg.steps for seg in segments[: progress.next_segment]))
-        with _StopOnInterrupt() as interrupt:
-            carry, progress = _run_segments(
+        with resume.StopOnInterrupt() as interrupt:
+            carry, progress, kept = _run_segments(
                 run, (state, move_state), progress, saver, bar, interrupt
             )
-            return _finish(run, carry, progress, saver, bar, interrupt.requested)
+            return _finish(run, carry, progress, saver, bar, interrupt, kept)
     finally:
         if saver is not None:
             saver.close()
@@ -272,6 +282,7 @@ def _restore(saver, run, state, move_state, progress):
     return resume.restore(
         saver, (state, move_state), progress, initial,
         lambda names: _no_rounds(state, move_state, run, names, initial[1]),
+        run.data.train,
     )  # fmt: skip
 
 
@@ -287,6 +298,7 @@ class _Run(NamedTuple):
     segments: list[_Segment]  # the call's plan
     first_step: int
     before_burn_in: Any  # the state's own hyperparams, back after the burn-in
+    warner: divergence.Warner  # the call's divergence warnings
 
     def evaluate(self, state: ReplicaState, source: Any, name: str) -> EvalMetrics:
         """The vectorised evaluation of every replica on ``source``."""
@@ -307,27 +319,48 @@ class _Run(NamedTuple):
 
 
 def _run_segments(run, carry, progress, saver, bar, interrupt):
-    """Trains the segments left: ``(replicas, move_state)`` and progress where it stopped.
+    """Trains the segments left: the carry, progress and kept carry where it stopped.
 
     It stops at the plan's end, a truthy callback or Ctrl-C, and checkpoints
-    when one is due.
+    when one is due. The kept carry is a copy of ``(replicas, move_state)``
+    after the last round that ended finite (the replicas are donated to each
+    segment): a DivergenceError or BatchError carries it, with the history.
     """
-    warner = divergence.Warner(run.config.on_diverge)
+    kept = (_copy(carry[0]), carry[1])  # the move state is never donated
     for index in range(progress.next_segment, len(run.segments)):
-        carry, progress, record = _train_segment(run, carry, progress, index)
+        carry, progress = _start_segment(run, carry, progress, index)
+        try:
+            carry, progress, record = _train_segment(run, carry, progress, index)
+        except (divergence.DivergenceError, BatchError) as error:
+            history = _stack(progress, *kept, run, None)
+            raise divergence.attach(error, *kept, history) from None
         if bar is not None:
             bar.update(run.segments[index].steps)
         stop = interrupt.requested
         if record is not None:
-            warner(record)
+            kept = (_copy(carry[0]), carry[1])
             callback = run.config.callback
             stop = (callback is not None and bool(callback(record))) or stop
             last = index + 1 == len(run.segments)
             if saver is not None and saver.due() and not (stop or last):
-                resume.save(saver, carry, progress, int(carry[0].step))
+                resume.save(saver, carry, progress, run.data.train)
         if stop or interrupt.requested:
             break
-    return carry, progress
+    return carry, progress, kept
+
+
+def _start_segment(run, carry, progress, index):
+    """The burn-in's hyperparameters, and the values before the call's first round."""
+    state, move_state = carry
+    initial, burn_values = progress.initial, progress.burn_values
+    burn_in_hyperparams = run.config.burn_in_hyperparams
+    if not run.segments[index].evaluated and burn_in_hyperparams:
+        state = set_hyperparams(state, **burn_in_hyperparams)
+        burn_values = _host(state.hyperparams)
+    if run.segments[index].evaluated and initial is None:
+        initial = (rungs_of(move_state), _host(state.hyperparams))
+    progress = progress._replace(initial=initial, burn_values=burn_values)
+    return (state, move_state), progress
 
 
 def _train_segment(run, carry, progress, index):
@@ -337,14 +370,8 @@ def _train_segment(run, carry, progress, index):
     """
     state, move_state = carry
     segment = run.segments[index]
-    initial, burn_values = progress.initial, progress.burn_values
     burning = not segment.evaluated
     burn_in_hyperparams = run.config.burn_in_hyperparams
-    if burning and burn_in_hyperparams:
-        state = set_hyperparams(state, **burn_in_hyperparams)
-        burn_values = _host(state.hyperparams)
-    if not burning and initial is None:
-        initial = (rungs_of(move_state), _host(state.hyperparams))
     segment_key, move_key = jax.random.split(jax.random.fold_in(run.key, segment.round))
     state, train_loss = run_segment(
         state, segment_key, run.data.train, segment.steps, data_key=run.data_key,
@@ -353,49 +380,41 @@ def _train_segment(run, carry, progress, index):
     last = index + 1 == len(run.segments)
     if burning and burn_in_hyperparams and (last or run.segments[index + 1].evaluated):
         state = set_hyperparams(state, **run.before_burn_in)  # burn-in over
-    progress = resume.Progress(index + 1, progress.records, initial, burn_values)
+    progress = progress._replace(next_segment=index + 1)
     moves = run.config.move_at_end or not last
     if not (segment.evaluated and segment.ends_round and moves):
         return (state, move_state), progress, None
-    try:
-        state, move_state, record = _end_round(
-            run, state, move_state, move_key, segment.round_index, train_loss
-        )
-    except divergence.DivergenceError as error:
-        error.history = _stack(
-            progress._replace(initial=initial, burn_values=burn_values), state,
-            move_state, run, None,
-        )  # fmt: skip
-        raise
+    state, move_state, record = _end_round(
+        run, state, move_state, move_key, segment.round_index, train_loss
+    )
     progress.records.add(record)
     return (state, move_state), progress, record
 
 
-def _finish(run, carry, progress, saver, bar, interrupted) -> RunResult:
-    """Saves the last checkpoint, evaluates the end state, stacks the history."""
+def _finish(run, carry, progress, saver, bar, interrupt, kept) -> RunResult:
+    """Saves the last checkpoint, evaluates the end state, stacks the history.
+
+    Ctrl-C during the final evaluation counts as an interruption; a second one
+    stops the evaluation only (``final`` is None), the rounds are kept.
+    """
     state, move_state = carry
     if saver is not None:
-        resume.save(saver, carry, progress, int(carry[0].step))
+        resume.save(saver, carry, progress, run.data.train)
     if bar is not None:
         bar.close()
-    if interrupted:
-        _warn_interrupted(int(state.step), saver is not None)
-    final, final_score = _final(run, state)
+    try:
+        final, final_score = _final(run, state)
+    except KeyboardInterrupt:
+        final = final_score = None
+        interrupt.requested = True
+    if interrupt.requested:
+        lost = final is None and run.data.validation is not None
+        resume.warn_interrupted(int(state.step), saver is not None, lost)
     history = _stack(progress, state, move_state, run, final)
-    return _result(state, move_state, history, final, final_score, interrupted)
-
-
-def _warn_interrupted(step: int, checkpointed: bool) -> None:
-    how = (
-        "call again with the same arguments to resume"
-        if checkpointed
-        else "give checkpoint_dir= to resume exactly"
-    )
-    warn(
-        f"interrupted: stopped at step {step} after a whole round; the result "
-        f"holds the rounds done ({how})",
-        RuntimeWarning,
-    )
+    try:
+        return _result(state, move_state, history, final, final_score, interrupt)
+    except divergence.DivergenceError as error:
+        raise divergence.attach(error, *kept, history) from None
 
 
 def _final(run: _Run, state: ReplicaState) -> tuple[Any, Any]:
@@ -406,18 +425,18 @@ def _final(run: _Run, state: ReplicaState) -> tuple[Any, Any]:
     return _host((final, _scores(final, run.config.score_fn, state.num_replicas)))
 
 
-def _result(state, move_state, history, final, final_score, interrupted) -> RunResult:
+def _result(state, move_state, history, final, final_score, interrupt) -> RunResult:
     """The call's result; every replica diverged at the end is an error."""
     diverged = _diverged_at_end(history, final, final_score, state.num_replicas)
     if diverged.all():
         raise divergence.DivergenceError(
             f"every replica diverged (non-finite loss) by step {int(state.step)}, "
             "the end of the call: lower the learning rate or check the model and "
-            "data; the error's .history holds the rounds done",
-            history,
+            "data; the error's .state is the last finite state, its .history the "
+            "rounds done",
         )
     return RunResult(
-        state, history, final, final_score, diverged, bool(interrupted), move_state
+        state, history, final, final_score, diverged, interrupt.requested, move_state
     )
 
 
@@ -428,38 +447,6 @@ def _diverged_at_end(history, final, final_score, num: int) -> np.ndarray:
     if len(history.diverged):
         return history.diverged[-1] & (history.restored_from[-1] < 0)
     return np.zeros((num,), bool)
-
-
-class _StopOnInterrupt:
-    """Ctrl-C sets ``requested`` (stop after the round); a second one aborts.
-
-    Only in the main thread (signals are delivered there), and only where
-    SIGINT is not ignored (a background job's, ``nohup``'s): elsewhere a no-op.
-    """
-
-    def __init__(self):
-        self.requested, self.previous = False, None
-
-    def __enter__(self):
-        main = threading.current_thread() is threading.main_thread()
-        if main and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(
-            "tempering: stopping after the round in progress (Ctrl-C again aborts)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-        return False
 
 
 def _scores(metrics: EvalMetrics, score_fn: ScoreFn | None, num: int) -> jax.Array:
@@ -491,10 +478,12 @@ def _end_round(run, state, move_state, key, round_index, train_loss):
         raise divergence.DivergenceError(
             f"every replica diverged (non-finite loss) in round {round_index}, by "
             f"step {int(state.step)}: lower the learning rate or check the model "
-            "and data; the error's .history holds the rounds done"
+            "and data; the error's .state is the last finite state, its .history "
+            "the rounds done"
         )
     sources = np.full(diverged.shape, -1, np.int32)
     move_scores = scores
+    when_diverged = _host(state.hyperparams) if diverged.any() else None
     if run.config.on_diverge == "restore" and diverged.any():
         sources = divergence.restore_sources(diverged, rungs_of(move_state))
         gather = np.where(sources >= 0, sources, np.arange(len(sources)))
@@ -517,6 +506,8 @@ def _end_round(run, state, move_state, key, round_index, train_loss):
         diverged=diverged,
         restored_from=sources,
     )
+    if when_diverged is not None:
+        run.warner(record, when_diverged)
     return state, move_state, record
 
 

@@ -6,22 +6,37 @@ records so far, the values before its first round) through a
 :class:`tempering.checkpoint.Checkpointer`: the arrays as one pytree, the rest
 as JSON. Resuming rebuilds that pytree into a template the call builds from
 its own state, move and data, so nothing in the checkpoint chooses a type.
+A training stream that can save its position (:class:`BatchReader`) saves it
+in the JSON too, and a resume sets it: the same batches follow.
+
+It also holds what Ctrl-C does to a call (:class:`StopOnInterrupt`).
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 
 from tempering import checkpoint
+from tempering._caller import warn
 from tempering.config import RunConfig
 from tempering.records import RecordRows, RoundRecord
-from tempering.sources import RunSources
+from tempering.sources import BatchReader, RunSources
 
-__all__ = ["Progress", "checkpointer", "restore", "save"]
+__all__ = [
+    "Progress",
+    "StopOnInterrupt",
+    "checkpointer",
+    "restore",
+    "save",
+    "warn_interrupted",
+]
 
 
 class Progress(NamedTuple):
@@ -71,9 +86,13 @@ def checkpointer(
 
 
 def save(
-    saver: checkpoint.Checkpointer, carry: Any, progress: Progress, step: int
+    saver: checkpoint.Checkpointer, carry: Any, progress: Progress, train: Any
 ) -> None:
-    """Writes the carry and progress at global step ``step``."""
+    """Writes the carry and progress at the replicas' step.
+
+    ``train`` is the call's training source: a :class:`BatchReader`'s position
+    goes into the checkpoint when its stream can save one.
+    """
     rows = progress.records.stacked()
     metrics = None  # the names of the metrics (validation and test alike)
     evaluated = None if rows is None else (rows.validation or rows.test)
@@ -90,8 +109,9 @@ def save(
         "rounds": int(progress.records.count),
         "metrics": metrics,
         "has_initial": progress.initial is not None,
+        "train_stream": train.position() if isinstance(train, BatchReader) else None,
     }
-    saver.save(tree, extra, step)
+    saver.save(tree, extra, int(carry[0].step))
 
 
 def restore(
@@ -100,8 +120,12 @@ def restore(
     progress: Progress,
     initial: Any,
     empty_record: Callable[[list[str] | None], RoundRecord],
+    train: Any = None,
 ) -> tuple[Any, Progress] | None:
     """The newest intact checkpoint's carry and progress, or None without one.
+
+    A training stream (``train``, a :class:`BatchReader`) continues from the
+    saved position when the checkpoint holds one.
 
     Args:
         saver: the call's checkpointer.
@@ -112,6 +136,7 @@ def restore(
         empty_record: ``empty_record(metric_names)``, a record stacked over zero
             rounds with those validation metrics: the template of the saved
             records.
+        train: the call's training source.
     """
 
     def template(extra: dict) -> dict:
@@ -127,6 +152,8 @@ def restore(
     if restored is None:
         return None
     tree, extra = restored
+    if isinstance(train, BatchReader):
+        train.set_position(extra.get("train_stream"))
     records = RecordRows(progress.records.capacity)
     if tree["records"] is not None:
         records.extend(tree["records"], int(extra["rounds"]))
@@ -134,3 +161,54 @@ def restore(
         int(extra["next_segment"]), records, tree["initial"], tree["burn_values"]
     )
     return tree["carry"], resumed
+
+
+class StopOnInterrupt:
+    """Ctrl-C sets ``requested`` (stop after the round); a second one aborts.
+
+    Only in the main thread (signals are delivered there), and only where
+    SIGINT is not ignored (a background job's, ``nohup``'s): elsewhere a no-op.
+    """
+
+    def __init__(self):
+        self.requested, self.previous = False, None
+
+    def __enter__(self):
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "tempering: stopping after the round in progress (Ctrl-C again aborts)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def warn_interrupted(step: int, checkpointed: bool, final_lost: bool) -> None:
+    """The warning of a call that Ctrl-C stopped at ``step``."""
+    how = (
+        "call again with the same arguments to resume"
+        if checkpointed
+        else "give checkpoint_dir= to resume exactly"
+    )
+    lost = (
+        "; a second Ctrl-C stopped the final evaluation, so final is None"
+        if final_lost
+        else ""
+    )
+    warn(
+        f"interrupted: stopped at step {step} after a whole round; the result "
+        f"holds the rounds done ({how}){lost}",
+        RuntimeWarning,
+    )

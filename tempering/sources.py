@@ -12,6 +12,22 @@ Training data is either
   driver pulls a segment's batches at once and sends them to the device
   together, so there is no host round trip per step.
 
+Every streamed training batch is checked on the host before it trains: it
+must have the first batch's shapes and dtypes, finite float values, and, with
+the default loss (:func:`tempering.state.cross_entropy`), integer class
+indices in ``[0, num_classes)`` (the model's output size). A bad batch is a
+:class:`BatchError` (a ValueError) naming its index, raised before it trains;
+:func:`tempering.train` attaches to it the replicas after the last round that
+ended finite and the history, so nothing trained is lost.
+
+A stream whose iterator can save its position (``get_state()`` and
+``set_state()``, as grain's ``DataLoader`` and dataset iterators can) is
+checkpointed with the run: ``BatchReader.position`` is the iterator's state
+(JSON) before the next batch to train, whatever the reader has peeked, and a
+resumed call sets it, so it trains on the same batches, bit for bit. Any other
+iterable cannot be rewound: a resumed call reads on from wherever the given
+iterator is.
+
 Evaluation data (validation, test) is in memory, or a *re-iterable* of batches
 (a list, a ``tf.data`` / tfds dataset, a grain loader) or a function returning
 a fresh iterator: it is read once per round.
@@ -19,6 +35,8 @@ a fresh iterator: it is read once per round.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -27,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tempering import sharding
+from tempering._caller import warn
 from tempering.data import Split
 from tempering.state import ReplicaState, cross_entropy
 from tempering.step import check_model_takes
@@ -37,12 +56,15 @@ if TYPE_CHECKING:
 __all__ = [
     "BATCH_KEYS",
     "ArraySource",
+    "BatchError",
     "BatchReader",
+    "BatchSpec",
     "IterableSource",
     "RunSources",
     "as_eval_source",
     "as_train_source",
     "batch_pair",
+    "check_batch",
     "prepare_sources",
 ]
 
@@ -68,27 +90,170 @@ class IterableSource(NamedTuple):
     restartable: bool  # False for a generator or iterator: it is read only once
 
 
+class BatchError(ValueError):
+    """A streamed training batch that cannot train, named by its index.
+
+    Raised on the host before the batch trains. :func:`tempering.train` sets
+    ``state`` and ``move_state`` (the replicas and move state after the last
+    round that ended finite: the call's start when none did) and ``history``
+    (the rounds done); they stay None for a batch refused before training.
+
+    Attributes:
+        index: the batch's index in the stream, counting from 0 at the first
+            batch this call read (at the stream's start after a resume that
+            restored the stream's position).
+    """
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index
+        self.state = self.move_state = self.history = None
+
+
+class BatchSpec(NamedTuple):
+    """What every streamed training batch must match (the first batch's layout)."""
+
+    inputs: tuple[tuple[int, ...], np.dtype]  # shape and dtype
+    targets: tuple[tuple[int, ...], np.dtype]
+    num_classes: int | None  # the model's outputs with the default loss, else None
+
+
+def _layout(array: np.ndarray) -> tuple[tuple[int, ...], np.dtype]:
+    return tuple(array.shape), array.dtype
+
+
+def check_batch(
+    x: np.ndarray, y: np.ndarray, spec: BatchSpec, index: int, name: str
+) -> None:
+    """Raises :class:`BatchError` unless batch ``index`` of ``name`` fits ``spec``."""
+    problem = None
+    if spec.num_classes is not None:
+        found = _label_problem(y, spec.num_classes, len(spec.targets[0]))
+        problem = found and found[1]
+    for part, array, expected in (
+        ("inputs", x, spec.inputs),
+        ("targets", y, spec.targets),
+    ):
+        if problem is None and _layout(array) != expected:
+            problem = (
+                f"{part} have shape {array.shape} and dtype {array.dtype}, the first "
+                f"batch's {expected[0]} and {expected[1]}: every batch needs the "
+                "first's shape and dtype (drop or pad a smaller last batch)"
+            )
+        if problem is None and np.issubdtype(array.dtype, np.inexact):
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            if bad:
+                problem = (
+                    f"{part} hold {bad} non-finite values (NaN or inf); every replica "
+                    "trains on the same batch, so all would diverge. Clean or drop it"
+                )
+    if problem is not None:
+        raise BatchError(
+            f"{name} batch {index} (counting from 0) is refused before it trains: "
+            f"{problem}",
+            index,
+        )
+
+
+def _encode_state(state: Any) -> dict:
+    """An iterator's state as JSON (bytes, as a grain ``DataLoader`` gives, in base64)."""
+    if isinstance(state, bytes):
+        return {"bytes": base64.b64encode(state).decode("ascii")}
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.generic):
+            return value.item()
+        raise TypeError(f"{type(value).__name__} is not JSON")
+
+    return {"json": json.loads(json.dumps(state, default=plain))}
+
+
+def _decode_state(saved: dict) -> Any:
+    if "bytes" in saved:
+        return base64.b64decode(saved["bytes"])
+    return saved["json"]
+
+
+def _can_save(iterator: Any) -> bool:
+    return callable(getattr(iterator, "get_state", None)) and callable(
+        getattr(iterator, "set_state", None)
+    )
+
+
 class BatchReader:
-    """Reads training batches; a restartable source starts a new pass when done."""
+    """Reads and checks training batches; a restartable source starts a new pass.
+
+    ``count`` is the number of batches read from the stream (peeked ones
+    included): the index of the next batch read.
+    """
 
     def __init__(self, source: IterableSource, name: str):
         self._source, self._name = source, name
         self._iterator = source.make_iterator()
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self.batches_read = 0
+        # (batch, the iterator's state before it, or None when it cannot save)
+        self._pending: list[tuple[tuple[np.ndarray, np.ndarray], Any]] = []
+        self._spec: BatchSpec | None = None
+        self._unsaved_warned = False
+        self.count = 0
+
+    @property
+    def batches_read(self) -> int:
+        """Batches taken so far (the index of the next batch :meth:`take` gives)."""
+        return self.count - len(self._pending)
+
+    def expect(self, spec: BatchSpec) -> None:
+        """Checks every batch from now on (and the peeked ones) against ``spec``."""
+        self._spec = spec
+        first = self.batches_read
+        for offset, (batch, _) in enumerate(self._pending):
+            check_batch(*batch, spec, first + offset, self._name)
 
     def peek(self) -> tuple[np.ndarray, np.ndarray]:
         """The next batch, kept for the next :meth:`take`."""
         if not self._pending:
-            self._pending = self._read(1)
-            self.batches_read -= 1
-        return self._pending[0]
+            state = self._iterator.get_state() if _can_save(self._iterator) else None
+            self._pending = [(self._read(1)[0], state)]
+        return self._pending[0][0]
 
     def take(self, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """The next ``count`` batches as numpy ``(inputs, targets)`` pairs."""
         out, self._pending = self._pending[:count], self._pending[count:]
-        self.batches_read += len(out)
-        return out + self._read(count - len(out))
+        return [batch for batch, _ in out] + self._read(count - len(out))
+
+    def position(self) -> dict | None:
+        """Where the next batch taken comes from (JSON), or None: cannot be saved.
+
+        The iterator's state before the first peeked batch (if any), else now.
+        """
+        if not _can_save(self._iterator):
+            return None
+        state = self._pending[0][1] if self._pending else self._iterator.get_state()
+        try:
+            return {"batches": self.batches_read, "state": _encode_state(state)}
+        except (TypeError, ValueError) as error:
+            if not self._unsaved_warned:
+                self._unsaved_warned = True
+                warn(
+                    f"{self._name}: its iterator's get_state() is not JSON ({error}); "
+                    "checkpoints do not hold the stream's position, and a resumed "
+                    "call reads on from wherever the iterator is",
+                    RuntimeWarning,
+                )
+            return None
+
+    def set_position(self, position: dict | None) -> None:
+        """Continues from a :meth:`position` (None: from wherever the iterator is)."""
+        if position is None:
+            return
+        if not _can_save(self._iterator):
+            raise ValueError(
+                f"the checkpoint holds the position of a stream that can be rewound, "
+                f"but this call's {self._name} has no set_state(): resume with the "
+                "same kind of stream (e.g. the grain dataset or loader of the run)"
+            )
+        self._iterator.set_state(_decode_state(position["state"]))
+        self._pending = []
+        self.count = int(position["batches"])
 
     def _read(self, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
         out: list[tuple[np.ndarray, np.ndarray]] = []
@@ -99,15 +264,18 @@ class BatchReader:
             except StopIteration:
                 if not self._source.restartable or restarted:
                     raise ValueError(
-                        f"{self._name} ran out after {self.batches_read} batches; "
+                        f"{self._name} ran out after {self.count} batches; "
                         "give more batches (e.g. repeat the dataset) or fewer "
                         "num_steps"
                     ) from None
                 self._iterator, restarted = self._source.make_iterator(), True
                 continue
             restarted = False
-            out.append(batch_pair(element, self._name))
-            self.batches_read += 1
+            batch = batch_pair(element, self._name)
+            if self._spec is not None:
+                check_batch(*batch, self._spec, self.count, self._name)
+            out.append(batch)
+            self.count += 1
         return out
 
 
@@ -207,8 +375,12 @@ def as_eval_source(data: Any, name: str) -> ArraySource | IterableSource:
 
 def _check_compatible(
     state: ReplicaState, inputs: Any, targets: Any, name: str, metrics_fn: Any
-) -> None:
-    """Model, loss and metrics accept one example of ``name``, before compiling."""
+) -> Any:
+    """Model, loss and metrics accept one example of ``name``; the model's output.
+
+    Checked before compiling; the output is a ``jax.ShapeDtypeStruct`` of
+    shape ``(1, ...)``.
+    """
     out = check_model_takes(state, inputs, name, axis=0)
     y = jax.ShapeDtypeStruct((1, *np.shape(targets)[1:]), jnp.result_type(targets))
     classification = state.loss_fn is cross_entropy
@@ -224,24 +396,42 @@ def _check_compatible(
             f"with targets {y.shape[1:]} per example ({type(error).__name__}: "
             f"{str(error).splitlines()[0][:200]})"
         ) from error
+    return out
 
 
 def _check_labels(targets: Any, out: Any, name: str) -> None:
-    labels = np.asarray(targets)
+    """``targets`` (N, ...) are class indices for outputs ``out`` (1, ..., C)."""
+    found = _label_problem(np.asarray(targets), out.shape[-1], len(out.shape) - 1)
+    if found is not None:
+        raise found[0](f"{name} {found[1]}")
+
+
+def _label_problem(
+    labels: np.ndarray, num_classes: int, rank: int
+) -> tuple[type[Exception], str] | None:
+    """What is wrong with ``labels`` for the default loss (``rank``: their ndim)."""
     if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(
-            f"{name} labels must be integers for the default cross-entropy loss, got "
-            f"{labels.dtype}; for regression or other targets pass loss_fn= to "
-            "create_replicas (e.g. a mean squared error)"
+        return TypeError, (
+            "labels must be integers (class indices) for the default cross-entropy "
+            f"loss, got {labels.dtype}; for one-hot or soft labels pass loss_fn= to "
+            "create_replicas (e.g. optax.softmax_cross_entropy), for regression or "
+            "other targets a loss of your own (e.g. a mean squared error)"
         )
-    num_classes = out.shape[-1]
+    if labels.ndim == rank + 1 and labels.shape[-1] == num_classes:
+        return ValueError, (
+            f"labels of shape {labels.shape} look one-hot: the default cross-entropy "
+            "loss takes integer class indices (labels.argmax(-1)); for one-hot or "
+            "soft labels pass loss_fn= to create_replicas (e.g. "
+            "optax.softmax_cross_entropy)"
+        )
     if labels.size:
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"{name} labels must lie in [0, {num_classes}) (the model has "
+            return ValueError, (
+                f"labels must lie in [0, {num_classes}) (the model has "
                 f"{num_classes} outputs), got values in [{low}, {high}]"
             )
+    return None
 
 
 def _first_batch(source: IterableSource, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -305,10 +495,12 @@ def prepare_sources(
         sample = train.inputs
     else:
         train = BatchReader(given, "train_data")
-        x, y = train.peek()
+        x, y = first = train.peek()
         if not config.shared_batch:  # (M, B, ...) batches: check one replica's
             x, y = x[0], y[0]
-        _check_compatible(state, x, y, "train_data", metrics_fn)
+        out = _check_compatible(state, x, y, "train_data", metrics_fn)
+        classes = out.shape[-1] if state.loss_fn is cross_entropy else None
+        train.expect(BatchSpec(*map(_layout, first), classes))
         sample = x
     validation = test = None
     if data.validation is not None:

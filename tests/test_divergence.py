@@ -126,3 +126,61 @@ def test_pbt_flags_too(tx, blobs):
     assert result.history.diverged[0].tolist() == [True, False, False, False]
     assert result.history.copied[0, 0]  # the worst (NaN) replica was exploited
     assert not result.summary.diverged.any()
+
+
+def test_every_replica_diverged_carries_the_last_finite_state(tx, blobs):
+    """Targets of 1e30 from batch 25 on: every loss is inf in round 2."""
+    (x, y), (xv, yv) = blobs
+    targets = np.eye(3, dtype=np.float32)[y]
+
+    def mse(outputs, targets):
+        return jnp.mean((outputs - targets) ** 2, axis=-1)
+
+    def stream(huge_from):
+        for index in range(100):
+            i = 32 * (index % 8)
+            scale = 1e30 if index >= huge_from else 1.0
+            yield x[i : i + 32], targets[i : i + 32] * scale
+
+    state = tp.create_replicas(
+        jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LADDER, loss_fn=mse
+    )
+    common = dict(
+        validation_data=(xv, np.eye(3, dtype=np.float32)[yv]), exchange_interval=10,
+        burn_in=0, c=0.1, batch_size=32,
+    )  # fmt: skip
+    with pytest.raises(divergence.DivergenceError, match="round 2, by step 30") as e:
+        tp.pt_train(state, LADDER, jax.random.key(1), train_data=stream(25),
+                    num_steps=40, **common)  # fmt: skip
+    clean = tp.pt_train(state, LADDER, jax.random.key(1), train_data=stream(100),
+                        num_steps=20, **common)  # fmt: skip
+    error = e.value
+    assert int(error.state.step) == 20  # after round 1, the last that ended finite
+    for a, b in zip(
+        jax.tree.leaves((error.state.params, error.state.opt_state)),
+        jax.tree.leaves((clean.state.params, clean.state.opt_state)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(error.move_state.rungs, clean.move_state.rungs)
+    np.testing.assert_array_equal(error.history.step, clean.history.step)
+    np.testing.assert_array_equal(error.history.val_loss, clean.history.val_loss)
+
+
+def test_the_warning_names_the_values_the_replica_diverged_with(tx, blobs):
+    """A restored replica scores as its source and may swap rungs in the move."""
+    ladder = tp.make_ladder(learning_rate=[0.01, 0.02, 0.05, 8.0])
+    (x, _), _ = blobs
+    state = tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:4], ladder=ladder)
+    bad = poisoned(state, [False, False, False, True])
+    with pytest.warns(RuntimeWarning, match="diverged") as caught:
+        result = tp.pt_train(
+            bad, ladder, jax.random.key(1), train_data=blobs[0],
+            validation_data=blobs[1], num_steps=15, exchange_interval=10, burn_in=5,
+            c=0.1, batch_size=32, on_diverge="restore",
+        )  # fmt: skip
+    # The move sent replica 3 to the colder rung (it scored as replica 2) ...
+    assert result.history.hyperparams["learning_rate"][0, 3] == np.float32(0.05)
+    # ... but it diverged with learning rate 8.
+    (message,) = [str(w.message) for w in caught if "diverged" in str(w.message)]
+    assert message.startswith("replica 3 (") and "learning_rate=8)" in message

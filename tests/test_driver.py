@@ -693,3 +693,48 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("case", bad_input_params(BAD_INPUTS))
 def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
     check_raises_before_compiling(ctx, compiled, case)
+
+
+# --- Ctrl-C during the final evaluation ----------------------------------------
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_during_the_final_evaluation_keeps_the_run(state, blobs, presses):
+    import os
+    import signal
+    import time
+
+    (x, y), (xv, yv) = blobs
+    armed = []
+
+    def validation():  # read at every round's end and at the call's end
+        if armed and not armed[0]:
+            armed[0] = True
+            for _ in range(presses):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler runs once per press
+        return iter([(xv, yv)])
+
+    def arm_at_the_last_round(record):
+        if record.round == 1:
+            armed.append(False)
+
+    config = tp.RunConfig(num_steps=20, interval=10, callback=arm_at_the_last_round)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.warns(RuntimeWarning, match="interrupted") as caught:
+            result = tp.train(state, jax.random.key(0), tp.identity_move(),
+                              tp.RunData((x, y), validation=validation), config)  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert armed == [True] and result.interrupted
+    assert len(result.history.step) == 2 and int(result.state.step) == 20
+    plain = tp.train(state, jax.random.key(0), tp.identity_move(),
+                     tp.RunData((x, y), validation=(xv, yv)),
+                     config.replace(callback=None))  # fmt: skip
+    assert leaves_equal(result.state.params, plain.state.params)
+    if presses == 1:  # the evaluation finished
+        np.testing.assert_allclose(result.final.loss, plain.final.loss, rtol=1e-6)
+    else:  # the second press stopped it: the rounds are kept, final is None
+        assert result.final is None and result.final_score is None
+        assert any("final is None" in str(w.message) for w in caught)

@@ -1,0 +1,220 @@
+"""Data sources: streams checked batch by batch, and resumed where they were."""
+
+import jax
+import numpy as np
+import pytest
+from conftest import TinyMLP
+
+import tempering as tp
+from tempering.sources import BatchError, BatchReader, as_train_source
+
+LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2])
+
+grain = pytest.importorskip("grain")
+
+
+@pytest.fixture(scope="module")
+def state(tx, blobs):
+    (x, _), _ = blobs
+    return tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LADDER)
+
+
+def leaves_equal(a, b):
+    return all(
+        np.array_equal(u, v)
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+def history_equal(a, b):
+    return leaves_equal(
+        (a.step, a.train_loss, a.val_loss, a.rungs, a.hyperparams),
+        (b.step, b.train_loss, b.val_loss, b.rungs, b.hyperparams),
+    )
+
+
+def pt(state, blobs, train_data, **kwargs):
+    settings = dict(
+        train_data=train_data, validation_data=blobs[1], num_steps=40,
+        exchange_interval=10, burn_in=0, c=0.1, batch_size=32,
+    )  # fmt: skip
+    settings.update(kwargs)
+    return tp.pt_train(state, LADDER, jax.random.key(1), **settings)
+
+
+def stream(x, y, bad_at=None, change=None):
+    """Batches of 32 in a fixed cyclic order; ``change`` spoils batch ``bad_at``."""
+    index = 0
+    while True:
+        for i in range(0, len(y) - 31, 32):
+            batch = (x[i : i + 32], y[i : i + 32])
+            yield change(*batch) if index == bad_at else batch
+            index += 1
+
+
+# --- resume where the stream was --------------------------------------------------
+
+
+def grain_dataset(blobs):
+    (x, y), _ = blobs
+    records = [{"image": x[i], "label": y[i]} for i in range(len(y))]
+    return grain.MapDataset.source(records).shuffle(seed=0).repeat().batch(32)
+
+
+def grain_loader(blobs):
+    (x, y), _ = blobs
+    records = [{"image": x[i], "label": y[i]} for i in range(len(y))]
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(records), shuffle=True, seed=0, num_epochs=None
+    )
+    loader = grain.DataLoader(
+        data_source=records, sampler=sampler, worker_count=0,
+        operations=[grain.transforms.Batch(32, drop_remainder=True)],
+    )  # fmt: skip
+    return iter(loader)  # its get_state() is bytes
+
+
+def iter_dataset(blobs):
+    # no read-ahead threads: the tests share two cores
+    options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+    return grain_dataset(blobs).to_iter_dataset(options)
+
+
+STREAMS = {
+    "iter_dataset": iter_dataset,  # re-iterable
+    "dataset_iterator": lambda blobs: iter(iter_dataset(blobs)),
+    "data_loader": grain_loader,
+}
+
+
+class CrashError(Exception):
+    pass
+
+
+def crash_at(round_index):
+    def callback(record):
+        if record.round == round_index:
+            raise CrashError
+
+    return callback
+
+
+@pytest.mark.parametrize("kind", sorted(STREAMS))
+def test_a_grain_stream_resumes_bit_for_bit(state, blobs, tmp_path, kind):
+    make = STREAMS[kind]
+    reference = pt(state, blobs, make(blobs))
+    with pytest.raises(CrashError):
+        pt(state, blobs, make(blobs), checkpoint_dir=tmp_path, callback=crash_at(2))
+    rounds_seen = []
+    resumed = pt(
+        state, blobs, make(blobs), checkpoint_dir=tmp_path,
+        callback=lambda r: rounds_seen.append(r.round),
+    )  # fmt: skip
+    assert rounds_seen[0] == 2  # resumed after round 1, from a fresh stream
+    assert leaves_equal(resumed.state.params, reference.state.params)
+    assert leaves_equal(resumed.state.opt_state, reference.state.opt_state)
+    assert history_equal(resumed.history, reference.history)
+
+
+def test_the_saved_position_ignores_a_peeked_batch(blobs):
+    dataset = iter_dataset(blobs)
+    reader = BatchReader(as_train_source(dataset, "train_data", 32), "train_data")
+    reader.peek()  # read ahead, not taken
+    start = reader.position()
+    assert start["batches"] == 0
+    taken = reader.take(3)
+    again = BatchReader(as_train_source(dataset, "train_data", 32), "train_data")
+    again.take(5)
+    again.set_position(start)
+    assert leaves_equal(again.take(3), taken)
+    middle = reader.position()
+    assert middle["batches"] == 3
+    assert leaves_equal(again.take(2), reader.take(2))
+    assert again.position() == reader.position() != middle
+
+
+def test_a_generator_has_no_position(blobs):
+    (x, y), _ = blobs
+    reader = BatchReader(as_train_source(stream(x, y), "train_data", 32), "train_data")
+    reader.peek()
+    assert reader.position() is None
+    reader.set_position(None)  # reads on from wherever it is
+    with pytest.raises(ValueError, match="has no set_state"):
+        reader.set_position({"batches": 2, "state": {"json": {}}})
+
+
+# --- every batch checked before it trains ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def after_two_rounds(state, blobs):
+    (x, y), _ = blobs
+    return pt(state, blobs, stream(x, y), num_steps=20)
+
+
+def nan_inputs(x, y):
+    x = np.array(x, copy=True)
+    x[3, 1] = np.nan
+    return x, y
+
+
+BAD_BATCHES = {
+    "label_99": (lambda x, y: (x, np.full_like(y, 99)), r"labels must lie in \[0, 3\)"),
+    "label_-1": (lambda x, y: (x, np.where(y == 0, -1, y)), r"got values in \[-1, 2\]"),
+    "float_labels": (
+        lambda x, y: (x, y.astype(np.float32)),
+        r"labels must be integers \(class indices\).*got float32",
+    ),
+    "one_hot_float": (
+        lambda x, y: (x, np.eye(3, dtype=np.float32)[y]),
+        r"integers \(class indices\).*one-hot or soft labels pass loss_fn=",
+    ),
+    "one_hot_int": (
+        lambda x, y: (x, np.eye(3, dtype=y.dtype)[y]),
+        r"labels of shape \(32, 3\) look one-hot.*loss_fn=",
+    ),
+    "shape": (lambda x, y: (x[:16], y[:16]), r"inputs have shape \(16, 5\)"),
+    "dtype": (lambda x, y: (x.astype(np.float64), y), r"dtype float64"),
+    "nan": (nan_inputs, r"inputs hold 1 non-finite values"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_BATCHES))
+def test_a_bad_batch_is_named_and_refused_before_it_trains(
+    state, blobs, after_two_rounds, bad
+):
+    (x, y), _ = blobs
+    change, match = BAD_BATCHES[bad]
+    seen = []
+    with pytest.raises(BatchError, match=rf"train_data batch 25 .*{match}") as caught:
+        pt(state, blobs, stream(x, y, 25, change), callback=seen.append)
+    error = caught.value
+    assert isinstance(error, ValueError) and error.index == 25
+    assert [r.round for r in seen] == [0, 1]  # batch 25 is in round 2's segment
+    # It carries what trained: the state after the last round, bit for bit.
+    assert int(error.state.step) == 20
+    assert leaves_equal(error.state.params, after_two_rounds.state.params)
+    assert history_equal(error.history, after_two_rounds.history)
+    np.testing.assert_array_equal(
+        error.move_state.rungs, after_two_rounds.move_state.rungs
+    )
+
+
+def test_nan_in_batch_200_of_a_generator_keeps_the_rounds_done(state, blobs):
+    (x, y), _ = blobs
+    kwargs = dict(num_steps=250, exchange_interval=50)
+    with pytest.raises(BatchError, match="train_data batch 200 .*non-finite") as caught:
+        pt(state, blobs, stream(x, y, 200, nan_inputs), **kwargs)
+    clean = pt(state, blobs, stream(x, y), **dict(kwargs, num_steps=200))
+    error = caught.value
+    assert int(error.state.step) == 200
+    assert leaves_equal(error.state.params, clean.state.params)
+    assert history_equal(error.history, clean.history)
+
+
+def test_one_hot_labels_in_memory_say_they_must_be_class_indices(state, blobs):
+    (x, y), val = blobs
+    with pytest.raises(TypeError, match=r"class indices.*one-hot or soft labels"):
+        pt(state, blobs, (x, np.eye(3, dtype=np.float32)[y]))
+    with pytest.raises(ValueError, match=r"look one-hot"):
+        pt(state, blobs, (x, np.eye(3, dtype=np.int32)[y]))
