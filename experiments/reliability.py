@@ -264,11 +264,23 @@ def worker(spec: dict[str, Any]) -> None:
 
 
 def spawn(spec: dict[str, Any], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "experiments.reliability", "--worker", json.dumps(spec)],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        text=True,
-    )  # fmt: skip
+    """The child running ``worker(spec)``; its stderr goes to ``<out>.stderr``."""
+    with open(Path(spec["out"]).with_suffix(".stderr"), "w") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "experiments.reliability", "--worker",
+             json.dumps(spec)],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr,
+            text=True,
+        )  # fmt: skip
+
+
+def child_error(spec: dict[str, Any]) -> str | None:
+    """The last line of a child's traceback, if it raised."""
+    path = Path(spec["out"]).with_suffix(".stderr")
+    lines = path.read_text().splitlines() if path.exists() else []
+    if not any(line.startswith("Traceback") for line in lines):
+        return None
+    return next((line for line in reversed(lines) if line.strip()), None)
 
 
 # --- observing a call -----------------------------------------------------------
@@ -519,8 +531,13 @@ def kill_row(ctx: Context, phase: str) -> Row:
     stdout, _ = child.communicate(timeout=600)
     killed = child.returncode == -signal.SIGKILL
     said = [line for line in stdout.splitlines() if line.startswith("SIGKILL")]
-    steps = step_dirs(directory)
-    leftovers = sorted(p.name for p in directory.iterdir() if not p.name.isdigit())
+    steps = step_dirs(directory) if directory.exists() else []
+    leftovers = (
+        sorted(p.name for p in directory.iterdir() if not p.name.isdigit())
+        if directory.exists()
+        else []
+    )
+    crashed = child_error(spec)
     saving = [int(m) for m in re.findall(r"^save \d+ step (\d+)$", stdout, re.M)]
     outcome = ctx.call(directory)
     newest = max(steps) if steps else None
@@ -537,7 +554,8 @@ def kill_row(ctx: Context, phase: str) -> Row:
     elif phase == "after_rename":  # the killed save is committed
         passed = passed and bool(saving) and newest == saving[-1]
     observed = (
-        ("killed (SIGKILL), " if killed else f"NOT killed (exit {child.returncode}), ")
+        ("killed (SIGKILL), " if killed else f"NOT killed (exit {child.returncode}"
+         + (f": {ctx.short(crashed)}" if crashed else "") + "), ")
         + f"left steps {steps}"
         + (f" and {leftovers}" if leftovers else "")
         + "; then " + ctx.describe(outcome)
@@ -553,7 +571,8 @@ def kill_row(ctx: Context, phase: str) -> Row:
         observed, expected.format(r=expected_round), passed,
         time.perf_counter() - start,
         {"steps_left": steps, "other_entries": leftovers, "saves_started": saving,
-         "first_round": outcome.first_round, "returncode": child.returncode},
+         "first_round": outcome.first_round, "returncode": child.returncode,
+         "child_error": crashed},
     )  # fmt: skip
 
 
@@ -669,9 +688,11 @@ def concurrent_row(ctx: Context) -> Row:
         and bit_for_bit(again.result, ctx.reference)
     )  # fmt: skip
     unlocked = not (directory / ".tempering-lock").exists()
+    crashed = child_error(spec)
     observed = (
         ctx.describe(second) + f" (after {second.seconds:.2f} s); the first "
-        + ("finished, result bit for bit" if first_same else "did NOT finish intact")
+        + ("finished, result bit for bit" if first_same else "did NOT finish intact"
+           + (f" ({ctx.short(crashed)})" if crashed else ""))
         + "; a third call on the folder " + ctx.describe(again)
         + ("; lock released" if unlocked else "; lock LEFT")
     )  # fmt: skip
@@ -689,7 +710,8 @@ def concurrent_row(ctx: Context) -> Row:
         "the second fails at once (ValueError naming the holder's process and host); the first finishes, bit for bit; its checkpoints intact",
         passed, time.perf_counter() - start,
         {"holder_pid": holder, "second_error": repr(second.error),
-         "second_seconds": second.seconds, "first_returncode": first.returncode},
+         "second_seconds": second.seconds, "first_returncode": first.returncode,
+         "child_error": crashed},
     )  # fmt: skip
 
 
@@ -952,7 +974,15 @@ def main(argv=None) -> dict[str, Any]:
     try:
         for name in order:
             began = time.perf_counter()
-            row = FAULTS[name](ctx)
+            try:
+                row = FAULTS[name](ctx)
+            except Exception as error:  # the injection itself failed: a failed row
+                row = Row(
+                    name, "(the injection failed)",
+                    f"{type(error).__name__}: {ctx.short(str(error))}",
+                    "the fault injected and the library's response measured", False,
+                    time.perf_counter() - began, {"error": repr(error)},
+                )  # fmt: skip
             row.details["name"] = name
             rows.append(row)
             print(f"[{'pass' if row.passed else 'FAIL'}] {row.fault} "
