@@ -15,7 +15,7 @@ loops, the vectorisation rewrite, data sources) sits in :mod:`tempering.loops`,
 :mod:`tempering.diagnostics` serve them.
 """
 
-from tempering import diagnostics
+from tempering import diagnostics, frontends
 from tempering.config import RunConfig, RunData
 from tempering.divergence import DivergenceError
 from tempering.driver import RunResult, train
@@ -37,6 +37,7 @@ from tempering.pbt import (
 from tempering.records import History, RoundRecord
 from tempering.replay import best_schedule, replay_schedule
 from tempering.sharding import replicate, shard_replicas
+from tempering.sources import BatchError
 from tempering.state import EvalMetrics, ReplicaState, create_replicas, replica, sgd
 from tempering.step import evaluate, train_step
 from tempering.training import PTResult, PTSummary, pt_train
@@ -44,6 +45,7 @@ from tempering.training import PTResult, PTSummary, pt_train
 __version__ = "0.4.0"
 
 __all__ = [
+    "BatchError",
     "DivergenceError",
     "Dropout",
     "EvalMetrics",
@@ -65,6 +67,7 @@ __all__ = [
     "best_schedule",
     "create_replicas",
     "diagnostics",
+    "frontends",
     "evaluate",
     "exchange",
     "exchange_move",

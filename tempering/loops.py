@@ -21,7 +21,6 @@ import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +28,7 @@ import numpy as np
 from tempering.fast import _contains
 from tempering.sharding import keep_sharded
 from tempering.sources import ArraySource, BatchReader, IterableSource, batch_pair
-from tempering.state import EvalMetrics, MetricsFn, ReplicaState, model_kwargs
+from tempering.state import EvalMetrics, MetricsFn, ReplicaState
 from tempering.step import (
     Totals,
     add_chunk,
@@ -82,9 +81,12 @@ def resolve_loop(
 
 
 @functools.cache
-def _convolves(model: nn.Module, shape: tuple, dtype: Any, kwargs: tuple) -> bool:
+def _convolves(model: Any, shape: tuple, dtype: Any, inputs: tuple) -> bool:
     sample = jax.ShapeDtypeStruct((1, *shape), dtype)
-    init = functools.partial(model.init, **dict(kwargs))
+
+    def init(key, x):
+        return model.init(key, x, dict(inputs))
+
     jaxpr = jax.make_jaxpr(init)(jax.random.key(0), sample)
     return _contains(jaxpr.jaxpr, frozenset({"conv_general_dilated"}))
 
@@ -93,11 +95,10 @@ def loop_for(state: ReplicaState, sample: Any, loop: str) -> str:
     """``loop`` with ``"auto"`` resolved for this model fed batches like ``sample``."""
     if loop != "auto":
         return resolve_loop(loop)
-    inputs = {name: 0.0 for name in state.model_inputs}
-    kwargs = tuple(sorted(model_kwargs(state.train_kwarg, False, inputs).items()))
+    inputs = tuple((name, 0.0) for name in sorted(state.model_inputs))
     shape, dtype = tuple(np.shape(sample)[1:]), jnp.result_type(sample)
     return resolve_loop(
-        "auto", has_convolution=_convolves(state.model, shape, dtype, kwargs)
+        "auto", has_convolution=_convolves(state.model, shape, dtype, inputs)
     )
 
 

@@ -68,7 +68,7 @@ from tempering.hyperparams import (
     set_hyperparams,
 )
 from tempering.ladder import HYPERPARAMETERS
-from tempering.records import History, metric_of
+from tempering.records import History, final_or_last, metric_of
 from tempering.state import MetricsFn, ReplicaState, check_key, default_metrics
 
 __all__ = [
@@ -517,7 +517,7 @@ def pbt_train(
     callback: Callback | None = None,
     vectorize: str = "auto",
     loop: str = "auto",
-    progress: bool = False,
+    progress: bool | None = None,
     devices: Sequence[jax.Device] | None = None,
     on_diverge: str = "flag",
     checkpoint_dir: str | os.PathLike | None = None,
@@ -564,7 +564,8 @@ def pbt_train(
         callback: ``callback(record)`` after every round; truthy stops.
         vectorize: how layers are batched over replicas (``tempering.fast``).
         loop: ``"auto"``, ``"device"`` or ``"host"`` (:mod:`tempering.loops`).
-        progress: show a tqdm progress bar.
+        progress: a tqdm progress bar: True, False, or None (the default): on
+            in a notebook (a Jupyter or IPython kernel), off elsewhere (scripts, CI).
         devices: split the replicas over these devices.
         on_diverge: ``"flag"`` or ``"restore"`` (:mod:`tempering.divergence`).
         checkpoint_dir: save checkpoints here and resume from the latest.
@@ -630,8 +631,10 @@ def pbt_train(
 
 def pbt_summary(run: RunResult) -> PBTSummary:
     """The summary of a PBT call, from its :class:`~tempering.driver.RunResult`."""
-    final = run.final
-    best = best_index(run.final_score)
+    final, final_score = final_or_last(
+        run.final, run.final_score, run.history, run.state.num_replicas
+    )
+    best = best_index(final_score)
     return PBTSummary(
         num_copies=int(run.history.copied.sum()),
         best_replica=best,

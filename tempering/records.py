@@ -22,7 +22,14 @@ import numpy as np
 
 from tempering.state import EvalMetrics
 
-__all__ = ["History", "RecordRows", "RoundRecord", "concatenate", "metric_of"]
+__all__ = [
+    "History",
+    "RecordRows",
+    "RoundRecord",
+    "concatenate",
+    "final_or_last",
+    "metric_of",
+]
 
 
 def metric_of(metrics: dict[str, np.ndarray], name: str, where: str) -> np.ndarray:
@@ -180,6 +187,23 @@ def concatenate(histories: Sequence[History]) -> History:
         ) from error
     first, last = histories[0], histories[-1]
     return first._replace(**rounds, num_steps=last.num_steps)
+
+
+def final_or_last(
+    final: EvalMetrics | None, final_score: Any, history: History, num: int
+) -> tuple[EvalMetrics, np.ndarray]:
+    """The call's final evaluation and scores; the last round's when there is none.
+
+    A second Ctrl-C during the final evaluation leaves ``final`` None: the
+    summaries then report the last round's validation (NaN without rounds).
+    """
+    if final is not None:
+        return final, np.asarray(final_score)
+    if history.validation is not None and len(history.step):
+        last = jax.tree.map(lambda x: np.asarray(x)[-1], history.validation)
+        return last, np.asarray(history.score)[-1]
+    nan = np.full((num,), np.nan, np.float32)
+    return EvalMetrics(nan, {}), nan
 
 
 class RecordRows:

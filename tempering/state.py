@@ -5,34 +5,31 @@ Every per-replica leaf has leading axis M. Replica m's hyperparameters are
 hyperparameters and the model's per-replica inputs (see
 :mod:`tempering.hyperparams`).
 
-Model contract. Any Flax linen module works whose ``__call__`` takes the batch,
-optionally a train-mode flag (``train_kwarg``) and any per-replica inputs
-(``model_inputs``, by default ``dropout_rate`` when the model takes it), draws
-dropout masks from the ``"dropout"`` RNG stream and, optionally, keeps
-BatchNorm statistics in the ``"batch_stats"`` collection::
-
-    outputs = model.apply(variables, x, train=True, dropout_rate=rate,
-                          rngs={"dropout": key}, mutable=["batch_stats"])
-
-A per-replica input is traced: use :class:`tempering.Dropout`, not
-``flax.linen.Dropout``, for a laddered dropout rate. The fused step and the
-evaluation are :mod:`tempering.step`.
+Models. Any model reaches the engine through one interface, a *frontend*
+(:mod:`tempering.frontends`): a flax linen module, a flax.nnx module (or a
+function building one from ``nnx.Rngs``), an Equinox module (or a function of a
+key), or a pair of plain functions. The fused step runs it in training mode
+and every evaluation in inference mode; per-replica inputs (a laddered
+dropout rate, ``model_inputs``) are keywords of its call and are traced, so
+use the frontend's traced dropout (:class:`tempering.Dropout` for linen,
+``tempering.frontends.nnx.Dropout``, ``tempering.frontends.equinox.Dropout``).
+The fused step and the evaluation are :mod:`tempering.step`.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
 
+from tempering.frontends import as_frontend
 from tempering.hyperparams import (
     check_values,
     injected_names,
@@ -55,8 +52,6 @@ __all__ = [
     "default_metrics",
     "eval_outputs",
     "model_hyperparams",
-    "model_kwargs",
-    "model_variables",
     "replica",
     "sgd",
 ]
@@ -100,10 +95,10 @@ class ReplicaState:
     opt_state: PyTree  # leaves shape=(M, ...)
     hyperparams: dict[str, jax.Array]  # name -> shape=(M,), float32
     step: jax.Array  # shape=(), dtype=int32; SGD steps taken
-    model: nn.Module = struct.field(pytree_node=False)
+    # The model's frontend (tempering.frontends): LinenModel, Nnx, Equinox, ...
+    model: Any = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     loss_fn: LossFn = struct.field(pytree_node=False, default=cross_entropy)
-    train_kwarg: str | None = struct.field(pytree_node=False, default="train")
     # Names in ``hyperparams`` passed to the model's __call__ (the rest are the
     # optimiser's injected hyperparameters).
     model_inputs: tuple[str, ...] = struct.field(pytree_node=False, default=())
@@ -186,23 +181,6 @@ def sgd(
     )
 
 
-def model_kwargs(
-    train_kwarg: str | None, train: bool, inputs: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The keywords of one model call: the train flag (if any) and per-replica inputs."""
-    kwargs = dict(inputs)
-    if train_kwarg is not None:
-        kwargs[train_kwarg] = train
-    return kwargs
-
-
-def model_variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
-    """Flax variables of one replica; ``batch_stats`` only when the model has some."""
-    if jax.tree.leaves(batch_stats):
-        return {"params": params, "batch_stats": batch_stats}
-    return {"params": params}
-
-
 def eval_outputs(
     state: ReplicaState,
     params: PyTree,
@@ -210,12 +188,12 @@ def eval_outputs(
     hyperparams: Mapping[str, jax.Array],
     x: jax.Array,
 ) -> jax.Array:
-    """One replica's outputs in eval mode (no dropout, BatchNorm running averages)."""
-    kwargs = model_kwargs(
-        state.train_kwarg, False, model_hyperparams(state, hyperparams)
-    )
-    outputs = state.model.apply(model_variables(params, batch_stats), x, **kwargs)
-    return cast(jax.Array, outputs)  # not mutable: the outputs alone
+    """One replica's outputs in inference mode (no dropout, running statistics)."""
+    outputs, _ = state.model.apply(
+        params, batch_stats, x, train=False, key=None,
+        inputs=model_hyperparams(state, hyperparams),
+    )  # fmt: skip
+    return cast(jax.Array, outputs)
 
 
 def model_hyperparams(state: ReplicaState, hyperparams: Mapping) -> dict:
@@ -223,26 +201,18 @@ def model_hyperparams(state: ReplicaState, hyperparams: Mapping) -> dict:
     return {name: hyperparams[name] for name in state.model_inputs}
 
 
-def _call_keywords(model: nn.Module) -> tuple[set[str], bool, dict[str, Any]]:
-    """Keyword names of ``model.__call__``, whether it takes ``**kwargs``, defaults."""
-    try:
-        signature = inspect.signature(model.__call__)
-    except (TypeError, ValueError):  # pragma: no cover - builtins
-        return set(), True, {}
-    params = signature.parameters.values()
-    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
-    names = {p.name for p in params if p.kind is not p.VAR_KEYWORD}
-    defaults = {p.name: p.default for p in params if p.default is not p.empty}
-    return names, var_kw, defaults
-
-
 def _resolve_model_inputs(
-    model: nn.Module, train_kwarg: str | None, model_inputs: Any
+    model: Any, train_kwarg: str | None, model_inputs: Any
 ) -> tuple[tuple[str, ...], dict[str, Any]]:
-    """Validated model input names and the defaults of the model's signature."""
-    names, var_kw, defaults = _call_keywords(model)
-    kind = type(model).__name__
-    if train_kwarg is not None and train_kwarg not in names and not var_kw:
+    """Validated model input names and the defaults of the model's call."""
+    names, var_kw, defaults = model.keywords()
+    kind = model.name
+    if (
+        model.kind == "linen"
+        and train_kwarg is not None
+        and train_kwarg not in names
+        and not var_kw
+    ):
         raise ValueError(
             f"{kind}.__call__ has no keyword {train_kwarg!r}: pass "
             "train_kwarg='<its name>' to create_replicas to rename it, or "
@@ -252,6 +222,13 @@ def _resolve_model_inputs(
         return (("dropout_rate",) if "dropout_rate" in names else ()), defaults
     if isinstance(model_inputs, str):
         model_inputs = (model_inputs,)
+    if not isinstance(model_inputs, Sequence) or not all(
+        isinstance(n, str) for n in model_inputs
+    ):
+        raise TypeError(
+            "model_inputs must be 'auto', a keyword name or a tuple of them, e.g. "
+            f"('dropout_rate',), got {model_inputs!r}"
+        )
     model_inputs = tuple(model_inputs)
     missing = [n for n in model_inputs if n not in names and not var_kw]
     if missing:
@@ -263,13 +240,11 @@ def _resolve_model_inputs(
     return model_inputs, defaults
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tx", "train_kwarg"))
-def _init_replica(key, sample_input, inputs, *, model, tx, train_kwarg):
-    """``(params, batch_stats, opt_state)`` of one replica."""
-    kwargs = model_kwargs(train_kwarg, False, inputs)
-    variables = model.init({"params": key, "dropout": key}, sample_input, **kwargs)
-    params = variables["params"]
-    return params, variables.get("batch_stats", {}), tx.init(params)
+@functools.partial(jax.jit, static_argnames=("model", "tx"))
+def _init_replica(key, sample_input, inputs, *, model, tx):
+    """``(params, stats, opt_state)`` of one replica."""
+    params, stats = model.init(key, sample_input, inputs)
+    return params, stats, tx.init(params)
 
 
 @jax.jit
@@ -277,7 +252,7 @@ def _stack(trees: list[PyTree]) -> PyTree:
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-def _check_traced_inputs(init, key, model, train_kwarg, sample_input, inputs):
+def _check_traced_inputs(init, key, model, sample_input, inputs):
     """Fails early, with the fix, unless the model takes traced per-replica inputs.
 
     Checked for init and for a train step, by tracing both (nothing compiles).
@@ -285,29 +260,28 @@ def _check_traced_inputs(init, key, model, train_kwarg, sample_input, inputs):
 
     def apply(params, stats, traced):
         return model.apply(
-            model_variables(params, stats),
-            sample_input,
-            rngs={"dropout": jax.random.key(0)},
-            mutable=["batch_stats"] if stats else False,
-            **model_kwargs(train_kwarg, True, traced),
-        )
+            params, stats, sample_input, train=True, key=jax.random.key(0),
+            inputs=traced,
+        )  # fmt: skip
 
     try:
         params, stats, opt_state = jax.eval_shape(init, key, sample_input, inputs)
         if inputs:
             jax.eval_shape(apply, params, stats, inputs)
-    except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError):
+    except (
+        jax.errors.ConcretizationTypeError,
+        jax.errors.TracerBoolConversionError,
+        jax.errors.TracerIntegerConversionError,
+    ):
         raise TypeError(
-            f"{type(model).__name__} cannot take a per-replica (traced) value of "
-            f"{sorted(inputs)}: flax.linen.Dropout decides in Python whether to "
-            "drop; use tempering.Dropout()(x, rate, deterministic=not train), or "
-            "pass model_inputs=() to create_replicas to keep the rate fixed"
+            f"{model.name} cannot take a per-replica (traced) value of "
+            f"{sorted(inputs)}: {model.dropout_fix}, or pass model_inputs=() to "
+            "create_replicas to keep the rate fixed"
         ) from None
     return opt_state
 
 
 def _check_arguments(
-    model: Any,
     tx: Any,
     num_replicas: Any,
     hyperparams: Any,
@@ -315,11 +289,6 @@ def _check_arguments(
     loss_fn: Any,
 ) -> None:
     """Types of create_replicas' arguments, each error with the fix."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            "model must be a flax.linen.Module instance (e.g. MLP(features=(128,))), "
-            f"got {type(model).__name__}"
-        )
     if not (
         callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))
     ):
@@ -372,7 +341,7 @@ def _as_sample(sample_input: Any) -> jax.Array:
 
 def create_replicas(
     key: jax.Array,
-    model: nn.Module,
+    model: Any,
     tx: optax.GradientTransformation,
     sample_input: jax.Array | np.ndarray,
     *,
@@ -384,11 +353,17 @@ def create_replicas(
     train_kwarg: str | None = "train",
     loss_fn: LossFn = cross_entropy,
 ) -> ReplicaState:
-    """Initialises M replicas of a Flax model and an optax optimiser.
+    """Initialises M replicas of a model and an optax optimiser.
 
     Args:
         key: PRNG key for the initial weights.
-        model: a Flax linen module following the model contract (module doc).
+        model: the model as its library's users hold it
+            (:mod:`tempering.frontends`): a flax linen module; an nnx module
+            or a function ``build(rngs: nnx.Rngs)`` returning one; an Equinox
+            module (or ``(module, state)``) or a function ``build(key)``; or
+            ``tempering.frontends.Functions(init, apply)``. An instance (nnx,
+            Equinox) gives every replica its weights as the common start, as
+            ``same_init=True``; a builder draws each replica's own.
         tx: any optax transformation. Floats it injects with
             ``optax.inject_hyperparams`` (also inside ``optax.chain``) become
             per-replica hyperparameters; see :func:`sgd`.
@@ -405,7 +380,9 @@ def create_replicas(
             the model has that keyword, else none.
         same_init: if True every replica starts from the same weights; by
             default each draws its own (independent chains).
-        train_kwarg: name of the model's train-mode keyword, or None.
+        train_kwarg: name of the model call's train-mode keyword, or None
+            (linen: required unless None; nnx and Equinox: passed when the call
+            takes it, besides their own train/eval switch).
         loss_fn: per-example loss ``loss_fn(outputs, targets) -> (B,)``
             (default: softmax cross entropy with integer labels).
 
@@ -420,7 +397,8 @@ def create_replicas(
             hyperparams, loss_fn, ...), a model that cannot take a traced
             per-replica input.
     """
-    _check_arguments(model, tx, num_replicas, hyperparams, same_init, loss_fn)
+    _check_arguments(tx, num_replicas, hyperparams, same_init, loss_fn)
+    model = as_frontend(model, train_kwarg)
     ladder = None if ladder is None else as_ladder(ladder)
     num_replicas = _replica_count(ladder, num_replicas)
     key = check_key(key, "key")
@@ -431,10 +409,8 @@ def create_replicas(
     keys = jax.random.split(key, num_replicas)
     if same_init:
         keys = jnp.broadcast_to(keys[:1], keys.shape)
-    init = functools.partial(_init_replica, model=model, tx=tx, train_kwarg=train_kwarg)
-    abstract = _check_traced_inputs(
-        init, keys[0], model, train_kwarg, sample_input, start
-    )
+    init = functools.partial(_init_replica, model=model, tx=tx)
+    abstract = _check_traced_inputs(init, keys[0], model, sample_input, start)
     _check_names(abstract, start, given, ladder, num_replicas)  # before compiling
     # One replica at a time, not vmapped: init runs once, and XLA compiles the
     # single-replica init (random initialisers) several times faster.
@@ -457,7 +433,6 @@ def create_replicas(
         model=model,
         tx=tx,
         loss_fn=loss_fn,
-        train_kwarg=train_kwarg,
         model_inputs=inputs,
         scheduled=scheduled,
     )
@@ -564,17 +539,21 @@ def check_key(key: Any, name: str) -> jax.Array:
     )
 
 
-def replica(state: ReplicaState, index: int) -> dict[str, PyTree]:
-    """Replica ``index`` as plain Flax variables, ready for ``model.apply``.
+def replica(state: ReplicaState, index: int) -> Any:
+    """Replica ``index`` as its model library's users hold it.
+
+    Linen: its Flax variables, for ``module.apply``; nnx: an ``nnx.Module`` in
+    eval mode; Equinox: a module in inference mode (``(module, state)`` with a
+    state); plain functions: the params (:mod:`tempering.frontends`).
 
     Example:
         >>> variables = replica(result.state, result.summary.best_replica)
-        >>> logits = state.model.apply(variables, x, train=False, dropout_rate=0.0)
+        >>> logits = state.model.module.apply(variables, x, train=False)
     """
+    index = operator.index(index)
     if not -state.num_replicas <= index < state.num_replicas:
         raise IndexError(
             f"index must lie in [-{state.num_replicas}, {state.num_replicas}), got {index}"
         )
-    return jax.tree.map(
-        lambda x: x[index], model_variables(state.params, state.batch_stats)
-    )
+    params, stats = jax.tree.map(lambda x: x[index], (state.params, state.batch_stats))
+    return state.model.export(params, stats)

@@ -31,8 +31,6 @@ from tempering.state import (
     default_metrics,
     eval_outputs,
     model_hyperparams,
-    model_kwargs,
-    model_variables,
 )
 
 __all__ = [
@@ -66,21 +64,12 @@ def replica_train_step(
     targets: jax.Array,
 ) -> tuple[PyTree, PyTree, PyTree, jax.Array]:
     """One step of a single replica (the function the fused step vmaps)."""
-    has_batch_stats = bool(jax.tree.leaves(batch_stats))
-    kwargs = model_kwargs(
-        state.train_kwarg, True, model_hyperparams(state, hyperparams)
-    )
+    model_inputs = model_hyperparams(state, hyperparams)
 
     def loss_of(p):
-        out = state.model.apply(
-            model_variables(p, batch_stats),
-            inputs,
-            rngs={"dropout": key},
-            mutable=["batch_stats"] if has_batch_stats else False,
-            **kwargs,
+        outputs, new_stats = state.model.apply(
+            p, batch_stats, inputs, train=True, key=key, inputs=model_inputs
         )
-        outputs, updates = out if has_batch_stats else (out, {})
-        new_stats = updates.get("batch_stats", batch_stats)
         return _per_example(state.loss_fn(outputs, targets)).mean(), new_stats
 
     (loss, new_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(params)

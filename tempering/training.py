@@ -31,7 +31,7 @@ from tempering.config import (
 from tempering.driver import RunResult, best_index, check_not_traced, train
 from tempering.ladder import Ladder, assign_rungs, check_ladder, rungs_held
 from tempering.moves import ExchangeMove, exchange_move
-from tempering.records import History, metric_of
+from tempering.records import History, final_or_last, metric_of
 from tempering.state import MetricsFn, ReplicaState, default_metrics
 
 __all__ = ["PTResult", "PTSummary", "count_round_trips", "pt_summary", "pt_train"]
@@ -138,7 +138,7 @@ def pt_train(
     callback: Callback | None = None,
     vectorize: str = "auto",
     loop: str = "auto",
-    progress: bool = False,
+    progress: bool | None = None,
     devices: Sequence[jax.Device] | None = None,
     on_diverge: str = "flag",
     checkpoint_dir: str | os.PathLike | None = None,
@@ -203,7 +203,8 @@ def pt_train(
         callback: ``callback(record)`` after every round; truthy stops.
         vectorize: how layers are batched over replicas (``tempering.fast``).
         loop: ``"auto"``, ``"device"`` or ``"host"`` (:mod:`tempering.loops`).
-        progress: show a tqdm progress bar.
+        progress: a tqdm progress bar: True, False, or None (the default): on
+            in a notebook (a Jupyter or IPython kernel), off elsewhere (scripts, CI).
         devices: split the replicas over these devices.
         on_diverge: ``"flag"`` or ``"restore"`` (:mod:`tempering.divergence`).
         checkpoint_dir: save checkpoints here and resume from the latest.
@@ -289,7 +290,10 @@ def pt_summary(run: RunResult, move: ExchangeMove) -> PTSummary:
         move: the exchange the call ran (for C and the ladder in use).
     """
     history = run.history
-    best = best_index(run.final_score)
+    final, final_score = final_or_last(
+        run.final, run.final_score, history, run.state.num_replicas
+    )
+    best = best_index(final_score)
     return PTSummary(
         acceptance_rate=_acceptance_rate(history),
         round_trips=count_round_trips(
@@ -297,10 +301,10 @@ def pt_summary(run: RunResult, move: ExchangeMove) -> PTSummary:
             run.state.num_replicas,
         ),
         best_replica=best,
-        best_val_loss=float(run.final.loss[best]),
-        final_val_loss=run.final.loss,
-        final_val_metrics=run.final.metrics,
-        final_score=run.final_score,
+        best_val_loss=float(final.loss[best]),
+        final_val_loss=final.loss,
+        final_val_metrics=final.metrics,
+        final_score=final_score,
         c=float(history.c[-1])
         if len(history.c)
         else float(move.current_c(run.move_state)),

@@ -503,7 +503,7 @@ def test_bad_data_fails_before_compiling(state, blobs):
 def test_replica_helper_returns_plain_flax_variables(state, blobs):
     (x, _), _ = blobs
     variables = tp.replica(state, 2)
-    single = state.model.apply(variables, x[:8], train=False, dropout_rate=0.0)
+    single = state.model.module.apply(variables, x[:8], train=False, dropout_rate=0.0)
     stacked = tp.evaluate(state, x[:8], np.zeros(8, np.int32))
     expected = tp.state.cross_entropy(single, jnp.zeros(8, jnp.int32)).mean()
     np.testing.assert_allclose(stacked.loss[2], expected, rtol=1e-5)

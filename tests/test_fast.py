@@ -119,7 +119,7 @@ def _grad_fn(name):
         variables = {"params": params}
         if batch_stats:
             variables["batch_stats"] = batch_stats
-        logits = state.model.apply(variables, inputs)
+        logits = state.model.module.apply(variables, inputs)
         return tp.state.cross_entropy(logits, y).mean(), logits
 
     return jax.value_and_grad(loss, has_aux=True)

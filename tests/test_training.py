@@ -400,3 +400,27 @@ def test_suspicious_input_warns_before_anything_compiles(ctx, compiled, case):
         with pytest.raises(case.error, match=case.match):
             case.call(ctx)
     assert not set(compiled) & ENGINE_PROGRAMS
+
+
+def test_a_summary_without_a_final_evaluation_reports_the_last_round(state, blobs):
+    # A second Ctrl-C during the final evaluation leaves final None (test_driver):
+    # the PT and PBT summaries then report the last round's validation.
+    result = run(state, blobs)
+    interrupted = driver.RunResult(
+        result.state, result.history, None, None, np.zeros(4, bool), True,
+        result.move_state,
+    )  # fmt: skip
+    summary = training.pt_summary(interrupted, tp.exchange_move(LADDER, c=0.1))
+    np.testing.assert_array_equal(summary.final_val_loss, result.history.val_loss[-1])
+    np.testing.assert_array_equal(summary.final_score, result.history.score[-1])
+    assert summary.best_replica == int(np.argmin(result.history.score[-1]))
+    assert summary.interrupted
+    from tempering.pbt import pbt_summary
+
+    (train, val), config = blobs, tp.pbt_config({"learning_rate": (0.01, 0.2)})
+    pbt = tp.pbt_train(state, jax.random.key(3), config=config, train_data=train,
+                       validation_data=val, num_steps=30, ready_interval=10)  # fmt: skip
+    cut = pbt_summary(driver.RunResult(
+        pbt.state, pbt.history, None, None, np.zeros(4, bool), True
+    ))  # fmt: skip
+    np.testing.assert_array_equal(cut.final_val_loss, pbt.history.val_loss[-1])

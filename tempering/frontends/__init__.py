@@ -1,0 +1,184 @@
+"""One model interface for every model library: flax linen, flax.nnx, Equinox, functions.
+
+The engine sees any model as a *frontend*: a static object (part of the jit
+cache key, never traced) with
+
+- ``init(key, sample_input, inputs) -> (params, stats)``: one replica's
+  trainable parameters and its non-trainable state (BatchNorm statistics; ``{}``
+  for none), two pytrees of arrays;
+- ``apply(params, stats, x, *, train, key, inputs) -> (outputs, new_stats)``:
+  a pure forward pass on a batch ``x``, in training mode (dropout on, batch
+  statistics, ``new_stats`` updated) or in inference mode (``train=False``:
+  no dropout, running statistics, ``stats`` returned as given); ``key`` draws
+  the dropout masks, ``inputs`` are the per-replica model inputs (a laddered
+  dropout rate);
+- ``keywords() -> (names, takes_var_keywords, defaults)`` of the model's call,
+  to resolve ``model_inputs``; ``export(params, stats)``: one replica as its
+  library's users hold it (:func:`tempering.replica`); ``describe()``: its
+  definition as a string (the checkpoint fingerprint).
+
+:func:`as_frontend` builds one from the model as its users hold it:
+
+- a ``flax.linen.Module`` (:class:`~tempering.frontends.linen.Linen`);
+- a ``flax.nnx.Module`` instance, or a function ``build(rngs: nnx.Rngs)``
+  that builds one (:class:`~tempering.frontends.nnx.Nnx`);
+- an Equinox module (with its ``eqx.nn.State`` as a pair ``(model, state)``
+  when it has BatchNorm), or a function ``build(key)`` returning either
+  (:class:`~tempering.frontends.equinox.Equinox`; ``pip install equinox``);
+- a :class:`~tempering.frontends.functions.Functions` pair ``init(key, x)`` /
+  ``apply(params, x, *, train, key, **inputs)``.
+
+A model *instance* gives every replica its weights as the common start (as
+``same_init=True``); a *builder* draws independent initial weights per replica.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Protocol
+
+import jax
+
+from tempering.frontends.functions import Functions
+from tempering.frontends.linen import Linen
+
+__all__ = ["Frontend", "Functions", "Linen", "as_frontend", "call_keywords"]
+
+
+class Frontend(Protocol):
+    """The interface every model reaches the engine through (module doc)."""
+
+    kind: str  # "linen", "nnx", "equinox" or "functions"
+    name: str  # the model's class name, for messages
+    dropout_fix: str  # the traced dropout layer of this library, for messages
+
+    def keywords(self) -> tuple[set[str], bool, dict[str, Any]]:
+        """Keyword names of the model's call, whether it takes ``**kwargs``, defaults."""
+
+    def init(self, key: jax.Array, sample_input: jax.Array, inputs: dict) -> Any:
+        """``(params, stats)`` of one replica."""
+
+    def apply(
+        self, params: Any, stats: Any, x: jax.Array, *, train: bool,
+        key: jax.Array | None, inputs: dict,
+    ) -> tuple[jax.Array, Any]:  # fmt: skip
+        """``(outputs, new_stats)`` of one replica on a batch."""
+
+    def export(self, params: Any, stats: Any) -> Any:
+        """One replica as its library's users hold it."""
+
+    def describe(self) -> str:
+        """The model's definition (configuration and code) as a string."""
+
+
+def call_keywords(fn: Any) -> tuple[set[str], bool, dict[str, Any]]:
+    """Keyword names of ``fn``, whether it takes ``**kwargs``, and their defaults."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return set(), True, {}
+    params = signature.parameters.values()
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    names = {p.name for p in params if p.kind is not p.VAR_KEYWORD}
+    defaults = {p.name: p.default for p in params if p.default is not p.empty}
+    return names, var_kw, defaults
+
+
+def _is_nnx_module(model: Any) -> bool:
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover - flax without nnx
+        return False
+    return isinstance(model, nnx.Module)
+
+
+def _is_equinox_model(model: Any) -> bool:
+    eqx = _equinox()
+    if eqx is None:
+        return False
+    if isinstance(model, tuple) and len(model) == 2:
+        return isinstance(model[0], eqx.Module) and isinstance(model[1], eqx.nn.State)
+    return isinstance(model, eqx.Module)
+
+
+def _equinox() -> Any:
+    try:
+        import equinox
+    except ImportError:
+        return None
+    return equinox
+
+
+def _takes_rngs(build: Any) -> bool:
+    try:
+        params = list(inspect.signature(build).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if not params:
+        return False
+    first = params[0]
+    return first.name == "rngs" or "Rngs" in str(first.annotation)
+
+
+def as_frontend(model: Any, train_kwarg: str | None = "train") -> Any:
+    """The frontend of ``model`` as its users hold it (module doc).
+
+    Args:
+        model: a linen module, an nnx module or builder, an Equinox module (or
+            ``(module, state)``) or builder, or a frontend.
+        train_kwarg: the model call's train-mode keyword (linen: required
+            unless None; nnx, Equinox: passed when the call takes it, the
+            library's own train/inference switch is always set).
+
+    Raises:
+        TypeError: anything else, naming what each library's model should be.
+    """
+    import flax.linen as nn
+
+    if isinstance(model, Linen | Functions) or getattr(model, "kind", None) in (
+        "nnx",
+        "equinox",
+    ):
+        return model
+    if isinstance(model, nn.Module):
+        return Linen(model, train_kwarg)
+    if _is_nnx_module(model):
+        from tempering.frontends.nnx import Nnx
+
+        return Nnx.from_module(model, train_kwarg)
+    if _is_equinox_model(model):
+        from tempering.frontends.equinox import Equinox
+
+        return Equinox.from_module(model, train_kwarg)
+    if callable(model) and not isinstance(model, type):
+        return _from_builder(model, train_kwarg)
+    raise TypeError(
+        "model must be a flax.linen.Module instance (e.g. MLP(features=(128,))), a "
+        "flax.nnx.Module or a function build(rngs: nnx.Rngs) returning one, an "
+        "Equinox module (or (module, state) from eqx.nn.make_with_state) or a "
+        "function build(key) returning one, or tempering.frontends.Functions(init, "
+        f"apply); got {type(model).__name__}"
+    )
+
+
+def _from_builder(build: Any, train_kwarg: str | None) -> Any:
+    """The frontend of a function that builds a model (nnx from Rngs, Equinox from a key)."""
+    if _takes_rngs(build):
+        from tempering.frontends.nnx import Nnx
+
+        return Nnx.from_builder(build, train_kwarg)
+    eqx = _equinox()
+    if eqx is not None:
+        built = eqx.filter_eval_shape(build, jax.random.key(0))
+        if _is_equinox_model(built):
+            from tempering.frontends.equinox import Equinox
+
+            return Equinox.from_builder(build, train_kwarg)
+    raise TypeError(
+        "model must be a flax.linen.Module instance, an nnx or Equinox module, or a "
+        f"builder of one; the function {getattr(build, '__qualname__', build)!r} is "
+        "no model builder tempering knows: an nnx builder takes rngs (build(rngs: "
+        "nnx.Rngs) -> nnx.Module), an Equinox builder a key (build(key) -> "
+        "eqx.Module or (eqx.Module, eqx.nn.State)); for plain functions use "
+        "tempering.frontends.Functions(init, apply)"
+    )

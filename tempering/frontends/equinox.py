@@ -1,0 +1,159 @@
+"""The Equinox frontend: a module partitioned into its arrays and the rest.
+
+``eqx.partition(model, eqx.is_inexact_array)`` gives the replicas' params (the
+floating-point arrays) and the static rest; a model with BatchNorm comes with
+its ``eqx.nn.State`` (``eqx.nn.make_with_state(Model)(...)``), the replicas'
+``stats``. Equinox modules are called on one example, so the engine vmaps the
+call over the batch (``axis_name="batch"``, which ``eqx.nn.BatchNorm`` needs),
+with one dropout key per example. Training runs ``eqx.nn.inference_mode(model,
+False)``, every evaluation ``inference_mode(model, True)``; when the call takes
+a train keyword (``train_kwarg``), it is passed too.
+
+The call is ``model(x, *, key=..., **inputs)``, or ``model(x, state, *,
+key=..., **inputs)`` with a state. A laddered dropout rate is traced:
+``eqx.nn.Dropout`` fixes its rate at construction, so use :class:`Dropout`,
+whose call takes the rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+
+from tempering.layers import dropout
+
+__all__ = ["Dropout", "Equinox"]
+
+
+class Dropout(eqx.Module):
+    """Dropout whose rate is a call argument (may be traced, per replica).
+
+    ``eqx.nn.inference_mode`` switches it off, like ``eqx.nn.Dropout``.
+    """
+
+    inference: bool = False
+
+    def __call__(
+        self, x: jax.Array, rate: jax.Array | float, *, key: jax.Array | None = None,
+        inference: bool | None = None,
+    ) -> jax.Array:  # fmt: skip
+        """Inverted dropout of ``x`` with drop probability ``rate`` in ``[0, 1)``."""
+        if inference if inference is not None else self.inference:
+            return x
+        if key is None:
+            raise ValueError(
+                "tempering.frontends.equinox.Dropout needs key= in training mode"
+            )
+        return dropout(key, x, rate)
+
+
+def _parts(built: Any) -> tuple[Any, Any]:
+    """``(model, state or None)`` of what a builder returned."""
+    if isinstance(built, tuple):
+        return built[0], built[1]
+    return built, None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Equinox:
+    """An Equinox module as the engine's model (:mod:`tempering.frontends`).
+
+    Hashed by identity: one frontend per ``create_replicas`` call.
+    """
+
+    static: Any  # the module without its inexact arrays
+    build: Callable[[jax.Array], Any] | None  # None: an instance's weights
+    start: Any  # (params, stats) of an instance; None for a builder
+    stateful: bool  # the call takes and returns an eqx.nn.State
+    train_kwarg: str | None
+    name: str
+    kind = "equinox"
+    dropout_fix = (
+        "eqx.nn.Dropout fixes its rate at construction; use "
+        "tempering.frontends.equinox.Dropout()(x, rate, key=key)"
+    )
+
+    @classmethod
+    def from_module(cls, built: Any, train_kwarg: str | None) -> Equinox:
+        """An instance (or ``(module, state)``): every replica starts from its weights."""
+        model, state = _parts(built)
+        params, static = eqx.partition(model, eqx.is_inexact_array)
+        stats = {} if state is None else state
+        return cls(static, None, (params, stats), state is not None, train_kwarg,
+                   type(model).__name__)  # fmt: skip
+
+    @classmethod
+    def from_builder(
+        cls, build: Callable[[jax.Array], Any], train_kwarg: str | None
+    ) -> Equinox:
+        """A builder ``build(key)``: every replica draws its own initial weights."""
+        model, state = _parts(build(jax.random.key(0)))  # its static rest, concrete
+        static = eqx.partition(model, eqx.is_inexact_array)[1]
+        return cls(static, build, None, state is not None, train_kwarg,
+                   type(model).__name__)  # fmt: skip
+
+    def keywords(self) -> tuple[set[str], bool, dict[str, Any]]:
+        """Keywords of the module's ``__call__`` (besides the key)."""
+        from tempering.frontends import call_keywords
+
+        names, var_kw, defaults = call_keywords(type(self.static).__call__)
+        return names - {"self", "key"}, var_kw, defaults
+
+    def _takes_key(self) -> bool:
+        from tempering.frontends import call_keywords
+
+        names, var_kw, _ = call_keywords(type(self.static).__call__)
+        return "key" in names or var_kw
+
+    def init(self, key: jax.Array, sample_input: jax.Array, inputs: dict) -> Any:
+        """``(params, stats)``: built from ``key``, or the instance's."""
+        del sample_input, inputs
+        if self.build is None:
+            return self.start
+        model, state = _parts(self.build(key))
+        params = eqx.partition(model, eqx.is_inexact_array)[0]
+        return params, {} if state is None else state
+
+    def apply(
+        self, params: Any, stats: Any, x: jax.Array, *, train: bool,
+        key: jax.Array | None, inputs: dict,
+    ) -> tuple[jax.Array, Any]:  # fmt: skip
+        """``(outputs, new_stats)``: the call vmapped over the batch's examples."""
+        model = eqx.nn.inference_mode(eqx.combine(params, self.static), not train)
+        kwargs = dict(inputs)
+        names, _, _ = self.keywords()
+        if self.train_kwarg is not None and self.train_kwarg in names:
+            kwargs[self.train_kwarg] = train
+        takes_key = self._takes_key()
+        keys = jax.random.split(jax.random.key(0) if key is None else key, x.shape[0])
+
+        def one(example, example_key, state):
+            extra = {"key": example_key} if takes_key else {}
+            if self.stateful:
+                return model(example, state, **extra, **kwargs)
+            return model(example, **extra, **kwargs), state
+
+        outputs, new_stats = jax.vmap(
+            one, in_axes=(0, 0, None), out_axes=(0, None), axis_name="batch"
+        )(x, keys, stats)
+        return outputs, (new_stats if train else stats)
+
+    def export(self, params: Any, stats: Any) -> Any:
+        """One replica as an Equinox module in inference mode.
+
+        ``(module, state)`` for a model with a state;
+        ``eqx.nn.inference_mode(model, False)`` trains it again.
+        """
+        model = eqx.nn.inference_mode(eqx.combine(params, self.static), True)
+        return (model, stats) if self.stateful else model
+
+    def describe(self) -> str:
+        """The static rest of the module (its configuration) and the class's code."""
+        from tempering.checkpoint import code_of_class, describe_value
+
+        config = describe_value(jax.tree.leaves(self.static), 0)
+        return f"equinox:{self.name}|{config}|{code_of_class(type(self.static))}"

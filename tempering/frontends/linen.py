@@ -1,0 +1,107 @@
+"""The flax linen frontend: a ``flax.linen.Module`` and its train-mode keyword.
+
+The model contract: ``__call__`` takes the batch, optionally a train-mode flag
+(``train_kwarg``) and any per-replica inputs, draws dropout masks from the
+``"dropout"`` RNG stream and keeps BatchNorm statistics in the
+``"batch_stats"`` collection::
+
+    outputs = module.apply(variables, x, train=True, dropout_rate=rate,
+                           rngs={"dropout": key}, mutable=["batch_stats"])
+
+A laddered dropout rate is traced: use :class:`tempering.Dropout`, not
+``flax.linen.Dropout``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+__all__ = ["Linen", "model_kwargs", "model_variables"]
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def model_kwargs(
+    train_kwarg: str | None, train: bool, inputs: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The keywords of one model call: the train flag (if any) and per-replica inputs."""
+    kwargs = dict(inputs)
+    if train_kwarg is not None:
+        kwargs[train_kwarg] = train
+    return kwargs
+
+
+def model_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+    """Flax variables of one replica; ``batch_stats`` only when the model has some."""
+    if jax.tree.leaves(batch_stats):
+        return {"params": params, "batch_stats": batch_stats}
+    return {"params": params}
+
+
+@dataclasses.dataclass(frozen=True)
+class Linen:
+    """A linen module as the engine's model (:mod:`tempering.frontends`).
+
+    ``export`` gives one replica's Flax variables, for ``module.apply``.
+    """
+
+    module: nn.Module
+    train_kwarg: str | None = "train"
+    kind = "linen"
+    dropout_fix = (
+        "flax.linen.Dropout decides in Python whether to drop; use "
+        "tempering.Dropout()(x, rate, deterministic=not train)"
+    )
+
+    @property
+    def name(self) -> str:
+        """The module's class name."""
+        return type(self.module).__name__
+
+    def keywords(self) -> tuple[set[str], bool, dict[str, Any]]:
+        """Keywords of the module's ``__call__``."""
+        from tempering.frontends import call_keywords
+
+        return call_keywords(self.module.__call__)
+
+    def init(self, key: jax.Array, sample_input: jax.Array, inputs: dict) -> Any:
+        """``(params, batch_stats)`` of one replica (``{}`` without BatchNorm)."""
+        kwargs = model_kwargs(self.train_kwarg, False, inputs)
+        variables = self.module.init(
+            {"params": key, "dropout": key}, sample_input, **kwargs
+        )
+        return variables["params"], variables.get("batch_stats", {})
+
+    def apply(
+        self, params: Any, stats: Any, x: jax.Array, *, train: bool,
+        key: jax.Array | None, inputs: dict,
+    ) -> tuple[jax.Array, Any]:  # fmt: skip
+        """``(outputs, new_batch_stats)``; in inference mode the statistics as given."""
+        kwargs = model_kwargs(self.train_kwarg, train, inputs)
+        variables = model_variables(params, stats)
+        if not train:
+            return self.module.apply(variables, x, **kwargs), stats
+        has_stats = bool(jax.tree.leaves(stats))
+        out = self.module.apply(
+            variables, x, rngs={"dropout": key},
+            mutable=["batch_stats"] if has_stats else False, **kwargs,
+        )  # fmt: skip
+        outputs, updates = out if has_stats else (out, {})
+        return outputs, updates.get("batch_stats", stats)
+
+    def export(self, params: Any, stats: Any) -> dict[str, Any]:
+        """One replica's Flax variables, ready for ``module.apply``."""
+        return model_variables(params, stats)
+
+    def describe(self) -> str:
+        """The module's configuration (its repr) and the code of its methods."""
+        from tempering.checkpoint import code_of_class
+
+        config = _ADDRESS.sub("", repr(self.module))
+        return f"linen:{self.name}|{config}|{self.train_kwarg}|{code_of_class(type(self.module))}"

@@ -1,0 +1,222 @@
+"""The flax.nnx frontend: an ``nnx.Module`` split into a graph and its state.
+
+A module is split once (``nnx.split``) into its graph definition and its state:
+trainable ``nnx.Param`` s (the replicas' params), random-number state
+(``nnx.RngState``: replaced on every call by keys the engine draws, so a run is
+a function of its key) and everything else (``nnx.BatchStat`` s and other
+variables: the replicas' ``stats``). The graph is split twice, once after
+``module.train()`` and once after ``module.eval()``: the fused step runs the
+training graph and every evaluation the inference graph (no dropout, running
+BatchNorm averages), however the model switches modes. When the model's
+``__call__`` also takes a train keyword (``train_kwarg``), it is passed.
+
+A laddered dropout rate is traced: ``nnx.Dropout`` stores its rate as a
+static attribute, so use :class:`Dropout` here, whose call takes the rate::
+
+    class CNN(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs):
+            self.conv = nnx.Conv(1, 8, (3, 3), rngs=rngs)
+            self.drop = tempering.frontends.nnx.Dropout(rngs=rngs)
+            self.out = nnx.Linear(8 * 28 * 28, 10, rngs=rngs)
+
+        def __call__(self, x, dropout_rate=0.0):
+            x = self.drop(nnx.relu(self.conv(x)), dropout_rate)
+            return self.out(x.reshape(x.shape[0], -1))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tempering.layers import dropout
+
+__all__ = ["Dropout", "Nnx"]
+
+
+class Dropout(nnx.Module):
+    """Dropout whose rate is a call argument (may be traced, per replica).
+
+    Switched off by ``module.eval()`` (``deterministic=True``) like
+    ``nnx.Dropout``; draws its masks from the ``"dropout"`` stream of the
+    ``rngs`` it was built with, or from ``rngs`` given at call time.
+    """
+
+    def __init__(
+        self,
+        *,
+        deterministic: bool = False,
+        rng_collection: str = "dropout",
+        rngs: nnx.Rngs | nnx.RngStream | None = None,
+    ):
+        self.deterministic = deterministic
+        self.rng_collection = rng_collection
+        if isinstance(rngs, nnx.Rngs):
+            self.rngs = rngs[rng_collection].fork()
+        elif isinstance(rngs, nnx.RngStream):
+            self.rngs = rngs.fork()
+        else:
+            self.rngs = nnx.data(None)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        rate: jax.Array | float,
+        *,
+        deterministic: bool | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+    ) -> jax.Array:
+        """Inverted dropout of ``x`` with drop probability ``rate`` in ``[0, 1)``."""
+        if deterministic if deterministic is not None else self.deterministic:
+            return x
+        source = rngs if rngs is not None else self.rngs
+        if isinstance(source, nnx.Rngs):
+            key = source[self.rng_collection]()
+        elif isinstance(source, nnx.RngStream):
+            key = source()
+        elif source is None:
+            raise ValueError(
+                "tempering.frontends.nnx.Dropout needs rngs: build it with "
+                "Dropout(rngs=rngs) or pass rngs= when calling it"
+            )
+        else:
+            key = source
+        return dropout(key, x, rate)
+
+    def set_view(self, deterministic: bool | None = None, **kwargs: Any) -> dict:
+        """``module.eval()`` / ``train()`` / ``nnx.view`` set ``deterministic``."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+        return kwargs
+
+
+def _split(module: nnx.Module) -> tuple[Any, Any, Any, Any]:
+    """``(graph, params, rng_state, stats)`` of a module."""
+    graph, params, rng_state, stats = nnx.split(module, nnx.Param, nnx.RngState, ...)
+    return graph, params, rng_state, stats
+
+
+def _mode_graphs(module: nnx.Module) -> tuple[Any, Any]:
+    """The graph in training mode and in inference mode (``module`` left as it is)."""
+    copy = nnx.merge(*nnx.split(module))  # a new graph over the same arrays
+    copy.train()
+    train_graph = _split(copy)[0]
+    copy.eval()
+    return train_graph, _split(copy)[0]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Nnx:
+    """An nnx module as the engine's model (:mod:`tempering.frontends`).
+
+    Hashed by identity: one frontend per ``create_replicas`` call.
+    """
+
+    train_graph: Any
+    eval_graph: Any
+    rng_state: Any  # the module's RngState (template: structure, key types)
+    build: Callable[[jax.Array], nnx.Module] | None  # None: an instance's weights
+    start: Any  # (params, stats) of an instance, the common start; None for a builder
+    module_type: type  # the module's class
+    train_kwarg: str | None
+    name: str
+    kind = "nnx"
+    dropout_fix = (
+        "nnx.Dropout stores its rate as a static attribute; use "
+        "tempering.frontends.nnx.Dropout(rngs=rngs)(x, rate)"
+    )
+
+    @classmethod
+    def from_module(cls, module: nnx.Module, train_kwarg: str | None) -> Nnx:
+        """An instance: every replica starts from its weights."""
+        train_graph, eval_graph = _mode_graphs(module)
+        _, params, rng_state, stats = _split(module)
+        return cls(
+            train_graph, eval_graph, rng_state, None, (params, stats),
+            type(module), train_kwarg, type(module).__name__,
+        )  # fmt: skip
+
+    @classmethod
+    def from_builder(
+        cls, build: Callable[..., nnx.Module], train_kwarg: str | None
+    ) -> Nnx:
+        """A builder ``build(rngs)``: every replica draws its own initial weights."""
+        module = build(nnx.Rngs(0))
+        if not isinstance(module, nnx.Module):
+            raise TypeError(
+                f"model: build(rngs) must return an nnx.Module, got {type(module).__name__}"
+            )
+        train_graph, eval_graph = _mode_graphs(module)
+        rng_state = _split(module)[2]
+        return cls(
+            train_graph, eval_graph, rng_state, lambda key: build(nnx.Rngs(key)), None,
+            type(module), train_kwarg, type(module).__name__,
+        )  # fmt: skip
+
+    def keywords(self) -> tuple[set[str], bool, dict[str, Any]]:
+        """Keywords of the module class's ``__call__``."""
+        from tempering.frontends import call_keywords
+
+        names, var_kw, defaults = call_keywords(self.module_type.__call__)
+        return names - {"self"}, var_kw, defaults
+
+    def init(self, key: jax.Array, sample_input: jax.Array, inputs: dict) -> Any:
+        """``(params, stats)``: built from ``key``, or the instance's."""
+        del sample_input, inputs
+        if self.build is None:
+            return self.start
+        _, params, _, stats = _split(self.build(key))
+        return params, stats
+
+    def _rngs(self, key: jax.Array | None) -> Any:
+        """Fresh random-number state: every stream's key drawn from ``key``."""
+        leaves, treedef = jax.tree.flatten(self.rng_state)
+        if not leaves:
+            return self.rng_state
+        keys = jax.random.split(jax.random.key(0) if key is None else key, len(leaves))
+        fresh = [
+            keys[i] if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+            else jnp.zeros_like(leaf)
+            for i, leaf in enumerate(leaves)
+        ]  # fmt: skip
+        return jax.tree.unflatten(treedef, fresh)
+
+    def _kwargs(self, train: bool, inputs: dict) -> dict:
+        kwargs = dict(inputs)
+        names, _, _ = self.keywords()
+        if self.train_kwarg is not None and self.train_kwarg in names:
+            kwargs[self.train_kwarg] = train
+        return kwargs
+
+    def apply(
+        self, params: Any, stats: Any, x: jax.Array, *, train: bool,
+        key: jax.Array | None, inputs: dict,
+    ) -> tuple[jax.Array, Any]:  # fmt: skip
+        """``(outputs, new_stats)`` through the training or the inference graph."""
+        graph = self.train_graph if train else self.eval_graph
+        module = nnx.merge(graph, params, self._rngs(key), stats)
+        outputs = module(x, **self._kwargs(train, inputs))
+        if not train:
+            return outputs, stats
+        return outputs, _split(module)[3]
+
+    def export(self, params: Any, stats: Any) -> nnx.Module:
+        """One replica as an ``nnx.Module`` in inference mode (``.train()`` to train)."""
+        return nnx.merge(self.eval_graph, params, self.rng_state, stats)
+
+    def describe(self) -> str:
+        """The graph (structure and static attributes) and the class's code."""
+        from tempering.checkpoint import code_of_class
+
+        graph = _graph_text(self.train_graph)
+        return f"nnx:{self.name}|{graph}|{code_of_class(self.module_type)}"
+
+
+def _graph_text(graph: Any) -> str:
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(graph))
