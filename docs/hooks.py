@@ -4,8 +4,10 @@
   ``notebooks/quickstart.md``, *executed* as the site builds, offline with its
   tiny configuration (``TEMPERING_NOTEBOOK_TINY=1``, under a minute on 2 CPU
   cores), by ``nbclient`` in a subprocess of ``$TEMPERING_DOCS_PYTHON`` (a
-  Python with tempering, JAX and the ``notebook`` extra; default: the one
-  running MkDocs). A cell that fails fails the build.
+  Python with tempering installed, JAX and the ``notebook`` extra; default: the
+  one running MkDocs), its kernel started in the notebook's folder as Jupyter
+  starts it, with only the installed package on its path. A cell that fails
+  fails the build.
   ``TEMPERING_DOCS_EXECUTE=0`` renders it as stored instead, for a quick
   local preview (the page says so).
 - The figures under ``experiments/results/`` are served as ``results/*.png``,
@@ -60,7 +62,7 @@ ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|exc|obj|py:\w+):(<code)")
 
 
 # Run by $TEMPERING_DOCS_PYTHON: executes the notebook (argv[1]) in its own
-# directory's repository root and prints it, outputs included, as JSON.
+# folder (argv[2]) and prints it, outputs included, as JSON.
 EXECUTE = """
 import sys
 import nbclient, nbformat
@@ -82,15 +84,13 @@ def execute_notebook(path: Path) -> dict:
     # the inline backend (ipykernel's), so that figures become image outputs
     inline = "module://matplotlib_inline.backend_inline"
     env = dict(os.environ, TEMPERING_NOTEBOOK_TINY="1", MPLBACKEND=inline)
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(ROOT), env.get("PYTHONPATH")])
-    )
+    env.pop("PYTHONPATH", None)  # as a user runs it: the installed package
     done = subprocess.run(
-        [python, "-c", EXECUTE, str(path), str(ROOT)],
+        [python, "-c", EXECUTE, str(path), str(path.parent)],
         capture_output=True,
         text=True,
         env=env,
-        cwd=ROOT,
+        cwd=path.parent,
     )
     if done.returncode:
         raise PluginError(
@@ -130,14 +130,40 @@ def notebook_markdown(path: Path, execute: bool = True) -> str:
             parts.append(source + "\n")
         elif cell["cell_type"] == "code":
             parts.append("```python\n" + source + "\n```\n")
-            for output in cell.get("outputs", []):
+            for output in _coalesced(cell.get("outputs", [])):
                 text = output.get("text") or output.get("data", {}).get("text/plain")
                 if output.get("data", {}).get("image/png"):
                     image = output["data"]["image/png"].replace("\n", "")
                     parts.append(f"![output](data:image/png;base64,{image})\n")
-                elif text:
-                    parts.append("```text\n" + "".join(text).rstrip() + "\n```\n")
+                elif text and _as_shown(text):
+                    parts.append("```text\n" + _as_shown(text) + "\n```\n")
     return "\n".join(parts)
+
+
+def _coalesced(outputs: list[dict]) -> list[dict]:
+    """Consecutive outputs of one stream (stdout, stderr) joined, as Jupyter shows."""
+    joined: list[dict] = []
+    for output in outputs:
+        previous = joined[-1] if joined else {}
+        if output.get("output_type") == "stream" and (
+            previous.get("output_type") == "stream"
+            and previous.get("name") == output.get("name")
+        ):
+            previous["text"] = "".join(previous["text"]) + "".join(output["text"])
+        else:
+            joined.append(dict(output))
+    return joined
+
+
+def _as_shown(text: str | list[str]) -> str:
+    """An output's text as a terminal shows it.
+
+    A line rewritten after carriage returns (a progress bar's updates) shows
+    its last version.
+    """
+    lines = "".join(text).split("\n")
+    shown = (line.rstrip("\r").rsplit("\r", 1)[-1].rstrip() for line in lines)
+    return "\n".join(shown).strip("\n")
 
 
 def public_names() -> list[str]:

@@ -171,7 +171,8 @@ class RunConfig:
         devices: split the replicas over these devices
             (:func:`tempering.sharding.shard_replicas`); None: the state stays
             where it is.
-        progress: show a tqdm progress bar.
+        progress: a tqdm progress bar: True, False, or None (the default): on
+            in a notebook (a Jupyter or IPython kernel), off elsewhere (scripts, CI).
         callback: ``callback(record)`` after every round with its
             :class:`tempering.RoundRecord`; a truthy return stops the run.
         checkpoint_dir: save checkpoints here and resume from the latest
@@ -208,7 +209,7 @@ class RunConfig:
     vectorize: str = "auto"
     loop: str = "auto"
     devices: Sequence[jax.Device] | None = None
-    progress: bool = False
+    progress: bool | None = None
     callback: Callback | None = None
     # checkpoints
     checkpoint_dir: str | os.PathLike | None = None
@@ -228,7 +229,9 @@ class RunConfig:
             "batch_size": check_int(self.batch_size, "batch_size", 1),
             "shared_batch": check_bool(self.shared_batch, "shared_batch"),
             "eval_batch_size": check_int(self.eval_batch_size, "eval_batch_size", 1),
-            "progress": check_bool(self.progress, "progress"),
+            "progress": None
+            if self.progress is None
+            else check_bool(self.progress, "progress"),
             "checkpoint_every": check_int(self.checkpoint_every, "checkpoint_every", 1),
             "keep_checkpoints": check_int(self.keep_checkpoints, "keep_checkpoints", 1),
             "on_diverge": check_policy(self.on_diverge),

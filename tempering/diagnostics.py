@@ -31,6 +31,12 @@ What each tells you:
   found for the best replica (a schedule to replay in a single run).
 - :func:`c_over_time`: the Metropolis constant C of every round; with
   ``c="auto"`` it moves during the adaptation rounds and is constant after.
+
+Three figures of the paper take arrays rather than a history, so they also
+draw results averaged over seeds or runs: :func:`plot_error_curves` (test
+error against time, one curve per label), :func:`plot_replica_paths` (paper
+Fig. 2, right: the rung of every replica from its start, the best one
+highlighted) and :func:`plot_acceptance_rate` (a bar per adjacent rung pair).
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from tempering.records import History
 from tempering.training import count_round_trips
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
@@ -51,8 +59,11 @@ __all__ = [
     "acceptance_over_time",
     "c_over_time",
     "plot_acceptance",
+    "plot_acceptance_rate",
     "plot_c",
     "plot_diagnostics",
+    "plot_error_curves",
+    "plot_replica_paths",
     "plot_rung_occupancy",
     "plot_rung_paths",
     "plot_schedule",
@@ -495,3 +506,161 @@ def plot_diagnostics(
         plot_schedule(history, replica, name, axes[1, 1])
     plot_c(history, axes[1, 2])
     return fig
+
+
+# figures of arrays (results of one run or averaged over several)
+# --------------------------------------------------------------------------
+
+
+def plot_replica_paths(
+    rungs: Any,
+    initial_rungs: Any,
+    best_replica: int | None = None,
+    steps: Any = None,
+    ax: Axes | None = None,
+    *,
+    rung_labels: Sequence[str] | None = None,
+    title: str | None = "replica paths",
+) -> Axes:
+    """Draws the rung of every replica from its start (paper Fig. 2, right).
+
+    Args:
+        rungs: ``(R, M)`` rung of replica m after exchange round r
+            (``History.rungs``).
+        initial_rungs: ``(M,)`` rungs before the first round
+            (``History.initial_rungs``).
+        best_replica: the replica drawn thick, black and on top
+            (``PTSummary.best_replica``), or None.
+        steps: optional ``(R,)`` x positions of the rounds (``History.step``);
+            round indices when None. The initial rungs are drawn one interval
+            before the first round.
+        ax: the Axes to draw on; a new figure's by default.
+        rung_labels: optional tick labels of the rungs (e.g. the ladder values).
+        title: the Axes' title, or None.
+
+    Returns:
+        The Axes.
+    """
+    ax = _axes(ax)
+    initial_rungs = np.asarray(initial_rungs)
+    num_replicas = initial_rungs.shape[0]
+    rows = np.asarray(rungs).reshape(-1, num_replicas)
+    path = np.concatenate([initial_rungs[None], rows])
+    if steps is None:
+        x = np.arange(path.shape[0])
+    else:
+        steps = np.asarray(steps, np.float64)
+        first = steps[0] - (steps[1] - steps[0]) if steps.size >= 2 else 0.0
+        x = np.concatenate([[first], steps])
+    for m in range(num_replicas):
+        if best_replica is None or m != int(best_replica):
+            ax.step(x, path[:, m], where="post", lw=0.9, alpha=0.55)
+    if best_replica is not None:
+        best = int(best_replica)
+        ax.step(x, path[:, best], where="post", lw=2.6, color="black",
+                label=f"best replica ({best})", zorder=5)  # fmt: skip
+        ax.legend(loc="upper right", fontsize="small")
+    ax.set_yticks(range(num_replicas))
+    if rung_labels is not None:
+        ax.set_yticklabels(list(rung_labels))
+    ax.set_ylabel("rung (0 = coldest)")
+    ax.set_xlabel("SGD step" if steps is not None else "exchange round")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_error_curves(
+    steps: Any,
+    errors_by_label: Mapping[str, Any],
+    ax: Axes | None = None,
+    *,
+    std_by_label: Mapping[str, Any] | None = None,
+    highlight: Sequence[str] = ("PT",),
+    xlabel: str = "epoch",
+    ylabel: str = "test error (%)",
+    percent: bool = True,
+    title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> Axes:
+    """Draws one error curve per label (fixed rungs, the grid's best, PT, ...).
+
+    Args:
+        steps: ``(R,)`` x positions (steps or epochs).
+        errors_by_label: label -> ``(R,)`` errors in [0, 1] (fractions); a
+            shorter curve is drawn over the first steps.
+        ax: the Axes to draw on; a new figure's by default.
+        std_by_label: optional label -> ``(R,)`` standard deviations, drawn as
+            a shaded band.
+        highlight: labels drawn thick and on top, the first one in black.
+        xlabel: the x axis label.
+        ylabel: the y axis label.
+        percent: multiply the errors by 100.
+        title: the Axes' title, or None.
+        ylim: optional y limits (after scaling).
+
+    Returns:
+        The Axes.
+    """
+    ax = _axes(ax)
+    x = np.asarray(steps, np.float64)
+    scale = 100.0 if percent else 1.0
+    for label, err in errors_by_label.items():
+        err = np.asarray(err, np.float64) * scale
+        strong = label in highlight
+        (line,) = ax.plot(
+            x[: err.shape[0]], err, lw=2.4 if strong else 1.0,
+            alpha=1.0 if strong else 0.7,
+            color="black" if strong and label == highlight[0] else None,
+            zorder=5 if strong else 2, label=label,
+        )  # fmt: skip
+        if std_by_label is not None and label in std_by_label:
+            std = np.asarray(std_by_label[label], np.float64) * scale
+            ax.fill_between(x[: err.shape[0]], err - std, err + std,
+                            color=line.get_color(), alpha=0.15, lw=0)  # fmt: skip
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize="x-small", ncol=2)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_acceptance_rate(
+    acceptance_rate: Any,
+    ax: Axes | None = None,
+    *,
+    std: Any = None,
+    pair_labels: Sequence[str] | None = None,
+    title: str | None = "acceptance rate per pair",
+) -> Axes:
+    """A bar per adjacent rung pair: its accepted / proposed exchanges.
+
+    Unlike :func:`plot_acceptance` (over time, from a history), one number per
+    pair: a run's ``PTSummary.acceptance_rate`` or a mean over seeds.
+
+    Args:
+        acceptance_rate: ``(M - 1,)`` rates (NaN where never proposed: no bar).
+        ax: the Axes to draw on; a new figure's by default.
+        std: optional ``(M - 1,)`` error bars.
+        pair_labels: optional tick labels; ``"r-r+1"`` by default.
+        title: the Axes' title, or None.
+
+    Returns:
+        The Axes.
+    """
+    ax = _axes(ax)
+    rate = np.asarray(acceptance_rate, np.float64)
+    pairs = np.arange(rate.shape[0])
+    ax.bar(pairs, np.nan_to_num(rate), yerr=None if std is None else std, capsize=3)
+    ax.set_xticks(pairs)
+    labels = pair_labels or [f"{r}-{r + 1}" for r in pairs]
+    ax.set_xticklabels(list(labels), fontsize="small")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("rung pair")
+    ax.set_ylabel("acceptance rate")
+    if title:
+        ax.set_title(title)
+    return ax

@@ -118,13 +118,31 @@ def check_not_traced(state: ReplicaState) -> None:
         )
 
 
-def _progress(total: int, enabled: bool, name: str):
-    if not enabled:
+def _progress(total: int, enabled: bool | None, name: str):
+    """The call's progress bar (tqdm), or None: off, or tqdm is not installed.
+
+    ``enabled=None`` is "auto": on inside a Jupyter or IPython kernel (a
+    notebook: Jupyter, VS Code, Colab), off elsewhere (scripts, pytest, CI).
+    In a kernel the bar is tqdm.auto's widget when ipywidgets is installed,
+    else tqdm's text bar, chosen here so that tqdm.auto never warns
+    ``IProgress not found``.
+    """
+    ipython = sys.modules.get("IPython")  # never imported here: a kernel has it
+    shell = ipython.get_ipython() if ipython is not None else None
+    in_kernel = getattr(shell, "kernel", None) is not None
+    if not (in_kernel if enabled is None else enabled):
         return None
     try:
-        from tqdm.auto import tqdm
+        from tqdm.std import tqdm
     except ImportError:  # pragma: no cover
         return None
+    if in_kernel:
+        try:
+            from tqdm import notebook
+        except ImportError:  # pragma: no cover
+            notebook = None
+        if getattr(notebook, "IProgress", None) is not None:  # ipywidgets
+            return notebook.tqdm(total=total, desc=name, unit="step")
     return tqdm(total=total, desc=name, unit="step", file=sys.stderr)
 
 

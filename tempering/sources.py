@@ -5,18 +5,25 @@ Training data is either
 - in memory: a ``Split``, or an ``(inputs, targets)`` pair of arrays with a
   leading example axis. The batches are gathered on device from seeded epoch
   permutations, so the batch of global step s depends only on the run's key;
-- a stream: any iterable of batches (a Python generator, ``tfds.as_numpy(...)``,
-  a grain ``DataLoader``; a re-iterable starts a new pass when one ends, a
-  generator must last the run). Each element is an ``(inputs, targets)`` pair, a
-  ``Split``, or a dict with one of the key pairs in :data:`BATCH_KEYS`. The
-  driver pulls a segment's batches at once and sends them to the device
-  together, so there is no host round trip per step.
+- a stream: any iterable of batches (a Python generator, a grain dataset or
+  ``DataLoader``, ``tfds.data_source(...)`` batched by grain, or
+  ``tfds.as_numpy(...)``, which needs TensorFlow; a re-iterable starts a new
+  pass when one ends, a generator must last the run). Each element is an
+  ``(inputs, targets)`` pair, a ``Split``, or a dict with one of the key pairs
+  in :data:`BATCH_KEYS`. The driver pulls a segment's batches at once and sends
+  them to the device together, so there is no host round trip per step.
+  Streamed batches keep their own size: ``batch_size`` is for in-memory data,
+  and one given with a stream must equal the stream's batch size (else a
+  ValueError before anything compiles).
 
 Every streamed training batch is checked on the host before it trains: it
 must have the first batch's shapes and dtypes, finite float values, and, with
 the default loss (:func:`tempering.state.cross_entropy`), integer class
-indices in ``[0, num_classes)`` (the model's output size). A bad batch is a
-:class:`BatchError` (a ValueError) naming its index, raised before it trains;
+indices in ``[0, num_classes)`` (the model's output size). The one exception
+is a pass's short last batch (fewer examples than the first, e.g. a dataset
+batched without ``drop_remainder``): it is dropped, with one warning naming
+it. A bad batch is a :class:`BatchError` (a ValueError) naming its index,
+raised before it trains;
 :func:`tempering.train` attaches to it the replicas after the last round that
 ended finite and the history, so nothing trained is lost.
 
@@ -30,12 +37,15 @@ iterator is.
 
 Evaluation data (validation, test) is in memory, or a *re-iterable* of batches
 (a list, a ``tf.data`` / tfds dataset, a grain loader) or a function returning
-a fresh iterator: it is read once per round.
+a fresh iterator: it is read once per round. Its batches may differ in size
+as long as none is larger than the first (a short last batch is evaluated
+whole, padded and masked).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -116,6 +126,7 @@ class BatchSpec(NamedTuple):
     inputs: tuple[tuple[int, ...], np.dtype]  # shape and dtype
     targets: tuple[tuple[int, ...], np.dtype]
     num_classes: int | None  # the model's outputs with the default loss, else None
+    batch_axis: int = 0  # the examples' axis: 1 for (M, B, ...) per-replica batches
 
 
 def _layout(array: np.ndarray) -> tuple[tuple[int, ...], np.dtype]:
@@ -138,7 +149,8 @@ def check_batch(
             problem = (
                 f"{part} have shape {array.shape} and dtype {array.dtype}, the first "
                 f"batch's {expected[0]} and {expected[1]}: every batch needs the "
-                "first's shape and dtype (drop or pad a smaller last batch)"
+                "first's shape and dtype (only a pass's last batch may be smaller: "
+                "it is dropped)"
             )
         if problem is None and np.issubdtype(array.dtype, np.inexact):
             bad = int(array.size - np.count_nonzero(np.isfinite(array)))
@@ -153,6 +165,27 @@ def check_batch(
             f"{problem}",
             index,
         )
+
+
+def _is_short(x: np.ndarray, y: np.ndarray, spec: BatchSpec) -> bool:
+    """The batch has fewer examples than ``spec`` and is otherwise like it."""
+    axis = spec.batch_axis
+
+    def fewer(array: np.ndarray, expected: tuple[tuple[int, ...], np.dtype]) -> bool:
+        shape, dtype = expected
+        return (
+            array.dtype == dtype
+            and array.ndim == len(shape) > axis
+            and 0 < array.shape[axis] < shape[axis]
+            and array.shape[:axis] + array.shape[axis + 1 :]
+            == shape[:axis] + shape[axis + 1 :]
+        )
+
+    return (
+        fewer(x, spec.inputs)
+        and fewer(y, spec.targets)
+        and x.shape[axis] == y.shape[axis]
+    )
 
 
 def _encode_state(state: Any) -> dict:
@@ -189,11 +222,12 @@ class BatchReader:
 
     def __init__(self, source: IterableSource, name: str):
         self._source, self._name = source, name
-        self._iterator = source.make_iterator()
+        self._iterator: Any = source.make_iterator()  # maybe get_state/set_state
         # (batch, the iterator's state before it, or None when it cannot save)
         self._pending: list[tuple[tuple[np.ndarray, np.ndarray], Any]] = []
         self._spec: BatchSpec | None = None
         self._unsaved_warned = False
+        self._short_warned = False
         self.count = 0
 
     @property
@@ -273,10 +307,42 @@ class BatchReader:
             restarted = False
             batch = batch_pair(element, self._name)
             if self._spec is not None:
+                if _is_short(*batch, self._spec) and self._pass_ended():
+                    self._drop_short(batch, self._spec)
+                    self.count += 1
+                    continue
                 check_batch(*batch, self._spec, self.count, self._name)
             out.append(batch)
             self.count += 1
         return out
+
+    def _pass_ended(self) -> bool:
+        """Whether the iterator is exhausted (it reads one element ahead to know).
+
+        Called on a short batch only: when another batch follows, the short one
+        is refused anyway, so the element read ahead is not needed.
+        """
+        try:
+            next(self._iterator)
+        except StopIteration:
+            self._iterator = iter(())  # ended: the next read restarts (or runs out)
+            return True
+        return False
+
+    def _drop_short(self, batch: tuple[np.ndarray, np.ndarray], spec: BatchSpec):
+        """A pass's short last batch is not trained on (warned about once)."""
+        if self._short_warned:
+            return
+        self._short_warned = True
+        axis = spec.batch_axis
+        warn(
+            f"{self._name} batch {self.count} (counting from 0) has "
+            f"{batch[1].shape[axis]} examples, fewer than the first batch's "
+            f"{spec.targets[0][axis]}, and ends a pass over the data: it is dropped "
+            "(as is every pass's short last batch after it; batch with "
+            "drop_remainder=True to drop them yourself)",
+            RuntimeWarning,
+        )
 
 
 def _is_array(x: Any) -> bool:
@@ -472,6 +538,26 @@ def _on_devices(source: ArraySource, state: ReplicaState) -> ArraySource:
     return ArraySource(*sharding.replicate((source.inputs, source.targets), mesh))
 
 
+def _check_stream_batch_size(config: RunConfig, size: tuple[int, ...]) -> None:
+    """A ValueError when ``batch_size`` was set and the stream's batches differ.
+
+    Streamed batches keep the size they have; ``batch_size`` is for in-memory
+    data. Left at its default (or equal to the stream's batch size), it is fine.
+    """
+    default = next(
+        f.default for f in dataclasses.fields(config) if f.name == "batch_size"
+    )
+    if not size or config.batch_size in (default, size[0]):
+        return
+    raise ValueError(
+        f"batch_size={config.batch_size} is given, but train_data is a stream whose "
+        f"batches hold {size[0]} examples: streamed batches keep their own size "
+        "(batch_size only batches in-memory data). Drop batch_size, or batch the "
+        f"stream to {config.batch_size} examples (e.g. grain's "
+        f".batch({config.batch_size}, drop_remainder=True))"
+    )
+
+
 class RunSources(NamedTuple):
     """A call's data, validated and placed: what the segments and evaluations read."""
 
@@ -498,9 +584,12 @@ def prepare_sources(
         x, y = first = train.peek()
         if not config.shared_batch:  # (M, B, ...) batches: check one replica's
             x, y = x[0], y[0]
+        _check_stream_batch_size(config, np.shape(y)[:1])
         out = _check_compatible(state, x, y, "train_data", metrics_fn)
         classes = out.shape[-1] if state.loss_fn is cross_entropy else None
-        train.expect(BatchSpec(*map(_layout, first), classes))
+        axis = 0 if config.shared_batch else 1
+        inputs, targets = _layout(first[0]), _layout(first[1])
+        train.expect(BatchSpec(inputs, targets, classes, axis))
         sample = x
     validation = test = None
     if data.validation is not None:

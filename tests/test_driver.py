@@ -738,3 +738,51 @@ def test_ctrl_c_during_the_final_evaluation_keeps_the_run(state, blobs, presses)
     else:  # the second press stopped it: the rounds are kept, final is None
         assert result.final is None and result.final_score is None
         assert any("final is None" in str(w.message) for w in caught)
+
+
+# --- progress bars: on in a notebook, off elsewhere, never "IProgress not found" ---
+
+
+def test_progress_is_off_by_default_outside_a_notebook(state, blobs, capsys):
+    assert tp.RunConfig(num_steps=10, interval=5).progress is None  # "auto"
+    assert inspect.signature(tp.pt_train).parameters["progress"].default is None
+    assert inspect.signature(tp.pbt_train).parameters["progress"].default is None
+    pt(state, blobs, num_steps=20)  # under pytest: no kernel, no bar
+    assert "ExchangeMove" not in capsys.readouterr().err
+
+
+@pytest.fixture
+def fake_kernel(monkeypatch):
+    """A Jupyter kernel as tqdm.auto and tempering see one, without ipywidgets."""
+    import sys
+    import types
+
+    notebook = pytest.importorskip("tqdm.notebook")  # imported with the real IPython
+    monkeypatch.setattr(notebook, "IProgress", None)  # ipywidgets not installed
+
+    class ZMQInteractiveShell:
+        kernel = object()
+        config = {"IPKernelApp": {}}
+
+    shell = ZMQInteractiveShell()
+    ipython = types.SimpleNamespace(get_ipython=lambda: shell)
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setitem(sys.modules, "ipykernel.zmqshell", types.ModuleType("zmq"))
+    for name in ("tqdm.auto", "tqdm.autonotebook"):  # chosen afresh
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    return shell
+
+
+@pytest.mark.parametrize("progress", [None, True])
+def test_progress_in_a_notebook_without_ipywidgets_warns_nothing(
+    state, blobs, capsys, fake_kernel, progress
+):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pt(state, blobs, progress=progress)
+    assert not [str(w.message) for w in caught if "IProgress" in str(w.message)]
+    err = capsys.readouterr().err
+    assert "ExchangeMove" in err and "50/50" in err  # tqdm's text bar
+    assert "IProgress" not in err

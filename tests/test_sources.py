@@ -218,3 +218,146 @@ def test_one_hot_labels_in_memory_say_they_must_be_class_indices(state, blobs):
         pt(state, blobs, (x, np.eye(3, dtype=np.float32)[y]))
     with pytest.raises(ValueError, match=r"look one-hot"):
         pt(state, blobs, (x, np.eye(3, dtype=np.int32)[y]))
+
+
+# --- data edges: a short last batch, batch_size with a stream, tfds without TF ---
+
+
+def batches_of(x, y, size, stop=None):
+    """A re-iterable (a list) of batches of ``size``; the last one may be short."""
+    x, y = x[:stop], y[:stop]
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
+
+
+def test_a_short_last_batch_of_each_pass_is_dropped_with_one_warning(state, blobs):
+    (x, y), _ = blobs
+    short = batches_of(x, y, 32, stop=240)  # 7 batches of 32, then one of 16
+    assert len(short[-1][1]) == 16
+    with pytest.warns(RuntimeWarning) as caught:
+        result = pt(state, blobs, short)  # 40 steps: almost 6 passes
+    dropped = [w for w in caught if "is dropped" in str(w.message)]
+    assert len(dropped) == 1, [str(w.message) for w in caught]  # warned once
+    assert (
+        "train_data batch 7 (counting from 0) has 16 examples, fewer than the "
+        "first batch's 32, and ends a pass" in str(dropped[0].message)
+    )
+    # exactly the run on the full batches alone: the short ones never trained
+    full = pt(state, blobs, short[:-1])
+    assert leaves_equal(result.state.params, full.state.params)
+    assert history_equal(result.history, full.history)
+
+
+def test_a_short_batch_within_a_pass_is_refused_by_its_index(state, blobs):
+    (x, y), _ = blobs
+    batches = batches_of(x, y, 32, stop=224)
+    batches.insert(3, (x[:16], y[:16]))  # not a pass's last: refused, named
+    with pytest.raises(BatchError, match=r"train_data batch 3 .*shape \(16, 5\)"):
+        pt(state, blobs, batches)
+
+
+def test_a_grain_dataset_without_drop_remainder_trains(state, blobs):
+    (x, y), _ = blobs
+    records = [{"image": x[i], "label": y[i]} for i in range(240)]
+    dataset = grain.MapDataset.source(records).batch(32)  # ... 32, 16 per pass
+    with pytest.warns(RuntimeWarning, match=r"batch 7 .* 16 examples.*dropped"):
+        result = pt(state, blobs, dataset, num_steps=20)
+    exact = grain.MapDataset.source(records).batch(32, drop_remainder=True)
+    reference = pt(state, blobs, exact, num_steps=20)
+    assert leaves_equal(result.state.params, reference.state.params)
+
+
+def test_the_reader_drops_short_last_batches_of_per_replica_batches(blobs):
+    # unshared batches (M, B, ...): the examples' axis is 1
+    from tempering.sources import BatchSpec
+
+    (x, y), _ = blobs
+    full = (np.stack([x[:8]] * 4), np.stack([y[:8]] * 4))
+    short = (np.stack([x[:3]] * 4), np.stack([y[:3]] * 4))
+    reader = BatchReader(as_train_source([full, full, short], "t", 8), "t")
+    first = reader.peek()
+    layouts = [(a.shape, a.dtype) for a in first]
+    reader.expect(BatchSpec(*layouts, None, batch_axis=1))
+    with pytest.warns(
+        RuntimeWarning, match=r"t batch 2 .* 3 examples.* first batch's 8"
+    ):
+        taken = reader.take(5)  # batches 0, 1, 3, 4, 6: 2 and 5 are dropped
+    assert [b[0].shape for b in taken] == [(4, 8, 5)] * 5
+    assert reader.count == 7  # the stream's indices count the dropped batches
+
+
+def test_an_evaluation_iterable_with_a_short_last_batch_is_evaluated_whole(
+    state, blobs
+):
+    (x, y), (xv, yv) = blobs
+    in_memory = pt(state, blobs, stream(x, y), num_steps=20)
+    for validation in (
+        batches_of(xv, yv, 24),  # 24, 24, 16
+        grain.MapDataset.source([{"x": xv[i], "y": yv[i]} for i in range(64)]).batch(
+            28
+        ),  # 28, 28, 8
+    ):
+        result = pt(
+            state, blobs, stream(x, y), num_steps=20, validation_data=validation
+        )
+        np.testing.assert_allclose(
+            result.history.val_loss, in_memory.history.val_loss, rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            result.summary.final_val_loss, in_memory.summary.final_val_loss, rtol=1e-5
+        )
+
+
+def test_batch_size_with_a_stream_is_refused_before_anything_compiles(
+    state, blobs, compiled
+):
+    from conftest import ENGINE_PROGRAMS
+
+    (x, y), _ = blobs
+    with pytest.raises(
+        ValueError,
+        match=r"batch_size=64 is given, but train_data is a stream whose batches "
+        r"hold 32 examples: streamed batches keep their own size.*Drop batch_size",
+    ):
+        pt(state, blobs, stream(x, y), batch_size=64)
+    engine = sorted(set(compiled) & ENGINE_PROGRAMS)
+    assert not engine, f"compiled {engine} before raising"
+    # the stream's own size, or batch_size left at its default, is fine
+    sized = pt(state, blobs, stream(x, y), num_steps=10, batch_size=32)
+    default = pt(state, blobs, stream(x, y), num_steps=10, batch_size=128)
+    assert leaves_equal(sized.state.params, default.state.params)
+
+
+def test_tfds_data_source_and_grain_train_without_tensorflow():
+    """The TensorFlow-free path the docs show (guides/engine.md)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    import sys
+
+    from tempering.zoo.models import MLP
+
+    def normalise(example):
+        return {
+            "image": example["image"].astype(np.float32) / 255,
+            "label": example["label"],
+        }
+
+    with tfds.testing.mock_data(num_examples=80):
+        train = (
+            grain.MapDataset.source(tfds.data_source("mnist", split="train"))
+            .shuffle(seed=0)
+            .map(normalise)
+            .batch(16, drop_remainder=True)
+        )
+        test = grain.MapDataset.source(tfds.data_source("mnist", split="test"))
+        test = test.map(normalise).batch(32)  # 32, 32, 16: the last one short
+        ladder = tp.make_ladder(learning_rate=[0.01, 0.1])
+        state = tp.create_replicas(
+            jax.random.key(0), MLP(features=(8,)), tp.sgd(0.05),
+            np.zeros((1, 28, 28, 1), np.float32), ladder=ladder,
+        )  # fmt: skip
+        result = tp.pt_train(
+            state, ladder, jax.random.key(1), train_data=train,
+            validation_data=test, num_steps=12, exchange_interval=4,
+        )  # fmt: skip
+    assert int(result.state.step) == 12
+    assert np.isfinite(result.summary.final_val_loss).all()
+    assert "tensorflow" not in sys.modules
