@@ -42,7 +42,8 @@ RESULTS = ROOT / "experiments" / "results"
 PUBLIC_SUBMODULES = (
     "loops fast sources hyperparams diffusion data zoo.datasets zoo.models loggers "
     "sharding "
-    "checkpoint divergence adaptation diagnostics multi"
+    "checkpoint divergence adaptation diagnostics multi frontends frontends.nnx "
+    "frontends.equinox"
 ).split()
 
 

@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from tempering._caller import warn
@@ -282,7 +283,7 @@ class _Lock:
         self.owner = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "started": datetime.datetime.now(datetime.UTC).isoformat(
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"
             ),
         }
@@ -534,7 +535,7 @@ class Checkpointer:
     def _set_aside(self, step: int, error: CheckpointError) -> str:
         """Renames a failed step out of orbax's way (kept for inspection); a warning."""
         source = self.directory / str(step)
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
         target = self.directory / f"{step}.corrupt-{stamp}"
         source.rename(target)
         self.manager.reload()
@@ -598,7 +599,9 @@ class Checkpointer:
         for i, (leaf, entry) in enumerate(zip(leaves, entries, strict=True)):
             value = self._leaf_value(i, entry, arrays)
             if _is_key(leaf):
-                value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf))
+                value = jax.random.wrap_key_data(
+                    jnp.asarray(value), impl=jax.random.key_impl(leaf)
+                )
             if isinstance(leaf, jax.Array):
                 value = jax.device_put(value, leaf.sharding)
             restored.append(value)

@@ -351,7 +351,7 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
             carry, progress, record = _train_segment(run, carry, progress, index)
         except (divergence.DivergenceError, BatchError) as error:
             history = _stack(progress, *kept, run, None)
-            raise divergence.attach(error, *kept, history) from None
+            raise divergence.attach(error, kept[0], kept[1], history) from None
         if bar is not None:
             bar.update(run.segments[index].steps)
         stop = interrupt.requested
@@ -432,7 +432,7 @@ def _finish(run, carry, progress, saver, bar, interrupt, kept) -> RunResult:
     try:
         return _result(state, move_state, history, final, final_score, interrupt)
     except divergence.DivergenceError as error:
-        raise divergence.attach(error, *kept, history) from None
+        raise divergence.attach(error, kept[0], kept[1], history) from None
 
 
 def _final(run: _Run, state: ReplicaState) -> tuple[Any, Any]:

@@ -21,6 +21,7 @@ any other name only needs to be finite.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -195,8 +196,9 @@ def _raise_unknown(state: ReplicaState, names: Sequence[str], where: str) -> Non
 
 
 def raise_unknown_names(
-    known: Any, scheduled: Sequence[str], names: Sequence[str], where: str
-) -> None:
+    known: Any, scheduled: Sequence[str], names: Sequence[str], where: str,
+    hint: str = "",
+) -> None:  # fmt: skip
     """Raises ValueError for ``names`` not among ``known``, naming the fix."""
     on_schedule = [n for n in names if n in scheduled]
     if on_schedule:
@@ -209,7 +211,7 @@ def raise_unknown_names(
         f"{where}: unknown hyperparameter(s) {list(names)}; this state has "
         f"{sorted(known)} (the floats tx injects with "
         "optax.inject_hyperparams, and the model inputs; declare more with "
-        "create_replicas(..., model_inputs=...))"
+        f"create_replicas(..., model_inputs=...)){hint}"
     )
 
 
@@ -221,14 +223,37 @@ def check_names(state: ReplicaState, names: Sequence[str], where: str) -> None:
 
 
 def get_hyperparams(
-    state: ReplicaState, names: Sequence[str] | None = None
-) -> dict[str, jax.Array]:
+    state: ReplicaState,
+    names: Sequence[str] | int | None = None,
+    *,
+    replica: int | None = None,
+) -> dict[str, Any]:
     """Per-replica values ``(M,)`` of the named (default: all) hyperparameters.
 
+    Args:
+        state: the replicas.
+        names: a name, names, or None for all; an int is taken as ``replica``.
+        replica: one replica's index: its values as Python floats instead.
+
+    Example:
+        >>> tp.get_hyperparams(result.state, result.summary.best_replica)
+        {'dropout_rate': 0.1, 'learning_rate': 0.05}
+
     Raises:
-        TypeError: names that are not strings.
+        TypeError: names that are not strings, a replica that is not an int.
         ValueError: names the state does not hold.
+        IndexError: a replica out of range.
     """
+    if isinstance(names, int | np.integer) and not isinstance(names, bool):
+        replica, names = operator.index(names), None
+    if replica is not None:
+        if isinstance(replica, bool) or not isinstance(replica, int | np.integer):
+            raise TypeError(f"replica must be an int index, got {replica!r}")
+        num = state.num_replicas
+        if not -num <= replica < num:
+            raise IndexError(f"replica must lie in [-{num}, {num}), got {replica}")
+        values = get_hyperparams(state, names)
+        return {name: float(v[replica]) for name, v in values.items()}
     names = sorted(state.hyperparams) if names is None else names
     if isinstance(names, str):
         names = (names,)

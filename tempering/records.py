@@ -202,7 +202,7 @@ def final_or_last(
     if history.validation is not None and len(history.step):
         last = jax.tree.map(lambda x: np.asarray(x)[-1], history.validation)
         return last, np.asarray(history.score)[-1]
-    nan = np.full((num,), np.nan, np.float32)
+    nan: Any = np.full((num,), np.nan, np.float32)
     return EvalMetrics(nan, {}), nan
 
 

@@ -411,7 +411,9 @@ def create_replicas(
         keys = jnp.broadcast_to(keys[:1], keys.shape)
     init = functools.partial(_init_replica, model=model, tx=tx)
     abstract = _check_traced_inputs(init, keys[0], model, sample_input, start)
-    _check_names(abstract, start, given, ladder, num_replicas)  # before compiling
+    _check_names(
+        model, abstract, start, given, ladder, num_replicas
+    )  # before compiling
     # One replica at a time, not vmapped: init runs once, and XLA compiles the
     # single-replica init (random initialisers) several times faster.
     params, stats, opt_state = _stack([init(k, sample_input, start) for k in keys])
@@ -481,6 +483,7 @@ def _starting_inputs(
 
 
 def _check_names(
+    model: Any,
     abstract: Any,
     start: Mapping[str, Any],
     given: Mapping[str, Any],
@@ -493,6 +496,7 @@ def _check_names(
     per-replica model input; a value is one number or one per replica.
 
     Args:
+        model: the model's frontend (for the hint of a dropout rate).
         abstract: the shapes of one replica's ``(params, stats, opt_state)``.
         start: the model inputs' starting values.
         given: the ``hyperparams`` argument.
@@ -507,7 +511,14 @@ def _check_names(
     ):
         unknown = sorted(set(names) - known)
         if unknown:
-            raise_unknown_names(known, scheduled, unknown, where)
+            hint = ""
+            if "dropout_rate" in unknown:
+                hint = (
+                    f". A laddered dropout rate is a keyword of {model.name}'s call "
+                    "(e.g. __call__(x, dropout_rate=0.0)) given to a dropout that "
+                    f"takes it traced: {model.dropout_fix}"
+                )
+            raise_unknown_names(known, scheduled, unknown, where, hint)
     for name, value in given.items():
         shape = check_values(name, value, "hyperparams").shape
         if shape not in ((), (num_replicas,)):

@@ -297,7 +297,9 @@ def pt_summary(run: RunResult, move: ExchangeMove) -> PTSummary:
     return PTSummary(
         acceptance_rate=_acceptance_rate(history),
         round_trips=count_round_trips(
-            np.concatenate([history.initial_rungs[None], history.rungs]),
+            np.concatenate(
+                [np.asarray(history.initial_rungs)[None], np.asarray(history.rungs)]
+            ),
             run.state.num_replicas,
         ),
         best_replica=best,

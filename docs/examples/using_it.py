@@ -6,6 +6,7 @@ Shown on the getting-started page and type-checked against the public API in CI
 """
 
 import jax
+import numpy as np
 
 import tempering as tp
 from tempering.zoo.datasets import load_mnist1d
@@ -31,7 +32,9 @@ state, history, summary = tp.pt_train(
     exchange_interval=100,
 )  # C is tuned to the losses it sees (c="auto"), then frozen: summary.c
 print("acceptance per adjacent pair:", summary.acceptance_rate)  # (M - 1,)
-print("rungs of every replica, per round:", history.rungs.shape)  # (rounds, M)
+print(
+    "rungs of every replica, per round:", np.shape(np.asarray(history.rungs))
+)  # (rounds, M)
 test = tp.evaluate(state, data.test.inputs, data.test.labels)
 print("test accuracy of the best replica:", test.accuracy[summary.best_replica])
 best = tp.replica(state, summary.best_replica)  # plain Flax variables

@@ -110,6 +110,12 @@ def _equinox() -> Any:
 
 
 def _takes_rngs(build: Any) -> bool:
+    if isinstance(build, type):
+        try:
+            from flax import nnx
+        except ImportError:  # pragma: no cover
+            return False
+        return issubclass(build, nnx.Module)
     try:
         params = list(inspect.signature(build).parameters.values())
     except (TypeError, ValueError):
@@ -142,6 +148,11 @@ def as_frontend(model: Any, train_kwarg: str | None = "train") -> Any:
         return model
     if isinstance(model, nn.Module):
         return Linen(model, train_kwarg)
+    if isinstance(model, type) and issubclass(model, nn.Module):
+        raise TypeError(
+            f"model must be a flax.linen.Module instance: got the class "
+            f"{model.__name__}, call it ({model.__name__}(...))"
+        )
     if _is_nnx_module(model):
         from tempering.frontends.nnx import Nnx
 
@@ -150,7 +161,7 @@ def as_frontend(model: Any, train_kwarg: str | None = "train") -> Any:
         from tempering.frontends.equinox import Equinox
 
         return Equinox.from_module(model, train_kwarg)
-    if callable(model) and not isinstance(model, type):
+    if callable(model):  # a builder: a function, or the module class itself
         return _from_builder(model, train_kwarg)
     raise TypeError(
         "model must be a flax.linen.Module instance (e.g. MLP(features=(128,))), a "

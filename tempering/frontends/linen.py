@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -86,10 +86,11 @@ class Linen:
         kwargs = model_kwargs(self.train_kwarg, train, inputs)
         variables = model_variables(params, stats)
         if not train:
-            return self.module.apply(variables, x, **kwargs), stats
+            outputs: Any = self.module.apply(variables, x, **kwargs)
+            return outputs, stats
         has_stats = bool(jax.tree.leaves(stats))
-        out = self.module.apply(
-            variables, x, rngs={"dropout": key},
+        out: Any = self.module.apply(
+            variables, x, rngs={"dropout": cast(jax.Array, key)},
             mutable=["batch_stats"] if has_stats else False, **kwargs,
         )  # fmt: skip
         outputs, updates = out if has_stats else (out, {})

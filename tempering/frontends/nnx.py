@@ -98,8 +98,8 @@ class Dropout(nnx.Module):
 
 def _split(module: nnx.Module) -> tuple[Any, Any, Any, Any]:
     """``(graph, params, rng_state, stats)`` of a module."""
-    graph, params, rng_state, stats = nnx.split(module, nnx.Param, nnx.RngState, ...)
-    return graph, params, rng_state, stats
+    parts: Any = nnx.split(module, nnx.Param, nnx.RngState, ...)
+    return parts[0], parts[1], parts[2], parts[3]
 
 
 def _mode_graphs(module: nnx.Module) -> tuple[Any, Any]:
@@ -200,7 +200,7 @@ class Nnx:
     ) -> tuple[jax.Array, Any]:  # fmt: skip
         """``(outputs, new_stats)`` through the training or the inference graph."""
         graph = self.train_graph if train else self.eval_graph
-        module = nnx.merge(graph, params, self._rngs(key), stats)
+        module = nnx.merge(graph, params, self._rngs(key), stats, copy=True)
         outputs = module(x, **self._kwargs(train, inputs))
         if not train:
             return outputs, stats

@@ -1,0 +1,341 @@
+"""Every model library through one interface: flax.nnx, Equinox, plain functions.
+
+(flax linen is the golden outputs' frontend: tests/test_golden.py holds it bit
+for bit.)
+"""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import make_blobs
+from flax import nnx
+
+import tempering as tp
+from tempering.frontends import Functions
+
+eqx = pytest.importorskip("equinox")
+
+from tempering.frontends import equinox as tp_eqx  # noqa: E402
+from tempering.frontends import nnx as tp_nnx  # noqa: E402
+
+M = 3
+LR = tp.geometric_ladder("learning_rate", 0.02, 0.2, M)
+DROPOUT = tp.linear_ladder("dropout_rate", 0.0, 0.4, M, learning_rate=0.05)
+TRAIN, VAL = make_blobs(192, dim=16, seed=0), make_blobs(64, dim=16, seed=1)
+IMAGES = jnp.asarray(TRAIN[0]).reshape(-1, 4, 4, 1)
+VAL_IMAGES = (jnp.asarray(VAL[0]).reshape(-1, 4, 4, 1), VAL[1])
+
+
+class NnxCNN(nnx.Module):
+    """An nnx CNN written the nnx way: modes switched by .train() / .eval()."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(4, rngs=rngs)
+        self.drop = tp_nnx.Dropout(rngs=rngs)
+        self.out = nnx.Linear(4 * 4 * 4, 3, rngs=rngs)
+
+    def __call__(self, x, dropout_rate=0.0):
+        x = nnx.relu(self.bn(self.conv(x)))
+        x = self.drop(x, dropout_rate)
+        return self.out(x.reshape(x.shape[0], -1))
+
+
+class EqxMLP(eqx.Module):
+    """An Equinox MLP written the Equinox way: called on one example."""
+
+    hidden: eqx.nn.Linear
+    drop: tp_eqx.Dropout
+    out: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2 = jax.random.split(key)
+        self.hidden = eqx.nn.Linear(16, 32, key=k1)
+        self.drop = tp_eqx.Dropout()
+        self.out = eqx.nn.Linear(32, 3, key=k2)
+
+    def __call__(self, x, *, key=None, dropout_rate=0.0):
+        return self.out(self.drop(jax.nn.relu(self.hidden(x)), dropout_rate, key=key))
+
+
+def nnx_user_loss(module, x, y):
+    """The user's own inference-mode evaluation of an nnx replica."""
+    module.eval()
+    return optax.softmax_cross_entropy_with_integer_labels(module(x), y).mean()
+
+
+def eqx_user_loss(model, x, y):
+    """The user's own inference-mode evaluation of an Equinox replica."""
+    model = eqx.nn.inference_mode(model)
+    logits = jax.vmap(model)(x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def pt(state, ladder, train, val, **kwargs):
+    settings = dict(
+        num_steps=40, exchange_interval=10, burn_in=10, batch_size=32, c=1.0
+    )
+    settings.update(kwargs)
+    return tp.pt_train(state, ladder, jax.random.key(4), train_data=train,
+                       validation_data=val, **settings)  # fmt: skip
+
+
+@pytest.mark.parametrize("ladder", [LR, DROPOUT], ids=["lr", "dropout"])
+def test_an_nnx_cnn_with_batchnorm_and_dropout_trains_and_evaluates_in_eval_mode(
+    ladder,
+):
+    state = tp.create_replicas(jax.random.key(0), NnxCNN, tp.sgd(0.05), IMAGES[:2],
+                               ladder=ladder)  # fmt: skip
+    assert state.model.kind == "nnx" and state.model_inputs == ("dropout_rate",)
+    result = pt(state, ladder, (IMAGES, TRAIN[1]), VAL_IMAGES)
+    assert np.isfinite(result.history.val_loss).all()
+    assert result.history.rungs.shape == (3, M)
+    best = result.summary.best_replica
+    module = tp.replica(result.state, best)
+    assert isinstance(module, NnxCNN)
+    ours = tp.evaluate(result.state, *VAL_IMAGES).loss[best]
+    np.testing.assert_allclose(ours, nnx_user_loss(module, *VAL_IMAGES), rtol=1e-5)
+    # the statistics moved in training, and evaluation used them, not the batch's
+    assert not np.allclose(module.bn.mean[...], 0.0)
+    module.train()
+    train_mode = optax.softmax_cross_entropy_with_integer_labels(
+        module(VAL_IMAGES[0], dropout_rate=0.0), VAL_IMAGES[1]
+    ).mean()
+    assert abs(float(train_mode) - float(ours)) > 1e-4
+
+
+@pytest.mark.parametrize("ladder", [LR, DROPOUT], ids=["lr", "dropout"])
+def test_an_equinox_mlp_trains_and_evaluates_in_inference_mode(ladder):
+    state = tp.create_replicas(jax.random.key(0), EqxMLP, tp.sgd(0.05), TRAIN[0][:2],
+                               ladder=ladder)  # fmt: skip
+    assert state.model.kind == "equinox"
+    result = pt(state, ladder, TRAIN, VAL)
+    assert np.isfinite(result.history.val_loss).all()
+    best = result.summary.best_replica
+    model = tp.replica(result.state, best)
+    assert isinstance(model, EqxMLP)
+    ours = tp.evaluate(result.state, *VAL).loss[best]
+    np.testing.assert_allclose(ours, eqx_user_loss(model, *VAL), rtol=1e-5)
+
+
+def test_a_builder_gives_independent_starts_and_an_instance_a_common_one():
+    built = tp.create_replicas(jax.random.key(0), EqxMLP, tp.sgd(0.1), TRAIN[0][:2],
+                               num_replicas=M)  # fmt: skip
+    kernels = built.params.hidden.weight
+    assert not np.allclose(kernels[0], kernels[1])
+    instance = tp.create_replicas(jax.random.key(0), EqxMLP(jax.random.key(9)),
+                                  tp.sgd(0.1), TRAIN[0][:2], num_replicas=M)  # fmt: skip
+    kernels = instance.params.hidden.weight
+    np.testing.assert_array_equal(kernels[0], kernels[2])
+    cnn = NnxCNN(nnx.Rngs(3))
+    cnn.eval()  # the user's module keeps its mode
+    nnx_state = tp.create_replicas(jax.random.key(0), cnn, tp.sgd(0.1), IMAGES[:2],
+                                   num_replicas=M)  # fmt: skip
+    np.testing.assert_array_equal(nnx_state.params["conv"]["kernel"][...][1],
+                                  cnn.conv.kernel[...])  # fmt: skip
+    assert cnn.drop.deterministic
+
+
+def _nnx_hand_step(module, x, y, lr):
+    """One SGD step of one nnx model written by hand, the nnx way."""
+    module.train()
+
+    def loss(m):
+        out = m(x)
+        return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
+
+    grads = nnx.grad(loss)(module)
+    params = nnx.state(module, nnx.Param)
+    return jax.tree.map(lambda p, g: p - lr * g, params, grads)
+
+
+def test_the_fused_step_equals_hand_written_single_model_steps():
+    # nnx (BatchNorm, no dropout: masks are the engine's own keys)
+    class Net(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs):
+            self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+            self.bn = nnx.BatchNorm(4, rngs=rngs)
+            self.out = nnx.Linear(64, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(nnx.relu(self.bn(self.conv(x))).reshape(x.shape[0], -1))
+
+    lrs = np.asarray(LR.values["learning_rate"])
+    state = tp.create_replicas(
+        jax.random.key(0), Net, tp.sgd(0.1), IMAGES[:2], ladder=LR
+    )
+    x, y = IMAGES[:32], jnp.asarray(TRAIN[1][:32])
+    stepped, _ = tp.train_step(state, jax.random.key(1), x, y, vectorize="vmap")
+    for m in range(M):
+        module = nnx.merge(
+            state.model.train_graph,
+            *jax.tree.map(lambda a, i=m: a[i], (state.params,)),
+            state.model.rng_state,
+            jax.tree.map(lambda a, i=m: a[i], state.batch_stats),
+        )
+        want = _nnx_hand_step(module, x, y, lrs[m])
+        got = jax.tree.map(lambda a, i=m: a[i], stepped.params)
+        chex.assert_trees_all_close(got, want, rtol=2e-5, atol=1e-6)
+    # Equinox
+    state = tp.create_replicas(jax.random.key(0), EqxMLP, tp.sgd(0.1), TRAIN[0][:2],
+                               ladder=LR, model_inputs=())  # fmt: skip
+    x = jnp.asarray(TRAIN[0][:32])
+    stepped, _ = tp.train_step(state, jax.random.key(1), x, y, vectorize="vmap")
+    for m in range(M):
+        model = eqx.combine(jax.tree.map(lambda a, i=m: a[i], state.params),
+                            state.model.static)  # fmt: skip
+
+        def loss(model):
+            model = eqx.nn.inference_mode(model, False)
+            keys = jax.random.split(jax.random.key(0), 32)
+            logits = jax.vmap(lambda e, k: model(e, key=k))(x, keys)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        grads = eqx.filter_grad(loss)(model)
+        want = jax.tree.map(lambda p, g, lr=lrs[m]: p - lr * g,
+                            eqx.filter(model, eqx.is_inexact_array),
+                            eqx.filter(grads, eqx.is_inexact_array))  # fmt: skip
+        got = jax.tree.map(lambda a, i=m: a[i], stepped.params)
+        chex.assert_trees_all_close(got, want, rtol=2e-5, atol=1e-6)
+
+
+class LinenTwin(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, train=False):
+        return nn.Dense(3)(nn.relu(nn.Dense(32)(x)))
+
+
+class NnxTwin(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(16, 32, rngs=rngs)
+        self.out = nnx.Linear(32, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(nnx.relu(self.hidden(x)))
+
+
+def test_a_linen_model_and_its_nnx_twin_give_the_same_run():
+    linen = tp.create_replicas(jax.random.key(0), LinenTwin(), tp.sgd(0.1),
+                               TRAIN[0][:2], ladder=LR, same_init=True)  # fmt: skip
+    twin = NnxTwin(nnx.Rngs(0))
+    dense = jax.tree.map(lambda a: a[0], linen.params)
+    # linen names its compact layers in construction order: Dense_0 is the output
+    twin.hidden.kernel[...] = dense["Dense_1"]["kernel"]
+    twin.hidden.bias[...] = dense["Dense_1"]["bias"]
+    twin.out.kernel[...] = dense["Dense_0"]["kernel"]
+    twin.out.bias[...] = dense["Dense_0"]["bias"]
+    nnx_state = tp.create_replicas(jax.random.key(0), twin, tp.sgd(0.1), TRAIN[0][:2],
+                                   ladder=LR)  # fmt: skip
+    a = pt(linen, LR, TRAIN, VAL, num_steps=60)
+    b = pt(nnx_state, LR, TRAIN, VAL, num_steps=60)
+    np.testing.assert_allclose(a.history.val_loss, b.history.val_loss, rtol=1e-4)
+    np.testing.assert_array_equal(a.history.rungs, b.history.rungs)
+
+
+def test_plain_functions_are_a_model():
+    def init(key, x):
+        return {"w": 0.1 * jax.random.normal(key, (x.shape[-1], 3))}
+
+    def apply(params, x, *, train, key, dropout_rate=0.0):
+        h = x @ params["w"]
+        if train:
+            h = tp.layers.dropout(key, h, dropout_rate)
+        return h
+
+    model = Functions(init, apply)
+    state = tp.create_replicas(jax.random.key(0), model, tp.sgd(0.1), TRAIN[0][:2],
+                               ladder=DROPOUT)  # fmt: skip
+    assert state.model_inputs == ("dropout_rate",)
+    result = pt(state, DROPOUT, TRAIN, VAL)
+    params = tp.replica(result.state, 1)
+    logits = apply(params, jnp.asarray(VAL[0]), train=False, key=None)
+    want = optax.softmax_cross_entropy_with_integer_labels(logits, VAL[1]).mean()
+    np.testing.assert_allclose(tp.evaluate(result.state, *VAL).loss[1], want, rtol=1e-5)
+
+
+def test_one_replicas_hyperparameters_by_index():
+    state = tp.create_replicas(jax.random.key(0), EqxMLP, tp.sgd(0.1), TRAIN[0][:2],
+                               ladder=DROPOUT)  # fmt: skip
+    assert tp.get_hyperparams(state, 2) == pytest.approx(
+        {"dropout_rate": 0.4, "learning_rate": 0.05}
+    )
+    assert tp.get_hyperparams(state, replica=-1) == tp.get_hyperparams(state, 2)
+    with pytest.raises(IndexError, match="replica must lie in"):
+        tp.get_hyperparams(state, 3)
+
+
+def test_the_best_replica_saved_and_loaded_for_inference(tmp_path):
+    import orbax.checkpoint as ocp
+
+    state = tp.create_replicas(jax.random.key(0), NnxCNN, tp.sgd(0.05), IMAGES[:2],
+                               ladder=LR)  # fmt: skip
+    module = tp.replica(state, 1)
+    with ocp.StandardCheckpointer() as saver:
+        saver.save(tmp_path / "nnx", nnx.state(module))
+    fresh = nnx.eval_shape(lambda: NnxCNN(nnx.Rngs(0)))
+    graph, abstract = nnx.split(fresh)
+    with ocp.StandardCheckpointer() as saver:
+        loaded = nnx.merge(graph, saver.restore(tmp_path / "nnx", abstract))
+    loaded.eval()
+    np.testing.assert_allclose(loaded(VAL_IMAGES[0]), module(VAL_IMAGES[0]), rtol=1e-6)
+
+    eqx_state = tp.create_replicas(jax.random.key(0), EqxMLP, tp.sgd(0.05),
+                                   TRAIN[0][:2], ladder=LR)  # fmt: skip
+    model = tp.replica(eqx_state, 2)
+    eqx.tree_serialise_leaves(tmp_path / "mlp.eqx", model)
+    like = eqx.nn.inference_mode(EqxMLP(jax.random.key(5)))
+    loaded = eqx.tree_deserialise_leaves(tmp_path / "mlp.eqx", like)
+    np.testing.assert_allclose(jax.vmap(loaded)(VAL[0]), jax.vmap(model)(VAL[0]))
+
+
+def test_a_stock_dropout_given_a_laddered_rate_names_the_frontends_layer():
+    class StockNnx(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs):
+            self.lin = nnx.Linear(16, 3, rngs=rngs)
+            self.drop = nnx.Dropout(0.1, rngs=rngs)
+
+        def __call__(self, x):
+            return self.drop(self.lin(x))
+
+    with pytest.raises(ValueError, match=r"tempering\.frontends\.nnx\.Dropout"):
+        tp.create_replicas(jax.random.key(0), StockNnx, tp.sgd(0.1), TRAIN[0][:2],
+                           ladder=DROPOUT)  # fmt: skip
+
+    class StockEqx(eqx.Module):
+        lin: eqx.nn.Linear
+        drop: eqx.nn.Dropout
+
+        def __init__(self, key):
+            self.lin, self.drop = eqx.nn.Linear(16, 3, key=key), eqx.nn.Dropout(0.1)
+
+        def __call__(self, x, *, key=None):
+            return self.drop(self.lin(x), key=key)
+
+    with pytest.raises(ValueError, match=r"tempering\.frontends\.equinox\.Dropout"):
+        tp.create_replicas(jax.random.key(0), StockEqx, tp.sgd(0.1), TRAIN[0][:2],
+                           ladder=DROPOUT)  # fmt: skip
+
+
+def test_a_model_of_no_library_names_every_frontend():
+    with pytest.raises(TypeError, match="nnx.*Equinox.*Functions"):
+        tp.create_replicas(jax.random.key(0), object(), tp.sgd(0.1), TRAIN[0][:2],
+                           num_replicas=2)  # fmt: skip
+
+
+def test_a_checkpoint_refuses_another_nnx_model(tmp_path):
+    class Other(NnxTwin):
+        def __call__(self, x):
+            return self.out(nnx.tanh(self.hidden(x)))
+
+    def run(model, **kwargs):
+        state = tp.create_replicas(jax.random.key(0), model, tp.sgd(0.1),
+                                   TRAIN[0][:2], ladder=LR)  # fmt: skip
+        return pt(state, LR, TRAIN, VAL, checkpoint_dir=tmp_path, **kwargs)
+
+    run(NnxTwin, num_steps=20)
+    with pytest.raises(ValueError, match="differ in: .*model"):
+        run(Other, num_steps=20)
