@@ -3,18 +3,18 @@
 Every function draws onto a matplotlib ``Axes`` it is given (the first
 argument) and returns it, so callers compose their own figures
 (``fig, axes = plt.subplots(1, 3)``). The figures of a run ship with the
-package, in :mod:`tempering.diagnostics` (where ``ax`` comes after the data and
+package, in :mod:`tempering.plots` (where ``ax`` comes after the data and
 is optional): the notebook imports them from there, and the three below are
 those, with the experiments' argument order.
 
 - :func:`plot_replica_paths`: paper Fig. 2 (right), rung of every replica
   against time, the best replica highlighted
-  (:func:`tempering.diagnostics.plot_replica_paths`).
+  (:func:`tempering.plots.plot_replica_paths`).
 - :func:`plot_error_curves`: test (or validation) error against steps or
   epochs, one curve (optionally mean ± std band) per label
-  (:func:`tempering.diagnostics.plot_error_curves`).
+  (:func:`tempering.plots.plot_error_curves`).
 - :func:`plot_acceptance`: acceptance rate of every adjacent rung pair
-  (:func:`tempering.diagnostics.plot_acceptance_rate`).
+  (:func:`tempering.plots.plot_acceptance_rate`).
 - :func:`plot_diffusion`: ||W(t) - W(t0)|| against time per hyperparameter.
 """
 
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tempering import diagnostics
+from tempering import plots
 
 __all__ = [
     "plot_acceptance",
@@ -35,20 +35,20 @@ __all__ = [
 
 
 def plot_replica_paths(ax, rungs, initial_rungs, best_replica, steps=None, **kwargs):
-    """:func:`tempering.diagnostics.plot_replica_paths` on ``ax``."""
-    return diagnostics.plot_replica_paths(
+    """:func:`tempering.plots.plot_replica_paths` on ``ax``."""
+    return plots.plot_replica_paths(
         rungs, initial_rungs, best_replica, steps, ax, **kwargs
     )
 
 
 def plot_error_curves(ax, steps, errors_by_label, **kwargs):
-    """:func:`tempering.diagnostics.plot_error_curves` on ``ax``."""
-    return diagnostics.plot_error_curves(steps, errors_by_label, ax, **kwargs)
+    """:func:`tempering.plots.plot_error_curves` on ``ax``."""
+    return plots.plot_error_curves(steps, errors_by_label, ax, **kwargs)
 
 
 def plot_acceptance(ax, acceptance_rate, **kwargs):
-    """:func:`tempering.diagnostics.plot_acceptance_rate` on ``ax``."""
-    return diagnostics.plot_acceptance_rate(acceptance_rate, ax, **kwargs)
+    """:func:`tempering.plots.plot_acceptance_rate` on ``ax``."""
+    return plots.plot_acceptance_rate(acceptance_rate, ax, **kwargs)
 
 
 def plot_diffusion(

@@ -15,7 +15,7 @@ loops, the vectorisation rewrite, data sources) sits in :mod:`tempering.loops`,
 :mod:`tempering.diagnostics` serve them.
 """
 
-from tempering import diagnostics, frontends
+from tempering import diagnostics, frontends, plots
 from tempering.config import RunConfig, RunData
 from tempering.divergence import DivergenceError
 from tempering.driver import RunResult, train
@@ -80,6 +80,7 @@ __all__ = [
     "pbt_config",
     "pbt_move",
     "pbt_train",
+    "plots",
     "pt_train",
     "replay_schedule",
     "replica",

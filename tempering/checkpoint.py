@@ -17,7 +17,9 @@ What a checkpoint holds, and what a resume trusts:
   is JSON, read with bounded size. Nothing is unpickled: loading a checkpoint
   someone sent you cannot run code. The saved trees are rebuilt into templates
   the resuming call builds itself, and their structure must match.
-- **Integrity.** A SHA-256 of every array is stored and checked on restore. A
+- **Integrity.** A SHA-256 of every array is stored and checked on restore,
+  and once a step is committed a manifest holds the SHA-256 of each of its
+  files (orbax's own bookkeeping too), so any changed byte is found. A
   step that fails (a flipped bit, a truncated or missing file, unreadable
   metadata) is renamed ``<step>.corrupt-<time>`` (kept, never deleted), a
   warning names it, and the call resumes from the newest intact step; when no
@@ -52,16 +54,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import hashlib
-import inspect
 import json
 import os
 import socket
 import time
-import types
 from collections.abc import Callable, Sequence
-from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +69,7 @@ import numpy as np
 
 from tempering._caller import warn
 
-__all__ = [
-    "CheckpointError",
-    "Checkpointer",
-    "describe_callable",
-    "fingerprint",
-]
+__all__ = ["CheckpointError", "Checkpointer", "check_directory"]
 
 FORMAT = "tempering-checkpoint/2"
 LOCK_NAME = ".tempering-lock"
@@ -89,176 +82,6 @@ _DTYPE_KINDS = "biufc"
 
 class CheckpointError(Exception):
     """A checkpoint step that cannot be trusted (corrupt, incomplete, unreadable)."""
-
-
-# --- fingerprints -----------------------------------------------------------
-
-
-def _digest(tree: Any) -> str:
-    """A SHA-1 over the bytes, shapes and dtypes of ``tree``'s array leaves."""
-    sha = hashlib.sha1()
-    for leaf in jax.tree.leaves(tree):
-        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(
-            leaf.dtype, jax.dtypes.prng_key
-        ):
-            leaf = jax.random.key_data(leaf)
-        array = np.ascontiguousarray(np.asarray(leaf))
-        sha.update(f"{array.shape}{array.dtype}".encode())
-        sha.update(array.tobytes())
-    return sha.hexdigest()
-
-
-def _code_digest(code: types.CodeType) -> str:
-    """Bytecode, constants (nested code included) and names of a function's code."""
-    sha = hashlib.sha1(code.co_code)
-    for const in code.co_consts:
-        sha.update(
-            _code_digest(const).encode()
-            if isinstance(const, types.CodeType)
-            else repr(const).encode()
-        )
-    sha.update(repr(code.co_names).encode())
-    return sha.hexdigest()[:16]
-
-
-def describe_callable(fn: Any, depth: int = 0) -> str:
-    """A function's identity: qualified name, code, defaults and closure, as a string.
-
-    Two functions that compute differently (other code, another captured
-    setting such as ``nesterov=True`` or a momentum inside an optax
-    transformation's closure) get different descriptions; the same function
-    defined again gets the same one. Bounded in depth.
-    """
-    if depth > 6:
-        return "..."
-    if isinstance(fn, functools.partial):
-        parts = [describe_callable(fn.func, depth + 1), describe_value(fn.args, depth)]
-        parts.append(describe_value(dict(fn.keywords), depth))
-        return f"partial({', '.join(parts)})"
-    inner = getattr(fn, "__func__", fn)  # a bound method's function
-    inner = getattr(inner, "__wrapped__", inner)  # jax.jit, functools.wraps
-    code = getattr(inner, "__code__", None)
-    name = getattr(inner, "__qualname__", type(inner).__qualname__)
-    if code is None:
-        if callable(fn) and not isinstance(fn, type):
-            state = describe_value(_public_state(fn), depth)
-            return f"{type(fn).__qualname__}({state})"
-        return name
-    parts = [name, _code_digest(code)]
-    if inner.__defaults__:
-        parts.append(describe_value(inner.__defaults__, depth))
-    if inner.__kwdefaults__:
-        parts.append(describe_value(inner.__kwdefaults__, depth))
-    for cell in inner.__closure__ or ():
-        try:
-            parts.append(describe_value(cell.cell_contents, depth))
-        except ValueError:  # an empty cell
-            parts.append("<empty>")
-    return "(" + ", ".join(parts) + ")"
-
-
-def _public_state(obj: Any) -> dict[str, Any]:
-    return {
-        k: v for k, v in getattr(obj, "__dict__", {}).items() if not k.startswith("_")
-    }
-
-
-def describe_value(value: Any, depth: int) -> str:
-    """A setting captured by a function: numbers and strings by value, functions by code."""
-    if value is None or isinstance(value, bool | int | float | complex | str | bytes):
-        return repr(value)
-    if isinstance(value, np.ndarray | jax.Array | np.generic):
-        return f"array:{_digest(value)}"
-    if isinstance(value, tuple | list):
-        return "[" + ", ".join(describe_value(v, depth + 1) for v in value) + "]"
-    if isinstance(value, dict):
-        items = sorted(value.items(), key=lambda kv: repr(kv[0]))
-        return (
-            "{"
-            + ", ".join(f"{k!r}: {describe_value(v, depth + 1)}" for k, v in items)
-            + "}"
-        )
-    if isinstance(value, types.ModuleType):
-        return f"module:{value.__name__}"
-    if isinstance(value, type):
-        return f"type:{value.__qualname__}"
-    if callable(value):
-        return describe_callable(value, depth + 1)
-    if is_dataclass(value) or isinstance(value, tuple):
-        return f"{type(value).__qualname__}:{describe_value(_public_state(value), depth + 1)}"
-    return f"<{type(value).__qualname__}>"
-
-
-def code_of_class(cls: type) -> str:
-    """The code of a class's own methods (and its bases' outside flax/equinox/builtins)."""
-    methods = []
-    for klass in cls.__mro__:
-        if klass.__module__.startswith(
-            ("flax.", "equinox.", "builtins", "typing", "abc")
-        ):
-            continue
-        for name, member in sorted(vars(klass).items()):
-            if inspect.isfunction(member):
-                code = inspect.unwrap(member).__code__  # flax wraps __call__
-                methods.append(f"{klass.__qualname__}.{name}:{_code_digest(code)}")
-    return ";".join(methods)
-
-
-def describe_optimizer(tx: Any, opt_state: Any) -> str:
-    """An optax transformation: its state's structure and its functions' code and settings."""
-    structure = str(jax.tree.structure(opt_state))
-    return f"{structure}|{describe_callable(tx.init)}|{describe_callable(tx.update)}"
-
-
-def _describe_move(move: Any) -> str:
-    """The move's type, settings and arrays, as a string."""
-    if is_dataclass(move):
-        static = {
-            f.name: repr(getattr(move, f.name))
-            for f in fields(move)
-            if not f.metadata.get("pytree_node", True)
-        }
-        return f"{type(move).__qualname__}{sorted(static.items())}:{_digest(move)}"
-    target = getattr(move, "fn", move)
-    return f"{type(move).__qualname__}:{getattr(target, '__qualname__', repr(target))}"
-
-
-def _describe_data(data: Any) -> str:
-    inputs = getattr(data, "inputs", None)
-    if inputs is None:
-        return type(data).__qualname__  # a stream: only its kind
-    return _digest((inputs, data.targets))
-
-
-def fingerprint(
-    state: Any, move_state: Any, key: jax.Array, move: Any, data: Any, **settings: Any
-) -> dict[str, str]:
-    """What a checkpoint must share with the call that resumes from it.
-
-    Entries: the key, the initial replicas and move state, the model, the
-    optimiser, the loss, the move, the data; and every ``settings`` entry
-    (callables described by :func:`describe_callable`, the rest by repr).
-    """
-    return {
-        "key": _digest(key),
-        "initial_state": _digest(
-            (state.params, state.batch_stats, state.opt_state, state.hyperparams)
-        ),
-        "initial_move_state": _digest(move_state),
-        "first_step": repr(int(state.step)),
-        "model": state.model.describe(),
-        "optimizer": describe_optimizer(state.tx, state.opt_state),
-        "loss_fn": describe_callable(state.loss_fn),
-        "model_inputs": repr((state.model_inputs, state.scheduled)),
-        "move": _describe_move(move),
-        "train_data": _describe_data(data.train),
-        "validation_data": _describe_data(data.validation),
-        "test_data": _describe_data(data.test),
-        **{
-            name: describe_callable(value) if callable(value) else repr(value)
-            for name, value in settings.items()
-        },
-    }
 
 
 # --- one writer per folder ----------------------------------------------------
@@ -425,6 +248,59 @@ def _check_meta_size(step_dir: Path) -> None:
         raise CheckpointError(f"its metadata is larger than {MAX_META_BYTES} bytes")
 
 
+MANIFEST = "tempering-manifest.json"
+
+
+def _file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _step_files(step_dir: Path) -> dict[str, Path]:
+    return {
+        p.relative_to(step_dir).as_posix(): p
+        for p in sorted(step_dir.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(f"{MANIFEST}.")
+    }
+
+
+def _write_manifest(step_dir: Path) -> None:
+    """The SHA-256 of every file of a committed step, written beside them atomically."""
+    digests = {name: _file_sha256(path) for name, path in _step_files(step_dir).items()}
+    tmp = step_dir / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(digests, sort_keys=True))
+    os.replace(tmp, step_dir / MANIFEST)
+
+
+def _check_manifest(step_dir: Path) -> None:
+    """CheckpointError unless every file of the step is the one saved, byte for byte.
+
+    A step without a manifest (a save killed after orbax committed it, before
+    the manifest was written) is checked array by array only.
+    """
+    path = step_dir / MANIFEST
+    if not path.exists():
+        return
+    if path.stat().st_size > MAX_META_BYTES:
+        raise CheckpointError("its manifest is too large")
+    try:
+        saved = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise CheckpointError("its manifest is unreadable") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError("its manifest is malformed")
+    files = _step_files(step_dir)
+    if sorted(files) != sorted(saved):
+        changed = sorted(set(files) ^ set(saved))
+        raise CheckpointError(f"its files differ from those saved ({changed[:3]})")
+    for name, file in files.items():
+        if _file_sha256(file) != saved[name]:
+            raise CheckpointError(f"its file {name} fails its checksum")
+
+
 def _meta_digest(body: dict) -> str:
     text = json.dumps(body, sort_keys=True, allow_nan=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
@@ -463,7 +339,7 @@ class Checkpointer:
         directory: where the checkpoints live (created if missing).
         every: rounds between checkpoints (>= 1).
         keep: how many of the latest checkpoints to keep (>= 1).
-        settings: the call's :func:`fingerprint`.
+        settings: the call's :func:`tempering.fingerprints.fingerprint`.
         allowed: fingerprint entries that may differ on resume.
     """
 
@@ -552,6 +428,7 @@ class Checkpointer:
     ) -> tuple[Any, dict]:
         ocp = self._ocp
         step_dir = self.directory / str(step)
+        _check_manifest(step_dir)
         _check_meta_size(step_dir)  # bounded before orbax parses it
         try:
             saved = self.manager.restore(
@@ -679,6 +556,7 @@ class Checkpointer:
             items["arrays"] = ocp.args.StandardSave(arrays)
         self.manager.save(step, args=ocp.args.Composite(**items))
         self.manager.wait_until_finished()
+        _write_manifest(self.directory / str(step))
         self.saved_step, self.since_save = step, 0
 
     def close(self) -> None:

@@ -2,10 +2,8 @@
 
 Every function takes a :class:`~tempering.History` whose rounds moved rungs
 (``result.history`` of :func:`tempering.pt_train`, or of :func:`tempering.train`
-with an exchange; concatenated calls too) and is plain numpy; the
-``plot_*`` functions draw the same quantities with matplotlib (an optional
-dependency: ``pip install matplotlib``), each on a given or new ``Axes`` which
-it returns. :func:`plot_diagnostics` draws all of them on one figure.
+with an exchange; concatenated calls too) and is plain numpy;
+:mod:`tempering.plots` draws the same quantities with matplotlib.
 
 What each tells you:
 
@@ -32,46 +30,23 @@ What each tells you:
 - :func:`c_over_time`: the Metropolis constant C of every round; with
   ``c="auto"`` it moves during the adaptation rounds and is constant after.
 
-Three figures of the paper take arrays rather than a history, so they also
-draw results averaged over seeds or runs: :func:`plot_error_curves` (test
-error against time, one curve per label), :func:`plot_replica_paths` (paper
-Fig. 2, right: the rung of every replica from its start, the best one
-highlighted) and :func:`plot_acceptance_rate` (a bar per adjacent rung pair).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import numpy as np
 
-from tempering.driver import best_index
 from tempering.records import History
 from tempering.training import count_round_trips
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
-
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
 __all__ = [
     "acceptance_over_time",
     "c_over_time",
-    "plot_acceptance",
-    "plot_acceptance_rate",
-    "plot_c",
-    "plot_diagnostics",
-    "plot_error_curves",
-    "plot_replica_paths",
-    "plot_rung_occupancy",
-    "plot_rung_paths",
-    "plot_schedule",
-    "plot_val_loss",
     "replica_schedule",
     "round_trip_steps",
     "round_trips",
     "rung_occupancy",
+    "rung_history",
 ]
 
 
@@ -132,7 +107,7 @@ def rung_occupancy(history: History) -> np.ndarray:
         ``(M, M)`` float array, ``[m, r]``: fraction of rounds replica m spent
         on rung r; every row sums to 1 (all NaN for a history without rounds).
     """
-    rungs = _rungs(history)  # shape=(R, M)
+    rungs = rung_history(history)  # shape=(R, M)
     num_replicas = rungs.shape[1]
     if rungs.shape[0] == 0:
         return np.full((num_replicas, num_replicas), np.nan)
@@ -142,12 +117,12 @@ def rung_occupancy(history: History) -> np.ndarray:
 
 def _rung_path(history: History) -> np.ndarray:
     """``(R + 1, M)``: the initial rungs, then the rungs after every round."""
-    rungs = _rungs(history)  # shape=(R, M)
+    rungs = rung_history(history)  # shape=(R, M)
     return np.concatenate([np.asarray(history.initial_rungs)[None], rungs])
 
 
-def _rungs(history: History) -> np.ndarray:
-    """``history.rungs`` as ``(R, M)`` int, or a ValueError for a move without rungs."""
+def rung_history(history: History) -> np.ndarray:
+    """``history.rungs`` as ``(R, M)`` ints; a ValueError for a move without rungs."""
     if history.rungs is None or history.initial_rungs is None:
         raise ValueError(
             "this history has no rungs: its move keeps none (PBT, a replayed "
@@ -255,412 +230,3 @@ def c_over_time(history: History) -> tuple[np.ndarray, np.ndarray]:
         ``(steps, c)``, both of shape ``(R,)``.
     """
     return np.asarray(history.step), np.asarray(history.c)
-
-
-# --------------------------------------------------------------------------
-# figures (matplotlib, imported lazily)
-# --------------------------------------------------------------------------
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "tempering.diagnostics plots need matplotlib: pip install matplotlib"
-        ) from err
-    return plt
-
-
-def _axes(ax: Axes | None) -> Axes:
-    if ax is None:
-        _, ax = _pyplot().subplots()
-    else:
-        _pyplot()
-    return ax
-
-
-def _default_replica(history: History) -> int:
-    """The replica with the lowest final validation loss (0 without rounds)."""
-    val_loss = np.asarray(history.val_loss)
-    return best_index(val_loss[-1]) if val_loss.shape[0] else 0
-
-
-def _default_name(history: History) -> str | None:
-    """The first hyperparameter whose values vary, else the first one (or None)."""
-    for name, values in history.hyperparams.items():
-        values = np.asarray(values, np.float64)
-        finite = values[np.isfinite(values)]
-        if finite.size and finite.min() != finite.max():
-            return name
-    return next(iter(history.hyperparams), None)
-
-
-def _log_scale_if_wide(ax: Axes, values: np.ndarray) -> None:
-    values = np.asarray(values, np.float64)
-    finite = values[np.isfinite(values)]
-    if finite.size and finite.min() > 0 and finite.max() / finite.min() > 10:
-        ax.set_yscale("log")
-
-
-def plot_acceptance(
-    history: History, ax: Axes | None = None, *, window: int = 10
-) -> Axes:
-    """Plots :func:`acceptance_over_time` of every adjacent pair against the step.
-
-    Args:
-        history: the history of :func:`tempering.pt_train`.
-        ax: the Axes to draw on; a new figure's by default.
-        window: rounds of the trailing window.
-
-    Returns:
-        The Axes.
-    """
-    ax = _axes(ax)
-    acceptance = acceptance_over_time(history, window)  # shape=(R, M - 1)
-    steps = np.asarray(history.step)
-    for pair in range(acceptance.shape[1]):
-        ax.plot(steps, acceptance[:, pair], label=f"{pair}-{pair + 1}")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"acceptance (last {window} rounds)")
-    ax.set_title("acceptance per rung pair")
-    if acceptance.shape[1]:
-        ax.legend(fontsize="x-small", ncol=2, title="rungs", title_fontsize="x-small")
-    return ax
-
-
-def plot_rung_occupancy(
-    history: History, ax: Axes | None = None, *, colorbar: bool = True
-) -> Axes:
-    """Draws :func:`rung_occupancy` as a heatmap (replica by rung).
-
-    Args:
-        history: the history of :func:`tempering.pt_train`.
-        ax: the Axes to draw on; a new figure's by default.
-        colorbar: add a colour bar (inset on the right of ``ax``).
-
-    Returns:
-        The Axes.
-    """
-    ax = _axes(ax)
-    occupancy = rung_occupancy(history)  # shape=(M, M)
-    image = ax.imshow(occupancy, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-    num_replicas = occupancy.shape[0]
-    ticks = np.arange(num_replicas) if num_replicas <= 16 else None
-    if ticks is not None:
-        ax.set_xticks(ticks)
-        ax.set_yticks(ticks)
-    ax.set_xlabel("rung (0 = coldest)")
-    ax.set_ylabel("replica")
-    ax.set_title("rung occupancy (fraction of rounds)")
-    if colorbar:
-        cax = ax.inset_axes((1.02, 0.0, 0.04, 1.0))
-        ax.figure.colorbar(image, cax=cax)
-    return ax
-
-
-def _replica_style(replica: int, highlight: int | None) -> dict[str, Any]:
-    """Line style of one replica: the highlighted one thick, the others faded."""
-    if highlight is None:
-        return {}
-    return {"lw": 2.5, "zorder": 3} if replica == highlight else {"alpha": 0.35}
-
-
-def plot_rung_paths(
-    history: History, ax: Axes | None = None, *, highlight: int | None = None
-) -> Axes:
-    """Plots the rung of every replica against the step (after every exchange).
-
-    Args:
-        history: the history of :func:`tempering.pt_train`.
-        ax: the Axes to draw on; a new figure's by default.
-        highlight: a replica to draw thicker (the others fade).
-
-    Returns:
-        The Axes.
-    """
-    ax = _axes(ax)
-    rungs = _rungs(history)  # shape=(R, M)
-    steps = np.asarray(history.step)
-    num_replicas = rungs.shape[1]
-    for m in range(num_replicas):
-        style = _replica_style(m, highlight)
-        ax.step(steps, rungs[:, m], where="post", label=f"{m}", **style)
-    ax.set_ylim(-0.5, max(num_replicas - 0.5, 0.5))
-    if num_replicas <= 16:
-        ax.set_yticks(np.arange(num_replicas))
-    ax.set_xlabel("step")
-    ax.set_ylabel("rung (0 = coldest)")
-    ax.set_title(f"rung paths ({int(round_trips(history).sum())} round trips)")
-    return ax
-
-
-def plot_schedule(
-    history: History, replica: int, name: str, ax: Axes | None = None
-) -> Axes:
-    """Plots :func:`replica_schedule`: one replica's values of one hyperparameter.
-
-    Args:
-        history: the history of :func:`tempering.pt_train`.
-        replica: index of the replica.
-        name: the hyperparameter.
-        ax: the Axes to draw on; a new figure's by default.
-
-    Returns:
-        The Axes (log y axis when the values are positive and span over 10x).
-    """
-    steps, values = replica_schedule(history, replica, name)
-    ax = _axes(ax)
-    ax.step(steps, values, where="post", marker=".")
-    _log_scale_if_wide(ax, values)
-    ax.set_xlabel("step")
-    ax.set_ylabel(name)
-    ax.set_title(f"{name} of replica {replica}")
-    return ax
-
-
-def plot_c(history: History, ax: Axes | None = None) -> Axes:
-    """Plots :func:`c_over_time`, the Metropolis constant C of every round.
-
-    Args:
-        history: the history of :func:`tempering.pt_train`.
-        ax: the Axes to draw on; a new figure's by default.
-
-    Returns:
-        The Axes (log y axis when C spans over 10x).
-    """
-    ax = _axes(ax)
-    steps, c = c_over_time(history)
-    ax.plot(steps, c, marker=".")
-    _log_scale_if_wide(ax, c)
-    ax.set_xlabel("step")
-    ax.set_ylabel("C")
-    ax.set_title("Metropolis constant C")
-    return ax
-
-
-def plot_val_loss(
-    history: History, ax: Axes | None = None, *, highlight: int | None = None
-) -> Axes:
-    """Plots the validation loss of every replica against the step.
-
-    Args:
-        history: the history of :func:`tempering.pt_train`.
-        ax: the Axes to draw on; a new figure's by default.
-        highlight: a replica to draw thicker (the others fade).
-
-    Returns:
-        The Axes.
-    """
-    ax = _axes(ax)
-    val_loss = np.asarray(history.val_loss)  # shape=(R, M)
-    steps = np.asarray(history.step)
-    for m in range(val_loss.shape[1]):
-        style = _replica_style(m, highlight)
-        ax.plot(steps, val_loss[:, m], label=f"{m}", **style)
-    ax.set_xlabel("step")
-    ax.set_ylabel("validation loss")
-    ax.set_title("validation loss per replica")
-    return ax
-
-
-def plot_diagnostics(
-    history: History,
-    replica: int | None = None,
-    name: str | None = None,
-    *,
-    window: int = 10,
-) -> Figure:
-    """A 2 x 3 dashboard of a parallel tempering run.
-
-    Top row: :func:`plot_acceptance`, :func:`plot_rung_occupancy`,
-    :func:`plot_rung_paths`; bottom row: :func:`plot_val_loss`,
-    :func:`plot_schedule` of ``replica``, :func:`plot_c`.
-
-    Args:
-        history: the history of :func:`tempering.pt_train`.
-        replica: the replica whose schedule is drawn (and highlighted); default
-            the one with the lowest final validation loss.
-        name: the hyperparameter of the schedule; default the first one in
-            ``history.hyperparams`` whose values vary.
-        window: rounds of the acceptance window.
-
-    Returns:
-        The matplotlib Figure (6 Axes).
-    """
-    plt = _pyplot()
-    if replica is None:
-        replica = _default_replica(history)
-    if name is None:
-        name = _default_name(history)
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5), layout="constrained")
-    plot_acceptance(history, axes[0, 0], window=window)
-    plot_rung_occupancy(history, axes[0, 1])
-    plot_rung_paths(history, axes[0, 2], highlight=replica)
-    plot_val_loss(history, axes[1, 0], highlight=replica)
-    if name is None:
-        axes[1, 1].text(0.5, 0.5, "no hyperparameters", ha="center", va="center")
-        axes[1, 1].set_axis_off()
-    else:
-        plot_schedule(history, replica, name, axes[1, 1])
-    plot_c(history, axes[1, 2])
-    return fig
-
-
-# figures of arrays (results of one run or averaged over several)
-# --------------------------------------------------------------------------
-
-
-def plot_replica_paths(
-    rungs: Any,
-    initial_rungs: Any,
-    best_replica: int | None = None,
-    steps: Any = None,
-    ax: Axes | None = None,
-    *,
-    rung_labels: Sequence[str] | None = None,
-    title: str | None = "replica paths",
-) -> Axes:
-    """Draws the rung of every replica from its start (paper Fig. 2, right).
-
-    Args:
-        rungs: ``(R, M)`` rung of replica m after exchange round r
-            (``History.rungs``).
-        initial_rungs: ``(M,)`` rungs before the first round
-            (``History.initial_rungs``).
-        best_replica: the replica drawn thick, black and on top
-            (``PTSummary.best_replica``), or None.
-        steps: optional ``(R,)`` x positions of the rounds (``History.step``);
-            round indices when None. The initial rungs are drawn one interval
-            before the first round.
-        ax: the Axes to draw on; a new figure's by default.
-        rung_labels: optional tick labels of the rungs (e.g. the ladder values).
-        title: the Axes' title, or None.
-
-    Returns:
-        The Axes.
-    """
-    ax = _axes(ax)
-    initial_rungs = np.asarray(initial_rungs)
-    num_replicas = initial_rungs.shape[0]
-    rows = np.asarray(rungs).reshape(-1, num_replicas)
-    path = np.concatenate([initial_rungs[None], rows])
-    if steps is None:
-        x = np.arange(path.shape[0])
-    else:
-        steps = np.asarray(steps, np.float64)
-        first = steps[0] - (steps[1] - steps[0]) if steps.size >= 2 else 0.0
-        x = np.concatenate([[first], steps])
-    for m in range(num_replicas):
-        if best_replica is None or m != int(best_replica):
-            ax.step(x, path[:, m], where="post", lw=0.9, alpha=0.55)
-    if best_replica is not None:
-        best = int(best_replica)
-        ax.step(x, path[:, best], where="post", lw=2.6, color="black",
-                label=f"best replica ({best})", zorder=5)  # fmt: skip
-        ax.legend(loc="upper right", fontsize="small")
-    ax.set_yticks(range(num_replicas))
-    if rung_labels is not None:
-        ax.set_yticklabels(list(rung_labels))
-    ax.set_ylabel("rung (0 = coldest)")
-    ax.set_xlabel("SGD step" if steps is not None else "exchange round")
-    if title:
-        ax.set_title(title)
-    return ax
-
-
-def plot_error_curves(
-    steps: Any,
-    errors_by_label: Mapping[str, Any],
-    ax: Axes | None = None,
-    *,
-    std_by_label: Mapping[str, Any] | None = None,
-    highlight: Sequence[str] = ("PT",),
-    xlabel: str = "epoch",
-    ylabel: str = "test error (%)",
-    percent: bool = True,
-    title: str | None = None,
-    ylim: tuple[float, float] | None = None,
-) -> Axes:
-    """Draws one error curve per label (fixed rungs, the grid's best, PT, ...).
-
-    Args:
-        steps: ``(R,)`` x positions (steps or epochs).
-        errors_by_label: label -> ``(R,)`` errors in [0, 1] (fractions); a
-            shorter curve is drawn over the first steps.
-        ax: the Axes to draw on; a new figure's by default.
-        std_by_label: optional label -> ``(R,)`` standard deviations, drawn as
-            a shaded band.
-        highlight: labels drawn thick and on top, the first one in black.
-        xlabel: the x axis label.
-        ylabel: the y axis label.
-        percent: multiply the errors by 100.
-        title: the Axes' title, or None.
-        ylim: optional y limits (after scaling).
-
-    Returns:
-        The Axes.
-    """
-    ax = _axes(ax)
-    x = np.asarray(steps, np.float64)
-    scale = 100.0 if percent else 1.0
-    for label, err in errors_by_label.items():
-        err = np.asarray(err, np.float64) * scale
-        strong = label in highlight
-        (line,) = ax.plot(
-            x[: err.shape[0]], err, lw=2.4 if strong else 1.0,
-            alpha=1.0 if strong else 0.7,
-            color="black" if strong and label == highlight[0] else None,
-            zorder=5 if strong else 2, label=label,
-        )  # fmt: skip
-        if std_by_label is not None and label in std_by_label:
-            std = np.asarray(std_by_label[label], np.float64) * scale
-            ax.fill_between(x[: err.shape[0]], err - std, err + std,
-                            color=line.get_color(), alpha=0.15, lw=0)  # fmt: skip
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    ax.legend(fontsize="x-small", ncol=2)
-    if title:
-        ax.set_title(title)
-    return ax
-
-
-def plot_acceptance_rate(
-    acceptance_rate: Any,
-    ax: Axes | None = None,
-    *,
-    std: Any = None,
-    pair_labels: Sequence[str] | None = None,
-    title: str | None = "acceptance rate per pair",
-) -> Axes:
-    """A bar per adjacent rung pair: its accepted / proposed exchanges.
-
-    Unlike :func:`plot_acceptance` (over time, from a history), one number per
-    pair: a run's ``PTSummary.acceptance_rate`` or a mean over seeds.
-
-    Args:
-        acceptance_rate: ``(M - 1,)`` rates (NaN where never proposed: no bar).
-        ax: the Axes to draw on; a new figure's by default.
-        std: optional ``(M - 1,)`` error bars.
-        pair_labels: optional tick labels; ``"r-r+1"`` by default.
-        title: the Axes' title, or None.
-
-    Returns:
-        The Axes.
-    """
-    ax = _axes(ax)
-    rate = np.asarray(acceptance_rate, np.float64)
-    pairs = np.arange(rate.shape[0])
-    ax.bar(pairs, np.nan_to_num(rate), yerr=None if std is None else std, capsize=3)
-    ax.set_xticks(pairs)
-    labels = pair_labels or [f"{r}-{r + 1}" for r in pairs]
-    ax.set_xticklabels(list(labels), fontsize="small")
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("rung pair")
-    ax.set_ylabel("acceptance rate")
-    if title:
-        ax.set_title(title)
-    return ax

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from tempering import checkpoint
+from tempering import checkpoint, fingerprints
 from tempering._caller import warn
 from tempering.config import RunConfig
 from tempering.records import RecordRows, RoundRecord
@@ -63,7 +63,7 @@ def checkpointer(
         every=config.checkpoint_every,
         keep=config.keep_checkpoints,
         allowed=config.resume_allowing,
-        settings=checkpoint.fingerprint(
+        settings=fingerprints.fingerprint(
             state,
             move_state,
             key,

@@ -192,13 +192,16 @@ def _flip_byte(path, offset):
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "meta"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "meta", "bookkeeping"])
 def test_a_damaged_latest_step_is_named_and_the_one_before_resumes(
     tmp_path, reference, damage
 ):
     steps = crashed_run(tmp_path)
     latest = tmp_path / str(steps[-1])
-    if damage == "meta":
+    if damage == "bookkeeping":  # orbax's own file: no data, but not the one saved
+        meta = latest / "_CHECKPOINT_METADATA"
+        _flip_byte(meta, meta.stat().st_size // 2)
+    elif damage == "meta":
         meta = next(p for p in (latest / "meta").rglob("*") if p.is_file())
         meta.write_text(
             meta.read_text().replace('"next_segment": ', '"next_segment": 1')

@@ -99,8 +99,9 @@ def test_combined_temperature_errors(kwargs, match) -> None:
 
 
 def test_explicit_temperatures_still_win() -> None:
+    # lr alone would order these rungs the other way; the given temperatures win
     ladder = tp.make_ladder(
-        learning_rate=[0.01, 0.02], weight_decay=[1e-3, 1e-4], temperatures=[2, 1]
+        learning_rate=[0.02, 0.01], weight_decay=[1e-4, 1e-3], temperatures=[1, 2]
     )
     np.testing.assert_allclose(ladder.temperatures, [1, 2])
     np.testing.assert_allclose(ladder.values["weight_decay"], [1e-4, 1e-3], rtol=1e-6)

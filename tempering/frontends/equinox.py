@@ -153,7 +153,7 @@ class Equinox:
 
     def describe(self) -> str:
         """The static rest of the module (its configuration) and the class's code."""
-        from tempering.checkpoint import code_of_class, describe_value
+        from tempering.fingerprints import code_of_class, describe_value
 
         config = describe_value(jax.tree.leaves(self.static), 0)
         return f"equinox:{self.name}|{config}|{code_of_class(type(self.static))}"

@@ -62,7 +62,7 @@ class Functions:
 
     def describe(self) -> str:
         """The two functions' names and code."""
-        from tempering.checkpoint import describe_callable
+        from tempering.fingerprints import describe_callable
 
         return (
             f"functions:{describe_callable(self.init_fn)}|"

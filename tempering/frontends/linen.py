@@ -102,7 +102,7 @@ class Linen:
 
     def describe(self) -> str:
         """The module's configuration (its repr) and the code of its methods."""
-        from tempering.checkpoint import code_of_class
+        from tempering.fingerprints import code_of_class
 
         config = _ADDRESS.sub("", repr(self.module))
         return f"linen:{self.name}|{config}|{self.train_kwarg}|{code_of_class(type(self.module))}"

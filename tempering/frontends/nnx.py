@@ -212,7 +212,7 @@ class Nnx:
 
     def describe(self) -> str:
         """The graph (structure and static attributes) and the class's code."""
-        from tempering.checkpoint import code_of_class
+        from tempering.fingerprints import code_of_class
 
         graph = _graph_text(self.train_graph)
         return f"nnx:{self.name}|{graph}|{code_of_class(self.module_type)}"

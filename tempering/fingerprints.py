@@ -1,0 +1,199 @@
+"""Fingerprints: what a checkpoint must share with the call that resumes from it.
+
+:func:`fingerprint` describes everything that shapes a run's result as strings
+(compared entry by entry on resume, :mod:`tempering.checkpoint`): the key, the
+initial replicas and move state (digests of their arrays), the model (its
+frontend's configuration and code), the optimiser (its state's structure and
+its functions' code and captured settings), the loss, metrics and score
+functions (name, code, defaults and closure), the data and the settings. The
+same function defined again describes the same; another captured setting
+(``nesterov=True``, a momentum, a label smoothing) describes differently.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import types
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = [
+    "code_of_class",
+    "describe_callable",
+    "describe_optimizer",
+    "describe_value",
+    "digest",
+    "fingerprint",
+]
+
+
+def digest(tree: Any) -> str:
+    """A SHA-1 over the bytes, shapes and dtypes of ``tree``'s array leaves."""
+    sha = hashlib.sha1()
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(
+            leaf.dtype, jax.dtypes.prng_key
+        ):
+            leaf = jax.random.key_data(leaf)
+        array = np.ascontiguousarray(np.asarray(leaf))
+        sha.update(f"{array.shape}{array.dtype}".encode())
+        sha.update(array.tobytes())
+    return sha.hexdigest()
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """Bytecode, constants (nested code included) and names of a function's code."""
+    sha = hashlib.sha1(code.co_code)
+    for const in code.co_consts:
+        sha.update(
+            _code_digest(const).encode()
+            if isinstance(const, types.CodeType)
+            else repr(const).encode()
+        )
+    sha.update(repr(code.co_names).encode())
+    return sha.hexdigest()[:16]
+
+
+def describe_callable(fn: Any, depth: int = 0) -> str:
+    """A function's identity: qualified name, code, defaults and closure, as a string.
+
+    Two functions that compute differently (other code, another captured
+    setting such as ``nesterov=True`` or a momentum inside an optax
+    transformation's closure) get different descriptions; the same function
+    defined again gets the same one. Bounded in depth.
+    """
+    if depth > 6:
+        return "..."
+    if isinstance(fn, functools.partial):
+        parts = [describe_callable(fn.func, depth + 1), describe_value(fn.args, depth)]
+        parts.append(describe_value(dict(fn.keywords), depth))
+        return f"partial({', '.join(parts)})"
+    inner = getattr(fn, "__func__", fn)  # a bound method's function
+    inner = getattr(inner, "__wrapped__", inner)  # jax.jit, functools.wraps
+    code = getattr(inner, "__code__", None)
+    name = getattr(inner, "__qualname__", type(inner).__qualname__)
+    if code is None:
+        if callable(fn) and not isinstance(fn, type):
+            state = describe_value(_public_state(fn), depth)
+            return f"{type(fn).__qualname__}({state})"
+        return name
+    parts = [name, _code_digest(code)]
+    if inner.__defaults__:
+        parts.append(describe_value(inner.__defaults__, depth))
+    if inner.__kwdefaults__:
+        parts.append(describe_value(inner.__kwdefaults__, depth))
+    for cell in inner.__closure__ or ():
+        try:
+            parts.append(describe_value(cell.cell_contents, depth))
+        except ValueError:  # an empty cell
+            parts.append("<empty>")
+    return "(" + ", ".join(parts) + ")"
+
+
+def _public_state(obj: Any) -> dict[str, Any]:
+    return {
+        k: v for k, v in getattr(obj, "__dict__", {}).items() if not k.startswith("_")
+    }
+
+
+def describe_value(value: Any, depth: int) -> str:
+    """A setting captured by a function: numbers and strings by value, functions by code."""
+    if value is None or isinstance(value, bool | int | float | complex | str | bytes):
+        return repr(value)
+    if isinstance(value, np.ndarray | jax.Array | np.generic):
+        return f"array:{digest(value)}"
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(describe_value(v, depth + 1) for v in value) + "]"
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda kv: repr(kv[0]))
+        return (
+            "{"
+            + ", ".join(f"{k!r}: {describe_value(v, depth + 1)}" for k, v in items)
+            + "}"
+        )
+    if isinstance(value, types.ModuleType):
+        return f"module:{value.__name__}"
+    if isinstance(value, type):
+        return f"type:{value.__qualname__}"
+    if callable(value):
+        return describe_callable(value, depth + 1)
+    if is_dataclass(value) or isinstance(value, tuple):
+        return f"{type(value).__qualname__}:{describe_value(_public_state(value), depth + 1)}"
+    return f"<{type(value).__qualname__}>"
+
+
+def code_of_class(cls: type) -> str:
+    """The code of a class's own methods (and its bases' outside flax/equinox/builtins)."""
+    methods = []
+    for klass in cls.__mro__:
+        if klass.__module__.startswith(
+            ("flax.", "equinox.", "builtins", "typing", "abc")
+        ):
+            continue
+        for name, member in sorted(vars(klass).items()):
+            if inspect.isfunction(member):
+                code = inspect.unwrap(member).__code__  # flax wraps __call__
+                methods.append(f"{klass.__qualname__}.{name}:{_code_digest(code)}")
+    return ";".join(methods)
+
+
+def describe_optimizer(tx: Any, opt_state: Any) -> str:
+    """An optax transformation: its state's structure and its functions' code and settings."""
+    structure = str(jax.tree.structure(opt_state))
+    return f"{structure}|{describe_callable(tx.init)}|{describe_callable(tx.update)}"
+
+
+def _describe_move(move: Any) -> str:
+    """The move's type, settings and arrays, as a string."""
+    if is_dataclass(move):
+        static = {
+            f.name: repr(getattr(move, f.name))
+            for f in fields(move)
+            if not f.metadata.get("pytree_node", True)
+        }
+        return f"{type(move).__qualname__}{sorted(static.items())}:{digest(move)}"
+    target = getattr(move, "fn", move)
+    return f"{type(move).__qualname__}:{getattr(target, '__qualname__', repr(target))}"
+
+
+def _describe_data(data: Any) -> str:
+    inputs = getattr(data, "inputs", None)
+    if inputs is None:
+        return type(data).__qualname__  # a stream: only its kind
+    return digest((inputs, data.targets))
+
+
+def fingerprint(
+    state: Any, move_state: Any, key: jax.Array, move: Any, data: Any, **settings: Any
+) -> dict[str, str]:
+    """What a checkpoint must share with the call that resumes from it.
+
+    Entries: the key, the initial replicas and move state, the model, the
+    optimiser, the loss, the move, the data; and every ``settings`` entry
+    (callables described by :func:`describe_callable`, the rest by repr).
+    """
+    return {
+        "key": digest(key),
+        "initial_state": digest(
+            (state.params, state.batch_stats, state.opt_state, state.hyperparams)
+        ),
+        "initial_move_state": digest(move_state),
+        "first_step": repr(int(state.step)),
+        "model": state.model.describe(),
+        "optimizer": describe_optimizer(state.tx, state.opt_state),
+        "loss_fn": describe_callable(state.loss_fn),
+        "model_inputs": repr((state.model_inputs, state.scheduled)),
+        "move": _describe_move(move),
+        "train_data": _describe_data(data.train),
+        "validation_data": _describe_data(data.validation),
+        "test_data": _describe_data(data.test),
+        **{
+            name: describe_callable(value) if callable(value) else repr(value)
+            for name, value in settings.items()
+        },
+    }
