@@ -63,11 +63,10 @@ from tempering.config import (
 from tempering.driver import RunResult, best_index, check_not_traced, train
 from tempering.hyperparams import (
     check_names,
-    check_values,
     get_hyperparams,
     set_hyperparams,
 )
-from tempering.ladder import HYPERPARAMETERS
+from tempering.pbt_settings import SELECTIONS, PBTConfig, Prior, pbt_config
 from tempering.records import History, final_or_last, metric_of
 from tempering.state import MetricsFn, ReplicaState, check_key, default_metrics
 
@@ -89,32 +88,6 @@ __all__ = [
     "select_parents",
 ]
 
-SELECTIONS = ("truncation", "tournament")
-
-
-class Prior(NamedTuple):
-    """Prior of one hyperparameter: uniform on ``[low, high]``, or log-uniform."""
-
-    low: float
-    high: float
-    log: bool = False
-
-
-class PBTConfig(NamedTuple):
-    """Validated PBT settings (hashable: a static argument of the jitted round).
-
-    Build it with :func:`pbt_config`; entry ``i`` of every per-hyperparameter
-    tuple belongs to ``names[i]``.
-    """
-
-    names: tuple[str, ...]  # hyperparameters explored, e.g. ("learning_rate",)
-    priors: tuple[Prior, ...]  # resampling prior of each
-    bounds: tuple[tuple[float, float], ...]  # (low, high) clip range of each
-    selection: str  # "truncation" or "tournament"
-    fraction: float  # q in (0, 0.5]: bottom / top fraction for truncation
-    resample_probability: float  # p in [0, 1]: redraw from the prior
-    perturb_factors: tuple[float, ...]  # factors drawn uniformly, e.g. (0.8, 1.2)
-
 
 class PBTInfo(NamedTuple):
     """What one :func:`pbt_step` did."""
@@ -127,156 +100,6 @@ class PBTInfo(NamedTuple):
     # the replicas: False for those the config does not explore)
     resampled: dict[str, jax.Array]
     hyperparams: dict[str, jax.Array]  # name -> shape=(M,), float32; after explore
-
-
-def _check_prior(name: str, prior: Any) -> Prior:
-    if isinstance(prior, Prior):
-        low, high, log = prior
-    elif isinstance(prior, tuple | list) and len(prior) in (2, 3):
-        low, high, log = (*prior, False) if len(prior) == 2 else prior
-    else:
-        raise TypeError(
-            f"prior[{name!r}] must be a Prior(low, high, log) or a (low, high[, log]) "
-            f"tuple, got {prior!r}"
-        )
-    low, high, log = float(low), float(high), bool(log)
-    if not (np.isfinite(low) and np.isfinite(high)):
-        raise ValueError(f"prior[{name!r}] must be finite, got ({low}, {high})")
-    if low >= high:
-        raise ValueError(
-            f"prior[{name!r}] has low={low} >= high={high}; bounds reversed or empty"
-        )
-    if log and low <= 0:
-        raise ValueError(f"log-uniform prior[{name!r}] needs low > 0, got {low}")
-    _check_range(name, low, high, "the prior")
-    return Prior(low, high, log)
-
-
-def _number(value: Any, name: str) -> float:
-    """``value`` as a float; bools, strings and arrays are refused by name."""
-    if isinstance(value, bool | str) or np.ndim(value) != 0:
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
-
-
-def _check_range(name: str, low: float, high: float, what: str) -> None:
-    check_values(name, [low, high], what)
-
-
-def pbt_config(
-    prior: Mapping[str, Prior | tuple],
-    *,
-    bounds: Mapping[str, tuple[float, float]] | None = None,
-    selection: str = "truncation",
-    fraction: float = 0.2,
-    resample_probability: float = 0.25,
-    perturb_factors: Sequence[float] = (0.8, 1.2),
-) -> PBTConfig:
-    """Validates PBT settings, before anything compiles.
-
-    Args:
-        prior: hyperparameter name (any the replicas hold: ``"learning_rate"``,
-            ``"dropout_rate"``, ``"weight_decay"``, ...) -> :class:`Prior` or
-            ``(low, high[, log])``. Only these hyperparameters are explored; the
-            others are copied from the parent unchanged.
-        bounds: name -> ``(low, high)`` clip range after explore; defaults to
-            the prior's range.
-        selection: ``"truncation"`` or ``"tournament"``.
-        fraction: q in (0, 0.5], the bottom / top fraction of truncation.
-        resample_probability: p in [0, 1], chance to redraw a hyperparameter
-            from its prior instead of perturbing it.
-        perturb_factors: non-empty, positive; one is drawn uniformly per
-            hyperparameter and replica.
-
-    Returns:
-        A :class:`PBTConfig`.
-
-    Raises:
-        ValueError: empty prior, reversed or invalid bounds (``low >= high``,
-            values outside a known range such as lr <= 0), q outside
-            (0, 0.5], p outside [0, 1], empty or non-positive factors, or an
-            unknown selection rule.
-
-    Example:
-        >>> config = pbt_config({"learning_rate": Prior(1e-3, 1e-1, log=True)})
-    """
-    if not isinstance(prior, Mapping):
-        raise TypeError(
-            "prior must be a mapping name -> Prior(low, high, log), e.g. "
-            f"{{'learning_rate': Prior(1e-3, 1e-1, log=True)}}, got {prior!r}"
-        )
-    if not prior:
-        raise ValueError(
-            "prior is empty: give at least one hyperparameter to explore, e.g. "
-            "{'learning_rate': Prior(1e-3, 1e-1, log=True)}"
-        )
-    if bounds is not None and not isinstance(bounds, Mapping):
-        raise TypeError(f"bounds must be a mapping name -> (low, high), got {bounds!r}")
-    bounds = dict(bounds or {})
-    extra = sorted(set(bounds) - set(prior))
-    if extra:
-        raise ValueError(f"bounds given for {extra}, which have no prior")
-    # The order fixes which key each name draws from: the common two first.
-    names = tuple(n for n in HYPERPARAMETERS if n in prior) + tuple(
-        sorted(n for n in prior if n not in HYPERPARAMETERS)
-    )
-    priors = tuple(_check_prior(name, prior[name]) for name in names)
-    clips = tuple(
-        _check_bounds(name, bounds.get(name, (p.low, p.high)))
-        for name, p in zip(names, priors, strict=True)
-    )
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-    fraction = _number(fraction, "fraction")
-    if not 0.0 < fraction <= 0.5:
-        raise ValueError(
-            f"fraction q must lie in (0, 0.5] (bottom q copy the top q), got {fraction}"
-        )
-    resample_probability = _number(resample_probability, "resample_probability")
-    if not 0.0 <= resample_probability <= 1.0:
-        raise ValueError(
-            f"resample_probability must lie in [0, 1], got {resample_probability}"
-        )
-    return PBTConfig(
-        names=names,
-        priors=priors,
-        bounds=clips,
-        selection=selection,
-        fraction=fraction,
-        resample_probability=resample_probability,
-        perturb_factors=_check_factors(perturb_factors),
-    )
-
-
-def _check_bounds(name: str, bounds: tuple[float, float]) -> tuple[float, float]:
-    """The clip range of ``name`` after explore, as floats."""
-    low, high = bounds
-    low, high = float(low), float(high)
-    if not (np.isfinite(low) and np.isfinite(high)) or low >= high:
-        raise ValueError(
-            f"bounds[{name!r}] = ({low}, {high}) must be finite with low < high "
-            "(bounds reversed?)"
-        )
-    _check_range(name, low, high, "the bounds")
-    return low, high
-
-
-def _check_factors(perturb_factors: Any) -> tuple[float, ...]:
-    """The perturbation factors as a non-empty tuple of positive floats."""
-    if isinstance(perturb_factors, str) or np.ndim(perturb_factors) != 1:
-        raise TypeError(
-            "perturb_factors must be a sequence of positive numbers, e.g. "
-            f"(0.8, 1.2), got {perturb_factors!r}"
-        )
-    factors = tuple(_number(f, "perturb_factors") for f in perturb_factors)
-    if not factors or not all(np.isfinite(f) and f > 0 for f in factors):
-        raise ValueError(
-            f"perturb_factors must be a non-empty list of positive numbers, got {factors}"
-        )
-    return factors
 
 
 def num_truncated(num_replicas: int, fraction: float) -> int:
