@@ -139,6 +139,10 @@ class RunData:
     test: Any = None
 
 
+# Examples per step and replica of in-memory data when batch_size is None.
+DEFAULT_BATCH_SIZE = 128
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Every setting of a :func:`tempering.train` call but its state, key, move and data.
@@ -155,7 +159,9 @@ class RunConfig:
             e.g. ``{"learning_rate": 0.1}``; the state's own come back after.
         move_at_end: False skips the move (and the record) of a round that
             ends the call (PBT: no exploit after the last segment).
-        batch_size: examples per step and replica (in-memory data).
+        batch_size: examples per step and replica of in-memory data; None:
+            :data:`DEFAULT_BATCH_SIZE`. Streamed batches keep their own size:
+            a ``batch_size`` that differs from it is an error, never ignored.
         shared_batch: every replica sees the same batch each step; False
             gives each replica its own batch order (in-memory data) or expects
             batches with a leading replica axis (streams).
@@ -198,7 +204,7 @@ class RunConfig:
     burn_in_hyperparams: Mapping[str, float] | None = None
     move_at_end: bool = True
     # batching
-    batch_size: int = 128
+    batch_size: int | None = None
     shared_batch: bool = True
     augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None
     # evaluation
@@ -226,7 +232,9 @@ class RunConfig:
             "burn_in": schedule.burn_in,
             "interval": schedule.ends or schedule.interval,
             "move_at_end": check_bool(self.move_at_end, "move_at_end"),
-            "batch_size": check_int(self.batch_size, "batch_size", 1),
+            "batch_size": None
+            if self.batch_size is None
+            else check_int(self.batch_size, "batch_size", 1),
             "shared_batch": check_bool(self.shared_batch, "shared_batch"),
             "eval_batch_size": check_int(self.eval_batch_size, "eval_batch_size", 1),
             "progress": None
@@ -260,6 +268,11 @@ class RunConfig:
         if isinstance(self.interval, tuple):
             return Rounds(self.num_steps, 0, 0, self.interval)
         return Rounds(self.num_steps, self.interval, self.burn_in)
+
+    @property
+    def array_batch_size(self) -> int:
+        """Examples per step and replica of in-memory data (the default when None)."""
+        return DEFAULT_BATCH_SIZE if self.batch_size is None else self.batch_size
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with the given fields changed (validated again)."""

@@ -332,7 +332,10 @@ class _Run(NamedTuple):
         """How the segments batch and run their steps (static under jit)."""
         config = self.config
         return SegmentSettings(
-            config.batch_size, config.shared_batch, config.augment, config.vectorize
+            config.array_batch_size,
+            config.shared_batch,
+            config.augment,
+            config.vectorize,
         )
 
 

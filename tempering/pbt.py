@@ -330,7 +330,7 @@ def pbt_train(
     test_data: Any = None,
     init_from_prior: bool = False,
     exploit_at_end: bool = False,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     shared_batch: bool = True,
     augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     burn_in_hyperparams: Mapping[str, float] | None = None,
@@ -376,7 +376,8 @@ def pbt_train(
             run split over calls but the last: the split run is then the one
             long run, bit for bit. False (default): the call's final
             population is the one its last segment trained.
-        batch_size: examples per step and replica (in-memory data).
+        batch_size: examples per step and replica of in-memory data (None:
+            128); a stream's batches keep their size (another is an error).
         shared_batch: every replica sees the same batch each step.
         augment: optional on-device ``augment(key, batch) -> batch``.
         burn_in_hyperparams: values every replica uses during the burn-in.

@@ -70,7 +70,7 @@ def checkpointer(
             move,
             data,
             schedule=tuple(config.rounds),
-            batch_size=config.batch_size,
+            batch_size=config.array_batch_size,
             shared_batch=config.shared_batch,
             augment=config.augment,
             eval_batch_size=config.eval_batch_size,

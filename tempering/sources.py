@@ -45,7 +45,6 @@ whole, padded and masked).
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -542,12 +541,9 @@ def _check_stream_batch_size(config: RunConfig, size: tuple[int, ...]) -> None:
     """A ValueError when ``batch_size`` was set and the stream's batches differ.
 
     Streamed batches keep the size they have; ``batch_size`` is for in-memory
-    data. Left at its default (or equal to the stream's batch size), it is fine.
+    data. Not given (None), or equal to the stream's batch size, it is fine.
     """
-    default = next(
-        f.default for f in dataclasses.fields(config) if f.name == "batch_size"
-    )
-    if not size or config.batch_size in (default, size[0]):
+    if not size or config.batch_size in (None, size[0]):
         return
     raise ValueError(
         f"batch_size={config.batch_size} is given, but train_data is a stream whose "
@@ -572,7 +568,7 @@ def prepare_sources(
 ) -> RunSources:
     """Validated sources, checked against the model before anything compiles."""
     metrics_fn = config.metrics_fn
-    given = as_train_source(data.train, "train_data", config.batch_size)
+    given = as_train_source(data.train, "train_data", config.array_batch_size)
     train: ArraySource | BatchReader
     if isinstance(given, ArraySource):
         _check_finite(given, "train_data")

@@ -128,7 +128,7 @@ def pt_train(
     adapt_rounds: int | None = None,
     adapt_ladder: bool = False,
     move_state: Any = None,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     shared_batch: bool = True,
     augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     burn_in_hyperparams: Mapping[str, float] | None = None,
@@ -191,7 +191,8 @@ def pt_train(
             (``result.move_state``): the rungs and the adapted (or frozen) C and
             ladder carry on. None: the exchange starts afresh (C tuned again with
             ``c="auto"``; a warning says so when ``state`` has trained).
-        batch_size: examples per step and replica (in-memory data).
+        batch_size: examples per step and replica of in-memory data (None:
+            128); a stream's batches keep their size (another is an error).
         shared_batch: every replica sees the same batch each step.
         augment: optional on-device ``augment(key, batch) -> batch``.
         burn_in_hyperparams: values every replica uses during the burn-in,

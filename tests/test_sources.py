@@ -321,9 +321,12 @@ def test_batch_size_with_a_stream_is_refused_before_anything_compiles(
         pt(state, blobs, stream(x, y), batch_size=64)
     engine = sorted(set(compiled) & ENGINE_PROGRAMS)
     assert not engine, f"compiled {engine} before raising"
-    # the stream's own size, or batch_size left at its default, is fine
+    # 128 given explicitly is refused too: only None (not given) means "default"
+    with pytest.raises(ValueError, match=r"batch_size=128 is given"):
+        pt(state, blobs, stream(x, y), batch_size=128)
+    # the stream's own size, or batch_size not given, is fine
     sized = pt(state, blobs, stream(x, y), num_steps=10, batch_size=32)
-    default = pt(state, blobs, stream(x, y), num_steps=10, batch_size=128)
+    default = pt(state, blobs, stream(x, y), num_steps=10, batch_size=None)
     assert leaves_equal(sized.state.params, default.state.params)
 
 
