@@ -175,8 +175,9 @@ class RunConfig:
             (:func:`tempering.fast.replica_vmap`'s policies).
         loop: ``"auto"``, ``"device"`` or ``"host"`` (:mod:`tempering.loops`).
         devices: split the replicas over these devices
-            (:func:`tempering.sharding.shard_replicas`); None: the state stays
-            where it is.
+            (:func:`tempering.sharding.shard_replicas`); None: over every local
+            device when there are several and M is a multiple of their number
+            (else one device, with a warning); ``jax.devices()[:1]``: one device.
         progress: a tqdm progress bar: True, False, or None (the default): on
             in a notebook (a Jupyter or IPython kernel), off elsewhere (scripts, CI).
         callback: ``callback(record)`` after every round with its

@@ -249,8 +249,11 @@ def train(
         _check_move_state(move, state, move_state)
     if config.burn_in_hyperparams:
         set_hyperparams(state, **config.burn_in_hyperparams)  # validates the names
-    if config.devices is not None:
-        state = sharding.shard_replicas(state, config.devices)
+    devices = config.devices
+    if devices is None:
+        devices = sharding.default_devices(state)
+    if devices is not None:
+        state = sharding.shard_replicas(state, devices)
     mesh = sharding.mesh_of(state)
     if mesh is not None:
         move_state = sharding.replicate(move_state, mesh)

@@ -33,12 +33,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tempering._caller import warn
 from tempering.state import ReplicaState
 
 __all__ = [
     "REPLICA_AXIS",
     "constrain",
     "constrain_replicated",
+    "default_devices",
     "keep_sharded",
     "mesh_of",
     "replica_mesh",
@@ -169,6 +171,34 @@ def shard_replicas(
         hyperparams=hyperparams,
         step=jax.device_put(state.step, whole),
     )
+
+
+def default_devices(state: ReplicaState) -> list[jax.Device] | None:
+    """The devices a run splits its replicas over when ``devices=`` is not given.
+
+    Every local device when there are several and M is a multiple of their
+    number; None (the state stays where it is) for one device, a state already
+    sharded, or a run over several processes (not supported yet). When M is not
+    a multiple, a warning says which M would use them all. ``devices=
+    jax.devices()[:1]`` keeps every replica on one device.
+    """
+    local = jax.local_devices()
+    if len(local) < 2 or jax.process_count() > 1 or mesh_of(state) is not None:
+        return None
+    num = state.num_replicas
+    if num % len(local):
+        fits = [
+            len(local) * k for k in (max(1, num // len(local)), num // len(local) + 1)
+        ]
+        warn(
+            f"{num} replicas stay on one device of the {len(local)} here: M must be "
+            f"a multiple of {len(local)} to be split over them all (e.g. "
+            f"{' or '.join(map(str, sorted(set(fits))))}); devices= chooses them "
+            "(devices=jax.devices()[:1] keeps one device without this warning)",
+            UserWarning,
+        )
+        return None
+    return local
 
 
 def replicate(tree: Any, devices: Sequence[jax.Device] | Mesh | None = None) -> Any:

@@ -103,8 +103,11 @@ SCRIPT = textwrap.dedent(
         shard_replicas(state))}
     data = dict(train_data=(x, y), validation_data=(xv, yv))
     pt = dict(exchange_interval=10, **data, **run)
-    one = tp.pt_train(state, ladder, jax.random.key(1), **pt)
+    one = tp.pt_train(state, ladder, jax.random.key(1), devices=jax.devices()[:1],
+                      **pt)
     tick("pt_one_device")
+    auto = tp.pt_train(state, ladder, jax.random.key(1), **pt)  # devices=None
+    tick("pt_default_devices")
     spread = tp.pt_train(shard_replicas(state), ladder, jax.random.key(1), **pt)
     tick("pt_sharded")
     out["pt"] = {
@@ -114,6 +117,8 @@ SCRIPT = textwrap.dedent(
         "move_state": sorted({str(a.sharding.spec)
                               for a in jax.tree.leaves(spread.move_state)}),
         **compare(one, spread),
+        "default": {"placement": placement(auto.state), **compare(spread, auto)},
+        "one_device": len(one.state.params["Dense_0"]["kernel"].sharding.device_set),
     }
     if NUM == 4:
         # the grid, with the data replicated on the 4 devices up front
@@ -146,6 +151,16 @@ SCRIPT = textwrap.dedent(
                 errors[name] = str(error)
         errors["two_devices_ok"] = placement(
             shard_replicas(six, jax.devices()[:2]))["per_device"]
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            kept = tp.pt_train(six, tp.geometric_ladder("learning_rate", 0.01, 0.1, 6),
+                               jax.random.key(1), exchange_interval=5, num_steps=5,
+                               **data)
+        errors["six_default_devices"] = len(
+            kept.state.params["Dense_0"]["kernel"].sharding.device_set)
+        errors["six_warning"] = [str(w.message) for w in caught
+                                 if "multiple of 4" in str(w.message)]
         out["errors"] = errors
     if NUM == 8:
         # devices= shards inside the driver; a crash, then the same call resumes
@@ -299,3 +314,14 @@ def test_devices_argument_and_a_sharded_resume_bit_for_bit(eight):
     assert resume["placement"]["specs"] == SHARDED
     assert resume["placement"]["per_device"] == [2, 2, 2, 2]
     assert resume["bitwise"] and resume["history_equal"]
+
+
+def test_every_local_device_by_default(four, eight):
+    for run, per_device in ((four, [1, 1, 1, 1]), (eight, [2, 2, 2, 2])):
+        default = run["pt"]["default"]
+        assert default["placement"]["per_device"] == per_device
+        assert default["bitwise"]  # the very program of devices=jax.devices()
+        assert run["pt"]["one_device"] == 1  # devices=jax.devices()[:1]: one device
+    errors = four["errors"]
+    assert errors["six_default_devices"] == 1  # 6 replicas on 4 devices: one
+    assert errors["six_warning"] and "e.g. 4 or 8" in errors["six_warning"][0]
