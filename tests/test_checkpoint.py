@@ -109,7 +109,20 @@ def _ctrl_c_stops_after_the_round_and_resumes(tmp_path, reference):
     assert_same(worker.arrays(resumed), reference)
 
 
-def test_pbt_resumes_bit_for_bit(tmp_path, tx, blobs):
+def refuse_unpickling(monkeypatch):
+    """Makes every loader of pickle raise: a resume must not run one."""
+    import _pickle
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a resume must not unpickle")
+
+    for module in (pickle, _pickle):
+        for name in ("loads", "load", "Unpickler"):
+            monkeypatch.setattr(module, name, refuse)
+
+
+def test_pbt_resumes_bit_for_bit(tmp_path, tx, blobs, monkeypatch):
     (x, _), val = blobs
     state = tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:4], num_replicas=4)
     config = tp.pbt_config({"learning_rate": (0.01, 0.2)})
@@ -124,6 +137,7 @@ def test_pbt_resumes_bit_for_bit(tmp_path, tx, blobs):
     plain = run()
     with pytest.raises(CrashError):
         run(checkpoint_dir=tmp_path, callback=crash_at(2))
+    refuse_unpickling(monkeypatch)
     resumed = run(checkpoint_dir=tmp_path)
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -173,16 +187,7 @@ def crashed_run(directory, rounds=7, **kwargs):
 
 def test_resume_never_unpickles(tmp_path, reference, monkeypatch):
     crashed_run(tmp_path)
-    import pickle
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a resume must not unpickle")
-
-    import _pickle
-
-    for module in (pickle, _pickle):
-        for name in ("loads", "load", "Unpickler"):
-            monkeypatch.setattr(module, name, refuse)
+    refuse_unpickling(monkeypatch)
     assert_same(worker.arrays(worker.run(tmp_path, callback=None)), reference)
 
 

@@ -100,11 +100,20 @@ def crash_at(round_index):
 
 
 @pytest.mark.parametrize("kind", sorted(STREAMS))
-def test_a_grain_stream_resumes_bit_for_bit(state, blobs, tmp_path, kind):
+def test_a_grain_stream_resumes_bit_for_bit(state, blobs, tmp_path, kind, monkeypatch):
     make = STREAMS[kind]
     reference = pt(state, blobs, make(blobs))
     with pytest.raises(CrashError):
         pt(state, blobs, make(blobs), checkpoint_dir=tmp_path, callback=crash_at(2))
+    import _pickle
+    import pickle
+
+    def refuse(*args, **kwargs):  # nothing a resume loads is unpickled
+        raise AssertionError("a resume must not unpickle")
+
+    for module in (pickle, _pickle):
+        for name in ("loads", "load", "Unpickler"):
+            monkeypatch.setattr(module, name, refuse)
     rounds_seen = []
     resumed = pt(
         state, blobs, make(blobs), checkpoint_dir=tmp_path,
