@@ -65,7 +65,7 @@ from experiments.common import (
     seed_path,
     subset,
 )
-from tempering.training import count_round_trips
+from tempering.diagnostics import count_round_trips
 
 # Per-seed result files live under RESULTS_DIR / FIG2_DIR / <setting>.
 FIG2_DIR = "fig2"

@@ -32,8 +32,8 @@ from experiments.common import (
     write_outputs,
 )
 from tempering.adaptation import solve_c
+from tempering.diagnostics import count_round_trips
 from tempering.exchange import exchange, pair_log_ratios
-from tempering.training import count_round_trips
 
 GAP, NOISE, TARGET = 1.0, 1.0, 0.3
 

@@ -37,10 +37,11 @@ from __future__ import annotations
 import numpy as np
 
 from tempering.records import History
-from tempering.training import count_round_trips
 
 __all__ = [
     "acceptance_over_time",
+    "acceptance_rate",
+    "count_round_trips",
     "c_over_time",
     "replica_schedule",
     "round_trip_steps",
@@ -53,6 +54,43 @@ __all__ = [
 # --------------------------------------------------------------------------
 # numpy diagnostics
 # --------------------------------------------------------------------------
+
+
+def count_round_trips(rung_path: np.ndarray, num_rungs: int) -> np.ndarray:
+    """Counts round trips (coldest rung to hottest and back) of every replica.
+
+    Args:
+        rung_path: ``(R, M)`` rung of every replica over time (include the
+            initial rungs as the first row).
+        num_rungs: M.
+
+    Returns:
+        ``(M,)`` int array: completed coldest -> hottest -> coldest trips.
+    """
+    rung_path = np.asarray(rung_path)
+    trips = np.zeros(rung_path.shape[1], np.int64)
+    for m in range(rung_path.shape[1]):
+        last_end = None  # which end of the ladder replica m touched last
+        for rung in rung_path[:, m]:
+            if rung == 0:
+                if last_end == "hot":
+                    trips[m] += 1
+                last_end = "cold"
+            elif rung == num_rungs - 1 and last_end == "cold":
+                last_end = "hot"
+    return trips
+
+
+def acceptance_rate(history: History) -> np.ndarray:
+    """Accepted / proposed swaps of every adjacent pair over all the rounds.
+
+    Returns:
+        ``(M - 1,)`` float array; NaN for a pair never proposed (or no rounds).
+    """
+    num_pairs = np.shape(history.proposed)[-1]
+    if not len(history.step):
+        return np.full((num_pairs,), np.nan)
+    return acceptance_over_time(history, window=len(history.step))[-1]
 
 
 def acceptance_over_time(history: History, window: int = 10) -> np.ndarray:
@@ -136,7 +174,7 @@ def rung_history(history: History) -> np.ndarray:
 def round_trips(history: History) -> np.ndarray:
     """Completed round trips (coldest rung -> hottest -> coldest) of every replica.
 
-    :func:`tempering.training.count_round_trips` over the initial rungs and the
+    :func:`count_round_trips` over the initial rungs and the
     rungs after every round (``summary.round_trips`` of the same call).
 
     Args:

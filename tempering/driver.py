@@ -147,8 +147,7 @@ def _progress(total: int, enabled: bool | None, name: str):
 
 
 def _host(tree: Any) -> Any:
-    # Copies: a view of a CPU device buffer would keep the buffer alive.
-    return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(tree))
+    return sharding.to_host(tree)  # numpy copies, gathered over processes
 
 
 @jax.jit
@@ -256,7 +255,7 @@ def train(
         state = sharding.shard_replicas(state, devices)
     mesh = sharding.mesh_of(state)
     if mesh is not None:
-        move_state = sharding.replicate(move_state, mesh)
+        move_state = sharding.replicate(move_state, mesh, what="move_state")
     sources = prepare_sources(state, data, config)
     loop = loop_for(state, sources.sample, config.loop)
     first_step = int(state.step)
@@ -284,7 +283,10 @@ def train(
             restored = _restore(saver, run, state, move_state, progress)
             if restored is not None:
                 (state, move_state), progress = restored
-        bar = _progress(config.num_steps, config.progress, type(move).__name__)
+        bar = _progress(
+            config.num_steps, config.progress if jax.process_index() == 0 else False,
+            type(move).__name__,
+        )  # fmt: skip
         if bar is not None:
             bar.update(sum(seg.steps for seg in segments[: progress.next_segment]))
         with resume.StopOnInterrupt() as interrupt:
@@ -360,15 +362,17 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
             raise divergence.attach(error, kept[0], kept[1], history) from None
         if bar is not None:
             bar.update(run.segments[index].steps)
-        stop = interrupt.requested
+        # Over several processes, process 0 decides at round ends (callback, Ctrl-C).
+        stop = interrupt.requested and (jax.process_count() == 1 or record is not None)
         if record is not None:
             kept = (_copy(carry[0]), carry[1])
-            callback = run.config.callback
+            callback = run.config.callback if jax.process_index() == 0 else None
             stop = (callback is not None and bool(callback(record))) or stop
+            stop = sharding.from_process_0(stop)  # every process stops alike
             last = index + 1 == len(run.segments)
             if saver is not None and saver.due() and not (stop or last):
                 resume.save(saver, carry, progress, run.data.train)
-        if stop or interrupt.requested:
+        if stop or (interrupt.requested and jax.process_count() == 1):
             break
     return carry, progress, kept
 

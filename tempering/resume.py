@@ -58,6 +58,12 @@ def checkpointer(
 ) -> checkpoint.Checkpointer:
     """The call's checkpointer, its fingerprint holding everything the call depends on."""
     assert config.checkpoint_dir is not None  # only called with one
+    if jax.process_count() > 1:
+        raise ValueError(
+            f"checkpoint_dir: checkpoints of a run over {jax.process_count()} "
+            "processes (jax.distributed) are not supported yet; run without "
+            "checkpoint_dir, or in one process"
+        )
     return checkpoint.Checkpointer(
         os.fspath(config.checkpoint_dir),
         every=config.checkpoint_every,

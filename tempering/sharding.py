@@ -41,11 +41,15 @@ __all__ = [
     "constrain",
     "constrain_replicated",
     "default_devices",
+    "check_same_on_processes",
     "keep_sharded",
     "mesh_of",
+    "put_global",
     "replica_mesh",
+    "from_process_0",
     "replicate",
     "shard_replicas",
+    "to_host",
 ]
 
 #: Name of the mesh axis the replica axis is split over.
@@ -156,9 +160,14 @@ def shard_replicas(
 
     def place(leaf: Any) -> Any:
         if np.ndim(leaf) >= 1 and np.shape(leaf)[0] == num:
-            return jax.device_put(leaf, split)
-        return jax.device_put(leaf, whole)
+            return put_global(leaf, split)
+        return put_global(leaf, whole)
 
+    if mesh.is_multi_process:
+        check_same_on_processes(
+            (state.params, state.batch_stats, state.opt_state, state.hyperparams),
+            "state",
+        )
     per_replica = jax.tree.map(
         place,
         (state.params, state.batch_stats, state.opt_state, state.hyperparams),
@@ -169,7 +178,7 @@ def shard_replicas(
         batch_stats=batch_stats,
         opt_state=opt_state,
         hyperparams=hyperparams,
-        step=jax.device_put(state.step, whole),
+        step=put_global(state.step, whole),
     )
 
 
@@ -177,13 +186,14 @@ def default_devices(state: ReplicaState) -> list[jax.Device] | None:
     """The devices a run splits its replicas over when ``devices=`` is not given.
 
     Every local device when there are several and M is a multiple of their
-    number; None (the state stays where it is) for one device, a state already
-    sharded, or a run over several processes (not supported yet). When M is not
-    a multiple, a warning says which M would use them all. ``devices=
+    number; in a run over several processes (``jax.distributed``), every
+    process's devices (``jax.devices()``, the global mesh). None (the state
+    stays where it is) for one device or a state already sharded. When M is
+    not a multiple, a warning says which M would use them all. ``devices=
     jax.devices()[:1]`` keeps every replica on one device.
     """
-    local = jax.local_devices()
-    if len(local) < 2 or jax.process_count() > 1 or mesh_of(state) is not None:
+    local = jax.local_devices() if jax.process_count() == 1 else jax.devices()
+    if len(local) < 2 or mesh_of(state) is not None:
         return None
     num = state.num_replicas
     if num % len(local):
@@ -201,7 +211,9 @@ def default_devices(state: ReplicaState) -> list[jax.Device] | None:
     return local
 
 
-def replicate(tree: Any, devices: Sequence[jax.Device] | Mesh | None = None) -> Any:
+def replicate(
+    tree: Any, devices: Sequence[jax.Device] | Mesh | None = None, *, what: str = "data"
+) -> Any:
     """Every array of ``tree`` copied to each of ``devices`` (replicated).
 
     For the data that all sharded replicas read (in-memory training,
@@ -213,16 +225,25 @@ def replicate(tree: Any, devices: Sequence[jax.Device] | Mesh | None = None) -> 
         tree: a pytree of arrays (numpy or JAX), e.g. ``(inputs, targets)``.
         devices: as for :func:`shard_replicas` (default ``jax.devices()``);
             give the same as there.
+        what: what ``tree`` is, for the error when a mesh spans several
+            processes and they do not all pass the same values.
 
     Returns:
         The same pytree of ``jax.Array`` with ``NamedSharding(mesh, P())``.
+
+    Raises:
+        ValueError: over several processes (``jax.distributed``), when the
+            processes do not all pass the same values.
 
     Example:
         >>> result = tp.pt_train(shard_replicas(state), ladder, key,
         ...                      train_data=replicate((x, y)),
         ...                      validation_data=replicate((xv, yv)), ...)
     """
-    return jax.device_put(tree, NamedSharding(_mesh_of(devices), P()))
+    mesh = _mesh_of(devices)
+    if mesh.is_multi_process:
+        check_same_on_processes(tree, what)
+    return put_global(tree, NamedSharding(mesh, P()))
 
 
 # --- for the drivers: keep a sharded state sharded ---------------------------
@@ -341,3 +362,116 @@ def constrain(state: ReplicaState, mesh: Mesh | None) -> ReplicaState:
         hyperparams=hyperparams,
         step=jax.lax.with_sharding_constraint(state.step, whole),
     )
+
+
+# --- several processes (jax.distributed): a mesh over every process's devices --
+
+
+def put_global(tree: Any, sharding: NamedSharding) -> Any:
+    """``jax.device_put(tree, sharding)``, for a mesh over several processes too.
+
+    With one process (or a sharding of this process's devices only) it is
+    :func:`jax.device_put`. Over several processes every process must give the
+    same values (:func:`check_same_on_processes` checks it): each process
+    places its own shards from its host copy, with no cross-process transfer
+    and no equality check of its own (JAX's compares values, and NaN is never
+    equal to itself). An array already over the mesh is resharded by
+    :func:`jax.device_put`.
+    """
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+
+    def place(leaf: Any) -> Any:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            return jax.device_put(leaf, sharding)
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(
+            leaf.dtype, jax.dtypes.prng_key
+        ):
+            data = put_global(jax.random.key_data(leaf), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(
+            host.shape, sharding, lambda index: host[index]
+        )
+
+    return jax.tree.map(place, tree)
+
+
+def from_process_0(flag: bool) -> bool:
+    """``flag`` as process 0 has it, on every process (a collective); one process: itself."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.bool_(flag)))
+
+
+def to_host(tree: Any) -> Any:
+    """Every array of ``tree`` as numpy (copies), gathered from every process.
+
+    An array split over several processes is first gathered (a collective:
+    every process calls it, in the same order); one on this process's devices
+    or replicated on every device is read as it is.
+    """
+
+    def gather(leaf: Any) -> Any:
+        if isinstance(leaf, jax.Array) and not (
+            leaf.is_fully_addressable or leaf.is_fully_replicated
+        ):
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.process_allgather(leaf, tiled=True)
+        return leaf
+
+    # Copies: a view of a CPU device buffer would keep the buffer alive.
+    tree = jax.tree.map(gather, tree)
+    return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(tree))
+
+
+def check_same_on_processes(tree: Any, what: str) -> None:
+    """A ValueError unless every process holds the same ``tree`` (a collective).
+
+    For the in-memory data and the state that every process of a
+    ``jax.distributed`` run passes to the drivers: each process must build
+    them alike (same files, same seeds). Compares a CRC-32 of each array's
+    bytes, shape and dtype, so NaN compares equal to NaN. Arrays already over
+    several processes are skipped (JAX checked them when they were made).
+    """
+    if jax.process_count() == 1:
+        return
+    import zlib
+
+    from jax.experimental import multihost_utils
+
+    paths, sums = [], []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            continue
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(
+            leaf.dtype, jax.dtypes.prng_key
+        ):
+            leaf = jax.random.key_data(leaf)
+        host = np.ascontiguousarray(np.asarray(leaf))
+        header = f"{host.shape}{host.dtype}".encode()
+        sums.append(zlib.crc32(host.tobytes(), zlib.crc32(header)))
+        paths.append(jax.tree_util.keystr(path))
+    local = np.array([len(sums), *sums], np.uint32)
+    sizes = multihost_utils.process_allgather(local[:1])
+    if len(set(sizes.ravel().tolist())) > 1:
+        raise ValueError(
+            f"the {what} differs between processes: they hold "
+            f"{sizes.ravel().tolist()} arrays (process 0, 1, ...); every process "
+            f"must pass the same {what} to the driver"
+        )
+    gathered = multihost_utils.process_allgather(local)
+    differ = np.nonzero((gathered != gathered[:1]).any(axis=0))[0]
+    if len(differ):
+        first = int(differ[0]) - 1
+        where = paths[first] if first >= 0 else ""
+        procs = np.nonzero(gathered[:, differ[0]] != gathered[0, differ[0]])[0]
+        raise ValueError(
+            f"the {what} differs between processes: {what}{where} on process "
+            f"{int(procs[0])} is not the one on process 0. In a jax.distributed "
+            f"run every process must pass the same {what} to the driver (build "
+            "it alike: same files, same seeds, same order)"
+        )

@@ -28,13 +28,14 @@ from tempering.config import (
     config_from,
     require_validation,
 )
+from tempering.diagnostics import acceptance_rate, round_trips
 from tempering.driver import RunResult, best_index, check_not_traced, train
 from tempering.ladder import Ladder, assign_rungs, check_ladder, rungs_held
 from tempering.moves import ExchangeMove, exchange_move
 from tempering.records import History, final_or_last, metric_of
 from tempering.state import MetricsFn, ReplicaState, default_metrics
 
-__all__ = ["PTResult", "PTSummary", "count_round_trips", "pt_summary", "pt_train"]
+__all__ = ["PTResult", "PTSummary", "pt_summary", "pt_train"]
 
 
 class PTSummary(NamedTuple):
@@ -83,31 +84,6 @@ class PTResult(NamedTuple):
         rungs and the adapted C and ladder instead of tuning them afresh.
         """
         return self.summary.move_state
-
-
-def count_round_trips(rung_path: np.ndarray, num_rungs: int) -> np.ndarray:
-    """Counts round trips (coldest rung to hottest and back) of every replica.
-
-    Args:
-        rung_path: ``(R, M)`` rung of every replica over time (include the
-            initial rungs as the first row).
-        num_rungs: M.
-
-    Returns:
-        ``(M,)`` int array: completed coldest -> hottest -> coldest trips.
-    """
-    rung_path = np.asarray(rung_path)
-    trips = np.zeros(rung_path.shape[1], np.int64)
-    for m in range(rung_path.shape[1]):
-        last_end = None  # which end of the ladder replica m touched last
-        for rung in rung_path[:, m]:
-            if rung == 0:
-                if last_end == "hot":
-                    trips[m] += 1
-                last_end = "cold"
-            elif rung == num_rungs - 1 and last_end == "cold":
-                last_end = "hot"
-    return trips
 
 
 def pt_train(
@@ -298,13 +274,8 @@ def pt_summary(run: RunResult, move: ExchangeMove) -> PTSummary:
     )
     best = best_index(final_score)
     return PTSummary(
-        acceptance_rate=_acceptance_rate(history),
-        round_trips=count_round_trips(
-            np.concatenate(
-                [np.asarray(history.initial_rungs)[None], np.asarray(history.rungs)]
-            ),
-            run.state.num_replicas,
-        ),
+        acceptance_rate=acceptance_rate(history),
+        round_trips=round_trips(history),
         best_replica=best,
         best_val_loss=float(final.loss[best]),
         final_val_loss=final.loss,
@@ -362,10 +333,3 @@ def _default_adapt_rounds(state: ReplicaState, config: RunConfig) -> int:
 
     done = completed(start + config.num_steps) - completed(start)
     return max(1, -(-done // 4))
-
-
-def _acceptance_rate(history: History) -> np.ndarray:
-    proposed = history.proposed.sum(0)
-    accepted = history.accepted.sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(proposed > 0, accepted / np.maximum(proposed, 1), np.nan)

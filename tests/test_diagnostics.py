@@ -12,8 +12,8 @@ matplotlib.use("Agg")
 
 import tempering as tp  # noqa: E402
 from tempering import diagnostics as dg  # noqa: E402
+from tempering.diagnostics import count_round_trips  # noqa: E402
 from tempering.moves import ExchangeMoveInfo  # noqa: E402
-from tempering.training import count_round_trips  # noqa: E402
 from tempering.zoo.models import MLP  # noqa: E402
 
 

@@ -190,7 +190,7 @@ def test_diverged_replica_is_pushed_to_the_hot_end(tx, blobs):
 
 def test_round_trip_counting():
     path = np.array([[0, 2], [1, 1], [2, 0], [1, 1], [0, 2], [2, 0], [0, 2]])
-    np.testing.assert_array_equal(training.count_round_trips(path, 3), [2, 1])
+    np.testing.assert_array_equal(tp.diagnostics.count_round_trips(path, 3), [2, 1])
 
 
 BAD = [
