@@ -339,3 +339,50 @@ def test_a_checkpoint_refuses_another_nnx_model(tmp_path):
     run(NnxTwin, num_steps=20)
     with pytest.raises(ValueError, match="differ in: .*model"):
         run(Other, num_steps=20)
+
+
+def test_an_equinox_model_with_batchnorm_state_and_a_stock_nnx_dropout():
+    class Normed(eqx.Module):
+        hidden: eqx.nn.Linear
+        norm: eqx.nn.BatchNorm
+        out: eqx.nn.Linear
+
+        def __init__(self, key):
+            k1, k2 = jax.random.split(key)
+            self.hidden = eqx.nn.Linear(16, 32, key=k1)
+            self.norm = eqx.nn.BatchNorm(32, axis_name="batch", mode="batch")
+            self.out = eqx.nn.Linear(32, 3, key=k2)
+
+        def __call__(self, x, state, *, key=None):
+            h, state = self.norm(self.hidden(x), state)
+            return self.out(jax.nn.relu(h)), state
+
+    def build(key):
+        return eqx.nn.make_with_state(Normed)(key)
+
+    state = tp.create_replicas(jax.random.key(0), build, tp.sgd(0.05), TRAIN[0][:2],
+                               ladder=LR)  # fmt: skip
+    assert state.model.stateful
+    result = pt(state, LR, TRAIN, VAL)
+    best = result.summary.best_replica
+    model, norm_state = tp.replica(result.state, best)  # (module, state)
+    logits, _ = jax.vmap(model, axis_name="batch", in_axes=(0, None),
+                         out_axes=(0, None))(jnp.asarray(VAL[0]), norm_state)  # fmt: skip
+    want = optax.softmax_cross_entropy_with_integer_labels(logits, VAL[1]).mean()
+    np.testing.assert_allclose(result.summary.best_val_loss, want, rtol=1e-5)
+
+    class Stock(nnx.Module):  # a fixed-rate nnx.Dropout trains on an lr ladder
+        def __init__(self, rngs: nnx.Rngs):
+            self.hidden = nnx.Linear(16, 32, rngs=rngs)
+            self.drop = nnx.Dropout(0.2, rngs=rngs)
+            self.out = nnx.Linear(32, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(self.drop(nnx.relu(self.hidden(x))))
+
+    state = tp.create_replicas(jax.random.key(0), Stock, tp.sgd(0.05), TRAIN[0][:2],
+                               ladder=LR)  # fmt: skip
+    result = pt(state, LR, TRAIN, VAL)
+    module = tp.replica(result.state, 0)  # eval mode: no dropout
+    want = optax.softmax_cross_entropy_with_integer_labels(module(VAL[0]), VAL[1])
+    np.testing.assert_allclose(result.summary.final_val_loss[0], want.mean(), rtol=1e-5)
