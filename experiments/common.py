@@ -7,7 +7,8 @@ Every script uses these pieces, one implementation each:
   (``--seeds``, a count or a list);
 - keys: :func:`seed_keys`, the convention every training comparison uses
   (``key(seed)`` for the initial weights, ``key(10_000 + seed)`` for the run);
-- records: :func:`provenance` (command, commit, machine, seeds, date),
+- records: :func:`provenance` (command, commit, machine: CPU model and
+  instruction-set level or accelerator, seeds, date),
   :func:`save_result`, per-seed records (:func:`seed_path`,
   :func:`load_seed_record`, :func:`save_seed_record`, :func:`same_record`);
 - outputs: :func:`write_outputs` (record, table and figure of one result),
@@ -24,6 +25,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -124,11 +126,44 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# Instruction-set levels, highest first: the flag of /proc/cpuinfo that marks
+# each (x86 and Arm names as the Linux kernel spells them). XLA:CPU generates
+# other code at each level, so the last bits of every result differ between
+# them (tests/golden/README.md: bit for bit only on the same platform).
+_ISA_LEVELS = (
+    ("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"), ("sse4.2", "sse4_2"),
+    ("sve2", "sve2"), ("sve", "sve"), ("neon", "asimd"),
+)  # fmt: skip
+
+
+def cpu_isa() -> str:
+    """The CPU's highest instruction-set level (``avx512``, ``avx2``, ...).
+
+    Read from the first processor's flags in /proc/cpuinfo ("unknown" where
+    there are none); ``XLA_FLAGS=--xla_cpu_max_isa=...``, which caps the code
+    XLA generates, is appended as ``"<level>, xla max <cap>"``.
+    """
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() in ("flags", "Features"):
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    level = next((lvl for lvl, flag in _ISA_LEVELS if flag in flags), "unknown")
+    cap = re.search(r"--xla_cpu_max_isa=(\S+)", os.environ.get("XLA_FLAGS", ""))
+    return level + (f", xla max {cap.group(1)}" if cap else "")
+
+
 def machine() -> dict[str, Any]:
-    """CPU, core count, accelerator and library versions of this run."""
+    """CPU (model and instruction-set level), core count, accelerator and
+    library versions of this run."""
     devices = jax.devices()
     return {
         "cpu": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
         "backend": jax.default_backend(),
         "devices": [d.device_kind for d in devices],
