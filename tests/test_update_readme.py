@@ -15,6 +15,7 @@ SHOWN = {
     "reliability": "docs/guides/reliability.md",
     "fig2_table": "docs/guides/paper.md",
     "fig2_summary": "README.md",
+    "claims": "README.md",
     "rounds_memory": "docs/guides/performance.md",
     "bench_zoo": "docs/guides/performance.md",
     "bench_zoo_short": "README.md",
