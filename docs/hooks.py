@@ -41,7 +41,7 @@ NOTEBOOKS = {"notebooks/quickstart.md": ROOT / "notebooks" / "quickstart.ipynb"}
 RESULTS = ROOT / "experiments" / "results"
 PUBLIC_SUBMODULES = (
     "loops fast sources hyperparams diffusion data zoo.datasets zoo.models loggers "
-    "sharding "
+    "sharding launch "
     "checkpoint divergence adaptation diagnostics multi frontends frontends.nnx "
     "frontends.equinox plots"
 ).split()

@@ -1,0 +1,162 @@
+"""A run over several JAX processes (jax.distributed, gloo CPU collectives).
+
+The processes are started by :func:`tempering.launch.launch` (a localhost
+coordinator on a free port, forced host devices), the way users start them:
+2 processes x 2 devices must give the run of 1 process x 4 devices, bit for
+bit (the same SPMD program over the same 4-device mesh: XLA partitions it
+alike, and the cross-process collectives only move values, they sum
+nothing). A process that dies mid-run must end the run with an error naming
+it, never a hang.
+"""
+
+import json
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from tempering.launch import LaunchError, launch
+
+pytestmark = pytest.mark.skipif(
+    "jax_cpu_collectives_implementation" not in jax.config.values,
+    reason="this JAX has no CPU collectives option (gloo)",
+)
+
+WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    import tempering.launch
+    tempering.launch.initialize()  # a no-op in a process started alone
+
+    import flax.linen as nn
+    import jax
+    import numpy as np
+    import tempering as tp
+    from jax.experimental import multihost_utils
+
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train=False):
+            return nn.Dense(3)(nn.relu(nn.Dense(8)(x)))
+
+
+    rng = np.random.default_rng(0)  # the same data in every process
+    x = rng.normal(size=(256, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 256).astype(np.int32)
+    if os.environ.get("WORKER_BAD_DATA") == str(jax.process_index()):
+        x = x + 1.0
+    ladder = tp.geometric_ladder("learning_rate", 0.02, 0.3, 4)
+    state = tp.create_replicas(
+        jax.random.key(0), Net(), tp.sgd(0.05, momentum=0.9), x[:1], ladder=ladder
+    )
+    run = dict(train_data=(x, y), validation_data=(x[:64], y[:64]),
+               exchange_interval=10, batch_size=32, devices=jax.devices())
+    calls = []
+    result = tp.pt_train(state, ladder, jax.random.key(1), num_steps=20,
+                         callback=calls.append, **run)
+    if os.environ.get("WORKER_DIE") == str(jax.process_index()):
+        print("dying", flush=True)
+        os._exit(3)
+    result = tp.pt_train(result.state, ladder, jax.random.key(1), num_steps=20,
+                         move_state=result.move_state, callback=calls.append, **run)
+    history = result.history
+    weights = multihost_utils.process_allgather(result.state.params, tiled=True)
+    refused = None
+    if jax.process_count() > 1:
+        try:
+            tp.pt_train(state, ladder, jax.random.key(1), num_steps=10,
+                        checkpoint_dir=sys.argv[1], **run)
+        except ValueError as error:
+            refused = str(error)
+    print("RESULT " + json.dumps(dict(
+        process=jax.process_index(),
+        devices=len(jax.devices()),
+        mesh=len(result.state.params["Dense_0"]["kernel"].sharding.device_set),
+        callbacks=len(calls),
+        refused=refused,
+        rungs=np.asarray(history.rungs).tolist(),
+        accepted=np.asarray(history.move.accepted).tolist(),
+        score=np.asarray(history.score).tolist(),
+        final_score=np.asarray(result.summary.final_score).tolist(),
+        weights=[np.asarray(w).ravel().tolist() for w in jax.tree.leaves(weights)],
+    )), flush=True)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    path = tmp_path_factory.mktemp("multiprocess") / "worker.py"
+    path.write_text(WORKER)
+    return path
+
+
+def results(launched):
+    found = [
+        json.loads(line[len("RESULT ") :])
+        for out in launched.stdout
+        for line in out.splitlines()
+        if line.startswith("RESULT ")
+    ]
+    return sorted(found, key=lambda r: r["process"])
+
+
+def test_two_processes_match_one(worker, tmp_path):
+    one = results(launch(worker, 1, 4, [str(tmp_path)], timeout=180))
+    two = results(launch(worker, 2, 2, [str(tmp_path)], timeout=180))
+    assert [r["process"] for r in two] == [0, 1]
+    (reference,) = one
+    assert reference["devices"] == reference["mesh"] == 4
+    assert len(reference["rungs"]) == 2  # the second call's 2 rounds
+    assert np.asarray(reference["accepted"]).any()  # the exchange moved rungs
+    for got in two:
+        assert got["devices"] == got["mesh"] == 4  # the global mesh
+        # the same history on every process, bit for bit that of one process
+        for field in ("rungs", "accepted", "score", "final_score", "weights"):
+            assert got[field] == reference[field], field
+    # callbacks run on process 0 only
+    assert [r["callbacks"] for r in two] == [4, 0]
+    # checkpoints over several processes: refused, before anything is written
+    for got in two:
+        assert "checkpoints of a run over 2 processes" in got["refused"]
+    assert not any(tmp_path.iterdir())
+
+
+def test_different_data_is_an_error(worker):
+    with pytest.raises(LaunchError) as error:
+        launch(worker, 2, 1, ["unused"], timeout=180, env={"WORKER_BAD_DATA": "1"})
+    stderr = "".join(error.value.result.stderr)
+    assert "the data differs between processes" in stderr
+    assert "on process 1 is not the one on process 0" in stderr
+
+
+def test_the_launcher_ends_the_others(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "if os.environ.get('TEMPERING_PROCESS_ID') == '1':\n"
+        "    sys.exit(3)\n"
+        "time.sleep(600)\n"
+    )
+    with pytest.raises(LaunchError, match=r"process 1 of 3 exited with status 3"):
+        launch(script, 3, timeout=60)
+    with pytest.raises(LaunchError, match=r"process 0 of 1 was still running"):
+        launch(script, 1, timeout=1)
+
+
+def test_a_dead_process_ends_the_run(worker):
+    # Process 1 dies between two calls. Left alone (the launcher would end it
+    # at once), process 0 ends by itself: an error in its next collective,
+    # then JAX's heartbeat timeout (distributed_timeout / 2) at its exit.
+    with pytest.raises(LaunchError, match=r"process 1 of 2 exited with status 3") as e:
+        launch(
+            worker, 2, 1, ["unused"], timeout=120, env={"WORKER_DIE": "1"},
+            distributed_timeout=10, end_others=False,
+        )  # fmt: skip
+    result = e.value.result
+    assert "dying" in result.stdout[1]
+    assert result.returncodes[0] not in (0, None)  # ended by itself, not killed
+    assert "Gloo" in result.stderr[0] or "distributed service" in result.stderr[0]
+    assert result.seconds < 100
