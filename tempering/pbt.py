@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from tempering import sharding
 from tempering.config import (
     Callback,
     RunConfig,
@@ -467,7 +468,7 @@ def pbt_summary(run: RunResult) -> PBTSummary:
         best_val_loss=float(final.loss[best]),
         final_val_loss=final.loss,
         final_val_metrics=final.metrics,
-        final_hyperparams=jax.device_get(get_hyperparams(run.state)),
+        final_hyperparams=sharding.to_host(get_hyperparams(run.state)),
         diverged=run.diverged,
         interrupted=run.interrupted,
     )

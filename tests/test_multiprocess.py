@@ -63,6 +63,9 @@ WORKER = textwrap.dedent(
                          move_state=result.move_state, callback=calls.append, **run)
     history = result.history
     weights = multihost_utils.process_allgather(result.state.params, tiled=True)
+    pbt = tp.pbt_train(state, jax.random.key(2), num_steps=20, ready_interval=5,
+                       config=tp.pbt_config({"learning_rate": (0.01, 0.3)}),
+                       **{k: v for k, v in run.items() if k != "exchange_interval"})
     refused = None
     if jax.process_count() > 1:
         try:
@@ -81,6 +84,8 @@ WORKER = textwrap.dedent(
         score=np.asarray(history.score).tolist(),
         final_score=np.asarray(result.summary.final_score).tolist(),
         weights=[np.asarray(w).ravel().tolist() for w in jax.tree.leaves(weights)],
+        pbt_parent=np.asarray(pbt.history.move.parent).tolist(),
+        pbt_lr=np.asarray(pbt.summary.final_hyperparams["learning_rate"]).tolist(),
     )), flush=True)
     """
 )
@@ -114,10 +119,12 @@ def test_two_processes_match_one(worker, tmp_path):
     for got in two:
         assert got["devices"] == got["mesh"] == 4  # the global mesh
         # the same history on every process, bit for bit that of one process
-        for field in ("rungs", "accepted", "score", "final_score", "weights"):
+        for field in ("rungs", "accepted", "score", "final_score", "weights",
+                      "pbt_parent", "pbt_lr"):  # fmt: skip
             assert got[field] == reference[field], field
     # callbacks run on process 0 only
     assert [r["callbacks"] for r in two] == [4, 0]
+    assert np.any(np.asarray(reference["pbt_parent"]) != np.arange(4))  # copies
     # checkpoints over several processes: refused, before anything is written
     for got in two:
         assert "checkpoints of a run over 2 processes" in got["refused"]
