@@ -111,12 +111,14 @@ def results(launched):
 def test_two_processes_match_one(worker, tmp_path):
     one = results(launch(worker, 1, 4, [str(tmp_path)], timeout=180))
     two = results(launch(worker, 2, 2, [str(tmp_path)], timeout=180))
+    four = results(launch(worker, 4, 1, [str(tmp_path)], timeout=180))
     assert [r["process"] for r in two] == [0, 1]
+    assert [r["process"] for r in four] == [0, 1, 2, 3]
     (reference,) = one
     assert reference["devices"] == reference["mesh"] == 4
     assert len(reference["rungs"]) == 2  # the second call's 2 rounds
     assert np.asarray(reference["accepted"]).any()  # the exchange moved rungs
-    for got in two:
+    for got in two + four:
         assert got["devices"] == got["mesh"] == 4  # the global mesh
         # the same history on every process, bit for bit that of one process
         for field in ("rungs", "accepted", "score", "final_score", "weights",
@@ -124,10 +126,11 @@ def test_two_processes_match_one(worker, tmp_path):
             assert got[field] == reference[field], field
     # callbacks run on process 0 only
     assert [r["callbacks"] for r in two] == [4, 0]
+    assert [r["callbacks"] for r in four] == [4, 0, 0, 0]
     assert np.any(np.asarray(reference["pbt_parent"]) != np.arange(4))  # copies
     # checkpoints over several processes: refused, before anything is written
-    for got in two:
-        assert "checkpoints of a run over 2 processes" in got["refused"]
+    for got, count in [(r, 2) for r in two] + [(r, 4) for r in four]:
+        assert f"checkpoints of a run over {count} processes" in got["refused"]
     assert not any(tmp_path.iterdir())
 
 
