@@ -28,6 +28,11 @@ What a checkpoint holds, and what a resume trusts:
   process id, host and start time inside) while it runs: a second run on the
   same folder fails at once naming the holder; the lock of a process that died
   on this host is taken over with a warning.
+- **Several processes** (``jax.distributed``): every process saves and
+  restores together through orbax; each writes its shards of the arrays split
+  over processes, process 0 the host arrays and JSON, the manifest (after
+  every process has written) and the lock; a restore's decisions (a step set
+  aside, a refusal) are taken by all processes alike.
 - **Only its own entries.** A numbered folder the library did not write (no
   checkpoint inside) is an error that names it; other files are left alone.
 - **A fingerprint of everything that shapes the result**: the key, the initial
@@ -306,6 +311,72 @@ def _meta_digest(body: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# --- several processes (jax.distributed) -------------------------------------------
+
+
+def _multi() -> bool:
+    return jax.process_count() > 1
+
+
+def _sync(name: str) -> None:
+    """A barrier of every process (several processes only)."""
+    if _multi():
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"tempering-checkpoint-{name}")
+
+
+def _agree(code: int) -> int:
+    """The largest of every process's ``code`` (a collective); one process: its own."""
+    if not _multi():
+        return code
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.int32(code))))
+
+
+def _from_process_0(steps: list[int]) -> list[int]:
+    """Process 0's list of steps, on every process (a collective); one process: itself."""
+    if not _multi():
+        return steps
+    from jax.experimental import multihost_utils
+
+    count = int(multihost_utils.broadcast_one_to_all(np.int64(len(steps))))
+    mine = np.array(steps if jax.process_index() == 0 else [0] * count, np.int64)
+    if len(mine) != count:
+        mine = np.zeros(count, np.int64)
+    return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)]
+
+
+def _together(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on every process, failing on all when it fails on any.
+
+    Every process decides alike (set a step aside, refuse it) before the next
+    collective. One process: ``fn()``.
+    """
+    if not _multi():
+        return fn()
+    result: Any = None
+    error: Exception | None = None
+    code = 0
+    try:
+        result = fn()
+    except CheckpointError as caught:
+        error, code = caught, 1
+    except Exception as caught:
+        error, code = caught, 2
+    agreed = _agree(code)
+    if agreed == 0:
+        return result
+    if error is not None and code == agreed:
+        raise error
+    if agreed == 1:
+        raise CheckpointError("another process of the run found it broken")
+    raise ValueError(
+        "another process of this run refused the checkpoint (its error says why)"
+    )
+
+
 # --- the checkpointer -------------------------------------------------------------
 
 
@@ -333,7 +404,12 @@ def _sha256(array: np.ndarray) -> str:
 class Checkpointer:
     """Saves and restores one call's checkpoints in ``directory`` (orbax + JSON).
 
-    Holds the folder's lock from construction to :meth:`close`.
+    Holds the folder's lock from construction to :meth:`close`. In a run over
+    several processes (``jax.distributed``) every process makes one, with the
+    same arguments, and calls it alike: process 0 holds the lock, writes the
+    JSON, the host arrays and the manifest, each process writes its shards of
+    the arrays split over processes (orbax), and every decision of a restore
+    (a step set aside, a refusal) is taken by all processes together.
 
     Args:
         directory: where the checkpoints live (created if missing).
@@ -364,9 +440,23 @@ class Checkpointer:
             )
         self.since_save = 0
         self.saved_step: int | None = None
-        self._lock = _Lock(self.directory)
+        self._lock: _Lock | None = None
+        error: BaseException | None = None
+        if jax.process_index() == 0:
+            try:
+                self._lock = _Lock(self.directory)
+                _check_own_entries(self.directory)
+            except BaseException as caught:
+                error = caught
+        if _agree(int(error is not None)):
+            self._release()
+            if error is not None:
+                raise error
+            raise ValueError(
+                f"checkpoint_dir {self.directory}: process 0 of this run refused "
+                "it (its error says why)"
+            )
         try:
-            _check_own_entries(self.directory)
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
                 create=True,
@@ -375,8 +465,12 @@ class Checkpointer:
             )
             self.manager = ocp.CheckpointManager(self.directory, options=options)
         except BaseException:
-            self._lock.release()
+            self._release()
             raise
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def restore(self, template: Callable[[dict], Any]) -> tuple[Any, dict] | None:
         """The newest intact checkpoint as ``(tree, extra)``, or None when there is none.
@@ -390,7 +484,7 @@ class Checkpointer:
             ValueError: the checkpoint was made by a call with other settings,
                 or no saved step is intact.
         """
-        steps = sorted(_step_dirs(self.directory), reverse=True)
+        steps = _from_process_0(sorted(_step_dirs(self.directory), reverse=True))
         failures = []
         for step in steps:
             try:
@@ -410,10 +504,15 @@ class Checkpointer:
 
     def _set_aside(self, step: int, error: CheckpointError) -> str:
         """Renames a failed step out of orbax's way (kept for inspection); a warning."""
+        if jax.process_index() != 0:  # process 0 moves it
+            _sync(f"set-aside-{step}")
+            self.manager.reload()
+            return f"step {step} ({error}), set aside by process 0"
         source = self.directory / str(step)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
         target = self.directory / f"{step}.corrupt-{stamp}"
         source.rename(target)
+        _sync(f"set-aside-{step}")
         self.manager.reload()
         message = f"step {step} ({error}), moved to {target.name}"
         warn(
@@ -426,6 +525,40 @@ class Checkpointer:
     def _restore_step(
         self, step: int, template: Callable[[dict], Any]
     ) -> tuple[Any, dict]:
+        meta, leaves, treedef, entries = _together(
+            lambda: self._read_meta(step, template)
+        )
+        values = _together(lambda: self._read_arrays(step, entries))
+        restored = []
+        for leaf, value in zip(leaves, values, strict=True):
+            if _multi():
+                from tempering import sharding
+
+                if isinstance(leaf, jax.Array) and isinstance(
+                    leaf.sharding, jax.sharding.NamedSharding
+                ):
+                    value = sharding.put_global(value, leaf.sharding)
+                elif isinstance(leaf, jax.Array):
+                    value = jax.device_put(value, leaf.sharding)
+                if _is_key(leaf):
+                    value = jax.random.wrap_key_data(
+                        value, impl=jax.random.key_impl(leaf)
+                    )
+                restored.append(value)
+                continue
+            if _is_key(leaf):
+                value = jax.random.wrap_key_data(
+                    jnp.asarray(value), impl=jax.random.key_impl(leaf)
+                )
+            if isinstance(leaf, jax.Array):
+                value = jax.device_put(value, leaf.sharding)
+            restored.append(value)
+        return jax.tree.unflatten(treedef, restored), meta["extra"]
+
+    def _read_meta(
+        self, step: int, template: Callable[[dict], Any]
+    ) -> tuple[dict, list, Any, list]:
+        """The step's checked JSON, the template's leaves and structure, its entries."""
         ocp = self._ocp
         step_dir = self.directory / str(step)
         _check_manifest(step_dir)
@@ -464,25 +597,33 @@ class Checkpointer:
                 "holds other arrays than this call saves (made by another version "
                 "of tempering?); give another checkpoint_dir"
             )
+        return meta, leaves, treedef, entries
+
+    def _read_arrays(self, step: int, entries: list) -> list[np.ndarray]:
+        """The step's arrays as host values, each checked against its checksum.
+
+        Over several processes every process reads them whole (the shards
+        each process wrote), as numpy.
+        """
+        ocp = self._ocp
         arrays = {}
         if any(entry.get("stored") for entry in entries):
+            restore = ocp.args.StandardRestore()
+            if _multi():
+                restore = ocp.args.StandardRestore(
+                    {
+                        f"leaf_{i}": np.zeros(entry["shape"], entry["dtype"])
+                        for i, entry in enumerate(entries)
+                        if entry.get("stored")
+                    }
+                )
             try:
                 arrays = self.manager.restore(
-                    step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore())
+                    step, args=ocp.args.Composite(arrays=restore)
                 )["arrays"]
             except Exception as error:  # orbax raises many kinds for broken files
                 raise CheckpointError(f"its arrays cannot be read: {error}") from None
-        restored = []
-        for i, (leaf, entry) in enumerate(zip(leaves, entries, strict=True)):
-            value = self._leaf_value(i, entry, arrays)
-            if _is_key(leaf):
-                value = jax.random.wrap_key_data(
-                    jnp.asarray(value), impl=jax.random.key_impl(leaf)
-                )
-            if isinstance(leaf, jax.Array):
-                value = jax.device_put(value, leaf.sharding)
-            restored.append(value)
-        return jax.tree.unflatten(treedef, restored), meta["extra"]
+        return [self._leaf_value(i, entry, arrays) for i, entry in enumerate(entries)]
 
     @staticmethod
     def _leaf_value(i: int, entry: dict, arrays: dict) -> np.ndarray:
@@ -531,13 +672,22 @@ class Checkpointer:
         """Writes a checkpoint of ``tree`` (any pytree) and JSON ``extra`` at ``step``."""
         if step == self.saved_step:
             return
-        leaves = jax.tree.leaves(tree)
+        leaves = [
+            jax.random.key_data(leaf) if _is_key(leaf) else leaf
+            for leaf in jax.tree.leaves(tree)
+        ]
+        if _multi():  # gathered for the checksums (a collective)
+            from tempering import sharding
+
+            values = sharding.to_host(leaves)
+        else:
+            values = [np.asarray(leaf) for leaf in leaves]
         arrays, entries = {}, []
-        for i, leaf in enumerate(leaves):
-            value = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
+        for i, (leaf, value) in enumerate(zip(leaves, values, strict=True)):
             stored = bool(value.size)  # orbax refuses empty arrays
-            if stored:
-                arrays[f"leaf_{i}"] = value
+            if stored:  # an array over several processes: each writes its shards
+                split = isinstance(leaf, jax.Array) and not leaf.is_fully_addressable
+                arrays[f"leaf_{i}"] = leaf if split else value
             entries.append(
                 {"shape": list(value.shape), "dtype": value.dtype.str,
                  "stored": stored, "sha256": _sha256(value)}
@@ -556,7 +706,10 @@ class Checkpointer:
             items["arrays"] = ocp.args.StandardSave(arrays)
         self.manager.save(step, args=ocp.args.Composite(**items))
         self.manager.wait_until_finished()
-        _write_manifest(self.directory / str(step))
+        _sync(f"saved-{step}")
+        if jax.process_index() == 0:
+            _write_manifest(self.directory / str(step))
+        _sync(f"manifest-{step}")
         self.saved_step, self.since_save = step, 0
 
     def close(self) -> None:
@@ -565,4 +718,4 @@ class Checkpointer:
             self.manager.wait_until_finished()
             self.manager.close()
         finally:
-            self._lock.release()
+            self._release()

@@ -58,12 +58,14 @@ def checkpointer(
 ) -> checkpoint.Checkpointer:
     """The call's checkpointer, its fingerprint holding everything the call depends on."""
     assert config.checkpoint_dir is not None  # only called with one
-    if jax.process_count() > 1:
-        raise ValueError(
-            f"checkpoint_dir: checkpoints of a run over {jax.process_count()} "
-            "processes (jax.distributed) are not supported yet; run without "
-            "checkpoint_dir, or in one process"
+    if jax.process_count() > 1:  # arrays over several processes, gathered to hash
+        state = state.replace(
+            params=_gathered(state.params),
+            batch_stats=_gathered(state.batch_stats),
+            opt_state=_gathered(state.opt_state),
+            hyperparams=_gathered(state.hyperparams),
         )
+        move_state, key = _gathered(move_state), _gathered(key)
     return checkpoint.Checkpointer(
         os.fspath(config.checkpoint_dir),
         every=config.checkpoint_every,
@@ -89,6 +91,23 @@ def checkpointer(
             ),
         ),
     )
+
+
+def _gathered(tree: Any) -> Any:
+    """``tree`` on the host, PRNG keys as their data (a collective).
+
+    The fingerprint digests keys as their data, so the digest is the same.
+    """
+    from tempering import sharding
+
+    def data(leaf: Any) -> Any:
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(
+            leaf.dtype, jax.dtypes.prng_key
+        ):
+            return jax.random.key_data(leaf)
+        return leaf
+
+    return sharding.to_host(jax.tree.map(data, tree))
 
 
 def save(

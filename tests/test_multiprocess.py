@@ -6,10 +6,13 @@ coordinator on a free port, forced host devices), the way users start them:
 bit (the same SPMD program over the same 4-device mesh: XLA partitions it
 alike, and the cross-process collectives only move values, they sum
 nothing). A process that dies mid-run must end the run with an error naming
-it, never a hang.
+it, never a hang. Checkpoints over several processes resume a killed run
+exactly, under the single-process rules (lock, manifest, fallback).
 """
 
 import json
+import os
+import socket
 import textwrap
 
 import jax
@@ -66,19 +69,11 @@ WORKER = textwrap.dedent(
     pbt = tp.pbt_train(state, jax.random.key(2), num_steps=20, ready_interval=5,
                        config=tp.pbt_config({"learning_rate": (0.01, 0.3)}),
                        **{k: v for k, v in run.items() if k != "exchange_interval"})
-    refused = None
-    if jax.process_count() > 1:
-        try:
-            tp.pt_train(state, ladder, jax.random.key(1), num_steps=10,
-                        checkpoint_dir=sys.argv[1], **run)
-        except ValueError as error:
-            refused = str(error)
     print("RESULT " + json.dumps(dict(
         process=jax.process_index(),
         devices=len(jax.devices()),
         mesh=len(result.state.params["Dense_0"]["kernel"].sharding.device_set),
         callbacks=len(calls),
-        refused=refused,
         rungs=np.asarray(history.rungs).tolist(),
         accepted=np.asarray(history.move.accepted).tolist(),
         score=np.asarray(history.score).tolist(),
@@ -128,10 +123,114 @@ def test_two_processes_match_one(worker, tmp_path):
     assert [r["callbacks"] for r in two] == [4, 0]
     assert [r["callbacks"] for r in four] == [4, 0, 0, 0]
     assert np.any(np.asarray(reference["pbt_parent"]) != np.arange(4))  # copies
-    # checkpoints over several processes: refused, before anything is written
-    for got, count in [(r, 2) for r in two] + [(r, 4) for r in four]:
-        assert f"checkpoints of a run over {count} processes" in got["refused"]
-    assert not any(tmp_path.iterdir())
+
+
+CHECKPOINT_WORKER = textwrap.dedent(
+    """
+    import json, os, sys, warnings
+    import tempering.launch
+    tempering.launch.initialize()
+
+    import flax.linen as nn
+    import jax
+    import numpy as np
+    import tempering as tp
+    from jax.experimental import multihost_utils
+    from tempering import checkpoint
+
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train=False):
+            return nn.Dense(3)(nn.relu(nn.Dense(8)(x)))
+
+
+    save, restore = checkpoint.Checkpointer.save, checkpoint.Checkpointer.restore
+
+    def save_then_die(self, tree, extra, step):  # a kill right after a checkpoint
+        save(self, tree, extra, step)
+        if step == int(os.environ.get("WORKER_CRASH_AT", -1)):
+            print("crashed", flush=True)
+            os._exit(0)  # every process, at the same step
+
+    def restore_and_say(self, template):
+        restored = restore(self, template)
+        print(f"restored {self.saved_step}", flush=True)
+        return restored
+
+    checkpoint.Checkpointer.save = save_then_die
+    checkpoint.Checkpointer.restore = restore_and_say
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 256).astype(np.int32)
+    ladder = tp.geometric_ladder("learning_rate", 0.02, 0.3, 4)
+    state = tp.create_replicas(
+        jax.random.key(0), Net(), tp.sgd(0.05, momentum=0.9), x[:1], ladder=ladder
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = tp.pt_train(
+            state, ladder, jax.random.key(1), num_steps=40, train_data=(x, y),
+            validation_data=(x[:64], y[:64]), exchange_interval=10, batch_size=32,
+            devices=jax.devices(), checkpoint_dir=sys.argv[1])
+    weights = multihost_utils.process_allgather(result.state.params, tiled=True)
+    print("RESULT " + json.dumps(dict(
+        process=jax.process_index(),
+        warnings=[str(w.message) for w in caught],
+        rungs=np.asarray(result.history.rungs).tolist(),
+        accepted=np.asarray(result.history.move.accepted).tolist(),
+        score=np.asarray(result.history.score).tolist(),
+        final_score=np.asarray(result.summary.final_score).tolist(),
+        weights=[np.asarray(w).ravel().tolist() for w in jax.tree.leaves(weights)],
+    )), flush=True)
+    """
+)
+
+
+def test_checkpoints_over_processes_resume_exactly(tmp_path):
+    from tempering.checkpoint import MANIFEST
+
+    worker = tmp_path / "checkpoint_worker.py"
+    worker.write_text(CHECKPOINT_WORKER)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    (reference, _) = results(launch(worker, 2, 2, [str(whole)], timeout=180))
+    assert sorted(os.listdir(whole)) == ["30", "40"]  # keep_checkpoints=2
+    assert (whole / "40" / MANIFEST).exists()  # process 0 wrote it, after all
+    # every process dies right after the checkpoint of step 30 (round 3 of 4)
+    crashed = launch(worker, 2, 2, [str(killed)], timeout=180,
+                     env={"WORKER_CRASH_AT": "30"})  # fmt: skip
+    assert all("crashed" in out for out in crashed.stdout)
+    assert not results(crashed)
+    assert (killed / ".tempering-lock").exists()  # left by the dead process 0
+    # a flipped byte in step 30: set aside, the resume starts from step 20
+    arrays = [p for p in (killed / "30" / "arrays").rglob("*") if p.is_file()]
+    target = max(arrays, key=lambda p: p.stat().st_size)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 1
+    target.write_bytes(bytes(data))
+    resumed = launch(worker, 2, 2, [str(killed)], timeout=180)
+    assert all("restored 20" in out for out in resumed.stdout)
+    got = results(resumed)
+    assert [r["process"] for r in got] == [0, 1]
+    for field in ("rungs", "accepted", "score", "final_score", "weights"):
+        assert got[0][field] == got[1][field] == reference[field], field
+    assert np.asarray(reference["accepted"]).any()
+    warned = " ".join(got[0]["warnings"])
+    assert "taking over the lock of process" in warned  # on process 0
+    assert "the checkpoint of step 30" in warned and "fails its checksum" in warned
+    assert not got[1]["warnings"]  # the decisions are process 0's to report
+    assert len([p for p in os.listdir(killed) if p.startswith("30.corrupt-")]) == 1
+    # a folder another live run holds: refused at once, the holder named
+    held = tmp_path / "held"
+    held.mkdir()
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}
+    (held / ".tempering-lock").write_text(json.dumps(holder))
+    with pytest.raises(LaunchError) as error:
+        launch(worker, 2, 2, [str(held)], timeout=120, end_others=False,
+               distributed_timeout=10)  # fmt: skip
+    stderr = "".join(error.value.result.stderr)
+    assert f"is in use by another run (process {os.getpid()} on host" in stderr
+    assert sorted(os.listdir(held)) == [".tempering-lock"]
 
 
 def test_different_data_is_an_error(worker):
