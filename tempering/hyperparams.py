@@ -242,7 +242,7 @@ def get_hyperparams(
     Raises:
         TypeError: names that are not strings, a replica that is not an int.
         ValueError: names the state does not hold.
-        IndexError: a replica out of range.
+        ValueError: a replica out of range.
     """
     if isinstance(names, int | np.integer) and not isinstance(names, bool):
         replica, names = operator.index(names), None
@@ -251,7 +251,10 @@ def get_hyperparams(
             raise TypeError(f"replica must be an int index, got {replica!r}")
         num = state.num_replicas
         if not -num <= replica < num:
-            raise IndexError(f"replica must lie in [-{num}, {num}), got {replica}")
+            raise ValueError(
+                f"replica must lie in [-{num}, {num}) (one of the {num} replicas), "
+                f"got {replica}"
+            )
         values = get_hyperparams(state, names)
         return {name: float(v[replica]) for name, v in values.items()}
     names = sorted(state.hyperparams) if names is None else names

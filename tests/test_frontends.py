@@ -264,7 +264,7 @@ def test_one_replicas_hyperparameters_by_index():
         {"dropout_rate": 0.4, "learning_rate": 0.05}
     )
     assert tp.get_hyperparams(state, replica=-1) == tp.get_hyperparams(state, 2)
-    with pytest.raises(IndexError, match="replica must lie in"):
+    with pytest.raises(ValueError, match="replica must lie in"):
         tp.get_hyperparams(state, 3)
 
 

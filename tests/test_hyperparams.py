@@ -31,7 +31,7 @@ BAD_INPUTS = [
     Case("set-bool", lambda c: tp.set_hyperparams(c.state, dropout_rate=False), T, r"dropout_rate must be numbers, not bools", fixed=True),
     Case("set-dropout-negative", lambda c: tp.set_hyperparams(c.state, dropout_rate=[0.1, -0.1, 0.2, 0.3]), V, r"dropout_rate must lie in \[0, 1\)"),
     Case("get-unknown-name", lambda c: tp.get_hyperparams(c.state, ["lr"]), V, r"get_hyperparams.*unknown.*'lr'"),
-    Case("get-names-int", lambda c: tp.get_hyperparams(c.state, 5), T, r"names must be a hyperparameter name or a sequence", fixed=True),
+    Case("get-names-int", lambda c: tp.get_hyperparams(c.state, 5), V, r"replica must lie in \[-4, 4\)", fixed=True),
 ]
 # fmt: on
 
