@@ -57,15 +57,10 @@ resumed call reads on from wherever the given iterator is.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
-import json
 import os
-import socket
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -73,243 +68,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from tempering._caller import warn
+from tempering.checkpoint_files import (
+    MAX_META_DEPTH,
+    CheckpointError,
+    Lock,
+    check_directory,
+    check_manifest,
+    check_meta_size,
+    check_own_entries,
+    json_depth,
+    meta_digest,
+    step_dirs,
+    write_manifest,
+)
 
 __all__ = ["CheckpointError", "Checkpointer", "check_directory"]
 
 FORMAT = "tempering-checkpoint/2"
-LOCK_NAME = ".tempering-lock"
-# Bounds on what a restore reads as JSON (a checkpoint's metadata is small).
-MAX_META_BYTES = 64 * 2**20
-MAX_META_DEPTH = 64
 # The dtypes a checkpoint may declare for an empty array.
 _DTYPE_KINDS = "biufc"
-
-
-class CheckpointError(Exception):
-    """A checkpoint step that cannot be trusted (corrupt, incomplete, unreadable)."""
-
-
-# --- one writer per folder ----------------------------------------------------
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
-class _Lock:
-    """``directory/.tempering-lock``, created exclusively; released by :meth:`release`."""
-
-    def __init__(self, directory: Path):
-        self.path = directory / LOCK_NAME
-        self.held = False
-        self.owner = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec="seconds"
-            ),
-        }
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._take_over_if_stale()
-                continue
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                json.dump(self.owner, file)
-            self.held = True
-            return
-        raise RuntimeError(f"could not lock {self.path}")  # pragma: no cover
-
-    def _take_over_if_stale(self) -> None:
-        holder = _read_lock(self.path)
-        if holder is None:  # removed meanwhile, or being written: try again
-            time.sleep(0.05)
-            return
-        same_host = holder.get("host") == self.owner["host"]
-        pid = holder.get("pid")
-        if same_host and isinstance(pid, int) and not _process_alive(pid):
-            warn(
-                f"checkpoint_dir {self.path.parent}: taking over the lock of process "
-                f"{pid}, which is gone (started {holder.get('started')})",
-                RuntimeWarning,
-            )
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            return
-        raise ValueError(
-            f"checkpoint_dir {self.path.parent} is in use by another run (process "
-            f"{pid} on host {holder.get('host')!r}, started {holder.get('started')}): "
-            "two runs must not write one folder. Wait for it to finish, give "
-            f"another checkpoint_dir, or, if that run is gone, delete {self.path}"
-        )
-
-    def release(self) -> None:
-        if self.held:
-            with contextlib.suppress(FileNotFoundError):
-                if _read_lock(self.path) == self.owner:
-                    self.path.unlink()
-            self.held = False
-
-
-def _read_lock(path: Path) -> dict | None:
-    try:
-        text = path.read_text(encoding="utf-8")[:4096]
-        holder = json.loads(text)
-    except (FileNotFoundError, ValueError, UnicodeDecodeError):
-        return None
-    return holder if isinstance(holder, dict) else None
-
-
-# --- the directory ------------------------------------------------------------
-
-
-def check_directory(directory: Any) -> Path:
-    """``checkpoint_dir`` as an absolute path, or a TypeError/ValueError naming the fix."""
-    if isinstance(directory, bool) or not isinstance(directory, str | os.PathLike):
-        raise TypeError(
-            "checkpoint_dir must be a path (str or os.PathLike) to a folder, got "
-            f"{type(directory).__name__}"
-        )
-    if os.fspath(directory) == "":
-        raise ValueError(
-            "checkpoint_dir is '': give a folder for the checkpoints (e.g. "
-            "'checkpoints/run1'); '.' would write into the working directory"
-        )
-    path = Path(directory).expanduser().absolute()
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"checkpoint_dir {path} is a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(
-            f"checkpoint_dir {path} cannot be created ({error.strerror}): give a "
-            "writable folder"
-        ) from error
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ValueError(
-            f"checkpoint_dir {path} is not writable: give a writable folder"
-        )
-    return path
-
-
-def _step_dirs(directory: Path) -> dict[int, Path]:
-    return {
-        int(entry.name): entry
-        for entry in directory.iterdir()
-        if entry.name.isdigit() and entry.is_dir()
-    }
-
-
-def _check_own_entries(directory: Path) -> None:
-    """A ValueError naming numbered entries that hold no checkpoint of this library."""
-    foreign = sorted(
-        entry.name
-        for entry in directory.iterdir()
-        if entry.name.isdigit()
-        and not (
-            entry.is_dir()
-            and ((entry / "meta").exists() or (entry / "arrays").exists())
-        )
-    )
-    if foreign:
-        raise ValueError(
-            f"checkpoint_dir {directory} holds numbered entries tempering did not "
-            f"write: {foreign}. Checkpoint steps are numbered folders, so these "
-            "would be taken for (or deleted as) old checkpoints: move them away or "
-            "give another checkpoint_dir"
-        )
-
-
-# --- JSON, bounded --------------------------------------------------------------
-
-
-def _depth(value: Any, limit: int) -> int:
-    stack, deepest = [(value, 1)], 0
-    while stack:
-        item, level = stack.pop()
-        deepest = max(deepest, level)
-        if deepest > limit:
-            return deepest
-        if isinstance(item, dict):
-            stack.extend((v, level + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, level + 1) for v in item)
-    return deepest
-
-
-def _check_meta_size(step_dir: Path) -> None:
-    """A CheckpointError unless the step's metadata files exist and are small."""
-    files = [p for p in (step_dir / "meta").glob("**/*") if p.is_file()]
-    if not files:
-        raise CheckpointError("its metadata is missing")
-    if sum(p.stat().st_size for p in files) > MAX_META_BYTES:
-        raise CheckpointError(f"its metadata is larger than {MAX_META_BYTES} bytes")
-
-
-MANIFEST = "tempering-manifest.json"
-
-
-def _file_sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
-def _step_files(step_dir: Path) -> dict[str, Path]:
-    return {
-        p.relative_to(step_dir).as_posix(): p
-        for p in sorted(step_dir.rglob("*"))
-        if p.is_file() and p.name != MANIFEST and not p.name.startswith(f"{MANIFEST}.")
-    }
-
-
-def _write_manifest(step_dir: Path) -> None:
-    """The SHA-256 of every file of a committed step, written beside them atomically."""
-    digests = {name: _file_sha256(path) for name, path in _step_files(step_dir).items()}
-    tmp = step_dir / f"{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(digests, sort_keys=True))
-    os.replace(tmp, step_dir / MANIFEST)
-
-
-def _check_manifest(step_dir: Path) -> None:
-    """CheckpointError unless every file of the step is the one saved, byte for byte.
-
-    A step without a manifest (a save killed after orbax committed it, before
-    the manifest was written) is checked array by array only.
-    """
-    path = step_dir / MANIFEST
-    if not path.exists():
-        return
-    if path.stat().st_size > MAX_META_BYTES:
-        raise CheckpointError("its manifest is too large")
-    try:
-        saved = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise CheckpointError("its manifest is unreadable") from None
-    if not isinstance(saved, dict):
-        raise CheckpointError("its manifest is malformed")
-    files = _step_files(step_dir)
-    if sorted(files) != sorted(saved):
-        changed = sorted(set(files) ^ set(saved))
-        raise CheckpointError(f"its files differ from those saved ({changed[:3]})")
-    for name, file in files.items():
-        if _file_sha256(file) != saved[name]:
-            raise CheckpointError(f"its file {name} fails its checksum")
-
-
-def _meta_digest(body: dict) -> str:
-    text = json.dumps(body, sort_keys=True, allow_nan=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
 
 # --- several processes (jax.distributed) -------------------------------------------
 
@@ -440,12 +217,12 @@ class Checkpointer:
             )
         self.since_save = 0
         self.saved_step: int | None = None
-        self._lock: _Lock | None = None
+        self._lock: Lock | None = None
         error: BaseException | None = None
         if jax.process_index() == 0:
             try:
-                self._lock = _Lock(self.directory)
-                _check_own_entries(self.directory)
+                self._lock = Lock(self.directory)
+                check_own_entries(self.directory)
             except BaseException as caught:
                 error = caught
         if _agree(int(error is not None)):
@@ -484,7 +261,7 @@ class Checkpointer:
             ValueError: the checkpoint was made by a call with other settings,
                 or no saved step is intact.
         """
-        steps = _from_process_0(sorted(_step_dirs(self.directory), reverse=True))
+        steps = _from_process_0(sorted(step_dirs(self.directory), reverse=True))
         failures = []
         for step in steps:
             try:
@@ -561,8 +338,8 @@ class Checkpointer:
         """The step's checked JSON, the template's leaves and structure, its entries."""
         ocp = self._ocp
         step_dir = self.directory / str(step)
-        _check_manifest(step_dir)
-        _check_meta_size(step_dir)  # bounded before orbax parses it
+        check_manifest(step_dir)
+        check_meta_size(step_dir)  # bounded before orbax parses it
         try:
             saved = self.manager.restore(
                 step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
@@ -578,9 +355,12 @@ class Checkpointer:
         if not isinstance(saved, dict) or saved.get("format") != FORMAT:
             raise CheckpointError(f"its metadata is not a {FORMAT} checkpoint's")
         meta = saved.get("body")
-        if not isinstance(meta, dict) or _depth(meta, MAX_META_DEPTH) > MAX_META_DEPTH:
+        if (
+            not isinstance(meta, dict)
+            or json_depth(meta, MAX_META_DEPTH) > MAX_META_DEPTH
+        ):
             raise CheckpointError("its metadata is malformed or nested too deeply")
-        if _meta_digest(meta) != saved.get("sha256"):
+        if meta_digest(meta) != saved.get("sha256"):
             raise CheckpointError("its metadata fails its checksum")
         if meta.get("step") != step:
             raise CheckpointError(f"its metadata is step {meta.get('step')}'s")
@@ -699,7 +479,7 @@ class Checkpointer:
             "leaves": entries,
             "extra": extra,
         }
-        meta = {"format": FORMAT, "body": body, "sha256": _meta_digest(body)}
+        meta = {"format": FORMAT, "body": body, "sha256": meta_digest(body)}
         ocp = self._ocp
         items = {"meta": ocp.args.JsonSave(meta)}
         if arrays:
@@ -708,7 +488,7 @@ class Checkpointer:
         self.manager.wait_until_finished()
         _sync(f"saved-{step}")
         if jax.process_index() == 0:
-            _write_manifest(self.directory / str(step))
+            write_manifest(self.directory / str(step))
         _sync(f"manifest-{step}")
         self.saved_step, self.since_save = step, 0
 

@@ -188,7 +188,7 @@ CHECKPOINT_WORKER = textwrap.dedent(
 
 
 def test_checkpoints_over_processes_resume_exactly(tmp_path):
-    from tempering.checkpoint import MANIFEST
+    from tempering.checkpoint_files import MANIFEST
 
     worker = tmp_path / "checkpoint_worker.py"
     worker.write_text(CHECKPOINT_WORKER)

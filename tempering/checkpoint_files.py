@@ -1,0 +1,276 @@
+"""The checkpoint folder on disk: its lock, its entries, bounded JSON, step manifests.
+
+What :mod:`tempering.checkpoint` trusts about the files it reads, apart from
+orbax: one writer per folder (:class:`Lock`), only its own numbered entries
+(:func:`check_own_entries`), metadata read with bounded size and depth, and the
+SHA-256 of every file of a committed step (:func:`write_manifest`,
+:func:`check_manifest`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from tempering._caller import warn
+
+__all__ = [
+    "LOCK_NAME",
+    "MANIFEST",
+    "MAX_META_BYTES",
+    "MAX_META_DEPTH",
+    "CheckpointError",
+    "Lock",
+    "check_directory",
+    "check_manifest",
+    "check_meta_size",
+    "check_own_entries",
+    "json_depth",
+    "meta_digest",
+    "read_lock",
+    "step_dirs",
+    "write_manifest",
+]
+
+LOCK_NAME = ".tempering-lock"
+# Bounds on what a restore reads as JSON (a checkpoint's metadata is small).
+MAX_META_BYTES = 64 * 2**20
+MAX_META_DEPTH = 64
+
+
+class CheckpointError(Exception):
+    """A checkpoint step that cannot be trusted (corrupt, incomplete, unreadable)."""
+
+
+# --- one writer per folder ----------------------------------------------------
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+class Lock:
+    """``directory/.tempering-lock``, created exclusively; released by :meth:`release`."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / LOCK_NAME
+        self.held = False
+        self.owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"
+            ),
+        }
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                json.dump(self.owner, file)
+            self.held = True
+            return
+        raise RuntimeError(f"could not lock {self.path}")  # pragma: no cover
+
+    def _take_over_if_stale(self) -> None:
+        holder = read_lock(self.path)
+        if holder is None:  # removed meanwhile, or being written: try again
+            time.sleep(0.05)
+            return
+        same_host = holder.get("host") == self.owner["host"]
+        pid = holder.get("pid")
+        if same_host and isinstance(pid, int) and not process_alive(pid):
+            warn(
+                f"checkpoint_dir {self.path.parent}: taking over the lock of process "
+                f"{pid}, which is gone (started {holder.get('started')})",
+                RuntimeWarning,
+            )
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            return
+        raise ValueError(
+            f"checkpoint_dir {self.path.parent} is in use by another run (process "
+            f"{pid} on host {holder.get('host')!r}, started {holder.get('started')}): "
+            "two runs must not write one folder. Wait for it to finish, give "
+            f"another checkpoint_dir, or, if that run is gone, delete {self.path}"
+        )
+
+    def release(self) -> None:
+        """Removes the lock file if this lock still holds it."""
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                if read_lock(self.path) == self.owner:
+                    self.path.unlink()
+            self.held = False
+
+
+def read_lock(path: Path) -> dict | None:
+    """The holder a lock file names (pid, host, start), or None if unreadable."""
+    try:
+        text = path.read_text(encoding="utf-8")[:4096]
+        holder = json.loads(text)
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+# --- the directory ------------------------------------------------------------
+
+
+def check_directory(directory: Any) -> Path:
+    """``checkpoint_dir`` as an absolute path, or a TypeError/ValueError naming the fix."""
+    if isinstance(directory, bool) or not isinstance(directory, str | os.PathLike):
+        raise TypeError(
+            "checkpoint_dir must be a path (str or os.PathLike) to a folder, got "
+            f"{type(directory).__name__}"
+        )
+    if os.fspath(directory) == "":
+        raise ValueError(
+            "checkpoint_dir is '': give a folder for the checkpoints (e.g. "
+            "'checkpoints/run1'); '.' would write into the working directory"
+        )
+    path = Path(directory).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"checkpoint_dir {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"checkpoint_dir {path} cannot be created ({error.strerror}): give a "
+            "writable folder"
+        ) from error
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"checkpoint_dir {path} is not writable: give a writable folder"
+        )
+    return path
+
+
+def step_dirs(directory: Path) -> dict[int, Path]:
+    """The numbered folders of ``directory``: step -> path."""
+    return {
+        int(entry.name): entry
+        for entry in directory.iterdir()
+        if entry.name.isdigit() and entry.is_dir()
+    }
+
+
+def check_own_entries(directory: Path) -> None:
+    """A ValueError naming numbered entries that hold no checkpoint of this library."""
+    foreign = sorted(
+        entry.name
+        for entry in directory.iterdir()
+        if entry.name.isdigit()
+        and not (
+            entry.is_dir()
+            and ((entry / "meta").exists() or (entry / "arrays").exists())
+        )
+    )
+    if foreign:
+        raise ValueError(
+            f"checkpoint_dir {directory} holds numbered entries tempering did not "
+            f"write: {foreign}. Checkpoint steps are numbered folders, so these "
+            "would be taken for (or deleted as) old checkpoints: move them away or "
+            "give another checkpoint_dir"
+        )
+
+
+# --- JSON, bounded --------------------------------------------------------------
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """How deep JSON ``value`` nests, counted up to just past ``limit``."""
+    stack, deepest = [(value, 1)], 0
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def check_meta_size(step_dir: Path) -> None:
+    """A CheckpointError unless the step's metadata files exist and are small."""
+    files = [p for p in (step_dir / "meta").glob("**/*") if p.is_file()]
+    if not files:
+        raise CheckpointError("its metadata is missing")
+    if sum(p.stat().st_size for p in files) > MAX_META_BYTES:
+        raise CheckpointError(f"its metadata is larger than {MAX_META_BYTES} bytes")
+
+
+MANIFEST = "tempering-manifest.json"
+
+
+def file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def step_files(step_dir: Path) -> dict[str, Path]:
+    return {
+        p.relative_to(step_dir).as_posix(): p
+        for p in sorted(step_dir.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(f"{MANIFEST}.")
+    }
+
+
+def write_manifest(step_dir: Path) -> None:
+    """The SHA-256 of every file of a committed step, written beside them atomically."""
+    digests = {name: file_sha256(path) for name, path in step_files(step_dir).items()}
+    tmp = step_dir / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(digests, sort_keys=True))
+    os.replace(tmp, step_dir / MANIFEST)
+
+
+def check_manifest(step_dir: Path) -> None:
+    """CheckpointError unless every file of the step is the one saved, byte for byte.
+
+    A step without a manifest (a save killed after orbax committed it, before
+    the manifest was written) is checked array by array only.
+    """
+    path = step_dir / MANIFEST
+    if not path.exists():
+        return
+    if path.stat().st_size > MAX_META_BYTES:
+        raise CheckpointError("its manifest is too large")
+    try:
+        saved = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise CheckpointError("its manifest is unreadable") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError("its manifest is malformed")
+    files = step_files(step_dir)
+    if sorted(files) != sorted(saved):
+        changed = sorted(set(files) ^ set(saved))
+        raise CheckpointError(f"its files differ from those saved ({changed[:3]})")
+    for name, file in files.items():
+        if file_sha256(file) != saved[name]:
+            raise CheckpointError(f"its file {name} fails its checksum")
+
+
+def meta_digest(body: dict) -> str:
+    """The SHA-256 of a metadata body, serialised canonically."""
+    text = json.dumps(body, sort_keys=True, allow_nan=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
