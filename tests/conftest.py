@@ -81,6 +81,50 @@ def tx():
     return tp.sgd(0.05, momentum=0.9)
 
 
+class CrashError(Exception):
+    """Raised by :func:`crash_at`'s callback: a run that stops mid-way."""
+
+
+def crash_at(round_index):
+    """A callback that raises :class:`CrashError` at round ``round_index``."""
+
+    def callback(record):
+        if record.round == round_index:
+            raise CrashError
+
+    return callback
+
+
+def refuse_unpickling(monkeypatch):
+    """Makes every loader of pickle raise: a resume must not run one."""
+    import _pickle
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a resume must not unpickle")
+
+    for module in (pickle, _pickle):
+        for name in ("loads", "load", "Unpickler"):
+            monkeypatch.setattr(module, name, refuse)
+
+
+@pytest.fixture(scope="session")
+def pt_run(blobs, tx):
+    """A PT run on the blobs (4 rungs, 10 rounds), shared by the diagnostics' tests."""
+    train, val = blobs
+    ladder = tp.geometric_ladder("learning_rate", 0.01, 0.5, 4)
+    from tempering.zoo.models import MLP
+
+    state = tp.create_replicas(
+        jax.random.key(0), MLP((8,), 3), tx, train[0][:2], ladder=ladder
+    )
+    result = tp.pt_train(
+        state, ladder, jax.random.key(1), train_data=train, validation_data=val,
+        num_steps=60, exchange_interval=5, burn_in=10,
+    )  # fmt: skip
+    return ladder, result
+
+
 @pytest.fixture
 def key():
     return jax.random.key(0)

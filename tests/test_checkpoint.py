@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import TinyMLP
+from conftest import CrashError, TinyMLP, crash_at, refuse_unpickling
 
 import tempering as tp
 
@@ -31,18 +31,6 @@ def assert_same(result_arrays, reference):
     assert sorted(result_arrays) == sorted(reference)
     for name, value in reference.items():
         np.testing.assert_array_equal(result_arrays[name], value, err_msg=name)
-
-
-class CrashError(Exception):
-    pass
-
-
-def crash_at(round_index):
-    def callback(record):
-        if record.round == round_index:
-            raise CrashError
-
-    return callback
 
 
 def test_a_crash_then_the_same_call_resumes_bit_for_bit(tmp_path, reference):
@@ -107,19 +95,6 @@ def _ctrl_c_stops_after_the_round_and_resumes(tmp_path, reference):
     resumed = worker.run(tmp_path, callback=None)
     assert not resumed.summary.interrupted
     assert_same(worker.arrays(resumed), reference)
-
-
-def refuse_unpickling(monkeypatch):
-    """Makes every loader of pickle raise: a resume must not run one."""
-    import _pickle
-    import pickle
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a resume must not unpickle")
-
-    for module in (pickle, _pickle):
-        for name in ("loads", "load", "Unpickler"):
-            monkeypatch.setattr(module, name, refuse)
 
 
 def test_pbt_resumes_bit_for_bit(tmp_path, tx, blobs, monkeypatch):

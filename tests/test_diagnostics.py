@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import matplotlib
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ import tempering as tp  # noqa: E402
 from tempering import diagnostics as dg  # noqa: E402
 from tempering.diagnostics import count_round_trips  # noqa: E402
 from tempering.moves import ExchangeMoveInfo  # noqa: E402
-from tempering.zoo.models import MLP  # noqa: E402
 
 
 def make_history(rungs, initial_rungs, *, proposed=None, accepted=None, step=None,
@@ -170,16 +168,8 @@ def test_empty_history() -> None:
     assert [len(s) for s in dg.round_trip_steps(history)] == [0, 0, 0]
 
 
-def test_plot_diagnostics_of_a_real_run(blobs, tx) -> None:
-    train, val = blobs
-    ladder = tp.geometric_ladder("learning_rate", 0.01, 0.5, 4)
-    state = tp.create_replicas(
-        jax.random.key(0), MLP((8,), 3), tx, train[0][:2], ladder=ladder
-    )
-    result = tp.pt_train(
-        state, ladder, jax.random.key(1), train_data=train, validation_data=val,
-        num_steps=60, exchange_interval=5, burn_in=10,
-    )  # fmt: skip
+def test_plot_diagnostics_of_a_real_run(pt_run) -> None:
+    ladder, result = pt_run
     history, summary = result.history, result.summary
     num_rounds = len(history.step)
     assert num_rounds == 10

@@ -4,16 +4,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import jax  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from test_diagnostics import WALK, WALK_INITIAL, make_history  # noqa: E402
 
-import tempering as tp  # noqa: E402
 from tempering import diagnostics as dg  # noqa: E402
 from tempering import plots  # noqa: E402
-from tempering.zoo.models import MLP  # noqa: E402
 
 
 def test_defaults_of_the_dashboard() -> None:
@@ -45,16 +42,8 @@ def test_plots_on_synthetic_history() -> None:
         plt.close("all")
 
 
-def test_plot_diagnostics_of_a_real_run(blobs, tx) -> None:
-    train, val = blobs
-    ladder = tp.geometric_ladder("learning_rate", 0.01, 0.5, 4)
-    state = tp.create_replicas(
-        jax.random.key(0), MLP((8,), 3), tx, train[0][:2], ladder=ladder
-    )
-    result = tp.pt_train(
-        state, ladder, jax.random.key(1), train_data=train, validation_data=val,
-        num_steps=60, exchange_interval=5, burn_in=10,
-    )  # fmt: skip
+def test_plot_diagnostics_of_a_real_run(pt_run) -> None:
+    ladder, result = pt_run
     history, summary = result.history, result.summary
     assert plots._default_replica(history) == summary.best_replica
     try:

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 import pytest
-from conftest import TinyMLP
+from conftest import CrashError, TinyMLP, crash_at, refuse_unpickling
 
 import tempering as tp
 from tempering.sources import BatchError, BatchReader, as_train_source
@@ -87,33 +87,13 @@ STREAMS = {
 }
 
 
-class CrashError(Exception):
-    pass
-
-
-def crash_at(round_index):
-    def callback(record):
-        if record.round == round_index:
-            raise CrashError
-
-    return callback
-
-
 @pytest.mark.parametrize("kind", sorted(STREAMS))
 def test_a_grain_stream_resumes_bit_for_bit(state, blobs, tmp_path, kind, monkeypatch):
     make = STREAMS[kind]
     reference = pt(state, blobs, make(blobs))
     with pytest.raises(CrashError):
         pt(state, blobs, make(blobs), checkpoint_dir=tmp_path, callback=crash_at(2))
-    import _pickle
-    import pickle
-
-    def refuse(*args, **kwargs):  # nothing a resume loads is unpickled
-        raise AssertionError("a resume must not unpickle")
-
-    for module in (pickle, _pickle):
-        for name in ("loads", "load", "Unpickler"):
-            monkeypatch.setattr(module, name, refuse)
+    refuse_unpickling(monkeypatch)  # nothing a resume loads is unpickled
     rounds_seen = []
     resumed = pt(
         state, blobs, make(blobs), checkpoint_dir=tmp_path,
