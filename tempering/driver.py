@@ -521,16 +521,17 @@ def _end_round(run, state, move_state, key, round_index, train_loss):
         run.move, key, state, move_state, jnp.asarray(move_scores),
         jnp.int32(round_index), mesh=sharding.mesh_of(state),
     )  # fmt: skip
+    test_metrics, info, hyperparams = _host((test_metrics, info, state.hyperparams))
     record = RoundRecord(
         round=round_index,
         step=int(state.step),
         train_loss=train_loss,
         validation=metrics,
         score=scores,
-        test=_host(test_metrics),
-        move=_host(info),
+        test=test_metrics,
+        move=info,
         rungs=rungs_of(move_state),
-        hyperparams=_host(state.hyperparams),
+        hyperparams=hyperparams,
         diverged=diverged,
         restored_from=sources,
     )

@@ -337,6 +337,7 @@ def _run_stream_segment(state, key, reader, num_steps, settings, loop, start):
                     settings=settings,
                 )  # fmt: skip
         done += count
+    reader.check_same_on_processes()
     return state, loss_sum / max(num_steps, 1)
 
 

@@ -25,6 +25,7 @@ device and is copied to the others at every call (every step with
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -42,6 +43,7 @@ __all__ = [
     "constrain_replicated",
     "default_devices",
     "check_same_on_processes",
+    "processes_differing",
     "keep_sharded",
     "mesh_of",
     "put_global",
@@ -406,26 +408,54 @@ def from_process_0(flag: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.bool_(flag)))
 
 
+@functools.lru_cache(maxsize=32)
+def _replicate(shardings: tuple[NamedSharding, ...]) -> Any:
+    """One compiled identity program that replicates its arguments (cached)."""
+    return jax.jit(lambda *xs: xs, out_shardings=shardings)
+
+
 def to_host(tree: Any) -> Any:
     """Every array of ``tree`` as numpy (copies), gathered from every process.
 
-    An array split over several processes is first gathered (a collective:
-    every process calls it, in the same order); one on this process's devices
-    or replicated on every device is read as it is.
+    The arrays split over several processes are first gathered, all of them
+    in one program (one dispatch, however many arrays: a round's records are
+    a dozen small arrays), a collective every process calls in the same
+    order; an array on this process's devices or replicated on every device
+    is read as it is.
     """
+    leaves, treedef = jax.tree.flatten(tree)
+    split = [
+        i
+        for i, leaf in enumerate(leaves)
+        if isinstance(leaf, jax.Array)
+        and not (leaf.is_fully_addressable or leaf.is_fully_replicated)
+    ]
+    if split:
+        named = [i for i in split if isinstance(leaves[i].sharding, NamedSharding)]
+        if named:
+            replicated = tuple(leaves[i].sharding.update(spec=P()) for i in named)
+            whole = _replicate(replicated)(*(leaves[i] for i in named))
+            for i, value in zip(named, whole, strict=True):
+                leaves[i] = value
+        from jax.experimental import multihost_utils
 
-    def gather(leaf: Any) -> Any:
-        if isinstance(leaf, jax.Array) and not (
-            leaf.is_fully_addressable or leaf.is_fully_replicated
-        ):
-            from jax.experimental import multihost_utils
-
-            return multihost_utils.process_allgather(leaf, tiled=True)
-        return leaf
-
+        for i in split:
+            if i not in named:
+                leaves[i] = multihost_utils.process_allgather(leaves[i], tiled=True)
     # Copies: a view of a CPU device buffer would keep the buffer alive.
-    tree = jax.tree.map(gather, tree)
-    return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(tree))
+    leaves = jax.device_get(leaves)
+    return jax.tree.unflatten(treedef, [np.array(x, copy=True) for x in leaves])
+
+
+def processes_differing(values: np.ndarray) -> list[int]:
+    """The processes whose ``values`` (a small uint32 vector) are not process 0's.
+
+    A collective: every process calls it with a vector of the same length.
+    """
+    from jax.experimental import multihost_utils
+
+    gathered = np.asarray(multihost_utils.process_allgather(values))
+    return [int(p) for p in np.nonzero((gathered != gathered[:1]).any(axis=1))[0]]
 
 
 def check_same_on_processes(tree: Any, what: str) -> None:

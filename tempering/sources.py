@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import base64
 import json
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -228,6 +229,8 @@ class BatchReader:
         self._unsaved_warned = False
         self._short_warned = False
         self.count = 0
+        self._digest = 0  # CRC-32 of the batches taken since the last check
+        self._checked_from = 0
 
     @property
     def batches_read(self) -> int:
@@ -251,7 +254,35 @@ class BatchReader:
     def take(self, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """The next ``count`` batches as numpy ``(inputs, targets)`` pairs."""
         out, self._pending = self._pending[:count], self._pending[count:]
-        return [batch for batch, _ in out] + self._read(count - len(out))
+        batches = [batch for batch, _ in out] + self._read(count - len(out))
+        if jax.process_count() > 1:
+            for batch in batches:
+                for array in batch:
+                    self._digest = zlib.crc32(np.ascontiguousarray(array), self._digest)
+        return batches
+
+    def check_same_on_processes(self) -> None:
+        """A ValueError unless every process took the same batches since the last check.
+
+        Over several processes every process reads the whole stream and
+        trains on the batches it reads: a stream that differs between
+        processes would train each process's replicas on other data. A
+        collective: every process calls it at the same point (a round's end).
+        """
+        if jax.process_count() == 1:
+            return
+        first, self._checked_from = self._checked_from, self.batches_read
+        digest, self._digest = self._digest, 0
+        differing = sharding.processes_differing(np.array([digest], np.uint32))
+        if differing:
+            raise ValueError(
+                f"{self._name} differs between processes: batches {first} to "
+                f"{self.batches_read - 1} of the stream on process {differing[0]} "
+                "are not those of process 0. Over several processes every process "
+                "reads the whole stream and must yield the same batches (same "
+                "files, seed and order); per-process shards of a stream are not "
+                "supported"
+            )
 
     def position(self) -> dict | None:
         """Where the next batch taken comes from (JSON), or None: cannot be saved.
@@ -286,7 +317,7 @@ class BatchReader:
             )
         self._iterator.set_state(_decode_state(position["state"]))
         self._pending = []
-        self.count = int(position["batches"])
+        self.count = self._checked_from = int(position["batches"])
 
     def _read(self, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
         out: list[tuple[np.ndarray, np.ndarray]] = []

@@ -365,3 +365,25 @@ def test_data_dir_defaults_follow_the_repository(monkeypatch, tmp_path):
     assert fig1_diffusion.parse_args([]).data_dir == expected
     monkeypatch.setenv(common.DATA_DIR_ENV, str(tmp_path / "data"))
     assert fig1_diffusion.parse_args([]).data_dir == tmp_path / "data"
+
+
+def test_round_cost_times_every_part_of_a_round(tmp_path):
+    # one process (launched as the real layouts are); the driver's four parts
+    # timed inside it: they exist under those names and add up within a round
+    from experiments import round_cost
+
+    round_cost.main(
+        ["--replicas", "2", "--layouts", "1x1", "--rounds", "1", "--repeats", "1",
+         "--interval", "2", "--width", "8", "--out-dir", str(tmp_path)]
+    )  # fmt: skip
+    record = json.loads((tmp_path / "round_cost.json").read_text())
+    assert [(r["method"], r["replicas"]) for r in record["rows"]] == [
+        ("pt", 2),
+        ("pbt", 2),
+    ]
+    for row in record["rows"]:
+        ms = row["repeats"][0]
+        assert set(ms) == {*round_cost.PARTS, "other", "round", "call"}
+        assert all(np.isfinite(v) for v in ms.values())
+        assert ms["move"] > 0  # a call of one round moves never, of two once
+    assert "| pt | 2 | 1 x 1 |" in (tmp_path / "round_cost.md").read_text()

@@ -54,6 +54,16 @@ WORKER = textwrap.dedent(
     state = tp.create_replicas(
         jax.random.key(0), Net(), tp.sgd(0.05, momentum=0.9), x[:1], ladder=ladder
     )
+    bad_stream = os.environ.get("WORKER_BAD_STREAM") == str(jax.process_index())
+
+    def stream():  # read whole by every process; batch 13 differs on a bad one
+        for i in range(100):
+            shift = 1.0 if bad_stream and i == 13 else 0.0
+            yield x[32 * (i % 8):][:32] + shift, y[32 * (i % 8):][:32]
+
+    streamed = tp.pt_train(state, ladder, jax.random.key(1), num_steps=20,
+                           train_data=stream(), validation_data=(x[:64], y[:64]),
+                           exchange_interval=10, devices=jax.devices())
     run = dict(train_data=(x, y), validation_data=(x[:64], y[:64]),
                exchange_interval=10, batch_size=32, devices=jax.devices())
     calls = []
@@ -81,6 +91,8 @@ WORKER = textwrap.dedent(
         weights=[np.asarray(w).ravel().tolist() for w in jax.tree.leaves(weights)],
         pbt_parent=np.asarray(pbt.history.move.parent).tolist(),
         pbt_lr=np.asarray(pbt.summary.final_hyperparams["learning_rate"]).tolist(),
+        stream_score=np.asarray(streamed.history.score).tolist(),
+        stream_final=np.asarray(streamed.summary.final_score).tolist(),
     )), flush=True)
     """
 )
@@ -117,7 +129,7 @@ def test_two_processes_match_one(worker, tmp_path):
         assert got["devices"] == got["mesh"] == 4  # the global mesh
         # the same history on every process, bit for bit that of one process
         for field in ("rungs", "accepted", "score", "final_score", "weights",
-                      "pbt_parent", "pbt_lr"):  # fmt: skip
+                      "pbt_parent", "pbt_lr", "stream_score", "stream_final"):  # fmt: skip
             assert got[field] == reference[field], field
     # callbacks run on process 0 only
     assert [r["callbacks"] for r in two] == [4, 0]
@@ -239,6 +251,15 @@ def test_different_data_is_an_error(worker):
     stderr = "".join(error.value.result.stderr)
     assert "the data differs between processes" in stderr
     assert "on process 1 is not the one on process 0" in stderr
+
+
+def test_a_stream_that_differs_is_an_error(worker):
+    # every process reads the whole stream; process 1's batch 13 differs
+    with pytest.raises(LaunchError) as error:
+        launch(worker, 2, 1, ["unused"], timeout=180, env={"WORKER_BAD_STREAM": "1"})
+    stderr = "".join(error.value.result.stderr)
+    assert "train_data differs between processes: batches 10 to 19" in stderr
+    assert "on process 1 are not those of process 0" in stderr
 
 
 def test_the_launcher_ends_the_others(tmp_path):
