@@ -21,7 +21,8 @@ the first quarter of the rounds (``c="auto"``), with no grid run before it;
 ``pt_ladder`` also adapts the ladder's inner rungs. ``--c`` fixes C instead.
 ``--methods`` picks among grid, pt, pt_ladder, pt_random_pair, pt_even_odd
 (the two exchange schemes with everything else at the defaults),
-pt_target_0.2, pt_target_0.4 (other acceptance targets) and pbt.
+pt_target_0.2, pt_target_0.4 (other acceptance targets), pt_decay (C adapted
+over the whole run: ``adapt_schedule="decay"``) and pbt.
 
 Every seed writes its own file, ``results/compare/<name>/seed<k>.json``
 (command, commit, machine); a seed whose file exists is not run again (unless
@@ -80,6 +81,7 @@ METHODS: dict[str, dict | None] = {
     "pt_even_odd": {"scheme": "even_odd"},
     "pt_target_0.2": {"target_acceptance": 0.2},
     "pt_target_0.4": {"target_acceptance": 0.4},
+    "pt_decay": {"adapt_schedule": "decay"},
     "pbt": None,
 }
 DEFAULT_METHODS = ("grid", "pt", "pt_ladder", "pbt")
@@ -91,6 +93,7 @@ LABELS = {
     "pt_even_odd": "PT, even-odd",
     "pt_target_0.2": "PT, auto C, target 0.2",
     "pt_target_0.4": "PT, auto C, target 0.4",
+    "pt_decay": "PT, auto C adapted over the whole run (decaying gain)",
     "pbt": "PBT",
 }
 # Settings a seed file must share with the run that merges it.
@@ -324,7 +327,7 @@ def table(name: str, summary: dict, target: float, runs: list[dict], desc: str) 
 COLORS = {
     "grid": "tab:gray", "pt": "tab:red", "pt_ladder": "tab:orange",
     "pt_random_pair": "tab:purple", "pt_even_odd": "tab:green", "pbt": "tab:blue",
-    "pt_target_0.2": "tab:brown", "pt_target_0.4": "tab:pink",
+    "pt_target_0.2": "tab:brown", "pt_target_0.4": "tab:pink", "pt_decay": "tab:olive",
 }  # fmt: skip
 
 

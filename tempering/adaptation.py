@@ -11,7 +11,11 @@ proposed swap. When favourable swaps (the hotter replica has the lower loss,
 always accepted) alone reach the target, as early in training on a
 learning-rate ladder, C instead sets the acceptance of the unfavourable swaps
 to the target, so the exchange keeps exploring rather than sorting. After ``adapt_rounds`` rounds C is frozen and the exchange is a
-fixed Metropolis rule for the rest of the run.
+fixed Metropolis rule for the rest of the run. With ``adapt_schedule="decay"``
+C keeps adapting after those rounds, one Robbins-Monro step per round on
+log C with a decaying gain (:func:`decay_step`), so that it follows a loss
+landscape that drifts as training goes on while its changes vanish (the
+diminishing adaptation of adaptive MCMC); the ladder still freezes.
 
 With ``adapt_ladder=True`` the inner rungs are also re-spaced every adaptation
 round, so that adjacent pairs reject equally often (Syed et al. 2019; Vousden,
@@ -39,6 +43,7 @@ __all__ = [
     "Adaptation",
     "AdaptationState",
     "barrier",
+    "decay_step",
     "init_adaptation",
     "mean_acceptance",
     "respace_ladder",
@@ -50,6 +55,12 @@ _LOG_RANGE = float(np.log(1e4))
 _BISECTIONS = 48
 # Cells of log T between the ladder's ends on which the barrier is pooled.
 _GRID = 64
+# Gain of the k-th step past the window: (k + 1) ** -_DECAY_EXPONENT (in (1/2, 1]:
+# the gains sum to infinity, their squares do not).
+_DECAY_EXPONENT = 0.6
+SCHEDULES = ("freeze", "decay")
+# Floor of |d acceptance / d log C| in a decay step (bounds a step's size).
+_MIN_SLOPE = 0.02
 # Floor of the total barrier density, so that the barrier strictly increases
 # (with no rejection at all the ladder becomes evenly spaced in log T).
 _MIN_REJECTION = 1e-3
@@ -63,6 +74,7 @@ class Adaptation(NamedTuple):
     rule: str | None  # the hyperparameter whose default rule sets T, if any
     log_names: tuple[str, ...] = ()  # other names interpolated in log space
     dropout_temperature: str = "library"  # the dropout rule, when rule is dropout
+    schedule: str = "freeze"  # after the window: "freeze", or "decay" (C only)
 
 
 class AdaptationState(NamedTuple):
@@ -73,7 +85,7 @@ class AdaptationState(NamedTuple):
     values: dict[str, jax.Array]  # name -> shape=(M,), the current ladder values
     log_ratios: jax.Array  # shape=(A, M - 1), x of adaptation round a; NaN unseen
     positions: jax.Array  # shape=(A, M), log T of round a's rungs; NaN unseen
-    rounds_done: jax.Array  # shape=(), int32, adaptation rounds done (<= A)
+    rounds_done: jax.Array  # shape=(), int32, rounds adapted (<= A when frozen after)
 
     @property
     def adapt_rounds(self) -> int:
@@ -133,11 +145,7 @@ def solve_c(log_ratios: jax.Array, target: float, fallback: jax.Array) -> jax.Ar
         equal to ``target``, so that the exchange keeps exploring instead of
         sorting the replicas by loss.
     """
-    x = jnp.asarray(log_ratios, jnp.float32)
-    valid = jnp.isfinite(x)
-    unfavourable = valid & (x < 0)
-    favourable_share = (valid & (x >= 0)).sum() / jnp.maximum(valid.sum(), 1)
-    x = jnp.where(favourable_share < target, x, jnp.where(unfavourable, x, jnp.nan))
+    x, unfavourable = _target_ratios(jnp.asarray(log_ratios, jnp.float32), target)
     scale = jnp.nanmedian(jnp.where(unfavourable, -x, jnp.nan))
     centre = -jnp.log(jnp.where(unfavourable.any(), scale, 1.0))
 
@@ -152,6 +160,70 @@ def solve_c(log_ratios: jax.Array, target: float, fallback: jax.Array) -> jax.Ar
     )
     c = jnp.exp(0.5 * (low + high))
     return jnp.where(unfavourable.any(), c, fallback).astype(jnp.float32)
+
+
+def _target_ratios(
+    x: jax.Array, target: float, pooled: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """The ratios whose mean acceptance is aimed at, and whether any is unfavourable.
+
+    All of them; or, when the favourable ones (always accepted) alone make
+    up ``target`` or more of ``pooled`` (default ``x``), the unfavourable ones
+    only (non-finite: ignored).
+    """
+    valid = jnp.isfinite(x)
+    unfavourable = valid & (x < 0)
+    pooled = x if pooled is None else pooled
+    seen = jnp.isfinite(pooled)
+    favourable_share = (seen & (pooled >= 0)).sum() / jnp.maximum(seen.sum(), 1)
+    x = jnp.where(favourable_share < target, x, jnp.where(unfavourable, x, jnp.nan))
+    return x, unfavourable
+
+
+def decay_step(
+    c: jax.Array,
+    log_ratios: jax.Array,
+    target: float,
+    step: jax.Array | int,
+    recent: jax.Array | None = None,
+) -> jax.Array:
+    """One step of C past the window, towards the acceptance ``target``.
+
+    A Robbins-Monro step on log C with a decaying gain ``(step + 1) ** -0.6``,
+    scaled by this round's sensitivity (a stochastic Newton step)::
+
+        log C += clip(gain * (acceptance - target) / |d acceptance / d log C|, -1, 1)
+
+    The acceptance is the mean Metropolis probability of this round's ratios
+    at the current C (of its unfavourable ones, when the favourable ones alone
+    reach the target in the ``recent`` rounds, as :func:`solve_c` decides on
+    the rounds it sees: one round of a few pairs is too few to decide); its
+    slope in log C is the
+    mean of ``C x exp(C x)`` over the unfavourable ratios, floored at 0.02.
+    Acceptance falls as C grows, so too many acceptances raise C.
+
+    Args:
+        c: the current C, shape ``()``.
+        log_ratios: this round's ratios at C = 1, ``(M - 1,)``.
+        target: the mean acceptance wanted, in (0, 1).
+        step: rounds since the window ended (0 for the first), shape ``()``.
+        recent: the ratios of recent rounds (any shape, NaN unseen) whose
+            share of favourable pairs decides what the target is for;
+            default ``log_ratios``.
+
+    Returns:
+        The next C, shape ``()``, float32; C itself when no ratio is
+        unfavourable (every C accepts everything).
+    """
+    x, unfavourable = _target_ratios(
+        jnp.asarray(log_ratios, jnp.float32), target, recent
+    )
+    excess = mean_acceptance(c, x) - target
+    cx = jnp.where(jnp.isfinite(x) & (x < 0), c * x, 0.0)
+    slope = (cx * jnp.exp(cx)).sum() / jnp.maximum(jnp.isfinite(x).sum(), 1)
+    gain = (jnp.asarray(step, jnp.float32) + 1.0) ** -_DECAY_EXPONENT
+    move = jnp.clip(gain * excess / jnp.maximum(-slope, _MIN_SLOPE), -1.0, 1.0)
+    return jnp.where(unfavourable.any(), c * jnp.exp(move), c).astype(jnp.float32)
 
 
 def barrier(c: jax.Array, log_ratios: jax.Array, positions: jax.Array) -> jax.Array:
@@ -242,7 +314,8 @@ def adapt(
 ) -> AdaptationState:
     """One round of adaptation given this round's ratios at C = 1, ``(M - 1,)``.
 
-    Past ``adapt_rounds`` rounds the state comes back unchanged (frozen).
+    Past ``adapt_rounds`` rounds the state comes back unchanged (frozen), or,
+    with the ``"decay"`` schedule, with C moved by :func:`decay_step`.
     """
     active = adaptation.rounds_done < adaptation.adapt_rounds
     row = jnp.minimum(adaptation.rounds_done, adaptation.adapt_rounds - 1)
@@ -262,4 +335,18 @@ def adapt(
         c, ladder.temperatures, ladder.values, seen, positions,
         adaptation.rounds_done + 1,
     )  # fmt: skip
-    return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, adaptation)
+    new = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, adaptation)
+    if settings.schedule == "decay" and settings.target is not None:
+        # past the window, the ratios' buffer holds the last A rounds (cyclic)
+        count = adaptation.adapt_rounds
+        recent = adaptation.log_ratios.at[adaptation.rounds_done % count].set(
+            log_ratios
+        )
+        after = adaptation.rounds_done - count
+        later = decay_step(adaptation.c, log_ratios, settings.target, after, recent)
+        new = new._replace(
+            c=jnp.where(active, new.c, later),
+            log_ratios=jnp.where(active, new.log_ratios, recent),
+            rounds_done=adaptation.rounds_done + 1,
+        )
+    return new

@@ -50,6 +50,7 @@ import numpy as np
 from flax import struct
 
 from tempering.adaptation import (
+    SCHEDULES,
     Adaptation,
     AdaptationState,
     adapt,
@@ -267,6 +268,7 @@ def exchange_move(
     target_acceptance: float = 0.3,
     adapt_rounds: int = 10,
     adapt_ladder: bool = False,
+    adapt_schedule: str = "freeze",
 ) -> ExchangeMove:
     """The parallel tempering exchange as a move, validated before anything compiles.
 
@@ -285,6 +287,10 @@ def exchange_move(
             ``adapt_ladder``.
         adapt_ladder: also re-space the inner rungs during the adaptation so
             that adjacent pairs reject equally often (ends and order kept).
+        adapt_schedule: ``"freeze"`` (default): C is frozen after
+            ``adapt_rounds`` rounds; ``"decay"``: it keeps adapting with a
+            decaying gain (:func:`tempering.adaptation.decay_step`; needs
+            ``c="auto"``).
 
     Returns:
         An :class:`ExchangeMove`.
@@ -318,6 +324,15 @@ def exchange_move(
         raise ValueError(
             f"target_acceptance must be a number in (0, 1), got {target_acceptance!r}"
         )
+    if adapt_schedule not in SCHEDULES:
+        raise ValueError(
+            f"adapt_schedule must be one of {SCHEDULES}, got {adapt_schedule!r}"
+        )
+    if adapt_schedule == "decay" and not auto:
+        raise ValueError(
+            "adapt_schedule='decay' adapts C over the whole run: it needs c='auto', "
+            f"got c={c!r}"
+        )
     adaptation = None
     if auto or adapt_ladder:
         if isinstance(adapt_rounds, bool) or not isinstance(
@@ -332,6 +347,7 @@ def exchange_move(
             ladder=bool(adapt_ladder),
             rule=rule,
             dropout_temperature=dropout_rule,
+            schedule=adapt_schedule,
             log_names=tuple(
                 name for name, v in ladder.values.items() if np.all(np.asarray(v) > 0)
             ),

@@ -103,6 +103,7 @@ def pt_train(
     target_acceptance: float = 0.3,
     adapt_rounds: int | None = None,
     adapt_ladder: bool = False,
+    adapt_schedule: str = "freeze",
     move_state: Any = None,
     batch_size: int | None = None,
     shared_batch: bool = True,
@@ -163,6 +164,11 @@ def pt_train(
         adapt_ladder: also re-space the inner rungs during the adaptation so
             that adjacent pairs reject equally often (the ends stay; the final
             ladder is ``summary.ladder``, its history ``history.temperatures``).
+        adapt_schedule: what C does after the ``adapt_rounds`` rounds:
+            ``"freeze"`` (default), or ``"decay"``: it keeps adapting, one
+            Robbins-Monro step per round towards ``target_acceptance`` with a
+            gain decaying as ``k ** -0.6`` (:func:`tempering.adaptation.decay_step`;
+            needs ``c="auto"``). The ladder freezes either way.
         move_state: the exchange's state from an earlier call of the same run
             (``result.move_state``): the rungs and the adapted (or frozen) C and
             ladder carry on. None: the exchange starts afresh (C tuned again with
@@ -237,7 +243,7 @@ def pt_train(
     move = exchange_move(
         ladder, c=c, scheme=scheme, enabled=check_bool(exchanges, "exchanges"),
         target_acceptance=target_acceptance, adapt_rounds=adapt_rounds,
-        adapt_ladder=adapt_ladder,
+        adapt_ladder=adapt_ladder, adapt_schedule=adapt_schedule,
     )  # fmt: skip
     if move_state is None:
         _warn_fresh_adaptation(state, move)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tempering as tp
-from tempering.adaptation import AdaptationState, mean_acceptance, solve_c
+from tempering.adaptation import AdaptationState, decay_step, mean_acceptance, solve_c
 from tempering.ladder import assign_rungs
 from tempering.moves import exchange_move
 from tempering.zoo import models
@@ -84,6 +84,83 @@ def test_auto_c_with_noisy_losses_within_tolerance(state) -> None:
     # Measured after the freeze, on 200 fresh rounds: within 0.05 of the target.
     assert abs(info.acceptance_prob[20:].mean() - 0.3) < 0.05
     assert np.all(info.c[20:] == info.c[19])
+
+
+def test_decay_step_moves_c_towards_the_target() -> None:
+    x = jnp.asarray([-1.0, -2.0, -0.5], jnp.float32)
+    c = jnp.float32(1.0)
+    above = float(mean_acceptance(c, x)) - 0.3  # about 0.36 accepted: C grows
+    slope = float(np.mean(-np.asarray(x) * np.exp(np.asarray(x))))  # |d acc / d log C|
+    assert above > 0
+    grown = decay_step(c, x, 0.3, jnp.int32(0))  # gain 1: a Newton step
+    assert float(grown) == pytest.approx(np.exp(above / slope), rel=1e-5)
+    later = decay_step(c, x, 0.3, jnp.int32(99))  # gain 100 ** -0.6
+    assert float(later) == pytest.approx(np.exp(above / slope * 100**-0.6), rel=1e-5)
+    assert float(decay_step(c, x / 100, 0.01, 0)) == pytest.approx(np.e)  # clipped
+    assert float(decay_step(c, x, 0.9, jnp.int32(0))) < 1.0  # too few: C falls
+    # nothing unfavourable: every C accepts everything, C stays
+    assert float(decay_step(c, jnp.asarray([0.5, 1.0, jnp.nan]), 0.3, 0)) == 1.0
+
+
+def test_decay_step_converges_to_the_solved_c_and_follows_a_drift() -> None:
+    # Stationary ratios (a tenth favourable): the Robbins-Monro iterates end
+    # where the batch solver puts C on a large sample; after the gaps shrink
+    # tenfold, C follows them (x10) and acceptance returns to the target.
+    rng = np.random.default_rng(0)
+
+    def ratios(scale, n):
+        x = -rng.exponential(scale, size=(n, 7)).astype(np.float32)
+        flip = rng.random((n, 7)) < 0.1
+        return np.where(flip, -x, x)
+
+    step = jax.jit(decay_step, static_argnums=2)
+
+    def iterate(c, rows, start):  # the last 10 rounds decide what the target is for
+        for k in range(len(rows)):
+            recent = jnp.asarray(rows[max(0, k - 9) : k + 1])
+            c = step(c, jnp.asarray(rows[k]), 0.3, jnp.int32(start + k), recent)
+        return c
+
+    c = iterate(jnp.float32(1.0), ratios(2.0, 3000), 0)
+    solved = solve_c(jnp.asarray(ratios(2.0, 20000)), 0.3, jnp.float32(1.0))
+    assert float(c) == pytest.approx(float(solved), rel=0.05)
+    c = iterate(c, ratios(0.2, 3000), 3000)
+    assert float(c) == pytest.approx(10 * float(solved), rel=0.1)
+    fresh = jnp.asarray(ratios(0.2, 20000))
+    assert float(mean_acceptance(c, fresh)) == pytest.approx(0.3, abs=0.02)
+
+
+def test_decay_schedule_keeps_adapting_after_the_window(state) -> None:
+    # The loss gaps shrink after round 40: the frozen C over-accepts from
+    # then on, the decaying one brings the acceptance back to the target.
+    def loss(lr, drift):
+        return 3.0 * lr * drift
+
+    infos = {}
+    for schedule in ("freeze", "decay"):
+        move = exchange_move(
+            LADDER, c="auto", target_acceptance=0.3, adapt_rounds=10,
+            adapt_schedule=schedule,
+        )  # fmt: skip
+        _, move_state, first = run_synthetic(state, move, lambda lr: loss(lr, 1.0), 40)
+        # continue the same move state on the shrunken gaps
+        step = jax.jit(move.step)
+        st = assign_rungs(state, move.current_ladder(move_state), move_state.rungs)
+        key, rows = jax.random.key(5), []
+        for r in range(40, 240):
+            key, sub = jax.random.split(key)
+            scores = loss(st.hyperparams["learning_rate"], 0.2)
+            st, move_state, info = step(sub, st, move_state, scores, jnp.int32(r))
+            rows.append(jax.device_get(info))
+        infos[schedule] = (first, jax.tree.map(lambda *xs: np.stack(xs), *rows))
+    frozen_first, frozen = infos["freeze"]
+    decayed_first, decayed = infos["decay"]
+    # the window is the same; past it the frozen C never moves
+    np.testing.assert_array_equal(frozen_first.c[:10], decayed_first.c[:10])
+    assert np.all(frozen.c == frozen_first.c[9])
+    assert abs(frozen.acceptance_prob[-50:].mean() - 0.3) > 0.15
+    assert decayed.c[-1] > 3 * decayed_first.c[9]  # followed the gaps (x5)
+    assert abs(decayed.acceptance_prob[-50:].mean() - 0.3) < 0.05
 
 
 def test_adaptive_ladder_equalises_acceptance_keeps_ends_and_order(state) -> None:
@@ -162,6 +239,11 @@ def test_pt_train_auto_is_default_records_c_and_continues(blobs, tx) -> None:
     assert full.history.c.shape == (16,)
     assert np.all(full.history.c[3:] == full.history.c[3])
     assert full.summary.c == float(full.history.c[-1])
+    # adapt_schedule="decay": the same window, then C keeps moving
+    decay = tp.pt_train(state, ladder, jax.random.key(3), num_steps=90,
+                        adapt_schedule="decay", **kwargs)  # fmt: skip
+    np.testing.assert_array_equal(decay.history.c[:4], full.history.c[:4])
+    assert len(np.unique(decay.history.c[4:])) > 1
     assert full.history.temperatures.shape == (16, 4)
     # Two calls of the same run give the same run: the second continues the
     # adaptation of the first's move_state (and takes its adapt_rounds; the
@@ -247,6 +329,8 @@ def test_saved_replicas_and_move_state_continue_the_run(blobs, tx, tmp_path, sav
         ({"c": "auto", "adapt_rounds": 0}, ValueError, "adapt_rounds must be >= 1"),
         ({"c": "auto", "adapt_rounds": 2.0}, TypeError, "adapt_rounds must be an int"),
         ({"adapt_ladder": "yes"}, TypeError, "adapt_ladder must be True or False"),
+        ({"c": "auto", "adapt_schedule": "slow"}, ValueError, "adapt_schedule must be"),
+        ({"c": 2.0, "adapt_schedule": "decay"}, ValueError, "it needs c='auto'"),
     ],
 )
 def test_bad_adaptation_settings(kwargs, error, match) -> None:
