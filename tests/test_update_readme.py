@@ -17,6 +17,7 @@ SHOWN = {
     "fig2_summary": "README.md",
     "claims": "README.md",
     "rounds_memory": "docs/guides/performance.md",
+    "round_cost": "docs/guides/performance.md",
     "bench_zoo": "docs/guides/performance.md",
     "bench_zoo_short": "README.md",
     "bench_zoo_h100": "docs/guides/performance.md",
