@@ -279,6 +279,25 @@ class RunConfig:
         """A copy with the given fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
+    def for_batch_sizes(self, sizes: Any) -> RunConfig:
+        """The config for replicas with per-replica ``batch_size`` values ``sizes``.
+
+        Every step's batch holds the largest of them (each replica trains on
+        its first ``batch_size`` examples): ``batch_size=None`` becomes that
+        largest size; a smaller ``batch_size`` is a ValueError.
+        """
+        largest = int(np.max(np.asarray(sizes)))
+        if self.batch_size is None:
+            return self.replace(batch_size=largest)
+        if self.batch_size < largest:
+            raise ValueError(
+                f"batch_size={self.batch_size} is smaller than the largest "
+                f"per-replica batch_size of the state, {largest}: every step's batch "
+                "holds the largest, and each replica trains on its first batch_size "
+                f"examples. Give batch_size={largest} (or None, which means it)"
+            )
+        return self
+
 
 def _check_checkpoint_dir(directory: Any) -> Any:
     if directory is None:

@@ -256,6 +256,8 @@ def train(
     mesh = sharding.mesh_of(state)
     if mesh is not None:
         move_state = sharding.replicate(move_state, mesh, what="move_state")
+    if "batch_size" in state.hyperparams:
+        config = config.for_batch_sizes(_host(state.hyperparams["batch_size"]))
     sources = prepare_sources(state, data, config)
     loop = loop_for(state, sources.sample, config.loop)
     first_step = int(state.step)

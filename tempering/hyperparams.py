@@ -13,6 +13,9 @@ A replica's hyperparameters are one mapping, ``ReplicaState.hyperparams``
   it is an error.
 - **model inputs**: keywords of the model's ``__call__`` that take a traced
   per-replica value (``dropout_rate`` by default, when the model has it).
+- **data**: ``batch_size``, the number of examples of each step's batch a
+  replica trains on (:data:`DATA_HYPERPARAMETERS`), given in a ladder or in
+  ``create_replicas(..., hyperparams=)``.
 
 Values are checked against the known range of common names
 (:data:`RANGES`, and the upper :data:`LIMITS` beyond which a value is a typo);
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from tempering.state import ReplicaState
 
 __all__ = [
+    "DATA_HYPERPARAMETERS",
     "LIMITS",
     "RANGES",
     "Range",
@@ -83,7 +87,13 @@ RANGES: dict[str, Range] = {
     "label_smoothing": _UNIT,
     "eps": Range(0.0, np.inf, high_open=True),
     "eps_root": Range(0.0, np.inf, high_open=True),
+    "batch_size": Range(1.0, np.inf, high_open=True),
 }
+# Hyperparameters of the data, not of the optimiser or the model: a replica's
+# ``batch_size`` is how many examples of the shared batch it trains on (the
+# first ones; :func:`tempering.step.replica_train_step` masks the rest).
+DATA_HYPERPARAMETERS = ("batch_size",)
+_INTEGERS = ("batch_size",)
 # Largest value accepted: above it a value is a typo, not a setting (a learning
 # rate of 1e3 diverges on any usual loss scale). Raise an entry to allow more.
 LIMITS: dict[str, float] = {"learning_rate": 10.0}
@@ -118,6 +128,10 @@ def check_values(name: str, values: Any, where: str = "") -> np.ndarray:
     if allowed is not None and not np.all(allowed.contains(array)):
         raise ValueError(
             f"{label} must lie in {allowed.describe()}, got {array.tolist()}"
+        )
+    if name in _INTEGERS and not np.all(array == np.round(array)):
+        raise ValueError(
+            f"{label} must be whole numbers (examples per step), got {array.tolist()}"
         )
     limit = LIMITS.get(name)
     if limit is not None and np.any(array > limit):

@@ -35,8 +35,10 @@ temperatures, e.g. ``T = lr / (1 - q)`` for a learning rate and a dropout rate
 that vary together (``T = lr * q / (1 - q)`` with the authors' dropout rule).
 The rationale: the noise of SGD scales with the learning
 rate, and inverted dropout scales the variance of the gradient noise by
-``1 / (1 - q)``, so the two noise factors multiply. This is a convention of
-the library, not a theorem; give ``temperatures=`` to use any other. As soon
+``1 / (1 - q)``, so the two noise factors multiply. A batch size ``B`` has
+``T = 1 / B``: the gradient noise of SGD scales as ``lr / B`` (Smith & Le
+2018), so a learning rate and a batch size together have ``T = lr / B``.
+This is a convention of the library, not a theorem; give ``temperatures=`` to use any other. As soon
 as one varying name has no default rule, explicit temperatures are required.
 (:mod:`tempering.multi` offers the alternative of one ladder per
 hyperparameter.)
@@ -75,7 +77,7 @@ __all__ = [
 ]
 
 # Hyperparameters with a default temperature (any other name needs explicit ones).
-HYPERPARAMETERS = ("learning_rate", "dropout_rate")
+HYPERPARAMETERS = ("learning_rate", "dropout_rate", "batch_size")
 # The two dropout temperature rules (module docstring); "library" is the default.
 DROPOUT_TEMPERATURES = ("library", "authors")
 # Relative tolerance with which a ladder's float32 temperatures are matched to
@@ -195,7 +197,8 @@ def default_temperature(
     """Temperature of each value of one hyperparameter (paper, section 2).
 
     Args:
-        name: ``"learning_rate"`` (``T = lr``) or ``"dropout_rate"``.
+        name: ``"learning_rate"`` (``T = lr``), ``"batch_size"`` (``T = 1 / B``)
+            or ``"dropout_rate"``.
         values: the hyperparameter values, shape ``(M,)``.
         dropout_temperature: the dropout rule (module docstring):
             ``"library"`` (default), ``T = 1 / (1 - q)``, the paper's text; or
@@ -214,6 +217,8 @@ def default_temperature(
     values = np.asarray(values, np.float64)
     if name == "learning_rate":
         return values
+    if name == "batch_size":  # SGD's noise scale is lr / B (Smith & Le 2018)
+        return 1.0 / values
     if name == "dropout_rate":
         if dropout_temperature == "library":
             return 1.0 / (1.0 - values)
@@ -241,6 +246,8 @@ def inverse_temperature(
     _check_rule(dropout_temperature)
     if name == "learning_rate":
         return temperatures
+    if name == "batch_size":
+        return 1.0 / temperatures
     if name == "dropout_rate":
         if dropout_temperature == "library":
             return 1.0 - 1.0 / temperatures

@@ -333,6 +333,11 @@ def exchange_move(
             "adapt_schedule='decay' adapts C over the whole run: it needs c='auto', "
             f"got c={c!r}"
         )
+    if adapt_ladder and np.ptp(np.asarray(ladder.values.get("batch_size", 0))) > 0:
+        raise ValueError(
+            "adapt_ladder=True re-spaces the rungs continuously, but batch sizes are "
+            "whole numbers: keep adapt_ladder=False with a batch_size ladder"
+        )
     adaptation = None
     if auto or adapt_ladder:
         if isinstance(adapt_rounds, bool) or not isinstance(

@@ -31,6 +31,7 @@ from flax import struct
 
 from tempering.frontends import as_frontend
 from tempering.hyperparams import (
+    DATA_HYPERPARAMETERS,
     check_values,
     injected_names,
     raise_unknown_names,
@@ -278,7 +279,7 @@ def _check_traced_inputs(init, key, model, sample_input, inputs):
             f"{sorted(inputs)}: {model.dropout_fix}, or pass model_inputs=() to "
             "create_replicas to keep the rate fixed"
         ) from None
-    return opt_state
+    return stats, opt_state
 
 
 def _check_arguments(
@@ -410,10 +411,10 @@ def create_replicas(
     if same_init:
         keys = jnp.broadcast_to(keys[:1], keys.shape)
     init = functools.partial(_init_replica, model=model, tx=tx)
-    abstract = _check_traced_inputs(init, keys[0], model, sample_input, start)
-    _check_names(
-        model, abstract, start, given, ladder, num_replicas
-    )  # before compiling
+    stats, abstract = _check_traced_inputs(init, keys[0], model, sample_input, start)
+    _check_names(model, abstract, start, given, ladder, num_replicas)  # no compile yet
+    if _data_names(given, ladder) and jax.tree.leaves(stats):
+        _check_batch_mask(model)
     # One replica at a time, not vmapped: init runs once, and XLA compiles the
     # single-replica init (random initialisers) several times faster.
     params, stats, opt_state = _stack([init(k, sample_input, start) for k in keys])
@@ -426,6 +427,8 @@ def create_replicas(
     values.update(
         {name: jnp.broadcast_to(v, (num_replicas,)) for name, v in start.items()}
     )
+    for name in _data_names(given, ladder):
+        values[name] = jnp.full((num_replicas,), given.get(name, 1.0), jnp.float32)
     state = ReplicaState(
         params=params,
         batch_stats=stats,
@@ -443,6 +446,26 @@ def create_replicas(
         check_ladder(state, ladder)
         state = assign_rungs(state, ladder, np.arange(num_replicas))
     return state
+
+
+def _check_batch_mask(model: Any) -> None:
+    """A per-replica batch size with BatchNorm needs the model to take ``batch_mask``."""
+    names, var_kw, _ = model.keywords()
+    if "batch_mask" not in names and not var_kw:
+        raise ValueError(
+            f"a per-replica batch_size with {model.name}, which has BatchNorm "
+            "statistics: each replica's statistics must come from its own "
+            "examples only. Give the model's __call__ a keyword batch_mask=None "
+            "and pass it to every nn.BatchNorm(...)(x, mask=...) (reshaped to "
+            "broadcast over x, e.g. batch_mask[:, None, None, None]), as "
+            "tempering.zoo's BatchNorm models do"
+        )
+
+
+def _data_names(given: Mapping[str, Any], ladder: Ladder | None) -> list[str]:
+    """The data hyperparameters (``batch_size``) the call sets per replica."""
+    laddered = () if ladder is None else ladder.values
+    return [n for n in DATA_HYPERPARAMETERS if n in given or n in laddered]
 
 
 def _replica_count(ladder: Ladder | None, num_replicas: int | None) -> int:
@@ -505,6 +528,7 @@ def _check_names(
     """
     scheduled = scheduled_names(abstract)
     known = set(injected_names(abstract)) - set(scheduled) | set(start)
+    known |= set(DATA_HYPERPARAMETERS)
     for where, names in (
         ("hyperparams", given),
         ("ladder", () if ladder is None else ladder.values),

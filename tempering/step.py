@@ -63,14 +63,29 @@ def replica_train_step(
     inputs: jax.Array,
     targets: jax.Array,
 ) -> tuple[PyTree, PyTree, PyTree, jax.Array]:
-    """One step of a single replica (the function the fused step vmaps)."""
+    """One step of a single replica (the function the fused step vmaps).
+
+    With a ``batch_size`` hyperparameter the replica trains on the first
+    ``batch_size`` examples of the batch only: the loss is their mean, and a
+    model that takes ``batch_mask`` gets the mask (for BatchNorm statistics).
+    """
     model_inputs = model_hyperparams(state, hyperparams)
+    weights = None
+    if "batch_size" in hyperparams:
+        size = jax.tree.leaves(targets)[0].shape[0]
+        weights = (jnp.arange(size) < hyperparams["batch_size"]).astype(jnp.float32)
+        if "batch_mask" in state.model.keywords()[0]:
+            model_inputs = {**model_inputs, "batch_mask": weights > 0}
 
     def loss_of(p):
         outputs, new_stats = state.model.apply(
             p, batch_stats, inputs, train=True, key=key, inputs=model_inputs
         )
-        return _per_example(state.loss_fn(outputs, targets)).mean(), new_stats
+        losses = _per_example(state.loss_fn(outputs, targets))
+        if weights is None:
+            return losses.mean(), new_stats
+        kept = jnp.where(weights > 0, losses, 0.0)  # an inf beyond stays out
+        return jnp.sum(kept) / jnp.sum(weights), new_stats
 
     (loss, new_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
     opt_state = write_injected(opt_state, hyperparams)

@@ -387,3 +387,15 @@ def test_round_cost_times_every_part_of_a_round(tmp_path):
         assert all(np.isfinite(v) for v in ms.values())
         assert ms["move"] > 0  # a call of one round moves never, of two once
     assert "| pt | 2 | 1 x 1 |" in (tmp_path / "round_cost.md").read_text()
+
+
+def test_bench_batch_ladder_smoke(tmp_path):
+    from experiments import bench_batch_ladder
+
+    bench_batch_ladder.main(
+        ["--models", "mlp", "--replicas", "2", "--batch", "8", "--reps", "1",
+         "--out-dir", str(tmp_path)]
+    )  # fmt: skip
+    (row,) = json.loads((tmp_path / "bench_batch_ladder.json").read_text())["rows"]
+    assert row["batch_sizes"] == [8, 4] and row["used_share"] == 0.75
+    assert row["plain_ms"] > 0 and row["masked_ms"] > 0

@@ -141,7 +141,11 @@ def test_any_hyperparameter_with_explicit_temperatures():
     np.testing.assert_allclose(
         geo.values["weight_decay"], [1e-4, 1e-3, 1e-2], rtol=1e-5
     )
-    assert set(tp.ladder.HYPERPARAMETERS) == {"learning_rate", "dropout_rate"}
+    assert set(tp.ladder.HYPERPARAMETERS) == {
+        "learning_rate",
+        "dropout_rate",
+        "batch_size",
+    }
 
 
 def test_invalid_constructor_arguments():

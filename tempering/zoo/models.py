@@ -254,13 +254,22 @@ def _shortcut_a(x: jax.Array, features: int, stride: int) -> jax.Array:
     return x
 
 
-def _batch_norm(train: bool) -> Callable[[], nn.BatchNorm]:
-    """Factory for the BatchNorm layers used by :class:`ResNet`."""
+def _batch_norm(
+    train: bool, batch_mask: jax.Array | None = None
+) -> Callable[[], Callable[[jax.Array], jax.Array]]:
+    """Factory for the BatchNorm layers used by :class:`ResNet`.
 
-    def make() -> nn.BatchNorm:
-        return nn.BatchNorm(
+    With ``batch_mask`` (``(B,)`` bool) the statistics come from the masked-in
+    examples only (a per-replica batch size, :mod:`tempering.hyperparams`).
+    """
+
+    def make() -> Callable[[jax.Array], jax.Array]:
+        norm = nn.BatchNorm(
             use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON
         )
+        if batch_mask is None:
+            return norm
+        return lambda x: norm(x, mask=batch_mask.reshape((-1,) + (1,) * (x.ndim - 1)))
 
     return make
 
@@ -280,17 +289,21 @@ class ResNetBlock(nn.Module):
     stride: int = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, batch_mask: jax.Array | None = None
+    ) -> jax.Array:
         """Applies the block.
 
         Args:
             x: input of shape ``(B, H, W, C)``.
             train: if True, BatchNorm uses and updates batch statistics.
+            batch_mask: ``(B,)`` bool, the examples BatchNorm's statistics
+                come from (None: all).
 
         Returns:
             Output of shape ``(B, H / stride, W / stride, features)``.
         """
-        bn = _batch_norm(train)
+        bn = _batch_norm(train, batch_mask)
         y = nn.Conv(
             self.features,
             (3, 3),
@@ -343,6 +356,7 @@ class ResNet(nn.Module):
         *,
         train: bool = False,
         dropout_rate: jax.Array | float = 0.0,
+        batch_mask: jax.Array | None = None,
     ) -> jax.Array:
         """Computes logits.
 
@@ -352,6 +366,9 @@ class ResNet(nn.Module):
                 ``mutable=["batch_stats"]``) and dropout is active.
             dropout_rate: drop probability before the output layer; may be
                 traced.
+            batch_mask: ``(B,)`` bool, the examples BatchNorm's statistics
+                come from (None: all); the engine passes it with a
+                per-replica ``batch_size``.
 
         Returns:
             Logits of shape ``(B, num_classes)``.
@@ -364,13 +381,15 @@ class ResNet(nn.Module):
             use_bias=False,
             kernel_init=kaiming_normal_fan_out,
         )(x)
-        x = nn.relu(_batch_norm(train)()(x))
+        x = nn.relu(_batch_norm(train, batch_mask)()(x))
         for stage, (n_blocks, features) in enumerate(
             zip(self.stage_sizes, self.stage_features, strict=True)
         ):
             for block in range(n_blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = ResNetBlock(features, stride=stride)(x, train=train)
+                x = ResNetBlock(features, stride=stride)(
+                    x, train=train, batch_mask=batch_mask
+                )
         x = jnp.mean(x, axis=(1, 2))
         x = _dropout(x, dropout_rate, train)
         return nn.Dense(self.num_classes)(x)
