@@ -29,18 +29,33 @@ What each tells you:
   found for the best replica (a schedule to replay in a single run).
 - :func:`c_over_time`: the Metropolis constant C of every round; with
   ``c="auto"`` it moves during the adaptation rounds and is constant after.
+- :func:`barrier`: the communication barrier of the ladder (Syed et al.
+  2021). The local barrier of a pair is its rejection rate; their sum Λ̂, the
+  global barrier, says how hard the ladder is to cross end to end, and its
+  running sum along the ladder, the profile, says where: a steep step is a
+  bottleneck pair. From Λ̂ it gives the round trips per round that the theory
+  allows (``1 / (2 + 2 Λ̂)`` with even-odd swaps) next to the measured ones,
+  and the number of rungs it suggests (``ceil(2 Λ̂) + 1``). A measured rate far
+  below the allowed one means that successive swaps are not independent:
+  replicas keep their order (a good replica stays cold). All of it holds at
+  the C the run used.
 
 """
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import numpy as np
 
 from tempering.records import History
 
 __all__ = [
+    "Barrier",
     "acceptance_over_time",
     "acceptance_rate",
+    "barrier",
     "count_round_trips",
     "c_over_time",
     "replica_schedule",
@@ -268,3 +283,157 @@ def c_over_time(history: History) -> tuple[np.ndarray, np.ndarray]:
         ``(steps, c)``, both of shape ``(R,)``.
     """
     return np.asarray(history.step), np.asarray(history.c)
+
+
+# --------------------------------------------------------------------------
+# the communication barrier (Syed et al. 2021)
+# --------------------------------------------------------------------------
+
+_SCHEMES = ("even_odd", "random_pair")
+
+
+class Barrier(NamedTuple):
+    """The communication barrier of a ladder of M rungs (N = M - 1 pairs).
+
+    :func:`barrier` says how each field is computed and where the formulas
+    come from.
+    """
+
+    global_barrier: float  # Λ̂ = sum of local; NaN if a pair was never proposed
+    local: np.ndarray  # shape=(M - 1,), rejection rate 1 - a_r of pair (r, r + 1)
+    profile: np.ndarray  # shape=(M,), cumulative barrier: 0 at rung 0, Λ̂ at M - 1
+    round_trip_rate: float  # measured: round trips of all replicas per round
+    round_trip_bound: float  # the most the theory allows for Λ̂ (per round)
+    round_trip_expected: float  # the theory's rate for these rejections
+    suggested_rungs: int | None  # ceil(2 Λ̂) + 1, at least 2; None if Λ̂ is NaN
+    scheme: str  # "even_odd" or "random_pair": which formulas were used
+
+
+def barrier(history: History, scheme: str | None = None) -> Barrier:
+    """The communication barrier of the ladder and the round trips it allows.
+
+    From Syed, Bouchard-Côté, Deligiannidis and Doucet, *Non-reversible
+    parallel tempering: a scalable highly parallel MCMC scheme* (J. R. Stat.
+    Soc. B, 2021; arXiv:1905.02939), the diagnostics Pigeons.jl reports. With
+    ``a_r`` the acceptance rate of pair (r, r + 1) (:func:`acceptance_rate`:
+    accepted / proposed over all the rounds) and ``r_r = 1 - a_r`` its
+    rejection rate:
+
+    - ``local``: ``r_r``, the local barrier of every pair.
+    - ``global_barrier``: ``Λ̂ = Σ_r r_r``, their estimator of the global
+      communication barrier Λ. It grows with the loss gaps between rungs and
+      with C; it is the ladder's at the C the run used (pooled over the
+      adaptation rounds too when ``c="auto"``).
+    - ``profile``: ``[0, r_0, r_0 + r_1, ..., Λ̂]``, the barrier from the
+      coldest rung up to each rung; a steep step is a bottleneck pair.
+    - ``round_trip_rate``: completed coldest -> hottest -> coldest trips of
+      all M replicas together (:func:`round_trips`, summed) per round; NaN
+      without rounds. This is the paper's round trip rate τ (round trips per
+      scan, all index processes together): at most 1/2, reached by even-odd
+      swaps that are always accepted. A replica's own rate is τ / M.
+    - ``round_trip_expected``: the paper's finite-ladder round trip rate for
+      these rejections when every proposed swap is accepted independently
+      with probability ``a_r`` (their "efficient local exploration"), with
+      ``E = Σ_r r_r / (1 - r_r)``: ``1 / (2 + 2 E)`` for even-odd swaps, the
+      paper's non-reversible scheme. For ``random_pair`` (one pair drawn
+      uniformly per round) it is ``1 / (N (N + E))``: the paper's reversible
+      rate ``1 / (2 N + 2 E)``, for a random choice of the even or the odd
+      pairs each scan, times 2 / N, since a replica is offered a swap with
+      probability 2 / N instead of 1 / 2 each round, the same moves otherwise
+      (our derivation; the tests check both on simulated exchanges).
+    - ``round_trip_bound``: the same with ``Λ̂`` in place of ``E``:
+      ``1 / (2 + 2 Λ̂)`` (even-odd), ``1 / (N (N + Λ̂))`` (random pair). As
+      ``r / (1 - r) >= r`` it bounds ``round_trip_expected`` from above, and it
+      is the paper's limit ``τ = 1 / (2 + 2 Λ)`` for even-odd swaps on a fine
+      ladder (many rungs, small rejections); with rejections near 1 it is
+      loose (at acceptance 0.3 it is about 3x ``round_trip_expected``).
+    - ``suggested_rungs``: ``max(2, ceil(2 Λ̂) + 1)``. By the expression above,
+      with the barrier split equally over N pairs (``r = Λ / N`` each), the round trips
+      per replica and round, ``τ_N / (N + 1)`` with
+      ``τ_N = 1 / (2 + 2 Λ N / (N - Λ))``, are largest at ``N = 2 Λ`` pairs,
+      each rejecting half of its swaps: the "roughly 2Λ chains" that
+      Pigeons.jl recommends from the same theory. None when Λ̂ is NaN. It
+      assumes the ends of the ladder and C stay, and that the barrier stays
+      when rungs are inserted (rejections that add up as a gap is split; with
+      ``c="auto"`` a new ladder is tuned to the same acceptance instead).
+
+    In hyperparameter PT swaps are not independent draws: a replica keeps its
+    weights, so one with a low loss tends to stay cold. A measured rate far
+    below ``round_trip_expected`` says so; it is not a fault of the ladder.
+
+    Args:
+        history: the history of an exchange (:func:`tempering.pt_train`,
+            :func:`tempering.exchange_move`). A ``multi_exchange_move``
+            history pools the pairs of its ladders (pair r of whichever ladder
+            was exchanged), and its round trips are those on ladder 0.
+        scheme: ``"even_odd"`` or ``"random_pair"``, the exchange's scheme;
+            None (default) reads it from the proposals: even-odd when every
+            round proposed exactly the pairs of the round's parity, random
+            pair when every round proposed at most one pair, else even-odd.
+            :func:`tempering.pt_train`'s summary passes its own.
+
+    Returns:
+        A :class:`Barrier`.
+
+    Raises:
+        ValueError: for a history whose move proposes no swaps (PBT, a
+            replayed schedule, the identity move) or keeps no rungs, or an
+            unknown scheme.
+    """
+    fields = getattr(history.move, "_fields", ())
+    if "proposed" not in fields or "accepted" not in fields:
+        raise ValueError(
+            "this history has no swap acceptance: its move proposes no exchanges "
+            f"({type(history.move).__name__}: PBT, a replayed schedule, the "
+            "identity move); the barrier needs an exchange's history (pt_train, "
+            "tempering.exchange_move, multi_exchange_move)"
+        )
+    trips = round_trips(history)  # shape=(M,); a ValueError without rungs
+    if scheme is None:
+        scheme = _scheme_of(history)
+    elif scheme not in _SCHEMES:
+        raise ValueError(f"scheme must be one of {_SCHEMES} or None, got {scheme!r}")
+    local = 1.0 - acceptance_rate(history)  # shape=(M - 1,)
+    num_pairs = local.shape[0]
+    total = float(local.sum())  # NaN if any pair was never proposed
+    profile = np.concatenate([[0.0], np.cumsum(local)])  # shape=(M,)
+    num_rounds = len(history.step)
+    rate = float(trips.sum()) / num_rounds if num_rounds else math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # r / (1 - r): inf for a pair that never accepted (the rate is then 0).
+        odds = float(np.sum(local / (1.0 - local)))
+    if not num_pairs:  # one rung: no trips to make
+        bound = expected = math.nan
+    elif scheme == "even_odd":
+        bound, expected = 1.0 / (2.0 + 2.0 * total), 1.0 / (2.0 + 2.0 * odds)
+    else:
+        bound = 1.0 / (num_pairs * (num_pairs + total))
+        expected = 1.0 / (num_pairs * (num_pairs + odds))
+    suggested = (
+        max(2, math.ceil(round(2.0 * total, 9)) + 1) if math.isfinite(total) else None
+    )
+    return Barrier(
+        global_barrier=total,
+        local=local,
+        profile=profile,
+        round_trip_rate=rate,
+        round_trip_bound=bound,
+        round_trip_expected=expected,
+        suggested_rungs=suggested,
+        scheme=scheme,
+    )
+
+
+def _scheme_of(history: History) -> str:
+    """The exchange scheme the proposals of ``history`` show (see :func:`barrier`)."""
+    proposed = np.asarray(history.proposed, bool)  # shape=(R, M - 1)
+    rounds = np.asarray(history.round).reshape(-1, 1)  # shape=(R, 1)
+    parity = np.arange(proposed.shape[1]) % 2 == rounds % 2  # shape=(R, M - 1)
+    if proposed.any() and (
+        np.array_equal(proposed, parity) or np.array_equal(proposed, ~parity)
+    ):
+        return "even_odd"
+    per_round = proposed.sum(1)  # shape=(R,)
+    if per_round.any() and np.all(per_round <= 1):
+        return "random_pair"
+    return "even_odd"

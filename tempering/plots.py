@@ -19,6 +19,7 @@ import numpy as np
 
 from tempering.diagnostics import (
     acceptance_over_time,
+    barrier,
     c_over_time,
     replica_schedule,
     round_trips,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "plot_acceptance",
     "plot_acceptance_rate",
+    "plot_barrier",
     "plot_c",
     "plot_diagnostics",
     "plot_error_curves",
@@ -226,6 +228,54 @@ def plot_c(history: History, ax: Axes | None = None) -> Axes:
     return ax
 
 
+def plot_barrier(
+    history: History, ax: Axes | None = None, *, scheme: str | None = None
+) -> Axes:
+    """Draws :func:`~tempering.diagnostics.barrier`: the barrier along the ladder.
+
+    A bar per adjacent pair at its middle, its local barrier (rejection rate),
+    and the profile, the cumulative barrier from the coldest rung, as a line;
+    the title gives the global barrier Λ̂, the rungs it suggests, and the
+    measured round trips per round against the theory's bound for Λ̂.
+
+    Args:
+        history: the history of :func:`tempering.pt_train`.
+        ax: the Axes to draw on; a new figure's by default.
+        scheme: the exchange's scheme (:func:`~tempering.diagnostics.barrier`);
+            None reads it from the proposals.
+
+    Returns:
+        The Axes.
+
+    Raises:
+        ValueError: for a history without swaps or rungs (PBT, the identity
+            move).
+    """
+    result = barrier(history, scheme)
+    ax = _axes(ax)
+    num_rungs = result.profile.shape[0]
+    pairs = np.arange(num_rungs - 1) + 0.5
+    ax.bar(pairs, np.nan_to_num(result.local), width=0.6, alpha=0.45,
+           label="local barrier (rejection rate)")  # fmt: skip
+    ax.plot(np.arange(num_rungs), result.profile, marker="o", color="black",
+            label="profile (cumulative)")  # fmt: skip
+    if num_rungs <= 16:
+        ax.set_xticks(np.arange(num_rungs))
+    ax.set_xlabel("rung (0 = coldest)")
+    ax.set_ylabel("barrier")
+    ax.legend(fontsize="x-small", loc="upper left")
+    if result.suggested_rungs is None:
+        ax.set_title("communication barrier (a pair was never proposed)")
+    else:
+        ax.set_title(
+            rf"barrier $\hat\Lambda$ = {result.global_barrier:.2f} "
+            f"(suggests {result.suggested_rungs} rungs)\n"
+            f"round trips per round {result.round_trip_rate:.3f}, "
+            f"bound {result.round_trip_bound:.3f}"
+        )
+    return ax
+
+
 def plot_val_loss(
     history: History, ax: Axes | None = None, *, highlight: int | None = None
 ) -> Axes:
@@ -258,11 +308,12 @@ def plot_diagnostics(
     *,
     window: int = 10,
 ) -> Figure:
-    """A 2 x 3 dashboard of a parallel tempering run.
+    """A dashboard of a parallel tempering run: a 2 x 3 grid and a column.
 
     Top row: :func:`plot_acceptance`, :func:`plot_rung_occupancy`,
     :func:`plot_rung_paths`; bottom row: :func:`plot_val_loss`,
-    :func:`plot_schedule` of ``replica``, :func:`plot_c`.
+    :func:`plot_schedule` of ``replica``, :func:`plot_c`; on the right, over
+    both rows, :func:`plot_barrier`.
 
     Args:
         history: the history of :func:`tempering.pt_train`.
@@ -273,14 +324,19 @@ def plot_diagnostics(
         window: rounds of the acceptance window.
 
     Returns:
-        The matplotlib Figure (6 Axes).
+        The matplotlib Figure (7 Axes: the grid's row by row, then the
+        barrier's).
     """
     plt = _pyplot()
     if replica is None:
         replica = _default_replica(history)
     if name is None:
         name = _default_name(history)
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5), layout="constrained")
+    fig = plt.figure(figsize=(21, 8.5), layout="constrained")
+    grid = fig.add_gridspec(2, 4)
+    axes = np.array([[fig.add_subplot(grid[row, col]) for col in range(3)]
+                     for row in range(2)])  # fmt: skip
+    barrier_ax = fig.add_subplot(grid[:, 3])
     plot_acceptance(history, axes[0, 0], window=window)
     plot_rung_occupancy(history, axes[0, 1])
     plot_rung_paths(history, axes[0, 2], highlight=replica)
@@ -291,6 +347,7 @@ def plot_diagnostics(
     else:
         plot_schedule(history, replica, name, axes[1, 1])
     plot_c(history, axes[1, 2])
+    plot_barrier(history, barrier_ax)
     return fig
 
 

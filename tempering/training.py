@@ -28,7 +28,7 @@ from tempering.config import (
     config_from,
     require_validation,
 )
-from tempering.diagnostics import acceptance_rate, round_trips
+from tempering.diagnostics import acceptance_rate, barrier, round_trips
 from tempering.driver import RunResult, best_index, check_not_traced, train
 from tempering.ladder import Ladder, assign_rungs, check_ladder, rungs_held
 from tempering.moves import ExchangeMove, exchange_move
@@ -56,6 +56,13 @@ class PTSummary(NamedTuple):
     # and C and the ladder with c="auto"): pt_train(..., move_state=...)
     # continues from it.
     move_state: Any = None
+    # The communication barrier (tempering.diagnostics.barrier, Syed et al.
+    # 2021): the sum of the pairs' rejection rates (NaN if a pair was never
+    # proposed), the round trips of all replicas per round it allows, and the
+    # rungs it suggests (None with a NaN barrier).
+    barrier: float = float("nan")
+    round_trip_bound: float = float("nan")
+    suggested_rungs: int | None = None
 
     @property
     def final_val_accuracy(self) -> np.ndarray:
@@ -279,6 +286,7 @@ def pt_summary(run: RunResult, move: ExchangeMove) -> PTSummary:
         run.final, run.final_score, history, run.state.num_replicas
     )
     best = best_index(final_score)
+    communication = barrier(history, move.scheme)
     return PTSummary(
         acceptance_rate=acceptance_rate(history),
         round_trips=round_trips(history),
@@ -294,6 +302,9 @@ def pt_summary(run: RunResult, move: ExchangeMove) -> PTSummary:
         diverged=run.diverged,
         interrupted=run.interrupted,
         move_state=run.move_state,
+        barrier=communication.global_barrier,
+        round_trip_bound=communication.round_trip_bound,
+        suggested_rungs=communication.suggested_rungs,
     )
 
 

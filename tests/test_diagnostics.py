@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+import jax
+import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import pytest
@@ -12,7 +16,8 @@ matplotlib.use("Agg")
 import tempering as tp  # noqa: E402
 from tempering import diagnostics as dg  # noqa: E402
 from tempering.diagnostics import count_round_trips  # noqa: E402
-from tempering.moves import ExchangeMoveInfo  # noqa: E402
+from tempering.exchange import exchange  # noqa: E402
+from tempering.moves import ExchangeMoveInfo, NoInfo  # noqa: E402
 
 
 def make_history(rungs, initial_rungs, *, proposed=None, accepted=None, step=None,
@@ -185,3 +190,154 @@ def test_plot_diagnostics_of_a_real_run(pt_run) -> None:
     np.testing.assert_allclose(
         values, rung_values[history.rungs[:, summary.best_replica]], rtol=1e-6
     )
+
+
+# --- the communication barrier (Syed et al. 2021) ------------------------------
+
+# Even-odd proposals on 8 rounds of 4 rungs: pairs 0 and 2 on even rounds, pair
+# 1 on odd ones, each proposed 4 times. Pair 0 accepts 2 of them (a = 1/2),
+# pair 1 one (a = 1/4), pair 2 none (a = 0).
+EVEN_ODD = np.array([[1, 0, 1], [0, 1, 0]] * 4, bool)
+ACCEPTED = np.zeros((8, 3), bool)
+ACCEPTED[[0, 4], 0] = ACCEPTED[3, 1] = True
+# WALK (3 round trips) and then two rounds without a move.
+LONG_WALK = np.concatenate([WALK, WALK[-1:], WALK[-1:]])
+
+
+def test_barrier_of_known_acceptance() -> None:
+    history = make_history(LONG_WALK, WALK_INITIAL, proposed=EVEN_ODD,
+                           accepted=ACCEPTED)  # fmt: skip
+    result = dg.barrier(history)
+    np.testing.assert_array_equal(result.local, [0.5, 0.75, 1.0])
+    assert result.global_barrier == 2.25  # sum of the rejection rates
+    np.testing.assert_array_equal(result.profile, [0.0, 0.5, 1.25, 2.25])
+    assert result.scheme == "even_odd"  # read from the proposals
+    assert result.round_trip_rate == 3 / 8  # trips of all replicas per round
+    assert result.round_trip_bound == pytest.approx(1 / (2 + 2 * 2.25))
+    assert result.round_trip_expected == 0.0  # pair 2 never accepts
+    assert result.suggested_rungs == 6  # ceil(2 * 2.25) + 1
+    # One pair per round reads as the random-pair scheme. Pair 0 accepts 1 of
+    # 3 proposals, pair 1 2 of 3, pair 2 none of 2.
+    pairs = np.eye(3, dtype=bool)[[0, 1, 2, 0, 2, 1, 1, 0]]
+    accepted = pairs & np.array([1, 1, 0, 0, 0, 1, 0, 0], bool)[:, None]
+    result = dg.barrier(make_history(LONG_WALK, WALK_INITIAL, proposed=pairs,
+                                     accepted=accepted))  # fmt: skip
+    assert result.scheme == "random_pair"
+    np.testing.assert_allclose(result.local, [2 / 3, 1 / 3, 1.0])
+    assert result.global_barrier == pytest.approx(2.0)
+    assert result.round_trip_bound == pytest.approx(1 / (3 * (3 + 2.0)))
+    # The scheme given: the random-pair formulas, 1 / (N (N + barrier)).
+    result = dg.barrier(history, scheme="random_pair")
+    assert result.round_trip_bound == pytest.approx(1 / (3 * (3 + 2.25)))
+    assert result.global_barrier == 2.25
+    # Few rejections: at least 2 rungs; a barrier of 1.5 suggests 4.
+    accept_all = make_history(LONG_WALK, WALK_INITIAL, proposed=EVEN_ODD,
+                              accepted=EVEN_ODD)  # fmt: skip
+    assert dg.barrier(accept_all).global_barrier == 0.0
+    assert dg.barrier(accept_all).suggested_rungs == 2
+    assert dg.barrier(accept_all).round_trip_bound == 0.5
+    accepted = EVEN_ODD & np.array([True, False, True])  # pair 1 never accepts
+    accepted[::4] = False  # pairs 0 and 2 accept half of their proposals
+    half = dg.barrier(make_history(LONG_WALK, WALK_INITIAL, proposed=EVEN_ODD,
+                                   accepted=accepted))  # fmt: skip
+    np.testing.assert_array_equal(half.local, [0.5, 1.0, 0.5])
+    assert half.suggested_rungs == 5  # ceil(2 * 2.0) + 1, not 6 by rounding
+
+
+def test_barrier_of_a_pair_never_proposed() -> None:
+    proposed = EVEN_ODD & np.array([True, False, True])  # pair 1 never
+    history = make_history(LONG_WALK, WALK_INITIAL, proposed=proposed,
+                           accepted=ACCEPTED & proposed)  # fmt: skip
+    result = dg.barrier(history, scheme="even_odd")
+    np.testing.assert_array_equal(result.local, [0.5, np.nan, 1.0])
+    assert np.isnan(result.global_barrier) and np.isnan(result.round_trip_bound)
+    np.testing.assert_array_equal(result.profile, [0.0, 0.5, np.nan, np.nan])
+    assert result.suggested_rungs is None
+    assert result.round_trip_rate == 3 / 8  # measured all the same
+    empty = dg.barrier(make_history(np.zeros((0, 3), int), [0, 1, 2]))
+    assert np.isnan(empty.global_barrier) and np.isnan(empty.round_trip_rate)
+    assert empty.suggested_rungs is None and empty.local.shape == (2,)
+
+
+def test_barrier_needs_an_exchange() -> None:
+    history = make_history(WALK, WALK_INITIAL)
+    with pytest.raises(ValueError, match="no swap acceptance"):
+        dg.barrier(history._replace(move=NoInfo()))  # the identity move
+    with pytest.raises(ValueError, match="no rungs"):
+        dg.barrier(history._replace(rungs=None, initial_rungs=None))
+    with pytest.raises(ValueError, match="scheme"):
+        dg.barrier(history, scheme="random")
+
+
+@partial(jax.jit, static_argnames=("scheme", "rounds", "seeds"))
+def simulate_exchange(losses, scheme, rounds, seeds):
+    """``seeds`` runs of ``rounds`` exchanges where a replica's score is its rung's loss.
+
+    The log acceptance ratio of pair (r, r + 1) is ``losses[r] - losses[r + 1]``
+    (C = 1, betas one apart) whoever holds the rungs, so every proposed swap is
+    accepted independently with a fixed probability: the "efficient local
+    exploration" of Syed et al., under which their round trip rate is exact.
+    """
+    num_rungs = losses.shape[0]
+    betas = jnp.arange(num_rungs, 0, -1, dtype=jnp.float32)
+
+    def run(key):
+        def one_round(rungs, inputs):
+            round_key, index = inputs
+            new, info = exchange(round_key, rungs, losses[rungs], betas, c=1.0,
+                                 scheme=scheme, parity=index % 2)  # fmt: skip
+            return new, (new, info.proposed, info.accepted)
+
+        inputs = (jax.random.split(key, rounds), jnp.arange(rounds))
+        start = jnp.arange(num_rungs, dtype=jnp.int32)
+        return jax.lax.scan(one_round, start, inputs)[1]
+
+    return jax.vmap(run)(jax.random.split(jax.random.key(0), seeds))
+
+
+@pytest.mark.parametrize("scheme", ["even_odd", "random_pair"])
+@pytest.mark.parametrize("acceptance", [[0.7] * 4, [0.9, 0.5, 0.7, 0.8]])
+def test_round_trip_rate_agrees_with_the_theory(scheme, acceptance) -> None:
+    # 16 independent runs of 10000 rounds, 5 rungs. With rejection rates r_i and
+    # E = sum r_i / (1 - r_i), Syed et al. give the rate of round trips (all
+    # replicas, per round) of even-odd swaps as 1 / (2 + 2 E); one random pair
+    # per round offers a replica a swap 2 / N as often as their reversible
+    # scheme (1 / (2 N + 2 E)), hence 1 / (N (N + E)).
+    acceptance = np.asarray(acceptance)
+    losses = np.concatenate([[0.0], np.cumsum(-np.log(acceptance))])
+    seeds, rounds, pairs = 16, 10000, acceptance.size
+    rungs, proposed, accepted = jax.device_get(simulate_exchange(
+        jnp.asarray(losses, jnp.float32), scheme, rounds, seeds
+    ))  # fmt: skip
+    rejection = 1 - acceptance
+    odds = np.sum(rejection / (1 - rejection))
+    exact = 1 / (2 + 2 * odds) if scheme == "even_odd" else 1 / (pairs * (pairs + odds))
+    results = [
+        dg.barrier(make_history(rungs[s], np.arange(pairs + 1), proposed=proposed[s],
+                                accepted=accepted[s]))
+        for s in range(seeds)
+    ]  # fmt: skip
+    assert {r.scheme for r in results} == {scheme}  # read from the proposals
+    rates = np.array([r.round_trip_rate for r in results])
+    mean, error = rates.mean(), rates.std(ddof=1) / np.sqrt(seeds)
+    assert abs(mean - exact) < 4 * error and abs(mean / exact - 1) < 0.03
+    barriers = np.array([r.global_barrier for r in results])
+    error = barriers.std(ddof=1) / np.sqrt(seeds)
+    assert abs(barriers.mean() - rejection.sum()) < 4 * error
+    for r in results:  # the estimate from each run's own rejections
+        assert r.round_trip_expected == pytest.approx(exact, rel=0.08)
+        assert r.round_trip_bound >= r.round_trip_expected
+        np.testing.assert_allclose(r.profile[1:], np.cumsum(r.local))
+        assert r.global_barrier == pytest.approx(r.local.sum())
+
+
+def test_barrier_of_a_real_run(pt_run) -> None:
+    _, result = pt_run
+    history, summary = result.history, result.summary
+    expected = dg.barrier(history, scheme="even_odd")
+    assert dg.barrier(history).scheme == "even_odd"
+    assert summary.barrier == pytest.approx(np.sum(1 - summary.acceptance_rate))
+    assert summary.barrier == expected.global_barrier
+    assert summary.round_trip_bound == expected.round_trip_bound
+    assert summary.suggested_rungs == expected.suggested_rungs
+    assert expected.round_trip_rate == summary.round_trips.sum() / len(history.step)

@@ -7,7 +7,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from test_diagnostics import WALK, WALK_INITIAL, make_history  # noqa: E402
+from test_diagnostics import (  # noqa: E402
+    ACCEPTED,
+    EVEN_ODD,
+    LONG_WALK,
+    WALK,
+    WALK_INITIAL,
+    make_history,
+)
 
 from tempering import diagnostics as dg  # noqa: E402
 from tempering import plots  # noqa: E402
@@ -35,9 +42,11 @@ def test_plots_on_synthetic_history() -> None:
         assert ax.get_yscale() == "log"
         assert plots.plot_c(history).get_yscale() == "log"
         fig = plots.plot_diagnostics(history, replica=1, name="learning_rate")
-        assert isinstance(fig, Figure) and len(fig.axes) == 6
+        assert isinstance(fig, Figure) and len(fig.axes) == 7
+        assert "barrier" in fig.axes[6].get_title()
         fig = plots.plot_diagnostics(make_history(np.zeros((0, 3), int), [0, 1, 2]))
-        assert len(fig.axes) == 6
+        assert len(fig.axes) == 7
+        assert "never proposed" in fig.axes[6].get_title()
     finally:
         plt.close("all")
 
@@ -49,8 +58,28 @@ def test_plot_diagnostics_of_a_real_run(pt_run) -> None:
     try:
         fig = plots.plot_diagnostics(history)
         assert isinstance(fig, Figure)
-        assert len(fig.axes) == 6
+        assert len(fig.axes) == 7
         assert f"replica {summary.best_replica}" in fig.axes[4].get_title()
         assert "learning_rate" in fig.axes[4].get_title()
+    finally:
+        plt.close("all")
+
+
+def test_plot_barrier() -> None:
+    history = make_history(LONG_WALK, WALK_INITIAL, proposed=EVEN_ODD,
+                           accepted=ACCEPTED)  # fmt: skip
+    try:
+        fig, ax = plt.subplots()
+        assert plots.plot_barrier(history, ax) is ax
+        (profile,) = ax.lines
+        np.testing.assert_array_equal(profile.get_xdata(), [0, 1, 2, 3])
+        np.testing.assert_allclose(profile.get_ydata(), [0.0, 0.5, 1.25, 2.25])
+        heights = [bar.get_height() for bar in ax.patches]
+        np.testing.assert_allclose(heights, [0.5, 0.75, 1.0])  # local barriers
+        title = ax.get_title()
+        assert "2.25" in title and "suggests 6 rungs" in title
+        assert f"{3 / 8:.3f}" in title and f"{1 / 6.5:.3f}" in title
+        ax = plots.plot_barrier(history, scheme="random_pair")
+        assert f"{1 / (3 * 5.25):.3f}" in ax.get_title()
     finally:
         plt.close("all")
