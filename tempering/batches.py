@@ -206,7 +206,8 @@ class BatchReader:
         if jax.process_count() > 1:
             for batch in batches:
                 for array in batch:
-                    self._digest = zlib.crc32(np.ascontiguousarray(array), self._digest)
+                    data = np.ascontiguousarray(array).view(np.uint8)
+                    self._digest = zlib.crc32(data.data, self._digest)
         return batches
 
     def check_same_on_processes(self) -> None:

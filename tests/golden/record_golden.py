@@ -64,8 +64,10 @@ FIELD_LISTS = {
 }
 NOT_RECORDED = {
     # The exchange's state at the end: its C and ladder are recorded already
-    # (history.c, history.temperatures, summary.c, summary.ladder).
-    tp.PTSummary: {"move_state"},
+    # (history.c, history.temperatures, summary.c, summary.ladder). The
+    # barrier, its bound and the rungs it suggests are functions of the
+    # recorded acceptance and round trips (tempering.diagnostics.barrier).
+    tp.PTSummary: {"move_state", "barrier", "round_trip_bound", "suggested_rungs"},
 }
 REPLAY_FIELDS = set(tp.replay.ReplayResult._fields) - {"state"}
 
