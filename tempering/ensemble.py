@@ -1,0 +1,209 @@
+"""Ensembles for free: the cold chain's snapshots, and a population's final models.
+
+Parallel tempering is a sampler: over the rounds, a sequence of models visits
+the coldest rung. Averaging their predictions, a snapshot ensemble of the cold
+chain as SG-MCMC ensembles average their samples, costs no extra training.
+:func:`cold_chain_ensemble` wraps a move (the exchange) so that, every
+``every`` rounds from round ``after`` on, the replica that trained on rung 0
+in that round adds its predicted class probabilities on fixed inputs (the
+validation and test examples) to a running sum, inside the same jitted move:
+
+```python
+move = tp.ensemble.cold_chain_ensemble(
+    tp.moves.exchange_move(ladder, c="auto", adapt_rounds=5),
+    np.concatenate([x_val, x_test]), every=1, after=10,
+)
+result = tp.train(state, key, move, tp.RunData(train, validation), config)
+probabilities = tp.ensemble.mean_probabilities(result.move_state)  # (N, K)
+```
+
+The snapshot is taken before the round's move, so it is the model that
+trained with the coldest hyperparameters during the round. A round whose move
+the driver skips adds nothing (``RunConfig(move_at_end=False)`` skips the
+last round's). :func:`replicas_probabilities` is the other
+ensemble: the mean prediction of every replica of a state, e.g. the grid's M
+final models (a hyperparameter ensemble).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from tempering.fast import replica_vmap
+from tempering.moves import as_move
+from tempering.state import ReplicaState, eval_outputs
+
+__all__ = [
+    "ColdChainEnsemble",
+    "EnsembleState",
+    "cold_chain_ensemble",
+    "mean_probabilities",
+    "replicas_probabilities",
+]
+
+
+class EnsembleState(NamedTuple):
+    """The wrapped move's state and the cold chain's summed predictions."""
+
+    inner: Any  # the wrapped move's state
+    probability_sum: jax.Array  # shape=(N, K), float32, sum over snapshots
+    snapshots: jax.Array  # shape=(), int32, snapshots summed
+
+    @property
+    def rungs(self) -> Any:
+        """The wrapped move's rungs (so the driver records them)."""
+        return getattr(self.inner, "rungs", None)
+
+
+def _chunks(inputs: np.ndarray, size: int) -> jax.Array:
+    """``(C, size, ...)``: the inputs padded with copies of the first to whole chunks."""
+    inputs = np.asarray(inputs)
+    count = -(-len(inputs) // size)
+    pad = count * size - len(inputs)
+    padded = np.concatenate([inputs, np.repeat(inputs[:1], pad, axis=0)])
+    return jnp.asarray(padded.reshape(count, size, *inputs.shape[1:]))
+
+
+def _probabilities(state: ReplicaState, replica: jax.Array, chunks: jax.Array):
+    """Softmax outputs of one replica (a traced index) on every chunk: ``(C, b, K)``."""
+    pick = functools.partial(jax.tree.map, lambda a: a[replica])
+    params, stats, hyperparams = pick(
+        (state.params, state.batch_stats, state.hyperparams)
+    )
+
+    def chunk(x):
+        return jax.nn.softmax(eval_outputs(state, params, stats, hyperparams, x), -1)
+
+    return jax.lax.map(chunk, chunks)
+
+
+@struct.dataclass
+class ColdChainEnsemble:
+    """A move that also sums the cold chain's predictions (:func:`cold_chain_ensemble`)."""
+
+    move: Any  # the wrapped move (a pytree move: its arrays are arguments)
+    chunks: jax.Array  # shape=(C, b, ...), the inputs in chunks (padded)
+    num_examples: int = struct.field(pytree_node=False)
+    every: int = struct.field(pytree_node=False, default=1)
+    after: int = struct.field(pytree_node=False, default=0)
+
+    def init(self, state: ReplicaState) -> EnsembleState:
+        """The wrapped move's state and an empty sum.
+
+        Raises:
+            ValueError: the wrapped move keeps no rungs (nothing is "cold").
+        """
+        inner = self.move.init(state)
+        if getattr(inner, "rungs", None) is None:
+            raise ValueError(
+                "cold_chain_ensemble needs a move whose state keeps rungs (the "
+                f"exchange); {type(self.move).__name__}'s state has none"
+            )
+        shape = jax.eval_shape(
+            functools.partial(_probabilities, state), jnp.int32(0), self.chunks
+        ).shape
+        total = jnp.zeros((self.num_examples, shape[-1]), jnp.float32)
+        return EnsembleState(inner, total, jnp.int32(0))
+
+    def step(
+        self,
+        key: jax.Array,
+        state: ReplicaState,
+        move_state: EnsembleState,
+        scores: jax.Array,
+        round_index: jax.Array,
+    ) -> tuple[ReplicaState, EnsembleState, Any]:
+        """Adds the rung-0 replica's predictions when due, then runs the wrapped move."""
+        inner, total, snapshots = move_state
+        cold = jnp.argmin(inner.rungs)  # the replica that trained on rung 0
+        probs = _probabilities(state, cold, self.chunks)
+        probs = probs.reshape(-1, probs.shape[-1])[: self.num_examples]
+        due = (round_index >= self.after) & (
+            (round_index - self.after) % self.every == 0
+        )
+        total = total + jnp.where(due, probs, 0.0)
+        state, inner, info = self.move.step(key, state, inner, scores, round_index)
+        return (
+            state,
+            EnsembleState(inner, total, snapshots + due.astype(jnp.int32)),
+            info,
+        )
+
+
+def cold_chain_ensemble(
+    move: Any,
+    inputs: jax.Array | np.ndarray,
+    *,
+    every: int = 1,
+    after: int = 0,
+    chunk_size: int = 1000,
+) -> ColdChainEnsemble:
+    """Wraps ``move`` to average the cold chain's predictions on ``inputs``.
+
+    Args:
+        move: a move whose state keeps rungs (:func:`tempering.moves.exchange_move`,
+            PT or the grid).
+        inputs: ``(N, ...)`` examples to predict (e.g. validation and test
+            inputs, concatenated); they stay on the device with the move.
+        every: rounds between snapshots (>= 1).
+        after: the first round that adds a snapshot (a burn-in, >= 0).
+        chunk_size: examples per forward pass (bounds memory).
+
+    Returns:
+        A :class:`ColdChainEnsemble` for :func:`tempering.train`; its state's
+        :func:`mean_probabilities` is the ensemble's prediction.
+
+    Raises:
+        TypeError: ``every``, ``after`` or ``chunk_size`` not an int.
+        ValueError: ``every`` or ``chunk_size`` < 1, ``after`` < 0, no inputs.
+    """
+    for name, value, low in (("every", every, 1), ("after", after, 0),
+                             ("chunk_size", chunk_size, 1)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise TypeError(f"{name} must be an int >= {low}, got {value!r}")
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    inputs = np.asarray(inputs)
+    if inputs.ndim < 1 or len(inputs) == 0:
+        raise ValueError(
+            f"inputs must hold examples, shape (N, ...), got {inputs.shape}"
+        )
+    size = min(int(chunk_size), len(inputs))
+    return ColdChainEnsemble(
+        as_move(move), _chunks(inputs, size), len(inputs), int(every), int(after)
+    )
+
+
+def mean_probabilities(move_state: EnsembleState) -> np.ndarray:
+    """The ensemble's ``(N, K)`` mean predicted probabilities (NaN before a snapshot)."""
+    total = np.asarray(jax.device_get(move_state.probability_sum), np.float64)
+    count = int(jax.device_get(move_state.snapshots))
+    return total / count if count else np.full_like(total, np.nan)
+
+
+def replicas_probabilities(
+    state: ReplicaState, inputs: jax.Array | np.ndarray, *, chunk_size: int = 1000
+) -> np.ndarray:
+    """The mean predicted probabilities of all M replicas, ``(N, K)``.
+
+    The ensemble of a population's models, e.g. the grid's M final models.
+    """
+    inputs = np.asarray(inputs)
+    chunks = _chunks(inputs, min(chunk_size, len(inputs)))
+    probs = np.concatenate([np.asarray(_mean_softmax(state, x)) for x in chunks])
+    return probs[: len(inputs)]
+
+
+@jax.jit
+def _mean_softmax(state: ReplicaState, x: jax.Array) -> jax.Array:
+    """``(b, K)``: the replicas' softmax outputs on one chunk, averaged."""
+    outputs_one = functools.partial(eval_outputs, state)
+    vmapped = replica_vmap(outputs_one, in_axes=(0, 0, 0, None), policy="auto")
+    logits = vmapped(state.params, state.batch_stats, state.hyperparams, x)
+    return jax.nn.softmax(logits, -1).mean(axis=0)

@@ -1,0 +1,104 @@
+"""The cold chain's snapshot ensemble and the ensemble of a population."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tempering as tp
+from tempering.ensemble import (
+    cold_chain_ensemble,
+    mean_probabilities,
+    replicas_probabilities,
+)
+from tempering.moves import exchange_move
+from tempering.state import eval_outputs
+from tempering.zoo import models
+
+M = 4
+
+
+def _setup():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0).astype(np.int32)
+    ladder = tp.geometric_ladder("learning_rate", 0.01, 0.3, M)
+    state = tp.create_replicas(
+        jax.random.key(0), models.MLP((8,), 3), tp.sgd(0.1), x[:1], ladder=ladder
+    )
+    return x, y, ladder, state
+
+
+def _softmax(state, replica, x):
+    pick = functools.partial(jax.tree.map, lambda a: a[replica])
+    params, stats, hyper = pick((state.params, state.batch_stats, state.hyperparams))
+    return np.asarray(jax.nn.softmax(eval_outputs(state, params, stats, hyper, x)))
+
+
+def test_snapshots_are_the_rung0_replicas_predictions_when_due():
+    x, _, ladder, state = _setup()
+    inputs = x[:50]
+    move = cold_chain_ensemble(
+        exchange_move(ladder, c=50.0), inputs, every=2, after=1, chunk_size=16
+    )
+    move_state = move.init(state)
+    step = jax.jit(move.step)
+    expected = []
+    for r in range(6):
+        # new weights every round, and scores that make swaps likely
+        state = state.replace(params=jax.tree.map(lambda p: p * 1.1, state.params))
+        scores = jnp.asarray(np.random.default_rng(r).normal(size=M), jnp.float32)
+        cold = int(np.argmin(np.asarray(move_state.inner.rungs)))
+        if r >= 1 and (r - 1) % 2 == 0:
+            expected.append(_softmax(state, cold, inputs))
+        state, move_state, info = step(
+            jax.random.key(r), state, move_state, scores, jnp.int32(r)
+        )
+    assert int(move_state.snapshots) == 3
+    np.testing.assert_allclose(
+        mean_probabilities(move_state), np.mean(expected, axis=0), rtol=1e-5, atol=1e-6
+    )
+    assert np.asarray(info.accepted).shape == (M - 1,)  # the exchange's own info
+
+
+def test_train_with_the_ensemble_and_the_populations_ensemble():
+    x, y, ladder, state = _setup()
+    move = cold_chain_ensemble(exchange_move(ladder, c="auto", adapt_rounds=2),
+                               x[200:], every=1, after=2)  # fmt: skip
+    result = tp.train(
+        state, jax.random.key(1), move,
+        tp.RunData((x[:200], y[:200]), validation=(x[200:250], y[200:250])),
+        tp.RunConfig(num_steps=60, interval=10, batch_size=32, progress=False),
+    )  # fmt: skip
+    assert result.history.rungs.shape == (6, M)  # the driver still sees the rungs
+    assert int(result.move_state.snapshots) == 4  # rounds 2 to 5
+    probs = mean_probabilities(result.move_state)
+    assert probs.shape == (100, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    population = replicas_probabilities(result.state, x[200:], chunk_size=30)
+    by_hand = np.mean([_softmax(result.state, m, x[200:]) for m in range(M)], axis=0)
+    np.testing.assert_allclose(population, by_hand, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"every": 0}, ValueError, "every must be >= 1"),
+        ({"after": -1}, ValueError, "after must be >= 0"),
+        ({"every": 1.5}, TypeError, "every must be an int"),
+        ({"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
+    ],
+)
+def test_bad_ensemble_settings(kwargs, error, match):
+    _, _, ladder, _ = _setup()
+    with pytest.raises(error, match=match):
+        cold_chain_ensemble(exchange_move(ladder), np.zeros((4, 6)), **kwargs)
+
+
+def test_a_move_without_rungs_has_no_cold_chain():
+    x, _, _, state = _setup()
+    move = cold_chain_ensemble(tp.identity_move(), x[:4])
+    with pytest.raises(ValueError, match="needs a move whose state keeps rungs"):
+        move.init(state)
