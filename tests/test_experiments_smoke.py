@@ -399,3 +399,20 @@ def test_bench_batch_ladder_smoke(tmp_path):
     (row,) = json.loads((tmp_path / "bench_batch_ladder.json").read_text())["rows"]
     assert row["batch_sizes"] == [8, 4] and row["used_share"] == 0.75
     assert row["plain_ms"] > 0 and row["masked_ms"] > 0
+
+
+def test_ensemble_table_pairs_seeds():
+    # the script's runs are tests/test_ensemble.py's engine; its table here
+    from experiments import ensemble
+
+    records = [
+        {"test_error": {k: 0.3 + 0.01 * i + (0.02 if k == "pt_cold" else 0.0)
+                        for k in ensemble.ROWS}}
+        for i in range(4)
+    ]  # fmt: skip
+    args = type("Args", (), {"benchmark": "mnist1d"})()
+    markdown, paired = ensemble.table(records, args, "test")
+    assert paired["pt_cold-grid_final"]["mean"] == pytest.approx(2.0)
+    assert paired["pt_cold-grid_final"]["sem"] == pytest.approx(0.0, abs=1e-9)
+    assert paired["pt_single-grid_single"]["lower"] == 0
+    assert "| PT, cold-chain ensemble | 33.50 ± 1.29 |" in markdown
