@@ -16,6 +16,7 @@ loops, the vectorisation rewrite, data sources) sits in :mod:`tempering.loops`,
 """
 
 from tempering import diagnostics, frontends, plots
+from tempering.compilation_cache import enable_compilation_cache
 from tempering.config import RunConfig, RunData
 from tempering.divergence import DivergenceError
 from tempering.driver import RunResult, train
@@ -67,6 +68,7 @@ __all__ = [
     "best_schedule",
     "create_replicas",
     "diagnostics",
+    "enable_compilation_cache",
     "frontends",
     "evaluate",
     "exchange",
