@@ -316,10 +316,13 @@ def table(name: str, summary: dict, target: float, runs: list[dict], desc: str) 
         acc = np.array([r[method]["acceptance_rate"] for r in runs], np.float64)
         trips = np.array([np.sum(r[method]["round_trips"]) for r in runs], np.float64)
         final_c = np.array([r[method]["c"][-1] for r in runs], np.float64)
+        barrier = np.sum(1.0 - acc, axis=1)  # Syed et al.'s Lambda-hat per seed
         lines.append(
             f"{LABELS[method]}: acceptance per adjacent pair (mean over seeds) "
-            f"{np.round(np.nanmean(acc, 0), 2).tolist()}, round trips per run "
-            f"{fmt_mean_std(trips, digits=1)}, final C {fmt_mean_std(final_c, digits=4)}."
+            f"{np.round(np.nanmean(acc, 0), 2).tolist()}, communication barrier "
+            f"{fmt_mean_std(barrier, digits=2)} (tempering.diagnostics.barrier), round "
+            f"trips per run {fmt_mean_std(trips, digits=1)}, final C "
+            f"{fmt_mean_std(final_c, digits=4)}."
         )
     return "\n".join(lines) + "\n"
 
