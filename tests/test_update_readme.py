@@ -19,6 +19,7 @@ SHOWN = {
     "claims": "README.md",
     "rounds_memory": "docs/guides/performance.md",
     "round_cost": "docs/guides/performance.md",
+    "first_step": "docs/guides/performance.md",
     "bench_zoo": "docs/guides/performance.md",
     "bench_zoo_short": "README.md",
     "bench_zoo_h100": "docs/guides/performance.md",
