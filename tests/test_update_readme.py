@@ -20,6 +20,7 @@ SHOWN = {
     "rounds_memory": "docs/guides/performance.md",
     "round_cost": "docs/guides/performance.md",
     "first_step": "docs/guides/performance.md",
+    "round_cost_replicas": "docs/guides/performance.md",
     "bench_zoo": "docs/guides/performance.md",
     "bench_zoo_short": "README.md",
     "bench_zoo_h100": "docs/guides/performance.md",
