@@ -13,6 +13,7 @@ SHOWN = {
     "compare_cifar10": "docs/guides/comparison.md",
     "ensemble_mnist1d": "docs/guides/comparison.md",
     "ensemble_fashion_mnist": "docs/guides/comparison.md",
+    "ensemble_cifar10": "docs/guides/comparison.md",
     "bench_raytune": "docs/guides/comparison.md",
     "reliability": "docs/guides/reliability.md",
     "fig2_table": "docs/guides/paper.md",
