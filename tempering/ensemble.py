@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tempering.fast import replica_vmap
 from tempering.moves import as_move
 from tempering.state import ReplicaState, eval_outputs
+from tempering.step import chunked, replica_outputs
 
 __all__ = [
     "ColdChainEnsemble",
@@ -62,12 +62,8 @@ class EnsembleState(NamedTuple):
 
 
 def _chunks(inputs: np.ndarray, size: int) -> jax.Array:
-    """``(C, size, ...)``: the inputs padded with copies of the first to whole chunks."""
-    inputs = np.asarray(inputs)
-    count = -(-len(inputs) // size)
-    pad = count * size - len(inputs)
-    padded = np.concatenate([inputs, np.repeat(inputs[:1], pad, axis=0)])
-    return jnp.asarray(padded.reshape(count, size, *inputs.shape[1:]))
+    """``(C, size, ...)``: the inputs padded to whole chunks (:func:`~tempering.step.chunked`)."""
+    return chunked(inputs, np.zeros(len(inputs), np.int32), size)[0]
 
 
 def _probabilities(state: ReplicaState, replica: jax.Array, chunks: jax.Array):
@@ -203,7 +199,4 @@ def replicas_probabilities(
 @jax.jit
 def _mean_softmax(state: ReplicaState, x: jax.Array) -> jax.Array:
     """``(b, K)``: the replicas' softmax outputs on one chunk, averaged."""
-    outputs_one = functools.partial(eval_outputs, state)
-    vmapped = replica_vmap(outputs_one, in_axes=(0, 0, 0, None), policy="auto")
-    logits = vmapped(state.params, state.batch_stats, state.hyperparams, x)
-    return jax.nn.softmax(logits, -1).mean(axis=0)
+    return jax.nn.softmax(replica_outputs(state, x), -1).mean(axis=0)

@@ -40,6 +40,7 @@ __all__ = [
     "chunked",
     "evaluate",
     "metrics_from_totals",
+    "replica_outputs",
     "replica_train_step",
     "train_step",
     "zero_totals",
@@ -304,10 +305,7 @@ def _eval_chunk(
     vectorize: str,
 ) -> Totals:
     """Per-replica sums of the loss and of every metric over one chunk."""
-    outputs_one = functools.partial(eval_outputs, state)
-    outputs = replica_vmap(outputs_one, in_axes=(0, 0, 0, None), policy=vectorize)(
-        state.params, state.batch_stats, state.hyperparams, x
-    )
+    outputs = replica_outputs(state, x, vectorize)
     losses = jax.vmap(lambda o: _per_example(state.loss_fn(o, y)))(outputs)
     loss_sum = jnp.sum(jnp.where(mask, losses, 0.0), axis=1).astype(jnp.float32)
     metrics = {}
@@ -318,6 +316,14 @@ def _eval_chunk(
             for name, v in per_example.items()
         }
     return loss_sum, metrics
+
+
+def replica_outputs(state: ReplicaState, x: jax.Array, vectorize: str = "auto"):
+    """Every replica's outputs on one batch ``x`` in eval mode: ``(M, B, ...)``."""
+    outputs_one = functools.partial(eval_outputs, state)
+    return replica_vmap(outputs_one, in_axes=(0, 0, 0, None), policy=vectorize)(
+        state.params, state.batch_stats, state.hyperparams, x
+    )
 
 
 def zero_totals(

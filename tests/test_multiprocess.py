@@ -245,21 +245,24 @@ def test_checkpoints_over_processes_resume_exactly(tmp_path):
     assert sorted(os.listdir(held)) == [".tempering-lock"]
 
 
-def test_different_data_is_an_error(worker):
+@pytest.mark.parametrize(
+    ("env", "messages"),
+    [
+        ({"WORKER_BAD_DATA": "1"}, ["the data differs between processes",
+                                    "on process 1 is not the one on process 0"]),
+        # every process reads the whole stream; process 1's batch 13 differs
+        ({"WORKER_BAD_STREAM": "1"},
+         ["train_data differs between processes: batches 10 to 19",
+          "on process 1 are not those of process 0"]),
+    ],
+    ids=["in_memory", "stream"],
+)  # fmt: skip
+def test_data_that_differs_between_processes_is_an_error(worker, env, messages):
     with pytest.raises(LaunchError) as error:
-        launch(worker, 2, 1, ["unused"], timeout=180, env={"WORKER_BAD_DATA": "1"})
+        launch(worker, 2, 1, ["unused"], timeout=180, env=env)
     stderr = "".join(error.value.result.stderr)
-    assert "the data differs between processes" in stderr
-    assert "on process 1 is not the one on process 0" in stderr
-
-
-def test_a_stream_that_differs_is_an_error(worker):
-    # every process reads the whole stream; process 1's batch 13 differs
-    with pytest.raises(LaunchError) as error:
-        launch(worker, 2, 1, ["unused"], timeout=180, env={"WORKER_BAD_STREAM": "1"})
-    stderr = "".join(error.value.result.stderr)
-    assert "train_data differs between processes: batches 10 to 19" in stderr
-    assert "on process 1 are not those of process 0" in stderr
+    for message in messages:
+        assert message in stderr
 
 
 def test_the_launcher_ends_the_others(tmp_path):
