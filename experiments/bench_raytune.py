@@ -28,8 +28,11 @@ process, on CPU:
   replica i of the tempering run. ``ray.init(num_cpus=2)`` and 0.25 CPU per
   trial: all 8 trials run at once, one XLA thread each, actors reused.
 
-Measured: wall time of ``pbt_train`` (first call, compile included, and a
-second warm call), wall time of ``Tuner.fit()`` (``ray.init`` timed
+Measured: wall time of ``pbt_train`` as a restarted notebook sees it, in new
+processes with JAX's persistent compilation cache on
+(``tp.enable_compilation_cache``): the first call with the cache empty
+(compile included), the first call of another new process with the cache
+warm, and a second call there; wall time of ``Tuner.fit()`` (``ray.init`` timed
 separately), the best replica / trial by final validation loss with its
 validation and test accuracy, and the ratio of the wall times.
 """
@@ -38,10 +41,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import pickle
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,6 +79,12 @@ FRACTION = 0.25
 RESAMPLE_PROBABILITY = 0.25
 PERTURB_FACTORS = (0.8, 1.2)
 RAY_TIME_LIMIT_FOR_3_SEEDS = 180.0  # seconds: more seeds only if Ray is faster
+# The tempering side's timed calls (tempering_in_fresh_processes) and their labels.
+CALLS = {
+    "cold": "first call, new process, compilation cache empty",
+    "warm": "first call, new process, compilation cache warm",
+    "second": "second call in that process",
+}
 
 # Environment of the Ray worker processes: JAX on CPU, no preallocation, one
 # XLA thread each (several trials share the 2 cores), the repo importable.
@@ -213,8 +224,10 @@ def clip_learning_rate(config: dict) -> dict:
 # ----------------------------------------------------------------------------
 
 
-def run_tempering(args, dataset: tdata.Dataset, seed: int) -> dict:
-    """``pbt_train`` twice from the same replicas: first (cold) and warm call."""
+def run_tempering(
+    args, dataset: tdata.Dataset, seed: int, calls=("first", "second")
+) -> dict:
+    """``pbt_train`` once per name in ``calls``, from the same replicas."""
     model = models.MLP(FEATURES, NUM_CLASSES)
     tx = tp.sgd(LR_LOW, momentum=MOMENTUM)
     ladder = tp.geometric_ladder("learning_rate", LR_LOW, LR_HIGH, args.trials)
@@ -226,7 +239,7 @@ def run_tempering(args, dataset: tdata.Dataset, seed: int) -> dict:
     )
     sample = dataset.train.inputs[:2]
     out = {}
-    for call in ("first", "second"):
+    for call in calls:
         start = time.perf_counter()
         init_key, run_key = seed_keys(seed)
         state = tp.create_replicas(init_key, model, tx, sample, ladder=ladder)
@@ -255,13 +268,65 @@ def run_tempering(args, dataset: tdata.Dataset, seed: int) -> dict:
         final_lr=result.summary.final_hyperparams["learning_rate"],
         num_copies=result.summary.num_copies,
     )
+    return out
+
+
+def tempering_in_fresh_processes(args, seed: int) -> dict:
+    """``pbt_train`` as a restarted notebook sees it: new processes, JAX's cache on.
+
+    A first process with an empty persistent compilation cache
+    (``tp.enable_compilation_cache``) compiles and fills it (``cold``); a
+    second process reads the programs back (``warm``) and calls once more
+    (``second``, in-process caches warm). Imports and data loading are not
+    in these times (they are in ``process_s``).
+    """
+    cache = Path(tempfile.mkdtemp(prefix="bench_raytune_cache_"))
+    out = {}
+    try:
+        for label, calls in (("cold", "first"), ("warm", "first,second")):
+            start = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-m", "experiments.bench_raytune",
+                 "--tempering-only", str(seed), "--calls", calls,
+                 "--cache-dir", str(cache), *tempering_argv(args)],
+                check=True, capture_output=True, text=True, cwd=REPO_ROOT,
+                env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+            )  # fmt: skip
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            out[f"process_s_{label}"] = time.perf_counter() - start
+            out[f"wall_s_{label}"] = result.pop("wall_s_first")
+            if "wall_s_second" in result:
+                out["wall_s_second"] = result.pop("wall_s_second")
+            out.update(result)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     print(
-        f"seed {seed} tempering: {out['wall_s_first']:.1f} s first call, "
-        f"{out['wall_s_second']:.1f} s second; best val acc "
+        f"seed {seed} tempering: {out['wall_s_cold']:.1f} s cold cache, "
+        f"{out['wall_s_warm']:.1f} s warm cache (new process), "
+        f"{out['wall_s_second']:.1f} s second call; best val acc "
         f"{out['best_val_accuracy']:.4f}, test acc {out['best_test_accuracy']:.4f}",
         flush=True,
     )
     return out
+
+
+def tempering_argv(args) -> list[str]:
+    """The settings of the tempering side, as command-line arguments."""
+    return [
+        f"--trials={args.trials}", f"--steps={args.steps}",
+        f"--interval={args.interval}", f"--burn-in={args.burn_in}",
+        f"--batch-size={args.batch_size}",
+    ]  # fmt: skip
+
+
+def tempering_only(args) -> None:
+    """``--tempering-only SEED``: one seed's ``pbt_train`` calls, as JSON on stdout."""
+    tp.enable_compilation_cache(args.cache_dir)
+    dataset = tdata.load_mnist1d()
+    out = run_tempering(
+        args, dataset, args.tempering_only, calls=tuple(args.calls.split(","))
+    )
+    print(json.dumps(jax.tree.map(lambda v: np.asarray(v).tolist(), out)))
 
 
 def run_ray(args, dataset: tdata.Dataset, seed: int, storage: Path, mode: str) -> dict:
@@ -385,8 +450,7 @@ MODE_LABELS = {
 
 def table(runs: list[dict], modes, ray_init_s: float, desc: str, note: str) -> str:
     temp = [r["tempering"] for r in runs]
-    first = [t["wall_s_first"] for t in temp]
-    second = [t["wall_s_second"] for t in temp]
+    walls = {call: [t[f"wall_s_{call}"] for t in temp] for call in CALLS}
     seeds = [r["seed"] for r in runs]
     steps = runs[0]["replica_steps"]
     lines = [
@@ -397,29 +461,39 @@ def table(runs: list[dict], modes, ray_init_s: float, desc: str, note: str) -> s
         "| method | wall time (s) | replica-steps | best val accuracy (%) | "
         "test accuracy of best (%) | Ray time / tempering time |",
         "|---|---|---|---|---|---|",
-        f"| tempering `pbt_train`, first call (compile included) | "
-        f"{fmt_mean_std(first, digits=1)} | {steps} | "
-        f"{fmt_mean_std([t['best_val_accuracy'] for t in temp], 100)} | "
-        f"{fmt_mean_std([t['best_test_accuracy'] for t in temp], 100)} | |",
-        f"| tempering `pbt_train`, second call | {fmt_mean_std(second, digits=1)} "
-        f"| {steps} | (same run) | (same run) | |",
     ]
+    for call, label in CALLS.items():
+        scores = (
+            f"{fmt_mean_std([t['best_val_accuracy'] for t in temp], 100)} | "
+            f"{fmt_mean_std([t['best_test_accuracy'] for t in temp], 100)}"
+            if call == "cold"
+            else "(same run) | (same run)"
+        )
+        lines.append(
+            f"| tempering `pbt_train`, {label} | "
+            f"{fmt_mean_std(walls[call], digits=1)} | {steps} | {scores} | |"
+        )
     for mode in modes:
         ray = [r["ray"][mode] for r in runs]
         wall = [r["wall_s"] for r in ray]
+        ratios = ", ".join(
+            f"{fmt_mean_std(np.divide(wall, walls[call]), digits=1)}x vs {call}"
+            for call in CALLS
+        )
         lines.append(
             f"| {MODE_LABELS[mode]}, `Tuner.fit` | {fmt_mean_std(wall, digits=1)} | "
             f"{ray[0]['replica_steps']} | "
             f"{fmt_mean_std([r['best_val_accuracy'] for r in ray], 100)} | "
             f"{fmt_mean_std([r['best_test_accuracy'] for r in ray], 100)} | "
-            f"{fmt_mean_std(np.divide(wall, first), digits=1)}x vs first call, "
-            f"{fmt_mean_std(np.divide(wall, second), digits=1)}x vs second |"
+            f"{ratios} |"
         )
     lines += [
         "",
         f"`ray.init` took {ray_init_s:.1f} s more, not counted in the Ray times. The "
-        "tempering times include `create_replicas`; the Ray times include starting "
-        "the trial processes, importing JAX and compiling in each.",
+        "tempering times include `create_replicas`, not the new process's imports "
+        "and data loading; the Ray times include starting the trial processes, "
+        "importing JAX and compiling in each (Ray's workers run without a "
+        "persistent compilation cache, as Ray starts them).",
     ]
     if note:
         lines += ["", note]
@@ -454,12 +528,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--reuse-actors", action=argparse.BooleanOptionalAction, default=True
     )
+    # internal: one seed of the tempering side in this process (see
+    # tempering_in_fresh_processes)
+    parser.add_argument(
+        "--tempering-only", type=int, default=None, help=argparse.SUPPRESS
+    )
+    parser.add_argument("--calls", default="first", help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     add_output_args(parser, "bench_raytune")
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | None:
     args = parse_args(argv)
+    if args.tempering_only is not None:
+        tempering_only(args)
+        return None
     load_start = os.getloadavg()
     import ray
 
@@ -484,20 +568,16 @@ def main(argv=None) -> dict:
                 "seed": seed,
                 "loadavg_before": os.getloadavg(),
                 "replica_steps": args.trials * args.steps,
-                "tempering": run_tempering(args, dataset, seed),
+                "tempering": tempering_in_fresh_processes(args, seed),
                 "ray": {},
-                "ray_over_tempering_first_call": {},
-                "ray_over_tempering_second_call": {},
             }
             for mode in args.ray_modes:
                 ray_run = run_ray(args, dataset, seed, storage, mode)
                 run["ray"][mode] = ray_run
-                run["ray_over_tempering_first_call"][mode] = (
-                    ray_run["wall_s"] / run["tempering"]["wall_s_first"]
-                )
-                run["ray_over_tempering_second_call"][mode] = (
-                    ray_run["wall_s"] / run["tempering"]["wall_s_second"]
-                )
+                for call in CALLS:
+                    run.setdefault(f"ray_over_tempering_{call}", {})[mode] = (
+                        ray_run["wall_s"] / run["tempering"][f"wall_s_{call}"]
+                    )
             run["loadavg_after"] = os.getloadavg()
             runs.append(run)
             if args.seeds is None and len(runs) == 1:
@@ -530,8 +610,10 @@ def main(argv=None) -> dict:
     )
     markdown = table(runs, args.ray_modes, ray_init_s, desc, note)
     summary = {
-        "tempering_wall_s_first": [r["tempering"]["wall_s_first"] for r in runs],
-        "tempering_wall_s_second": [r["tempering"]["wall_s_second"] for r in runs],
+        **{
+            f"tempering_wall_s_{call}": [r["tempering"][f"wall_s_{call}"] for r in runs]
+            for call in CALLS
+        },
         "tempering_best_val_accuracy": [
             r["tempering"]["best_val_accuracy"] for r in runs
         ],
@@ -541,12 +623,10 @@ def main(argv=None) -> dict:
     }
     for mode in args.ray_modes:
         summary[f"ray_{mode}_wall_s"] = [r["ray"][mode]["wall_s"] for r in runs]
-        summary[f"ray_{mode}_over_tempering_first_call"] = [
-            r["ray_over_tempering_first_call"][mode] for r in runs
-        ]
-        summary[f"ray_{mode}_over_tempering_second_call"] = [
-            r["ray_over_tempering_second_call"][mode] for r in runs
-        ]
+        for call in CALLS:
+            summary[f"ray_{mode}_over_tempering_{call}"] = [
+                r[f"ray_over_tempering_{call}"][mode] for r in runs
+            ]
         for key in ("best_val_accuracy", "best_test_accuracy"):
             summary[f"ray_{mode}_{key}"] = [r["ray"][mode][key] for r in runs]
     payload = {

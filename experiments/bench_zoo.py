@@ -14,9 +14,20 @@ replicas is timed as
   pooling; and ``sequential``: the single-replica step in a ``lax.map``; see
   :mod:`tempering.fast`); not timed for a model where it is ``"auto"``'s
   program;
+- ``hand_vmap``: what an expert writes: a jitted ``jax.vmap`` of the user's
+  step (:func:`experiments.zoo.hand_vmap_step`); ``hand vmap / fused`` says
+  whether the library adds anything an expert would not write;
 - ``loop``: what a user writes without the library: a Python loop over the M
   replicas of one jitted flax + optax SGD step (:func:`experiments.zoo.hand_step`,
   compiled once for all M).
+
+Every variant donates its state and trains on from its own last step, as a
+training loop does: the library's driver donates the replicas to each segment,
+and a careful user passes ``donate_argnums``. (Without donation each call
+writes all M replicas' weights and optimizer state to fresh memory, which the
+allocator may map anew on every call: a cost of the benchmark, not of training,
+that favoured the loop's smaller outputs by up to a quarter of the MLP's step
+and varied between machines.)
 
 All variants of a model are timed interleaved, round robin, in one process
 (the ratios are the result: absolute times mean something only on an idle,
@@ -61,6 +72,12 @@ SLOW_MODELS = ("resnet20",)
 
 # The fused step, jitted once; how it is vectorised is a static argument.
 fused_step = jax.jit(tp.train_step, static_argnames=("per_replica_batch", "vectorize"))
+# ... and as the driver runs it, the replicas donated.
+donated_step = jax.jit(
+    tp.train_step,
+    static_argnames=("per_replica_batch", "vectorize"),
+    donate_argnums=(0,),
+)
 
 
 def synthetic(shape, classes, num, seed=0):
@@ -111,7 +128,8 @@ def paired_ratio(numerator: list[float], denominator: list[float]) -> dict:
 def device_line(machine: dict) -> tuple[str, str]:
     """(short device name, one-line description) of the machine of a result."""
     if machine["backend"] == "cpu":
-        return "CPU", f"{machine['cpu']}, {machine['cpu_count']} cores (shared)"
+        isa = f" ({machine['cpu_isa']})" if machine.get("cpu_isa") else ""
+        return "CPU", f"{machine['cpu']}{isa}, {machine['cpu_count']} cores (shared)"
     kind = machine["devices"][0]
     return kind, f"{kind} (host: {machine['cpu']}, {machine['cpu_count']} cores)"
 
@@ -137,16 +155,31 @@ def step_variants(
     skip: tuple[str, ...] = (),
 ) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], dict]], float]:
     """Zero-argument callables (one step of all M replicas), their memory, and
-    the model FLOPs of one replica's step."""
+    the model FLOPs of one replica's step.
+
+    Every timed variant donates its state and trains on from its own last
+    step, as a training loop does (the library's driver donates the replicas
+    to every segment; a careful user passes ``donate_argnums``). Without
+    donation every call writes its outputs to fresh memory, and the fused
+    step's outputs (all M replicas' weights and optimizer state) are large
+    enough for the allocator to map new pages each time: a cost of the
+    benchmark, not of training, and one that varies between machines.
+    """
     x, y = synthetic(entry.input_shape, entry.num_classes, batch)
-    state = make_replicas(entry, num, x)
     key = jax.random.key(1)
-    init, hand = zoo.hand_step(entry)
-    replicas = [jax.jit(init)(k, x) for k in jax.random.split(jax.random.key(0), num)]
+    replica_keys = jax.random.split(jax.random.key(0), num)
     keys = list(jax.random.split(key, num))
 
     def fused(vectorize):
-        return lambda: fused_step(state, key, x, y, vectorize=vectorize)
+        current = [make_replicas(entry, num, x)]
+
+        def run():
+            current[0], info = donated_step(current[0], key, x, y, vectorize=vectorize)
+            return info.loss
+
+        return run
+
+    state = make_replicas(entry, num, x)
 
     def fused_memory(vectorize):
         return lambda: compiled_memory(
@@ -155,20 +188,49 @@ def step_variants(
 
     variants = {"fused": fused("auto"), "vmap": fused("vmap")}
     memory = {"fused": fused_memory("auto"), "vmap": fused_memory("vmap")}
-    hand_jaxpr = jax.make_jaxpr(hand)(*replicas[0], keys[0], x, y)
+    init, hand = zoo.hand_step(entry)
+    one = jax.jit(init)(replica_keys[0], x)
+    hand_jaxpr = jax.make_jaxpr(hand)(*one, keys[0], x, y)
     for policy in policies:
         if same_program(policy, "auto", hand_jaxpr.jaxpr):
             continue  # e.g. no pooling in the model: the fused step itself
         variants[policy], memory[policy] = fused(policy), fused_memory(policy)
-    variants["loop"] = lambda: [
-        hand(v, o, k, x, y) for (v, o), k in zip(replicas, keys, strict=True)
-    ]
-    memory["one_replica"] = lambda: compiled_memory(
-        hand.lower(*replicas[0], keys[0], x, y)
-    )
+    variants["hand_vmap"] = _hand_vmap(entry, replica_keys, keys, x, y)
+    variants["loop"] = _hand_loop(entry, replica_keys, keys, x, y)
+    memory["one_replica"] = lambda: compiled_memory(hand.lower(*one, keys[0], x, y))
     variants = {k: v for k, v in variants.items() if k not in skip}
     memory = {k: v for k, v in memory.items() if k not in skip}
     return variants, memory, jaxpr_flops(hand_jaxpr)
+
+
+def _hand_loop(entry, replica_keys, keys, x, y) -> Callable[[], list]:
+    """A user's loop: M calls of one jitted, donating single-replica step."""
+    init, step = zoo.hand_step(entry, donate=True)
+    replicas = [jax.jit(init)(k, x) for k in replica_keys]
+
+    def run():
+        losses = []
+        for m, k in enumerate(keys):
+            variables, opt_state, loss = step(*replicas[m], k, x, y)
+            replicas[m] = (variables, opt_state)
+            losses.append(loss)
+        return losses
+
+    return run
+
+
+def _hand_vmap(entry, replica_keys, keys, x, y) -> Callable[[], jax.Array]:
+    """An expert's step: ``jax.vmap`` of the user's step, jitted and donating."""
+    init, step = zoo.hand_vmap_step(entry, donate=True)
+    current = [init(replica_keys, x)]
+    stacked_keys = jnp.stack(keys)
+
+    def run():
+        variables, opt_state, loss = step(*current[0], stacked_keys, x, y)
+        current[0] = (variables, opt_state)
+        return loss
+
+    return run
 
 
 def same_program(policy: str, other: str, jaxpr) -> bool:
@@ -234,6 +296,12 @@ def bench_model(
             if k != "loop"
         },
     }
+    if "hand_vmap" in timing:
+        expert = timing["hand_vmap"]
+        row["hand_vmap_vs_fused"] = expert["median_s"] / timing["fused"]["median_s"]
+        row["hand_vmap_vs_fused_paired"] = paired_ratio(
+            expert["times_s"], timing["fused"]["times_s"]
+        )
     peak = peak_tflops(jax.devices()[0].device_kind)
     if peak is not None:
         row["fused_mfu"] = row["fused_gflops_per_s"] / (1e3 * peak)
@@ -271,6 +339,13 @@ def summary(rows: list[dict]) -> dict:
                 "min": float(np.min(ratios)),
                 "models": len(ratios),
             }
+        expert = [r["hand_vmap_vs_fused"] for r in at if "hand_vmap_vs_fused" in r]
+        if expert:
+            out[str(num)]["hand_vmap / fused"] = {
+                "median": float(np.median(expert)),
+                "min": float(np.min(expert)),
+                "models": len(expert),
+            }
     return out
 
 
@@ -283,23 +358,30 @@ def short_markdown(result: dict) -> str:
         f"{result['batch']}. loop / fused: a user's Python loop over M jitted "
         'flax + optax steps against `train_step(vectorize="auto")`, **the median '
         "of interleaved repeats** [quartiles of the per-repeat ratios]; > 1: the "
-        "library is faster. Memory: compiled peak against M single steps.",
+        "library is faster; hand vmap / fused: against an expert's jitted "
+        "`jax.vmap` of the same step (> 1: the library is faster). Every step "
+        "donates its state. Memory: compiled peak against M single steps.",
         "",
-        "| model | M | loop / fused | memory ÷ (M × one) |",
-        "|---|---|---|---|",
+        "| model | M | loop / fused | hand vmap / fused | memory ÷ (M × one) |",
+        "|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         p = r["loop_vs_paired"].get("fused")
         paired = f" [{p['q25']:.2f}, {p['q75']:.2f}]" if p else ""
         mem = r.get("memory_vs_m_times_one", {}).get("fused")
+        expert = r.get("hand_vmap_vs_fused")
         lines.append(
             f"| {r['model']} | {r['M']} | {r['loop_vs']['fused']:.2f}{paired} | "
+            + (f"{expert:.2f} | " if expert else "– | ")
             + (f"{mem:.2f} |" if mem else "– |")
         )
     for num, per in result["summary"].items():
         s = per["fused"]
         lines += ["", f"Over the zoo at M = {num}: loop / fused median "
-                  f"{s['median']:.2f}, min {s['min']:.2f} ({s['models']} models)."]  # fmt: skip
+                  f"{s['median']:.2f}, min {s['min']:.2f} ({s['models']} models)"
+                  + (f"; hand vmap / fused median {e['median']:.2f}, min "
+                     f"{e['min']:.2f}" if (e := per.get("hand_vmap / fused")) else "")
+                  + "."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -319,10 +401,13 @@ def markdown(result: dict) -> str:
         "interleaved repeats** (round robin in one process; repeats per model in "
         "the table), not the minimum. `loop`: a Python loop over M replicas of one "
         "jitted flax + optax step, as a user writes it; `fused`: "
-        '`train_step` with `vectorize="auto"`; `vmap`: plain `jax.vmap`; other '
-        "columns: named `vectorize` policies. Ratios are loop median / variant "
+        '`train_step` with `vectorize="auto"`; `vmap`: `train_step` as plain '
+        "`jax.vmap`; `hand_vmap`: an expert's jitted `jax.vmap` of the user's "
+        "step; other columns: named `vectorize` policies. Every step donates its "
+        "state and trains on from its last one. Ratios are loop median / variant "
         "median (> 1: faster than the loop); paired: median [q25, q75] of the "
-        "per-repeat ratios loop / fused. Memory: XLA's compiled peak (arguments "
+        "per-repeat ratios loop / fused; hand vmap / fused: the expert's median "
+        "over the library's (> 1: the library is faster). Memory: XLA's compiled peak (arguments "
         "+ outputs + temporaries) of the fused step against M times that of the "
         "user's single-replica step."
         + (
@@ -342,12 +427,12 @@ def markdown(result: dict) -> str:
         + " | ".join(f"{v} ms" for v in variants)
         + " | loop ms | "
         + " | ".join(f"loop / {v}" for v in variants)
-        + " | loop / fused paired |"
+        + " | loop / fused paired | hand vmap / fused |"
         + (" peak MiB fused / M × one | fused ÷ (M × one) |" if has_memory else "")
         + (" fused model GFLOP/s |" if has_flops else "")
         + (" fused MFU |" if has_mfu else ""),
         "|---|---|---|"
-        + "---|" * (2 * len(variants) + 2)
+        + "---|" * (2 * len(variants) + 3)
         + ("---|---|" if has_memory else "")
         + "---|" * (has_flops + has_mfu),
     ]
@@ -359,6 +444,8 @@ def markdown(result: dict) -> str:
         ]
         p = r["loop_vs_paired"].get("fused")
         paired = f"{p['median']:.2f} [{p['q25']:.2f}, {p['q75']:.2f}]" if p else "–"
+        expert = r.get("hand_vmap_vs_fused")
+        paired += f" | {expert:.2f}" if expert else " | –"
         mem = ""
         if has_memory:
             m = r.get("memory", {})
@@ -386,7 +473,8 @@ def markdown(result: dict) -> str:
             "",
             f"Over the zoo at M = {num}: "
             + "; ".join(
-                f"loop / {k} median {s['median']:.2f}, min {s['min']:.2f} "
+                f"{k if '/' in k else 'loop / ' + k} median {s['median']:.2f}, "
+                f"min {s['min']:.2f} "
                 f"({s['models']} models)"
                 for k, s in per.items()
             )

@@ -8,7 +8,8 @@ example, the number of classes and the fixed keyword values a user would pass
 
 The hand-written baseline, :func:`hand_step`, is what a user writes without
 this library: a jitted flax + optax SGD step of one model, called in a Python
-loop over the M replicas (one jit, compiled once for all M).
+loop over the M replicas (one jit, compiled once for all M);
+:func:`hand_vmap_step` is what an expert writes: ``jax.vmap`` of that step.
 """
 
 from __future__ import annotations
@@ -176,15 +177,8 @@ def has_batch_stats(variables: dict) -> bool:
     return bool(jax.tree.leaves(variables.get("batch_stats", {})))
 
 
-def hand_step(entry: ZooEntry) -> tuple[Callable, Callable]:
-    """A user's flax + optax SGD step of one model, and its initialiser.
-
-    Returns:
-        ``(init, step)``: ``init(key, x) -> (variables, opt_state)`` and the
-        jitted ``step(variables, opt_state, key, x, y) -> (variables,
-        opt_state, loss)``: train mode, dropout key, BatchNorm statistics
-        updated, SGD with momentum.
-    """
+def _user_step(entry: ZooEntry) -> tuple[Callable, Callable]:
+    """``(init, step)`` of :func:`hand_step`, the step not jitted."""
     model = entry.make()
     tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
     kwargs = dict(entry.call_kwargs)
@@ -193,7 +187,6 @@ def hand_step(entry: ZooEntry) -> tuple[Callable, Callable]:
         variables = model.init(key, x, train=False, **kwargs)
         return variables, tx.init(variables["params"])
 
-    @jax.jit
     def step(variables, opt_state, key, x, y):
         def loss_fn(params):
             if has_batch_stats(variables):
@@ -225,3 +218,40 @@ def hand_step(entry: ZooEntry) -> tuple[Callable, Callable]:
         return {**variables, **updates, "params": params}, opt_state, loss
 
     return init, step
+
+
+def hand_step(entry: ZooEntry, donate: bool = False) -> tuple[Callable, Callable]:
+    """A user's flax + optax SGD step of one model, and its initialiser.
+
+    Args:
+        entry: the zoo model.
+        donate: whether the step donates its variables and optimizer state
+            (``donate_argnums``), as a careful user's training loop does: the
+            new state is written into the old one's buffers.
+
+    Returns:
+        ``(init, step)``: ``init(key, x) -> (variables, opt_state)`` and the
+        jitted ``step(variables, opt_state, key, x, y) -> (variables,
+        opt_state, loss)``: train mode, dropout key, BatchNorm statistics
+        updated, SGD with momentum.
+    """
+    init, step = _user_step(entry)
+    return init, jax.jit(step, donate_argnums=(0, 1) if donate else ())
+
+
+def hand_vmap_step(entry: ZooEntry, donate: bool = False) -> tuple[Callable, Callable]:
+    """What an expert writes for M replicas: ``jax.vmap`` of :func:`hand_step`'s step.
+
+    Returns:
+        ``(init, step)``: ``init(keys, x)`` builds M replicas from M keys, and
+        the jitted ``step(variables, opt_state, keys, x, y)`` advances them all
+        on the shared batch ``x, y`` (one dropout key per replica).
+    """
+    init, step = _user_step(entry)
+    return (
+        jax.vmap(init, in_axes=(0, None)),
+        jax.jit(
+            jax.vmap(step, in_axes=(0, 0, 0, None, None)),
+            donate_argnums=(0, 1) if donate else (),
+        ),
+    )

@@ -32,6 +32,13 @@ Formulations of a primitive whose operands carry the replica axis:
   matrix product with M times the output features. The first layer has few
   input channels, which XLA:CPU's convolutions handle poorly. Other
   convolutions are treated as under ``"unroll"``.
+- ``"broadcast"`` (matrix products, ``dot_general``): a product with one
+  operand shared by all replicas (a dense layer on the shared batch, and its
+  kernel gradient) copies that operand to every replica and becomes a
+  batched product with the replica axis first. JAX's rule folds the replica
+  axis into the other operand's free dimensions instead, one large product
+  whose per-replica operand and output are transposed in memory around it.
+  Products with both operands per replica keep JAX's rule.
 - ``"fold"`` (window reductions only, :data:`WINDOW_PRIMITIVES`: max/min/sum
   pooling ``reduce_window_*`` and the max-pool derivatives
   ``select_and_scatter_add`` (gradient) and ``select_and_gather_add`` (JVP)):
@@ -81,7 +88,9 @@ from jax.extend import core as jex_core
 
 from tempering._caller import warn
 from tempering.rewrite import (
+    BROADCAST,
     CONV,
+    DOT,
     FOLD,
     FORMULATIONS,
     RESHAPE,
@@ -127,6 +136,7 @@ POLICIES: dict[str, dict[str, str]] = {
     "patches+fold": {CONV: "patches", **_FOLD_ALL},
     RESHAPE: dict(_RESHAPE_ALL),
     "patches+reshape": {CONV: "patches", **_RESHAPE_ALL},
+    BROADCAST: {DOT: BROADCAST},
 }
 
 # "auto" on CPU (2 cores, jax 0.10.2; experiments/bench_zoo.py, a user's hand
@@ -404,7 +414,8 @@ def replica_vmap(
             docstring), ``"vmap"`` (plain
             ``jax.vmap``), ``"unroll"``, ``"map"``, ``"patches"``,
             ``"sequential"``, ``"fold"``, ``"unroll+fold"``,
-            ``"patches+fold"``, ``"reshape"``, ``"patches+reshape"``, or a
+            ``"patches+fold"``, ``"reshape"``, ``"patches+reshape"``,
+            ``"broadcast"``, or a
             mapping from primitive name to formulation.
 
     Returns:

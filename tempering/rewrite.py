@@ -31,11 +31,13 @@ __all__ = [
     "batched_primitive",
 ]
 
-FORMULATIONS = ("vmap", "unroll", "map", "patches", "fold", "reshape")
+FORMULATIONS = ("vmap", "unroll", "map", "patches", "fold", "reshape", "broadcast")
 SEQUENTIAL = "sequential"
 FOLD = "fold"
 RESHAPE = "reshape"
 CONV = "conv_general_dilated"
+DOT = "dot_general"
+BROADCAST = "broadcast"
 #: Weight-free window reductions (pooling and the max-pool derivatives), the
 #: primitives the ``"fold"`` formulation applies to.
 WINDOW_PRIMITIVES = (
@@ -191,6 +193,44 @@ def _conv_rule(prim, params, num, batched, args, formulation):
             return _conv_shared_input(params, num, lhs, rhs)
         if lhs_b and not rhs_b:
             return _conv_shared_kernel(params, num, lhs, rhs)
+    return _per_replica(prim, params, num, batched, args, formulation)
+
+
+def _dot_rule(prim, params, num, batched, args, formulation):
+    """Matrix products; ``"broadcast"``: a shared operand copied to every replica.
+
+    JAX's rule for a product with one shared operand (a dense layer on the
+    shared batch, and its kernel gradient) folds the replica axis into the
+    other operand's free dimensions: one large product, but its per-replica
+    operand and its output are transposed in memory around it (the whole
+    first-layer kernel and its gradient, every step). Broadcasting the shared
+    operand instead makes the replica axis a leading batch dimension of an
+    ordinary batched product: no transposes, at the cost of one copy of the
+    shared operand per replica.
+    """
+    if formulation == BROADCAST:
+        if all(batched):
+            return _jax_rule(prim, params, num, batched, args)
+        operands = [
+            a if b else jnp.broadcast_to(a, (num, *a.shape))
+            for a, b in zip(args, batched, strict=True)
+        ]
+        (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = params[
+            "dimension_numbers"
+        ]
+
+        def shifted(dims):
+            return tuple(d + 1 for d in dims)
+
+        dimension_numbers = (
+            (shifted(lhs_contract), shifted(rhs_contract)),
+            ((0, *shifted(lhs_batch)), (0, *shifted(rhs_batch))),
+        )
+        return prim.bind(
+            *operands, **{**params, "dimension_numbers": dimension_numbers}
+        )
+    if formulation == "vmap":
+        return _jax_rule(prim, params, num, batched, args)
     return _per_replica(prim, params, num, batched, args, formulation)
 
 
@@ -350,6 +390,7 @@ def _window_rule(prim, params, num, batched, args, formulation):
 
 _RULES: dict[str, Callable] = {
     CONV: _conv_rule,
+    DOT: _dot_rule,
     **dict.fromkeys(WINDOW_PRIMITIVES, _window_rule),
 }
 

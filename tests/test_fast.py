@@ -27,6 +27,7 @@ POLICIES = [
     "map",
     "patches",
     "sequential",
+    "broadcast",
 ]  # "auto" is "patches+reshape" or "sequential" on CPU (test_resolve_policy)
 # Two formulations of the same sums (a convolution as patches times kernels, a
 # pooling as reshapes) round them in another order, and XLA fuses and contracts
@@ -157,6 +158,7 @@ _TRAIN_STEP = jax.jit(tp.train_step, static_argnames="vectorize")
         ("resnet", "unroll"),
         ("resnet", "patches"),
         ("mlp", "unroll"),
+        ("mlp", "broadcast"),
         ("resnet", "sequential"),
     ],
 )
@@ -415,6 +417,39 @@ def test_auto_runs_batched_products_as_a_loop_on_one_cpu(monkeypatch):
     auto = fast.replica_vmap(jax.grad(_attention_loss), (0, None), policy="auto")
     assert not _loops(auto, w, x)
     assert fast._auto_otherwise("gpu") is None
+
+
+def _dot_batch_dims(fn, *args) -> list:
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+    found = []
+
+    def visit(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                (_, _), (lhs_batch, rhs_batch) = eqn.params["dimension_numbers"]
+                found.append((tuple(lhs_batch), tuple(rhs_batch)))
+            for sub in fast._subjaxprs(eqn.params):
+                visit(sub)
+
+    visit(jaxpr)
+    return found
+
+
+@pytest.mark.parametrize("loss", [_dense_loss, _attention_loss])
+def test_broadcast_products_put_the_replica_axis_first(loss):
+    # A product with one shared operand (a dense layer on the shared batch, its
+    # kernel gradient) becomes a batched product over the replica axis, the
+    # shared operand copied to every replica; plain vmap folds the replicas
+    # into the other operand's free dimensions instead. Equal values.
+    w = jax.random.normal(jax.random.key(0), (M, 4, 4))
+    x = jax.random.normal(jax.random.key(1), (3, 5, 4))
+    grad = jax.value_and_grad(loss)
+    broadcast = fast.replica_vmap(grad, (0, None), policy="broadcast")
+    _assert_trees_close(jax.jit(broadcast)(w, x), jax.vmap(grad, (0, None))(w, x))
+    dims = _dot_batch_dims(broadcast, w, x)
+    assert dims and all(lhs[:1] == rhs[:1] == (0,) for lhs, rhs in dims), dims
+    plain = _dot_batch_dims(jax.vmap(grad, (0, None)), w, x)
+    assert any(lhs[:1] != (0,) for lhs, _ in plain), plain
 
 
 def test_applied_rules_name_the_program_replica_vmap_compiles(monkeypatch):

@@ -4,6 +4,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from experiments import bench_zoo, zoo
@@ -34,7 +35,8 @@ def test_bench_zoo_smoke(tmp_path):
     # an MLP, nothing to rewrite: "auto" and "patches" are plain vmap (the
     # fused step, not timed again); "sequential" is timed
     assert result["policies"] == ["patches", "sequential"]
-    assert set(row["timing"]) == {"fused", "sequential", "loop"}
+    assert set(row["timing"]) == {"fused", "sequential", "hand_vmap", "loop"}
+    assert row["hand_vmap_vs_fused"] > 0
     assert len(row["timing"]["loop"]["times_s"]) == 2
     assert row["loop_vs_paired"]["fused"]["n"] == 2
     assert set(row["memory"]) == {"fused", "sequential", "one_replica"}
@@ -45,9 +47,19 @@ def test_bench_zoo_smoke(tmp_path):
     assert saved["summary"]["2"]["fused"]["models"] == 1
     table = (tmp_path / "bench_zoo.md").read_text()
     assert "Statistic: the median over interleaved repeats" in table
-    assert "| mlp | 2 | 2 |" in table
+    assert "| mlp | 2 | 2 |" in table and "hand vmap / fused" in table
     short = (tmp_path / "bench_zoo_short.md").read_text()
     assert "the median of interleaved repeats" in short and "| mlp | 2 |" in short
+
+
+def test_bench_zoo_variants_train_on_from_their_own_last_step():
+    # Each timed variant donates its state: a second call must continue from
+    # the first one's result (a lower loss on the same batch at this rate),
+    # never from a donated, deleted buffer.
+    variants, _, _ = bench_zoo.step_variants(zoo.ZOO["mlp"], 2, 8, ())
+    for name, run in variants.items():
+        losses = [np.asarray(jax.device_get(run())).ravel() for _ in range(3)]
+        assert np.all(losses[2] < losses[0]), (name, losses)
 
 
 def test_bench_zoo_refuses_unknown_names(tmp_path):
