@@ -137,6 +137,7 @@ POLICIES: dict[str, dict[str, str]] = {
     RESHAPE: dict(_RESHAPE_ALL),
     "patches+reshape": {CONV: "patches", **_RESHAPE_ALL},
     BROADCAST: {DOT: BROADCAST},
+    "patches+reshape+broadcast": {CONV: "patches", **_RESHAPE_ALL, DOT: BROADCAST},
 }
 
 # "auto" on CPU (2 cores, jax 0.10.2; experiments/bench_zoo.py, a user's hand
@@ -147,6 +148,9 @@ POLICIES: dict[str, dict[str, str]] = {
 # attention block) runs fastest as the single-replica program in a loop,
 # "sequential"; one without (an MLP) as plain vmap. On one device only: a
 # lax.map over a replica axis sharded across devices would serialise it.
+# "broadcast" (an MLP's first layer on the shared batch as a batched product)
+# measured faster for the MLP (experiments/results/bench_zoo*.md) but changes
+# the bits of every MLP run: "auto" takes it once the MLP records are rerun.
 _AUTO = {"cpu": "patches+reshape"}
 _AUTO_OTHERWISE = {"cpu": SEQUENTIAL}
 
