@@ -29,7 +29,8 @@ allocator may map anew on every call: a cost of the benchmark, not of training,
 that favoured the loop's smaller outputs by up to a quarter of the MLP's step
 and varied between machines.)
 
-All variants of a model are timed interleaved, round robin, in one process
+All variants of a model are timed interleaved, each repeat in a new random
+order, in one process
 (the ratios are the result: absolute times mean something only on an idle,
 named device).
 The statistic is the MEDIAN over the repeats of each variant's seconds per
@@ -88,20 +89,30 @@ def synthetic(shape, classes, num, seed=0):
     return jnp.asarray(x), jnp.asarray(y)
 
 
-def time_interleaved(fns: dict[str, Callable], reps: int) -> dict[str, dict]:
-    """Round-robin timing; min and median seconds per call of every variant."""
+def time_interleaved(
+    fns: dict[str, Callable], reps: int, seed: int = 0
+) -> dict[str, dict]:
+    """Interleaved timing; min and median seconds per call of every variant.
+
+    Every repeat calls each variant once, in a new random order (seeded): on
+    a CPU the call right after another variant's can be slower than the
+    same program elsewhere in the round (a fixed round robin measured two
+    copies of one program 20% apart), so no variant keeps one position.
+    """
+    order = np.random.default_rng(seed)
     first_call = {}
     for name, fn in fns.items():  # compile, then one warm call
         start = time.perf_counter()
         jax.block_until_ready(fn())
         first_call[name] = time.perf_counter() - start
         jax.block_until_ready(fn())
-    times = {k: [] for k in fns}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
     for _ in range(reps):
-        for k, fn in fns.items():
+        for i in order.permutation(len(names)):
             start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[k].append(time.perf_counter() - start)
+            jax.block_until_ready(fns[names[i]]())
+            times[names[i]].append(time.perf_counter() - start)
     return {
         k: {
             "min_s": float(np.min(v)),
@@ -398,7 +409,8 @@ def markdown(result: dict) -> str:
         "",
         f"{described}, jax {machine['jax']}, batch {result['batch']}, one SGD step "
         "(momentum 0.9) of all M replicas. **Statistic: the median over "
-        "interleaved repeats** (round robin in one process; repeats per model in "
+        "interleaved repeats** (each repeat in a random order, one process; "
+        "repeats per model in "
         "the table), not the minimum. `loop`: a Python loop over M replicas of one "
         "jitted flax + optax step, as a user writes it; `fused`: "
         '`train_step` with `vectorize="auto"`; `vmap`: `train_step` as plain '
@@ -525,7 +537,7 @@ def main(argv=None) -> dict:
     out = args.out_dir
     result = {
         "provenance": provenance(seeds=[0]),
-        "statistic": "median over interleaved repeats (round robin, one process)",
+        "statistic": "median over interleaved repeats (random order each repeat, one process)",
         "batch": args.batch,
         "policies": list(policies),
         "rows": [],
