@@ -25,6 +25,7 @@ SHOWN = {
     "round_cost_replicas": "docs/guides/performance.md",
     "bench_zoo": "docs/guides/performance.md",
     "bench_zoo_short": "README.md",
+    "bench_zoo_avx2": "docs/guides/performance.md",
     "bench_zoo_h100": "docs/guides/performance.md",
     "bench_zoo_h100_short": "README.md",
     "profile_dense_cpu": "docs/guides/performance.md",
