@@ -344,20 +344,22 @@ def summary(rows: list[dict]) -> dict:
         names = sorted({k for r in at for k in r["loop_vs"]})
         out[str(num)] = {}
         for k in names:
-            ratios = [r["loop_vs"][k] for r in at if k in r["loop_vs"]]
-            out[str(num)][k] = {
-                "median": float(np.median(ratios)),
-                "min": float(np.min(ratios)),
-                "models": len(ratios),
-            }
+            out[str(num)][k] = _spread(
+                [r["loop_vs"][k] for r in at if k in r["loop_vs"]]
+            )
         expert = [r["hand_vmap_vs_fused"] for r in at if "hand_vmap_vs_fused" in r]
         if expert:
-            out[str(num)]["hand_vmap / fused"] = {
-                "median": float(np.median(expert)),
-                "min": float(np.min(expert)),
-                "models": len(expert),
-            }
+            out[str(num)]["hand_vmap / fused"] = _spread(expert)
     return out
+
+
+def _spread(ratios: list[float]) -> dict:
+    """Median, minimum and count of one ratio over the zoo's models."""
+    return {
+        "median": float(np.median(ratios)),
+        "min": float(np.min(ratios)),
+        "models": len(ratios),
+    }
 
 
 def short_markdown(result: dict) -> str:
@@ -457,7 +459,7 @@ def markdown(result: dict) -> str:
         p = r["loop_vs_paired"].get("fused")
         paired = f"{p['median']:.2f} [{p['q25']:.2f}, {p['q75']:.2f}]" if p else "–"
         expert = r.get("hand_vmap_vs_fused")
-        paired += f" | {expert:.2f}" if expert else " | –"
+        expert_cell = f"{expert:.2f}" if expert else "–"
         mem = ""
         if has_memory:
             m = r.get("memory", {})
@@ -477,8 +479,8 @@ def markdown(result: dict) -> str:
             mem += f" {100 * r['fused_mfu']:.1f}% |" if "fused_mfu" in r else " – |"
         lines.append(
             f"| {r['model']} | {r['M']} | {r['repeats']} | {' | '.join(ms)} | "
-            f"{t['loop']['median_s'] * 1e3:.1f} | {' | '.join(ratios)} | {paired} |"
-            + mem
+            f"{t['loop']['median_s'] * 1e3:.1f} | {' | '.join(ratios)} | {paired} | "
+            f"{expert_cell} |" + mem
         )
     for num, per in result["summary"].items():
         lines += [

@@ -174,8 +174,9 @@ def resolve_policy(policy: str | Policy, backend: str | None = None) -> dict[str
         The mapping; an empty one means plain ``jax.vmap``.
 
     Raises:
-        ValueError: for an unknown policy name or formulation, or ``"fold"``
-            or ``"reshape"`` for a primitive outside :data:`WINDOW_PRIMITIVES`.
+        ValueError: for an unknown policy name or formulation, ``"fold"``
+            or ``"reshape"`` for a primitive outside :data:`WINDOW_PRIMITIVES`,
+            or ``"broadcast"`` for another primitive than ``dot_general``.
     """
     if isinstance(policy, str):
         if policy == "auto":
@@ -197,6 +198,11 @@ def resolve_policy(policy: str | Policy, backend: str | None = None) -> dict[str
             raise ValueError(
                 f"formulation {formulation!r} is for weight-free window "
                 f"reductions {WINDOW_PRIMITIVES}, not {name!r}"
+            )
+        if formulation == BROADCAST and name != DOT:
+            raise ValueError(
+                f"formulation {formulation!r} is for matrix products ({DOT!r}), "
+                f"not {name!r}"
             )
     return rules
 

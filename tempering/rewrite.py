@@ -208,9 +208,7 @@ def _dot_rule(prim, params, num, batched, args, formulation):
     ordinary batched product: no transposes, at the cost of one copy of the
     shared operand per replica.
     """
-    if formulation == BROADCAST:
-        if all(batched):
-            return _jax_rule(prim, params, num, batched, args)
+    if formulation == BROADCAST and not all(batched):
         operands = [
             a if b else jnp.broadcast_to(a, (num, *a.shape))
             for a, b in zip(args, batched, strict=True)
@@ -229,7 +227,7 @@ def _dot_rule(prim, params, num, batched, args, formulation):
         return prim.bind(
             *operands, **{**params, "dimension_numbers": dimension_numbers}
         )
-    if formulation == "vmap":
+    if formulation in ("vmap", BROADCAST):  # BROADCAST: both operands per replica
         return _jax_rule(prim, params, num, batched, args)
     return _per_replica(prim, params, num, batched, args, formulation)
 

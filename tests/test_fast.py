@@ -373,6 +373,8 @@ def test_resolve_policy():
     for formulation in ("fold", "reshape"):
         with pytest.raises(ValueError, match="is for weight-free window"):
             fast.resolve_policy({"conv_general_dilated": formulation})
+    with pytest.raises(ValueError, match="is for matrix products"):
+        fast.resolve_policy({"conv_general_dilated": "broadcast"})
     with pytest.raises(ValueError, match="unknown vectorize policy"):
         fast.resolve_policy("fastest")
     with pytest.raises(ValueError, match="unknown formulation"):
