@@ -71,9 +71,10 @@ hand loop. On CPU: ``"patches+reshape"`` for a function with convolutions or
 window reductions; for one without, ``"sequential"`` where it has batched
 matrix products (attention: vmap makes them doubly batched, which XLA:CPU runs
 far slower than M ordinary ones), on a single device only (a loop over a
-replica axis sharded across devices would serialise it), and plain
-``jax.vmap`` otherwise (an MLP: its products are ordinary GEMMs either way,
-``experiments/profile_dense.py``). Elsewhere: plain ``jax.vmap``.
+replica axis sharded across devices would serialise it), and ``"broadcast"``
+products otherwise (an MLP: plain vmap transposes its first-layer kernel and
+gradient around one large product every step, ``experiments/results/bench_zoo.md``).
+Elsewhere: plain ``jax.vmap``.
 """
 
 from __future__ import annotations
@@ -146,13 +147,12 @@ POLICIES: dict[str, dict[str, str]] = {
 # times all kernels, the others unrolled, and max-pooling as reshapes. A
 # function with none of these primitives but with batched matrix products (an
 # attention block) runs fastest as the single-replica program in a loop,
-# "sequential"; one without (an MLP) as plain vmap. On one device only: a
-# lax.map over a replica axis sharded across devices would serialise it.
-# "broadcast" (an MLP's first layer on the shared batch as a batched product)
-# measured faster for the MLP (experiments/results/bench_zoo*.md) but changes
-# the bits of every MLP run: "auto" takes it once the MLP records are rerun.
+# "sequential", on one device only (a lax.map over a replica axis sharded
+# across devices would serialise it); one with only ordinary products (an MLP)
+# with the replica axis as the products' batch axis, "broadcast".
 _AUTO = {"cpu": "patches+reshape"}
 _AUTO_OTHERWISE = {"cpu": SEQUENTIAL}
+_AUTO_PRODUCTS = {"cpu": BROADCAST}
 
 
 def _auto_otherwise(backend: str | None = None) -> str | None:
@@ -331,16 +331,18 @@ def applied_rules(
         for name, formulation in rules.items()
         if _contains(jaxpr, frozenset({name}))
     }
-    if (
-        not applied
-        and policy == "auto"
-        and _auto_otherwise(backend) == SEQUENTIAL
-        and _has_batched_product(jaxpr)
-    ):
+    if applied or policy != "auto":
+        return applied
+    if _has_batched_product(jaxpr):
         # Nothing to reformulate but batched matrix products (attention): on
         # one CPU the single-replica program in a loop is faster than vmap.
-        return dict(POLICIES[SEQUENTIAL])
-    return applied
+        if _auto_otherwise(backend) == SEQUENTIAL:
+            return dict(POLICIES[SEQUENTIAL])
+        return {}
+    products = _AUTO_PRODUCTS.get(backend or jax.default_backend())
+    if products is None or not _contains(jaxpr, frozenset({DOT})):
+        return {}
+    return {DOT: products}
 
 
 def _normalised_axes(in_axes: Any, args: tuple) -> tuple:

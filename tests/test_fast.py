@@ -28,7 +28,7 @@ POLICIES = [
     "patches",
     "sequential",
     "broadcast",
-]  # "auto" is "patches+reshape" or "sequential" on CPU (test_resolve_policy)
+]  # "auto" on CPU: "patches+reshape", "sequential" or "broadcast" (test_applied_rules_*)
 # Two formulations of the same sums (a convolution as patches times kernels, a
 # pooling as reshapes) round them in another order, and XLA fuses and contracts
 # (FMA) each program its own way, differently on each instruction set. The
@@ -404,7 +404,7 @@ def _loops(fn, *args):
 
 def test_auto_runs_batched_products_as_a_loop_on_one_cpu(monkeypatch):
     # "auto" on one CPU device: no conv or pooling but batched products
-    # (attention) -> a lax.map over replicas; ordinary GEMMs (an MLP) -> vmap.
+    # (attention) -> a lax.map over replicas; ordinary GEMMs (an MLP) -> no loop.
     # Equal to vmap either way; on several devices always vmap.
     w = jax.random.normal(jax.random.key(0), (M, 4, 4))
     x = jax.random.normal(jax.random.key(1), (3, 5, 4))
@@ -456,7 +456,8 @@ def test_broadcast_products_put_the_replica_axis_first(loss):
 
 def test_applied_rules_name_the_program_replica_vmap_compiles(monkeypatch):
     # The one decision the library and the zoo benchmark share: conv models get
-    # their rewrites, attention a loop on one CPU, an MLP plain vmap.
+    # their rewrites, attention a loop on one CPU, an MLP broadcast products;
+    # elsewhere plain vmap.
     w = jax.random.normal(jax.random.key(0), (4, 4))
     x = jax.random.normal(jax.random.key(1), (3, 5, 4))
     attention = jax.make_jaxpr(jax.grad(_attention_loss))(w, x).jaxpr
@@ -465,7 +466,9 @@ def test_applied_rules_name_the_program_replica_vmap_compiles(monkeypatch):
     variables = model.init(jax.random.key(0), images)
     conv = jax.make_jaxpr(lambda v: model.apply(v, images))(variables).jaxpr
     assert fast.applied_rules("auto", attention, "cpu") == {"*": "sequential"}
-    assert fast.applied_rules("auto", dense, "cpu") == {}
+    assert fast.applied_rules("auto", dense, "cpu") == {"dot_general": "broadcast"}
+    assert fast.applied_rules("auto", dense, "gpu") == {}
+    assert fast.applied_rules("vmap", dense, "cpu") == {}
     assert fast.applied_rules("patches", attention, "cpu") == {}
     assert fast.applied_rules("auto", conv, "cpu") == {
         "conv_general_dilated": "patches", "reduce_window_max": "reshape"
@@ -473,16 +476,18 @@ def test_applied_rules_name_the_program_replica_vmap_compiles(monkeypatch):
     assert fast.applied_rules("auto", conv, "gpu") == {}
     monkeypatch.setattr(jax, "device_count", lambda *a: 2)
     assert fast.applied_rules("auto", attention, "cpu") == {}
+    assert fast.applied_rules("auto", dense, "cpu") == {"dot_general": "broadcast"}
 
 
-def test_auto_train_step_of_an_mlp_is_plain_vmap():
+def test_auto_train_step_of_an_mlp_uses_broadcast_products():
+    # On CPU an MLP's fused step is the "broadcast" program, not plain vmap's.
     state, x, y = _replicas("mlp")
     key = jax.random.key(2)
-    programs = [
+    auto, broadcast, vmap = (
         str(jax.make_jaxpr(lambda s, v=v: tp.train_step(s, key, x, y, vectorize=v))(state))
-        for v in ("auto", "vmap")
-    ]  # fmt: skip
-    assert programs[0] == programs[1]
+        for v in ("auto", "broadcast", "vmap")
+    )  # fmt: skip
+    assert auto == broadcast != vmap
 
 
 def test_fused_step_traces_once():
