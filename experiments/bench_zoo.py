@@ -52,6 +52,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 from collections.abc import Callable
 
@@ -89,6 +90,11 @@ def synthetic(shape, classes, num, seed=0):
     return jnp.asarray(x), jnp.asarray(y)
 
 
+def _minor_page_faults() -> int:
+    """The process's minor page faults so far (first touches of new memory)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def time_interleaved(
     fns: dict[str, Callable], reps: int, seed: int = 0
 ) -> dict[str, dict]:
@@ -98,6 +104,9 @@ def time_interleaved(
     a CPU the call right after another variant's can be slower than the
     same program elsewhere in the round (a fixed round robin measured two
     copies of one program 20% apart), so no variant keeps one position.
+    Each call's minor page faults are counted too: XLA:CPU allocates a
+    program's temporaries on every call, and memory the C allocator maps
+    afresh faults on its first touch.
     """
     order = np.random.default_rng(seed)
     first_call = {}
@@ -107,18 +116,22 @@ def time_interleaved(
         first_call[name] = time.perf_counter() - start
         jax.block_until_ready(fn())
     times: dict[str, list[float]] = {k: [] for k in fns}
+    faults: dict[str, list[int]] = {k: [] for k in fns}
     names = list(fns)
     for _ in range(reps):
         for i in order.permutation(len(names)):
+            before = _minor_page_faults()
             start = time.perf_counter()
             jax.block_until_ready(fns[names[i]]())
             times[names[i]].append(time.perf_counter() - start)
+            faults[names[i]].append(_minor_page_faults() - before)
     return {
         k: {
             "min_s": float(np.min(v)),
             "median_s": float(np.median(v)),
             "first_call_s": first_call[k],
             "times_s": [float(t) for t in v],
+            "page_faults_per_call": float(np.median(faults[k])),
         }
         for k, v in times.items()
     }
@@ -140,7 +153,15 @@ def device_line(machine: dict) -> tuple[str, str]:
     """(short device name, one-line description) of the machine of a result."""
     if machine["backend"] == "cpu":
         isa = f" ({machine['cpu_isa']})" if machine.get("cpu_isa") else ""
-        return "CPU", f"{machine['cpu']}{isa}, {machine['cpu_count']} cores (shared)"
+        allocator = machine.get("allocator_env")
+        tuned = (
+            ", allocator " + " ".join(f"`{k}={v}`" for k, v in allocator.items())
+            if allocator
+            else ""
+        )
+        return "CPU", (
+            f"{machine['cpu']}{isa}, {machine['cpu_count']} cores (shared){tuned}"
+        )
     kind = machine["devices"][0]
     return kind, f"{kind} (host: {machine['cpu']}, {machine['cpu_count']} cores)"
 
@@ -203,8 +224,8 @@ def step_variants(
     one = jax.jit(init)(replica_keys[0], x)
     hand_jaxpr = jax.make_jaxpr(hand)(*one, keys[0], x, y)
     for policy in policies:
-        if same_program(policy, "auto", hand_jaxpr.jaxpr):
-            continue  # e.g. no pooling in the model: the fused step itself
+        if any(same_program(policy, v, hand_jaxpr.jaxpr) for v in ("auto", "vmap")):
+            continue  # e.g. no pooling in the model: the fused or the vmap step
         variants[policy], memory[policy] = fused(policy), fused_memory(policy)
     variants["hand_vmap"] = _hand_vmap(entry, replica_keys, keys, x, y)
     variants["loop"] = _hand_loop(entry, replica_keys, keys, x, y)
@@ -406,6 +427,7 @@ def markdown(result: dict) -> str:
     has_memory = any("memory" in r for r in rows)
     has_flops = any("fused_gflops_per_s" in r for r in rows)
     has_mfu = any("fused_mfu" in r for r in rows)
+    has_faults = any("page_faults_per_call" in r["timing"]["loop"] for r in rows)
     lines = [
         f"### Zoo: fused replica step vs a user's hand loop on {short}",
         "",
@@ -435,6 +457,12 @@ def markdown(result: dict) -> str:
             )
             if has_flops
             else ""
+        )
+        + (
+            " Page faults: the median minor page faults of one call (first "
+            "touches of memory the allocator mapped afresh)."
+            if has_faults
+            else ""
         ),
         "",
         "| model | M | repeats | "
@@ -444,11 +472,12 @@ def markdown(result: dict) -> str:
         + " | loop / fused paired | hand vmap / fused |"
         + (" peak MiB fused / M × one | fused ÷ (M × one) |" if has_memory else "")
         + (" fused model GFLOP/s |" if has_flops else "")
-        + (" fused MFU |" if has_mfu else ""),
+        + (" fused MFU |" if has_mfu else "")
+        + (" page faults fused / loop |" if has_faults else ""),
         "|---|---|---|"
         + "---|" * (2 * len(variants) + 3)
         + ("---|---|" if has_memory else "")
-        + "---|" * (has_flops + has_mfu),
+        + "---|" * (has_flops + has_mfu + has_faults),
     ]
     for r in rows:
         t = r["timing"]
@@ -477,6 +506,14 @@ def markdown(result: dict) -> str:
             mem += f" {gflops:.1f} |" if gflops else " – |"
         if has_mfu:
             mem += f" {100 * r['fused_mfu']:.1f}% |" if "fused_mfu" in r else " – |"
+        if has_faults:
+            fused_faults = t["fused"].get("page_faults_per_call")
+            loop_faults = t["loop"].get("page_faults_per_call")
+            mem += (
+                f" {fused_faults:.0f} / {loop_faults:.0f} |"
+                if fused_faults is not None and loop_faults is not None
+                else " – |"
+            )
         lines.append(
             f"| {r['model']} | {r['M']} | {r['repeats']} | {' | '.join(ms)} | "
             f"{t['loop']['median_s'] * 1e3:.1f} | {' | '.join(ratios)} | {paired} | "

@@ -157,6 +157,18 @@ def cpu_isa() -> str:
     return level + (f", xla max {cap.group(1)}" if cap else "")
 
 
+def allocator_env() -> dict[str, str]:
+    """The C allocator's settings in the environment (glibc's ``MALLOC_*`` and
+    ``GLIBC_TUNABLES``, an ``LD_PRELOAD``ed allocator): they change how fast
+    XLA:CPU's per-call temporaries are (experiments/bench_zoo.py)."""
+    names = ("GLIBC_TUNABLES", "LD_PRELOAD")
+    return {
+        k: v
+        for k, v in sorted(os.environ.items())
+        if k.startswith("MALLOC_") or k in names
+    }
+
+
 def machine() -> dict[str, Any]:
     """CPU (model and instruction-set level), core count, accelerator and
     library versions of this run."""
@@ -165,6 +177,7 @@ def machine() -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
+        "allocator_env": allocator_env(),
         "backend": jax.default_backend(),
         "devices": [d.device_kind for d in devices],
         "jax": jax.__version__,

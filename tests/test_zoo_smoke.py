@@ -1,6 +1,7 @@
 """Smoke tests of the zoo benchmark (experiments/bench_zoo.py) at a tiny size."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -32,12 +33,13 @@ def test_bench_zoo_smoke(tmp_path):
          "--skip", "mlp:vmap", "--out", str(tmp_path)]
     )  # fmt: skip
     (row,) = result["rows"]
-    # an MLP, nothing to rewrite: "auto" and "patches" are plain vmap (the
-    # fused step, not timed again); "sequential" is timed
+    # an MLP: "auto" is "broadcast" products, "patches" plain vmap (nothing
+    # to rewrite: not timed again, and vmap is skipped); "sequential" is timed
     assert result["policies"] == ["patches", "sequential"]
     assert set(row["timing"]) == {"fused", "sequential", "hand_vmap", "loop"}
     assert row["hand_vmap_vs_fused"] > 0
     assert len(row["timing"]["loop"]["times_s"]) == 2
+    assert all(t["page_faults_per_call"] >= 0 for t in row["timing"].values())
     assert row["loop_vs_paired"]["fused"]["n"] == 2
     assert set(row["memory"]) == {"fused", "sequential", "one_replica"}
     assert row["memory_vs_m_times_one"]["fused"] > 0
@@ -48,6 +50,11 @@ def test_bench_zoo_smoke(tmp_path):
     table = (tmp_path / "bench_zoo.md").read_text()
     assert "Statistic: the median over interleaved repeats" in table
     assert "| mlp | 2 | 2 |" in table and "hand vmap / fused" in table
+    assert "page faults fused / loop |" in table
+    assert saved["provenance"]["machine"]["allocator_env"] == {
+        k: v for k, v in os.environ.items() if k.startswith("MALLOC_")
+        or k in ("GLIBC_TUNABLES", "LD_PRELOAD")
+    }  # fmt: skip
     short = (tmp_path / "bench_zoo_short.md").read_text()
     assert "the median of interleaved repeats" in short and "| mlp | 2 |" in short
 
