@@ -19,7 +19,11 @@ replicas is timed as
   whether the library adds anything an expert would not write;
 - ``loop``: what a user writes without the library: a Python loop over the M
   replicas of one jitted flax + optax SGD step (:func:`experiments.zoo.hand_step`,
-  compiled once for all M).
+  compiled once for all M);
+- ``segment`` (with ``--segment S``): what ``pt_train`` runs between two
+  exchanges, :func:`tempering.loops.run_segment` of S steps on in-memory data
+  (batches gathered on device; on CPU one program of S steps for a model
+  without convolutions, one call per step for one with them), timed per step.
 
 Every variant donates its state and trains on from its own last step, as a
 training loop does: the library's driver donates the replicas to each segment,
@@ -64,7 +68,7 @@ import tempering as tp
 from experiments import zoo
 from experiments.common import add_output_args, provenance, save_result
 from experiments.flops import jaxpr_flops, peak_tflops
-from tempering import fast
+from tempering import fast, loops
 
 BATCH = 128
 # ResNet-20 steps take seconds (plain vmap's grouped convolutions a minute on
@@ -185,6 +189,7 @@ def step_variants(
     batch: int,
     policies: tuple[str, ...],
     skip: tuple[str, ...] = (),
+    segment: int = 0,
 ) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], dict]], float]:
     """Zero-argument callables (one step of all M replicas), their memory, and
     the model FLOPs of one replica's step.
@@ -229,6 +234,8 @@ def step_variants(
         variants[policy], memory[policy] = fused(policy), fused_memory(policy)
     variants["hand_vmap"] = _hand_vmap(entry, replica_keys, keys, x, y)
     variants["loop"] = _hand_loop(entry, replica_keys, keys, x, y)
+    if segment:
+        variants["segment"] = _segment(entry, num, batch, segment, key)
     memory["one_replica"] = lambda: compiled_memory(hand.lower(*one, keys[0], x, y))
     variants = {k: v for k, v in variants.items() if k not in skip}
     memory = {k: v for k, v in memory.items() if k not in skip}
@@ -249,6 +256,43 @@ def _hand_loop(entry, replica_keys, keys, x, y) -> Callable[[], list]:
         return losses
 
     return run
+
+
+def _segment(entry, num, batch, steps, key) -> Callable[[], jax.Array]:
+    """What the driver runs between exchanges: one segment of ``steps`` steps.
+
+    XLA:CPU allocates a program's temporaries on every call; a segment that
+    is one program (``loop="device"``) pays that once for all its steps.
+    """
+    xs, ys = synthetic(entry.input_shape, entry.num_classes, batch * steps, seed=1)
+    # as the driver does: its own copy, since the segment donates every buffer
+    # and a fresh state's leaves may share one
+    current = [jax.tree.map(jnp.copy, make_replicas(entry, num, xs[:batch]))]
+    settings = loops.SegmentSettings(batch_size=batch)
+    loop = loops.loop_for(current[0], xs, "auto")
+
+    def run():
+        current[0], loss = loops.run_segment(
+            current[0], key, (xs, ys), steps, data_key=key, settings=settings,
+            loop=loop,
+        )  # fmt: skip
+        return loss
+
+    return run
+
+
+def _per_step(timing: dict, steps: int) -> dict:
+    """A variant's timing per call turned into its timing per step."""
+    per = {
+        k: v / steps for k, v in timing.items() if k.endswith("_s") and k != "times_s"
+    }
+    return {
+        **timing,
+        **per,
+        "times_s": [t / steps for t in timing["times_s"]],
+        "page_faults_per_call": timing["page_faults_per_call"] / steps,
+        "steps_per_call": steps,
+    }
 
 
 def _hand_vmap(entry, replica_keys, keys, x, y) -> Callable[[], jax.Array]:
@@ -302,10 +346,15 @@ def bench_model(
     policies: tuple[str, ...],
     skip: tuple[str, ...],
     memory: bool,
+    segment: int = 0,
 ) -> dict:
     t0 = time.perf_counter()
-    variants, memory_fns, flops = step_variants(entry, num, batch, policies, skip)
+    variants, memory_fns, flops = step_variants(
+        entry, num, batch, policies, skip, segment
+    )
     timing = time_interleaved(variants, reps)
+    if "segment" in timing:
+        timing["segment"] = _per_step(timing["segment"], segment)
     loop = timing["loop"]
     row = {
         "model": entry.name,
@@ -428,6 +477,9 @@ def markdown(result: dict) -> str:
     has_flops = any("fused_gflops_per_s" in r for r in rows)
     has_mfu = any("fused_mfu" in r for r in rows)
     has_faults = any("page_faults_per_call" in r["timing"]["loop"] for r in rows)
+    fault_columns = (
+        ["fused"] + (["segment"] if "segment" in variants else []) + ["loop"]
+    )
     lines = [
         f"### Zoo: fused replica step vs a user's hand loop on {short}",
         "",
@@ -439,7 +491,15 @@ def markdown(result: dict) -> str:
         "jitted flax + optax step, as a user writes it; `fused`: "
         '`train_step` with `vectorize="auto"`; `vmap`: `train_step` as plain '
         "`jax.vmap`; `hand_vmap`: an expert's jitted `jax.vmap` of the user's "
-        "step; other columns: named `vectorize` policies. Every step donates its "
+        "step; "
+        + (
+            f"`segment`: what `pt_train` runs between exchanges, a segment of "
+            f"{result['segment_steps']} steps (`tempering.loops.run_segment`, "
+            "batches gathered on device), per step; "
+            if result.get("segment_steps")
+            else ""
+        )
+        + "other columns: named `vectorize` policies. Every step donates its "
         "state and trains on from its last one. Ratios are loop median / variant "
         "median (> 1: faster than the loop); paired: median [q25, q75] of the "
         "per-repeat ratios loop / fused; hand vmap / fused: the expert's median "
@@ -473,7 +533,7 @@ def markdown(result: dict) -> str:
         + (" peak MiB fused / M × one | fused ÷ (M × one) |" if has_memory else "")
         + (" fused model GFLOP/s |" if has_flops else "")
         + (" fused MFU |" if has_mfu else "")
-        + (" page faults fused / loop |" if has_faults else ""),
+        + (f" page faults {' / '.join(fault_columns)} |" if has_faults else ""),
         "|---|---|---|"
         + "---|" * (2 * len(variants) + 3)
         + ("---|---|" if has_memory else "")
@@ -507,12 +567,11 @@ def markdown(result: dict) -> str:
         if has_mfu:
             mem += f" {100 * r['fused_mfu']:.1f}% |" if "fused_mfu" in r else " – |"
         if has_faults:
-            fused_faults = t["fused"].get("page_faults_per_call")
-            loop_faults = t["loop"].get("page_faults_per_call")
+            faults = [t.get(v, {}).get("page_faults_per_call") for v in fault_columns]
             mem += (
-                f" {fused_faults:.0f} / {loop_faults:.0f} |"
-                if fused_faults is not None and loop_faults is not None
-                else " – |"
+                " "
+                + " / ".join("–" if f is None else f"{f:.0f}" for f in faults)
+                + " |"
             )
         lines.append(
             f"| {r['model']} | {r['M']} | {r['repeats']} | {' | '.join(ms)} | "
@@ -561,6 +620,12 @@ def main(argv=None) -> dict:
         help="comma-separated model:variant pairs not timed (e.g. resnet20:vmap)",
     )
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument(
+        "--segment",
+        type=int,
+        default=0,
+        help="also time a driver's segment of this many steps (per step)",
+    )
     add_output_args(parser, "bench_zoo")
     args = parser.parse_args(argv)
     names = [n for n in args.models.split(",") if n]
@@ -579,6 +644,7 @@ def main(argv=None) -> dict:
         "statistic": "median over interleaved repeats (random order each repeat, one process)",
         "batch": args.batch,
         "policies": list(policies),
+        "segment_steps": args.segment,
         "rows": [],
     }
     for num in (int(m) for m in args.ms.split(",")):
@@ -594,6 +660,7 @@ def main(argv=None) -> dict:
                     policies,
                     skip,
                     memory=not args.no_memory,
+                    segment=args.segment,
                 )  # fmt: skip
             )
             result["summary"] = summary(result["rows"])

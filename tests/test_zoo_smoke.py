@@ -59,11 +59,27 @@ def test_bench_zoo_smoke(tmp_path):
     assert "the median of interleaved repeats" in short and "| mlp | 2 |" in short
 
 
+def test_bench_zoo_times_a_driver_segment_per_step(tmp_path):
+    result = bench_zoo.main(
+        ["--models", "mlp", "--ms", "2", "--batch", "4", "--reps", "2",
+         "--policies", "", "--segment", "3", "--no-memory", "--out", str(tmp_path)]
+    )  # fmt: skip
+    (row,) = result["rows"]
+    segment = row["timing"]["segment"]
+    assert result["segment_steps"] == 3 and segment["steps_per_call"] == 3
+    assert segment["median_s"] == pytest.approx(np.median(segment["times_s"]))
+    assert row["loop_vs"]["segment"] > 0
+    table = (tmp_path / "bench_zoo.md").read_text()
+    assert "a segment of 3 steps" in table
+    assert "page faults fused / segment / loop |" in table
+
+
 def test_bench_zoo_variants_train_on_from_their_own_last_step():
     # Each timed variant donates its state: a second call must continue from
     # the first one's result (a lower loss on the same batch at this rate),
     # never from a donated, deleted buffer.
-    variants, _, _ = bench_zoo.step_variants(zoo.ZOO["mlp"], 2, 8, ())
+    variants, _, _ = bench_zoo.step_variants(zoo.ZOO["mlp"], 2, 8, (), segment=2)
+    assert "segment" in variants
     for name, run in variants.items():
         losses = [np.asarray(jax.device_get(run())).ravel() for _ in range(3)]
         assert np.all(losses[2] < losses[0]), (name, losses)
