@@ -138,7 +138,6 @@ POLICIES: dict[str, dict[str, str]] = {
     RESHAPE: dict(_RESHAPE_ALL),
     "patches+reshape": {CONV: "patches", **_RESHAPE_ALL},
     BROADCAST: {DOT: BROADCAST},
-    "patches+reshape+broadcast": {CONV: "patches", **_RESHAPE_ALL, DOT: BROADCAST},
 }
 
 # "auto" on CPU (2 cores, jax 0.10.2; experiments/bench_zoo.py, a user's hand
