@@ -34,7 +34,11 @@ processes with JAX's persistent compilation cache on
 (compile included), the first call of another new process with the cache
 warm, and a second call there; wall time of ``Tuner.fit()`` (``ray.init`` timed
 separately), the best replica / trial by final validation loss with its
-validation and test accuracy, and the ratio of the wall times.
+validation and test accuracy, and the ratio of the wall times. Every timed
+run (each side, each seed) starts once the CPUs are idle
+(``experiments.common.wait_until_idle``): Ray's trial processes take a while
+to exit after ``Tuner.fit()``, and a run timed meanwhile shares the cores
+with them.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ from experiments.common import (
     provenance,
     seed_keys,
     settings_of,
+    wait_until_idle,
     write_outputs,
 )
 from tempering.driver import best_index
@@ -523,6 +528,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--reuse-actors", action=argparse.BooleanOptionalAction, default=True
     )
+    parser.add_argument(
+        "--idle-wait",
+        type=float,
+        default=180.0,
+        help="seconds a timed run waits at most for idle CPUs (0: no wait)",
+    )
     # internal: one seed of the tempering side in this process (see
     # tempering_in_fresh_processes)
     parser.add_argument(
@@ -559,14 +570,19 @@ def main(argv=None) -> dict | None:
         seeds = list(range(args.seeds)) if args.seeds is not None else [0]
         while len(runs) < len(seeds):
             seed = seeds[len(runs)]
+            # Every timed run starts on an idle machine: an earlier run's
+            # processes (Ray's trial workers shut down slowly) are not timed.
+            idle = {"tempering": wait_until_idle(max_wait_s=args.idle_wait)}
             run = {
                 "seed": seed,
                 "loadavg_before": os.getloadavg(),
                 "replica_steps": args.trials * args.steps,
                 "tempering": tempering_in_fresh_processes(args, seed),
                 "ray": {},
+                "idle_before": idle,
             }
             for mode in args.ray_modes:
+                idle[mode] = wait_until_idle(max_wait_s=args.idle_wait)
                 ray_run = run_ray(args, dataset, seed, storage, mode)
                 run["ray"][mode] = ray_run
                 for call in CALLS:
@@ -601,7 +617,10 @@ def main(argv=None) -> dict | None:
         f"{args.trials} trials at once when {args.cpu_per_trial} x {args.trials} <= "
         f"{args.cpus}), reuse_actors={args.reuse_actors}, one XLA thread per trial; "
         f"{os.cpu_count()} CPU cores shared with other jobs, load average "
-        f"{load_start[0]:.1f} at start, {load_end[0]:.1f} at end"
+        f"{load_start[0]:.1f} at start, {load_end[0]:.1f} at end; every timed run "
+        "started once the CPUs were idle (at least 85% over 2 s, waited "
+        f"{max(w['waited_s'] for r in runs for w in r['idle_before'].values()):.0f} s "
+        f"at most, --idle-wait {args.idle_wait:.0f})"
     )
     markdown = table(runs, args.ray_modes, ray_init_s, desc, note)
     summary = {

@@ -169,6 +169,40 @@ def allocator_env() -> dict[str, str]:
     }
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs since boot, from ``/proc/stat``."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(f) for f in fields]
+    return ticks[3] + ticks[4], sum(ticks)  # idle + iowait
+
+
+def wait_until_idle(
+    min_idle: float = 0.85, window_s: float = 2.0, max_wait_s: float = 180.0
+) -> dict[str, float]:
+    """Waits until the machine's CPUs were idle ``min_idle`` of a ``window_s``
+    window (the processes of an earlier timed run gone), at most ``max_wait_s``.
+
+    Returns the seconds waited and the idle fraction of the last window, for
+    the record. Returns at once where ``/proc/stat`` is missing (not Linux) or
+    ``max_wait_s <= 0``.
+    """
+    start = time.perf_counter()
+    idle = math.nan
+    while max_wait_s > 0:
+        before = _cpu_times()
+        if before is None:
+            break
+        time.sleep(window_s)
+        after = _cpu_times()
+        idle = (after[0] - before[0]) / max(after[1] - before[1], 1)
+        if idle >= min_idle or time.perf_counter() - start >= max_wait_s:
+            break
+    return {"waited_s": time.perf_counter() - start, "idle_fraction": idle}
+
+
 def machine() -> dict[str, Any]:
     """CPU (model and instruction-set level), core count, accelerator and
     library versions of this run."""

@@ -155,6 +155,20 @@ def _copy(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
 
 
+# The run's keys, each in one small program (not several eager operations, each
+# compiled before the first step).
+@jax.jit
+def _split_off_data_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    data_key, key = jax.random.split(key)
+    return data_key, key
+
+
+@jax.jit
+def _round_keys(key: jax.Array, round_index: jax.Array) -> tuple[jax.Array, jax.Array]:
+    segment_key, move_key = jax.random.split(jax.random.fold_in(key, round_index))
+    return segment_key, move_key
+
+
 def _apply_move(move, key, state, move_state, scores, round_index, mesh=None):
     state, move_state, info = move.step(key, state, move_state, scores, round_index)
     if mesh is not None:
@@ -262,13 +276,13 @@ def train(
     loop = loop_for(state, sources.sample, config.loop)
     first_step = int(state.step)
     segments = plan(first_step, config.rounds)  # past explicit round ends raises
-    data_key, key = jax.random.split(key)
-    state = _copy(state)  # the caller's buffers are never donated
-    move_state = _copy(move_state)
+    data_key, key = _split_off_data_key(key)
+    # the caller's buffers are never donated; the state's hyperparameters are
+    state, move_state, before_burn_in = _copy((state, move_state, state.hyperparams))
     run = _Run(
         move=move, key=key, data_key=data_key, data=sources, config=config,
         loop=loop, segments=segments, first_step=first_step,
-        before_burn_in=_copy(state.hyperparams),  # the state's are donated
+        before_burn_in=before_burn_in,
         warner=divergence.Warner(config.on_diverge),
     )  # fmt: skip
     progress = resume.Progress(
@@ -402,7 +416,7 @@ def _train_segment(run, carry, progress, index):
     segment = run.segments[index]
     burning = not segment.evaluated
     burn_in_hyperparams = run.config.burn_in_hyperparams
-    segment_key, move_key = jax.random.split(jax.random.fold_in(run.key, segment.round))
+    segment_key, move_key = _round_keys(run.key, segment.round)
     state, train_loss = run_segment(
         state, segment_key, run.data.train, segment.steps, data_key=run.data_key,
         settings=run.segment_settings, loop=run.loop, start=segment.start,

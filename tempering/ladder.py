@@ -461,8 +461,12 @@ def assign_rungs(state: ReplicaState, ladder: Ladder, rungs: ArrayLike) -> Repli
     Only hyperparameters move; weights, optimiser moments and BatchNorm
     statistics stay with their replica.
     """
-    rungs = jnp.asarray(rungs, jnp.int32)
-    values = {name: v[rungs] for name, v in ladder.values.items()}
+    if any(isinstance(x, jax.core.Tracer) for x in (rungs, *ladder.values.values())):
+        rungs = jnp.asarray(rungs, jnp.int32)
+        values = {name: v[rungs] for name, v in ladder.values.items()}
+    else:  # on the host: no small programs to compile before the first step
+        rungs = np.asarray(rungs, np.int32)
+        values = {name: np.asarray(v)[rungs] for name, v in ladder.values.items()}
     return set_hyperparams(state, **values)
 
 

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from numpy.typing import ArrayLike
 
 from tempering.frontends import as_frontend
 from tempering.hyperparams import (
@@ -241,16 +242,31 @@ def _resolve_model_inputs(
     return model_inputs, defaults
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tx"))
 def _init_replica(key, sample_input, inputs, *, model, tx):
     """``(params, stats, opt_state)`` of one replica."""
     params, stats = model.init(key, sample_input, inputs)
     return params, stats, tx.init(params)
 
 
-@jax.jit
-def _stack(trees: list[PyTree]) -> PyTree:
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+@functools.partial(
+    jax.jit, static_argnames=("model", "tx", "num_replicas", "same_init")
+)
+def _init_replicas(key, sample_input, inputs, *, model, tx, num_replicas, same_init):
+    """``(params, stats, opt_state)`` of M replicas, stacked.
+
+    Replica m is initialised from the m-th key of ``jax.random.split(key, M)``
+    (the first for every replica when ``same_init``), one replica at a time:
+    the single-replica init in a loop inside one program. XLA compiles the
+    single-replica init (random initialisers) several times faster than a
+    vmapped one, and one program spares M dispatches and the compiles of
+    splitting the keys and stacking the replicas.
+    """
+    keys = jax.random.split(key, num_replicas)
+    if same_init:
+        keys = jnp.broadcast_to(keys[:1], keys.shape)
+    return jax.lax.map(
+        lambda k: _init_replica(k, sample_input, inputs, model=model, tx=tx), keys
+    )
 
 
 def _check_traced_inputs(init, key, model, sample_input, inputs):
@@ -407,25 +423,23 @@ def create_replicas(
     given = dict(hyperparams or {})
     start = _starting_inputs(inputs, defaults, given, ladder)
     sample_input = _as_sample(sample_input)
-    keys = jax.random.split(key, num_replicas)
-    if same_init:
-        keys = jnp.broadcast_to(keys[:1], keys.shape)
     init = functools.partial(_init_replica, model=model, tx=tx)
-    stats, abstract = _check_traced_inputs(init, keys[0], model, sample_input, start)
+    stats, abstract = _check_traced_inputs(init, key, model, sample_input, start)
     _check_names(model, abstract, start, given, ladder, num_replicas)  # no compile yet
     if _data_names(given, ladder) and jax.tree.leaves(stats):
         _check_batch_mask(model)
-    # One replica at a time, not vmapped: init runs once, and XLA compiles the
-    # single-replica init (random initialisers) several times faster.
-    params, stats, opt_state = _stack([init(k, sample_input, start) for k in keys])
+    params, stats, opt_state = _init_replicas(
+        key, sample_input, start, model=model, tx=tx, num_replicas=num_replicas,
+        same_init=same_init,
+    )  # fmt: skip
     scheduled = scheduled_names(opt_state)
-    values = {
+    values: dict[str, ArrayLike] = {
         name: read_injected(opt_state, name)
         for name in injected_names(opt_state)
         if name not in scheduled
     }
     values.update(
-        {name: jnp.broadcast_to(v, (num_replicas,)) for name, v in start.items()}
+        {name: np.broadcast_to(v, (num_replicas,)) for name, v in start.items()}
     )
     for name in _data_names(given, ladder):
         values[name] = jnp.full((num_replicas,), given.get(name, 1.0), jnp.float32)
@@ -489,7 +503,7 @@ def _starting_inputs(
     defaults: Mapping[str, Any],
     given: Mapping[str, Any],
     ladder: Ladder | None,
-) -> dict[str, jax.Array]:
+) -> dict[str, np.float32]:
     """Each per-replica model input's starting value (0 where the ladder sets it)."""
     start = {}
     for name in inputs:
@@ -501,7 +515,7 @@ def _starting_inputs(
             )
         if value is not None:
             check_values(name, value, "hyperparams")
-        start[name] = jnp.float32(0.0 if value is None else value)
+        start[name] = np.float32(0.0 if value is None else value)
     return start
 
 

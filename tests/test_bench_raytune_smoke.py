@@ -26,6 +26,8 @@ def test_bench_raytune_main_tiny(tmp_path):
             "1",
             "--ray-modes",
             "synch",
+            "--idle-wait",
+            "0",
             "--out-dir",
             str(tmp_path),
         ]
@@ -35,6 +37,7 @@ def test_bench_raytune_main_tiny(tmp_path):
     assert stored["provenance"]["seeds"] == [0]
     assert {"command", "git_commit", "machine"} <= set(stored["provenance"])
     assert len(stored["loadavg_start"]) == 3 and len(stored["loadavg_end"]) == 3
+    assert set(payload["runs"][0]["idle_before"]) == {"tempering", "synch"}
     run = payload["runs"][0]
     ray_run = run["ray"]["synch"]
     assert ray_run["errors"] == []

@@ -416,3 +416,13 @@ def test_ensemble_table_pairs_seeds():
     assert paired["pt_cold-grid_final"]["sem"] == pytest.approx(0.0, abs=1e-9)
     assert paired["pt_single-grid_single"]["lower"] == 0
     assert "| PT, cold-chain ensemble | 33.50 ± 1.29 |" in markdown
+
+
+def test_wait_until_idle_measures_one_window_or_none():
+    waited = common.wait_until_idle(min_idle=0.0, window_s=0.05)
+    assert 0.0 <= waited["idle_fraction"] <= 1.0 and waited["waited_s"] >= 0.05
+    # a busy machine is waited for at most max_wait_s, then measured once more
+    capped = common.wait_until_idle(min_idle=1.01, window_s=0.05, max_wait_s=0.1)
+    assert 0.1 <= capped["waited_s"] < 1.0 and 0.0 <= capped["idle_fraction"] <= 1.0
+    skipped = common.wait_until_idle(max_wait_s=0)
+    assert skipped["waited_s"] < 0.05 and np.isnan(skipped["idle_fraction"])

@@ -87,6 +87,30 @@ def test_replica_m_is_model_init_with_the_mth_split_key(tx, blobs):
         )
 
 
+def test_create_replicas_compiles_one_program_for_all_replicas(tx):
+    # What a notebook waits for: the M inits are one program (a loop over the
+    # replicas), not M calls plus the compiles of splitting keys and stacking.
+    compiles = []
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    x = np.zeros((2, 23), np.float32)  # a shape no other test compiles for
+    ladder = tp.geometric_ladder("learning_rate", 0.01, 0.1, 7)
+    key = jax.random.key(5)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        state = tp.create_replicas(key, TinyMLP(), tx, x, ladder=ladder)
+        jax.block_until_ready(state.params)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    chex.assert_shape(state.params["Dense_0"]["kernel"], (7, 23, 16))
+    # the init, and at most the sample's transfer and two small conversions
+    # (one-time compiles another test may have cached); 14 before
+    assert 1 <= len(compiles) <= 4, len(compiles)
+
+
 def test_learning_rate_stays_float32_with_bfloat16_params(blobs):
     (x, _), _ = blobs
     tx = tp.sgd(0.1, momentum=0.9)
