@@ -28,6 +28,7 @@ SHOWN = {
     "bench_zoo_avx2": "docs/guides/performance.md",
     "bench_zoo_many": "docs/guides/performance.md",
     "bench_zoo_many_tuned": "docs/guides/performance.md",
+    "bench_zoo_tuned": "docs/guides/performance.md",
     "bench_zoo_h100": "docs/guides/performance.md",
     "bench_zoo_h100_short": "README.md",
     "profile_dense_cpu": "docs/guides/performance.md",
