@@ -29,6 +29,7 @@ __all__ = [
     "CheckpointError",
     "Lock",
     "check_directory",
+    "check_directory_name",
     "check_manifest",
     "check_meta_size",
     "check_own_entries",
@@ -132,8 +133,11 @@ def read_lock(path: Path) -> dict | None:
 # --- the directory ------------------------------------------------------------
 
 
-def check_directory(directory: Any) -> Path:
-    """``checkpoint_dir`` as an absolute path, or a TypeError/ValueError naming the fix."""
+def check_directory_name(directory: Any) -> str | os.PathLike:
+    """``checkpoint_dir`` unchanged if it can name a folder, else an error.
+
+    Nothing on disk is touched; raises a TypeError/ValueError naming the fix.
+    """
     if isinstance(directory, bool) or not isinstance(directory, str | os.PathLike):
         raise TypeError(
             "checkpoint_dir must be a path (str or os.PathLike) to a folder, got "
@@ -144,7 +148,12 @@ def check_directory(directory: Any) -> Path:
             "checkpoint_dir is '': give a folder for the checkpoints (e.g. "
             "'checkpoints/run1'); '.' would write into the working directory"
         )
-    path = Path(directory).expanduser().absolute()
+    return directory
+
+
+def check_directory(directory: Any) -> Path:
+    """``checkpoint_dir`` as an absolute path, created, or an error naming the fix."""
+    path = Path(check_directory_name(directory)).expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise ValueError(f"checkpoint_dir {path} is a file, not a folder")
     try:

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from tempering.checkpoint_files import check_directory_name
 from tempering.divergence import check_policy
 from tempering.fast import resolve_policy
 from tempering.loops import LOOPS
@@ -244,7 +245,9 @@ class RunConfig:
             "checkpoint_every": check_int(self.checkpoint_every, "checkpoint_every", 1),
             "keep_checkpoints": check_int(self.keep_checkpoints, "keep_checkpoints", 1),
             "on_diverge": check_policy(self.on_diverge),
-            "checkpoint_dir": _check_checkpoint_dir(self.checkpoint_dir),
+            "checkpoint_dir": None
+            if self.checkpoint_dir is None
+            else check_directory_name(self.checkpoint_dir),
             "resume_allowing": _check_names(self.resume_allowing, "resume_allowing"),
         }
         for name in ("callback", "score_fn", "augment", "metrics_fn"):
@@ -297,22 +300,6 @@ class RunConfig:
                 f"examples. Give batch_size={largest} (or None, which means it)"
             )
         return self
-
-
-def _check_checkpoint_dir(directory: Any) -> Any:
-    if directory is None:
-        return None
-    if isinstance(directory, bool) or not isinstance(directory, str | os.PathLike):
-        raise TypeError(
-            "checkpoint_dir must be a path (str or os.PathLike) to a folder, or None; "
-            f"got {type(directory).__name__}"
-        )
-    if os.fspath(directory) == "":
-        raise ValueError(
-            "checkpoint_dir is '': give a folder for the checkpoints (e.g. "
-            "'checkpoints/run1'), or None for none"
-        )
-    return directory
 
 
 def _check_names(names: Any, name: str) -> tuple[str, ...]:
