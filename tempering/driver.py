@@ -277,7 +277,8 @@ def train(
     first_step = int(state.step)
     segments = plan(first_step, config.rounds)  # past explicit round ends raises
     data_key, key = _split_off_data_key(key)
-    # the caller's buffers are never donated; the state's hyperparameters are
+    # Copies: the caller's buffers are never donated, and the hyperparameters
+    # before the burn-in outlive the state's, which are.
     state, move_state, before_burn_in = _copy((state, move_state, state.hyperparams))
     run = _Run(
         move=move, key=key, data_key=data_key, data=sources, config=config,
