@@ -36,9 +36,9 @@ warm, and a second call there; wall time of ``Tuner.fit()`` (``ray.init`` timed
 separately), the best replica / trial by final validation loss with its
 validation and test accuracy, and the ratio of the wall times. Every timed
 run (each side, each seed) starts once the CPUs are idle
-(``experiments.common.wait_until_idle``): Ray's trial processes take a while
-to exit after ``Tuner.fit()``, and a run timed meanwhile shares the cores
-with them.
+(``experiments.common.wait_until_idle``): a run timed while an earlier one's
+processes (Ray's trial workers, another job) still use the cores would
+measure them too. Each run records its wait and the idle fraction.
 """
 
 from __future__ import annotations
@@ -570,8 +570,8 @@ def main(argv=None) -> dict | None:
         seeds = list(range(args.seeds)) if args.seeds is not None else [0]
         while len(runs) < len(seeds):
             seed = seeds[len(runs)]
-            # Every timed run starts on an idle machine: an earlier run's
-            # processes (Ray's trial workers shut down slowly) are not timed.
+            # Every timed run starts on an idle machine: no earlier run's
+            # processes are timed with it.
             idle = {"tempering": wait_until_idle(max_wait_s=args.idle_wait)}
             run = {
                 "seed": seed,
