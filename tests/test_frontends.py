@@ -4,6 +4,8 @@
 for bit.)
 """
 
+import functools
+
 import chex
 import flax.linen as nn
 import jax
@@ -140,8 +142,14 @@ def test_a_builder_gives_independent_starts_and_an_instance_a_common_one():
     assert cnn.drop.deterministic
 
 
-def _nnx_hand_step(module, x, y, lr):
-    """One SGD step of one nnx model written by hand, the nnx way."""
+_jitted_step = jax.jit(tp.train_step, static_argnames=("vectorize",))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _nnx_hand_step(graph, parts, x, y, lr):
+    """One SGD step of one nnx model written by hand, the nnx way (jitted: one
+    compile for every replica)."""
+    module = nnx.merge(graph, *parts)
     module.train()
 
     def loss(m):
@@ -169,26 +177,24 @@ def test_the_fused_step_equals_hand_written_single_model_steps():
         jax.random.key(0), Net, tp.sgd(0.1), IMAGES[:2], ladder=LR
     )
     x, y = IMAGES[:32], jnp.asarray(TRAIN[1][:32])
-    stepped, _ = tp.train_step(state, jax.random.key(1), x, y, vectorize="vmap")
+    stepped, _ = _jitted_step(state, jax.random.key(1), x, y, vectorize="vmap")
     for m in range(M):
-        module = nnx.merge(
-            state.model.train_graph,
-            *jax.tree.map(lambda a, i=m: a[i], (state.params,)),
+        parts = (
+            jax.tree.map(lambda a, i=m: a[i], state.params),
             state.model.rng_state,
             jax.tree.map(lambda a, i=m: a[i], state.batch_stats),
         )
-        want = _nnx_hand_step(module, x, y, lrs[m])
+        want = _nnx_hand_step(state.model.train_graph, parts, x, y, lrs[m])
         got = jax.tree.map(lambda a, i=m: a[i], stepped.params)
         chex.assert_trees_all_close(got, want, rtol=2e-5, atol=1e-6)
     # Equinox
     state = tp.create_replicas(jax.random.key(0), EqxMLP, tp.sgd(0.1), TRAIN[0][:2],
                                ladder=LR, model_inputs=())  # fmt: skip
     x = jnp.asarray(TRAIN[0][:32])
-    stepped, _ = tp.train_step(state, jax.random.key(1), x, y, vectorize="vmap")
-    for m in range(M):
-        model = eqx.combine(jax.tree.map(lambda a, i=m: a[i], state.params),
-                            state.model.static)  # fmt: skip
+    stepped, _ = _jitted_step(state, jax.random.key(1), x, y, vectorize="vmap")
 
+    @eqx.filter_jit  # one compile for every replica
+    def hand_step(model, lr):
         def loss(model):
             model = eqx.nn.inference_mode(model, False)
             keys = jax.random.split(jax.random.key(0), 32)
@@ -196,9 +202,14 @@ def test_the_fused_step_equals_hand_written_single_model_steps():
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
         grads = eqx.filter_grad(loss)(model)
-        want = jax.tree.map(lambda p, g, lr=lrs[m]: p - lr * g,
+        return jax.tree.map(lambda p, g: p - lr * g,
                             eqx.filter(model, eqx.is_inexact_array),
                             eqx.filter(grads, eqx.is_inexact_array))  # fmt: skip
+
+    for m in range(M):
+        model = eqx.combine(jax.tree.map(lambda a, i=m: a[i], state.params),
+                            state.model.static)  # fmt: skip
+        want = hand_step(model, jnp.float32(lrs[m]))
         got = jax.tree.map(lambda a, i=m: a[i], stepped.params)
         chex.assert_trees_all_close(got, want, rtol=2e-5, atol=1e-6)
 

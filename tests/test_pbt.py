@@ -116,11 +116,12 @@ def test_exploit_copies_exactly_and_leaves_rest_bit_identical(state):
 def test_exploit_copies_batch_stats(tx, blobs):
     (x, _), _ = blobs
     state = tp.create_replicas(jax.random.key(1), TinyBNNet(), tx, x[:4], ladder=LADDER)
-    state, _ = tp.train_step(
+    state, _ = jax.jit(tp.train_step)(
         state, jax.random.key(0), jnp.asarray(x[:8]), jnp.zeros(8, jnp.int32)
     )
     scores = jnp.arange(M, dtype=jnp.float32)
-    new, info = pbt.pbt_step(jax.random.key(2), state, scores, CONFIG)
+    step = jax.jit(pbt.pbt_step, static_argnames="config")  # not op by op
+    new, info = step(jax.random.key(2), state, scores, config=CONFIG)
     for m in np.flatnonzero(info.copied):
         assert leaves_equal(
             replica(new.batch_stats, m), replica(state.batch_stats, info.parent[m])
