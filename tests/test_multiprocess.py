@@ -64,14 +64,14 @@ WORKER = textwrap.dedent(
     streamed = tp.pt_train(state, ladder, jax.random.key(1), num_steps=20,
                            train_data=stream(), validation_data=(x[:64], y[:64]),
                            exchange_interval=10, devices=jax.devices())
+    if os.environ.get("WORKER_DIE") == str(jax.process_index()):
+        print("dying", flush=True)
+        os._exit(3)
     run = dict(train_data=(x, y), validation_data=(x[:64], y[:64]),
                exchange_interval=10, batch_size=32, devices=jax.devices())
     calls = []
     result = tp.pt_train(state, ladder, jax.random.key(1), num_steps=20,
                          callback=calls.append, **run)
-    if os.environ.get("WORKER_DIE") == str(jax.process_index()):
-        print("dying", flush=True)
-        os._exit(3)
     result = tp.pt_train(result.state, ladder, jax.random.key(1), num_steps=20,
                          move_state=result.move_state, callback=calls.append, **run)
     history = result.history
@@ -105,13 +105,15 @@ def worker(tmp_path_factory):
     return path
 
 
-def results(launched):
+def results(launched, folder=None):
+    """The processes' results, those of the run in ``folder`` if named."""
     found = [
         json.loads(line[len("RESULT ") :])
         for out in launched.stdout
         for line in out.splitlines()
         if line.startswith("RESULT ")
     ]
+    found = [r for r in found if folder is None or r["folder"] == folder]
     return sorted(found, key=lambda r: r["process"])
 
 
@@ -161,7 +163,7 @@ CHECKPOINT_WORKER = textwrap.dedent(
 
     def save_then_die(self, tree, extra, step):  # a kill right after a checkpoint
         save(self, tree, extra, step)
-        if step == int(os.environ.get("WORKER_CRASH_AT", -1)):
+        if f"{self.directory.name}:{step}" == os.environ.get("WORKER_CRASH_AT"):
             print("crashed", flush=True)
             os._exit(0)  # every process, at the same step
 
@@ -179,22 +181,24 @@ CHECKPOINT_WORKER = textwrap.dedent(
     state = tp.create_replicas(
         jax.random.key(0), Net(), tp.sgd(0.05, momentum=0.9), x[:1], ladder=ladder
     )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = tp.pt_train(
-            state, ladder, jax.random.key(1), num_steps=40, train_data=(x, y),
-            validation_data=(x[:64], y[:64]), exchange_interval=10, batch_size=32,
-            devices=jax.devices(), checkpoint_dir=sys.argv[1])
-    weights = multihost_utils.process_allgather(result.state.params, tiled=True)
-    print("RESULT " + json.dumps(dict(
-        process=jax.process_index(),
-        warnings=[str(w.message) for w in caught],
-        rungs=np.asarray(result.history.rungs).tolist(),
-        accepted=np.asarray(result.history.move.accepted).tolist(),
-        score=np.asarray(result.history.score).tolist(),
-        final_score=np.asarray(result.summary.final_score).tolist(),
-        weights=[np.asarray(w).ravel().tolist() for w in jax.tree.leaves(weights)],
-    )), flush=True)
+    for folder in sys.argv[1:]:  # the same run in each folder, in turn
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = tp.pt_train(
+                state, ladder, jax.random.key(1), num_steps=40, train_data=(x, y),
+                validation_data=(x[:64], y[:64]), exchange_interval=10,
+                batch_size=32, devices=jax.devices(), checkpoint_dir=folder)
+        weights = multihost_utils.process_allgather(result.state.params, tiled=True)
+        print("RESULT " + json.dumps(dict(
+            folder=os.path.basename(folder),
+            process=jax.process_index(),
+            warnings=[str(w.message) for w in caught],
+            rungs=np.asarray(result.history.rungs).tolist(),
+            accepted=np.asarray(result.history.move.accepted).tolist(),
+            score=np.asarray(result.history.score).tolist(),
+            final_score=np.asarray(result.summary.final_score).tolist(),
+            weights=[np.asarray(w).ravel().tolist() for w in jax.tree.leaves(weights)],
+        )), flush=True)
     """
 )
 
@@ -204,15 +208,17 @@ def test_checkpoints_over_processes_resume_exactly(tmp_path):
 
     worker = tmp_path / "checkpoint_worker.py"
     worker.write_text(CHECKPOINT_WORKER)
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    (reference, _) = results(launch(worker, 2, 2, [str(whole)], timeout=180))
+    whole, killed, held = tmp_path / "whole", tmp_path / "killed", tmp_path / "held"
+    # One launch (the processes start once): the whole run, then the same run
+    # in another folder, where every process dies right after the checkpoint
+    # of step 30 (round 3 of 4).
+    crashed = launch(worker, 2, 2, [str(whole), str(killed)], timeout=180,
+                     env={"WORKER_CRASH_AT": "killed:30"})  # fmt: skip
+    (reference, _) = results(crashed, "whole")
     assert sorted(os.listdir(whole)) == ["30", "40"]  # keep_checkpoints=2
     assert (whole / "40" / MANIFEST).exists()  # process 0 wrote it, after all
-    # every process dies right after the checkpoint of step 30 (round 3 of 4)
-    crashed = launch(worker, 2, 2, [str(killed)], timeout=180,
-                     env={"WORKER_CRASH_AT": "30"})  # fmt: skip
     assert all("crashed" in out for out in crashed.stdout)
-    assert not results(crashed)
+    assert not results(crashed, "killed")
     assert (killed / ".tempering-lock").exists()  # left by the dead process 0
     # a flipped byte in step 30: set aside, the resume starts from step 20
     arrays = [p for p in (killed / "30" / "arrays").rglob("*") if p.is_file()]
@@ -220,9 +226,17 @@ def test_checkpoints_over_processes_resume_exactly(tmp_path):
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 1
     target.write_bytes(bytes(data))
-    resumed = launch(worker, 2, 2, [str(killed)], timeout=180)
+    # One launch: the resume, then a folder another live run holds, refused at
+    # once (the launch fails), the holder named.
+    held.mkdir()
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}
+    (held / ".tempering-lock").write_text(json.dumps(holder))
+    with pytest.raises(LaunchError) as error:
+        launch(worker, 2, 2, [str(killed), str(held)], timeout=180,
+               end_others=False, distributed_timeout=10)  # fmt: skip
+    resumed = error.value.result
     assert all("restored 20" in out for out in resumed.stdout)
-    got = results(resumed)
+    got = results(resumed, "killed")
     assert [r["process"] for r in got] == [0, 1]
     for field in ("rungs", "accepted", "score", "final_score", "weights"):
         assert got[0][field] == got[1][field] == reference[field], field
@@ -232,15 +246,8 @@ def test_checkpoints_over_processes_resume_exactly(tmp_path):
     assert "the checkpoint of step 30" in warned and "fails its checksum" in warned
     assert not got[1]["warnings"]  # the decisions are process 0's to report
     assert len([p for p in os.listdir(killed) if p.startswith("30.corrupt-")]) == 1
-    # a folder another live run holds: refused at once, the holder named
-    held = tmp_path / "held"
-    held.mkdir()
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}
-    (held / ".tempering-lock").write_text(json.dumps(holder))
-    with pytest.raises(LaunchError) as error:
-        launch(worker, 2, 2, [str(held)], timeout=120, end_others=False,
-               distributed_timeout=10)  # fmt: skip
-    stderr = "".join(error.value.result.stderr)
+    assert not results(resumed, "held")
+    stderr = "".join(resumed.stderr)
     assert f"is in use by another run (process {os.getpid()} on host" in stderr
     assert sorted(os.listdir(held)) == [".tempering-lock"]
 
