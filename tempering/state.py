@@ -170,9 +170,18 @@ def sgd(
 
     Returns:
         An ``optax.inject_hyperparams`` transformation whose
-        ``hyperparams["learning_rate"]`` is float32.
+        ``hyperparams["learning_rate"]`` is float32. Equal arguments give the
+        same object: the optimiser is part of what JAX caches compiled programs
+        under, so a notebook cell run again (a new ``tp.sgd(0.05)``) finds the
+        programs the last run compiled instead of compiling them anew.
     """
+    try:
+        return _cached_sgd(learning_rate, momentum, nesterov, weight_decay)
+    except TypeError:  # an unhashable argument (an array): built afresh
+        return _sgd(learning_rate, momentum, nesterov, weight_decay)
 
+
+def _sgd(learning_rate, momentum, nesterov, weight_decay):
     def factory(learning_rate):
         parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
         parts.append(optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
@@ -181,6 +190,9 @@ def sgd(
     return optax.inject_hyperparams(factory, hyperparam_dtype=jnp.float32)(
         learning_rate=learning_rate
     )
+
+
+_cached_sgd = functools.lru_cache(maxsize=64)(_sgd)
 
 
 def eval_outputs(

@@ -111,6 +111,43 @@ def test_create_replicas_compiles_one_program_for_all_replicas(tx):
     assert 1 <= len(compiles) <= 4, len(compiles)
 
 
+def test_a_cell_run_again_with_an_equal_optimiser_compiles_nothing(blobs):
+    # A notebook cell run again builds a new tp.sgd(...): equal arguments give
+    # the same optimiser, so the programs of the last run are found again.
+    (x, y), (xv, yv) = blobs
+    x = np.asarray(x)[:, :3]  # a shape no other test compiles for
+    assert tp.sgd(0.05, momentum=0.9) is tp.sgd(0.05, momentum=0.9)
+    assert tp.sgd(0.05, momentum=0.9) is not tp.sgd(0.05, momentum=0.5)
+    assert tp.sgd(jnp.float32(0.05)) is not tp.sgd(jnp.float32(0.05))  # arrays
+
+    def cell():
+        ladder = tp.geometric_ladder("learning_rate", 0.01, 0.1, 3)
+        state = tp.create_replicas(
+            jax.random.key(0), TinyMLP(), tp.sgd(0.05, momentum=0.9), x[:2],
+            ladder=ladder,
+        )  # fmt: skip
+        return tp.pt_train(
+            state, ladder, jax.random.key(1), train_data=(x, y),
+            validation_data=(np.asarray(xv)[:, :3], yv), num_steps=20,
+            exchange_interval=10, batch_size=16,
+        )  # fmt: skip
+
+    compiles = []
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    first = cell()
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        again = cell()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
+    chex.assert_trees_all_equal(again.state.params, first.state.params)
+
+
 def test_learning_rate_stays_float32_with_bfloat16_params(blobs):
     (x, _), _ = blobs
     tx = tp.sgd(0.1, momentum=0.9)
