@@ -1,16 +1,24 @@
 """Smoke test of experiments/compare.py: the real harness at a tiny size."""
 
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
 
 from experiments import compare
+from tempering.zoo import datasets
 
 
-def test_compare_main_tiny(tmp_path):
+def test_compare_main_tiny(tmp_path, monkeypatch):
+    # MNIST-1D generated once at a fifth of its size (1,000 examples; the
+    # generator's cost), small batches and evaluation subsets: the harness's
+    # files, table and records do not depend on the sizes
+    small = functools.cache(functools.partial(datasets.load_mnist1d, num_samples=1000))
+    monkeypatch.setattr(datasets, "load_mnist1d", small)
     argv = ["mnist1d", "--seeds", "2", "--steps", "40", "--interval", "10"]
     argv += ["--burn-in", "10", "--replicas", "3", "--train-subset", "512"]
+    argv += ["--batch-size", "16", "--val-subset", "64", "--test-subset", "64"]
     argv += ["--out-dir", str(tmp_path)]
     payload = compare.main(argv)
     # one file per seed; a second call reruns nothing and merges the same table

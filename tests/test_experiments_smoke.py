@@ -5,6 +5,7 @@ these tests need neither the network nor ../shared.
 """
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -252,31 +253,34 @@ def test_authors_cifar10_net_is_the_network_their_code_builds():
     from experiments.flops import jaxpr_flops
     from tempering.zoo.models import lenet5_cifar10
 
+    # init and apply jitted (one program each, not one per operation); the
+    # other networks' parameters and FLOPs need their shapes only
     x = jnp.ones((2, 32, 32, 3))
-    params = fig2_lenet.AuthorsCifar10Net().init(jax.random.key(0), x)["params"]
+    net = fig2_lenet.AuthorsCifar10Net()
+    params = jax.jit(net.init)(jax.random.key(0), x)["params"]
     shapes = {k: v["kernel"].shape for k, v in params.items()}
     assert shapes == {
         "Conv_0": (5, 5, 3, 16),  # on the image: their conv2 reads x
         "Conv_1": (5, 5, 16, 120),
         "Dense_0": (10 * 10 * 120, 10),  # their 84-unit layer is overwritten
     }
-    count = lambda tree: sum(a.size for a in jax.tree.leaves(tree))  # noqa: E731
+    count = lambda tree: sum(math.prod(a.shape) for a in jax.tree.leaves(tree))  # noqa: E731
     assert count(params) == 169_346
-    assert count(lenet5_cifar10().init(jax.random.key(0), x)) == 62_006
+    assert count(jax.eval_shape(lenet5_cifar10().init, jax.random.key(0), x)) == 62_006
 
     def flops(net):  # of the forward pass: its convolutions and matrix products
-        variables = net.init(jax.random.key(0), x)
+        variables = jax.eval_shape(net.init, jax.random.key(0), x)
         return jaxpr_flops(jax.make_jaxpr(lambda v: net.apply(v, x))(variables))
 
     ratio = flops(fig2_lenet.AuthorsCifar10Net()) / flops(lenet5_cifar10())
     assert 8.9 < ratio < 9.1  # "nine times LeNet-5's multiply-adds"
-    net = fig2_lenet.AuthorsCifar10Net()
+    apply = jax.jit(net.apply, static_argnames="train")
     rngs = {"dropout": jax.random.key(1)}
-    evaluated = net.apply({"params": params}, x, dropout_rate=0.5)
-    trained = net.apply({"params": params}, x, train=True, dropout_rate=0.5, rngs=rngs)
+    evaluated = apply({"params": params}, x, dropout_rate=0.5)
+    trained = apply({"params": params}, x, train=True, dropout_rate=0.5, rngs=rngs)
     assert evaluated.shape == trained.shape == (2, 10)
     assert not np.allclose(evaluated, trained)  # dropout acts in training only
-    again = net.apply({"params": params}, x, train=True, dropout_rate=0.0, rngs=rngs)
+    again = apply({"params": params}, x, train=True, dropout_rate=0.0, rngs=rngs)
     np.testing.assert_allclose(again, evaluated, rtol=1e-6)
 
 
@@ -302,9 +306,10 @@ def test_authors_emnist_net_is_their_lenet5():
     import jax
     import jax.numpy as jnp
 
+    # init and apply jitted: one program each, not one per operation
     x = jnp.linspace(0.0, 1.0, 2 * 28 * 28).reshape(2, 28, 28)
     net = fig2_lenet.AuthorsEmnistNet()
-    params = net.init(jax.random.key(0), x)["params"]
+    params = jax.jit(net.init)(jax.random.key(0), x)["params"]
     shapes = {k: jax.tree.map(jnp.shape, v) for k, v in params.items()}
     assert shapes["Conv_0"]["kernel"] == (5, 5, 1, 6)  # on the padded 32x32 image
     assert shapes["Conv_2"]["kernel"] == (5, 5, 16, 120)
@@ -312,16 +317,19 @@ def test_authors_emnist_net_is_their_lenet5():
     assert shapes["pool_scale_6"] == shapes["pool_bias_6"] == (6,)
     assert shapes["rbf_centres"] == (84, 26)  # no bias
     assert sum(a.size for a in jax.tree.leaves(params)) == 63_084
-    logits = net.apply({"params": params}, x, dropout_rate=0.1)
+    apply = jax.jit(net.apply, static_argnames="train")
+    logits = apply({"params": params}, x, dropout_rate=0.1)
     # logit k is the squared distance between the 84 features and centre k
-    _, captured = net.apply(
-        {"params": params}, x, capture_intermediates=True, mutable=["intermediates"]
-    )
+    _, captured = jax.jit(
+        lambda v, x: net.apply(
+            v, x, capture_intermediates=True, mutable=["intermediates"]
+        )
+    )({"params": params}, x)
     features = jnp.tanh(captured["intermediates"]["Dense_0"]["__call__"][0])
     expected = ((features[..., None] - params["rbf_centres"]) ** 2).sum(1)
     np.testing.assert_allclose(logits, expected, rtol=1e-5)
     rngs = {"dropout": jax.random.key(1)}
-    trained = net.apply({"params": params}, x, train=True, dropout_rate=0.5, rngs=rngs)
+    trained = apply({"params": params}, x, train=True, dropout_rate=0.5, rngs=rngs)
     assert not np.allclose(trained, logits)
 
 
