@@ -26,6 +26,7 @@ SHOWN = {
     "bench_zoo": "docs/guides/performance.md",
     "bench_zoo_short": "README.md",
     "bench_zoo_avx2": "docs/guides/performance.md",
+    "bench_zoo_zen3": "docs/guides/performance.md",
     "bench_zoo_many": "docs/guides/performance.md",
     "bench_zoo_many_tuned": "docs/guides/performance.md",
     "bench_zoo_tuned": "docs/guides/performance.md",
