@@ -81,6 +81,10 @@ def tx():
     return tp.sgd(0.05, momentum=0.9)
 
 
+train_step = jax.jit(tp.train_step, static_argnames=("per_replica_batch", "vectorize"))
+"""``tp.train_step`` compiled once for the whole session (eager, it would run op by op)."""
+
+
 class CrashError(Exception):
     """Raised by :func:`crash_at`'s callback: a run that stops mid-way."""
 

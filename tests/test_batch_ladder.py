@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import train_step
 
 import tempering as tp
 from tempering.zoo import models
@@ -48,15 +49,14 @@ def test_fused_step_equals_single_runs_on_their_prefixes(model, shape) -> None:
     tx = tp.sgd(0.1, momentum=0.9)
     state = tp.create_replicas(jax.random.key(0), model, tx, x[:1], ladder=ladder)
     np.testing.assert_array_equal(state.hyperparams["batch_size"], SIZES)
-    step = jax.jit(tp.train_step)
     singles = [_single(state, m, model, x[:1]) for m in range(len(SIZES))]
     fused = state
     for i in range(4):
         batch = slice(16 * i, 16 * i + 16)
-        fused, info = step(fused, jax.random.key(i), x[batch], y[batch])
+        fused, info = train_step(fused, jax.random.key(i), x[batch], y[batch])
         for m, size in enumerate(SIZES):
             prefix = slice(16 * i, 16 * i + size)
-            singles[m], single_info = step(
+            singles[m], single_info = train_step(
                 singles[m], jax.random.key(i), x[prefix], y[prefix]
             )
             assert float(info.loss[m]) == pytest.approx(

@@ -23,6 +23,7 @@ from conftest import (
     bad_input_params,
     check_raises_before_compiling,
     run,
+    train_step,
 )
 from flax import struct
 
@@ -160,14 +161,13 @@ def test_the_step_uses_the_laddered_value(blobs):
     state = tp.create_replicas(
         jax.random.key(0), TinyMLP(), tx, x[:4], num_replicas=2, same_init=True
     )
-    step = jax.jit(tp.train_step)  # one compile, not op by op
-    same, _ = step(state, jax.random.key(1), x[:32], y[:32])
+    same, _ = train_step(state, jax.random.key(1), x[:32], y[:32])
     state = tp.set_hyperparams(state, b1=jnp.array([0.9, 0.09]))
-    new, _ = step(state, jax.random.key(1), x[:32], y[:32])
+    new, _ = train_step(state, jax.random.key(1), x[:32], y[:32])
     second = jax.tree.map(lambda a: a[1], (same.params, new.params))
     assert leaves_equal(*jax.tree.map(lambda a: a[0], (same.params, new.params)))
     assert not leaves_equal(second[0], second[1])
-    new, _ = step(new, jax.random.key(2), x[:32], y[:32])
+    new, _ = train_step(new, jax.random.key(2), x[:32], y[:32])
     np.testing.assert_allclose(new.opt_state.hyperparams["b1"], [0.9, 0.09])
 
 

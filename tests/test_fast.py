@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import train_step
 from jax import lax
 
 import tempering as tp
@@ -147,14 +148,11 @@ def _check_forward_and_gradients(name, policy, x_axes=(None, 0)):
         _assert_trees_close(got, _reference_grads(name, x_axis))
 
 
-_TRAIN_STEP = jax.jit(tp.train_step, static_argnames="vectorize")
-
-
 @functools.cache
 def _reference_step(name):
     """Plain vmap's step and its evaluation, compiled once per model (CI time)."""
     state, x, y = _replicas(name)
-    ref, ref_info = _TRAIN_STEP(state, jax.random.key(3), x, y, vectorize="vmap")
+    ref, ref_info = train_step(state, jax.random.key(3), x, y, vectorize="vmap")
     return (ref, ref_info), tp.evaluate(ref, x, y, batch_size=4, vectorize="vmap")
 
 
@@ -174,7 +172,7 @@ def test_train_step_and_evaluate_match_vmap(name, policy):
     state, x, y = _replicas(name)
     key = jax.random.key(3)
     (ref, ref_info), ref_metrics = _reference_step(name)
-    new, info = _TRAIN_STEP(state, key, x, y, vectorize=policy)
+    new, info = train_step(state, key, x, y, vectorize=policy)
     chex.assert_shape(info.loss, (M,))
     _assert_trees_close(info.loss, ref_info.loss)
     _assert_trees_close(
@@ -328,9 +326,8 @@ def test_per_replica_batches_match_vmap():
     state, x, y = _replicas("lenet")
     xs, ys = jnp.stack([x, -x[::-1]]), jnp.stack([y, y[::-1]])
     key = jax.random.key(1)
-    step = jax.jit(tp.train_step, static_argnames=("per_replica_batch", "vectorize"))
-    ref, _ = step(state, key, xs, ys, per_replica_batch=True, vectorize="vmap")
-    new, _ = step(state, key, xs, ys, per_replica_batch=True, vectorize="unroll")
+    ref, _ = train_step(state, key, xs, ys, per_replica_batch=True, vectorize="vmap")
+    new, _ = train_step(state, key, xs, ys, per_replica_batch=True, vectorize="unroll")
     _assert_trees_close(new.params, ref.params)
 
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import make_blobs
+from conftest import make_blobs, train_step
 from flax import nnx
 
 import tempering as tp
@@ -142,9 +142,6 @@ def test_a_builder_gives_independent_starts_and_an_instance_a_common_one():
     assert cnn.drop.deterministic
 
 
-_jitted_step = jax.jit(tp.train_step, static_argnames=("vectorize",))
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _nnx_hand_step(graph, parts, x, y, lr):
     """One SGD step of one nnx model written by hand, the nnx way (jitted: one
@@ -177,7 +174,7 @@ def test_the_fused_step_equals_hand_written_single_model_steps():
         jax.random.key(0), Net, tp.sgd(0.1), IMAGES[:2], ladder=LR
     )
     x, y = IMAGES[:32], jnp.asarray(TRAIN[1][:32])
-    stepped, _ = _jitted_step(state, jax.random.key(1), x, y, vectorize="vmap")
+    stepped, _ = train_step(state, jax.random.key(1), x, y, vectorize="vmap")
     for m in range(M):
         parts = (
             jax.tree.map(lambda a, i=m: a[i], state.params),
@@ -191,7 +188,7 @@ def test_the_fused_step_equals_hand_written_single_model_steps():
     state = tp.create_replicas(jax.random.key(0), EqxMLP, tp.sgd(0.1), TRAIN[0][:2],
                                ladder=LR, model_inputs=())  # fmt: skip
     x = jnp.asarray(TRAIN[0][:32])
-    stepped, _ = _jitted_step(state, jax.random.key(1), x, y, vectorize="vmap")
+    stepped, _ = train_step(state, jax.random.key(1), x, y, vectorize="vmap")
 
     @eqx.filter_jit  # one compile for every replica
     def hand_step(model, lr):

@@ -19,6 +19,7 @@ from conftest import (
     V,
     bad_input_params,
     check_raises_before_compiling,
+    train_step,
 )
 from hypothesis import given
 from hypothesis import strategies as st
@@ -116,7 +117,7 @@ def test_exploit_copies_exactly_and_leaves_rest_bit_identical(state):
 def test_exploit_copies_batch_stats(tx, blobs):
     (x, _), _ = blobs
     state = tp.create_replicas(jax.random.key(1), TinyBNNet(), tx, x[:4], ladder=LADDER)
-    state, _ = jax.jit(tp.train_step)(
+    state, _ = train_step(
         state, jax.random.key(0), jnp.asarray(x[:8]), jnp.zeros(8, jnp.int32)
     )
     scores = jnp.arange(M, dtype=jnp.float32)

@@ -29,6 +29,7 @@ from conftest import (
     bad_input_tables,
     check_raises_before_compiling,
     hand_ladder,
+    train_step,
 )
 
 import tempering as tp
@@ -178,7 +179,7 @@ def test_vmapped_step_equals_per_replica_loop(tx, blobs):
     state = make_state(tx, x, dropout_rate=0.3)
     state = tp.set_hyperparams(state, dropout_rate=jnp.array([0.0, 0.3, 0.6]))
     batch_x, batch_y, key = jnp.asarray(x[:32]), jnp.asarray(y[:32]), jax.random.key(3)
-    new, info = jax.jit(tp.train_step)(state, key, batch_x, batch_y)
+    new, info = train_step(state, key, batch_x, batch_y)
     keys = jax.random.split(key, M)
     single = jax.jit(functools.partial(replica_train_step, state))
     for m in range(M):
@@ -206,7 +207,7 @@ def test_per_replica_learning_rate_scales_the_update(blobs):
     tx = tp.sgd(0.1)  # plain SGD: the update is exactly -lr * grad
     ladder = tp.make_ladder(learning_rate=[0.01, 0.02, 0.04])
     state = make_state(tx, x, ladder=ladder, same_init=True)
-    new, _ = jax.jit(tp.train_step)(
+    new, _ = train_step(
         state, jax.random.key(0), jnp.asarray(x[:32]), jnp.asarray(y[:32])
     )
     delta = jax.tree.map(lambda a, b: a - b, new.params, state.params)
@@ -226,7 +227,7 @@ def test_per_replica_dropout_rate_changes_the_update(blobs):
     state = tp.set_hyperparams(
         state, learning_rate=0.1, dropout_rate=jnp.array([0.0, 0.0, 0.5])
     )
-    new, _ = jax.jit(tp.train_step)(
+    new, _ = train_step(
         state, jax.random.key(0), jnp.asarray(x[:32]), jnp.asarray(y[:32])
     )
     k = new.params["Dense_1"]["kernel"]
@@ -240,7 +241,7 @@ def test_batchnorm_statistics_are_per_replica(blobs):
     tx = tp.sgd(0.05)
     state = make_state(tx, x, model=TinyBNNet())
     chex.assert_tree_shape_prefix(state.batch_stats, (M,))
-    new, _ = jax.jit(tp.train_step)(
+    new, _ = train_step(
         state, jax.random.key(0), jnp.asarray(x[:32]), jnp.asarray(y[:32])
     )
     mean = new.batch_stats["BatchNorm_0"]["mean"]
@@ -378,7 +379,7 @@ def test_any_flax_model_with_named_train_and_rate_arguments(tx, blobs):
     assert set(state.hyperparams) == {"learning_rate", "drop"}
     np.testing.assert_allclose(state.hyperparams["drop"], 0.1)
     state = tp.set_hyperparams(state, drop=jnp.array([0.0, 0.5, 0.9]))
-    new, info = jax.jit(tp.train_step)(
+    new, info = train_step(
         state, jax.random.key(0), jnp.asarray(x[:32]), jnp.asarray(y[:32])
     )
     chex.assert_shape(info.loss, (M,))
