@@ -25,10 +25,12 @@ Formulations of a primitive whose operands carry the replica axis:
   become one convolution with M times the output channels; a per-replica
   input and a shared kernel become one convolution with M times the batch.
 - ``"map"``: ``jax.lax.map`` over replicas (a loop inside the program), with
-  the same merges for one-sided operands.
+  the same merges for one-sided operands. Convolutions inside a loop (here
+  and under ``"sequential"``) are written in the NHWC / HWIO layout: XLA:CPU
+  runs any other layout there several times slower.
 - ``"patches"``: a convolution whose input is shared by all replicas (the
   first layer with a shared batch, forward and kernel gradient) becomes one
-  patch matrix, built once by slicing, times every replica's kernel: a single
+  patch matrix, built once by one gather, times every replica's kernel: a single
   matrix product with M times the output features. The first layer has few
   input channels, which XLA:CPU's convolutions handle poorly. Other
   convolutions are treated as under ``"unroll"``.
@@ -98,6 +100,7 @@ from tempering.rewrite import (
     SEQUENTIAL,
     WINDOW_PRIMITIVES,
     batched_primitive,
+    canonical_conv,
 )
 
 __all__ = [
@@ -256,8 +259,19 @@ def _bind(eqn: Any, invals: Sequence) -> Any:
     return eqn.primitive.bind(*invals, **bind_params)
 
 
-def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence, args: Sequence, rules) -> list:
-    """Evaluates ``jaxpr`` with chosen primitives routed through custom_vmap."""
+def _eval(
+    jaxpr: jex_core.Jaxpr,
+    consts: Sequence,
+    args: Sequence,
+    rules: Mapping[str, str],
+    replace: Callable[[Any, str], Callable] = batched_primitive,
+) -> list:
+    """Evaluates ``jaxpr`` with the primitives ``rules`` names replaced.
+
+    By default each is routed through custom_vmap in its formulation
+    (:func:`~tempering.rewrite.batched_primitive`); ``replace(eqn,
+    formulation)`` gives another replacement.
+    """
     env: dict[Any, Any] = {}
 
     def read(v):
@@ -272,14 +286,14 @@ def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence, args: Sequence, rules) -> lis
         invals = [read(v) for v in eqn.invars]
         name = eqn.primitive.name
         if name in rules:
-            outs = batched_primitive(eqn, rules[name])(*invals)
+            outs = replace(eqn, rules[name])(*invals)
         elif name in _INLINE and _contains(_subjaxprs(eqn.params)[0], names):
             closed = eqn.params["jaxpr"]
             sub = closed.jaxpr if isinstance(closed, jex_core.ClosedJaxpr) else closed
             sub_consts = (
                 closed.consts if isinstance(closed, jex_core.ClosedJaxpr) else []
             )
-            outs = _eval(sub, sub_consts, invals, rules)
+            outs = _eval(sub, sub_consts, invals, rules, replace)
         else:
             outs = _bind(eqn, invals)
         if eqn.primitive.multiple_results:
@@ -372,14 +386,57 @@ def _sequential(fun: Callable, in_axes: Any) -> Callable:
         shared = [None if axis == 0 else a for a, axis in zip(args, axes, strict=True)]
 
         def one(sliced):
-            return fun(*(
+            return single(*(
                 mine if axis == 0 else common
                 for mine, common, axis in zip(sliced, shared, axes, strict=True)
             ))  # fmt: skip
 
         return lax.map(one, per_replica)
 
+    single = _with_canonical_convs(fun)
     return mapped
+
+
+def _canonical_conv(eqn: Any, formulation: str) -> Callable:
+    del formulation
+    return functools.partial(canonical_conv, eqn.params)
+
+
+def _with_canonical_convs(fun: Callable) -> Callable:
+    """``fun`` with every convolution in the layout XLA:CPU runs fast in a loop.
+
+    Inside a ``while`` body XLA:CPU leaves a convolution in the layout it is
+    written in, and runs the kernel-gradient convolutions of a step several
+    times slower than the same step outside a loop
+    (:func:`~tempering.rewrite.canonical_conv`). Where the rewrite fails, the
+    function as it is (the same values), with a
+    :class:`RewriteFallbackWarning`.
+    """
+
+    @functools.wraps(fun)
+    def canonical(*args):
+        flat_args, in_tree = jax.tree.flatten(args)
+
+        def flat_fun(*flat):
+            return fun(*jax.tree.unflatten(in_tree, flat))
+
+        try:
+            closed, out_shape = jax.make_jaxpr(flat_fun, return_shape=True)(*flat_args)
+            if not _contains(closed.jaxpr, frozenset({CONV})):
+                return fun(*args)
+            outs = _eval(
+                closed.jaxpr, closed.consts, flat_args, {CONV: SEQUENTIAL},
+                replace=_canonical_conv,
+            )  # fmt: skip
+        except Exception as error:
+            outs = fun(*args)
+            _warn_fallback(
+                fun, POLICIES[SEQUENTIAL], error, "its convolutions as written"
+            )
+            return outs
+        return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
+
+    return canonical
 
 
 class RewriteFallbackWarning(RuntimeWarning):
@@ -389,7 +446,12 @@ class RewriteFallbackWarning(RuntimeWarning):
 _warned: set = set()
 
 
-def _warn_fallback(fun: Callable, rules: Mapping[str, str], error: Exception) -> None:
+def _warn_fallback(
+    fun: Callable,
+    rules: Mapping[str, str],
+    error: Exception,
+    instead: str = "plain jax.vmap",
+) -> None:
     """Warns once per function name and policy that the rewrite fell back."""
     while isinstance(fun, functools.partial):
         fun = fun.func
@@ -401,7 +463,7 @@ def _warn_fallback(fun: Callable, rules: Mapping[str, str], error: Exception) ->
     warn(
         f"tempering.fast.replica_vmap could not rewrite {name} for policy "
         f"{dict(rules)} under jax {jax.__version__} "
-        f"({type(error).__name__}: {error}); using plain jax.vmap instead: the "
+        f"({type(error).__name__}: {error}); using {instead} instead: the "
         "same results, possibly slower (set vectorize='vmap' to silence this).",
         RewriteFallbackWarning,
     )
