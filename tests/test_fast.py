@@ -636,6 +636,25 @@ def test_rewrite_failure_falls_back_to_vmap_with_one_warning(monkeypatch, where)
     assert "TypeError: argument after ** must be a mapping" in messages[0]
 
 
+def test_a_sequential_loop_whose_layout_rewrite_fails_runs_as_written(monkeypatch):
+    _break_the_rewrite(monkeypatch, "_eval")
+
+    def f(w, x):
+        y = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
+        return jnp.sum(jnp.tanh(y) ** 2)
+
+    grad = jax.grad(f)
+    w, x = (
+        0.1 * jax.random.normal(jax.random.key(0), (M, 3, 3, 2, 4)),
+        jnp.ones((3, 6, 6, 2)),
+    )
+    with pytest.warns(fast.RewriteFallbackWarning) as record:
+        got = jax.jit(fast.replica_vmap(grad, (0, None), policy="sequential"))(w, x)
+    (message,) = _fallback_messages(record)
+    assert "using its convolutions as written instead" in message
+    _assert_trees_close(got, jax.vmap(grad, (0, None))(w, x))
+
+
 def test_a_broken_rewrite_trains_as_plain_vmap(monkeypatch):
     _break_the_rewrite(monkeypatch, "_bind")
     state, x, y = _replicas("lenet")
