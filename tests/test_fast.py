@@ -513,6 +513,37 @@ def test_auto_runs_batched_products_as_a_loop_on_one_cpu(monkeypatch):
     assert fast._auto_otherwise("gpu") is None
 
 
+def _conv_stack_loss(kernels, x, depth):
+    for i in range(depth):
+        x = jnp.tanh(lax.conv_general_dilated(x, kernels[i], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))  # fmt: skip
+    return jnp.sum(x**2)
+
+
+def test_auto_runs_a_deep_conv_net_as_a_loop_on_one_cpu(monkeypatch):
+    # A step with DEEP_CONVOLUTIONS convolutions or more (forward and backward)
+    # runs "sequential"; a shallower one is rewritten per primitive.
+    x = jax.random.normal(jax.random.key(1), (2, 6, 6, 3))
+    shallow_depth = 4  # 4 forward + 4 kernel + 3 input gradients = 11
+    deep_depth = (fast.DEEP_CONVOLUTIONS + 1) // 3 + 1
+    for depth, loops in ((shallow_depth, False), (deep_depth, True)):
+        kernels = 0.3 * jax.random.normal(jax.random.key(0), (M, depth, 3, 3, 3, 3))
+        grad = jax.grad(functools.partial(_conv_stack_loss, depth=depth))
+        jaxpr = jax.make_jaxpr(grad)(kernels[0], x).jaxpr
+        assert (
+            fast._count(jaxpr, "conv_general_dilated") >= fast.DEEP_CONVOLUTIONS
+        ) is loops
+        auto = fast.replica_vmap(grad, (0, None), policy="auto")
+        assert _loops(auto, kernels, x) is loops, depth
+        _assert_trees_close(
+            jax.jit(auto)(kernels, x), jax.vmap(grad, (0, None))(kernels, x)
+        )
+    monkeypatch.setattr(jax, "device_count", lambda *a: 2)
+    assert fast.applied_rules("auto", jaxpr, "cpu") == {
+        "conv_general_dilated": "patches"
+    }
+    assert fast.applied_rules("auto", jaxpr, "gpu") == {}
+
+
 def _dot_batch_dims(fn, *args) -> list:
     jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
     found = []
