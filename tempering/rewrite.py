@@ -203,7 +203,8 @@ def _patches(params, lhs, window: tuple[int, ...]) -> jax.Array:
         shape[d], shape[rank + d] = k, o
         position = np.arange(k)[:, None] * dilation + np.arange(o)[None, :] * stride
         indices.append(position.reshape(shape))
-    return x.at[(slice(None), slice(None), *indices)].get(mode="promise_in_bounds")
+    index = (slice(None), slice(None), *indices)
+    return x.at[index].get(mode="promise_in_bounds")
 
 
 def _conv_patches(params, num, lhs, rhs):
