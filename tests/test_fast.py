@@ -217,6 +217,24 @@ def test_patches_conv_and_kernel_gradient_match_vmap(
     assert "conv_general_dilated" not in str(jax.make_jaxpr(patched)(kernels, x))
 
 
+def _patch_cases(rank: int) -> list[tuple]:
+    """(window, stride, dilation, input dilation, padding) per spatial dimension.
+
+    In 1-D every combination; in 2-D a dozen drawn from them, the two
+    dimensions' settings independent (each case compiles its own gather).
+    """
+    options = list(
+        itertools.product((1, 3, 7), (1, 2), (1, 2), (1, 2), ((0, 0), (2, 1)))
+    )
+    if rank == 1:
+        return [(o,) for o in options]
+    rng = np.random.default_rng(0)
+    return [
+        tuple(options[i] for i in rng.choice(len(options), size=rank))
+        for _ in range(12)
+    ]
+
+
 @pytest.mark.parametrize("rank", [1, 2])
 def test_patches_are_the_input_elements_each_window_reads(rank):
     # Every stride, dilation, input dilation and padding; both orders the
@@ -225,33 +243,40 @@ def test_patches_are_the_input_elements_each_window_reads(rank):
     layout = ("NWC", "WIO", "NWC") if rank == 1 else ("NHWC", "HWIO", "NHWC")
     shape = (2, 9, 2) if rank == 1 else (2, 9, 8, 2)
     lhs = rng.normal(size=shape).astype(np.float32)
-    for window, stride, dilation, lhs_dilation, pad in itertools.product(
-        (1, 3, 7), (1, 2), (1, 2), (1, 2), ((0, 0), (2, 1))
-    ):
+    for case in _patch_cases(rank):
+        window, stride, dilation, lhs_dilation, pad = map(
+            tuple, zip(*case, strict=True)
+        )
         params = {
             "dimension_numbers": lax.conv_dimension_numbers(
-                shape, (window,) * rank + (2, 4), layout
+                shape, (*window, 2, 4), layout
             ),
-            "window_strides": (stride,) * rank,
-            "rhs_dilation": (dilation,) * rank,
-            "lhs_dilation": (lhs_dilation,) * rank,
-            "padding": (pad,) * rank,
+            "window_strides": stride,
+            "rhs_dilation": dilation,
+            "lhs_dilation": lhs_dilation,
+            "padding": pad,
         }
-        padded = np.asarray(lax.pad(
-            jnp.moveaxis(lhs, -1, 1), 0.0,
-            [(0, 0, 0), (0, 0, 0), *[(*pad, lhs_dilation - 1)] * rank],
-        ))  # fmt: skip
+        spatial = [(*p, d - 1) for p, d in zip(pad, lhs_dilation, strict=True)]
+        padded = np.asarray(
+            lax.pad(jnp.moveaxis(lhs, -1, 1), 0.0, [(0, 0, 0), (0, 0, 0), *spatial])
+        )
         out = [
-            (n - (window - 1) * dilation - 1) // stride + 1 for n in padded.shape[2:]
+            (n - (k - 1) * d - 1) // s + 1
+            for n, k, d, s in zip(
+                padded.shape[2:], window, dilation, stride, strict=True
+            )
         ]
         if min(out) < 1:
             continue
-        want = np.empty((*padded.shape[:2], *(window,) * rank, *out), np.float32)
-        for k in itertools.product(range(window), repeat=rank):
+        want = np.empty((*padded.shape[:2], *window, *out), np.float32)
+        for k in itertools.product(*map(range, window)):
             for o in itertools.product(*map(range, out)):
-                at = [oi * stride + ki * dilation for ki, oi in zip(k, o, strict=True)]
+                at = [
+                    oi * si + ki * di
+                    for ki, oi, si, di in zip(k, o, stride, dilation, strict=True)
+                ]
                 want[(..., *k, *o)] = padded[(..., *at)]
-        got = rewrite._patches(params, jnp.asarray(lhs), (window,) * rank)
+        got = rewrite._patches(params, jnp.asarray(lhs), window)
         np.testing.assert_array_equal(got, want)
 
 
