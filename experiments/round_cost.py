@@ -50,26 +50,28 @@ PARTS = ("steps", "evaluation", "move", "records")
 METHODS = ("pt", "pbt")
 
 
-def _timed(totals: dict, part: str, fn):
+def _timed(totals: dict, calls: dict, part: str, fn):
     import jax
 
     def wrapper(*args, **kwargs):
         start = time.perf_counter()
         out = jax.block_until_ready(fn(*args, **kwargs))
         totals[part] += time.perf_counter() - start
+        calls[part] += 1
         return out
 
     return wrapper
 
 
-def instrument(totals: dict) -> None:
-    """Wraps the driver's four parts of a round with timers adding to ``totals``."""
+def instrument(totals: dict, calls: dict) -> None:
+    """Wraps the driver's four parts of a round with timers adding to ``totals``
+    (seconds) and ``calls`` (how often each part ran)."""
     from tempering import driver
 
-    driver.run_segment = _timed(totals, "steps", driver.run_segment)
-    driver._jitted_move = _timed(totals, "move", driver._jitted_move)
-    driver._host = _timed(totals, "records", driver._host)
-    driver._Run.evaluate = _timed(totals, "evaluation", driver._Run.evaluate)
+    driver.run_segment = _timed(totals, calls, "steps", driver.run_segment)
+    driver._jitted_move = _timed(totals, calls, "move", driver._jitted_move)
+    driver._host = _timed(totals, calls, "records", driver._host)
+    driver._Run.evaluate = _timed(totals, calls, "evaluation", driver._Run.evaluate)
 
 
 def trainer(method: str, ladder, run: dict, interval: int):
@@ -101,7 +103,8 @@ def measure(args: argparse.Namespace) -> dict:
     from tempering.zoo.models import MLP
 
     totals = dict.fromkeys(PARTS, 0.0)
-    instrument(totals)
+    calls = dict.fromkeys(PARTS, 0)
+    instrument(totals, calls)
     rng = np.random.default_rng(0)  # the same data in every process
     x = rng.normal(size=(4000, 40)).astype(np.float32)
     y = rng.integers(0, 10, 4000).astype(np.int32)
@@ -123,13 +126,14 @@ def measure(args: argparse.Namespace) -> dict:
                 call(state, jax.random.key(1), rounds * args.interval)
             per_round = []
             for repeat in range(args.repeats):
-                timed = {}
+                timed, counted = {}, {}
                 for rounds in (args.rounds, 2 * args.rounds):
                     for part in PARTS:
-                        totals[part] = 0.0
+                        totals[part], calls[part] = 0.0, 0
                     start = time.perf_counter()
                     call(state, jax.random.key(2 + repeat), rounds * args.interval)
                     timed[rounds] = {"total": time.perf_counter() - start, **totals}
+                    counted[rounds] = dict(calls)
                 short, long = timed[args.rounds], timed[2 * args.rounds]
                 ms = {k: 1000 * (long[k] - short[k]) / args.rounds for k in short}
                 ms["other"] = ms["total"] - sum(ms[p] for p in PARTS)
@@ -139,7 +143,12 @@ def measure(args: argparse.Namespace) -> dict:
             median = {
                 k: float(np.median([r[k] for r in per_round])) for k in per_round[0]
             }
+            calls_per_round = {
+                p: (counted[2 * args.rounds][p] - counted[args.rounds][p]) / args.rounds
+                for p in PARTS
+            }  # of the last repeat: the same in every one
             rows.append({"method": method, "replicas": num, "ms_per_round": median,
+                         "calls_per_round": calls_per_round,
                          "repeats": per_round})  # fmt: skip
     return {"process": jax.process_index(), "devices": jax.device_count(), "rows": rows}
 

@@ -98,11 +98,13 @@ from tempering.rewrite import (
     DOT,
     FOLD,
     FORMULATIONS,
+    RANDOM_BITS,
     RESHAPE,
     SEQUENTIAL,
     WINDOW_PRIMITIVES,
     batched_primitive,
     canonical_conv,
+    flat_random_bits,
 )
 
 __all__ = [
@@ -115,6 +117,7 @@ __all__ = [
     "applied_rules",
     "resolve_policy",
     "replica_vmap",
+    "single_replica_rewrite",
 ]
 
 
@@ -291,7 +294,9 @@ def _eval(
 
     By default each is routed through custom_vmap in its formulation
     (:func:`~tempering.rewrite.batched_primitive`); ``replace(eqn,
-    formulation)`` gives another replacement.
+    formulation)`` gives another replacement. Random bits are drawn flat
+    (:func:`~tempering.rewrite.flat_random_bits`: the same bits, a smaller
+    program) whatever the rules.
     """
     env: dict[Any, Any] = {}
 
@@ -302,12 +307,14 @@ def _eval(
         env[v] = x
     for v, x in zip(jaxpr.invars, args, strict=True):
         env[v] = x
-    names = frozenset(rules)
+    names = frozenset(rules) | {RANDOM_BITS}
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
         name = eqn.primitive.name
         if name in rules:
             outs = replace(eqn, rules[name])(*invals)
+        elif name == RANDOM_BITS:
+            outs = flat_random_bits(eqn, *invals)
         elif name in _INLINE and _contains(_subjaxprs(eqn.params)[0], names):
             closed = eqn.params["jaxpr"]
             sub = closed.jaxpr if isinstance(closed, jex_core.ClosedJaxpr) else closed
@@ -420,7 +427,7 @@ def _sequential(fun: Callable, in_axes: Any) -> Callable:
 
         return lax.map(one, per_replica)
 
-    single = _with_canonical_convs(fun)
+    single = single_replica_rewrite(fun)
     return mapped
 
 
@@ -429,19 +436,22 @@ def _canonical_conv(eqn: Any, formulation: str) -> Callable:
     return functools.partial(canonical_conv, eqn.params)
 
 
-def _with_canonical_convs(fun: Callable) -> Callable:
-    """``fun`` with every convolution in the layout XLA:CPU runs fast in a loop.
+def single_replica_rewrite(fun: Callable, convolutions: bool = True) -> Callable:
+    """``fun`` (one replica's function) as it runs fastest inside a loop.
 
-    Inside a ``while`` body XLA:CPU leaves a convolution in the layout it is
-    written in, and runs the kernel-gradient convolutions of a step several
-    times slower than the same step outside a loop
-    (:func:`~tempering.rewrite.canonical_conv`). Where the rewrite fails, the
-    function as it is (the same values), with a
+    Random bits drawn flat (:func:`~tempering.rewrite.flat_random_bits`),
+    and, with ``convolutions``, every convolution in the layout XLA:CPU runs
+    fast in a loop: inside a ``while`` body XLA:CPU leaves a convolution in
+    the layout it is written in, and runs the kernel-gradient convolutions of
+    a step several times slower than the same step outside a loop
+    (:func:`~tempering.rewrite.canonical_conv`). The same values. Where the
+    rewrite fails, the function as it is, with a
     :class:`RewriteFallbackWarning`.
     """
+    rules = {CONV: SEQUENTIAL} if convolutions else {}
 
     @functools.wraps(fun)
-    def canonical(*args):
+    def rewritten(*args):
         flat_args, in_tree = jax.tree.flatten(args)
 
         def flat_fun(*flat):
@@ -449,21 +459,18 @@ def _with_canonical_convs(fun: Callable) -> Callable:
 
         try:
             closed, out_shape = jax.make_jaxpr(flat_fun, return_shape=True)(*flat_args)
-            if not _contains(closed.jaxpr, frozenset({CONV})):
+            if not _contains(closed.jaxpr, frozenset({*rules, RANDOM_BITS})):
                 return fun(*args)
             outs = _eval(
-                closed.jaxpr, closed.consts, flat_args, {CONV: SEQUENTIAL},
-                replace=_canonical_conv,
-            )  # fmt: skip
+                closed.jaxpr, closed.consts, flat_args, rules, replace=_canonical_conv
+            )
         except Exception as error:
             outs = fun(*args)
-            _warn_fallback(
-                fun, POLICIES[SEQUENTIAL], error, "its convolutions as written"
-            )
+            _warn_fallback(fun, rules, error, "the function as written")
             return outs
         return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
 
-    return canonical
+    return rewritten
 
 
 class RewriteFallbackWarning(RuntimeWarning):

@@ -6,11 +6,13 @@ formulation: convolutions unrolled, mapped or as patches times kernels
 (``"unroll"``, ``"map"``, ``"patches"``), window reductions folded into the
 batch axis or computed as reshapes (``"fold"``, ``"reshape"``), anything else
 by JAX's own batching rule. Every formulation computes what ``jax.vmap`` does
-(tested against it in ``tests/test_fast.py``).
+(tested against it in ``tests/test_fast.py``). Independently of the policy,
+:func:`flat_random_bits` draws threefry random bits as one flat vector.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,8 +29,10 @@ __all__ = [
     "FORMULATIONS",
     "RESHAPE",
     "SEQUENTIAL",
+    "RANDOM_BITS",
     "WINDOW_PRIMITIVES",
     "batched_primitive",
+    "flat_random_bits",
 ]
 
 FORMULATIONS = ("vmap", "unroll", "map", "patches", "fold", "reshape", "broadcast")
@@ -37,6 +41,7 @@ FOLD = "fold"
 RESHAPE = "reshape"
 CONV = "conv_general_dilated"
 DOT = "dot_general"
+RANDOM_BITS = "random_bits"
 BROADCAST = "broadcast"
 #: Weight-free window reductions (pooling and the max-pool derivatives), the
 #: primitives the ``"fold"`` formulation applies to.
@@ -48,6 +53,31 @@ WINDOW_PRIMITIVES = (
     "select_and_scatter_add",
     "select_and_gather_add",
 )
+
+
+@functools.cache
+def _threefry_key_dtype() -> Any:
+    return jax.eval_shape(lambda: jax.random.key(0, impl="threefry2x32")).dtype
+
+
+def flat_random_bits(eqn: Any, keys: jax.Array) -> jax.Array:
+    """A ``random_bits`` equation drawn as one flat vector, then reshaped.
+
+    The same bits: threefry's counters are the row-major index of each element
+    (``iota(prod(shape)).reshape(shape)``, in JAX's partitionable and original
+    implementations alike), so only the program changes. Drawn in N
+    dimensions, the counters are built from one iota per dimension times its
+    stride, in 64 bits as two 32-bit words, and XLA:CPU fuses that arithmetic
+    into every threefry round: a dropout mask of ``(M, 128, 84)`` compiled in
+    0.5 s against 0.2 s flat, and a ``(8, 128, 28, 28, 6)`` draw ran in 90
+    against 52 ms. Keys of other implementations (``rbg``) are drawn as
+    written.
+    """
+    shape = tuple(eqn.params["shape"])
+    if len(shape) <= 1 or keys.dtype != _threefry_key_dtype():
+        return eqn.primitive.bind(keys, **eqn.params)
+    flat = eqn.primitive.bind(keys, **{**eqn.params, "shape": (math.prod(shape),)})
+    return flat.reshape(keys.shape + shape)
 
 
 def _canonical_layout(dn: lax.ConvDimensionNumbers) -> tuple:

@@ -30,6 +30,7 @@ import optax
 from flax import struct
 from numpy.typing import ArrayLike
 
+from tempering.fast import single_replica_rewrite
 from tempering.frontends import as_frontend
 from tempering.hyperparams import (
     DATA_HYPERPARAMETERS,
@@ -276,9 +277,10 @@ def _init_replicas(key, sample_input, inputs, *, model, tx, num_replicas, same_i
     keys = jax.random.split(key, num_replicas)
     if same_init:
         keys = jnp.broadcast_to(keys[:1], keys.shape)
-    return jax.lax.map(
-        lambda k: _init_replica(k, sample_input, inputs, model=model, tx=tx), keys
+    init = single_replica_rewrite(
+        functools.partial(_init_replica, model=model, tx=tx), convolutions=False
     )
+    return jax.lax.map(lambda k: init(k, sample_input, inputs), keys)
 
 
 def _check_traced_inputs(init, key, model, sample_input, inputs):

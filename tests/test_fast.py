@@ -707,7 +707,7 @@ def test_a_sequential_loop_whose_layout_rewrite_fails_runs_as_written(monkeypatc
     with pytest.warns(fast.RewriteFallbackWarning) as record:
         got = jax.jit(fast.replica_vmap(grad, (0, None), policy="sequential"))(w, x)
     (message,) = _fallback_messages(record)
-    assert "using its convolutions as written instead" in message
+    assert "using the function as written instead" in message
     _assert_trees_close(got, jax.vmap(grad, (0, None))(w, x))
 
 
@@ -816,3 +816,92 @@ def test_unusual_primitives_are_rewritten_or_fall_back_never_an_error(monkeypatc
         if policy is routed:
             assert "custom_jvp_call" in messages[0] and "plain jax.vmap" in messages[0]
         _assert_trees_close(got, ref)
+
+
+# --- random bits drawn flat -------------------------------------------------
+
+
+def _random_bits_shapes(jaxpr) -> list[tuple]:
+    shapes = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "random_bits":
+            shapes.append(tuple(eqn.params["shape"]))
+        for sub in fast._subjaxprs(eqn.params):
+            shapes += _random_bits_shapes(sub)
+    return shapes
+
+
+def _draws(key, keys):
+    # Dropout's mask (bernoulli, inside its own jit), a normal initialiser and
+    # raw bits of every width but 64 (which needs jax_enable_x64), all N-D.
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    return (
+        jax.random.bernoulli(k1, 0.9, (5, 3, 7)),
+        jax.random.truncated_normal(k2, -2.0, 2.0, (2, 3, 4, 5)),
+        jax.random.bits(k3, (6, 5), jnp.uint8),
+        jax.random.bits(k4, (4, 1, 3), jnp.uint16),
+        jax.random.uniform(keys[0], (9, 2)),  # a key passed in
+    )
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+def test_random_bits_drawn_flat_are_the_same_bits(partitionable):
+    previous = jax.config.jax_threefry_partitionable
+    jax.config.update("jax_threefry_partitionable", partitionable)
+    try:
+        keys = jax.random.split(jax.random.key(3), M)
+        extra = jax.random.split(jax.random.key(4), (M, 1))
+        flat = fast.single_replica_rewrite(_draws)
+        jaxpr = jax.make_jaxpr(flat)(keys[0], extra[0]).jaxpr
+        assert _random_bits_shapes(jaxpr), "nothing drawn"
+        assert all(len(s) == 1 for s in _random_bits_shapes(jaxpr))
+        assert any(
+            len(s) > 1
+            for s in _random_bits_shapes(
+                jax.make_jaxpr(_draws)(keys[0], extra[0]).jaxpr
+            )
+        )
+        chex.assert_trees_all_equal(
+            jax.jit(flat)(keys[0], extra[0]), jax.jit(_draws)(keys[0], extra[0])
+        )
+        chex.assert_trees_all_equal(
+            jax.jit(jax.vmap(flat))(keys, extra), jax.jit(jax.vmap(_draws))(keys, extra)
+        )
+        # the vectorised step's rewrite draws them flat too, whatever its policy
+        policy = fast.replica_vmap(_draws, policy={"dot_general": "broadcast"})
+        chex.assert_trees_all_equal(
+            jax.jit(policy)(keys, extra), jax.jit(jax.vmap(_draws))(keys, extra)
+        )
+    finally:
+        jax.config.update("jax_threefry_partitionable", previous)
+
+
+def test_random_bits_of_other_key_implementations_are_drawn_as_written():
+    def draw(key):
+        return jax.random.bits(key, (4, 3))
+
+    key = jax.random.key(0, impl="rbg")
+    flat = fast.single_replica_rewrite(draw)
+    assert _random_bits_shapes(jax.make_jaxpr(flat)(key).jaxpr) == [(4, 3)]
+    chex.assert_trees_all_equal(jax.jit(flat)(key), jax.jit(draw)(key))
+
+
+def test_dropout_steps_and_the_init_draw_flat_bits_the_same_values():
+    # The LeNet has dropout: its masks and its initialisers are drawn flat in
+    # the programs the library compiles, with the values of the model as
+    # written (the init: test_state's replica-m test; the step: plain vmap).
+    state, x, y = _replicas("lenet")
+    key = jax.random.key(7)
+    init = functools.partial(
+        tp.state._init_replicas.__wrapped__, model=state.model, tx=state.tx,
+        num_replicas=M, same_init=False,
+    )  # fmt: skip
+    init_shapes = _random_bits_shapes(jax.make_jaxpr(init)(key, x[:1], {}).jaxpr)
+    assert len(init_shapes) >= 5 and all(len(s) == 1 for s in init_shapes)
+    for policy in ("auto", "sequential"):
+        step = functools.partial(tp.train_step, vectorize=policy)
+        shapes = _random_bits_shapes(jax.make_jaxpr(step)(state, key, x, y).jaxpr)
+        assert shapes and all(len(s) == 1 for s in shapes)
+        got, _ = train_step(state, key, x, y, vectorize=policy)
+        want, _ = train_step(state, key, x, y, vectorize="vmap")
+        _assert_trees_close(got.params, want.params)
