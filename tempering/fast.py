@@ -59,12 +59,15 @@ Formulations of a primitive whose operands carry the replica axis:
   the cotangent: no scatter, which XLA:CPU runs slowly on large arrays.
   Bitwise equal to JAX's rule (NaN aside). Other windows are folded.
 
-Whatever the policy, every program the rewrite builds (and the
-single-replica body of ``"sequential"``) draws threefry random bits (dropout
+Every program the rewrite builds, whatever its formulations (and the
+single-replica body of ``"sequential"``), draws threefry random bits (dropout
 masks) as one flat vector, reshaped: the same bits, since threefry's counters
 are each element's row-major index, in a program XLA:CPU compiles two to three
 times faster and runs faster (:func:`~tempering.rewrite.flat_random_bits`).
-:func:`tempering.create_replicas` draws the initialisers flat too.
+Where :func:`replica_vmap` is plain ``jax.vmap`` (``"vmap"``, ``"auto"`` off
+CPU, or a policy naming none of the function's primitives) the bits are drawn
+as written. :func:`tempering.create_replicas` draws the initialisers flat on
+every backend.
 
 One formulation applies to the whole function rather than to a primitive:
 
