@@ -44,6 +44,7 @@ from tempering.moves import as_move, rungs_of
 from tempering.records import History, RecordRows, RoundRecord
 from tempering.sources import BatchError, RunSources, prepare_sources
 from tempering.state import EvalMetrics, ReplicaState, check_key
+from tempering.step import zero_model_inputs
 
 __all__ = ["RunResult", "best_index", "train"]
 
@@ -418,9 +419,11 @@ def _train_segment(run, carry, progress, index):
     burning = not segment.evaluated
     burn_in_hyperparams = run.config.burn_in_hyperparams
     segment_key, move_key = _round_keys(run.key, segment.round)
+    # Read each segment: a move or the burn-in may have changed the values.
+    settings = run.segment_settings._replace(zero_inputs=zero_model_inputs(state))
     state, train_loss = run_segment(
         state, segment_key, run.data.train, segment.steps, data_key=run.data_key,
-        settings=run.segment_settings, loop=run.loop, start=segment.start,
+        settings=settings, loop=run.loop, start=segment.start,
     )  # fmt: skip
     last = index + 1 == len(run.segments)
     if burning and burn_in_hyperparams and (last or run.segments[index + 1].evaluated):

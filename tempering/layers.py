@@ -3,16 +3,26 @@
 Flax's ``nn.Dropout`` decides in Python whether to apply the mask
 (``if rate == 0.0``), so it cannot take a rate that is a tracer, let alone one
 that differs across a ``jax.vmap`` over replicas. The layer here treats the rate
-as data: the same compiled program serves every replica and every rate.
+as data: the same compiled program serves every replica and every rate. A rate
+that is the Python number 0 skips the layer (no mask, no key drawn), as
+flax's does: the training drivers pass a model input that every replica holds
+at 0 that way (:func:`tempering.step.zero_model_inputs`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Dropout", "dropout"]
+__all__ = ["Dropout", "dropout", "is_static_zero"]
+
+
+def is_static_zero(rate: Any) -> bool:
+    """Whether ``rate`` is the Python number 0 (not an array): dropout is a no-op."""
+    return isinstance(rate, int | float) and not isinstance(rate, bool) and rate == 0
 
 
 def dropout(key: jax.Array, x: jax.Array, rate: jax.Array | float) -> jax.Array:
@@ -27,8 +37,10 @@ def dropout(key: jax.Array, x: jax.Array, rate: jax.Array | float) -> jax.Array:
     Returns:
         ``x`` with elements zeroed with probability ``rate`` and the rest scaled
         by ``1 / (1 - rate)``, so the expectation is unchanged. ``rate = 0``
-        returns ``x`` exactly.
+        returns ``x`` exactly; the Python number 0 draws no mask at all.
     """
+    if is_static_zero(rate):
+        return x
     rate = jnp.asarray(rate, dtype=jnp.float32)
     keep_prob = 1.0 - rate
     keep = jax.random.uniform(key, x.shape, dtype=jnp.float32) < keep_prob
@@ -60,12 +72,13 @@ class Dropout(nn.Module):
 
         Args:
             x: input array.
-            rate: drop probability in ``[0, 1)``; may be traced.
+            rate: drop probability in ``[0, 1)``; may be traced. The Python
+                number 0 returns ``x`` and needs no RNG.
             deterministic: if True, returns ``x`` unchanged (evaluation mode).
 
         Returns:
             The masked and rescaled input, or ``x`` when deterministic.
         """
-        if deterministic:
+        if deterministic or is_static_zero(rate):
             return x
         return dropout(self.make_rng(self.rng_collection), x, rate)

@@ -59,6 +59,7 @@ class SegmentSettings(NamedTuple):
     shared_batch: bool = True  # every replica sees the same batch each step
     augment: Augment | None = None  # on-device augment(key, batch) -> batch
     vectorize: str = "auto"  # see tempering.fast.replica_vmap
+    zero_inputs: tuple[str, ...] = ()  # passed as the number 0 (train_step)
 
 
 _DEFAULT_SETTINGS = SegmentSettings()
@@ -117,6 +118,7 @@ def _step_on_batch(
     state, info = train_step(
         state, dropout_key, x, y,
         per_replica_batch=not settings.shared_batch, vectorize=settings.vectorize,
+        zero_inputs=settings.zero_inputs,
     )  # fmt: skip
     return state, info.loss
 

@@ -17,10 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tempering import sharding
 from tempering.fast import replica_vmap
 from tempering.hyperparams import (
     write_injected,
 )
+from tempering.layers import is_static_zero
 from tempering.state import (
     EvalMetrics,
     MetricsFn,
@@ -43,6 +45,7 @@ __all__ = [
     "replica_outputs",
     "replica_train_step",
     "train_step",
+    "zero_model_inputs",
     "zero_totals",
 ]
 
@@ -63,14 +66,19 @@ def replica_train_step(
     key: jax.Array,
     inputs: jax.Array,
     targets: jax.Array,
+    *,
+    zero_inputs: tuple[str, ...] = (),
 ) -> tuple[PyTree, PyTree, PyTree, jax.Array]:
     """One step of a single replica (the function the fused step vmaps).
 
     With a ``batch_size`` hyperparameter the replica trains on the first
     ``batch_size`` examples of the batch only: the loss is their mean, and a
     model that takes ``batch_mask`` gets the mask (for BatchNorm statistics).
+    The model inputs named in ``zero_inputs`` (:func:`zero_model_inputs`)
+    reach the model as the Python number 0 instead of their traced value.
     """
     model_inputs = model_hyperparams(state, hyperparams)
+    model_inputs.update(dict.fromkeys(zero_inputs, 0.0))
     weights = None
     if "batch_size" in hyperparams:
         size = jax.tree.leaves(targets)[0].shape[0]
@@ -95,6 +103,35 @@ def replica_train_step(
     return params, new_stats, opt_state, loss.astype(jnp.float32)
 
 
+def zero_model_inputs(state: ReplicaState) -> tuple[str, ...]:
+    """The model inputs that every replica holds at 0, the model's own default.
+
+    Such an input can reach the model as the Python number 0, the value its
+    signature defaults to, so the model was written to take it, and a layer
+    that tests for it is skipped (a dropout of rate 0 draws no mask: a
+    learning-rate ladder on a model with a ``dropout_rate`` keyword pays
+    nothing for it). The values are read to the host (gathered from every
+    process), so the drivers call this once per segment, where a move or the
+    burn-in may have changed them.
+
+    Args:
+        state: the stacked replicas.
+
+    Returns:
+        The sorted names, for :func:`train_step`'s ``zero_inputs``.
+    """
+    _, _, defaults = state.model.keywords()
+    names = [
+        name
+        for name in state.model_inputs
+        if name in state.hyperparams and is_static_zero(defaults.get(name))
+    ]
+    if not names:
+        return ()
+    values = sharding.to_host({name: state.hyperparams[name] for name in names})
+    return tuple(sorted(name for name in names if not np.any(values[name])))
+
+
 def train_step(
     state: ReplicaState,
     key: jax.Array,
@@ -103,6 +140,7 @@ def train_step(
     *,
     per_replica_batch: bool = False,
     vectorize: str = "auto",
+    zero_inputs: tuple[str, ...] = (),
 ) -> tuple[ReplicaState, StepInfo]:
     """Advances all M replicas one step, vectorised over replicas (pure, jit-able).
 
@@ -117,6 +155,11 @@ def train_step(
             (:func:`tempering.fast.replica_vmap`): ``"auto"``, ``"vmap"``,
             ``"unroll"``, ``"map"``, ``"patches"``, ``"sequential"`` or another
             policy of :data:`tempering.fast.POLICIES`.
+        zero_inputs: model inputs that every replica holds at 0, passed to the
+            model as the Python number 0 (static under jit) so that the layers
+            they drive are skipped: a dropout of rate 0 draws no mask. The
+            training drivers find them (:func:`zero_model_inputs`); a name
+            listed here replaces the replicas' values with 0.
 
     Returns:
         ``(new_state, info)``.
@@ -124,12 +167,21 @@ def train_step(
     Raises:
         TypeError: a key that is not a PRNG key.
         ValueError: inputs and targets of different lengths, a missing replica
-            axis with ``per_replica_batch``, inputs the model cannot take.
+            axis with ``per_replica_batch``, inputs the model cannot take, a
+            name in ``zero_inputs`` that is not one of the model inputs.
     """
     key = check_key(key, "key")
     batch_axis = _check_batch_axes(state, inputs, targets, per_replica_batch)
+    unknown = sorted(set(zero_inputs) - set(state.model_inputs))
+    if unknown:
+        raise ValueError(
+            f"zero_inputs {unknown} are not model inputs of the state (it has "
+            f"{list(state.model_inputs)}); pass names from state.model_inputs"
+        )
     keys = jax.random.split(key, state.num_replicas)
-    step_one = functools.partial(replica_train_step, state)
+    step_one = functools.partial(
+        replica_train_step, state, zero_inputs=tuple(zero_inputs)
+    )
     data_axis = 0 if per_replica_batch else None
     in_axes = (0, 0, 0, 0, 0, data_axis, data_axis)
     vmapped = replica_vmap(step_one, in_axes=in_axes, policy=vectorize)

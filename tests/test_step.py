@@ -31,6 +31,7 @@ BAD_INPUTS = [
     Case("step-key-int", lambda c: tp.train_step(c.state, 0, c.x, c.y), T, r"key must be a JAX PRNG key", fixed=True),
     Case("step-scalar-targets", lambda c: tp.train_step(c.state, c.key, c.x, c.y[0]), V, r"targets must have a batch axis", fixed=True),
     Case("step-vectorize-unknown", lambda c: tp.train_step(c.state, c.key, c.x, c.y, vectorize="fast"), V, r"vectorize"),
+    Case("step-zero-inputs-unknown", lambda c: tp.train_step(c.state, c.key, c.x, c.y, zero_inputs=("noise_std",)), V, r"zero_inputs \['noise_std'\] are not model inputs", fixed=True),
 ]
 # fmt: on
 

@@ -24,7 +24,7 @@ from typing import Any
 import equinox as eqx
 import jax
 
-from tempering.layers import dropout
+from tempering.layers import dropout, is_static_zero
 
 __all__ = ["Dropout", "Equinox"]
 
@@ -41,8 +41,12 @@ class Dropout(eqx.Module):
         self, x: jax.Array, rate: jax.Array | float, *, key: jax.Array | None = None,
         inference: bool | None = None,
     ) -> jax.Array:  # fmt: skip
-        """Inverted dropout of ``x`` with drop probability ``rate`` in ``[0, 1)``."""
-        if inference if inference is not None else self.inference:
+        """Inverted dropout of ``x`` with drop probability ``rate`` in ``[0, 1)``.
+
+        The Python number 0 returns ``x`` and needs no key.
+        """
+        off = inference if inference is not None else self.inference
+        if off or is_static_zero(rate):
             return x
         if key is None:
             raise ValueError(

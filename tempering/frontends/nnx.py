@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tempering.layers import dropout
+from tempering.layers import dropout, is_static_zero
 
 __all__ = ["Dropout", "Nnx"]
 
@@ -72,8 +72,12 @@ class Dropout(nnx.Module):
         deterministic: bool | None = None,
         rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
     ) -> jax.Array:
-        """Inverted dropout of ``x`` with drop probability ``rate`` in ``[0, 1)``."""
-        if deterministic if deterministic is not None else self.deterministic:
+        """Inverted dropout of ``x`` with drop probability ``rate`` in ``[0, 1)``.
+
+        The Python number 0 returns ``x`` and draws no key.
+        """
+        off = deterministic if deterministic is not None else self.deterministic
+        if off or is_static_zero(rate):
             return x
         source = rngs if rngs is not None else self.rngs
         if isinstance(source, nnx.Rngs):

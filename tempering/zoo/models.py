@@ -53,26 +53,6 @@ _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-def _dropout(x: jax.Array, rate: jax.Array | float, train: bool) -> jax.Array:
-    """Applies :class:`~tempering.layers.Dropout` unless it is statically a no-op.
-
-    A rate that is the Python number 0 skips the layer, so a model trained
-    without dropout needs no ``"dropout"`` RNG; any array rate (traced or not)
-    goes through the layer and needs one in training mode.
-
-    Args:
-        x: activations.
-        rate: drop probability; may be traced.
-        train: if False, returns ``x`` unchanged.
-
-    Returns:
-        The (possibly) masked activations.
-    """
-    if isinstance(rate, int | float) and rate == 0:
-        return x
-    return Dropout()(x, rate=rate, deterministic=not train)
-
-
 class MLP(nn.Module):
     """Multi-layer perceptron with dropout after every hidden layer.
 
@@ -109,7 +89,7 @@ class MLP(nn.Module):
         x = jnp.asarray(x, jnp.float32).reshape((x.shape[0], -1))
         for width in self.features:
             x = nn.relu(nn.Dense(width)(x))
-            x = _dropout(x, dropout_rate, train)
+            x = Dropout()(x, dropout_rate, deterministic=not train)
         return nn.Dense(self.num_classes)(x)
 
 
@@ -194,7 +174,7 @@ class LeNet5(nn.Module):
         x = x.reshape((x.shape[0], -1))
         for width in (120, 84):
             x = act(nn.Dense(width)(x))
-            x = _dropout(x, dropout_rate, train)
+            x = Dropout()(x, dropout_rate, deterministic=not train)
         return nn.Dense(self.num_classes)(x)
 
 
@@ -391,7 +371,7 @@ class ResNet(nn.Module):
                     x, train=train, batch_mask=batch_mask
                 )
         x = jnp.mean(x, axis=(1, 2))
-        x = _dropout(x, dropout_rate, train)
+        x = Dropout()(x, dropout_rate, deterministic=not train)
         return nn.Dense(self.num_classes)(x)
 
 
