@@ -476,7 +476,11 @@ def single_replica_rewrite(fun: Callable, convolutions: bool = True) -> Callable
             )
         except Exception as error:
             outs = fun(*args)
-            _warn_fallback(fun, rules, error, "the function as written")
+            _warn_fallback(
+                fun, rules, error, "the function as written",
+                rewriter="single_replica_rewrite",
+                silence="filter tempering.fast.RewriteFallbackWarning",
+            )  # fmt: skip
             return outs
         return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
 
@@ -484,7 +488,12 @@ def single_replica_rewrite(fun: Callable, convolutions: bool = True) -> Callable
 
 
 class RewriteFallbackWarning(RuntimeWarning):
-    """:func:`replica_vmap` fell back to plain ``jax.vmap`` (slower on CPU)."""
+    """A jaxpr rewrite fell back to the function as written (possibly slower).
+
+    :func:`replica_vmap` falls back to plain ``jax.vmap``,
+    :func:`single_replica_rewrite` (the sequential loop's body, the replicas'
+    init) to the function as it is; the values are the same.
+    """
 
 
 _warned: set = set()
@@ -495,20 +504,27 @@ def _warn_fallback(
     rules: Mapping[str, str],
     error: Exception,
     instead: str = "plain jax.vmap",
+    *,
+    rewriter: str = "replica_vmap",
+    silence: str = "set vectorize='vmap'",
 ) -> None:
-    """Warns once per function name and policy that the rewrite fell back."""
+    """Warns once per function name and policy that the rewrite fell back.
+
+    ``rewriter`` names the function of this module that tried, ``silence``
+    says how to silence the warning.
+    """
     while isinstance(fun, functools.partial):
         fun = fun.func
     name = getattr(fun, "__qualname__", None) or type(fun).__qualname__
-    key = (name, tuple(sorted(rules.items())))
+    key = (rewriter, name, tuple(sorted(rules.items())))
     if key in _warned:
         return
     _warned.add(key)
     warn(
-        f"tempering.fast.replica_vmap could not rewrite {name} for policy "
+        f"tempering.fast.{rewriter} could not rewrite {name} for policy "
         f"{dict(rules)} under jax {jax.__version__} "
         f"({type(error).__name__}: {error}); using {instead} instead: the "
-        "same results, possibly slower (set vectorize='vmap' to silence this).",
+        f"same results, possibly slower ({silence} to silence this).",
         RewriteFallbackWarning,
     )
 

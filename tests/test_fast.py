@@ -707,8 +707,23 @@ def test_a_sequential_loop_whose_layout_rewrite_fails_runs_as_written(monkeypatc
     with pytest.warns(fast.RewriteFallbackWarning) as record:
         got = jax.jit(fast.replica_vmap(grad, (0, None), policy="sequential"))(w, x)
     (message,) = _fallback_messages(record)
+    assert "tempering.fast.single_replica_rewrite could not rewrite" in message
     assert "using the function as written instead" in message
     _assert_trees_close(got, jax.vmap(grad, (0, None))(w, x))
+
+
+def test_an_init_whose_rewrite_fails_says_which_rewrite_failed(monkeypatch):
+    _break_the_rewrite(monkeypatch, "_eval")
+    model = models.MLP((8,), 3)  # a new model: no init traced before
+    with pytest.warns(fast.RewriteFallbackWarning) as record:
+        state = tp.create_replicas(
+            jax.random.key(0), model, tp.sgd(0.1), jnp.ones((2, 5)), num_replicas=M
+        )
+    (message,) = _fallback_messages(record)
+    assert "tempering.fast.single_replica_rewrite could not rewrite" in message
+    assert "replica_vmap" not in message and "vectorize" not in message
+    assert "filter tempering.fast.RewriteFallbackWarning to silence this" in message
+    assert state.num_replicas == M
 
 
 def test_a_broken_rewrite_trains_as_plain_vmap(monkeypatch):
