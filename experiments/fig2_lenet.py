@@ -65,8 +65,9 @@ from experiments.fig2_common import (
     apply_overrides,
     run_experiment,
 )
+from tempering.layers import Dropout
 from tempering.zoo import datasets
-from tempering.zoo.models import _dropout, lenet5_cifar10, lenet5_emnist
+from tempering.zoo.models import lenet5_cifar10, lenet5_emnist
 
 # --model: LeNet-5 as the paper names it, or the network the authors' code builds
 MODELS = ("lenet5", "authors")
@@ -127,9 +128,11 @@ class AuthorsCifar10Net(nn.Module):
         x = jnp.asarray(x, jnp.float32)
         x = nn.relu(nn.Conv(16, (5, 5), padding="VALID")(x))
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = _dropout(x, dropout_rate, train)
+        x = Dropout()(x, dropout_rate, deterministic=not train)
         x = nn.relu(nn.Conv(120, (5, 5), padding="VALID")(x))
-        x = _dropout(x.reshape((x.shape[0], -1)), dropout_rate, train)
+        x = Dropout()(
+            x.reshape((x.shape[0], -1)), dropout_rate, deterministic=not train
+        )
         return nn.Dense(self.num_classes)(x)
 
 
@@ -177,11 +180,15 @@ class AuthorsEmnistNet(nn.Module):
             shift = self.param(
                 f"pool_bias_{features}", nn.initializers.zeros, (features,)
             )
-            x = _dropout(jnp.tanh(x * scale + shift), dropout_rate, train)
+            x = Dropout()(
+                jnp.tanh(x * scale + shift), dropout_rate, deterministic=not train
+            )
         x = jnp.tanh(nn.Conv(120, (5, 5), padding="VALID")(x))
-        x = _dropout(x, dropout_rate, train)
-        x = _dropout(x.reshape((x.shape[0], -1)), dropout_rate, train)
-        x = _dropout(jnp.tanh(nn.Dense(84)(x)), dropout_rate, train)
+        x = Dropout()(x, dropout_rate, deterministic=not train)
+        x = Dropout()(
+            x.reshape((x.shape[0], -1)), dropout_rate, deterministic=not train
+        )
+        x = Dropout()(jnp.tanh(nn.Dense(84)(x)), dropout_rate, deterministic=not train)
         centres = self.param(
             "rbf_centres",
             nn.initializers.lecun_normal(),
