@@ -291,6 +291,9 @@ def set_hyperparams(state: ReplicaState, **values: Any) -> ReplicaState:
     """Writes per-replica hyperparameters (each ``(M,)`` or a scalar).
 
     Pure and jit-able; concrete values are range-checked (:data:`RANGES`).
+    An array split over several processes (a multi-host run's own
+    hyperparameters) cannot be read here: its shape is checked, its values
+    are not.
 
     Example:
         >>> state = set_hyperparams(state, learning_rate=0.1, dropout_rate=rates)
@@ -303,13 +306,17 @@ def set_hyperparams(state: ReplicaState, **values: Any) -> ReplicaState:
     num = state.num_replicas
     new = dict(state.hyperparams)
     for name, value in values.items():
-        if not isinstance(value, jax.core.Tracer):
-            array = check_values(name, value)
-            if array.shape not in ((), (num,)):
-                raise ValueError(
-                    f"{name} must be a scalar or have shape ({num},) (one value per "
-                    f"replica), got shape {array.shape}"
-                )
+        if isinstance(value, jax.core.Tracer):
+            shape = None
+        elif isinstance(value, jax.Array) and not value.is_fully_addressable:
+            shape = value.shape
+        else:
+            shape = check_values(name, value).shape
+        if shape is not None and shape not in ((), (num,)):
+            raise ValueError(
+                f"{name} must be a scalar or have shape ({num},) (one value per "
+                f"replica), got shape {shape}"
+            )
         value = jnp.array(value, jnp.float32, copy=True)  # never alias a caller's
         new[name] = jnp.broadcast_to(value, (num,))
     opt_state = write_injected(state.opt_state, new)

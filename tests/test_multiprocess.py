@@ -37,6 +37,7 @@ WORKER = textwrap.dedent(
     import numpy as np
     import tempering as tp
     from jax.experimental import multihost_utils
+    from tempering.step import zero_model_inputs
 
 
     class Net(nn.Module):
@@ -79,8 +80,29 @@ WORKER = textwrap.dedent(
     pbt = tp.pbt_train(state, jax.random.key(2), num_steps=20, ready_interval=5,
                        config=tp.pbt_config({"learning_rate": (0.01, 0.3)}),
                        **{k: v for k, v in run.items() if k != "exchange_interval"})
+    # A dropout rate that is 0 in the burn-in, then laddered: each segment
+    # reads the replicas' rates from every process (tempering.step).
+    class DropNet(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train=False, dropout_rate=0.0):
+            x = tp.Dropout()(nn.relu(nn.Dense(8)(x)), dropout_rate,
+                             deterministic=not train)
+            return nn.Dense(3)(x)
+
+    drop_ladder = tp.linear_ladder("dropout_rate", 0.1, 0.4, 4, learning_rate=0.05)
+    drop_state = tp.create_replicas(jax.random.key(0), DropNet(), tp.sgd(0.05),
+                                    x[:1], ladder=drop_ladder)
+    dropped = tp.pt_train(drop_state, drop_ladder, jax.random.key(3), num_steps=20,
+                          burn_in=10, burn_in_hyperparams={"dropout_rate": 0.0},
+                          **{**run, "exchange_interval": 5})
+    lr_drop = tp.shard_replicas(tp.create_replicas(
+        jax.random.key(0), DropNet(), tp.sgd(0.05), x[:1], ladder=ladder
+    ), jax.devices())
     print("RESULT " + json.dumps(dict(
         process=jax.process_index(),
+        zero_inputs=list(zero_model_inputs(lr_drop)),
+        dropout_weights=[np.asarray(w).ravel().tolist() for w in jax.tree.leaves(
+            multihost_utils.process_allgather(dropped.state.params, tiled=True))],
         devices=len(jax.devices()),
         mesh=len(result.state.params["Dense_0"]["kernel"].sharding.device_set),
         callbacks=len(calls),
@@ -131,8 +153,10 @@ def test_two_processes_match_one(worker, tmp_path):
         assert got["devices"] == got["mesh"] == 4  # the global mesh
         # the same history on every process, bit for bit that of one process
         for field in ("rungs", "accepted", "score", "final_score", "weights",
-                      "pbt_parent", "pbt_lr", "stream_score", "stream_final"):  # fmt: skip
+                      "pbt_parent", "pbt_lr", "stream_score", "stream_final",
+                      "dropout_weights"):  # fmt: skip
             assert got[field] == reference[field], field
+        assert got["zero_inputs"] == ["dropout_rate"]  # read over the processes
     # callbacks run on process 0 only
     assert [r["callbacks"] for r in two] == [4, 0]
     assert [r["callbacks"] for r in four] == [4, 0, 0, 0]
