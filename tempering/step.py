@@ -155,11 +155,12 @@ def train_step(
             (:func:`tempering.fast.replica_vmap`): ``"auto"``, ``"vmap"``,
             ``"unroll"``, ``"map"``, ``"patches"``, ``"sequential"`` or another
             policy of :data:`tempering.fast.POLICIES`.
-        zero_inputs: model inputs that every replica holds at 0, passed to the
-            model as the Python number 0 (static under jit) so that the layers
-            they drive are skipped: a dropout of rate 0 draws no mask. The
-            training drivers find them (:func:`zero_model_inputs`); a name
-            listed here replaces the replicas' values with 0.
+        zero_inputs: model inputs (names, or one name) that every replica
+            holds at 0, passed to the model as the Python number 0 (static
+            under jit) so that the layers they drive are skipped: a dropout of
+            rate 0 draws no mask. The training drivers find them
+            (:func:`zero_model_inputs`); a name listed here replaces the
+            replicas' values with 0.
 
     Returns:
         ``(new_state, info)``.
@@ -172,6 +173,8 @@ def train_step(
     """
     key = check_key(key, "key")
     batch_axis = _check_batch_axes(state, inputs, targets, per_replica_batch)
+    if isinstance(zero_inputs, str):
+        zero_inputs = (zero_inputs,)
     unknown = sorted(set(zero_inputs) - set(state.model_inputs))
     if unknown:
         raise ValueError(

@@ -89,6 +89,10 @@ def test_train_step_with_zero_inputs_draws_no_mask_and_equals_the_traced_step():
     assert _count(traced.jaxpr, "random_bits") > 0
     assert _count(skipped.jaxpr, "random_bits") == 0
     jax.tree.map(np.testing.assert_array_equal, step(()), step(("dropout_rate",)))
+    one_name = jax.make_jaxpr(
+        lambda s: tp.train_step(s, key, x, y, zero_inputs="dropout_rate")
+    )(state)
+    assert _count(one_name.jaxpr, "random_bits") == 0
 
 
 def _record_zero_inputs(monkeypatch) -> list[tuple[str, ...]]:
