@@ -121,11 +121,7 @@ def zero_model_inputs(state: ReplicaState) -> tuple[str, ...]:
         The sorted names, for :func:`train_step`'s ``zero_inputs``.
     """
     _, _, defaults = state.model.keywords()
-    names = [
-        name
-        for name in state.model_inputs
-        if name in state.hyperparams and is_static_zero(defaults.get(name))
-    ]
+    names = [name for name in state.model_inputs if is_static_zero(defaults.get(name))]
     if not names:
         return ()
     values = sharding.to_host({name: state.hyperparams[name] for name in names})
