@@ -43,8 +43,19 @@ def test_first_step_smoke(tmp_path, monkeypatch):
     (run,) = row["runs"]["loop"]
     assert set(run) >= {"first_step_s", "process_s", "import_s", "build_s", "step_s"}
     assert 0 < run["import_s"] < run["first_step_s"] <= run["process_s"]
-    assert set(row["ratios"]) == {"fused/loop", "warm/cold", "warm/loop", "cold/fused"}
+    assert set(row["ratios"]) == {
+        "fused/loop", "warm/cold", "warm/loop", "cold/fused", "warm/cold after imports"
+    }  # fmt: skip
     assert row["paired"]["warm/cold"]["n"] == 1
+    (cold,), (warm,) = row["runs"]["cold"], row["runs"]["warm"]
+    after = {
+        "cold": cold["build_s"] + cold["step_s"],
+        "warm": warm["build_s"] + warm["step_s"],
+    }
+    assert row["after_imports_median_s"] == pytest.approx(after)
+    assert row["ratios"]["warm/cold after imports"] == pytest.approx(
+        after["warm"] / after["cold"]
+    )
     assert row["cache"]["cold"]["cache_writes"] == [3]
     assert row["cache"]["warm"]["cache_hits"] == [3]
     assert saved["summary"]["warm/cold"]["models"] == 1
