@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from tempering._caller import warn
+from tempering._quick_jit import quick_jit
 
 __all__ = ["POLICIES", "DivergenceError", "attach", "check_policy"]
 
@@ -105,7 +106,7 @@ def restore_sources(diverged: np.ndarray, rungs: np.ndarray | None) -> np.ndarra
     return sources
 
 
-@jax.jit
+@quick_jit
 def copy_replicas(state: Any, gather: jax.Array) -> Any:
     """Replica m's weights, optimiser state and batch statistics from ``gather[m]``."""
     take = lambda tree: jax.tree.map(lambda x: x[gather], tree)  # noqa: E731

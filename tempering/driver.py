@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tempering import divergence, resume, sharding
+from tempering._quick_jit import quick_jit
 from tempering.config import Rounds, RunConfig, RunData, ScoreFn
 from tempering.hyperparams import set_hyperparams
 from tempering.loops import SegmentSettings, loop_for, run_evaluate, run_segment
@@ -151,20 +152,20 @@ def _host(tree: Any) -> Any:
     return sharding.to_host(tree)  # numpy copies, gathered over processes
 
 
-@jax.jit
+@quick_jit
 def _copy(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
 
 
 # The run's keys, each in one small program (not several eager operations, each
 # compiled before the first step).
-@jax.jit
+@quick_jit
 def _split_off_data_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     data_key, key = jax.random.split(key)
     return data_key, key
 
 
-@jax.jit
+@quick_jit
 def _round_keys(key: jax.Array, round_index: jax.Array) -> tuple[jax.Array, jax.Array]:
     segment_key, move_key = jax.random.split(jax.random.fold_in(key, round_index))
     return segment_key, move_key
@@ -196,7 +197,7 @@ def _check_move_state(move: Any, state: ReplicaState, move_state: Any) -> None:
 
 # A sharded state's moves keep each replica on its device (PBT's exploit would
 # otherwise leave copied weights on every device).
-_jitted_move = jax.jit(_apply_move, donate_argnums=(2,), static_argnames=("mesh",))
+_jitted_move = quick_jit(_apply_move, donate_argnums=(2,), static_argnames=("mesh",))
 
 
 def train(

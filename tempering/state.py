@@ -30,6 +30,7 @@ import optax
 from flax import struct
 from numpy.typing import ArrayLike
 
+from tempering._quick_jit import quick_jit
 from tempering.fast import single_replica_rewrite
 from tempering.frontends import as_frontend
 from tempering.hyperparams import (
@@ -262,7 +263,7 @@ def _init_replica(key, sample_input, inputs, *, model, tx):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("model", "tx", "num_replicas", "same_init")
+    quick_jit, static_argnames=("model", "tx", "num_replicas", "same_init")
 )
 def _init_replicas(key, sample_input, inputs, *, model, tx, num_replicas, same_init):
     """``(params, stats, opt_state)`` of M replicas, stacked.
