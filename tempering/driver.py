@@ -513,7 +513,7 @@ def _end_round(run, state, move_state, key, round_index, train_loss):
     """Evaluate, score, flag (and restore) diverged replicas, move; the record."""
     data = run.data
     metrics = test_metrics = None
-    scores = jnp.zeros((state.num_replicas,), jnp.float32)
+    scores = np.zeros((state.num_replicas,), np.float32)
     if data.validation is not None:
         metrics = run.evaluate(state, data.validation, "validation_data")
         scores = _scores(metrics, run.config.score_fn, state.num_replicas)
@@ -536,11 +536,11 @@ def _end_round(run, state, move_state, key, round_index, train_loss):
     if run.config.on_diverge == "restore" and diverged.any():
         sources = divergence.restore_sources(diverged, rungs_of(move_state))
         gather = np.where(sources >= 0, sources, np.arange(len(sources)))
-        state = divergence.copy_replicas(state, jnp.asarray(gather, jnp.int32))
+        state = divergence.copy_replicas(state, np.asarray(gather, np.int32))
         move_scores = scores[gather]  # a restored replica scores as its source
     state, move_state, info = _jitted_move(
-        run.move, key, state, move_state, jnp.asarray(move_scores),
-        jnp.int32(round_index), mesh=sharding.mesh_of(state),
+        run.move, key, state, move_state, np.asarray(move_scores, np.float32),
+        np.int32(round_index), mesh=sharding.mesh_of(state),
     )  # fmt: skip
     test_metrics, info, hyperparams = _host((test_metrics, info, state.hyperparams))
     record = RoundRecord(
