@@ -24,7 +24,7 @@ SHOWN = {
     "first_step": "docs/guides/performance.md",
     "round_cost_replicas": "docs/guides/performance.md",
     "bench_zoo": "docs/guides/performance.md",
-    "bench_zoo_short": "README.md",
+    "zoo_summary": "README.md",
     "bench_zoo_avx2": "docs/guides/performance.md",
     "bench_zoo_zen3": "docs/guides/performance.md",
     "bench_zoo_many": "docs/guides/performance.md",
