@@ -289,7 +289,7 @@ def markdown(result: dict) -> str:
         "| model | M | repeats | import s | loop s | fused s | cold s | warm s "
         "| fused / loop | fused / loop paired | warm / cold | warm / cold paired "
         "| warm / loop | warm hits | cold after imports s | warm after imports s "
-        "| warm / cold after imports |",
+        "| warm / cold after imports paired |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:

@@ -3,14 +3,16 @@
 Creating the replicas, the keys of a run and the exchange or PBT move run once
 per call or per round, in microseconds to milliseconds, but each is compiled
 in every new process, before the first step. XLA:CPU's fusion emitters (its
-default since jax 0.5) generate faster loops but compile about twice as slowly
+default, jax 0.10.2 when written) generate faster loops but compile about twice as slowly
 as its older emitters; for these programs the compilation is all that counts.
 :func:`quick_jit` compiles them with the older emitters
-(``xla_cpu_use_fusion_emitters=False``), which give bitwise the same values
-(``tests/test_quick_jit.py``; measured with the MLP of
-``experiments/bench_raytune.py``: the replicas' init 0.90 to 0.47 s, the PBT
-move 0.78 to 0.42 s). The training segment, the fused step and the evaluation,
-which run many times, keep XLA's defaults.
+(``xla_cpu_use_fusion_emitters=False``), which gave bitwise the same values
+for every program here (``tests/test_quick_jit.py`` checks it on the JAX it
+runs with; jax 0.10.2 when written; measured with the MLP of
+``experiments/bench_raytune.py``, fresh processes: the replicas' init
+0.76-0.84 to 0.43-0.67 s, the PBT move 0.66-0.81 to 0.47-0.50 s). The
+training segment, the fused step and the evaluation, which run many times,
+keep XLA's defaults (the older emitters run the zoo's MLP step 10% slower).
 
 Where the option does not apply (another backend as the default, a JAX whose
 ``jax.jit`` takes no ``compiler_options`` or whose XLA does not know the
@@ -67,8 +69,11 @@ class quick_jit:  # noqa: N801  used like jax.jit
         if self._jitted is None:
             kwargs = dict(self._jit_kwargs)
             options = quick_compile_options()
-            if options is not None:
-                kwargs["compiler_options"] = options
+            if options is not None:  # the caller's own options win
+                kwargs["compiler_options"] = {
+                    **options,
+                    **(kwargs.get("compiler_options") or {}),
+                }
             self._jitted = jax.jit(self._fun, **kwargs)
         return self._jitted
 

@@ -15,24 +15,28 @@ from tempering._quick_jit import QUICK_COMPILE_OPTIONS, quick_compile_options, q
 from tempering.zoo import models
 
 TAKES_OPTIONS = "compiler_options" in inspect.signature(jax.jit).parameters
-# Every program the library compiles with quick_jit: (module, name, jit arguments).
+# Every program the library compiles with quick_jit.
 QUICK = (
-    (state, "_init_replicas", {"static_argnames": ("model", "tx", "num_replicas", "same_init")}),
-    (driver, "_copy", {}),
-    (driver, "_split_off_data_key", {}),
-    (driver, "_round_keys", {}),
-    (driver, "_jitted_move", {"donate_argnums": (2,), "static_argnames": ("mesh",)}),
-    (divergence, "copy_replicas", {}),
-)  # fmt: skip
+    (state, "_init_replicas"),
+    (driver, "_copy"),
+    (driver, "_split_off_data_key"),
+    (driver, "_round_keys"),
+    (driver, "_jitted_move"),
+    (divergence, "copy_replicas"),
+)
 
 
 @pytest.fixture
 def optimised():
     """XLA's optimisations on (the suite runs without): bits as users get them."""
+    # The setting is read when a program compiles, and is no part of the
+    # in-memory cache's key: programs compiled by earlier tests are dropped.
     before = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", False)
+    jax.clear_caches()
     yield
     jax.config.update("jax_disable_most_optimizations", before)
+    jax.clear_caches()
 
 
 @pytest.fixture
@@ -40,10 +44,10 @@ def plain(monkeypatch):
     """Replaces every quick_jit program by plain ``jax.jit`` of the same function."""
 
     def apply():
-        for module, name, kwargs in QUICK:
+        for module, name in QUICK:
             fn = getattr(module, name)
             assert isinstance(fn, quick_jit), name
-            monkeypatch.setattr(module, name, jax.jit(fn.__wrapped__, **kwargs))
+            monkeypatch.setattr(module, name, jax.jit(fn.__wrapped__, **fn._jit_kwargs))
 
     return apply
 
@@ -56,7 +60,10 @@ def _assert_bitwise_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.skipif(not TAKES_OPTIONS, reason="this jax.jit takes no compiler_options")
+@pytest.mark.skipif(
+    not TAKES_OPTIONS or jax.default_backend() != "cpu",
+    reason="the options are for XLA:CPU, through jax.jit's compiler_options",
+)
 def test_the_run_once_programs_are_compiled_with_the_quick_options():
     assert quick_compile_options() == QUICK_COMPILE_OPTIONS
 
@@ -66,6 +73,9 @@ def test_the_run_once_programs_are_compiled_with_the_quick_options():
     key = jax.random.key(0)
     assert options_of(driver._round_keys, key, jnp.int32(3)) == QUICK_COMPILE_OPTIONS
     assert options_of(jax.jit(jax.random.key_data), key) == {}  # plain jit untouched
+    own = {"xla_cpu_enable_fast_math": False}
+    mine = quick_jit(jax.random.key_data, compiler_options=own)
+    assert options_of(mine, key) == {**QUICK_COMPILE_OPTIONS, **own}  # kept
 
 
 def test_quick_jit_is_jit_with_its_attributes():
@@ -79,6 +89,7 @@ def test_quick_jit_is_jit_with_its_attributes():
     assert fn._cache_size() == 1  # compiled once
     fn.clear_cache()
     assert fn._cache_size() == 0
+
     with pytest.raises(AttributeError):
         fn.__no_such_attribute__  # noqa: B018
 
