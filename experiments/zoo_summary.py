@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-RECORDS_DIR = Path(__file__).resolve().parents[1] / "experiments" / "results"
+from experiments.update_readme import RECORDS_DIR
+
 SOURCES = ("bench_zoo", "first_step", "bench_zoo_many")
 NAME = "zoo_summary"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,14 +51,6 @@ def plain(monkeypatch):
             monkeypatch.setattr(module, name, jax.jit(fn.__wrapped__, **fn._jit_kwargs))
 
     return apply
-
-
-def _assert_bitwise_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        if jnp.issubdtype(jnp.asarray(x).dtype, jax.dtypes.prng_key):
-            x, y = jax.random.key_data(x), jax.random.key_data(y)
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.mark.skipif(
@@ -112,7 +105,7 @@ def test_replicas_are_bitwise_those_of_plain_jit(optimised, plain):
     plain()
     for case, got in zip(cases, quick, strict=True):
         want = _replicas(*case)
-        _assert_bitwise_equal(
+        chex.assert_trees_all_equal(
             (got.params, got.batch_stats, got.opt_state),
             (want.params, want.batch_stats, want.opt_state),
         )
@@ -145,4 +138,4 @@ def test_pt_and_pbt_runs_are_bitwise_those_of_plain_jit(optimised, plain, blobs)
     # the keys, the exchange's Metropolis test, PBT's exploit and explore
     quick = _runs(blobs)
     plain()
-    _assert_bitwise_equal(quick, _runs(blobs))
+    chex.assert_trees_all_equal(quick, _runs(blobs))
