@@ -60,6 +60,16 @@ class TinyBNNet(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
+def leaves_equal(a: Any, b: Any) -> bool:
+    """Whether two trees' leaves are bitwise equal (a ValueError if their
+    numbers differ, so that ``assert not leaves_equal(...)`` cannot pass on a
+    wrong tree)."""
+    return all(
+        np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
 def make_blobs(num, dim=5, num_classes=3, seed=0):
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(num_classes, dim)) * 2.0

@@ -22,6 +22,7 @@ from conftest import (
     V,
     bad_input_params,
     check_raises_before_compiling,
+    leaves_equal,
     run,
     train_step,
 )
@@ -32,13 +33,6 @@ from tempering import loggers
 
 LR_LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2])
 SETTINGS = dict(num_steps=50, burn_in=5, batch_size=32)
-
-
-def leaves_equal(a, b):
-    return all(
-        np.array_equal(x, y)
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    )
 
 
 def pt(state, blobs, ladder=LR_LADDER, **kwargs):

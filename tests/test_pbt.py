@@ -19,6 +19,7 @@ from conftest import (
     V,
     bad_input_params,
     check_raises_before_compiling,
+    leaves_equal,
     train_step,
 )
 from hypothesis import given
@@ -43,13 +44,6 @@ def state(tx, blobs):
         jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LADDER,
         hyperparams={"dropout_rate": 0.1},
     )  # fmt: skip
-
-
-def leaves_equal(a, b):
-    return all(
-        np.array_equal(np.asarray(x), np.asarray(y))
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    )
 
 
 def replica(tree, m):

@@ -3,7 +3,13 @@
 import jax
 import numpy as np
 import pytest
-from conftest import CrashError, TinyMLP, crash_at, refuse_unpickling
+from conftest import (
+    CrashError,
+    TinyMLP,
+    crash_at,
+    leaves_equal,
+    refuse_unpickling,
+)
 
 import tempering as tp
 from tempering.sources import BatchError, BatchReader, as_train_source
@@ -17,13 +23,6 @@ grain = pytest.importorskip("grain")
 def state(tx, blobs):
     (x, _), _ = blobs
     return tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LADDER)
-
-
-def leaves_equal(a, b):
-    return all(
-        np.array_equal(u, v)
-        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    )
 
 
 def history_equal(a, b):
