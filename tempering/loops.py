@@ -137,27 +137,45 @@ def _epoch_order(data_key, epoch, num_examples, num_replicas, shared_batch):
 ArrayCarry = tuple[ReplicaState, jax.Array, jax.Array]  # state, order, loss sum
 
 
-def _segment_start(
-    step: jax.Array, data_key: jax.Array, num_examples: int, num_replicas: int,
-    batch_size: int, shared_batch: bool,
-) -> tuple[jax.Array, jax.Array]:  # fmt: skip
-    """The batch order of the epoch global ``step`` falls in, and a zero loss sum."""
-    epoch = step // (num_examples // batch_size)
-    order = _epoch_order(data_key, epoch, num_examples, num_replicas, shared_batch)
-    return order, jnp.zeros((num_replicas,), jnp.float32)
+def _order_placeholders(
+    state: ReplicaState, data_key: jax.Array, targets: jax.Array,
+    settings: SegmentSettings, zeros: Callable = jnp.zeros,
+) -> tuple[Any, Any]:  # fmt: skip
+    """Zeros shaped as a batch order and a loss sum, for a segment's first carry.
+
+    The segment's first step draws the order (``_array_step``'s ``start``).
+    ``zeros``: ``jnp.zeros`` in a traced segment, :func:`_host_zeros` from the
+    host (no program to compile).
+    """
+    draw_order = functools.partial(
+        _epoch_order, num_examples=targets.shape[0],
+        num_replicas=state.num_replicas, shared_batch=settings.shared_batch,
+    )  # fmt: skip
+    order = jax.eval_shape(draw_order, data_key, state.step)
+    return zeros(order.shape, order.dtype), zeros((state.num_replicas,), np.float32)
+
+
+def _host_zeros(shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    """Zeros on the default device, as ``jnp.zeros`` makes them, not compiled."""
+    return jax.device_put(np.zeros(shape, dtype))
 
 
 def _array_step(
     i: jax.Array, carry: ArrayCarry, *, key: jax.Array, data_key: jax.Array,
     inputs: jax.Array, targets: jax.Array, settings: SegmentSettings,
+    start: jax.Array,
 ) -> ArrayCarry:  # fmt: skip
-    """Step ``i``: the batch of global step ``state.step``, one fused step."""
+    """Step ``i``: the batch of global step ``state.step``, one fused step.
+
+    The batch order is drawn at an epoch's first step and at the segment's
+    first step, ``start`` (where the carry holds placeholders).
+    """
     state, order, loss_sum = carry
     num_examples, batch_size = targets.shape[0], settings.batch_size
     steps_per_epoch = num_examples // batch_size
     epoch, position = state.step // steps_per_epoch, state.step % steps_per_epoch
     order = jax.lax.cond(
-        position == 0,
+        (position == 0) | (i == start),
         lambda: _epoch_order(
             data_key, epoch, num_examples, state.num_replicas, settings.shared_batch
         ),
@@ -200,25 +218,21 @@ def train_segment(
     Returns:
         ``(new_state, mean_train_loss)``, the loss of shape ``(M,)``.
     """
+    start = jnp.asarray(start, jnp.int32)
     body = functools.partial(
         _array_step, key=key, data_key=data_key, inputs=inputs, targets=targets,
-        settings=settings,
+        settings=settings, start=start,
     )  # fmt: skip
-    order, zeros = _segment_start(
-        state.step, data_key, targets.shape[0], state.num_replicas,
-        settings.batch_size, settings.shared_batch,
-    )  # fmt: skip
-    start = jnp.asarray(start, jnp.int32)
-    state, _, loss_sum = jax.lax.fori_loop(
-        start, start + num_steps, body, (state, order, zeros)
-    )
+    # The first step draws the batch order: the permutation is compiled once,
+    # in the loop, not a second time before it.
+    carry = (state, *_order_placeholders(state, data_key, targets, settings))
+    state, _, loss_sum = jax.lax.fori_loop(start, start + num_steps, body, carry)
     return state, loss_sum / jnp.maximum(num_steps, 1)
 
 
 _device_array_segment = jax.jit(
     train_segment, static_argnames=("settings",), donate_argnames=("state",)
 )
-_host_segment_start = jax.jit(_segment_start, static_argnums=(2, 3, 4, 5))
 _host_array_step = jax.jit(
     _array_step, static_argnames=("settings",), donate_argnames=("carry",)
 )
@@ -304,15 +318,13 @@ def run_segment(
             state, key, data_key, inputs, targets, jnp.int32(num_steps),
             settings=settings, start=jnp.int32(start),
         )  # fmt: skip
-    order, zeros = _host_segment_start(
-        state.step, data_key, targets.shape[0], state.num_replicas,
-        settings.batch_size, settings.shared_batch,
-    )  # fmt: skip
-    carry = (state, order, zeros)
+    # The first step draws the batch order (no program of its own to compile).
+    placeholders = _order_placeholders(state, data_key, targets, settings, _host_zeros)
+    carry = (state, *placeholders)
     for i in range(start, start + num_steps):
         carry = _host_array_step(
             jnp.int32(i), carry, key=key, data_key=data_key, inputs=inputs,
-            targets=targets, settings=settings,
+            targets=targets, settings=settings, start=jnp.int32(start),
         )  # fmt: skip
     state, _, loss_sum = carry
     return state, loss_sum / max(num_steps, 1)

@@ -288,6 +288,25 @@ def test_segment_compiles_once_for_any_length(tx, blobs):
     chex.assert_shape(loss, (M,))
 
 
+@pytest.mark.parametrize("shared_batch", [True, False])
+def test_segment_compiles_the_batch_order_once(tx, blobs, shared_batch):
+    # The segment's first step draws the order inside the loop; a draw before
+    # the loop as well would compile the permutation (its sorts) twice.
+    (x, y), _ = blobs
+    state = make_state(tx, x)
+    data_key = jax.random.key(1)
+    settings = SegmentSettings(batch_size=32, shared_batch=shared_batch)
+    segment = jax.jit(loops.train_segment, static_argnames="settings")
+    text = segment.lower(
+        state, jax.random.key(0), data_key, jnp.asarray(x), jnp.asarray(y), 5,
+        settings=settings, start=2,
+    ).as_text()  # fmt: skip
+    order = jax.jit(loops._epoch_order, static_argnums=(2, 3, 4))
+    one_draw = order.lower(data_key, 0, len(y), M, shared_batch).as_text()
+    assert one_draw.count("stablehlo.sort") >= 1
+    assert text.count("stablehlo.sort") == one_draw.count("stablehlo.sort")
+
+
 def test_segments_see_the_same_batches_as_one_long_run(tx, blobs):
     (x, y), _ = blobs
     state = make_state(tx, x)

@@ -40,7 +40,6 @@ def state(tx, blobs):
 # Every program pt_train compiles, for either loop.
 COMPILED = (
     loops._host_array_step,
-    loops._host_segment_start,
     loops._host_add_chunk,
     loops._device_array_segment,
     loops._device_evaluate,
@@ -145,7 +144,7 @@ def test_rounds_compile_once_for_burn_in_rounds_and_leftover(state, blobs, loop)
     assert int(result.state.step) == 47
     np.testing.assert_array_equal(result.history.step, [16, 26, 36, 46])
     host = 1 if loop == "host" else 0
-    assert compiled_sizes() == [host, host, host, 1 - host, 1 - host, 1]
+    assert compiled_sizes() == [host, host, 1 - host, 1 - host, 1]
 
 
 def test_host_and_device_loops_give_the_same_run(state, blobs):
