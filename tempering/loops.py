@@ -24,9 +24,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from tempering.fast import _contains
-from tempering.sharding import keep_sharded
+from tempering.sharding import REPLICA_AXIS, keep_sharded, mesh_of, put_global
 from tempering.sources import ArraySource, BatchReader, IterableSource, batch_pair
 from tempering.state import EvalMetrics, MetricsFn, ReplicaState
 from tempering.step import (
@@ -137,27 +139,44 @@ def _epoch_order(data_key, epoch, num_examples, num_replicas, shared_batch):
 ArrayCarry = tuple[ReplicaState, jax.Array, jax.Array]  # state, order, loss sum
 
 
-def _order_placeholders(
-    state: ReplicaState, data_key: jax.Array, targets: jax.Array,
-    settings: SegmentSettings, zeros: Callable = jnp.zeros,
-) -> tuple[Any, Any]:  # fmt: skip
-    """Zeros shaped as a batch order and a loss sum, for a segment's first carry.
+@functools.cache
+def _order_shape(
+    num_examples: int, num_replicas: int, shared_batch: bool
+) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of an epoch's batch order (:func:`_epoch_order`)."""
+
+    def draw() -> jax.Array:
+        key = jax.random.key(0)
+        return _epoch_order(key, 0, num_examples, num_replicas, shared_batch)
+
+    return jax.eval_shape(draw)
+
+
+def _first_carry(
+    state: ReplicaState, targets: jax.Array, settings: SegmentSettings, *,
+    on_host: bool,
+) -> ArrayCarry:  # fmt: skip
+    """A segment's first carry: the state, zeros for the order and the loss sum.
 
     The segment's first step draws the order (``_array_step``'s ``start``).
-    ``zeros``: ``jnp.zeros`` in a traced segment, :func:`_host_zeros` from the
-    host (no program to compile).
+    From the host the zeros are placed as the step returns its order and loss
+    (replicated, and split over the replicas' mesh on a sharded state), so
+    that the step compiles once, and nothing is compiled to make them.
     """
-    draw_order = functools.partial(
-        _epoch_order, num_examples=targets.shape[0],
-        num_replicas=state.num_replicas, shared_batch=settings.shared_batch,
-    )  # fmt: skip
-    order = jax.eval_shape(draw_order, data_key, state.step)
-    return zeros(order.shape, order.dtype), zeros((state.num_replicas,), np.float32)
-
-
-def _host_zeros(shape: tuple[int, ...], dtype: Any) -> jax.Array:
-    """Zeros on the default device, as ``jnp.zeros`` makes them, not compiled."""
-    return jax.device_put(np.zeros(shape, dtype))
+    order = _order_shape(targets.shape[0], state.num_replicas, settings.shared_batch)
+    loss = jax.ShapeDtypeStruct((state.num_replicas,), np.float32)
+    if not on_host:
+        return (
+            state,
+            jnp.zeros(order.shape, order.dtype),
+            jnp.zeros(loss.shape, loss.dtype),
+        )
+    zeros = (np.zeros(order.shape, order.dtype), np.zeros(loss.shape, loss.dtype))
+    mesh = mesh_of(state)
+    if mesh is None:
+        return state, *jax.device_put(zeros)
+    whole, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(REPLICA_AXIS))
+    return state, put_global(zeros[0], whole), put_global(zeros[1], split)
 
 
 def _array_step(
@@ -225,7 +244,7 @@ def train_segment(
     )  # fmt: skip
     # The first step draws the batch order: the permutation is compiled once,
     # in the loop, not a second time before it.
-    carry = (state, *_order_placeholders(state, data_key, targets, settings))
+    carry = _first_carry(state, targets, settings, on_host=False)
     state, _, loss_sum = jax.lax.fori_loop(start, start + num_steps, body, carry)
     return state, loss_sum / jnp.maximum(num_steps, 1)
 
@@ -319,8 +338,7 @@ def run_segment(
             settings=settings, start=jnp.int32(start),
         )  # fmt: skip
     # The first step draws the batch order (no program of its own to compile).
-    placeholders = _order_placeholders(state, data_key, targets, settings, _host_zeros)
-    carry = (state, *placeholders)
+    carry = _first_carry(state, targets, settings, on_host=True)
     for i in range(start, start + num_steps):
         carry = _host_array_step(
             jnp.int32(i), carry, key=key, data_key=data_key, inputs=inputs,

@@ -61,9 +61,12 @@ class TinyBNNet(nn.Module):
 
 
 def leaves_equal(a: Any, b: Any) -> bool:
-    """Whether two trees' leaves are bitwise equal (a ValueError if their
-    numbers differ, so that ``assert not leaves_equal(...)`` cannot pass on a
-    wrong tree)."""
+    """Whether two trees' leaves are bitwise equal.
+
+    Raises:
+        ValueError: if the trees have different numbers of leaves, so that
+            ``assert not leaves_equal(...)`` cannot pass on a wrong tree.
+    """
     return all(
         np.array_equal(np.asarray(x), np.asarray(y))
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)

@@ -140,6 +140,16 @@ SCRIPT = textwrap.dedent(
             "copied": int(np.asarray(pbt.history.copied).sum()),
             "finite": bool(np.isfinite(pbt.summary.final_val_loss).all()),
         }
+        # the host loop (the CPU default for convolutional models): its step
+        # compiles once, the first segment's placeholders placed as it returns
+        from tempering import loops
+        loops._host_array_step.clear_cache()
+        host = tp.pt_train(shard_replicas(state), ladder, jax.random.key(1),
+                           loop="host", **pt)
+        tick("pt_host_loop_sharded")
+        out["host_loop"] = {"placement": placement(host.state),
+                            "compiles": loops._host_array_step._cache_size(),
+                            **compare(spread, host)}
         errors = {}
         six = tp.create_replicas(jax.random.key(0), Net(), tp.sgd(0.05), x[:1],
                                  num_replicas=6)
@@ -271,6 +281,14 @@ def test_grid_with_replicated_data_stays_sharded(four):
     grid = four["grid"]
     assert grid["placement"]["specs"] == SHARDED
     assert grid["accepted"] == 0
+
+
+def test_host_loop_stays_sharded_and_compiles_its_step_once(four):
+    host = four["host_loop"]
+    assert host["placement"]["specs"] == SHARDED
+    assert host["placement"]["per_device"] == [1, 1, 1, 1]
+    assert host["compiles"] == 1  # the first segment's placeholders fit the step
+    assert host["val_loss_close"] and host["params_close"]  # as the device loop
 
 
 def test_pbt_stays_sharded(four):

@@ -312,14 +312,24 @@ def test_segments_see_the_same_batches_as_one_long_run(tx, blobs):
     state = make_state(tx, x)
     data = (jax.random.key(1), jnp.asarray(x), jnp.asarray(y))
     seg = jax.jit(
-        lambda s, n: loops.train_segment(
-            s, jax.random.key(5), *data, n, settings=SegmentSettings(batch_size=32)
+        lambda s, n, start=0: loops.train_segment(
+            s,
+            jax.random.key(5),
+            *data,
+            n,
+            settings=SegmentSettings(batch_size=32),
+            start=start,
         )
     )
     # dropout is off, so only the batch order matters: 6 steps = 2 + 4 steps
     one, _ = seg(state, 6)
     two, _ = seg(seg(state, 2)[0], 4)
     chex.assert_trees_all_close(one.params, two.params, rtol=1e-5, atol=1e-6)
+    # 12 steps, across the epoch's end at step 8 (256 examples, batches of 32),
+    # as 3 + 6 + 3 steps, the later segments starting part-way through a round
+    whole, _ = seg(state, 12)
+    parts = seg(seg(seg(state, 3)[0], 6, 3)[0], 3, 9)[0]
+    chex.assert_trees_all_close(whole.params, parts.params, rtol=1e-5, atol=1e-6)
 
 
 def test_per_replica_batches_differ_from_shared(tx, blobs):
