@@ -141,9 +141,13 @@ ArrayCarry = tuple[ReplicaState, jax.Array, jax.Array]  # state, order, loss sum
 
 @functools.cache
 def _order_shape(
-    num_examples: int, num_replicas: int, shared_batch: bool
+    num_examples: int, num_replicas: int, shared_batch: bool, index_dtype: Any
 ) -> jax.ShapeDtypeStruct:
-    """The shape and dtype of an epoch's batch order (:func:`_epoch_order`)."""
+    """The shape and dtype of an epoch's batch order (:func:`_epoch_order`).
+
+    ``index_dtype``, JAX's integer type at the call (64 bits under x64), is
+    only part of the cache's key: the order's dtype follows it.
+    """
 
     def draw() -> jax.Array:
         key = jax.random.key(0)
@@ -163,7 +167,10 @@ def _first_carry(
     (replicated, and split over the replicas' mesh on a sharded state), so
     that the step compiles once, and nothing is compiled to make them.
     """
-    order = _order_shape(targets.shape[0], state.num_replicas, settings.shared_batch)
+    order = _order_shape(
+        targets.shape[0], state.num_replicas, settings.shared_batch,
+        jax.dtypes.canonicalize_dtype(np.int64),
+    )  # fmt: skip
     loss = jax.ShapeDtypeStruct((state.num_replicas,), np.float32)
     if not on_host:
         return (

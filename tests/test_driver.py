@@ -340,6 +340,13 @@ def test_float64_inputs_under_x64(blobs, tx):  # bug: loop carry dtype mismatch
     enable_x64 = getattr(jax, "enable_x64", None)
     if enable_x64 is None:
         from jax.experimental import enable_x64
+    # the same run without x64 first: nothing cached from it (an index's dtype,
+    # 32 bits here) may leak into the x64 run
+    plain = tp.create_replicas(
+        jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LR_LADDER
+    )
+    for loop in ("device", "host"):
+        pt(plain, ((x, y), (xv, yv)), loop=loop, num_steps=20)
     with enable_x64(True):
         state = tp.create_replicas(jax.random.key(0), TinyMLP(), tx,
                                    x[:4].astype(np.float64), ladder=LR_LADDER)  # fmt: skip
