@@ -346,10 +346,11 @@ def run_segment(
         )  # fmt: skip
     # The first step draws the batch order (no program of its own to compile).
     carry = _first_carry(state, targets, settings, on_host=True)
+    first = jnp.int32(start)
     for i in range(start, start + num_steps):
         carry = _host_array_step(
             jnp.int32(i), carry, key=key, data_key=data_key, inputs=inputs,
-            targets=targets, settings=settings, start=jnp.int32(start),
+            targets=targets, settings=settings, start=first,
         )  # fmt: skip
     state, _, loss_sum = carry
     return state, loss_sum / max(num_steps, 1)
