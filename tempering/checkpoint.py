@@ -85,8 +85,51 @@ from tempering.checkpoint_files import (
 __all__ = ["CheckpointError", "Checkpointer", "check_directory"]
 
 FORMAT = "tempering-checkpoint/2"
-# The dtypes a checkpoint may declare for an empty array.
+# The dtypes a checkpoint may declare: numpy's numeric kinds (saved as their
+# ``dtype.str``) and JAX's narrow ones (ml_dtypes) (saved by name: their ``str`` is
+# only a void of their width).
 _DTYPE_KINDS = "biufc"
+_NARROW_DTYPES = {
+    name: np.dtype(getattr(jnp, name))
+    for name in (
+        "bfloat16",
+        "float8_e3m4",
+        "float8_e4m3",
+        "float8_e4m3b11fnuz",
+        "float8_e4m3fn",
+        "float8_e4m3fnuz",
+        "float8_e5m2",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+        "float6_e2m3fn",
+        "float6_e3m2fn",
+        "float4_e2m1fn",
+        "int2",
+        "int4",
+        "uint2",
+        "uint4",
+    )  # fmt: skip
+    if hasattr(jnp, name)
+}
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    """How a checkpoint declares ``dtype`` (read back by :func:`_declared_dtype`)."""
+    return dtype.name if dtype.name in _NARROW_DTYPES else dtype.str
+
+
+def _declared_dtype(name: Any) -> np.dtype:
+    """The dtype a checkpoint declares; a CheckpointError for any other."""
+    if isinstance(name, str) and name in _NARROW_DTYPES:
+        return _NARROW_DTYPES[name]
+    try:
+        dtype = np.dtype(name)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"declares dtype {name!r}") from None
+    if dtype.kind not in _DTYPE_KINDS:
+        raise CheckpointError(f"declares dtype {dtype}")
+    return dtype
+
 
 # --- several processes (jax.distributed) -------------------------------------------
 
@@ -407,9 +450,11 @@ class Checkpointer:
 
     @staticmethod
     def _leaf_value(i: int, entry: dict, arrays: dict) -> np.ndarray:
-        shape, dtype = tuple(entry["shape"]), np.dtype(entry["dtype"])
-        if dtype.kind not in _DTYPE_KINDS:
-            raise CheckpointError(f"leaf {i} declares dtype {dtype}")
+        try:
+            dtype = _declared_dtype(entry["dtype"])
+        except CheckpointError as error:
+            raise CheckpointError(f"leaf {i} {error}") from None
+        shape = tuple(entry["shape"])
         if not entry["stored"]:
             value = np.zeros(shape, dtype)
         else:
@@ -469,7 +514,7 @@ class Checkpointer:
                 split = isinstance(leaf, jax.Array) and not leaf.is_fully_addressable
                 arrays[f"leaf_{i}"] = leaf if split else value
             entries.append(
-                {"shape": list(value.shape), "dtype": value.dtype.str,
+                {"shape": list(value.shape), "dtype": _dtype_name(value.dtype),
                  "stored": stored, "sha256": _sha256(value)}
             )  # fmt: skip
         body = {

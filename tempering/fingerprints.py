@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import re
 import types
 from dataclasses import fields, is_dataclass
 from typing import Any
@@ -148,15 +149,50 @@ def describe_optimizer(tx: Any, opt_state: Any) -> str:
     return f"{structure}|{describe_callable(tx.init)}|{describe_callable(tx.update)}"
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _describe_setting(value: Any) -> str:
+    """A move's static setting: its repr, unless that names a memory address.
+
+    An address differs in every process (a function, an object without a
+    repr of its own), so such a setting is described by its code and state.
+    """
+    text = repr(value)
+    if not _ADDRESS.search(text):
+        return text
+    if callable(value):
+        return describe_callable(value)
+    cls = type(value)
+    state = describe_value(_public_state(value), 1)
+    return f"{cls.__qualname__}({code_of_class(cls)})({state})"
+
+
+def describe_static(structure: Any) -> str:
+    """A pytree structure (with its static fields) as a string, addresses removed."""
+    return _ADDRESS.sub("", str(structure))
+
+
+def _nested_moves(value: Any) -> list[Any]:
+    """The moves (dataclasses) a move holds as a pytree field, alone or in a sequence."""
+    items = value if isinstance(value, tuple | list) else (value,)
+    return [item for item in items if is_dataclass(item) and not isinstance(item, type)]
+
+
 def _describe_move(move: Any) -> str:
-    """The move's type, settings and arrays, as a string."""
+    """The move's type, settings and arrays, and those of the moves it holds."""
     if is_dataclass(move):
-        static = {
-            f.name: repr(getattr(move, f.name))
-            for f in fields(move)
-            if not f.metadata.get("pytree_node", True)
-        }
-        return f"{type(move).__qualname__}{sorted(static.items())}:{digest(move)}"
+        static, nested = {}, {}
+        for f in fields(move):
+            value = getattr(move, f.name)
+            if not f.metadata.get("pytree_node", True):
+                static[f.name] = _describe_setting(value)
+            elif moves := _nested_moves(value):
+                nested[f.name] = [_describe_move(m) for m in moves]
+        text = f"{type(move).__qualname__}{sorted(static.items())}"
+        if nested:
+            text += f"{sorted(nested.items())}"
+        return f"{text}:{digest(move)}"
     target = getattr(move, "fn", move)
     return f"{type(move).__qualname__}:{getattr(target, '__qualname__', repr(target))}"
 

@@ -93,7 +93,7 @@ RANGES: dict[str, Range] = {
 # ``batch_size`` is how many examples of the shared batch it trains on (the
 # first ones; :func:`tempering.step.replica_train_step` masks the rest).
 DATA_HYPERPARAMETERS = ("batch_size",)
-_INTEGERS = ("batch_size",)
+INTEGER_HYPERPARAMETERS = ("batch_size",)  # whole numbers only
 # Largest value accepted: above it a value is a typo, not a setting (a learning
 # rate of 1e3 diverges on any usual loss scale). Raise an entry to allow more.
 LIMITS: dict[str, float] = {"learning_rate": 10.0}
@@ -129,7 +129,7 @@ def check_values(name: str, values: Any, where: str = "") -> np.ndarray:
         raise ValueError(
             f"{label} must lie in {allowed.describe()}, got {array.tolist()}"
         )
-    if name in _INTEGERS and not np.all(array == np.round(array)):
+    if name in INTEGER_HYPERPARAMETERS and not np.all(array == np.round(array)):
         raise ValueError(
             f"{label} must be whole numbers (examples per step), got {array.tolist()}"
         )

@@ -20,7 +20,8 @@ Scores are validation losses: lower is better, and a non-finite score is the
 worst. Two selection rules (the paper's section 4.1):
 
 - ``"truncation"``: the bottom ``ceil(fraction * M)`` replicas (at most M // 2)
-  each copy a uniformly drawn member of the top ``ceil(fraction * M)``;
+  each copy a uniformly drawn member of the top ``ceil(fraction * M)``; every
+  diverged replica copies one too, and only finite replicas are copied;
 - ``"tournament"``: binary tournament, every replica draws one other replica
   uniformly and copies it when its score is strictly better.
 
@@ -63,6 +64,7 @@ from tempering.config import (
 )
 from tempering.driver import RunResult, best_index, check_not_traced, train
 from tempering.hyperparams import (
+    INTEGER_HYPERPARAMETERS,
     check_names,
     get_hyperparams,
     set_hyperparams,
@@ -132,8 +134,12 @@ def select_parents(
             return own, jnp.zeros((num,), bool)
         order = jnp.argsort(scores, stable=True).astype(jnp.int32)  # best first
         rank = jnp.argsort(order).astype(jnp.int32)  # rank[m] of replica m
-        donor = order[jax.random.randint(key, (num,), 0, n)]  # a top-n replica
-        bottom = rank >= num - n
+        finite = jnp.isfinite(scores)
+        # Donors are finite (of the top n, the finite ones), and every diverged
+        # replica copies one, even beyond the bottom n; with none finite, none.
+        donors = jnp.clip(jnp.minimum(n, jnp.sum(finite)), 1, n)
+        donor = order[jax.random.randint(key, (num,), 0, donors)]
+        bottom = ((rank >= num - n) | ~finite) & jnp.any(finite)
         parent = jnp.where(bottom, donor, own)
     else:
         if num < 2:
@@ -148,16 +154,20 @@ def sample_prior(key: jax.Array, config: PBTConfig, num: int) -> dict[str, jax.A
     """Draws ``num`` values of every hyperparameter from its prior.
 
     Returns:
-        name -> float32 ``(num,)``.
+        name -> float32 ``(num,)``; whole numbers for ``batch_size`` (the
+        nearest to the draw).
     """
     values = {}
     for i, (name, prior) in enumerate(zip(config.names, config.priors, strict=True)):
         u = jax.random.uniform(jax.random.fold_in(key, i), (num,), jnp.float32)
         if prior.log:
             lo, hi = math.log(prior.low), math.log(prior.high)
-            values[name] = jnp.exp(lo + u * (hi - lo))
+            value = jnp.exp(lo + u * (hi - lo))
         else:
-            values[name] = prior.low + u * (prior.high - prior.low)
+            value = prior.low + u * (prior.high - prior.low)
+        if name in INTEGER_HYPERPARAMETERS:
+            value = jnp.clip(jnp.round(value), prior.low, prior.high)
+        values[name] = value
     return values
 
 
@@ -178,6 +188,9 @@ def explore(
     Returns:
         ``(new_hyperparams, resampled)``: name -> float32 ``(M,)`` values,
         clipped to the bounds, and name -> bool ``(M,)`` (drawn from the prior).
+        A ``batch_size`` stays a whole number: a perturbation rounds away from
+        the value (up for a factor above 1, down below), so it moves by at
+        least one example.
     """
     num = copied.shape[0]
     factor_key, coin_key, prior_key = jax.random.split(key, 3)
@@ -193,7 +206,13 @@ def explore(
         )
         coin = jax.random.uniform(jax.random.fold_in(coin_key, i), (num,))
         redraw = coin < config.resample_probability
-        proposal = jnp.where(redraw, prior_values[name], value * factors[pick])
+        perturbed = value * factors[pick]
+        if name in INTEGER_HYPERPARAMETERS:
+            away = jnp.where(
+                factors[pick] > 1, jnp.ceil(perturbed), jnp.floor(perturbed)
+            )
+            perturbed = jnp.where(factors[pick] == 1, value, away)
+        proposal = jnp.where(redraw, prior_values[name], perturbed)
         proposal = jnp.clip(proposal, low, high)
         new[name] = jnp.where(copied, proposal, value)
         resampled[name] = copied & redraw
@@ -451,9 +470,39 @@ def pbt_train(
         prior_key = jax.random.fold_in(jax.random.split(key)[1], 2**30)
         values = sample_prior(prior_key, config, state.num_replicas)
         state = set_hyperparams(state, **values)
+    settings = _batch_for_explored_sizes(settings, config, state)
     data = RunData(train_data, validation_data, test_data)
     run = train(state, key, move, data, settings)
     return PBTResult(run.state, run.history, pbt_summary(run))
+
+
+def _batch_for_explored_sizes(
+    settings: RunConfig, config: PBTConfig, state: ReplicaState
+) -> RunConfig:
+    """Every step's batch holds the largest ``batch_size`` explore can reach.
+
+    Each replica trains on the first ``batch_size`` examples of the step's
+    batch, so the batch must hold the upper bound of an explored
+    ``batch_size`` (and the state's largest), or larger sizes would be cut
+    to it unseen.
+    """
+    if "batch_size" not in config.names:
+        return settings
+    high = int(config.bounds[config.names.index("batch_size")][1])
+    held = np.max(sharding.to_host(state.hyperparams["batch_size"]))
+    largest = max(high, int(held))
+    if settings.batch_size is None:
+        return settings.replace(batch_size=largest)
+    if settings.batch_size < high:
+        raise ValueError(
+            f"batch_size={settings.batch_size} is smaller than {high}, the upper "
+            "bound of the batch_size that config explores: every step's batch "
+            "holds the largest size a replica can reach. Give "
+            f"batch_size={largest} (or None, which means it), or explore below "
+            f"it: pbt_config(..., bounds={{'batch_size': (low, "
+            f"{settings.batch_size})}})"
+        )
+    return settings
 
 
 def pbt_summary(run: RunResult) -> PBTSummary:

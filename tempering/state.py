@@ -217,6 +217,41 @@ def model_hyperparams(state: ReplicaState, hyperparams: Mapping) -> dict:
     return {name: hyperparams[name] for name in state.model_inputs}
 
 
+# Call keywords that switch a model between training and inference.
+_MODE_KEYWORDS = (
+    "train", "training", "is_training", "deterministic", "inference",
+    "use_running_average",
+)  # fmt: skip
+
+
+def _check_mode_keywords(
+    model: Any, train_kwarg: str | None, names: set[str], defaults: dict[str, Any]
+) -> None:
+    """A ValueError for an nnx or Equinox call whose own mode switch would win.
+
+    Their modules switch mode by ``module.eval()`` / ``inference_mode``, which
+    the library sets; a call keyword with a default of its own (``deterministic:
+    bool = False``) overrides that, and the library passes only ``train_kwarg``:
+    evaluation would run in training mode (or training in inference mode).
+    """
+    if model.kind not in ("nnx", "equinox"):
+        return
+    overriding = sorted(
+        name for name in _MODE_KEYWORDS
+        if name in names and name != train_kwarg and defaults.get(name) is not None
+    )  # fmt: skip
+    if overriding:
+        raise ValueError(
+            f"{model.name}.__call__ takes {overriding[0]}={defaults[overriding[0]]!r}, "
+            f"a mode switch the library does not set (it sets train_kwarg="
+            f"{train_kwarg!r}), so that default would decide the mode in training "
+            "and in evaluation alike. Give it the default None and pass it on to "
+            "the layers, so that the module's own mode (set by the library) "
+            "decides; or, for a keyword that is True in training ('train', "
+            f"'training', 'is_training'), pass train_kwarg={overriding[0]!r}"
+        )
+
+
 def _resolve_model_inputs(
     model: Any, train_kwarg: str | None, model_inputs: Any
 ) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -234,6 +269,7 @@ def _resolve_model_inputs(
             "train_kwarg='<its name>' to create_replicas to rename it, or "
             "train_kwarg=None for a model without a train mode"
         )
+    _check_mode_keywords(model, train_kwarg, names, defaults)
     if isinstance(model_inputs, str) and model_inputs == "auto":
         return (("dropout_rate",) if "dropout_rate" in names else ()), defaults
     if isinstance(model_inputs, str):

@@ -83,7 +83,8 @@ def replica_train_step(
     if "batch_size" in hyperparams:
         size = jax.tree.leaves(targets)[0].shape[0]
         weights = (jnp.arange(size) < hyperparams["batch_size"]).astype(jnp.float32)
-        if "batch_mask" in state.model.keywords()[0]:
+        names, takes_any, _ = state.model.keywords()
+        if "batch_mask" in names or takes_any:  # as create_replicas accepted it
             model_inputs = {**model_inputs, "batch_mask": weights > 0}
 
     def loss_of(p):

@@ -8,12 +8,15 @@ import sys
 import time
 from pathlib import Path
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import CrashError, TinyMLP, crash_at, refuse_unpickling
+from conftest import CrashError, TinyMLP, crash_at, leaves_equal, refuse_unpickling
 
 import tempering as tp
+from tempering.fingerprints import _describe_move
 
 WORKER_PATH = Path(__file__).with_name("resume_worker.py")
 spec = importlib.util.spec_from_file_location("resume_worker", WORKER_PATH)
@@ -322,3 +325,72 @@ def test_a_pickled_checkpoint_of_an_older_version_is_refused(tmp_path):
         ))  # fmt: skip
     with pytest.raises(ValueError, match=r"tempering < 0.4 \(step 12\).*pickled"):
         worker.run(tmp_path, callback=None)
+
+
+class _NarrowNet(nn.Module):
+    """Weights in bfloat16, computed in float32."""
+
+    @nn.compact
+    def __call__(self, x, *, train=False):
+        x = nn.tanh(nn.Dense(8, param_dtype=jnp.bfloat16, dtype=jnp.float32)(x))
+        return nn.Dense(2, dtype=jnp.float32)(x)
+
+
+def test_bfloat16_weights_resume_bit_for_bit(tmp_path, blobs):
+    (x, y), val = blobs
+    y = y % 2
+
+    def run(directory, callback=None):
+        state = tp.create_replicas(
+            jax.random.key(0), _NarrowNet(), tp.sgd(0.1), x[:2], num_replicas=2
+        )
+        config = tp.RunConfig(
+            num_steps=30, interval=10, batch_size=16, checkpoint_dir=directory,
+            callback=callback,
+        )  # fmt: skip
+        data = tp.RunData((x, y), validation=(val[0], val[1] % 2))
+        return tp.train(state, jax.random.key(1), tp.identity_move(), data, config)
+
+    reference = run(None)
+    assert reference.state.params["Dense_0"]["kernel"].dtype == jnp.bfloat16
+    with pytest.raises(CrashError):
+        run(tmp_path, callback=crash_at(2))
+    rounds_seen = []
+    resumed = run(tmp_path, callback=lambda r: rounds_seen.append(r.round))
+    assert rounds_seen == [2]  # from the checkpoint, nothing set aside as corrupt
+    assert not [p for p in tmp_path.iterdir() if "corrupt" in p.name]
+    assert leaves_equal(resumed.state, reference.state)
+
+
+def _swap_move(key, state, scores, round_index):
+    del key, scores, round_index
+    return state, ()
+
+
+def test_a_move_is_described_alike_in_every_process():
+    # The same function defined again is another object at another address,
+    # as in a new process: the description must not depend on the address.
+    namespace = {}
+    exec(  # noqa: S102  the same source, compiled twice
+        "def _swap_move(key, state, scores, round_index):\n"
+        "    del key, scores, round_index\n"
+        "    return state, ()\n",
+        namespace,
+    )
+    first = tp.moves.as_move(_swap_move)
+    again = tp.moves.as_move(namespace["_swap_move"])
+    assert _describe_move(first) == _describe_move(again)
+    assert "0x" not in _describe_move(first)
+
+
+def test_the_settings_of_nested_moves_are_in_the_fingerprint():
+    ladder = tp.geometric_ladder("learning_rate", 0.02, 0.4, 2)
+    described = {
+        name: _describe_move(tp.multi_exchange_move([ladder], **kwargs))
+        for name, kwargs in {
+            "default": {},
+            "even_odd": {"scheme": "even_odd"},
+            "disabled": {"enabled": False},
+        }.items()
+    }
+    assert len(set(described.values())) == 3

@@ -394,3 +394,88 @@ def test_an_equinox_model_with_batchnorm_state_and_a_stock_nnx_dropout():
     module = tp.replica(result.state, 0)  # eval mode: no dropout
     want = optax.softmax_cross_entropy_with_integer_labels(module(VAL[0]), VAL[1])
     np.testing.assert_allclose(result.summary.final_val_loss[0], want.mean(), rtol=1e-5)
+
+
+class NnxOwnSwitch(nnx.Module):
+    """Dropout switched by a call keyword with a default of its own."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(16, 8, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, x, deterministic: bool = False):
+        return self.drop(self.hidden(x), deterministic=deterministic)
+
+
+class EqxOwnSwitch(eqx.Module):
+    """Dropout switched by a call keyword with a default of its own."""
+
+    hidden: eqx.nn.Linear
+    drop: eqx.nn.Dropout
+
+    def __init__(self, key):
+        self.hidden = eqx.nn.Linear(16, 3, key=key)
+        self.drop = eqx.nn.Dropout(0.5)
+
+    def __call__(self, x, *, key=None, inference: bool = False):
+        return self.drop(self.hidden(x), key=key, inference=inference)
+
+
+@pytest.mark.parametrize(
+    ("model", "keyword"),
+    [(NnxOwnSwitch, "deterministic=False"), (EqxOwnSwitch, "inference=False")],
+    ids=["nnx", "equinox"],
+)
+def test_a_call_whose_own_mode_switch_would_win_is_refused(model, keyword):
+    # Its default would keep dropout on in evaluation (the library sets the
+    # module's mode and passes only train_kwarg): refused, not mis-evaluated.
+    with pytest.raises(ValueError, match=f"takes {keyword}, a mode switch"):
+        tp.create_replicas(jax.random.key(0), model, tp.sgd(0.1), TRAIN[0][:2],
+                           num_replicas=2)  # fmt: skip
+
+
+class LinenAnyKeywords(nn.Module):
+    """BatchNorm over the masked examples, the mask reaching it through **kwargs."""
+
+    @nn.compact
+    def __call__(self, x, train=False, **kwargs):
+        mask = kwargs.get("batch_mask")
+        mask = None if mask is None else mask[:, None]
+        x = nn.BatchNorm(use_running_average=not train)(x, mask=mask)
+        return nn.Dense(3)(x)
+
+
+def test_a_model_taking_any_keyword_gets_the_batch_mask():
+    state = tp.create_replicas(
+        jax.random.key(0), LinenAnyKeywords(), tp.sgd(0.1), TRAIN[0][:2],
+        num_replicas=2, hyperparams={"batch_size": 16},
+    )  # fmt: skip
+    x = jnp.asarray(TRAIN[0][:32])
+    y = jnp.asarray(TRAIN[1][:32])
+    masked, _ = train_step(state, jax.random.key(1), x, y)
+    first, _ = train_step(
+        tp.set_hyperparams(state, batch_size=32), jax.random.key(1), x[:16], y[:16]
+    )
+    np.testing.assert_allclose(
+        masked.batch_stats["BatchNorm_0"]["mean"],
+        first.batch_stats["BatchNorm_0"]["mean"],
+        rtol=1e-5, atol=1e-6,
+    )  # fmt: skip
+
+
+class EqxScaled(eqx.Module):
+    """A configuration held in a static field."""
+
+    linear: eqx.nn.Linear
+    scale: float = eqx.field(static=True)
+
+    def __call__(self, x, *, key=None):
+        return self.scale * self.linear(x)
+
+
+def test_an_equinox_models_static_fields_are_in_its_description():
+    linear = eqx.nn.Linear(16, 3, key=jax.random.key(0))
+    one = tp.frontends.as_frontend(EqxScaled(linear, 1.0))
+    hundred = tp.frontends.as_frontend(EqxScaled(linear, 100.0))
+    assert one.describe() != hundred.describe()
+    assert one.describe() == tp.frontends.as_frontend(EqxScaled(linear, 1.0)).describe()

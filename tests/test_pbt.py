@@ -65,6 +65,22 @@ def test_truncation_selects_bottom_from_top():
         np.testing.assert_array_equal(parent[~copied], np.arange(M)[~copied])
 
 
+def test_truncation_replaces_every_diverged_replica_from_finite_ones():
+    # M = 6, n = 3, four diverged: more than the bottom n, and some in the top n
+    scores = jnp.array([0.3, jnp.nan, jnp.inf, jnp.nan, 0.2, -jnp.inf])
+    donors = set()
+    for seed in range(40):
+        parent, copied = pbt.select_parents(jax.random.key(seed), scores, CONFIG)
+        parent, copied = np.asarray(parent), np.asarray(copied)
+        np.testing.assert_array_equal(copied, ~np.isfinite(scores))
+        donors |= set(parent[copied].tolist())
+    assert donors == {0, 4}  # both finite replicas, and only they
+    nothing_finite = jnp.full((M,), jnp.nan)
+    parent, copied = pbt.select_parents(jax.random.key(0), nothing_finite, CONFIG)
+    np.testing.assert_array_equal(parent, np.arange(M))
+    assert not np.asarray(copied).any()
+
+
 def test_truncation_size():
     assert pbt.num_truncated(8, 0.2) == 2
     assert pbt.num_truncated(10, 0.2) == 2
@@ -145,6 +161,51 @@ def test_explore_bounds_and_factors():
     at_edge = {"learning_rate": jnp.full((num,), 1.9)}
     clipped, _ = pbt.explore(jax.random.key(1), at_edge, jnp.ones(num, bool), config)
     assert np.asarray(clipped["learning_rate"]).max() == pytest.approx(2.0)
+
+
+def test_explored_batch_size_stays_whole_and_moves():
+    config = pbt.pbt_config(
+        {"batch_size": pbt.Prior(2, 64)}, resample_probability=0.3,
+        perturb_factors=(0.8, 1.2),
+    )  # fmt: skip
+    num = 600
+    values = {"batch_size": jnp.asarray(np.tile([2.0, 3.0, 16.0, 64.0], num // 4))}
+    new, resampled = pbt.explore(jax.random.key(0), values, jnp.ones(num, bool), config)
+    new, resampled = np.asarray(new["batch_size"]), np.asarray(resampled["batch_size"])
+    old = np.asarray(values["batch_size"])
+    np.testing.assert_array_equal(new, np.round(new))
+    assert new.min() >= 2 and new.max() <= 64
+    perturbed = ~resampled & (new > 2) & (new < 64)
+    assert np.all(new[perturbed] != old[perturbed])  # 2 or 3 x 1.2 still moves
+    assert set(new[~resampled & (old == 16)].tolist()) == {12.0, 20.0}  # floor, ceil
+    drawn = np.asarray(pbt.sample_prior(jax.random.key(1), config, 1000)["batch_size"])
+    np.testing.assert_array_equal(drawn, np.round(drawn))
+    assert drawn.min() >= 2 and drawn.max() <= 64 and len(set(drawn.tolist())) > 30
+
+
+def test_pbt_train_batch_holds_the_explored_batch_size(tx, blobs):
+    (x, y), val = blobs
+    state = tp.create_replicas(
+        jax.random.key(0), TinyMLP(), tx, x[:4], num_replicas=4,
+        hyperparams={"learning_rate": 0.05, "batch_size": 16},
+    )  # fmt: skip
+    config = pbt.pbt_config({"batch_size": pbt.Prior(8, 40)}, fraction=0.5)
+    settings = pbt._batch_for_explored_sizes(
+        tp.RunConfig(num_steps=8, interval=4), config, state
+    )
+    assert settings.batch_size == 40  # the bound, not the state's largest (16)
+    with pytest.raises(ValueError, match=r"batch_size=16 is smaller than 40"):
+        pbt.pbt_train(
+            state, jax.random.key(1), config=config, train_data=(x, y),
+            validation_data=val, num_steps=8, ready_interval=4, batch_size=16,
+        )  # fmt: skip
+    result = pbt.pbt_train(
+        state, jax.random.key(1), config=config, train_data=(x, y),
+        validation_data=val, num_steps=8, ready_interval=4, init_from_prior=True,
+    )  # fmt: skip
+    sizes = np.asarray(result.history.hyperparams["batch_size"])
+    np.testing.assert_array_equal(sizes, np.round(sizes))
+    assert sizes.min() >= 8 and sizes.max() <= 40
 
 
 def test_explore_resample_from_prior():
@@ -553,8 +614,14 @@ def test_exploit_copies_only_from_better_replicas(scores, setting, seed):
     if config.selection == "truncation":
         n = pbt.num_truncated(M, config.fraction)
         ordered = np.sort(ranked)
-        assert copied.sum() == n  # exactly the bottom n copy
-        assert np.all(ranked[copied] >= ordered[M - n])
+        finite = np.isfinite(ranked)
+        if not finite.any():
+            assert not copied.any()  # nothing finite to copy
+            return
+        # the bottom n copy, and every diverged replica beyond them
+        assert copied.sum() == max(n, int((~finite).sum()))
+        assert np.all((ranked[copied] >= ordered[M - n]) | ~finite[copied])
+        assert np.all(finite[parent[copied]])  # only finite replicas are copied
         assert np.all(ranked[parent[copied]] <= ordered[n - 1])  # each from the top n
     else:
         assert np.all(ranked[parent[copied]] < ranked[copied])  # strictly better

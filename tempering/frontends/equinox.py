@@ -157,7 +157,16 @@ class Equinox:
 
     def describe(self) -> str:
         """The static rest of the module (its configuration) and the class's code."""
-        from tempering.fingerprints import code_of_class, describe_value
+        from tempering.fingerprints import (
+            code_of_class,
+            describe_static,
+            describe_value,
+        )
 
+        # The leaves, and the static fields (``eqx.field(static=True)``: a
+        # stride, a scale), which only the tree's structure holds.
         config = describe_value(jax.tree.leaves(self.static), 0)
-        return f"equinox:{self.name}|{config}|{code_of_class(type(self.static))}"
+        fields = describe_static(jax.tree.structure(self.static))
+        return (
+            f"equinox:{self.name}|{config}|{fields}|{code_of_class(type(self.static))}"
+        )
