@@ -41,8 +41,9 @@ What a checkpoint holds, and what a resume trusts:
   functions (name and code), the data, schedule, move and policies. A resume
   whose fingerprint differs is refused with a ValueError naming every entry
   that differs; ``RunConfig(resume_allowing=(name, ...))`` resumes anyway
-  despite the entries named (for instance a metrics function that only gained
-  a metric).
+  despite the entries named (for instance a ``score_fn`` changed on purpose; a
+  ``metrics_fn`` whose metrics differ cannot resume, since the rounds' records
+  must keep one set of metrics).
 
 Each checkpoint is written by orbax into a temporary directory and renamed
 when complete, so a kill during a save leaves the previous checkpoint as the

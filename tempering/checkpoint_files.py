@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,14 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+# This process's own mark in the locks it takes: a restarted container's run
+# often has the pid of the one before it (pid 1), but never its token.
+_PROCESS_TOKEN = uuid.uuid4().hex
+# A lock file that names no holder (empty, cut short) and is older than this
+# was left by a process that died while writing it.
+_UNWRITTEN_LOCK_S = 10.0
+
+
 class Lock:
     """``directory/.tempering-lock``, created exclusively; released by :meth:`release`."""
 
@@ -75,6 +84,7 @@ class Lock:
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"
             ),
+            "token": _PROCESS_TOKEN,
         }
         for _ in range(3):
             try:
@@ -86,23 +96,31 @@ class Lock:
                 json.dump(self.owner, file)
             self.held = True
             return
-        raise RuntimeError(f"could not lock {self.path}")  # pragma: no cover
+        raise RuntimeError(
+            f"could not lock {self.path}: it names no holder yet (a run starting "
+            "beside this one?); if no run uses the folder, delete the file"
+        )
 
     def _take_over_if_stale(self) -> None:
         holder = read_lock(self.path)
-        if holder is None:  # removed meanwhile, or being written: try again
-            time.sleep(0.05)
+        if holder is None:  # removed meanwhile, being written, or left unwritten
+            if _age_s(self.path) > _UNWRITTEN_LOCK_S:
+                self._take_over("a lock file that names no holder", "")
+            else:
+                time.sleep(0.05)
             return
         same_host = holder.get("host") == self.owner["host"]
         pid = holder.get("pid")
-        if same_host and isinstance(pid, int) and not process_alive(pid):
-            warn(
-                f"checkpoint_dir {self.path.parent}: taking over the lock of process "
-                f"{pid}, which is gone (started {holder.get('started')})",
-                RuntimeWarning,
+        earlier_self = pid == os.getpid() and holder.get("token") != _PROCESS_TOKEN
+        if (
+            same_host
+            and isinstance(pid, int)
+            and (earlier_self or not process_alive(pid))
+        ):
+            self._take_over(
+                f"the lock of process {pid}",
+                f", which is gone (started {holder.get('started')})",
             )
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
             return
         raise ValueError(
             f"checkpoint_dir {self.path.parent} is in use by another run (process "
@@ -111,6 +129,14 @@ class Lock:
             f"another checkpoint_dir, or, if that run is gone, delete {self.path}"
         )
 
+    def _take_over(self, what: str, why: str) -> None:
+        warn(
+            f"checkpoint_dir {self.path.parent}: taking over {what}{why}",
+            RuntimeWarning,
+        )
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
     def release(self) -> None:
         """Removes the lock file if this lock still holds it."""
         if self.held:
@@ -118,6 +144,14 @@ class Lock:
                 if read_lock(self.path) == self.owner:
                     self.path.unlink()
             self.held = False
+
+
+def _age_s(path: Path) -> float:
+    """Seconds since ``path`` was last written (0 if it is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def read_lock(path: Path) -> dict | None:

@@ -84,6 +84,7 @@ def checkpointer(
             eval_batch_size=config.eval_batch_size,
             metrics_fn=config.metrics_fn,
             score_fn=config.score_fn,
+            vectorize=config.vectorize,  # the formulation shapes the bits
             on_diverge=config.on_diverge,
             move_at_end=config.move_at_end,
             burn_in_hyperparams=jax.tree.map(

@@ -489,9 +489,10 @@ def create_replicas(
         for name in injected_names(opt_state)
         if name not in scheduled
     }
-    values.update(
-        {name: np.broadcast_to(v, (num_replicas,)) for name, v in start.items()}
-    )
+    values.update({
+        name: np.broadcast_to(np.float32(given.get(name, v)), (num_replicas,))
+        for name, v in start.items()
+    })  # fmt: skip
     for name in _data_names(given, ladder):
         values[name] = jnp.full((num_replicas,), given.get(name, 1.0), jnp.float32)
     state = ReplicaState(
@@ -515,6 +516,14 @@ def create_replicas(
 
 def _check_batch_mask(model: Any) -> None:
     """A per-replica batch size with BatchNorm needs the model to take ``batch_mask``."""
+    if model.kind == "equinox":  # called per example: no layer sees the batch's mask
+        raise ValueError(
+            f"a per-replica batch_size with {model.name}, an Equinox model with "
+            "state (BatchNorm): eqx.nn.BatchNorm cannot leave examples out, so each "
+            "replica's statistics would include examples it does not train on. "
+            "Drop the batch_size hyperparameter (set the batch with pt_train's or "
+            "pbt_train's batch_size=), or use a model without state"
+        )
     names, var_kw, _ = model.keywords()
     if "batch_mask" not in names and not var_kw:
         raise ValueError(
@@ -555,7 +564,11 @@ def _starting_inputs(
     given: Mapping[str, Any],
     ladder: Ladder | None,
 ) -> dict[str, np.float32]:
-    """Each per-replica model input's starting value (0 where the ladder sets it)."""
+    """Each model input's value to build the replicas with (0 where the ladder sets it).
+
+    One value per replica given for an input builds them with the first; the
+    replicas then hold their own (:func:`create_replicas`).
+    """
     start = {}
     for name in inputs:
         value = given.get(name, defaults.get(name))
@@ -566,7 +579,7 @@ def _starting_inputs(
             )
         if value is not None:
             check_values(name, value, "hyperparams")
-        start[name] = np.float32(0.0 if value is None else value)
+        start[name] = np.float32(0.0 if value is None else np.ravel(value)[0])
     return start
 
 

@@ -263,6 +263,28 @@ def test_a_dead_process_lock_is_taken_over(tmp_path, reference):
     assert not (tmp_path / ".tempering-lock").exists()
 
 
+def test_a_lock_left_empty_or_by_an_earlier_self_is_taken_over(tmp_path):
+    import json
+    import socket
+
+    from tempering.checkpoint_files import Lock
+
+    lock_file = tmp_path / ".tempering-lock"
+    lock_file.write_text("")  # a process died between creating and writing it
+    with pytest.raises(RuntimeError, match="names no holder yet"):
+        Lock(tmp_path)  # young: a run may be writing it right now
+    os.utime(lock_file, (time.time() - 60, time.time() - 60))
+    with pytest.warns(RuntimeWarning, match="names no holder"):
+        Lock(tmp_path).release()
+    # a restarted container's run often has the pid of the one before it
+    lock_file.write_text(json.dumps(
+        {"pid": os.getpid(), "host": socket.gethostname(), "started": "before"}
+    ))  # fmt: skip
+    with pytest.warns(RuntimeWarning, match=f"lock of process {os.getpid()}"):
+        Lock(tmp_path).release()
+    assert not lock_file.exists()
+
+
 def test_keep_checkpoints_holds(tmp_path):
     worker.run(tmp_path, callback=None, keep_checkpoints=3)
     assert len([p for p in tmp_path.iterdir() if p.name.isdigit()]) == 3
@@ -285,6 +307,13 @@ def test_a_change_that_shapes_the_result_is_refused(tmp_path, change, entry):
         ValueError, match=f"other settings \\(they differ in: {entry}\\)"
     ):
         worker.run(tmp_path, callback=None, variant=change)
+
+
+def test_another_vectorize_policy_is_refused(tmp_path):
+    # the formulation over replicas shapes the result's bits
+    crashed_run(tmp_path, rounds=1)
+    with pytest.raises(ValueError, match=r"they differ in: vectorize\)"):
+        worker.run(tmp_path, callback=None, vectorize="sequential")
 
 
 def test_resume_allowing_resumes_despite_the_named_entries(tmp_path):

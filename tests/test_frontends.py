@@ -479,3 +479,105 @@ def test_an_equinox_models_static_fields_are_in_its_description():
     hundred = tp.frontends.as_frontend(EqxScaled(linear, 100.0))
     assert one.describe() != hundred.describe()
     assert one.describe() == tp.frontends.as_frontend(EqxScaled(linear, 1.0)).describe()
+
+
+class EqxBN(eqx.Module):
+    """An Equinox model with state: BatchNorm."""
+
+    linear: eqx.nn.Linear
+    norm: eqx.nn.BatchNorm
+
+    def __init__(self, key):
+        self.linear = eqx.nn.Linear(16, 3, key=key)
+        self.norm = eqx.nn.BatchNorm(3, axis_name="batch", mode="batch")
+
+    def __call__(self, x, state, *, key=None):
+        return self.norm(self.linear(x), state)
+
+
+def test_an_equinox_model_with_state_refuses_a_per_replica_batch_size():
+    model = eqx.nn.make_with_state(EqxBN)(jax.random.key(0))
+    with pytest.raises(ValueError, match="eqx.nn.BatchNorm cannot leave examples"):
+        tp.create_replicas(jax.random.key(0), model, tp.sgd(0.1), TRAIN[0][:2],
+                           num_replicas=2, hyperparams={"batch_size": 16})  # fmt: skip
+
+
+class NnxSows(nnx.Module):
+    """Records an intermediate with ``sow`` at every call."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.linear = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, x):
+        y = self.linear(x)
+        self.sow(nnx.Intermediate, "logits", y)
+        return y
+
+
+def test_an_nnx_model_that_sows_trains_step_after_step():
+    state = tp.create_replicas(jax.random.key(0), NnxSows, tp.sgd(0.1),
+                               TRAIN[0][:2], num_replicas=2)  # fmt: skip
+    x, y = jnp.asarray(TRAIN[0][:32]), jnp.asarray(TRAIN[1][:32])
+    for step in range(3):
+        state, info = train_step(state, jax.random.key(step), x, y)
+    assert not jax.tree.leaves(state.batch_stats)  # the sown values are not kept
+    assert np.all(np.isfinite(info.loss))
+
+
+class LinenRated(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, train=False, dropout_rate=0.0):
+        x = tp.Dropout()(
+            nn.relu(nn.Dense(32)(x)), dropout_rate, deterministic=not train
+        )
+        return nn.Dense(3)(x)
+
+
+class NnxRated(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(16, 32, rngs=rngs)
+        self.drop = tp_nnx.Dropout(rngs=rngs)
+        self.out = nnx.Linear(32, 3, rngs=rngs)
+
+    def __call__(self, x, dropout_rate=0.0):
+        return self.out(self.drop(nnx.relu(self.hidden(x)), dropout_rate))
+
+
+@pytest.mark.parametrize("model", [NnxRated, LinenRated()], ids=["nnx", "linen"])
+def test_a_model_input_given_per_replica(model):
+    rates = [0.0, 0.2, 0.4]
+    state = tp.create_replicas(jax.random.key(0), model, tp.sgd(0.1), TRAIN[0][:2],
+                               num_replicas=3, hyperparams={"dropout_rate": rates})  # fmt: skip
+    np.testing.assert_array_equal(state.hyperparams["dropout_rate"], np.float32(rates))
+    state, info = train_step(
+        state, jax.random.key(1), jnp.asarray(TRAIN[0][:32]), jnp.asarray(TRAIN[1][:32])
+    )
+    chex.assert_shape(info.loss, (3,))
+
+
+class NnxKeywordRngs(nnx.Module):
+    """The usual nnx signature: settings first, ``rngs`` by keyword only."""
+
+    def __init__(self, din, dout, *, rngs: nnx.Rngs):
+        self.linear = nnx.Linear(din, dout, rngs=rngs)
+
+    def __call__(self, x):
+        return self.linear(x)
+
+
+def test_a_partial_of_an_nnx_class_is_a_builder():
+    build = functools.partial(NnxKeywordRngs, 16, 3)
+    state = tp.create_replicas(jax.random.key(0), build, tp.sgd(0.1), TRAIN[0][:2],
+                               num_replicas=2)  # fmt: skip
+    kernels = np.asarray(state.params["linear"]["kernel"].value)
+    assert kernels.shape == (2, 16, 3) and not np.array_equal(kernels[0], kernels[1])
+
+
+def test_a_builder_of_no_known_kind_is_a_type_error_naming_its_failure():
+    def build(rngs):  # an nnx builder, but its parameter is not named rngs
+        return NnxKeywordRngs(16, 3, rngs=rngs)
+
+    renamed = lambda r: build(r)  # noqa: E731
+    with pytest.raises(TypeError, match="no model builder tempering knows.*raised"):
+        tp.create_replicas(jax.random.key(0), renamed, tp.sgd(0.1), TRAIN[0][:2],
+                           num_replicas=2)  # fmt: skip

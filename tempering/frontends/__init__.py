@@ -34,6 +34,7 @@ A model *instance* gives every replica its weights as the common start (as
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Protocol
 
@@ -109,6 +110,27 @@ def _equinox() -> Any:
     return equinox
 
 
+def builder_parameters(build: Any) -> list[inspect.Parameter]:
+    """The parameters a builder still takes (a class's ``__init__``'s, a partial's rest).
+
+    An nnx module class reports ``(*args, **kwargs)`` (its metaclass's call), so
+    a class and a ``functools.partial`` of one are read from ``__init__``.
+    """
+    if isinstance(build, functools.partial):
+        inner = builder_parameters(build.func)
+        positional = [p for p in inner if p.kind in (_POSITIONAL, _EITHER)]
+        given = {p.name for p in positional[: len(build.args)]} | set(build.keywords)
+        return [p for p in inner if p.name not in given]
+    if isinstance(build, type):
+        init = getattr(build, "__init__")  # noqa: B009  (mypy refuses cls.__init__)
+        return list(inspect.signature(init).parameters.values())[1:]
+    return list(inspect.signature(build).parameters.values())
+
+
+_POSITIONAL = inspect.Parameter.POSITIONAL_ONLY
+_EITHER = inspect.Parameter.POSITIONAL_OR_KEYWORD
+
+
 def _takes_rngs(build: Any) -> bool:
     if isinstance(build, type):
         try:
@@ -117,7 +139,7 @@ def _takes_rngs(build: Any) -> bool:
             return False
         return issubclass(build, nnx.Module)
     try:
-        params = list(inspect.signature(build).parameters.values())
+        params = builder_parameters(build)
     except (TypeError, ValueError):
         return False
     if not params:
@@ -179,8 +201,12 @@ def _from_builder(build: Any, train_kwarg: str | None) -> Any:
 
         return Nnx.from_builder(build, train_kwarg)
     eqx = _equinox()
+    error = None
     if eqx is not None:
-        built = eqx.filter_eval_shape(build, jax.random.key(0))
+        try:
+            built = eqx.filter_eval_shape(build, jax.random.key(0))
+        except Exception as failure:  # not a builder of a key: name what is expected
+            built, error = None, failure
         if _is_equinox_model(built):
             from tempering.frontends.equinox import Equinox
 
@@ -192,4 +218,5 @@ def _from_builder(build: Any, train_kwarg: str | None) -> Any:
         "nnx.Rngs) -> nnx.Module), an Equinox builder a key (build(key) -> "
         "eqx.Module or (eqx.Module, eqx.nn.State)); for plain functions use "
         "tempering.frontends.Functions(init, apply)"
-    )
+        + ("" if error is None else f" (called with a key it raised {error!r})")
+    ) from error

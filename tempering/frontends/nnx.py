@@ -27,6 +27,7 @@ static attribute, so use :class:`Dropout` here, whose call takes the rate::
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any
@@ -100,6 +101,11 @@ class Dropout(nnx.Module):
         return kwargs
 
 
+# Variables a call sows (``self.sow``, ``nnx.Intermediate``) or perturbs: new at
+# every call, never the replica's state.
+_SOWN = (nnx.Intermediate, getattr(nnx, "Perturbation", nnx.Intermediate))
+
+
 def _split(module: nnx.Module) -> tuple[Any, Any, Any, Any]:
     """``(graph, params, rng_state, stats)`` of a module."""
     parts: Any = nnx.split(module, nnx.Param, nnx.RngState, ...)
@@ -113,6 +119,23 @@ def _mode_graphs(module: nnx.Module) -> tuple[Any, Any]:
     train_graph = _split(copy)[0]
     copy.eval()
     return train_graph, _split(copy)[0]
+
+
+def _by_rngs(build: Callable[..., nnx.Module]) -> Callable[[nnx.Rngs], nnx.Module]:
+    """``build`` called with the Rngs by keyword where its parameter is keyword-only.
+
+    ``functools.partial(MLP, 8, 3)`` of ``MLP(din, dout, *, rngs)``, the usual
+    nnx signature, takes ``rngs`` by keyword only.
+    """
+    from tempering.frontends import builder_parameters
+
+    try:
+        first = builder_parameters(build)[0]
+    except (TypeError, ValueError, IndexError):
+        return build
+    if first.kind is inspect.Parameter.KEYWORD_ONLY:
+        return lambda rngs: build(**{first.name: rngs})
+    return build
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -151,6 +174,7 @@ class Nnx:
         cls, build: Callable[..., nnx.Module], train_kwarg: str | None
     ) -> Nnx:
         """A builder ``build(rngs)``: every replica draws its own initial weights."""
+        build = _by_rngs(build)
         module = build(nnx.Rngs(0))
         if not isinstance(module, nnx.Module):
             raise TypeError(
@@ -208,6 +232,7 @@ class Nnx:
         outputs = module(x, **self._kwargs(train, inputs))
         if not train:
             return outputs, stats
+        nnx.pop(module, _SOWN)  # what the call sowed is not state to carry
         return outputs, _split(module)[3]
 
     def export(self, params: Any, stats: Any) -> nnx.Module:
