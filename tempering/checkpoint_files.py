@@ -105,7 +105,7 @@ class Lock:
         holder = read_lock(self.path)
         if holder is None:  # removed meanwhile, being written, or left unwritten
             if _age_s(self.path) > _UNWRITTEN_LOCK_S:
-                self._take_over("a lock file that names no holder", "")
+                self._take_over(None, "a lock file that names no holder", "")
             else:
                 time.sleep(0.05)
             return
@@ -118,6 +118,7 @@ class Lock:
             and (earlier_self or not process_alive(pid))
         ):
             self._take_over(
+                holder,
                 f"the lock of process {pid}",
                 f", which is gone (started {holder.get('started')})",
             )
@@ -129,13 +130,28 @@ class Lock:
             f"another checkpoint_dir, or, if that run is gone, delete {self.path}"
         )
 
-    def _take_over(self, what: str, why: str) -> None:
+    def _take_over(self, holder: dict | None, what: str, why: str) -> None:
+        """Removes the stale lock ``holder`` named, and only that one.
+
+        Two runs may find the same stale lock: the lock is moved aside (an
+        atomic rename, which one of them wins) and read again; a fresh lock
+        moved by mistake (another run took over first) is put back.
+        """
+        aside = self.path.with_name(f"{LOCK_NAME}.{_PROCESS_TOKEN}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:  # another run moved it first: try again
+            return
+        if read_lock(aside) != holder:  # a lock taken meanwhile: not stale
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+            aside.unlink()
+            return
+        aside.unlink()
         warn(
             f"checkpoint_dir {self.path.parent}: taking over {what}{why}",
             RuntimeWarning,
         )
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
 
     def release(self) -> None:
         """Removes the lock file if this lock still holds it."""

@@ -198,10 +198,18 @@ def _describe_move(move: Any) -> str:
 
 
 def _describe_data(data: Any) -> str:
+    """In-memory data and re-iterable batches by their values; a training stream by kind.
+
+    Evaluation batches are read at every round anyway: one more pass here. A
+    training stream resumes from wherever the caller's iterator stands, so
+    what it yields first is no mark of the run.
+    """
     inputs = getattr(data, "inputs", None)
-    if inputs is None:
-        return type(data).__qualname__  # a stream: only its kind
-    return digest((inputs, data.targets))
+    if inputs is not None:
+        return digest((inputs, data.targets))
+    if getattr(data, "restartable", False):
+        return f"{type(data).__qualname__}:{digest(list(data.make_iterator()))}"
+    return type(data).__qualname__
 
 
 def fingerprint(

@@ -423,3 +423,50 @@ def test_the_settings_of_nested_moves_are_in_the_fingerprint():
         }.items()
     }
     assert len(set(described.values())) == 3
+
+
+def test_validation_batches_are_in_the_fingerprint(tmp_path, tx, blobs):
+    (x, y), (xv, yv) = blobs
+
+    def run(validation, callback=None):
+        state = tp.create_replicas(
+            jax.random.key(0), TinyMLP(), tx, x[:2], num_replicas=2
+        )
+        config = tp.RunConfig(num_steps=30, interval=10, batch_size=16,
+                              checkpoint_dir=tmp_path, callback=callback)  # fmt: skip
+        data = tp.RunData((x, y), validation=validation)
+        return tp.train(state, jax.random.key(1), tp.identity_move(), data, config)
+
+    batches = [(xv[:32], yv[:32]), (xv[32:], yv[32:])]
+    with pytest.raises(CrashError):
+        run(batches, callback=crash_at(1))
+    other = [(xv[:32], yv[:32]), (xv[32:], yv[32:][::-1])]
+    with pytest.raises(ValueError, match=r"they differ in: validation_data\)"):
+        run(other)
+    rounds_seen = []
+    run(list(batches), callback=lambda r: rounds_seen.append(r.round))
+    assert rounds_seen == [1, 2]  # the same batches (another list) resume
+
+
+def test_two_runs_taking_over_one_stale_lock_do_not_both_hold_it(tmp_path, monkeypatch):
+    import json
+    import socket
+
+    from tempering import checkpoint_files
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    stale = {"pid": int(dead.stdout), "host": socket.gethostname(), "started": "then"}
+    (tmp_path / ".tempering-lock").write_text(json.dumps(stale))
+    # B reads the stale lock; A takes it over before B acts on what it read
+    with pytest.warns(RuntimeWarning, match="taking over the lock"):
+        first = checkpoint_files.Lock(tmp_path)
+    reads = iter([stale])
+    real = checkpoint_files.read_lock
+    monkeypatch.setattr(
+        checkpoint_files, "read_lock", lambda path: next(reads, None) or real(path)
+    )
+    with pytest.raises(ValueError, match="in use by another run"):
+        checkpoint_files.Lock(tmp_path)
+    assert first.held and real(tmp_path / ".tempering-lock") == first.owner
+    first.release()
