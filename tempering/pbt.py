@@ -20,9 +20,8 @@ Scores are validation losses: lower is better, and a non-finite score is the
 worst. Two selection rules (the paper's section 4.1):
 
 - ``"truncation"``: the bottom ``ceil(fraction * M)`` replicas (at most M // 2)
-  each copy a uniformly drawn member of the top ``ceil(fraction * M)`` (ties
-  ranked at random); every diverged replica copies one too, and only finite
-  replicas are copied;
+  each copy a uniformly drawn member of the top ``ceil(fraction * M)``; every
+  diverged replica copies one too, and only finite replicas are copied;
 - ``"tournament"``: binary tournament, every replica draws one other replica
   uniformly and copies it when its score is strictly better.
 
@@ -133,10 +132,7 @@ def select_parents(
         n = num_truncated(num, config.fraction)
         if n == 0:
             return own, jnp.zeros((num,), bool)
-        # best first; ties (an accuracy score on a small set) broken at random,
-        # not by replica index
-        tiebreak = jax.random.bits(jax.random.fold_in(key, 1), (num,))
-        order = jnp.lexsort((tiebreak, scores)).astype(jnp.int32)
+        order = jnp.argsort(scores, stable=True).astype(jnp.int32)  # best first
         rank = jnp.argsort(order).astype(jnp.int32)  # rank[m] of replica m
         finite = jnp.isfinite(scores)
         # Donors are finite (of the top n, the finite ones), and every diverged

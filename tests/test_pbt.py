@@ -81,19 +81,6 @@ def test_truncation_replaces_every_diverged_replica_from_finite_ones():
     assert not np.asarray(copied).any()
 
 
-def test_truncation_ranks_ties_at_random():
-    # equal scores (an accuracy on a small set): every replica is as likely to
-    # copy, not the highest indices always
-    trials = 2000
-    keys = jax.random.split(jax.random.key(5), trials)
-    select = jax.vmap(pbt.select_parents, (0, None, None))
-    _, copied = select(keys, jnp.full((M,), 0.5), CONFIG)
-    n = pbt.num_truncated(M, CONFIG.fraction)
-    frequency = np.asarray(copied).mean(axis=0)
-    stderr = math.sqrt(n / M * (1 - n / M) / trials)
-    np.testing.assert_allclose(frequency, n / M, atol=5 * stderr)
-
-
 def test_truncation_size():
     assert pbt.num_truncated(8, 0.2) == 2
     assert pbt.num_truncated(10, 0.2) == 2
