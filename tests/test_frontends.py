@@ -581,3 +581,30 @@ def test_a_builder_of_no_known_kind_is_a_type_error_naming_its_failure():
     with pytest.raises(TypeError, match="no model builder tempering knows.*raised"):
         tp.create_replicas(jax.random.key(0), renamed, tp.sgd(0.1), TRAIN[0][:2],
                            num_replicas=2)  # fmt: skip
+
+
+class EqxIndexed(eqx.Module):
+    """Holds an integer array: the same for every key, or drawn from it."""
+
+    order: jax.Array
+    linear: eqx.nn.Linear
+
+    def __init__(self, key, random_order=False):
+        first, second = jax.random.split(key)
+        self.order = (
+            jax.random.permutation(first, 16) if random_order else jnp.arange(16)[::-1]
+        )
+        self.linear = eqx.nn.Linear(16, 3, key=second)
+
+    def __call__(self, x, *, key=None):
+        return self.linear(x[self.order])
+
+
+def test_an_equinox_builder_drawing_integer_arrays_from_its_key_is_refused():
+    state = tp.create_replicas(jax.random.key(0), EqxIndexed, tp.sgd(0.1),
+                               TRAIN[0][:2], num_replicas=2)  # fmt: skip
+    np.testing.assert_array_equal(tp.replica(state, 1).order, np.arange(16)[::-1])
+    drawn = functools.partial(EqxIndexed, random_order=True)
+    with pytest.raises(ValueError, match="depend on its key"):
+        tp.create_replicas(jax.random.key(0), drawn, tp.sgd(0.1), TRAIN[0][:2],
+                           num_replicas=2)  # fmt: skip

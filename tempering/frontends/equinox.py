@@ -23,6 +23,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import numpy as np
 
 from tempering.layers import dropout, is_static_zero
 
@@ -62,6 +63,31 @@ def _parts(built: Any) -> tuple[Any, Any]:
     return built, None
 
 
+def _check_static_arrays_keyless(build: Callable, static: Any, name: str) -> None:
+    """A ValueError when the builder draws non-float arrays from its key.
+
+    Only the float arrays are per replica (each replica's from its own key);
+    the rest is taken once, from ``build(key(0))``, for every replica. A second
+    build (only for a model that has such arrays) must give the same ones.
+    """
+    arrays = [leaf for leaf in jax.tree.leaves(static) if eqx.is_array(leaf)]
+    if not arrays:
+        return
+    other = eqx.partition(_parts(build(jax.random.key(1)))[0], eqx.is_inexact_array)[1]
+    others = [leaf for leaf in jax.tree.leaves(other) if eqx.is_array(leaf)]
+    same = len(arrays) == len(others) and all(
+        np.array_equal(a, b) for a, b in zip(arrays, others, strict=True)
+    )
+    if not same:
+        raise ValueError(
+            f"model: build(key) of {name} makes arrays other than floats (integer "
+            "or boolean, e.g. a random permutation) that depend on its key; only "
+            "float arrays are drawn per replica, the others would be build(key(0))'s "
+            "in every replica. Derive them without the key, make them float "
+            "arrays, or pass a built model instance (a common start)"
+        )
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Equinox:
     """An Equinox module as the engine's model (:mod:`tempering.frontends`).
@@ -97,6 +123,7 @@ class Equinox:
         """A builder ``build(key)``: every replica draws its own initial weights."""
         model, state = _parts(build(jax.random.key(0)))  # its static rest, concrete
         static = eqx.partition(model, eqx.is_inexact_array)[1]
+        _check_static_arrays_keyless(build, static, type(model).__name__)
         return cls(static, build, None, state is not None, train_kwarg,
                    type(model).__name__)  # fmt: skip
 
