@@ -105,7 +105,7 @@ class Lock:
         holder = read_lock(self.path)
         if holder is None:  # removed meanwhile, being written, or left unwritten
             if _age_s(self.path) > _UNWRITTEN_LOCK_S:
-                self._take_over(None, "a lock file that names no holder", "")
+                self._take_over(None, "a lock file that names no holder")
             else:
                 time.sleep(0.05)
             return
@@ -119,8 +119,8 @@ class Lock:
         ):
             self._take_over(
                 holder,
-                f"the lock of process {pid}",
-                f", which is gone (started {holder.get('started')})",
+                f"the lock of process {pid}, which is gone (started "
+                f"{holder.get('started')})",
             )
             return
         raise ValueError(
@@ -130,7 +130,7 @@ class Lock:
             f"another checkpoint_dir, or, if that run is gone, delete {self.path}"
         )
 
-    def _take_over(self, holder: dict | None, what: str, why: str) -> None:
+    def _take_over(self, holder: dict | None, what: str) -> None:
         """Removes the stale lock ``holder`` named, and only that one.
 
         Two runs may find the same stale lock: the lock is moved aside (an
@@ -149,7 +149,7 @@ class Lock:
             return
         aside.unlink()
         warn(
-            f"checkpoint_dir {self.path.parent}: taking over {what}{why}",
+            f"checkpoint_dir {self.path.parent}: taking over {what}",
             RuntimeWarning,
         )
 

@@ -152,6 +152,11 @@ def describe_optimizer(tx: Any, opt_state: Any) -> str:
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
+def without_addresses(text: str) -> str:
+    """``text`` (a repr) without the memory addresses, which differ in every process."""
+    return _ADDRESS.sub("", text)
+
+
 def _describe_setting(value: Any) -> str:
     """A move's static setting: its repr, unless that names a memory address.
 
@@ -166,11 +171,6 @@ def _describe_setting(value: Any) -> str:
     cls = type(value)
     state = describe_value(_public_state(value), 1)
     return f"{cls.__qualname__}({code_of_class(cls)})({state})"
-
-
-def describe_static(structure: Any) -> str:
-    """A pytree structure (with its static fields) as a string, addresses removed."""
-    return _ADDRESS.sub("", str(structure))
 
 
 def _nested_moves(value: Any) -> list[Any]:

@@ -489,20 +489,17 @@ def _batch_for_explored_sizes(
     if "batch_size" not in config.names:
         return settings
     high = int(config.bounds[config.names.index("batch_size")][1])
-    held = np.max(sharding.to_host(state.hyperparams["batch_size"]))
-    largest = max(high, int(held))
-    if settings.batch_size is None:
-        return settings.replace(batch_size=largest)
-    if settings.batch_size < high:
+    sizes = np.append(sharding.to_host(state.hyperparams["batch_size"]), high)
+    if settings.batch_size is not None and settings.batch_size < high:
         raise ValueError(
             f"batch_size={settings.batch_size} is smaller than {high}, the upper "
             "bound of the batch_size that config explores: every step's batch "
             "holds the largest size a replica can reach. Give "
-            f"batch_size={largest} (or None, which means it), or explore below "
-            f"it: pbt_config(..., bounds={{'batch_size': (low, "
+            f"batch_size={int(np.max(sizes))} (or None, which means it), or "
+            f"explore below it: pbt_config(..., bounds={{'batch_size': (low, "
             f"{settings.batch_size})}})"
         )
-    return settings
+    return settings.for_batch_sizes(sizes)
 
 
 def pbt_summary(run: RunResult) -> PBTSummary:

@@ -63,6 +63,12 @@ def _parts(built: Any) -> tuple[Any, Any]:
     return built, None
 
 
+def _built_static(build: Callable, key: jax.Array) -> tuple[Any, Any, Any]:
+    """``(model, state, static)`` of ``build(key)``: static, all but its float arrays."""
+    model, state = _parts(build(key))
+    return model, state, eqx.partition(model, eqx.is_inexact_array)[1]
+
+
 def _check_static_arrays_keyless(build: Callable, static: Any, name: str) -> None:
     """A ValueError when the builder draws non-float arrays from its key.
 
@@ -73,7 +79,7 @@ def _check_static_arrays_keyless(build: Callable, static: Any, name: str) -> Non
     arrays = [leaf for leaf in jax.tree.leaves(static) if eqx.is_array(leaf)]
     if not arrays:
         return
-    other = eqx.partition(_parts(build(jax.random.key(1)))[0], eqx.is_inexact_array)[1]
+    other = _built_static(build, jax.random.key(1))[2]
     others = [leaf for leaf in jax.tree.leaves(other) if eqx.is_array(leaf)]
     same = len(arrays) == len(others) and all(
         np.array_equal(a, b) for a, b in zip(arrays, others, strict=True)
@@ -121,8 +127,7 @@ class Equinox:
         cls, build: Callable[[jax.Array], Any], train_kwarg: str | None
     ) -> Equinox:
         """A builder ``build(key)``: every replica draws its own initial weights."""
-        model, state = _parts(build(jax.random.key(0)))  # its static rest, concrete
-        static = eqx.partition(model, eqx.is_inexact_array)[1]
+        model, state, static = _built_static(build, jax.random.key(0))  # concrete
         _check_static_arrays_keyless(build, static, type(model).__name__)
         return cls(static, build, None, state is not None, train_kwarg,
                    type(model).__name__)  # fmt: skip
@@ -186,14 +191,14 @@ class Equinox:
         """The static rest of the module (its configuration) and the class's code."""
         from tempering.fingerprints import (
             code_of_class,
-            describe_static,
             describe_value,
+            without_addresses,
         )
 
         # The leaves, and the static fields (``eqx.field(static=True)``: a
         # stride, a scale), which only the tree's structure holds.
         config = describe_value(jax.tree.leaves(self.static), 0)
-        fields = describe_static(jax.tree.structure(self.static))
+        fields = without_addresses(str(jax.tree.structure(self.static)))
         return (
             f"equinox:{self.name}|{config}|{fields}|{code_of_class(type(self.static))}"
         )

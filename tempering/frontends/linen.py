@@ -15,7 +15,6 @@ A laddered dropout rate is traced: use :class:`tempering.Dropout`, not
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -23,8 +22,6 @@ import flax.linen as nn
 import jax
 
 __all__ = ["Linen", "model_kwargs", "model_variables"]
-
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def model_kwargs(
@@ -102,7 +99,7 @@ class Linen:
 
     def describe(self) -> str:
         """The module's configuration (its repr) and the code of its methods."""
-        from tempering.fingerprints import code_of_class
+        from tempering.fingerprints import code_of_class, without_addresses
 
-        config = _ADDRESS.sub("", repr(self.module))
+        config = without_addresses(repr(self.module))
         return f"linen:{self.name}|{config}|{self.train_kwarg}|{code_of_class(type(self.module))}"

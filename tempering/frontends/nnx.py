@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -248,4 +247,6 @@ class Nnx:
 
 
 def _graph_text(graph: Any) -> str:
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(graph))
+    from tempering.fingerprints import without_addresses
+
+    return without_addresses(repr(graph))
