@@ -24,7 +24,9 @@ save one (:mod:`tempering.sources`). A move skipped at the end of a call
 Nothing trained is lost: a :class:`~tempering.divergence.DivergenceError` or a
 bad streamed batch (:class:`~tempering.sources.BatchError`) carries the
 replicas after the last round that ended finite, the move's state and the
-history (``error.state``, ``error.move_state``, ``error.history``).
+history (``error.state``, ``error.move_state``, ``error.history``); with
+``checkpoint_dir`` that round is checkpointed too, so the same call (its data
+mended) resumes from it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tempering import divergence, resume, sharding
+from tempering._caller import warn
 from tempering._quick_jit import quick_jit
 from tempering.config import Rounds, RunConfig, RunData, ScoreFn
 from tempering.hyperparams import set_hyperparams
@@ -238,7 +241,10 @@ def train(
             NaN or inf, labels), named by its index, before it trains.
             Both errors carry ``state`` and ``move_state`` (after the last
             round that ended finite; a device copy of the replicas is kept at
-            each round's end for this) and ``history`` (the rounds done).
+            each round's end for this) and ``history`` (the rounds done);
+            with ``checkpoint_dir`` that round is saved before the error is
+            raised (with several processes only on a divergence), so the
+            call resumes from it.
 
     Example:
         >>> config = tp.RunConfig(num_steps=2000, interval=100, burn_in=500)
@@ -363,37 +369,74 @@ class _Run(NamedTuple):
         )
 
 
+class _Kept(NamedTuple):
+    """The call after the last round that ended finite: what an error carries."""
+
+    carry: Any  # (replicas, move_state); the replicas a copy (segments donate them)
+    progress: resume.Progress  # its records the first `progress.records.count`
+    train_position: dict | None  # the stream's position (with a checkpointer)
+
+
+def _keep(carry, progress, saver, train) -> _Kept:
+    """A :class:`_Kept` of the call as it stands (the move state is never donated)."""
+    position = resume.stream_position(train) if saver is not None else None
+    progress = progress._replace(records=progress.records.first(progress.records.count))
+    return _Kept((_copy(carry[0]), carry[1]), progress, position)
+
+
 def _run_segments(run, carry, progress, saver, bar, interrupt):
     """Trains the segments left: the carry, progress and kept carry where it stopped.
 
     It stops at the plan's end, a truthy callback or Ctrl-C, and checkpoints
-    when one is due. The kept carry is a copy of ``(replicas, move_state)``
-    after the last round that ended finite (the replicas are donated to each
-    segment): a DivergenceError or BatchError carries it, with the history.
+    when one is due. A DivergenceError or BatchError carries the call after
+    the last round that ended finite (:class:`_Kept`), with the history, and
+    a checkpointer saves it first: nothing trained is lost.
     """
-    kept = (_copy(carry[0]), carry[1])  # the move state is never donated
+    kept = _keep(carry, progress, saver, run.data.train)
     for index in range(progress.next_segment, len(run.segments)):
         carry, progress = _start_segment(run, carry, progress, index)
         try:
             carry, progress, record = _train_segment(run, carry, progress, index)
         except (divergence.DivergenceError, BatchError) as error:
-            history = _stack(progress, *kept, run, None)
-            raise divergence.attach(error, kept[0], kept[1], history) from None
+            _save_kept(saver, kept, error)
+            history = _stack(kept.progress, *kept.carry, run, None)
+            raise divergence.attach(error, *kept.carry, history) from None
         if bar is not None:
             bar.update(run.segments[index].steps)
         # Over several processes, process 0 decides at round ends (callback, Ctrl-C).
         stop = interrupt.requested and (jax.process_count() == 1 or record is not None)
         if record is not None:
-            kept = (_copy(carry[0]), carry[1])
+            kept = _keep(carry, progress, saver, run.data.train)
             callback = run.config.callback if jax.process_index() == 0 else None
             stop = (callback is not None and bool(callback(record))) or stop
             stop = sharding.from_process_0(stop)  # every process stops alike
             last = index + 1 == len(run.segments)
             if saver is not None and saver.due() and not (stop or last):
-                resume.save(saver, carry, progress, run.data.train)
+                resume.save(saver, carry, progress, kept.train_position)
         if stop or (interrupt.requested and jax.process_count() == 1):
             break
-    return carry, progress, kept
+    return carry, progress, kept.carry
+
+
+def _save_kept(saver, kept: _Kept, error: Exception) -> None:
+    """Checkpoints the kept call before ``error`` is raised (not saved yet).
+
+    A bad batch may be one process's alone, so with several processes only a
+    divergence (every process sees the same losses) saves: the save is a
+    collective. A failing save warns; the error raised is the run's.
+    """
+    if saver is None:
+        return
+    if jax.process_count() > 1 and not isinstance(error, divergence.DivergenceError):
+        return
+    try:
+        resume.save(saver, kept.carry, kept.progress, kept.train_position)
+    except Exception as failure:  # noqa: BLE001 - the run's own error goes on
+        warn(
+            f"the checkpoint of step {int(kept.carry[0].step)} (the last finite "
+            f"round) was not saved: {failure!r}",
+            RuntimeWarning,
+        )
 
 
 def _start_segment(run, carry, progress, index):
@@ -448,7 +491,7 @@ def _finish(run, carry, progress, saver, bar, interrupt, kept) -> RunResult:
     """
     state, move_state = carry
     if saver is not None:
-        resume.save(saver, carry, progress, run.data.train)
+        resume.save(saver, carry, progress, resume.stream_position(run.data.train))
     if bar is not None:
         bar.close()
     try:

@@ -286,7 +286,8 @@ def exchange_move(
         adapt_rounds: rounds of adaptation (>= 1) with ``c="auto"`` or
             ``adapt_ladder``.
         adapt_ladder: also re-space the inner rungs during the adaptation so
-            that adjacent pairs reject equally often (ends and order kept).
+            that adjacent pairs reject equally often (ends and order kept);
+            not with ``enabled=False`` (a grid keeps its ladder).
         adapt_schedule: ``"freeze"`` (default): C is frozen after
             ``adapt_rounds`` rounds; ``"decay"``: it keeps adapting with a
             decaying gain (:func:`tempering.adaptation.decay_step`; needs
@@ -332,6 +333,12 @@ def exchange_move(
         raise ValueError(
             "adapt_schedule='decay' adapts C over the whole run: it needs c='auto', "
             f"got c={c!r}"
+        )
+    if adapt_ladder and not enabled:
+        raise ValueError(
+            "adapt_ladder=True re-spaces the rungs by how often swaps are accepted, "
+            "but enabled=False (pt_train's exchanges=False: the grid) makes none: "
+            "a grid keeps the ladder it is given; keep adapt_ladder=False"
         )
     if adapt_ladder and np.ptp(np.asarray(ladder.values.get("batch_size", 0))) > 0:
         raise ValueError(

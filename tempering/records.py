@@ -229,6 +229,12 @@ class RecordRows:
         for index in range(count):
             self.add(jax.tree.map(lambda x, i=index: x[i], rows))
 
+    def first(self, count: int) -> RecordRows:
+        """The first ``count`` rows (shared, not copied: rows are only appended)."""
+        rows = RecordRows(self.capacity)
+        rows.count, rows.arrays = min(count, self.count), self.arrays
+        return rows
+
     def stacked(self) -> RoundRecord | None:
         """The rows written so far (copied when the run stopped early); None if none."""
         if self.arrays is None or self.count == self.capacity:

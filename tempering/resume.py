@@ -35,6 +35,7 @@ __all__ = [
     "checkpointer",
     "restore",
     "save",
+    "stream_position",
     "warn_interrupted",
 ]
 
@@ -111,13 +112,24 @@ def _gathered(tree: Any) -> Any:
     return sharding.to_host(jax.tree.map(data, tree))
 
 
+def stream_position(train: Any) -> dict | None:
+    """Where the call's training source stands (JSON), or None: it cannot say.
+
+    A :class:`BatchReader` whose stream can save its position says it.
+    """
+    return train.position() if isinstance(train, BatchReader) else None
+
+
 def save(
-    saver: checkpoint.Checkpointer, carry: Any, progress: Progress, train: Any
+    saver: checkpoint.Checkpointer,
+    carry: Any,
+    progress: Progress,
+    train_position: dict | None,
 ) -> None:
     """Writes the carry and progress at the replicas' step.
 
-    ``train`` is the call's training source: a :class:`BatchReader`'s position
-    goes into the checkpoint when its stream can save one.
+    ``train_position`` is the training stream's :func:`stream_position` where
+    the carry stands; a resume continues the stream from there.
     """
     rows = progress.records.stacked()
     metrics = None  # the names of the metrics (validation and test alike)
@@ -135,7 +147,7 @@ def save(
         "rounds": int(progress.records.count),
         "metrics": metrics,
         "has_initial": progress.initial is not None,
-        "train_stream": train.position() if isinstance(train, BatchReader) else None,
+        "train_stream": train_position,
     }
     saver.save(tree, extra, int(carry[0].step))
 

@@ -170,7 +170,8 @@ def pt_train(
             (``move_state``), the adaptation's own.
         adapt_ladder: also re-space the inner rungs during the adaptation so
             that adjacent pairs reject equally often (the ends stay; the final
-            ladder is ``summary.ladder``, its history ``history.temperatures``).
+            ladder is ``summary.ladder``, its history ``history.temperatures``);
+            not with ``exchanges=False`` (a grid keeps its ladder).
         adapt_schedule: what C does after the ``adapt_rounds`` rounds:
             ``"freeze"`` (default), or ``"decay"``: it keeps adapting, one
             Robbins-Monro step per round towards ``target_acceptance`` with a

@@ -128,7 +128,9 @@ def test_pbt_flags_too(tx, blobs):
     assert not result.summary.diverged.any()
 
 
-def test_every_replica_diverged_carries_the_last_finite_state(tx, blobs):
+def test_every_replica_diverged_carries_and_saves_the_last_finite_state(
+    tx, blobs, tmp_path
+):
     """Targets of 1e30 from batch 25 on: every loss is inf in round 2."""
     (x, y), (xv, yv) = blobs
     targets = np.eye(3, dtype=np.float32)[y]
@@ -136,8 +138,8 @@ def test_every_replica_diverged_carries_the_last_finite_state(tx, blobs):
     def mse(outputs, targets):
         return jnp.mean((outputs - targets) ** 2, axis=-1)
 
-    def stream(huge_from):
-        for index in range(100):
+    def stream(huge_from, start=0):
+        for index in range(start, 100):
             i = 32 * (index % 8)
             scale = 1e30 if index >= huge_from else 1.0
             yield x[i : i + 32], targets[i : i + 32] * scale
@@ -151,7 +153,8 @@ def test_every_replica_diverged_carries_the_last_finite_state(tx, blobs):
     )  # fmt: skip
     with pytest.raises(divergence.DivergenceError, match="round 2, by step 30") as e:
         tp.pt_train(state, LADDER, jax.random.key(1), train_data=stream(25),
-                    num_steps=40, **common)  # fmt: skip
+                    num_steps=40, checkpoint_dir=tmp_path, checkpoint_every=100,
+                    **common)  # fmt: skip
     clean = tp.pt_train(state, LADDER, jax.random.key(1), train_data=stream(100),
                         num_steps=20, **common)  # fmt: skip
     error = e.value
@@ -165,6 +168,21 @@ def test_every_replica_diverged_carries_the_last_finite_state(tx, blobs):
     np.testing.assert_array_equal(error.move_state.rungs, clean.move_state.rungs)
     np.testing.assert_array_equal(error.history.step, clean.history.step)
     np.testing.assert_array_equal(error.history.val_loss, clean.history.val_loss)
+    # No checkpoint was due, but the last finite round was saved before the error:
+    # resumed there (the stream from batch 20, mended), the run ends as a clean one.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["20"]
+    resumed = tp.pt_train(state, LADDER, jax.random.key(1), num_steps=40,
+                          train_data=stream(100, start=20), checkpoint_dir=tmp_path,
+                          **common)  # fmt: skip
+    whole = tp.pt_train(state, LADDER, jax.random.key(1), train_data=stream(100),
+                        num_steps=40, **common)  # fmt: skip
+    for a, b in zip(
+        jax.tree.leaves(resumed.state.params),
+        jax.tree.leaves(whole.state.params),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(resumed.history.val_loss, whole.history.val_loss)
 
 
 def test_the_warning_names_the_values_the_replica_diverged_with(tx, blobs):

@@ -141,15 +141,14 @@ def results(launched, folder=None):
 
 def test_two_processes_match_one(worker, tmp_path):
     one = results(launch(worker, 1, 4, [str(tmp_path)], timeout=180))
+    # two processes of two devices each: processes and local devices both split
     two = results(launch(worker, 2, 2, [str(tmp_path)], timeout=180))
-    four = results(launch(worker, 4, 1, [str(tmp_path)], timeout=180))
     assert [r["process"] for r in two] == [0, 1]
-    assert [r["process"] for r in four] == [0, 1, 2, 3]
     (reference,) = one
     assert reference["devices"] == reference["mesh"] == 4
     assert len(reference["rungs"]) == 2  # the second call's 2 rounds
     assert np.asarray(reference["accepted"]).any()  # the exchange moved rungs
-    for got in two + four:
+    for got in two:
         assert got["devices"] == got["mesh"] == 4  # the global mesh
         # the same history on every process, bit for bit that of one process
         for field in ("rungs", "accepted", "score", "final_score", "weights",
@@ -159,7 +158,6 @@ def test_two_processes_match_one(worker, tmp_path):
         assert got["zero_inputs"] == ["dropout_rate"]  # read over the processes
     # callbacks run on process 0 only
     assert [r["callbacks"] for r in two] == [4, 0]
-    assert [r["callbacks"] for r in four] == [4, 0, 0, 0]
     assert np.any(np.asarray(reference["pbt_parent"]) != np.arange(4))  # copies
 
 

@@ -200,6 +200,52 @@ def test_nan_in_batch_200_of_a_generator_keeps_the_rounds_done(state, blobs):
     assert history_equal(error.history, clean.history)
 
 
+class Rewindable:
+    """A stream of :func:`stream`'s batches that can save its position (JSON)."""
+
+    def __init__(self, x, y, bad_at=None, change=None):
+        self.batches = (x, y, bad_at, change)
+        self.set_state({"index": 0})
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.index += 1
+        return next(self.stream)
+
+    def get_state(self):
+        return {"index": self.index}
+
+    def set_state(self, state):
+        self.index = state["index"]
+        self.stream = stream(*self.batches)
+        for _ in range(self.index):
+            next(self.stream)
+
+
+def test_a_bad_batch_checkpoints_the_last_finite_round_first(
+    state, blobs, tmp_path, monkeypatch
+):
+    (x, y), _ = blobs
+    with pytest.raises(BatchError):  # batch 25 is in round 2; no checkpoint was due
+        pt(
+            state, blobs, Rewindable(x, y, 25, nan_inputs), checkpoint_dir=tmp_path,
+            checkpoint_every=100,
+        )  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["20"]
+    refuse_unpickling(monkeypatch)
+    rounds_seen = []
+    resumed = pt(
+        state, blobs, Rewindable(x, y), checkpoint_dir=tmp_path,
+        callback=lambda r: rounds_seen.append(r.round),
+    )  # fmt: skip
+    assert rounds_seen == [2, 3]  # from the saved round, the stream at batch 20
+    reference = pt(state, blobs, Rewindable(x, y))
+    assert leaves_equal(resumed.state.params, reference.state.params)
+    assert history_equal(resumed.history, reference.history)
+
+
 def test_one_hot_labels_in_memory_say_they_must_be_class_indices(state, blobs):
     (x, y), val = blobs
     with pytest.raises(TypeError, match=r"class indices.*one-hot or soft labels"):
