@@ -392,11 +392,19 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
     the last round that ended finite (:class:`_Kept`), with the history, and
     a checkpointer saves it first: nothing trained is lost.
     """
+    segments = len(run.segments)
     kept = _keep(carry, progress, saver, run.data.train)
-    for index in range(progress.next_segment, len(run.segments)):
+    for index in range(progress.next_segment, segments):
         carry, progress = _start_segment(run, carry, progress, index)
         try:
             carry, progress, record = _train_segment(run, carry, progress, index)
+            if record is not None:
+                kept = _keep(carry, progress, saver, run.data.train)
+                if index + 1 < segments:  # the next segment reads the batch anyway
+                    position = resume.with_next_batch(
+                        kept.train_position, run.data.train
+                    )
+                    kept = kept._replace(train_position=position)
         except (divergence.DivergenceError, BatchError) as error:
             _save_kept(saver, kept, error)
             history = _stack(kept.progress, *kept.carry, run, None)
@@ -406,11 +414,10 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
         # Over several processes, process 0 decides at round ends (callback, Ctrl-C).
         stop = interrupt.requested and (jax.process_count() == 1 or record is not None)
         if record is not None:
-            kept = _keep(carry, progress, saver, run.data.train)
             callback = run.config.callback if jax.process_index() == 0 else None
             stop = (callback is not None and bool(callback(record))) or stop
             stop = sharding.from_process_0(stop)  # every process stops alike
-            last = index + 1 == len(run.segments)
+            last = index + 1 == segments
             if saver is not None and saver.due() and not (stop or last):
                 resume.save(saver, carry, progress, kept.train_position)
         if stop or (interrupt.requested and jax.process_count() == 1):
@@ -491,7 +498,13 @@ def _finish(run, carry, progress, saver, bar, interrupt, kept) -> RunResult:
     """
     state, move_state = carry
     if saver is not None:
-        resume.save(saver, carry, progress, resume.stream_position(run.data.train))
+        position = resume.stream_position(run.data.train)
+        if progress.next_segment < len(run.segments):  # stopped early: resumable
+            try:
+                position = resume.with_next_batch(position, run.data.train)
+            except ValueError:  # a bad or missing batch: the resumed call says so
+                pass
+        resume.save(saver, carry, progress, position)
     if bar is not None:
         bar.close()
     try:

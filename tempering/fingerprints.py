@@ -202,7 +202,9 @@ def _describe_data(data: Any) -> str:
 
     Evaluation batches are read at every round anyway: one more pass here. A
     training stream resumes from wherever the caller's iterator stands, so
-    what it yields first is no mark of the run.
+    what it yields first is no mark of the run; a stream that saves its
+    position is checked by the batch it yields there instead
+    (:func:`tempering.resume.with_next_batch`).
     """
     inputs = getattr(data, "inputs", None)
     if inputs is not None:

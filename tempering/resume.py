@@ -7,7 +7,8 @@ records so far, the values before its first round) through a
 as JSON. Resuming rebuilds that pytree into a template the call builds from
 its own state, move and data, so nothing in the checkpoint chooses a type.
 A training stream that can save its position (:class:`BatchReader`) saves it
-in the JSON too, and a resume sets it: the same batches follow.
+in the JSON too (with a digest of the batch it yields there), and a resume sets
+it and checks that batch: the same batches follow.
 
 It also holds what Ctrl-C does to a call (:class:`StopOnInterrupt`).
 """
@@ -120,6 +121,18 @@ def stream_position(train: Any) -> dict | None:
     return train.position() if isinstance(train, BatchReader) else None
 
 
+def with_next_batch(position: dict | None, train: Any) -> dict | None:
+    """``position`` with a digest of the batch the stream yields there.
+
+    For a call that trains on from ``position`` (it reads that batch anyway):
+    a resume checks that its stream yields the same batch there
+    (:func:`restore`). Reading it may raise a BatchError.
+    """
+    if position is None:
+        return None
+    return {**position, "next_batch": fingerprints.digest(train.peek())}
+
+
 def save(
     saver: checkpoint.Checkpointer,
     carry: Any,
@@ -191,7 +204,9 @@ def restore(
         return None
     tree, extra = restored
     if isinstance(train, BatchReader):
-        train.set_position(extra.get("train_stream"))
+        position = extra.get("train_stream")
+        train.set_position(position)
+        _check_next_batch(position, train, saver.allowed)
     records = RecordRows(progress.records.capacity)
     if tree["records"] is not None:
         records.extend(tree["records"], int(extra["rounds"]))
@@ -199,6 +214,28 @@ def restore(
         int(extra["next_segment"]), records, tree["initial"], tree["burn_values"]
     )
     return tree["carry"], resumed
+
+
+def _check_next_batch(position: dict | None, train: BatchReader, allowed) -> None:
+    """A ValueError unless the stream yields the saved run's batch at its position.
+
+    A training stream is fingerprinted by its kind only (it is read once); the
+    batch at the saved position tells another dataset of the same kind.
+    """
+    if position is None or "train_data" in allowed:
+        return
+    saved = position.get("next_batch")
+    if saved is None:  # saved where the run trained no further
+        return
+    if fingerprints.digest(train.peek()) != saved:
+        raise ValueError(
+            f"the checkpoint's run read other training batches: at the saved "
+            f"position (batch {position['batches']}) train_data yields a batch "
+            "that differs from the one the checkpointed run read there (they "
+            "differ in: train_data); resume with the same stream (same files, "
+            "seed and order), give another checkpoint_dir to start afresh, or "
+            "resume anyway with RunConfig(resume_allowing=('train_data',))"
+        )
 
 
 class StopOnInterrupt:

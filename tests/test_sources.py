@@ -246,6 +246,29 @@ def test_a_bad_batch_checkpoints_the_last_finite_round_first(
     assert history_equal(resumed.history, reference.history)
 
 
+@pytest.mark.parametrize("stop", ["crash", "callback"])
+def test_a_stream_of_other_batches_is_refused_on_resume(state, blobs, tmp_path, stop):
+    """Streams are fingerprinted by kind; the batch at the saved position tells."""
+    (x, y), _ = blobs
+    if stop == "crash":  # resumes from the periodic checkpoint of round 1
+        with pytest.raises(CrashError):
+            pt(state, blobs, Rewindable(x, y), checkpoint_dir=tmp_path,
+               callback=crash_at(2))  # fmt: skip
+    else:  # a truthy callback stops after round 1: the call's last checkpoint
+        pt(state, blobs, Rewindable(x, y), checkpoint_dir=tmp_path,
+           callback=lambda r: r.round == 1)  # fmt: skip
+    other = Rewindable(x[::-1].copy(), y[::-1].copy())
+    with pytest.raises(ValueError, match=r"batch 20\).*differ in: train_data"):
+        pt(state, blobs, other, checkpoint_dir=tmp_path)
+    rounds_seen = []
+    pt(
+        state, blobs, Rewindable(x[::-1].copy(), y[::-1].copy()),
+        checkpoint_dir=tmp_path, resume_allowing=("train_data",),
+        callback=lambda r: rounds_seen.append(r.round),
+    )  # fmt: skip
+    assert rounds_seen == [2, 3]  # resumed anyway, as asked
+
+
 def test_one_hot_labels_in_memory_say_they_must_be_class_indices(state, blobs):
     (x, y), val = blobs
     with pytest.raises(TypeError, match=r"class indices.*one-hot or soft labels"):
