@@ -371,7 +371,7 @@ BAD_INPUTS = [
     Case("pt-test-shape", lambda c: pt(c, test_data=(c.xv[:, :3], c.yv)), V, r"test_data: the model cannot take inputs"),
     Case("pt-nan-validation-targets", lambda c: pt(c, validation_data=(c.xv, c.yv.astype(np.float32) * NAN)), V, r"validation_data targets hold 16 non-finite"),
     Case("pt-adapt-ladder-string", lambda c: pt(c, adapt_ladder="yes"), T, r"adapt_ladder must be True or False"),
-    Case("pt-adapt-ladder-grid", lambda c: pt(c, exchanges=False, adapt_ladder=True), V, r"exchanges=False: the grid"),
+    Case("pt-adapt-ladder-grid", lambda c: pt(c, exchanges=False, adapt_ladder=True), V, r"exchanges=False: the grid", fixed=True),
     Case("pt-ladder-dict", lambda c: pt(c, ladder={"learning_rate": [0.01, 0.1]}), T, r"ladder must be a tempering.Ladder"),
     Case("pt-loop-unknown", lambda c: pt(c, loop="gpu"), V, r"loop must be one of"),
     Case("pt-vectorize-unknown", lambda c: pt(c, vectorize="fast"), V, r"unknown vectorize policy 'fast'", fixed=True),
