@@ -28,7 +28,11 @@ same run without checkpoints and without faults. The faults:
 - the call: another model code, optimiser setting, loss or score function
   than the checkpoint's; a resume with ``pickle`` disabled;
 - bad ``checkpoint_dir`` values: ``''``, an int, a file, a path that cannot
-  be created.
+  be created;
+- errors between saves: a bad streamed batch (NaN) and every replica
+  diverging (NaN scores), with no checkpoint due; a resume with a stream of
+  other batches of the same kind (the run on a stream that saves its
+  position, :class:`Batches`).
 
 Each row of the table holds the fault, what the library did (measured, with
 its messages), what it should do, and whether it did. The script exits with
@@ -74,6 +78,7 @@ from experiments.common import (
     settings_of,
     write_outputs,
 )
+from tempering.sources import BatchError
 
 SEED = 0
 NUM_REPLICAS = 4
@@ -108,10 +113,16 @@ NetRelu.__name__ = NetRelu.__qualname__ = "Net"
 
 # Set in a child process only: SIGKILL inside the n-th call of score().
 _KILL_IN_SCORE: dict[str, int] = {}
+# Set for one call: score() is NaN for every replica from its n-th call on.
+_NAN_IN_SCORE: dict[str, int] = {}
 
 
 def score(validation):
     """The validation loss (what the exchange compares by default)."""
+    if _NAN_IN_SCORE:
+        _NAN_IN_SCORE["calls"] += 1
+        if _NAN_IN_SCORE["calls"] >= _NAN_IN_SCORE["at"]:
+            return validation.loss * np.float32(np.nan)
     if _KILL_IN_SCORE:
         _KILL_IN_SCORE["calls"] += 1
         if _KILL_IN_SCORE["calls"] == _KILL_IN_SCORE["at"]:
@@ -138,6 +149,41 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     x = rng.normal(size=(512, 8)).astype(np.float32)
     y = ((x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.5)).astype(np.int32)
     return x, y
+
+
+class Batches:
+    """The examples in batches of 32, cycled in a fixed order; its position is JSON.
+
+    Every replica trains on its batches: a run on it passes ``**Batches.SHARED``.
+
+    ``reverse``: the same examples in the reverse order (another stream of the
+    same kind); ``spoil_at``: that batch's first input is NaN.
+    """
+
+    SHARED = {"shared_batch": True}
+
+    def __init__(self, reverse: bool = False, spoil_at: int | None = None):
+        x, y = data()
+        self.x, self.y = (x[::-1].copy(), y[::-1].copy()) if reverse else (x, y)
+        self.spoil_at, self.index = spoil_at, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        start = 32 * (self.index % (len(self.y) // 32))
+        x, y = self.x[start : start + 32], self.y[start : start + 32]
+        if self.index == self.spoil_at:
+            x = x.copy()
+            x[0, 0] = np.nan
+        self.index += 1
+        return x, y
+
+    def get_state(self) -> dict:
+        return {"index": self.index}
+
+    def set_state(self, state: dict) -> None:
+        self.index = int(state["index"])
 
 
 def run(
@@ -315,6 +361,7 @@ class Context:
         self.args, self.workdir, self.env = args, workdir, env
         self.steps = args.steps
         self._reference: tuple[dict, list[int]] | None = None
+        self._stream_reference: dict[str, np.ndarray] | None = None
         self._base: tuple[Path, list[int]] | None = None
         self._count = 0
 
@@ -327,6 +374,15 @@ class Context:
     def step_of_round(self) -> list[int]:
         """The global step at the end of each round (the reference's history)."""
         return self._ensure_reference()[1]
+
+    @property
+    def stream_reference(self) -> dict[str, np.ndarray]:
+        """The run on :class:`Batches` (no checkpoints, no faults)."""
+        if self._stream_reference is None:
+            self._stream_reference = arrays(
+                run(None, self.steps, train_data=Batches(), **Batches.SHARED)
+            )
+        return self._stream_reference
 
     @property
     def num_rounds(self) -> int:
@@ -400,8 +456,11 @@ class Context:
         )
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
-    def describe(self, outcome: Outcome) -> str:
-        """What the call did, in words: warnings, error or resume, and the result."""
+    def describe(self, outcome: Outcome, reference: dict | None = None) -> str:
+        """What the call did, in words: warnings, error or resume, and the result.
+
+        ``reference``: the faultless run it should equal (default: the run's).
+        """
         parts = [
             "warned: " + self.short(re.sub(r"^checkpoint_dir [^\s:]*: ", "", m), 150)
             for m in outcome.warnings
@@ -419,7 +478,9 @@ class Context:
                 parts.append(
                     f"resumed after round {outcome.first_round} of {self.num_rounds}"
                 )
-            same = bit_for_bit(outcome.result, self.reference)
+            same = bit_for_bit(
+                outcome.result, self.reference if reference is None else reference
+            )
             parts.append("result bit for bit" if same else "result DIFFERS")
         return "; ".join(parts)
 
@@ -866,6 +927,134 @@ def bad_dir_row(ctx: Context, kind: str) -> Row:
     )  # fmt: skip
 
 
+def _saved_between(
+    ctx: Context,
+    directory: Path,
+    error: type,
+    match: str,
+    failing_call: Callable[[], Outcome],
+    last_round: int,
+    resumed: Callable[[], Outcome],
+    reference: dict,
+) -> tuple:
+    """An error between saves, the checkpoint it left, then the same call mended."""
+    first = failing_call()
+    steps = step_dirs(directory) if directory.exists() else []
+    expected_step = ctx.step_of_round[last_round]
+    second = resumed()
+    passed = (
+        type(first.error) is error and re.search(match, str(first.error)) is not None
+        and steps == [expected_step] and second.error is None
+        and second.first_round == last_round + 1
+        and bit_for_bit(second.result, reference)
+    )  # fmt: skip
+    observed = (
+        f"{ctx.describe(first)}; left steps {steps}; then, mended: "
+        + ctx.describe(second, reference)
+    )
+    return first, second, steps, expected_step, passed, observed
+
+
+def bad_batch_row(ctx: Context) -> Row:
+    directory = ctx.fresh("bad-batch")
+    at = min(KILL_AT_SAVE, ctx.num_rounds - 2)  # the batch's round (0-based)
+    spoil_at = ctx.step_of_round[at - 1] + 2  # the third batch of that round
+    _, second, steps, saved, passed, observed = _saved_between(
+        ctx, directory, BatchError, rf"train_data batch {spoil_at} .*non-finite",
+        lambda: ctx.call(directory, train_data=Batches(spoil_at=spoil_at),
+                         checkpoint_every=1000, **Batches.SHARED),
+        at - 1, lambda: ctx.call(directory, train_data=Batches(), **Batches.SHARED),
+        ctx.stream_reference,
+    )  # fmt: skip
+    return Row(
+        "bad streamed batch between saves",
+        f"NaN in batch {spoil_at} of a stream that saves its position (round {at}); "
+        "checkpoint_every=1000 (no save due)",
+        observed,
+        f"BatchError naming batch {spoil_at}; the last finite round saved (step "
+        f"{saved}); the same call, its stream mended, resumes after round "
+        f"{at}; result bit for bit that of the clean stream",
+        passed, second.seconds, {"steps": steps, "spoil_at": spoil_at},
+    )  # fmt: skip
+
+
+def diverged_row(ctx: Context) -> Row:
+    directory = ctx.fresh("diverged")
+    at = min(KILL_AT_SAVE, ctx.num_rounds - 2)
+
+    def failing() -> Outcome:
+        _NAN_IN_SCORE.update(calls=0, at=at + 1)  # round `at` is the (at+1)-th
+        try:
+            return ctx.call(directory, checkpoint_every=1000)
+        finally:
+            _NAN_IN_SCORE.clear()
+
+    _, second, steps, saved, passed, observed = _saved_between(
+        ctx, directory, tp.DivergenceError, rf"every replica diverged .*round {at}",
+        failing, at - 1, lambda: ctx.call(directory), ctx.reference,
+    )  # fmt: skip
+    return Row(
+        "every replica diverged between saves",
+        f"every replica's score NaN from round {at} on; checkpoint_every=1000 (no "
+        "save due)",
+        observed,
+        f"DivergenceError naming round {at}; the last finite round saved (step "
+        f"{saved}); the same call resumes after round {at}; result bit for bit",
+        passed, second.seconds, {"steps": steps},
+    )  # fmt: skip
+
+
+def other_stream_row(ctx: Context) -> Row:
+    directory = ctx.fresh("other-stream")
+    crash_round = min(CRASH_ROUND, ctx.num_rounds - 2)
+
+    def crash(record):
+        if record.round == crash_round:
+            raise _CrashError
+
+    with contextlib.suppress(_CrashError), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(directory, ctx.steps, callback=crash, train_data=Batches(),
+            **Batches.SHARED)  # fmt: skip
+    steps = step_dirs(directory)
+    saved_round = ctx.round_after(steps[-1])
+    copy = ctx.fresh("same-stream")
+    shutil.copytree(directory, copy)
+    other = ctx.call(directory, train_data=Batches(reverse=True), **Batches.SHARED)
+    same = ctx.call(copy, train_data=Batches(), **Batches.SHARED)
+    allowed = ctx.call(
+        directory, train_data=Batches(reverse=True), resume_allowing=("train_data",),
+        **Batches.SHARED,
+    )  # fmt: skip
+    overridden = allowed.error is None and allowed.first_round == saved_round
+    resumed = (
+        same.error is None and same.first_round == saved_round
+        and bit_for_bit(same.result, ctx.stream_reference)
+    )  # fmt: skip
+    row = error_row(
+        ctx, "another stream of the same kind",
+        "resumed with the examples in the reverse order (a stream of the same "
+        "class, saving its position)", other, ValueError,
+        r"batch \d+\).*differ in: train_data",
+        "ValueError naming train_data (the batch at the saved position); with "
+        "resume_allowing=('train_data',) it resumes",
+        extra=overridden and resumed,
+        details={"resume_allowing": repr(allowed.error) if allowed.error else allowed.first_round},
+    )  # fmt: skip
+    row.observed += (
+        "; with resume_allowing: "
+        + (
+            f"resumed after round {allowed.first_round}"
+            if allowed.error is None
+            else f"{type(allowed.error).__name__}: {ctx.short(str(allowed.error))}"
+        )
+        + "; the same stream, on a copy of the folder: "
+        + ctx.describe(same, ctx.stream_reference)
+    )
+    row.expected += "; the same stream resumes, bit for bit"
+    return row
+
+
 FAULTS: dict[str, Callable[[Context], Row]] = {
     "kill_before_write": lambda c: kill_row(c, "before_write"),
     "kill_before_rename": lambda c: kill_row(c, "before_rename"),
@@ -893,6 +1082,9 @@ FAULTS: dict[str, Callable[[Context], Row]] = {
     "dir_int": lambda c: bad_dir_row(c, "int"),
     "dir_file": lambda c: bad_dir_row(c, "file"),
     "dir_unwritable": lambda c: bad_dir_row(c, "unwritable"),
+    "bad_batch": bad_batch_row,
+    "diverged": diverged_row,
+    "other_stream": other_stream_row,
 }
 
 

@@ -581,10 +581,11 @@ def _end_round(run, state, move_state, key, round_index, train_loss):
     )
     if diverged.all():
         raise divergence.DivergenceError(
-            f"every replica diverged (non-finite loss) in round {round_index}, by "
-            f"step {int(state.step)}: lower the learning rate or check the model "
-            "and data; the error's .state is the last finite state, its .history "
-            "the rounds done"
+            f"every replica diverged (a non-finite loss or score) in round "
+            f"{round_index}, by step {int(state.step)}: lower the learning rate or "
+            "check the model and data; the error's .state is the last finite state "
+            "(checkpointed when checkpoint_dir is given), its .history the rounds "
+            "done"
         )
     sources = np.full(diverged.shape, -1, np.int32)
     move_scores = scores
