@@ -407,19 +407,23 @@ class Context:
         """A copy of the crashed run's checkpoints, and its steps (oldest first)."""
         if self._base is None:
             base = self.workdir / "crashed"
-            crash_round = min(CRASH_ROUND, self.num_rounds - 2)
-
-            def crash(record):
-                if record.round == crash_round:
-                    raise _CrashError
-
-            with contextlib.suppress(_CrashError), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                run(base, self.steps, callback=crash)
+            self.crash_run(base)
             self._base = (base, step_dirs(base))
         directory = self.fresh(name)
         shutil.copytree(self._base[0], directory)
         return directory, list(self._base[1])
+
+    def crash_run(self, directory: Path, **kwargs: Any) -> None:
+        """The run (with ``kwargs``), stopped by an exception in round CRASH_ROUND."""
+        crash_round = min(CRASH_ROUND, self.num_rounds - 2)
+
+        def crash(record):
+            if record.round == crash_round:
+                raise _CrashError
+
+        with contextlib.suppress(_CrashError), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run(directory, self.steps, callback=crash, **kwargs)
 
     def call(self, directory: Any, **kwargs: Any) -> Outcome:
         """The same call again (or with ``kwargs``), observed."""
@@ -1006,16 +1010,7 @@ def diverged_row(ctx: Context) -> Row:
 
 def other_stream_row(ctx: Context) -> Row:
     directory = ctx.fresh("other-stream")
-    crash_round = min(CRASH_ROUND, ctx.num_rounds - 2)
-
-    def crash(record):
-        if record.round == crash_round:
-            raise _CrashError
-
-    with contextlib.suppress(_CrashError), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        run(directory, ctx.steps, callback=crash, train_data=Batches(),
-            **Batches.SHARED)  # fmt: skip
+    ctx.crash_run(directory, train_data=Batches(), **Batches.SHARED)
     steps = step_dirs(directory)
     saved_round = ctx.round_after(steps[-1])
     copy = ctx.fresh("same-stream")

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TinyMLP
+from conftest import TinyMLP, leaves_equal
 
 import tempering as tp
 from tempering import divergence
@@ -176,12 +176,7 @@ def test_every_replica_diverged_carries_and_saves_the_last_finite_state(
                           **common)  # fmt: skip
     whole = tp.pt_train(state, LADDER, jax.random.key(1), train_data=stream(100),
                         num_steps=40, **common)  # fmt: skip
-    for a, b in zip(
-        jax.tree.leaves(resumed.state.params),
-        jax.tree.leaves(whole.state.params),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(a, b)
+    assert leaves_equal(resumed.state.params, whole.state.params)
     np.testing.assert_array_equal(resumed.history.val_loss, whole.history.val_loss)
 
 
