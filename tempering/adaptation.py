@@ -50,9 +50,12 @@ __all__ = [
     "solve_c",
 ]
 
-# Bisection of log C within +-ln(1e4) around 1 / (the median unfavourable gap).
+# Bisection of log C within +-ln(1e4) around 1 / (the median unfavourable gap),
+# the bracket first moved by its width (up to _SHIFTS times) while the target
+# lies outside it (ratios spread over more than four orders of magnitude).
 _LOG_RANGE = float(np.log(1e4))
 _BISECTIONS = 48
+_SHIFTS = 3
 # Cells of log T between the ladder's ends on which the barrier is pooled.
 _GRID = 64
 # Gain of the k-th step past the window: (k + 1) ** -_DECAY_EXPONENT (in (1/2, 1]:
@@ -149,15 +152,22 @@ def solve_c(log_ratios: jax.Array, target: float, fallback: jax.Array) -> jax.Ar
     scale = jnp.nanmedian(jnp.where(unfavourable, -x, jnp.nan))
     centre = -jnp.log(jnp.where(unfavourable.any(), scale, 1.0))
 
+    def shift(_, bounds):
+        low, high = bounds  # the acceptance falls as C grows
+        grow = mean_acceptance(jnp.exp(high), x) > target
+        shrink = mean_acceptance(jnp.exp(low), x) < target
+        step = jnp.where(grow, high - low, jnp.where(shrink, low - high, 0.0))
+        return low + step, high + step
+
     def bisect(_, bounds):
         low, high = bounds
         mid = 0.5 * (low + high)
         too_often = mean_acceptance(jnp.exp(mid), x) > target  # C must grow
         return jnp.where(too_often, mid, low), jnp.where(too_often, high, mid)
 
-    low, high = jax.lax.fori_loop(
-        0, _BISECTIONS, bisect, (centre - _LOG_RANGE, centre + _LOG_RANGE)
-    )
+    bracket = (centre - _LOG_RANGE, centre + _LOG_RANGE)
+    bracket = jax.lax.fori_loop(0, _SHIFTS, shift, bracket)
+    low, high = jax.lax.fori_loop(0, _BISECTIONS, bisect, bracket)
     c = jnp.exp(0.5 * (low + high))
     return jnp.where(unfavourable.any(), c, fallback).astype(jnp.float32)
 
@@ -247,6 +257,9 @@ def barrier(c: jax.Array, log_ratios: jax.Array, positions: jax.Array) -> jax.Ar
     edges = jnp.linspace(low, high, _GRID + 1)
     centres = 0.5 * (edges[:-1] + edges[1:])
     rho = 1.0 - jnp.exp(jnp.minimum(c * log_ratios, 0.0))  # (A, M - 1)
+    # A pair with a diverged replica (an infinite ratio) is unseen, not a
+    # barrier: no spacing of the healthy rungs could lower it.
+    rho = jnp.where(jnp.isfinite(log_ratios), rho, jnp.nan)
     num_pairs = log_ratios.shape[1]
 
     def density(u: jax.Array, rho_row: jax.Array) -> jax.Array:

@@ -52,7 +52,8 @@ def pair_log_ratios(rungs: jax.Array, losses: jax.Array, betas: jax.Array) -> ja
 
     Args:
         rungs: int ``(M,)``, the rung of every replica.
-        losses: float ``(M,)``, per replica; NaN counts as ``+inf``.
+        losses: float ``(M,)``, per replica; NaN and ``-inf`` (diverged, as
+            everywhere in the library) count as ``+inf``.
         betas: float ``(M,)``, decreasing.
 
     Returns:
@@ -60,7 +61,7 @@ def pair_log_ratios(rungs: jax.Array, losses: jax.Array, betas: jax.Array) -> ja
         log acceptance ratio is C times it (NaN where undefined, inf - inf).
     """
     losses = jnp.asarray(losses, jnp.float32)
-    losses = jnp.where(jnp.isnan(losses), jnp.inf, losses)
+    losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
     betas = jnp.asarray(betas, jnp.float32)
     at_rung = replicas_by_rung(jnp.asarray(rungs))
     return (betas[:-1] - betas[1:]) * (losses[at_rung[:-1]] - losses[at_rung[1:]])
@@ -140,8 +141,8 @@ def exchange(
         key: PRNG key.
         rungs: int array ``(M,)``; ``rungs[m]`` is the rung replica m holds, a
             permutation of ``0..M-1``.
-        losses: float array ``(M,)``; validation loss of replica m. NaN counts
-            as ``+inf``.
+        losses: float array ``(M,)``; validation loss of replica m. NaN and
+            ``-inf`` (diverged, as everywhere in the library) count as ``+inf``.
         betas: float array ``(M,)``; ``betas[r] = 1 / T_r``, decreasing in r.
         c: the normalisation constant C > 0 of the paper.
         scheme: ``"random_pair"`` proposes one adjacent pair drawn uniformly
@@ -170,7 +171,7 @@ def exchange(
     rungs = jnp.asarray(rungs)
     num_rungs = rungs.shape[0]
     losses = jnp.asarray(losses, jnp.float32)
-    losses = jnp.where(jnp.isnan(losses), jnp.inf, losses)
+    losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
     betas = jnp.asarray(betas, jnp.float32)
     pair_key, accept_key = jax.random.split(key)
     pairs = jnp.arange(num_rungs - 1)

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 import tempering as tp
-from tempering.adaptation import AdaptationState, decay_step, mean_acceptance, solve_c
+from tempering.adaptation import (
+    AdaptationState,
+    barrier,
+    decay_step,
+    mean_acceptance,
+    solve_c,
+)
 from tempering.ladder import assign_rungs
 from tempering.moves import exchange_move
 from tempering.zoo import models
@@ -64,6 +70,28 @@ def test_solve_c_hits_the_target() -> None:
     # Only favourable (or no) pairs: C is not identified, the fallback stays.
     assert float(solve_c(jnp.full((2, 3), 0.5), 0.3, jnp.float32(7.0))) == 7.0
     assert float(solve_c(jnp.full((2, 3), jnp.nan), 0.3, jnp.float32(7.0))) == 7.0
+
+
+def test_solve_c_reaches_the_target_over_many_orders_of_magnitude() -> None:
+    # the solution, C = 3.6e5, lies far outside the first bracket around
+    # 1 / (the median gap) = 1, which stopped at 1e4 (mean acceptance 0.42)
+    x = jnp.asarray([-1e-6] * 3 + [-1.0] * 4, jnp.float32)
+    c = solve_c(x, 0.3, jnp.float32(1.0))
+    assert float(mean_acceptance(c, x)) == pytest.approx(0.3, abs=1e-3)
+    assert 3e5 < float(c) < 4e5
+
+
+def test_a_diverged_pair_is_no_barrier_to_the_ladder() -> None:
+    """An infinite ratio (a diverged replica) counts as unseen, as in solve_c."""
+    positions = jnp.log(jnp.asarray([[0.01, 0.03, 0.1, 0.3]] * 2, jnp.float32))
+    seen = jnp.asarray([[-0.5, -1.0, -0.2], [-0.4, -0.9, -0.3]], jnp.float32)
+    for bad in (-jnp.inf, jnp.inf):
+        diverged = seen.at[1, 2].set(bad)
+        unseen = seen.at[1, 2].set(jnp.nan)
+        np.testing.assert_array_equal(
+            barrier(jnp.float32(1.0), diverged, positions),
+            barrier(jnp.float32(1.0), unseen, positions),
+        )
 
 
 @pytest.mark.parametrize("target", [0.2, 0.4])

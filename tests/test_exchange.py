@@ -161,8 +161,9 @@ def test_parity_can_be_traced():
     np.testing.assert_array_equal(odd.proposed, [False, True, False])
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_diverged_replica_never_moves_colder(bad):
+    """-inf is diverged too (as in best_index and PBT), not the best loss."""
     betas = jnp.array([2.0, 1.0])
     # hot replica (replica 1) diverged: it must stay hot whatever the cold loss.
     new_rungs, info = batched_exchange(
