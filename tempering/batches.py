@@ -81,32 +81,50 @@ def _layout(array: np.ndarray) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(array.shape), array.dtype
 
 
+def batch_problem(
+    x: np.ndarray, y: np.ndarray, spec: BatchSpec, *, evaluated: bool = False
+) -> str | None:
+    """What is wrong with a batch for ``spec`` (None: nothing).
+
+    ``evaluated``: an evaluation batch, which may hold fewer examples than the
+    first (it is padded and masked); only its examples' shapes must match.
+    """
+    if spec.num_classes is not None:
+        found = _label_problem(y, spec.num_classes, len(spec.targets[0]))
+        if found is not None:
+            return found[1]
+    for part, array, (shape, dtype) in (
+        ("inputs", x, spec.inputs),
+        ("targets", y, spec.targets),
+    ):
+        fits = array.shape[1:] == shape[1:] if evaluated else array.shape == shape
+        if not fits or array.dtype != dtype:
+            return (
+                f"{part} have shape {array.shape} and dtype {array.dtype}, the first "
+                f"batch's {shape} and {dtype}: every batch needs the first's "
+                + (
+                    "shape per example and dtype"
+                    if evaluated
+                    else "shape and dtype (only a pass's last batch may be smaller: "
+                    "it is dropped)"
+                )
+            )
+        if np.issubdtype(array.dtype, np.inexact):
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            if bad:
+                use = "is scored on" if evaluated else "trains on"
+                return (
+                    f"{part} hold {bad} non-finite values (NaN or inf); every replica "
+                    f"{use} the same batch, so all would diverge. Clean or drop it"
+                )
+    return None
+
+
 def check_batch(
     x: np.ndarray, y: np.ndarray, spec: BatchSpec, index: int, name: str
 ) -> None:
     """Raises :class:`BatchError` unless batch ``index`` of ``name`` fits ``spec``."""
-    problem = None
-    if spec.num_classes is not None:
-        found = _label_problem(y, spec.num_classes, len(spec.targets[0]))
-        problem = found and found[1]
-    for part, array, expected in (
-        ("inputs", x, spec.inputs),
-        ("targets", y, spec.targets),
-    ):
-        if problem is None and _layout(array) != expected:
-            problem = (
-                f"{part} have shape {array.shape} and dtype {array.dtype}, the first "
-                f"batch's {expected[0]} and {expected[1]}: every batch needs the "
-                "first's shape and dtype (only a pass's last batch may be smaller: "
-                "it is dropped)"
-            )
-        if problem is None and np.issubdtype(array.dtype, np.inexact):
-            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-            if bad:
-                problem = (
-                    f"{part} hold {bad} non-finite values (NaN or inf); every replica "
-                    "trains on the same batch, so all would diverge. Clean or drop it"
-                )
+    problem = batch_problem(x, y, spec)
     if problem is not None:
         raise BatchError(
             f"{name} batch {index} (counting from 0) is refused before it trains: "

@@ -285,17 +285,22 @@ class RunConfig:
     def for_batch_sizes(self, sizes: Any) -> RunConfig:
         """The config for replicas with per-replica ``batch_size`` values ``sizes``.
 
-        Every step's batch holds the largest of them (each replica trains on
-        its first ``batch_size`` examples): ``batch_size=None`` becomes that
-        largest size; a smaller ``batch_size`` is a ValueError.
+        Every step's batch holds the largest of them and of the burn-in's
+        ``batch_size`` (each replica trains on its first ``batch_size``
+        examples): ``batch_size=None`` becomes that largest size; a smaller
+        ``batch_size`` is a ValueError.
         """
         largest = int(np.max(np.asarray(sizes)))
+        burn_in = (self.burn_in_hyperparams or {}).get("batch_size")
+        if burn_in is not None:  # the burn-in's steps need their size too
+            largest = max(largest, int(np.max(np.asarray(burn_in))))
         if self.batch_size is None:
             return self.replace(batch_size=largest)
         if self.batch_size < largest:
             raise ValueError(
                 f"batch_size={self.batch_size} is smaller than the largest "
-                f"per-replica batch_size of the state, {largest}: every step's batch "
+                "per-replica batch_size of the state or burn_in_hyperparams, "
+                f"{largest}: every step's batch "
                 "holds the largest, and each replica trains on its first batch_size "
                 f"examples. Give batch_size={largest} (or None, which means it)"
             )

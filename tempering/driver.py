@@ -280,10 +280,10 @@ def train(
         move_state = sharding.replicate(move_state, mesh, what="move_state")
     if "batch_size" in state.hyperparams:
         config = config.for_batch_sizes(_host(state.hyperparams["batch_size"]))
-    sources = prepare_sources(state, data, config)
-    loop = loop_for(state, sources.sample, config.loop)
     first_step = int(state.step)
     segments = plan(first_step, config.rounds)  # past explicit round ends raises
+    sources = prepare_sources(state, data, config)  # reads: after every check
+    loop = loop_for(state, sources.sample, config.loop)
     data_key, key = _split_off_data_key(key)
     # Copies: the caller's buffers are never donated, and the hyperparameters
     # before the burn-in outlive the state's, which are.

@@ -410,28 +410,26 @@ def run_evaluate(
 ) -> EvalMetrics:
     """:func:`tempering.evaluate` from the host, on arrays or an iterable of batches.
 
-    Batches of an iterable are padded to the size of the first (with a mask),
-    so one program serves them all.
+    Batches of an iterable are cut into chunks of ``batch_size`` examples (or
+    of the first batch's size, if smaller), the last chunk of each padded
+    (with a mask), so one program serves them all.
     """
     static = dict(metrics_fn=metrics_fn, vectorize=vectorize)
     if isinstance(source, IterableSource):
         totals: Totals | None = None
-        count, size = 0, None
+        count, chunk = 0, None
         for element in source.make_iterator():
             x, y = batch_pair(element, name)
             if len(y) == 0:
                 raise ValueError(f"{name} yielded an empty batch")
-            size = size or len(y)
-            if len(y) > size:
-                raise ValueError(
-                    f"{name}: a batch of {len(y)} examples follows one of {size}; "
-                    "the first batch must be the largest"
-                )
+            chunk = chunk or min(len(y), batch_size)
             if totals is None:
                 totals = zero_totals(state, x, y, metrics_fn)
-            totals = _host_add_chunk(
-                state, totals, *_padded_batch(x, y, size), **static
-            )
+            for start in range(0, len(y), chunk):
+                piece = _padded_batch(
+                    x[start : start + chunk], y[start : start + chunk], chunk
+                )
+                totals = _host_add_chunk(state, totals, *piece, **static)
             count += len(y)
         if totals is None:
             raise ValueError(f"{name} yielded no batches")

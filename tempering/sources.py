@@ -37,9 +37,15 @@ iterator is.
 
 Evaluation data (validation, test) is in memory, or a *re-iterable* of batches
 (a list, a ``tf.data`` / tfds dataset, a grain loader) or a function returning
-a fresh iterator: it is read once per round. Its batches may differ in size
-as long as none is larger than the first (a short last batch is evaluated
-whole, padded and masked).
+a fresh iterator: it is read once per round (an endless one, such as a
+repeated dataset, is refused). Its batches may differ in size; each is cut
+into chunks of ``eval_batch_size`` examples (or of the first batch's size, if
+smaller), the last chunk padded and masked. Every batch is checked like the
+first when it is read (its shape per example and dtype, finite values, class
+indices), and a bad one is a :class:`BatchError` naming its index.
+
+A call reads no training batch before every check that needs none has
+passed: a refused call leaves the caller's generator where it was.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from tempering.batches import (
     _label_problem,
     _layout,
     batch_pair,
+    batch_problem,
     check_batch,
 )
 from tempering.data import Split
@@ -142,10 +149,24 @@ def as_train_source(
     )
 
 
+# A re-iterable this long is endless (grain's repeat() says sys.maxsize // 16).
+_ENDLESS = 1 << 48
+
+
 def as_eval_source(data: Any, name: str) -> ArraySource | IterableSource:
     """The evaluation source of ``data`` (arrays, a re-iterable, or a factory)."""
     if _in_memory(data):
         return _check_arrays(ArraySource(*data), name, 1)
+    try:
+        length = len(data)
+    except TypeError:  # no length: read until it ends
+        length = 0
+    if length >= _ENDLESS:
+        raise ValueError(
+            f"{name} is endless (its len() is {length}, e.g. a repeated dataset), "
+            "but every round evaluates one whole pass of it: give one pass "
+            "(drop .repeat())"
+        )
     if isinstance(data, Iterator):
         raise TypeError(
             f"{name} is a one-pass iterator (e.g. a generator), but it is read "
@@ -205,14 +226,44 @@ def _first_batch(source: IterableSource, name: str) -> tuple[np.ndarray, np.ndar
     raise ValueError(f"{name} yielded no batches")
 
 
-def _eval_source(data: Any, name: str, state: ReplicaState, metrics_fn: Any):
-    source = as_eval_source(data, name)
+def _eval_source(source: Any, name: str, state: ReplicaState, metrics_fn: Any):
+    """An :func:`as_eval_source`, checked against the model and placed.
+
+    An iterable's first batch is checked against the model here; every batch
+    is checked like it when read (:func:`_checked_batches`).
+    """
     if isinstance(source, ArraySource):
         _check_finite(source, name)
         _check_compatible(state, *source, name, metrics_fn)
         return _on_devices(source, state)
-    _check_compatible(state, *_first_batch(source, name), name, metrics_fn)
-    return source
+    x, y = _first_batch(source, name)
+    out = _check_compatible(state, x, y, name, metrics_fn)
+    classes = out.shape[-1] if state.loss_fn is cross_entropy else None
+    return _checked_batches(source, BatchSpec(_layout(x), _layout(y), classes), name)
+
+
+def _checked_batches(
+    source: IterableSource, spec: BatchSpec, name: str
+) -> IterableSource:
+    """``source`` whose batches raise a :class:`BatchError` unless they fit ``spec``.
+
+    An evaluation batch may hold fewer examples than the first; nothing else
+    may differ (NaN or inf, labels out of range, another shape per example).
+    """
+
+    def make_iterator() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for index, element in enumerate(source.make_iterator()):
+            x, y = batch_pair(element, name)
+            problem = batch_problem(x, y, spec, evaluated=True)
+            if problem is not None:
+                raise BatchError(
+                    f"{name} batch {index} (counting from 0) is refused before it is "
+                    f"evaluated: {problem}",
+                    index,
+                )
+            yield x, y
+
+    return IterableSource(make_iterator, source.restartable)
 
 
 def _check_finite(source: ArraySource, name: str) -> None:
@@ -237,13 +288,29 @@ def _on_devices(source: ArraySource, state: ReplicaState) -> ArraySource:
     return ArraySource(*sharding.replicate((source.inputs, source.targets), mesh))
 
 
-def _check_stream_batch_size(config: RunConfig, size: tuple[int, ...]) -> None:
+def _check_stream_batch_size(
+    config: RunConfig, size: tuple[int, ...], per_replica_sizes: bool
+) -> None:
     """A ValueError when ``batch_size`` was set and the stream's batches differ.
 
     Streamed batches keep the size they have; ``batch_size`` is for in-memory
     data. Not given (None), or equal to the stream's batch size, it is fine.
+    With a per-replica ``batch_size`` hyperparameter (``per_replica_sizes``)
+    ``config.batch_size`` is the largest size a step needs: the stream's
+    batches must hold at least that many examples.
     """
-    if not size or config.batch_size in (None, size[0]):
+    if not size:
+        return
+    if per_replica_sizes:
+        if size[0] < (config.batch_size or 0):
+            raise ValueError(
+                f"train_data is a stream whose batches hold {size[0]} examples, but "
+                f"a step needs {config.batch_size} (the largest per-replica "
+                "batch_size hyperparameter, of the state or burn_in_hyperparams, or "
+                "batch_size=): batch the stream to at least that many"
+            )
+        return
+    if config.batch_size in (None, size[0]):
         return
     raise ValueError(
         f"batch_size={config.batch_size} is given, but train_data is a stream whose "
@@ -268,6 +335,13 @@ def prepare_sources(
 ) -> RunSources:
     """Validated sources, checked against the model before anything compiles."""
     metrics_fn = config.metrics_fn
+    # Every check that reads nothing comes first: a refused call must not have
+    # taken a batch from the caller's training generator.
+    validation = test = None
+    if data.validation is not None:
+        validation = as_eval_source(data.validation, "validation_data")
+    if data.test is not None:
+        test = as_eval_source(data.test, "test_data")
     given = as_train_source(data.train, "train_data", config.array_batch_size)
     train: ArraySource | BatchReader
     if isinstance(given, ArraySource):
@@ -279,17 +353,30 @@ def prepare_sources(
         train = BatchReader(given, "train_data")
         x, y = first = train.peek()
         if not config.shared_batch:  # (M, B, ...) batches: check one replica's
+            _check_per_replica_layout(x, y, state.num_replicas)
             x, y = x[0], y[0]
-        _check_stream_batch_size(config, np.shape(y)[:1])
+        per_replica_sizes = "batch_size" in state.hyperparams
+        _check_stream_batch_size(config, np.shape(y)[:1], per_replica_sizes)
         out = _check_compatible(state, x, y, "train_data", metrics_fn)
         classes = out.shape[-1] if state.loss_fn is cross_entropy else None
         axis = 0 if config.shared_batch else 1
         inputs, targets = _layout(first[0]), _layout(first[1])
         train.expect(BatchSpec(inputs, targets, classes, axis))
         sample = x
-    validation = test = None
-    if data.validation is not None:
-        validation = _eval_source(data.validation, "validation_data", state, metrics_fn)
-    if data.test is not None:
-        test = _eval_source(data.test, "test_data", state, metrics_fn)
+    if validation is not None:
+        validation = _eval_source(validation, "validation_data", state, metrics_fn)
+    if test is not None:
+        test = _eval_source(test, "test_data", state, metrics_fn)
     return RunSources(train, validation, test, sample)
+
+
+def _check_per_replica_layout(x: Any, y: Any, num: int) -> None:
+    """``shared_batch=False`` streams yield ``(M, B, ...)`` batches: one per replica."""
+    if np.ndim(x) >= 2 and np.ndim(y) >= 2 and len(x) == len(y) == num:
+        return
+    raise ValueError(
+        f"train_data's batches have inputs of shape {np.shape(x)} and targets of "
+        f"shape {np.shape(y)}, but shared_batch=False takes a batch per replica, "
+        f"shapes ({num}, batch, ...): stack one batch per replica, or keep "
+        "shared_batch=True (every replica trains on the same batch)"
+    )

@@ -1,6 +1,7 @@
 """Data sources: streams checked batch by batch, and resumed where they were."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (
@@ -12,7 +13,7 @@ from conftest import (
 )
 
 import tempering as tp
-from tempering.sources import BatchError, BatchReader, as_train_source
+from tempering.sources import BatchError, BatchReader, as_eval_source, as_train_source
 
 LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2])
 
@@ -267,6 +268,107 @@ def test_a_stream_of_other_batches_is_refused_on_resume(state, blobs, tmp_path, 
         callback=lambda r: rounds_seen.append(r.round),
     )  # fmt: skip
     assert rounds_seen == [2, 3]  # resumed anyway, as asked
+
+
+# --- evaluation streams: every batch checked and chunked; reads after checks ------
+
+
+@pytest.mark.parametrize(
+    "spoil, match",
+    [
+        (lambda x, y: (x, y * 3), r"labels must lie in \[0, 3\)"),
+        (nan_inputs, r"inputs hold 1 non-finite values .*is scored on"),
+    ],
+)
+def test_a_bad_later_evaluation_batch_is_named(state, blobs, spoil, match):
+    """Not a divergence of every replica, nor a silent inf: the batch, named."""
+    _, (xv, yv) = blobs
+    batches = [(xv[:16], yv[:16]), spoil(xv[16:32], yv[16:32])]
+    for name in ("validation_data", "test_data"):
+        with pytest.raises(
+            BatchError, match=rf"{name} batch 1 \(counting from 0\) .*{match}"
+        ):
+            pt(state, blobs, blobs[0], **{name: batches}, num_steps=10)
+
+
+def test_evaluation_batches_are_cut_to_eval_batch_size(state, blobs, monkeypatch):
+    from tempering import loops
+
+    _, (xv, yv) = blobs
+    shapes = []
+    add = loops._host_add_chunk
+
+    def recording(state, totals, x, y, mask, **static):
+        shapes.append(x.shape)
+        return add(state, totals, x, y, mask, **static)
+
+    monkeypatch.setattr(loops, "_host_add_chunk", recording)
+    whole = tp.evaluate(state, xv, yv)
+    one_batch = loops.run_evaluate(
+        state, as_eval_source([(xv, yv)], "validation_data"), batch_size=20,
+        metrics_fn=tp.state.default_metrics,
+    )  # fmt: skip
+    assert set(shapes) == {(20, *xv.shape[1:])} and len(shapes) == -(-len(yv) // 20)
+    np.testing.assert_allclose(one_batch.loss, whole.loss, rtol=1e-5)
+    np.testing.assert_allclose(
+        one_batch.metrics["accuracy"], whole.metrics["accuracy"], rtol=1e-6
+    )
+
+
+def test_an_endless_evaluation_dataset_is_refused(blobs):
+    endless = grain_dataset(blobs)  # repeat(): len() is sys.maxsize // 16
+    with pytest.raises(ValueError, match=r"validation_data is endless .*drop \.repeat"):
+        as_eval_source(endless, "validation_data")
+
+
+def test_a_refused_call_takes_no_batch_from_the_training_generator(state, blobs):
+    (x, y), _ = blobs
+    batches = stream(x, y)
+    with pytest.raises(TypeError, match="validation_data is a one-pass iterator"):
+        pt(state, blobs, batches, validation_data=iter([blobs[1]]))
+    first = next(batches)
+    np.testing.assert_array_equal(first[0], x[:32])  # batch 0 is still there
+
+
+def test_a_stream_for_a_batch_size_ladder_holds_the_largest_size(tx, blobs):
+    (x, y), val = blobs
+    ladder = tp.make_ladder(batch_size=[8, 4])
+    state = tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:4], ladder=ladder)
+
+    def sized(size):
+        return ((x[i : i + size], y[i : i + size]) for i in range(0, 256, size))
+
+    settings = dict(validation_data=val, num_steps=4, exchange_interval=2, burn_in=0)
+    result = tp.pt_train(
+        state, ladder, jax.random.key(1), train_data=sized(16), **settings
+    )  # fmt: skip (each replica: its first 8 or 4)
+    assert np.isfinite(result.history.val_loss).all()
+    with pytest.raises(
+        ValueError, match=r"batches hold 4 examples, but a step needs 8"
+    ):
+        tp.pt_train(state, ladder, jax.random.key(1), train_data=sized(4), **settings)
+    # the burn-in's batch_size counts too: its steps need 32 examples
+    config = tp.RunConfig(
+        num_steps=4, interval=2, burn_in_hyperparams={"batch_size": 32}
+    )
+    assert config.for_batch_sizes(np.array([8.0, 4.0])).batch_size == 32
+
+
+def test_per_replica_stream_batches_need_one_batch_per_replica(state, blobs):
+    (x, y), _ = blobs
+    flat = ((x[i : i + 8], y[i : i + 8]) for i in range(0, 256, 8))
+    with pytest.raises(
+        ValueError, match=r"shared_batch=False takes a batch per replica"
+    ):
+        pt(state, blobs, flat, shared_batch=False)
+
+
+def test_a_diverged_replica_is_never_accurate():
+    outputs = jnp.asarray([[[0.1, 0.9, 0.0]] * 4, [[jnp.nan] * 3] * 4])
+    metrics = jax.vmap(tp.state.default_metrics, (0, None))(
+        outputs, jnp.asarray([1, 1, 0, 0])
+    )
+    np.testing.assert_array_equal(metrics["accuracy"], [[1, 1, 0, 0], [0, 0, 0, 0]])
 
 
 def test_one_hot_labels_in_memory_say_they_must_be_class_indices(state, blobs):
