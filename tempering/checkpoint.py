@@ -426,22 +426,24 @@ class Checkpointer:
     def _read_arrays(self, step: int, entries: list) -> list[np.ndarray]:
         """The step's arrays as host values, each checked against its checksum.
 
-        Over several processes every process reads them whole (the shards
-        each process wrote), as numpy.
+        Every process reads them whole (the shards each process wrote), as
+        numpy: a template of host arrays, so a checkpoint written over several
+        processes resumes in one process (or another layout) too; without
+        one, orbax restores the saved sharding and refuses another topology.
         """
         ocp = self._ocp
         arrays = {}
         if any(entry.get("stored") for entry in entries):
-            restore = ocp.args.StandardRestore()
-            if _multi():
+            try:
                 restore = ocp.args.StandardRestore(
                     {
-                        f"leaf_{i}": np.zeros(entry["shape"], entry["dtype"])
+                        f"leaf_{i}": np.zeros(
+                            entry["shape"], _declared_dtype(entry["dtype"])
+                        )
                         for i, entry in enumerate(entries)
                         if entry.get("stored")
                     }
                 )
-            try:
                 arrays = self.manager.restore(
                     step, args=ocp.args.Composite(arrays=restore)
                 )["arrays"]

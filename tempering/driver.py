@@ -263,6 +263,10 @@ def train(
             "config must be a tempering.RunConfig(num_steps=..., interval=..., ...), "
             f"got {type(config).__name__}"
         )
+    if jax.process_count() > 1:  # each process would follow its own key
+        sharding.check_same_on_processes(
+            {"key": key, "state.step": np.int64(state.step)}, "argument"
+        )
     move = as_move(move)
     if move_state is None:
         move_state = move.init(state)
@@ -414,15 +418,40 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
         # Over several processes, process 0 decides at round ends (callback, Ctrl-C).
         stop = interrupt.requested and (jax.process_count() == 1 or record is not None)
         if record is not None:
-            callback = run.config.callback if jax.process_index() == 0 else None
-            stop = (callback is not None and bool(callback(record))) or stop
-            stop = sharding.from_process_0(stop)  # every process stops alike
+            stop = _callback_stops(run.config.callback, record, stop)
             last = index + 1 == segments
             if saver is not None and saver.due() and not (stop or last):
                 resume.save(saver, carry, progress, kept.train_position)
         if stop or (interrupt.requested and jax.process_count() == 1):
             break
     return carry, progress, kept.carry
+
+
+def _callback_stops(callback, record: RoundRecord, stop: bool) -> bool:
+    """Whether the call stops after this round, on every process alike.
+
+    Process 0 decides: its ``stop`` (Ctrl-C) or its callback's truthy return.
+    Over several processes the callback runs on process 0 only; an error it
+    raises there stops every process (the others raise a RuntimeError), where
+    they would otherwise wait for process 0 in the next collective.
+    """
+    if jax.process_count() == 1:
+        return (callback is not None and bool(callback(record))) or stop
+    raised = None
+    if jax.process_index() == 0 and callback is not None:
+        try:
+            stop = bool(callback(record)) or stop
+        except Exception as error:  # noqa: BLE001 - raised below, on every process
+            raised = error
+    code = sharding.code_from_process_0(2 if raised is not None else int(stop))
+    if code == 2:
+        if raised is not None:
+            raise raised
+        raise RuntimeError(
+            f"the callback raised an error on process 0 after round {record.round} "
+            "(raised there): every process stops"
+        )
+    return bool(code)
 
 
 def _save_kept(saver, kept: _Kept, error: Exception) -> None:

@@ -157,6 +157,7 @@ def shard_replicas(
             f"devices=jax.devices()[:k] with k dividing {num}, or create "
             f"{num + count - num % count} replicas (a multiple of {count})"
         )
+    _check_mesh_processes(mesh)
     split = NamedSharding(mesh, P(REPLICA_AXIS))
     whole = NamedSharding(mesh, P())
 
@@ -182,6 +183,33 @@ def shard_replicas(
         hyperparams=hyperparams,
         step=put_global(state.step, whole),
     )
+
+
+def _check_mesh_processes(mesh: Mesh) -> None:
+    """A ValueError on every process unless each one's mesh is usable (a collective).
+
+    Over several processes a mesh holds every process's devices (one run over
+    them all) or only this process's own (each process runs alone). A mesh of
+    some processes' devices would send some processes into collectives the
+    others never reach: a hang.
+    """
+    count = jax.process_count()
+    if count == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    spanned = {d.process_index for d in mesh.devices.flat}
+    usable = spanned in ({jax.process_index()}, set(range(count)))
+    flags = np.asarray(multihost_utils.process_allgather(np.array([usable])))
+    bad = [int(p) for p in np.nonzero(~flags.ravel())[0]]
+    if bad:
+        raise ValueError(
+            f"devices: over {count} processes a mesh must hold the devices of "
+            "every process (devices=jax.devices(), one run over them all) or only "
+            "the process's own (jax.local_devices()); on process "
+            f"{bad[0]} it holds devices of processes {sorted(spanned)}, so the "
+            "processes would wait for each other forever"
+        )
 
 
 def default_devices(state: ReplicaState) -> list[jax.Device] | None:
@@ -401,11 +429,16 @@ def put_global(tree: Any, sharding: NamedSharding) -> Any:
 
 def from_process_0(flag: bool) -> bool:
     """``flag`` as process 0 has it, on every process (a collective); one process: itself."""
+    return bool(code_from_process_0(int(flag)))
+
+
+def code_from_process_0(code: int) -> int:
+    """``code`` (a small int) as process 0 has it, on every process (a collective)."""
     if jax.process_count() == 1:
-        return flag
+        return code
     from jax.experimental import multihost_utils
 
-    return bool(multihost_utils.broadcast_one_to_all(np.bool_(flag)))
+    return int(multihost_utils.broadcast_one_to_all(np.int32(code)))
 
 
 @functools.lru_cache(maxsize=32)

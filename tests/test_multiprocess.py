@@ -12,6 +12,7 @@ exactly, under the single-process rules (lock, manifest, fallback).
 
 import json
 import os
+import shutil
 import socket
 import textwrap
 
@@ -242,6 +243,14 @@ def test_checkpoints_over_processes_resume_exactly(tmp_path):
     assert all("crashed" in out for out in crashed.stdout)
     assert not results(crashed, "killed")
     assert (killed / ".tempering-lock").exists()  # left by the dead process 0
+    # resumed in one process (the same four devices, unsplit): from step 30
+    alone = tmp_path / "alone"
+    shutil.copytree(killed, alone)
+    one = launch(worker, 1, 4, [str(alone)], timeout=180)
+    assert "restored 30" in one.stdout[0]
+    (single,) = results(one, "alone")
+    for field in ("rungs", "accepted", "score", "final_score", "weights"):
+        assert single[field] == reference[field], field
     # a flipped byte in step 30: set aside, the resume starts from step 20
     arrays = [p for p in (killed / "30" / "arrays").rglob("*") if p.is_file()]
     target = max(arrays, key=lambda p: p.stat().st_size)
@@ -306,6 +315,78 @@ def test_the_launcher_ends_the_others(tmp_path):
         launch(script, 3, timeout=60)
     with pytest.raises(LaunchError, match=r"process 0 of 1 was still running"):
         launch(script, 1, timeout=1)
+
+
+MISUSE_WORKER = textwrap.dedent(
+    """
+    import json
+    import tempering.launch
+    tempering.launch.initialize()
+
+    import flax.linen as nn
+    import jax
+    import numpy as np
+    import tempering as tp
+
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train=False):
+            return nn.Dense(3)(x)
+
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 64).astype(np.int32)
+    ladder = tp.geometric_ladder("learning_rate", 0.02, 0.3, 4)
+    state = tp.create_replicas(
+        jax.random.key(0), Net(), tp.sgd(0.05), x[:1], ladder=ladder
+    )
+    me = jax.process_index()
+
+    def stop_with_an_error(record):
+        raise KeyError("the user's callback failed")
+
+    cases = {
+        "keys": dict(key=jax.random.key(1 + me)),  # each process its own key
+        "mesh": dict(devices=jax.devices()[:2]),  # process 0's devices only
+        "callback": dict(callback=stop_with_an_error),  # raises on process 0
+    }
+    for case, settings in cases.items():
+        settings = {"key": jax.random.key(1), **settings}
+        try:
+            tp.pt_train(state, ladder, settings.pop("key"), num_steps=20,
+                        train_data=(x, y), validation_data=(x, y),
+                        exchange_interval=10, batch_size=16, **settings)
+            outcome = "ran"
+        except Exception as error:
+            outcome = f"{type(error).__name__}: {error}"
+        print("RESULT " + json.dumps(
+            dict(folder=case, process=me, outcome=outcome)), flush=True)
+    """
+)
+
+
+def test_misuse_over_processes_fails_alike_on_every_process(tmp_path):
+    """Each process its own key, a mesh of one process's devices, a callback that
+    raises on process 0: every process raises (none waits forever in a
+    collective the others never reach), and the run goes on to the next case."""
+    worker = tmp_path / "misuse_worker.py"
+    worker.write_text(MISUSE_WORKER)
+    launched = launch(worker, 2, 2, [], timeout=180)
+    keys, mesh, callback = (results(launched, c) for c in ("keys", "mesh", "callback"))
+    for got in keys:
+        assert got["outcome"].startswith(
+            "ValueError: the argument differs between processes: argument['key'] on "
+            "process 1 is not the one on process 0"
+        )
+    for got in mesh:
+        assert got["outcome"].startswith("ValueError: devices: over 2 processes")
+        assert "on process 1 it holds devices of processes [0]" in got["outcome"]
+    assert callback[0]["outcome"] == 'KeyError: "the user\'s callback failed"'
+    assert callback[1]["outcome"].startswith(
+        "RuntimeError: the callback raised an error on process 0 after round 0"
+    )
 
 
 def test_a_dead_process_ends_the_run(worker):
