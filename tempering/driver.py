@@ -424,6 +424,8 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
                 resume.save(saver, carry, progress, kept.train_position)
         if stop or (interrupt.requested and jax.process_count() == 1):
             break
+    if jax.process_count() > 1:  # process 0's Ctrl-C stopped them all: all say so
+        interrupt.requested = sharding.from_process_0(interrupt.requested)
     return carry, progress, kept.carry
 
 

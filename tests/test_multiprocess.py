@@ -319,9 +319,10 @@ def test_the_launcher_ends_the_others(tmp_path):
 
 MISUSE_WORKER = textwrap.dedent(
     """
-    import json
+    import json, os, signal
     import tempering.launch
     tempering.launch.initialize()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
 
     import flax.linen as nn
     import jax
@@ -347,18 +348,23 @@ MISUSE_WORKER = textwrap.dedent(
     def stop_with_an_error(record):
         raise KeyError("the user's callback failed")
 
+    def ctrl_c(record):  # Ctrl-C on process 0 (callbacks run there), once
+        if record.round == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+
     cases = {
         "keys": dict(key=jax.random.key(1 + me)),  # each process its own key
         "mesh": dict(devices=jax.devices()[:2]),  # process 0's devices only
         "callback": dict(callback=stop_with_an_error),  # raises on process 0
+        "ctrl_c": dict(callback=ctrl_c),
     }
     for case, settings in cases.items():
         settings = {"key": jax.random.key(1), **settings}
         try:
-            tp.pt_train(state, ladder, settings.pop("key"), num_steps=20,
-                        train_data=(x, y), validation_data=(x, y),
-                        exchange_interval=10, batch_size=16, **settings)
-            outcome = "ran"
+            result = tp.pt_train(state, ladder, settings.pop("key"), num_steps=20,
+                                 train_data=(x, y), validation_data=(x, y),
+                                 exchange_interval=10, batch_size=16, **settings)
+            outcome = f"ran: interrupted {result.summary.interrupted}"
         except Exception as error:
             outcome = f"{type(error).__name__}: {error}"
         print("RESULT " + json.dumps(
@@ -370,11 +376,13 @@ MISUSE_WORKER = textwrap.dedent(
 def test_misuse_over_processes_fails_alike_on_every_process(tmp_path):
     """Each process its own key, a mesh of one process's devices, a callback that
     raises on process 0: every process raises (none waits forever in a
-    collective the others never reach), and the run goes on to the next case."""
+    collective the others never reach), and the run goes on to the next case;
+    Ctrl-C on process 0 interrupts them all alike."""
     worker = tmp_path / "misuse_worker.py"
     worker.write_text(MISUSE_WORKER)
     launched = launch(worker, 2, 2, [], timeout=180)
-    keys, mesh, callback = (results(launched, c) for c in ("keys", "mesh", "callback"))
+    cases = ("keys", "mesh", "callback", "ctrl_c")
+    keys, mesh, callback, ctrl_c = (results(launched, c) for c in cases)
     for got in keys:
         assert got["outcome"].startswith(
             "ValueError: the argument differs between processes: argument['key'] on "
@@ -387,6 +395,8 @@ def test_misuse_over_processes_fails_alike_on_every_process(tmp_path):
     assert callback[1]["outcome"].startswith(
         "RuntimeError: the callback raised an error on process 0 after round 0"
     )
+    # Ctrl-C on process 0 stops every process, and every one says it was
+    assert [got["outcome"] for got in ctrl_c] == ["ran: interrupted True"] * 2
 
 
 def test_a_dead_process_ends_the_run(worker):
