@@ -619,13 +619,15 @@ def _end_round(run, state, move_state, key, round_index, train_loss):
             "done"
         )
     sources = np.full(diverged.shape, -1, np.int32)
-    move_scores = scores
+    # A diverged replica is the worst to the move, whatever its score: a
+    # score_fn blind to NaN outputs must not make it PBT's donor or PT's coldest.
+    move_scores = np.where(diverged, np.inf, scores).astype(np.float32)
     when_diverged = _host(state.hyperparams) if diverged.any() else None
     if run.config.on_diverge == "restore" and diverged.any():
         sources = divergence.restore_sources(diverged, rungs_of(move_state))
         gather = np.where(sources >= 0, sources, np.arange(len(sources)))
         state = divergence.copy_replicas(state, np.asarray(gather, np.int32))
-        move_scores = scores[gather]  # a restored replica scores as its source
+        move_scores = move_scores[gather]  # a restored replica scores as its source
     state, move_state, info = _jitted_move(
         run.move, key, state, move_state, np.asarray(move_scores, np.float32),
         np.int32(round_index), mesh=sharding.mesh_of(state),

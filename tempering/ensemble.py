@@ -9,12 +9,14 @@ in that round adds its predicted class probabilities on fixed inputs (the
 validation and test examples) to a running sum, inside the same jitted move:
 
 ```python
-move = tp.ensemble.cold_chain_ensemble(
+from tempering import ensemble
+
+move = ensemble.cold_chain_ensemble(
     tp.moves.exchange_move(ladder, c="auto", adapt_rounds=5),
     np.concatenate([x_val, x_test]), every=1, after=10,
 )
 result = tp.train(state, key, move, tp.RunData(train, validation), config)
-probabilities = tp.ensemble.mean_probabilities(result.move_state)  # (N, K)
+probabilities = ensemble.mean_probabilities(result.move_state)  # (N, K)
 ```
 
 The snapshot is taken before the round's move, so it is the model that

@@ -74,7 +74,9 @@ class History(NamedTuple):
 
     round: np.ndarray  # shape=(R,)
     step: np.ndarray  # shape=(R,), global SGD steps when the round was evaluated
-    train_loss: np.ndarray  # shape=(R, M), mean training loss of the segment
+    # shape=(R, M), mean training loss of the round's steps in this call (a
+    # round split over two calls: the second call's steps only)
+    train_loss: np.ndarray
     validation: EvalMetrics | None  # (R, M) loss and metrics, before the move
     score: np.ndarray  # shape=(R, M), what the move compared (lower is better)
     test: EvalMetrics | None  # (R, M); None without test_data

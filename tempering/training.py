@@ -242,10 +242,15 @@ def pt_train(
     if isinstance(config.interval, tuple):
         raise TypeError("exchange_interval must be an int (steps between exchanges)")
     _check_some_exchange(state, config)
-    if adapt_rounds is None and isinstance(
-        getattr(move_state, "adaptation", None), AdaptationState
-    ):
-        adapt_rounds = move_state.adaptation.adapt_rounds
+    adaptation = getattr(move_state, "adaptation", None)
+    # An adaptation that has seen no round yet (a call that ended in the
+    # burn-in) fixes nothing: this call chooses, as one call over both would.
+    unadapted = isinstance(adaptation, AdaptationState) and not int(
+        adaptation.rounds_done
+    )
+    if adapt_rounds is None and isinstance(adaptation, AdaptationState):
+        if not unadapted:
+            adapt_rounds = adaptation.adapt_rounds
     if adapt_rounds is None:
         adapt_rounds = _default_adapt_rounds(state, config)
     move = exchange_move(
@@ -258,6 +263,9 @@ def pt_train(
         state = assign_rungs(state, ladder, _starting_rungs(state, ladder))
         move_state = move.init(state)
     else:
+        if unadapted and move.adaptation is not None:
+            fresh = move.init(state).adaptation  # as one call would have begun
+            move_state = move_state._replace(adaptation=fresh)
         move.check_state(move_state)
         state = assign_rungs(state, move.current_ladder(move_state), move_state.rungs)
     data = RunData(train_data, validation_data, test_data)
@@ -286,7 +294,8 @@ def pt_summary(run: RunResult, move: ExchangeMove) -> PTSummary:
     final, final_score = final_or_last(
         run.final, run.final_score, history, run.state.num_replicas
     )
-    best = best_index(final_score)
+    # never a diverged replica, even where its score stays finite
+    best = best_index(np.where(run.diverged, np.inf, final_score))
     communication = barrier(history, move.scheme)
     return PTSummary(
         acceptance_rate=acceptance_rate(history),

@@ -285,6 +285,20 @@ def test_pt_train_auto_is_default_records_c_and_continues(blobs, tx) -> None:
         move_state=first.move_state, **kwargs,
     )  # fmt: skip
     _assert_same_run(first, second, full)
+    # A first call within the burn-in adapts nothing, so it fixes no
+    # adapt_rounds: the defaults of the call that continues it are those of
+    # the one call over both, bit for bit.
+    with pytest.warns(UserWarning, match="ends before the first exchange"):
+        burn = tp.pt_train(state, ladder, jax.random.key(3), num_steps=7, **kwargs)
+    rest = tp.pt_train(
+        burn.state, ladder, jax.random.key(3), num_steps=83,
+        move_state=burn.move_state, **kwargs,
+    )  # fmt: skip
+    assert rest.move_state.adaptation.adapt_rounds == 4
+    np.testing.assert_array_equal(rest.history.c, full.history.c)
+    for a, b in zip(jax.tree.leaves(rest.state.params),
+                    jax.tree.leaves(full.state.params), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(a, b)
     # Without it the second call tunes C afresh, and says so.
     with pytest.warns(UserWarning, match="no move_state was given"):
         fresh = tp.pt_train(

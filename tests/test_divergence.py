@@ -112,6 +112,65 @@ def test_bad_policy_is_refused_before_compiling(state, blobs):
         run(state, blobs, on_diverge="ignore")
 
 
+def _error_rate(metrics):
+    return 1.0 - metrics.metrics["accuracy"]
+
+
+def _plain_accuracy(outputs, targets):  # a user's metric, blind to NaN outputs
+    return {"accuracy": (jnp.argmax(outputs, -1) == targets).astype(jnp.float32)}
+
+
+def test_a_diverged_replica_is_never_best_even_with_a_finite_score(tx, blobs):
+    """NaN outputs argmax to class 0: on labels mostly 0 the diverged replica
+    scores best by a user's error rate, yet it is never reported best, never
+    the colder side of a swap and never PBT's donor."""
+    (x, y), (xv, _) = blobs
+    mostly_zero = np.zeros(len(xv), np.int32)
+    mostly_zero[:4] = 1
+    common = dict(
+        train_data=(x, y), validation_data=(xv, mostly_zero), batch_size=32,
+        score_fn=_error_rate, metrics_fn=_plain_accuracy,
+    )  # fmt: skip
+    bad = [False, False, False, True]
+    pt_state = poisoned(
+        tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LADDER), bad
+    )
+    pbt_state = poisoned(
+        tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:4], num_replicas=4),
+        bad,
+    )
+    config = tp.pbt_config({"learning_rate": (0.01, 0.2)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pt_result = tp.pt_train(
+            pt_state, LADDER, jax.random.key(1), num_steps=40, exchange_interval=10,
+            burn_in=0, c=0.1, **common,
+        )  # fmt: skip
+        one_round = tp.pbt_train(
+            pbt_state,
+            jax.random.key(1),
+            config=config,
+            num_steps=10,
+            ready_interval=10,
+            **common,
+        )  # fmt: skip (PBT skips the last round's move: replica 3 stays diverged)
+        two_rounds = tp.pbt_train(
+            pbt_state, jax.random.key(1), config=config, num_steps=20,
+            ready_interval=10, **common,
+        )  # fmt: skip
+    for summary in (pt_result.summary, one_round.summary):
+        assert summary.diverged.tolist() == bad
+        error_rate = 1.0 - summary.final_val_accuracy
+        assert error_rate[3] == error_rate.min()  # the trap
+        assert summary.best_replica != 3 and np.isfinite(summary.best_val_loss)
+    # PT: the diverged replica went to the hottest rung, where it stays.
+    assert pt_result.history.rungs[-1][3] == 3
+    # PBT: the diverged replica copied a finite one; none copied it.
+    assert two_rounds.history.parent[0][3] != 3
+    assert 3 not in np.delete(two_rounds.history.parent[0], 3)
+    assert not two_rounds.summary.diverged.any()
+
+
 def test_pbt_flags_too(tx, blobs):
     (x, _), val = blobs
     state = tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:4], num_replicas=4)
