@@ -98,6 +98,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.extend import core as jex_core
 
@@ -409,6 +411,19 @@ def _normalised_axes(in_axes: Any, args: tuple) -> tuple:
     return tuple(axes)
 
 
+def _one_replica(x: Any, axis: int | None) -> jax.ShapeDtypeStruct:
+    """One replica's slice of argument ``x`` as traced (its weak type kept).
+
+    A Python scalar or a weakly typed array (``jnp.asarray(0.1)``) stays
+    weak, so ``bfloat16 * 0.1`` stays bfloat16, as under ``jax.vmap``.
+    """
+    shape = np.shape(x)
+    weak = bool(getattr(x, "weak_type", isinstance(x, int | float | complex)))
+    return jax.ShapeDtypeStruct(
+        shape[1:] if axis == 0 else shape, jnp.result_type(x), weak_type=weak
+    )
+
+
 def _sequential(fun: Callable, in_axes: Any) -> Callable:
     """``fun`` over the replicas one after another: a ``lax.map`` in one program.
 
@@ -542,7 +557,8 @@ def replica_vmap(
 
     Args:
         fun: the single-replica function (may contain ``jax.grad``).
-        in_axes: 0 or None per argument (a prefix pytree, as for ``jax.vmap``).
+        in_axes: 0 or None: one for every argument, or a tuple of one per
+            argument (each applies to the argument's whole pytree).
         policy: ``"auto"`` (fastest measured for the backend, see the module
             docstring), ``"vmap"`` (plain
             ``jax.vmap``), ``"unroll"``, ``"map"``, ``"patches"``,
@@ -553,7 +569,10 @@ def replica_vmap(
 
     Returns:
         The vectorised function; numerically equal to ``jax.vmap(fun, in_axes)``
-        up to float reassociation. Where the jaxpr rewrite fails while tracing
+        up to float reassociation. Random bits are the same bits, except
+        under ``"sequential"`` with ``rbg`` / ``unsafe_rbg`` keys, whose draws
+        in a loop (those of a Python loop over the replicas) are not their
+        batched draws; threefry keys (JAX's default) draw alike. Where the jaxpr rewrite fails while tracing
         (JAX internals it does not know, a primitive it cannot re-bind), the
         function is plain ``jax.vmap(fun, in_axes)`` and a
         :class:`RewriteFallbackWarning` is issued once per function and policy.
@@ -588,10 +607,7 @@ def replica_vmap(
             for _ in jax.tree.leaves(arg)
         ]
         flat_args, in_tree = jax.tree.flatten(args)
-        single = [
-            jax.ShapeDtypeStruct(x.shape[1:] if a == 0 else x.shape, x.dtype)
-            for x, a in zip(flat_args, flat_axes, strict=True)
-        ]
+        single = [_one_replica(x, a) for x, a in zip(flat_args, flat_axes, strict=True)]
 
         def flat_fun(*flat):
             return fun(*jax.tree.unflatten(in_tree, flat))

@@ -170,7 +170,12 @@ def _conv_shared_input(params, num, lhs, rhs):
     shape = list(rhs.shape[1:])
     shape[out_feat] *= num
     out = lax.conv_general_dilated_p.bind(lhs, kernel.reshape(shape), **params)
-    split = out.shape[:out_dim] + (num, -1) + out.shape[out_dim + 1 :]
+    split = (
+        *out.shape[:out_dim],
+        num,
+        out.shape[out_dim] // num,
+        *out.shape[out_dim + 1 :],
+    )  # fmt: skip (an empty output splits too)
     return jnp.moveaxis(out.reshape(split), out_dim, 0)
 
 
@@ -182,7 +187,8 @@ def _conv_shared_kernel(params, num, lhs, rhs):
     shape = list(lhs.shape[1:])
     shape[in_batch] *= num
     out = lax.conv_general_dilated_p.bind(inputs.reshape(shape), rhs, **params)
-    split = out.shape[:out_batch] + (num, -1) + out.shape[out_batch + 1 :]
+    split = (*out.shape[:out_batch], num, out.shape[out_batch] // num,
+             *out.shape[out_batch + 1 :])  # fmt: skip
     return jnp.moveaxis(out.reshape(split), out_batch, 0)
 
 
@@ -243,7 +249,9 @@ def _conv_patches(params, num, lhs, rhs):
     kernels = jnp.transpose(rhs, (0, *(d + 1 for d in dn.rhs_spec)))  # (M, O, I, *K)
     rank = kernels.ndim - 3
     patches = _patches(params, lhs, kernels.shape[3:])
-    window, out = "abcdefgh"[:rank], "pqrstuvw"[:rank]
+    # never n, c, m or o (the other operands' labels): a 3-D window once took
+    # "c" and made einsum take a diagonal
+    window, out = "abdefghi"[:rank], "pqrstuvw"[:rank]
     result = jnp.einsum(
         f"nc{window}{out},moc{window}->mno{out}",
         patches,

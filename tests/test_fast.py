@@ -920,3 +920,55 @@ def test_dropout_steps_and_the_init_draw_flat_bits_the_same_values():
         got, _ = train_step(state, key, x, y, vectorize=policy)
         want, _ = train_step(state, key, x, y, vectorize="vmap")
         _assert_trees_close(got.params, want.params)
+
+
+# --- edges found by review: no silent error, no needless fallback -----------------
+
+
+def _conv3d(w, x):
+    return lax.conv_general_dilated(
+        x, w, (1, 1, 1), "VALID", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
+    )
+
+
+def _scaled_product(w, x, s):
+    return (x @ w) * s
+
+
+def _conv_empty(w, x):  # the kernel outgrows the unpadded input
+    return lax.conv_general_dilated(x, w, (1, 1), "VALID")
+
+
+def _edge_case(name):
+    rng = np.random.default_rng(0)
+    if name == "3d_patches":  # window label "c" once met the channels' "c"
+        w = jnp.asarray(rng.normal(size=(2, 3, 3, 2, 2, 4)), jnp.float32)
+        x = jnp.asarray(rng.normal(size=(2, 5, 5, 5, 2)), jnp.float32)
+        return _conv3d, (0, None), "patches", (w, x)
+    if name == "weak_scalar":  # bfloat16 * a weakly typed scalar stays bfloat16
+        w = jnp.asarray(rng.normal(size=(2, 4, 3)), jnp.bfloat16)
+        x = jnp.asarray(rng.normal(size=(5, 4)), jnp.bfloat16)
+        return _scaled_product, (0, None, None), "broadcast", (w, x, jnp.asarray(0.1))
+    if name == "python_scalar":
+        w = jnp.asarray(rng.normal(size=(2, 4, 3)), jnp.float32)
+        x = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
+        return _scaled_product, (0, None, None), "broadcast", (w, x, 0.5)
+    w = jnp.asarray(rng.normal(size=(2, 4, 3, 6, 6)), jnp.float32)  # (M, O, I, kh, kw)
+    x = jnp.asarray(rng.normal(size=(2, 3, 5, 5)), jnp.float32)
+    return _conv_empty, (0, None), "unroll", (w, x)
+
+
+@pytest.mark.parametrize(
+    "name", ["3d_patches", "weak_scalar", "python_scalar", "empty_output"]
+)
+def test_rewrite_edges_equal_vmap_without_falling_back(name):
+    fun, in_axes, policy, args = _edge_case(name)
+    expected = jax.vmap(fun, in_axes=in_axes)(*args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fast.RewriteFallbackWarning)
+        got = fast.replica_vmap(fun, in_axes=in_axes, policy=policy)(*args)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_allclose(
+        np.asarray(got, np.float32), np.asarray(expected, np.float32), rtol=1e-5,
+        atol=1e-5,
+    )  # fmt: skip
