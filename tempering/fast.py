@@ -94,6 +94,7 @@ Elsewhere: plain ``jax.vmap``.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -418,10 +419,14 @@ def _one_replica(x: Any, axis: int | None) -> jax.ShapeDtypeStruct:
     weak, so ``bfloat16 * 0.1`` stays bfloat16, as under ``jax.vmap``.
     """
     shape = np.shape(x)
+    shape, dtype = (shape[1:] if axis == 0 else shape), jnp.result_type(x)
+    if not _WEAK_TYPED_STRUCTS:  # an older JAX: traced strongly typed
+        return jax.ShapeDtypeStruct(shape, dtype)
     weak = bool(getattr(x, "weak_type", isinstance(x, int | float | complex)))
-    return jax.ShapeDtypeStruct(
-        shape[1:] if axis == 0 else shape, jnp.result_type(x), weak_type=weak
-    )
+    return jax.ShapeDtypeStruct(shape, dtype, weak_type=weak)
+
+
+_WEAK_TYPED_STRUCTS = "weak_type" in inspect.signature(jax.ShapeDtypeStruct).parameters
 
 
 def _sequential(fun: Callable, in_axes: Any) -> Callable:

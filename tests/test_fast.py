@@ -962,6 +962,8 @@ def _edge_case(name):
     "name", ["3d_patches", "weak_scalar", "python_scalar", "empty_output"]
 )
 def test_rewrite_edges_equal_vmap_without_falling_back(name):
+    if name == "weak_scalar" and not fast._WEAK_TYPED_STRUCTS:
+        pytest.skip("this JAX traces no weakly typed ShapeDtypeStruct")
     fun, in_axes, policy, args = _edge_case(name)
     expected = jax.vmap(fun, in_axes=in_axes)(*args)
     with warnings.catch_warnings():
