@@ -65,10 +65,17 @@ class RunResult(NamedTuple):
     move_state: Any = None  # the move's state at the end: pass it on to continue
 
 
-def best_index(scores: Any) -> int:
-    """Index of the lowest score; NaN and inf count as worst."""
+def best_index(scores: Any, diverged: Any = None) -> int:
+    """Index of the lowest score; NaN, inf and ``diverged`` replicas count as worst.
+
+    ``diverged`` (bool, shape ``(M,)``) rules a replica out whatever its score:
+    a score_fn blind to NaN outputs may score a diverged replica best.
+    """
     scores = np.asarray(scores, np.float64)
-    return int(np.argmin(np.where(np.isfinite(scores), scores, np.inf)))
+    worst = ~np.isfinite(scores)
+    if diverged is not None:
+        worst |= np.asarray(diverged, bool)
+    return int(np.argmin(np.where(worst, np.inf, scores)))
 
 
 class _Segment(NamedTuple):
@@ -384,7 +391,7 @@ class _Kept(NamedTuple):
 def _keep(carry, progress, saver, train) -> _Kept:
     """A :class:`_Kept` of the call as it stands (the move state is never donated)."""
     position = resume.stream_position(train) if saver is not None else None
-    progress = progress._replace(records=progress.records.first(progress.records.count))
+    progress = progress._replace(records=progress.records.so_far())
     return _Kept((_copy(carry[0]), carry[1]), progress, position)
 
 
@@ -621,7 +628,7 @@ def _end_round(run, state, move_state, key, round_index, train_loss):
     sources = np.full(diverged.shape, -1, np.int32)
     # A diverged replica is the worst to the move, whatever its score: a
     # score_fn blind to NaN outputs must not make it PBT's donor or PT's coldest.
-    move_scores = np.where(diverged, np.inf, scores).astype(np.float32)
+    move_scores = np.where(diverged, np.inf, scores)
     when_diverged = _host(state.hyperparams) if diverged.any() else None
     if run.config.on_diverge == "restore" and diverged.any():
         sources = divergence.restore_sources(diverged, rungs_of(move_state))

@@ -577,7 +577,8 @@ def replica_vmap(
         up to float reassociation. Random bits are the same bits, except
         under ``"sequential"`` with ``rbg`` / ``unsafe_rbg`` keys, whose draws
         in a loop (those of a Python loop over the replicas) are not their
-        batched draws; threefry keys (JAX's default) draw alike. Where the jaxpr rewrite fails while tracing
+        batched draws; threefry keys (JAX's default) draw alike. Where the
+        jaxpr rewrite fails while tracing
         (JAX internals it does not know, a primitive it cannot re-bind), the
         function is plain ``jax.vmap(fun, in_axes)`` and a
         :class:`RewriteFallbackWarning` is issued once per function and policy.

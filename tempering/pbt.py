@@ -507,8 +507,7 @@ def pbt_summary(run: RunResult) -> PBTSummary:
     final, final_score = final_or_last(
         run.final, run.final_score, run.history, run.state.num_replicas
     )
-    # never a diverged replica, even where its score stays finite
-    best = best_index(np.where(run.diverged, np.inf, final_score))
+    best = best_index(final_score, run.diverged)
     return PBTSummary(
         num_copies=int(run.history.copied.sum()),
         best_replica=best,

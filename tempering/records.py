@@ -231,10 +231,13 @@ class RecordRows:
         for index in range(count):
             self.add(jax.tree.map(lambda x, i=index: x[i], rows))
 
-    def first(self, count: int) -> RecordRows:
-        """The first ``count`` rows (shared, not copied: rows are only appended)."""
+    def so_far(self) -> RecordRows:
+        """The rows written so far, as they stay (later ones do not show).
+
+        Shared, not copied: rows are only appended.
+        """
         rows = RecordRows(self.capacity)
-        rows.count, rows.arrays = min(count, self.count), self.arrays
+        rows.count, rows.arrays = self.count, self.arrays
         return rows
 
     def stacked(self) -> RoundRecord | None:

@@ -243,14 +243,12 @@ def pt_train(
         raise TypeError("exchange_interval must be an int (steps between exchanges)")
     _check_some_exchange(state, config)
     adaptation = getattr(move_state, "adaptation", None)
+    adapting = isinstance(adaptation, AdaptationState)
     # An adaptation that has seen no round yet (a call that ended in the
     # burn-in) fixes nothing: this call chooses, as one call over both would.
-    unadapted = isinstance(adaptation, AdaptationState) and not int(
-        adaptation.rounds_done
-    )
-    if adapt_rounds is None and isinstance(adaptation, AdaptationState):
-        if not unadapted:
-            adapt_rounds = adaptation.adapt_rounds
+    unadapted = adapting and not int(adaptation.rounds_done)
+    if adapt_rounds is None and adapting and not unadapted:
+        adapt_rounds = adaptation.adapt_rounds
     if adapt_rounds is None:
         adapt_rounds = _default_adapt_rounds(state, config)
     move = exchange_move(
@@ -294,8 +292,7 @@ def pt_summary(run: RunResult, move: ExchangeMove) -> PTSummary:
     final, final_score = final_or_last(
         run.final, run.final_score, history, run.state.num_replicas
     )
-    # never a diverged replica, even where its score stays finite
-    best = best_index(np.where(run.diverged, np.inf, final_score))
+    best = best_index(final_score, run.diverged)
     communication = barrier(history, move.scheme)
     return PTSummary(
         acceptance_rate=acceptance_rate(history),
