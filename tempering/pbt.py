@@ -21,7 +21,9 @@ worst. Two selection rules (the paper's section 4.1):
 
 - ``"truncation"``: the bottom ``ceil(fraction * M)`` replicas (at most M // 2)
   each copy a uniformly drawn member of the top ``ceil(fraction * M)``; every
-  diverged replica copies one too, and only finite replicas are copied;
+  diverged replica copies one too, and only finite replicas are copied.
+  Equal scores rank in a random order: two replicas that copied one donor
+  with the same factor train alike and tie until one of them is replaced;
 - ``"tournament"``: binary tournament, every replica draws one other replica
   uniformly and copies it when its score is strictly better.
 
@@ -117,7 +119,8 @@ def select_parents(
 
     Args:
         key: PRNG key.
-        scores: ``(M,)`` validation losses; NaN and inf are the worst.
+        scores: ``(M,)`` validation losses; NaN and inf are the worst,
+            equal scores rank in a random order.
         config: :class:`PBTConfig`.
 
     Returns:
@@ -132,7 +135,11 @@ def select_parents(
         n = num_truncated(num, config.fraction)
         if n == 0:
             return own, jnp.zeros((num,), bool)
-        order = jnp.argsort(scores, stable=True).astype(jnp.int32)  # best first
+        # Equal scores (an error rate on a small validation set, say) rank in
+        # a random order, not by replica index. The tie key is folded from
+        # ``key`` so the donors' draw below keeps its bits.
+        tie_break = jax.random.permutation(jax.random.fold_in(key, 1), num)
+        order = jnp.lexsort((tie_break, scores)).astype(jnp.int32)  # best first
         rank = jnp.argsort(order).astype(jnp.int32)  # rank[m] of replica m
         finite = jnp.isfinite(scores)
         # Donors are finite (of the top n, the finite ones), and every diverged

@@ -81,6 +81,30 @@ def test_truncation_replaces_every_diverged_replica_from_finite_ones():
     assert not np.asarray(copied).any()
 
 
+def test_truncation_breaks_ties_at_random():
+    # M = 6, n = 3: replicas 1..4 tie at the cut, so two of them copy; each
+    # with probability 1/2, not the two of higher index every time. The donors'
+    # draw is independent of the tie break: a tied donor slot goes to each of
+    # the tied replicas as often.
+    scores = jnp.array([0.1, 0.5, 0.5, 0.5, 0.5, 0.9])
+    trials = 2000
+    keys = jax.random.split(jax.random.key(0), trials)
+    pick = jax.jit(jax.vmap(lambda k: pbt.select_parents(k, scores, CONFIG)))
+    parent, copied = (np.asarray(x) for x in pick(keys))
+    np.testing.assert_array_equal(copied.sum(axis=1), 3)
+    assert copied[:, 5].all() and not copied[:, 0].any()
+    freq = copied[:, 1:5].mean(axis=0)
+    stderr = math.sqrt(0.5 * 0.5 / trials)
+    np.testing.assert_array_less(np.abs(freq - 0.5), 5 * stderr)
+    # donors: the top 3 are replica 0 and two of the tied; a copy takes
+    # replica 0 with probability 1/3, a tied one 2/3 split evenly over four
+    donor_freq = np.bincount(parent[copied], minlength=M) / copied.sum()
+    expected = np.array([1 / 3, 1 / 6, 1 / 6, 1 / 6, 1 / 6, 0.0])
+    # three correlated draws a trial: their mean varies at most as one draw
+    stderr = np.sqrt(expected * (1 - expected) / trials)
+    np.testing.assert_array_less(np.abs(donor_freq - expected), 5 * stderr + 1e-9)
+
+
 def test_truncation_size():
     assert pbt.num_truncated(8, 0.2) == 2
     assert pbt.num_truncated(10, 0.2) == 2
