@@ -126,6 +126,28 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_generation() -> str:
+    """The CPU's family, model and cache size (``/proc/cpuinfo``), or "unknown".
+
+    One model name covers processor generations ("AMD EPYC" covers Zen 3 to
+    Zen 5) that round some convolutions differently at the same instruction
+    set (their cache sizes set XLA:CPU's blocking), so a record names it.
+    """
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            name = name.strip()
+            if not name:
+                break  # the first processor only
+            fields.setdefault(name, value.strip())
+    except OSError:
+        return "unknown"
+    keys = (("family", "cpu family"), ("model", "model"), ("cache", "cache size"))
+    found = [f"{label} {fields[key]}" for label, key in keys if fields.get(key)]
+    return ", ".join(found) or "unknown"
+
+
 # Instruction-set levels, highest first: the flag of /proc/cpuinfo that marks
 # each (x86 and Arm names as the Linux kernel spells them). XLA:CPU generates
 # other code at each level, so the last bits of every result differ between
@@ -204,12 +226,13 @@ def wait_until_idle(
 
 
 def machine() -> dict[str, Any]:
-    """CPU (model and instruction-set level), core count, accelerator and
+    """CPU (model, instruction-set level, generation), core count, accelerator and
     library versions of this run."""
     devices = jax.devices()
     return {
         "cpu": cpu_model(),
         "cpu_isa": cpu_isa(),
+        "cpu_generation": cpu_generation(),
         "cpu_count": os.cpu_count(),
         "allocator_env": allocator_env(),
         "backend": jax.default_backend(),

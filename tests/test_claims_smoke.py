@@ -1,6 +1,8 @@
 """experiments.claims: the paper's three claims from the records, on a hand-built case."""
 
 import json
+import platform
+from pathlib import Path
 
 import pytest
 
@@ -102,6 +104,9 @@ def test_hand_built_two_seed_case(tmp_path):
     assert "| fig2_tiny_40steps, 40 steps | 2 | **−1.50 ± 0.50** |" in table
     assert "−1.50 ± 0.50 points, n = 2" in payload["sentences"][0]
     assert payload["provenance"]["machine"]["cpu_isa"]
+    generation = payload["provenance"]["machine"]["cpu_generation"]
+    if Path("/proc/cpuinfo").exists() and platform.machine() == "x86_64":
+        assert generation.startswith("family "), generation
     (entry,) = payload["inputs"]
     assert entry["produced_at"] == ["abc"] and len(entry["files"]) == 5
 
