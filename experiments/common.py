@@ -130,8 +130,8 @@ def cpu_generation() -> str:
     """The CPU's family, model and cache size (``/proc/cpuinfo``), or "unknown".
 
     One model name covers processor generations ("AMD EPYC" covers Zen 3 to
-    Zen 5) that round some convolutions differently at the same instruction
-    set (their cache sizes set XLA:CPU's blocking), so a record names it.
+    Zen 5) whose results differ in the last bits for some programs at the
+    same instruction set (the CIFAR-10 LeNet's), so a record names it.
     """
     fields = {}
     try:
