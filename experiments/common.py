@@ -115,15 +115,23 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _cpuinfo() -> dict[str, str]:
+    """The fields of ``/proc/cpuinfo``, each as the first processor gives it
+    (empty where there is no such file)."""
+    info: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        info.setdefault(name.strip(), value.strip())
+    return info
+
+
 def cpu_model() -> str:
     """The CPU model name (Linux), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return _cpuinfo().get("model name") or platform.processor() or "unknown"
 
 
 def cpu_generation() -> str:
@@ -133,16 +141,7 @@ def cpu_generation() -> str:
     Zen 5) whose results differ in the last bits for some programs at the
     same instruction set (the CIFAR-10 LeNet's), so a record names it.
     """
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            name, _, value = line.partition(":")
-            name = name.strip()
-            if not name:
-                break  # the first processor only
-            fields.setdefault(name, value.strip())
-    except OSError:
-        return "unknown"
+    fields = _cpuinfo()
     keys = (("family", "cpu family"), ("model", "model"), ("cache", "cache size"))
     found = [f"{label} {fields[key]}" for label, key in keys if fields.get(key)]
     return ", ".join(found) or "unknown"
@@ -165,15 +164,8 @@ def cpu_isa() -> str:
     there are none); ``XLA_FLAGS=--xla_cpu_max_isa=...``, which caps the code
     XLA generates, is appended as ``"<level>, xla max <cap>"``.
     """
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name.strip() in ("flags", "Features"):
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
+    info = _cpuinfo()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
     level = next((lvl for lvl, flag in _ISA_LEVELS if flag in flags), "unknown")
     cap = re.search(r"--xla_cpu_max_isa=(\S+)", os.environ.get("XLA_FLAGS", ""))
     return level + (f", xla max {cap.group(1)}" if cap else "")
