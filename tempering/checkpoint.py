@@ -376,10 +376,44 @@ class Checkpointer:
             restored.append(value)
         return jax.tree.unflatten(treedef, restored), meta["extra"]
 
+    def check_settings(self) -> None:
+        """Refuses a folder whose newest readable checkpoint is another run's.
+
+        Reads only the checkpoints' JSON, so that a call refuses another run's
+        folder before it reads its data. A step whose JSON is broken is left
+        to :meth:`restore` (which sets it aside).
+
+        Raises:
+            ValueError: that checkpoint was made with other settings.
+        """
+        for step in _from_process_0(sorted(step_dirs(self.directory), reverse=True)):
+            try:
+                _together(lambda step=step: self._read_checked_meta(step))
+            except CheckpointError:
+                continue
+            return
+
     def _read_meta(
         self, step: int, template: Callable[[dict], Any]
     ) -> tuple[dict, list, Any, list]:
         """The step's checked JSON, the template's leaves and structure, its entries."""
+        meta = self._read_checked_meta(step)
+        try:
+            tree_template = template(meta["extra"])
+            entries = list(meta["leaves"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"its metadata is malformed: {error!r}") from None
+        leaves, treedef = jax.tree.flatten(tree_template)
+        if _paths(tree_template) != meta.get("structure"):
+            raise ValueError(
+                f"checkpoint_dir {self.directory}: the checkpoint of step {step} "
+                "holds other arrays than this call saves (made by another version "
+                "of tempering?); give another checkpoint_dir"
+            )
+        return meta, leaves, treedef, entries
+
+    def _read_checked_meta(self, step: int) -> dict:
+        """The step's JSON, checked whole, its fingerprint this call's."""
         ocp = self._ocp
         step_dir = self.directory / str(step)
         check_manifest(step_dir)
@@ -409,19 +443,7 @@ class Checkpointer:
         if meta.get("step") != step:
             raise CheckpointError(f"its metadata is step {meta.get('step')}'s")
         self._check_settings(meta.get("settings"))
-        try:
-            tree_template = template(meta["extra"])
-            entries = list(meta["leaves"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise CheckpointError(f"its metadata is malformed: {error!r}") from None
-        leaves, treedef = jax.tree.flatten(tree_template)
-        if _paths(tree_template) != meta.get("structure"):
-            raise ValueError(
-                f"checkpoint_dir {self.directory}: the checkpoint of step {step} "
-                "holds other arrays than this call saves (made by another version "
-                "of tempering?); give another checkpoint_dir"
-            )
-        return meta, leaves, treedef, entries
+        return meta
 
     def _read_arrays(self, step: int, entries: list) -> list[np.ndarray]:
         """The step's arrays as host values, each checked against its checksum.

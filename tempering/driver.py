@@ -46,7 +46,12 @@ from tempering.hyperparams import set_hyperparams
 from tempering.loops import SegmentSettings, loop_for, run_evaluate, run_segment
 from tempering.moves import as_move, rungs_of
 from tempering.records import History, RecordRows, RoundRecord
-from tempering.sources import BatchError, RunSources, prepare_sources
+from tempering.sources import (
+    BatchError,
+    RunSources,
+    check_first_batch,
+    prepare_sources,
+)
 from tempering.state import EvalMetrics, ReplicaState, check_key
 from tempering.step import zero_model_inputs
 
@@ -293,28 +298,32 @@ def train(
         config = config.for_batch_sizes(_host(state.hyperparams["batch_size"]))
     first_step = int(state.step)
     segments = plan(first_step, config.rounds)  # past explicit round ends raises
-    sources = prepare_sources(state, data, config)  # reads: after every check
-    loop = loop_for(state, sources.sample, config.loop)
+    sources = prepare_sources(state, data, config)  # a stream not read yet
     data_key, key = _split_off_data_key(key)
     # Copies: the caller's buffers are never donated, and the hyperparameters
     # before the burn-in outlive the state's, which are.
     state, move_state, before_burn_in = _copy((state, move_state, state.hyperparams))
-    run = _Run(
-        move=move, key=key, data_key=data_key, data=sources, config=config,
-        loop=loop, segments=segments, first_step=first_step,
-        before_burn_in=before_burn_in,
-        warner=divergence.Warner(config.on_diverge),
-    )  # fmt: skip
-    progress = resume.Progress(
-        next_segment=0,
-        records=RecordRows(sum(seg.evaluated and seg.ends_round for seg in segments)),
-        initial=None,
-        burn_values=_host(run.before_burn_in),
-    )
     saver = None
     if config.checkpoint_dir is not None:
         saver = resume.checkpointer(state, move_state, key, move, sources, config)
     try:
+        if saver is not None:  # another run's checkpoint: refused before any read
+            saver.check_settings()
+        sources = check_first_batch(state, sources, config)
+        run = _Run(
+            move=move, key=key, data_key=data_key, data=sources, config=config,
+            loop=loop_for(state, sources.sample, config.loop), segments=segments,
+            first_step=first_step, before_burn_in=before_burn_in,
+            warner=divergence.Warner(config.on_diverge),
+        )  # fmt: skip
+        progress = resume.Progress(
+            next_segment=0,
+            records=RecordRows(
+                sum(seg.evaluated and seg.ends_round for seg in segments)
+            ),
+            initial=None,
+            burn_values=_host(run.before_burn_in),
+        )
         if saver is not None:
             restored = _restore(saver, run, state, move_state, progress)
             if restored is not None:

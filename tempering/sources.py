@@ -90,6 +90,7 @@ __all__ = [
     "as_train_source",
     "batch_pair",
     "check_batch",
+    "check_first_batch",
     "prepare_sources",
 ]
 
@@ -333,10 +334,14 @@ class RunSources(NamedTuple):
 def prepare_sources(
     state: ReplicaState, data: RunData, config: RunConfig
 ) -> RunSources:
-    """Validated sources, checked against the model before anything compiles."""
+    """Validated sources, checked against the model before anything compiles.
+
+    A training stream is wrapped but not read (``sample`` is None): its first
+    batch is checked by :func:`check_first_batch`, which the driver calls once
+    nothing else can refuse the call (a checkpoint of another run included),
+    so a refused call has taken no batch from the caller's generator.
+    """
     metrics_fn = config.metrics_fn
-    # Every check that reads nothing comes first: a refused call must not have
-    # taken a batch from the caller's training generator.
     validation = test = None
     if data.validation is not None:
         validation = as_eval_source(data.validation, "validation_data")
@@ -344,6 +349,7 @@ def prepare_sources(
         test = as_eval_source(data.test, "test_data")
     given = as_train_source(data.train, "train_data", config.array_batch_size)
     train: ArraySource | BatchReader
+    sample = None
     if isinstance(given, ArraySource):
         _check_finite(given, "train_data")
         _check_compatible(state, *given, "train_data", metrics_fn)
@@ -351,23 +357,35 @@ def prepare_sources(
         sample = train.inputs
     else:
         train = BatchReader(given, "train_data")
-        x, y = first = train.peek()
-        if not config.shared_batch:  # (M, B, ...) batches: check one replica's
-            _check_per_replica_layout(x, y, state.num_replicas)
-            x, y = x[0], y[0]
-        per_replica_sizes = "batch_size" in state.hyperparams
-        _check_stream_batch_size(config, np.shape(y)[:1], per_replica_sizes)
-        out = _check_compatible(state, x, y, "train_data", metrics_fn)
-        classes = out.shape[-1] if state.loss_fn is cross_entropy else None
-        axis = 0 if config.shared_batch else 1
-        inputs, targets = _layout(first[0]), _layout(first[1])
-        train.expect(BatchSpec(inputs, targets, classes, axis))
-        sample = x
     if validation is not None:
         validation = _eval_source(validation, "validation_data", state, metrics_fn)
     if test is not None:
         test = _eval_source(test, "test_data", state, metrics_fn)
     return RunSources(train, validation, test, sample)
+
+
+def check_first_batch(
+    state: ReplicaState, sources: RunSources, config: RunConfig
+) -> RunSources:
+    """``sources`` with a training stream's first batch checked (peeked, not taken).
+
+    Its shapes, dtypes and labels are checked against the model and become
+    what every later batch must match; ``sample`` is its inputs.
+    """
+    train = sources.train
+    if not isinstance(train, BatchReader) or sources.sample is not None:
+        return sources
+    x, y = first = train.peek()
+    if not config.shared_batch:  # (M, B, ...) batches: check one replica's
+        _check_per_replica_layout(x, y, state.num_replicas)
+        x, y = x[0], y[0]
+    per_replica_sizes = "batch_size" in state.hyperparams
+    _check_stream_batch_size(config, np.shape(y)[:1], per_replica_sizes)
+    out = _check_compatible(state, x, y, "train_data", config.metrics_fn)
+    classes = out.shape[-1] if state.loss_fn is cross_entropy else None
+    axis = 0 if config.shared_batch else 1
+    train.expect(BatchSpec(_layout(first[0]), _layout(first[1]), classes, axis))
+    return sources._replace(sample=x)
 
 
 def _check_per_replica_layout(x: Any, y: Any, num: int) -> None:

@@ -330,6 +330,18 @@ def test_a_refused_call_takes_no_batch_from_the_training_generator(state, blobs)
     np.testing.assert_array_equal(first[0], x[:32])  # batch 0 is still there
 
 
+def test_a_refused_resume_takes_no_batch_from_the_training_generator(
+    state, blobs, tmp_path
+):
+    (x, y), _ = blobs
+    with pytest.raises(CrashError):
+        pt(state, blobs, stream(x, y), checkpoint_dir=tmp_path, callback=crash_at(2))
+    batches = stream(x, y)
+    with pytest.raises(ValueError, match=r"other settings \(they differ in: move\)"):
+        pt(state, blobs, batches, checkpoint_dir=tmp_path, c=0.2)
+    np.testing.assert_array_equal(next(batches)[0], x[:32])  # batch 0 is still there
+
+
 def test_a_stream_for_a_batch_size_ladder_holds_the_largest_size(tx, blobs):
     (x, y), val = blobs
     ladder = tp.make_ladder(batch_size=[8, 4])
