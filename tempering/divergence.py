@@ -133,7 +133,10 @@ class Warner:
         for m in np.flatnonzero(record.diverged):
             source = int(record.restored_from[m])
             if source >= 0:
-                what = f"restored from replica {source} (its nearest finite colder)"
+                what = (
+                    f"restored from replica {source} (the nearest finite one, "
+                    "colder where one is)"
+                )
             elif m in self.flagged:
                 continue
             else:

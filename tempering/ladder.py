@@ -308,10 +308,10 @@ def make_ladder(
         )
     order = np.argsort(temps, kind="stable")
     temps = temps[order]
-    if np.any(np.diff(temps) <= 0):
+    if np.any(np.diff(temps.astype(np.float32)) <= 0):  # as the ladder holds them
         raise ValueError(
             f"duplicate temperatures {temps.tolist()}: every rung needs its own "
-            "temperature (its own hyperparameter value)"
+            "temperature (its own hyperparameter value, distinct in float32)"
         )
     return Ladder(
         values={

@@ -48,7 +48,10 @@ class RoundRecord(NamedTuple):
     step: int  # global SGD steps done when the round was evaluated
     train_loss: np.ndarray  # shape=(M,), mean training loss of the segment
     validation: EvalMetrics | None  # (M,) loss and metrics, before the move
-    score: np.ndarray  # shape=(M,), what the move compared (lower is better)
+    # shape=(M,), each replica's score (lower is better): what the move
+    # compared, except that a diverged replica counted as +inf, or, restored
+    # (on_diverge="restore"), as its source
+    score: np.ndarray
     test: EvalMetrics | None  # (M,) on test_data, before the move; None without
     move: Any  # the move's info (e.g. ExchangeMoveInfo, PBTInfo)
     # shape=(M,), int32, after the move: the move state's rungs (None for a
@@ -78,7 +81,7 @@ class History(NamedTuple):
     # round split over two calls: the second call's steps only)
     train_loss: np.ndarray
     validation: EvalMetrics | None  # (R, M) loss and metrics, before the move
-    score: np.ndarray  # shape=(R, M), what the move compared (lower is better)
+    score: np.ndarray  # shape=(R, M), each replica's score, as RoundRecord.score
     test: EvalMetrics | None  # (R, M); None without test_data
     move: Any  # the move's info, leaves (R, ...)
     rungs: np.ndarray | None  # shape=(R, M), after each move; None without rungs

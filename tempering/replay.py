@@ -44,7 +44,10 @@ def best_schedule(history: History, replica: int) -> Schedule:
 
     Follows the lineage backwards: the weights of ``replica`` after round r
     came from ``history.parent[r, replica]``, which trained the segment before
-    with its own hyperparameters, and so on back to step 0.
+    with its own hyperparameters, and so on back to step 0. A replica restored
+    in round r (``on_diverge="restore"``, before the move) holds the weights
+    its source (``history.restored_from[r]``) trained: the lineage passes
+    through the source.
 
     Args:
         history: a :class:`History` from :func:`pbt_train`.
@@ -78,6 +81,8 @@ def best_schedule(history: History, replica: int) -> Schedule:
     pieces = [(num_rounds, slot, values_during(num_rounds, slot))]
     for r in range(num_rounds - 1, -1, -1):
         slot = int(history.parent[r, slot])
+        source = int(history.restored_from[r, slot])  # restored before the move
+        slot = source if source >= 0 else slot
         pieces.append((r, slot, values_during(r, slot)))
     pieces.reverse()
     starts = [history.burn_in] + [int(s) for s in history.step]

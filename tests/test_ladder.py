@@ -97,6 +97,7 @@ def test_linear_and_geometric_constructors():
         (dict(learning_rate=[0.1, 0.2], dropout_rate=[0.1, 0.2, 0.3]), "mismatched"),
         (dict(learning_rate=[0.1, 0.2], temperatures=[1, 2, 3]), "mismatched"),
         (dict(learning_rate=[0.1, 0.1, 0.2]), "duplicate temperatures"),
+        (dict(learning_rate=[0.1, 0.1 + 1e-9]), "distinct in float32"),
         (
             dict(learning_rate=[0.1, 0.2], temperatures=[1.0, 1.0]),
             "duplicate temperatures",

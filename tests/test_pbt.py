@@ -428,6 +428,33 @@ def test_best_schedule_follows_lineage(state, blobs):
         tp.best_schedule(history, M)
 
 
+def test_best_schedule_passes_through_a_restored_replicas_source():
+    """A replica restored in a round holds its source's weights, trained at the
+    source's values: the schedule names those, not the restored replica's own."""
+    lr = np.asarray([[0.1, 0.2, 0.3], [0.1, 0.2, 0.3]], np.float32)  # after rounds 0, 1
+    keep = np.arange(3, dtype=np.int32)
+    info = pbt.PBTInfo(
+        parent=np.stack([keep, keep]), copied=np.zeros((2, 3), bool),
+        resampled={"learning_rate": np.zeros((2, 3), bool)},
+        hyperparams={"learning_rate": lr},
+    )  # fmt: skip
+    restored_from = np.asarray([[-1, -1, -1], [-1, -1, 1]], np.int32)
+    history = tp.History(
+        round=np.arange(2), step=np.asarray([10, 20]), train_loss=np.zeros((2, 3)),
+        validation=None, score=np.zeros((2, 3)), test=None, move=info, rungs=None,
+        hyperparams={"learning_rate": lr}, diverged=restored_from >= 0,
+        restored_from=restored_from, initial_rungs=None,
+        initial_hyperparams={"learning_rate": lr[0]},
+        burn_in_hyperparams={"learning_rate": lr[0]}, num_steps=25,
+    )  # fmt: skip
+    schedule = tp.best_schedule(history, 2)
+    # segments [0, 10) and [10, 20) trained by replica 1 (0.2), copied into 2 at
+    # step 20; [20, 25) by replica 2 at its own 0.3
+    np.testing.assert_array_equal(schedule.starts, [0, 20])
+    np.testing.assert_array_equal(schedule.replicas, [1, 2])
+    np.testing.assert_allclose(schedule.values["learning_rate"], [0.2, 0.3])
+
+
 def test_replay_schedule(state, blobs, tx):
     result = run(state, blobs)
     schedule = tp.best_schedule(result.history, result.summary.best_replica)
