@@ -219,11 +219,13 @@ def model_hyperparams(state: ReplicaState, hyperparams: Mapping) -> dict:
     return {name: hyperparams[name] for name in state.model_inputs}
 
 
-# Call keywords that switch a model between training and inference.
+# Call keywords that switch a model between training and inference; the last
+# three are True in inference.
 _MODE_KEYWORDS = (
     "train", "training", "is_training", "deterministic", "inference",
     "use_running_average",
 )  # fmt: skip
+_INFERENCE_KEYWORDS = _MODE_KEYWORDS[3:]
 
 
 def _check_mode_keywords(
@@ -260,6 +262,21 @@ def _resolve_model_inputs(
     """Validated model input names and the defaults of the model's call."""
     names, var_kw, defaults = model.keywords()
     kind = model.name
+    if train_kwarg in _INFERENCE_KEYWORDS:
+        raise ValueError(
+            f"train_kwarg={train_kwarg!r} names a switch that is True in "
+            "inference, but the library passes train_kwarg=True in training and "
+            "False in evaluation: the modes would be swapped. Give the model's "
+            "call a keyword that is True in training (e.g. train, passing "
+            f"{train_kwarg}=not train to its layers) and pass train_kwarg with "
+            "its name"
+            + (
+                ""
+                if model.kind == "linen"
+                else "; or pass train_kwarg=None: the library sets the module's "
+                "own mode (module.eval() / inference mode)"
+            )
+        )
     if (
         model.kind == "linen"
         and train_kwarg is not None
@@ -328,9 +345,9 @@ def _check_traced_inputs(init, key, model, sample_input, inputs):
     Checked for init and for a train step, by tracing both (nothing compiles).
     """
 
-    def apply(params, stats, traced):
+    def apply(params, stats, traced, train=True):
         return model.apply(
-            params, stats, sample_input, train=True, key=jax.random.key(0),
+            params, stats, sample_input, train=train, key=jax.random.key(0),
             inputs=traced,
         )  # fmt: skip
 
@@ -348,6 +365,23 @@ def _check_traced_inputs(init, key, model, sample_input, inputs):
             f"{sorted(inputs)}: {model.dropout_fix}, or pass model_inputs=() to "
             "create_replicas to keep the rate fixed"
         ) from None
+    # The call in each mode (linen's init made the inference call), so that a
+    # model the library cannot call fails here, not as a shape error later.
+    for train in (True,) if model.kind == "linen" else (True, False):
+        try:
+            jax.eval_shape(functools.partial(apply, train=train), params, stats, inputs)
+        except Exception as error:  # noqa: BLE001 - re-raised with the cause
+            mode = "training" if train else "inference"
+            kind = TypeError if isinstance(error, TypeError) else ValueError
+            raise kind(
+                f"model: {model.name} fails when the library calls it in {mode} "
+                f"mode on sample_input (shape {tuple(sample_input.shape)}): "
+                f"{type(error).__name__}: {str(error).splitlines()[0][:300].rstrip('.')}"
+                ". The library calls model(x, **per-replica inputs) with the "
+                "train_kwarg (if any) and keeps only the state it knows (nnx "
+                "Variables; Equinox's eqx.nn.State, passed with the model as "
+                "(model, state); linen's batch_stats)"
+            ) from error
     return stats, opt_state
 
 

@@ -608,3 +608,116 @@ def test_an_equinox_builder_drawing_integer_arrays_from_its_key_is_refused():
     with pytest.raises(ValueError, match="depend on its key"):
         tp.create_replicas(jax.random.key(0), drawn, tp.sgd(0.1), TRAIN[0][:2],
                            num_replicas=2)  # fmt: skip
+
+
+class NnxBuffer(nnx.Module):
+    """A fixed table held as a plain array (or, ``wrapped``, as nnx data)."""
+
+    def __init__(self, rngs: nnx.Rngs, wrapped: bool = False):
+        table = jnp.sin(jnp.arange(16.0))
+        self.table = nnx.data(table) if wrapped else table
+        self.linear = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.linear(x + self.table)
+
+
+def test_an_nnx_builder_with_a_plain_array_attribute_is_refused_with_the_fix():
+    """nnx keeps a plain array as state when built eagerly, as static under a
+    trace (where each replica is built): the replicas would lose it."""
+    with pytest.raises(TypeError, match=r"plain arrays at \['table'\].*nnx\.data"):
+        tp.create_replicas(jax.random.key(0), NnxBuffer, tp.sgd(0.1), TRAIN[0][:2],
+                           num_replicas=2)  # fmt: skip
+    for model in (functools.partial(NnxBuffer, wrapped=True), NnxBuffer(nnx.Rngs(0))):
+        state = tp.create_replicas(jax.random.key(0), model, tp.sgd(0.1),
+                                   TRAIN[0][:2], num_replicas=2)  # fmt: skip
+        state, _ = train_step(state, jax.random.key(1), *TRAIN)
+        chex.assert_shape(tp.evaluate(state, *VAL).loss, (2,))
+        np.testing.assert_allclose(
+            tp.replica(state, 1).table, jnp.sin(jnp.arange(16.0))
+        )
+
+
+class NnxStockDropout(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.linear = nnx.Linear(16, 3, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, x):
+        return self.drop(self.linear(x))
+
+
+def test_exported_nnx_replicas_share_no_variable_with_each_other_or_the_user():
+    user = NnxStockDropout(nnx.Rngs(0))
+    state = tp.create_replicas(jax.random.key(0), user, tp.sgd(0.1), TRAIN[0][:2],
+                               num_replicas=2)  # fmt: skip
+    first, second = tp.replica(state, 0), tp.replica(state, 1)
+    first.train()
+    for _ in range(3):  # draws advance the dropout stream's count
+        first(VAL[0])
+    assert int(user.drop.rngs.count[...]) == 0
+    assert int(second.drop.rngs.count[...]) == 0
+    assert int(first.drop.rngs.count[...]) == 3
+
+
+class LinenInverted(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool):
+        x = nn.BatchNorm(use_running_average=deterministic)(nn.Dense(8)(x))
+        return nn.Dense(3)(x)
+
+
+class NnxInverted(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.linear = nnx.Linear(16, 3, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, x, deterministic: bool | None = None):
+        return self.drop(self.linear(x), deterministic=deterministic)
+
+
+@pytest.mark.parametrize("model", [LinenInverted(), NnxInverted], ids=["linen", "nnx"])
+def test_a_train_kwarg_that_is_true_in_inference_is_refused(model):
+    with pytest.raises(ValueError, match="train_kwarg='deterministic' names a switch"):
+        tp.create_replicas(jax.random.key(0), model, tp.sgd(0.1), TRAIN[0][:2],
+                           num_replicas=2, train_kwarg="deterministic")  # fmt: skip
+
+
+class NnxRequiredSwitch(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.linear = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, x, deterministic: bool):
+        return self.linear(x)
+
+
+class LinenOwnCollection(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        calls = self.variable("counter", "calls", lambda: jnp.zeros((), jnp.int32))
+        if train:
+            calls.value += 1
+        return nn.Dense(3)(x)
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        (NnxRequiredSwitch, "missing 1 required positional argument: 'deterministic'"),
+        (lambda: eqx.nn.make_with_state(EqxBN)(jax.random.key(0))[0], "'state'"),
+        (lambda: LinenOwnCollection(), 'collection "counter"'),
+    ],
+    ids=["nnx-required-switch", "equinox-without-its-state", "linen-own-collection"],
+)
+def test_a_model_the_library_cannot_call_is_refused_by_create_replicas(
+    model, match, compiled
+):
+    """Named by the model's own failure, not later as an input-shape error."""
+    from conftest import ENGINE_PROGRAMS
+
+    model = model() if not isinstance(model, type) else model
+    with pytest.raises((TypeError, ValueError), match=rf"fails when the library calls it in "
+                       rf"training mode on sample_input .*{match}"):  # fmt: skip
+        tp.create_replicas(jax.random.key(0), model, tp.sgd(0.1), TRAIN[0][:2],
+                           num_replicas=2)  # fmt: skip
+    assert not set(compiled) & ENGINE_PROGRAMS

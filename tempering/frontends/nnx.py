@@ -152,6 +152,7 @@ class Nnx:
     module_type: type  # the module's class
     train_kwarg: str | None
     name: str
+    built_leaves: frozenset[str] = frozenset()  # a builder's state, built eagerly
     kind = "nnx"
     dropout_fix = (
         "nnx.Dropout stores its rate as a static attribute; use "
@@ -180,10 +181,11 @@ class Nnx:
                 f"model: build(rngs) must return an nnx.Module, got {type(module).__name__}"
             )
         train_graph, eval_graph = _mode_graphs(module)
-        rng_state = _split(module)[2]
+        _, params, rng_state, stats = _split(module)
         return cls(
             train_graph, eval_graph, rng_state, lambda key: build(nnx.Rngs(key)), None,
             type(module), train_kwarg, type(module).__name__,
+            _leaf_names(params, stats),
         )  # fmt: skip
 
     def keywords(self) -> tuple[set[str], bool, dict[str, Any]]:
@@ -199,6 +201,16 @@ class Nnx:
         if self.build is None:
             return self.start
         _, params, _, stats = _split(self.build(key))
+        lost = sorted(self.built_leaves - _leaf_names(params, stats))
+        if lost:  # nnx keeps a traced plain-array attribute as static
+            raise TypeError(
+                f"model: {self.name} holds plain arrays at {lost}, which nnx keeps "
+                "as state when the module is built eagerly but not when it is "
+                "built under a trace, as each replica is here (inside one "
+                "program). Wrap each in nnx.data(...) or an nnx.Variable (e.g. "
+                "nnx.BatchStat, or nnx.Param to train it), or pass a built "
+                "instance (every replica then starts from its weights)"
+            )
         return params, stats
 
     def _rngs(self, key: jax.Array | None) -> Any:
@@ -236,7 +248,9 @@ class Nnx:
 
     def export(self, params: Any, stats: Any) -> nnx.Module:
         """One replica as an ``nnx.Module`` in inference mode (``.train()`` to train)."""
-        return nnx.merge(self.eval_graph, params, self.rng_state, stats)
+        # copies: exported modules share no Variable (an RNG count) with each
+        # other or with the module the replicas were made from
+        return nnx.merge(self.eval_graph, params, self.rng_state, stats, copy=True)
 
     def describe(self) -> str:
         """The graph (structure and static attributes) and the class's code."""
@@ -244,6 +258,19 @@ class Nnx:
 
         graph = _graph_text(self.train_graph)
         return f"nnx:{self.name}|{graph}|{code_of_class(self.module_type)}"
+
+
+def _leaf_names(params: Any, stats: Any) -> frozenset[str]:
+    """The attribute paths of a module's state leaves, e.g. ``"lin.kernel"``."""
+
+    def name(path: Any) -> str:
+        return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+    return frozenset(
+        name(path)
+        for tree in (params, stats)
+        for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+    )
 
 
 def _graph_text(graph: Any) -> str:
