@@ -1,8 +1,8 @@
 """Checkpoints of a run (orbax): exact resume, and nothing loaded that runs code.
 
 ``train(..., checkpoint_dir=path, checkpoint_every=K)`` (and ``pt_train`` /
-``pbt_train``, which forward it) saves, every K rounds and when the call ends
-or is interrupted, everything the rest of the call depends on: the replicas
+``pbt_train``, which forward it) saves, every K rounds and when the call ends,
+is interrupted or raises, everything the rest of the call depends on: the replicas
 (weights, optimiser state, step), the move's state, the round records so far
 and the position in the call's plan. The keys of a round, its batches
 (in-memory data) and the even-odd parity are functions of the run's key and

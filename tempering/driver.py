@@ -256,7 +256,8 @@ def train(
             each round's end for this) and ``history`` (the rounds done);
             with ``checkpoint_dir`` that round is saved before the error is
             raised (with several processes only on a divergence), so the
-            call resumes from it.
+            call resumes from it. Any other exception during the rounds (a
+            callback's, say) saves the last round that ended likewise.
 
     Example:
         >>> config = tp.RunConfig(num_steps=2000, interval=100, burn_in=500)
@@ -429,12 +430,19 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
             _save_kept(saver, kept, error)
             history = _stack(kept.progress, *kept.carry, run, None)
             raise divergence.attach(error, *kept.carry, history) from None
+        except Exception as error:
+            _save_kept(saver, kept, error)
+            raise
         if bar is not None:
             bar.update(run.segments[index].steps)
         # Over several processes, process 0 decides at round ends (callback, Ctrl-C).
         stop = interrupt.requested and (jax.process_count() == 1 or record is not None)
         if record is not None:
-            stop = _callback_stops(run.config.callback, record, stop)
+            try:
+                stop = _callback_stops(run.config.callback, record, stop)
+            except Exception as error:  # every process raises: saving is safe
+                _save_kept(saver, kept, error, every_process=True)
+                raise
             last = index + 1 == segments
             if saver is not None and saver.due() and not (stop or last):
                 resume.save(saver, carry, progress, kept.train_position)
@@ -442,7 +450,7 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
             break
     if jax.process_count() > 1:  # process 0's Ctrl-C stopped them all: all say so
         interrupt.requested = sharding.from_process_0(interrupt.requested)
-    return carry, progress, kept.carry
+    return carry, progress, kept
 
 
 def _callback_stops(callback, record: RoundRecord, stop: bool) -> bool:
@@ -472,16 +480,20 @@ def _callback_stops(callback, record: RoundRecord, stop: bool) -> bool:
     return bool(code)
 
 
-def _save_kept(saver, kept: _Kept, error: Exception) -> None:
+def _save_kept(
+    saver, kept: _Kept, error: Exception, *, every_process: bool = False
+) -> None:
     """Checkpoints the kept call before ``error`` is raised (not saved yet).
 
-    A bad batch may be one process's alone, so with several processes only a
-    divergence (every process sees the same losses) saves: the save is a
-    collective. A failing save warns; the error raised is the run's.
+    The save is a collective: with several processes only an error every
+    process raises alike saves (a divergence: every process sees the same
+    losses; a callback's error, which process 0 shares), not one process's own
+    (a bad batch). A failing save warns; the error raised is the run's.
     """
     if saver is None:
         return
-    if jax.process_count() > 1 and not isinstance(error, divergence.DivergenceError):
+    alike = every_process or isinstance(error, divergence.DivergenceError)
+    if jax.process_count() > 1 and not alike:
         return
     try:
         resume.save(saver, kept.carry, kept.progress, kept.train_position)
@@ -538,20 +550,15 @@ def _train_segment(run, carry, progress, index):
 
 
 def _finish(run, carry, progress, saver, bar, interrupt, kept) -> RunResult:
-    """Saves the last checkpoint, evaluates the end state, stacks the history.
+    """Evaluates the end state, saves the last checkpoint, stacks the history.
 
     Ctrl-C during the final evaluation counts as an interruption; a second one
-    stops the evaluation only (``final`` is None), the rounds are kept.
+    stops the evaluation only (``final`` is None), the rounds are kept. When
+    every replica diverged by the end, the checkpoint is the last round that
+    ended finite (``kept``), as for a divergence within the rounds, so that
+    calling again repeats the call.
     """
     state, move_state = carry
-    if saver is not None:
-        position = resume.stream_position(run.data.train)
-        if progress.next_segment < len(run.segments):  # stopped early: resumable
-            try:
-                position = resume.with_next_batch(position, run.data.train)
-            except ValueError:  # a bad or missing batch: the resumed call says so
-                pass
-        resume.save(saver, carry, progress, position)
     if bar is not None:
         bar.close()
     try:
@@ -559,14 +566,33 @@ def _finish(run, carry, progress, saver, bar, interrupt, kept) -> RunResult:
     except KeyboardInterrupt:
         final = final_score = None
         interrupt.requested = True
+    except BaseException:
+        _save_end(run, carry, progress, saver)  # what trained is kept
+        raise
+    history = _stack(progress, state, move_state, run, final)
+    try:
+        result = _result(state, move_state, history, final, final_score, interrupt)
+    except divergence.DivergenceError as error:
+        _save_kept(saver, kept, error)
+        raise divergence.attach(error, *kept.carry, history) from None
+    _save_end(run, carry, progress, saver)
     if interrupt.requested:
         lost = final is None and run.data.validation is not None
         resume.warn_interrupted(int(state.step), saver is not None, lost)
-    history = _stack(progress, state, move_state, run, final)
-    try:
-        return _result(state, move_state, history, final, final_score, interrupt)
-    except divergence.DivergenceError as error:
-        raise divergence.attach(error, kept[0], kept[1], history) from None
+    return result
+
+
+def _save_end(run, carry, progress, saver) -> None:
+    """The call's last checkpoint: where it stopped (its end, or early)."""
+    if saver is None:
+        return
+    position = resume.stream_position(run.data.train)
+    if progress.next_segment < len(run.segments):  # stopped early: resumable
+        try:
+            position = resume.with_next_batch(position, run.data.train)
+        except ValueError:  # a bad or missing batch: the resumed call says so
+            pass
+    resume.save(saver, carry, progress, position)
 
 
 def _final(run: _Run, state: ReplicaState) -> tuple[Any, Any]:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
 from tempering import checkpoint, fingerprints
 from tempering._caller import warn
@@ -90,10 +91,17 @@ def checkpointer(
             on_diverge=config.on_diverge,
             move_at_end=config.move_at_end,
             burn_in_hyperparams=jax.tree.map(
-                float, dict(config.burn_in_hyperparams or {})
+                _as_floats, dict(config.burn_in_hyperparams or {})
             ),
         ),
     )
+
+
+def _as_floats(value: Any) -> float | list:
+    """A burn-in value (one for every replica, or one per replica) as floats."""
+    if np.ndim(value) == 0:
+        return float(value)
+    return np.asarray(value, np.float64).tolist()
 
 
 def _gathered(tree: Any) -> Any:

@@ -98,8 +98,12 @@ train_step = jax.jit(tp.train_step, static_argnames=("per_replica_batch", "vecto
 """``tp.train_step`` compiled once for the whole session (eager, it would run op by op)."""
 
 
-class CrashError(Exception):
-    """Raised by :func:`crash_at`'s callback: a run that stops mid-way."""
+class CrashError(BaseException):
+    """Raised by :func:`crash_at`'s callback: a run that stops mid-way.
+
+    A hard crash, as a killed process: not an ``Exception``, so nothing on its
+    way out saves (the driver checkpoints the last round on an ``Exception``).
+    """
 
 
 def crash_at(round_index):

@@ -470,3 +470,30 @@ def test_two_runs_taking_over_one_stale_lock_do_not_both_hold_it(tmp_path, monke
         checkpoint_files.Lock(tmp_path)
     assert first.held and real(tmp_path / ".tempering-lock") == first.owner
     first.release()
+
+
+def test_an_error_in_the_callback_keeps_the_round_it_ended(tmp_path, reference):
+    """An exception (not a hard crash) saves the last round, whenever one is due."""
+
+    def failing(record):
+        if record.round == 7:
+            raise ConnectionError("the logging service is unreachable")
+
+    with pytest.raises(ConnectionError):
+        worker.run(tmp_path, callback=failing, checkpoint_every=100)
+    rounds_seen = []
+    result = worker.run(tmp_path, callback=lambda r: rounds_seen.append(r.round))
+    assert rounds_seen[0] == 8  # after the round whose callback failed
+    assert_same(worker.arrays(result), reference)
+
+
+def test_per_replica_burn_in_values_resume_bit_for_bit(tmp_path):
+    burn_in = {"learning_rate": np.asarray([0.05, 0.06, 0.07, 0.08], np.float32)}
+    whole = worker.arrays(worker.run(None, burn_in_hyperparams=burn_in))
+    with pytest.raises(CrashError):
+        worker.run(tmp_path, callback=crash_at(4), checkpoint_every=2,
+                   burn_in_hyperparams=burn_in)  # fmt: skip
+    with pytest.raises(ValueError, match="differ in: burn_in_hyperparams"):
+        worker.run(tmp_path, burn_in_hyperparams={"learning_rate": 0.05})
+    resumed = worker.run(tmp_path, burn_in_hyperparams=burn_in)
+    assert_same(worker.arrays(resumed), whole)

@@ -256,3 +256,42 @@ def test_the_warning_names_the_values_the_replica_diverged_with(tx, blobs):
     # ... but it diverged with learning rate 8.
     (message,) = [str(w.message) for w in caught if "diverged" in str(w.message)]
     assert message.startswith("replica 3 (") and "learning_rate=8)" in message
+
+
+def test_a_divergence_in_the_last_unevaluated_segment_checkpoints_the_last_round(
+    tx, blobs, tmp_path
+):
+    """Every replica diverges after the last round (its segment ends no round):
+    the checkpoint is the last finite round, so calling again repeats the call."""
+    (x, y), (xv, yv) = blobs
+    targets = np.eye(3, dtype=np.float32)[y]
+
+    def mse(outputs, targets):
+        return jnp.mean((outputs - targets) ** 2, axis=-1)
+
+    def stream(start):
+        for index in range(start, 100):
+            i = 32 * (index % 8)
+            yield x[i : i + 32], targets[i : i + 32] * (1e30 if index >= 33 else 1.0)
+
+    state = tp.create_replicas(
+        jax.random.key(0), TinyMLP(), tx, x[:4], ladder=LADDER, loss_fn=mse
+    )
+    settings = dict(
+        validation_data=(xv, np.eye(3, dtype=np.float32)[yv]), exchange_interval=10,
+        burn_in=0, c=0.1, batch_size=32, num_steps=37, checkpoint_dir=tmp_path,
+        checkpoint_every=100,
+    )  # fmt: skip
+    errors = []
+    for start in (0, 30):  # the generator read on from where the call stopped
+        with pytest.raises(divergence.DivergenceError, match="by step 37") as e:
+            tp.pt_train(state, LADDER, jax.random.key(1), train_data=stream(start),
+                        **settings)  # fmt: skip
+        errors.append(e.value)
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["30"]
+    for error in errors:
+        assert int(error.state.step) == 30
+        assert all(
+            np.isfinite(leaf).all() for leaf in jax.tree.leaves(error.state.params)
+        )
+    assert leaves_equal(errors[0].state.params, errors[1].state.params)
