@@ -31,6 +31,7 @@ mended) resumes from it.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any, NamedTuple
 
@@ -351,8 +352,34 @@ def _restore(saver, run, state, move_state, progress):
     return resume.restore(
         saver, (state, move_state), progress, initial,
         lambda names: _no_rounds(state, move_state, run, names, initial[1]),
-        run.data.train,
+        run.data.train, functools.partial(_resume_at, run),
     )  # fmt: skip
+
+
+def _resume_at(run, step: int, rounds: int) -> int:
+    """The plan's segment that follows a checkpoint of global ``step`` and ``rounds``.
+
+    The same as the saved index unless ``resume_allowing`` let another
+    schedule through; a plan that does not pass ``step`` at a segment's end
+    with as many rounds recorded is refused (it would resume elsewhere).
+    """
+    at, recorded = run.first_step, 0
+    for index, segment in enumerate(run.segments):
+        if at == step and recorded == rounds:
+            return index
+        at += segment.steps
+        last = index + 1 == len(run.segments)
+        moves = run.config.move_at_end or not last
+        recorded += segment.evaluated and segment.ends_round and moves
+    if at == step and recorded == rounds:
+        return len(run.segments)
+    raise ValueError(
+        f"checkpoint_dir holds a checkpoint of step {step} after {rounds} rounds, "
+        "which this call's schedule (num_steps, burn_in, interval) does not "
+        "reach at a round's or segment's end: it cannot resume there. Give the "
+        "checkpointed call's schedule, or another checkpoint_dir; to train a run "
+        "on past its end, call again with its result's state (a continuing call)"
+    )
 
 
 class _Run(NamedTuple):

@@ -180,6 +180,7 @@ def restore(
     initial: Any,
     empty_record: Callable[[list[str] | None], RoundRecord],
     train: Any = None,
+    resume_at: Callable[[int, int], int] | None = None,
 ) -> tuple[Any, Progress] | None:
     """The newest intact checkpoint's carry and progress, or None without one.
 
@@ -196,6 +197,10 @@ def restore(
             rounds with those validation metrics: the template of the saved
             records.
         train: the call's training source.
+        resume_at: ``resume_at(step, rounds)``, the index of the call's
+            segment that follows the saved ``step`` and ``rounds`` recorded
+            rounds (a ValueError where the call's plan has none); None: the
+            saved index.
     """
 
     def template(extra: dict) -> dict:
@@ -211,6 +216,9 @@ def restore(
     if restored is None:
         return None
     tree, extra = restored
+    next_segment = int(extra["next_segment"])
+    if resume_at is not None:
+        next_segment = resume_at(int(tree["carry"][0].step), int(extra["rounds"]))
     if isinstance(train, BatchReader):
         position = extra.get("train_stream")
         train.set_position(position)
@@ -218,9 +226,7 @@ def restore(
     records = RecordRows(progress.records.capacity)
     if tree["records"] is not None:
         records.extend(tree["records"], int(extra["rounds"]))
-    resumed = Progress(
-        int(extra["next_segment"]), records, tree["initial"], tree["burn_values"]
-    )
+    resumed = Progress(next_segment, records, tree["initial"], tree["burn_values"])
     return tree["carry"], resumed
 
 

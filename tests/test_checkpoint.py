@@ -497,3 +497,20 @@ def test_per_replica_burn_in_values_resume_bit_for_bit(tmp_path):
         worker.run(tmp_path, burn_in_hyperparams={"learning_rate": 0.05})
     resumed = worker.run(tmp_path, burn_in_hyperparams=burn_in)
     assert_same(worker.arrays(resumed), whole)
+
+
+def test_another_schedule_allowed_resumes_only_where_the_plans_meet(tmp_path):
+    """resume_allowing=("schedule",) trains on from the checkpoint's step when the
+    call's plan passes it at a round's end, and refuses a plan that does not."""
+    fixed = dict(c=0.5, callback=None)  # a self-tuned C adapts over the rounds
+    allowed = dict(fixed, resume_allowing=("schedule",))
+    mid_round = tmp_path / "mid_round"
+    worker.run(mid_round, num_steps=133, **fixed)  # rounds end at 16, ..., 130
+    for num_steps in (136, 100):  # 133 is no segment's end; a call ending before
+        with pytest.raises(ValueError, match="step 133 after 20 rounds.*cannot resume"):
+            worker.run(mid_round, num_steps=num_steps, **allowed)
+    first = tmp_path / "first"
+    worker.run(first, **fixed)  # 130 steps, the end of round 20
+    longer = worker.run(first, num_steps=136, **allowed)
+    whole = worker.run(None, num_steps=136, **fixed)
+    assert_same(worker.arrays(longer), worker.arrays(whole))
