@@ -76,6 +76,7 @@ from tempering.checkpoint_files import (
     check_directory,
     check_manifest,
     check_meta_size,
+    check_orbax_step_metadata,
     check_own_entries,
     json_depth,
     meta_digest,
@@ -267,6 +268,7 @@ class Checkpointer:
             try:
                 self._lock = Lock(self.directory)
                 check_own_entries(self.directory)
+                self._set_aside_unlistable()
             except BaseException as caught:
                 error = caught
         if _agree(int(error is not None)):
@@ -329,12 +331,29 @@ class Checkpointer:
             _sync(f"set-aside-{step}")
             self.manager.reload()
             return f"step {step} ({error}), set aside by process 0"
+        message = self._rename_aside(step, error)
+        _sync(f"set-aside-{step}")
+        self.manager.reload()
+        return message
+
+    def _set_aside_unlistable(self) -> None:
+        """Sets aside the steps whose own orbax file orbax would read unbounded.
+
+        Process 0, before orbax lists the folder (it parses that file of every
+        step when it does).
+        """
+        for step, step_dir in sorted(step_dirs(self.directory).items()):
+            try:
+                check_orbax_step_metadata(step_dir)
+            except CheckpointError as error:
+                self._rename_aside(step, error)
+
+    def _rename_aside(self, step: int, error: CheckpointError) -> str:
+        """Renames step ``step`` to ``<step>.corrupt-<time>``, with a warning."""
         source = self.directory / str(step)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
         target = self.directory / f"{step}.corrupt-{stamp}"
         source.rename(target)
-        _sync(f"set-aside-{step}")
-        self.manager.reload()
         message = f"step {step} ({error}), moved to {target.name}"
         warn(
             f"checkpoint_dir {self.directory}: the checkpoint of {message}; "

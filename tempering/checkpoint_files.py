@@ -27,11 +27,13 @@ __all__ = [
     "MANIFEST",
     "MAX_META_BYTES",
     "MAX_META_DEPTH",
+    "ORBAX_STEP_METADATA",
     "CheckpointError",
     "Lock",
     "check_directory",
     "check_directory_name",
     "check_manifest",
+    "check_orbax_step_metadata",
     "check_meta_size",
     "check_own_entries",
     "json_depth",
@@ -274,6 +276,28 @@ def check_meta_size(step_dir: Path) -> None:
         raise CheckpointError("its metadata is missing")
     if sum(p.stat().st_size for p in files) > MAX_META_BYTES:
         raise CheckpointError(f"its metadata is larger than {MAX_META_BYTES} bytes")
+
+
+ORBAX_STEP_METADATA = "_CHECKPOINT_METADATA"
+
+
+def check_orbax_step_metadata(step_dir: Path) -> None:
+    """A CheckpointError unless orbax's own file of the step is small, shallow JSON.
+
+    Orbax reads it, unbounded, whenever it lists a folder's steps (before
+    this library checks anything else of the step).
+    """
+    path = step_dir / ORBAX_STEP_METADATA
+    if not path.is_file():
+        return
+    if path.stat().st_size > MAX_META_BYTES:
+        raise CheckpointError(f"its {ORBAX_STEP_METADATA} is too large")
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise CheckpointError(f"its {ORBAX_STEP_METADATA} is unreadable") from None
+    if json_depth(value, MAX_META_DEPTH) > MAX_META_DEPTH:
+        raise CheckpointError(f"its {ORBAX_STEP_METADATA} is nested too deeply")
 
 
 MANIFEST = "tempering-manifest.json"

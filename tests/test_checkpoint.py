@@ -175,7 +175,9 @@ def _flip_byte(path, offset):
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "meta", "bookkeeping"])
+@pytest.mark.parametrize(
+    "damage", ["flip", "truncate", "meta", "bookkeeping", "deep", "deep-unchecked"]
+)
 def test_a_damaged_latest_step_is_named_and_the_one_before_resumes(
     tmp_path, reference, damage
 ):
@@ -184,6 +186,10 @@ def test_a_damaged_latest_step_is_named_and_the_one_before_resumes(
     if damage == "bookkeeping":  # orbax's own file: no data, but not the one saved
         meta = latest / "_CHECKPOINT_METADATA"
         _flip_byte(meta, meta.stat().st_size // 2)
+    elif damage.startswith("deep"):  # orbax parses it unbounded, listing the steps
+        if damage == "deep-unchecked":  # a save killed before its manifest
+            (latest / "tempering-manifest.json").unlink()
+        (latest / "_CHECKPOINT_METADATA").write_text("[" * 100_000 + "]" * 100_000)
     elif damage == "meta":
         meta = next(p for p in (latest / "meta").rglob("*") if p.is_file())
         meta.write_text(
