@@ -489,8 +489,9 @@ class Context:
         return "; ".join(parts)
 
 
-class _CrashError(Exception):
-    pass
+class _CrashError(BaseException):
+    """A hard crash: not an ``Exception``, so the driver saves nothing on its way
+    out (on an ``Exception`` it checkpoints the last round first)."""
 
 
 def step_dirs(directory: Path) -> list[int]:

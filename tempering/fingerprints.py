@@ -8,14 +8,24 @@ its functions' code and captured settings), the loss, metrics and score
 functions (name, code, defaults and closure), the data and the settings. The
 same function defined again describes the same; another captured setting
 (``nesterov=True``, a momentum, a label smoothing) describes differently.
+
+The run's own code (functions and classes outside installed packages and the
+standard library: a script's, a notebook's) is described with what it reads
+by global name: the code of the functions and classes it calls (a helper, a
+submodule's class) and the values of its constants (numbers, strings,
+arrays). Mutable globals (lists, dicts, other objects) and library code are
+not described: a resumed call is checked against what defines the run, not
+against state that changes as it runs.
 """
 
 from __future__ import annotations
 
+import dis
 import functools
 import hashlib
 import inspect
 import re
+import sys
 import types
 from dataclasses import fields, is_dataclass
 from typing import Any
@@ -60,6 +70,62 @@ def _code_digest(code: types.CodeType) -> str:
     return sha.hexdigest()[:16]
 
 
+@functools.cache
+def _library_module(name: str | None) -> bool:
+    """Whether module ``name`` is installed code (a package, the standard library)."""
+    if not name:
+        return True
+    root = name.split(".")[0]
+    if root == "tempering" or root in sys.stdlib_module_names:
+        return True
+    module = sys.modules.get(name) or sys.modules.get(root)
+    path = str(getattr(module, "__file__", "") or "")
+    return "site-packages" in path or "dist-packages" in path
+
+
+def _is_run_code(value: Any) -> bool:
+    """Whether a function, class or object is defined by the run's own code."""
+    module = getattr(value, "__module__", None)
+    if module is None and not isinstance(value, type | types.FunctionType):
+        module = getattr(type(value), "__module__", None)
+    return not _library_module(module)
+
+
+def _global_names(code: types.CodeType) -> list[str]:
+    """The names ``code`` (nested functions included) reads as globals."""
+    names = {
+        ins.argval
+        for ins in dis.get_instructions(code)
+        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME")
+    }
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(_global_names(const))
+    return sorted(names)
+
+
+def _describe_globals(code: types.CodeType, namespace: dict, depth: int) -> str:
+    """What the run's code reads by global name: code and constants (module doc)."""
+    if depth > 3:
+        return "..."
+    parts = []
+    for name in _global_names(code):
+        if name not in namespace:  # a builtin
+            continue
+        value = namespace[name]
+        if value is None or isinstance(
+            value, bool | int | float | complex | str | bytes | tuple
+        ):
+            parts.append(f"{name}={describe_value(value, depth + 1)}")
+        elif isinstance(value, np.ndarray | jax.Array | np.generic):
+            parts.append(f"{name}={describe_value(value, depth + 1)}")
+        elif isinstance(value, type) and _is_run_code(value):
+            parts.append(f"{name}=class:{code_of_class(value, depth + 1)}")
+        elif isinstance(value, types.FunctionType) and _is_run_code(value):
+            parts.append(f"{name}={describe_callable(value, depth + 1)}")
+    return "{" + "; ".join(parts) + "}" if parts else ""
+
+
 def describe_callable(fn: Any, depth: int = 0) -> str:
     """A function's identity: qualified name, code, defaults and closure, as a string.
 
@@ -80,10 +146,18 @@ def describe_callable(fn: Any, depth: int = 0) -> str:
     name = getattr(inner, "__qualname__", type(inner).__qualname__)
     if code is None:
         if callable(fn) and not isinstance(fn, type):
+            if _is_run_code(fn):  # its class's code and all its attributes
+                cls = type(fn)
+                state = describe_value(dict(vars(fn)), depth + 1)
+                return f"{cls.__qualname__}({code_of_class(cls, depth + 1)})({state})"
             state = describe_value(_public_state(fn), depth)
             return f"{type(fn).__qualname__}({state})"
         return name
     parts = [name, _code_digest(code)]
+    if _is_run_code(inner) and (
+        read := _describe_globals(code, inner.__globals__, depth)
+    ):
+        parts.append(read)
     if inner.__defaults__:
         parts.append(describe_value(inner.__defaults__, depth))
     if inner.__kwdefaults__:
@@ -125,11 +199,19 @@ def describe_value(value: Any, depth: int) -> str:
         return describe_callable(value, depth + 1)
     if is_dataclass(value) or isinstance(value, tuple):
         return f"{type(value).__qualname__}:{describe_value(_public_state(value), depth + 1)}"
+    if depth <= 6 and _is_run_code(value) and hasattr(value, "__dict__"):
+        return (
+            f"{type(value).__qualname__}:{describe_value(dict(vars(value)), depth + 1)}"
+        )
     return f"<{type(value).__qualname__}>"
 
 
-def code_of_class(cls: type) -> str:
-    """The code of a class's own methods (and its bases' outside flax/equinox/builtins)."""
+def code_of_class(cls: type, depth: int = 0) -> str:
+    """The code of a class's own methods (and its bases' outside flax/equinox/builtins).
+
+    The run's own classes come with what their methods read by global name
+    (a submodule's class, a helper, a constant).
+    """
     methods = []
     for klass in cls.__mro__:
         if klass.__module__.startswith(
@@ -138,8 +220,13 @@ def code_of_class(cls: type) -> str:
             continue
         for name, member in sorted(vars(klass).items()):
             if inspect.isfunction(member):
-                code = inspect.unwrap(member).__code__  # flax wraps __call__
-                methods.append(f"{klass.__qualname__}.{name}:{_code_digest(code)}")
+                function = inspect.unwrap(member)  # flax wraps __call__
+                text = f"{klass.__qualname__}.{name}:{_code_digest(function.__code__)}"
+                if _is_run_code(function):
+                    text += _describe_globals(
+                        function.__code__, function.__globals__, depth
+                    )
+                methods.append(text)
     return ";".join(methods)
 
 

@@ -520,3 +520,69 @@ def test_another_schedule_allowed_resumes_only_where_the_plans_meet(tmp_path):
     longer = worker.run(first, num_steps=136, **allowed)
     whole = worker.run(None, num_steps=136, **fixed)
     assert_same(worker.arrays(longer), worker.arrays(whole))
+
+
+# --- the run's own code, described with what it reads by global name -------------
+
+SMOOTHING = 0.1
+LOGGED: list = []  # mutable: changes as a run goes, never described
+
+
+def _scaled(outputs):
+    return outputs * SMOOTHING
+
+
+def _loss_with_helper(outputs, targets):
+    LOGGED.append(1)
+    return tp.state.cross_entropy(_scaled(outputs), targets)
+
+
+class _Block(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.tanh(nn.Dense(4)(x))
+
+
+class _NetOfBlocks(nn.Module):
+    act: object = None
+
+    @nn.compact
+    def __call__(self, x, *, train=False):
+        return nn.Dense(3)(_Block()(x))
+
+
+class _ScaledLoss:
+    def __init__(self, scale):
+        self._scale = scale
+
+    def __call__(self, outputs, targets):
+        return tp.state.cross_entropy(outputs * self._scale, targets)
+
+
+def _relu_block(self, x):
+    return nn.relu(nn.Dense(4)(x))
+
+
+def test_a_fingerprint_sees_the_code_and_constants_a_run_reads(monkeypatch):
+    """Changes that alter a run but not the function passed: a constant, a helper's
+    code, a submodule's class, a callable's private setting, a lambda field."""
+    from tempering.fingerprints import describe_callable
+
+    loss = describe_callable(_loss_with_helper)
+    model = tp.frontends.as_frontend(_NetOfBlocks()).describe()
+    LOGGED.append(2)  # mutable globals are not the run's definition
+    assert describe_callable(_loss_with_helper) == loss
+    monkeypatch.setitem(globals(), "SMOOTHING", 0.2)
+    assert describe_callable(_loss_with_helper) != loss
+    monkeypatch.setitem(globals(), "SMOOTHING", 0.1)
+    monkeypatch.setitem(globals(), "_scaled", lambda outputs: 2 * outputs)
+    assert describe_callable(_loss_with_helper) != loss
+    relu = type("_Block", (nn.Module,), {"__call__": nn.compact(_relu_block)})
+    monkeypatch.setitem(globals(), "_Block", relu)
+    assert tp.frontends.as_frontend(_NetOfBlocks()).describe() != model
+    assert describe_callable(_ScaledLoss(1.0)) != describe_callable(_ScaledLoss(2.0))
+    leaky = [
+        tp.frontends.as_frontend(_NetOfBlocks(act=lambda v, s=s: nn.leaky_relu(v, s)))
+        for s in (0.1, 0.3)
+    ]
+    assert leaky[0].describe() != leaky[1].describe()

@@ -102,4 +102,20 @@ class Linen:
         from tempering.fingerprints import code_of_class, without_addresses
 
         config = without_addresses(repr(self.module))
-        return f"linen:{self.name}|{config}|{self.train_kwarg}|{code_of_class(type(self.module))}"
+        text = f"linen:{self.name}|{config}|{self.train_kwarg}|{code_of_class(type(self.module))}"
+        functions = _field_functions(self.module)  # a repr shows no lambda's code
+        return f"{text}|{functions}" if functions else text
+
+
+def _field_functions(module: nn.Module) -> str:
+    """The functions a module's fields hold (an activation), by code and closure."""
+    from tempering.fingerprints import describe_callable
+
+    described = []
+    for field in dataclasses.fields(module):
+        value = getattr(module, field.name, None)
+        if field.name in ("parent", "name") or isinstance(value, nn.Module | type):
+            continue
+        if callable(value):
+            described.append(f"{field.name}={describe_callable(value)}")
+    return ";".join(described)
