@@ -59,6 +59,7 @@ resumed call reads on from wherever the given iterator is.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Sequence
@@ -407,7 +408,7 @@ class Checkpointer:
         """
         for step in _from_process_0(sorted(step_dirs(self.directory), reverse=True)):
             try:
-                _together(lambda step=step: self._read_checked_meta(step))
+                _together(functools.partial(self._read_checked_meta, step))
             except CheckpointError:
                 continue
             return

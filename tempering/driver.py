@@ -601,7 +601,8 @@ def _finish(run, carry, progress, saver, bar, interrupt, kept) -> RunResult:
         result = _result(state, move_state, history, final, final_score, interrupt)
     except divergence.DivergenceError as error:
         _save_kept(saver, kept, error)
-        raise divergence.attach(error, *kept.carry, history) from None
+        kept_state, kept_move_state = kept.carry
+        raise divergence.attach(error, kept_state, kept_move_state, history) from None
     _save_end(run, carry, progress, saver)
     if interrupt.requested:
         lost = final is None and run.data.validation is not None
