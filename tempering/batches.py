@@ -81,6 +81,22 @@ def _layout(array: np.ndarray) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(array.shape), array.dtype
 
 
+def examples_problem(x: np.ndarray, y: np.ndarray, axis: int = 0) -> str | None:
+    """What is wrong with a batch's count of examples (None: nothing).
+
+    Inputs and targets must hold as many examples (along ``axis``), and at
+    least one.
+    """
+    if np.ndim(x) <= axis or np.ndim(y) <= axis:
+        return None  # the layout checks name it
+    inputs, targets = np.shape(x)[axis], np.shape(y)[axis]
+    if inputs != targets:
+        return f"it holds {inputs} inputs but {targets} targets: give them in pairs"
+    if inputs == 0:
+        return "it holds no examples"
+    return None
+
+
 def batch_problem(
     x: np.ndarray, y: np.ndarray, spec: BatchSpec, *, evaluated: bool = False
 ) -> str | None:
@@ -89,6 +105,9 @@ def batch_problem(
     ``evaluated``: an evaluation batch, which may hold fewer examples than the
     first (it is padded and masked); only its examples' shapes must match.
     """
+    found = examples_problem(x, y, spec.batch_axis)
+    if found is not None:
+        return found
     if spec.num_classes is not None:
         found = _label_problem(y, spec.num_classes, len(spec.targets[0]))
         if found is not None:

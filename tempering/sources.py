@@ -70,6 +70,7 @@ from tempering.batches import (
     batch_pair,
     batch_problem,
     check_batch,
+    examples_problem,
 )
 from tempering.data import Split
 from tempering.state import ReplicaState, cross_entropy
@@ -238,6 +239,7 @@ def _eval_source(source: Any, name: str, state: ReplicaState, metrics_fn: Any):
         _check_compatible(state, *source, name, metrics_fn)
         return _on_devices(source, state)
     x, y = _first_batch(source, name)
+    _check_examples(x, y, f"{name}'s first batch", 0)
     out = _check_compatible(state, x, y, name, metrics_fn)
     classes = out.shape[-1] if state.loss_fn is cross_entropy else None
     return _checked_batches(source, BatchSpec(_layout(x), _layout(y), classes), name)
@@ -379,6 +381,7 @@ def check_first_batch(
     if not config.shared_batch:  # (M, B, ...) batches: check one replica's
         _check_per_replica_layout(x, y, state.num_replicas)
         x, y = x[0], y[0]
+    _check_examples(x, y, "train_data's first batch", 0)
     per_replica_sizes = "batch_size" in state.hyperparams
     _check_stream_batch_size(config, np.shape(y)[:1], per_replica_sizes)
     out = _check_compatible(state, x, y, "train_data", config.metrics_fn)
@@ -386,6 +389,13 @@ def check_first_batch(
     axis = 0 if config.shared_batch else 1
     train.expect(BatchSpec(_layout(first[0]), _layout(first[1]), classes, axis))
     return sources._replace(sample=x)
+
+
+def _check_examples(x: Any, y: Any, what: str, axis: int) -> None:
+    """A ValueError unless a batch pairs as many inputs as targets, at least one."""
+    problem = examples_problem(x, y, axis)
+    if problem is not None:
+        raise ValueError(f"{what} is refused: {problem}")
 
 
 def _check_per_replica_layout(x: Any, y: Any, num: int) -> None:

@@ -249,7 +249,14 @@ def check_model_takes(state: ReplicaState, inputs: Any, name: str, axis: int) ->
         (state.params, state.batch_stats, state.hyperparams),
     )
     example = tuple(np.shape(inputs)[axis + 1 :])
-    x = jax.ShapeDtypeStruct((1, *example), jnp.result_type(inputs))
+    try:
+        dtype = jnp.result_type(inputs)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be numeric arrays, got inputs of dtype "
+            f"{np.asarray(inputs).dtype}"
+        ) from None
+    x = jax.ShapeDtypeStruct((1, *example), dtype)
     try:
         return jax.eval_shape(functools.partial(eval_outputs, state), *one_replica, x)
     except Exception as error:  # noqa: BLE001 - re-raised with the fix
@@ -359,7 +366,10 @@ def _eval_chunk(
     """Per-replica sums of the loss and of every metric over one chunk."""
     outputs = replica_outputs(state, x, vectorize)
     losses = jax.vmap(lambda o: _per_example(state.loss_fn(o, y)))(outputs)
-    loss_sum = jnp.sum(jnp.where(mask, losses, 0.0), axis=1).astype(jnp.float32)
+    # summed in float32 whatever the model's dtype (a bf16 sum would round
+    # every chunk's total: the loss would depend on the chunk size)
+    losses = losses.astype(jnp.float32)
+    loss_sum = jnp.sum(jnp.where(mask, losses, 0.0), axis=1)
     metrics = {}
     if metrics_fn is not None:
         per_example = jax.vmap(lambda o: dict(metrics_fn(o, y)))(outputs)

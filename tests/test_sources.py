@@ -1,5 +1,6 @@
 """Data sources: streams checked batch by batch, and resumed where they were."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -535,3 +536,50 @@ def test_tfds_data_source_and_grain_train_without_tensorflow():
     assert int(result.state.step) == 12
     assert np.isfinite(result.summary.final_val_loss).all()
     assert "tensorflow" not in sys.modules
+
+
+# --- every batch pairs its inputs with as many targets -----------------------------
+
+
+def test_unpaired_or_empty_batches_are_refused_naming_the_batch(state, blobs):
+    (x, y), (xv, yv) = blobs
+    with pytest.raises(ValueError, match=r"validation_data's first batch .*20 inputs"):
+        pt(state, blobs, blobs[0], validation_data=[(xv[:20], yv[:10])])
+    later = [(xv[:10], yv[:10]), (xv[10:20], yv[10:25])]
+    with pytest.raises(BatchError, match=r"validation_data batch 1 .*10 inputs but"):
+        pt(state, blobs, blobs[0], validation_data=later, num_steps=10)
+    empty = [(xv[:10], yv[:10]), (xv[:0], yv[:0])]
+    with pytest.raises(BatchError, match=r"validation_data batch 1 .*no examples"):
+        pt(state, blobs, blobs[0], validation_data=empty, num_steps=10)
+    for shared, batch in (
+        (True, (x[:8], y[:4])),
+        (False, (np.stack([x[:8]] * 4), np.stack([y[:0]] * 4))),
+    ):
+        with pytest.raises(ValueError, match=r"train_data's first batch is refused"):
+            pt(state, blobs, iter([batch] * 50), shared_batch=shared)
+
+
+class Bf16Net(nn.Module):
+    """TinyMLP computing in bfloat16."""
+
+    @nn.compact
+    def __call__(self, x, *, train=False, dropout_rate=0.0):
+        x = nn.tanh(nn.Dense(16, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)(x))
+        return nn.Dense(3, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)(x)
+
+
+def test_a_bf16_models_evaluation_loss_does_not_depend_on_the_chunk_size(tx, blobs):
+    (x, y), _ = blobs
+    bf16 = tp.create_replicas(jax.random.key(0), Bf16Net(), tx, x[:4], ladder=LADDER)
+    losses = [
+        np.asarray(tp.evaluate(bf16, x, y, batch_size=size).loss)
+        for size in (1, len(y))
+    ]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=5e-4)  # summed in float32
+
+
+def test_inputs_that_are_not_numbers_are_a_short_type_error(state, blobs):
+    (x, y), _ = blobs
+    for inputs in (x.astype(object), x.astype(str)):
+        with pytest.raises(TypeError, match=r"^train_data must be numeric arrays, got"):
+            pt(state, blobs, (inputs, y))
