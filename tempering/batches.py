@@ -105,9 +105,9 @@ def batch_problem(
     ``evaluated``: an evaluation batch, which may hold fewer examples than the
     first (it is padded and masked); only its examples' shapes must match.
     """
-    found = examples_problem(x, y, spec.batch_axis)
-    if found is not None:
-        return found
+    unpaired = examples_problem(x, y, spec.batch_axis)
+    if unpaired is not None:
+        return unpaired
     if spec.num_classes is not None:
         found = _label_problem(y, spec.num_classes, len(spec.targets[0]))
         if found is not None:
