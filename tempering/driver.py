@@ -368,9 +368,7 @@ def _resume_at(run, step: int, rounds: int) -> int:
         if at == step and recorded == rounds:
             return index
         at += segment.steps
-        last = index + 1 == len(run.segments)
-        moves = run.config.move_at_end or not last
-        recorded += segment.evaluated and segment.ends_round and moves
+        recorded += _records_round(run, index)
     if at == step and recorded == rounds:
         return len(run.segments)
     raise ValueError(
@@ -532,6 +530,14 @@ def _save_kept(
         )
 
 
+def _records_round(run, index: int) -> bool:
+    """Whether segment ``index`` ends an evaluated round and moves (a record)."""
+    segment = run.segments[index]
+    last = index + 1 == len(run.segments)
+    moves = run.config.move_at_end or not last
+    return segment.evaluated and segment.ends_round and moves
+
+
 def _start_segment(run, carry, progress, index):
     """The burn-in's hyperparameters, and the values before the call's first round."""
     state, move_state = carry
@@ -566,8 +572,7 @@ def _train_segment(run, carry, progress, index):
     if burning and burn_in_hyperparams and (last or run.segments[index + 1].evaluated):
         state = set_hyperparams(state, **run.before_burn_in)  # burn-in over
     progress = progress._replace(next_segment=index + 1)
-    moves = run.config.move_at_end or not last
-    if not (segment.evaluated and segment.ends_round and moves):
+    if not _records_round(run, index):
         return (state, move_state), progress, None
     state, move_state, record = _end_round(
         run, state, move_state, move_key, segment.round_index, train_loss

@@ -113,11 +113,8 @@ def _describe_globals(code: types.CodeType, namespace: dict, depth: int) -> str:
         if name not in namespace:  # a builtin
             continue
         value = namespace[name]
-        if value is None or isinstance(
-            value, bool | int | float | complex | str | bytes | tuple
-        ):
-            parts.append(f"{name}={describe_value(value, depth + 1)}")
-        elif isinstance(value, np.ndarray | jax.Array | np.generic):
+        constant = bool | int | float | complex | str | bytes | tuple | np.generic
+        if value is None or isinstance(value, constant | np.ndarray | jax.Array):
             parts.append(f"{name}={describe_value(value, depth + 1)}")
         elif isinstance(value, type) and _is_run_code(value):
             parts.append(f"{name}=class:{code_of_class(value, depth + 1)}")

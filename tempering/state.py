@@ -339,50 +339,63 @@ def _init_replicas(key, sample_input, inputs, *, model, tx, num_replicas, same_i
     return jax.lax.map(lambda k: init(k, sample_input, inputs), keys)
 
 
+_TRACER_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+
+
 def _check_traced_inputs(init, key, model, sample_input, inputs):
     """Fails early, with the fix, unless the model takes traced per-replica inputs.
 
-    Checked for init and for a train step, by tracing both (nothing compiles).
+    Checked for init and for the model's call in each mode (linen's init made
+    the inference call), by tracing them (nothing compiles): a model the
+    library cannot call fails here, not as a shape error later.
     """
 
-    def apply(params, stats, traced, train=True):
+    def apply(params, stats, traced, train):
         return model.apply(
             params, stats, sample_input, train=train, key=jax.random.key(0),
             inputs=traced,
         )  # fmt: skip
 
-    try:
-        params, stats, opt_state = jax.eval_shape(init, key, sample_input, inputs)
-        if inputs:
-            jax.eval_shape(apply, params, stats, inputs)
-    except (
-        jax.errors.ConcretizationTypeError,
-        jax.errors.TracerBoolConversionError,
-        jax.errors.TracerIntegerConversionError,
-    ):
-        raise TypeError(
+    def traced_inputs_refused() -> TypeError:
+        return TypeError(
             f"{model.name} cannot take a per-replica (traced) value of "
             f"{sorted(inputs)}: {model.dropout_fix}, or pass model_inputs=() to "
             "create_replicas to keep the rate fixed"
-        ) from None
-    # The call in each mode (linen's init made the inference call), so that a
-    # model the library cannot call fails here, not as a shape error later.
+        )
+
+    try:
+        params, stats, opt_state = jax.eval_shape(init, key, sample_input, inputs)
+    except _TRACER_ERRORS:
+        raise traced_inputs_refused() from None
     for train in (True,) if model.kind == "linen" else (True, False):
         try:
             jax.eval_shape(functools.partial(apply, train=train), params, stats, inputs)
+        except _TRACER_ERRORS as error:
+            if inputs:
+                raise traced_inputs_refused() from None
+            raise _uncallable(model, train, sample_input, error) from error
         except Exception as error:  # noqa: BLE001 - re-raised with the cause
-            mode = "training" if train else "inference"
-            kind = TypeError if isinstance(error, TypeError) else ValueError
-            raise kind(
-                f"model: {model.name} fails when the library calls it in {mode} "
-                f"mode on sample_input (shape {tuple(sample_input.shape)}): "
-                f"{type(error).__name__}: {str(error).splitlines()[0][:300].rstrip('.')}"
-                ". The library calls model(x, **per-replica inputs) with the "
-                "train_kwarg (if any) and keeps only the state it knows (nnx "
-                "Variables; Equinox's eqx.nn.State, passed with the model as "
-                "(model, state); linen's batch_stats)"
-            ) from error
+            raise _uncallable(model, train, sample_input, error) from error
     return stats, opt_state
+
+
+def _uncallable(model, train: bool, sample_input, error: Exception) -> Exception:
+    """The error of a model the library cannot call, with the model's own cause."""
+    mode = "training" if train else "inference"
+    kind = TypeError if isinstance(error, TypeError) else ValueError
+    return kind(
+        f"model: {model.name} fails when the library calls it in {mode} "
+        f"mode on sample_input (shape {tuple(sample_input.shape)}): "
+        f"{type(error).__name__}: {str(error).splitlines()[0][:300].rstrip('.')}"
+        ". The library calls model(x, **per-replica inputs) with the "
+        "train_kwarg (if any) and keeps only the state it knows (nnx "
+        "Variables; Equinox's eqx.nn.State, passed with the model as "
+        "(model, state); linen's batch_stats)"
+    )
 
 
 def _check_arguments(
