@@ -4,7 +4,9 @@
 when a restartable source ends), checks every batch against the first one
 (:func:`check_batch`: shapes, dtypes, finite values, class indices; a bad one
 is a :class:`BatchError` naming its index), drops a pass's short last batch,
-saves and restores the iterator's position (``get_state``/``set_state``), and,
+saves and restores its position in the stream (the iterator's
+``get_state``/``set_state``, or, for a re-iterable whose iterator cannot save
+one, the count of elements read in the current pass, replayed on resume), and,
 over several processes, checks that every process read the same batches.
 :mod:`tempering.sources` builds the readers and re-exports these names.
 """
@@ -192,6 +194,9 @@ def _decode_state(saved: dict) -> Any:
     return saved["json"]
 
 
+_ENDED = object()
+
+
 def _can_save(iterator: Any) -> bool:
     return callable(getattr(iterator, "get_state", None)) and callable(
         getattr(iterator, "set_state", None)
@@ -208,8 +213,9 @@ class BatchReader:
     def __init__(self, source: IterableSource, name: str):
         self._source, self._name = source, name
         self._iterator: Any = source.make_iterator()  # maybe get_state/set_state
-        # (batch, the iterator's state before it, or None when it cannot save)
-        self._pending: list[tuple[tuple[np.ndarray, np.ndarray], Any]] = []
+        self._in_pass = 0  # elements read from the current pass's iterator
+        # (batch, the stream's mark and count before it was read: see _mark)
+        self._pending: list[tuple[tuple[np.ndarray, np.ndarray], Any, int]] = []
         self._spec: BatchSpec | None = None
         self._unsaved_warned = False
         self._short_warned = False
@@ -219,27 +225,31 @@ class BatchReader:
 
     @property
     def batches_read(self) -> int:
-        """Batches taken so far (the index of the next batch :meth:`take` gives)."""
-        return self.count - len(self._pending)
+        """Elements taken from the stream so far, before the next batch to take.
+
+        Counted as :attr:`count` is (a dropped short batch too), before any
+        peeked batch: where :meth:`position` stands.
+        """
+        return self._pending[0][2] if self._pending else self.count
 
     def expect(self, spec: BatchSpec) -> None:
         """Checks every batch from now on (and the peeked ones) against ``spec``."""
         self._spec = spec
         first = self.batches_read
-        for offset, (batch, _) in enumerate(self._pending):
+        for offset, (batch, _, _) in enumerate(self._pending):
             check_batch(*batch, spec, first + offset, self._name)
 
     def peek(self) -> tuple[np.ndarray, np.ndarray]:
         """The next batch, kept for the next :meth:`take`."""
         if not self._pending:
-            state = self._iterator.get_state() if _can_save(self._iterator) else None
-            self._pending = [(self._read(1)[0], state)]
+            mark, count = self._mark(), self.count
+            self._pending = [(self._read(1)[0], mark, count)]
         return self._pending[0][0]
 
     def take(self, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """The next ``count`` batches as numpy ``(inputs, targets)`` pairs."""
         out, self._pending = self._pending[:count], self._pending[count:]
-        batches = [batch for batch, _ in out] + self._read(count - len(out))
+        batches = [batch for batch, _, _ in out] + self._read(count - len(out))
         if jax.process_count() > 1:
             for batch in batches:
                 for array in batch:
@@ -270,16 +280,36 @@ class BatchReader:
                 "supported"
             )
 
+    def _replays(self) -> bool:
+        """Its position is a count of elements into a pass (no get_state to save)."""
+        return self._source.restartable and not _can_save(self._iterator)
+
+    def _mark(self) -> Any:
+        """The stream's position now (None: a one-pass iterator cannot say).
+
+        The iterator's state, or the elements read in the current pass where
+        it has none (:meth:`_replays`).
+        """
+        if _can_save(self._iterator):
+            return self._iterator.get_state()
+        return self._in_pass if self._source.restartable else None
+
     def position(self) -> dict | None:
         """Where the next batch taken comes from (JSON), or None: cannot be saved.
 
-        The iterator's state before the first peeked batch (if any), else now.
+        The stream's mark before the first peeked batch (if any), else now: the
+        iterator's state, or for a re-iterable whose iterator has none the
+        elements read in the current pass (``"skip"``: a resume starts a
+        fresh pass and reads that many).
         """
-        if not _can_save(self._iterator):
+        if _can_save(self._iterator) or self._replays():
+            mark = self._pending[0][1] if self._pending else self._mark()
+        else:
             return None
-        state = self._pending[0][1] if self._pending else self._iterator.get_state()
+        if self._replays():
+            return {"batches": self.batches_read, "skip": int(mark)}
         try:
-            return {"batches": self.batches_read, "state": _encode_state(state)}
+            return {"batches": self.batches_read, "state": _encode_state(mark)}
         except (TypeError, ValueError) as error:
             if not self._unsaved_warned:
                 self._unsaved_warned = True
@@ -295,13 +325,26 @@ class BatchReader:
         """Continues from a :meth:`position` (None: from wherever the iterator is)."""
         if position is None:
             return
-        if not _can_save(self._iterator):
+        if "skip" in position:
+            if not self._source.restartable:
+                raise ValueError(
+                    f"the checkpoint's run read its {self._name} from a re-iterable "
+                    "(e.g. a list of batches), but this call's is a one-pass "
+                    "iterator: resume with the same re-iterable"
+                )
+            self._iterator, self._in_pass = self._source.make_iterator(), 0
+            for _ in range(int(position["skip"])):
+                if next(self._iterator, _ENDED) is _ENDED:
+                    break  # a shorter pass: not the run's stream (the resume checks)
+                self._in_pass += 1
+        elif not _can_save(self._iterator):
             raise ValueError(
                 f"the checkpoint holds the position of a stream that can be rewound, "
                 f"but this call's {self._name} has no set_state(): resume with the "
                 "same kind of stream (e.g. the grain dataset or loader of the run)"
             )
-        self._iterator.set_state(_decode_state(position["state"]))
+        else:
+            self._iterator.set_state(_decode_state(position["state"]))
         self._pending = []
         self.count = self._checked_from = int(position["batches"])
 
@@ -319,8 +362,10 @@ class BatchReader:
                         "num_steps"
                     ) from None
                 self._iterator, restarted = self._source.make_iterator(), True
+                self._in_pass = 0
                 continue
             restarted = False
+            self._in_pass += 1
             batch = batch_pair(element, self._name)
             if self._spec is not None:
                 if _is_short(*batch, self._spec) and self._pass_ended():
@@ -340,6 +385,7 @@ class BatchReader:
         """
         try:
             next(self._iterator)
+            self._in_pass += 1
         except StopIteration:
             self._iterator = iter(())  # ended: the next read restarts (or runs out)
             return True

@@ -51,9 +51,13 @@ latest; the last ``keep`` are kept. A stream of training batches resumes
 exactly when it can save its position (``get_state()`` / ``set_state()``, as
 grain's ``DataLoader`` and dataset iterators do): its state before the next
 batch to train (whatever the reader peeked) is part of the checkpoint's JSON,
-and the resuming call sets it, so the same batches follow, bit for bit. Any
-other iterable (a generator, a ``tf.data`` iterator) cannot be rewound: a
-resumed call reads on from wherever the given iterator is.
+and the resuming call sets it, so the same batches follow, bit for bit. A
+re-iterable without that (a list of batches, a ``tf.data`` dataset) resumes
+exactly too: its count of elements read in the current pass is saved, and a
+resuming call reads that many from a fresh pass (and refuses to resume if the
+batch there is not the run's). A one-pass iterator (a generator, a ``tf.data``
+iterator) cannot be rewound: a resumed call reads on from wherever the given
+iterator is.
 """
 
 from __future__ import annotations

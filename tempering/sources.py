@@ -31,9 +31,14 @@ A stream whose iterator can save its position (``get_state()`` and
 ``set_state()``, as grain's ``DataLoader`` and dataset iterators can) is
 checkpointed with the run: ``BatchReader.position`` is the iterator's state
 (JSON) before the next batch to train, whatever the reader has peeked, and a
-resumed call sets it, so it trains on the same batches, bit for bit. Any other
-iterable cannot be rewound: a resumed call reads on from wherever the given
-iterator is.
+resumed call sets it, so it trains on the same batches, bit for bit. A
+re-iterable whose iterator cannot (a list of batches, a ``tf.data`` dataset)
+saves the count of elements read in the current pass; a resumed call starts a
+fresh pass and reads that many first (at most one pass of reading), and checks
+the batch it reaches against the one the run read there, so a re-iterable whose
+passes differ (reshuffled each pass) is refused rather than trained on other
+batches. A one-pass iterator (a generator) cannot be rewound: a resumed call
+reads on from wherever the given iterator is.
 
 Evaluation data (validation, test) is in memory, or a *re-iterable* of batches
 (a list, a ``tf.data`` / tfds dataset, a grain loader) or a function returning
