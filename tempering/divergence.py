@@ -9,6 +9,9 @@ the weights, optimiser state and batch statistics of the nearest finite colder
 replica (the finite replica on the highest rung below its own; the nearest
 hotter one when none is colder) into it before the move; it keeps its own
 hyperparameters, and the record says where it came from (``restored_from``).
+A move without rungs (PBT) ranks a diverged replica last under either policy,
+restored or not: its round's exploit replaces it with a copy of a better
+replica and explores its values, and it is never a donor.
 When every replica has diverged the run stops with :class:`DivergenceError`,
 which carries the history of the rounds done and the last state whose round
 ended finite: nothing trained is lost, with or without ``checkpoint_dir``.
@@ -130,9 +133,16 @@ class Warner:
         ``hyperparams`` are their values when they diverged: before the round's
         restore and move (``record.hyperparams`` are after the move).
         """
+        copied = getattr(record.move, "copied", None)  # PBT's exploit
         for m in np.flatnonzero(record.diverged):
             source = int(record.restored_from[m])
-            if source >= 0:
+            if copied is not None and copied[m]:
+                self.flagged.discard(m)  # a new replica: it may warn again
+                what = (
+                    "replaced at this round's exploit by a copy of replica "
+                    f"{int(record.move.parent[m])}, its values explored"
+                )
+            elif source >= 0:
                 what = (
                     f"restored from replica {source} (the nearest finite one, "
                     "colder where one is)"
@@ -140,12 +150,12 @@ class Warner:
             elif m in self.flagged:
                 continue
             else:
+                self.flagged.add(m)
                 what = (
                     "kept as it is and never reported best; "
                     "on_diverge='restore' re-initialises it from the nearest "
                     "finite colder replica"
                 )
-            self.flagged.add(m)
             values = ", ".join(f"{k}={float(v[m]):.4g}" for k, v in hyperparams.items())
             warn(
                 f"replica {m} ({values}) diverged by step {record.step} "

@@ -702,7 +702,10 @@ def _end_round(run, state, move_state, key, round_index, train_loss):
         sources = divergence.restore_sources(diverged, rungs_of(move_state))
         gather = np.where(sources >= 0, sources, np.arange(len(sources)))
         state = divergence.copy_replicas(state, np.asarray(gather, np.int32))
-        move_scores = move_scores[gather]  # a restored replica scores as its source
+        if rungs_of(move_state) is not None:  # it holds its source's weights
+            move_scores = move_scores[gather]
+        # A move without rungs (PBT) ranks it last still: it copies a winner and
+        # explores, and never spreads the values it diverged with.
     state, move_state, info = _jitted_move(
         run.move, key, state, move_state, np.asarray(move_scores, np.float32),
         np.int32(round_index), mesh=sharding.mesh_of(state),

@@ -215,15 +215,27 @@ def explore(
         redraw = coin < config.resample_probability
         perturbed = value * factors[pick]
         if name in INTEGER_HYPERPARAMETERS:
-            away = jnp.where(
-                factors[pick] > 1, jnp.ceil(perturbed), jnp.floor(perturbed)
-            )
-            perturbed = jnp.where(factors[pick] == 1, value, away)
+            perturbed = _whole_away(value, perturbed, factors[pick])
         proposal = jnp.where(redraw, prior_values[name], perturbed)
         proposal = jnp.clip(proposal, low, high)
         new[name] = jnp.where(copied, proposal, value)
         resampled[name] = copied & redraw
     return new, resampled
+
+
+def _whole_away(value: jax.Array, perturbed: jax.Array, factor: jax.Array):
+    """``perturbed`` as a whole number away from ``value`` (ceil up, floor down).
+
+    A product that is a whole number up to float32's rounding is that number
+    (``25 * 1.2`` is 30.000002 in float32, whose ceil would be 31), and a
+    factor other than 1 moves the value by at least one.
+    """
+    nearest = jnp.round(perturbed)
+    close = jnp.abs(perturbed - nearest) <= 1e-6 * jnp.abs(perturbed)
+    perturbed = jnp.where(close, nearest, perturbed)
+    up = jnp.maximum(jnp.ceil(perturbed), value + 1)
+    down = jnp.minimum(jnp.floor(perturbed), value - 1)
+    return jnp.where(factor > 1, up, jnp.where(factor < 1, down, value))
 
 
 def pbt_step(

@@ -53,7 +53,16 @@ def _check_prior(name: str, prior: Any) -> Prior:
             f"prior[{name!r}] must be a Prior(low, high, log) or a (low, high[, log]) "
             f"tuple, got {prior!r}"
         )
-    low, high, log = float(low), float(high), bool(log)
+    low, high = (
+        _number(low, f"prior[{name!r}]'s low"),
+        _number(high, f"prior[{name!r}]'s high"),
+    )
+    if not isinstance(log, bool | np.bool_):
+        raise TypeError(
+            f"prior[{name!r}]'s log must be True (log-uniform) or False (uniform), "
+            f"got {log!r}"
+        )
+    log = bool(log)
     if not (np.isfinite(low) and np.isfinite(high)):
         raise ValueError(f"prior[{name!r}] must be finite, got ({low}, {high})")
     if low >= high:
@@ -139,7 +148,7 @@ def pbt_config(
     )
     priors = tuple(_check_prior(name, prior[name]) for name in names)
     clips = tuple(
-        _check_bounds(name, bounds.get(name, (p.low, p.high)))
+        _check_bounds(name, bounds.get(name, (p.low, p.high)), p)
         for name, p in zip(names, priors, strict=True)
     )
     if selection not in SELECTIONS:
@@ -165,16 +174,24 @@ def pbt_config(
     )
 
 
-def _check_bounds(name: str, bounds: tuple[float, float]) -> tuple[float, float]:
-    """The clip range of ``name`` after explore, as floats."""
-    low, high = bounds
-    low, high = float(low), float(high)
+def _check_bounds(name: str, bounds: Any, prior: Prior) -> tuple[float, float]:
+    """The clip range of ``name`` after explore, as floats; it meets the prior."""
+    if not isinstance(bounds, tuple | list) or len(bounds) != 2:
+        raise TypeError(f"bounds[{name!r}] must be a (low, high) pair, got {bounds!r}")
+    low = _number(bounds[0], f"bounds[{name!r}]'s low")
+    high = _number(bounds[1], f"bounds[{name!r}]'s high")
     if not (np.isfinite(low) and np.isfinite(high)) or low >= high:
         raise ValueError(
             f"bounds[{name!r}] = ({low}, {high}) must be finite with low < high "
             "(bounds reversed?)"
         )
     _check_range(name, low, high, "the bounds")
+    if high < prior.low or low > prior.high:
+        raise ValueError(
+            f"bounds[{name!r}] = ({low}, {high}) miss its prior's range "
+            f"[{prior.low}, {prior.high}]: every value drawn from the prior would be "
+            f"clipped to {low if low > prior.high else high}; widen one to meet the other"
+        )
     return low, high
 
 

@@ -56,6 +56,18 @@ def best_schedule(history: History, replica: int) -> Schedule:
     Returns:
         The :class:`Schedule` (burn-in piece first when ``burn_in > 0``).
     """
+    if "parent" not in getattr(history.move, "_fields", ()):
+        raise TypeError(
+            f"best_schedule follows PBT's lineage (history.parent), but this "
+            f"history's move info is {type(history.move).__name__}: give the "
+            "history of a pbt_train call (under PT a replica keeps its weights and "
+            "its hyperparameters follow history.hyperparams[name][:, replica])"
+        )
+    if isinstance(replica, bool) or not isinstance(replica, int | np.integer):
+        raise TypeError(
+            f"replica must be an int (a replica's index, e.g. "
+            f"result.summary.best_replica), got {replica!r}"
+        )
     if history.first_step != 0:
         raise ValueError(
             f"this history starts at step {history.first_step} (a continued "
@@ -90,12 +102,13 @@ def best_schedule(history: History, replica: int) -> Schedule:
         burn = {n: float(history.burn_in_hyperparams[n][slot]) for n in names}
         pieces.insert(0, (-1, slot, burn))
         starts.insert(0, 0)
-    # merge consecutive pieces with equal values
+    # merge consecutive pieces with equal values; the values a move set at the
+    # call's last step (exploit_at_end) never trained
     out_starts: list[Any] = []
     out_values: list[Any] = []
     out_slots: list[Any] = []
     for start, (_, s, vals) in zip(starts, pieces, strict=True):
-        if out_values and out_values[-1] == vals:
+        if (out_values and out_values[-1] == vals) or start >= history.num_steps:
             continue
         out_starts.append(start)
         out_values.append(vals)

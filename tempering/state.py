@@ -438,7 +438,7 @@ def _as_sample(sample_input: Any) -> jax.Array:
     """``sample_input`` as a numeric array with a leading batch axis."""
     try:
         array = jnp.asarray(sample_input)
-    except TypeError:
+    except (TypeError, ValueError):  # a dict or ragged lists: ValueError
         array = None
     if array is None or not (
         jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_

@@ -187,6 +187,36 @@ def test_pbt_flags_too(tx, blobs):
     assert not result.summary.diverged.any()
 
 
+@pytest.mark.parametrize("policy", ["flag", "restore"])
+def test_pbt_replaces_a_diverged_replica_and_never_copies_it(tx, blobs, policy):
+    """Restored, it held its source's weights and score, tied the best and was
+    copied with the values it diverged with; it is now ranked last as flagged."""
+    (x, _), val = blobs
+    state = tp.create_replicas(
+        jax.random.key(0), TinyMLP(), tx, x[:4],
+        ladder=tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.3]),
+    )  # fmt: skip
+    bad = poisoned(state, [False, True, False, False])
+    config = tp.pbt_config({"learning_rate": (0.01, 0.5)}, fraction=0.25)
+    with pytest.warns(
+        RuntimeWarning, match=r"replica 1 \(.*learning_rate=0\.05\) diverged by step "
+        r"10 .*replaced at this round's exploit by a copy of replica [023]",
+    ):  # fmt: skip
+        result = tp.pbt_train(
+            bad, jax.random.key(0), config=config, train_data=blobs[0],
+            validation_data=val, num_steps=20, ready_interval=10, batch_size=32,
+            on_diverge=policy,
+        )  # fmt: skip
+    history = result.history
+    assert history.diverged[0].tolist() == [False, True, False, False]
+    assert history.copied[0].tolist() == [False, True, False, False]
+    parent = int(history.parent[0, 1])
+    assert parent != 1
+    lr = history.hyperparams["learning_rate"][0]
+    assert lr[1] != 0.05 and lr[parent] == state.learning_rate[parent]
+    assert not result.summary.diverged.any()
+
+
 def test_every_replica_diverged_carries_and_saves_the_last_finite_state(
     tx, blobs, tmp_path
 ):

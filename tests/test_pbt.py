@@ -2,6 +2,7 @@
 
 import functools
 import math
+from fractions import Fraction
 from typing import Any
 
 import chex
@@ -205,6 +206,26 @@ def test_explored_batch_size_stays_whole_and_moves():
     drawn = np.asarray(pbt.sample_prior(jax.random.key(1), config, 1000)["batch_size"])
     np.testing.assert_array_equal(drawn, np.round(drawn))
     assert drawn.min() >= 2 and drawn.max() <= 64 and len(set(drawn.tolist())) > 30
+
+
+@pytest.mark.parametrize("factor", [0.8, 1.2, 1.25, 0.5])
+def test_a_batch_size_whose_product_is_whole_is_that_product(factor):
+    """In float32 25 * 1.2 is 30.000002: its ceil was 31."""
+    config = pbt.pbt_config(
+        {"batch_size": pbt.Prior(1, 1024)}, resample_probability=0.0,
+        perturb_factors=(factor,),
+    )  # fmt: skip
+    old = np.arange(2, 400)
+    new, _ = pbt.explore(
+        jax.random.key(0), {"batch_size": jnp.asarray(old, jnp.float32)},
+        jnp.ones(len(old), bool), config,
+    )  # fmt: skip
+    exact = [Fraction(int(b)) * Fraction(str(factor)) for b in old]
+    away = [
+        max(math.ceil(p), b + 1) if factor > 1 else min(math.floor(p), b - 1)
+        for p, b in zip(exact, old.tolist(), strict=True)
+    ]
+    np.testing.assert_array_equal(np.asarray(new["batch_size"]), away)
 
 
 def test_pbt_train_batch_holds_the_explored_batch_size(tx, blobs):
@@ -428,6 +449,27 @@ def test_best_schedule_follows_lineage(state, blobs):
         tp.best_schedule(history, M)
 
 
+def test_best_schedule_after_an_exploit_at_the_last_step(state, blobs, tx):
+    """The values explored at the call's end never trained: not a piece."""
+    result = run(state, blobs, num_steps=45, exploit_at_end=True)
+    history = result.history
+    assert history.step[-1] == 45 and history.copied[-1].any()
+    for replica in range(M):
+        schedule = tp.best_schedule(history, replica)
+        assert schedule.starts[-1] < 45
+        parent = int(history.parent[-1, replica])  # trained the last segment
+        same = tp.best_schedule(history, parent)
+        assert leaves_equal(schedule, same)
+    (x, _), _ = blobs
+    fresh = tp.create_replicas(jax.random.key(9), TinyMLP(), tx, x[:4], num_replicas=2)
+    copied = int(np.flatnonzero(history.copied[-1])[0])
+    replay = tp.replay_schedule(
+        fresh, jax.random.key(1), tp.best_schedule(history, copied),
+        train_data=blobs[0], validation_data=blobs[1], batch_size=32,
+    )  # fmt: skip
+    assert int(replay.state.step) == 45
+
+
 def test_best_schedule_passes_through_a_restored_replicas_source():
     """A replica restored in a round holds its source's weights, trained at the
     source's values: the schedule names those, not the restored replica's own."""
@@ -519,6 +561,47 @@ def test_invalid_config(kwargs, match):
     prior = kwargs.pop("prior")
     with pytest.raises(ValueError, match=match):
         pbt.pbt_config(prior, **kwargs)
+
+
+LR = {"learning_rate": (0.01, 0.1)}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(bounds={"learning_rate": 0.1}), TypeError, r"bounds\['learning_rate'\] "
+         r"must be a \(low, high\) pair"),
+        (dict(bounds={"learning_rate": (0.01, 0.05, 0.1)}), TypeError, "pair"),
+        (dict(bounds={"learning_rate": ("a", 0.1)}), TypeError,
+         r"bounds\['learning_rate'\]'s low must be a number"),
+        (dict(prior={"learning_rate": ("a", 0.1)}), TypeError,
+         r"prior\['learning_rate'\]'s low must be a number"),
+        (dict(prior={"learning_rate": (1e-3, 0.1, "False")}), TypeError,
+         r"log must be True .* or False"),
+        (dict(bounds={"learning_rate": (0.5, 0.9)}), ValueError,
+         r"miss its prior's range \[0.01, 0.1\]: every value drawn from the prior "
+         r"would be clipped to 0.5"),
+    ],
+)  # fmt: skip
+def test_malformed_config_entries_are_named(kwargs, error, match):
+    """Before: bare unpacking errors, a string log read as True, disjoint bounds."""
+    with pytest.raises(error, match=match):
+        pbt.pbt_config(kwargs.pop("prior", LR), **kwargs)
+
+
+def test_best_schedule_refuses_what_is_not_a_pbt_lineage(state, blobs):
+    result = run(state, blobs, num_steps=25)
+    for replica in (1.5, True, np.float32(1)):
+        with pytest.raises(TypeError, match="replica must be an int"):
+            tp.best_schedule(result.history, replica)
+    assert tp.best_schedule(result.history, np.int64(1)).num_steps == 25
+    train, val = blobs
+    pt = tp.pt_train(
+        state, LADDER, jax.random.key(0), train_data=train, validation_data=val, num_steps=20,
+        exchange_interval=10, burn_in=0, batch_size=32,
+    )  # fmt: skip
+    with pytest.raises(TypeError, match="give the history of a pbt_train call"):
+        tp.best_schedule(pt.history, 0)
 
 
 def test_config_takes_any_hyperparameter_name():

@@ -514,6 +514,7 @@ BAD_INPUTS = [
     Case("create-model-not-module", lambda c: create(c, model=lambda x: x), T, r"model must be a flax.linen.Module", fixed=True),
     Case("create-tx-not-optax", lambda c: create(c, tx=0.1), T, r"tx must be an optax", fixed=True),
     Case("create-sample-input-scalar", lambda c: create(c, sample_input=np.float32(1.0)), V, r"sample_input", fixed=True),
+    Case("create-sample-input-dict", lambda c: create(c, sample_input={"x": c.x[:1]}), T, r"sample_input must be a numeric array.*got dict", fixed=True),
     Case("create-sample-input-strings", lambda c: create(c, sample_input=np.array([["a"] * FEATURES])), T, r"sample_input", fixed=True),
     Case("create-loss-fn-not-callable", lambda c: create(c, loss_fn="mse"), T, r"loss_fn must be callable", fixed=True),
     Case("create-same-init-string", lambda c: create(c, same_init="yes"), T, r"same_init must be True or False", fixed=True),
