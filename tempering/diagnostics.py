@@ -58,6 +58,7 @@ __all__ = [
     "barrier",
     "count_round_trips",
     "c_over_time",
+    "even_odd_round_trip_rate",
     "replica_schedule",
     "round_trip_steps",
     "round_trips",
@@ -96,12 +97,28 @@ def count_round_trips(rung_path: np.ndarray, num_rungs: int) -> np.ndarray:
     return trips
 
 
+def _require_exchange(history: History, *fields: str) -> None:
+    """A ValueError unless the history's move info has ``fields`` (an exchange's)."""
+    have = getattr(history.move, "_fields", ())
+    if not all(field in have for field in fields):
+        raise ValueError(
+            f"this history has no {' or '.join(fields)}: its move is no exchange "
+            f"({type(history.move).__name__}: PBT, a replayed schedule, the "
+            "identity move); the exchange diagnostics need an exchange's history "
+            "(pt_train, tempering.exchange_move, multi_exchange_move)"
+        )
+
+
 def acceptance_rate(history: History) -> np.ndarray:
     """Accepted / proposed swaps of every adjacent pair over all the rounds.
 
     Returns:
         ``(M - 1,)`` float array; NaN for a pair never proposed (or no rounds).
+
+    Raises:
+        ValueError: for a history whose move proposes no swaps.
     """
+    _require_exchange(history, "proposed", "accepted")
     num_pairs = np.shape(history.proposed)[-1]
     if not len(history.step):
         return np.full((num_pairs,), np.nan)
@@ -122,8 +139,10 @@ def acceptance_over_time(history: History, window: int = 10) -> np.ndarray:
         was not proposed in the window.
 
     Raises:
-        ValueError: if ``window`` is not an integer >= 1.
+        ValueError: if ``window`` is not an integer >= 1, or the history's move
+            proposes no swaps.
     """
+    _require_exchange(history, "proposed", "accepted")
     if (
         isinstance(window, bool)
         or not isinstance(window, int | np.integer)
@@ -280,8 +299,13 @@ def c_over_time(history: History) -> tuple[np.ndarray, np.ndarray]:
         history: the history of :func:`tempering.pt_train`.
 
     Returns:
-        ``(steps, c)``, both of shape ``(R,)``.
+        ``(steps, c)``: shapes ``(R,)`` and ``(R,)``, or ``(R, K)`` for a
+        ``multi_exchange_move`` (every ladder's C).
+
+    Raises:
+        ValueError: for a history whose move has no C (not an exchange).
     """
+    _require_exchange(history, "c")
     return np.asarray(history.step), np.asarray(history.c)
 
 
@@ -361,11 +385,22 @@ def barrier(history: History, scheme: str | None = None) -> Barrier:
     weights, so one with a low loss tends to stay cold. A measured rate far
     below ``round_trip_expected`` says so; it is not a fault of the ladder.
 
+    A :func:`tempering.multi_exchange_move` history of K ladders gives ladder
+    0's barrier (the rungs the history records): its pairs' acceptance and
+    its round trips per round in which ladder 0 was exchanged (the other
+    rounds leave its rungs as they are). With even-odd swaps the parity of
+    ladder 0's successive rounds flips with probability ``K / (2K - 1)`` only
+    (the rounds between belong to other ladders), between the paper's
+    deterministic (1) and stochastic (1/2) even-odd schemes, which no closed
+    form covers: ``round_trip_expected`` is then the exact rate of a replica's
+    rung process under those flips (a Markov chain over rung, parity and the
+    end visited last, solved numerically; it reproduces both of the paper's
+    formulas), and ``round_trip_bound`` the deterministic scheme's.
+
     Args:
         history: the history of an exchange (:func:`tempering.pt_train`,
-            :func:`tempering.exchange_move`). A ``multi_exchange_move``
-            history pools the pairs of its ladders (pair r of whichever ladder
-            was exchanged), and its round trips are those on ladder 0.
+            :func:`tempering.exchange_move`,
+            :func:`tempering.multi_exchange_move`).
         scheme: ``"even_odd"`` or ``"random_pair"``, the exchange's scheme;
             None (default) reads it from the proposals: even-odd when every
             round proposed exactly the pairs of the round's parity, random
@@ -380,30 +415,36 @@ def barrier(history: History, scheme: str | None = None) -> Barrier:
             replayed schedule, the identity move) or keeps no rungs, or an
             unknown scheme.
     """
-    fields = getattr(history.move, "_fields", ())
-    if "proposed" not in fields or "accepted" not in fields:
-        raise ValueError(
-            "this history has no swap acceptance: its move proposes no exchanges "
-            f"({type(history.move).__name__}: PBT, a replayed schedule, the "
-            "identity move); the barrier needs an exchange's history (pt_train, "
-            "tempering.exchange_move, multi_exchange_move)"
-        )
+    _require_exchange(history, "proposed", "accepted")
     trips = round_trips(history)  # shape=(M,); a ValueError without rungs
-    if scheme is None:
-        scheme = _scheme_of(history)
-    elif scheme not in _SCHEMES:
+    if scheme is not None and scheme not in _SCHEMES:
         raise ValueError(f"scheme must be one of {_SCHEMES} or None, got {scheme!r}")
-    local = 1.0 - acceptance_rate(history)  # shape=(M - 1,)
+    ladder = getattr(history.move, "ladder", None)  # multi_exchange_move's
+    exchanged = (  # shape=(R,): the rounds that exchanged the recorded rungs
+        np.ones(len(history.step), bool) if ladder is None else np.asarray(ladder) == 0
+    )
+    proposed = np.asarray(history.proposed, bool)[exchanged]  # shape=(R0, M - 1)
+    accepted = np.asarray(history.accepted, bool)[exchanged] & proposed
+    if scheme is None:
+        scheme = _scheme_of(proposed, np.asarray(history.round)[exchanged])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        local = 1.0 - accepted.sum(0) / proposed.sum(0)  # (M - 1,); NaN: unproposed
     num_pairs = local.shape[0]
     total = float(local.sum())  # NaN if any pair was never proposed
     profile = np.concatenate([[0.0], np.cumsum(local)])  # shape=(M,)
-    num_rounds = len(history.step)
+    num_rounds = int(exchanged.sum())
     rate = float(trips.sum()) / num_rounds if num_rounds else math.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         # r / (1 - r): inf for a pair that never accepted (the rate is then 0).
         odds = float(np.sum(local / (1.0 - local)))
     if not num_pairs:  # one rung: no trips to make
         bound = expected = math.nan
+    elif scheme == "even_odd" and ladder is not None:
+        num_ladders = np.shape(history.move.rungs)[-2]  # (R, K, M)
+        bound = 1.0 / (2.0 + 2.0 * total)
+        expected = even_odd_round_trip_rate(
+            1.0 - local, flip=num_ladders / (2 * num_ladders - 1)
+        )
     elif scheme == "even_odd":
         bound, expected = 1.0 / (2.0 + 2.0 * total), 1.0 / (2.0 + 2.0 * odds)
     else:
@@ -424,10 +465,66 @@ def barrier(history: History, scheme: str | None = None) -> Barrier:
     )
 
 
-def _scheme_of(history: History) -> str:
-    """The exchange scheme the proposals of ``history`` show (see :func:`barrier`)."""
-    proposed = np.asarray(history.proposed, bool)  # shape=(R, M - 1)
-    rounds = np.asarray(history.round).reshape(-1, 1)  # shape=(R, 1)
+def even_odd_round_trip_rate(acceptance: np.ndarray, flip: float) -> float:
+    """Round trips per round of even-odd swaps whose parity flips at random.
+
+    All replicas together, the parity flipping with probability ``flip`` each
+    round. Every proposed swap of pair r accepted independently with probability
+    ``acceptance[r]`` (Syed et al.'s efficient local exploration), each
+    replica's rung follows a Markov chain over (rung, the round's parity, the
+    end of the ladder it visited last); its stationary rate of returns to
+    rung 0 after a visit to the top, times the M replicas, is the rate.
+    ``flip=1`` is the deterministic scheme, ``1 / (2 + 2 E)``; ``flip=1/2``
+    the stochastic one, ``1 / (2 N + 2 E)`` (``E = Σ r / (1 - r)``).
+
+    Args:
+        acceptance: ``(N,)`` acceptance of every adjacent pair.
+        flip: the probability that a round's parity differs from the last's.
+
+    Returns:
+        The rate (NaN if an acceptance is NaN; 0 if one is 0).
+    """
+    acceptance = np.asarray(acceptance, np.float64)
+    num_pairs = acceptance.shape[0]
+    if not np.all(np.isfinite(acceptance)):
+        return math.nan
+    if num_pairs == 0 or np.any(acceptance <= 0):
+        return 0.0 if num_pairs else math.nan
+    top = num_pairs
+
+    def index(rung: int, parity: int, hot: int) -> int:
+        return (rung * 2 + parity) * 2 + hot
+
+    size = (top + 1) * 4
+    moves = np.zeros((size, size))  # row: state now, column: state next round
+    trip = np.zeros(size)  # chance that the round ends a round trip
+    for rung in range(top + 1):
+        for parity in (0, 1):
+            for hot in (0, 1):
+                # the pair this round's parity offers the replica, if any
+                pair = rung if rung % 2 == parity else rung - 1
+                outcomes = [(rung, 1.0)]
+                if 0 <= pair < top:
+                    other = rung + 1 if pair == rung else rung - 1
+                    outcomes = [(other, acceptance[pair]), (rung, 1 - acceptance[pair])]
+                for new, chance in outcomes:
+                    new_hot = 1 if new == top else 0 if new == 0 else hot
+                    if new == 0 and hot:
+                        trip[index(rung, parity, hot)] += chance
+                    for next_parity, turn in ((1 - parity, flip), (parity, 1 - flip)):
+                        to = index(new, next_parity, new_hot)
+                        moves[index(rung, parity, hot), to] += chance * turn
+    # stationary distribution: pi (P - I) = 0, sum(pi) = 1
+    system = np.vstack([(moves - np.eye(size)).T, np.ones(size)])
+    rhs = np.zeros(size + 1)
+    rhs[-1] = 1.0
+    stationary = np.linalg.lstsq(system, rhs, rcond=None)[0]
+    return float((top + 1) * stationary @ trip)
+
+
+def _scheme_of(proposed: np.ndarray, rounds: np.ndarray) -> str:
+    """The exchange scheme that ``(R, M - 1)`` proposals show (see :func:`barrier`)."""
+    rounds = rounds.reshape(-1, 1)  # shape=(R, 1)
     parity = np.arange(proposed.shape[1]) % 2 == rounds % 2  # shape=(R, M - 1)
     if proposed.any() and (
         np.array_equal(proposed, parity) or np.array_equal(proposed, ~parity)

@@ -22,7 +22,8 @@ probabilities = ensemble.mean_probabilities(result.move_state)  # (N, K)
 The snapshot is taken before the round's move, so it is the model that
 trained with the coldest hyperparameters during the round. A round whose move
 the driver skips adds nothing (``RunConfig(move_at_end=False)`` skips the
-last round's). :func:`replicas_probabilities` is the other
+last round's), nor does a diverged rung-0 replica (counted in
+``EnsembleState.skipped``). :func:`replicas_probabilities` is the other
 ensemble: the mean prediction of every replica of a state, e.g. the grid's M
 final models (a hyperparameter ensemble).
 """
@@ -37,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from tempering._caller import warn
 from tempering.moves import as_move
 from tempering.state import ReplicaState, eval_outputs
 from tempering.step import chunked, replica_outputs
@@ -56,6 +58,7 @@ class EnsembleState(NamedTuple):
     inner: Any  # the wrapped move's state
     probability_sum: jax.Array  # shape=(N, K), float32, sum over snapshots
     snapshots: jax.Array  # shape=(), int32, snapshots summed
+    skipped: jax.Array  # shape=(), int32, due snapshots left out: diverged
 
     @property
     def rungs(self) -> Any:
@@ -107,7 +110,7 @@ class ColdChainEnsemble:
             functools.partial(_probabilities, state), jnp.int32(0), self.chunks
         ).shape
         total = jnp.zeros((self.num_examples, shape[-1]), jnp.float32)
-        return EnsembleState(inner, total, jnp.int32(0))
+        return EnsembleState(inner, total, jnp.int32(0), jnp.int32(0))
 
     def step(
         self,
@@ -117,21 +120,25 @@ class ColdChainEnsemble:
         scores: jax.Array,
         round_index: jax.Array,
     ) -> tuple[ReplicaState, EnsembleState, Any]:
-        """Adds the rung-0 replica's predictions when due, then runs the wrapped move."""
-        inner, total, snapshots = move_state
+        """Adds the rung-0 replica's predictions when due, then runs the wrapped move.
+
+        A diverged rung-0 replica (an infinite score from the driver, or
+        predictions that are not finite) adds nothing: it counts in
+        ``skipped``, not ``snapshots``.
+        """
+        inner, total, snapshots, skipped = move_state
         cold = jnp.argmin(inner.rungs)  # the replica that trained on rung 0
         probs = _probabilities(state, cold, self.chunks)
         probs = probs.reshape(-1, probs.shape[-1])[: self.num_examples]
         due = (round_index >= self.after) & (
             (round_index - self.after) % self.every == 0
         )
-        total = total + jnp.where(due, probs, 0.0)
+        finite = jnp.isfinite(scores[cold]) & jnp.all(jnp.isfinite(probs))
+        total = total + jnp.where(due & finite, probs, 0.0)
         state, inner, info = self.move.step(key, state, inner, scores, round_index)
-        return (
-            state,
-            EnsembleState(inner, total, snapshots + due.astype(jnp.int32)),
-            info,
-        )
+        snapshots = snapshots + (due & finite).astype(jnp.int32)
+        skipped = skipped + (due & ~finite).astype(jnp.int32)
+        return state, EnsembleState(inner, total, snapshots, skipped), info
 
 
 def cold_chain_ensemble(
@@ -163,19 +170,28 @@ def cold_chain_ensemble(
     """
     for name, value, low in (("every", every, 1), ("after", after, 0),
                              ("chunk_size", chunk_size, 1)):  # fmt: skip
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
-            raise TypeError(f"{name} must be an int >= {low}, got {value!r}")
-        if value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
+        _check_int(name, value, low)
+    inputs = _check_inputs(inputs)
+    size = min(int(chunk_size), len(inputs))
+    return ColdChainEnsemble(
+        as_move(move), _chunks(inputs, size), len(inputs), int(every), int(after)
+    )
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int >= {low}, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+def _check_inputs(inputs: Any) -> np.ndarray:
     inputs = np.asarray(inputs)
     if inputs.ndim < 1 or len(inputs) == 0:
         raise ValueError(
             f"inputs must hold examples, shape (N, ...), got {inputs.shape}"
         )
-    size = min(int(chunk_size), len(inputs))
-    return ColdChainEnsemble(
-        as_move(move), _chunks(inputs, size), len(inputs), int(every), int(after)
-    )
+    return inputs
 
 
 def mean_probabilities(move_state: EnsembleState) -> np.ndarray:
@@ -188,17 +204,59 @@ def mean_probabilities(move_state: EnsembleState) -> np.ndarray:
 def replicas_probabilities(
     state: ReplicaState, inputs: jax.Array | np.ndarray, *, chunk_size: int = 1000
 ) -> np.ndarray:
-    """The mean predicted probabilities of all M replicas, ``(N, K)``.
+    """The mean predicted probabilities of the M replicas, ``(N, K)``.
 
-    The ensemble of a population's models, e.g. the grid's M final models.
+    The ensemble of a population's models, e.g. the grid's M final models. A
+    replica whose predictions are not all finite (a diverged one, which the
+    default ``on_diverge="flag"`` keeps) is left out, with a warning naming
+    it.
+
+    Raises:
+        ValueError: every replica's predictions are non-finite, or bad
+            ``inputs`` or ``chunk_size``.
     """
-    inputs = np.asarray(inputs)
-    chunks = _chunks(inputs, min(chunk_size, len(inputs)))
-    probs = np.concatenate([np.asarray(_mean_softmax(state, x)) for x in chunks])
-    return probs[: len(inputs)]
+    _check_int("chunk_size", chunk_size, 1)
+    inputs = _check_inputs(inputs)
+    chunks = _chunks(inputs, min(int(chunk_size), len(inputs)))
+    keep = np.ones(state.num_replicas, bool)
+    means, finite = _softmax_means(state, chunks, keep)
+    kept = np.all(finite, axis=0)  # shape=(M,)
+    if not kept.any():
+        raise ValueError(
+            "every replica's predictions are non-finite (NaN or inf): there is no "
+            "ensemble to average; check history.diverged"
+        )
+    if not kept.all():
+        warn(
+            f"replicas {np.flatnonzero(~kept).tolist()} predict non-finite "
+            "probabilities (diverged) and are left out of the ensemble",
+            RuntimeWarning,
+        )
+        if not np.array_equal(finite, np.broadcast_to(kept, finite.shape)):
+            means, _ = _softmax_means(state, chunks, kept)  # finite in some chunks
+    return np.concatenate(means)[: len(inputs)]
+
+
+def _softmax_means(
+    state: ReplicaState, chunks: jax.Array, keep: np.ndarray
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The kept replicas' mean softmax outputs, per chunk.
+
+    Returns:
+        Per chunk ``(b, K)``: the mean over the replicas in ``keep`` whose
+        outputs on it are finite; and ``(C, M)``: which replicas' were.
+    """
+    out = [jax.device_get(_softmax_mean(state, x, keep)) for x in chunks]
+    return [total for total, _ in out], np.stack([finite for _, finite in out])
 
 
 @jax.jit
-def _mean_softmax(state: ReplicaState, x: jax.Array) -> jax.Array:
-    """``(b, K)``: the replicas' softmax outputs on one chunk, averaged."""
-    return jax.nn.softmax(replica_outputs(state, x), -1).mean(axis=0)
+def _softmax_mean(
+    state: ReplicaState, x: jax.Array, keep: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """One chunk's ``(b, K)`` mean of :func:`_softmax_means`, and ``(M,)`` finite."""
+    probs = jax.nn.softmax(replica_outputs(state, x), -1)  # shape=(M, b, K)
+    finite = jnp.all(jnp.isfinite(probs), axis=(1, 2))  # shape=(M,)
+    used = finite & keep  # shape=(M,)
+    summed = jnp.where(used[:, None, None], probs, 0.0).sum(axis=0)
+    return summed / jnp.maximum(used.sum(), 1).astype(summed.dtype), finite

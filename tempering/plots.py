@@ -69,7 +69,9 @@ def _axes(ax: Axes | None) -> Axes:
 
 
 def _default_replica(history: History) -> int:
-    """The replica with the lowest final validation loss (0 without rounds)."""
+    """The replica with the lowest final validation loss (else 0)."""
+    if history.validation is None:
+        return 0
     val_loss = np.asarray(history.val_loss)
     return best_index(val_loss[-1]) if val_loss.shape[0] else 0
 
@@ -216,11 +218,17 @@ def plot_c(history: History, ax: Axes | None = None) -> Axes:
         ax: the Axes to draw on; a new figure's by default.
 
     Returns:
-        The Axes (log y axis when C spans over 10x).
+        The Axes (log y axis when C spans over 10x); a line per ladder for a
+        ``multi_exchange_move`` history.
     """
     ax = _axes(ax)
-    steps, c = c_over_time(history)
-    ax.plot(steps, c, marker=".")
+    steps, c = c_over_time(history)  # shape=(R,) or (R, K)
+    if c.ndim == 2:
+        for k in range(c.shape[1]):
+            ax.plot(steps, c[:, k], marker=".", label=f"ladder {k}")
+        ax.legend(fontsize="x-small")
+    else:
+        ax.plot(steps, c, marker=".")
     _log_scale_if_wide(ax, c)
     ax.set_xlabel("step")
     ax.set_ylabel("C")
@@ -290,6 +298,11 @@ def plot_val_loss(
         The Axes.
     """
     ax = _axes(ax)
+    ax.set_title("validation loss per replica")
+    if history.validation is None:
+        ax.text(0.5, 0.5, "no validation data", ha="center", va="center")
+        ax.set_axis_off()
+        return ax
     val_loss = np.asarray(history.val_loss)  # shape=(R, M)
     steps = np.asarray(history.step)
     for m in range(val_loss.shape[1]):
@@ -297,7 +310,6 @@ def plot_val_loss(
         ax.plot(steps, val_loss[:, m], label=f"{m}", **style)
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss")
-    ax.set_title("validation loss per replica")
     return ax
 
 

@@ -142,6 +142,9 @@ class History(NamedTuple):
 
     def __getattr__(self, name: str) -> Any:
         """A field of the move's info (``history.accepted``: ``history.move.accepted``)."""
+        attribute = getattr(type(self), name, None)
+        if isinstance(attribute, property) and attribute.fget is not None:
+            return attribute.fget(self)  # it raised AttributeError: its message
         if name.startswith("_"):
             raise AttributeError(name)
         info = self.move

@@ -261,7 +261,7 @@ def test_barrier_of_a_pair_never_proposed() -> None:
 
 def test_barrier_needs_an_exchange() -> None:
     history = make_history(WALK, WALK_INITIAL)
-    with pytest.raises(ValueError, match="no swap acceptance"):
+    with pytest.raises(ValueError, match="no proposed or accepted"):
         dg.barrier(history._replace(move=NoInfo()))  # the identity move
     with pytest.raises(ValueError, match="no rungs"):
         dg.barrier(history._replace(rungs=None, initial_rungs=None))
@@ -341,3 +341,85 @@ def test_barrier_of_a_real_run(pt_run) -> None:
     assert summary.round_trip_bound == expected.round_trip_bound
     assert summary.suggested_rungs == expected.suggested_rungs
     assert expected.round_trip_rate == summary.round_trips.sum() / len(history.step)
+
+
+@partial(jax.jit, static_argnames=("scheme", "rounds", "seeds"))
+def simulate_two_ladders(losses, scheme, rounds, seeds):
+    """As :func:`simulate_exchange`, with one of two ladders drawn each round.
+
+    Ladder 1 accepts every swap; ladder 0's rungs move only in its rounds.
+    """
+    num_rungs = losses.shape[0]
+    betas = jnp.arange(num_rungs, 0, -1, dtype=jnp.float32)
+
+    def run(key):
+        def one_round(rungs, inputs):
+            round_key, index = inputs
+            choice_key, swap_key = jax.random.split(round_key)
+            ladder = jax.random.randint(choice_key, (), 0, 2)
+            flat = jnp.zeros_like(losses)  # ladder 1: every proposed swap accepted
+            on = [exchange(swap_key, rungs[k], (losses, flat)[k][rungs[k]], betas,
+                           c=1.0, scheme=scheme, parity=index % 2)
+                  for k in range(2)]  # fmt: skip
+            new = jnp.stack([jnp.where(ladder == k, on[k][0], rungs[k])
+                             for k in range(2)])  # fmt: skip
+            proposed = jnp.where(ladder == 0, on[0][1].proposed, on[1][1].proposed)
+            accepted = jnp.where(ladder == 0, on[0][1].accepted, on[1][1].accepted)
+            return new, (ladder, new, proposed, accepted)
+
+        inputs = (jax.random.split(key, rounds), jnp.arange(rounds))
+        start = jnp.tile(jnp.arange(num_rungs, dtype=jnp.int32), (2, 1))
+        return jax.lax.scan(one_round, start, inputs)[1]
+
+    return jax.vmap(run)(jax.random.split(jax.random.key(1), seeds))
+
+
+@pytest.mark.parametrize("scheme", ["even_odd", "random_pair"])
+def test_barrier_of_a_multi_exchange_history_is_ladder_0s(scheme) -> None:
+    """Before, the rate counted every round (ladder 0 moves in half of them) and
+    the acceptance pooled both ladders."""
+    acceptance = np.asarray([0.8, 0.6, 0.7])
+    losses = np.concatenate([[0.0], np.cumsum(-np.log(acceptance))])
+    seeds, rounds, pairs = 12, 12000, acceptance.size
+    ladder, rungs, proposed, accepted = jax.device_get(simulate_two_ladders(
+        jnp.asarray(losses, jnp.float32), scheme, rounds, seeds
+    ))  # fmt: skip
+    odds = np.sum((1 - acceptance) / acceptance)
+    # ladder 0's parity flips between its rounds with probability 2/3 (K = 2)
+    exact = (dg.even_odd_round_trip_rate(acceptance, flip=2 / 3)
+             if scheme == "even_odd" else 1 / (pairs * (pairs + odds)))  # fmt: skip
+    results = []
+    for s in range(seeds):
+        history = make_history(rungs[s][:, 0], np.arange(pairs + 1),
+                               proposed=proposed[s], accepted=accepted[s])  # fmt: skip
+        info = tp.multi.MultiExchangeInfo(
+            ladder=ladder[s], proposed=proposed[s], accepted=accepted[s],
+            acceptance_prob=np.zeros(proposed[s].shape),
+            log_ratio=np.zeros(proposed[s].shape), c=np.ones((rounds, 2)),
+            rungs=rungs[s],
+        )  # fmt: skip
+        results.append(dg.barrier(history._replace(move=info)))
+    assert {r.scheme for r in results} == {scheme}
+    rates = np.array([r.round_trip_rate for r in results])
+    mean, error = rates.mean(), rates.std(ddof=1) / np.sqrt(seeds)
+    assert abs(mean - exact) < 4 * error and abs(mean / exact - 1) < 0.04
+    barriers = np.array([r.global_barrier for r in results])
+    error = barriers.std(ddof=1) / np.sqrt(seeds)
+    assert abs(barriers.mean() - (1 - acceptance).sum()) < 4 * error
+    for r in results:
+        assert r.round_trip_expected == pytest.approx(exact, rel=0.1)
+    ax = tp.plots.plot_c(history._replace(move=info))
+    assert [line.get_label() for line in ax.get_lines()] == ["ladder 0", "ladder 1"]
+
+
+@pytest.mark.parametrize("acceptance", [[1.0, 1.0, 1.0], [0.8, 0.6, 0.7], [0.5]])
+def test_the_even_odd_chain_gives_both_of_the_papers_rates(acceptance) -> None:
+    acceptance = np.asarray(acceptance)
+    odds, pairs = np.sum((1 - acceptance) / acceptance), acceptance.size
+    deterministic = dg.even_odd_round_trip_rate(acceptance, flip=1.0)
+    stochastic = dg.even_odd_round_trip_rate(acceptance, flip=0.5)
+    assert deterministic == pytest.approx(1 / (2 + 2 * odds), rel=1e-9)
+    assert stochastic == pytest.approx(1 / (2 * pairs + 2 * odds), rel=1e-9)
+    between = dg.even_odd_round_trip_rate(acceptance, 2 / 3)
+    assert stochastic - 1e-12 <= between <= deterministic + 1e-12
+    assert dg.even_odd_round_trip_rate(np.array([0.5, 0.0]), 1.0) == 0.0

@@ -102,3 +102,69 @@ def test_a_move_without_rungs_has_no_cold_chain():
     move = cold_chain_ensemble(tp.identity_move(), x[:4])
     with pytest.raises(ValueError, match="needs a move whose state keeps rungs"):
         move.init(state)
+
+
+def _poisoned(state, replica):
+    """``state`` with NaN weights in ``replica`` (a diverged one, as flag keeps it)."""
+    nan = jnp.zeros(M).at[replica].set(jnp.nan)
+    return state.replace(
+        params=jax.tree.map(
+            lambda p: p + nan.reshape((-1,) + (1,) * (p.ndim - 1)), state.params
+        )
+    )
+
+
+def test_a_diverged_cold_replica_adds_no_snapshot():
+    """Before, one NaN snapshot made the ensemble NaN for the rest of the run."""
+    x, _, ladder, state = _setup()
+    inputs = x[:20]
+    move = cold_chain_ensemble(exchange_move(ladder, c=1.0), inputs)
+    move_state = move.init(state)
+    step = jax.jit(move.step)
+    healthy, expected = state, []
+    for r in range(4):
+        cold = int(np.argmin(np.asarray(move_state.inner.rungs)))
+        diverged = r == 0  # the cold replica's weights are NaN in round 0 only
+        current = _poisoned(healthy, cold) if diverged else healthy
+        scores = np.arange(M, dtype=np.float32)
+        scores[cold] = np.inf if diverged else scores[cold]  # as the driver does
+        if not diverged:
+            expected.append(_softmax(current, cold, inputs))
+        _, move_state, _ = step(
+            jax.random.key(r), current, move_state, jnp.asarray(scores), jnp.int32(r)
+        )
+    assert int(move_state.snapshots) == 3 and int(move_state.skipped) == 1
+    probs = mean_probabilities(move_state)
+    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs, np.mean(expected, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_the_populations_ensemble_leaves_out_a_diverged_replica():
+    x, _, _, state = _setup()
+    bad = _poisoned(state, 2)
+    with pytest.warns(RuntimeWarning, match=r"replicas \[2\] predict non-finite"):
+        probs = replicas_probabilities(bad, x[:50], chunk_size=16)
+    by_hand = np.mean([_softmax(state, m, x[:50]) for m in (0, 1, 3)], axis=0)
+    np.testing.assert_allclose(probs, by_hand, rtol=1e-5, atol=1e-6)
+    # replica 2 overflows on one example only: left out of every chunk
+    huge = state.replace(
+        params=jax.tree.map(lambda p: p.at[2].multiply(1e5), state.params)
+    )
+    inputs = x[:50].copy()
+    inputs[40] = 1e32
+    with pytest.warns(RuntimeWarning, match=r"replicas \[2\] predict non-finite"):
+        probs = replicas_probabilities(huge, inputs, chunk_size=16)
+    by_hand = np.mean([_softmax(huge, m, inputs) for m in (0, 1, 3)], axis=0)
+    np.testing.assert_allclose(probs, by_hand, rtol=1e-5, atol=1e-6)
+    everyone = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
+    with pytest.raises(ValueError, match="every replica's predictions are non-finite"):
+        replicas_probabilities(everyone, x[:50])
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "error"), [(0, ValueError), (2.5, TypeError), (True, TypeError)]
+)
+def test_the_populations_ensemble_names_a_bad_chunk_size(chunk_size, error):
+    x, _, _, state = _setup()
+    with pytest.raises(error, match="chunk_size must be"):
+        replicas_probabilities(state, x[:10], chunk_size=chunk_size)

@@ -7,6 +7,7 @@ import pytest
 from conftest import TinyMLP
 
 import tempering as tp
+from tempering import diagnostics as dg
 
 LADDER = tp.geometric_ladder("learning_rate", 0.02, 0.2, 4)
 
@@ -54,3 +55,17 @@ def test_pt_and_pbt_histories_are_one_type_reading_their_move_info(state, blobs)
     assert np.isnan(pt.test_loss).all() and pt.test_metrics == {}
     with pytest.raises(AttributeError, match=r"History has no 'parent'.*'accepted'"):
         pt.parent  # noqa: B018
+    # the exchange diagnostics name the fix (before: History has no 'proposed')
+    for diagnostic in (dg.acceptance_rate, dg.acceptance_over_time, dg.c_over_time):
+        with pytest.raises(ValueError, match="need an exchange's history .pt_train"):
+            diagnostic(pbt)
+
+
+def test_a_historys_properties_keep_their_own_messages(state, blobs):
+    """Before, __getattr__ replaced them with 'History has no ...'."""
+    history = _pt(state, blobs, 20).history
+    with pytest.raises(AttributeError, match="this run had no validation data"):
+        history._replace(validation=None).val_loss  # noqa: B018
+    no_accuracy = history._replace(validation=history.validation._replace(metrics={}))
+    with pytest.raises(AttributeError, match="no accuracy in val_metrics"):
+        no_accuracy.val_accuracy  # noqa: B018
