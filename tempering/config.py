@@ -115,7 +115,12 @@ def _rounds(num_steps: Any, interval: Any, burn_in: Any) -> Rounds:
         check_int(interval, "interval", 1)
     ends = tuple(check_int(e, "interval", 0) for e in interval)
     if not ends or any(b <= a for a, b in zip(ends, ends[1:], strict=False)):
-        raise ValueError(f"interval must be increasing round ends >= 0, got {ends}")
+        raise ValueError(f"interval must be increasing round ends >= 1, got {ends}")
+    if ends[0] == 0:
+        raise ValueError(
+            f"interval's round ends must be >= 1, got {ends}: a round trains at "
+            "least one step (the first round ends after its first step or later)"
+        )
     if burn_in:
         raise ValueError("burn_in must be 0 with explicit round ends")
     return Rounds(num_steps, 0, 0, ends)
@@ -153,8 +158,9 @@ class RunConfig:
 
     Attributes:
         num_steps: SGD steps this call takes per replica, burn-in included.
-        interval: SGD steps per round, or explicit global round ends (every
-            round then evaluated and moved, round 0 included; no burn-in).
+        interval: SGD steps per round, or explicit global round ends, each
+            >= 1 and increasing (every round then evaluated and moved, round
+            0 included; no burn-in).
         burn_in: global steps before the first round (no evaluation, no move).
         burn_in_hyperparams: values every replica uses during the burn-in,
             e.g. ``{"learning_rate": 0.1}``; the state's own come back after.

@@ -264,7 +264,8 @@ def diffusion_test(
     if t0 > 0:
         burn = RunConfig(num_steps=int(t0), interval=(int(t0),), **settings)
         state = train(state, key, identity_move(), data, burn).state
-    ends = (int(t0), *(int(t0) + record_steps).tolist())
+    # the burn-in's round end (global steps), then the records'
+    ends = (*((int(t0),) if t0 else ()), *(int(t0) + record_steps).tolist())
     initial_norm = np.asarray(weight_norm(state.params))
     config = RunConfig(num_steps=int(record_steps[-1]), interval=ends, **settings)
     distance = _Distance(jax.tree.map(jnp.copy, state.params))

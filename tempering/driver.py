@@ -21,10 +21,11 @@ is, and a resume from a checkpoint from the saved position when the stream can
 save one (:mod:`tempering.sources`). A move skipped at the end of a call
 (``move_at_end=False``, PBT) is not made up by the next call.
 
-Nothing trained is lost: a :class:`~tempering.divergence.DivergenceError` or a
-bad streamed batch (:class:`~tempering.sources.BatchError`) carries the
-replicas after the last round that ended finite, the move's state and the
-history (``error.state``, ``error.move_state``, ``error.history``); with
+Nothing trained is lost: a :class:`~tempering.divergence.DivergenceError`, a
+bad streamed batch (:class:`~tempering.sources.BatchError`) or any other error
+during the rounds (a callback's or logger's) carries the replicas after the
+last round that ended finite, the move's state and the history
+(``error.state``, ``error.move_state``, ``error.history``); with
 ``checkpoint_dir`` that round is checkpointed too, so the same call (its data
 mended) resumes from it.
 """
@@ -53,6 +54,7 @@ from tempering.sources import (
     check_first_batch,
     prepare_sources,
 )
+from tempering.sources import metric_names as metric_names_of
 from tempering.state import EvalMetrics, ReplicaState, check_key
 from tempering.step import zero_model_inputs
 
@@ -258,7 +260,9 @@ def train(
             with ``checkpoint_dir`` that round is saved before the error is
             raised (with several processes only on a divergence), so the
             call resumes from it. Any other exception during the rounds (a
-            callback's, say) saves the last round that ended likewise.
+            callback's or a logger's, say) saves the last round that ended
+            likewise, and carries the same three attributes (unless it has
+            attributes of those names).
 
     Example:
         >>> config = tp.RunConfig(num_steps=2000, interval=100, burn_in=500)
@@ -457,6 +461,7 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
             raise divergence.attach(error, *kept.carry, history) from None
         except Exception as error:
             _save_kept(saver, kept, error)
+            _carry_kept(error, kept, run)
             raise
         if bar is not None:
             bar.update(run.segments[index].steps)
@@ -467,6 +472,7 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
                 stop = _callback_stops(run.config.callback, record, stop)
             except Exception as error:  # every process raises: saving is safe
                 _save_kept(saver, kept, error, every_process=True)
+                _carry_kept(error, kept, run)
                 raise
             last = index + 1 == segments
             if saver is not None and saver.due() and not (stop or last):
@@ -487,11 +493,11 @@ def _callback_stops(callback, record: RoundRecord, stop: bool) -> bool:
     they would otherwise wait for process 0 in the next collective.
     """
     if jax.process_count() == 1:
-        return (callback is not None and bool(callback(record))) or stop
+        return (callback is not None and _truthy(callback(record))) or stop
     raised = None
     if jax.process_index() == 0 and callback is not None:
         try:
-            stop = bool(callback(record)) or stop
+            stop = _truthy(callback(record)) or stop
         except Exception as error:  # noqa: BLE001 - raised below, on every process
             raised = error
     code = sharding.code_from_process_0(2 if raised is not None else int(stop))
@@ -503,6 +509,38 @@ def _callback_stops(callback, record: RoundRecord, stop: bool) -> bool:
             "(raised there): every process stops"
         )
     return bool(code)
+
+
+def _truthy(returned: Any) -> bool:
+    """Whether a callback's return stops the call (an array of several: a TypeError)."""
+    if np.ndim(returned) > 0 and np.size(returned) != 1:
+        raise TypeError(
+            "callback must return None or a bool (True stops the call after the "
+            f"round), got an array of shape {np.shape(returned)}: reduce it, e.g. "
+            "with .any() or .all()"
+        )
+    return bool(returned)
+
+
+def _carry_kept(error: Exception, kept: _Kept, run: _Run) -> None:
+    """Any error of the rounds carries the call after its last finite round.
+
+    As a DivergenceError does (``state``, ``move_state``, ``history``), and a
+    note saying so; an error that has such attributes of its own keeps them.
+    """
+    if any(hasattr(error, name) for name in ("state", "move_state", "history")):
+        return
+    state, move_state = kept.carry
+    try:
+        history = _stack(kept.progress, state, move_state, run, None)
+        divergence.attach(error, state, move_state, history)
+    except Exception:  # noqa: BLE001 - an exception without a __dict__
+        return
+    if hasattr(error, "add_note"):  # Python >= 3.11
+        error.add_note(
+            f"tempering: error.state, .move_state and .history hold the call after "
+            f"its last finite round (step {int(kept.carry[0].step)})"
+        )
 
 
 def _save_kept(
@@ -757,6 +795,11 @@ def _no_rounds(state, move_state, run, metric_names, hyperparams) -> RoundRecord
     """
     num = state.num_replicas
     empty_m = np.zeros((0, num), np.float32)
+    evaluated = (
+        run.data.validation if run.data.validation is not None else run.data.test
+    )
+    if metric_names is None and evaluated is not None:  # no final validation
+        metric_names = metric_names_of(state, evaluated, run.config.metrics_fn)
 
     def empty_metrics(source):
         if source is None:

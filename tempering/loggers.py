@@ -90,6 +90,8 @@ class JsonlLogger:
             "test": None if record.test is None else {
                 "loss": record.test.loss, **record.test.metrics},
             "move": getattr(record.move, "_asdict", lambda: record.move)(),
+            "diverged": record.diverged,
+            "restored_from": record.restored_from,
         }  # fmt: skip
         self._file.write(json.dumps(_jsonable(line), allow_nan=True) + "\n")
         self._file.flush()

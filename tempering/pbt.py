@@ -73,6 +73,7 @@ from tempering.hyperparams import (
 )
 from tempering.pbt_settings import SELECTIONS, PBTConfig, Prior, pbt_config
 from tempering.records import History, final_or_last, metric_of
+from tempering.sources import prepare_sources
 from tempering.state import MetricsFn, ReplicaState, check_key, default_metrics
 
 __all__ = [
@@ -484,13 +485,16 @@ def pbt_train(
     settings = settings.replace(
         move_at_end=check_bool(exploit_at_end, "exploit_at_end")
     )
+    data = RunData(train_data, validation_data, test_data)
     if check_bool(init_from_prior, "init_from_prior") and int(state.step) == 0:
+        # The draw compiles: the key and data are checked first, as train would.
+        key = check_key(key, "key")
+        prepare_sources(state, data, settings)
         # A stream of its own: train's round keys are fold_in(key', r), r < 2**30.
         prior_key = jax.random.fold_in(jax.random.split(key)[1], 2**30)
         values = sample_prior(prior_key, config, state.num_replicas)
         state = set_hyperparams(state, **values)
     settings = _batch_for_explored_sizes(settings, config, state)
-    data = RunData(train_data, validation_data, test_data)
     run = train(state, key, move, data, settings)
     return PBTResult(run.state, run.history, pbt_summary(run))
 

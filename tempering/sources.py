@@ -220,6 +220,21 @@ def _check_compatible(
     return out
 
 
+def metric_names(
+    state: ReplicaState, source: ArraySource | IterableSource, metrics_fn: Any
+) -> list[str]:
+    """The names ``metrics_fn`` gives on ``source`` (traced on one example)."""
+    if metrics_fn is None:
+        return []
+    if isinstance(source, ArraySource):
+        x, y = source.inputs, source.targets
+    else:
+        x, y = _first_batch(source, "the evaluation data")
+    out = check_model_takes(state, x, "the evaluation data", axis=0)
+    target = jax.ShapeDtypeStruct((1, *np.shape(y)[1:]), jnp.result_type(y))
+    return list(jax.eval_shape(metrics_fn, out, target))
+
+
 def _check_labels(targets: Any, out: Any, name: str) -> None:
     """``targets`` (N, ...) are class indices for outputs ``out`` (1, ..., C)."""
     found = _label_problem(np.asarray(targets), out.shape[-1], len(out.shape) - 1)

@@ -11,6 +11,7 @@ BAD_INPUTS = [
     # --- train ----------------------------------------------------------------
     Case("train-interval-empty", lambda c: run(c, interval=[]), V, r"interval must be increasing round ends"),
     Case("train-interval-decreasing", lambda c: run(c, interval=[10, 5]), V, r"interval must be increasing round ends"),
+    Case("train-interval-end-zero", lambda c: run(c, interval=[0, 5, 10]), V, r"interval's round ends must be >= 1, got \(0, 5, 10\): a round trains", fixed=True),
     Case("train-ends-with-burn-in", lambda c: run(c, interval=[5, 10, 20], burn_in=5), V, r"burn_in must be 0 with explicit round ends"),
     Case("train-callback-not-callable", lambda c: run(c, callback="print"), T, r"callback must be callable", fixed=True),
     Case("train-score-fn-not-callable", lambda c: run(c, score_fn="loss"), T, r"score_fn must be callable", fixed=True),

@@ -107,6 +107,24 @@ def test_history_records_go_to_the_callback_and_can_stop(state, blobs):
     np.testing.assert_array_equal(result.history.rungs[-1], seen[-1].rungs)
 
 
+def test_a_callbacks_error_carries_the_rounds_done(state, blobs):
+    """Without checkpoint_dir a logger's error lost every round trained."""
+
+    def full_disk(record):
+        if record.round == 1:
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full") as caught:
+        pt(state, blobs, callback=full_disk)
+    stopped = pt(state, blobs, callback=lambda record: record.round == 1)
+    error = caught.value
+    assert int(error.state.step) == 25 and error.history.step.tolist() == [15, 25]
+    with pytest.raises(TypeError, match=r"callback must return None or a bool.*\(4,\)"):
+        pt(state, blobs, callback=lambda record: record.score > 0)
+    assert leaves_equal(error.state.params, stopped.state.params)
+    assert leaves_equal(error.move_state, stopped.move_state)
+
+
 def test_loggers_write_every_round(state, blobs, tmp_path):
     path = tmp_path / "log.jsonl"
     with loggers.JsonlLogger(path) as log:
@@ -114,6 +132,8 @@ def test_loggers_write_every_round(state, blobs, tmp_path):
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["step"] for line in lines] == [15, 25, 35, 45]
     assert len(lines[0]["validation"]["accuracy"]) == 4
+    assert lines[0]["diverged"] == [False] * 4  # before, the log had neither
+    assert lines[0]["restored_from"] == [-1] * 4
     pytest.importorskip("tensorboardX")
     with loggers.TensorBoardLogger(tmp_path / "tb") as log:
         pt(state, blobs, callback=log)
@@ -638,7 +658,7 @@ def test_run_config_is_validated_when_built_and_replaced_one_field():
         config.replace(on_diverge="ignore")
     with pytest.raises(ValueError, match="vectorize"):
         config.replace(vectorize="pmap")
-    assert tp.RunConfig(num_steps=9, interval=[0, 4, 9]).rounds.ends == (0, 4, 9)
+    assert tp.RunConfig(num_steps=9, interval=[1, 4, 9]).rounds.ends == (1, 4, 9)
 
 
 def test_pt_train_takes_a_run_config_or_keywords_not_both(state, blobs):

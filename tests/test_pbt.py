@@ -647,7 +647,8 @@ def pbt_run(ctx: Any, /, **overrides: Any) -> Any:
         ready_interval=5, batch_size=8, config=ctx.config,
     )  # fmt: skip
     kwargs.update(overrides)
-    return tp.pbt_train(kwargs.pop("state", ctx.state), ctx.key, **kwargs)
+    key = kwargs.pop("key", ctx.key)
+    return tp.pbt_train(kwargs.pop("state", ctx.state), key, **kwargs)
 
 
 def first_replica(state: Any) -> Any:
@@ -694,6 +695,8 @@ BAD_INPUTS = [
     Case("pbt-train-exploit-at-end-str", lambda c: pbt_run(c, exploit_at_end="yes"), T, r"exploit_at_end must be True or False"),
     Case("pbt-step-scores-length", lambda c: pbt_step(c.key, c.state, jnp.ones(3), c.config), V, r"scores must have one entry per replica", fixed=True),
     Case("pbt-train-one-replica", lambda c: pbt_run(c, state=first_replica(c.state)), V, r"pbt_train needs at least 2 replicas, got M = 1", fixed=True),
+    Case("pbt-train-prior-int-key", lambda c: pbt_run(c, key=0, init_from_prior=True), T, r"key must be a JAX PRNG key", fixed=True),
+    Case("pbt-train-prior-unpaired-data", lambda c: pbt_run(c, train_data=(c.x, c.y[:5]), init_from_prior=True), V, r"train_data has \d+ inputs but 5 targets", fixed=True),
     Case("pbt-step-config-dict", lambda c: pbt_step(c.key, c.state, jnp.ones(REPLICAS), {"learning_rate": (0.01, 0.1)}), T, r"config must be a PBTConfig", fixed=True),
 ]
 # fmt: on

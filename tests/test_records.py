@@ -69,3 +69,21 @@ def test_a_historys_properties_keep_their_own_messages(state, blobs):
     no_accuracy = history._replace(validation=history.validation._replace(metrics={}))
     with pytest.raises(AttributeError, match="no accuracy in val_metrics"):
         no_accuracy.val_accuracy  # noqa: B018
+
+
+def test_a_zero_round_history_without_validation_keeps_its_test_metrics(state, blobs):
+    """The names came from the final validation, which such a call has not."""
+    train, test = blobs
+    data = tp.RunData(train, None, test)
+
+    def call(start, num_steps):
+        config = tp.RunConfig(num_steps=num_steps, interval=5, burn_in=4,
+                              batch_size=32, progress=False)  # fmt: skip
+        return tp.train(start, jax.random.key(1), tp.identity_move(), data, config)
+
+    first = call(state, 3)  # within the burn-in: no round
+    chex.assert_shape(first.history.test_accuracy, (0, 4))
+    second = call(first.state, 11)
+    whole = call(state, 14)
+    joined = tp.History.concatenate([first.history, second.history])
+    chex.assert_trees_all_equal(joined.test, whole.history.test)
