@@ -66,7 +66,10 @@ import datetime
 import functools
 import hashlib
 import os
+import time
+import zlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -75,6 +78,7 @@ import numpy as np
 
 from tempering._caller import warn
 from tempering.checkpoint_files import (
+    LOCK_NAME,
     MAX_META_DEPTH,
     CheckpointError,
     Lock,
@@ -160,6 +164,12 @@ def _agree(code: int) -> int:
     from jax.experimental import multihost_utils
 
     return int(np.max(multihost_utils.process_allgather(np.int32(code))))
+
+
+def _check_files(step_dir: Path) -> None:
+    """A step's manifest holds, and its JSON is bounded (before orbax parses it)."""
+    check_manifest(step_dir)
+    check_meta_size(step_dir)
 
 
 def _from_process_0(steps: list[int]) -> list[int]:
@@ -284,6 +294,7 @@ class Checkpointer:
                 f"checkpoint_dir {self.directory}: process 0 of this run refused "
                 "it (its error says why)"
             )
+        self._check_shared()
         try:
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
@@ -295,6 +306,38 @@ class Checkpointer:
         except BaseException:
             self._release()
             raise
+
+    def _check_shared(self) -> None:
+        """A ValueError on every process unless all see process 0's lock file.
+
+        Over several processes the folder must be one folder (a filesystem
+        they share): a restore waits for every process inside orbax, and one
+        that sees no checkpoints would leave the others waiting.
+        """
+        if not _multi():
+            return
+        from tempering import sharding
+
+        seen = b""
+        for _ in range(30):  # a shared filesystem may show a new file late
+            try:
+                seen = (self.directory / LOCK_NAME).read_bytes()
+            except OSError:
+                seen = b""
+            if seen:
+                break
+            time.sleep(0.1)
+        differing = sharding.processes_differing(
+            np.array([zlib.crc32(seen), len(seen)], np.uint32)
+        )
+        if differing:
+            self._release()
+            raise ValueError(
+                f"checkpoint_dir {self.directory} is not the same folder on every "
+                f"process: process {differing[0]} does not see the lock file process "
+                "0 wrote there. Over several processes give a folder on a "
+                "filesystem every process shares"
+            )
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -440,8 +483,8 @@ class Checkpointer:
         """The step's JSON, checked whole, its fingerprint this call's."""
         ocp = self._ocp
         step_dir = self.directory / str(step)
-        check_manifest(step_dir)
-        check_meta_size(step_dir)  # bounded before orbax parses it
+        # Agreed before orbax's restore, which waits for every process.
+        _together(functools.partial(_check_files, step_dir))
         try:
             saved = self.manager.restore(
                 step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())

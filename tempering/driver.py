@@ -196,12 +196,18 @@ def _apply_move(move, key, state, move_state, scores, round_index, mesh=None):
     return sharding.constrain(state, mesh), move_state, info
 
 
+def _dtype_of(leaf: Any) -> str:
+    """A leaf's dtype, read without its values (they may span processes)."""
+    dtype = getattr(leaf, "dtype", None)
+    return str(np.asarray(leaf).dtype if dtype is None else dtype)
+
+
 def _check_move_state(move: Any, state: ReplicaState, move_state: Any) -> None:
     """A ValueError unless ``move_state`` has the structure ``move.init`` builds."""
     expected = move.init(state)
 
     def layout(tree: Any) -> list[tuple[tuple[int, ...], str]]:
-        return [(np.shape(x), str(np.asarray(x).dtype)) for x in jax.tree.leaves(tree)]
+        return [(np.shape(x), _dtype_of(x)) for x in jax.tree.leaves(tree)]
 
     same_tree = str(jax.tree.structure(expected)) == str(jax.tree.structure(move_state))
     if not same_tree or layout(expected) != layout(move_state):

@@ -228,24 +228,41 @@ def _wait(
 
     Returns at the first failure with ``end_others``, else once all ended;
     the process named is the first seen failing (the one that died first).
+    Ctrl-C (the processes run in sessions of their own, so a terminal's
+    SIGINT reaches only the launcher) is passed on to process 0, which stops
+    every process after the round in progress, as in one process; a second
+    Ctrl-C ends them all.
     """
-    failed = None
+    failed, interrupts = None, 0
     while True:
-        running = False
-        for rank, p in enumerate(procs):
-            code = p.poll()
-            if code is None:
-                running = True
-            elif code != 0 and failed is None:
-                failed = rank, _died(code)
-        if failed is not None and (end_others or not running):
-            return failed
-        if not running:
-            return None
-        if time.monotonic() > deadline:
-            late = [rank for rank, p in enumerate(procs) if p.poll() is None]
-            return failed or (late[0], f"was still running at the timeout {late}")
-        time.sleep(0.05)
+        try:
+            running = False
+            for rank, p in enumerate(procs):
+                code = p.poll()
+                if code is None:
+                    running = True
+                elif code != 0 and failed is None:
+                    failed = rank, _died(code)
+            if failed is not None and (end_others or not running):
+                return failed
+            if not running:
+                return None
+            if time.monotonic() > deadline:
+                late = [rank for rank, p in enumerate(procs) if p.poll() is None]
+                return failed or (late[0], f"was still running at the timeout {late}")
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            interrupts += 1
+            if interrupts > 1:
+                return 0, "was ended by a second Ctrl-C (every process was)"
+            if procs[0].poll() is None:
+                procs[0].send_signal(signal.SIGINT)
+            print(
+                "tempering.launch: Ctrl-C passed on to process 0: the run stops "
+                "after the round in progress (Ctrl-C again ends every process)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _died(code: int) -> str:

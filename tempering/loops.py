@@ -18,6 +18,7 @@ otherwise.
 from __future__ import annotations
 
 import functools
+import zlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -28,7 +29,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tempering.fast import _contains
-from tempering.sharding import REPLICA_AXIS, keep_sharded, mesh_of, put_global
+from tempering.sharding import (
+    REPLICA_AXIS,
+    keep_sharded,
+    mesh_of,
+    processes_differing,
+    put_global,
+)
 from tempering.sources import ArraySource, BatchReader, IterableSource, batch_pair
 from tempering.state import EvalMetrics, MetricsFn, ReplicaState
 from tempering.step import (
@@ -398,6 +405,13 @@ def _padded_batch(x: np.ndarray, y: np.ndarray, size: int):
     return x, y, mask
 
 
+def _crc(array: Any, start: int) -> int:
+    """A CRC-32 of ``array``'s shape, dtype and bytes, continuing ``start``."""
+    host = np.ascontiguousarray(array)
+    start = zlib.crc32(f"{host.shape}{host.dtype}".encode(), start)
+    return zlib.crc32(host.view(np.uint8).data, start)
+
+
 def run_evaluate(
     state: ReplicaState,
     source: ArraySource | IterableSource,
@@ -417,11 +431,14 @@ def run_evaluate(
     static = dict(metrics_fn=metrics_fn, vectorize=vectorize)
     if isinstance(source, IterableSource):
         totals: Totals | None = None
-        count, chunk = 0, None
+        count, chunk, digest = 0, None, 0
+        several = jax.process_count() > 1
         for element in source.make_iterator():
             x, y = batch_pair(element, name)
             if len(y) == 0:
                 raise ValueError(f"{name} yielded an empty batch")
+            if several:  # each process scores its replicas on the batches it reads
+                digest = _crc(y, _crc(x, digest))
             chunk = chunk or min(len(y), batch_size)
             if totals is None:
                 totals = zero_totals(state, x, y, metrics_fn)
@@ -433,6 +450,16 @@ def run_evaluate(
             count += len(y)
         if totals is None:
             raise ValueError(f"{name} yielded no batches")
+        if several:
+            differing = processes_differing(np.array([digest, count], np.uint32))
+            if differing:
+                raise ValueError(
+                    f"{name} differs between processes: the batches process "
+                    f"{differing[0]} read are not those of process 0. Every process "
+                    "reads the whole evaluation data and scores its own replicas on "
+                    "it: it must yield the same batches on every process (same "
+                    "files and order)"
+                )
         return metrics_from_totals(totals, count)
     inputs, targets = source
     if loop == "device":

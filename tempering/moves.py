@@ -58,6 +58,7 @@ from tempering.adaptation import (
 )
 from tempering.exchange import SCHEMES, exchange, pair_log_ratios
 from tempering.ladder import Ladder, as_ladder, assign_rungs, rungs_held
+from tempering.sharding import to_host
 from tempering.state import ReplicaState
 
 __all__ = [
@@ -143,7 +144,10 @@ class ExchangeMove:
                 (give them with ``create_replicas(..., ladder)`` or
                 :func:`tempering.ladder.assign_rungs`).
         """
-        rungs = rungs_held(state, self.ladder)
+        # Over several processes the values are split between them: gathered
+        # (a collective; every process initialises the move alike).
+        held = state.replace(hyperparams=to_host(state.hyperparams))
+        rungs = rungs_held(held, self.ladder)
         if rungs is None:
             raise ValueError(
                 "the replicas' hyperparameters are not the rungs of this ladder, "

@@ -364,6 +364,18 @@ def prepare_sources(
     so a refused call has taken no batch from the caller's generator.
     """
     metrics_fn = config.metrics_fn
+    if jax.process_count() > 1:  # before any check that one process could fail
+        sharding.check_same_on_processes(
+            {
+                name: tuple(part) if _in_memory(part) else None
+                for name, part in (
+                    ("train_data", data.train),
+                    ("validation_data", data.validation),
+                    ("test_data", data.test),
+                )
+            },  # fmt: skip
+            "data",
+        )
     validation = test = None
     if data.validation is not None:
         validation = as_eval_source(data.validation, "validation_data")

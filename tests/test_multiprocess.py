@@ -12,6 +12,7 @@ exactly, under the single-process rules (lock, manifest, fallback).
 
 import json
 import os
+import re
 import shutil
 import socket
 import textwrap
@@ -319,7 +320,7 @@ def test_the_launcher_ends_the_others(tmp_path):
 
 MISUSE_WORKER = textwrap.dedent(
     """
-    import json, os, signal
+    import json, os, signal, sys
     import tempering.launch
     tempering.launch.initialize()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
@@ -352,23 +353,42 @@ MISUSE_WORKER = textwrap.dedent(
         if record.round == 0:
             os.kill(os.getpid(), signal.SIGINT)
 
+    nan_on_1 = x.copy()
+    nan_on_1[0, 0] = np.nan if me == 1 else nan_on_1[0, 0]
+    shift = 1.0 if me == 1 else 0.0  # process 1's validation stream differs
+    validation_stream = [(x[:32] + shift, y[:32]), (x[32:], y[32:])]
     cases = {
         "keys": dict(key=jax.random.key(1 + me)),  # each process its own key
         "mesh": dict(devices=jax.devices()[:2]),  # process 0's devices only
         "callback": dict(callback=stop_with_an_error),  # raises on process 0
         "ctrl_c": dict(callback=ctrl_c),
+        # bad on one process only: every process must fail alike, not hang
+        "nan_on_1": dict(train_data=(nan_on_1, y)),
+        "eval_stream": dict(validation_data=validation_stream),
+        "unshared": dict(checkpoint_dir=os.path.join(sys.argv[1], f"ck{me}")),
     }
     for case, settings in cases.items():
-        settings = {"key": jax.random.key(1), **settings}
+        settings = {"key": jax.random.key(1), "train_data": (x, y),
+                    "validation_data": (x, y), **settings}
         try:
             result = tp.pt_train(state, ladder, settings.pop("key"), num_steps=20,
-                                 train_data=(x, y), validation_data=(x, y),
                                  exchange_interval=10, batch_size=16, **settings)
             outcome = f"ran: interrupted {result.summary.interrupted}"
         except Exception as error:
             outcome = f"{type(error).__name__}: {error}"
         print("RESULT " + json.dumps(
             dict(folder=case, process=me, outcome=outcome)), flush=True)
+
+    # tp.train continued from its result (the exchange reads the rungs held)
+    move = tp.exchange_move(ladder, c=1.0)
+    config = tp.RunConfig(num_steps=10, interval=5, batch_size=16, progress=False,
+                          devices=jax.devices())
+    data = tp.RunData((x, y), validation=(x, y))
+    first = tp.train(state, jax.random.key(1), move, data, config)
+    again = tp.train(first.state, jax.random.key(1), move, data, config,
+                     move_state=first.move_state)
+    print("RESULT " + json.dumps(dict(folder="continued", process=me,
+                                      outcome=f"ran: step {int(again.state.step)}")))
     """
 )
 
@@ -380,9 +400,25 @@ def test_misuse_over_processes_fails_alike_on_every_process(tmp_path):
     Ctrl-C on process 0 interrupts them all alike."""
     worker = tmp_path / "misuse_worker.py"
     worker.write_text(MISUSE_WORKER)
-    launched = launch(worker, 2, 2, [], timeout=180)
+    launched = launch(worker, 2, 2, [str(tmp_path)], timeout=240)
     cases = ("keys", "mesh", "callback", "ctrl_c")
     keys, mesh, callback, ctrl_c = (results(launched, c) for c in cases)
+    # data bad on process 1 only (before: each process its own error, then
+    # collectives out of step); a checkpoint folder each process sees apart
+    # (before: a hang in orbax's restore); a continued tp.train (before: a
+    # RuntimeError reading the rungs held over processes)
+    expected = {
+        "nan_on_1": "ValueError: the data differs between processes",
+        "eval_stream": "ValueError: validation_data differs between processes: "
+        "the batches process 1 read are not those of process 0",
+        "unshared": r"ValueError: checkpoint_dir \S+ck[01] is not the same folder on "
+        "every process: process 1 does not see the lock file process 0 wrote",
+        "continued": "ran: step 20",
+    }
+    for case, pattern in expected.items():
+        outcomes = [got["outcome"] for got in results(launched, case)]
+        assert len(outcomes) == 2, (case, outcomes)
+        assert all(re.match(pattern, o) for o in outcomes), (case, outcomes)
     for got in keys:
         assert got["outcome"].startswith(
             "ValueError: the argument differs between processes: argument['key'] on "
@@ -413,3 +449,71 @@ def test_a_dead_process_ends_the_run(worker):
     assert result.returncodes[0] not in (0, None)  # ended by itself, not killed
     assert "Gloo" in result.stderr[0] or "distributed service" in result.stderr[0]
     assert result.seconds < 100
+
+
+CTRL_C_WORKER = textwrap.dedent(
+    """
+    import sys, time
+    import tempering.launch
+    tempering.launch.initialize()
+
+    import flax.linen as nn
+    import jax
+    import numpy as np
+    import tempering as tp
+
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train=False):
+            return nn.Dense(3)(x)
+
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 64).astype(np.int32)
+    ladder = tp.geometric_ladder("learning_rate", 0.02, 0.3, 4)
+    state = tp.create_replicas(jax.random.key(0), Net(), tp.sgd(0.05), x[:1],
+                               ladder=ladder)
+
+    def started(record):  # runs on process 0: the terminal's Ctrl-C comes now
+        if record.round == 0:
+            open(sys.argv[1], "w").close()
+            time.sleep(3)
+
+    result = tp.pt_train(state, ladder, jax.random.key(1), num_steps=4000,
+                         train_data=(x, y), validation_data=(x, y),
+                         exchange_interval=10, batch_size=16, callback=started,
+                         progress=False)
+    print(f"RESULT interrupted {result.summary.interrupted} "
+          f"rounds {len(result.history.step)}", flush=True)
+    """
+)
+
+
+def test_ctrl_c_on_the_launcher_stops_every_process_after_a_round(tmp_path):
+    """Before, it killed the processes (started in sessions of their own, they
+    never saw the SIGINT): no result, no checkpoint, the output lost."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    worker, marker = tmp_path / "ctrl_c_worker.py", tmp_path / "round0"
+    worker.write_text(CTRL_C_WORKER)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "tempering.launch", "-n", "2", "--timeout", "300",
+         str(worker), str(marker)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not marker.exists() and launcher.poll() is None:
+        assert time.monotonic() < deadline, "round 0 never ended"
+        time.sleep(0.1)
+    launcher.send_signal(signal.SIGINT)  # a terminal's Ctrl-C
+    out, err = launcher.communicate(timeout=240)
+    assert launcher.returncode == 0, err[-2000:]
+    assert "Ctrl-C passed on to process 0" in err
+    for rank in (0, 1):
+        found = re.search(rf"\[{rank}\] RESULT interrupted True rounds (\d+)", out)
+        assert found and int(found.group(1)) < 400, out[-2000:]
