@@ -318,13 +318,9 @@ def test_the_launcher_ends_the_others(tmp_path):
         launch(script, 1, timeout=1)
 
 
-MISUSE_WORKER = textwrap.dedent(
+# A tiny PT run every process builds alike (after tempering.launch.initialize()).
+TINY_RUN = textwrap.dedent(
     """
-    import json, os, signal, sys
-    import tempering.launch
-    tempering.launch.initialize()
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
-
     import flax.linen as nn
     import jax
     import numpy as np
@@ -344,6 +340,21 @@ MISUSE_WORKER = textwrap.dedent(
     state = tp.create_replicas(
         jax.random.key(0), Net(), tp.sgd(0.05), x[:1], ladder=ladder
     )
+    """
+)
+
+MISUSE_WORKER = (
+    textwrap.dedent(
+        """
+    import json, os, signal, sys
+    import tempering.launch
+    tempering.launch.initialize()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    """
+    )
+    + TINY_RUN
+    + textwrap.dedent(
+        """
     me = jax.process_index()
 
     def stop_with_an_error(record):
@@ -390,6 +401,7 @@ MISUSE_WORKER = textwrap.dedent(
     print("RESULT " + json.dumps(dict(folder="continued", process=me,
                                       outcome=f"ran: step {int(again.state.step)}")))
     """
+    )
 )
 
 
@@ -451,30 +463,17 @@ def test_a_dead_process_ends_the_run(worker):
     assert result.seconds < 100
 
 
-CTRL_C_WORKER = textwrap.dedent(
-    """
+CTRL_C_WORKER = (
+    textwrap.dedent(
+        """
     import sys, time
     import tempering.launch
     tempering.launch.initialize()
-
-    import flax.linen as nn
-    import jax
-    import numpy as np
-    import tempering as tp
-
-
-    class Net(nn.Module):
-        @nn.compact
-        def __call__(self, x, *, train=False):
-            return nn.Dense(3)(x)
-
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 5)).astype(np.float32)
-    y = rng.integers(0, 3, 64).astype(np.int32)
-    ladder = tp.geometric_ladder("learning_rate", 0.02, 0.3, 4)
-    state = tp.create_replicas(jax.random.key(0), Net(), tp.sgd(0.05), x[:1],
-                               ladder=ladder)
+    """
+    )
+    + TINY_RUN
+    + textwrap.dedent(
+        """
 
     def started(record):  # runs on process 0: the terminal's Ctrl-C comes now
         if record.round == 0:
@@ -488,6 +487,7 @@ CTRL_C_WORKER = textwrap.dedent(
     print(f"RESULT interrupted {result.summary.interrupted} "
           f"rounds {len(result.history.step)}", flush=True)
     """
+    )
 )
 
 
