@@ -43,6 +43,7 @@ __all__ = [
     "check_names",
     "check_values",
     "get_hyperparams",
+    "injected_leaves",
     "injected_names",
     "raise_unknown_names",
     "read_injected",
@@ -168,6 +169,16 @@ def injected_names(opt_state: PyTree) -> tuple[str, ...]:
         if name is not None and jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
             names.add(name)
     return tuple(sorted(names))
+
+
+def injected_leaves(opt_state: PyTree) -> dict[str, list[Any]]:
+    """Every injected copy of every name (floats, integers and all), in order."""
+    copies: dict[str, list[Any]] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+        name = _injected_key(path)
+        if name is not None:
+            copies.setdefault(name, []).append(leaf)
+    return copies
 
 
 def scheduled_names(opt_state: PyTree) -> tuple[str, ...]:

@@ -36,6 +36,7 @@ from tempering.frontends import as_frontend
 from tempering.hyperparams import (
     DATA_HYPERPARAMETERS,
     check_values,
+    injected_leaves,
     injected_names,
     raise_unknown_names,
     read_injected,
@@ -533,6 +534,7 @@ def create_replicas(
         same_init=same_init,
     )  # fmt: skip
     scheduled = scheduled_names(opt_state)
+    _check_one_value_per_name(opt_state)
     values: dict[str, ArrayLike] = {
         name: read_injected(opt_state, name)
         for name in injected_names(opt_state)
@@ -656,6 +658,25 @@ def _check_names(
     scheduled = scheduled_names(abstract)
     known = set(injected_names(abstract)) - set(scheduled) | set(start)
     known |= set(DATA_HYPERPARAMETERS)
+    copies = injected_leaves(abstract)
+    narrow = sorted(
+        name
+        for name, leaves in copies.items()
+        if name not in scheduled
+        and any(
+            jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.dtype.itemsize < 4
+            for leaf in leaves
+        )
+    )
+    if narrow:
+        dtype = next(leaf.dtype for leaf in copies[narrow[0]])
+        raise ValueError(
+            f"tx injects {narrow} as {dtype} (optax.inject_hyperparams casts them "
+            "to the params' dtype): every replica would train with values rounded "
+            "to it (adam's b2=0.999 becomes 1.0, two learning rates of a ladder one) "
+            "while the state records them in float32. Pass "
+            "optax.inject_hyperparams(..., hyperparam_dtype=jnp.float32)"
+        )
     for where, names in (
         ("hyperparams", given),
         ("ladder", () if ladder is None else ladder.values),
@@ -663,8 +684,14 @@ def _check_names(
         unknown = sorted(set(names) - known)
         if unknown:
             hint = ""
-            if "dropout_rate" in unknown:
+            integers = [n for n in unknown if n in copies]
+            if integers:
                 hint = (
+                    f". tx injects {integers} as integers (e.g. momentum=0): give "
+                    "them as floats to optax.inject_hyperparams (momentum=0.0)"
+                )
+            if "dropout_rate" in unknown:
+                hint += (
                     f". A laddered dropout rate is a keyword of {model.name}'s call "
                     "(e.g. __call__(x, dropout_rate=0.0)) given to a dropout that "
                     f"takes it traced: {model.dropout_fix}"
@@ -676,6 +703,26 @@ def _check_names(
             raise ValueError(
                 f"{name} in hyperparams must be one value or one per replica, shape "
                 f"({num_replicas},), got shape {shape}"
+            )
+
+
+def _check_one_value_per_name(opt_state: Any) -> None:
+    """A ValueError when a name is injected twice with different values.
+
+    The state holds one value per name and replica and writes it into every
+    injected copy (``optax.multi_transform`` of two injected optimisers):
+    copies that start apart would silently all train with the first's.
+    """
+    for name, leaves in injected_leaves(opt_state).items():
+        first = np.asarray(leaves[0])
+        if any(not np.array_equal(np.asarray(leaf), first) for leaf in leaves[1:]):
+            values = sorted({float(np.asarray(leaf).ravel()[0]) for leaf in leaves})
+            raise ValueError(
+                f"tx injects {name} {len(leaves)} times with different values "
+                f"{values} (e.g. optax.multi_transform of two injected optimisers): "
+                "the replicas hold one value per name, written into every copy, so "
+                "all would train with the first. Give the copies one value, or "
+                f"give one of them a fixed (not injected) {name}"
             )
 
 

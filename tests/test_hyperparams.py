@@ -1,11 +1,15 @@
 """Per-replica hyperparameters: set_hyperparams and get_hyperparams."""
 
+import jax
 import numpy as np
+import optax
 import pytest
 from conftest import (
+    FEATURES,
     NAN,
     REPLICAS,
     Case,
+    PlainNet,
     T,
     V,
     bad_input_params,
@@ -39,3 +43,24 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("case", bad_input_params(BAD_INPUTS))
 def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
     check_raises_before_compiling(ctx, compiled, case)
+
+
+def test_a_name_injected_twice_with_different_values_is_refused():
+    """Before, multi_transform's second learning rate silently became the first's."""
+
+    def two_groups(second):
+        return optax.multi_transform(
+            {"a": optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
+             "b": optax.inject_hyperparams(optax.sgd)(learning_rate=second)},
+            lambda params: jax.tree.map(lambda _: "a", params) | {"Dense_0": {
+                "kernel": "a", "bias": "b"}},
+        )  # fmt: skip
+
+    x = np.zeros((1, FEATURES), np.float32)
+    with pytest.raises(ValueError, match=r"tx injects learning_rate 2 times with "
+                       r"different values \[0\.001.*, 0\.1.*\]"):  # fmt: skip
+        tp.create_replicas(jax.random.key(0), PlainNet(), two_groups(0.001), x,
+                           num_replicas=2)  # fmt: skip
+    state = tp.create_replicas(jax.random.key(0), PlainNet(), two_groups(0.1), x,
+                               num_replicas=2)  # fmt: skip
+    np.testing.assert_allclose(state.hyperparams["learning_rate"], [0.1, 0.1])

@@ -332,6 +332,8 @@ def test_a_respaced_product_ladder_has_explicit_temperatures():
 # fmt: off
 BAD_INPUTS = [
     # --- ladders --------------------------------------------------------------
+    Case("ladder-geometric-low-string", lambda c: tp.geometric_ladder("learning_rate", "0.01", 0.1, 4), T, r"low must be a number, got '0.01'", fixed=True),
+    Case("ladder-linear-high-list", lambda c: tp.linear_ladder("dropout_rate", 0.0, [0.5], 4), T, r"high must be a number", fixed=True),
     Case("ladder-empty", lambda c: tp.make_ladder(), V, r"at least one hyperparameter"),
     Case("ladder-one-rung", lambda c: tp.make_ladder(learning_rate=[0.1]), V, r"at least 2 rungs"),
     Case("ladder-scalar-only", lambda c: tp.make_ladder(learning_rate=0.1), V, r"at least 2 rungs"),

@@ -468,6 +468,16 @@ def test_resolve_loop(blobs):
 _TAGS = itertools.count(1)
 
 
+class HalfNet(nn.Module):
+    """PlainNet in bfloat16 params."""
+
+    tag: int = 0
+
+    @nn.compact
+    def __call__(self, x, *, train=False):
+        return nn.Dense(3, param_dtype=jnp.bfloat16)(x)
+
+
 def create(ctx: Any, /, **overrides: Any) -> Any:
     """``create_replicas`` of a fresh one-layer net, with ``overrides``."""
     kwargs = dict(
@@ -508,6 +518,8 @@ BAD_INPUTS = [
     Case("create-hand-ladder-values-list", lambda c: create(c, ladder=tp.Ladder([0.1, 0.2], jnp.array([0.1, 0.2])), num_replicas=None), T, r"ladder.values must be a mapping", fixed=True),
     Case("create-weight-decay-ladder-not-injected", lambda c: create(c, ladder=tp.linear_ladder("weight_decay", 0.0, 0.1, REPLICAS, temperatures=[1.0, 2.0, 3.0, 4.0]), num_replicas=None), V, r"ladder: unknown hyperparameter.*weight_decay", fixed=True),
     Case("create-lr-wrong-length", lambda c: create(c, hyperparams={"learning_rate": [0.1, 0.2]}), V, r"learning_rate in hyperparams must be one value or one per replica, shape \(4,\)", fixed=True),
+    Case("create-int-injected-momentum", lambda c: create(c, tx=optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0), hyperparams={"momentum": 0.5}), V, r"injects \['momentum'\] as integers .*momentum=0\.0", fixed=True),
+    Case("create-bf16-injected", lambda c: create(c, model=HalfNet(tag=next(_TAGS)), tx=optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)), V, r"tx injects \['b1', 'b2', 'eps', 'eps_root', 'learning_rate'\] as bfloat16 .*hyperparam_dtype=jnp.float32", fixed=True),
     Case("create-lr-bool", lambda c: create(c, hyperparams={"learning_rate": True}), T, r"learning_rate in hyperparams must be numbers, not bools", fixed=True),
     Case("create-model-inputs-unknown", lambda c: create(c, model_inputs=("temperature",)), V, r"model_inputs.*temperature"),
     Case("create-train-kwarg-unknown", lambda c: create(c, train_kwarg="training"), V, r"train_kwarg"),
