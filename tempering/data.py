@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Dataset", "Split", "check_fraction", "split_validation"]
+__all__ = ["Dataset", "Split", "check_fraction", "check_seed", "split_validation"]
 
 
 class Split(NamedTuple):
@@ -46,6 +46,20 @@ def check_fraction(fraction: Any) -> None:
         )
 
 
+def check_seed(seed: Any) -> None:
+    """Raises unless ``seed`` is an int >= 0, before any data is read.
+
+    None would draw a fresh split at every call: another validation set each
+    run, silently.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise TypeError(
+            f"seed must be an int >= 0 (the same seed, the same split), got {seed!r}"
+        )
+    if seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed}")
+
+
 def split_validation(
     inputs: np.ndarray, labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[Split, Split]:
@@ -61,6 +75,7 @@ def split_validation(
         ``(train, validation)`` splits.
     """
     check_fraction(fraction)
+    check_seed(seed)
     if len(inputs) != len(labels):
         raise ValueError(
             f"inputs and labels must hold the same number of examples, got "
@@ -68,6 +83,11 @@ def split_validation(
         )
     order = np.random.default_rng(seed).permutation(len(labels))
     n_val = max(1, int(round(fraction * len(labels))))
+    if n_val >= len(labels):
+        raise ValueError(
+            f"validation_fraction={fraction} of {len(labels)} examples holds out "
+            f"{n_val}, leaving none to train on: lower it or give more examples"
+        )
     val_idx, train_idx = order[:n_val], order[n_val:]
     return (
         Split(inputs[train_idx], labels[train_idx]),

@@ -259,6 +259,27 @@ def test_auto_source_falls_back_to_tfds_without_raw_files(tmp_path):
     assert len(ds.test.labels) == 30  # mock tfds data, not raw files
 
 
+def test_auto_source_with_a_missing_data_dir_names_it():
+    """Before, it fell back to tfds, whose error said nothing of the raw files."""
+    with pytest.raises(FileNotFoundError, match="data_dir /nonexistent/data is no"):
+        load_dataset("mnist", data_dir="/nonexistent/data")
+
+
+def test_auto_source_given_the_raw_folder_itself_says_give_its_parent(tmp_path):
+    make_idx_dataset(tmp_path, "mnist")
+    with pytest.raises(FileNotFoundError, match="themselves: give its parent"):
+        load_dataset("mnist", data_dir=tmp_path / "mnist")
+
+
+def test_load_mnist1d_leaves_numpys_global_random_state_alone():
+    pytest.importorskip("mnist1d")
+    np.random.seed(7)
+    expected = np.random.random()
+    np.random.seed(7)
+    tdata.load_mnist1d(num_samples=100)
+    assert np.random.random() == expected
+
+
 def test_auto_source_with_partial_raw_files_names_the_missing(tmp_path):
     make_idx_dataset(tmp_path, "mnist")
     missing = tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz"
@@ -445,6 +466,11 @@ BAD_INPUTS = [
     Case("data-augment-not-nhwc", lambda c: tdata.augment_crop_flip(c.key, jnp.zeros((2, 8))), V, r"images must be NHWC", fixed=True),
     Case("data-augment-padding-negative", lambda c: tdata.augment_crop_flip(c.key, jnp.zeros((2, 4, 4, 1)), padding=-1), V, r"padding must be an int >= 0", fixed=True),
     Case("data-fraction-string", lambda c: tdata.load_dataset("mnist", source="raw", data_dir="/nonexistent", validation_fraction="0.1"), T, r"validation_fraction must be a number", fixed=True),
+    Case("data-split-seed-none", lambda c: tdata.split_validation(c.x, c.y, 0.1, None), T, r"seed must be an int >= 0 \(the same seed, the same split\), got None", fixed=True),
+    Case("data-split-seed-negative", lambda c: tdata.split_validation(c.x, c.y, 0.1, -1), V, r"seed must be an int >= 0, got -1", fixed=True),
+    Case("data-split-leaves-no-training", lambda c: tdata.split_validation(c.x[:10], c.y[:10], 0.96, 0), V, r"validation_fraction=0.96 of 10 examples holds out 10, leaving none to train on", fixed=True),
+    Case("data-seed-before-loading", lambda c: tdata.load_dataset("mnist", source="raw", data_dir="/nonexistent", seed=1.5), T, r"seed must be an int", fixed=True),
+    Case("data-mnist1d-seed-string", lambda c: tdata.load_mnist1d(seed="a"), T, r"seed must be an int", fixed=True),
     Case("data-mnist1d-num-samples", lambda c: tdata.load_mnist1d(num_samples=0), V, r"num_samples must be >= 10", fixed=True),
 ]
 # fmt: on

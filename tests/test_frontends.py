@@ -124,6 +124,51 @@ def test_an_equinox_mlp_trains_and_evaluates_in_inference_mode(ladder):
     np.testing.assert_allclose(ours, eqx_user_loss(model, *VAL), rtol=1e-5)
 
 
+class EqxNoisy(eqx.Module):
+    """Noise while training, gated on the key as Equinox models do."""
+
+    linear: eqx.nn.Linear
+
+    def __init__(self, key):
+        self.linear = eqx.nn.Linear(TRAIN[0].shape[1], 3, key=key)
+
+    def __call__(self, x, *, key=None):
+        if key is not None:
+            x = x + jax.random.normal(key, x.shape)
+        return self.linear(x)
+
+
+class EqxKeywordKey(eqx.Module):
+    """The Equinox convention: the key is keyword-only."""
+
+    linear: eqx.nn.Linear
+
+    def __init__(self, din, dout, *, key):
+        self.linear = eqx.nn.Linear(din, dout, key=key)
+
+    def __call__(self, x):
+        return self.linear(x)
+
+
+def test_an_equinox_builder_taking_its_key_by_keyword_builds():
+    """Before, functools.partial(Model, din, dout) was refused (nnx's took rngs)."""
+    build = functools.partial(EqxKeywordKey, TRAIN[0].shape[1], 3)
+    state = tp.create_replicas(jax.random.key(0), build, tp.sgd(0.1), TRAIN[0][:2],
+                               num_replicas=2)  # fmt: skip
+    kernels = state.params.linear.weight
+    assert state.model.kind == "equinox" and not np.allclose(kernels[0], kernels[1])
+
+
+def test_an_equinox_model_gets_no_key_in_evaluation():
+    """Before, evaluation passed keys: key-gated noise stayed on."""
+    state = tp.create_replicas(jax.random.key(0), EqxNoisy, tp.sgd(0.05),
+                               TRAIN[0][:2], num_replicas=2)  # fmt: skip
+    ours = tp.evaluate(state, *VAL).loss
+    for m in range(2):
+        model = tp.replica(state, m)
+        np.testing.assert_allclose(ours[m], eqx_user_loss(model, *VAL), rtol=1e-6)
+
+
 def test_a_builder_gives_independent_starts_and_an_instance_a_common_one():
     built = tp.create_replicas(jax.random.key(0), EqxMLP, tp.sgd(0.1), TRAIN[0][:2],
                                num_replicas=M)  # fmt: skip
@@ -522,6 +567,19 @@ def test_an_nnx_model_that_sows_trains_step_after_step():
         state, info = train_step(state, jax.random.key(step), x, y)
     assert not jax.tree.leaves(state.batch_stats)  # the sown values are not kept
     assert np.all(np.isfinite(info.loss))
+
+
+def test_an_nnx_instance_called_before_keeps_no_sown_values_as_state():
+    """Before, a trial call's sown values became per-replica state, and the
+    first step failed blaming the inputs."""
+    module = NnxSows(nnx.Rngs(0))
+    module(jnp.asarray(TRAIN[0][:5]))  # the user tries the model once
+    state = tp.create_replicas(jax.random.key(0), module, tp.sgd(0.1),
+                               TRAIN[0][:2], num_replicas=2)  # fmt: skip
+    assert not jax.tree.leaves(state.batch_stats)
+    state, _ = train_step(state, jax.random.key(1), *TRAIN)
+    assert np.isfinite(tp.evaluate(state, *VAL).loss).all()
+    assert "logits" in nnx.state(module, nnx.Intermediate)  # the user's, untouched
 
 
 class LinenRated(nn.Module):

@@ -194,6 +194,26 @@ def as_frontend(model: Any, train_kwarg: str | None = "train") -> Any:
     )
 
 
+def by_keyword(build: Any) -> Any:
+    """``build(arg)`` passing ``arg`` by keyword where that parameter is keyword-only.
+
+    ``functools.partial(MLP, 16, 3)`` of ``MLP(din, dout, *, key)`` (or
+    ``*, rngs``), the usual Equinox and nnx signatures, takes its key (or
+    Rngs) by keyword only.
+    """
+    try:
+        first = builder_parameters(build)[0]
+    except (TypeError, ValueError, IndexError):
+        return build
+    if first.kind is inspect.Parameter.KEYWORD_ONLY:
+        return functools.partial(_call_by_keyword, build, first.name)
+    return build
+
+
+def _call_by_keyword(build: Any, name: str, key: Any) -> Any:
+    return build(**{name: key})
+
+
 def _from_builder(build: Any, train_kwarg: str | None) -> Any:
     """The frontend of a function that builds a model (nnx from Rngs, Equinox from a key)."""
     if _takes_rngs(build):
@@ -202,6 +222,7 @@ def _from_builder(build: Any, train_kwarg: str | None) -> Any:
         return Nnx.from_builder(build, train_kwarg)
     eqx = _equinox()
     error = None
+    build = by_keyword(build)
     if eqx is not None:
         try:
             built = eqx.filter_eval_shape(build, jax.random.key(0))

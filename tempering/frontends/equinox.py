@@ -168,7 +168,9 @@ class Equinox:
         keys = jax.random.split(jax.random.key(0) if key is None else key, x.shape[0])
 
         def one(example, example_key, state):
-            extra = {"key": example_key} if takes_key else {}
+            # No key in inference, as Equinox's own calls: randomness a key
+            # gates (noise, a dropout built in the call) is off.
+            extra = {"key": example_key if train else None} if takes_key else {}
             if self.stateful:
                 return model(example, state, **extra, **kwargs)
             return model(example, **extra, **kwargs), state

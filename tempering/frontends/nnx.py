@@ -27,7 +27,6 @@ static attribute, so use :class:`Dropout` here, whose call takes the rate::
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -111,6 +110,17 @@ def _split(module: nnx.Module) -> tuple[Any, Any, Any, Any]:
     return parts[0], parts[1], parts[2], parts[3]
 
 
+def _without_sown(module: nnx.Module) -> nnx.Module:
+    """A copy without what earlier calls sowed (the user's module left as it is).
+
+    Sown values are no state to carry: a trial call of the user's would make
+    them per-replica state, which every training call then drops.
+    """
+    copy = nnx.merge(*nnx.split(module))
+    nnx.pop(copy, _SOWN)
+    return copy
+
+
 def _mode_graphs(module: nnx.Module) -> tuple[Any, Any]:
     """The graph in training mode and in inference mode (``module`` left as it is)."""
     copy = nnx.merge(*nnx.split(module))  # a new graph over the same arrays
@@ -118,23 +128,6 @@ def _mode_graphs(module: nnx.Module) -> tuple[Any, Any]:
     train_graph = _split(copy)[0]
     copy.eval()
     return train_graph, _split(copy)[0]
-
-
-def _by_rngs(build: Callable[..., nnx.Module]) -> Callable[[nnx.Rngs], nnx.Module]:
-    """``build`` called with the Rngs by keyword where its parameter is keyword-only.
-
-    ``functools.partial(MLP, 8, 3)`` of ``MLP(din, dout, *, rngs)``, the usual
-    nnx signature, takes ``rngs`` by keyword only.
-    """
-    from tempering.frontends import builder_parameters
-
-    try:
-        first = builder_parameters(build)[0]
-    except (TypeError, ValueError, IndexError):
-        return build
-    if first.kind is inspect.Parameter.KEYWORD_ONLY:
-        return lambda rngs: build(**{first.name: rngs})
-    return build
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -162,6 +155,7 @@ class Nnx:
     @classmethod
     def from_module(cls, module: nnx.Module, train_kwarg: str | None) -> Nnx:
         """An instance: every replica starts from its weights."""
+        module = _without_sown(module)
         train_graph, eval_graph = _mode_graphs(module)
         _, params, rng_state, stats = _split(module)
         return cls(
@@ -174,12 +168,15 @@ class Nnx:
         cls, build: Callable[..., nnx.Module], train_kwarg: str | None
     ) -> Nnx:
         """A builder ``build(rngs)``: every replica draws its own initial weights."""
-        build = _by_rngs(build)
+        from tempering.frontends import by_keyword
+
+        build = by_keyword(build)
         module = build(nnx.Rngs(0))
         if not isinstance(module, nnx.Module):
             raise TypeError(
                 f"model: build(rngs) must return an nnx.Module, got {type(module).__name__}"
             )
+        module = _without_sown(module)
         train_graph, eval_graph = _mode_graphs(module)
         _, params, rng_state, stats = _split(module)
         return cls(

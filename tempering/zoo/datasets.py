@@ -20,7 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tempering.data import Dataset, Split, check_fraction, split_validation
+from tempering.data import (
+    Dataset,
+    Split,
+    check_fraction,
+    check_seed,
+    split_validation,
+)
 from tempering.zoo.dataset_files import (
     DATASETS,
     DatasetSpec,
@@ -72,6 +78,7 @@ def load_mnist1d(
         the training mean and std.
     """
     check_fraction(validation_fraction)
+    check_seed(seed)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer):
         raise TypeError(f"num_samples must be an int, got {num_samples!r}")
     if num_samples < 10:
@@ -85,7 +92,11 @@ def load_mnist1d(
     args = get_dataset_args()
     args.num_samples = num_samples
     args.seed = seed
-    raw = make_dataset(args)
+    caller_rng = np.random.get_state()  # make_dataset reseeds numpy's global one
+    try:
+        raw = make_dataset(args)
+    finally:
+        np.random.set_state(caller_rng)
     x_train = np.asarray(raw["x"], np.float32)
     y_train = np.asarray(raw["y"], np.int32)
     x_test = np.asarray(raw["x_test"], np.float32)
@@ -178,6 +189,7 @@ def load_dataset(
     """
     spec = dataset_spec(name)
     check_fraction(validation_fraction)
+    check_seed(seed)
     resolved = _resolve_source(name, spec, source, data_dir)
     if resolved == "raw":
         if data_dir is None:
@@ -210,6 +222,12 @@ def _resolve_source(
         return source
     if data_dir is None or not spec.raw_files:
         return "tfds"
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(
+            f"data_dir {os.fspath(data_dir)} is no folder: give the folder that "
+            f"holds {spec.raw_subdir}/ (the raw files) or tfds' data, or None for "
+            "tfds' default folder"
+        )
     paths = [raw_path(spec, data_dir, f) for f in spec.raw_files]
     missing = [p for p in paths if not os.path.isfile(p)]
     if not missing:
@@ -218,6 +236,11 @@ def _resolve_source(
         raise FileNotFoundError(
             f"{os.fspath(data_dir)} holds only part of the raw files of {name!r}; "
             f"missing: {', '.join(missing)}"
+        )
+    if all(os.path.isfile(os.path.join(data_dir, f)) for f in spec.raw_files):
+        raise FileNotFoundError(
+            f"data_dir {os.fspath(data_dir)} holds the raw files of {name!r} "
+            f"themselves: give its parent, whose {spec.raw_subdir}/ holds them"
         )
     return "tfds"
 
