@@ -45,7 +45,7 @@ def _default_directory() -> tuple[Path, str]:
 
 
 def _checked_directory(directory: str | os.PathLike | None) -> Path:
-    """The folder as an absolute path, created; errors name the argument."""
+    """The folder as a resolved absolute path, created; errors name the argument."""
     if directory is None:
         path, what = _default_directory()
     else:
@@ -85,7 +85,9 @@ def _checked_directory(directory: str | os.PathLike | None) -> Path:
             f"enable_compilation_cache: {what} {path} is not readable and "
             "writable by this user"
         )
-    return path
+    # JAX writes the folder's path into every program's cache key: one folder
+    # reached by two paths (a symlink) would be two caches.
+    return path.resolve()
 
 
 def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path:
@@ -128,7 +130,7 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path
             ``~/.cache/tempering/jax``.
 
     Returns:
-        The folder, as an absolute path.
+        The folder, as an absolute path with its symlinks resolved.
 
     Raises:
         TypeError: ``directory`` is not a ``str``, an ``os.PathLike`` or None.

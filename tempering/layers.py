@@ -16,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["Dropout", "dropout", "is_static_zero"]
 
@@ -41,10 +42,16 @@ def dropout(key: jax.Array, x: jax.Array, rate: jax.Array | float) -> jax.Array:
     """
     if is_static_zero(rate):
         return x
+    if not isinstance(rate, jax.core.Tracer):
+        concrete = np.asarray(rate, np.float64)
+        if not np.all((concrete >= 0) & (concrete < 1)):
+            raise ValueError(f"rate must lie in [0, 1), got {concrete.tolist()}")
     rate = jnp.asarray(rate, dtype=jnp.float32)
     keep_prob = 1.0 - rate
     keep = jax.random.uniform(key, x.shape, dtype=jnp.float32) < keep_prob
-    scale = (1.0 / keep_prob).astype(x.dtype)
+    # A traced rate of 1 drops everything: scale 0, not inf (whose 0 * inf
+    # would make the gradient NaN).
+    scale = jnp.where(keep_prob > 0, 1.0 / keep_prob, 0.0).astype(x.dtype)
     return jnp.where(keep, x * scale, jnp.zeros_like(x))
 
 

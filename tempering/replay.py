@@ -9,6 +9,7 @@ the same batches.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -18,7 +19,7 @@ from flax import struct
 
 from tempering.config import RunConfig, RunData, require_validation
 from tempering.driver import check_not_traced, train
-from tempering.hyperparams import check_names, set_hyperparams
+from tempering.hyperparams import check_names, check_values, set_hyperparams
 from tempering.moves import NoInfo
 from tempering.records import History, metric_of
 from tempering.state import ReplicaState
@@ -121,6 +122,43 @@ def best_schedule(history: History, replica: int) -> Schedule:
     )
 
 
+def _check_schedule(schedule: Schedule) -> tuple[list[int], list[int]]:
+    """The pieces' starts and ends, or a ValueError/TypeError naming the field."""
+    starts = np.asarray(schedule.starts)
+    if starts.ndim != 1 or not np.issubdtype(starts.dtype, np.integer):
+        raise TypeError(
+            f"schedule.starts must be a 1-D array of ints (the first step of each "
+            f"piece), got {schedule.starts!r}"
+        )
+    num_steps = schedule.num_steps
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer):
+        raise TypeError(f"schedule.num_steps must be an int, got {num_steps!r}")
+    begin = [int(s) for s in starts]
+    ends = [*begin[1:], int(num_steps)]
+    if (
+        not begin
+        or begin[0] != 0
+        or any(e <= b for b, e in zip(begin, ends, strict=True))
+    ):
+        raise ValueError(
+            "schedule must start at step 0 with increasing starts below num_steps, "
+            f"got starts {begin} and num_steps {num_steps}"
+        )
+    if not isinstance(schedule.values, Mapping) or not schedule.values:
+        raise ValueError(
+            "schedule.values must map at least one hyperparameter name to its "
+            f"value in each piece, got {schedule.values!r}"
+        )
+    for name, value in schedule.values.items():
+        if np.shape(value)[:1] != (len(begin),):
+            raise ValueError(
+                f"schedule.values[{name!r}] must hold one value per piece, shape "
+                f"({len(begin)},) for its {len(begin)} starts, got shape "
+                f"{np.shape(value)}"
+            )
+    return begin, ends
+
+
 class ReplayResult(NamedTuple):
     """What :func:`replay_schedule` returns."""
 
@@ -169,7 +207,11 @@ def replay_schedule(
     Every replica of ``state`` follows ``schedule`` (all at the same values):
     :func:`tempering.train` with one round per piece, whose move sets the
     next piece's values. With the key of the PBT run the batch order is the
-    same.
+    same (with ``shared_batch=True``, the default: every replica's batches
+    are then the run's), so a replay from the lineage's initial weights
+    retraces the replica's steps when nothing else is random; dropout masks
+    differ (a round's keys follow the round, and a replay's rounds are the
+    schedule's pieces).
 
     Args:
         state: fresh replicas (any M), e.g. ``create_replicas(new_key, ...)``.
@@ -184,22 +226,21 @@ def replay_schedule(
 
     Returns:
         :class:`ReplayResult`.
+
+    Raises:
+        TypeError / ValueError: before anything compiles, for a schedule whose
+            starts are no increasing ints from 0 below ``num_steps``, whose
+            values do not hold one value per piece, or whose values are out
+            of range or not finite (every piece's, not only the first's).
     """
     check_not_traced(state)
     if not isinstance(schedule, Schedule):
         raise TypeError("schedule must be a Schedule from tempering.best_schedule")
-    starts = [int(s) for s in schedule.starts]
-    ends = [*starts[1:], int(schedule.num_steps)]
-    if (
-        not starts
-        or starts[0] != 0
-        or any(e <= s for s, e in zip(starts, ends, strict=True))
-    ):
-        raise ValueError(
-            "schedule must start at step 0 with increasing starts below num_steps"
-        )
+    starts, ends = _check_schedule(schedule)
     require_validation(validation_data, "replay_schedule", "is recorded per piece")
     check_names(state, list(schedule.values), "schedule")
+    for name, value in schedule.values.items():
+        check_values(name, value, "the schedule")
     values = {n: jnp.asarray(v, jnp.float32) for n, v in schedule.values.items()}
     state = set_hyperparams(state, **{n: v[0] for n, v in schedule.values.items()})
     config = RunConfig(num_steps=ends[-1], interval=tuple(ends), **settings)

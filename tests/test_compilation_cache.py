@@ -119,7 +119,7 @@ def cache_entries(folder: Path) -> set[str]:
 def test_a_second_process_finds_every_program_of_pt_train(tmp_path):
     folder = tmp_path / "cache" / "jax"  # created, parents too
     cold = run_worker(PT_WORKER, str(folder))
-    assert cold["folder"] == str(folder)
+    assert cold["folder"] == str(folder.resolve())
     assert cold["entries_after_enable"] == 0  # turning it on compiles nothing
     assert cold["hits"] == 0 and cold["writes"] > 0
     assert cold["writes"] == cold["requests"]  # every program written
@@ -131,12 +131,17 @@ def test_a_second_process_finds_every_program_of_pt_train(tmp_path):
     assert warm["hits"] == warm["requests"] == cold["requests"]
     assert cache_entries(folder) == written
     assert warm["loss"] == cold["loss"]  # the same programs, the same run
+    # the same folder through a symlink: before, its path made other keys
+    link = tmp_path / "link"
+    link.symlink_to(folder)
+    linked = run_worker(PT_WORKER, str(link))
+    assert linked["writes"] == 0 and linked["hits"] == cold["requests"]
 
 
 def test_default_folder_from_the_environment(tmp_path):
     folder = tmp_path / "from-env"
     result = run_worker(PT_WORKER, "-", env={"TEMPERING_CACHE_DIR": str(folder)})
-    assert result["folder"] == str(folder)
+    assert result["folder"] == str(folder.resolve())
     assert len(cache_entries(folder)) == result["writes"] > 0
 
 
@@ -155,6 +160,7 @@ def test_on_after_other_jax_work_and_a_change_of_folder(tmp_path):
 
 def test_default_folder_names(tmp_path, monkeypatch):
     # the folder is resolved and created without turning anything on
+    tmp_path = tmp_path.resolve()
     monkeypatch.setenv("TEMPERING_CACHE_DIR", str(tmp_path / "env"))
     assert compilation_cache._checked_directory(None) == tmp_path / "env"
     monkeypatch.delenv("TEMPERING_CACHE_DIR")

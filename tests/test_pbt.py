@@ -665,6 +665,14 @@ def pbt_cfg(**overrides: Any) -> Any:
 # --- bad inputs (issue 17): raised before anything compiles ----------------------
 # The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
 
+
+def replay(ctx: Any, /, starts: Any, values: Any, num_steps: Any = 20) -> Any:
+    """``replay_schedule`` of a hand-built schedule on the shared state and data."""
+    schedule = tp.replay.Schedule(np.asarray(starts), values, np.zeros(0), num_steps)
+    return tp.replay_schedule(ctx.state, ctx.key, schedule, train_data=(ctx.x, ctx.y),
+                              validation_data=(ctx.xv, ctx.yv), batch_size=8)  # fmt: skip
+
+
 # fmt: off
 BAD_INPUTS = [
     # --- pbt ------------------------------------------------------------------
@@ -697,6 +705,13 @@ BAD_INPUTS = [
     Case("pbt-train-one-replica", lambda c: pbt_run(c, state=first_replica(c.state)), V, r"pbt_train needs at least 2 replicas, got M = 1", fixed=True),
     Case("pbt-train-prior-int-key", lambda c: pbt_run(c, key=0, init_from_prior=True), T, r"key must be a JAX PRNG key", fixed=True),
     Case("pbt-train-prior-unpaired-data", lambda c: pbt_run(c, train_data=(c.x, c.y[:5]), init_from_prior=True), V, r"train_data has \d+ inputs but 5 targets", fixed=True),
+    Case("replay-values-too-short", lambda c: replay(c, [0, 10, 15], {"learning_rate": [0.1, 0.2]}), V, r"schedule.values\['learning_rate'\] must hold one value per piece, shape \(3,\)", fixed=True),
+    Case("replay-values-too-long", lambda c: replay(c, [0, 10], {"learning_rate": [0.1, 0.2, 0.3, 0.4]}), V, r"one value per piece, shape \(2,\)", fixed=True),
+    Case("replay-no-values", lambda c: replay(c, [0, 10], {}), V, r"schedule.values must map at least one", fixed=True),
+    Case("replay-later-nan", lambda c: replay(c, [0, 10], {"learning_rate": [0.1, np.nan]}), V, r"learning_rate in the schedule has non-finite", fixed=True),
+    Case("replay-later-dropout-1.5", lambda c: replay(c, [0, 10], {"dropout_rate": [0.1, 1.5]}), V, r"dropout_rate in the schedule", fixed=True),
+    Case("replay-float-starts", lambda c: replay(c, [0.0, 10.7], {"learning_rate": [0.1, 0.2]}), T, r"schedule.starts must be a 1-D array of ints", fixed=True),
+    Case("replay-float-num-steps", lambda c: replay(c, [0, 10], {"learning_rate": [0.1, 0.2]}, num_steps=20.9), T, r"schedule.num_steps must be an int", fixed=True),
     Case("pbt-step-config-dict", lambda c: pbt_step(c.key, c.state, jnp.ones(REPLICAS), {"learning_rate": (0.01, 0.1)}), T, r"config must be a PBTConfig", fixed=True),
 ]
 # fmt: on
