@@ -33,7 +33,9 @@ def dropout(key: jax.Array, x: jax.Array, rate: jax.Array | float) -> jax.Array:
         key: PRNG key for the mask.
         x: input array.
         rate: probability of dropping each element, in ``[0, 1)``; a scalar that
-            may be a tracer (for example a per-replica value under ``jax.vmap``).
+            may be a tracer (for example a per-replica value under ``jax.vmap``:
+            the engine's values are range-checked before they are traced). A
+            concrete rate outside ``[0, 1)`` is a ValueError.
 
     Returns:
         ``x`` with elements zeroed with probability ``rate`` and the rest scaled
@@ -49,9 +51,7 @@ def dropout(key: jax.Array, x: jax.Array, rate: jax.Array | float) -> jax.Array:
     rate = jnp.asarray(rate, dtype=jnp.float32)
     keep_prob = 1.0 - rate
     keep = jax.random.uniform(key, x.shape, dtype=jnp.float32) < keep_prob
-    # A traced rate of 1 drops everything: scale 0, not inf (whose 0 * inf
-    # would make the gradient NaN).
-    scale = jnp.where(keep_prob > 0, 1.0 / keep_prob, 0.0).astype(x.dtype)
+    scale = (1.0 / keep_prob).astype(x.dtype)  # a traced rate must be < 1
     return jnp.where(keep, x * scale, jnp.zeros_like(x))
 
 
