@@ -233,7 +233,7 @@ def raise_unknown_names(
             "for a hyperparameter you ladder or set"
         )
     raise ValueError(
-        f"{where}: unknown hyperparameter(s) {list(names)}; this state has "
+        f"{where}: unknown hyperparameter(s) {list(names)}; this state takes "
         f"{sorted(known)} (the floats tx injects with "
         "optax.inject_hyperparams, and the model inputs; declare more with "
         f"create_replicas(..., model_inputs=...)){hint}"

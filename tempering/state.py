@@ -540,6 +540,9 @@ def create_replicas(
         for name in injected_names(opt_state)
         if name not in scheduled
     }
+    for name, value in values.items():  # tx's own values: ranges and typos too
+        if name not in given and (ladder is None or name not in ladder.values):
+            check_values(name, value, "tx")
     values.update({
         name: np.broadcast_to(np.float32(given.get(name, v)), (num_replicas,))
         for name, v in start.items()
@@ -697,6 +700,13 @@ def _check_names(
                     f"takes it traced: {model.dropout_fix}"
                 )
             raise_unknown_names(known, scheduled, unknown, where, hint)
+    both = sorted(set(given) & set(() if ladder is None else ladder.values))
+    if both:
+        raise ValueError(
+            f"{both} given both by the ladder and in hyperparams: the ladder's "
+            "rungs set them (hyperparams' values would be dropped); give each "
+            "name in one of the two"
+        )
     for name, value in given.items():
         shape = check_values(name, value, "hyperparams").shape
         if shape not in ((), (num_replicas,)):

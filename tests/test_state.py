@@ -520,6 +520,7 @@ BAD_INPUTS = [
     Case("create-lr-wrong-length", lambda c: create(c, hyperparams={"learning_rate": [0.1, 0.2]}), V, r"learning_rate in hyperparams must be one value or one per replica, shape \(4,\)", fixed=True),
     Case("create-int-injected-momentum", lambda c: create(c, tx=optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0), hyperparams={"momentum": 0.5}), V, r"injects \['momentum'\] as integers .*momentum=0\.0", fixed=True),
     Case("create-bf16-injected", lambda c: create(c, model=HalfNet(tag=next(_TAGS)), tx=optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)), V, r"tx injects \['b1', 'b2', 'eps', 'eps_root', 'learning_rate'\] as bfloat16 .*hyperparam_dtype=jnp.float32", fixed=True),
+    Case("create-ladder-and-hyperparams-overlap", lambda c: create(c, ladder=c.ladder, num_replicas=None, hyperparams={"learning_rate": 0.1}), V, r"\['learning_rate'\] given both by the ladder and in hyperparams", fixed=True),
     Case("create-lr-bool", lambda c: create(c, hyperparams={"learning_rate": True}), T, r"learning_rate in hyperparams must be numbers, not bools", fixed=True),
     Case("create-model-inputs-unknown", lambda c: create(c, model_inputs=("temperature",)), V, r"model_inputs.*temperature"),
     Case("create-train-kwarg-unknown", lambda c: create(c, train_kwarg="training"), V, r"train_kwarg"),
@@ -557,3 +558,13 @@ def test_table_ids_are_unique_and_counted():
     assert f"{len(cases)} bad inputs" in doc
     assert f"{fixed} of them needed a library fix" in doc
     assert f"{pending} still wait" in doc or f"{pending} still waits" in doc
+
+
+def test_the_optimisers_own_values_are_range_checked(ctx):
+    """Before, tp.sgd(20.0) trained (every replica diverged in round 0), while a
+    ladder or hyperparams of 20 was refused as a typo."""
+    with pytest.raises(ValueError, match=r"learning_rate in tx must be at most 10"):
+        create(ctx, tx=tp.sgd(20.0))
+    with pytest.raises(ValueError, match=r"momentum in tx must lie in \[0, 1\)"):
+        create(ctx, tx=optax.inject_hyperparams(optax.sgd)(0.1, momentum=1.5))
+    assert create(ctx, tx=tp.sgd(20.0), hyperparams={"learning_rate": 0.1})
