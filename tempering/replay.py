@@ -236,6 +236,13 @@ def replay_schedule(
     check_not_traced(state)
     if not isinstance(schedule, Schedule):
         raise TypeError("schedule must be a Schedule from tempering.best_schedule")
+    fixed = sorted(set(settings) & {"num_steps", "interval", "burn_in"})
+    if fixed:
+        raise TypeError(
+            f"replay_schedule sets {fixed} itself (one round per piece of the "
+            "schedule, from step 0): drop them, or change schedule.starts and "
+            "schedule.num_steps"
+        )
     starts, ends = _check_schedule(schedule)
     require_validation(validation_data, "replay_schedule", "is recorded per piece")
     check_names(state, list(schedule.values), "schedule")

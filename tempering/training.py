@@ -240,7 +240,12 @@ def pt_train(
         resume_allowing=resume_allowing,
     )  # fmt: skip
     if isinstance(config.interval, tuple):
-        raise TypeError("exchange_interval must be an int (steps between exchanges)")
+        where = "exchange_interval" if run_config is None else "run_config.interval"
+        raise TypeError(
+            f"{where} must be an int (steps between exchanges), got round ends "
+            f"{config.interval}: explicit round ends are tempering.train's "
+            "(with tempering.exchange_move)"
+        )
     _check_some_exchange(state, config)
     adaptation = getattr(move_state, "adaptation", None)
     adapting = isinstance(adaptation, AdaptationState)

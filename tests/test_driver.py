@@ -680,6 +680,11 @@ def test_pt_train_takes_a_run_config_or_keywords_not_both(state, blobs):
                     validation_data=val, num_steps=30)  # fmt: skip
     with pytest.raises(TypeError, match="exchange_interval must be an int"):
         pt(state, blobs, exchange_interval=2.5)
+    ends = config.replace(burn_in=0, interval=(10, 20, 30))  # it named the keyword
+    with pytest.raises(TypeError, match=r"run_config.interval must be an int .*"
+                       r"got round ends \(10, 20, 30\)"):  # fmt: skip
+        tp.pt_train(state, LR_LADDER, jax.random.key(1), train_data=train,
+                    validation_data=val, run_config=ends)  # fmt: skip
 
 
 def test_signatures_show_every_setting():

@@ -666,11 +666,14 @@ def pbt_cfg(**overrides: Any) -> Any:
 # The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
 
 
-def replay(ctx: Any, /, starts: Any, values: Any, num_steps: Any = 20) -> Any:
+def replay(
+    ctx: Any, /, starts: Any, values: Any, num_steps: Any = 20, **settings: Any
+) -> Any:
     """``replay_schedule`` of a hand-built schedule on the shared state and data."""
     schedule = tp.replay.Schedule(np.asarray(starts), values, np.zeros(0), num_steps)
     return tp.replay_schedule(ctx.state, ctx.key, schedule, train_data=(ctx.x, ctx.y),
-                              validation_data=(ctx.xv, ctx.yv), batch_size=8)  # fmt: skip
+                              validation_data=(ctx.xv, ctx.yv), batch_size=8,
+                              **settings)  # fmt: skip
 
 
 # fmt: off
@@ -711,6 +714,7 @@ BAD_INPUTS = [
     Case("replay-later-nan", lambda c: replay(c, [0, 10], {"learning_rate": [0.1, np.nan]}), V, r"learning_rate in the schedule has non-finite", fixed=True),
     Case("replay-later-dropout-1.5", lambda c: replay(c, [0, 10], {"dropout_rate": [0.1, 1.5]}), V, r"dropout_rate in the schedule", fixed=True),
     Case("replay-float-starts", lambda c: replay(c, [0.0, 10.7], {"learning_rate": [0.1, 0.2]}), T, r"schedule.starts must be a 1-D array of ints", fixed=True),
+    Case("replay-num-steps-setting", lambda c: replay(c, [0, 10], {"learning_rate": [0.1, 0.2]}, num_steps=20, interval=5), T, r"replay_schedule sets \['interval'\] itself", fixed=True),
     Case("replay-float-num-steps", lambda c: replay(c, [0, 10], {"learning_rate": [0.1, 0.2]}, num_steps=20.9), T, r"schedule.num_steps must be an int", fixed=True),
     Case("pbt-step-config-dict", lambda c: pbt_step(c.key, c.state, jnp.ones(REPLICAS), {"learning_rate": (0.01, 0.1)}), T, r"config must be a PBTConfig", fixed=True),
 ]

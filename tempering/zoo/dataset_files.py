@@ -393,7 +393,12 @@ def _read_tfds_split(
             f"{where}: no array_record copy found in "
             f"{data_dir or 'the default tfds data_dir'} ({err}). Prepare it once "
             f"with `tfds build {spec.tfds_name} --file_format=array_record "
-            "--data_dir=...`, or use local raw files with source='raw'."
+            "--data_dir=...`, or use local raw files with source='raw'"
+            + (
+                f" (data_dir/{spec.raw_subdir}/{{{', '.join(spec.raw_files)}}})."
+                if spec.raw_files
+                else "."
+            )
         ) from err
     images, labels = _examples_to_arrays([source[i] for i in range(len(source))])
     if images.shape[1:] != spec.image_shape or images.dtype != np.uint8:
