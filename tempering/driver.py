@@ -545,7 +545,7 @@ def _carry_kept(error: Exception, kept: _Kept, run: _Run) -> None:
     if hasattr(error, "add_note"):  # Python >= 3.11
         error.add_note(
             f"tempering: error.state, .move_state and .history hold the call after "
-            f"its last finite round (step {int(kept.carry[0].step)})"
+            f"its last finite round (step {int(state.step)})"
         )
 
 

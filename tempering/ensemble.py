@@ -39,6 +39,7 @@ import numpy as np
 from flax import struct
 
 from tempering._caller import warn
+from tempering.config import check_int
 from tempering.moves import as_move
 from tempering.state import ReplicaState, eval_outputs
 from tempering.step import chunked, replica_outputs
@@ -170,19 +171,12 @@ def cold_chain_ensemble(
     """
     for name, value, low in (("every", every, 1), ("after", after, 0),
                              ("chunk_size", chunk_size, 1)):  # fmt: skip
-        _check_int(name, value, low)
+        check_int(value, name, low)
     inputs = _check_inputs(inputs)
     size = min(int(chunk_size), len(inputs))
     return ColdChainEnsemble(
         as_move(move), _chunks(inputs, size), len(inputs), int(every), int(after)
     )
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int >= {low}, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
 def _check_inputs(inputs: Any) -> np.ndarray:
@@ -215,7 +209,7 @@ def replicas_probabilities(
         ValueError: every replica's predictions are non-finite, or bad
             ``inputs`` or ``chunk_size``.
     """
-    _check_int("chunk_size", chunk_size, 1)
+    check_int(chunk_size, "chunk_size", 1)
     inputs = _check_inputs(inputs)
     chunks = _chunks(inputs, min(int(chunk_size), len(inputs)))
     keep = np.ones(state.num_replicas, bool)

@@ -41,6 +41,7 @@ __all__ = [
     "RANGES",
     "Range",
     "check_names",
+    "check_number",
     "check_values",
     "get_hyperparams",
     "injected_leaves",
@@ -98,6 +99,16 @@ INTEGER_HYPERPARAMETERS = ("batch_size",)  # whole numbers only
 # Largest value accepted: above it a value is a typo, not a setting (a learning
 # rate of 1e3 diverges on any usual loss scale). Raise an entry to allow more.
 LIMITS: dict[str, float] = {"learning_rate": 10.0}
+
+
+def check_number(value: Any, name: str) -> float:
+    """``value`` as a float; bools, strings and arrays are refused by name."""
+    if isinstance(value, bool | np.bool_ | str) or np.ndim(value) != 0:
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
 
 
 def check_values(name: str, values: Any, where: str = "") -> np.ndarray:

@@ -55,7 +55,12 @@ import numpy as np
 from flax import struct
 from numpy.typing import ArrayLike
 
-from tempering.hyperparams import check_names, check_values, set_hyperparams
+from tempering.hyperparams import (
+    check_names,
+    check_number,
+    check_values,
+    set_hyperparams,
+)
 from tempering.temperatures import (
     DROPOUT_TEMPERATURES,
     HYPERPARAMETERS,
@@ -322,13 +327,6 @@ def make_ladder(
     )
 
 
-def _end(value: Any, name: str) -> float:
-    """An end of a spaced ladder as a float, or a TypeError naming it."""
-    if isinstance(value, bool | str) or np.ndim(value) != 0:
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    return float(_numbers(value, name))
-
-
 def _spaced_ladder(
     spacing, name, low, high, num_rungs, temperatures, fixed, dropout_temperature
 ) -> Ladder:
@@ -336,7 +334,7 @@ def _spaced_ladder(
         raise ValueError(f"num_rungs must be an int >= 2, got {num_rungs!r}")
     if not isinstance(name, str):
         raise TypeError(f"name must be a hyperparameter name, got {name!r}")
-    values = spacing(_end(low, "low"), _end(high, "high"), num_rungs)
+    values = spacing(check_number(low, "low"), check_number(high, "high"), num_rungs)
     return make_ladder(
         {name: values, **fixed},
         temperatures=temperatures,
@@ -409,7 +407,7 @@ def geometric_ladder(
     Returns:
         The validated :class:`Ladder`, coldest rung first.
     """
-    low, high = _end(low, "low"), _end(high, "high")
+    low, high = check_number(low, "low"), check_number(high, "high")
     if not (np.isfinite(low) and np.isfinite(high) and low > 0 and high > 0):
         raise ValueError(f"a geometric ladder needs low, high > 0, got {low}, {high}")
     return _spaced_ladder(

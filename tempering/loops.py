@@ -18,7 +18,6 @@ otherwise.
 from __future__ import annotations
 
 import functools
-import zlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -31,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 from tempering.fast import _contains
 from tempering.sharding import (
     REPLICA_AXIS,
+    crc32_of,
     keep_sharded,
     mesh_of,
     processes_differing,
@@ -405,13 +405,6 @@ def _padded_batch(x: np.ndarray, y: np.ndarray, size: int):
     return x, y, mask
 
 
-def _crc(array: Any, start: int) -> int:
-    """A CRC-32 of ``array``'s shape, dtype and bytes, continuing ``start``."""
-    host = np.ascontiguousarray(array)
-    start = zlib.crc32(f"{host.shape}{host.dtype}".encode(), start)
-    return zlib.crc32(host.view(np.uint8).data, start)
-
-
 def run_evaluate(
     state: ReplicaState,
     source: ArraySource | IterableSource,
@@ -438,7 +431,7 @@ def run_evaluate(
             if len(y) == 0:
                 raise ValueError(f"{name} yielded an empty batch")
             if several:  # each process scores its replicas on the batches it reads
-                digest = _crc(y, _crc(x, digest))
+                digest = crc32_of(y, crc32_of(x, digest))
             chunk = chunk or min(len(y), batch_size)
             if totals is None:
                 totals = zero_totals(state, x, y, metrics_fn)

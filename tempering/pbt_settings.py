@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from tempering.hyperparams import check_values
+from tempering.hyperparams import check_number, check_values
 from tempering.ladder import HYPERPARAMETERS
 
 __all__ = ["SELECTIONS", "PBTConfig", "Prior", "pbt_config"]
@@ -54,8 +54,8 @@ def _check_prior(name: str, prior: Any) -> Prior:
             f"tuple, got {prior!r}"
         )
     low, high = (
-        _number(low, f"prior[{name!r}]'s low"),
-        _number(high, f"prior[{name!r}]'s high"),
+        check_number(low, f"prior[{name!r}]'s low"),
+        check_number(high, f"prior[{name!r}]'s high"),
     )
     if not isinstance(log, bool | np.bool_):
         raise TypeError(
@@ -73,16 +73,6 @@ def _check_prior(name: str, prior: Any) -> Prior:
         raise ValueError(f"log-uniform prior[{name!r}] needs low > 0, got {low}")
     _check_range(name, low, high, "the prior")
     return Prior(low, high, log)
-
-
-def _number(value: Any, name: str) -> float:
-    """``value`` as a float; bools, strings and arrays are refused by name."""
-    if isinstance(value, bool | str) or np.ndim(value) != 0:
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
 
 
 def _check_range(name: str, low: float, high: float, what: str) -> None:
@@ -153,12 +143,12 @@ def pbt_config(
     )
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-    fraction = _number(fraction, "fraction")
+    fraction = check_number(fraction, "fraction")
     if not 0.0 < fraction <= 0.5:
         raise ValueError(
             f"fraction q must lie in (0, 0.5] (bottom q copy the top q), got {fraction}"
         )
-    resample_probability = _number(resample_probability, "resample_probability")
+    resample_probability = check_number(resample_probability, "resample_probability")
     if not 0.0 <= resample_probability <= 1.0:
         raise ValueError(
             f"resample_probability must lie in [0, 1], got {resample_probability}"
@@ -178,8 +168,8 @@ def _check_bounds(name: str, bounds: Any, prior: Prior) -> tuple[float, float]:
     """The clip range of ``name`` after explore, as floats; it meets the prior."""
     if not isinstance(bounds, tuple | list) or len(bounds) != 2:
         raise TypeError(f"bounds[{name!r}] must be a (low, high) pair, got {bounds!r}")
-    low = _number(bounds[0], f"bounds[{name!r}]'s low")
-    high = _number(bounds[1], f"bounds[{name!r}]'s high")
+    low = check_number(bounds[0], f"bounds[{name!r}]'s low")
+    high = check_number(bounds[1], f"bounds[{name!r}]'s high")
     if not (np.isfinite(low) and np.isfinite(high)) or low >= high:
         raise ValueError(
             f"bounds[{name!r}] = ({low}, {high}) must be finite with low < high "
@@ -202,7 +192,7 @@ def _check_factors(perturb_factors: Any) -> tuple[float, ...]:
             "perturb_factors must be a sequence of positive numbers, e.g. "
             f"(0.8, 1.2), got {perturb_factors!r}"
         )
-    factors = tuple(_number(f, "perturb_factors") for f in perturb_factors)
+    factors = tuple(check_number(f, "perturb_factors") for f in perturb_factors)
     if not factors or not all(np.isfinite(f) and f > 0 for f in factors):
         raise ValueError(
             f"perturb_factors must be a non-empty list of positive numbers, got {factors}"

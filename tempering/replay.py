@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from tempering.config import RunConfig, RunData, require_validation
+from tempering.config import RunConfig, RunData, check_int, require_validation
 from tempering.driver import check_not_traced, train
 from tempering.hyperparams import check_names, check_values, set_hyperparams
 from tempering.moves import NoInfo
@@ -130,9 +130,7 @@ def _check_schedule(schedule: Schedule) -> tuple[list[int], list[int]]:
             f"schedule.starts must be a 1-D array of ints (the first step of each "
             f"piece), got {schedule.starts!r}"
         )
-    num_steps = schedule.num_steps
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer):
-        raise TypeError(f"schedule.num_steps must be an int, got {num_steps!r}")
+    num_steps = check_int(schedule.num_steps, "schedule.num_steps", 1)
     begin = [int(s) for s in starts]
     ends = [*begin[1:], int(num_steps)]
     if (

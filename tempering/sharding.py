@@ -26,6 +26,7 @@ device and is copied to the others at every call (every step with
 from __future__ import annotations
 
 import functools
+import zlib
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -491,6 +492,13 @@ def processes_differing(values: np.ndarray) -> list[int]:
     return [int(p) for p in np.nonzero((gathered != gathered[:1]).any(axis=1))[0]]
 
 
+def crc32_of(array: Any, start: int = 0) -> int:
+    """A CRC-32 of ``array``'s shape, dtype and bytes, continuing ``start``."""
+    host = np.ascontiguousarray(np.asarray(array))
+    start = zlib.crc32(f"{host.shape}{host.dtype}".encode(), start)
+    return zlib.crc32(host.tobytes(), start)
+
+
 def check_same_on_processes(tree: Any, what: str) -> None:
     """A ValueError unless every process holds the same ``tree`` (a collective).
 
@@ -502,8 +510,6 @@ def check_same_on_processes(tree: Any, what: str) -> None:
     """
     if jax.process_count() == 1:
         return
-    import zlib
-
     from jax.experimental import multihost_utils
 
     paths, sums = [], []
@@ -514,9 +520,7 @@ def check_same_on_processes(tree: Any, what: str) -> None:
             leaf.dtype, jax.dtypes.prng_key
         ):
             leaf = jax.random.key_data(leaf)
-        host = np.ascontiguousarray(np.asarray(leaf))
-        header = f"{host.shape}{host.dtype}".encode()
-        sums.append(zlib.crc32(host.tobytes(), zlib.crc32(header)))
+        sums.append(crc32_of(leaf))
         paths.append(jax.tree_util.keystr(path))
     local = np.array([len(sums), *sums], np.uint32)
     sizes = multihost_utils.process_allgather(local[:1])

@@ -61,6 +61,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from tempering import sharding
 from tempering.batches import (
@@ -304,11 +306,19 @@ def _check_finite(source: ArraySource, name: str) -> None:
 
 
 def _on_devices(source: ArraySource, state: ReplicaState) -> ArraySource:
-    """In-memory data on the device, or on every device of a sharded state."""
+    """In-memory data on the device, or on every device of a sharded state.
+
+    Placed as :func:`tempering.sharding.replicate` does, without its check
+    that every process holds the same arrays: :func:`prepare_sources` made
+    it first.
+    """
     mesh = sharding.mesh_of(state)
     if mesh is None:
         return ArraySource(jnp.asarray(source.inputs), jnp.asarray(source.targets))
-    return ArraySource(*sharding.replicate((source.inputs, source.targets), mesh))
+    placed = sharding.put_global(
+        (source.inputs, source.targets), NamedSharding(mesh, P())
+    )
+    return ArraySource(*placed)
 
 
 def _check_stream_batch_size(

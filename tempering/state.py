@@ -687,7 +687,14 @@ def _check_names(
         unknown = sorted(set(names) - known)
         if unknown:
             hint = ""
-            integers = [n for n in unknown if n in copies]
+            integers = [
+                n
+                for n in unknown
+                if n in copies
+                and not any(
+                    jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in copies[n]
+                )
+            ]
             if integers:
                 hint = (
                     f". tx injects {integers} as integers (e.g. momentum=0): give "
@@ -724,6 +731,8 @@ def _check_one_value_per_name(opt_state: Any) -> None:
     copies that start apart would silently all train with the first's.
     """
     for name, leaves in injected_leaves(opt_state).items():
+        if len(leaves) < 2:  # the usual case: nothing to compare, nothing read
+            continue
         first = np.asarray(leaves[0])
         if any(not np.array_equal(np.asarray(leaf), first) for leaf in leaves[1:]):
             values = sorted({float(np.asarray(leaf).ravel()[0]) for leaf in leaves})
