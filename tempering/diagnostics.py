@@ -97,6 +97,28 @@ def count_round_trips(rung_path: np.ndarray, num_rungs: int) -> np.ndarray:
     return trips
 
 
+def _between_finite(history: History) -> np.ndarray:
+    """``(R, M - 1)`` bool: both replicas of the pair were finite at the round's move.
+
+    A replica flagged as diverged (and not restored) always loses its swap;
+    its pair's rejections are the divergence's, not the ladder's.
+    """
+    rungs = _rung_path(history)[:-1]  # shape=(R, M): before each round's move
+    flagged = np.asarray(history.diverged, bool) & (
+        np.asarray(history.restored_from) < 0
+    )
+    at_rung = np.take_along_axis(flagged, np.argsort(rungs, axis=1), axis=1)  # (R, M)
+    return ~(at_rung[:, :-1] | at_rung[:, 1:])
+
+
+def _exchanged_rounds(history: History) -> np.ndarray:
+    """``(R,)`` bool: the rounds that exchanged the recorded rungs (ladder 0's)."""
+    ladder = getattr(history.move, "ladder", None)  # multi_exchange_move's
+    if ladder is None:
+        return np.ones(len(history.step), bool)
+    return np.asarray(ladder) == 0
+
+
 def _require_exchange(history: History, *fields: str) -> None:
     """A ValueError unless the history's move info has ``fields`` (an exchange's)."""
     have = getattr(history.move, "_fields", ())
@@ -114,6 +136,8 @@ def acceptance_rate(history: History) -> np.ndarray:
 
     Returns:
         ``(M - 1,)`` float array; NaN for a pair never proposed (or no rounds).
+        Ladder 0's for a :func:`tempering.multi_exchange_move` history, as
+        :func:`acceptance_over_time`.
 
     Raises:
         ValueError: for a history whose move proposes no swaps.
@@ -136,7 +160,9 @@ def acceptance_over_time(history: History, window: int = 10) -> np.ndarray:
     Returns:
         ``(R, M - 1)`` float array: accepted / proposed swaps of pair
         ``(r, r + 1)`` over the window ending at each round; NaN where the pair
-        was not proposed in the window.
+        was not proposed in the window. A :func:`tempering.multi_exchange_move`
+        history gives ladder 0's (the rungs it records): the rounds that
+        exchanged another ladder count as not proposed.
 
     Raises:
         ValueError: if ``window`` is not an integer >= 1, or the history's move
@@ -150,6 +176,7 @@ def acceptance_over_time(history: History, window: int = 10) -> np.ndarray:
     ):
         raise ValueError(f"window must be an integer >= 1, got {window!r}")
     proposed = np.asarray(history.proposed, np.int64)  # shape=(R, M - 1)
+    proposed = proposed * _exchanged_rounds(history)[:, None]  # ladder 0's only
     accepted = np.asarray(history.accepted, np.int64) & proposed  # shape=(R, M - 1)
     num_rounds = proposed.shape[0]
     # Cumulative sums with a leading zero row: window sum = cs[r + 1] - cs[start].
@@ -343,7 +370,11 @@ def barrier(history: History, scheme: str | None = None) -> Barrier:
     accepted / proposed over all the rounds) and ``r_r = 1 - a_r`` its
     rejection rate:
 
-    - ``local``: ``r_r``, the local barrier of every pair.
+    - ``local``: ``r_r``, the local barrier of every pair, over the
+      proposals between two finite replicas: a replica flagged as diverged
+      always loses its swap, and counting those would make its pair's
+      rejection the divergence's, not the ladder's (as the adaptive ladder's
+      :func:`tempering.adaptation.barrier` does).
     - ``global_barrier``: ``Λ̂ = Σ_r r_r``, their estimator of the global
       communication barrier Λ. It grows with the loss gaps between rungs and
       with C; it is the ladder's at the C the run used (pooled over the
@@ -420,10 +451,9 @@ def barrier(history: History, scheme: str | None = None) -> Barrier:
     if scheme is not None and scheme not in _SCHEMES:
         raise ValueError(f"scheme must be one of {_SCHEMES} or None, got {scheme!r}")
     ladder = getattr(history.move, "ladder", None)  # multi_exchange_move's
-    exchanged = (  # shape=(R,): the rounds that exchanged the recorded rungs
-        np.ones(len(history.step), bool) if ladder is None else np.asarray(ladder) == 0
-    )
-    proposed = np.asarray(history.proposed, bool)[exchanged]  # shape=(R0, M - 1)
+    exchanged = _exchanged_rounds(history)  # shape=(R,)
+    proposed = np.asarray(history.proposed, bool) & _between_finite(history)
+    proposed = proposed[exchanged]  # shape=(R0, M - 1)
     accepted = np.asarray(history.accepted, bool)[exchanged] & proposed
     if scheme is None:
         scheme = _scheme_of(proposed, np.asarray(history.round)[exchanged])

@@ -156,9 +156,27 @@ class Warner:
                     "on_diverge='restore' re-initialises it from the nearest "
                     "finite colder replica"
                 )
-            values = ", ".join(f"{k}={float(v[m]):.4g}" for k, v in hyperparams.items())
-            warn(
-                f"replica {m} ({values}) diverged by step {record.step} "
-                f"(non-finite loss): {what}",
-                RuntimeWarning,
-            )
+            _warn(m, hyperparams, record.step, what)
+
+    def at_end(self, diverged: np.ndarray, step: int, hyperparams: Any) -> None:
+        """Warns about replicas the call's final evaluation found diverged.
+
+        Those the rounds already flagged are not warned about again; these
+        diverged after the last round (a last segment without a move).
+        """
+        for m in np.flatnonzero(diverged):
+            if m not in self.flagged:
+                self.flagged.add(m)
+                what = (
+                    "found at the call's final evaluation, after its last round "
+                    "(nothing restored or replaced it); never reported best"
+                )
+                _warn(m, hyperparams, step, what)
+
+
+def _warn(replica: int, hyperparams: Any, step: int, what: str) -> None:
+    values = ", ".join(f"{k}={float(v[replica]):.4g}" for k, v in hyperparams.items())
+    warn(
+        f"replica {replica} ({values}) diverged by step {step} (non-finite loss): {what}",
+        RuntimeWarning,
+    )

@@ -58,7 +58,7 @@ from tempering.sources import metric_names as metric_names_of
 from tempering.state import EvalMetrics, ReplicaState, check_key
 from tempering.step import zero_model_inputs
 
-__all__ = ["RunResult", "best_index", "train"]
+__all__ = ["RunResult", "best_index", "ranked_last", "train"]
 
 
 class RunResult(NamedTuple):
@@ -71,6 +71,27 @@ class RunResult(NamedTuple):
     diverged: np.ndarray  # shape=(M,), bool; non-finite at the end of the call
     interrupted: bool = False  # stopped early by Ctrl-C (after a whole round)
     move_state: Any = None  # the move's state at the end: pass it on to continue
+
+
+def ranked_last(run: RunResult) -> np.ndarray:
+    """Replicas a summary never reports best: diverged, or replaced at the end.
+
+    A replica whose weights were replaced at the call's last step (restored
+    after diverging, or PBT's exploit with ``exploit_at_end``) ties with its
+    source at the final evaluation, yet holds values that never trained:
+    the source, which earned the score, is the one to report.
+
+    Returns:
+        shape ``(M,)``, bool.
+    """
+    history = run.history
+    last = run.diverged.copy()
+    if len(history.step) and int(history.step[-1]) == int(run.state.step):
+        last |= history.restored_from[-1] >= 0
+        copied = getattr(history.move, "copied", None)
+        if copied is not None:
+            last |= np.asarray(copied[-1], bool)
+    return last if not last.all() else run.diverged
 
 
 def best_index(scores: Any, diverged: Any = None) -> int:
@@ -652,6 +673,8 @@ def _finish(run, carry, progress, saver, bar, interrupt, kept) -> RunResult:
         _save_kept(saver, kept, error)
         kept_state, kept_move_state = kept.carry
         raise divergence.attach(error, kept_state, kept_move_state, history) from None
+    if final is not None:
+        run.warner.at_end(result.diverged, int(state.step), _host(state.hyperparams))
     _save_end(run, carry, progress, saver)
     if interrupt.requested:
         lost = final is None and run.data.validation is not None

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -61,16 +62,33 @@ def record_scalars(record: RoundRecord) -> Iterator[tuple[str, int, float]]:
             yield tag, m, float(values[m])
 
 
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
 def _jsonable(tree: Any) -> Any:
+    """Plain JSON values: arrays as lists, NaN and infinities as ``null``."""
     return jax.tree.map(
-        lambda x: x.tolist() if isinstance(x, np.ndarray) else x,
+        lambda x: _finite_or_none(
+            x.tolist() if isinstance(x, np.generic | np.ndarray) else x
+        ),
         tree,
-        is_leaf=lambda x: isinstance(x, np.ndarray),
+        is_leaf=lambda x: isinstance(x, np.ndarray | np.generic),
     )
 
 
 class JsonlLogger:
-    """Appends every round's record to a JSON-lines file (one object per round)."""
+    """Appends every round's record to a JSON-lines file (one object per round).
+
+    Every line is standard JSON (RFC 8259), readable by ``jq`` or
+    ``JSON.parse``: a non-finite value (a diverged replica's NaN or infinite
+    loss) is written as ``null``; the record's ``diverged`` field says which
+    replicas those are.
+    """
 
     def __init__(self, path: str | os.PathLike):
         """Opens ``path`` for appending (a continued run adds its rounds)."""
@@ -93,7 +111,7 @@ class JsonlLogger:
             "diverged": record.diverged,
             "restored_from": record.restored_from,
         }  # fmt: skip
-        self._file.write(json.dumps(_jsonable(line), allow_nan=True) + "\n")
+        self._file.write(json.dumps(_jsonable(line), allow_nan=False) + "\n")
         self._file.flush()
 
     def close(self) -> None:

@@ -25,7 +25,8 @@ worst. Two selection rules (the paper's section 4.1):
   Equal scores rank in a random order: two replicas that copied one donor
   with the same factor train alike and tie until one of them is replaced;
 - ``"tournament"``: binary tournament, every replica draws one other replica
-  uniformly and copies it when its score is strictly better.
+  uniformly and copies it when its score is strictly better; a diverged
+  replica that drew another diverged one copies a uniformly drawn finite one.
 
 Where PT moves only O(M) hyperparameters between replicas, PBT moves whole
 models: the difference between nonlocal paths and greedy selection.
@@ -64,7 +65,7 @@ from tempering.config import (
     config_from,
     require_validation,
 )
-from tempering.driver import RunResult, best_index, check_not_traced, train
+from tempering.driver import RunResult, best_index, check_not_traced, ranked_last, train
 from tempering.hyperparams import (
     INTEGER_HYPERPARAMETERS,
     check_names,
@@ -155,6 +156,13 @@ def select_parents(
         # a uniform other replica: shift by 1..M-1
         other = (own + jax.random.randint(key, (num,), 1, num)) % num
         parent = jnp.where(scores[other] < scores, other, own).astype(jnp.int32)
+        # A diverged replica that drew another copies a uniform finite one: it
+        # is always replaced, as under truncation.
+        finite = jnp.isfinite(scores)
+        logits = jnp.where(finite, 0.0, -jnp.inf)
+        any_finite = jax.random.categorical(jax.random.fold_in(key, 1), logits, shape=(num,))
+        stuck = ~finite & ~finite[other] & jnp.any(finite)
+        parent = jnp.where(stuck, any_finite.astype(jnp.int32), parent)
     return parent, parent != own
 
 
@@ -530,7 +538,7 @@ def pbt_summary(run: RunResult) -> PBTSummary:
     final, final_score = final_or_last(
         run.final, run.final_score, run.history, run.state.num_replicas
     )
-    best = best_index(final_score, run.diverged)
+    best = best_index(final_score, ranked_last(run))
     return PBTSummary(
         num_copies=int(run.history.copied.sum()),
         best_replica=best,

@@ -29,7 +29,7 @@ from tempering.config import (
     require_validation,
 )
 from tempering.diagnostics import acceptance_rate, barrier, round_trips
-from tempering.driver import RunResult, best_index, check_not_traced, train
+from tempering.driver import RunResult, best_index, check_not_traced, ranked_last, train
 from tempering.ladder import Ladder, assign_rungs, check_ladder, rungs_held
 from tempering.moves import ExchangeMove, exchange_move
 from tempering.records import History, final_or_last, metric_of
@@ -297,7 +297,7 @@ def pt_summary(run: RunResult, move: ExchangeMove) -> PTSummary:
     final, final_score = final_or_last(
         run.final, run.final_score, history, run.state.num_replicas
     )
-    best = best_index(final_score, run.diverged)
+    best = best_index(final_score, ranked_last(run))
     communication = barrier(history, move.scheme)
     return PTSummary(
         acceptance_rate=acceptance_rate(history),

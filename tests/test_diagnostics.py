@@ -388,7 +388,7 @@ def test_barrier_of_a_multi_exchange_history_is_ladder_0s(scheme) -> None:
     # ladder 0's parity flips between its rounds with probability 2/3 (K = 2)
     exact = (dg.even_odd_round_trip_rate(acceptance, flip=2 / 3)
              if scheme == "even_odd" else 1 / (pairs * (pairs + odds)))  # fmt: skip
-    results = []
+    results, r_info = [], []
     for s in range(seeds):
         history = make_history(rungs[s][:, 0], np.arange(pairs + 1),
                                proposed=proposed[s], accepted=accepted[s])  # fmt: skip
@@ -398,8 +398,14 @@ def test_barrier_of_a_multi_exchange_history_is_ladder_0s(scheme) -> None:
             log_ratio=np.zeros(proposed[s].shape), c=np.ones((rounds, 2)),
             rungs=rungs[s],
         )  # fmt: skip
+        r_info.append(info)
         results.append(dg.barrier(history._replace(move=info)))
     assert {r.scheme for r in results} == {scheme}
+    for s, r in enumerate(results):  # acceptance_rate pooled both ladders before
+        history = make_history(rungs[s][:, 0], np.arange(pairs + 1),
+                               proposed=proposed[s], accepted=accepted[s])  # fmt: skip
+        rate = dg.acceptance_rate(history._replace(move=r_info[s]))
+        np.testing.assert_allclose(rate, 1 - r.local, rtol=1e-12)
     rates = np.array([r.round_trip_rate for r in results])
     mean, error = rates.mean(), rates.std(ddof=1) / np.sqrt(seeds)
     assert abs(mean - exact) < 4 * error and abs(mean / exact - 1) < 0.04
@@ -423,3 +429,35 @@ def test_the_even_odd_chain_gives_both_of_the_papers_rates(acceptance) -> None:
     between = dg.even_odd_round_trip_rate(acceptance, 2 / 3)
     assert stochastic - 1e-12 <= between <= deterministic + 1e-12
     assert dg.even_odd_round_trip_rate(np.array([0.5, 0.0]), 1.0) == 0.0
+
+
+def test_the_barrier_leaves_out_the_swaps_of_a_diverged_replica() -> None:
+    """A flagged replica always loses its swap: counted, its pair's rejection
+    was 1 and the summary's barrier and suggested rungs the divergence's."""
+    rounds = 8
+    rungs = np.tile([0, 1, 2, 3], (rounds, 1))
+    accepted = np.zeros((rounds, 3), bool)
+    accepted[::2] = True  # every pair accepts half of its proposals...
+    history = make_history(rungs, [0, 1, 2, 3], accepted=accepted)
+    diverged = np.zeros((rounds, 4), bool)
+    diverged[4:, 3] = True  # ...until replica 3, on the hottest rung, diverges
+    accepted[4:, 2] = False
+    flagged = history._replace(
+        diverged=diverged, move=history.move._replace(accepted=accepted)
+    )
+    barrier = dg.barrier(flagged)
+    np.testing.assert_allclose(barrier.local, [0.5, 0.5, 0.5])
+    assert barrier.suggested_rungs == 4
+    np.testing.assert_allclose(
+        dg.acceptance_rate(flagged), [0.5, 0.5, 0.25]
+    )  # as counted
+    restored = flagged._replace(
+        restored_from=np.where(diverged, 2, -1).astype(np.int32)
+    )
+    np.testing.assert_allclose(
+        dg.barrier(restored).local, [0.5, 0.5, 0.75]
+    )  # finite copies
+    moved = flagged._replace(rungs=np.tile([3, 1, 2, 0], (rounds, 1)))
+    moved = moved._replace(initial_rungs=np.array([3, 1, 2, 0], np.int32))
+    # replica 3 now on the coldest rung: pair 0's proposals after round 4 are left out
+    np.testing.assert_allclose(dg.barrier(moved).local, [0.5, 0.5, 0.75])

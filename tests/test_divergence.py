@@ -1,5 +1,6 @@
 """The divergence policy: flag (default), restore, every replica diverged."""
 
+import json
 import warnings
 
 import jax
@@ -9,7 +10,8 @@ import pytest
 from conftest import TinyMLP, leaves_equal
 
 import tempering as tp
-from tempering import divergence
+from tempering import divergence, loggers
+from tempering.pbt import select_parents
 
 LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2])
 
@@ -325,3 +327,99 @@ def test_a_divergence_in_the_last_unevaluated_segment_checkpoints_the_last_round
             np.isfinite(leaf).all() for leaf in jax.tree.leaves(error.state.params)
         )
     assert leaves_equal(errors[0].state.params, errors[1].state.params)
+
+
+def test_a_replica_restored_at_the_last_step_is_never_reported_best(state, blobs):
+    """Restored in the last round, replica 0 tied its source (replica 1) at the
+    final evaluation and, the lower index, was reported best: with the values
+    it diverged with."""
+    bad = poisoned(state, [True, False, False, False])
+    with pytest.warns(RuntimeWarning, match="restored from replica 1"):
+        result = run(bad, blobs, on_diverge="restore", num_steps=15)
+    summary = result.summary
+    assert result.history.restored_from[-1].tolist() == [1, -1, -1, -1]
+    assert summary.final_val_loss[0] == summary.final_val_loss[1]
+    assert np.argmin(summary.final_val_loss) == 0  # the tie the old code reported
+    assert summary.best_replica == 1  # the source, which earned the score
+
+
+def test_pbt_never_reports_a_copy_made_at_its_last_step(tx, blobs):
+    (x, _), val = blobs
+    state = tp.create_replicas(
+        jax.random.key(0), TinyMLP(), tx, x[:4],
+        ladder=tp.make_ladder(learning_rate=[0.3, 0.1, 0.05, 0.02]),
+    )  # fmt: skip
+    config = tp.pbt_config({"learning_rate": (0.01, 0.5)}, fraction=0.5)
+    result = tp.pbt_train(
+        state, jax.random.key(0), config=config, train_data=blobs[0],
+        validation_data=val, num_steps=20, ready_interval=10, batch_size=32,
+        exploit_at_end=True,
+    )  # fmt: skip
+    copied = result.history.copied[-1]
+    assert copied.any()
+    best = result.summary.best_replica
+    assert not copied[best]
+    assert result.summary.best_val_loss == result.summary.final_val_loss.min()
+
+
+def test_a_divergence_after_the_last_round_is_warned_about(tx, blobs):
+    """No round recorded it (PBT's last segment has no exploit by default): it
+    was in summary.diverged, and no warning said so."""
+    (x, _), val = blobs
+    state = tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:4], num_replicas=4)
+    bad = poisoned(state, [False, False, True, False])
+    config = tp.pbt_config({"learning_rate": (0.01, 0.2)})
+    with pytest.warns(RuntimeWarning, match=r"replica 2 .*final evaluation") as caught:
+        result = tp.pbt_train(
+            bad, jax.random.key(0), config=config, train_data=blobs[0],
+            validation_data=val, num_steps=10, ready_interval=10, batch_size=32,
+        )  # fmt: skip
+    assert len(result.history.step) == 0
+    assert result.summary.diverged.tolist() == [False, False, True, False]
+    assert sum("diverged" in str(w.message) for w in caught) == 1
+    assert {w.filename for w in caught if "diverged" in str(w.message)} == {__file__}
+    with pytest.warns(RuntimeWarning) as flagged:  # flagged in a round: warned once
+        run(bad, blobs, num_steps=20)
+    assert sum("diverged" in str(w.message) for w in flagged) == 1
+
+
+def test_tournament_always_replaces_a_diverged_replica():
+    """Drawing another diverged replica, it kept its NaN weights for the round."""
+    config = tp.pbt_config({"learning_rate": (0.01, 0.2)}, selection="tournament")
+    scores = jnp.array([jnp.inf, jnp.nan, 0.1, 0.2, jnp.inf, 0.3])
+    for seed in range(50):
+        parent, copied = select_parents(jax.random.key(seed), scores, config)
+        parent = np.asarray(parent)
+        assert np.asarray(copied)[[0, 1, 4]].all(), seed
+        assert np.isfinite(np.asarray(scores)[parent[[0, 1, 4]]]).all(), seed
+    finite = jnp.array([0.3, 0.1, 0.2, 0.4])  # no divergence: the same draws as before
+    parent, _ = select_parents(jax.random.key(3), finite, config)
+    other = (
+        np.arange(4) + np.asarray(jax.random.randint(jax.random.key(3), (4,), 1, 4))
+    ) % 4
+    expected = np.where(
+        np.asarray(finite)[other] < np.asarray(finite), other, np.arange(4)
+    )
+    np.testing.assert_array_equal(parent, expected)
+
+
+def test_the_jsonl_log_of_a_diverged_replica_is_standard_json(state, blobs, tmp_path):
+    """Python wrote NaN and Infinity, which jq and JSON.parse reject."""
+    path = tmp_path / "log.jsonl"
+    bad = poisoned(state, [False, True, False, False])
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    with warnings.catch_warnings(), loggers.JsonlLogger(path) as log:
+        warnings.simplefilter("ignore", RuntimeWarning)
+        run(bad, blobs, num_steps=25, callback=log)
+    lines = [
+        json.loads(line, parse_constant=refuse)
+        for line in path.read_text().splitlines()
+    ]
+    assert len(lines) == 2
+    assert lines[0]["diverged"] == [False, True, False, False]
+    assert lines[0]["validation"]["loss"][1] is None
+    assert lines[0]["train_loss"][1] is None and lines[0]["score"][1] is None
+    assert all(isinstance(v, float) for v in lines[0]["validation"]["loss"][::2])
