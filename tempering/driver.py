@@ -224,7 +224,16 @@ def _dtype_of(leaf: Any) -> str:
 
 
 def _check_move_state(move: Any, state: ReplicaState, move_state: Any) -> None:
-    """A ValueError unless ``move_state`` has the structure ``move.init`` builds."""
+    """A ValueError unless ``move_state`` has the structure ``move.init`` builds.
+
+    A move with its own ``check_state`` (the exchanges) checks it there:
+    replicas continuing an adapted ladder hold its values, not the rungs of
+    the ladder ``move.init`` reads.
+    """
+    check_state = getattr(move, "check_state", None)
+    if check_state is not None:
+        check_state(move_state)
+        return
     expected = move.init(state)
 
     def layout(tree: Any) -> list[tuple[tuple[int, ...], str]]:

@@ -378,3 +378,32 @@ def test_saved_replicas_and_move_state_continue_the_run(blobs, tx, tmp_path, sav
 def test_bad_adaptation_settings(kwargs, error, match) -> None:
     with pytest.raises(error, match=match):
         exchange_move(LADDER, **kwargs)
+
+
+def test_an_adapted_ladder_continues_in_a_second_call(blobs, tx) -> None:
+    """The replicas hold the re-spaced values: the second call refused them,
+    checking them against the rungs of the ladder it was given."""
+    train, val = blobs
+    ladder = tp.geometric_ladder("learning_rate", 0.02, 0.3, 4)
+    state = tp.create_replicas(
+        jax.random.key(0), models.MLP((16,), 3), tx, train[0][:2], ladder=ladder
+    )
+    kwargs = dict(
+        train_data=train, validation_data=val, exchange_interval=5, burn_in=10,
+        adapt_ladder=True, adapt_rounds=4,
+    )  # fmt: skip
+    full = tp.pt_train(state, ladder, jax.random.key(3), num_steps=60, **kwargs)
+    first = tp.pt_train(state, ladder, jax.random.key(3), num_steps=30, **kwargs)
+    adapted = np.asarray(first.summary.ladder.values["learning_rate"])
+    assert not np.allclose(adapted, np.asarray(ladder.values["learning_rate"]))
+    second = tp.pt_train(
+        first.state, ladder, jax.random.key(3), num_steps=30,
+        move_state=first.move_state, **kwargs,
+    )  # fmt: skip
+    _assert_same_run(first, second, full)
+    move = exchange_move(ladder, c="auto", adapt_rounds=4, adapt_ladder=True)
+    data = tp.RunData(train, validation=val)
+    config = tp.RunConfig(num_steps=30, interval=5, burn_in=10)
+    again = tp.train(first.state, jax.random.key(3), move, data, config,
+                     move_state=first.move_state)  # fmt: skip
+    np.testing.assert_array_equal(again.history.rungs, second.history.rungs)
