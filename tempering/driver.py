@@ -512,7 +512,11 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
                 raise
             last = index + 1 == segments
             if saver is not None and saver.due() and not (stop or last):
-                resume.save(saver, carry, progress, kept.train_position)
+                try:
+                    _save_or_warn(saver, carry, progress, kept.train_position, _DUE)
+                except Exception as error:  # several processes: raised on each
+                    _carry_kept(error, kept, run)
+                    raise
         if stop or (interrupt.requested and jax.process_count() == 1):
             break
     if jax.process_count() > 1:  # process 0's Ctrl-C stopped them all: all say so
@@ -673,7 +677,10 @@ def _finish(run, carry, progress, saver, bar, interrupt, kept) -> RunResult:
         final = final_score = None
         interrupt.requested = True
     except BaseException:
-        _save_end(run, carry, progress, saver)  # what trained is kept
+        try:
+            _save_end(run, carry, progress, saver)  # what trained is kept
+        except Exception:  # noqa: BLE001 - the evaluation's error is the one raised
+            pass
         raise
     history = _stack(progress, state, move_state, run, final)
     try:
@@ -684,7 +691,10 @@ def _finish(run, carry, progress, saver, bar, interrupt, kept) -> RunResult:
         raise divergence.attach(error, kept_state, kept_move_state, history) from None
     if final is not None:
         run.warner.at_end(result.diverged, int(state.step), _host(state.hyperparams))
-    _save_end(run, carry, progress, saver)
+    try:
+        _save_end(run, carry, progress, saver)
+    except Exception as error:  # several processes: raised on each, with the call
+        raise divergence.attach(error, state, move_state, history) from None
     if interrupt.requested:
         lost = final is None and run.data.validation is not None
         resume.warn_interrupted(int(state.step), saver is not None, lost)
@@ -701,7 +711,36 @@ def _save_end(run, carry, progress, saver) -> None:
             position = resume.with_next_batch(position, run.data.train)
         except ValueError:  # a bad or missing batch: the resumed call says so
             pass
-    resume.save(saver, carry, progress, position)
+    _save_or_warn(saver, carry, progress, position, _LAST)
+
+
+_DUE = (
+    "Training goes on; the next round tries again, and the checkpoints saved "
+    "before are intact"
+)
+_LAST = (
+    "The call's result holds what trained: save it yourself, or free the space "
+    "and call again with the same checkpoint_dir, which resumes from the last "
+    "checkpoint saved"
+)
+
+
+def _save_or_warn(saver, carry, progress, position, then: str) -> None:
+    """Saves a checkpoint; a failing save (a full disk) warns, saying ``then``.
+
+    The save's error must not throw away what the call trained. Over several
+    processes a save is a collective, and its error is raised on every process.
+    """
+    try:
+        resume.save(saver, carry, progress, position)
+    except Exception as failure:
+        if jax.process_count() > 1:
+            raise
+        warn(
+            f"the checkpoint of step {int(carry[0].step)} was not saved: "
+            f"{failure!r}. {then}",
+            RuntimeWarning,
+        )
 
 
 def _final(run: _Run, state: ReplicaState) -> tuple[Any, Any]:

@@ -141,6 +141,42 @@ def test_loggers_write_every_round(state, blobs, tmp_path):
     assert events and events[0].stat().st_size > 1000
 
 
+def test_a_failing_save_warns_and_keeps_what_trained(
+    state, blobs, tmp_path, monkeypatch
+):
+    """A full disk at a checkpoint raised a bare OSError: the rounds since the
+    last checkpoint, or at the last save the whole finished call, were lost."""
+    from tempering.checkpoint import Checkpointer
+
+    save = Checkpointer.save
+
+    def full_disk_at(*steps):
+        def failing(self, tree, extra, step):
+            if step in steps:
+                raise OSError(28, "No space left on device")
+            return save(self, tree, extra, step)
+
+        return failing
+
+    plain = pt(state, blobs)
+    monkeypatch.setattr(Checkpointer, "save", full_disk_at(25, 50))
+    with pytest.warns(RuntimeWarning, match="was not saved.*No space") as caught:
+        result = pt(state, blobs, checkpoint_dir=tmp_path / "run")
+    messages = [str(w.message) for w in caught if "not saved" in str(w.message)]
+    assert len(messages) == 2 and "step 25" in messages[0] and "step 50" in messages[1]
+    assert "the next round tries again" in messages[0]
+    assert "call again with the same checkpoint_dir" in messages[1]
+    assert leaves_equal(result.state.params, plain.state.params)
+    np.testing.assert_array_equal(result.history.rungs, plain.history.rungs)
+    saved = sorted(
+        int(p.name) for p in (tmp_path / "run").iterdir() if p.name.isdigit()
+    )
+    assert saved == [35, 45]  # the next rounds saved again (keep 2); the last failed
+    monkeypatch.setattr(Checkpointer, "save", save)
+    again = pt(state, blobs, checkpoint_dir=tmp_path / "run")  # resumes from 45
+    assert leaves_equal(again.state.params, plain.state.params)
+
+
 # --- any hyperparameter ---------------------------------------------------------
 
 
