@@ -395,7 +395,8 @@ def barrier(history: History, scheme: str | None = None) -> Barrier:
       rate ``1 / (2 N + 2 E)``, for a random choice of the even or the odd
       pairs each scan, times 2 / N, since a replica is offered a swap with
       probability 2 / N instead of 1 / 2 each round, the same moves otherwise
-      (our derivation; the tests check both on simulated exchanges).
+      (our derivation; the tests check both on simulated exchanges). With
+      two rungs both schemes propose their one pair every round: ``1 / (1 + E)``.
     - ``round_trip_bound``: the same with ``Λ̂`` in place of ``E``:
       ``1 / (2 + 2 Λ̂)`` (even-odd), ``1 / (N (N + Λ̂))`` (random pair). As
       ``r / (1 - r) >= r`` it bounds ``round_trip_expected`` from above, and it
@@ -469,6 +470,8 @@ def barrier(history: History, scheme: str | None = None) -> Barrier:
         odds = float(np.sum(local / (1.0 - local)))
     if not num_pairs:  # one rung: no trips to make
         bound = expected = math.nan
+    elif num_pairs == 1:  # two rungs: both schemes propose the pair every round
+        bound, expected = 1.0 / (1.0 + total), 1.0 / (1.0 + odds)
     elif scheme == "even_odd" and ladder is not None:
         num_ladders = np.shape(history.move.rungs)[-2]  # (R, K, M)
         bound = 1.0 / (2.0 + 2.0 * total)

@@ -322,6 +322,12 @@ def train(
             {"key": key, "state.step": np.int64(state.step)}, "argument"
         )
     move = as_move(move)
+    if data.validation is None and getattr(move, "compares_scores", False):
+        raise TypeError(
+            f"{type(move).__name__} compares the replicas' validation scores, but "
+            "data has no validation: give tempering.RunData(train, validation=...) "
+            "(without it every score is 0 and the move decides at random)"
+        )
     if move_state is None:
         move_state = move.init(state)
     else:

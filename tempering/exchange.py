@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tempering.hyperparams import check_number
 from tempering.state import check_key
 
 __all__ = [
@@ -112,17 +113,31 @@ def _check_concrete(rungs: Any, losses: Any, betas: Any, c: Any, parity: Any) ->
                 f"betas = 1 / temperatures), got {values.tolist()}"
             )
     if concrete(c):
-        if isinstance(c, str | bool | np.bool_) or not np.issubdtype(
-            np.asarray(c).dtype, np.number
-        ):
+        if isinstance(c, str):
             raise TypeError(
                 f"c must be a number > 0, got {c!r} (c='auto' belongs to "
                 "tempering.exchange_move and pt_train, which tune it)"
             )
         if np.ndim(c) != 0:
             raise ValueError(f"c must be one number, got shape {np.shape(c)}")
-        if not np.isfinite(float(c)) or float(c) <= 0:
-            raise ValueError(f"c must be finite and > 0, got {float(c)}")
+        check_c(c)
+
+
+def check_c(c: Any) -> float:
+    """``c`` as a float: one real number, finite and > 0 in float32.
+
+    The exchange computes in float32: a C that overflows it (above 3.4e38)
+    makes every ratio infinite or undefined.
+    """
+    value = check_number(c, "c")
+    with np.errstate(over="ignore"):
+        single = np.float32(value)
+    if not (np.isfinite(value) and value > 0 and np.isfinite(single)):
+        raise ValueError(
+            f"c must be finite and > 0, and finite in float32 (the exchange's "
+            f"precision, at most 3.4e38), got {value}"
+        )
+    return value
 
 
 def exchange(
@@ -148,7 +163,9 @@ def exchange(
         scheme: ``"random_pair"`` proposes one adjacent pair drawn uniformly
             (the paper's Algorithm 1); ``"even_odd"`` proposes every pair
             ``(r, r + 1)`` with ``r % 2 == parity`` (deterministic even-odd,
-            Syed et al. 2019; the caller alternates ``parity``).
+            Syed et al. 2019; the caller alternates ``parity``). With two
+            rungs both propose their one pair every round (an odd round of
+            even-odd would propose nothing and halve the exchanges).
         parity: 0 or 1, used by ``"even_odd"``; may be traced.
 
     Returns:
@@ -178,6 +195,8 @@ def exchange(
 
     if scheme == "random_pair":
         proposed = pairs == jax.random.randint(pair_key, (), 0, num_rungs - 1)
+    elif num_rungs == 2:  # one pair: an odd round would propose nothing
+        proposed = jnp.ones((1,), bool)
     else:
         proposed = pairs % 2 == jnp.asarray(parity) % 2
 

@@ -268,6 +268,12 @@ def make_ladder(
             f"dropout_temperature={dropout_temperature!r} sets the temperatures "
             "from the dropout rates; give it or temperatures=, not both"
         )
+    twice = sorted(set(values or {}) & set(kwargs))
+    if twice:
+        raise ValueError(
+            f"make_ladder got {twice} both in values and as keywords: give each "
+            "hyperparameter once"
+        )
     given = dict(values or {}, **kwargs)
     if not given:
         raise ValueError(
@@ -299,11 +305,17 @@ def make_ladder(
     arrays = {name: np.broadcast_to(arr, (num_rungs,)) for name, arr in arrays.items()}
     for name, arr in arrays.items():
         check_values(name, arr, "the ladder")
+        held = arr.astype(np.float32)  # as the ladder holds them
+        check_values(name, held, "the ladder, rounded to float32 as it holds them")
 
     if temperatures is None:
         temps = combined_temperature(arrays, dropout_temperature)
-    if not np.all(np.isfinite(temps)) or np.any(temps <= 0):
-        raise ValueError(f"temperatures must be finite and > 0, got {temps.tolist()}")
+    with np.errstate(over="ignore"):
+        held = np.asarray(temps, np.float32)  # as the ladder holds them
+    if not np.all(np.isfinite(held)) or np.any(held <= 0):
+        raise ValueError(
+            f"temperatures must be finite and > 0 in float32, got {temps.tolist()}"
+        )
     if temperatures is not None and np.any(np.diff(temps) < 0):
         raise ValueError(
             f"temperatures {temps.tolist()} are out of order: rungs go coldest "

@@ -56,7 +56,7 @@ from tempering.adaptation import (
     adapt,
     init_adaptation,
 )
-from tempering.exchange import SCHEMES, exchange, pair_log_ratios
+from tempering.exchange import SCHEMES, check_c, exchange, pair_log_ratios
 from tempering.ladder import Ladder, as_ladder, assign_rungs, rungs_held
 from tempering.sharding import to_host
 from tempering.state import ReplicaState
@@ -135,6 +135,11 @@ class ExchangeMove:
     enabled: bool = struct.field(pytree_node=False, default=True)
     adaptation: Adaptation | None = struct.field(pytree_node=False, default=None)
     adapt_rounds: int = struct.field(pytree_node=False, default=0)
+
+    @property
+    def compares_scores(self) -> bool:
+        """Whether its decisions read the scores (not the grid's)."""
+        return self.enabled
 
     def init(self, state: ReplicaState) -> ExchangeState:
         """The rungs the replicas hold (read off their values) and a fresh adaptation.
@@ -300,19 +305,25 @@ def exchange_move(
     Returns:
         An :class:`ExchangeMove`.
 
+    Defaults differ from :func:`tempering.pt_train`'s: here C is fixed at 1.0
+    unless given (``pt_train`` tunes it, ``c="auto"``), and ``adapt_rounds``
+    is 10 (``pt_train``'s is a quarter of its rounds, rounded up).
+
     Example:
         >>> move = exchange_move(ladder, c=30.0, scheme="even_odd")
-        >>> state, info = move(key, state, val_losses, jnp.int32(0))
+        >>> move_state = move.init(state)
+        >>> state, move_state, info = move.step(
+        ...     key, state, move_state, val_losses, jnp.int32(0))
     """
     ladder = as_ladder(ladder)  # checked; a hand-built one's lists made arrays
     auto = isinstance(c, str)
     if auto and c != AUTO:
         raise ValueError(f"c must be a number > 0 or 'auto', got {c!r}")
-    if not isinstance(c, str):
-        if isinstance(c, bool) or np.ndim(c) != 0:
-            raise TypeError(f"c must be one number or 'auto', got {c!r}")
-        if not np.isfinite(c) or c <= 0:
-            raise ValueError(f"c must be finite and > 0, got {c}")
+    if not auto:
+        try:
+            c = check_c(c)
+        except TypeError:
+            raise TypeError(f"c must be one number or 'auto', got {c!r}") from None
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     if not isinstance(enabled, bool | np.bool_):

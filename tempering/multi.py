@@ -91,6 +91,11 @@ class MultiExchangeMove:
     moves: tuple[ExchangeMove, ...]  # one exchange per ladder, K >= 1
 
     @property
+    def compares_scores(self) -> bool:
+        """Whether its decisions read the scores (some ladder exchanges)."""
+        return any(move.enabled for move in self.moves)
+
+    @property
     def num_ladders(self) -> int:
         """Number of ladders K."""
         return len(self.moves)

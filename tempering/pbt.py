@@ -160,7 +160,9 @@ def select_parents(
         # is always replaced, as under truncation.
         finite = jnp.isfinite(scores)
         logits = jnp.where(finite, 0.0, -jnp.inf)
-        any_finite = jax.random.categorical(jax.random.fold_in(key, 1), logits, shape=(num,))
+        any_finite = jax.random.categorical(
+            jax.random.fold_in(key, 1), logits, shape=(num,)
+        )
         stuck = ~finite & ~finite[other] & jnp.any(finite)
         parent = jnp.where(stuck, any_finite.astype(jnp.int32), parent)
     return parent, parent != own
@@ -306,6 +308,11 @@ class PBTMove:
     """PBT's exploit/explore as a move (build it with :func:`pbt_move`)."""
 
     config: PBTConfig = struct.field(pytree_node=False)
+
+    @property
+    def compares_scores(self) -> bool:
+        """Its exploit ranks the replicas by their scores."""
+        return True
 
     def init(self, state: ReplicaState | None = None) -> None:
         """PBT carries nothing between rounds: the population is the state."""

@@ -749,6 +749,8 @@ BAD_INPUTS = [
     # --- train ----------------------------------------------------------------
     Case("train-move-not-callable", lambda c: run(c, move=5), T, r"move must have init\(state\)"),
     Case("train-past-last-end", lambda c: run(c, interval=[5, 10]), V, r"runs past the last round end 10"),
+    Case("train-exchange-without-validation", lambda c: run(c, move=tp.exchange_move(c.ladder), validation_data=None), T, r"ExchangeMove compares the replicas' validation scores.*RunData\(train, validation=", fixed=True),
+    Case("train-pbt-without-validation", lambda c: run(c, move=tp.pbt_move(tp.pbt_config({"learning_rate": (0.01, 0.1)})), validation_data=None), T, r"PBTMove compares .*validation=", fixed=True),
 ]
 # fmt: on
 

@@ -214,6 +214,7 @@ BAD_INPUTS = [
     Case("exchange-c-negative", lambda c: xchg(c, c=-1.0), V, r"c must be finite and > 0"),
     Case("exchange-c-nan", lambda c: xchg(c, c=NAN), V, r"c must be finite and > 0"),
     Case("exchange-c-inf", lambda c: xchg(c, c=INF), V, r"c must be finite and > 0"),
+    Case("exchange-c-overflows-float32", lambda c: xchg(c, c=1e39), V, r"c must be .*finite in float32", fixed=True),
     Case("exchange-c-array", lambda c: xchg(c, c=np.array([1.0, 2.0])), V, r"c must be one number"),
     Case("exchange-c-string", lambda c: xchg(c, c="auto"), T, r"c must be a number", fixed=True),
     Case("exchange-betas-increasing", lambda c: xchg(c, betas=c.betas[::-1]), V, r"betas must be finite and strictly decreasing"),
