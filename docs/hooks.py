@@ -43,7 +43,7 @@ PUBLIC_SUBMODULES = (
     "loops fast sources hyperparams diffusion data zoo.datasets zoo.models loggers "
     "sharding launch "
     "checkpoint divergence adaptation diagnostics multi frontends frontends.nnx "
-    "frontends.equinox plots"
+    "frontends.equinox plots layers replay moves ladder fingerprints ensemble"
 ).split()
 
 

@@ -111,7 +111,7 @@ ZOO: dict[str, ZooEntry] = {
     for e in (
         ZooEntry(
             "mlp",
-            "MLP 256-256, ReLU, dropout 0.1 (tempering.models.MLP), 28x28x1",
+            "MLP 256-256, ReLU, dropout 0.1 (tempering.zoo.models.MLP), 28x28x1",
             lambda: models.MLP((256, 256), num_classes=10),
             (28, 28, 1),
             10,
@@ -156,7 +156,7 @@ ZOO: dict[str, ZooEntry] = {
         ),
         ZooEntry(
             "resnet20",
-            "ResNet-20 (tempering.models.resnet20), BatchNorm, 32x32x3",
+            "ResNet-20 (tempering.zoo.models.resnet20), BatchNorm, 32x32x3",
             models.resnet20,
             (32, 32, 3),
             10,

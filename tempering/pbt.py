@@ -454,10 +454,19 @@ def pbt_train(
         keep_checkpoints: how many of the latest checkpoints to keep.
         resume_allowing: fingerprint entries that may differ on resume
             (:class:`tempering.RunConfig`).
-        run_config: all the run settings above (``num_steps`` to
-            ``resume_allowing``; ``ready_interval`` is its ``interval``) as
-            one :class:`tempering.RunConfig`, instead of the keywords (its
-            ``move_at_end`` is ``exploit_at_end``'s).
+        run_config: the run settings as one :class:`tempering.RunConfig`
+            instead of their keywords (giving both is an error): its fields
+            ``num_steps``, ``interval`` (this function's ``ready_interval``),
+            ``burn_in``, ``burn_in_hyperparams``, ``batch_size``,
+            ``shared_batch``, ``augment``, ``eval_batch_size``,
+            ``metrics_fn``, ``score_fn``, ``vectorize``, ``loop``,
+            ``devices``, ``progress``, ``callback``, ``checkpoint_dir``,
+            ``checkpoint_every``, ``keep_checkpoints``, ``resume_allowing``
+            and ``on_diverge``; its ``move_at_end`` is replaced by
+            ``exploit_at_end``, which stays a keyword. The data
+            (``train_data``, ``validation_data``, ``test_data``) and PBT's
+            settings (``config``, ``init_from_prior``) are not in it: they
+            stay keywords.
 
     Returns:
         :class:`PBTResult` ``(state, history, summary)``.

@@ -10,8 +10,11 @@ Training data is either
   ``tfds.as_numpy(...)``, which needs TensorFlow; a re-iterable starts a new
   pass when one ends, a generator must last the run). Each element is an
   ``(inputs, targets)`` pair, a ``Split``, or a dict with one of the key pairs
-  in :data:`BATCH_KEYS`. The driver pulls a segment's batches at once and sends
-  them to the device together, so there is no host round trip per step.
+  in :data:`BATCH_KEYS`. The driver pulls a segment's batches in chunks of at
+  most :data:`tempering.loops.STREAM_CHUNK` (32) steps and sends each chunk to
+  the device at once (padded to 32 steps for the device loop, so one program
+  serves every segment length), so there is no host-to-device transfer per
+  step.
   Streamed batches keep their own size: ``batch_size`` is for in-memory data,
   and one given with a stream must equal the stream's batch size (else a
   ValueError before anything compiles).

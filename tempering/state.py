@@ -490,9 +490,11 @@ def create_replicas(
         ladder: if given, M is its number of rungs and replica m starts on rung m
             with that rung's hyperparameters.
         num_replicas: M when no ladder is given.
-        hyperparams: starting value (shared by every replica) of any
-            hyperparameter, e.g. ``{"dropout_rate": 0.1}``; the ladder's values
-            take precedence.
+        hyperparams: starting values of any hyperparameter: one number shared
+            by every replica, e.g. ``{"dropout_rate": 0.1}``, or one value per
+            replica, an array of shape ``(M,)``, e.g.
+            ``{"learning_rate": np.array([0.1, 0.2, 0.3])}``; the ladder's
+            values take precedence.
         model_inputs: keywords of the model's ``__call__`` that take a
             per-replica value. ``"auto"`` (default): ``("dropout_rate",)`` when
             the model has that keyword, else none.

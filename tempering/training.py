@@ -205,9 +205,20 @@ def pt_train(
         keep_checkpoints: how many of the latest checkpoints to keep.
         resume_allowing: fingerprint entries that may differ on resume
             (:class:`tempering.RunConfig`).
-        run_config: all the run settings above (``num_steps`` to
-            ``resume_allowing``; ``exchange_interval`` is its ``interval``) as
-            one :class:`tempering.RunConfig`, instead of the keywords.
+        run_config: the run settings as one :class:`tempering.RunConfig`
+            instead of their keywords (giving both is an error): its fields
+            ``num_steps``, ``interval`` (this function's
+            ``exchange_interval``), ``burn_in``, ``burn_in_hyperparams``,
+            ``move_at_end`` (no keyword here; default True), ``batch_size``,
+            ``shared_batch``, ``augment``, ``eval_batch_size``,
+            ``metrics_fn``, ``score_fn``, ``vectorize``, ``loop``,
+            ``devices``, ``progress``, ``callback``, ``checkpoint_dir``,
+            ``checkpoint_every``, ``keep_checkpoints``, ``resume_allowing``
+            and ``on_diverge``. The data (``train_data``,
+            ``validation_data``, ``test_data``) and the exchange's settings
+            (``c``, ``scheme``, ``exchanges``, ``target_acceptance``,
+            ``adapt_rounds``, ``adapt_ladder``, ``adapt_schedule``,
+            ``move_state``) are not in it: they stay keywords.
 
     Returns:
         :class:`PTResult` ``(state, history, summary)``; ``result.move_state``

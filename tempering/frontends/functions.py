@@ -16,8 +16,8 @@ class Functions:
     """A model as a pair of pure functions (:mod:`tempering.frontends`).
 
     Args:
-        init: ``init(key, x) -> params`` for a sample batch ``x``.
-        apply: ``apply(params, x, *, train, key, **inputs) -> outputs``;
+        init_fn: ``init_fn(key, x) -> params`` for a sample batch ``x``.
+        apply_fn: ``apply_fn(params, x, *, train, key, **inputs) -> outputs``;
             ``key`` draws dropout masks in training (None in inference),
             ``inputs`` are the per-replica model inputs (e.g. ``dropout_rate``).
 
