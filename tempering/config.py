@@ -5,10 +5,12 @@ the replicas, the run's key, the move, the data splits and every other setting
 in one frozen :class:`RunConfig` (schedule, batching, evaluation, execution,
 checkpoints, divergence policy). A config is checked when it is built (a
 ``TypeError`` or ``ValueError`` naming the field and the fix, before anything
-compiles) and changed one field at a time with :meth:`RunConfig.replace`::
+compiles) and changed one field at a time with :meth:`RunConfig.replace`:
 
-    config = tp.RunConfig(num_steps=4000, interval=100, burn_in=500)
-    longer = config.replace(num_steps=8000)
+```python
+config = tp.RunConfig(num_steps=4000, interval=100, burn_in=500)
+longer = config.replace(num_steps=8000)
+```
 
 :func:`tempering.pt_train` and :func:`tempering.pbt_train` take the same
 settings as keywords (their exchange or ready interval is the config's

@@ -1,9 +1,11 @@
 """Moves: what happens to the replicas between two training segments.
 
-A move is a pair of pure functions, in the optax / blackjax manner::
+A move is a pair of pure functions, in the optax / blackjax manner:
 
-    move_state = move.init(state)
-    new_state, move_state, info = move.step(key, state, move_state, scores, round_index)
+```python
+move_state = move.init(state)
+new_state, move_state, info = move.step(key, state, move_state, scores, round_index)
+```
 
 ``init`` builds what the move carries from round to round (an exchange's
 rungs, its adaptive C and ladder; None for a move that carries nothing) from
@@ -285,8 +287,9 @@ def exchange_move(
         ladder: the :class:`tempering.Ladder`.
         c: the normalisation constant C > 0 of the acceptance probability, or
             ``"auto"``: tuned in the first ``adapt_rounds`` rounds so that the
-            mean acceptance of proposed swaps is ``target_acceptance``, then
-            frozen (:mod:`tempering.adaptation`).
+            mean acceptance of proposed swaps is ``target_acceptance`` where
+            the share of favourable swaps allows it, then frozen
+            (:mod:`tempering.adaptation`).
         scheme: ``"even_odd"`` (default; the parity alternates with the
             round) or ``"random_pair"`` (the paper's Algorithm 1).
         enabled: False rejects every proposal (the grid) while recording what

@@ -32,6 +32,12 @@ class Schedule(NamedTuple):
 
     Piece ``s`` covers steps ``[starts[s], starts[s + 1])``, the last piece
     ending at ``num_steps``.
+
+    Attributes:
+        starts: shape ``(S,)``, int; the first SGD step of each piece.
+        values: name -> shape ``(S,)``, the value during each piece.
+        replicas: shape ``(S,)``, int; the ancestor slot that trained it.
+        num_steps: the step at which the last piece ends.
     """
 
     starts: np.ndarray  # shape=(S,), int; first SGD step of each piece
@@ -158,7 +164,14 @@ def _check_schedule(schedule: Schedule) -> tuple[list[int], list[int]]:
 
 
 class ReplayResult(NamedTuple):
-    """What :func:`replay_schedule` returns."""
+    """What :func:`replay_schedule` returns.
+
+    Attributes:
+        state: the replicas after the last piece.
+        step: shape ``(S,)``, SGD steps done at the end of each piece.
+        val_loss: shape ``(S, M)``, validation loss at the end of each piece.
+        val_metrics: name -> shape ``(S, M)``, likewise.
+    """
 
     state: ReplicaState
     step: np.ndarray  # shape=(S,), SGD steps done at the end of each piece
