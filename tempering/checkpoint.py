@@ -53,9 +53,9 @@ grain's ``DataLoader`` and dataset iterators do): its state before the next
 batch to train (whatever the reader peeked) is part of the checkpoint's JSON,
 and the resuming call sets it, so the same batches follow, bit for bit. A
 re-iterable without that (a list of batches, a ``tf.data`` dataset) resumes
-exactly too: its count of elements read in the current pass is saved, and a
-resuming call reads that many from a fresh pass (and refuses to resume if the
-batch there is not the run's). A one-pass iterator (a generator, a ``tf.data``
+exactly too: its count of elements read in the current pass is saved, with a
+CRC-32 of them, and a resuming call reads that many from a fresh pass (and
+refuses to resume if they, or the batch after them, are not the run's). A one-pass iterator (a generator, a ``tf.data``
 iterator) cannot be rewound: a resumed call reads on from wherever the given
 iterator is.
 """
@@ -93,7 +93,7 @@ from tempering.checkpoint_files import (
     write_manifest,
 )
 
-__all__ = ["CheckpointError", "Checkpointer", "check_directory"]
+__all__ = ["CheckpointError", "Checkpointer", "check_directory", "together"]
 
 FORMAT = "tempering-checkpoint/2"
 # The dtypes a checkpoint may declare: numpy's numeric kinds (saved as their
@@ -185,7 +185,7 @@ def _from_process_0(steps: list[int]) -> list[int]:
     return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)]
 
 
-def _together(fn: Callable[[], Any]) -> Any:
+def together(fn: Callable[[], Any]) -> Any:
     """``fn()`` on every process, failing on all when it fails on any.
 
     Every process decides alike (set a step aside, refuse it) before the next
@@ -413,10 +413,10 @@ class Checkpointer:
     def _restore_step(
         self, step: int, template: Callable[[dict], Any]
     ) -> tuple[Any, dict]:
-        meta, leaves, treedef, entries = _together(
+        meta, leaves, treedef, entries = together(
             lambda: self._read_meta(step, template)
         )
-        values = _together(lambda: self._read_arrays(step, entries))
+        values = together(lambda: self._read_arrays(step, entries))
         restored = []
         for leaf, value in zip(leaves, values, strict=True):
             if _multi():
@@ -455,7 +455,7 @@ class Checkpointer:
         """
         for step in _from_process_0(sorted(step_dirs(self.directory), reverse=True)):
             try:
-                _together(functools.partial(self._read_checked_meta, step))
+                together(functools.partial(self._read_checked_meta, step))
             except CheckpointError:
                 continue
             return
@@ -484,7 +484,7 @@ class Checkpointer:
         ocp = self._ocp
         step_dir = self.directory / str(step)
         # Agreed before orbax's restore, which waits for every process.
-        _together(functools.partial(_check_files, step_dir))
+        together(functools.partial(_check_files, step_dir))
         try:
             saved = self.manager.restore(
                 step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())

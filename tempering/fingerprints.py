@@ -335,7 +335,9 @@ def _describe_data(data: Any) -> str:
     training stream resumes from wherever the caller's iterator stands, so
     what it yields first is no mark of the run; a stream that saves its
     position is checked by the batch it yields there instead
-    (:func:`tempering.resume.with_next_batch`).
+    (:func:`tempering.resume.with_next_batch`), and a re-iterable replayed
+    from a fresh pass by the elements of that pass read before it too
+    (:attr:`tempering.batches.BatchReader.pass_crc`).
     """
     inputs = getattr(data, "inputs", None)
     if inputs is not None:

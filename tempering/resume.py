@@ -7,8 +7,9 @@ records so far, the values before its first round) through a
 as JSON. Resuming rebuilds that pytree into a template the call builds from
 its own state, move and data, so nothing in the checkpoint chooses a type.
 A training stream that can save its position (:class:`BatchReader`) saves it
-in the JSON too (with a digest of the batch it yields there), and a resume sets
-it and checks that batch: the same batches follow.
+in the JSON too (with a digest of the batch it yields there, and, for a
+re-iterable replayed from a fresh pass, a CRC-32 of the pass's elements read
+before it), and a resume sets it and checks them: the same batches follow.
 
 It also holds what Ctrl-C does to a call (:class:`StopOnInterrupt`).
 """
@@ -221,8 +222,7 @@ def restore(
         next_segment = resume_at(int(tree["carry"][0].step), int(extra["rounds"]))
     if isinstance(train, BatchReader):
         position = extra.get("train_stream")
-        train.set_position(position)
-        _check_next_batch(position, train, saver.allowed)
+        checkpoint.together(lambda: _continue_stream(position, train, saver.allowed))
     records = RecordRows(progress.records.capacity)
     if tree["records"] is not None:
         records.extend(tree["records"], int(extra["rounds"]))
@@ -230,7 +230,47 @@ def restore(
     return tree["carry"], resumed
 
 
-def _check_next_batch(position: dict | None, train: BatchReader, allowed) -> None:
+def _continue_stream(
+    position: dict | None, train: BatchReader, allowed: tuple[str, ...]
+) -> None:
+    """Sets the stream at ``position`` and checks it reads the saved run's batches.
+
+    Over several processes every process calls it (through
+    :func:`tempering.checkpoint.together`): a refusal on one is a refusal on all.
+    """
+    train.set_position(position)
+    _check_pass(position, train, allowed)
+    _check_next_batch(position, train, allowed)
+
+
+def _check_pass(
+    position: dict | None, train: BatchReader, allowed: tuple[str, ...]
+) -> None:
+    """A ValueError unless the elements replayed from a fresh pass are the run's.
+
+    A re-iterable (a list of batches) is fingerprinted by kind only; the CRC-32
+    of the elements the run read in its current pass tells another list. A
+    checkpoint saved without one (an older version) is not checked.
+    """
+    if position is None or "train_data" in allowed:
+        return
+    saved = position.get("pass_crc")
+    if saved is None or "skip" not in position:
+        return
+    if train.pass_crc != int(saved):
+        raise ValueError(
+            f"the checkpoint's run read other training batches: the "
+            f"{position['skip']} elements of train_data's current pass before the "
+            f"saved position (batch {position['batches']}) are not those the "
+            "checkpointed run read (they differ in: train_data); resume with the "
+            "same batches in the same order, give another checkpoint_dir to start "
+            "afresh, or resume anyway with RunConfig(resume_allowing=('train_data',))"
+        )
+
+
+def _check_next_batch(
+    position: dict | None, train: BatchReader, allowed: tuple[str, ...]
+) -> None:
     """A ValueError unless the stream yields the saved run's batch at its position.
 
     A training stream is fingerprinted by its kind only (it is read once); the
