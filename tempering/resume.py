@@ -16,6 +16,7 @@ It also holds what Ctrl-C does to a call (:class:`StopOnInterrupt`).
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -75,6 +76,7 @@ def checkpointer(
         every=config.checkpoint_every,
         keep=config.keep_checkpoints,
         allowed=config.resume_allowing,
+        check=functools.partial(_check_move_state, move),
         settings=fingerprints.fingerprint(
             state,
             move_state,
@@ -96,6 +98,30 @@ def checkpointer(
             ),
         ),
     )
+
+
+def _check_move_state(move: Any, tree: dict) -> None:
+    """A ValueError unless the restored move state passes the move's own check.
+
+    Its layout is the template's (the checkpointer compares it); a move with a
+    ``check_state`` (the exchanges) also checks its values, e.g. an adapted
+    ladder's ends and rounds: with ``resume_allowing=("move", ...)`` the
+    checkpoint's state may be another move's.
+
+    Args:
+        move: the call's move.
+        tree: the restored checkpoint tree (``tree["carry"][1]``: the move state).
+    """
+    check_state = getattr(move, "check_state", None)
+    if check_state is None:
+        return
+    try:
+        check_state(tree["carry"][1])
+    except ValueError as error:
+        raise ValueError(
+            f"its move state does not fit this call's move ({error}); resume with "
+            "the checkpointed run's move settings, or give another checkpoint_dir"
+        ) from None
 
 
 def _as_floats(value: Any) -> float | list:
@@ -203,12 +229,15 @@ def restore(
             rounds (a ValueError where the call's plan has none); None: the
             saved index.
     """
+    records: list[RoundRecord] = []  # the records' template, once built
 
     def template(extra: dict) -> dict:
         rounds = int(extra["rounds"])
+        if rounds:
+            records.append(_records_template(extra["metrics"], empty_record))
         return {
             "carry": carry,
-            "records": empty_record(extra["metrics"]) if rounds else None,
+            "records": records[-1] if rounds else None,
             "initial": initial if extra["has_initial"] else None,
             "burn_values": progress.burn_values,
         }
@@ -217,6 +246,12 @@ def restore(
     if restored is None:
         return None
     tree, extra = restored
+    if tree["records"] is not None:
+        where = (
+            f"checkpoint_dir {saver.directory}: the checkpoint of step "
+            f"{saver.saved_step} cannot resume this call"
+        )
+        checkpoint.together(lambda: _check_records(tree["records"], records[-1], where))
     next_segment = int(extra["next_segment"])
     if resume_at is not None:
         next_segment = resume_at(int(tree["carry"][0].step), int(extra["rounds"]))
@@ -228,6 +263,64 @@ def restore(
         records.extend(tree["records"], int(extra["rounds"]))
     resumed = Progress(next_segment, records, tree["initial"], tree["burn_values"])
     return tree["carry"], resumed
+
+
+def _records_template(
+    saved_metrics: Any, empty_record: Callable[[list[str] | None], RoundRecord]
+) -> RoundRecord:
+    """This call's records over zero rounds: the template of the saved ones.
+
+    Args:
+        saved_metrics: the metric names the checkpoint's rounds recorded
+            (None: no evaluation).
+        empty_record: ``empty_record(None)`` builds this call's records over
+            zero rounds, with the metrics its ``metrics_fn`` gives.
+
+    Raises:
+        TypeError: ``saved_metrics`` is malformed (no list).
+        tempering.checkpoint.ResumeRefusedError: the checkpoint's rounds recorded
+            other metrics than this call's ``metrics_fn`` gives (a history
+            keeps one set of metrics).
+    """
+    if saved_metrics is not None and not isinstance(saved_metrics, list):
+        raise TypeError(f"metrics is {type(saved_metrics).__name__}, not a list")
+    mine = empty_record(None)
+    evaluated = mine.validation if mine.validation is not None else mine.test
+    names = None if evaluated is None else sorted(evaluated.metrics)
+    if names != saved_metrics:
+        raise checkpoint.ResumeRefusedError(
+            f"its rounds recorded {_metrics_text(saved_metrics)}, and this call's "
+            f"metrics_fn gives {_metrics_text(names)}: a run's records "
+            "keep one set of metrics, so resume_allowing=('metrics_fn',) resumes "
+            "only with a metrics_fn of the same names. Give a metrics_fn with the "
+            "checkpoint's metrics, or another checkpoint_dir"
+        )
+    return mine
+
+
+def _metrics_text(names: list[str] | None) -> str:
+    """Metric names as a message reads them (None: no evaluation)."""
+    return "no evaluation" if names is None else f"the metrics {names}"
+
+
+def _check_records(saved: RoundRecord, template: RoundRecord, where: str) -> None:
+    """A ValueError unless each saved record field has this call's shape per round.
+
+    Args:
+        saved: the checkpoint's records, stacked over its rounds.
+        template: this call's records over zero rounds (the same structure).
+        where: the checkpoint, as the message names it.
+    """
+    paths = jax.tree_util.tree_leaves_with_path(template)
+    for (path, expected), value in zip(paths, jax.tree.leaves(saved), strict=True):
+        if np.shape(value)[1:] != np.shape(expected)[1:]:
+            raise ValueError(
+                f"{where}: its round records hold "
+                f"{jax.tree_util.keystr(path)} of shape {np.shape(value)[1:]} per "
+                f"round, this call records {np.shape(expected)[1:]} (another move "
+                "or number of replicas); resume with the checkpointed run's move "
+                "and replicas, or give another checkpoint_dir"
+            )
 
 
 def _continue_stream(

@@ -71,3 +71,125 @@ def test_the_elements_of_the_pass_are_compared_unless_absent(blobs):
     resumed(saved, ("train_data",))  # allowed
     older = {k: v for k, v in saved.items() if k != "pass_crc"}
     assert np.array_equal(resumed(older).take(1)[0][0], batches[3][0])  # unchecked
+
+
+# --- resume_allowing: other settings, never arrays that do not fit ----------------
+
+
+def pt_run(blobs, tx, directory, model=None, ladder=LADDER, cast=None, **kwargs):
+    """A PT run of 30 steps in rounds of 10 on the in-memory blobs."""
+    (x, y), val = blobs
+    state = tp.create_replicas(
+        jax.random.key(0), model or TinyMLP(), tx, x[:2], ladder=ladder
+    )
+    if cast is not None:
+        state = state.replace(params=jax.tree.map(cast, state.params))
+    settings = dict(
+        train_data=(x, y), validation_data=val, num_steps=30, exchange_interval=10,
+        burn_in=0, batch_size=32, checkpoint_dir=directory,
+    )  # fmt: skip
+    return tp.pt_train(state, ladder, jax.random.key(1), **{**settings, **kwargs})
+
+
+@pytest.fixture
+def crashed(blobs, tx, tmp_path):
+    """A folder holding the checkpoint of a run stopped after its first round."""
+    with pytest.raises(CrashError):
+        pt_run(blobs, tx, tmp_path, c=0.1, callback=crash_at(1))
+    return tmp_path
+
+
+def test_another_width_allowed_is_refused_naming_the_arrays(blobs, tx, crashed):
+    """Before, a Flax shape error said the model could not take its inputs."""
+    with pytest.raises(ValueError) as error:
+        pt_run(blobs, tx, crashed, model=TinyMLP(features=8), c=0.1,
+               resume_allowing=("model", "initial_state"))  # fmt: skip
+    message, kernel = str(error.value), "['carry'][0].params['Dense_0']['kernel']"
+    assert (
+        f"{kernel} is saved as float32[2, 5, 16], this call's is float32[2, 5, 8]"
+        in (message)
+    )
+    assert "resume_allowing=('model', 'initial_state')" in message
+
+
+def test_another_dtype_allowed_is_refused(blobs, tx, crashed):
+    """Before, bfloat16 weights silently came back as float32."""
+    import jax.numpy as jnp
+
+    with pytest.raises(
+        ValueError, match=r"saved as float32\[2, 16\], this call's is bfloat16\[2, 16\]"
+    ):
+        pt_run(blobs, tx, crashed, cast=lambda a: a.astype(jnp.bfloat16), c=0.1,
+               resume_allowing=("initial_state",))  # fmt: skip
+
+
+def test_another_optimizer_allowed_is_refused_naming_the_paths(blobs, crashed):
+    """Before: 'made by another version of tempering?'."""
+    import optax
+
+    adam = optax.inject_hyperparams(optax.adam)(learning_rate=0.01)
+    with pytest.raises(ValueError) as error:
+        pt_run(blobs, adam, crashed, c=0.1,
+               resume_allowing=("optimizer", "initial_state"))  # fmt: skip
+    message = str(error.value)
+    assert "only in the checkpoint: ['carry'][0].opt_state" in message
+    assert "only in this call: " in message and "another version" not in message
+
+
+def test_metrics_of_other_names_allowed_are_refused_before_a_round(blobs, tx, crashed):
+    """Before, the call trained a round, then failed with a pytree error."""
+    import jax.numpy as jnp
+
+    def error_rate(outputs, targets):
+        return {"error": (jnp.argmax(outputs, -1) != targets).astype(jnp.float32)}
+
+    def accuracy(outputs, targets):  # the default's name, computed anew
+        return {"accuracy": (jnp.argmax(outputs, -1) == targets).astype(jnp.float32)}
+
+    rounds_seen = []
+    with pytest.raises(ValueError, match=r"metrics \['accuracy'\].*metrics_fn gives"):
+        pt_run(blobs, tx, crashed, c=0.1, metrics_fn=error_rate,
+               resume_allowing=("metrics_fn",), callback=rounds_seen.append)  # fmt: skip
+    assert rounds_seen == []
+    pt_run(blobs, tx, crashed, c=0.1, metrics_fn=accuracy,
+           resume_allowing=("metrics_fn",), callback=rounds_seen.append)  # fmt: skip
+    assert [r.round for r in rounds_seen] == [1, 2]  # the same names resume
+
+
+def test_a_move_state_the_move_refuses_is_not_resumed(blobs, tx, tmp_path):
+    """Before, an adapted ladder of other ends resumed into the call's move."""
+    with pytest.raises(CrashError):
+        pt_run(blobs, tx, tmp_path, c="auto", callback=crash_at(1))
+    other_ends = tp.make_ladder(learning_rate=[0.01, 0.1])
+    with pytest.raises(ValueError, match="move state does not fit.*other ends"):
+        pt_run(blobs, tx, tmp_path, ladder=other_ends, c="auto",
+               resume_allowing=("move", "initial_move_state", "initial_state"))  # fmt: skip
+
+
+def test_a_move_whose_records_differ_allowed_is_refused_before_a_round(
+    blobs, tx, tmp_path
+):
+    """Before, the call trained a round, then failed writing its record."""
+    import jax.numpy as jnp
+
+    def info_move(size):
+        def move(key, state, scores, round_index):
+            return state, jnp.zeros(size)
+
+        return move
+
+    (x, y), val = blobs
+    state = tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:2], ladder=LADDER)
+
+    def run(size, **kwargs):
+        config = tp.RunConfig(num_steps=30, interval=10, batch_size=32,
+                              checkpoint_dir=tmp_path, **kwargs)  # fmt: skip
+        data = tp.RunData((x, y), validation=val)
+        return tp.train(state, jax.random.key(1), info_move(size), data, config)
+
+    with pytest.raises(CrashError):
+        run(3, callback=crash_at(1))
+    rounds_seen = []
+    with pytest.raises(ValueError, match=r"shape \(3,\) per round.*records \(4,\)"):
+        run(4, resume_allowing=("move",), callback=rounds_seen.append)
+    assert rounds_seen == []
