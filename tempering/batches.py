@@ -6,8 +6,9 @@ when a restartable source ends), checks every batch against the first one
 is a :class:`BatchError` naming its index), drops a pass's short last batch,
 saves and restores its position in the stream (the iterator's
 ``get_state``/``set_state``, or, for a re-iterable whose iterator cannot save
-one, the count of elements read in the current pass, replayed on resume), and,
-over several processes, checks that every process read the same batches.
+one, the count of elements read in the current pass and a CRC-32 of them,
+replayed and compared on resume), and, over several processes, checks that
+every process read the same batches.
 :mod:`tempering.sources` builds the readers and re-exports these names.
 """
 
@@ -214,6 +215,7 @@ class BatchReader:
         self._source, self._name = source, name
         self._iterator: Any = source.make_iterator()  # maybe get_state/set_state
         self._in_pass = 0  # elements read from the current pass's iterator
+        self._pass_crc = 0  # CRC-32 of those elements (a replaying reader's)
         # (batch, the stream's mark and count before it was read: see _mark)
         self._pending: list[tuple[tuple[np.ndarray, np.ndarray], Any, int]] = []
         self._spec: BatchSpec | None = None
@@ -284,15 +286,37 @@ class BatchReader:
         """Its position is a count of elements into a pass (no get_state to save)."""
         return self._source.restartable and not _can_save(self._iterator)
 
+    @property
+    def pass_crc(self) -> int:
+        """CRC-32 of the elements read so far in the current pass (0 at its start).
+
+        Kept by a reader that replays its position (:meth:`_replays`): a
+        resume compares it, after :meth:`set_position` re-read them, with the
+        saved one (``"pass_crc"``), so a list of batches changed before the
+        saved position is told from the run's.
+        """
+        return self._pass_crc
+
     def _mark(self) -> Any:
         """The stream's position now (None: a one-pass iterator cannot say).
 
-        The iterator's state, or the elements read in the current pass where
-        it has none (:meth:`_replays`).
+        The iterator's state, or, where it has none (:meth:`_replays`), the
+        elements read in the current pass and their CRC-32.
         """
         if _can_save(self._iterator):
             return self._iterator.get_state()
-        return self._in_pass if self._source.restartable else None
+        return (self._in_pass, self._pass_crc) if self._source.restartable else None
+
+    def _count_element(self, element: Any) -> None:
+        """Counts an element read from the current pass (and its CRC, replaying)."""
+        self._in_pass += 1
+        if self._replays():
+            self._pass_crc = element_crc(element, self._name, self._pass_crc)
+
+    def _new_pass(self) -> None:
+        """Starts a fresh pass over the restartable source."""
+        self._iterator = self._source.make_iterator()
+        self._in_pass = self._pass_crc = 0
 
     def position(self) -> dict | None:
         """Where the next batch taken comes from (JSON), or None: cannot be saved.
@@ -300,14 +324,16 @@ class BatchReader:
         The stream's mark before the first peeked batch (if any), else now: the
         iterator's state, or for a re-iterable whose iterator has none the
         elements read in the current pass (``"skip"``: a resume starts a
-        fresh pass and reads that many).
+        fresh pass and reads that many) and their CRC-32 (``"pass_crc"``:
+        the resume compares the elements it re-read, :attr:`pass_crc`).
         """
         if _can_save(self._iterator) or self._replays():
             mark = self._pending[0][1] if self._pending else self._mark()
         else:
             return None
         if self._replays():
-            return {"batches": self.batches_read, "skip": int(mark)}
+            skip, crc = mark
+            return {"batches": self.batches_read, "skip": skip, "pass_crc": crc}
         try:
             return {"batches": self.batches_read, "state": _encode_state(mark)}
         except (TypeError, ValueError) as error:
@@ -322,7 +348,12 @@ class BatchReader:
             return None
 
     def set_position(self, position: dict | None) -> None:
-        """Continues from a :meth:`position` (None: from wherever the iterator is)."""
+        """Continues from a :meth:`position` (None: from wherever the iterator is).
+
+        A ``"skip"`` position starts a fresh pass and reads that many elements
+        (:attr:`pass_crc` then holds their CRC-32, for the caller to compare
+        with the saved ``"pass_crc"``).
+        """
         if position is None:
             return
         if "skip" in position:
@@ -332,11 +363,12 @@ class BatchReader:
                     "(e.g. a list of batches), but this call's is a one-pass "
                     "iterator: resume with the same re-iterable"
                 )
-            self._iterator, self._in_pass = self._source.make_iterator(), 0
+            self._new_pass()
             for _ in range(int(position["skip"])):
-                if next(self._iterator, _ENDED) is _ENDED:
+                element = next(self._iterator, _ENDED)
+                if element is _ENDED:
                     break  # a shorter pass: not the run's stream (the resume checks)
-                self._in_pass += 1
+                self._count_element(element)
         elif not _can_save(self._iterator):
             raise ValueError(
                 f"the checkpoint holds the position of a stream that can be rewound, "
@@ -361,12 +393,14 @@ class BatchReader:
                         "give more batches (e.g. repeat the dataset) or fewer "
                         "num_steps"
                     ) from None
-                self._iterator, restarted = self._source.make_iterator(), True
-                self._in_pass = 0
+                self._new_pass()
+                restarted = True
                 continue
             restarted = False
             self._in_pass += 1
             batch = batch_pair(element, self._name)
+            if self._replays():
+                self._pass_crc = batch_crc(batch, self._pass_crc)
             if self._spec is not None:
                 if _is_short(*batch, self._spec) and self._pass_ended():
                     self._drop_short(batch, self._spec)
@@ -384,8 +418,7 @@ class BatchReader:
         is refused anyway, so the element read ahead is not needed.
         """
         try:
-            next(self._iterator)
-            self._in_pass += 1
+            self._count_element(next(self._iterator))
         except StopIteration:
             self._iterator = iter(())  # ended: the next read restarts (or runs out)
             return True
@@ -405,6 +438,26 @@ class BatchReader:
             "drop_remainder=True to drop them yourself)",
             RuntimeWarning,
         )
+
+
+def element_crc(element: Any, name: str, start: int = 0) -> int:
+    """A CRC-32 of a stream element's batch (shapes, dtypes, bytes), continuing ``start``.
+
+    An element that is no batch (:func:`batch_pair` refuses it) counts by its
+    type's name: reading it is refused elsewhere.
+    """
+    try:
+        batch = batch_pair(element, name)
+    except (TypeError, ValueError):
+        return zlib.crc32(type(element).__qualname__.encode(), start)
+    return batch_crc(batch, start)
+
+
+def batch_crc(batch: tuple[np.ndarray, np.ndarray], start: int = 0) -> int:
+    """A CRC-32 of ``(inputs, targets)``: shapes, dtypes and bytes, continuing ``start``."""
+    for array in batch:
+        start = sharding.crc32_of(array, start)
+    return start
 
 
 def _is_array(x: Any) -> bool:

@@ -42,8 +42,13 @@ What a checkpoint holds, and what a resume trusts:
   whose fingerprint differs is refused with a ValueError naming every entry
   that differs; ``RunConfig(resume_allowing=(name, ...))`` resumes anyway
   despite the entries named (for instance a ``score_fn`` changed on purpose; a
-  ``metrics_fn`` whose metrics differ cannot resume, since the rounds' records
-  must keep one set of metrics).
+  ``metrics_fn`` whose metrics have other names cannot resume, since the
+  rounds' records must keep one set of metrics: refused before any round).
+  No entry lets through arrays that do not fit the call's: the saved arrays
+  must have the paths, shapes and dtypes of the template the resuming call
+  builds (a wider model, bfloat16 weights or another optimiser's state is
+  refused with a ValueError naming the arrays and both layouts), and a move
+  state must pass its move's own check (``check_state``).
 
 Each checkpoint is written by orbax into a temporary directory and renamed
 when complete, so a kill during a save leaves the previous checkpoint as the
@@ -53,9 +58,9 @@ grain's ``DataLoader`` and dataset iterators do): its state before the next
 batch to train (whatever the reader peeked) is part of the checkpoint's JSON,
 and the resuming call sets it, so the same batches follow, bit for bit. A
 re-iterable without that (a list of batches, a ``tf.data`` dataset) resumes
-exactly too: its count of elements read in the current pass is saved, and a
-resuming call reads that many from a fresh pass (and refuses to resume if the
-batch there is not the run's). A one-pass iterator (a generator, a ``tf.data``
+exactly too: its count of elements read in the current pass is saved, with a
+CRC-32 of them, and a resuming call reads that many from a fresh pass (and
+refuses to resume if they, or the batch after them, are not the run's). A one-pass iterator (a generator, a ``tf.data``
 iterator) cannot be rewound: a resumed call reads on from wherever the given
 iterator is.
 """
@@ -93,7 +98,13 @@ from tempering.checkpoint_files import (
     write_manifest,
 )
 
-__all__ = ["CheckpointError", "Checkpointer", "check_directory"]
+__all__ = [
+    "CheckpointError",
+    "Checkpointer",
+    "ResumeRefusedError",
+    "check_directory",
+    "together",
+]
 
 FORMAT = "tempering-checkpoint/2"
 # The dtypes a checkpoint may declare: numpy's numeric kinds (saved as their
@@ -185,7 +196,7 @@ def _from_process_0(steps: list[int]) -> list[int]:
     return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)]
 
 
-def _together(fn: Callable[[], Any]) -> Any:
+def together(fn: Callable[[], Any]) -> Any:
     """``fn()`` on every process, failing on all when it fails on any.
 
     Every process decides alike (set a step aside, refuse it) before the next
@@ -217,6 +228,14 @@ def _together(fn: Callable[[], Any]) -> Any:
 # --- the checkpointer -------------------------------------------------------------
 
 
+class ResumeRefusedError(ValueError):
+    """An intact checkpoint this call cannot resume (raised by a restore's template).
+
+    Unlike a template's other errors (a malformed checkpoint, set aside), it
+    refuses the resume: the message says why and what to give instead.
+    """
+
+
 def _is_key(leaf: Any) -> bool:
     return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(
         leaf.dtype, jax.dtypes.prng_key
@@ -229,6 +248,46 @@ def _paths(tree: Any) -> list[str]:
         jax.tree_util.keystr(path)
         for path, _ in jax.tree_util.tree_leaves_with_path(tree)
     ]
+
+
+def _saved_layout(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype a template's device leaf is saved with (a key as its data)."""
+    if _is_key(leaf):
+        leaf = jax.eval_shape(jax.random.key_data, leaf)
+    return tuple(leaf.shape), np.dtype(leaf.dtype)
+
+
+def _layout_text(shape: Sequence[int], dtype: np.dtype) -> str:
+    return f"{dtype}{list(shape)}"
+
+
+def _layout_problems(paths: list[str], leaves: list, entries: list) -> list[str]:
+    """Each device leaf of the template whose saved shape or dtype is another.
+
+    Host leaves (numpy, Python values: the round records) are restored as
+    saved. A malformed entry is a CheckpointError.
+    """
+    problems = []
+    for path, leaf, entry in zip(paths, leaves, entries, strict=True):
+        if not isinstance(leaf, jax.Array):
+            continue
+        try:
+            saved = tuple(int(n) for n in entry["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"its metadata is malformed at {path}") from None
+        dtype = _declared_dtype(entry.get("dtype"))
+        if (saved, dtype) != _saved_layout(leaf):
+            problems.append(
+                f"{path} is saved as {_layout_text(saved, dtype)}, this call's is "
+                f"{_layout_text(*_saved_layout(leaf))}"
+            )
+    return problems
+
+
+def _listed(paths: Sequence[str], most: int = 4) -> str:
+    """Up to ``most`` paths, and how many more."""
+    shown = ", ".join(paths[:most])
+    return shown + (f" and {len(paths) - most} more" if len(paths) > most else "")
 
 
 def _sha256(array: np.ndarray) -> str:
@@ -254,6 +313,9 @@ class Checkpointer:
         keep: how many of the latest checkpoints to keep (>= 1).
         settings: the call's :func:`tempering.fingerprints.fingerprint`.
         allowed: fingerprint entries that may differ on resume.
+        check: ``check(tree)`` checks a restored tree beyond its layout
+            (e.g. the move's own check of its state), raising ValueError to
+            refuse the resume; None: no check.
     """
 
     def __init__(
@@ -263,12 +325,14 @@ class Checkpointer:
         keep: int,
         settings: dict[str, str],
         allowed: Sequence[str] = (),
+        check: Callable[[Any], None] | None = None,
     ):
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
         self.directory = check_directory(directory)
         self.every, self.settings, self.allowed = every, settings, tuple(allowed)
+        self.check = check
         unknown = sorted(set(self.allowed) - set(settings))
         if unknown:
             raise ValueError(
@@ -349,11 +413,16 @@ class Checkpointer:
         Args:
             template: ``template(extra) -> tree`` builds, from the JSON
                 ``extra`` saved beside the arrays, a pytree of the saved
-                structure (its leaves give shardings and PRNG key types).
+                structure: its device arrays (``jax.Array`` leaves) are
+                restored in their place, so the saved ones must have their
+                shapes and dtypes (their shardings and PRNG key types are
+                kept); host leaves (numpy, Python values) are restored as
+                saved. It raises :class:`ResumeRefusedError` to refuse the resume.
 
         Raises:
             ValueError: the checkpoint was made by a call with other settings,
-                or no saved step is intact.
+                holds other arrays or layouts than the template (the paths
+                named), fails :attr:`check`, or no saved step is intact.
         """
         steps = _from_process_0(sorted(step_dirs(self.directory), reverse=True))
         failures = []
@@ -363,6 +432,8 @@ class Checkpointer:
             except CheckpointError as error:
                 failures.append(self._set_aside(step, error))
                 continue
+            if self.check is not None:
+                together(functools.partial(self._check_restored, step, tree))
             self.saved_step = step
             return tree, extra
         if failures:
@@ -372,6 +443,26 @@ class Checkpointer:
                 "another checkpoint_dir to start afresh"
             )
         return None
+
+    def _check_restored(self, step: int, tree: Any) -> None:
+        """:attr:`check` of a restored tree, its refusal naming the folder and step."""
+        assert self.check is not None
+        try:
+            self.check(tree)
+        except ValueError as error:
+            raise ValueError(
+                f"checkpoint_dir {self.directory}: the checkpoint of step {step} "
+                f"cannot resume this call: {error}"
+            ) from None
+
+    def _allowed_note(self) -> str:
+        """What ``resume_allowing`` does not cover (a layout refused despite it)."""
+        if self.allowed:
+            return (
+                f"resume_allowing={self.allowed!r} lets a run of other settings "
+                "resume, not arrays that do not fit this call's"
+            )
+        return "this call's fingerprint is the checkpoint's, yet its arrays differ"
 
     def _set_aside(self, step: int, error: CheckpointError) -> str:
         """Renames a failed step out of orbax's way (kept for inspection); a warning."""
@@ -413,10 +504,10 @@ class Checkpointer:
     def _restore_step(
         self, step: int, template: Callable[[dict], Any]
     ) -> tuple[Any, dict]:
-        meta, leaves, treedef, entries = _together(
+        meta, leaves, treedef, entries = together(
             lambda: self._read_meta(step, template)
         )
-        values = _together(lambda: self._read_arrays(step, entries))
+        values = together(lambda: self._read_arrays(step, entries))
         restored = []
         for leaf, value in zip(leaves, values, strict=True):
             if _multi():
@@ -455,7 +546,7 @@ class Checkpointer:
         """
         for step in _from_process_0(sorted(step_dirs(self.directory), reverse=True)):
             try:
-                _together(functools.partial(self._read_checked_meta, step))
+                together(functools.partial(self._read_checked_meta, step))
             except CheckpointError:
                 continue
             return
@@ -465,26 +556,60 @@ class Checkpointer:
     ) -> tuple[dict, list, Any, list]:
         """The step's checked JSON, the template's leaves and structure, its entries."""
         meta = self._read_checked_meta(step)
+        where = f"checkpoint_dir {self.directory}: the checkpoint of step {step}"
         try:
             tree_template = template(meta["extra"])
             entries = list(meta["leaves"])
+        except ResumeRefusedError as error:
+            raise ValueError(f"{where} cannot resume this call: {error}") from None
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"its metadata is malformed: {error!r}") from None
         leaves, treedef = jax.tree.flatten(tree_template)
-        if _paths(tree_template) != meta.get("structure"):
+        paths, saved = _paths(tree_template), meta.get("structure")
+        if paths != saved:
+            raise ValueError(f"{where} {self._other_arrays(saved, paths)}")
+        if len(entries) != len(leaves):
+            raise CheckpointError("its metadata lists another number of arrays")
+        problems = _layout_problems(paths, leaves, entries)
+        if problems:
             raise ValueError(
-                f"checkpoint_dir {self.directory}: the checkpoint of step {step} "
-                "holds other arrays than this call saves (made by another version "
-                "of tempering?); give another checkpoint_dir"
+                f"{where} holds arrays of other shapes or dtypes than this call's: "
+                f"{_listed(problems, 3)}. {self._allowed_note()}: resume with the "
+                "checkpointed run's model, optimiser, state and move (the same "
+                "shapes and dtypes), or give another checkpoint_dir"
             )
         return meta, leaves, treedef, entries
+
+    def _other_arrays(self, saved: Any, paths: list[str]) -> str:
+        """What differs between the saved arrays' paths and this call's."""
+        if not isinstance(saved, list):
+            raise CheckpointError("its metadata holds no structure")
+        mine, theirs = set(paths), set(map(str, saved))
+        only_saved = [p for p in map(str, saved) if p not in mine]
+        only_call = [p for p in paths if p not in theirs]
+        if only_saved or only_call:
+            differ = "; ".join(
+                f"{label}: {_listed(found)}"
+                for label, found in (
+                    ("only in the checkpoint", only_saved),
+                    ("only in this call", only_call),
+                )
+                if found
+            )
+        else:
+            differ = "the same paths in another order"
+        return (
+            f"holds other arrays than this call's ({differ}). "
+            f"{self._allowed_note()}: resume with the checkpointed run's model, "
+            "optimiser, move and evaluations, or give another checkpoint_dir"
+        )
 
     def _read_checked_meta(self, step: int) -> dict:
         """The step's JSON, checked whole, its fingerprint this call's."""
         ocp = self._ocp
         step_dir = self.directory / str(step)
         # Agreed before orbax's restore, which waits for every process.
-        _together(functools.partial(_check_files, step_dir))
+        together(functools.partial(_check_files, step_dir))
         try:
             saved = self.manager.restore(
                 step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())

@@ -40,6 +40,7 @@ __all__ = [
     "describe_value",
     "digest",
     "fingerprint",
+    "stable_repr",
 ]
 
 
@@ -57,14 +58,49 @@ def digest(tree: Any) -> str:
     return sha.hexdigest()
 
 
+def stable_repr(value: Any) -> str:
+    """``repr(value)``, with the elements of its sets (nested too) in sorted order.
+
+    A set's repr follows its iteration order, which for strings (and other
+    hashes that ``PYTHONHASHSEED`` salts) changes from one process to the
+    next; sorted, the same set reads alike in every process. Tuples, lists
+    and dicts are read into; any other value, and a value holding no set,
+    reads as its ``repr``.
+
+    Args:
+        value: a value (a code constant, a setting).
+
+    Returns:
+        Its repr, the same in every process.
+    """
+    if isinstance(value, set | frozenset):
+        if not value:
+            return repr(value)
+        body = "{" + ", ".join(sorted(stable_repr(item) for item in value)) + "}"
+        return body if type(value) is set else f"{type(value).__name__}({body})"
+    if type(value) is tuple:
+        items = [stable_repr(item) for item in value]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    if type(value) is list:
+        return "[" + ", ".join(stable_repr(item) for item in value) + "]"
+    if type(value) is dict:
+        pairs = (f"{stable_repr(k)}: {stable_repr(v)}" for k, v in value.items())
+        return "{" + ", ".join(pairs) + "}"
+    return repr(value)
+
+
 def _code_digest(code: types.CodeType) -> str:
-    """Bytecode, constants (nested code included) and names of a function's code."""
+    """Bytecode, constants (nested code included) and names of a function's code.
+
+    A constant reads as its :func:`stable_repr`: a set literal (compiled to a
+    frozenset) digests alike in every process.
+    """
     sha = hashlib.sha1(code.co_code)
     for const in code.co_consts:
         sha.update(
             _code_digest(const).encode()
             if isinstance(const, types.CodeType)
-            else repr(const).encode()
+            else stable_repr(const).encode()
         )
     sha.update(repr(code.co_names).encode())
     return sha.hexdigest()[:16]
@@ -174,18 +210,28 @@ def _public_state(obj: Any) -> dict[str, Any]:
 
 
 def describe_value(value: Any, depth: int) -> str:
-    """A setting captured by a function: numbers and strings by value, functions by code."""
+    """A setting captured by a function: numbers and strings by value, functions by code.
+
+    A set reads as the sorted descriptions of its elements: the same in every
+    process (a set's own order changes with ``PYTHONHASHSEED``), another for
+    other elements.
+    """
     if value is None or isinstance(value, bool | int | float | complex | str | bytes):
         return repr(value)
     if isinstance(value, np.ndarray | jax.Array | np.generic):
         return f"array:{digest(value)}"
     if isinstance(value, tuple | list):
         return "[" + ", ".join(describe_value(v, depth + 1) for v in value) + "]"
+    if isinstance(value, set | frozenset):
+        items = sorted(describe_value(v, depth + 1) for v in value)
+        return "set{" + ", ".join(items) + "}"
     if isinstance(value, dict):
-        items = sorted(value.items(), key=lambda kv: repr(kv[0]))
+        items = sorted(value.items(), key=lambda kv: stable_repr(kv[0]))
         return (
             "{"
-            + ", ".join(f"{k!r}: {describe_value(v, depth + 1)}" for k, v in items)
+            + ", ".join(
+                f"{stable_repr(k)}: {describe_value(v, depth + 1)}" for k, v in items
+            )
             + "}"
         )
     if isinstance(value, types.ModuleType):
@@ -245,9 +291,10 @@ def _describe_setting(value: Any) -> str:
     """A move's static setting: its repr, unless that names a memory address.
 
     An address differs in every process (a function, an object without a
-    repr of its own), so such a setting is described by its code and state.
+    repr of its own), so such a setting is described by its code and state;
+    a set's elements are sorted (:func:`stable_repr`).
     """
-    text = repr(value)
+    text = stable_repr(value)
     if not _ADDRESS.search(text):
         return text
     if callable(value):
@@ -288,7 +335,9 @@ def _describe_data(data: Any) -> str:
     training stream resumes from wherever the caller's iterator stands, so
     what it yields first is no mark of the run; a stream that saves its
     position is checked by the batch it yields there instead
-    (:func:`tempering.resume.with_next_batch`).
+    (:func:`tempering.resume.with_next_batch`), and a re-iterable replayed
+    from a fresh pass by the elements of that pass read before it too
+    (:attr:`tempering.batches.BatchReader.pass_crc`).
     """
     inputs = getattr(data, "inputs", None)
     if inputs is not None:
@@ -305,7 +354,8 @@ def fingerprint(
 
     Entries: the key, the initial replicas and move state, the model, the
     optimiser, the loss, the move, the data; and every ``settings`` entry
-    (callables described by :func:`describe_callable`, the rest by repr).
+    (callables described by :func:`describe_callable`, the rest by
+    :func:`stable_repr`).
     """
     return {
         "key": digest(key),
@@ -323,7 +373,7 @@ def fingerprint(
         "validation_data": _describe_data(data.validation),
         "test_data": _describe_data(data.test),
         **{
-            name: describe_callable(value) if callable(value) else repr(value)
+            name: describe_callable(value) if callable(value) else stable_repr(value)
             for name, value in settings.items()
         },
     }

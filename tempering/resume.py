@@ -7,14 +7,16 @@ records so far, the values before its first round) through a
 as JSON. Resuming rebuilds that pytree into a template the call builds from
 its own state, move and data, so nothing in the checkpoint chooses a type.
 A training stream that can save its position (:class:`BatchReader`) saves it
-in the JSON too (with a digest of the batch it yields there), and a resume sets
-it and checks that batch: the same batches follow.
+in the JSON too (with a digest of the batch it yields there, and, for a
+re-iterable replayed from a fresh pass, a CRC-32 of the pass's elements read
+before it), and a resume sets it and checks them: the same batches follow.
 
 It also holds what Ctrl-C does to a call (:class:`StopOnInterrupt`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -74,6 +76,7 @@ def checkpointer(
         every=config.checkpoint_every,
         keep=config.keep_checkpoints,
         allowed=config.resume_allowing,
+        check=functools.partial(_check_move_state, move),
         settings=fingerprints.fingerprint(
             state,
             move_state,
@@ -95,6 +98,30 @@ def checkpointer(
             ),
         ),
     )
+
+
+def _check_move_state(move: Any, tree: dict) -> None:
+    """A ValueError unless the restored move state passes the move's own check.
+
+    Its layout is the template's (the checkpointer compares it); a move with a
+    ``check_state`` (the exchanges) also checks its values, e.g. an adapted
+    ladder's ends and rounds: with ``resume_allowing=("move", ...)`` the
+    checkpoint's state may be another move's.
+
+    Args:
+        move: the call's move.
+        tree: the restored checkpoint tree (``tree["carry"][1]``: the move state).
+    """
+    check_state = getattr(move, "check_state", None)
+    if check_state is None:
+        return
+    try:
+        check_state(tree["carry"][1])
+    except ValueError as error:
+        raise ValueError(
+            f"its move state does not fit this call's move ({error}); resume with "
+            "the checkpointed run's move settings, or give another checkpoint_dir"
+        ) from None
 
 
 def _as_floats(value: Any) -> float | list:
@@ -202,12 +229,15 @@ def restore(
             rounds (a ValueError where the call's plan has none); None: the
             saved index.
     """
+    records: list[RoundRecord] = []  # the records' template, once built
 
     def template(extra: dict) -> dict:
         rounds = int(extra["rounds"])
+        if rounds:
+            records.append(_records_template(extra["metrics"], empty_record))
         return {
             "carry": carry,
-            "records": empty_record(extra["metrics"]) if rounds else None,
+            "records": records[-1] if rounds else None,
             "initial": initial if extra["has_initial"] else None,
             "burn_values": progress.burn_values,
         }
@@ -216,13 +246,18 @@ def restore(
     if restored is None:
         return None
     tree, extra = restored
+    if tree["records"] is not None:
+        where = (
+            f"checkpoint_dir {saver.directory}: the checkpoint of step "
+            f"{saver.saved_step} cannot resume this call"
+        )
+        checkpoint.together(lambda: _check_records(tree["records"], records[-1], where))
     next_segment = int(extra["next_segment"])
     if resume_at is not None:
         next_segment = resume_at(int(tree["carry"][0].step), int(extra["rounds"]))
     if isinstance(train, BatchReader):
         position = extra.get("train_stream")
-        train.set_position(position)
-        _check_next_batch(position, train, saver.allowed)
+        checkpoint.together(lambda: _continue_stream(position, train, saver.allowed))
     records = RecordRows(progress.records.capacity)
     if tree["records"] is not None:
         records.extend(tree["records"], int(extra["rounds"]))
@@ -230,7 +265,105 @@ def restore(
     return tree["carry"], resumed
 
 
-def _check_next_batch(position: dict | None, train: BatchReader, allowed) -> None:
+def _records_template(
+    saved_metrics: Any, empty_record: Callable[[list[str] | None], RoundRecord]
+) -> RoundRecord:
+    """This call's records over zero rounds: the template of the saved ones.
+
+    Args:
+        saved_metrics: the metric names the checkpoint's rounds recorded
+            (None: no evaluation).
+        empty_record: ``empty_record(None)`` builds this call's records over
+            zero rounds, with the metrics its ``metrics_fn`` gives.
+
+    Raises:
+        TypeError: ``saved_metrics`` is malformed (no list).
+        tempering.checkpoint.ResumeRefusedError: the checkpoint's rounds recorded
+            other metrics than this call's ``metrics_fn`` gives (a history
+            keeps one set of metrics).
+    """
+    if saved_metrics is not None and not isinstance(saved_metrics, list):
+        raise TypeError(f"metrics is {type(saved_metrics).__name__}, not a list")
+    mine = empty_record(None)
+    evaluated = mine.validation if mine.validation is not None else mine.test
+    names = None if evaluated is None else sorted(evaluated.metrics)
+    if names != saved_metrics:
+        raise checkpoint.ResumeRefusedError(
+            f"its rounds recorded {_metrics_text(saved_metrics)}, and this call's "
+            f"metrics_fn gives {_metrics_text(names)}: a run's records "
+            "keep one set of metrics, so resume_allowing=('metrics_fn',) resumes "
+            "only with a metrics_fn of the same names. Give a metrics_fn with the "
+            "checkpoint's metrics, or another checkpoint_dir"
+        )
+    return mine
+
+
+def _metrics_text(names: list[str] | None) -> str:
+    """Metric names as a message reads them (None: no evaluation)."""
+    return "no evaluation" if names is None else f"the metrics {names}"
+
+
+def _check_records(saved: RoundRecord, template: RoundRecord, where: str) -> None:
+    """A ValueError unless each saved record field has this call's shape per round.
+
+    Args:
+        saved: the checkpoint's records, stacked over its rounds.
+        template: this call's records over zero rounds (the same structure).
+        where: the checkpoint, as the message names it.
+    """
+    paths = jax.tree_util.tree_leaves_with_path(template)
+    for (path, expected), value in zip(paths, jax.tree.leaves(saved), strict=True):
+        if np.shape(value)[1:] != np.shape(expected)[1:]:
+            raise ValueError(
+                f"{where}: its round records hold "
+                f"{jax.tree_util.keystr(path)} of shape {np.shape(value)[1:]} per "
+                f"round, this call records {np.shape(expected)[1:]} (another move "
+                "or number of replicas); resume with the checkpointed run's move "
+                "and replicas, or give another checkpoint_dir"
+            )
+
+
+def _continue_stream(
+    position: dict | None, train: BatchReader, allowed: tuple[str, ...]
+) -> None:
+    """Sets the stream at ``position`` and checks it reads the saved run's batches.
+
+    Over several processes every process calls it (through
+    :func:`tempering.checkpoint.together`): a refusal on one is a refusal on all.
+    """
+    train.set_position(position)
+    _check_pass(position, train, allowed)
+    _check_next_batch(position, train, allowed)
+
+
+def _check_pass(
+    position: dict | None, train: BatchReader, allowed: tuple[str, ...]
+) -> None:
+    """A ValueError unless the elements replayed from a fresh pass are the run's.
+
+    A re-iterable (a list of batches) is fingerprinted by kind only; the CRC-32
+    of the elements the run read in its current pass tells another list. A
+    checkpoint saved without one (an older version) is not checked.
+    """
+    if position is None or "train_data" in allowed:
+        return
+    saved = position.get("pass_crc")
+    if saved is None or "skip" not in position:
+        return
+    if train.pass_crc != int(saved):
+        raise ValueError(
+            f"the checkpoint's run read other training batches: the "
+            f"{position['skip']} elements of train_data's current pass before the "
+            f"saved position (batch {position['batches']}) are not those the "
+            "checkpointed run read (they differ in: train_data); resume with the "
+            "same batches in the same order, give another checkpoint_dir to start "
+            "afresh, or resume anyway with RunConfig(resume_allowing=('train_data',))"
+        )
+
+
+def _check_next_batch(
+    position: dict | None, train: BatchReader, allowed: tuple[str, ...]
+) -> None:
     """A ValueError unless the stream yields the saved run's batch at its position.
 
     A training stream is fingerprinted by its kind only (it is read once); the

@@ -586,3 +586,80 @@ def test_a_fingerprint_sees_the_code_and_constants_a_run_reads(monkeypatch):
         for s in (0.1, 0.3)
     ]
     assert leaky[0].describe() != leaky[1].describe()
+
+
+# --- sets: described by their elements, alike in every process --------------------
+
+_SET_PROBE = """
+import hashlib, os
+os.environ["JAX_PLATFORMS"] = "cpu"
+import flax.linen as nn
+from tempering.frontends import as_frontend
+from tempering.fingerprints import _describe_setting, describe_callable
+
+NAMES = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"}
+
+
+class Net(nn.Module):
+    skip: frozenset = frozenset(NAMES)
+    parts: tuple = (frozenset({"head", "body", "tail", "neck"}), 2)
+
+    @nn.compact
+    def __call__(self, x, *, train=False):
+        return nn.Dense(3)(x)
+
+
+def loss(outputs, targets):  # a set literal: a frozenset among the code's constants
+    names = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"}
+    return outputs.sum() * ("beta" in names)
+
+
+def make_loss(ignored):
+    def scaled(outputs, targets):
+        return outputs.sum() * (len(ignored) > 0)
+
+    return scaled
+
+
+def sha(text):
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+print(repr(NAMES))  # the order a set's repr shows in this process
+print(sha(as_frontend(Net()).describe()))
+print(sha(describe_callable(loss)))
+print(sha(describe_callable(make_loss(frozenset(NAMES)))))
+print(sha(_describe_setting(frozenset(NAMES))))
+"""
+
+
+def test_sets_are_described_alike_in_every_process(tmp_path):
+    """A set's repr follows PYTHONHASHSEED: a restarted process must still match."""
+    script = tmp_path / "probe.py"
+    script.write_text(_SET_PROBE)
+    root = str(Path(tp.__file__).resolve().parents[1])
+    outputs = []
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=root)
+        done = subprocess.run(
+            [sys.executable, str(script)], env=env, capture_output=True, text=True,
+            check=True, timeout=120,
+        )  # fmt: skip
+        outputs.append(done.stdout.splitlines())
+    assert outputs[0][0] != outputs[1][0]  # the seeds order the set differently
+    assert outputs[0][1:] == outputs[1][1:]  # model, loss code, closure, setting
+
+
+def test_a_captured_set_is_described_by_its_elements():
+    from tempering.fingerprints import describe_callable
+
+    def make_loss(ignored):
+        def loss(outputs, targets):
+            return tp.state.cross_entropy(outputs, targets) * (targets not in ignored)
+
+        return loss
+
+    first, other = make_loss({0, 1}), make_loss({2, 5})
+    assert describe_callable(first) != describe_callable(other)
+    assert describe_callable(first) == describe_callable(make_loss({1, 0}))
+    assert describe_callable(first) != describe_callable(make_loss(frozenset()))

@@ -14,6 +14,7 @@ from conftest import (
 )
 
 import tempering as tp
+from tempering.batches import batch_crc
 from tempering.sources import BatchError, BatchReader, as_eval_source, as_train_source
 
 LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2])
@@ -160,11 +161,16 @@ def test_a_list_of_batches_saves_its_place_in_the_pass(state, blobs):
     reader.expect(tp.sources.BatchSpec(((48, 5), x.dtype), ((48,), y.dtype), 3))
     reader.take(4)
     reader.peek()  # read ahead, not taken: not part of the position
-    assert reader.position() == {"batches": 4, "skip": 4}
+    position = reader.position()
+    assert {k: position[k] for k in ("batches", "skip")} == {"batches": 4, "skip": 4}
+    expected = 0  # the CRC of the elements read in the pass: a resume compares it
+    for batch in batches[:4]:
+        expected = batch_crc(batch, expected)
+    assert position["pass_crc"] == expected
     with pytest.warns(RuntimeWarning, match="batch 5 .* is dropped"):
         reader.take(3)  # batch 4, then the short batch 5 dropped, a new pass
     saved = reader.position()
-    assert saved == {"batches": 8, "skip": 2}
+    assert {k: saved[k] for k in ("batches", "skip")} == {"batches": 8, "skip": 2}
     again = BatchReader(as_train_source(batches, "train_data", 48), "train_data")
     again.expect(reader._spec)
     again.take(1)

@@ -98,10 +98,15 @@ class Linen:
         return model_variables(params, stats)
 
     def describe(self) -> str:
-        """The module's configuration (its repr) and the code of its methods."""
+        """The module's configuration (its repr) and the code of its methods.
+
+        A set among the fields (a submodule's too) reads with its elements
+        sorted: a set's repr follows an order that changes from one process
+        to the next (``PYTHONHASHSEED``).
+        """
         from tempering.fingerprints import code_of_class, without_addresses
 
-        config = without_addresses(repr(self.module))
+        config = without_addresses(_sorted_sets(repr(self.module), self.module))
         text = f"linen:{self.name}|{config}|{self.train_kwarg}|{code_of_class(type(self.module))}"
         functions = _field_functions(self.module)  # a repr shows no lambda's code
         return f"{text}|{functions}" if functions else text
@@ -119,3 +124,36 @@ def _field_functions(module: nn.Module) -> str:
         if callable(value):
             described.append(f"{field.name}={describe_callable(value)}")
     return ";".join(described)
+
+
+def _sorted_sets(text: str, module: nn.Module) -> str:
+    """``text`` (the module's repr) with each set of its fields' in sorted order."""
+    from tempering.fingerprints import stable_repr
+
+    sets = _field_sets(module, depth=0)
+    for value in sorted(sets, key=lambda v: -len(repr(v))):  # outer sets first
+        text = text.replace(repr(value), stable_repr(value))
+    return text
+
+
+def _field_sets(value: Any, depth: int) -> list[set | frozenset]:
+    """The sets a module's repr shows: in its fields and children, nested too."""
+    if depth > 16:
+        return []
+    if isinstance(value, set | frozenset):
+        return [value]
+    if isinstance(value, tuple | list):
+        return [s for item in value for s in _field_sets(item, depth + 1)]
+    if isinstance(value, dict):
+        items = [*value.keys(), *value.values()]
+        return [s for item in items for s in _field_sets(item, depth + 1)]
+    if not isinstance(value, nn.Module) or not dataclasses.is_dataclass(value):
+        return []
+    shown = [
+        value.__dict__.get(field.name)
+        for field in dataclasses.fields(value)
+        if field.name not in ("parent", "name") and field.repr
+    ]
+    children = getattr(getattr(value, "_state", None), "children", {})
+    shown += [child for child in children.values() if isinstance(child, nn.Module)]
+    return [s for item in shown for s in _field_sets(item, depth + 1)]
