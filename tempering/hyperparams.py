@@ -246,8 +246,11 @@ def raise_unknown_names(
     raise ValueError(
         f"{where}: unknown hyperparameter(s) {list(names)}; this state takes "
         f"{sorted(known)} (the floats tx injects with "
-        "optax.inject_hyperparams, and the model inputs; declare more with "
-        f"create_replicas(..., model_inputs=...)){hint}"
+        "optax.inject_hyperparams, and the model inputs). An optimiser's "
+        "argument is one when injected: optax.inject_hyperparams(optax.sgd)("
+        "learning_rate=0.05, momentum=0.9) (tempering.sgd injects the learning "
+        "rate only; tempering.diffusion.l2_sgd injects weight_decay too); a "
+        f"model's keyword with create_replicas(..., model_inputs=...){hint}"
     )
 
 

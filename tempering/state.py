@@ -167,11 +167,19 @@ def sgd(
 ) -> optax.GradientTransformationExtraArgs:
     """SGD (optionally momentum and L2 weight decay) with an injected lr.
 
+    Only the learning rate is a hyperparameter of the replicas (a ladder's or
+    ``set_hyperparams``'); ``momentum`` and ``weight_decay`` are the same for
+    every replica. To ladder them, inject them:
+    ``optax.inject_hyperparams(optax.sgd)(learning_rate=0.05, momentum=0.9)``,
+    or :func:`tempering.diffusion.l2_sgd` for ``weight_decay``.
+
     Args:
         learning_rate: initial learning rate (a ladder overwrites it per replica).
-        momentum: momentum coefficient, or None for plain SGD.
+        momentum: momentum coefficient, or None for plain SGD; one value for
+            every replica.
         nesterov: use Nesterov momentum.
-        weight_decay: L2 coefficient added to the gradient (``wd * params``).
+        weight_decay: L2 coefficient added to the gradient (``wd * params``);
+            one value for every replica.
 
     Returns:
         An ``optax.inject_hyperparams`` transformation whose
