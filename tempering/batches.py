@@ -307,11 +307,17 @@ class BatchReader:
             return self._iterator.get_state()
         return (self._in_pass, self._pass_crc) if self._source.restartable else None
 
-    def _count_element(self, element: Any) -> None:
-        """Counts an element read from the current pass (and its CRC, replaying)."""
+    def _count_element(self, element: Any, batch: Any = None) -> None:
+        """Counts an element read from the current pass (and its CRC, replaying).
+
+        ``batch``: the element's ``(inputs, targets)`` when already read.
+        """
         self._in_pass += 1
         if self._replays():
-            self._pass_crc = element_crc(element, self._name, self._pass_crc)
+            if batch is None:
+                self._pass_crc = element_crc(element, self._name, self._pass_crc)
+            else:
+                self._pass_crc = batch_crc(batch, self._pass_crc)
 
     def _new_pass(self) -> None:
         """Starts a fresh pass over the restartable source."""
@@ -397,10 +403,8 @@ class BatchReader:
                 restarted = True
                 continue
             restarted = False
-            self._in_pass += 1
             batch = batch_pair(element, self._name)
-            if self._replays():
-                self._pass_crc = batch_crc(batch, self._pass_crc)
+            self._count_element(element, batch)
             if self._spec is not None:
                 if _is_short(*batch, self._spec) and self._pass_ended():
                     self._drop_short(batch, self._spec)

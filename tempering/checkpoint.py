@@ -177,6 +177,23 @@ def _agree(code: int) -> int:
     return int(np.max(multihost_utils.process_allgather(np.int32(code))))
 
 
+def _manifest_by_process_0(step_dir: Path) -> None:
+    """Process 0 writes the step's manifest; its failure is raised on every process.
+
+    The others would otherwise wait for it in the next collective.
+    """
+    failure = None
+    if jax.process_index() == 0:
+        try:
+            write_manifest(step_dir)
+        except Exception as error:  # noqa: BLE001 - raised below, on every process
+            failure = error
+    if _agree(int(failure is not None)):
+        if failure is not None:
+            raise failure
+        raise OSError(f"process 0 could not write the manifest of {step_dir}")
+
+
 def _check_files(step_dir: Path) -> None:
     """A step's manifest holds, and its JSON is bounded (before orbax parses it)."""
     check_manifest(step_dir)
@@ -258,6 +275,7 @@ def _saved_layout(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def _layout_text(shape: Sequence[int], dtype: np.dtype) -> str:
+    """``float32[8, 3]``: a saved array's layout, as messages name it."""
     return f"{dtype}{list(shape)}"
 
 
@@ -749,9 +767,7 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.Composite(**items))
         self.manager.wait_until_finished()
         _sync(f"saved-{step}")
-        if jax.process_index() == 0:
-            write_manifest(self.directory / str(step))
-        _sync(f"manifest-{step}")
+        _manifest_by_process_0(self.directory / str(step))
         self.saved_step, self.since_save = step, 0
 
     def close(self) -> None:

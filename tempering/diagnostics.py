@@ -111,9 +111,14 @@ def _between_finite(history: History) -> np.ndarray:
     return ~(at_rung[:, :-1] | at_rung[:, 1:])
 
 
+def _ladder_chosen(history: History) -> np.ndarray | None:
+    """``(R,)``: the ladder a multi-exchange history exchanged each round; else None."""
+    return getattr(history.move, "ladder", None)
+
+
 def _exchanged_rounds(history: History) -> np.ndarray:
     """``(R,)`` bool: the rounds that exchanged the recorded rungs (ladder 0's)."""
-    ladder = getattr(history.move, "ladder", None)  # multi_exchange_move's
+    ladder = _ladder_chosen(history)
     if ladder is None:
         return np.ones(len(history.step), bool)
     return np.asarray(ladder) == 0
@@ -451,13 +456,12 @@ def barrier(history: History, scheme: str | None = None) -> Barrier:
     trips = round_trips(history)  # shape=(M,); a ValueError without rungs
     if scheme is not None and scheme not in _SCHEMES:
         raise ValueError(f"scheme must be one of {_SCHEMES} or None, got {scheme!r}")
-    ladder = getattr(history.move, "ladder", None)  # multi_exchange_move's
     exchanged = _exchanged_rounds(history)  # shape=(R,)
-    proposed = np.asarray(history.proposed, bool) & _between_finite(history)
-    proposed = proposed[exchanged]  # shape=(R0, M - 1)
+    raw = np.asarray(history.proposed, bool)[exchanged]  # shape=(R0, M - 1)
+    if scheme is None:  # from every proposal: a diverged replica's too
+        scheme = _scheme_of(raw, np.asarray(history.round)[exchanged])
+    proposed = raw & _between_finite(history)[exchanged]
     accepted = np.asarray(history.accepted, bool)[exchanged] & proposed
-    if scheme is None:
-        scheme = _scheme_of(proposed, np.asarray(history.round)[exchanged])
     with np.errstate(invalid="ignore", divide="ignore"):
         local = 1.0 - accepted.sum(0) / proposed.sum(0)  # (M - 1,); NaN: unproposed
     num_pairs = local.shape[0]
@@ -472,7 +476,7 @@ def barrier(history: History, scheme: str | None = None) -> Barrier:
         bound = expected = math.nan
     elif num_pairs == 1:  # two rungs: both schemes propose the pair every round
         bound, expected = 1.0 / (1.0 + total), 1.0 / (1.0 + odds)
-    elif scheme == "even_odd" and ladder is not None:
+    elif scheme == "even_odd" and _ladder_chosen(history) is not None:
         num_ladders = np.shape(history.move.rungs)[-2]  # (R, K, M)
         bound = 1.0 / (2.0 + 2.0 * total)
         expected = even_odd_round_trip_rate(

@@ -163,6 +163,11 @@ class Warner:
 
         Those the rounds already flagged are not warned about again; these
         diverged after the last round (a last segment without a move).
+
+        Args:
+            diverged: shape ``(M,)``, bool; non-finite at the final evaluation.
+            step: the replicas' step at the end of the call.
+            hyperparams: name -> shape ``(M,)``, the replicas' values (host).
         """
         for m in np.flatnonzero(diverged):
             if m not in self.flagged:
@@ -175,6 +180,7 @@ class Warner:
 
 
 def _warn(replica: int, hyperparams: Any, step: int, what: str) -> None:
+    """The RuntimeWarning that ``replica`` (its ``hyperparams`` named) diverged."""
     values = ", ".join(f"{k}={float(v[replica]):.4g}" for k, v in hyperparams.items())
     warn(
         f"replica {replica} ({values}) diverged by step {step} (non-finite loss): {what}",

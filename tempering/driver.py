@@ -81,6 +81,9 @@ def ranked_last(run: RunResult) -> np.ndarray:
     source at the final evaluation, yet holds values that never trained:
     the source, which earned the score, is the one to report.
 
+    Args:
+        run: the call's result (its history, end state and diverged flags).
+
     Returns:
         shape ``(M,)``, bool.
     """
@@ -226,13 +229,17 @@ def _dtype_of(leaf: Any) -> str:
 def _check_move_state(move: Any, state: ReplicaState, move_state: Any) -> None:
     """A ValueError unless ``move_state`` has the structure ``move.init`` builds.
 
-    A move with its own ``check_state`` (the exchanges) checks it there:
-    replicas continuing an adapted ladder hold its values, not the rungs of
-    the ladder ``move.init`` reads.
+    A move with its own ``check_state`` (the exchanges) checks it there, and
+    that the replicas hold its rungs (``check_held``): replicas continuing an
+    adapted ladder hold its values, not the rungs of the ladder ``move.init``
+    reads.
     """
     check_state = getattr(move, "check_state", None)
     if check_state is not None:
         check_state(move_state)
+        check_held = getattr(move, "check_held", None)
+        if check_held is not None:
+            check_held(state, move_state)
         return
     expected = move.init(state)
 
@@ -735,7 +742,17 @@ def _save_or_warn(saver, carry, progress, position, then: str) -> None:
     """Saves a checkpoint; a failing save (a full disk) warns, saying ``then``.
 
     The save's error must not throw away what the call trained. Over several
-    processes a save is a collective, and its error is raised on every process.
+    processes a save is a collective and its error is raised: on every
+    process when process 0 fails to write the manifest; a failure inside
+    orbax's writes on one process only can leave the others waiting in its
+    barrier until the coordination service's timeout.
+
+    Args:
+        saver: the call's :class:`~tempering.checkpoint.Checkpointer`.
+        carry: ``(state, move_state)`` to save.
+        progress: the call's progress (its records and next segment).
+        position: the training stream's position, or None.
+        then: what the warning says happens next.
     """
     try:
         resume.save(saver, carry, progress, position)

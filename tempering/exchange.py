@@ -132,7 +132,7 @@ def check_c(c: Any) -> float:
     value = check_number(c, "c")
     with np.errstate(over="ignore"):
         single = np.float32(value)
-    if not (np.isfinite(value) and value > 0 and np.isfinite(single)):
+    if not (np.isfinite(value) and np.isfinite(single) and single > 0):
         raise ValueError(
             f"c must be finite and > 0, and finite in float32 (the exchange's "
             f"precision, at most 3.4e38), got {value}"

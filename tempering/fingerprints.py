@@ -74,7 +74,7 @@ def stable_repr(value: Any) -> str:
         Its repr, the same in every process.
     """
     if isinstance(value, set | frozenset):
-        if not value:
+        if all(_hashed_alike(item) for item in value):  # as before: its repr
             return repr(value)
         body = "{" + ", ".join(sorted(stable_repr(item) for item in value)) + "}"
         return body if type(value) is set else f"{type(value).__name__}({body})"
@@ -87,6 +87,17 @@ def stable_repr(value: Any) -> str:
         pairs = (f"{stable_repr(k)}: {stable_repr(v)}" for k, v in value.items())
         return "{" + ", ".join(pairs) + "}"
     return repr(value)
+
+
+def _hashed_alike(value: Any) -> bool:
+    """Whether ``value``'s hash is the same in every process (no string in it).
+
+    A set of such values iterates in the same order everywhere: its ``repr``
+    is already stable (and is what checkpoints before sorting recorded).
+    """
+    if type(value) is tuple:
+        return all(_hashed_alike(item) for item in value)
+    return value is None or type(value) in (bool, int, float, complex)
 
 
 def _code_digest(code: types.CodeType) -> str:

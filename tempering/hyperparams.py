@@ -102,8 +102,12 @@ LIMITS: dict[str, float] = {"learning_rate": 10.0}
 
 
 def check_number(value: Any, name: str) -> float:
-    """``value`` as a float; bools, strings and arrays are refused by name."""
-    if isinstance(value, bool | np.bool_ | str) or np.ndim(value) != 0:
+    """``value`` as a float; bools, strings, complex numbers and arrays are refused by name."""
+    if (
+        isinstance(value, bool | np.bool_ | str)
+        or np.ndim(value) != 0
+        or np.iscomplexobj(value)
+    ):
         raise TypeError(f"{name} must be a number, got {value!r}")
     try:
         return float(value)

@@ -305,7 +305,8 @@ def make_ladder(
     arrays = {name: np.broadcast_to(arr, (num_rungs,)) for name, arr in arrays.items()}
     for name, arr in arrays.items():
         check_values(name, arr, "the ladder")
-        held = arr.astype(np.float32)  # as the ladder holds them
+        with np.errstate(over="ignore"):
+            held = arr.astype(np.float32)  # as the ladder holds them
         check_values(name, held, "the ladder, rounded to float32 as it holds them")
 
     if temperatures is None:
@@ -346,6 +347,12 @@ def _spaced_ladder(
         raise ValueError(f"num_rungs must be an int >= 2, got {num_rungs!r}")
     if not isinstance(name, str):
         raise TypeError(f"name must be a hyperparameter name, got {name!r}")
+    if name in fixed:
+        raise ValueError(
+            f"{name} is the ladder's spaced hyperparameter (low to high) and a "
+            f"keyword too: give {name} once (the keywords are the other "
+            "hyperparameters, shared by every rung)"
+        )
     values = spacing(check_number(low, "low"), check_number(high, "high"), num_rungs)
     return make_ladder(
         {name: values, **fixed},

@@ -63,6 +63,7 @@ def record_scalars(record: RoundRecord) -> Iterator[tuple[str, int, float]]:
 
 
 def _finite_or_none(value: Any) -> Any:
+    """``value`` with its non-finite floats (in lists too) as None: JSON's null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, list):

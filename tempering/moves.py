@@ -176,6 +176,13 @@ class ExchangeMove:
                 f"result.move_state), got {type(move_state).__name__}"
             )
         rungs = np.asarray(move_state.rungs)
+        if rungs.shape != (self.ladder.num_rungs,) or not np.issubdtype(
+            rungs.dtype, np.integer
+        ):
+            raise ValueError(
+                f"move_state.rungs must be integers, shape ({self.ladder.num_rungs},) "
+                f"(result.move_state), got {rungs.dtype}{list(rungs.shape)}"
+            )
         if sorted(rungs.tolist()) != list(range(self.ladder.num_rungs)):
             raise ValueError(
                 f"move_state.rungs must be a permutation of 0..{self.ladder.num_rungs - 1} "
@@ -215,6 +222,26 @@ class ExchangeMove:
                 f"rounds, this exchange over adapt_rounds={self.adapt_rounds}: "
                 "give the adapt_rounds of the run being continued"
             )
+
+    def check_held(self, state: ReplicaState, move_state: ExchangeState) -> None:
+        """Raises ValueError unless each replica holds its rung's values.
+
+        The rung ``move_state.rungs[m]`` of the ladder in use (an adapted one
+        included): a state and a move state of one call, or of another run.
+        """
+        held = to_host(state.hyperparams)  # over several processes: gathered
+        rungs = np.asarray(move_state.rungs)
+        for name, values in self.current_ladder(move_state).values.items():
+            expected = np.asarray(values, np.float32)[rungs]
+            got = np.asarray(held.get(name, np.full_like(expected, np.nan)), np.float32)
+            if got.shape != expected.shape or not np.array_equal(got, expected):
+                raise ValueError(
+                    f"the replicas do not hold the values of move_state's rungs "
+                    f"({name}: {got.tolist()}, its rungs give {expected.tolist()}): "
+                    "continue with the state and move_state of one call "
+                    "(result.state, result.move_state), or pass move_state=None to "
+                    "start the move afresh"
+                )
 
     def current_ladder(self, move_state: Any) -> Ladder:
         """The ladder in use: the adapted one when adaptive, else ``self.ladder``.

@@ -170,6 +170,11 @@ class MultiExchangeMove:
         for move, sub in zip(self.moves, move_state.sub_states, strict=True):
             move.check_state(sub)
 
+    def check_held(self, state: ReplicaState, move_state: MultiExchangeState) -> None:
+        """Raises ValueError unless each replica holds its rungs' values on every ladder."""
+        for move, sub in zip(self.moves, move_state.sub_states, strict=True):
+            move.check_held(state, sub)
+
     def current_ladders(self, move_state: MultiExchangeState) -> tuple[Ladder, ...]:
         """The K ladders in use (an adaptive sub-move's ladder from its state)."""
         return tuple(

@@ -328,61 +328,46 @@ def _continue_stream(
 ) -> None:
     """Sets the stream at ``position`` and checks it reads the saved run's batches.
 
-    Over several processes every process calls it (through
+    A training stream is fingerprinted by its kind only (it is read once):
+    the CRC-32 of the elements its current pass read (a re-iterable replayed
+    from a fresh pass; absent from checkpoints of older versions) and the
+    batch at the saved position tell another dataset of the same kind. Over
+    several processes every process calls it (through
     :func:`tempering.checkpoint.together`): a refusal on one is a refusal on all.
     """
     train.set_position(position)
-    _check_pass(position, train, allowed)
-    _check_next_batch(position, train, allowed)
-
-
-def _check_pass(
-    position: dict | None, train: BatchReader, allowed: tuple[str, ...]
-) -> None:
-    """A ValueError unless the elements replayed from a fresh pass are the run's.
-
-    A re-iterable (a list of batches) is fingerprinted by kind only; the CRC-32
-    of the elements the run read in its current pass tells another list. A
-    checkpoint saved without one (an older version) is not checked.
-    """
     if position is None or "train_data" in allowed:
         return
-    saved = position.get("pass_crc")
-    if saved is None or "skip" not in position:
-        return
-    if train.pass_crc != int(saved):
-        raise ValueError(
-            f"the checkpoint's run read other training batches: the "
-            f"{position['skip']} elements of train_data's current pass before the "
-            f"saved position (batch {position['batches']}) are not those the "
-            "checkpointed run read (they differ in: train_data); resume with the "
-            "same batches in the same order, give another checkpoint_dir to start "
-            "afresh, or resume anyway with RunConfig(resume_allowing=('train_data',))"
+    saved_crc = position.get("pass_crc")
+    if (
+        saved_crc is not None
+        and "skip" in position
+        and train.pass_crc != int(saved_crc)
+    ):
+        raise _other_batches(
+            f"the {position['skip']} elements of train_data's current pass before "
+            f"the saved position (batch {position['batches']}) are not those the "
+            "checkpointed run read",
+            "the same batches in the same order",
+        )
+    saved_batch = position.get("next_batch")  # None: the run trained no further
+    if saved_batch is not None and fingerprints.digest(train.peek()) != saved_batch:
+        raise _other_batches(
+            f"at the saved position (batch {position['batches']}) train_data "
+            "yields a batch that differs from the one the checkpointed run read "
+            "there",
+            "the same stream (same files, seed and order)",
         )
 
 
-def _check_next_batch(
-    position: dict | None, train: BatchReader, allowed: tuple[str, ...]
-) -> None:
-    """A ValueError unless the stream yields the saved run's batch at its position.
-
-    A training stream is fingerprinted by its kind only (it is read once); the
-    batch at the saved position tells another dataset of the same kind.
-    """
-    if position is None or "train_data" in allowed:
-        return
-    saved = position.get("next_batch")
-    if saved is None:  # saved where the run trained no further
-        return
-    if fingerprints.digest(train.peek()) != saved:
-        raise ValueError(
-            f"the checkpoint's run read other training batches: at the saved "
-            f"position (batch {position['batches']}) train_data yields a batch "
-            "that differs from the one the checkpointed run read there (they "
-            "differ in: train_data); resume with the same stream (same files, "
-            "seed and order), give another checkpoint_dir to start afresh, or "
-            "resume anyway with RunConfig(resume_allowing=('train_data',))"
-        )
+def _other_batches(what: str, same: str) -> ValueError:
+    """The refusal of a stream that is not the checkpointed run's: ``what`` differs."""
+    return ValueError(
+        f"the checkpoint's run read other training batches: {what} (they differ "
+        f"in: train_data); resume with {same}, give another checkpoint_dir to "
+        "start afresh, or resume anyway with RunConfig(resume_allowing="
+        "('train_data',))"
+    )
 
 
 class StopOnInterrupt:

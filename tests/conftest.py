@@ -168,7 +168,7 @@ PROPERTY_SETTINGS = (
 
 # --- bad inputs (issue 17): the table's shared harness ------------------------------
 
-BAD_INPUTS_DOC = """No silent bad input (issue 17): a table of 273 bad inputs to the public API.
+BAD_INPUTS_DOC = """No silent bad input (issue 17): a table of 278 bad inputs to the public API.
 
 Each case makes one bad call (``create_replicas``, ``set_hyperparams``,
 ``get_hyperparams``, the ladders and hand-built ``Ladder``, ``exchange``,
@@ -183,7 +183,7 @@ init is never a cache hit. Shared replicas (M = 4, one Dense layer on 8
 features) are built once; nothing trains. Each module's cases are the
 ``BAD_INPUTS`` table of its test file (``BAD_INPUT_FILES``).
 
-Counts: 101 of them needed a library fix in this change (``fixed=True``:
+Counts: 106 of them needed a library fix in this change (``fixed=True``:
 they ran silently, failed with another library's message, or raised only
 after compiling, measured against the previous commit with this table); 0 still
 wait for a fix in a module this change did not touch (``pending``, strict
@@ -277,12 +277,14 @@ def run(ctx: Any, /, **overrides: Any) -> Any:
     kwargs = dict(num_steps=20, interval=5, batch_size=8)
     kwargs.update(overrides)
     move = kwargs.pop("move", tp.identity_move())
+    move_state = kwargs.pop("move_state", None)
     data = tp.RunData(
         kwargs.pop("train_data", (ctx.x, ctx.y)),
         kwargs.pop("validation_data", (ctx.xv, ctx.yv)),
         kwargs.pop("test_data", None),
     )
-    return tp.train(ctx.state, ctx.key, move, data, tp.RunConfig(**kwargs))
+    config = tp.RunConfig(**kwargs)
+    return tp.train(ctx.state, ctx.key, move, data, config, move_state=move_state)
 
 
 def hand_ladder(temps: Any, lr: Any = None) -> tp.Ladder:

@@ -486,3 +486,18 @@ def test_two_rungs_exchange_every_round_under_both_schemes(scheme) -> None:
     assert abs(mean - exact) < 4 * error and abs(mean / exact - 1) < 0.03
     for r in results:
         assert r.round_trip_expected == pytest.approx(exact, rel=0.05)
+
+
+def test_the_scheme_is_read_from_every_proposal_a_diverged_replicas_too() -> None:
+    """Left out of the rates, a flagged replica's proposals were also left out
+    of the guess: an even-odd history of three rungs read as random pair."""
+    rounds = 8
+    proposed = np.array([[r % 2 == 0, r % 2 == 1] for r in range(rounds)])
+    history = make_history(
+        np.tile([0, 1, 2], (rounds, 1)), [0, 1, 2], proposed=proposed
+    )
+    diverged = np.zeros((rounds, 3), bool)
+    diverged[3:, 2] = True
+    flagged = history._replace(diverged=diverged)
+    assert dg.barrier(history).scheme == "even_odd"
+    assert dg.barrier(flagged).scheme == "even_odd"

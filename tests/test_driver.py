@@ -744,11 +744,22 @@ def test_a_warning_points_at_the_users_line(state, blobs):
 # --- bad inputs (issue 17): raised before anything compiles ----------------------
 # The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
 
+
+def continued(ctx, ladder, rungs=None):
+    """``tp.train`` with an exchange on ``ladder`` and a move state of the ctx's."""
+    move_state = tp.exchange_move(ctx.ladder).init(ctx.state)
+    if rungs is not None:
+        move_state = move_state._replace(rungs=rungs)
+    return run(ctx, move=tp.exchange_move(ladder), move_state=move_state)
+
+
 # fmt: off
 BAD_INPUTS = [
     # --- train ----------------------------------------------------------------
     Case("train-move-not-callable", lambda c: run(c, move=5), T, r"move must have init\(state\)"),
     Case("train-past-last-end", lambda c: run(c, interval=[5, 10]), V, r"runs past the last round end 10"),
+    Case("train-move-state-of-another-ladder", lambda c: continued(c, tp.geometric_ladder("learning_rate", 0.001, 0.01, 4)), V, r"the replicas do not hold the values of move_state's rungs \(learning_rate", fixed=True),
+    Case("train-move-state-float-rungs", lambda c: continued(c, c.ladder, rungs=np.arange(4.0, dtype=np.float32)), V, r"move_state.rungs must be integers, shape \(4,\)", fixed=True),
     Case("train-exchange-without-validation", lambda c: run(c, move=tp.exchange_move(c.ladder), validation_data=None), T, r"ExchangeMove compares the replicas' validation scores.*RunData\(train, validation=", fixed=True),
     Case("train-pbt-without-validation", lambda c: run(c, move=tp.pbt_move(tp.pbt_config({"learning_rate": (0.01, 0.1)})), validation_data=None), T, r"PBTMove compares .*validation=", fixed=True),
 ]

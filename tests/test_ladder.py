@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -340,6 +341,7 @@ BAD_INPUTS = [
     Case("ladder-lr-negative", lambda c: tp.make_ladder(learning_rate=[-0.1, 0.1]), V, r"learning_rate.*\(0, "),
     Case("ladder-dropout-1", lambda c: tp.make_ladder(dropout_rate=[0.1, 1.0]), V, r"dropout_rate.*\[0, 1\)"),
     Case("ladder-nan", lambda c: tp.make_ladder(learning_rate=[0.1, NAN]), V, r"learning_rate.*non-finite"),
+    Case("ladder-geometric-name-twice", lambda c: tp.geometric_ladder("learning_rate", 0.01, 0.1, 3, learning_rate=[0.5, 0.6, 0.7]), V, r"learning_rate is the ladder's spaced hyperparameter .*give learning_rate once", fixed=True),
     Case("ladder-name-twice", lambda c: tp.make_ladder({"learning_rate": [0.01, 0.02]}, learning_rate=[0.1, 0.2]), V, r"\['learning_rate'\] both in values and as keywords", fixed=True),
     Case("ladder-dropout-rounds-to-1", lambda c: tp.make_ladder(dropout_rate=[0.1, 0.99999999]), V, r"dropout_rate in the ladder, rounded to float32.*\[0, 1\)", fixed=True),
     Case("ladder-lr-rounds-to-0", lambda c: tp.make_ladder(learning_rate=[1e-50, 1e-3]), V, r"learning_rate in the ladder, rounded to float32", fixed=True),
@@ -458,3 +460,10 @@ def test_make_ladder_refuses_any_bad_learning_rate(values, bad, index):
 def test_make_ladder_refuses_any_bad_dropout_rate(values, bad, index):
     with pytest.raises(ValueError, match="dropout_rate"):
         tp.make_ladder(dropout_rate=_with_one(values, bad, index))
+
+
+def test_a_value_float32_overflows_is_a_value_error_not_a_numpy_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the cast's RuntimeWarning came first
+        with pytest.raises(ValueError, match="weight_decay"):
+            tp.make_ladder(weight_decay=[0.0, 1e39], temperatures=[1.0, 2.0])

@@ -1,5 +1,6 @@
 """The moves between rounds: exchange_move."""
 
+import numpy as np
 import pytest
 from conftest import Case, T, V, bad_input_params, check_raises_before_compiling
 
@@ -17,6 +18,8 @@ BAD_INPUTS = [
     Case("move-c-bool", lambda c: tp.exchange_move(c.ladder, c=True), T, r"c must be one number or 'auto'"),
     Case("move-c-none", lambda c: tp.exchange_move(c.ladder, c=None), T, r"c must be one number or 'auto', got None", fixed=True),
     Case("move-c-complex", lambda c: tp.exchange_move(c.ladder, c=1 + 0j), T, r"c must be one number or 'auto'", fixed=True),
+    Case("move-c-complex64", lambda c: tp.exchange_move(c.ladder, c=np.complex64(2 + 3j)), T, r"c must be one number or 'auto'", fixed=True),
+    Case("move-c-rounds-to-0", lambda c: tp.exchange_move(c.ladder, c=1e-50), V, r"c must be .*finite in float32", fixed=True),
     Case("move-c-overflows-float32", lambda c: tp.exchange_move(c.ladder, c=1e39), V, r"c must be .*finite in float32", fixed=True),
     Case("move-enabled-string", lambda c: tp.exchange_move(c.ladder, enabled="False"), T, r"enabled must be a bool"),
     Case("move-target-0", lambda c: tp.exchange_move(c.ladder, c="auto", target_acceptance=0.0), V, r"target_acceptance must be a number in \(0, 1\)"),

@@ -400,6 +400,25 @@ MISUSE_WORKER = (
                      move_state=first.move_state)
     print("RESULT " + json.dumps(dict(folder="continued", process=me,
                                       outcome=f"ran: step {int(again.state.step)}")))
+
+    # process 0 cannot write a manifest (a full disk): every process raises
+    import tempering.checkpoint as checkpoint
+    real_manifest = checkpoint.write_manifest
+    def full_disk(step_dir):
+        if me == 0 and step_dir.name == "10":
+            raise OSError(28, "No space left on device")
+        return real_manifest(step_dir)
+    checkpoint.write_manifest = full_disk
+    try:
+        tp.pt_train(state, ladder, jax.random.key(1), train_data=(x, y),
+                    validation_data=(x, y), num_steps=20, exchange_interval=10,
+                    batch_size=16, checkpoint_dir=os.path.join(sys.argv[1], "full"))
+        outcome = "ran"
+    except Exception as error:
+        outcome = f"{type(error).__name__}: {error} | carries state: " + str(
+            hasattr(error, "state"))
+    print("RESULT " + json.dumps(dict(folder="full_disk", process=me,
+                                      outcome=outcome)), flush=True)
     """
     )
 )
@@ -426,6 +445,9 @@ def test_misuse_over_processes_fails_alike_on_every_process(tmp_path):
         "unshared": r"ValueError: checkpoint_dir \S+ck[01] is not the same folder on "
         "every process: process 1 does not see the lock file process 0 wrote",
         "continued": "ran: step 20",
+        # before: process 1 waited in the save's barrier until the timeout
+        "full_disk": r"OSError: (\[Errno 28\] No space left on device|process 0 "
+        r"could not write the manifest of \S+/10) \| carries state: True",
     }
     for case, pattern in expected.items():
         outcomes = [got["outcome"] for got in results(launched, case)]
