@@ -156,7 +156,7 @@ class Warner:
                     "on_diverge='restore' re-initialises it from the nearest "
                     "finite colder replica"
                 )
-            _warn(m, hyperparams, record.step, what)
+            _warn(int(m), hyperparams, record.step, what)
 
     def at_end(self, diverged: np.ndarray, step: int, hyperparams: Any) -> None:
         """Warns about replicas the call's final evaluation found diverged.
@@ -176,7 +176,7 @@ class Warner:
                     "found at the call's final evaluation, after its last round "
                     "(nothing restored or replaced it); never reported best"
                 )
-                _warn(m, hyperparams, step, what)
+                _warn(int(m), hyperparams, step, what)
 
 
 def _warn(replica: int, hyperparams: Any, step: int, what: str) -> None:

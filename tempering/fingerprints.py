@@ -234,8 +234,8 @@ def describe_value(value: Any, depth: int) -> str:
     if isinstance(value, tuple | list):
         return "[" + ", ".join(describe_value(v, depth + 1) for v in value) + "]"
     if isinstance(value, set | frozenset):
-        items = sorted(describe_value(v, depth + 1) for v in value)
-        return "set{" + ", ".join(items) + "}"
+        described = sorted(describe_value(v, depth + 1) for v in value)
+        return "set{" + ", ".join(described) + "}"
     if isinstance(value, dict):
         items = sorted(value.items(), key=lambda kv: stable_repr(kv[0]))
         return (

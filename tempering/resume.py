@@ -258,10 +258,10 @@ def restore(
     if isinstance(train, BatchReader):
         position = extra.get("train_stream")
         checkpoint.together(lambda: _continue_stream(position, train, saver.allowed))
-    records = RecordRows(progress.records.capacity)
+    rows = RecordRows(progress.records.capacity)
     if tree["records"] is not None:
-        records.extend(tree["records"], int(extra["rounds"]))
-    resumed = Progress(next_segment, records, tree["initial"], tree["burn_values"])
+        rows.extend(tree["records"], int(extra["rounds"]))
+    resumed = Progress(next_segment, rows, tree["initial"], tree["burn_values"])
     return tree["carry"], resumed
 
 
