@@ -294,10 +294,11 @@ def _layout_problems(paths: list[str], leaves: list, entries: list) -> list[str]
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"its metadata is malformed at {path}") from None
         dtype = _declared_dtype(entry.get("dtype"))
-        if (saved, dtype) != _saved_layout(leaf):
+        mine = _saved_layout(leaf)
+        if (saved, dtype) != mine:
             problems.append(
                 f"{path} is saved as {_layout_text(saved, dtype)}, this call's is "
-                f"{_layout_text(*_saved_layout(leaf))}"
+                f"{_layout_text(*mine)}"
             )
     return problems
 
@@ -462,16 +463,20 @@ class Checkpointer:
             )
         return None
 
+    def refusal(self, step: int, reason: str) -> ValueError:
+        """The error refusing to resume the intact checkpoint of ``step``: ``reason``."""
+        return ValueError(
+            f"checkpoint_dir {self.directory}: the checkpoint of step {step} "
+            f"cannot resume this call: {reason}"
+        )
+
     def _check_restored(self, step: int, tree: Any) -> None:
         """:attr:`check` of a restored tree, its refusal naming the folder and step."""
         assert self.check is not None
         try:
             self.check(tree)
         except ValueError as error:
-            raise ValueError(
-                f"checkpoint_dir {self.directory}: the checkpoint of step {step} "
-                f"cannot resume this call: {error}"
-            ) from None
+            raise self.refusal(step, str(error)) from None
 
     def _allowed_note(self) -> str:
         """What ``resume_allowing`` does not cover (a layout refused despite it)."""
@@ -579,7 +584,7 @@ class Checkpointer:
             tree_template = template(meta["extra"])
             entries = list(meta["leaves"])
         except ResumeRefusedError as error:
-            raise ValueError(f"{where} cannot resume this call: {error}") from None
+            raise self.refusal(step, str(error)) from None
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"its metadata is malformed: {error!r}") from None
         leaves, treedef = jax.tree.flatten(tree_template)

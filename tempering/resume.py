@@ -76,7 +76,7 @@ def checkpointer(
         every=config.checkpoint_every,
         keep=config.keep_checkpoints,
         allowed=config.resume_allowing,
-        check=functools.partial(_check_move_state, move),
+        check=functools.partial(_check_restored_move_state, move),
         settings=fingerprints.fingerprint(
             state,
             move_state,
@@ -100,7 +100,7 @@ def checkpointer(
     )
 
 
-def _check_move_state(move: Any, tree: dict) -> None:
+def _check_restored_move_state(move: Any, tree: dict) -> None:
     """A ValueError unless the restored move state passes the move's own check.
 
     Its layout is the template's (the checkpointer compares it); a move with a
@@ -247,11 +247,10 @@ def restore(
         return None
     tree, extra = restored
     if tree["records"] is not None:
-        where = (
-            f"checkpoint_dir {saver.directory}: the checkpoint of step "
-            f"{saver.saved_step} cannot resume this call"
+        refuse = functools.partial(saver.refusal, int(tree["carry"][0].step))
+        checkpoint.together(
+            lambda: _check_records(tree["records"], records[-1], refuse)
         )
-        checkpoint.together(lambda: _check_records(tree["records"], records[-1], where))
     next_segment = int(extra["next_segment"])
     if resume_at is not None:
         next_segment = resume_at(int(tree["carry"][0].step), int(extra["rounds"]))
@@ -303,19 +302,21 @@ def _metrics_text(names: list[str] | None) -> str:
     return "no evaluation" if names is None else f"the metrics {names}"
 
 
-def _check_records(saved: RoundRecord, template: RoundRecord, where: str) -> None:
+def _check_records(
+    saved: RoundRecord, template: RoundRecord, refuse: Callable[[str], ValueError]
+) -> None:
     """A ValueError unless each saved record field has this call's shape per round.
 
     Args:
         saved: the checkpoint's records, stacked over its rounds.
         template: this call's records over zero rounds (the same structure).
-        where: the checkpoint, as the message names it.
+        refuse: the checkpointer's refusal of this checkpoint, given a reason.
     """
     paths = jax.tree_util.tree_leaves_with_path(template)
     for (path, expected), value in zip(paths, jax.tree.leaves(saved), strict=True):
         if np.shape(value)[1:] != np.shape(expected)[1:]:
-            raise ValueError(
-                f"{where}: its round records hold "
+            raise refuse(
+                f"its round records hold "
                 f"{jax.tree_util.keystr(path)} of shape {np.shape(value)[1:]} per "
                 f"round, this call records {np.shape(expected)[1:]} (another move "
                 "or number of replicas); resume with the checkpointed run's move "
