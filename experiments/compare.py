@@ -28,7 +28,9 @@ Every seed writes its own file, ``results/compare/<name>/seed<k>.json``
 (command, commit, machine); a seed whose file exists is not run again (unless
 ``--force``), so a long comparison can be run piece by piece
 (``--seed-list 3,4``) and the table is merged from the files once every seed
-is there.
+is there. ``--rerun pt,pt_decay`` runs those methods again in the existing
+files, keeping the other methods' runs and their provenance (after a change
+that can move only them, such as the rule for an adaptive C).
 
 Reported per method (mean ± std over seeds): test error of the replica with the
 lowest final validation error; steps until the best replica's validation error
@@ -217,6 +219,7 @@ def run_seed(args, bench, dataset, ladder, tx, seed: int) -> dict:
     record = load_seed_record(path, settings, args.force) or {
         "seed": seed, "settings": settings, "runs": {},
     }  # fmt: skip
+    record = drop_runs(record, args.rerun)
     todo = [m for m in args.methods if m not in record["runs"]]
     for method in todo:
         run = run_method(method, args, bench, dataset, ladder, tx, seed)
@@ -230,6 +233,21 @@ def run_seed(args, bench, dataset, ladder, tx, seed: int) -> dict:
         record.setdefault("provenance", {})[",".join(todo)] = provenance([seed])
         record = save_seed_record(path, record)
     return record
+
+
+def drop_runs(record: dict, methods: tuple[str, ...]) -> dict:
+    """The seed record without the runs of ``methods``, nor their provenance.
+
+    A provenance entry names the methods one command ran ("grid,pt"); the
+    dropped methods leave its name, and an entry left with none goes.
+    """
+    runs = {m: r for m, r in record["runs"].items() if m not in methods}
+    kept = {}
+    for names, prov in record.get("provenance", {}).items():
+        left = [m for m in names.split(",") if m not in methods]
+        if left:
+            kept[",".join(left)] = prov
+    return {**record, "runs": runs, "provenance": kept}
 
 
 def steps_to_target(run: dict, target: float, final_step: int) -> float:
@@ -371,6 +389,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--force", action="store_true", help="rerun existing seeds")
+    parser.add_argument(
+        "--rerun", default="",
+        help="methods to run again in existing seed files (e.g. pt,pt_decay after a "
+        "change that moves them); the others' runs and provenance are kept",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--interval", type=int, default=None)
     parser.add_argument("--burn-in", type=int, default=None)
@@ -389,6 +412,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown or "grid" not in args.methods:
         parser.error(f"--methods must include grid and name only {sorted(METHODS)}")
+    args.rerun = tuple(m for m in args.rerun.split(",") if m)
+    if set(args.rerun) - set(args.methods):
+        parser.error(f"--rerun must name only methods of --methods {args.methods}")
     return args
 
 

@@ -7,16 +7,14 @@ pair of rungs, the log acceptance ratio at C = 1,
 the mean Metropolis probability ``mean min(1, exp(C x))`` over every ratio seen
 so far equal the target (bisection in log C). Every pair is proposed equally
 often under both schemes, so the target is the expected acceptance of a
-proposed swap. When favourable swaps (the hotter replica has the lower loss,
-always accepted) alone reach the target, as early in training on a
-learning-rate ladder, C instead sets the acceptance of the unfavourable swaps
-to the target, so the exchange keeps exploring rather than sorting; the mean
-acceptance is then above the target (noisy losses, a favourable share ``s``
-near 0.5: about ``s + (1 - s) target``, 0.65 at the default). Just below that
-switch the overall target needs the unfavourable swaps accepted at
-``(target - s) / (1 - s)``, near 0: C is large there and falls when ``s``
-reaches the target, so C is not continuous in the ratios or in the target
-(20 against 21 favourable of 70 ratios: C 4.5 against 1.2 at target 0.3). After ``adapt_rounds`` rounds C is frozen and the exchange is a
+proposed swap. Favourable swaps (the hotter replica has the lower loss) are
+always accepted: with a share ``s`` of them no C accepts less than ``s``
+(noisy losses give ``s`` near 0.5; early training on a learning-rate ladder
+more). C then sets the acceptance of the unfavourable swaps to
+``min(s, target)`` instead, so the exchange keeps exploring rather than
+sorting; the overall target holds while ``s <= 1 - sqrt(1 - target)``, where
+the two aims meet, so that C changes continuously (:func:`solve_c`). After
+``adapt_rounds`` rounds C is frozen and the exchange is a
 fixed Metropolis rule for the rest of the run. With ``adapt_schedule="decay"``
 C keeps adapting after those rounds, one Robbins-Monro step per round on
 log C with a decaying gain (:func:`decay_step`), so that it follows a loss
@@ -37,6 +35,7 @@ interpolated between the old rungs (in log space when its values are > 0).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -148,27 +147,30 @@ def solve_c(log_ratios: jax.Array, target: float, fallback: jax.Array) -> jax.Ar
             every C accepts everything and the data say nothing about C.
 
     Returns:
-        C, shape ``()``, float32. When the favourable pairs (always accepted)
-        alone make up ``target`` or more of the ratios, no C reaches the
-        target; C then makes the mean acceptance of the *unfavourable* swaps
-        equal to ``target``, so that the exchange keeps exploring instead of
-        sorting the replicas by loss.
+        C, shape ``()``, float32. With a share ``s`` of favourable ratios
+        (always accepted), C makes the mean acceptance of all of them
+        ``target`` while ``s <= 1 - sqrt(1 - target)``; above, that would
+        need a C growing without bound as ``s`` nears ``target`` (and no C
+        reaches it beyond), so C makes the mean acceptance of the
+        *unfavourable* swaps ``min(s, target)``: the exchange keeps exploring
+        instead of sorting the replicas by loss, and C is continuous in the
+        ratios and the target.
     """
-    x, unfavourable = _target_ratios(jnp.asarray(log_ratios, jnp.float32), target)
+    x, unfavourable, goal = _target_ratios(jnp.asarray(log_ratios, jnp.float32), target)
     scale = jnp.nanmedian(jnp.where(unfavourable, -x, jnp.nan))
     centre = -jnp.log(jnp.where(unfavourable.any(), scale, 1.0))
 
     def shift(_, bounds):
         low, high = bounds  # the acceptance falls as C grows
-        grow = mean_acceptance(jnp.exp(high), x) > target
-        shrink = mean_acceptance(jnp.exp(low), x) < target
+        grow = mean_acceptance(jnp.exp(high), x) > goal
+        shrink = mean_acceptance(jnp.exp(low), x) < goal
         step = jnp.where(grow, high - low, jnp.where(shrink, low - high, 0.0))
         return low + step, high + step
 
     def bisect(_, bounds):
         low, high = bounds
         mid = 0.5 * (low + high)
-        too_often = mean_acceptance(jnp.exp(mid), x) > target  # C must grow
+        too_often = mean_acceptance(jnp.exp(mid), x) > goal  # C must grow
         return jnp.where(too_often, mid, low), jnp.where(too_often, high, mid)
 
     bracket = (centre - _LOG_RANGE, centre + _LOG_RANGE)
@@ -180,20 +182,33 @@ def solve_c(log_ratios: jax.Array, target: float, fallback: jax.Array) -> jax.Ar
 
 def _target_ratios(
     x: jax.Array, target: float, pooled: jax.Array | None = None
-) -> tuple[jax.Array, jax.Array]:
-    """The ratios whose mean acceptance is aimed at, and whether any is unfavourable.
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The ratios aimed at, whether any is unfavourable, and the acceptance aimed at.
 
-    All of them; or, when the favourable ones (always accepted) alone make
-    up ``target`` or more of ``pooled`` (default ``x``), the unfavourable ones
-    only (non-finite: ignored).
+    With ``s`` the share of favourable ratios (always accepted) in ``pooled``
+    (default ``x``), the unfavourable swaps are accepted at
+    ``max((target - s) / (1 - s), min(s, target))``:
+
+    - ``(target - s) / (1 - s)`` makes the mean over all ratios ``target``
+      (returned: all ratios and ``target``). As ``s`` nears ``target`` it
+      falls to 0, an infinite C: the exchange would sort the replicas by loss
+      and never accept an unfavourable swap.
+    - ``min(s, target)`` keeps it exploring (returned: the unfavourable ratios
+      and that acceptance): it takes over above ``s = 1 - sqrt(1 - target)``,
+      where the two are equal, so that C changes continuously with the
+      losses and with ``target``.
+
+    Non-finite ratios are ignored.
     """
     valid = jnp.isfinite(x)
     unfavourable = valid & (x < 0)
     pooled = x if pooled is None else pooled
     seen = jnp.isfinite(pooled)
     favourable_share = (seen & (pooled >= 0)).sum() / jnp.maximum(seen.sum(), 1)
-    x = jnp.where(favourable_share < target, x, jnp.where(unfavourable, x, jnp.nan))
-    return x, unfavourable
+    overall = favourable_share <= 1.0 - math.sqrt(1.0 - target)
+    x = jnp.where(overall, x, jnp.where(unfavourable, x, jnp.nan))
+    goal = jnp.where(overall, target, jnp.minimum(favourable_share, target))
+    return x, unfavourable, goal.astype(jnp.float32)
 
 
 def decay_step(
@@ -213,10 +228,10 @@ def decay_step(
     ```
 
     The acceptance is the mean Metropolis probability of this round's ratios
-    at the current C (of its unfavourable ones, when the favourable ones alone
-    reach the target in the ``recent`` rounds, as :func:`solve_c` decides on
-    the rounds it sees: one round of a few pairs is too few to decide); its
-    slope in log C is the
+    at the current C, against the target :func:`solve_c` would aim at (of the
+    unfavourable ones, ``min(s, target)``, when the share ``s`` of favourable
+    ones in the ``recent`` rounds is above ``1 - sqrt(1 - target)``: one
+    round of a few pairs is too few to decide); its slope in log C is the
     mean of ``C x exp(C x)`` over the unfavourable ratios, floored at 0.02.
     Acceptance falls as C grows, so too many acceptances raise C.
 
@@ -233,10 +248,10 @@ def decay_step(
         The next C, shape ``()``, float32; C itself when no ratio is
         unfavourable (every C accepts everything).
     """
-    x, unfavourable = _target_ratios(
+    x, unfavourable, goal = _target_ratios(
         jnp.asarray(log_ratios, jnp.float32), target, recent
     )
-    excess = mean_acceptance(c, x) - target
+    excess = mean_acceptance(c, x) - goal
     cx = jnp.where(jnp.isfinite(x) & (x < 0), c * x, 0.0)
     slope = (cx * jnp.exp(cx)).sum() / jnp.maximum(jnp.isfinite(x).sum(), 1)
     gain = (jnp.asarray(step, jnp.float32) + 1.0) ** -_DECAY_EXPONENT

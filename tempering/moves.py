@@ -314,9 +314,8 @@ def exchange_move(
         ladder: the :class:`tempering.Ladder`.
         c: the normalisation constant C > 0 of the acceptance probability, or
             ``"auto"``: tuned in the first ``adapt_rounds`` rounds so that the
-            mean acceptance of proposed swaps is ``target_acceptance`` (or,
-            when favourable swaps alone reach it, that of the unfavourable
-            ones: the mean is then above it), then frozen
+            mean acceptance of proposed swaps is ``target_acceptance`` where
+            the share of favourable swaps allows it, then frozen
             (:mod:`tempering.adaptation`).
         scheme: ``"even_odd"`` (default; the parity alternates with the
             round) or ``"random_pair"`` (the paper's Algorithm 1).

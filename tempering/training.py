@@ -158,10 +158,10 @@ def pt_train(
         test_data: optional held-out data evaluated every round (never scored).
         c: ``"auto"`` (default): C is tuned during the first ``adapt_rounds``
             rounds so that the mean acceptance of proposed swaps is
-            ``target_acceptance`` (or, when favourable swaps, always
-            accepted, alone reach it, that of the unfavourable ones: the
-            mean is then above it), then frozen (:mod:`tempering.adaptation`;
-            its values are ``history.c``). A number: the fixed constant C > 0
+            ``target_acceptance`` where the losses allow it (when many swaps
+            are favourable, hence always accepted, C aims the unfavourable
+            ones' acceptance instead and the mean is higher), then frozen
+            (:mod:`tempering.adaptation`; its values are ``history.c``). A number: the fixed constant C > 0
             of the acceptance probability.
         scheme: ``"even_odd"`` (default: deterministic even-odd, Syed et al.
             2019) or ``"random_pair"`` (the paper's Algorithm 1).

@@ -56,7 +56,8 @@ def test_solve_c_hits_the_target() -> None:
     x = -np.random.default_rng(0).exponential(2.0, size=(5, 7)).astype(np.float32)
     x[0, :3] = 0.5  # favourable pairs count as accepted
     x[1, 0] = np.nan  # unseen
-    for target in (0.1, 0.3, 0.6):
+    # 3 favourable of 34: a share below 1 - sqrt(1 - target) for these targets
+    for target in (0.2, 0.3, 0.6):
         c = solve_c(jnp.asarray(x), target, jnp.float32(1.0))
         assert float(mean_acceptance(c, jnp.asarray(x))) == pytest.approx(
             target, abs=1e-4
@@ -72,21 +73,29 @@ def test_solve_c_hits_the_target() -> None:
     assert float(solve_c(jnp.full((2, 3), jnp.nan), 0.3, jnp.float32(7.0))) == 7.0
 
 
-def test_c_jumps_where_favourable_swaps_alone_reach_the_target() -> None:
-    """The documented discontinuity (docs/guides/ladder-and-c.md, adaptation)."""
-    magnitude = np.abs(np.random.default_rng(0).normal(1.0, 0.3, 70)).astype(np.float32)
-    cs = {}
-    for favourable in (20, 21):
+def test_c_changes_continuously_with_the_favourable_share_and_the_target() -> None:
+    """C jumped: 4.5 at a favourable share of 0.286, 1.2 at 0.300 (target 0.3),
+    as the aim switched from all ratios to the unfavourable ones; and raising
+    the target from 0.40 to 0.45 multiplied C by 20."""
+    rng = np.random.default_rng(0)
+    magnitude = np.abs(rng.normal(1.0, 0.3, 70)).astype(np.float32)
+    cs = []
+    for favourable in range(8, 29):  # shares 0.11 .. 0.40 around the switch
         x = -magnitude.copy()
         x[:favourable] = magnitude[:favourable]
-        cs[favourable] = float(solve_c(jnp.asarray(x), 0.3, jnp.float32(1.0)))
-        if favourable == 20:  # the overall target, from rare unfavourable swaps
-            assert float(mean_acceptance(cs[20], jnp.asarray(x))) == pytest.approx(
-                0.3, abs=1e-3
-            )
-    assert cs[20] == pytest.approx(4.5, abs=0.05) and cs[21] == pytest.approx(
-        1.2, abs=0.05
-    )
+        c = solve_c(jnp.asarray(x), 0.3, jnp.float32(1.0))
+        unfavourable = jnp.asarray(x[x < 0])
+        share = favourable / 70
+        aim = max((0.3 - share) / (1 - share), min(share, 0.3))
+        assert float(mean_acceptance(c, unfavourable)) == pytest.approx(aim, abs=1e-3)
+        cs.append(float(c))
+    steps = np.abs(np.diff(np.log(cs)))
+    assert steps.max() < 0.15, np.round(cs, 3)  # one ratio more moves C by < 16%
+    noise = jnp.asarray(rng.normal(0.0, 1.0, 70), jnp.float32)  # share about 0.5
+    by_target = [
+        float(solve_c(noise, t, jnp.float32(1.0))) for t in np.arange(0.1, 0.95, 0.05)
+    ]
+    assert np.all(np.diff(by_target) <= 1e-6), np.round(by_target, 3)  # never up
 
 
 def test_solve_c_reaches_the_target_over_many_orders_of_magnitude() -> None:

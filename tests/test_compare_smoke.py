@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from experiments import compare
 from tempering.zoo import datasets
@@ -58,3 +59,20 @@ def test_data_dir_default_is_shared_data_next_to_the_repository(monkeypatch, tmp
     monkeypatch.setenv(common.DATA_DIR_ENV, str(tmp_path / "data"))
     assert compare.parse_args(["mnist1d"]).data_dir == tmp_path / "data"
     assert compare.parse_args(["mnist1d", "--data-dir", "x"]).data_dir == Path("x")
+
+
+def test_rerun_drops_only_the_named_runs_and_their_provenance():
+    record = {
+        "seed": 0,
+        "runs": {"grid": {"a": 1}, "pt": {"a": 2}, "pt_decay": {"a": 3}, "pbt": {}},
+        "provenance": {"grid,pt": {"git_commit": "old"}, "pt_decay": {"x": 1},
+                       "pbt": {"y": 2}},
+    }  # fmt: skip
+    kept = compare.drop_runs(record, ("pt", "pt_decay"))
+    assert sorted(kept["runs"]) == ["grid", "pbt"]
+    assert kept["provenance"] == {"grid": {"git_commit": "old"}, "pbt": {"y": 2}}
+    assert record["runs"]["pt"] == {"a": 2}  # the loaded record is not changed
+    args = compare.parse_args(["mnist1d", "--methods", "grid,pt", "--rerun", "pt"])
+    assert args.rerun == ("pt",)
+    with pytest.raises(SystemExit):
+        compare.parse_args(["mnist1d", "--methods", "grid,pt", "--rerun", "pt_decay"])
