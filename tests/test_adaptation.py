@@ -140,6 +140,24 @@ def test_auto_c_with_noisy_losses_within_tolerance(state) -> None:
     assert np.all(info.c[20:] == info.c[19])
 
 
+def test_auto_c_between_the_aims_accepts_unfavourable_swaps_at_the_share(state):
+    """Noisy losses with about a quarter of the swaps favourable, a share between
+    1 - sqrt(1 - 0.3) and 0.3: the frozen C accepts the unfavourable swaps at
+    that share (the old rule aimed the overall mean at 0.3 from there, which
+    left them at 0.08, an exchange that nearly sorts the replicas by loss)."""
+    move = exchange_move(LADDER, c="auto", target_acceptance=0.3, adapt_rounds=40)
+    _, _, info = run_synthetic(
+        state, move, lambda lr: 3.0 * jnp.log(lr), rounds=440, noise=2.0, seed=2
+    )
+    x = np.where(info.proposed, info.log_ratio, np.nan)
+    window, fresh = x[:40], x[40:]
+    share = np.sum(window >= 0) / np.sum(np.isfinite(window))
+    assert 1 - np.sqrt(0.7) + 0.03 < share < 0.3 - 0.01, share
+    accepted = np.where(info.proposed, info.acceptance_prob, np.nan)[40:]
+    assert abs(accepted[fresh < 0].mean() - share) < 0.05  # 0.20 at 0.23 here
+    assert np.nanmean(accepted) > 0.3 + 0.05  # the favourable swaps lift the mean
+
+
 def test_decay_step_moves_c_towards_the_target() -> None:
     x = jnp.asarray([-1.0, -2.0, -0.5], jnp.float32)
     c = jnp.float32(1.0)
