@@ -35,7 +35,7 @@ from experiments.common import (
     write_outputs,
 )
 from tempering.adaptation import solve_c
-from tempering.diagnostics import count_round_trips
+from tempering.diagnostics import count_round_trips, even_odd_round_trip_rate
 from tempering.exchange import exchange, pair_log_ratios
 
 GAP, NOISE, TARGET = 1.0, 1.0, 0.3
@@ -68,13 +68,28 @@ def run(key: jax.Array, num: int, rounds: int, scheme: str, c: jax.Array):
             swap_key, rungs, losses(loss_key, rungs), betas, c=c, scheme=scheme,
             parity=r % 2,
         )  # fmt: skip
-        return new, (new, info.acceptance_prob.mean())
+        chance = jnp.where(info.proposed, info.acceptance_prob, 0.0)
+        return new, (new, info.acceptance_prob.mean(), chance, info.proposed)
 
     keys = jax.random.split(key, rounds)
-    _, (path, acceptance) = jax.lax.scan(
+    _, (path, acceptance, chance, proposed) = jax.lax.scan(
         step, jnp.arange(num), (keys, jnp.arange(rounds))
     )
-    return path, acceptance.mean()
+    return path, acceptance.mean(), chance.sum(0), proposed.sum(0)
+
+
+def exact_rate(acceptance: np.ndarray, scheme: str) -> float:
+    """Round trips per round, all replicas, for independent swaps at these rates.
+
+    The formulas of :func:`tempering.diagnostics.barrier`'s
+    ``round_trip_expected``: ``1 / (2 + 2 E)`` for even-odd swaps and
+    ``1 / (N (N + E))`` for one random pair of N, ``E = Σ r / (1 - r)`` over
+    the pairs' rejection rates r.
+    """
+    if scheme == "even_odd":
+        return even_odd_round_trip_rate(acceptance, flip=1.0)
+    odds = float(np.sum((1.0 - acceptance) / acceptance))
+    return 1.0 / (len(acceptance) * (len(acceptance) + odds))
 
 
 def main(argv=None) -> dict:
@@ -89,26 +104,40 @@ def main(argv=None) -> dict:
         f"Exchange alone on a synthetic loss model (rung loss r·{GAP:g} + N(0, "
         f"{NOISE:g}) noise, T_r = r + 1), C as c='auto' tunes it for target "
         f"{TARGET}, the same for both schemes; "
-        f"{args.rounds} rounds, {args.seeds} seeds, mean ± std.",
+        f"{args.rounds} rounds, {args.seeds} seeds, mean ± std. Exact: the rate "
+        "for independent swaps at each pair's measured acceptance (the "
+        "round_trip_expected of tempering.diagnostics.barrier).",
         "",
-        "| rungs M | scheme | round trips per replica | mean acceptance |",
-        "|---|---|---|---|",
+        "| rungs M | scheme | round trips per replica | mean acceptance | "
+        "round trips per round, all replicas | exact, for the pairs' acceptance |",
+        "|---|---|---|---|---|---|",
     ]
     for num in args.rungs:
         c = tuned_c(jax.random.key(num), num)
         for scheme in ("even_odd", "random_pair"):
-            trips, accept = [], []
+            trips, accept, chances, proposals = [], [], 0.0, 0
             for seed in range(args.seeds):
-                path, acc = run(jax.random.key(seed), num, args.rounds, scheme, c)
+                path, acc, chance, proposed = run(
+                    jax.random.key(seed), num, args.rounds, scheme, c
+                )
                 path = np.concatenate([np.arange(num)[None], np.asarray(path)])
                 trips.append(count_round_trips(path, num).mean())
                 accept.append(float(acc))
+                chances += np.asarray(chance, np.float64)
+                proposals += np.asarray(proposed, np.int64)
+            per_pair = chances / np.maximum(proposals, 1)  # over every seed
+            rates = np.asarray(trips) * num / args.rounds
+            exact = exact_rate(per_pair, scheme)
             results[f"{num}/{scheme}"] = {
                 "c": float(c), "round_trips_per_replica": trips, "acceptance": accept,
+                "pair_acceptance": per_pair.tolist(), "round_trip_rate": rates.tolist(),
+                "round_trip_exact": exact,
             }  # fmt: skip
             lines.append(
                 f"| {num} | {scheme} | {fmt_mean_std(trips)} | "
-                f"{fmt_mean_std(accept, digits=3)} |"
+                f"{fmt_mean_std(accept, digits=3)} | "
+                f"{rates.mean():.4f} ± {rates.std(ddof=1) / np.sqrt(len(rates)):.4f} "
+                f"s.e. | {exact:.4f} |"
             )
     table = "\n".join(lines) + "\n"
     payload = {

@@ -438,3 +438,31 @@ def test_wait_until_idle_measures_one_window_or_none():
     assert 0.1 <= capped["waited_s"] < 1.0 and 0.0 <= capped["idle_fraction"] <= 1.0
     skipped = common.wait_until_idle(max_wait_s=0)
     assert skipped["waited_s"] < 0.05 and np.isnan(skipped["idle_fraction"])
+
+
+def test_schemes_records_round_trips_beside_their_exact_rate(tmp_path):
+    from experiments import schemes
+
+    # the diagnostics' formulas: 1 / (2 + 2E) even-odd, 1 / (N (N + E)) random
+    # pair, E = sum r / (1 - r); at acceptance 1/2 on two pairs E = 2
+    half = np.array([0.5, 0.5])
+    assert schemes.exact_rate(half, "even_odd") == pytest.approx(1 / 6)
+    assert schemes.exact_rate(half, "random_pair") == pytest.approx(1 / 8)
+    argv = [
+        "--rungs",
+        "3",
+        "--rounds",
+        "200",
+        "--seeds",
+        "2",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    payload = schemes.main(argv)
+    for scheme in ("even_odd", "random_pair"):
+        row = payload["results"][f"3/{scheme}"]
+        assert len(row["pair_acceptance"]) == 2 and len(row["round_trip_rate"]) == 2
+        assert 0 < row["round_trip_exact"] < 0.5
+        rate = np.asarray(row["round_trips_per_replica"]) * 3 / 200
+        np.testing.assert_allclose(row["round_trip_rate"], rate)
+    assert "exact, for the pairs' acceptance" in payload["table"]
