@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -82,13 +83,21 @@ def exact_rate(acceptance: np.ndarray, scheme: str) -> float:
     """Round trips per round, all replicas, for independent swaps at these rates.
 
     The formulas of :func:`tempering.diagnostics.barrier`'s
-    ``round_trip_expected``: ``1 / (2 + 2 E)`` for even-odd swaps and
-    ``1 / (N (N + E))`` for one random pair of N, ``E = Σ r / (1 - r)`` over
-    the pairs' rejection rates r.
+    ``round_trip_expected``: ``1 / (2 + 2 E)`` for even-odd swaps, ``1 / (N
+    (N + E))`` for one random pair of N and ``1 / (1 + E)`` for one pair
+    (proposed every round), ``E = Σ r / (1 - r)`` over the pairs' rejection
+    rates r; NaN when a pair's acceptance is (a pair never proposed).
     """
+    acceptance = np.asarray(acceptance, np.float64)
+    if not np.all(np.isfinite(acceptance)):
+        return math.nan
+    if np.any(acceptance <= 0):
+        return 0.0
+    odds = float(np.sum((1.0 - acceptance) / acceptance))
+    if len(acceptance) == 1:
+        return 1.0 / (1.0 + odds)
     if scheme == "even_odd":
         return even_odd_round_trip_rate(acceptance, flip=1.0)
-    odds = float(np.sum((1.0 - acceptance) / acceptance))
     return 1.0 / (len(acceptance) * (len(acceptance) + odds))
 
 
@@ -125,7 +134,8 @@ def main(argv=None) -> dict:
                 accept.append(float(acc))
                 chances += np.asarray(chance, np.float64)
                 proposals += np.asarray(proposed, np.int64)
-            per_pair = chances / np.maximum(proposals, 1)  # over every seed
+            with np.errstate(invalid="ignore"):  # NaN: a pair never proposed
+                per_pair = chances / proposals  # over every seed
             rates = np.asarray(trips) * num / args.rounds
             exact = exact_rate(per_pair, scheme)
             results[f"{num}/{scheme}"] = {

@@ -35,7 +35,6 @@ interpolated between the old rungs (in log space when its values are > 0).
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -180,14 +179,25 @@ def solve_c(log_ratios: jax.Array, target: float, fallback: jax.Array) -> jax.Ar
     return jnp.where(unfavourable.any(), c, fallback).astype(jnp.float32)
 
 
+def _favourable_share(ratios: jax.Array) -> jax.Array:
+    """The share of finite ratios that are favourable (``>= 0``, always accepted)."""
+    seen = jnp.isfinite(ratios)
+    return (seen & (ratios >= 0)).sum() / jnp.maximum(seen.sum(), 1)
+
+
+def _switch_share(target: float | jax.Array) -> jax.Array:
+    """``1 - sqrt(1 - target)``: the favourable share where the two aims meet."""
+    return 1.0 - jnp.sqrt(1.0 - jnp.asarray(target, jnp.float32))
+
+
 def _target_ratios(
-    x: jax.Array, target: float, pooled: jax.Array | None = None
+    x: jax.Array, target: float | jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The ratios aimed at, whether any is unfavourable, and the acceptance aimed at.
 
-    With ``s`` the share of favourable ratios (always accepted) in ``pooled``
-    (default ``x``), the unfavourable swaps are accepted at
-    ``max((target - s) / (1 - s), min(s, target))``:
+    With ``s`` the share of favourable ratios (always accepted) in ``x``, the
+    unfavourable swaps are accepted at ``max((target - s) / (1 - s),
+    min(s, target))`` (:func:`_unfavourable_aim`):
 
     - ``(target - s) / (1 - s)`` makes the mean over all ratios ``target``
       (returned: all ratios and ``target``). As ``s`` nears ``target`` it
@@ -200,15 +210,24 @@ def _target_ratios(
 
     Non-finite ratios are ignored.
     """
-    valid = jnp.isfinite(x)
-    unfavourable = valid & (x < 0)
-    pooled = x if pooled is None else pooled
-    seen = jnp.isfinite(pooled)
-    favourable_share = (seen & (pooled >= 0)).sum() / jnp.maximum(seen.sum(), 1)
-    overall = favourable_share <= 1.0 - math.sqrt(1.0 - target)
+    unfavourable = jnp.isfinite(x) & (x < 0)
+    share = _favourable_share(x)
+    overall = share <= _switch_share(target)
     x = jnp.where(overall, x, jnp.where(unfavourable, x, jnp.nan))
-    goal = jnp.where(overall, target, jnp.minimum(favourable_share, target))
+    goal = jnp.where(overall, target, jnp.minimum(share, target))
     return x, unfavourable, goal.astype(jnp.float32)
+
+
+def _unfavourable_aim(share: jax.Array, target: float | jax.Array) -> jax.Array:
+    """The acceptance of unfavourable swaps aimed at, for a favourable ``share``.
+
+    ``(target - share) / (1 - share)`` up to ``1 - sqrt(1 - target)`` (the
+    mean over all swaps is then ``target``), ``min(share, target)`` above:
+    the two are equal there, so the aim is continuous in ``share``.
+    """
+    below = (target - share) / jnp.maximum(1.0 - share, 1e-6)
+    aim = jnp.where(share <= _switch_share(target), below, jnp.minimum(share, target))
+    return aim.astype(jnp.float32)
 
 
 def decay_step(
@@ -227,12 +246,14 @@ def decay_step(
     log C += clip(gain * (acceptance - target) / |d acceptance / d log C|, -1, 1)
     ```
 
-    The acceptance is the mean Metropolis probability of this round's ratios
-    at the current C, against the target :func:`solve_c` would aim at (of the
-    unfavourable ones, ``min(s, target)``, when the share ``s`` of favourable
-    ones in the ``recent`` rounds is above ``1 - sqrt(1 - target)``: one
-    round of a few pairs is too few to decide); its slope in log C is the
-    mean of ``C x exp(C x)`` over the unfavourable ratios, floored at 0.02.
+    The acceptance is the mean Metropolis probability of this round's
+    unfavourable ratios at the current C, against the aim :func:`solve_c`
+    would set for them with the share ``s`` of favourable ratios in the
+    ``recent`` rounds (one round of a few pairs is too few to tell ``s``):
+    ``(target - s) / (1 - s)``, which makes the mean over all swaps the
+    target, up to ``s = 1 - sqrt(1 - target)``, and ``min(s, target)``
+    above, so that the step is continuous in ``s``. Its slope in log C is the
+    mean of ``C x exp(C x)`` over the same ratios, floored at 0.02.
     Acceptance falls as C grows, so too many acceptances raise C.
 
     Args:
@@ -241,19 +262,24 @@ def decay_step(
         target: the mean acceptance wanted, in (0, 1).
         step: rounds since the window ended (0 for the first), shape ``()``.
         recent: the ratios of recent rounds (any shape, NaN unseen) whose
-            share of favourable pairs decides what the target is for;
-            default ``log_ratios``.
+            share of favourable pairs sets the aim; default ``log_ratios``.
 
     Returns:
         The next C, shape ``()``, float32; C itself when no ratio is
         unfavourable (every C accepts everything).
     """
-    x, unfavourable, goal = _target_ratios(
-        jnp.asarray(log_ratios, jnp.float32), target, recent
-    )
-    excess = mean_acceptance(c, x) - goal
-    cx = jnp.where(jnp.isfinite(x) & (x < 0), c * x, 0.0)
-    slope = (cx * jnp.exp(cx)).sum() / jnp.maximum(jnp.isfinite(x).sum(), 1)
+    x = jnp.asarray(log_ratios, jnp.float32)
+    pooled = x if recent is None else jnp.asarray(recent, jnp.float32)
+    unfavourable = jnp.isfinite(x) & (x < 0)
+    cx = jnp.where(unfavourable, c * x, 0.0)
+    accepted = jnp.where(unfavourable, jnp.exp(cx), 0.0).sum()
+    accepted = accepted / jnp.maximum(unfavourable.sum(), 1)
+    excess = accepted - _unfavourable_aim(_favourable_share(pooled), target)
+    # the sensitivity from the recent rounds: this round's alone is noisy, and
+    # dividing by it biases the steps
+    seen = jnp.isfinite(pooled) & (pooled < 0)
+    pooled_cx = jnp.where(seen, c * pooled, 0.0)
+    slope = (pooled_cx * jnp.exp(pooled_cx)).sum() / jnp.maximum(seen.sum(), 1)
     gain = (jnp.asarray(step, jnp.float32) + 1.0) ** -_DECAY_EXPONENT
     move = jnp.clip(gain * excess / jnp.maximum(-slope, _MIN_SLOPE), -1.0, 1.0)
     return jnp.where(unfavourable.any(), c * jnp.exp(move), c).astype(jnp.float32)

@@ -202,6 +202,46 @@ def test_decay_step_converges_to_the_solved_c_and_follows_a_drift() -> None:
     assert float(mean_acceptance(c, fresh)) == pytest.approx(0.3, abs=0.02)
 
 
+def test_decay_step_is_continuous_in_the_recent_favourable_share() -> None:
+    """One favourable ratio more in 1000 recent ones, across 1 - sqrt(1 - 0.3):
+    the step aimed this round's ratios, favourable ones included, at 0.3 on one
+    side and its unfavourable ones at the recent share on the other, a jump of
+    C from 2.47 to 1.65."""
+    x = jnp.asarray([0.5, 0.4, -1.2, -0.8, -1.5, -0.9, -1.1], jnp.float32)
+    magnitude = np.linspace(0.2, 3.0, 1000).astype(np.float32)
+    steps = []
+    for favourable in range(150, 180):  # shares 0.150 .. 0.179 around 0.163
+        recent = -magnitude.copy()
+        recent[:favourable] = magnitude[:favourable]
+        steps.append(
+            float(decay_step(jnp.float32(1.0), x, 0.3, 0, jnp.asarray(recent)))
+        )
+    assert np.abs(np.diff(np.log(steps))).max() < 0.02, np.round(steps, 3)
+
+
+@pytest.mark.parametrize("favourable", [0.25, 0.5])
+def test_decay_step_is_unbiased_where_the_unfavourable_swaps_are_aimed_at(favourable):
+    """Shares of favourable ratios where the aim is min(s, target) for the
+    unfavourable swaps: over 4 seeds the iterates end at the batch solver's C
+    within 8% on average (the step before ended 12% low at both shares)."""
+    step = jax.jit(decay_step, static_argnums=2)
+    ends = []
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+
+        def ratios(n, rng=rng):
+            x = -rng.exponential(2.0, size=(n, 7)).astype(np.float32)
+            return np.where(rng.random((n, 7)) < favourable, -x, x)
+
+        rows, c = ratios(3000), jnp.float32(1.0)
+        for k in range(len(rows)):
+            recent = jnp.asarray(rows[max(0, k - 9) : k + 1])
+            c = step(c, jnp.asarray(rows[k]), 0.3, jnp.int32(k), recent)
+        solved = solve_c(jnp.asarray(ratios(20000)), 0.3, jnp.float32(1.0))
+        ends.append(float(c) / float(solved))
+    assert abs(np.mean(ends) - 1.0) < 0.08, np.round(ends, 3)
+
+
 def test_decay_schedule_keeps_adapting_after_the_window(state) -> None:
     # The loss gaps shrink after round 40: the frozen C over-accepts from
     # then on, the decaying one brings the acceptance back to the target.

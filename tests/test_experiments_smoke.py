@@ -448,6 +448,10 @@ def test_schemes_records_round_trips_beside_their_exact_rate(tmp_path):
     half = np.array([0.5, 0.5])
     assert schemes.exact_rate(half, "even_odd") == pytest.approx(1 / 6)
     assert schemes.exact_rate(half, "random_pair") == pytest.approx(1 / 8)
+    # one pair, proposed every round by both schemes: 1 / (1 + E)
+    assert schemes.exact_rate(half[:1], "even_odd") == pytest.approx(1 / 2)
+    assert math.isnan(schemes.exact_rate(np.array([0.5, np.nan]), "even_odd"))
+    assert schemes.exact_rate(np.array([0.5, 0.0]), "random_pair") == 0.0
     argv = [
         "--rungs",
         "3",
