@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +35,7 @@ from experiments.common import (
     write_outputs,
 )
 from tempering.adaptation import solve_c
-from tempering.diagnostics import count_round_trips, even_odd_round_trip_rate
+from tempering.diagnostics import count_round_trips, independent_round_trip_rate
 from tempering.exchange import exchange, pair_log_ratios
 
 GAP, NOISE, TARGET = 1.0, 1.0, 0.3
@@ -79,28 +78,6 @@ def run(key: jax.Array, num: int, rounds: int, scheme: str, c: jax.Array):
     return path, acceptance.mean(), chance.sum(0), proposed.sum(0)
 
 
-def exact_rate(acceptance: np.ndarray, scheme: str) -> float:
-    """Round trips per round, all replicas, for independent swaps at these rates.
-
-    The formulas of :func:`tempering.diagnostics.barrier`'s
-    ``round_trip_expected``: ``1 / (2 + 2 E)`` for even-odd swaps, ``1 / (N
-    (N + E))`` for one random pair of N and ``1 / (1 + E)`` for one pair
-    (proposed every round), ``E = Σ r / (1 - r)`` over the pairs' rejection
-    rates r; NaN when a pair's acceptance is (a pair never proposed).
-    """
-    acceptance = np.asarray(acceptance, np.float64)
-    if not np.all(np.isfinite(acceptance)):
-        return math.nan
-    if np.any(acceptance <= 0):
-        return 0.0
-    odds = float(np.sum((1.0 - acceptance) / acceptance))
-    if len(acceptance) == 1:
-        return 1.0 / (1.0 + odds)
-    if scheme == "even_odd":
-        return even_odd_round_trip_rate(acceptance, flip=1.0)
-    return 1.0 / (len(acceptance) * (len(acceptance) + odds))
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rungs", type=int, nargs="+", default=[4, 8, 16])
@@ -137,7 +114,7 @@ def main(argv=None) -> dict:
             with np.errstate(invalid="ignore"):  # NaN: a pair never proposed
                 per_pair = chances / proposals  # over every seed
             rates = np.asarray(trips) * num / args.rounds
-            exact = exact_rate(per_pair, scheme)
+            exact = independent_round_trip_rate(1.0 - per_pair, scheme)
             results[f"{num}/{scheme}"] = {
                 "c": float(c), "round_trips_per_replica": trips, "acceptance": accept,
                 "pair_acceptance": per_pair.tolist(), "round_trip_rate": rates.tolist(),

@@ -59,6 +59,7 @@ __all__ = [
     "count_round_trips",
     "c_over_time",
     "even_odd_round_trip_rate",
+    "independent_round_trip_rate",
     "replica_schedule",
     "round_trip_steps",
     "round_trips",
@@ -469,13 +470,11 @@ def barrier(history: History, scheme: str | None = None) -> Barrier:
     profile = np.concatenate([[0.0], np.cumsum(local)])  # shape=(M,)
     num_rounds = int(exchanged.sum())
     rate = float(trips.sum()) / num_rounds if num_rounds else math.nan
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # r / (1 - r): inf for a pair that never accepted (the rate is then 0).
-        odds = float(np.sum(local / (1.0 - local)))
+    expected = independent_round_trip_rate(local, scheme)
     if not num_pairs:  # one rung: no trips to make
-        bound = expected = math.nan
+        bound = math.nan
     elif num_pairs == 1:  # two rungs: both schemes propose the pair every round
-        bound, expected = 1.0 / (1.0 + total), 1.0 / (1.0 + odds)
+        bound = 1.0 / (1.0 + total)
     elif scheme == "even_odd" and _ladder_chosen(history) is not None:
         num_ladders = np.shape(history.move.rungs)[-2]  # (R, K, M)
         bound = 1.0 / (2.0 + 2.0 * total)
@@ -483,10 +482,9 @@ def barrier(history: History, scheme: str | None = None) -> Barrier:
             1.0 - local, flip=num_ladders / (2 * num_ladders - 1)
         )
     elif scheme == "even_odd":
-        bound, expected = 1.0 / (2.0 + 2.0 * total), 1.0 / (2.0 + 2.0 * odds)
+        bound = 1.0 / (2.0 + 2.0 * total)
     else:
         bound = 1.0 / (num_pairs * (num_pairs + total))
-        expected = 1.0 / (num_pairs * (num_pairs + odds))
     suggested = (
         max(2, math.ceil(round(2.0 * total, 9)) + 1) if math.isfinite(total) else None
     )
@@ -500,6 +498,38 @@ def barrier(history: History, scheme: str | None = None) -> Barrier:
         suggested_rungs=suggested,
         scheme=scheme,
     )
+
+
+def independent_round_trip_rate(rejection: np.ndarray, scheme: str) -> float:
+    """Round trips per round, all replicas, when every swap is independent.
+
+    The paper's finite-ladder rate (:func:`barrier`'s ``round_trip_expected``)
+    with ``E = Σ r / (1 - r)`` over the pairs' rejection rates r:
+    ``1 / (2 + 2 E)`` for even-odd swaps, ``1 / (N (N + E))`` for one random
+    pair of N, ``1 / (1 + E)`` for one pair (both schemes propose it every
+    round).
+
+    Args:
+        rejection: ``(N,)`` rejection rate of every adjacent pair (NaN: a pair
+            never proposed).
+        scheme: ``"even_odd"`` or ``"random_pair"``.
+
+    Returns:
+        The rate: NaN without pairs or with a NaN rejection, 0 when a pair
+        never accepts.
+    """
+    rejection = np.asarray(rejection, np.float64)
+    num_pairs = rejection.shape[0]
+    if not num_pairs:  # one rung: no trips to make
+        return math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # r / (1 - r): inf for a pair that never accepted (the rate is then 0).
+        odds = float(np.sum(rejection / (1.0 - rejection)))
+    if num_pairs == 1:
+        return 1.0 / (1.0 + odds)
+    if scheme == "even_odd":
+        return 1.0 / (2.0 + 2.0 * odds)
+    return 1.0 / (num_pairs * (num_pairs + odds))
 
 
 def even_odd_round_trip_rate(acceptance: np.ndarray, flip: float) -> float:
