@@ -279,7 +279,9 @@ def evaluate(
     """Mean loss and metrics of every replica on a dataset (pure, jit-able).
 
     Runs in eval mode (no dropout, BatchNorm running averages), over chunks of
-    ``batch_size`` examples with a mask for the last partial chunk.
+    ``batch_size`` examples with a mask for the last partial chunk. One
+    program, compiled at the first call for these shapes and settings (a
+    ``metrics_fn`` that cannot be hashed is run op by op instead).
 
     Args:
         state: the stacked replicas.
@@ -307,8 +309,9 @@ def evaluate(
             f"{batch_size!r}"
         )
     _check_batch_axes(state, inputs, targets, False)
+    _check_chunks(targets.shape[0], batch_size)
     try:
-        totals = zero_totals(state, inputs, targets, metrics_fn)
+        _total_shapes(state, inputs, targets, metrics_fn)
     except Exception as error:  # noqa: BLE001 - re-raised with the fix
         check_model_takes(state, inputs, "inputs", 0)
         kind = TypeError if isinstance(error, TypeError) else ValueError
@@ -319,6 +322,27 @@ def evaluate(
             f"{str(error).splitlines()[0][:200]}); integer labels for the default "
             "cross-entropy, or pass loss_fn= to create_replicas"
         ) from error
+    settings = dict(
+        batch_size=int(batch_size), metrics_fn=metrics_fn, vectorize=vectorize
+    )
+    try:
+        hash(metrics_fn)
+    except TypeError:  # static arguments of a jit are hashed: evaluated op by op
+        return _evaluate_arrays(state, inputs, targets, **settings)
+    return _jitted_evaluate_arrays(state, inputs, targets, **settings)
+
+
+def _evaluate_arrays(
+    state: ReplicaState,
+    inputs: jax.Array | np.ndarray,
+    targets: jax.Array | np.ndarray,
+    *,
+    batch_size: int,
+    metrics_fn: MetricsFn | None,
+    vectorize: str,
+) -> EvalMetrics:
+    """:func:`evaluate` past its checks: one program, compiled once per shapes."""
+    totals = zero_totals(state, inputs, targets, metrics_fn)
     xs, ys, mask = chunked(inputs, targets, batch_size)
 
     def chunk(totals, batch):
@@ -330,16 +354,27 @@ def evaluate(
     return metrics_from_totals(totals, targets.shape[0])
 
 
-def chunked(
-    inputs: jax.Array | np.ndarray, targets: jax.Array | np.ndarray, batch_size: int
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Pads to whole chunks: ``(C, b, ...)`` inputs and targets, ``(C, b)`` mask."""
-    num_examples = targets.shape[0]
+# Called op by op, the scan would be compiled again at every call (its body is
+# traced anew).
+_jitted_evaluate_arrays = jax.jit(
+    _evaluate_arrays, static_argnames=("batch_size", "metrics_fn", "vectorize")
+)
+
+
+def _check_chunks(num_examples: int, batch_size: int) -> None:
     if num_examples == 0 or batch_size < 1:
         raise ValueError(
             f"evaluate needs examples and batch_size >= 1, got {num_examples} "
             f"examples and batch_size={batch_size}"
         )
+
+
+def chunked(
+    inputs: jax.Array | np.ndarray, targets: jax.Array | np.ndarray, batch_size: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Pads to whole chunks: ``(C, b, ...)`` inputs and targets, ``(C, b)`` mask."""
+    num_examples = targets.shape[0]
+    _check_chunks(num_examples, batch_size)
     batch_size = min(batch_size, num_examples)
     num_chunks = -(-num_examples // batch_size)
     pad = num_chunks * batch_size - num_examples
@@ -395,17 +430,27 @@ def zero_totals(
     metrics_fn: MetricsFn | None,
 ) -> Totals:
     """Zero sums with the structure one chunk of these inputs produces."""
+    shapes = _total_shapes(state, inputs, targets, metrics_fn)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _total_shapes(
+    state: ReplicaState,
+    inputs: jax.Array | np.ndarray,
+    targets: jax.Array | np.ndarray,
+    metrics_fn: MetricsFn | None,
+) -> Any:
+    """The shapes and dtypes of :func:`zero_totals` (traced, nothing computed)."""
     x = jax.ShapeDtypeStruct((1, *inputs.shape[1:]), inputs.dtype)
     y = jax.ShapeDtypeStruct((1, *targets.shape[1:]), targets.dtype)
     mask = jax.ShapeDtypeStruct((1,), jnp.bool_)
-    shapes = jax.eval_shape(
+    return jax.eval_shape(
         functools.partial(_eval_chunk, metrics_fn=metrics_fn, vectorize="vmap"),
         state,
         x,
         y,
         mask,
     )
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 def add_chunk(
