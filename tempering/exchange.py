@@ -69,20 +69,42 @@ def pair_log_ratios(rungs: jax.Array, losses: jax.Array, betas: jax.Array) -> ja
 
 
 def _check_concrete(rungs: Any, losses: Any, betas: Any, c: Any, parity: Any) -> None:
-    """Validates the arguments that are concrete (traced ones are left alone)."""
+    """Validates the arguments.
+
+    Shapes and dtypes always (they are known while tracing), values where the
+    arguments are concrete.
+    """
 
     def concrete(x: Any) -> bool:
         return not isinstance(x, jax.core.Tracer)
 
-    if not jnp.issubdtype(jnp.result_type(rungs), jnp.integer):
+    rungs_dtype = jnp.result_type(rungs if not concrete(rungs) else np.asarray(rungs))
+    if not jnp.issubdtype(rungs_dtype, jnp.integer):
         raise TypeError(
             "rungs must be integers (the rung of every replica, a permutation of "
-            f"0..M-1), got dtype {jnp.result_type(rungs)}"
+            f"0..M-1), got dtype {rungs_dtype}"
         )
-    if concrete(parity) and (
+    if np.ndim(rungs) != 1:
+        raise ValueError(
+            f"rungs must be a permutation of 0..M-1, shape (M,), got shape "
+            f"{np.shape(rungs)}"
+        )
+    num = np.shape(rungs)[0]
+    for name, value in (("losses", losses), ("betas", betas)):
+        if np.shape(value) != (num,):
+            raise ValueError(
+                f"{name} must have one entry per replica, shape ({num},), got "
+                f"shape {np.shape(value)}"
+            )
+    if np.ndim(c) != 0 and not isinstance(c, str):
+        raise ValueError(f"c must be one number, got shape {np.shape(c)}")
+    parity_dtype = jnp.result_type(
+        parity if not concrete(parity) else np.asarray(parity)
+    )
+    if (
         np.ndim(parity) != 0
-        or not np.issubdtype(np.asarray(parity).dtype, np.integer)
-        or int(parity) not in (0, 1)
+        or not jnp.issubdtype(parity_dtype, jnp.integer)
+        or (concrete(parity) and int(parity) not in (0, 1))
     ):
         raise ValueError(
             f"parity must be 0 or 1 (an int; alternate it between rounds), got "
@@ -90,24 +112,13 @@ def _check_concrete(rungs: Any, losses: Any, betas: Any, c: Any, parity: Any) ->
         )
     if concrete(rungs):
         array = np.asarray(rungs)
-        if array.ndim != 1 or sorted(array.tolist()) != list(range(array.size)):
+        if sorted(array.tolist()) != list(range(array.size)):
             raise ValueError(
                 f"rungs must be a permutation of 0..M-1, got {array.tolist()}"
             )
-        num = array.size
-        for name, value in (("losses", losses), ("betas", betas)):
-            if concrete(value) and np.shape(value) != (num,):
-                raise ValueError(
-                    f"{name} must have one entry per replica, shape ({num},), got "
-                    f"shape {np.shape(value)}"
-                )
     if concrete(betas):
         values = np.asarray(betas, np.float64)
-        if (
-            values.ndim != 1
-            or not np.all(np.isfinite(values))
-            or np.any(np.diff(values) >= 0)
-        ):
+        if not np.all(np.isfinite(values)) or np.any(np.diff(values) >= 0):
             raise ValueError(
                 "betas must be finite and strictly decreasing (rung 0 the coldest, "
                 f"betas = 1 / temperatures), got {values.tolist()}"
@@ -118,8 +129,6 @@ def _check_concrete(rungs: Any, losses: Any, betas: Any, c: Any, parity: Any) ->
                 f"c must be a number > 0, got {c!r} (c='auto' belongs to "
                 "tempering.exchange_move and pt_train, which tune it)"
             )
-        if np.ndim(c) != 0:
-            raise ValueError(f"c must be one number, got shape {np.shape(c)}")
         check_c(c)
 
 
@@ -174,16 +183,20 @@ def exchange(
         to a colder rung; an undefined ratio (``inf`` against ``inf``) rejects.
 
     Raises:
-        ValueError: for concrete (not traced) arguments, rungs that are not a
-            permutation, losses or betas of the wrong length, betas that do
-            not decrease strictly, ``c`` not finite and > 0, or a parity
-            other than 0 or 1.
+        ValueError: rungs, losses or betas not of shape ``(M,)``, ``c`` or
+            ``parity`` not a scalar, a parity that is not an integer (checked
+            under ``jax.jit`` too: shapes are known while tracing); and for
+            concrete (not traced) arguments, rungs that are not a permutation,
+            betas that do not decrease strictly, ``c`` not finite and > 0, or
+            a parity other than 0 or 1.
         TypeError: a key that is not a PRNG key, rungs that are not integers,
             or a ``c`` that is not a number.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     key = check_key(key, "key")
+    if isinstance(rungs, list | tuple):  # a list of tracers under jax.jit
+        rungs = jnp.asarray(rungs)
     _check_concrete(rungs, losses, betas, c, parity)
     rungs = jnp.asarray(rungs)
     num_rungs = rungs.shape[0]

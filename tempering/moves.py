@@ -268,7 +268,13 @@ class ExchangeMove:
         scores: jax.Array,
         round_index: jax.Array,
     ) -> tuple[ReplicaState, ExchangeState, ExchangeMoveInfo]:
-        """Proposes swaps of adjacent rungs; accepted replicas swap hyperparameters."""
+        """Proposes swaps of adjacent rungs; accepted replicas swap hyperparameters.
+
+        Raises:
+            ValueError: ``scores`` not of shape ``(M,)`` or ``round_index`` not
+                an integer scalar (checked under ``jax.jit`` too).
+        """
+        _check_scores_and_round(scores, round_index, self.ladder.num_rungs)
         rungs, adaptation = move_state
         ladder, c = self.ladder, self.c
         if self.adaptation is not None:
@@ -292,6 +298,27 @@ class ExchangeMove:
         state = assign_rungs(state, ladder, proposal)
         info = ExchangeMoveInfo(*exchanged, c=c, temperatures=ladder.temperatures)
         return state, ExchangeState(proposal, adaptation), info
+
+
+def _check_scores_and_round(scores: Any, round_index: Any, num: int) -> None:
+    """Shapes and dtypes of a move's per-round arguments (known while tracing)."""
+    if np.shape(scores) != (num,):
+        raise ValueError(
+            f"scores must hold one validation loss per replica, shape ({num},), got "
+            f"shape {np.shape(scores)}"
+        )
+    index = (
+        round_index
+        if isinstance(round_index, jax.core.Tracer)
+        else np.asarray(round_index)
+    )
+    if np.ndim(round_index) != 0 or not jnp.issubdtype(
+        jnp.result_type(index), jnp.integer
+    ):
+        raise ValueError(
+            "round_index must be an integer scalar (the round's number: even-odd "
+            f"alternates its pairs with it), got {round_index!r}"
+        )
 
 
 AUTO = "auto"

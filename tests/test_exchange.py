@@ -355,3 +355,34 @@ def test_exchange_refuses_betas_that_do_not_decrease_strictly(betas):
         return
     with pytest.raises(ValueError, match="betas must be finite and strictly"):
         tp.exchange(jax.random.key(0), np.arange(M), np.zeros(M), betas)
+
+
+@pytest.mark.parametrize("wrap", [lambda f: f, jax.jit], ids=["eager", "jit"])
+@pytest.mark.parametrize(
+    "losses, betas, parity, match",
+    [
+        (np.zeros(M - 1), -np.arange(M), 0, "losses must have one entry per replica"),
+        (np.zeros(M), -np.arange(M + 1), 0, "betas must have one entry per replica"),
+        (np.zeros((M, 1)), -np.arange(M), 0, "losses must have one entry per replica"),
+        (np.zeros(M), -np.arange(M), 1.0, "parity must be 0 or 1"),
+    ],
+)
+def test_exchange_checks_shapes_under_jit_too(wrap, losses, betas, parity, match):
+    # Under jax.jit the gather of a short loss vector clamps its indices: the
+    # test would compare the wrong replicas, silently.
+    def run(losses, betas, parity):
+        return tp.exchange(
+            jax.random.key(0), jnp.arange(M), losses, betas,
+            scheme="even_odd", parity=parity,
+        )  # fmt: skip
+
+    with pytest.raises(ValueError, match=match):
+        wrap(run)(jnp.asarray(losses), jnp.asarray(betas, jnp.float32), parity)
+
+
+def test_exchange_takes_rungs_as_a_list_and_names_them_when_they_are_floats():
+    args = (np.zeros(M), -np.arange(M))
+    rungs, _ = tp.exchange(jax.random.key(0), list(range(M)), *args)
+    assert sorted(np.asarray(rungs).tolist()) == list(range(M))
+    with pytest.raises(TypeError, match="rungs must be integers"):
+        tp.exchange(jax.random.key(0), [float(r) for r in range(M)], *args)

@@ -1,10 +1,13 @@
 """The moves between rounds: exchange_move."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import Case, T, V, bad_input_params, check_raises_before_compiling
 
 import tempering as tp
+from tempering.zoo import models
 
 # --- bad inputs (issue 17): raised before anything compiles ----------------------
 # The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
@@ -35,3 +38,30 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("case", bad_input_params(BAD_INPUTS))
 def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
     check_raises_before_compiling(ctx, compiled, case)
+
+
+@pytest.mark.parametrize("c", [1.0, "auto"])
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize(
+    "scores, round_index, match",
+    [
+        (np.ones((4, 1)), 0, r"scores must hold one validation loss per replica, shape \(4,\)"),
+        (np.ones(5), 0, r"scores must hold one validation loss per replica, shape \(4,\)"),
+        (np.ones(4), 1.0, r"round_index must be an integer scalar"),
+        (np.ones(4), np.array([1]), r"round_index must be an integer scalar"),
+    ],
+)  # fmt: skip
+def test_a_moves_step_names_bad_scores_and_round_index(
+    c, jit, scores, round_index, match
+):
+    ladder = tp.geometric_ladder("learning_rate", 0.01, 0.1, 4)
+    state = tp.create_replicas(
+        jax.random.key(0), models.MLP((4,), 2), tp.sgd(0.1), np.zeros((2, 3), np.float32),
+        ladder=ladder,
+    )  # fmt: skip
+    move = tp.exchange_move(ladder, c=c)
+    step = jax.jit(move.step) if jit else move.step
+    with pytest.raises(ValueError, match=match):
+        step(
+            jax.random.key(1), state, move.init(state), jnp.asarray(scores), round_index
+        )
