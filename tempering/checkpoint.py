@@ -19,8 +19,9 @@ What a checkpoint holds, and what a resume trusts:
   the resuming call builds itself, and their structure must match.
 - **Integrity.** A SHA-256 of every array is stored and checked on restore,
   and once a step is committed a manifest holds the SHA-256 of each of its
-  files (orbax's own bookkeeping too), so any changed byte is found. A
-  step that fails (a flipped bit, a truncated or missing file, unreadable
+  files (orbax's own bookkeeping too), so any changed byte is found (a
+  file added since, such as a file manager's ``.DS_Store``, is named in a
+  warning and not read). A step that fails (a flipped bit, a truncated or missing file, unreadable
   metadata) is renamed ``<step>.corrupt-<time>`` (kept, never deleted), a
   warning names it, and the call resumes from the newest intact step; when no
   step is intact the call stops with a ValueError instead of starting afresh.

@@ -331,7 +331,10 @@ def check_manifest(step_dir: Path) -> None:
     """CheckpointError unless every file of the step is the one saved, byte for byte.
 
     A step without a manifest (a save killed after orbax committed it, before
-    the manifest was written) is checked array by array only.
+    the manifest was written) is checked array by array only. Files added
+    since the save (a file manager's ``.DS_Store``, a sync tool's) are named
+    in a warning and left alone: orbax reads only the files its own index,
+    checked here, lists.
     """
     path = step_dir / MANIFEST
     if not path.exists():
@@ -345,12 +348,20 @@ def check_manifest(step_dir: Path) -> None:
     if not isinstance(saved, dict):
         raise CheckpointError("its manifest is malformed")
     files = step_files(step_dir)
-    if sorted(files) != sorted(saved):
-        changed = sorted(set(files) ^ set(saved))
-        raise CheckpointError(f"its files differ from those saved ({changed[:3]})")
-    for name, file in files.items():
-        if file_sha256(file) != saved[name]:
+    missing = sorted(set(saved) - set(files))
+    if missing:
+        raise CheckpointError(f"its files differ from those saved ({missing[:3]})")
+    for name in saved:
+        if file_sha256(files[name]) != saved[name]:
             raise CheckpointError(f"its file {name} fails its checksum")
+    added = sorted(set(files) - set(saved))
+    if added:
+        warn(
+            f"the checkpoint in {step_dir} holds files it did not save "
+            f"({added[:3]}{' ...' if len(added) > 3 else ''}); they are not read "
+            "(the saved files are intact) and left in place",
+            RuntimeWarning,
+        )
 
 
 def meta_digest(body: dict) -> str:

@@ -216,6 +216,23 @@ def test_a_damaged_latest_step_is_named_and_the_one_before_resumes(
     assert len(kept) == 1 and kept[0].startswith(f"{steps[-1]}.corrupt-")  # kept
 
 
+def test_files_added_to_a_step_are_named_and_the_step_resumes(tmp_path, reference):
+    # A file manager's or a sync tool's files beside the saved ones are not
+    # read: the step is intact (they set every step aside as corrupt before).
+    steps = crashed_run(tmp_path)
+    for step in steps:
+        (tmp_path / str(step) / ".DS_Store").write_bytes(b"\x00\x01")
+    (tmp_path / str(steps[-1]) / "arrays" / "notes.txt").write_text("lr too high?")
+    rounds_seen = []
+    with pytest.warns(RuntimeWarning, match="holds files it did not save") as caught:
+        result = worker.run(tmp_path, callback=lambda r: rounds_seen.append(r.round))
+    added = " ".join(str(w.message) for w in caught)
+    assert ".DS_Store" in added and "arrays/notes.txt" in added
+    assert rounds_seen[0] == 7  # from the latest step (the damaged test: 6)
+    assert_same(worker.arrays(result), reference)
+    assert not [p for p in tmp_path.iterdir() if "corrupt" in p.name]
+
+
 def test_no_intact_step_stops_instead_of_restarting(tmp_path):
     steps = crashed_run(tmp_path)
     for step in steps:
