@@ -193,7 +193,9 @@ class RunConfig:
             :class:`tempering.RoundRecord`; a truthy return stops the run.
         checkpoint_dir: save checkpoints here and resume from the latest
             (:mod:`tempering.checkpoint`); None: no checkpoints.
-        checkpoint_every: rounds between checkpoints.
+        checkpoint_every: rounds between checkpoints (with ``checkpoint_dir``
+            only, as ``keep_checkpoints`` and ``resume_allowing``: given
+            without it, a ValueError).
         keep_checkpoints: how many of the latest checkpoints to keep.
         resume_allowing: entries of the checkpoint's fingerprint that may
             differ when resuming (e.g. ``("metrics_fn",)``): the run resumes
@@ -258,6 +260,8 @@ class RunConfig:
             else check_directory_name(self.checkpoint_dir),
             "resume_allowing": _check_names(self.resume_allowing, "resume_allowing"),
         }
+        if normal["checkpoint_dir"] is None:
+            _check_no_checkpoint_settings(normal)
         for name in ("callback", "score_fn", "augment", "metrics_fn"):
             _check_callable(getattr(self, name), name)
         resolve_policy(self.vectorize)  # an unknown name is a ValueError
@@ -330,6 +334,25 @@ _DEFAULTS = {
     for field in dataclasses.fields(RunConfig)
     if field.default is not dataclasses.MISSING
 }
+
+
+def _check_no_checkpoint_settings(normal: dict[str, Any]) -> None:
+    """A ValueError for checkpoint settings given without a ``checkpoint_dir``.
+
+    They would be ignored: the run would save nothing while its caller
+    believes it protected.
+    """
+    given = [
+        name
+        for name in ("checkpoint_every", "keep_checkpoints", "resume_allowing")
+        if normal[name] != _DEFAULTS[name]
+    ]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} given without checkpoint_dir: nothing would be "
+            "saved; pass checkpoint_dir= (a folder) to checkpoint the run, or "
+            f"leave {' and '.join(given)} at the default"
+        )
 
 
 def _is_default(name: str, value: Any) -> bool:

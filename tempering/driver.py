@@ -283,9 +283,13 @@ def train(
     Returns:
         :class:`RunResult` ``(state, history, final, final_score, diverged,
         interrupted, move_state)``. Ctrl-C during the rounds stops the call
-        after the round in progress (a second Ctrl-C aborts at once): the
-        result holds the rounds done, ``interrupted`` is True, and with
-        ``config.checkpoint_dir`` a checkpoint is written to resume from. A
+        after the round in progress: the result holds the rounds done,
+        ``interrupted`` is True, and with ``config.checkpoint_dir`` a
+        checkpoint is written to resume from. A second Ctrl-C (or a
+        ``SystemExit``) aborts the round in progress: the rounds that ended
+        are checkpointed first (one process; a third Ctrl-C aborts the save)
+        and the exception carries them as ``state``, ``move_state`` and
+        ``history``. A
         second Ctrl-C during the final evaluation stops only the evaluation:
         the result comes back with ``final=None``.
 
@@ -512,6 +516,9 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
             _save_kept(saver, kept, error)
             _carry_kept(error, kept, run)
             raise
+        except (KeyboardInterrupt, SystemExit) as error:  # a second Ctrl-C, exit()
+            _keep_on_abort(saver, kept, error, run)
+            raise
         if bar is not None:
             bar.update(run.segments[index].steps)
         # Over several processes, process 0 decides at round ends (callback, Ctrl-C).
@@ -522,6 +529,9 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
             except Exception as error:  # every process raises: saving is safe
                 _save_kept(saver, kept, error, every_process=True)
                 _carry_kept(error, kept, run)
+                raise
+            except (KeyboardInterrupt, SystemExit) as error:
+                _keep_on_abort(saver, kept, error, run)
                 raise
             last = index + 1 == segments
             if saver is not None and saver.due() and not (stop or last):
@@ -575,7 +585,7 @@ def _truthy(returned: Any) -> bool:
     return bool(returned)
 
 
-def _carry_kept(error: Exception, kept: _Kept, run: _Run) -> None:
+def _carry_kept(error: BaseException, kept: _Kept, run: _Run) -> None:
     """Any error of the rounds carries the call after its last finite round.
 
     As a DivergenceError does (``state``, ``move_state``, ``history``), and a
@@ -596,8 +606,20 @@ def _carry_kept(error: Exception, kept: _Kept, run: _Run) -> None:
         )
 
 
+def _keep_on_abort(saver, kept: _Kept, error: BaseException, run: _Run) -> None:
+    """An abort (a second Ctrl-C, a SystemExit) keeps the rounds that ended.
+
+    Saved first with a checkpointer, in one process only (over several, the
+    others would wait in the save's collective for the one that aborted); a
+    further Ctrl-C aborts the save, which then never counts as a checkpoint.
+    """
+    if jax.process_count() == 1:
+        _save_kept(saver, kept, error, every_process=True)
+    _carry_kept(error, kept, run)
+
+
 def _save_kept(
-    saver, kept: _Kept, error: Exception, *, every_process: bool = False
+    saver, kept: _Kept, error: BaseException, *, every_process: bool = False
 ) -> None:
     """Checkpoints the kept call before ``error`` is raised (not saved yet).
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -16,6 +17,7 @@ import pytest
 from conftest import CrashError, TinyMLP, crash_at, leaves_equal, refuse_unpickling
 
 import tempering as tp
+from tempering import driver
 from tempering.fingerprints import _describe_move
 
 WORKER_PATH = Path(__file__).with_name("resume_worker.py")
@@ -507,6 +509,39 @@ def test_an_error_in_the_callback_keeps_the_round_it_ended(tmp_path, reference):
     rounds_seen = []
     result = worker.run(tmp_path, callback=lambda r: rounds_seen.append(r.round))
     assert rounds_seen[0] == 8  # after the round whose callback failed
+    assert_same(worker.arrays(result), reference)
+
+
+@pytest.mark.parametrize("abort", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("where", ["callback", "segment"])
+def test_an_abort_keeps_the_rounds_that_ended(tmp_path, reference, abort, where):
+    # A second Ctrl-C (KeyboardInterrupt) or a SystemExit aborts the call, but
+    # the rounds that ended are saved first: they were lost before.
+    def callback(record):
+        if record.round == 7:
+            raise abort()
+
+    real = driver._train_segment
+    ended = []
+
+    def segment(run, carry, progress, index):
+        if len(ended) == 8:  # after round 7 (rounds count from 0)
+            raise abort()
+        out = real(run, carry, progress, index)
+        if out[2] is not None:
+            ended.append(index)
+        return out
+
+    with pytest.raises(abort) as caught:
+        if where == "callback":
+            worker.run(tmp_path, callback=callback, checkpoint_every=100)
+        else:
+            with mock.patch.object(driver, "_train_segment", segment):
+                worker.run(tmp_path, callback=None, checkpoint_every=100)
+    assert int(caught.value.state.step) == int(caught.value.history.step[-1])
+    rounds_seen = []
+    result = worker.run(tmp_path, callback=lambda r: rounds_seen.append(r.round))
+    assert rounds_seen[0] == 8  # after the seventh round
     assert_same(worker.arrays(result), reference)
 
 

@@ -3,6 +3,8 @@
 import pytest
 from conftest import Case, T, V, bad_input_params, check_raises_before_compiling, run
 
+import tempering as tp
+
 # --- bad inputs (issue 17): raised before anything compiles ----------------------
 # The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
 
@@ -24,3 +26,17 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("case", bad_input_params(BAD_INPUTS))
 def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
     check_raises_before_compiling(ctx, compiled, case)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"checkpoint_every": 3}, {"keep_checkpoints": 5}, {"resume_allowing": ("model",)}],
+)
+def test_checkpoint_settings_without_a_checkpoint_dir_are_refused(setting):
+    # They were ignored: the run saved nothing while its caller believed it
+    # protected.
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=f"{name} given without checkpoint_dir"):
+        tp.RunConfig(num_steps=10, interval=5, **setting)
+    tp.RunConfig(num_steps=10, interval=5, checkpoint_dir="ck", **setting)  # fine
+    tp.RunConfig(num_steps=10, interval=5, checkpoint_every=1, keep_checkpoints=2)
