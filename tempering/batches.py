@@ -336,6 +336,9 @@ class BatchReader:
         if _can_save(self._iterator) or self._replays():
             mark = self._pending[0][1] if self._pending else self._mark()
         else:
+            self._warn_unsaved(
+                "it is a one-pass iterator (a generator?), which cannot be rewound"
+            )
             return None
         if self._replays():
             skip, crc = mark
@@ -343,15 +346,22 @@ class BatchReader:
         try:
             return {"batches": self.batches_read, "state": _encode_state(mark)}
         except (TypeError, ValueError) as error:
-            if not self._unsaved_warned:
-                self._unsaved_warned = True
-                warn(
-                    f"{self._name}: its iterator's get_state() is not JSON ({error}); "
-                    "checkpoints do not hold the stream's position, and a resumed "
-                    "call reads on from wherever the iterator is",
-                    RuntimeWarning,
-                )
+            self._warn_unsaved(f"its iterator's get_state() is not JSON ({error})")
             return None
+
+    def _warn_unsaved(self, why: str) -> None:
+        """Warns once that checkpoints cannot hold this stream's position."""
+        if self._unsaved_warned:
+            return
+        self._unsaved_warned = True
+        warn(
+            f"{self._name}: {why}; checkpoints do not hold the stream's position, "
+            "and a resumed call reads on from wherever the iterator is (not the "
+            "batches of an uninterrupted run); give an iterable that can be "
+            "iterated again (a list, a dataset) or an iterator with "
+            "get_state() / set_state() to resume bit for bit",
+            RuntimeWarning,
+        )
 
     def set_position(self, position: dict | None) -> None:
         """Continues from a :meth:`position` (None: from wherever the iterator is).
