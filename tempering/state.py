@@ -32,7 +32,7 @@ from numpy.typing import ArrayLike
 
 from tempering._quick_jit import quick_jit
 from tempering.fast import single_replica_rewrite
-from tempering.frontends import as_frontend
+from tempering.frontends import DEFAULT_TRAIN_KWARG, as_frontend
 from tempering.hyperparams import (
     DATA_HYPERPARAMETERS,
     check_values,
@@ -228,13 +228,17 @@ def model_hyperparams(state: ReplicaState, hyperparams: Mapping) -> dict:
     return {name: hyperparams[name] for name in state.model_inputs}
 
 
-# Call keywords that switch a model between training and inference; the last
-# three are True in inference.
-_MODE_KEYWORDS = (
-    "train", "training", "is_training", "deterministic", "inference",
-    "use_running_average",
+# Call keywords that switch a model between training and inference, as flax,
+# Equinox, Haiku and Keras users name them: True in training, True in inference.
+_TRAINING_KEYWORDS = (
+    "train", "training", "is_train", "is_training", "train_mode", "training_mode",
 )  # fmt: skip
-_INFERENCE_KEYWORDS = _MODE_KEYWORDS[3:]
+_INFERENCE_KEYWORDS = (
+    "deterministic", "inference", "use_running_average", "eval", "eval_mode",
+    "evaluation", "is_eval", "inference_mode", "is_inference", "test_mode",
+    "is_test",
+)  # fmt: skip
+_MODE_KEYWORDS = _TRAINING_KEYWORDS + _INFERENCE_KEYWORDS
 
 
 def _check_mode_keywords(
@@ -254,14 +258,47 @@ def _check_mode_keywords(
         if name in names and name != train_kwarg and defaults.get(name) is not None
     )  # fmt: skip
     if overriding:
+        name = overriding[0]
         raise ValueError(
-            f"{model.name}.__call__ takes {overriding[0]}={defaults[overriding[0]]!r}, "
-            f"a mode switch the library does not set (it sets train_kwarg="
-            f"{train_kwarg!r}), so that default would decide the mode in training "
-            "and in evaluation alike. Give it the default None and pass it on to "
-            "the layers, so that the module's own mode (set by the library) "
-            "decides; or, for a keyword that is True in training ('train', "
-            f"'training', 'is_training'), pass train_kwarg={overriding[0]!r}"
+            f"{model.name}.__call__ takes {name}={defaults[name]!r}, a mode switch "
+            f"the library does not set (it sets train_kwarg={train_kwarg!r}), so "
+            "that default would decide the mode in training and in evaluation "
+            "alike. Give it the default None and pass it on to the layers, so "
+            "that the module's own mode (set by the library) decides"
+            + (
+                f"; or pass train_kwarg={name!r}: the library then passes it "
+                "True in training and False in evaluation"
+                if name in _TRAINING_KEYWORDS
+                else ""
+            )
+        )
+
+
+def _check_train_kwarg_taken(
+    model: Any, train_kwarg: str | None, names: set[str], var_kw: bool
+) -> None:
+    """A ValueError for a ``train_kwarg`` the model's call does not take.
+
+    Linen's is required; nnx and Equinox set their modules' own mode and pass
+    the default ``"train"`` only to a call that takes it, but a name the user
+    gave would be silently dropped (training in the call's default mode).
+    """
+    if train_kwarg is None or train_kwarg in names or var_kw:
+        return
+    if model.kind == "linen":
+        raise ValueError(
+            f"{model.name}.__call__ has no keyword {train_kwarg!r}: pass "
+            "train_kwarg='<its name>' to create_replicas to rename it, or "
+            "train_kwarg=None for a model without a train mode"
+        )
+    if model.kind in ("nnx", "equinox") and train_kwarg != DEFAULT_TRAIN_KWARG:
+        raise ValueError(
+            f"train_kwarg={train_kwarg!r}, but {model.name}.__call__ takes no "
+            f"keyword {train_kwarg!r} (it takes {sorted(names - {'self'})}): it "
+            "would never be passed. Pass train_kwarg='<its name>' with the name "
+            "of the call's keyword that is True in training, or leave "
+            "train_kwarg out: the library sets the module's own mode "
+            "(module.train() / module.eval(), eqx.nn.inference_mode)"
         )
 
 
@@ -286,17 +323,7 @@ def _resolve_model_inputs(
                 "own mode (module.eval() / inference mode)"
             )
         )
-    if (
-        model.kind == "linen"
-        and train_kwarg is not None
-        and train_kwarg not in names
-        and not var_kw
-    ):
-        raise ValueError(
-            f"{kind}.__call__ has no keyword {train_kwarg!r}: pass "
-            "train_kwarg='<its name>' to create_replicas to rename it, or "
-            "train_kwarg=None for a model without a train mode"
-        )
+    _check_train_kwarg_taken(model, train_kwarg, names, var_kw)
     _check_mode_keywords(model, train_kwarg, names, defaults)
     if isinstance(model_inputs, str) and model_inputs == "auto":
         return (("dropout_rate",) if "dropout_rate" in names else ()), defaults

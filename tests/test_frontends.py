@@ -5,6 +5,7 @@ for bit.)
 """
 
 import functools
+from collections.abc import Callable
 
 import chex
 import flax.linen as nn
@@ -779,3 +780,254 @@ def test_a_model_the_library_cannot_call_is_refused_by_create_replicas(
         tp.create_replicas(jax.random.key(0), model, tp.sgd(0.1), TRAIN[0][:2],
                            num_replicas=2)  # fmt: skip
     assert not set(compiled) & ENGINE_PROGRAMS
+
+
+class NnxScannedBlock(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.linear = nnx.Linear(16, 16, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, x):
+        return nnx.relu(self.linear(x)), self.drop(jnp.ones_like(x))
+
+
+class NnxScanned(nnx.Module):
+    """nnx's "scan over layers": three blocks, one dropout key each, shape (3,)."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        @nnx.split_rngs(splits=3)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def blocks(rngs):
+            return NnxScannedBlock(rngs)
+
+        self.blocks = blocks(rngs)
+        self.out = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, x, return_masks: bool = False):
+        @nnx.scan(in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0))
+        def forward(block, h):
+            return block(h)
+
+        h, masks = forward(self.blocks, x)
+        return masks if return_masks else self.out(h)
+
+
+def test_an_nnx_scan_over_layers_with_stacked_dropout_keys_trains():
+    """Before, every key leaf was replaced by one key: the (3,) stack of the
+    scanned blocks' dropout keys failed the call (IndexError)."""
+    state = tp.create_replicas(jax.random.key(0), NnxScanned, tp.sgd(0.1),
+                               TRAIN[0][:2], num_replicas=2)  # fmt: skip
+    x, y = jnp.asarray(TRAIN[0][:32]), jnp.asarray(TRAIN[1][:32])
+    stepped, info = train_step(state, jax.random.key(1), x, y)
+    assert np.isfinite(info.loss).all()
+    assert np.isfinite(tp.evaluate(stepped, *VAL).loss).all()
+    one = jax.tree.map(lambda a: a[0], (state.params, state.batch_stats))
+    masks, _ = state.model.apply(*one, x, train=True, key=jax.random.key(2),
+                                 inputs={"return_masks": True})  # fmt: skip
+    chex.assert_shape(masks, (3, 32, 16))
+    for a, b in ((0, 1), (1, 2), (0, 2)):  # each layer its own masks
+        assert not np.array_equal(masks[a], masks[b])
+
+
+class NnxIsTrain(nnx.Module):
+    """BatchNorm and dropout switched by a call keyword not named train."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.linear = nnx.Linear(16, 8, rngs=rngs)
+        self.norm = nnx.BatchNorm(8, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.out = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x, is_train: bool = False):
+        h = self.norm(self.linear(x), use_running_average=not is_train)
+        return self.out(self.drop(nnx.relu(h), deterministic=not is_train))
+
+
+def test_a_mode_keyword_of_another_name_is_refused_or_passed_by_train_kwarg():
+    """Before, is_train=False was accepted: training ran in inference mode
+    (BatchNorm statistics never moved, dropout off)."""
+    with pytest.raises(
+        ValueError, match="takes is_train=False.*train_kwarg='is_train'"
+    ):
+        tp.create_replicas(jax.random.key(0), NnxIsTrain, tp.sgd(0.1), TRAIN[0][:2],
+                           num_replicas=2)  # fmt: skip
+    state = tp.create_replicas(jax.random.key(0), NnxIsTrain, tp.sgd(0.1),
+                               TRAIN[0][:2], num_replicas=2,
+                               train_kwarg="is_train")  # fmt: skip
+    x, y = jnp.asarray(TRAIN[0][:32]), jnp.asarray(TRAIN[1][:32])
+    first, info = train_step(state, jax.random.key(1), x, y)
+    _, other = train_step(state, jax.random.key(2), x, y)
+    assert not np.allclose(first.batch_stats["norm"]["mean"][...], 0.0)
+    assert not np.allclose(info.loss, other.loss)  # dropout on: the key counts
+
+
+class EqxTrainMode(eqx.Module):
+    """Dropout switched by ``train_mode``; features returned on request."""
+
+    linear: eqx.nn.Linear
+    drop: eqx.nn.Dropout
+
+    def __init__(self, key):
+        self.linear = eqx.nn.Linear(16, 3, key=key)
+        self.drop = eqx.nn.Dropout(0.5)
+
+    def __call__(self, x, *, key=None, train_mode: bool | None = False,
+                 return_features: bool = False):  # fmt: skip
+        h = self.linear(x)
+        if return_features:
+            return h
+        inference = None if train_mode is None else not train_mode
+        return self.drop(h, key=key, inference=inference)
+
+
+class EqxFlagged(EqxTrainMode):
+    """The same with train_mode=None: the module's own mode decides."""
+
+    def __call__(self, x, *, key=None, train_mode: bool | None = None,
+                 return_features: bool = False):  # fmt: skip
+        return super().__call__(x, key=key, train_mode=train_mode,
+                                return_features=return_features)  # fmt: skip
+
+
+def test_an_equinox_mode_keyword_of_another_name_is_refused_not_other_flags():
+    """Before, train_mode=False was accepted: training ran without dropout."""
+    with pytest.raises(ValueError, match="takes train_mode=False, a mode switch"):
+        tp.create_replicas(jax.random.key(0), EqxTrainMode, tp.sgd(0.1),
+                           TRAIN[0][:2], num_replicas=2)  # fmt: skip
+    state = tp.create_replicas(jax.random.key(0), EqxFlagged, tp.sgd(0.1),
+                               TRAIN[0][:2], num_replicas=2)  # fmt: skip
+    x, y = jnp.asarray(TRAIN[0][:32]), jnp.asarray(TRAIN[1][:32])
+    stepped, info = train_step(state, jax.random.key(1), x, y)
+    _, other = train_step(state, jax.random.key(2), x, y)
+    assert not np.allclose(info.loss, other.loss)  # dropout on in training
+    ours = tp.evaluate(stepped, *VAL).loss
+    np.testing.assert_allclose(ours[1], eqx_user_loss(tp.replica(stepped, 1), *VAL),
+                               rtol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("model", [NnxRated, EqxMLP], ids=["nnx", "equinox"])
+def test_a_train_kwarg_the_call_does_not_take_is_refused(model):
+    """Before, an nnx or Equinox call without the train_kwarg named got
+    nothing: the call's own default decided the mode."""
+    with pytest.raises(ValueError, match="train_kwarg='is_train', but .* takes no"):
+        tp.create_replicas(jax.random.key(0), model, tp.sgd(0.1), TRAIN[0][:2],
+                           num_replicas=2, train_kwarg="is_train")  # fmt: skip
+
+
+class NnxAnyKeywords(nnx.Module):
+    """Its mode reaches the dropout through ``**kwargs``."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.linear = nnx.Linear(16, 3, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, x, **kwargs):
+        return self.drop(self.linear(x), deterministic=not kwargs["is_train"])
+
+
+def test_a_train_kwarg_given_by_name_reaches_a_call_taking_any_keyword():
+    """Before, an nnx or Equinox call got it only when it named it."""
+    state = tp.create_replicas(jax.random.key(0), NnxAnyKeywords, tp.sgd(0.1),
+                               TRAIN[0][:2], num_replicas=2,
+                               train_kwarg="is_train")  # fmt: skip
+    x, y = jnp.asarray(TRAIN[0][:32]), jnp.asarray(TRAIN[1][:32])
+    stepped, info = train_step(state, jax.random.key(1), x, y)
+    _, other = train_step(state, jax.random.key(2), x, y)
+    assert not np.allclose(info.loss, other.loss)  # dropout on in training
+    module = tp.replica(stepped, 0)
+    want = optax.softmax_cross_entropy_with_integer_labels(
+        module(VAL[0], is_train=False), VAL[1]
+    ).mean()
+    np.testing.assert_allclose(tp.evaluate(stepped, *VAL).loss[0], want, rtol=1e-6)
+
+
+class EqxNormed(eqx.Module):
+    """BatchNorm (state) and a static field holding a function made per build."""
+
+    hidden: eqx.nn.Linear
+    norm: eqx.nn.BatchNorm
+    out: eqx.nn.Linear
+    activation: Callable = eqx.field(static=True)
+
+    def __init__(self, key, slope=0.1):
+        k1, k2 = jax.random.split(key)
+        self.hidden = eqx.nn.Linear(16, 8, key=k1)
+        self.norm = eqx.nn.BatchNorm(8, axis_name="batch", mode="batch")
+        self.out = eqx.nn.Linear(8, 3, key=k2)
+        self.activation = lambda h: jax.nn.leaky_relu(h, slope)
+
+    def __call__(self, x, state, *, key=None):
+        h, state = self.norm(self.hidden(x), state)
+        return self.out(self.activation(h)), state
+
+
+def build_state_by_hand(key):
+    """The pattern of eqx.nn.delete_init_state's docstring."""
+    model = EqxNormed(key)
+    state = eqx.nn.State(model)
+    return eqx.nn.delete_init_state(model), state
+
+
+def test_equinox_builds_whose_static_parts_differ_train_as_make_with_state():
+    """Before, each replica's build (its own lambda, its own State markers) was
+    combined with another build's static part: a pytree metadata error."""
+    losses = []
+    for build in (build_state_by_hand, eqx.nn.make_with_state(EqxNormed)):
+        state = tp.create_replicas(jax.random.key(0), build, tp.sgd(0.1),
+                                   TRAIN[0][:2], num_replicas=2)  # fmt: skip
+        state, info = train_step(state, jax.random.key(1), *TRAIN)
+        losses.append((info.loss, tp.evaluate(state, *VAL).loss))
+    chex.assert_trees_all_equal(losses[0], losses[1])
+
+
+def test_an_equinox_builder_of_batchnorm_without_its_state_names_make_with_state():
+    with pytest.raises(TypeError, match=r"no eqx\.nn\.State.*make_with_state"):
+        tp.create_replicas(jax.random.key(0), EqxNormed, tp.sgd(0.1), TRAIN[0][:2],
+                           num_replicas=2)  # fmt: skip
+
+
+class NnxDefaulted(nnx.Module):
+    """Settings with defaults first, rngs keyword-only."""
+
+    def __init__(self, hidden: int = 8, *, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(16, hidden, rngs=rngs)
+        self.out = nnx.Linear(hidden, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(nnx.relu(self.hidden(x)))
+
+
+def eqx_linear(din, key):
+    return eqx.nn.Linear(din, 3, key=key)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        NnxDefaulted,
+        functools.partial(nnx.Linear, 16, 3),
+        functools.partial(eqx.nn.MLP, 16, 3, 8, 1),
+        functools.partial(eqx.nn.Linear, 16, 3),
+        functools.partial(eqx_linear, din=16),
+    ],
+    ids=["nnx-class", "nnx-partial", "eqx-mlp-partial", "eqx-partial", "by-keyword"],
+)
+def test_a_builder_taking_its_key_after_defaults_or_by_keyword_builds(build):
+    """Before, only a first parameter was looked at: refused."""
+    state = tp.create_replicas(jax.random.key(0), build, tp.sgd(0.1), TRAIN[0][:2],
+                               num_replicas=2)  # fmt: skip
+    leaves = jax.tree.leaves(state.params)
+    assert not all(np.array_equal(a[0], a[1]) for a in leaves)  # keys of their own
+    state, _ = train_step(state, jax.random.key(1), *TRAIN)
+    assert np.isfinite(tp.evaluate(state, *VAL).loss).all()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [NnxKeywordRngs, EqxKeywordKey, functools.partial(EqxKeywordKey, 16)],
+    ids=["nnx", "equinox", "partial"],
+)
+def test_a_module_class_needing_more_than_its_key_names_the_partial(build):
+    with pytest.raises(TypeError, match=r"model: .* needs .*functools\.partial\("):
+        tp.create_replicas(jax.random.key(0), build, tp.sgd(0.1), TRAIN[0][:2],
+                           num_replicas=2)  # fmt: skip

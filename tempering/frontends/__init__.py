@@ -45,6 +45,10 @@ from tempering.frontends.linen import Linen
 
 __all__ = ["Frontend", "Functions", "Linen", "as_frontend", "call_keywords"]
 
+# The train-mode keyword when none is named: an nnx or Equinox call need not
+# take it (their modules' own mode is set), a linen call must.
+DEFAULT_TRAIN_KWARG = "train"
+
 
 class Frontend(Protocol):
     """The interface every model reaches the engine through (module doc)."""
@@ -85,6 +89,18 @@ def call_keywords(fn: Any) -> tuple[set[str], bool, dict[str, Any]]:
     return names, var_kw, defaults
 
 
+def passes_train_kwarg(train_kwarg: str | None, names: set[str], var_kw: bool) -> bool:
+    """Whether an nnx or Equinox call gets ``train_kwarg`` (its keywords given).
+
+    The default name goes only to a call that takes it; a name the user gave
+    also to a call that takes ``**kwargs`` (a call taking neither is refused
+    by ``create_replicas``).
+    """
+    if train_kwarg is None:
+        return False
+    return train_kwarg in names or (var_kw and train_kwarg != DEFAULT_TRAIN_KWARG)
+
+
 def _is_nnx_module(model: Any) -> bool:
     try:
         from flax import nnx
@@ -114,13 +130,24 @@ def builder_parameters(build: Any) -> list[inspect.Parameter]:
     """The parameters a builder still takes (a class's ``__init__``'s, a partial's rest).
 
     An nnx module class reports ``(*args, **kwargs)`` (its metaclass's call), so
-    a class and a ``functools.partial`` of one are read from ``__init__``.
+    a class and a ``functools.partial`` of one are read from ``__init__``. As
+    in Python's own calls, a partial that gives a parameter by keyword leaves
+    the parameters after it keyword-only.
     """
     if isinstance(build, functools.partial):
         inner = builder_parameters(build.func)
         positional = [p for p in inner if p.kind in (_POSITIONAL, _EITHER)]
-        given = {p.name for p in positional[: len(build.args)]} | set(build.keywords)
-        return [p for p in inner if p.name not in given]
+        given = {p.name for p in positional[: len(build.args)]}
+        rest: list[inspect.Parameter] = []
+        by_name = False
+        for p in inner:
+            by_name = by_name or p.name in build.keywords
+            if p.name in given or p.name in build.keywords:
+                continue
+            rest.append(
+                p.replace(kind=_KEYWORD) if by_name and p.kind is _EITHER else p
+            )
+        return rest
     if isinstance(build, type):
         init = getattr(build, "__init__")  # noqa: B009  (mypy refuses cls.__init__)
         return list(inspect.signature(init).parameters.values())[1:]
@@ -129,23 +156,78 @@ def builder_parameters(build: Any) -> list[inspect.Parameter]:
 
 _POSITIONAL = inspect.Parameter.POSITIONAL_ONLY
 _EITHER = inspect.Parameter.POSITIONAL_OR_KEYWORD
+_KEYWORD = inspect.Parameter.KEYWORD_ONLY
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+def _key_parameter(params: list[inspect.Parameter]) -> inspect.Parameter | None:
+    """The parameter a builder takes its key or Rngs by (named or annotated so)."""
+    for p in params:
+        if p.kind not in _VARIADIC and (
+            p.name in ("key", "rngs") or "Rngs" in str(p.annotation)
+        ):
+            return p
+    return None
+
+
+def _module_class(build: Any) -> type | None:
+    """The class a builder is, or is a ``functools.partial`` of; else None."""
+    while isinstance(build, functools.partial):
+        build = build.func
+    return build if isinstance(build, type) else None
+
+
+def _is_nnx_class(cls: type) -> bool:
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover - flax without nnx
+        return False
+    return issubclass(cls, nnx.Module)
+
+
+def _is_module_class(cls: type) -> bool:
+    """Whether ``cls`` is an nnx or an Equinox module class."""
+    eqx = _equinox()
+    return _is_nnx_class(cls) or (eqx is not None and issubclass(cls, eqx.Module))
 
 
 def _takes_rngs(build: Any) -> bool:
-    if isinstance(build, type):
-        try:
-            from flax import nnx
-        except ImportError:  # pragma: no cover
-            return False
-        return issubclass(build, nnx.Module)
+    """Whether ``build`` is an nnx builder: an nnx class, or takes Rngs."""
+    cls = _module_class(build)
+    if cls is not None and _is_module_class(cls):
+        return _is_nnx_class(cls)
     try:
         params = builder_parameters(build)
     except (TypeError, ValueError):
         return False
-    if not params:
-        return False
-    first = params[0]
-    return first.name == "rngs" or "Rngs" in str(first.annotation)
+    found = _key_parameter(params)
+    return found is not None and (
+        found.name == "rngs" or "Rngs" in str(found.annotation)
+    )
+
+
+def _check_only_the_key_required(
+    build: Any, params: list[inspect.Parameter], key: inspect.Parameter | None
+) -> None:
+    """A TypeError for a module class that needs more than its key to be built."""
+    cls = _module_class(build)
+    if cls is None or not _is_module_class(cls):
+        return  # a function: its own call names what it misses
+    named = [p for p in params if p.kind not in _VARIADIC]
+    receiver = key if key is not None else (named[0] if named else None)
+    required = [p.name for p in named if p is not receiver and p.default is p.empty]
+    if required:
+        name = cls.__name__
+        given = ", ".join(f"{n}=..." for n in required)
+        if isinstance(build, functools.partial):
+            given = f"..., {given}"
+        raise TypeError(
+            f"model: {name} needs {', '.join(required)} to be built, but each "
+            "replica is built by calling the model with its key alone (nnx.Rngs "
+            "for an nnx module, a jax key for an Equinox module); give the rest "
+            f"with functools.partial({name}, {given}), or pass a built instance "
+            "(every replica then starts from its weights)"
+        )
 
 
 def as_frontend(model: Any, train_kwarg: str | None = "train") -> Any:
@@ -195,18 +277,32 @@ def as_frontend(model: Any, train_kwarg: str | None = "train") -> Any:
 
 
 def by_keyword(build: Any) -> Any:
-    """``build(arg)`` passing ``arg`` by keyword where that parameter is keyword-only.
+    """``build(arg)`` passing ``arg`` by keyword where it cannot go first by position.
 
-    ``functools.partial(MLP, 16, 3)`` of ``MLP(din, dout, *, key)`` (or
-    ``*, rngs``), the usual Equinox and nnx signatures, takes its key (or
-    Rngs) by keyword only.
+    The builder's key (or Rngs) is its parameter named ``key`` or ``rngs``
+    (or annotated ``Rngs``), else its first. ``functools.partial(MLP, 16, 3)``
+    of ``MLP(din, dout, *, key)`` (or ``*, rngs``), the usual Equinox and nnx
+    signatures, takes it by keyword only; ``Model(hidden=16, rngs=None)``
+    takes it after parameters that have defaults.
+
+    Raises:
+        TypeError: an nnx or Equinox module class (or a partial of one) that
+            requires parameters besides its key, naming the
+            ``functools.partial`` that gives them.
     """
     try:
-        first = builder_parameters(build)[0]
-    except (TypeError, ValueError, IndexError):
+        params = builder_parameters(build)
+    except (TypeError, ValueError):
         return build
-    if first.kind is inspect.Parameter.KEYWORD_ONLY:
-        return functools.partial(_call_by_keyword, build, first.name)
+    key = _key_parameter(params)
+    _check_only_the_key_required(build, params, key)
+    if key is None or key.kind is _POSITIONAL:
+        return build
+    before = params[: params.index(key)]
+    if key.kind is _KEYWORD or (
+        before and all(p.default is not p.empty for p in before)
+    ):
+        return functools.partial(_call_by_keyword, build, key.name)
     return build
 
 

@@ -94,6 +94,45 @@ def _check_static_arrays_keyless(build: Callable, static: Any, name: str) -> Non
         )
 
 
+def _check_state_given(model: Any, state: Any, name: str) -> None:
+    """A TypeError for a builder of a module with state that returns no state."""
+
+    def is_index(node: Any) -> bool:
+        return isinstance(node, eqx.nn.StateIndex)
+
+    holds = any(map(is_index, jax.tree.leaves(model, is_leaf=is_index)))
+    if holds and state is None:
+        raise TypeError(
+            f"model: build(key) of {name} returns a module with state (an "
+            "eqx.nn.BatchNorm or another eqx.nn.StateIndex) but no eqx.nn.State; "
+            f"build it with eqx.nn.make_with_state, e.g. pass "
+            f"eqx.nn.make_with_state({name}) as the model, or return "
+            "(model, state) from the builder"
+        )
+
+
+def _shapes(tree: Any) -> tuple[tuple[tuple[int, ...], Any], ...]:
+    """``(shape, dtype)`` of each leaf of ``tree``."""
+    return tuple((tuple(leaf.shape), leaf.dtype) for leaf in jax.tree.leaves(tree))
+
+
+def _into(template: Any, shapes: tuple, tree: Any, what: str, name: str) -> Any:
+    """``tree``'s leaves in the template's structure (its static metadata).
+
+    Each replica's build has static metadata of its own (a lambda held in a
+    static field, the markers of an ``eqx.nn.State`` made by hand), which
+    ``eqx.combine`` with the template's static part would refuse.
+    """
+    if _shapes(tree) != shapes:
+        raise ValueError(
+            f"model: build(key) of {name} builds {what} whose arrays (number, "
+            "shapes or dtypes) depend on the key; every replica must have the "
+            "same arrays. Derive the architecture without the key, or pass a "
+            "built model instance (a common start)"
+        )
+    return jax.tree.unflatten(template, jax.tree.leaves(tree))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Equinox:
     """An Equinox module as the engine's model (:mod:`tempering.frontends`).
@@ -107,6 +146,10 @@ class Equinox:
     stateful: bool  # the call takes and returns an eqx.nn.State
     train_kwarg: str | None
     name: str
+    # a builder's params and state structures from the one build, and their
+    # leaves' (shape, dtype): every replica's build is put into them
+    templates: tuple[Any, Any] = (None, None)
+    shapes: tuple[tuple, tuple] = ((), ())
     kind = "equinox"
     dropout_fix = (
         "eqx.nn.Dropout fixes its rate at construction; use "
@@ -128,9 +171,14 @@ class Equinox:
     ) -> Equinox:
         """A builder ``build(key)``: every replica draws its own initial weights."""
         model, state, static = _built_static(build, jax.random.key(0))  # concrete
-        _check_static_arrays_keyless(build, static, type(model).__name__)
-        return cls(static, build, None, state is not None, train_kwarg,
-                   type(model).__name__)  # fmt: skip
+        name = type(model).__name__
+        _check_state_given(model, state, name)
+        _check_static_arrays_keyless(build, static, name)
+        params = eqx.partition(model, eqx.is_inexact_array)[0]
+        stats = {} if state is None else state
+        templates = (jax.tree.structure(params), jax.tree.structure(stats))
+        return cls(static, build, None, state is not None, train_kwarg, name,
+                   templates, (_shapes(params), _shapes(stats)))  # fmt: skip
 
     def keywords(self) -> tuple[set[str], bool, dict[str, Any]]:
         """Keywords of the module's ``__call__`` (besides the key)."""
@@ -152,17 +200,23 @@ class Equinox:
             return self.start
         model, state = _parts(self.build(key))
         params = eqx.partition(model, eqx.is_inexact_array)[0]
-        return params, {} if state is None else state
+        stats = {} if state is None else state
+        return (
+            _into(self.templates[0], self.shapes[0], params, "a module", self.name),
+            _into(self.templates[1], self.shapes[1], stats, "a state", self.name),
+        )
 
     def apply(
         self, params: Any, stats: Any, x: jax.Array, *, train: bool,
         key: jax.Array | None, inputs: dict,
     ) -> tuple[jax.Array, Any]:  # fmt: skip
         """``(outputs, new_stats)``: the call vmapped over the batch's examples."""
+        from tempering.frontends import passes_train_kwarg
+
         model = eqx.nn.inference_mode(eqx.combine(params, self.static), not train)
         kwargs = dict(inputs)
-        names, _, _ = self.keywords()
-        if self.train_kwarg is not None and self.train_kwarg in names:
+        names, var_kw, _ = self.keywords()
+        if passes_train_kwarg(self.train_kwarg, names, var_kw):
             kwargs[self.train_kwarg] = train
         takes_key = self._takes_key()
         keys = jax.random.split(jax.random.key(0) if key is None else key, x.shape[0])

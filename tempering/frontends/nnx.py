@@ -27,6 +27,7 @@ static attribute, so use :class:`Dropout` here, whose call takes the rate::
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -217,16 +218,19 @@ class Nnx:
             return self.rng_state
         keys = jax.random.split(jax.random.key(0) if key is None else key, len(leaves))
         fresh = [
-            keys[i] if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+            _keys_like(keys[i], leaf)
+            if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
             else jnp.zeros_like(leaf)
             for i, leaf in enumerate(leaves)
         ]  # fmt: skip
         return jax.tree.unflatten(treedef, fresh)
 
     def _kwargs(self, train: bool, inputs: dict) -> dict:
+        from tempering.frontends import passes_train_kwarg
+
         kwargs = dict(inputs)
-        names, _, _ = self.keywords()
-        if self.train_kwarg is not None and self.train_kwarg in names:
+        names, var_kw, _ = self.keywords()
+        if passes_train_kwarg(self.train_kwarg, names, var_kw):
             kwargs[self.train_kwarg] = train
         return kwargs
 
@@ -255,6 +259,18 @@ class Nnx:
 
         graph = _graph_text(self.train_graph)
         return f"nnx:{self.name}|{graph}|{code_of_class(self.module_type)}"
+
+
+def _keys_like(key: jax.Array, leaf: jax.Array) -> jax.Array:
+    """Keys of ``leaf``'s shape drawn from ``key``: ``key`` itself for a scalar.
+
+    Streams stacked by ``nnx.split_rngs`` (a scanned stack of layers, one key
+    per layer) or ``Rngs.fork(split=n)`` hold a key array; each of its keys
+    must be its own, or every layer would draw the same masks.
+    """
+    if leaf.ndim == 0:
+        return key
+    return jax.random.split(key, math.prod(leaf.shape)).reshape(leaf.shape)
 
 
 def _leaf_names(params: Any, stats: Any) -> frozenset[str]:
