@@ -83,8 +83,8 @@ from tempering.batches import (
     examples_problem,
 )
 from tempering.data import Split
-from tempering.state import ReplicaState, cross_entropy
-from tempering.step import check_model_takes
+from tempering.state import EvalMetrics, ReplicaState, cross_entropy
+from tempering.step import check_model_takes, check_per_example, per_example_shapes
 
 if TYPE_CHECKING:
     from tempering.config import RunConfig, RunData
@@ -213,15 +213,14 @@ def _check_compatible(
     if classification:
         _check_labels(targets, out, name)
     try:
-        jax.eval_shape(state.loss_fn, out, y)
-        if metrics_fn is not None:
-            jax.eval_shape(metrics_fn, out, y)
+        shapes = per_example_shapes(state, out, y, metrics_fn)
     except Exception as error:  # noqa: BLE001 - re-raised with the fix
         raise ValueError(
             f"{name}: loss_fn or metrics_fn cannot take model outputs {out.shape[1:]} "
             f"with targets {y.shape[1:]} per example ({type(error).__name__}: "
             f"{str(error).splitlines()[0][:200]})"
         ) from error
+    check_per_example(shapes, name)
     return out
 
 
@@ -400,6 +399,8 @@ def prepare_sources(
     if isinstance(given, ArraySource):
         _check_finite(given, "train_data")
         _check_compatible(state, *given, "train_data", metrics_fn)
+        batch = (config.array_batch_size, *np.shape(given.inputs)[1:])
+        _check_augment(config.augment, batch, jnp.result_type(given.inputs))
         train = _on_devices(given, state)
         sample = train.inputs
     else:
@@ -408,7 +409,53 @@ def prepare_sources(
         validation = _eval_source(validation, "validation_data", state, metrics_fn)
     if test is not None:
         test = _eval_source(test, "test_data", state, metrics_fn)
+    if validation is not None and config.score_fn is not None:
+        names = metric_names(state, validation, metrics_fn)
+        _check_score_fn(config.score_fn, names, state.num_replicas)
     return RunSources(train, validation, test, sample)
+
+
+def _check_score_fn(score_fn: Any, metric_names: list[str], num: int) -> None:
+    """A ValueError unless ``score_fn`` gives one score per replica (traced)."""
+    column = jax.ShapeDtypeStruct((num,), jnp.float32)
+    metrics = EvalMetrics(loss=column, metrics=dict.fromkeys(metric_names, column))
+    try:
+        scores = jax.eval_shape(lambda m: jnp.asarray(score_fn(m)), metrics)
+    except Exception as error:  # noqa: BLE001 - re-raised with the fix
+        raise ValueError(
+            f"score_fn fails on the validation metrics ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200]}): it takes a tempering.EvalMetrics "
+            f"of ({num},) loss and metrics {metric_names} (from metrics_fn) and "
+            "returns a score per replica, lower is better, e.g. "
+            "score_fn=lambda m: -m.metrics['accuracy']"
+        ) from error
+    if scores.shape != (num,):
+        raise ValueError(
+            f"score_fn must return one score per replica, shape ({num},), got "
+            f"shape {scores.shape}"
+        )
+
+
+def _check_augment(augment: Any, batch: tuple[int, ...], dtype: Any) -> None:
+    """A ValueError unless ``augment(key, inputs)`` keeps the batch's shape (traced)."""
+    if augment is None:
+        return
+    inputs = jax.ShapeDtypeStruct(batch, dtype)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    try:
+        out = jax.eval_shape(augment, key, inputs)
+    except Exception as error:  # noqa: BLE001 - re-raised with the fix
+        raise ValueError(
+            f"augment fails on a batch of inputs {batch} {dtype} "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}): it is "
+            "called as augment(key, inputs) with a PRNG key and the batch's "
+            "inputs (not the (inputs, targets) pair) and returns the inputs"
+        ) from error
+    if np.shape(out) != batch:
+        raise ValueError(
+            f"augment must return inputs of the shape it takes, {batch}, got "
+            f"{np.shape(out)}"
+        )
 
 
 def check_first_batch(
@@ -430,6 +477,7 @@ def check_first_batch(
     per_replica_sizes = "batch_size" in state.hyperparams
     _check_stream_batch_size(config, np.shape(y)[:1], per_replica_sizes)
     out = _check_compatible(state, x, y, "train_data", config.metrics_fn)
+    _check_augment(config.augment, np.shape(x), jnp.result_type(x))
     classes = out.shape[-1] if state.loss_fn is cross_entropy else None
     axis = 0 if config.shared_batch else 1
     train.expect(BatchSpec(_layout(first[0]), _layout(first[1]), classes, axis))

@@ -267,6 +267,60 @@ def check_model_takes(state: ReplicaState, inputs: Any, name: str, axis: int) ->
         ) from error
 
 
+def per_example_shapes(
+    state: ReplicaState, outputs: Any, targets: Any, metrics_fn: Any
+) -> tuple[tuple[int, ...], dict[str, tuple[int, ...]]]:
+    """The shapes ``loss_fn`` and ``metrics_fn`` give for two examples.
+
+    Traced on two (on one, a mean would pass for a per-example value); any
+    error of the user's functions propagates.
+
+    Args:
+        state: the replicas (their ``loss_fn``).
+        outputs: the model's output for one example, shape ``(1, ...)``.
+        targets: one example's targets, shape ``(1, ...)`` (shapes and dtypes
+            only).
+        metrics_fn: the run's ``metrics_fn``, or None.
+
+    Returns:
+        The loss's shape and each metric's.
+    """
+    two = [
+        jax.ShapeDtypeStruct((2, *np.shape(a)[1:]), a.dtype) for a in (outputs, targets)
+    ]
+    loss = jax.eval_shape(state.loss_fn, *two)
+    metrics = {} if metrics_fn is None else dict(jax.eval_shape(metrics_fn, *two))
+    return tuple(np.shape(loss)), {k: tuple(np.shape(v)) for k, v in metrics.items()}
+
+
+def check_per_example(
+    shapes: tuple[tuple[int, ...], dict[str, tuple[int, ...]]], name: str
+) -> None:
+    """A ValueError unless :func:`per_example_shapes` are one value per example.
+
+    Args:
+        shapes: what :func:`per_example_shapes` returned.
+        name: the data they were traced on, for the message.
+    """
+    loss, metrics = shapes
+    if not loss or loss[0] != 2:
+        raise ValueError(
+            f"{name}: loss_fn must return one loss per example, shape (B,) (or "
+            f"(B, ...), averaged per example), got shape {loss} for B = 2 "
+            "examples: return the losses before their mean, e.g. "
+            "optax.softmax_cross_entropy_with_integer_labels(outputs, targets) "
+            "without .mean()"
+        )
+    wrong = {k: v for k, v in metrics.items() if v != (2,)}
+    if wrong:
+        raise ValueError(
+            f"{name}: metrics_fn must return one value per example for every "
+            f"metric, shape (B,), got shapes {wrong} for B = 2 examples: return "
+            "per-example values (e.g. outputs.argmax(-1) == targets, without "
+            ".mean()); the library averages them over the dataset"
+        )
+
+
 def evaluate(
     state: ReplicaState,
     inputs: jax.Array | np.ndarray,
@@ -310,10 +364,11 @@ def evaluate(
         )
     _check_batch_axes(state, inputs, targets, False)
     _check_chunks(targets.shape[0], batch_size)
+    outputs = check_model_takes(state, inputs, "inputs", 0)
+    one = jax.ShapeDtypeStruct((1, *np.shape(targets)[1:]), jnp.result_type(targets))
     try:
-        _total_shapes(state, inputs, targets, metrics_fn)
+        shapes = per_example_shapes(state, outputs, one, metrics_fn)
     except Exception as error:  # noqa: BLE001 - re-raised with the fix
-        check_model_takes(state, inputs, "inputs", 0)
         kind = TypeError if isinstance(error, TypeError) else ValueError
         raise kind(
             f"targets: loss_fn or metrics_fn cannot take targets of shape "
@@ -322,6 +377,7 @@ def evaluate(
             f"{str(error).splitlines()[0][:200]}); integer labels for the default "
             "cross-entropy, or pass loss_fn= to create_replicas"
         ) from error
+    check_per_example(shapes, "evaluate")
     settings = dict(
         batch_size=int(batch_size), metrics_fn=metrics_fn, vectorize=vectorize
     )
@@ -430,27 +486,17 @@ def zero_totals(
     metrics_fn: MetricsFn | None,
 ) -> Totals:
     """Zero sums with the structure one chunk of these inputs produces."""
-    shapes = _total_shapes(state, inputs, targets, metrics_fn)
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
-def _total_shapes(
-    state: ReplicaState,
-    inputs: jax.Array | np.ndarray,
-    targets: jax.Array | np.ndarray,
-    metrics_fn: MetricsFn | None,
-) -> Any:
-    """The shapes and dtypes of :func:`zero_totals` (traced, nothing computed)."""
     x = jax.ShapeDtypeStruct((1, *inputs.shape[1:]), inputs.dtype)
     y = jax.ShapeDtypeStruct((1, *targets.shape[1:]), targets.dtype)
     mask = jax.ShapeDtypeStruct((1,), jnp.bool_)
-    return jax.eval_shape(
+    shapes = jax.eval_shape(
         functools.partial(_eval_chunk, metrics_fn=metrics_fn, vectorize="vmap"),
         state,
         x,
         y,
         mask,
     )
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 def add_chunk(

@@ -19,6 +19,13 @@ BAD_INPUTS = [
     Case("train-score-fn-not-callable", lambda c: run(c, score_fn="loss"), T, r"score_fn must be callable", fixed=True),
     Case("train-metrics-fn-not-callable", lambda c: run(c, metrics_fn="accuracy"), T, r"metrics_fn must be callable"),
     Case("train-augment-not-callable", lambda c: run(c, augment="flip"), T, r"augment must be callable", fixed=True),
+    # traced on the data before the first segment compiles (they failed after it trained)
+    Case("train-metrics-fn-mean", lambda c: run(c, metrics_fn=lambda o, t: {"acc": (o.argmax(-1) == t).mean()}), V, r"metrics_fn must return one value per example .*'acc': \(\)"),
+    Case("train-metrics-fn-per-class", lambda c: run(c, metrics_fn=lambda o, t: {"p": o}), V, r"metrics_fn must return one value per example .*'p': \(2, 3\)"),
+    Case("train-score-fn-scalar", lambda c: run(c, score_fn=lambda m: m.loss.mean()), V, r"score_fn must return one score per replica, shape \(4,\), got shape \(\)"),
+    Case("train-score-fn-unknown-metric", lambda c: run(c, score_fn=lambda m: m.metrics["acc"]), V, r"score_fn fails on the validation metrics \(KeyError: 'acc'\).*\['accuracy'\]"),
+    Case("train-augment-takes-the-pair", lambda c: run(c, augment=lambda batch: batch), V, r"augment fails on a batch of inputs \(8, 8\).*augment\(key, inputs\)"),
+    Case("train-augment-changes-the-shape", lambda c: run(c, augment=lambda k, x: x[:, :2]), V, r"augment must return inputs of the shape it takes, \(8, 8\), got \(8, 2\)"),
 ]
 # fmt: on
 

@@ -406,6 +406,28 @@ def test_evaluate_takes_an_unhashable_metrics_fn(tx, blobs):
     chex.assert_trees_all_close(metrics, tp.evaluate(state, xv, yv))
 
 
+@pytest.mark.parametrize(
+    "metrics_fn, loss_fn, match",
+    [
+        (lambda o, y: {"acc": (o.argmax(-1) == y).mean()}, None, r"metrics_fn .*'acc': \(\)"),
+        (lambda o, y: {"p": jax.nn.softmax(o)}, None, r"metrics_fn .*'p': \(2, 3\)"),
+        (None, lambda o, y: optax.softmax_cross_entropy_with_integer_labels(o, y).mean(),
+         r"loss_fn must return one loss per example, shape \(B,\).* got shape \(\)"),
+    ],
+)  # fmt: skip
+def test_evaluate_refuses_values_that_are_not_per_example(
+    tx, blobs, metrics_fn, loss_fn, match
+):
+    # A (B, K) metric with K the chunk size was summed over the wrong axis,
+    # silently; a mean failed with a message about the targets.
+    (x, _), (xv, yv) = blobs
+    state = make_state(tx, x)
+    if loss_fn is not None:
+        state = state.replace(loss_fn=loss_fn)
+    with pytest.raises(ValueError, match=match):
+        tp.evaluate(state, xv, yv, batch_size=3, metrics_fn=metrics_fn)
+
+
 def test_diverged_replica_does_not_poison_the_others(tx, blobs):
     (x, y), _ = blobs
     state = make_state(tx, x)
