@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tempering import divergence, resume, sharding
+from tempering import divergence, fingerprints, resume, sharding
 from tempering._caller import warn
 from tempering._quick_jit import quick_jit
 from tempering.config import Rounds, RunConfig, RunData, ScoreFn
@@ -190,6 +190,33 @@ def _progress(total: int, enabled: bool | None, name: str):
     return tqdm(total=total, desc=name, unit="step", file=sys.stderr)
 
 
+def _run_alike(key: jax.Array, state: ReplicaState, move: Any, config: RunConfig):
+    """What every process of a ``jax.distributed`` run must pass alike.
+
+    The key and state (on a mesh of each process's own devices nothing else
+    compares them: each process would train its own replicas while process 0
+    reports), and the settings that fix the run's collectives (a process
+    with other steps or rounds would wait for the others until a timeout).
+    """
+
+    def text(value: Any) -> np.ndarray:
+        return np.frombuffer(fingerprints.stable_repr(value).encode(), np.uint8)
+
+    settings = {
+        name: text(getattr(config, name))
+        for name in ("num_steps", "interval", "burn_in", "batch_size", "shared_batch",
+                     "eval_batch_size", "move_at_end", "on_diverge", "vectorize",
+                     "loop", "checkpoint_every")
+    }  # fmt: skip
+    return {
+        "key": key,
+        "state.step": np.int64(state.step),
+        "state": (state.params, state.batch_stats, state.opt_state, state.hyperparams),
+        **settings,
+        "move": np.frombuffer(fingerprints.describe_move(move).encode(), np.uint8),
+    }
+
+
 def _host(tree: Any) -> Any:
     return sharding.to_host(tree)  # numpy copies, gathered over processes
 
@@ -328,11 +355,11 @@ def train(
             "config must be a tempering.RunConfig(num_steps=..., interval=..., ...), "
             f"got {type(config).__name__}"
         )
-    if jax.process_count() > 1:  # each process would follow its own key
-        sharding.check_same_on_processes(
-            {"key": key, "state.step": np.int64(state.step)}, "argument"
-        )
     move = as_move(move)
+    if jax.process_count() > 1:  # each would follow its own run, or wait for the others
+        sharding.check_same_on_processes(
+            _run_alike(key, state, move, config), "argument"
+        )
     if data.validation is None and getattr(move, "compares_scores", False):
         raise TypeError(
             f"{type(move).__name__} compares the replicas' validation scores, but "
@@ -343,6 +370,7 @@ def train(
         move_state = move.init(state)
     else:
         _check_move_state(move, state, move_state)
+        sharding.check_same_on_processes({"move_state": move_state}, "argument")
     if config.burn_in_hyperparams:
         set_hyperparams(state, **config.burn_in_hyperparams)  # validates the names
     devices = config.devices

@@ -41,6 +41,7 @@ from flax import struct
 from tempering._caller import warn
 from tempering.config import check_int
 from tempering.moves import as_move
+from tempering.sharding import to_host
 from tempering.state import ReplicaState, eval_outputs
 from tempering.step import chunked, replica_outputs
 
@@ -240,7 +241,8 @@ def _softmax_means(
         Per chunk ``(b, K)``: the mean over the replicas in ``keep`` whose
         outputs on it are finite; and ``(C, M)``: which replicas' were.
     """
-    out = [jax.device_get(_softmax_mean(state, x, keep)) for x in chunks]
+    # over several processes the (M,) finite flags are split between them
+    out = [to_host(_softmax_mean(state, x, keep)) for x in chunks]
     return [total for total, _ in out], np.stack([finite for _, finite in out])
 
 

@@ -321,7 +321,7 @@ def _nested_moves(value: Any) -> list[Any]:
     return [item for item in items if is_dataclass(item) and not isinstance(item, type)]
 
 
-def _describe_move(move: Any) -> str:
+def describe_move(move: Any) -> str:
     """The move's type, settings and arrays, and those of the moves it holds."""
     if is_dataclass(move):
         static, nested = {}, {}
@@ -330,7 +330,7 @@ def _describe_move(move: Any) -> str:
             if not f.metadata.get("pytree_node", True):
                 static[f.name] = _describe_setting(value)
             elif moves := _nested_moves(value):
-                nested[f.name] = [_describe_move(m) for m in moves]
+                nested[f.name] = [describe_move(m) for m in moves]
         text = f"{type(move).__qualname__}{sorted(static.items())}"
         if nested:
             text += f"{sorted(nested.items())}"
@@ -379,7 +379,7 @@ def fingerprint(
         "optimizer": describe_optimizer(state.tx, state.opt_state),
         "loss_fn": describe_callable(state.loss_fn),
         "model_inputs": repr((state.model_inputs, state.scheduled)),
-        "move": _describe_move(move),
+        "move": describe_move(move),
         "train_data": _describe_data(data.train),
         "validation_data": _describe_data(data.validation),
         "test_data": _describe_data(data.test),

@@ -7,7 +7,8 @@ here write the standard per-replica scalars:
 - :class:`JsonlLogger`: one JSON line per round (no dependency);
 - :class:`TensorBoardLogger`: TensorBoard event files through ``tensorboardX``
   (``pip install "tempering[tensorboard]"``), one scalar per replica and
-  quantity, e.g. ``val_loss/replica_3``;
+  quantity, e.g. ``val_loss/replica_3``, and per rung for a move's per-rung
+  fields, e.g. ``move/temperatures/rung_0``;
 - :func:`stop_when`: stops the run when a condition on the record holds.
 
 Example:
@@ -17,10 +18,12 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -28,7 +31,13 @@ import numpy as np
 
 from tempering.records import RoundRecord
 
-__all__ = ["JsonlLogger", "TensorBoardLogger", "record_scalars", "stop_when"]
+__all__ = [
+    "JsonlLogger",
+    "TensorBoardLogger",
+    "record_rung_scalars",
+    "record_scalars",
+    "stop_when",
+]
 
 
 def record_scalars(record: RoundRecord) -> Iterator[tuple[str, int, float]]:
@@ -36,7 +45,11 @@ def record_scalars(record: RoundRecord) -> Iterator[tuple[str, int, float]]:
 
     Tags: ``train_loss``, ``score``, ``rung`` (a move with rungs), ``val_loss``, ``val_<metric>``,
     ``test_loss``, ``test_<metric>``, ``hyperparams/<name>``, and the move's
-    per-replica fields as ``move/<field>`` where they have shape ``(M,)``.
+    per-replica fields as ``move/<field>`` (a mapping's entries as
+    ``move/<field>/<key>``): those its info class lists as
+    ``per_replica_fields``, or, for an info that lists none, every field of
+    shape ``(M,)`` that is not in its ``per_rung_fields``
+    (:func:`record_rung_scalars`).
     """
     num = len(record.score)
     per_replica: dict[str, Any]
@@ -51,15 +64,67 @@ def record_scalars(record: RoundRecord) -> Iterator[tuple[str, int, float]]:
                 per_replica[f"{prefix}_{name}"] = value
     for name, value in record.hyperparams.items():
         per_replica[f"hyperparams/{name}"] = value
-    fields: dict[str, Any] = (
-        getattr(record.move, "_asdict", dict)() if record.move is not None else {}
-    )
-    for name, value in fields.items():
-        if isinstance(value, np.ndarray) and value.shape == (num,):
-            per_replica[f"move/{name}"] = value
+    listed = getattr(type(record.move), "per_replica_fields", None)
+    per_rung = getattr(type(record.move), "per_rung_fields", ())
+    for (field, *keys), value in _move_leaves(record.move).items():
+        chosen = field in listed if listed is not None else field not in per_rung
+        if chosen and isinstance(value, np.ndarray) and value.shape == (num,):
+            per_replica["/".join(("move", field, *keys))] = value
     for tag, values in per_replica.items():
         for m in range(num):
             yield tag, m, float(values[m])
+
+
+def record_rung_scalars(record: RoundRecord) -> Iterator[tuple[str, int, float]]:
+    """``(tag, rung, value)`` for the move's per-rung fields (``move/<field>``).
+
+    The fields its info class lists as ``per_rung_fields`` (the exchange's
+    ``temperatures``), one value per rung of the ladder.
+    """
+    per_rung = getattr(type(record.move), "per_rung_fields", ())
+    for (field, *keys), value in _move_leaves(record.move).items():
+        if field in per_rung and isinstance(value, np.ndarray) and value.ndim == 1:
+            tag = "/".join(("move", field, *keys))
+            for rung, item in enumerate(value):
+                yield tag, rung, float(item)
+
+
+def _fields(info: Any) -> dict[str, Any] | None:
+    """The fields of a NamedTuple, a dataclass or a mapping; None for anything else."""
+    if hasattr(info, "_asdict"):
+        return dict(info._asdict())
+    if isinstance(info, Mapping):
+        return {str(k): v for k, v in info.items()}
+    if dataclasses.is_dataclass(info) and not isinstance(info, type):
+        return {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
+    return None
+
+
+def _move_leaves(move: Any) -> dict[tuple[str, ...], Any]:
+    """A move's info as ``{(field, key, ...): value}``, nested fields flattened."""
+    leaves: dict[tuple[str, ...], Any] = {}
+
+    def visit(path: tuple[str, ...], value: Any) -> None:
+        fields = _fields(value)
+        if fields is None:
+            leaves[path] = value
+            return
+        for name, item in fields.items():
+            visit((*path, name), item)
+
+    if move is not None:
+        visit((), move)
+    return {path: value for path, value in leaves.items() if path}
+
+
+def _plain(tree: Any) -> Any:
+    """NamedTuples, dataclasses and mappings as dicts (for JSON), recursively."""
+    fields = _fields(tree)
+    if fields is not None:
+        return {name: _plain(value) for name, value in fields.items()}
+    if isinstance(tree, list | tuple):
+        return [_plain(item) for item in tree]
+    return tree
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -92,11 +157,18 @@ class JsonlLogger:
     """
 
     def __init__(self, path: str | os.PathLike):
-        """Opens ``path`` for appending (a continued run adds its rounds)."""
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        """Appends to ``path`` (a continued run adds its rounds).
+
+        The file is opened at the first record: over several processes only
+        process 0 receives records, so the others create no file.
+        """
+        self._path = os.fspath(path)
+        self._file: Any = None
 
     def __call__(self, record: RoundRecord) -> None:
         """Writes one line; never stops the run."""
+        if self._file is None:
+            self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
         line = {
             "round": record.round,
             "step": record.step,
@@ -108,7 +180,7 @@ class JsonlLogger:
                 "loss": record.validation.loss, **record.validation.metrics},
             "test": None if record.test is None else {
                 "loss": record.test.loss, **record.test.metrics},
-            "move": getattr(record.move, "_asdict", lambda: record.move)(),
+            "move": _plain(record.move),
             "diverged": record.diverged,
             "restored_from": record.restored_from,
         }  # fmt: skip
@@ -116,8 +188,10 @@ class JsonlLogger:
         self._file.flush()
 
     def close(self) -> None:
-        """Closes the file."""
-        self._file.close()
+        """Closes the file (if a record opened it)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __enter__(self) -> JsonlLogger:
         return self
@@ -141,17 +215,24 @@ class TensorBoardLogger:
                 "TensorBoardLogger needs tensorboardX: pip install "
                 '"tempering[tensorboard]" (or use JsonlLogger)'
             ) from error
-        self._writer = SummaryWriter(str(logdir), **writer_kwargs)
+        self._open = functools.partial(SummaryWriter, str(logdir), **writer_kwargs)
+        self._writer: Any = None  # created at the first record (process 0's)
 
     def __call__(self, record: RoundRecord) -> None:
         """Writes the round's scalars at its global step; never stops the run."""
+        if self._writer is None:
+            self._writer = self._open()
         for tag, m, value in record_scalars(record):
             self._writer.add_scalar(f"{tag}/replica_{m}", value, record.step)
+        for tag, rung, value in record_rung_scalars(record):
+            self._writer.add_scalar(f"{tag}/rung_{rung}", value, record.step)
         self._writer.flush()
 
     def close(self) -> None:
-        """Flushes and closes the event file."""
-        self._writer.close()
+        """Flushes and closes the event file (if a record created it)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def __enter__(self) -> TensorBoardLogger:
         return self

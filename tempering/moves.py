@@ -119,6 +119,11 @@ class ExchangeMoveInfo(NamedTuple):
     c: jax.Array  # shape=(), float32, the C this round used
     temperatures: jax.Array  # shape=(M,), the ladder after the round
 
+    # for tempering.loggers: no field is per replica (their rungs are the
+    # record's); the temperatures are per rung
+    per_replica_fields = ()
+    per_rung_fields = ("temperatures",)
+
 
 @struct.dataclass
 class ExchangeMove:

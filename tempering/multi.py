@@ -79,6 +79,9 @@ class MultiExchangeInfo(NamedTuple):
     c: jax.Array  # shape=(K,), float32; C of every ladder this round
     rungs: jax.Array  # shape=(K, M), int32; rungs on every ladder after the round
 
+    # for tempering.loggers: per pair, per ladder (c has K entries, not M)
+    per_replica_fields = ()
+
 
 @struct.dataclass
 class MultiExchangeMove:

@@ -108,6 +108,9 @@ class PBTInfo(NamedTuple):
     resampled: dict[str, jax.Array]
     hyperparams: dict[str, jax.Array]  # name -> shape=(M,), float32; after explore
 
+    # for tempering.loggers (the hyperparameters are the record's own)
+    per_replica_fields = ("parent", "copied", "resampled")
+
 
 def num_truncated(num_replicas: int, fraction: float) -> int:
     """Replicas replaced by truncation selection: ``min(ceil(q M), M // 2)``."""

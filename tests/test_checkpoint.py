@@ -18,7 +18,7 @@ from conftest import CrashError, TinyMLP, crash_at, leaves_equal, refuse_unpickl
 
 import tempering as tp
 from tempering import driver
-from tempering.fingerprints import _describe_move
+from tempering.fingerprints import describe_move
 
 WORKER_PATH = Path(__file__).with_name("resume_worker.py")
 spec = importlib.util.spec_from_file_location("resume_worker", WORKER_PATH)
@@ -433,14 +433,14 @@ def test_a_move_is_described_alike_in_every_process():
     )
     first = tp.moves.as_move(_swap_move)
     again = tp.moves.as_move(namespace["_swap_move"])
-    assert _describe_move(first) == _describe_move(again)
-    assert "0x" not in _describe_move(first)
+    assert describe_move(first) == describe_move(again)
+    assert "0x" not in describe_move(first)
 
 
 def test_the_settings_of_nested_moves_are_in_the_fingerprint():
     ladder = tp.geometric_ladder("learning_rate", 0.02, 0.4, 2)
     described = {
-        name: _describe_move(tp.multi_exchange_move([ladder], **kwargs))
+        name: describe_move(tp.multi_exchange_move([ladder], **kwargs))
         for name, kwargs in {
             "default": {},
             "even_odd": {"scheme": "even_odd"},

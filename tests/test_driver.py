@@ -30,6 +30,7 @@ from flax import struct
 
 import tempering as tp
 from tempering import loggers
+from tempering.records import RoundRecord
 
 LR_LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2])
 SETTINGS = dict(num_steps=50, burn_in=5, batch_size=32)
@@ -862,3 +863,63 @@ def test_progress_in_a_notebook_without_ipywidgets_warns_nothing(
     err = capsys.readouterr().err
     assert "ExchangeMove" in err and "50/50" in err  # tqdm's text bar
     assert "IProgress" not in err
+
+
+def _record(move, num=3):
+    return RoundRecord(
+        round=0, step=10, train_loss=np.ones(num, np.float32), validation=None,
+        score=np.ones(num, np.float32), test=None, move=move, rungs=None,
+        hyperparams={}, diverged=np.zeros(num, bool),
+        restored_from=-np.ones(num, np.int32),
+    )  # fmt: skip
+
+
+@struct.dataclass
+class _DataclassInfo:
+    halved: np.ndarray
+
+
+def test_loggers_take_a_moves_info_of_any_kind(tmp_path):
+    # A dict info (the engine guide's HalveTheWorst) was dropped from
+    # TensorBoard, a dataclass info stopped the run in JsonlLogger.
+    halved = np.array([True, False, False])
+    for info in ({"halved": halved}, _DataclassInfo(halved)):
+        tags = {tag for tag, _, _ in loggers.record_scalars(_record(info))}
+        assert "move/halved" in tags
+        path = tmp_path / f"{type(info).__name__}.jsonl"
+        with loggers.JsonlLogger(path) as log:
+            log(_record(info))
+        assert json.loads(path.read_text())["move"] == {"halved": [True, False, False]}
+
+
+def test_loggers_label_an_exchanges_temperatures_by_rung():
+    # Its temperatures are per rung: they were written as replica_m.
+    info = tp.moves.ExchangeMoveInfo(
+        np.ones(2, bool), np.ones(2, bool), np.ones(2, np.float32),
+        np.ones(2, np.float32), np.float32(1.0), np.array([0.01, 0.1, 1.0], np.float32),
+    )  # fmt: skip
+    tags = {tag for tag, _, _ in loggers.record_scalars(_record(info))}
+    assert not any(tag.startswith("move/") for tag in tags)
+    rungs = list(loggers.record_rung_scalars(_record(info)))
+    assert [(tag, r) for tag, r, _ in rungs] == [
+        ("move/temperatures", r) for r in range(3)
+    ]
+    assert [v for _, _, v in rungs] == pytest.approx([0.01, 0.1, 1.0])
+    pbt_info = tp.pbt.PBTInfo(
+        np.array([0, 0, 2], np.int32),
+        np.array([False, True, False]),
+        {"learning_rate": np.array([False, True, False])},
+        {"learning_rate": np.ones(3, np.float32)},
+    )
+    tags = {tag for tag, _, _ in loggers.record_scalars(_record(pbt_info))}
+    assert {"move/parent", "move/copied", "move/resampled/learning_rate"} <= tags
+
+
+def test_loggers_create_no_file_before_their_first_record(tmp_path):
+    # Over several processes only process 0 gets records: the others left
+    # empty files (and TensorBoard event files) beside its logs.
+    loggers.JsonlLogger(tmp_path / "run.jsonl").close()
+    assert not (tmp_path / "run.jsonl").exists()
+    pytest.importorskip("tensorboardX")
+    loggers.TensorBoardLogger(tmp_path / "tb").close()
+    assert not (tmp_path / "tb").exists()

@@ -377,13 +377,19 @@ MISUSE_WORKER = (
         "nan_on_1": dict(train_data=(nan_on_1, y)),
         "eval_stream": dict(validation_data=validation_stream),
         "unshared": dict(checkpoint_dir=os.path.join(sys.argv[1], f"ck{me}")),
+        # each process its own state on its own devices (before: two runs,
+        # process 0's reported); another plan on process 1 (before: a hang)
+        "own_state": dict(devices=jax.local_devices(), state=tp.create_replicas(
+            jax.random.key(me), Net(), tp.sgd(0.05), x[:1], ladder=ladder)),
+        "own_plan": dict(burn_in=10 if me else 0),
     }
     for case, settings in cases.items():
         settings = {"key": jax.random.key(1), "train_data": (x, y),
-                    "validation_data": (x, y), **settings}
+                    "validation_data": (x, y), "state": state, **settings}
         try:
-            result = tp.pt_train(state, ladder, settings.pop("key"), num_steps=20,
-                                 exchange_interval=10, batch_size=16, **settings)
+            result = tp.pt_train(settings.pop("state"), ladder, settings.pop("key"),
+                                 num_steps=20, exchange_interval=10, batch_size=16,
+                                 **settings)
             outcome = f"ran: interrupted {result.summary.interrupted}"
         except Exception as error:
             outcome = f"{type(error).__name__}: {error}"
@@ -400,6 +406,14 @@ MISUSE_WORKER = (
                      move_state=first.move_state)
     print("RESULT " + json.dumps(dict(folder="continued", process=me,
                                       outcome=f"ran: step {int(again.state.step)}")))
+
+    from tempering import ensemble
+    grid = tp.pt_train(state, ladder, jax.random.key(1), exchanges=False,
+                       train_data=(x, y), validation_data=(x, y), num_steps=10,
+                       exchange_interval=5, batch_size=16, devices=jax.devices())
+    mean = ensemble.replicas_probabilities(grid.state, x[:64])
+    print("RESULT " + json.dumps(dict(folder="ensemble", process=me, outcome=(
+        f"ran: probabilities {mean.shape} summing to {mean.sum():.1f}"))))
 
     # process 0 cannot write a manifest (a full disk): every process raises
     import tempering.checkpoint as checkpoint
@@ -445,6 +459,13 @@ def test_misuse_over_processes_fails_alike_on_every_process(tmp_path):
         "unshared": r"ValueError: checkpoint_dir \S+ck[01] is not the same folder on "
         "every process: process 1 does not see the lock file process 0 wrote",
         "continued": "ran: step 20",
+        "own_state": r"ValueError: the argument differs between processes: "
+        r"argument\['state'\]\[0\]\['Dense_0'\]\['kernel'\] on process 1",
+        "own_plan": r"ValueError: the argument differs between processes: "
+        r"argument\['burn_in'\] on process 1",
+        # the grid's ensemble of a run split over processes (before: a
+        # RuntimeError reading the replicas' finite flags)
+        "ensemble": r"ran: probabilities \(64, 3\) summing to 64.0",
         # before: process 1 waited in the save's barrier until the timeout
         "full_disk": r"OSError: (\[Errno 28\] No space left on device|process 0 "
         r"could not write the manifest of \S+/10) \| carries state: True",
