@@ -59,7 +59,9 @@ class DivergenceError(FloatingPointError):
         self.history, self.state, self.move_state = history, state, move_state
 
 
-def attach(error: Exception, state: Any, move_state: Any, history: Any) -> Exception:
+def attach(
+    error: BaseException, state: Any, move_state: Any, history: Any
+) -> BaseException:
     """``error`` carrying the last finite ``state``, ``move_state`` and ``history``."""
     error.state, error.move_state, error.history = state, move_state, history  # type: ignore[attr-defined]
     return error

@@ -46,10 +46,9 @@ def record_scalars(record: RoundRecord) -> Iterator[tuple[str, int, float]]:
     Tags: ``train_loss``, ``score``, ``rung`` (a move with rungs), ``val_loss``, ``val_<metric>``,
     ``test_loss``, ``test_<metric>``, ``hyperparams/<name>``, and the move's
     per-replica fields as ``move/<field>`` (a mapping's entries as
-    ``move/<field>/<key>``): those its info class lists as
-    ``per_replica_fields``, or, for an info that lists none, every field of
-    shape ``(M,)`` that is not in its ``per_rung_fields``
-    (:func:`record_rung_scalars`).
+    ``move/<field>/<key>``): those its info's ``per_replica_fields()`` lists,
+    or, for an info without that method, every field of shape ``(M,)`` that
+    its ``per_rung_fields()`` does not list (:func:`record_rung_scalars`).
     """
     num = len(record.score)
     per_replica: dict[str, Any]
@@ -64,8 +63,8 @@ def record_scalars(record: RoundRecord) -> Iterator[tuple[str, int, float]]:
                 per_replica[f"{prefix}_{name}"] = value
     for name, value in record.hyperparams.items():
         per_replica[f"hyperparams/{name}"] = value
-    listed = getattr(type(record.move), "per_replica_fields", None)
-    per_rung = getattr(type(record.move), "per_rung_fields", ())
+    listed = _declared(record.move, "per_replica_fields")
+    per_rung = _declared(record.move, "per_rung_fields") or ()
     for (field, *keys), value in _move_leaves(record.move).items():
         chosen = field in listed if listed is not None else field not in per_rung
         if chosen and isinstance(value, np.ndarray) and value.shape == (num,):
@@ -78,15 +77,21 @@ def record_scalars(record: RoundRecord) -> Iterator[tuple[str, int, float]]:
 def record_rung_scalars(record: RoundRecord) -> Iterator[tuple[str, int, float]]:
     """``(tag, rung, value)`` for the move's per-rung fields (``move/<field>``).
 
-    The fields its info class lists as ``per_rung_fields`` (the exchange's
+    The fields its info's ``per_rung_fields()`` lists (the exchange's
     ``temperatures``), one value per rung of the ladder.
     """
-    per_rung = getattr(type(record.move), "per_rung_fields", ())
+    per_rung = _declared(record.move, "per_rung_fields") or ()
     for (field, *keys), value in _move_leaves(record.move).items():
         if field in per_rung and isinstance(value, np.ndarray) and value.ndim == 1:
             tag = "/".join(("move", field, *keys))
             for rung, item in enumerate(value):
                 yield tag, rung, float(item)
+
+
+def _declared(info: Any, name: str) -> tuple[str, ...] | None:
+    """The fields an info's method ``name()`` lists, or None without one."""
+    method = getattr(info, name, None)
+    return tuple(method()) if callable(method) else None
 
 
 def _fields(info: Any) -> dict[str, Any] | None:

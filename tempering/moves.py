@@ -119,10 +119,16 @@ class ExchangeMoveInfo(NamedTuple):
     c: jax.Array  # shape=(), float32, the C this round used
     temperatures: jax.Array  # shape=(M,), the ladder after the round
 
-    # for tempering.loggers: no field is per replica (their rungs are the
-    # record's); the temperatures are per rung
-    per_replica_fields = ()
-    per_rung_fields = ("temperatures",)
+    def per_replica_fields(self) -> tuple[str, ...]:
+        """What :mod:`tempering.loggers` writes per replica: nothing.
+
+        The rungs are the record's; the other fields are per pair or per rung.
+        """
+        return ()
+
+    def per_rung_fields(self) -> tuple[str, ...]:
+        """What :mod:`tempering.loggers` writes per rung: the temperatures."""
+        return ("temperatures",)
 
 
 @struct.dataclass

@@ -79,8 +79,12 @@ class MultiExchangeInfo(NamedTuple):
     c: jax.Array  # shape=(K,), float32; C of every ladder this round
     rungs: jax.Array  # shape=(K, M), int32; rungs on every ladder after the round
 
-    # for tempering.loggers: per pair, per ladder (c has K entries, not M)
-    per_replica_fields = ()
+    def per_replica_fields(self) -> tuple[str, ...]:
+        """What :mod:`tempering.loggers` writes per replica: nothing.
+
+        Its fields are per pair or per ladder (``c`` has K entries, not M).
+        """
+        return ()
 
 
 @struct.dataclass

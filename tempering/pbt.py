@@ -108,8 +108,12 @@ class PBTInfo(NamedTuple):
     resampled: dict[str, jax.Array]
     hyperparams: dict[str, jax.Array]  # name -> shape=(M,), float32; after explore
 
-    # for tempering.loggers (the hyperparameters are the record's own)
-    per_replica_fields = ("parent", "copied", "resampled")
+    def per_replica_fields(self) -> tuple[str, ...]:
+        """What :mod:`tempering.loggers` writes per replica.
+
+        The hyperparameters after explore are the record's own.
+        """
+        return ("parent", "copied", "resampled")
 
 
 def num_truncated(num_replicas: int, fraction: float) -> int:

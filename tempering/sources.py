@@ -417,7 +417,7 @@ def prepare_sources(
 
 def _check_score_fn(score_fn: Any, metric_names: list[str], num: int) -> None:
     """A ValueError unless ``score_fn`` gives one score per replica (traced)."""
-    column = jax.ShapeDtypeStruct((num,), jnp.float32)
+    column: Any = jax.ShapeDtypeStruct((num,), jnp.float32)  # traced, not computed
     metrics = EvalMetrics(loss=column, metrics=dict.fromkeys(metric_names, column))
     try:
         scores = jax.eval_shape(lambda m: jnp.asarray(score_fn(m)), metrics)

@@ -378,14 +378,15 @@ def evaluate(
             "cross-entropy, or pass loss_fn= to create_replicas"
         ) from error
     check_per_example(shapes, "evaluate")
-    settings = dict(
-        batch_size=int(batch_size), metrics_fn=metrics_fn, vectorize=vectorize
-    )
+    run: Any = _jitted_evaluate_arrays
     try:
         hash(metrics_fn)
     except TypeError:  # static arguments of a jit are hashed: evaluated op by op
-        return _evaluate_arrays(state, inputs, targets, **settings)
-    return _jitted_evaluate_arrays(state, inputs, targets, **settings)
+        run = _evaluate_arrays
+    return run(
+        state, inputs, targets,
+        batch_size=int(batch_size), metrics_fn=metrics_fn, vectorize=vectorize,
+    )  # fmt: skip
 
 
 def _evaluate_arrays(
