@@ -101,12 +101,17 @@ def passes_train_kwarg(train_kwarg: str | None, names: set[str], var_kw: bool) -
     return train_kwarg in names or (var_kw and train_kwarg != DEFAULT_TRAIN_KWARG)
 
 
-def _is_nnx_module(model: Any) -> bool:
+def _nnx() -> Any:
     try:
         from flax import nnx
     except ImportError:  # pragma: no cover - flax without nnx
-        return False
-    return isinstance(model, nnx.Module)
+        return None
+    return nnx
+
+
+def _is_nnx_module(model: Any) -> bool:
+    nnx = _nnx()
+    return nnx is not None and isinstance(model, nnx.Module)
 
 
 def _is_equinox_model(model: Any) -> bool:
@@ -178,11 +183,8 @@ def _module_class(build: Any) -> type | None:
 
 
 def _is_nnx_class(cls: type) -> bool:
-    try:
-        from flax import nnx
-    except ImportError:  # pragma: no cover - flax without nnx
-        return False
-    return issubclass(cls, nnx.Module)
+    nnx = _nnx()
+    return nnx is not None and issubclass(cls, nnx.Module)
 
 
 def _is_module_class(cls: type) -> bool:
