@@ -1001,6 +1001,10 @@ def eqx_linear(din, key):
     return eqx.nn.Linear(din, 3, key=key)
 
 
+def eqx_seeded(*, seed):  # a keyword-only key of another name
+    return eqx.nn.Linear(16, 3, key=seed)
+
+
 @pytest.mark.parametrize(
     "build",
     [
@@ -1009,9 +1013,11 @@ def eqx_linear(din, key):
         functools.partial(eqx.nn.MLP, 16, 3, 8, 1),
         functools.partial(eqx.nn.Linear, 16, 3),
         functools.partial(eqx_linear, din=16),
+        eqx_seeded,
     ],
-    ids=["nnx-class", "nnx-partial", "eqx-mlp-partial", "eqx-partial", "by-keyword"],
-)
+    ids=["nnx-class", "nnx-partial", "eqx-mlp-partial", "eqx-partial", "by-keyword",
+         "keyword-only"],
+)  # fmt: skip
 def test_a_builder_taking_its_key_after_defaults_or_by_keyword_builds(build):
     """Before, only a first parameter was looked at: refused."""
     state = tp.create_replicas(jax.random.key(0), build, tp.sgd(0.1), TRAIN[0][:2],

@@ -298,6 +298,8 @@ def by_keyword(build: Any) -> Any:
         return build
     key = _key_parameter(params)
     _check_only_the_key_required(build, params, key)
+    if key is None and params and params[0].kind is _KEYWORD:
+        key = params[0]  # a keyword-only first parameter of another name
     if key is None or key.kind is _POSITIONAL:
         return build
     before = params[: params.index(key)]
