@@ -44,7 +44,7 @@ from tempering import divergence, fingerprints, resume, sharding
 from tempering._caller import warn
 from tempering._quick_jit import quick_jit
 from tempering.config import Rounds, RunConfig, RunData, ScoreFn
-from tempering.hyperparams import set_hyperparams
+from tempering.hyperparams import check_names, set_hyperparams
 from tempering.loops import SegmentSettings, loop_for, run_evaluate, run_segment
 from tempering.moves import as_move, rungs_of
 from tempering.records import History, RecordRows, RoundRecord
@@ -372,7 +372,8 @@ def train(
         _check_move_state(move, state, move_state)
         sharding.check_same_on_processes({"move_state": move_state}, "argument")
     if config.burn_in_hyperparams:
-        set_hyperparams(state, **config.burn_in_hyperparams)  # validates the names
+        check_names(state, list(config.burn_in_hyperparams), "burn_in_hyperparams")
+        set_hyperparams(state, **config.burn_in_hyperparams)  # validates the values
     devices = config.devices
     if devices is None:
         devices = sharding.default_devices(state)

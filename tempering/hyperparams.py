@@ -147,7 +147,9 @@ def check_values(name: str, values: Any, where: str = "") -> np.ndarray:
         )
     if name in INTEGER_HYPERPARAMETERS and not np.all(array == np.round(array)):
         raise ValueError(
-            f"{label} must be whole numbers (examples per step), got {array.tolist()}"
+            f"{label} must be whole numbers (examples per step), got {array.tolist()}; "
+            "a spacing that falls between them needs the values themselves, e.g. "
+            "make_ladder(batch_size=[16, 32, 64, 128])"
         )
     limit = LIMITS.get(name)
     if limit is not None and np.any(array > limit):

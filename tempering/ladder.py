@@ -56,6 +56,7 @@ from flax import struct
 from numpy.typing import ArrayLike
 
 from tempering.hyperparams import (
+    INTEGER_HYPERPARAMETERS,
     check_names,
     check_number,
     check_values,
@@ -354,6 +355,9 @@ def _spaced_ladder(
             "hyperparameters, shared by every rung)"
         )
     values = spacing(check_number(low, "low"), check_number(high, "high"), num_rungs)
+    if name in INTEGER_HYPERPARAMETERS:  # geomspace(16, 128, 4) holds 32.00000000000001
+        whole = np.round(values)
+        values = np.where(np.isclose(values, whole, rtol=1e-9, atol=0.0), whole, values)
     return make_ladder(
         {name: values, **fixed},
         temperatures=temperatures,
@@ -485,7 +489,13 @@ def assign_rungs(state: ReplicaState, ladder: Ladder, rungs: ArrayLike) -> Repli
 
     Only hyperparameters move; weights, optimiser moments and BatchNorm
     statistics stay with their replica.
+
+    Raises:
+        TypeError: rungs that are not integers.
+        ValueError: rungs not of shape ``(M,)``, or (concrete ones) outside
+            ``0..num_rungs - 1``.
     """
+    _check_rung_indices(state, ladder, rungs)
     if any(isinstance(x, jax.core.Tracer) for x in (rungs, *ladder.values.values())):
         rungs = jnp.asarray(rungs, jnp.int32)
         values = {name: v[rungs] for name, v in ladder.values.items()}
@@ -493,6 +503,27 @@ def assign_rungs(state: ReplicaState, ladder: Ladder, rungs: ArrayLike) -> Repli
         rungs = np.asarray(rungs, np.int32)
         values = {name: np.asarray(v)[rungs] for name, v in ladder.values.items()}
     return set_hyperparams(state, **values)
+
+
+def _check_rung_indices(state: ReplicaState, ladder: Ladder, rungs: Any) -> None:
+    traced = isinstance(rungs, jax.core.Tracer)
+    dtype = jnp.result_type(rungs if traced else np.asarray(rungs))
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(
+            f"rungs must be integers (the rung of every replica), got dtype {dtype}"
+        )
+    if np.shape(rungs) != (state.num_replicas,):
+        raise ValueError(
+            f"rungs must hold one rung per replica, shape ({state.num_replicas},), "
+            f"got shape {np.shape(rungs)}"
+        )
+    if not traced:
+        indices = np.asarray(rungs)
+        if np.any((indices < 0) | (indices >= ladder.num_rungs)):
+            raise ValueError(
+                f"rungs must lie in 0..{ladder.num_rungs - 1} (the ladder's "
+                f"rungs), got {indices.tolist()}"
+            )
 
 
 def rungs_held(state: ReplicaState, ladder: Ladder) -> np.ndarray | None:

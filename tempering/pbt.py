@@ -76,6 +76,7 @@ from tempering.pbt_settings import SELECTIONS, PBTConfig, Prior, pbt_config
 from tempering.records import History, final_or_last, metric_of
 from tempering.sources import prepare_sources
 from tempering.state import MetricsFn, ReplicaState, check_key, default_metrics
+from tempering.training import warn_no_move
 
 __all__ = [
     "SELECTIONS",
@@ -526,6 +527,7 @@ def pbt_train(
         values = sample_prior(prior_key, config, state.num_replicas)
         state = set_hyperparams(state, **values)
     settings = _batch_for_explored_sizes(settings, config, state)
+    warn_no_move(state, settings, "exploit", "ready_interval", "independent training")
     run = train(state, key, move, data, settings)
     return PBTResult(run.state, run.history, pbt_summary(run))
 

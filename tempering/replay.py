@@ -233,7 +233,10 @@ def replay_schedule(
         test_data: optional held-out data.
         **settings: other :class:`tempering.RunConfig` fields (``batch_size``,
             ``vectorize``, ``callback``, ...); the schedule sets
-            ``num_steps`` and the rounds.
+            ``num_steps`` and the rounds. A schedule of ``batch_size`` values
+            steps on batches of the largest (each piece trains on its first
+            ``batch_size`` examples); pass ``batch_size=`` the PBT run's
+            explored upper bound to retrace its batches.
 
     Returns:
         :class:`ReplayResult`.
@@ -262,6 +265,8 @@ def replay_schedule(
     values = {n: jnp.asarray(v, jnp.float32) for n, v in schedule.values.items()}
     state = set_hyperparams(state, **{n: v[0] for n, v in schedule.values.items()})
     config = RunConfig(num_steps=ends[-1], interval=tuple(ends), **settings)
+    if "batch_size" in schedule.values:  # every piece's batch, not the first's
+        config = config.for_batch_sizes(schedule.values["batch_size"])
     data = RunData(train_data, validation_data, test_data)
     run = train(state, key, _NextPiece(values), data, config)
     history = run.history

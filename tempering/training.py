@@ -259,7 +259,7 @@ def pt_train(
             f"{config.interval}: explicit round ends are tempering.train's "
             "(with tempering.exchange_move)"
         )
-    _check_some_exchange(state, config)
+    warn_no_move(state, config, "exchange", "exchange_interval", "the grid's")
     adaptation = getattr(move_state, "adaptation", None)
     adapting = isinstance(adaptation, AdaptationState)
     # An adaptation that has seen no round yet (a call that ended in the
@@ -344,11 +344,20 @@ def _warn_fresh_adaptation(state: ReplicaState, move: Any) -> None:
         )
 
 
-def _check_some_exchange(state: ReplicaState, config: RunConfig) -> None:
-    """Warns when a fresh run's call ends before its first exchange.
+def warn_no_move(
+    state: ReplicaState, config: RunConfig, move: str, interval_name: str, result: str
+) -> None:
+    """Warns when a fresh run's call ends before its first move.
 
-    Its result is the grid's under PT's name (acceptance NaN), unless a later
-    call continues the run (a run split within its burn-in).
+    Its result is ``result`` (the grid's, under PT's name: acceptance NaN),
+    unless a later call continues the run (a run split within its burn-in).
+
+    Args:
+        state: the replicas the call starts from.
+        config: the call's settings.
+        move: what the rounds end with (``"exchange"``, ``"exploit"``).
+        interval_name: the caller's name of the interval.
+        result: what the call's result then is.
     """
     num_steps, interval, burn_in = (
         config.num_steps,
@@ -357,10 +366,10 @@ def _check_some_exchange(state: ReplicaState, config: RunConfig) -> None:
     )
     if int(state.step) == 0 and num_steps < burn_in + interval:
         warn(
-            f"num_steps={num_steps} ends before the first exchange (burn_in="
-            f"{burn_in} + exchange_interval={interval}): this call tries no swap "
-            "and its result is the grid's. Fine when a later call continues the "
-            "run; otherwise give more steps or a shorter exchange_interval",
+            f"num_steps={num_steps} ends before the first {move} (burn_in="
+            f"{burn_in} + {interval_name}={interval}): this call makes no {move} "
+            f"and its result is {result}. Fine when a later call continues the "
+            f"run; otherwise give more steps or a shorter {interval_name}",
             UserWarning,
         )
 

@@ -10,6 +10,7 @@ from conftest import (
     PROPERTY_SETTINGS,
     Case,
     T,
+    TinyMLP,
     V,
     bad_input_params,
     check_raises_before_compiling,
@@ -467,3 +468,30 @@ def test_a_value_float32_overflows_is_a_value_error_not_a_numpy_warning():
         warnings.simplefilter("error")  # the cast's RuntimeWarning came first
         with pytest.raises(ValueError, match="weight_decay"):
             tp.make_ladder(weight_decay=[0.0, 1e39], temperatures=[1.0, 2.0])
+
+
+def test_a_geometric_batch_size_ladder_of_powers_of_two_is_whole():
+    # geomspace gives 32.00000000000001: refused as "not whole" before
+    ladder = tp.geometric_ladder("batch_size", 16, 128, 4)
+    assert sorted(ladder.values["batch_size"].tolist()) == [16, 32, 64, 128]
+    with pytest.raises(ValueError, match="whole numbers .*make_ladder"):
+        tp.geometric_ladder("batch_size", 10, 1000, 4)  # 46.4...
+
+
+@pytest.mark.parametrize(
+    "rungs, error, match",
+    [
+        ([0.9, 1.9, 2.9, 3.0], TypeError, "rungs must be integers"),
+        ([-1, 0, 1, 2], ValueError, r"rungs must lie in 0..3"),
+        ([0, 1, 2], ValueError, r"one rung per replica, shape \(4,\)"),
+    ],
+)
+def test_assign_rungs_refuses_rungs_that_are_no_indices(rungs, error, match):
+    # They were truncated, wrapped to the hottest rung, or broadcast, silently.
+    ladder = tp.geometric_ladder("learning_rate", 0.01, 0.1, 4)
+    state = tp.create_replicas(
+        jax.random.key(0), TinyMLP(), tp.sgd(0.1), np.zeros((1, 5), np.float32),
+        ladder=ladder,
+    )  # fmt: skip
+    with pytest.raises(error, match=match):
+        tp.ladder.assign_rungs(state, ladder, rungs)

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 import tempering as tp
 from tempering import driver, pbt
 from tempering.pbt import pbt_step
+from tempering.replay import Schedule
 
 LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2, 0.3, 0.4])
 M = LADDER.num_rungs
@@ -517,6 +518,42 @@ def test_replay_schedule(state, blobs, tx):
         replay.state.learning_rate, schedule.values["learning_rate"][-1]
     )
     assert np.all(np.isfinite(replay.val_loss))
+
+
+def test_a_replayed_batch_size_schedule_trains_every_piece_at_its_size(tx, blobs):
+    """Each step's batch held the first piece's size: a later, larger
+    batch_size was cut to it, silently."""
+    (x, y), val = blobs
+    fresh = tp.create_replicas(
+        jax.random.key(9), TinyMLP(), tx, x[:4], num_replicas=2,
+        hyperparams={"batch_size": 4.0},
+    )  # fmt: skip
+
+    def replay(sizes):
+        schedule = Schedule(
+            starts=np.array([0, 5]), replicas=np.array([0, 0]), num_steps=10,
+            values={"batch_size": np.asarray(sizes, np.float32)},
+        )  # fmt: skip
+        return tp.replay_schedule(
+            fresh, jax.random.key(1), schedule, train_data=(x, y), validation_data=val
+        ).state.params
+
+    at_4, at_64 = replay([4.0, 4.0]), replay([4.0, 64.0])
+    assert not leaves_equal(at_4, at_64)
+    with pytest.raises(ValueError, match="batch_size=16 is smaller than .* 64"):
+        schedule = Schedule(
+            starts=np.array([0, 5]), replicas=np.array([0, 0]), num_steps=10,
+            values={"batch_size": np.asarray([4.0, 64.0], np.float32)},
+        )  # fmt: skip
+        tp.replay_schedule(fresh, jax.random.key(1), schedule, train_data=(x, y),
+                           validation_data=val, batch_size=16)  # fmt: skip
+
+
+def test_a_pbt_call_ending_before_its_first_exploit_warns(state, blobs):
+    with pytest.warns(
+        UserWarning, match="ends before the first exploit .*ready_interval"
+    ):
+        run(state, blobs, num_steps=10, burn_in=20)
 
 
 @pytest.mark.parametrize(
