@@ -276,7 +276,8 @@ class BatchReader:
             raise ValueError(
                 f"{self._name} differs between processes: batches {first} to "
                 f"{self.batches_read - 1} of the stream on process {differing[0]} "
-                "are not those of process 0. Over several processes every process "
+                "are not those of process 0 (or it refused one: its own error says "
+                "why). Over several processes every process "
                 "reads the whole stream and must yield the same batches (same "
                 "files, seed and order); per-process shards of a stream are not "
                 "supported"

@@ -368,7 +368,12 @@ def _run_stream_segment(state, key, reader, num_steps, settings, loop, start):
     done = 0
     while done < num_steps:
         count = min(STREAM_CHUNK, num_steps - done)
-        batches = reader.take(count)
+        try:
+            batches = reader.take(count)
+        except Exception as error:
+            if jax.process_count() > 1:
+                _raise_on_every_process(reader, error)
+            raise
         if loop == "device":
             xs, ys = _stacked(batches, STREAM_CHUNK)
             state, mean = _device_stream_segment(
@@ -386,6 +391,22 @@ def _run_stream_segment(state, key, reader, num_steps, settings, loop, start):
         done += count
     reader.check_same_on_processes()
     return state, loss_sum / max(num_steps, 1)
+
+
+def _raise_on_every_process(reader: BatchReader, error: Exception) -> None:
+    """A batch refused on some processes ends the segment on every process.
+
+    The processes that refused it skip the rest of the segment to its check
+    of the stream, a collective: there the others, which read other batches,
+    fail naming the first process that differs (they would otherwise wait
+    for it in the round's collectives until a timeout), and these raise
+    their own error. A batch refused on every process raises there alike.
+    """
+    try:
+        reader.check_same_on_processes()
+    except ValueError:
+        raise error from None
+    raise error
 
 
 # --- evaluation ---------------------------------------------------------------

@@ -382,6 +382,11 @@ MISUSE_WORKER = (
         "own_state": dict(devices=jax.local_devices(), state=tp.create_replicas(
             jax.random.key(me), Net(), tp.sgd(0.05), x[:1], ladder=ladder)),
         "own_plan": dict(burn_in=10 if me else 0),
+        # a streamed batch refused on process 1 only (before: process 0 waited
+        # for it in the round's collective until JAX's timeout)
+        "nan_batch_on_1": dict(train_data=(
+            (x[16 * (i % 4):][:16] * (np.nan if me == 1 and i == 3 else 1.0),
+             y[16 * (i % 4):][:16]) for i in range(100))),
     }
     for case, settings in cases.items():
         settings = {"key": jax.random.key(1), "train_data": (x, y),
@@ -463,6 +468,9 @@ def test_misuse_over_processes_fails_alike_on_every_process(tmp_path):
         r"argument\['state'\]\[0\]\['Dense_0'\]\['kernel'\] on process 1",
         "own_plan": r"ValueError: the argument differs between processes: "
         r"argument\['burn_in'\] on process 1",
+        "nan_batch_on_1": r"(ValueError: train_data differs between processes: "
+        r"batches 0 to \d+ of the stream on process 1|BatchError: train_data "
+        r"batch 3 \(counting from 0\) is refused)",
         # the grid's ensemble of a run split over processes (before: a
         # RuntimeError reading the replicas' finite flags)
         "ensemble": r"ran: probabilities \(64, 3\) summing to 64.0",
