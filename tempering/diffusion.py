@@ -46,7 +46,7 @@ from tempering.config import RunConfig, RunData
 from tempering.driver import check_not_traced, train
 from tempering.hyperparams import set_hyperparams
 from tempering.moves import identity_move
-from tempering.state import ReplicaState
+from tempering.state import ReplicaState, as_float_if_int
 
 __all__ = [
     "DiffusionResult",
@@ -122,7 +122,8 @@ def l2_sgd(
         )
 
     return optax.inject_hyperparams(factory, hyperparam_dtype=jnp.float32)(
-        learning_rate=learning_rate, weight_decay=weight_decay
+        learning_rate=as_float_if_int(learning_rate),
+        weight_decay=as_float_if_int(weight_decay),  # an int would be injected int32
     )
 
 

@@ -25,7 +25,7 @@ any other name only needs to be finite.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
@@ -115,6 +115,15 @@ def check_number(value: Any, name: str) -> float:
         raise TypeError(f"{name} must be a number, got {value!r}") from None
 
 
+def _all_numbers(values: Any) -> bool:
+    """Whether every element of a nested sequence is a number (no string)."""
+    if isinstance(values, str | bytes):
+        return False
+    if isinstance(values, list | tuple | np.ndarray):
+        return all(_all_numbers(v) for v in values)
+    return isinstance(values, int | float | np.number)
+
+
 def check_values(name: str, values: Any, where: str = "") -> np.ndarray:
     """Validates values of a hyperparameter (finite, :data:`RANGES`, :data:`LIMITS`).
 
@@ -124,7 +133,8 @@ def check_values(name: str, values: Any, where: str = "") -> np.ndarray:
         where: what the values are, for the message (e.g. ``"the ladder"``).
 
     Returns:
-        The values as a float64 numpy array.
+        The values as a float64 numpy array (checked as given, and rounded
+        to float32 as the replicas hold them).
 
     Raises:
         TypeError: values that are not numbers (bools included).
@@ -132,12 +142,27 @@ def check_values(name: str, values: Any, where: str = "") -> np.ndarray:
             above the limit.
     """
     label = f"{name} in {where}" if where else name
-    if np.asarray(values).dtype == np.bool_:
+    kind = np.asarray(values).dtype.kind
+    if kind == "b":
         raise TypeError(f"{label} must be numbers, not bools, got {values!r}")
+    if kind in "USO" and not _all_numbers(values):  # "0.1" would parse
+        raise TypeError(f"{label} must be numbers, got {values!r}")
     try:
         array = np.asarray(values, np.float64)
     except (TypeError, ValueError):
         raise TypeError(f"{label} must be numbers, got {values!r}") from None
+    _check_range(name, array, label)
+    with np.errstate(over="ignore"):  # an overflow is refused below, by name
+        held = array.astype(np.float32).astype(np.float64)
+    if not np.array_equal(held, array):  # 0.99999999 is 1.0 in float32
+        _check_range(
+            name, held, f"{label}, rounded to float32 as the replicas hold them"
+        )
+    return array
+
+
+def _check_range(name: str, array: np.ndarray, label: str) -> None:
+    """:func:`check_values`' ValueErrors for float64 values ``array``."""
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{label} has non-finite values {array.tolist()}")
     allowed = RANGES.get(name)
@@ -158,7 +183,6 @@ def check_values(name: str, values: Any, where: str = "") -> np.ndarray:
             f"tempering.hyperparams.LIMITS[{name!r}] if you mean it), got "
             f"{array.tolist()}"
         )
-    return array
 
 
 def _injected_key(path: tuple) -> str | None:
@@ -306,7 +330,7 @@ def get_hyperparams(
     if isinstance(names, str):
         names = (names,)
     elif not (
-        isinstance(names, Sequence | set | frozenset)
+        isinstance(names, Collection)  # a list, a set, dict.keys()
         and all(isinstance(n, str) for n in names)
     ):
         raise TypeError(

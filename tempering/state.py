@@ -188,10 +188,20 @@ def sgd(
         under, so a notebook cell run again (a new ``tp.sgd(0.05)``) finds the
         programs the last run compiled instead of compiling them anew.
     """
+    # optax injects an int as an int32 (no float hyperparameter to ladder), and
+    # the cache would take tp.sgd(1.0) for an earlier tp.sgd(1)
+    learning_rate = as_float_if_int(learning_rate)
     try:
         return _cached_sgd(learning_rate, momentum, nesterov, weight_decay)
     except TypeError:  # an unhashable argument (an array): built afresh
         return _sgd(learning_rate, momentum, nesterov, weight_decay)
+
+
+def as_float_if_int(value: Any) -> Any:
+    """A Python or numpy integer as a float (bools and the rest unchanged)."""
+    if isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_):
+        return float(value)
+    return value
 
 
 def _sgd(learning_rate, momentum, nesterov, weight_decay):
@@ -534,7 +544,10 @@ def create_replicas(
             per-replica value. ``"auto"`` (default): ``("dropout_rate",)`` when
             the model has that keyword, else none.
         same_init: if True every replica starts from the same weights; by
-            default each draws its own (independent chains).
+            default each draws its own (independent chains). The optimiser
+            state is ``tx.init`` of each replica's weights: randomness an
+            optimiser keeps there (``optax.noisy_sgd``'s key) starts alike
+            in every replica.
         train_kwarg: name of the model call's train-mode keyword, or None
             (linen: required unless None; nnx and Equinox: passed when the call
             takes it, besides their own train/eval switch).
@@ -577,6 +590,14 @@ def create_replicas(
         for name in injected_names(opt_state)
         if name not in scheduled
     }
+    for name, value in values.items():
+        if np.ndim(value) != 1:  # (M,): one number per replica
+            raise ValueError(
+                f"tx injects {name} as an array of shape {np.shape(value)[1:]}, "
+                "but a hyperparameter the replicas hold is one number each: give "
+                f"{name} a scalar, or keep it out of the injection "
+                "(optax.inject_hyperparams(..., static_args=...))"
+            )
     for name, value in values.items():  # tx's own values: ranges and typos too
         if name not in given and (ladder is None or name not in ladder.values):
             check_values(name, value, "tx")
@@ -770,6 +791,14 @@ def _check_one_value_per_name(opt_state: Any) -> None:
     for name, leaves in injected_leaves(opt_state).items():
         if len(leaves) < 2:  # the usual case: nothing to compare, nothing read
             continue
+        dtypes = sorted({str(np.asarray(leaf).dtype) for leaf in leaves})
+        if len({np.dtype(d).kind for d in dtypes}) > 1:
+            raise ValueError(
+                f"tx injects {name} {len(leaves)} times with dtypes {dtypes} (e.g. "
+                f"{name}=0 in one optimiser and {name}=0.0 in another): the "
+                "replicas' float values would be truncated in the integer copy. "
+                f"Write {name} as a float in every optimiser (e.g. {name}=0.0)"
+            )
         first = np.asarray(leaves[0])
         if any(not np.array_equal(np.asarray(leaf), first) for leaf in leaves[1:]):
             values = sorted({float(np.asarray(leaf).ravel()[0]) for leaf in leaves})

@@ -11,12 +11,14 @@ from conftest import (
     Case,
     PlainNet,
     T,
+    TinyMLP,
     V,
     bad_input_params,
     check_raises_before_compiling,
 )
 
 import tempering as tp
+import tempering.diffusion
 
 # --- bad inputs (issue 17): raised before anything compiles ----------------------
 # The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
@@ -64,3 +66,82 @@ def test_a_name_injected_twice_with_different_values_is_refused():
     state = tp.create_replicas(jax.random.key(0), PlainNet(), two_groups(0.1), x,
                                num_replicas=2)  # fmt: skip
     np.testing.assert_allclose(state.hyperparams["learning_rate"], [0.1, 0.1])
+
+
+@pytest.mark.parametrize(
+    "name, value, error, match",
+    [
+        (
+            "dropout_rate",
+            0.99999999,
+            ValueError,
+            r"rounded to float32 .*\[0, 1\), got 1.0",
+        ),
+        ("b2", [0.999, 0.99999999], ValueError, r"rounded to float32 .*\[0, 1\)"),
+        (
+            "learning_rate",
+            1e-46,
+            ValueError,
+            r"rounded to float32 .*\(0, inf\), got 0.0",
+        ),
+        ("learning_rate", "0.1", TypeError, "must be numbers"),
+        ("learning_rate", [0.1, "0.2"], TypeError, "must be numbers"),
+    ],
+)
+def test_values_are_checked_as_the_replicas_hold_them(name, value, error, match):
+    # 0.99999999 passed in float64 and was stored as 1.0 in float32 (a NaN
+    # step); a string parsed as a number
+    with pytest.raises(error, match=match):
+        tp.hyperparams.check_values(name, value)
+
+
+def _labels(params):
+    return {k: jax.tree.map(lambda _, k=k: k, v) for k, v in params.items()}
+
+
+def test_an_optimiser_injecting_a_name_as_float_and_as_int_is_refused():
+    # the laddered momentum was truncated to 0 in the int32 copy, silently
+    tx = optax.multi_transform(
+        {
+            "Dense_0": optax.inject_hyperparams(optax.sgd)(
+                learning_rate=0.1, momentum=0.0
+            ),
+            "Dense_1": optax.inject_hyperparams(optax.sgd)(
+                learning_rate=0.1, momentum=0
+            ),
+        },
+        _labels,
+    )
+    with pytest.raises(
+        ValueError, match=r"momentum 2 times with dtypes \['float32', 'int32'\]"
+    ):
+        tp.create_replicas(jax.random.key(0), TinyMLP(), tx, np.zeros((1, 5), np.float32),
+                           num_replicas=2)  # fmt: skip
+
+
+def test_an_array_valued_injected_hyperparameter_is_refused():
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=np.array([0.1, 0.1]))
+    with pytest.raises(
+        ValueError, match=r"injects learning_rate as an array of shape \(2,\)"
+    ):
+        tp.create_replicas(jax.random.key(0), TinyMLP(), tx, np.zeros((1, 5), np.float32),
+                           num_replicas=2)  # fmt: skip
+
+
+def test_integer_arguments_of_the_library_optimisers_inject_floats():
+    # tp.sgd(1) injected an int32 learning rate (no float to ladder), and the
+    # cache then returned it for tp.sgd(1.0)
+    params = {"w": np.zeros(2, np.float32)}
+    assert tp.sgd(1).init(params).hyperparams["learning_rate"].dtype == np.float32
+    assert tp.sgd(1.0).init(params).hyperparams["learning_rate"].dtype == np.float32
+    decay = tp.diffusion.l2_sgd(0.1, 0).init(params).hyperparams["weight_decay"]
+    assert decay.dtype == np.float32
+
+
+def test_get_hyperparams_takes_the_names_of_dict_keys():
+    state = tp.create_replicas(
+        jax.random.key(0), TinyMLP(), tp.sgd(0.1), np.zeros((1, 5), np.float32),
+        num_replicas=2,
+    )  # fmt: skip
+    got = tp.get_hyperparams(state, state.hyperparams.keys())
+    assert sorted(got) == sorted(state.hyperparams)
