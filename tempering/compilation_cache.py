@@ -37,7 +37,12 @@ CACHE_DIR_ENV = "TEMPERING_CACHE_DIR"
 def _default_directory() -> tuple[Path, str]:
     """The default folder and what named it (for error messages)."""
     override = os.environ.get(CACHE_DIR_ENV)
-    if override:
+    if override is not None:
+        if not override.strip():  # "" or " ": a folder named " ", silently
+            raise ValueError(
+                f"enable_compilation_cache: ${CACHE_DIR_ENV} is set but empty "
+                f"({override!r}): give it a folder, or unset it for the default"
+            )
         return Path(override), f"${CACHE_DIR_ENV}"
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".cache"

@@ -35,6 +35,7 @@ result = tp.pt_train(state, ladder, key, ..., devices=jax.devices())
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import socket
@@ -159,6 +160,10 @@ def launch(
             "num_processes and devices_per_process must be >= 1, got "
             f"{num_processes} and {devices_per_process}"
         )
+    if not (math.isfinite(timeout) and timeout > 0):  # nan would never time out
+        raise ValueError(
+            f"timeout must be a finite number of seconds > 0, got {timeout}"
+        )
     address = f"127.0.0.1:{free_port()}"
     base = {**os.environ, **(env or {})}
     base["JAX_PLATFORMS"] = "cpu"
@@ -276,9 +281,11 @@ def _died(code: int) -> str:
 
 
 def _end(p: subprocess.Popen) -> None:
-    """Ends a process the launcher started (its session), SIGTERM then SIGKILL."""
-    if p.poll() is not None:
-        return
+    """Ends a process the launcher started (its session), SIGTERM then SIGKILL.
+
+    Its process group too when it has exited itself: what it started (a data
+    loader's workers) would outlive the launch.
+    """
     try:
         os.killpg(p.pid, signal.SIGTERM)
         p.wait(5)
@@ -295,14 +302,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m tempering.launch",
         description="Runs a script as N JAX processes with K CPU devices each "
         "(the script calls tempering.launch.initialize() first).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("-n", "--num-processes", type=int, default=2)
-    parser.add_argument("--devices-per-process", type=int, default=1)
-    parser.add_argument("--timeout", type=float, default=3600.0)
-    parser.add_argument("--distributed-timeout", type=int, default=60)
-    parser.add_argument("script")
-    parser.add_argument("args", nargs=argparse.REMAINDER)
+    parser.add_argument(
+        "-n",
+        "--num-processes",
+        type=int,
+        default=2,
+        help="JAX processes to start (>= 1)",
+    )
+    parser.add_argument(
+        "--devices-per-process",
+        type=int,
+        default=1,
+        help="CPU devices each process sees (>= 1)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="seconds for the whole launch; past it every process is ended",
+    )
+    parser.add_argument(
+        "--distributed-timeout",
+        type=int,
+        default=60,
+        help="seconds the processes wait for each other "
+        "(jax.distributed's own timeout)",
+    )
+    parser.add_argument("script", help="the Python script every process runs")
+    parser.add_argument("args", nargs=argparse.REMAINDER,
+                        help="arguments passed on to the script")  # fmt: skip
     ns = parser.parse_args(argv)
+    for flag, value in (("-n/--num-processes", ns.num_processes),
+                        ("--devices-per-process", ns.devices_per_process),
+                        ("--distributed-timeout", ns.distributed_timeout)):  # fmt: skip
+        if value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
+    if not (math.isfinite(ns.timeout) and ns.timeout > 0):  # nan: never timed out
+        parser.error(
+            f"--timeout must be a finite number of seconds > 0, got {ns.timeout}"
+        )
     try:
         result = launch(
             ns.script, ns.num_processes, ns.devices_per_process, ns.args,

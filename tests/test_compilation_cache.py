@@ -222,6 +222,17 @@ def test_bad_input_raises_before_anything_changes(
     assert compiled == []
 
 
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_environment_variable_is_named(value, monkeypatch, compiled):
+    # "" fell back to the default folder, " " made a folder named " " here
+    before = _settings()
+    monkeypatch.setenv("TEMPERING_CACHE_DIR", value)
+    with pytest.raises(ValueError, match=r"\$TEMPERING_CACHE_DIR is set but empty"):
+        tp.enable_compilation_cache()
+    assert _settings() == before
+    assert compiled == []
+
+
 def test_bad_environment_variable_is_named(tmp_path, monkeypatch, compiled):
     before = _settings()
     monkeypatch.setenv("TEMPERING_CACHE_DIR", str(_file(tmp_path)))

@@ -16,12 +16,13 @@ import re
 import shutil
 import socket
 import textwrap
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from tempering.launch import LaunchError, launch
+from tempering.launch import LaunchError, launch, main
 
 pytestmark = pytest.mark.skipif(
     "jax_cpu_collectives_implementation" not in jax.config.values,
@@ -316,6 +317,55 @@ def test_the_launcher_ends_the_others(tmp_path):
         launch(script, 3, timeout=60)
     with pytest.raises(LaunchError, match=r"process 0 of 1 was still running"):
         launch(script, 1, timeout=1)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, never reaped here, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_launcher_ends_what_a_failed_process_started(tmp_path):
+    # The failed process's own children (a data loader's workers) outlived
+    # the launch: its group was signalled only while it ran.
+    script = tmp_path / "script.py"
+    pids = tmp_path / "pids"
+    script.write_text(
+        "import os, subprocess, sys, time\n"
+        "child = subprocess.Popen(['sleep', '120'])\n"
+        f"open({str(pids)!r} + os.environ['TEMPERING_PROCESS_ID'], 'w')"
+        ".write(str(child.pid))\n"
+        "if os.environ['TEMPERING_PROCESS_ID'] == '1':\n"
+        "    time.sleep(1)\n"
+        "    sys.exit(3)\n"
+        "time.sleep(120)\n"
+    )
+    with pytest.raises(LaunchError, match=r"process 1 of 2 exited with status 3"):
+        launch(script, 2, timeout=60)
+    children = [int((tmp_path / f"pids{rank}").read_text()) for rank in (0, 1)]
+    deadline = time.monotonic() + 10
+    while any(map(_alive, children)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, children))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-n", "0", "x.py"], "-n/--num-processes must be >= 1, got 0"),
+        (["--devices-per-process", "-1", "x.py"], "--devices-per-process must be >= 1"),
+        (["--timeout", "nan", "x.py"], "--timeout must be a finite number"),
+    ],
+)
+def test_the_launchers_command_line_refuses_bad_numbers(argv, message, capsys):
+    # -n 0 was a traceback, --timeout nan ran without a timeout
+    with pytest.raises(SystemExit) as ended:
+        main(argv)
+    assert ended.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 # A tiny PT run every process builds alike (after tempering.launch.initialize()).
