@@ -374,6 +374,13 @@ def train(
     if config.burn_in_hyperparams:
         check_names(state, list(config.burn_in_hyperparams), "burn_in_hyperparams")
         set_hyperparams(state, **config.burn_in_hyperparams)  # validates the values
+        if config.burn_in == 0:
+            warn(
+                "burn_in_hyperparams given with burn_in=0: no step trains at "
+                f"{sorted(config.burn_in_hyperparams)}; give burn_in= the steps "
+                "that should, or drop burn_in_hyperparams",
+                UserWarning,
+            )
     devices = config.devices
     if devices is None:
         devices = sharding.default_devices(state)

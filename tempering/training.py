@@ -260,6 +260,12 @@ def pt_train(
             "(with tempering.exchange_move)"
         )
     warn_no_move(state, config, "exchange", "exchange_interval", "the grid's")
+    if adapt_rounds is not None and not (isinstance(c, str) or adapt_ladder):
+        raise ValueError(
+            f"adapt_rounds={adapt_rounds!r} with a fixed c={c!r}: nothing adapts, "
+            "so it would be ignored. Give c='auto' (or adapt_ladder=True) to "
+            "adapt over adapt_rounds rounds, or drop adapt_rounds"
+        )
     adaptation = getattr(move_state, "adaptation", None)
     adapting = isinstance(adaptation, AdaptationState)
     # An adaptation that has seen no round yet (a call that ended in the

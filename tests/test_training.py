@@ -325,6 +325,7 @@ def nan_at(array: np.ndarray, index: tuple, value: float = NAN) -> np.ndarray:
 BAD_INPUTS = [
     # --- pt_train -------------------------------------------------------------
     Case("pt-exchanges-string", lambda c: pt(c, exchanges="False"), T, r"exchanges must be True or False"),
+    Case("pt-adapt-rounds-with-fixed-c", lambda c: pt(c, adapt_rounds=3), V, r"adapt_rounds=3 with a fixed c=1.0: nothing adapts"),
     Case("pt-nan-train-inputs", lambda c: pt(c, train_data=(nan_at(c.x, (3, 2)), c.y)), V, r"train_data inputs hold 1 non-finite"),
     Case("pt-nan-validation-inputs", lambda c: pt(c, validation_data=(nan_at(c.xv, (0, 0)), c.yv)), V, r"validation_data inputs hold 1 non-finite"),
     Case("pt-inf-test-inputs", lambda c: pt(c, test_data=(np.full_like(c.xv, INF), c.yv)), V, r"test_data inputs hold .* non-finite"),
@@ -390,6 +391,7 @@ def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
 WARNING_CASES = [
     Case("pt-exchange-interval-longer-than-run", lambda c: pt(c, exchange_interval=50), UserWarning, r"num_steps=20 ends before the first exchange.*exchange_interval=50"),
     Case("pt-burn-in-longer-than-run", lambda c: pt(c, burn_in=30), UserWarning, r"num_steps=20 ends before the first exchange \(burn_in=30"),
+    Case("pt-burn-in-values-without-burn-in", lambda c: pt(c, burn_in_hyperparams={"dropout_rate": 0.0}), UserWarning, r"burn_in_hyperparams given with burn_in=0: no step trains at \['dropout_rate'\]"),
 ]  # fmt: skip
 
 
