@@ -169,7 +169,8 @@ def pt_train(
         target_acceptance: the acceptance ``c="auto"`` aims at, in (0, 1).
         adapt_rounds: rounds of adaptation; default a quarter of the rounds
             this call completes (at least 1), or, continuing a run
-            (``move_state``), the adaptation's own.
+            (``move_state``), the adaptation's own. Only with ``c="auto"`` or
+            ``adapt_ladder=True`` (with a fixed C and ladder, a ValueError).
         adapt_ladder: also re-space the inner rungs during the adaptation so
             that adjacent pairs reject equally often (the ends stay; the final
             ladder is ``summary.ladder``, its history ``history.temperatures``);
