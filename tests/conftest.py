@@ -168,7 +168,7 @@ PROPERTY_SETTINGS = (
 
 # --- bad inputs (issue 17): the table's shared harness ------------------------------
 
-BAD_INPUTS_DOC = """No silent bad input (issue 17): a table of 285 bad inputs to the public API.
+BAD_INPUTS_DOC = """No silent bad input (issue 17): a table of 286 bad inputs to the public API.
 
 Each case makes one bad call (``create_replicas``, ``set_hyperparams``,
 ``get_hyperparams``, the ladders and hand-built ``Ladder``, ``exchange``,

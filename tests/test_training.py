@@ -326,6 +326,7 @@ BAD_INPUTS = [
     # --- pt_train -------------------------------------------------------------
     Case("pt-exchanges-string", lambda c: pt(c, exchanges="False"), T, r"exchanges must be True or False"),
     Case("pt-adapt-rounds-with-fixed-c", lambda c: pt(c, adapt_rounds=3), V, r"adapt_rounds=3 with a fixed c=1.0: nothing adapts"),
+    Case("pt-burn-in-values-typo", lambda c: pt(c, burn_in=5, burn_in_hyperparams={"learnig_rate": 0.1}), V, r"burn_in_hyperparams: unknown hyperparameter\(s\) \['learnig_rate'\]"),
     Case("pt-nan-train-inputs", lambda c: pt(c, train_data=(nan_at(c.x, (3, 2)), c.y)), V, r"train_data inputs hold 1 non-finite"),
     Case("pt-nan-validation-inputs", lambda c: pt(c, validation_data=(nan_at(c.xv, (0, 0)), c.yv)), V, r"validation_data inputs hold 1 non-finite"),
     Case("pt-inf-test-inputs", lambda c: pt(c, test_data=(np.full_like(c.xv, INF), c.yv)), V, r"test_data inputs hold .* non-finite"),
