@@ -52,6 +52,7 @@ from tempering.sources import (
     BatchError,
     RunSources,
     check_first_batch,
+    check_scores_shape,
     prepare_sources,
 )
 from tempering.sources import metric_names as metric_names_of
@@ -859,11 +860,7 @@ def _diverged_at_end(history, final, final_score, num: int) -> np.ndarray:
 def _scores(metrics: EvalMetrics, score_fn: ScoreFn | None, num: int) -> jax.Array:
     """What the moves compare: ``score_fn(metrics)``, by default the loss."""
     scores = metrics.loss if score_fn is None else jnp.asarray(score_fn(metrics))
-    if scores.shape != (num,):
-        raise ValueError(
-            f"score_fn must return one score per replica, shape ({num},), got "
-            f"shape {scores.shape}"
-        )
+    check_scores_shape(scores.shape, num)
     return scores
 
 

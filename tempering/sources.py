@@ -416,11 +416,17 @@ def prepare_sources(
 
 
 def _check_score_fn(score_fn: Any, metric_names: list[str], num: int) -> None:
-    """A ValueError unless ``score_fn`` gives one score per replica (traced)."""
+    """A ValueError unless ``score_fn`` gives one score per replica (traced).
+
+    The driver calls it on the metrics' values, not traced: one that needs
+    them (numpy, a Python branch on a value) is checked there, each round.
+    """
     column: Any = jax.ShapeDtypeStruct((num,), jnp.float32)  # traced, not computed
     metrics = EvalMetrics(loss=column, metrics=dict.fromkeys(metric_names, column))
     try:
         scores = jax.eval_shape(lambda m: jnp.asarray(score_fn(m)), metrics)
+    except jax.errors.JAXTypeError:  # needs concrete values: checked when called
+        return
     except Exception as error:  # noqa: BLE001 - re-raised with the fix
         raise ValueError(
             f"score_fn fails on the validation metrics ({type(error).__name__}: "
@@ -429,10 +435,15 @@ def _check_score_fn(score_fn: Any, metric_names: list[str], num: int) -> None:
             "returns a score per replica, lower is better, e.g. "
             "score_fn=lambda m: -m.metrics['accuracy']"
         ) from error
-    if scores.shape != (num,):
+    check_scores_shape(scores.shape, num)
+
+
+def check_scores_shape(shape: tuple[int, ...], num: int) -> None:
+    """A ValueError unless ``score_fn``'s scores have shape ``(num,)``."""
+    if shape != (num,):
         raise ValueError(
             f"score_fn must return one score per replica, shape ({num},), got "
-            f"shape {scores.shape}"
+            f"shape {shape}"
         )
 
 

@@ -923,3 +923,12 @@ def test_loggers_create_no_file_before_their_first_record(tmp_path):
     pytest.importorskip("tensorboardX")
     loggers.TensorBoardLogger(tmp_path / "tb").close()
     assert not (tmp_path / "tb").exists()
+
+
+def test_a_score_fn_that_needs_values_runs_and_is_checked_when_called(state, blobs):
+    # The driver calls score_fn on the metrics' values: the check before the
+    # first segment traces it, and refused numpy (or a branch on a value).
+    scored = pt(state, blobs, score_fn=lambda m: np.asarray(m.loss) * 2.0)
+    np.testing.assert_allclose(scored.history.score, 2.0 * scored.history.val_loss)
+    with pytest.raises(ValueError, match=r"one score per replica, shape \(4,\), got"):
+        pt(state, blobs, score_fn=lambda m: np.asarray(m.loss)[:2])
