@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tempering.hyperparams import check_number
+from tempering.hyperparams import check_number, dtype_of
 from tempering.state import check_key
 
 __all__ = [
@@ -78,7 +78,7 @@ def _check_concrete(rungs: Any, losses: Any, betas: Any, c: Any, parity: Any) ->
     def concrete(x: Any) -> bool:
         return not isinstance(x, jax.core.Tracer)
 
-    rungs_dtype = jnp.result_type(rungs if not concrete(rungs) else np.asarray(rungs))
+    rungs_dtype = dtype_of(rungs)
     if not jnp.issubdtype(rungs_dtype, jnp.integer):
         raise TypeError(
             "rungs must be integers (the rung of every replica, a permutation of "
@@ -98,9 +98,7 @@ def _check_concrete(rungs: Any, losses: Any, betas: Any, c: Any, parity: Any) ->
             )
     if np.ndim(c) != 0 and not isinstance(c, str):
         raise ValueError(f"c must be one number, got shape {np.shape(c)}")
-    parity_dtype = jnp.result_type(
-        parity if not concrete(parity) else np.asarray(parity)
-    )
+    parity_dtype = dtype_of(parity)
     if (
         np.ndim(parity) != 0
         or not jnp.issubdtype(parity_dtype, jnp.integer)

@@ -101,6 +101,16 @@ INTEGER_HYPERPARAMETERS = ("batch_size",)  # whole numbers only
 LIMITS: dict[str, float] = {"learning_rate": 10.0}
 
 
+def dtype_of(value: Any) -> Any:
+    """``value``'s dtype, traced or not, without reading an array's values.
+
+    A list or a Python number is read through numpy (``jnp.result_type``
+    takes no list, and warns of a numpy int64 it would truncate).
+    """
+    dtype = getattr(value, "dtype", None)
+    return np.asarray(value).dtype if dtype is None else dtype
+
+
 def check_number(value: Any, name: str) -> float:
     """``value`` as a float; bools, strings, complex numbers and arrays are refused by name."""
     if (

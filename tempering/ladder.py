@@ -60,6 +60,7 @@ from tempering.hyperparams import (
     check_names,
     check_number,
     check_values,
+    dtype_of,
     set_hyperparams,
 )
 from tempering.temperatures import (
@@ -503,8 +504,7 @@ def assign_rungs(state: ReplicaState, ladder: Ladder, rungs: ArrayLike) -> Repli
 
 
 def _check_rung_indices(state: ReplicaState, ladder: Ladder, rungs: Any) -> None:
-    traced = isinstance(rungs, jax.core.Tracer)
-    dtype = jnp.result_type(rungs if traced else np.asarray(rungs))
+    dtype = dtype_of(rungs)
     if not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(
             f"rungs must be integers (the rung of every replica), got dtype {dtype}"
@@ -514,7 +514,7 @@ def _check_rung_indices(state: ReplicaState, ladder: Ladder, rungs: Any) -> None
             f"rungs must hold one rung per replica, shape ({state.num_replicas},), "
             f"got shape {np.shape(rungs)}"
         )
-    if not traced:
+    if not isinstance(rungs, jax.core.Tracer):
         indices = np.asarray(rungs)
         if np.any((indices < 0) | (indices >= ladder.num_rungs)):
             raise ValueError(

@@ -59,6 +59,7 @@ from tempering.adaptation import (
     init_adaptation,
 )
 from tempering.exchange import SCHEMES, check_c, exchange, pair_log_ratios
+from tempering.hyperparams import dtype_of
 from tempering.ladder import Ladder, as_ladder, assign_rungs, rungs_held
 from tempering.sharding import to_host
 from tempering.state import ReplicaState
@@ -318,13 +319,8 @@ def _check_scores_and_round(scores: Any, round_index: Any, num: int) -> None:
             f"scores must hold one validation loss per replica, shape ({num},), got "
             f"shape {np.shape(scores)}"
         )
-    index = (
-        round_index
-        if isinstance(round_index, jax.core.Tracer)
-        else np.asarray(round_index)
-    )
     if np.ndim(round_index) != 0 or not jnp.issubdtype(
-        jnp.result_type(index), jnp.integer
+        dtype_of(round_index), jnp.integer
     ):
         raise ValueError(
             "round_index must be an integer scalar (the round's number: even-odd "
