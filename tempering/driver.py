@@ -191,13 +191,17 @@ def _progress(total: int, enabled: bool | None, name: str):
     return tqdm(total=total, desc=name, unit="step", file=sys.stderr)
 
 
-def _run_alike(key: jax.Array, state: ReplicaState, move: Any, config: RunConfig):
+def _run_alike(
+    key: jax.Array, state: ReplicaState, move: Any, move_state: Any, config: RunConfig
+):
     """What every process of a ``jax.distributed`` run must pass alike.
 
-    The key and state (on a mesh of each process's own devices nothing else
-    compares them: each process would train its own replicas while process 0
-    reports), and the settings that fix the run's collectives (a process
-    with other steps or rounds would wait for the others until a timeout).
+    The key, state and move state (on a mesh of each process's own devices
+    nothing else compares them: each process would train its own replicas
+    while process 0 reports), and the settings that fix the run's
+    collectives (a process with other steps or rounds would wait for the
+    others until a timeout). Compared before any check one process alone
+    could fail.
     """
 
     def text(value: Any) -> np.ndarray:
@@ -213,6 +217,7 @@ def _run_alike(key: jax.Array, state: ReplicaState, move: Any, config: RunConfig
         "key": key,
         "state.step": np.int64(state.step),
         "state": (state.params, state.batch_stats, state.opt_state, state.hyperparams),
+        "move_state": move_state,
         **settings,
         "move": np.frombuffer(fingerprints.describe_move(move).encode(), np.uint8),
     }
@@ -359,7 +364,7 @@ def train(
     move = as_move(move)
     if jax.process_count() > 1:  # each would follow its own run, or wait for the others
         sharding.check_same_on_processes(
-            _run_alike(key, state, move, config), "argument"
+            _run_alike(key, state, move, move_state, config), "argument"
         )
     if data.validation is None and getattr(move, "compares_scores", False):
         raise TypeError(
@@ -371,7 +376,6 @@ def train(
         move_state = move.init(state)
     else:
         _check_move_state(move, state, move_state)
-        sharding.check_same_on_processes({"move_state": move_state}, "argument")
     if config.burn_in_hyperparams:
         check_names(state, list(config.burn_in_hyperparams), "burn_in_hyperparams")
         set_hyperparams(state, **config.burn_in_hyperparams)  # validates the values
