@@ -440,10 +440,13 @@ def barrier(history: History, scheme: str | None = None) -> Barrier:
             :func:`tempering.exchange_move`,
             :func:`tempering.multi_exchange_move`).
         scheme: ``"even_odd"`` or ``"random_pair"``, the exchange's scheme;
-            None (default) reads it from the proposals: even-odd when every
+            None (default): the history's own (``History.scheme``, which
+            :func:`tempering.pt_train` records), else, for a history without
+            one (built by hand), read from the proposals: even-odd when every
             round proposed exactly the pairs of the round's parity, random
-            pair when every round proposed at most one pair, else even-odd.
-            :func:`tempering.pt_train`'s summary passes its own.
+            pair when every round proposed at most one pair, else even-odd
+            (with three rungs, a short random-pair history whose draws
+            alternated reads as even-odd).
 
     Returns:
         A :class:`Barrier`.
@@ -459,6 +462,8 @@ def barrier(history: History, scheme: str | None = None) -> Barrier:
         raise ValueError(f"scheme must be one of {_SCHEMES} or None, got {scheme!r}")
     exchanged = _exchanged_rounds(history)  # shape=(R,)
     raw = np.asarray(history.proposed, bool)[exchanged]  # shape=(R0, M - 1)
+    if scheme is None:
+        scheme = getattr(history, "scheme", None)
     if scheme is None:  # from every proposal: a diverged replica's too
         scheme = _scheme_of(raw, np.asarray(history.round)[exchanged])
     proposed = raw & _between_finite(history)[exchanged]

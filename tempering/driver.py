@@ -943,6 +943,7 @@ def _stack(progress, state, move_state, run, final) -> History:
         first_step=run.first_step,
         burn_in=run.config.burn_in,
         num_steps=int(state.step),
+        scheme=getattr(run.move, "scheme", None),
     )
 
 

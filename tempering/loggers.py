@@ -23,7 +23,8 @@ import functools
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -159,6 +160,13 @@ class JsonlLogger:
     ``JSON.parse``: a non-finite value (a diverged replica's NaN or infinite
     loss) is written as ``null``; the record's ``diverged`` field says which
     replicas those are.
+
+    The file holds one line per round, in order. A run resumed from a
+    checkpoint repeats the rounds after it, which the stopped process may
+    have logged already: the lines of a round the run writes again (and any
+    after it, and a line cut short by the stop) are moved out of the file to
+    ``<path>.superseded`` (appended; nothing is deleted) before the round is
+    written, with a warning.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -169,10 +177,15 @@ class JsonlLogger:
         """
         self._path = os.fspath(path)
         self._file: Any = None
+        self._last_round: int | None = None  # of the file's last line
 
     def __call__(self, record: RoundRecord) -> None:
         """Writes one line; never stops the run."""
-        if self._file is None:
+        if self._file is None or (
+            self._last_round is not None and record.round <= self._last_round
+        ):
+            self.close()
+            self._last_round = _supersede_from(self._path, int(record.round))
             self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
         line = {
             "round": record.round,
@@ -191,6 +204,7 @@ class JsonlLogger:
         }  # fmt: skip
         self._file.write(json.dumps(_jsonable(line), allow_nan=False) + "\n")
         self._file.flush()
+        self._last_round = int(record.round)
 
     def close(self) -> None:
         """Closes the file (if a record opened it)."""
@@ -205,14 +219,65 @@ class JsonlLogger:
         self.close()
 
 
+def _line_round(line: str) -> int | None:
+    """The ``round`` of a JSON line, None for a line that is not one of ours."""
+    try:
+        value = json.loads(line)["round"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _last_round(rounds: Iterable[int | None]) -> int | None:
+    return max((r for r in rounds if r is not None), default=None)
+
+
+def _supersede_from(path: str, first_round: int) -> int | None:
+    """Moves ``path``'s lines from round ``first_round`` on to ``path.superseded``.
+
+    Lines that do not read as a round (cut short) go too. Returns the round of
+    the last line kept, None if none.
+    """
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = file.readlines()
+    except FileNotFoundError:
+        return None
+    rounds = [_line_round(line) for line in lines]
+    kept = [r is not None and r < first_round for r in rounds]
+    if all(kept):
+        return _last_round(rounds)
+    moved = [line if line.endswith("\n") else line + "\n"
+             for line, keep in zip(lines, kept, strict=True) if not keep]  # fmt: skip
+    with open(path + ".superseded", "a", encoding="utf-8") as file:
+        file.writelines(moved)
+    temporary = path + ".rewrite"
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.writelines(line for line, keep in zip(lines, kept, strict=True) if keep)
+    os.replace(temporary, path)
+    warnings.warn(
+        f"JsonlLogger: {path} held {len(moved)} line(s) of round {first_round} or "
+        "later (or cut short), which this run writes again (a resumed run "
+        "repeats the rounds after its last checkpoint); they were moved to "
+        f"{path}.superseded",
+        UserWarning,
+        stacklevel=3,
+    )
+    return _last_round(r for r, keep in zip(rounds, kept, strict=True) if keep)
+
+
 class TensorBoardLogger:
     """Writes every per-replica scalar of a round as TensorBoard events.
 
-    Needs ``tensorboardX`` (the ``tensorboard`` extra); no TensorFlow.
+    Needs ``tensorboardX`` (the ``tensorboard`` extra); no TensorFlow. A run
+    resumed from a checkpoint repeats the rounds after it: the writer is
+    created with ``purge_step`` at the first record's step (unless
+    ``writer_kwargs`` sets one), so TensorBoard hides the events a stopped
+    run wrote from that step on instead of drawing them twice.
     """
 
     def __init__(self, logdir: str | os.PathLike, **writer_kwargs: Any):
-        """Creates the event file writer under ``logdir``."""
+        """Creates the event file writer under ``logdir`` at the first record."""
         try:
             from tensorboardX import SummaryWriter
         except ImportError as error:
@@ -220,13 +285,15 @@ class TensorBoardLogger:
                 "TensorBoardLogger needs tensorboardX: pip install "
                 '"tempering[tensorboard]" (or use JsonlLogger)'
             ) from error
+        self._kwargs = writer_kwargs
         self._open = functools.partial(SummaryWriter, str(logdir), **writer_kwargs)
         self._writer: Any = None  # created at the first record (process 0's)
 
     def __call__(self, record: RoundRecord) -> None:
         """Writes the round's scalars at its global step; never stops the run."""
         if self._writer is None:
-            self._writer = self._open()
+            purge = {} if "purge_step" in self._kwargs else {"purge_step": record.step}
+            self._writer = self._open(**purge)
         for tag, m, value in record_scalars(record):
             self._writer.add_scalar(f"{tag}/replica_{m}", value, record.step)
         for tag, rung, value in record_rung_scalars(record):

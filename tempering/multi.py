@@ -103,6 +103,11 @@ class MultiExchangeMove:
         return any(move.enabled for move in self.moves)
 
     @property
+    def scheme(self) -> str:
+        """The exchange scheme of every ladder (``"even_odd"``, ``"random_pair"``)."""
+        return self.moves[0].scheme
+
+    @property
     def num_ladders(self) -> int:
         """Number of ladders K."""
         return len(self.moves)

@@ -68,6 +68,43 @@ def _axes(ax: Axes | None) -> Axes:
     return ax
 
 
+def _mark_unmeasured(ax: Axes, positions: np.ndarray, unmeasured: np.ndarray) -> None:
+    """Labels "n/a" the bars with no value (NaN), which would look like zeros."""
+    for position in positions[unmeasured]:
+        ax.text(position, 0.0, "n/a", ha="center", va="bottom", fontsize="small",
+                color="0.35")  # fmt: skip
+
+
+def _pair_names(unmeasured: np.ndarray) -> str:
+    """``"2-3"``, ``"0-1, 2-3"``: the adjacent pairs flagged in ``(M - 1,)``."""
+    return ", ".join(f"{r}-{r + 1}" for r in np.flatnonzero(unmeasured))
+
+
+def _as_shaped(
+    name: str, value: Any, shape: tuple[int | None, ...], dtype=None, why: str = ""
+) -> np.ndarray:
+    """``value`` as an array of ``shape`` (None: any length), else a ValueError."""
+    array = np.asarray(value, dtype)
+    if array.ndim != len(shape) or any(
+        want is not None and have != want
+        for have, want in zip(array.shape, shape, strict=True)
+    ):
+        expected = "(" + ", ".join("n" if n is None else str(n) for n in shape)
+        expected += ",)" if len(shape) == 1 else ")"
+        raise ValueError(
+            f"{name} must have shape {expected}{why}, got an array of shape "
+            f"{array.shape}"
+        )
+    return array
+
+
+def _check_labels(name: str, labels: Sequence[str] | None, count: int, of: str) -> None:
+    if labels is not None and len(labels) != count:
+        raise ValueError(
+            f"{name} must have one label per {of} ({count}), got {len(labels)}"
+        )
+
+
 def _default_replica(history: History) -> int:
     """The replica with the lowest final validation loss (else 0)."""
     if history.validation is None:
@@ -250,7 +287,7 @@ def plot_barrier(
         history: the history of :func:`tempering.pt_train`.
         ax: the Axes to draw on; a new figure's by default.
         scheme: the exchange's scheme (:func:`~tempering.diagnostics.barrier`);
-            None reads it from the proposals.
+            None: the history's (``History.scheme``).
 
     Returns:
         The Axes.
@@ -263,8 +300,10 @@ def plot_barrier(
     ax = _axes(ax)
     num_rungs = result.profile.shape[0]
     pairs = np.arange(num_rungs - 1) + 0.5
-    ax.bar(pairs, np.nan_to_num(result.local), width=0.6, alpha=0.45,
+    unmeasured = np.isnan(result.local)  # shape=(M - 1,)
+    ax.bar(pairs, np.where(unmeasured, 0.0, result.local), width=0.6, alpha=0.45,
            label="local barrier (rejection rate)")  # fmt: skip
+    _mark_unmeasured(ax, pairs, unmeasured)
     ax.plot(np.arange(num_rungs), result.profile, marker="o", color="black",
             label="profile (cumulative)")  # fmt: skip
     if num_rungs <= 16:
@@ -272,8 +311,13 @@ def plot_barrier(
     ax.set_xlabel("rung (0 = coldest)")
     ax.set_ylabel("barrier")
     ax.legend(fontsize="x-small", loc="upper left")
-    if result.suggested_rungs is None:
-        ax.set_title("communication barrier (a pair was never proposed)")
+    if not unmeasured.shape[0]:
+        ax.set_title("communication barrier (one rung: no pairs)")
+    elif result.suggested_rungs is None:
+        ax.set_title(
+            "communication barrier: no swap proposed between finite replicas "
+            f"for pair {_pair_names(unmeasured)} (n/a)"
+        )
     else:
         ax.set_title(
             rf"barrier $\hat\Lambda$ = {result.global_barrier:.2f} "
@@ -395,16 +439,34 @@ def plot_replica_paths(
 
     Returns:
         The Axes.
+
+    Raises:
+        ValueError: ``rungs`` not ``(R, M)`` for the ``M`` of ``initial_rungs``,
+            ``steps`` not ``(R,)``, ``best_replica`` not a replica, or
+            ``rung_labels`` not one per rung.
     """
-    ax = _axes(ax)
-    initial_rungs = np.asarray(initial_rungs)
+    initial_rungs = _as_shaped("initial_rungs", initial_rungs, (None,))
     num_replicas = initial_rungs.shape[0]
-    rows = np.asarray(rungs).reshape(-1, num_replicas)
+    rows = _as_shaped(
+        "rungs",
+        rungs,
+        (None, num_replicas),
+        why=(" (rounds x replicas, as many replicas as initial_rungs has)"),
+    )
+    if best_replica is not None and not 0 <= int(best_replica) < num_replicas:
+        raise ValueError(
+            f"best_replica must be a replica index in [0, {num_replicas}), got "
+            f"{best_replica!r}"
+        )
+    if steps is not None:
+        steps = _as_shaped("steps", steps, (rows.shape[0],), np.float64,
+                           why=" (one per round of rungs)")  # fmt: skip
+    _check_labels("rung_labels", rung_labels, num_replicas, "rung")
+    ax = _axes(ax)
     path = np.concatenate([initial_rungs[None], rows])
     if steps is None:
         x = np.arange(path.shape[0])
     else:
-        steps = np.asarray(steps, np.float64)
         first = steps[0] - (steps[1] - steps[0]) if steps.size >= 2 else 0.0
         x = np.concatenate([[first], steps])
     for m in range(num_replicas):
@@ -456,12 +518,29 @@ def plot_error_curves(
 
     Returns:
         The Axes.
+
+    Raises:
+        ValueError: ``steps`` not one-dimensional, a curve with more points
+            than ``steps`` or not one-dimensional, a ``std_by_label`` entry
+            not the shape of its curve.
     """
-    ax = _axes(ax)
-    x = np.asarray(steps, np.float64)
-    scale = 100.0 if percent else 1.0
+    x = _as_shaped("steps", steps, (None,), np.float64)
+    curves = {}
     for label, err in errors_by_label.items():
-        err = np.asarray(err, np.float64) * scale
+        err = _as_shaped(f"errors_by_label[{label!r}]", err, (None,), np.float64)
+        if err.shape[0] > x.shape[0]:
+            raise ValueError(
+                f"errors_by_label[{label!r}] has {err.shape[0]} points but steps "
+                f"only {x.shape[0]}: give one step per point (a shorter curve is "
+                "drawn over the first steps)"
+            )
+        if std_by_label is not None and label in std_by_label:
+            _as_shaped(f"std_by_label[{label!r}]", std_by_label[label], err.shape)
+        curves[label] = err
+    ax = _axes(ax)
+    scale = 100.0 if percent else 1.0
+    for label, err in curves.items():
+        err = err * scale
         strong = label in highlight
         (line,) = ax.plot(
             x[: err.shape[0]], err, lw=2.4 if strong else 1.0,
@@ -497,7 +576,8 @@ def plot_acceptance_rate(
     pair: a run's ``PTSummary.acceptance_rate`` or a mean over seeds.
 
     Args:
-        acceptance_rate: ``(M - 1,)`` rates (NaN where never proposed: no bar).
+        acceptance_rate: ``(M - 1,)`` rates (NaN where never proposed: no
+            bar, marked "n/a").
         ax: the Axes to draw on; a new figure's by default.
         std: optional ``(M - 1,)`` error bars.
         pair_labels: optional tick labels; ``"r-r+1"`` by default.
@@ -505,11 +585,21 @@ def plot_acceptance_rate(
 
     Returns:
         The Axes.
+
+    Raises:
+        ValueError: ``acceptance_rate`` not one-dimensional, ``std`` not its
+            shape, or ``pair_labels`` not one per pair.
     """
+    rate = _as_shaped("acceptance_rate", acceptance_rate, (None,), np.float64)
+    if std is not None:
+        std = _as_shaped("std", std, rate.shape, np.float64)
+    _check_labels("pair_labels", pair_labels, rate.shape[0], "pair")
     ax = _axes(ax)
-    rate = np.asarray(acceptance_rate, np.float64)
     pairs = np.arange(rate.shape[0])
-    ax.bar(pairs, np.nan_to_num(rate), yerr=None if std is None else std, capsize=3)
+    unmeasured = np.isnan(rate)
+    ax.bar(pairs, np.where(unmeasured, 0.0, rate),
+           yerr=None if std is None else np.nan_to_num(std), capsize=3)  # fmt: skip
+    _mark_unmeasured(ax, pairs, unmeasured)
     ax.set_xticks(pairs)
     labels = pair_labels or [f"{r}-{r + 1}" for r in pairs]
     ax.set_xticklabels(list(labels), fontsize="small")

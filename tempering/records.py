@@ -94,6 +94,9 @@ class History(NamedTuple):
     first_step: int = 0  # global step at which this call started
     burn_in: int = 0  # global steps of the run's burn-in
     num_steps: int = 0  # global step at which this call ended
+    # the exchange's scheme ("even_odd" or "random_pair"); None: a move without
+    # one (PBT, a replay) or a history built by hand
+    scheme: str | None = None
 
     @property
     def val_loss(self) -> np.ndarray:
@@ -169,7 +172,7 @@ def concatenate(histories: Sequence[History]) -> History:
 
     Raises:
         ValueError: no history, a gap between calls, or histories of different
-            runs (other evaluations, moves or hyperparameters).
+            runs (other evaluations, moves, hyperparameters or schemes).
     """
     histories = list(histories)
     if not histories:
@@ -193,8 +196,16 @@ def concatenate(histories: Sequence[History]) -> History:
             "histories must come from one run (the same evaluations, move and "
             f"hyperparameters): {error}"
         ) from error
+    schemes = {h.scheme for h in histories} - {None}
+    if len(schemes) > 1:
+        raise ValueError(
+            "histories must come from one run: their exchanges used the schemes "
+            f"{sorted(schemes)}"
+        )
     first, last = histories[0], histories[-1]
-    return first._replace(**rounds, num_steps=last.num_steps)
+    return first._replace(
+        **rounds, num_steps=last.num_steps, scheme=next(iter(schemes), None)
+    )
 
 
 def final_or_last(

@@ -501,3 +501,34 @@ def test_the_scheme_is_read_from_every_proposal_a_diverged_replicas_too() -> Non
     flagged = history._replace(diverged=diverged)
     assert dg.barrier(history).scheme == "even_odd"
     assert dg.barrier(flagged).scheme == "even_odd"
+
+
+def test_the_scheme_the_run_recorded_wins_over_the_guess(pt_run) -> None:
+    """A random-pair history of three rungs whose draws alternated read as
+    even-odd: the barrier, its bound and the plotted title were the wrong
+    scheme's, against the run's own summary (and two rungs read as random pair
+    under even-odd)."""
+    rounds = 4
+    alternating = np.array([[r % 2 == 0, r % 2 == 1] for r in range(rounds)])
+    history = make_history(
+        np.tile([0, 1, 2], (rounds, 1)), [0, 1, 2], proposed=alternating,
+        accepted=alternating,
+    )  # fmt: skip
+    assert dg.barrier(history).scheme == "even_odd"  # built by hand: guessed
+    recorded = history._replace(scheme="random_pair")
+    result = dg.barrier(recorded)
+    assert result.scheme == "random_pair"
+    assert (
+        result.round_trip_bound == dg.barrier(history, "random_pair").round_trip_bound
+    )
+    assert result.round_trip_bound != dg.barrier(history).round_trip_bound
+    assert dg.barrier(recorded, "even_odd").scheme == "even_odd"  # an argument wins
+    ladder, run = pt_run
+    assert run.history.scheme == "even_odd"
+    assert dg.barrier(run.history).round_trip_bound == run.summary.round_trip_bound
+    both = tp.History.concatenate([run.history, run.history._replace(
+        first_step=run.history.num_steps, num_steps=2 * run.history.num_steps)])  # fmt: skip
+    assert both.scheme == "even_odd"
+    with pytest.raises(ValueError, match="schemes"):
+        tp.History.concatenate([run.history, run.history._replace(
+            first_step=run.history.num_steps, scheme="random_pair")])  # fmt: skip

@@ -142,6 +142,65 @@ def test_loggers_write_every_round(state, blobs, tmp_path):
     assert events and events[0].stat().st_size > 1000
 
 
+class _Stop(BaseException):
+    """A stop the driver does not catch: the process ends without saving."""
+
+
+def test_a_resumed_run_logs_each_round_once(state, blobs, tmp_path):
+    """A resumed run repeats the rounds after its last checkpoint: JsonlLogger
+    appended them again (rounds 0, 1, 2, 2, 3) and TensorBoard drew them twice."""
+    path, folder = tmp_path / "log.jsonl", tmp_path / "run"
+
+    def stop_after_round_2(record):
+        log(record)
+        if record.round == 2:
+            raise _Stop
+
+    log = loggers.JsonlLogger(path)
+    with pytest.raises(_Stop):
+        pt(state, blobs, checkpoint_dir=folder, checkpoint_every=2,
+           callback=stop_after_round_2)  # fmt: skip
+    log.close()
+    with path.open("a") as file:
+        file.write('{"round": 3, "st')  # a line the stop cut short
+    stopped = path.read_text().splitlines()
+    with (
+        loggers.JsonlLogger(path) as log,
+        pytest.warns(
+            UserWarning,
+            match=r"held 2 line\(s\) of round 2 or later.*log.jsonl.superseded",
+        ),
+    ):
+        pt(state, blobs, checkpoint_dir=folder, callback=log)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["round"] for line in lines] == [0, 1, 2, 3]
+    assert lines[:2] == [json.loads(line) for line in stopped[:2]]
+    superseded = (tmp_path / "log.jsonl.superseded").read_text().splitlines()
+    assert superseded == stopped[2:]  # moved, not deleted
+    assert json.loads(superseded[0]) == lines[2]  # the resumed round, bit for bit
+    with loggers.JsonlLogger(path) as log:  # a continued call appends, no warning
+        log(RoundRecord(*[None] * len(RoundRecord._fields))._replace(
+            round=4, step=55, train_loss=np.zeros(4), score=np.zeros(4),
+            hyperparams={}, diverged=np.zeros(4, bool), restored_from=np.zeros(4),
+        ))  # fmt: skip
+    assert [json.loads(x)["round"] for x in path.read_text().splitlines()][-1] == 4
+
+
+def test_tensorboard_hides_the_events_a_resumed_run_repeats(tmp_path):
+    """The writer is created with purge_step at the first record's step."""
+    pytest.importorskip("tensorboardX")
+    record = RoundRecord(*[None] * len(RoundRecord._fields))._replace(
+        round=2, step=35, train_loss=np.zeros(2), score=np.zeros(2),
+        hyperparams={}, diverged=np.zeros(2, bool), restored_from=np.zeros(2),
+    )  # fmt: skip
+    with loggers.TensorBoardLogger(tmp_path / "tb") as log:
+        log(record)
+        assert log._writer.purge_step == 35
+    with loggers.TensorBoardLogger(tmp_path / "tb2", purge_step=5) as log:
+        log(record)
+        assert log._writer.purge_step == 5  # the user's own wins
+
+
 def test_a_failing_save_warns_and_keeps_what_trained(
     state, blobs, tmp_path, monkeypatch
 ):
