@@ -90,6 +90,13 @@ def examples_problem(x: np.ndarray, y: np.ndarray, axis: int = 0) -> str | None:
     Inputs and targets must hold as many examples (along ``axis``), and at
     least one.
     """
+    if np.ndim(y) <= axis < np.ndim(x):
+        return (
+            f"its targets have no example axis (shape {np.shape(y)}): a batch is "
+            "inputs (B, ...) and targets (B, ...); a dataset of single examples (a "
+            "tfds data_source, a grain dataset without .batch(B)) yields one "
+            "example at a time: batch it"
+        )
     if np.ndim(x) <= axis or np.ndim(y) <= axis:
         return None  # the layout checks name it
     inputs, targets = np.shape(x)[axis], np.shape(y)[axis]
@@ -514,6 +521,12 @@ def _label_problem(
             "loss takes integer class indices (labels.argmax(-1)); for one-hot or "
             "soft labels pass loss_fn= to create_replicas (e.g. "
             "optax.softmax_cross_entropy)"
+        )
+    if labels.ndim == rank + 1 and labels.shape[-1] == 1:
+        return ValueError, (
+            f"labels of shape {labels.shape} have a trailing axis of 1: the default "
+            "cross-entropy loss takes one class index per example, shape "
+            f"{labels.shape[:-1]}; pass labels[..., 0] (or labels.squeeze(-1))"
         )
     if labels.size:
         low, high = int(labels.min()), int(labels.max())

@@ -73,6 +73,10 @@ def split_validation(
 
     Returns:
         ``(train, validation)`` splits.
+
+    Raises:
+        ValueError: a fraction outside ``(0, 1)``, a negative seed, inputs and
+            labels of different lengths, no examples, or none left to train on.
     """
     check_fraction(fraction)
     check_seed(seed)
@@ -80,6 +84,11 @@ def split_validation(
         raise ValueError(
             f"inputs and labels must hold the same number of examples, got "
             f"{len(inputs)} inputs and {len(labels)} labels"
+        )
+    if not len(labels):
+        raise ValueError(
+            "the training set holds no examples: there is nothing to split (an "
+            "empty file or array?)"
         )
     order = np.random.default_rng(seed).permutation(len(labels))
     n_val = max(1, int(round(fraction * len(labels))))
@@ -93,28 +102,3 @@ def split_validation(
         Split(inputs[train_idx], labels[train_idx]),
         Split(inputs[val_idx], labels[val_idx]),
     )
-
-
-# ----------------------------------------------------------------------------
-# Image datasets of the paper: MNIST, Fashion-MNIST, CIFAR-10, EMNIST-letters.
-# ----------------------------------------------------------------------------
-
-
-# ----------------------------------------------------------------------------
-# Raw files: IDX (gzip) and npz.
-# ----------------------------------------------------------------------------
-
-
-# ----------------------------------------------------------------------------
-# tensorflow-datasets (array-record data sources, no TensorFlow needed).
-# ----------------------------------------------------------------------------
-
-
-# ----------------------------------------------------------------------------
-# Normalisation and the public loader.
-# ----------------------------------------------------------------------------
-
-
-# ----------------------------------------------------------------------------
-# On-device augmentation.
-# ----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tempering._caller import warn
 from tempering.fast import _contains
 from tempering.sharding import (
     REPLICA_AXIS,
@@ -426,6 +427,10 @@ def _padded_batch(x: np.ndarray, y: np.ndarray, size: int):
     return x, y, mask
 
 
+# Examples of one evaluation pass of a stream after which it may be endless.
+_LONG_PASS = 1_000_000
+
+
 def run_evaluate(
     state: ReplicaState,
     source: ArraySource | IterableSource,
@@ -462,6 +467,13 @@ def run_evaluate(
                 )
                 totals = _host_add_chunk(state, totals, *piece, **static)
             count += len(y)
+            if count >= _LONG_PASS > count - len(y):
+                warn(
+                    f"{name} has yielded {count} examples in one evaluation pass and "
+                    "not ended: every round evaluates a whole pass of it, so one "
+                    "that never ends (a `while True` generator) hangs the run; give "
+                    "one pass of the data"
+                )
         if totals is None:
             raise ValueError(f"{name} yielded no batches")
         if several:

@@ -45,8 +45,10 @@ reads on from wherever the given iterator is.
 
 Evaluation data (validation, test) is in memory, or a *re-iterable* of batches
 (a list, a ``tf.data`` / tfds dataset, a grain loader) or a function returning
-a fresh iterator: it is read once per round (an endless one, such as a
-repeated dataset, is refused). Its batches may differ in size; each is cut
+a fresh iterator: it is read once per round (an endless one that says so by
+its length, such as a repeated dataset, is refused; one without a length,
+such as a ``while True`` generator, cannot be told from a long one, and a
+warning says so once a pass has read a million examples). Its batches may differ in size; each is cut
 into chunks of ``eval_batch_size`` examples (or of the first batch's size, if
 smaller), the last chunk padded and masked. Every batch is checked like the
 first when it is read (its shape per example and dtype, finite values, class
@@ -118,8 +120,24 @@ def _in_memory(data: Any) -> bool:
         isinstance(data, Split)
         or isinstance(data, tuple | list)
         and len(data) == 2
-        and all(_is_array(part) for part in data)
+        and all(_is_array(part) or _numbers(part) for part in data)
     )
+
+
+def _numbers(part: Any) -> bool:
+    """A non-empty nested list (or tuple) of numbers: inputs or labels as Python lists.
+
+    Told from a batch of a stream, a pair of arrays, by its first leaf.
+    """
+    while isinstance(part, list | tuple) and part:
+        part = part[0]
+    return isinstance(part, int | float | np.number) and not isinstance(part, bool)
+
+
+def _array_source(data: Any) -> ArraySource:
+    """``data``'s two parts, Python lists as numpy arrays."""
+    inputs, targets = (part if _is_array(part) else np.asarray(part) for part in data)
+    return ArraySource(inputs, targets)
 
 
 def _check_arrays(source: ArraySource, name: str, min_size: int) -> ArraySource:
@@ -149,14 +167,14 @@ def as_train_source(
 ) -> ArraySource | IterableSource:
     """The training source of ``data`` (arrays, or an iterable of batches)."""
     if _in_memory(data):
-        return _check_arrays(ArraySource(*data), name, batch_size)
+        return _check_arrays(_array_source(data), name, batch_size)
     if isinstance(data, Iterator):
         return IterableSource(lambda: data, restartable=False)
     if isinstance(data, Iterable) and not isinstance(data, str | bytes | dict):
         return IterableSource(lambda: iter(data), restartable=True)
     raise TypeError(
         f"{name} must be a tempering.data.Split, an (inputs, targets) pair of "
-        f"arrays, or an iterable of (inputs, targets) batches; got "
+        f"arrays (or lists), or an iterable of (inputs, targets) batches; got "
         f"{type(data).__name__}"
     )
 
@@ -168,7 +186,7 @@ _ENDLESS = 1 << 48
 def as_eval_source(data: Any, name: str) -> ArraySource | IterableSource:
     """The evaluation source of ``data`` (arrays, a re-iterable, or a factory)."""
     if _in_memory(data):
-        return _check_arrays(ArraySource(*data), name, 1)
+        return _check_arrays(_array_source(data), name, 1)
     try:
         length = len(data)
     except TypeError:  # no length: read until it ends

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from tempering import sharding
+from tempering.batches import _is_array, _label_problem
 from tempering.fast import replica_vmap
 from tempering.hyperparams import (
     write_injected,
@@ -30,6 +31,7 @@ from tempering.state import (
     ReplicaState,
     StepInfo,
     check_key,
+    cross_entropy,
     default_metrics,
     eval_outputs,
     model_hyperparams,
@@ -263,7 +265,10 @@ def check_model_takes(state: ReplicaState, inputs: Any, name: str, axis: int) ->
         raise ValueError(
             f"{name}: the model cannot take inputs of shape {example} per example "
             f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); give "
-            "inputs shaped like the sample_input of create_replicas"
+            "inputs shaped like the sample_input of create_replicas, or, if they "
+            "are the shape you meant, create the replicas from a sample_input "
+            "with its leading batch axis (x[:2], not x[0]: the model was built "
+            "for other inputs)"
         ) from error
 
 
@@ -355,16 +360,23 @@ def evaluate(
         TypeError: a batch size that is not an int, targets the loss or the
             metrics cannot take (e.g. float labels for cross entropy).
         ValueError: no examples, a batch size < 1, inputs and targets of
-            different lengths, inputs the model cannot take.
+            different lengths, inputs the model cannot take, class indices
+            outside the model's outputs for the default cross-entropy (checked
+            where the targets are not traced).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
         raise TypeError(
             f"batch_size must be an int >= 1, got {type(batch_size).__name__} "
             f"{batch_size!r}"
         )
+    inputs, targets = (x if _is_array(x) else np.asarray(x) for x in (inputs, targets))
     _check_batch_axes(state, inputs, targets, False)
     _check_chunks(targets.shape[0], batch_size)
     outputs = check_model_takes(state, inputs, "inputs", 0)
+    if state.loss_fn is cross_entropy and not isinstance(targets, jax.core.Tracer):
+        found = _label_problem(np.asarray(targets), outputs.shape[-1], outputs.ndim - 1)
+        if found is not None:
+            raise found[0](f"targets: {found[1]}")
     one = jax.ShapeDtypeStruct((1, *np.shape(targets)[1:]), jnp.result_type(targets))
     try:
         shapes = per_example_shapes(state, outputs, one, metrics_fn)

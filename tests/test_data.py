@@ -80,6 +80,14 @@ def _npz_with_corrupt_member() -> bytes:
     return buffer.getvalue()
 
 
+def _npz_with_bad_crc(path: Path) -> None:
+    """A valid archive with one byte of a member flipped: its CRC-32 fails."""
+    np.savez(path, x=np.zeros((6, 32, 32, 3), np.uint8), y=np.zeros(6, np.uint8))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside x.npy's zeros
+    path.write_bytes(bytes(data))
+
+
 def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
@@ -348,6 +356,7 @@ def test_raw_idx_label_out_of_range_names_the_file(tmp_path):
         (lambda p: p.write_bytes(b"PK\x03\x04 garbage"), "not a readable npz"),
         (lambda p: p.write_bytes(b"random bytes, not a zip"), "not a readable npz"),
         (lambda p: p.write_bytes(_npz_with_corrupt_member()), "member is corrupt"),
+        (_npz_with_bad_crc, "member is corrupt.*CRC"),  # was a bare BadZipFile
         (lambda p: p.write_bytes(_npy_bytes(np.zeros(3))), "single array"),
         (lambda p: write_npz_lzma(p, x=np.zeros((6, 32, 32, 3), np.uint8)), "'y'"),
         (
@@ -480,3 +489,9 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("case", bad_input_params(BAD_INPUTS))
 def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
     check_raises_before_compiling(ctx, compiled, case)
+
+
+def test_splitting_an_empty_training_set_says_it_is_empty():
+    """It said that validation_fraction=0.1 of 0 examples holds out 1."""
+    with pytest.raises(ValueError, match="the training set holds no examples"):
+        split_validation(np.zeros((0, 4)), np.zeros(0, int), 0.1, 0)

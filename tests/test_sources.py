@@ -17,7 +17,13 @@ from conftest import (
 
 import tempering as tp
 from tempering.batches import batch_crc
-from tempering.sources import BatchError, BatchReader, as_eval_source, as_train_source
+from tempering.sources import (
+    BatchError,
+    BatchReader,
+    IterableSource,
+    as_eval_source,
+    as_train_source,
+)
 
 LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2])
 
@@ -680,3 +686,46 @@ def test_inputs_that_are_not_numbers_are_a_short_type_error(state, blobs):
     for inputs in (x.astype(object), x.astype(str)):
         with pytest.raises(TypeError, match=r"^train_data must be numeric arrays, got"):
             pt(state, blobs, (inputs, y))
+
+
+def test_inputs_and_labels_as_python_lists_train_as_arrays(state, blobs):
+    """A pair of lists was read as a stream of two batches: "a batch of
+    train_data must be an (inputs, targets) pair ..., got list"."""
+    (x, y), (xv, yv) = blobs
+    as_lists = pt(state, blobs, (x.tolist(), y.tolist()), num_steps=20,
+                  validation_data=(xv.tolist(), list(yv)))  # fmt: skip
+    as_arrays = pt(state, blobs, (x, y), num_steps=20)
+    assert history_equal(as_lists.history, as_arrays.history)
+    batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 64, 32)]
+    assert isinstance(as_train_source(batches, "train_data", 32), IterableSource)
+
+
+def test_a_stream_of_single_examples_is_told_to_batch(state, blobs):
+    """An unbatched dataset (a tfds data_source) read as batches of its images'
+    rows: "the model cannot take inputs of shape (5,)"-like errors."""
+    (x, y), _ = blobs
+    examples = [(x[i], y[i]) for i in range(64)]
+    with pytest.raises(ValueError, match=r"targets have no example axis.*batch it"):
+        pt(state, blobs, examples)
+
+
+def test_an_evaluation_pass_that_does_not_end_warns(state, blobs, monkeypatch):
+    """A `while True` validation generator hung the run without a word."""
+    from tempering import loops
+
+    monkeypatch.setattr(loops, "_LONG_PASS", 40)  # the blobs' 64: "long"
+    (xv, yv) = blobs[1]
+
+    def validation():
+        return iter([(xv[:32], yv[:32]), (xv[32:], yv[32:])])
+
+    with pytest.warns(UserWarning, match=r"validation_data has yielded 64 examples"):
+        pt(state, blobs, blobs[0], validation_data=validation, num_steps=10)
+
+
+def test_a_sample_input_without_its_batch_axis_is_named_in_the_error(tx, blobs):
+    """The error said to shape the data like the sample, the wrong way round."""
+    (x, _), _ = blobs
+    state = tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[0], ladder=LADDER)
+    with pytest.raises(ValueError, match=r"leading batch axis \(x\[:2\], not x\[0\]"):
+        pt(state, blobs, blobs[0])

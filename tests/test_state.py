@@ -29,6 +29,7 @@ from conftest import (
     bad_input_tables,
     check_raises_before_compiling,
     hand_ladder,
+    leaves_equal,
     train_step,
 )
 
@@ -365,6 +366,22 @@ def test_evaluate_matches_direct_computation(tx, blobs):
         acc = (logits.argmax(-1) == yv).mean()
         np.testing.assert_allclose(metrics.loss[m], loss, rtol=1e-5)
         np.testing.assert_allclose(metrics.accuracy[m], acc, rtol=1e-6)
+
+
+def test_evaluate_checks_class_indices_and_takes_lists(tx, blobs):
+    """Labels outside the outputs scored a loss of inf and some accuracy,
+    silently; lists failed with an AttributeError or "inputs must be numeric
+    arrays, got inputs of dtype float64"."""
+    (x, _), (xv, yv) = blobs
+    state = make_state(tx, x)
+    with pytest.raises(ValueError, match=r"targets: labels must lie in \[0, 3\)"):
+        tp.evaluate(state, xv, yv + 1)
+    with pytest.raises(ValueError, match=r"trailing axis of 1.*labels\[\.\.\., 0\]"):
+        tp.evaluate(state, xv, yv[:, None])
+    listed = tp.evaluate(state, xv.tolist(), yv.tolist())
+    assert leaves_equal(listed, tp.evaluate(state, xv, yv))
+    traced = jax.jit(tp.evaluate)(state, xv, yv)  # traced labels: not checked
+    np.testing.assert_allclose(traced.loss, listed.loss, rtol=1e-6)
 
 
 def test_evaluate_called_again_compiles_nothing_and_matches_under_jit(tx, blobs):

@@ -268,7 +268,14 @@ def _npz_members(path: str, expected: str) -> tuple[np.ndarray, np.ndarray]:
                 )
             try:
                 return archive["x"], archive["y"]
-            except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as err:
+            except (
+                OSError,
+                EOFError,
+                ValueError,
+                zipfile.BadZipFile,
+                zlib.error,
+                lzma.LZMAError,
+            ) as err:
                 raise ValueError(
                     f"{path}: a member is corrupt ({err}); expected {expected}"
                 ) from err
