@@ -581,6 +581,9 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
                 except Exception as error:  # several processes: raised on each
                     _carry_kept(error, kept, run)
                     raise
+                except (KeyboardInterrupt, SystemExit) as error:  # in the save
+                    _keep_on_abort(saver, kept, error, run)
+                    raise
         if stop or (interrupt.requested and jax.process_count() == 1):
             break
     if jax.process_count() > 1:  # process 0's Ctrl-C stopped them all: all say so
@@ -770,6 +773,13 @@ def _finish(run, carry, progress, saver, bar, interrupt, kept) -> RunResult:
     try:
         _save_end(run, carry, progress, saver)
     except Exception as error:  # several processes: raised on each, with the call
+        raise divergence.attach(error, state, move_state, history) from None
+    except (KeyboardInterrupt, SystemExit) as error:  # in the save: tried once more
+        if jax.process_count() == 1:
+            try:
+                _save_end(run, carry, progress, saver)
+            except BaseException:  # noqa: BLE001 - a further Ctrl-C: raise the first
+                pass
         raise divergence.attach(error, state, move_state, history) from None
     if interrupt.requested:
         lost = final is None and run.data.validation is not None

@@ -20,13 +20,17 @@ against state that changes as it runs.
 
 from __future__ import annotations
 
+import contextlib
 import dis
 import functools
 import hashlib
 import inspect
 import re
 import sys
+import threading
 import types
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import fields, is_dataclass
 from typing import Any
 
@@ -36,6 +40,7 @@ import numpy as np
 __all__ = [
     "code_of_class",
     "describe_callable",
+    "describe_functions_held",
     "describe_optimizer",
     "describe_value",
     "digest",
@@ -151,10 +156,43 @@ def _global_names(code: types.CodeType) -> list[str]:
     return sorted(names)
 
 
+# How deep a description follows closures, containers and globals: far past
+# what settings nest to (an optax chain of a schedule of schedules: about 15);
+# cycles are cut where they close, not by depth.
+MAX_DEPTH = 64
+_ACTIVE = threading.local()  # ids of the objects being described, per thread
+
+
+@contextlib.contextmanager
+def _entered(value: Any) -> Iterator[bool]:
+    """Whether ``value`` is not already being described (False: a cycle)."""
+    active: set[int] = _ACTIVE.__dict__.setdefault("ids", set())
+    if id(value) in active:
+        yield False
+        return
+    active.add(id(value))
+    try:
+        yield True
+    finally:
+        active.discard(id(value))
+
+
+def _cut(value: Any) -> str:
+    """What stands for a value nested deeper than :data:`MAX_DEPTH`, with a warning."""
+    warnings.warn(
+        f"the fingerprint of this run describes settings nested {MAX_DEPTH} levels "
+        f"deep (a {type(value).__qualname__}); deeper ones are not compared when a "
+        "checkpoint is resumed",
+        UserWarning,
+        stacklevel=2,
+    )
+    return "..."
+
+
 def _describe_globals(code: types.CodeType, namespace: dict, depth: int) -> str:
     """What the run's code reads by global name: code and constants (module doc)."""
-    if depth > 3:
-        return "..."
+    if depth > MAX_DEPTH:
+        return _cut(code)
     parts = []
     for name in _global_names(code):
         if name not in namespace:  # a builtin
@@ -164,7 +202,9 @@ def _describe_globals(code: types.CodeType, namespace: dict, depth: int) -> str:
         if value is None or isinstance(value, constant | np.ndarray | jax.Array):
             parts.append(f"{name}={describe_value(value, depth + 1)}")
         elif isinstance(value, type) and _is_run_code(value):
-            parts.append(f"{name}=class:{code_of_class(value, depth + 1)}")
+            with _entered(value) as fresh:
+                text = code_of_class(value, depth + 1) if fresh else "<cycle>"
+            parts.append(f"{name}=class:{text}")
         elif isinstance(value, types.FunctionType) and _is_run_code(value):
             parts.append(f"{name}={describe_callable(value, depth + 1)}")
     return "{" + "; ".join(parts) + "}" if parts else ""
@@ -176,10 +216,18 @@ def describe_callable(fn: Any, depth: int = 0) -> str:
     Two functions that compute differently (other code, another captured
     setting such as ``nesterov=True`` or a momentum inside an optax
     transformation's closure) get different descriptions; the same function
-    defined again gets the same one. Bounded in depth.
+    defined again gets the same one. A function that reaches itself (a
+    recursive closure) reads ``<cycle:name>`` there.
     """
-    if depth > 6:
-        return "..."
+    if depth > MAX_DEPTH:
+        return _cut(fn)
+    with _entered(fn) as fresh:
+        if not fresh:
+            return f"<cycle:{getattr(fn, '__qualname__', type(fn).__qualname__)}>"
+        return _describe_callable(fn, depth)
+
+
+def _describe_callable(fn: Any, depth: int) -> str:
     if isinstance(fn, functools.partial):
         parts = [describe_callable(fn.func, depth + 1), describe_value(fn.args, depth)]
         parts.append(describe_value(dict(fn.keywords), depth))
@@ -198,6 +246,9 @@ def describe_callable(fn: Any, depth: int = 0) -> str:
             return f"{type(fn).__qualname__}({state})"
         return name
     parts = [name, _code_digest(code)]
+    bound_to = getattr(fn, "__self__", None)  # a bound method: its object's settings
+    if bound_to is not None and not isinstance(bound_to, types.ModuleType | type):
+        parts.append(describe_value(dict(getattr(bound_to, "__dict__", {})), depth))
     if _is_run_code(inner) and (
         read := _describe_globals(code, inner.__globals__, depth)
     ):
@@ -231,6 +282,18 @@ def describe_value(value: Any, depth: int) -> str:
         return repr(value)
     if isinstance(value, np.ndarray | jax.Array | np.generic):
         return f"array:{digest(value)}"
+    if depth > MAX_DEPTH:
+        return _cut(value)
+    if callable(value) and not isinstance(value, _NOT_AS_CALLABLE):
+        return describe_callable(value, depth + 1)  # which guards the cycles
+    with _entered(value) as fresh:
+        return _describe_value(value, depth) if fresh else "<cycle>"
+
+
+_NOT_AS_CALLABLE = (tuple, list, set, frozenset, dict, types.ModuleType, type)
+
+
+def _describe_value(value: Any, depth: int) -> str:
     if isinstance(value, tuple | list):
         return "[" + ", ".join(describe_value(v, depth + 1) for v in value) + "]"
     if isinstance(value, set | frozenset):
@@ -253,7 +316,7 @@ def describe_value(value: Any, depth: int) -> str:
         return describe_callable(value, depth + 1)
     if is_dataclass(value) or isinstance(value, tuple):
         return f"{type(value).__qualname__}:{describe_value(_public_state(value), depth + 1)}"
-    if depth <= 6 and _is_run_code(value) and hasattr(value, "__dict__"):
+    if _is_run_code(value) and hasattr(value, "__dict__"):
         return (
             f"{type(value).__qualname__}:{describe_value(dict(vars(value)), depth + 1)}"
         )
@@ -282,6 +345,42 @@ def code_of_class(cls: type, depth: int = 0) -> str:
                     )
                 methods.append(text)
     return ";".join(methods)
+
+
+def describe_functions_held(
+    root: Any, attributes: Callable[[Any], Mapping[str, Any] | None]
+) -> str:
+    """The functions a model's modules hold as attributes (an activation), by code.
+
+    A repr or a tree structure shows a function only by its address: an nnx
+    module's ``self.act = nnx.relu`` and ``nnx.relu6`` (or an Equinox static
+    field) described alike. ``attributes(node)`` gives a module's attributes
+    (None for a value that is not a module); modules, lists, tuples and dicts
+    are walked, each object once.
+    """
+    described: list[str] = []
+    seen: set[int] = set()
+
+    def visit(value: Any, where: str) -> None:
+        if id(value) in seen or isinstance(value, str | bytes | type):
+            return
+        seen.add(id(value))
+        members = attributes(value)
+        if members is not None:
+            for name, member in members.items():
+                if not name.startswith("_"):
+                    visit(member, f"{where}.{name}" if where else name)
+        elif isinstance(value, list | tuple):
+            for index, item in enumerate(value):
+                visit(item, f"{where}[{index}]")
+        elif isinstance(value, dict):
+            for key in sorted(value, key=stable_repr):
+                visit(value[key], f"{where}[{stable_repr(key)}]")
+        elif callable(value) and not isinstance(value, np.ndarray | jax.Array):
+            described.append(f"{where}={describe_callable(value)}")
+
+    visit(root, "")
+    return ";".join(described)
 
 
 def describe_optimizer(tx: Any, opt_state: Any) -> str:

@@ -102,7 +102,9 @@ def pbt_config(
         resample_probability: p in [0, 1], chance to redraw a hyperparameter
             from its prior instead of perturbing it.
         perturb_factors: non-empty, positive; one is drawn uniformly per
-            hyperparameter and replica.
+            hyperparameter and replica. A value of exactly 0 (a dropout rate
+            of 0) stays 0 under any factor: only a resample moves it, so
+            with ``resample_probability=0`` it stays 0 for good.
 
     Returns:
         A :class:`PBTConfig`.

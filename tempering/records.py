@@ -138,6 +138,29 @@ class History(NamedTuple):
             raise AttributeError("this run had no validation data: no val_* records")
         return self.validation
 
+    def __repr__(self) -> str:
+        """A summary: rounds, replicas, steps and the names of what was recorded.
+
+        A notebook shows it for a history (and a result holding one); the
+        arrays are its fields (``history.val_loss``, ``history.rungs``, ...).
+        """
+        rounds, replicas = np.shape(self.train_loss)[:2]
+        steps = np.asarray(self.step)
+        span = f"steps {int(steps[0])}..{int(steps[-1])}" if len(steps) else "no steps"
+        move = type(self.move).__name__
+        fields = getattr(self.move, "_fields", None)
+        if fields:
+            move += "(" + ", ".join(fields) + ")"
+
+        def names(metrics: EvalMetrics | None) -> str:
+            return "None" if metrics is None else str(["loss", *metrics.metrics])
+
+        return (
+            f"History({rounds} rounds x {replicas} replicas, {span}, move={move}, "
+            f"validation={names(self.validation)}, test={names(self.test)}, "
+            f"hyperparams={sorted(self.hyperparams)}, scheme={self.scheme!r})"
+        )
+
     @classmethod
     def concatenate(cls, histories: Sequence[History]) -> History:
         """One history of consecutive calls of the same run (:func:`concatenate`)."""

@@ -91,6 +91,7 @@ def checkpointer(
             metrics_fn=config.metrics_fn,
             score_fn=config.score_fn,
             vectorize=config.vectorize,  # the formulation shapes the bits
+            loop=config.loop,  # so does the loop (host or device)
             on_diverge=config.on_diverge,
             move_at_end=config.move_at_end,
             burn_in_hyperparams=jax.tree.map(

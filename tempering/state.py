@@ -118,6 +118,29 @@ class ReplicaState:
             """A copy with the given fields replaced."""
             ...
 
+    def __repr__(self) -> str:
+        """A summary: M, the model, its size, the step and the hyperparameters.
+
+        A notebook shows it for a state (and a result holding one) instead of
+        every replica's weights; those are its fields (``state.params``, ...).
+        """
+        try:
+            num = self.num_replicas
+            size = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(self.params))
+            values = ", ".join(
+                f"{name}={_value_range(value)}"
+                for name, value in sorted(self.hyperparams.items())
+            )
+            step = _value_range(self.step)
+        except Exception:  # noqa: BLE001 - a repr never fails (traced, abstract)
+            return f"ReplicaState(model={getattr(self.model, 'name', '?')})"
+        stats = "yes" if jax.tree.leaves(self.batch_stats) else "none"
+        return (
+            f"ReplicaState({num} replicas of {self.model.name} "
+            f"({self.model.kind}), {size // max(num, 1):,} parameters each, "
+            f"step={step}, hyperparams: {values or 'none'}, batch_stats={stats})"
+        )
+
     @property
     def num_replicas(self) -> int:
         """Number of replicas M: the leading axis of the stacked leaves."""
@@ -133,6 +156,15 @@ class ReplicaState:
     def dropout_rate(self) -> jax.Array:
         """Per-replica dropout rate, shape ``(M,)``."""
         return self.hyperparams["dropout_rate"]
+
+
+def _value_range(value: Any) -> str:
+    """``"0.5"`` for one value or M alike, ``"0.01..0.1"`` for a range (numbers)."""
+    array = np.asarray(value)  # a tracer raises: its repr is the short one
+    if array.size == 0:
+        return "[]"
+    low, high = array.min(), array.max()
+    return f"{low:.4g}" if low == high else f"{low:.4g}..{high:.4g}"
 
 
 class StepInfo(NamedTuple):

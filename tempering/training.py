@@ -283,6 +283,7 @@ def pt_train(
     )  # fmt: skip
     if move_state is None:
         _warn_fresh_adaptation(state, move)
+        _warn_values_off_the_ladder(state, ladder)
         state = assign_rungs(state, ladder, _starting_rungs(state, ladder))
         move_state = move.init(state)
     else:
@@ -294,6 +295,27 @@ def pt_train(
     data = RunData(train_data, validation_data, test_data)
     run = train(state, key, move, data, config, move_state=move_state)
     return PTResult(run.state, run.history, pt_summary(run, move))
+
+
+def _warn_values_off_the_ladder(state: ReplicaState, ladder: Ladder) -> None:
+    """Warns of hyperparameters that differ between replicas but are not exchanged.
+
+    A state created with one ladder (learning rates) and trained on another
+    (dropout rates) keeps the first's values per replica, never exchanged: a
+    second, silent dimension in the comparison.
+    """
+    for name, value in sorted(state.hyperparams.items()):
+        values = np.asarray(value)
+        if name in ladder.values or not values.size or values.min() == values.max():
+            continue
+        warn(
+            f"{name} differs between the replicas ({values.min():.4g} to "
+            f"{values.max():.4g}) but is not on the ladder "
+            f"({', '.join(sorted(ladder.values))}): each replica keeps its own, "
+            "never exchanged. Give the replicas one value "
+            f"(tp.set_hyperparams(state, {name}=...)) or put it on the ladder",
+            UserWarning,
+        )
 
 
 def _starting_rungs(state: ReplicaState, ladder: Ladder) -> np.ndarray:

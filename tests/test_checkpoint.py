@@ -725,3 +725,134 @@ def test_a_set_of_numbers_is_described_as_before():
     for value in (frozenset({2, 10, 33}), {0.5, None, (1, 2)}, frozenset()):
         assert stable_repr(value) == repr(value)
     assert stable_repr(frozenset({"b", "a"})) == "frozenset({'a', 'b'})"
+
+
+def test_another_loop_is_refused(tmp_path):
+    """The host and the device loop round alike but not bitwise: a checkpoint
+    of one resumed under the other silently matched neither run."""
+    crashed_run(tmp_path, rounds=1)
+    with pytest.raises(ValueError, match=r"they differ in: loop\)"):
+        worker.run(tmp_path, callback=None, loop="host")
+
+
+def _schedule_chain(decay_steps: int, peak: float = 0.1):
+    import optax
+
+    schedule = optax.warmup_cosine_decay_schedule(0.0, peak, 5, decay_steps)
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_adam(),
+                       optax.scale_by_learning_rate(schedule))  # fmt: skip
+
+
+def test_an_optimizer_is_described_to_its_deepest_setting():
+    """Cut at depth 6, a chain's schedule read "..." whatever its decay steps or
+    peak (a 10x learning rate resumed silently), and MultiSteps' every_k, held
+    by the object its bound methods belong to, was not described at all."""
+    import optax
+
+    from tempering.fingerprints import describe_callable
+
+    def described(tx):
+        return describe_callable(tx.init) + describe_callable(tx.update)
+
+    base = described(_schedule_chain(40))
+    assert base == described(_schedule_chain(40))
+    assert base != described(_schedule_chain(100_000))
+    assert base != described(_schedule_chain(40, peak=1.0))
+    steps = [optax.MultiSteps(optax.sgd(0.1), every_k_schedule=k) for k in (2, 2, 4)]
+    two, again, four = (described(s.gradient_transformation()) for s in steps)
+    assert two == again != four
+
+
+def test_a_function_that_reaches_itself_is_described():
+    from tempering.fingerprints import describe_callable
+
+    def make(scale):
+        def loss(outputs, targets, depth=0):
+            return scale * (loss(outputs, targets, depth + 1) if depth < 2 else 1.0)
+
+        return loss
+
+    assert "<cycle:" in describe_callable(make(1.0))
+    assert describe_callable(make(1.0)) == describe_callable(make(1.0))
+    assert describe_callable(make(1.0)) != describe_callable(make(2.0))
+
+
+def test_the_functions_an_nnx_or_equinox_model_holds_are_in_its_fingerprint():
+    """Described by the graph's repr (nnx) or the tree's structure (Equinox)
+    with addresses removed, an activation held as an attribute or a static
+    field read alike for relu and relu6: the checkpoint resumed into the other
+    model."""
+    from flax import nnx
+
+    from tempering.frontends import as_frontend
+
+    class Net(nnx.Module):
+        def __init__(self, act, rngs: nnx.Rngs):
+            self.linear = nnx.Linear(2, 2, rngs=rngs)
+            self.act = act
+            self.heads = nnx.List([nnx.Linear(2, 2, rngs=rngs)])
+
+        def __call__(self, x):
+            return self.heads[0](self.act(self.linear(x)))
+
+    def nnx_described(act):
+        return as_frontend(Net(act, nnx.Rngs(0)), None).describe()
+
+    assert nnx_described(nnx.relu) == nnx_described(nnx.relu)
+    assert nnx_described(nnx.relu) != nnx_described(nnx.relu6)
+    assert nnx_described(lambda x: nnx.leaky_relu(x, 0.1)) != nnx_described(
+        lambda x: nnx.leaky_relu(x, 0.5)
+    )
+    eqx = pytest.importorskip("equinox")
+
+    class Mlp(eqx.Module):
+        linear: eqx.nn.Linear
+        act: object = eqx.field(static=True)
+
+        def __call__(self, x):
+            return self.act(self.linear(x))
+
+    def eqx_described(act):
+        module = Mlp(eqx.nn.Linear(2, 2, key=jax.random.key(0)), act)
+        return as_frontend(module, None).describe()
+
+    assert eqx_described(jax.nn.relu) == eqx_described(jax.nn.relu)
+    assert eqx_described(jax.nn.relu) != eqx_described(jax.nn.relu6)
+
+
+def test_a_ctrl_c_in_a_checkpoints_save_keeps_the_rounds_that_ended(
+    blobs, tx, tmp_path, monkeypatch
+):
+    """A Ctrl-C landing in a save skipped what a Ctrl-C elsewhere does: the
+    round that had ended was not saved and the error carried nothing."""
+    from tempering import checkpoint
+
+    real = checkpoint.Checkpointer.save
+    pressed = []
+
+    def save(self, tree, extra, step):
+        if step in (20, 50) and step not in pressed:
+            pressed.append(step)
+            raise KeyboardInterrupt  # lands inside the save
+        return real(self, tree, extra, step)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
+    (x, y), validation = blobs
+    ladder = tp.geometric_ladder("learning_rate", 0.02, 0.2, 4)
+    state = tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[:2], ladder=ladder)
+
+    def run(folder, **kwargs):
+        return tp.pt_train(
+            state, ladder, jax.random.key(1), train_data=(x, y),
+            validation_data=validation, num_steps=50, exchange_interval=10,
+            batch_size=32, checkpoint_dir=tmp_path / folder, **kwargs,
+        )  # fmt: skip
+
+    with pytest.raises(KeyboardInterrupt) as caught:  # in a save due at step 20
+        run("due")
+    assert int(caught.value.state.step) == 20 and len(caught.value.history.step) == 2
+    assert sorted(os.listdir(tmp_path / "due")) == ["10", "20"]
+    with pytest.raises(KeyboardInterrupt) as caught:  # in the call's last save
+        run("last", checkpoint_every=4)
+    assert int(caught.value.state.step) == 50
+    assert "50" in os.listdir(tmp_path / "last")

@@ -87,3 +87,24 @@ def test_a_zero_round_history_without_validation_keeps_its_test_metrics(state, b
     whole = call(state, 14)
     joined = tp.History.concatenate([first.history, second.history])
     chex.assert_trees_all_equal(joined.test, whole.history.test)
+
+
+def test_a_result_prints_in_a_few_lines(pt_run):
+    """A notebook cell ending with pt_train(...) printed 1,161 lines (every
+    replica's weights and every round's records)."""
+    _, result = pt_run
+    state, history = repr(result.state), repr(result.history)
+    assert state.startswith("ReplicaState(4 replicas of MLP (linen), ")
+    assert "step=60, hyperparams: dropout_rate=0, learning_rate=0.01..0.5, " in state
+    assert history == (
+        "History(10 rounds x 4 replicas, steps 15..60, move=ExchangeMoveInfo("
+        "proposed, accepted, acceptance_prob, log_ratio, c, temperatures), "
+        "validation=['loss', 'accuracy'], test=None, "
+        "hyperparams=['dropout_rate', 'learning_rate'], "
+        "scheme='even_odd')"
+    )
+    assert state in repr(result) and history in repr(result)
+    assert "\n" not in state + history
+    seen = []
+    jax.eval_shape(lambda s: seen.append(repr(s)) or s, result.state)  # traced
+    assert seen == ["ReplicaState(model=MLP)"]

@@ -427,3 +427,19 @@ def test_a_summary_without_a_final_evaluation_reports_the_last_round(state, blob
         pbt.state, pbt.history, None, None, np.zeros(4, bool), True
     ))  # fmt: skip
     np.testing.assert_array_equal(cut.final_val_loss, pbt.history.val_loss[-1])
+
+
+def test_values_that_differ_off_the_ladder_warn(state, blobs):
+    """Replicas created with a learning-rate ladder trained on a dropout ladder
+    kept their learning rates, never exchanged, without a word."""
+    dropout = tp.make_ladder(dropout_rate=[0.0, 0.1, 0.2, 0.3])
+    train, val = blobs
+    settings = dict(train_data=train, validation_data=val, num_steps=20,
+                    exchange_interval=10, c=0.1, batch_size=32)  # fmt: skip
+    with pytest.warns(UserWarning, match=r"learning_rate differs between the replicas "
+                      r"\(0.02 to 0.2\) but is not on the ladder \(dropout_rate\)"):  # fmt: skip
+        tp.pt_train(state, dropout, jax.random.key(1), **settings)
+    same_rate = tp.set_hyperparams(state, learning_rate=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tp.pt_train(same_rate, dropout, jax.random.key(1), **settings)

@@ -247,14 +247,25 @@ class Equinox:
         """The static rest of the module (its configuration) and the class's code."""
         from tempering.fingerprints import (
             code_of_class,
+            describe_functions_held,
             describe_value,
             without_addresses,
         )
 
         # The leaves, and the static fields (``eqx.field(static=True)``: a
-        # stride, a scale), which only the tree's structure holds.
+        # stride, a scale), which only the tree's structure holds; its repr
+        # shows a static function (an activation) only by its address.
         config = describe_value(jax.tree.leaves(self.static), 0)
         fields = without_addresses(str(jax.tree.structure(self.static)))
+        functions = describe_functions_held(self.static, _module_fields)
         return (
             f"equinox:{self.name}|{config}|{fields}|{code_of_class(type(self.static))}"
+            f"|{functions}"
         )
+
+
+def _module_fields(node: Any) -> dict[str, Any] | None:
+    """An Equinox module's fields, static ones included; None for another value."""
+    if not isinstance(node, eqx.Module):
+        return None
+    return {f.name: getattr(node, f.name, None) for f in dataclasses.fields(node)}

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -147,6 +147,7 @@ class Nnx:
     train_kwarg: str | None
     name: str
     built_leaves: frozenset[str] = frozenset()  # a builder's state, built eagerly
+    functions: str = ""  # the functions its modules hold (an activation), by code
     kind = "nnx"
     dropout_fix = (
         "nnx.Dropout stores its rate as a static attribute; use "
@@ -162,6 +163,7 @@ class Nnx:
         return cls(
             train_graph, eval_graph, rng_state, None, (params, stats),
             type(module), train_kwarg, type(module).__name__,
+            functions=_functions_held(module),
         )  # fmt: skip
 
     @classmethod
@@ -183,7 +185,7 @@ class Nnx:
         return cls(
             train_graph, eval_graph, rng_state, lambda key: build(nnx.Rngs(key)), None,
             type(module), train_kwarg, type(module).__name__,
-            _leaf_names(params, stats),
+            _leaf_names(params, stats), _functions_held(module),
         )  # fmt: skip
 
     def keywords(self) -> tuple[set[str], bool, dict[str, Any]]:
@@ -258,7 +260,27 @@ class Nnx:
         from tempering.fingerprints import code_of_class
 
         graph = _graph_text(self.train_graph)
-        return f"nnx:{self.name}|{graph}|{code_of_class(self.module_type)}"
+        text = f"nnx:{self.name}|{graph}|{code_of_class(self.module_type)}"
+        return f"{text}|{self.functions}" if self.functions else text
+
+
+def _functions_held(module: nnx.Module) -> str:
+    """The functions ``module``'s modules hold; the graph's repr shows addresses."""
+    from tempering.fingerprints import describe_functions_held
+
+    def attributes(node: Any) -> dict[str, Any] | None:
+        if not isinstance(node, nnx.Module):
+            return None
+        held = {
+            name: value
+            for name, value in vars(node).items()
+            if not isinstance(value, nnx.Variable | nnx.Rngs | nnx.RngStream)
+        }
+        if isinstance(node, Sequence):  # nnx.List
+            held.update((str(index), value) for index, value in enumerate(node))
+        return held
+
+    return describe_functions_held(module, attributes)
 
 
 def _keys_like(key: jax.Array, leaf: jax.Array) -> jax.Array:
