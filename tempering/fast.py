@@ -268,6 +268,22 @@ def _contains(jaxpr: jex_core.Jaxpr, names: frozenset[str]) -> bool:
     return False
 
 
+def _draws_with_other_keys(jaxpr: jex_core.Jaxpr) -> bool:
+    """Whether ``jaxpr`` draws random bits with keys other than threefry's.
+
+    Drawn in a loop, ``rbg`` / ``unsafe_rbg`` keys give other bits than drawn
+    batched: ``"auto"`` does not choose ``"sequential"`` for such a function.
+    """
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "random_bits" and (
+            str(eqn.invars[0].aval.dtype) != "key<fry>"
+        ):
+            return True
+        if any(_draws_with_other_keys(sub) for sub in _subjaxprs(eqn.params)):
+            return True
+    return False
+
+
 def _count(jaxpr: jex_core.Jaxpr, name: str) -> int:
     """Equations of primitive ``name`` in ``jaxpr`` and its sub-jaxprs."""
     return sum(
@@ -577,7 +593,9 @@ def replica_vmap(
         up to float reassociation. Random bits are the same bits, except
         under ``"sequential"`` with ``rbg`` / ``unsafe_rbg`` keys, whose draws
         in a loop (those of a Python loop over the replicas) are not their
-        batched draws; threefry keys (JAX's default) draw alike. Where the
+        batched draws; threefry keys (JAX's default) draw alike, and
+        ``"auto"`` does not choose ``"sequential"`` for a function that draws
+        with other keys (it runs it as plain vmap). Where the
         jaxpr rewrite fails while tracing
         (JAX internals it does not know, a primitive it cannot re-bind), the
         function is plain ``jax.vmap(fun, in_axes)`` and a
@@ -623,6 +641,8 @@ def replica_vmap(
         if not applied:
             return jax.vmap(fun, in_axes=in_axes)(*args)
         if applied == POLICIES[SEQUENTIAL]:
+            if policy == "auto" and _draws_with_other_keys(closed.jaxpr):
+                return jax.vmap(fun, in_axes=in_axes)(*args)  # vmap's bits
             return _sequential(fun, in_axes)(*args)
         out_tree = jax.tree.structure(out_shape)
 

@@ -380,6 +380,26 @@ _CHOOSERS = {
 _SELECTS = {"ge": jnp.argmax, "le": jnp.argmin}
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _window_extreme(windows: jax.Array, name: str) -> jax.Array:
+    """Each window's max (min) over the last axis, derived as pooling is.
+
+    ``jnp.max``'s own derivative splits a tangent among tied elements; the
+    pooling primitives' goes to the first extreme alone (``select_prim=ge``),
+    which a function differentiated through :func:`replica_vmap` must match.
+    """
+    return _CHOOSERS[name](windows, axis=-1)
+
+
+@_window_extreme.defjvp
+def _window_extreme_jvp(name: str, primals: tuple, tangents: tuple) -> tuple:
+    (windows,), (tangent,) = primals, tangents
+    select = _SELECTS["ge" if name == "reduce_window_max" else "le"]
+    first = select(windows, axis=-1)[..., None]
+    value = _window_extreme(windows, name)
+    return value, jnp.take_along_axis(tangent, first, axis=-1)[..., 0]
+
+
 def _tiles(params, shape: Sequence[int]) -> bool:
     """Whether the window tiles the operand: no overlap, padding or dilation."""
     return all(
@@ -441,7 +461,7 @@ def _window_reshape(prim, params, num, batched, args):
     operand = args[at]
     window = (1, *params["window_dimensions"])  # the replica axis: window 1
     if name in _CHOOSERS:
-        return _CHOOSERS[name](_windows(operand, window), axis=-1)
+        return _window_extreme(_windows(operand, window), name)
     first = select(_windows(operand, window), axis=-1)[..., None]
     if name == "select_and_gather_add":
         tangents = _windows(args[0], window)

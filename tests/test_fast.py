@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import train_step
+from conftest import leaves_equal, train_step
 from jax import lax
 
 import tempering as tp
@@ -474,6 +474,50 @@ def test_differentiating_through_replica_vmap():
     ref = jax.grad(total)(w, "vmap")
     got = jax.jit(jax.grad(total), static_argnums=1)(w, "unroll")
     _assert_trees_close(got, ref)
+
+
+def _min_pool(x, window, strides):
+    dims, steps = (1, *window, 1), (1, *strides, 1)
+    return lax.reduce_window(x, jnp.inf, lax.min, dims, steps, "VALID")
+
+
+@pytest.mark.parametrize("pool", [nn.max_pool, _min_pool])
+def test_differentiating_through_tied_pooling_matches_vmap(pool):
+    """Rewritten as reshapes, pooling's max took jnp.max's derivative, which
+    splits a tangent among tied elements: d/dx [0.75] * 4 against vmap's
+    [3, 0, 0, 0] (the first extreme's), jvp [1.5, 3] against [0, 0]."""
+    x = jnp.ones((2, 4, 4, 1)).at[1, :2, :2].set(2.0)  # every window tied
+    w = jnp.array([1.0, 2.0, -1.0])
+
+    def f(w, x):
+        return pool(x * w, (2, 2), (2, 2)).sum()
+
+    for policy in ("reshape", "auto"):
+        mapped = fast.replica_vmap(f, (0, None), policy=policy)
+        reference = jax.vmap(f, (0, None))
+        grads = [jax.grad(lambda w, x, g=g: g(w, x).sum(), (0, 1))(w, x)
+                 for g in (mapped, reference)]  # fmt: skip
+        assert leaves_equal(*grads)
+        tangent = jnp.arange(x.size, dtype=jnp.float32).reshape(x.shape)
+        jvps = [jax.jvp(lambda x, g=g: g(w, x), (x,), (tangent,))
+                for g in (mapped, reference)]  # fmt: skip
+        assert leaves_equal(*jvps)
+
+
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+def test_auto_draws_the_bits_of_vmap_with_any_keys(impl):
+    """With rbg keys "auto" chose "sequential" for a batched product and drew
+    other dropout masks than vmap (those of a loop), without a word."""
+
+    def attention(key, p, x):  # batched products: "auto" runs it sequential
+        q = jnp.einsum("btd,dk->btk", x, p)
+        scores = jnp.einsum("btk,bsk->bts", q, q)
+        return jnp.where(jax.random.bernoulli(key, 0.5, scores.shape), scores, 0.0)
+
+    keys = jax.random.split(jax.random.key(0, impl=impl), M)
+    p, x = jnp.stack([jnp.eye(3)] * M), jnp.ones((2, 4, 3))
+    got = fast.replica_vmap(attention, (0, 0, None), policy="auto")(keys, p, x)
+    assert leaves_equal(got, jax.vmap(attention, (0, 0, None))(keys, p, x))
 
 
 def test_resolve_policy():

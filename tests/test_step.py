@@ -24,7 +24,7 @@ BAD_INPUTS = [
     Case("evaluate-batch-size-float", lambda c: tp.evaluate(c.state, c.xv, c.yv, batch_size=2.5), T, r"batch_size must be an int", fixed=True),
     Case("evaluate-lengths-mismatch", lambda c: tp.evaluate(c.state, c.xv, c.yv[:-2]), V, r"inputs.*targets", fixed=True),
     Case("evaluate-inputs-shape", lambda c: tp.evaluate(c.state, c.xv[:, :5], c.yv), V, r"inputs.*shape", fixed=True),
-    Case("evaluate-labels-float", lambda c: tp.evaluate(c.state, c.xv, c.yv.astype(np.float32)), T, r"targets: loss_fn or metrics_fn cannot take targets .* float32", fixed=True),
+    Case("evaluate-labels-float", lambda c: tp.evaluate(c.state, c.xv, c.yv.astype(np.float32)), T, r"targets: labels must be integers \(class indices\) .* got float32", fixed=True),
     Case("step-inputs-shape", lambda c: tp.train_step(c.state, c.key, c.x[:, :5], c.y), V, r"inputs.*shape", fixed=True),
     Case("step-lengths-mismatch", lambda c: tp.train_step(c.state, c.key, c.x, c.y[:-1]), V, r"inputs.*targets", fixed=True),
     Case("step-per-replica-axis", lambda c: tp.train_step(c.state, c.key, c.x[:6].reshape(3, 2, FEATURES), c.y[:6].reshape(3, 2), per_replica_batch=True), V, r"per_replica_batch", fixed=True),
