@@ -219,7 +219,7 @@ def concatenate(histories: Sequence[History]) -> History:
             "histories must come from one run (the same evaluations, move and "
             f"hyperparameters): {error}"
         ) from error
-    schemes = {h.scheme for h in histories} - {None}
+    schemes = {h.scheme for h in histories if h.scheme is not None}
     if len(schemes) > 1:
         raise ValueError(
             "histories must come from one run: their exchanges used the schemes "
