@@ -109,6 +109,8 @@ class Setting:
     runs: dict[int, dict[str, Run]] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     produced_at: set[str] = field(default_factory=set)
+    # seeds left out: a method's run missing, or the seed's file missing
+    unpaired: list[int] = field(default_factory=list)
 
 
 def _array(values) -> np.ndarray:
@@ -185,6 +187,11 @@ def load_compare(folder: Path) -> Setting:
                 test_error=float(run["test_error"]),
             )
         setting.runs[int(record["seed"])] = pair
+    merged = folder.parent.parent / f"{folder.name}.json"  # the run's seed list
+    expected = set(range(max(setting.runs, default=-1) + 1))
+    if merged.exists():
+        expected |= set(json.loads(merged.read_text())["provenance"]["seeds"] or [])
+    setting.unpaired = sorted(expected - set(setting.runs))
     return setting
 
 
@@ -207,6 +214,7 @@ def load_fig2(path: Path) -> Setting:
         for run in record["runs"].get(method, []):
             by_seed.setdefault(int(run["seed"]), {})[method] = _fig2_run(run)
     setting.runs = {k: v for k, v in sorted(by_seed.items()) if len(v) == 2}
+    setting.unpaired = sorted(k for k, v in by_seed.items() if len(v) != 2)
     return setting
 
 
@@ -228,6 +236,7 @@ def load_fig2_folder(folder: Path) -> Setting:
     setting = Setting(folder.name, label, "loss", steps, files=files)
     setting.produced_at = commits
     setting.runs = {k: v for k, v in sorted(by_seed.items()) if len(v) == 2}
+    setting.unpaired = sorted(k for k, v in by_seed.items() if len(v) != 2)
     return setting
 
 
@@ -427,6 +436,7 @@ def analyse(setting: Setting) -> dict[str, Any]:
         "num_steps": setting.num_steps,
         "first_round_step": int(min(r.step[0] for r in runs)),
         "seeds": sorted(setting.runs),
+        "unpaired_seeds": setting.unpaired,
         "per_seed": per_seed,
         "grid_mean": grid_mean,
         "paired": diffs,
@@ -435,6 +445,13 @@ def analyse(setting: Setting) -> dict[str, Any]:
 
 
 # --- outputs ----------------------------------------------------------------
+
+
+def _seeds_cell(a: dict) -> str:
+    """The paired seeds' count, and the seeds left out (a run or a file missing)."""
+    left_out = a.get("unpaired_seeds") or []
+    count = str(len(a["seeds"]))
+    return f"{count} (**left out: {left_out}**)" if left_out else count
 
 
 def _digits(a: dict, key: str) -> int:
@@ -561,7 +578,7 @@ def table(analyses: list[dict]) -> str:
     for a in analyses:
         err = " *err*" if a["validation_metric"] == "error" else ""
         lines.append(
-            f"| {a['label']}{err} | {len(a['seeds'])} | {_cell(a, 'test_error')} | "
+            f"| {a['label']}{err} | {_seeds_cell(a)} | {_cell(a, 'test_error')} | "
             f"{_cell(a, 'steps_selected', True)} | "
             f"{_cell(a, 'steps_population', True)} | {a['verdicts']['faster']} |"
         )

@@ -99,11 +99,11 @@ def git_commit() -> str:
             [
                 "git",
                 "status",
-                "--porcelain",
-                "--untracked-files=no",
+                "--porcelain",  # untracked files too: code never committed
                 "--",
                 ".",
                 ":(exclude)experiments/results",
+                ":(exclude)tempering-results",
             ],  # fmt: skip
             cwd=REPO_ROOT,
             capture_output=True,
@@ -183,6 +183,28 @@ def allocator_env() -> dict[str, str]:
     }
 
 
+def jax_env() -> dict[str, str]:
+    """``XLA_FLAGS`` and every ``JAX_*`` variable set: they change what is compiled."""
+    return {
+        k: v
+        for k, v in sorted(os.environ.items())
+        if k.startswith("JAX_") or k == "XLA_FLAGS"
+    }
+
+
+def package_versions() -> dict[str, str]:
+    """The versions of the packages that compute a result, besides jax."""
+    from importlib import metadata
+
+    versions = {}
+    for name in ("jaxlib", "flax", "optax", "numpy", "tempering"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
 def _cpu_times() -> tuple[int, int] | None:
     """(idle, total) jiffies of all CPUs since boot, from ``/proc/stat``."""
     try:
@@ -227,9 +249,11 @@ def machine() -> dict[str, Any]:
         "cpu_generation": cpu_generation(),
         "cpu_count": os.cpu_count(),
         "allocator_env": allocator_env(),
+        "jax_env": jax_env(),
         "backend": jax.default_backend(),
         "devices": [d.device_kind for d in devices],
         "jax": jax.__version__,
+        "packages": package_versions(),
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
@@ -295,7 +319,20 @@ def save_result(
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(_to_jsonable(payload), indent=1) + "\n")
+    commit = str(payload.get("provenance", {}).get("git_commit", ""))
+    if out_dir.resolve() == RECORDS_DIR.resolve() and not is_clean_commit(commit):
+        print(
+            f"WARNING: {path} names the commit {commit!r}, not a clean one: a "
+            "committed record must come from a clean, committed tree (the tests "
+            "refuse it); rerun from a clean checkout",
+            file=sys.stderr,
+        )
     return path
+
+
+def is_clean_commit(commit: str) -> bool:
+    """Whether ``commit`` names a commit of a clean tree (40 hex digits, no suffix)."""
+    return len(commit) == 40 and all(c in "0123456789abcdef" for c in commit)
 
 
 def mean_std(values) -> tuple[float, float]:

@@ -287,8 +287,16 @@ def paired(summary: dict, method: str, other: str) -> dict:
     return {
         "mean": mean, "std": std, "sem": sem,
         "lower": int((diff < 0).sum()), "equal": int((diff == 0).sum()),
-        "n": int(diff.size), "beyond_2_sem": bool(diff.size > 1 and mean < -2 * sem),
+        "n": int(diff.size),
+        "beyond_2_sem": bool(diff.size > 1 and abs(mean) > 2 * sem),  # either way
     }  # fmt: skip
+
+
+def _beyond(difference: dict) -> str:
+    """``yes`` (lower beyond 2 s.e.), ``yes, higher`` or ``no`` (within noise)."""
+    if not difference["beyond_2_sem"]:
+        return "no"
+    return "yes" if difference["mean"] < 0 else "yes, higher"
 
 
 def table(name: str, summary: dict, target: float, runs: list[dict], desc: str) -> str:
@@ -325,7 +333,7 @@ def table(name: str, summary: dict, target: float, runs: list[dict], desc: str) 
             lines.append(
                 f"| {LABELS[method]} − {LABELS[other]} | {d['mean']:.2f} ± "
                 f"{d['std']:.2f} | {d['sem']:.2f} | {d['lower']}/{n} "
-                f"(equal {d['equal']}) | {'yes' if d['beyond_2_sem'] else 'no'} |"
+                f"(equal {d['equal']}) | {_beyond(d)} |"
             )
     lines.append("")
     for method in methods:

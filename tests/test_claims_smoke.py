@@ -101,7 +101,8 @@ def test_hand_built_two_seed_case(tmp_path):
     assert p["test_error"]["sem"] == pytest.approx(0.5)
     assert a["verdicts"]["test"] == "PT lower beyond 2 s.e."
     table = (out / "claims.md").read_text()
-    assert "| fig2_tiny_40steps, 40 steps | 2 | **−1.50 ± 0.50** |" in table
+    left_out = "2 (**left out: [2]**)"  # seed 2 has no grid run
+    assert f"| fig2_tiny_40steps, 40 steps | {left_out} | **−1.50 ± 0.50** |" in table
     assert "−1.50 ± 0.50 points, n = 2" in payload["sentences"][0]
     assert payload["provenance"]["machine"]["cpu_isa"]
     generation = payload["provenance"]["machine"]["cpu_generation"]
@@ -125,3 +126,21 @@ def test_committed_compare_record_agrees():
         record["paired"]["pt-grid"]["sem"], abs=1e-6
     )
     assert a["paired"]["steps_selected"] is None  # compare keeps no per-replica curve
+
+
+def test_a_missing_seed_is_named_not_averaged_away(tmp_path):
+    """A seed file deleted (or a method's run missing) was left out silently:
+    the table then averaged fewer seeds, which can flip a verdict."""
+    records = common.RECORDS_DIR
+    name = "compare_mnist1d"
+    folder = tmp_path / "compare" / name
+    folder.mkdir(parents=True)
+    for seed in (0, 2):
+        source = records / "compare" / name / f"seed{seed}.json"
+        (folder / source.name).write_text(source.read_text())
+    (tmp_path / f"{name}.json").write_text(
+        json.dumps({"provenance": {"seeds": [0, 1, 2, 3]}})
+    )
+    setting = claims.load_compare(folder)
+    assert sorted(setting.runs) == [0, 2] and setting.unpaired == [1, 3]
+    assert claims._seeds_cell(claims.analyse(setting)) == "2 (**left out: [1, 3]**)"

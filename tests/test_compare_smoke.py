@@ -76,3 +76,17 @@ def test_rerun_drops_only_the_named_runs_and_their_provenance():
     assert args.rerun == ("pt",)
     with pytest.raises(SystemExit):
         compare.parse_args(["mnist1d", "--methods", "grid,pt", "--rerun", "pt_decay"])
+
+
+def test_a_difference_beyond_two_standard_errors_counts_either_way():
+    """Only PT lower than the other counted: ten points worse said "no"."""
+    from experiments.compare import _beyond, paired
+
+    summary = {"pt": {"test_error": [0.30, 0.31, 0.32, 0.30]},
+               "grid": {"test_error": [0.20, 0.20, 0.21, 0.20]}}  # fmt: skip
+    worse = paired(summary, "pt", "grid")
+    assert worse["beyond_2_sem"] and _beyond(worse) == "yes, higher"
+    better = paired(summary, "grid", "pt")
+    assert better["beyond_2_sem"] and _beyond(better) == "yes"
+    noisy = {"pt": {"test_error": [0.30, 0.20]}, "grid": {"test_error": [0.20, 0.30]}}
+    assert _beyond(paired(noisy, "pt", "grid")) == "no"

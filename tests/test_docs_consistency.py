@@ -190,3 +190,45 @@ def test_the_diffusion_docstring_reports_the_measured_l2_verdict():
     assert rows and all(line.rstrip(" |").endswith("no") for line in rows)
     doc = " ".join(importlib.import_module("tempering.diffusion").__doc__.split())
     assert "The paper claims" in doc and "finds no plateau" in doc
+
+
+def test_every_committed_record_names_a_clean_commit_of_this_repository():
+    """A record written from a tree with changes (an untracked module included)
+    names a commit that does not hold the code which produced it."""
+    import json
+    import subprocess
+
+    from experiments.common import RECORDS_DIR, is_clean_commit
+
+    def commits(tree):
+        if isinstance(tree, dict):
+            for key, value in tree.items():
+                if key == "git_commit":
+                    yield value
+                else:
+                    yield from commits(value)
+        elif isinstance(tree, list):
+            for item in tree:
+                yield from commits(item)
+
+    named = {
+        commit: path.relative_to(RECORDS_DIR)
+        for path in sorted(RECORDS_DIR.rglob("*.json"))
+        for commit in commits(json.loads(path.read_text()))
+    }
+    assert named, "no record names a commit"
+    unclean = {str(path): c for c, path in named.items() if not is_clean_commit(c)}
+    assert not unclean
+    shallow = subprocess.run(
+        ["git", "rev-parse", "--is-shallow-repository"], capture_output=True,
+        text=True, cwd=RECORDS_DIR,
+    )  # fmt: skip
+    if shallow.returncode != 0 or shallow.stdout.strip() != "false":
+        return  # no git, or a clone without the history: nothing to look up
+    known = subprocess.run(
+        ["git", "cat-file", "--batch-check"], input="\n".join(named) + "\n",
+        capture_output=True, text=True, cwd=RECORDS_DIR,
+    )  # fmt: skip
+    if known.returncode == 0:
+        missing = [line for line in known.stdout.splitlines() if "missing" in line]
+        assert not missing
