@@ -433,7 +433,8 @@ def pbt_train(
         burn_in: global steps before the first exploit.
         test_data: optional held-out data evaluated every round (never scored).
         init_from_prior: at step 0, draw the starting hyperparameters in
-            ``config.names`` from the prior instead of keeping the state's.
+            ``config.names`` from the prior instead of keeping the state's,
+            clipped to the bounds as explore's redraws are.
         exploit_at_end: also exploit/explore when the call's last segment
             ends a round, as a longer run would. Pass True to every call of a
             run split over calls but the last: the split run is then the one
@@ -525,7 +526,10 @@ def pbt_train(
         # A stream of its own: train's round keys are fold_in(key', r), r < 2**30.
         prior_key = jax.random.fold_in(jax.random.split(key)[1], 2**30)
         values = sample_prior(prior_key, config, state.num_replicas)
-        state = set_hyperparams(state, **values)
+        state = set_hyperparams(state, **{
+            name: jnp.clip(values[name], low, high)
+            for name, (low, high) in zip(config.names, config.bounds, strict=True)
+        })  # fmt: skip
     settings = _batch_for_explored_sizes(settings, config, state)
     warn_no_move(state, settings, "exploit", "ready_interval", "independent training")
     run = train(state, key, move, data, settings)

@@ -78,8 +78,9 @@ def best_schedule(history: History, replica: int) -> Schedule:
     if history.first_step != 0:
         raise ValueError(
             f"this history starts at step {history.first_step} (a continued "
-            "pbt_train call); best_schedule needs the lineage from step 0: take "
-            "it from a single call, or keep the first call's history"
+            "pbt_train call); best_schedule needs the lineage from step 0: "
+            "give it every call's history joined, tp.History.concatenate([first, "
+            "..., last])"
         )
     num = (
         history.parent.shape[1]

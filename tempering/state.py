@@ -639,13 +639,14 @@ def create_replicas(
     })  # fmt: skip
     for name in _data_names(given, ladder):
         values[name] = jnp.full((num_replicas,), given.get(name, 1.0), jnp.float32)
+    shared_view = getattr(model, "shared_view", None)  # built: compared by content
     state = ReplicaState(
         params=params,
         batch_stats=stats,
         opt_state=opt_state,
         hyperparams={k: jnp.asarray(v, jnp.float32) for k, v in values.items()},
         step=jnp.zeros((), jnp.int32),
-        model=model,
+        model=model if shared_view is None else shared_view(),
         tx=tx,
         loss_fn=loss_fn,
         model_inputs=inputs,

@@ -393,12 +393,19 @@ def warn_no_move(
         config.rounds.interval,
         config.burn_in,
     )
-    if int(state.step) == 0 and num_steps < burn_in + interval:
+    first = burn_in + interval
+    # a call's last round makes its move only with move_at_end (exploit_at_end)
+    if int(state.step) == 0 and num_steps < first + (not config.move_at_end):
+        where = "before" if num_steps < first else "at"
+        skipped = "" if num_steps < first else (
+            ", which a call's last round makes only with exploit_at_end=True"
+        )  # fmt: skip
         warn(
-            f"num_steps={num_steps} ends before the first {move} (burn_in="
-            f"{burn_in} + {interval_name}={interval}): this call makes no {move} "
-            f"and its result is {result}. Fine when a later call continues the "
-            f"run; otherwise give more steps or a shorter {interval_name}",
+            f"num_steps={num_steps} ends {where} the first {move} (burn_in="
+            f"{burn_in} + {interval_name}={interval}{skipped}): this call makes "
+            f"no {move} and its result is {result}. Fine when a later call "
+            f"continues the run; otherwise give more steps or a shorter "
+            f"{interval_name}",
             UserWarning,
         )
 

@@ -2,6 +2,7 @@
 
 import functools
 import math
+import warnings
 from fractions import Fraction
 from typing import Any
 
@@ -554,6 +555,27 @@ def test_a_pbt_call_ending_before_its_first_exploit_warns(state, blobs):
         UserWarning, match="ends before the first exploit .*ready_interval"
     ):
         run(state, blobs, num_steps=10, burn_in=20)
+    # ending at the first round's end, whose exploit a call's last round skips
+    # unless exploit_at_end: no exploit either, and it said nothing
+    with pytest.warns(UserWarning, match=r"ends at the first exploit .*exploit_at_end"):
+        result = run(state, blobs, num_steps=15, burn_in=5)
+    assert result.summary.num_copies == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(state, blobs, num_steps=15, burn_in=5, exploit_at_end=True)
+
+
+def test_init_from_prior_draws_within_the_bounds(state, blobs):
+    """The draw was not clipped: replicas started (and, never copied, stayed)
+    outside the bounds that every later redraw is clipped to."""
+    config = pbt.pbt_config(
+        {"learning_rate": pbt.Prior(1e-3, 1e-1, log=True)},
+        bounds={"learning_rate": (1e-3, 1e-2)},
+    )
+    result = run(state, blobs, config=config, init_from_prior=True, num_steps=5,
+                 burn_in=0, ready_interval=10)  # fmt: skip
+    start = result.history.initial_hyperparams["learning_rate"]
+    assert np.all(start <= np.float32(1e-2)) and np.any(start == np.float32(1e-2))
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ whose call takes the rate.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -133,11 +134,29 @@ def _into(template: Any, shapes: tuple, tree: Any, what: str, name: str) -> Any:
     return jax.tree.unflatten(template, jax.tree.leaves(tree))
 
 
+def _by_value(leaf: Any) -> Any:
+    """A leaf as a hashable key: an array by its shape, dtype and bytes.
+
+    An object that cannot be hashed counts by its identity (equal to no other).
+    """
+    if isinstance(leaf, np.ndarray | jax.Array):
+        array = np.asarray(leaf)
+        return ("array", array.shape, str(array.dtype), array.tobytes())
+    try:
+        hash(leaf)
+    except TypeError:
+        return ("object", id(leaf))
+    return leaf
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Equinox:
     """An Equinox module as the engine's model (:mod:`tempering.frontends`).
 
-    Hashed by identity: one frontend per ``create_replicas`` call.
+    Hashed by identity while it builds the replicas (its programs hold its
+    weights or its builder); the replicas' copy (:meth:`shared_view`) by what
+    the engine's programs depend on, so a new ``create_replicas`` of the same
+    module (another key, a rerun notebook cell) compiles nothing again.
     """
 
     static: Any  # the module without its inexact arrays
@@ -150,11 +169,41 @@ class Equinox:
     # leaves' (shape, dtype): every replica's build is put into them
     templates: tuple[Any, Any] = (None, None)
     shapes: tuple[tuple, tuple] = ((), ())
+    shared: bool = False  # compared by content (the replicas' copy), not identity
     kind = "equinox"
     dropout_fix = (
         "eqx.nn.Dropout fixes its rate at construction; use "
         "tempering.frontends.equinox.Dropout()(x, rate, key=key)"
     )
+
+    def shared_view(self) -> Equinox:
+        """This frontend compared by content: what the replicas' programs use."""
+        return dataclasses.replace(self, shared=True)
+
+    @functools.cached_property
+    def _compared(self) -> tuple:
+        """What the engine's programs depend on (not the weights or the builder).
+
+        The static module: its structure, and its leaves by value.
+        """
+        leaves, structure = jax.tree.flatten(self.static)
+        # a PyTreeDef compared with None raises: a template is tagged instead
+        templates = tuple(() if t is None else ("tree", t) for t in self.templates)
+        return (structure, tuple(map(_by_value, leaves)), self.stateful,
+                self.train_kwarg, self.name, templates, self.shapes)  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not (isinstance(other, Equinox) and self.shared and other.shared):
+            return False
+        try:
+            return bool(self._compared == other._compared)
+        except (TypeError, ValueError):  # a static value without plain equality
+            return False
+
+    def __hash__(self) -> int:
+        return hash(self._compared) if self.shared else id(self)
 
     @classmethod
     def from_module(cls, built: Any, train_kwarg: str | None) -> Equinox:

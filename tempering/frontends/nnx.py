@@ -27,6 +27,7 @@ static attribute, so use :class:`Dropout` here, whose call takes the rate::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -135,7 +136,10 @@ def _mode_graphs(module: nnx.Module) -> tuple[Any, Any]:
 class Nnx:
     """An nnx module as the engine's model (:mod:`tempering.frontends`).
 
-    Hashed by identity: one frontend per ``create_replicas`` call.
+    Hashed by identity while it builds the replicas (its programs hold its
+    weights or its builder); the replicas' copy (:meth:`shared_view`) by what
+    the engine's programs depend on, so a new ``create_replicas`` of the same
+    module (another key, a rerun notebook cell) compiles nothing again.
     """
 
     train_graph: Any
@@ -148,11 +152,38 @@ class Nnx:
     name: str
     built_leaves: frozenset[str] = frozenset()  # a builder's state, built eagerly
     functions: str = ""  # the functions its modules hold (an activation), by code
+    shared: bool = False  # compared by content (the replicas' copy), not identity
     kind = "nnx"
     dropout_fix = (
         "nnx.Dropout stores its rate as a static attribute; use "
         "tempering.frontends.nnx.Dropout(rngs=rngs)(x, rate)"
     )
+
+    def shared_view(self) -> Nnx:
+        """This frontend compared by content: what the replicas' programs use."""
+        return dataclasses.replace(self, shared=True)
+
+    @functools.cached_property
+    def _compared(self) -> tuple:
+        """What the engine's programs depend on (not the weights or the builder)."""
+        leaves = jax.tree.leaves(self.rng_state)
+        rng = (jax.tree.structure(self.rng_state),
+               tuple((leaf.shape, str(leaf.dtype)) for leaf in leaves))  # fmt: skip
+        return (self.train_graph, self.eval_graph, self.module_type,
+                self.train_kwarg, self.name, self.built_leaves, self.functions, rng)  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not (isinstance(other, Nnx) and self.shared and other.shared):
+            return False
+        try:
+            return bool(self._compared == other._compared)
+        except (TypeError, ValueError):  # a static value without plain equality
+            return False
+
+    def __hash__(self) -> int:
+        return hash(self._compared) if self.shared else id(self)
 
     @classmethod
     def from_module(cls, module: nnx.Module, train_kwarg: str | None) -> Nnx:
