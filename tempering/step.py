@@ -498,18 +498,28 @@ def zero_totals(
     targets: jax.Array | np.ndarray,
     metrics_fn: MetricsFn | None,
 ) -> Totals:
-    """Zero sums with the structure one chunk of these inputs produces."""
+    """Zero sums with the structure one chunk of these inputs produces.
+
+    The structure is traced once per state layout, inputs and ``metrics_fn``
+    (an evaluation on the host's loop asks every round).
+    """
     x = jax.ShapeDtypeStruct((1, *inputs.shape[1:]), inputs.dtype)
     y = jax.ShapeDtypeStruct((1, *targets.shape[1:]), targets.dtype)
-    mask = jax.ShapeDtypeStruct((1,), jnp.bool_)
-    shapes = jax.eval_shape(
-        functools.partial(_eval_chunk, metrics_fn=metrics_fn, vectorize="vmap"),
-        state,
-        x,
-        y,
-        mask,
-    )
+    leaves, structure = jax.tree.flatten(state)
+    layout = tuple(jax.ShapeDtypeStruct(np.shape(v), v.dtype) for v in leaves)
+    try:
+        shapes = _total_shapes(structure, layout, x, y, metrics_fn)
+    except TypeError:  # a metrics_fn (or a static field) that cannot be hashed
+        shapes = _total_shapes.__wrapped__(structure, layout, x, y, metrics_fn)
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+@functools.lru_cache(maxsize=64)
+def _total_shapes(structure, layout, x, y, metrics_fn) -> Totals:
+    state = jax.tree.unflatten(structure, layout)
+    mask = jax.ShapeDtypeStruct((1,), jnp.bool_)
+    chunk = functools.partial(_eval_chunk, metrics_fn=metrics_fn, vectorize="vmap")
+    return jax.eval_shape(chunk, state, x, y, mask)
 
 
 def add_chunk(

@@ -443,3 +443,33 @@ def test_values_that_differ_off_the_ladder_warn(state, blobs):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tp.pt_train(same_rate, dropout, jax.random.key(1), **settings)
+
+
+def test_evaluating_on_the_host_traces_the_model_once_per_call(tx, blobs):
+    """The host loop's evaluation (a convolutional model's default on CPU, or
+    a stream) traced the model again every round for the shape of its sums."""
+    import flax.linen as nn
+
+    traces = []
+
+    class Counted(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            traces.append(1)
+            return nn.Dense(3)(nn.relu(nn.Dense(8)(x)))
+
+    (x, y), (xv, yv) = blobs
+    state = tp.create_replicas(
+        jax.random.key(0), Counted(), tx, x[:2], ladder=LADDER, train_kwarg=None
+    )
+    batches = [(xv[:32], yv[:32]), (xv[32:], yv[32:])]
+
+    def traced_over(num_steps):
+        del traces[:]
+        tp.pt_train(state, LADDER, jax.random.key(1), train_data=(x, y),
+                    validation_data=batches, num_steps=num_steps,
+                    exchange_interval=5, batch_size=32, c=0.1, loop="host")  # fmt: skip
+        return len(traces)
+
+    traced_over(10)  # compiles
+    assert traced_over(10) == traced_over(30)  # 2 rounds, 6 rounds
