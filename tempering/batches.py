@@ -504,6 +504,20 @@ def batch_pair(element: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
+def checkable(array: Any) -> Any:
+    """``array`` where a check reads it best.
+
+    Numpy in host memory (a CPU array is not copied); a jax array on an
+    accelerator as it is, so that a check's reductions run there and only
+    their result is read back, not the whole dataset at every call.
+    """
+    if isinstance(array, jax.Array) and any(
+        device.platform != "cpu" for device in array.devices()
+    ):
+        return array
+    return np.asarray(array)
+
+
 def _label_problem(
     labels: np.ndarray, num_classes: int, rank: int
 ) -> tuple[type[Exception], str] | None:

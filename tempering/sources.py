@@ -82,6 +82,7 @@ from tempering.batches import (
     batch_pair,
     batch_problem,
     check_batch,
+    checkable,
     examples_problem,
 )
 from tempering.data import Split
@@ -259,7 +260,7 @@ def metric_names(
 
 def _check_labels(targets: Any, out: Any, name: str) -> None:
     """``targets`` (N, ...) are class indices for outputs ``out`` (1, ..., C)."""
-    found = _label_problem(np.asarray(targets), out.shape[-1], len(out.shape) - 1)
+    found = _label_problem(checkable(targets), out.shape[-1], len(out.shape) - 1)
     if found is not None:
         raise found[0](f"{name} {found[1]}")
 
@@ -317,7 +318,9 @@ def _check_finite(source: ArraySource, name: str) -> None:
         dtype = getattr(array, "dtype", None)
         if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
             continue
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(np.asarray(array))))
+        values = checkable(array)
+        xp = np if isinstance(values, np.ndarray) else jnp
+        bad = int(values.size - xp.count_nonzero(xp.isfinite(values)))
         if bad:
             raise ValueError(
                 f"{name} {part} hold {bad} non-finite values (NaN or inf); every "

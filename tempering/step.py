@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from tempering import sharding
-from tempering.batches import _is_array, _label_problem
+from tempering.batches import _is_array, _label_problem, checkable
 from tempering.fast import replica_vmap
 from tempering.hyperparams import (
     write_injected,
@@ -374,7 +374,7 @@ def evaluate(
     _check_chunks(targets.shape[0], batch_size)
     outputs = check_model_takes(state, inputs, "inputs", 0)
     if state.loss_fn is cross_entropy and not isinstance(targets, jax.core.Tracer):
-        found = _label_problem(np.asarray(targets), outputs.shape[-1], outputs.ndim - 1)
+        found = _label_problem(checkable(targets), outputs.shape[-1], outputs.ndim - 1)
         if found is not None:
             raise found[0](f"targets: {found[1]}")
     one = jax.ShapeDtypeStruct((1, *np.shape(targets)[1:]), jnp.result_type(targets))

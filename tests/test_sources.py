@@ -18,6 +18,7 @@ from conftest import (
 import tempering as tp
 from tempering.batches import batch_crc
 from tempering.sources import (
+    ArraySource,
     BatchError,
     BatchReader,
     IterableSource,
@@ -729,3 +730,20 @@ def test_a_sample_input_without_its_batch_axis_is_named_in_the_error(tx, blobs):
     state = tp.create_replicas(jax.random.key(0), TinyMLP(), tx, x[0], ladder=LADDER)
     with pytest.raises(ValueError, match=r"leading batch axis \(x\[:2\], not x\[0\]"):
         pt(state, blobs, blobs[0])
+
+
+def test_the_data_checks_reduce_on_the_device_where_the_data_lives(monkeypatch):
+    """Data on an accelerator was copied whole to the host at every call for
+    the finiteness and label checks; there the checks take the jax array
+    (``checkable``) and read back only their reductions."""
+    from tempering import batches, sources
+
+    labels = jnp.asarray([0, 2, 3])
+    assert isinstance(batches.checkable(labels), np.ndarray)  # CPU: no copy
+    monkeypatch.setattr(sources, "checkable", lambda array: array)  # as on a GPU
+    problem = batches._label_problem(labels, 3, 1)
+    assert problem == (ValueError, problem[1]) and "got values in [0, 3]" in problem[1]
+    bad = ArraySource(jnp.asarray([[0.0], [jnp.nan]]), labels[:2])
+    with pytest.raises(ValueError, match="inputs hold 1 non-finite values"):
+        sources._check_finite(bad, "train_data")
+    sources._check_finite(ArraySource(jnp.ones((2, 1)), labels[:2]), "train_data")
