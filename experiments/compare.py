@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -299,7 +300,31 @@ def _beyond(difference: dict) -> str:
     return "yes" if difference["mean"] < 0 else "yes, higher"
 
 
-def table(name: str, summary: dict, target: float, runs: list[dict], desc: str) -> str:
+def produced_by(records: list[dict]) -> dict[str, list[str]]:
+    """Method -> the commits and machines its seeds' runs came from.
+
+    A seed file's provenance is keyed by the methods one command ran
+    (``"grid,pbt"``); the machine is its platform's node (e.g. ``fc-v1252``)
+    and instruction set.
+    """
+    found: dict[str, set[str]] = {}
+    for record in records:
+        for methods, prov in record["provenance"].items():
+            machine = prov.get("machine", {})
+            node = re.search(r"fc-v\d+", machine.get("platform", ""))
+            where = node.group(0) if node else machine.get("platform", "?")
+            isa = machine.get("cpu_isa") or "ISA unrecorded"
+            for method in methods.split(","):
+                found.setdefault(method, set()).add(
+                    f"{prov['git_commit'][:7]} ({where}, {isa})"
+                )
+    return {method: sorted(places) for method, places in found.items()}
+
+
+def table(
+    name: str, summary: dict, target: float, runs: list[dict], desc: str,
+    produced: dict[str, list[str]] | None = None,
+) -> str:  # fmt: skip
     n = len(runs)
     methods = list(summary)
     lines = [
@@ -318,6 +343,19 @@ def table(name: str, summary: dict, target: float, runs: list[dict], desc: str) 
             f"| {LABELS[method]} | {fmt_mean_std(s['test_error'], 100)} | "
             f"{reach_txt} ({s['reached']}/{n}) | {fmt_mean_std(s['wall_s'], digits=1)} |"
         )
+    if produced:
+        lines += [
+            "",
+            "Produced at (commit, machine, instruction set): "
+            + "; ".join(
+                f"{LABELS[m]} {', '.join(produced[m])}"
+                for m in methods
+                if m in produced
+            )
+            + ". The wall times are each method's own, on those machines under "
+            "their loads: compare them across rows only where the rows ran on "
+            "one machine.",
+        ]
     lines += [
         "",
         "| paired difference (points) | mean ± std | ± s.e. | lower in | beyond 2 s.e. |",
@@ -474,7 +512,9 @@ def main(argv=None) -> dict | None:
         + f"; train / validation / test examples {len(dataset.train.labels)} / "
         f"{len(dataset.validation.labels)} / {len(dataset.test.labels)}"
     )
-    markdown = table(args.benchmark, summary, target, runs, desc)
+    markdown = table(
+        args.benchmark, summary, target, runs, desc, produced=produced_by(records)
+    )
     payload = {
         "provenance": provenance(seeds),
         "seed_provenance": {r["seed"]: r["provenance"] for r in records},

@@ -90,3 +90,25 @@ def test_a_difference_beyond_two_standard_errors_counts_either_way():
     assert better["beyond_2_sem"] and _beyond(better) == "yes"
     noisy = {"pt": {"test_error": [0.30, 0.20]}, "grid": {"test_error": [0.20, 0.30]}}
     assert _beyond(paired(noisy, "pt", "grid")) == "no"
+
+
+def test_the_table_says_where_each_method_ran():
+    """Methods run at other commits and machines (a grid on a machine with no
+    recorded instruction set) sat side by side, wall times included, unsaid."""
+    import json
+
+    from experiments.common import RECORDS_DIR
+    from experiments.compare import produced_by, table
+
+    folder = RECORDS_DIR / "compare" / "compare_mnist1d"
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))]
+    produced = produced_by(records)
+    assert set(produced) >= {"grid", "pt", "pbt"}
+    for places in produced.values():
+        assert all(len(place.split(" ")[0]) == 7 and "(" in place for place in places)
+    runs = [{"grid": {}}]
+    summary = {"grid": {"test_error": [0.1], "steps_to_target": np.array([10.0]),
+                        "reached": 1, "wall_s": [1.0]}}  # fmt: skip
+    text = table("x", summary, 0.1, runs, "d", produced={"grid": ["abc1234 (m, avx2)"]})
+    assert "Produced at (commit, machine, instruction set): independent grid" in text
+    assert "abc1234 (m, avx2)" in text
