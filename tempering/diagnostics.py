@@ -211,6 +211,9 @@ def rung_occupancy(history: History) -> np.ndarray:
     Returns:
         ``(M, M)`` float array, ``[m, r]``: fraction of rounds replica m spent
         on rung r; every row sums to 1 (all NaN for a history without rounds).
+
+    Raises:
+        ValueError: a history whose move keeps no rungs (PBT, a replay).
     """
     rungs = rung_history(history)  # shape=(R, M)
     num_replicas = rungs.shape[1]
@@ -249,6 +252,9 @@ def round_trips(history: History) -> np.ndarray:
 
     Returns:
         ``(M,)`` int array.
+
+    Raises:
+        ValueError: a history whose move keeps no rungs (PBT, a replay).
     """
     path = _rung_path(history)  # shape=(R + 1, M)
     return count_round_trips(path, path.shape[1])
@@ -267,6 +273,9 @@ def round_trip_steps(history: History) -> list[np.ndarray]:
     Returns:
         M int arrays; entry m has shape ``(round_trips(history)[m],)``: the
         ``history.step`` of each round that ended a trip of replica m.
+
+    Raises:
+        ValueError: a history whose move keeps no rungs (PBT, a replay).
     """
     path = _rung_path(history)  # shape=(R + 1, M)
     num_rungs = path.shape[1]

@@ -208,7 +208,8 @@ def replicas_probabilities(
 
     Raises:
         ValueError: every replica's predictions are non-finite, or bad
-            ``inputs`` or ``chunk_size``.
+            ``inputs`` or a ``chunk_size`` < 1.
+        TypeError: a ``chunk_size`` that is not an int.
     """
     check_int(chunk_size, "chunk_size", 1)
     inputs = _check_inputs(inputs)

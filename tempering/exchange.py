@@ -186,7 +186,7 @@ def exchange(
             under ``jax.jit`` too: shapes are known while tracing); and for
             concrete (not traced) arguments, rungs that are not a permutation,
             betas that do not decrease strictly, ``c`` not finite and > 0, or
-            a parity other than 0 or 1.
+            a parity other than 0 or 1; an unknown ``scheme``.
         TypeError: a key that is not a PRNG key, rungs that are not integers,
             or a ``c`` that is not a number.
     """

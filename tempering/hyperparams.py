@@ -360,6 +360,19 @@ def set_hyperparams(state: ReplicaState, **values: Any) -> ReplicaState:
     hyperparameters) cannot be read here: its shape is checked, its values
     are not.
 
+    Args:
+        state: the stacked replicas.
+        **values: name -> one value for every replica, or ``(M,)`` values.
+
+    Returns:
+        The state with those hyperparameters (and the optimiser's injected
+        copies) replaced.
+
+    Raises:
+        ValueError: a name the state does not hold, values of another shape
+            than ``()`` or ``(M,)``, or outside the name's range.
+        TypeError: a value that is not a number (a string).
+
     Example:
         >>> state = set_hyperparams(state, learning_rate=0.1, dropout_rate=rates)
     """

@@ -250,6 +250,7 @@ def make_ladder(
             increase with the rung order, no hyperparameter that varies
             (without ``temperatures``), or no temperature for a varying name
             without a default one.
+        TypeError: values that are not numbers (a string, an object).
 
     Example:
         >>> ladder = make_ladder(learning_rate=[0.01, 0.02, 0.04])
@@ -390,6 +391,11 @@ def linear_ladder(
     Returns:
         The validated :class:`Ladder`, coldest rung first.
 
+    Raises:
+        TypeError: ``name`` not a string, ``low`` or ``high`` not a number.
+        ValueError: ``num_rungs`` not an int >= 2, ``name`` given as a
+            keyword too, or anything :func:`make_ladder` refuses.
+
     Example:
         >>> ladder = linear_ladder("dropout_rate", 0.47, 0.55, 8, learning_rate=0.01)
         >>> authors = linear_ladder(
@@ -427,6 +433,11 @@ def geometric_ladder(
 
     Returns:
         The validated :class:`Ladder`, coldest rung first.
+
+    Raises:
+        TypeError: ``name`` not a string, ``low`` or ``high`` not a number.
+        ValueError: ``low`` or ``high`` not > 0, ``num_rungs`` not an int >= 2, ``name`` given as a
+            keyword too, or anything :func:`make_ladder` refuses.
     """
     low, high = check_number(low, "low"), check_number(high, "high")
     if not (np.isfinite(low) and np.isfinite(high) and low > 0 and high > 0):

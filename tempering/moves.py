@@ -21,9 +21,10 @@ replicas, so that a later call continues the run.
 - :func:`exchange_move`: the parallel tempering exchange (Metropolis test on
   adjacent rungs, :func:`tempering.exchange`); only hyperparameters move.
 - :func:`identity_move`: nothing moves (a run with no moves, e.g. a burn-in).
-  The grid baseline is the exchange with every swap rejected
+  The grid baseline is the exchange with no swap
   (``exchange_move(ladder, enabled=False)``, ``pt_train(..., exchanges=False)``):
-  the very programs of PT, recording what it would have accepted.
+  PT's training and evaluation programs, nothing proposed, recording what the
+  tests would have accepted.
 - :func:`tempering.pbt.pbt_move`: PBT's exploit/explore; whole models move.
 - :func:`as_move`: an object with ``init`` and ``step``, or a stateless function
   ``fn(key, state, scores, round_index) -> (state, info)``.
@@ -353,8 +354,10 @@ def exchange_move(
             (:mod:`tempering.adaptation`).
         scheme: ``"even_odd"`` (default; the parity alternates with the
             round) or ``"random_pair"`` (the paper's Algorithm 1).
-        enabled: False rejects every proposal (the grid) while recording what
-            the acceptance probabilities would have been.
+        enabled: False makes no swap (the grid): nothing is proposed
+            (``history.proposed`` False, so the acceptance rates and the
+            barrier read NaN), while ``acceptance_prob`` records what each
+            pair's test would have given.
         target_acceptance: in (0, 1); used by ``c="auto"``.
         adapt_rounds: rounds of adaptation (>= 1) with ``c="auto"`` or
             ``adapt_ladder``.
@@ -368,6 +371,14 @@ def exchange_move(
 
     Returns:
         An :class:`ExchangeMove`.
+
+    Raises:
+        TypeError: ``ladder`` not a :class:`Ladder` (or its fields), ``c``
+            not a number or ``"auto"``, ``enabled`` or ``adapt_ladder`` not a
+            bool.
+        ValueError: ``c <= 0`` or another string, an unknown ``scheme``,
+            ``target_acceptance`` outside (0, 1), ``adapt_rounds`` < 1, an
+            unknown ``adapt_schedule`` or one that needs an adaptive C.
 
     Defaults differ from :func:`tempering.pt_train`'s: here C is fixed at 1.0
     unless given (``pt_train`` tunes it, ``c="auto"``), and ``adapt_rounds``

@@ -276,7 +276,8 @@ def multi_exchange_move(
             per ladder.
         scheme: ``"random_pair"`` or ``"even_odd"`` (the parity follows the
             round index, whichever ladder is drawn).
-        enabled: False rejects every proposal (the grid), diagnostics kept.
+        enabled: False makes no swap (the grid): nothing proposed, the
+            acceptance probabilities kept.
         target_acceptance: in (0, 1); used by ``c="auto"``.
         adapt_rounds: own rounds of adaptation (>= 1) of each ``"auto"`` ladder.
 
@@ -284,9 +285,11 @@ def multi_exchange_move(
         A :class:`MultiExchangeMove`.
 
     Raises:
-        TypeError: ``ladders`` is not a sequence of :class:`~tempering.Ladder`.
+        TypeError: ``ladders`` is not a sequence of :class:`~tempering.Ladder`,
+            or a setting of the wrong type :func:`tempering.exchange_move`
+            refuses (``enabled=1``).
         ValueError: no ladder, ladders with different rung counts or shared
-            names, a ``c`` sequence of the wrong length, or any setting
+            names, a ``c`` sequence of the wrong length, or any value
             :func:`tempering.exchange_move` rejects.
 
     Example:

@@ -481,9 +481,9 @@ def pbt_train(
         :class:`PBTResult` ``(state, history, summary)``.
 
     Raises:
-        ValueError / TypeError: before anything compiles, for fewer than 2
-            replicas, a config that is not a :class:`PBTConfig` or names
-            hyperparameters the state does not hold, bad intervals, data or
+        ValueError / TypeError: before any training or evaluation program compiles,
+            for fewer than 2 replicas, a config that is not a :class:`PBTConfig` or
+            names hyperparameters the state does not hold, bad intervals, data or
             settings.
 
     Example:

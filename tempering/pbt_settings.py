@@ -114,6 +114,9 @@ def pbt_config(
             values outside a known range such as lr <= 0), q outside
             (0, 0.5], p outside [0, 1], empty or non-positive factors, or an
             unknown selection rule.
+        TypeError: ``prior`` not a mapping, an entry neither a :class:`Prior`
+            nor a ``(low, high)`` pair, bounds of another form, or a
+            fraction, probability or factors that are not numbers.
 
     Example:
         >>> config = pbt_config({"learning_rate": Prior(1e-3, 1e-1, log=True)})

@@ -142,6 +142,10 @@ def plot_acceptance(
 
     Returns:
         The Axes.
+
+    Raises:
+        ValueError: a history whose move proposes no swaps (PBT), or
+            ``window`` < 1.
     """
     ax = _axes(ax)
     acceptance = acceptance_over_time(history, window)  # shape=(R, M - 1)
@@ -236,6 +240,10 @@ def plot_schedule(
 
     Returns:
         The Axes (log y axis when the values are positive and span over 10x).
+
+    Raises:
+        ValueError: a ``replica`` out of range, or a ``name`` the history
+            does not hold.
     """
     steps, values = replica_schedule(history, replica, name)
     ax = _axes(ax)
@@ -382,6 +390,10 @@ def plot_diagnostics(
     Returns:
         The matplotlib Figure (7 Axes: the grid's row by row, then the
         barrier's).
+
+    Raises:
+        ValueError: a history without swaps or rungs (PBT, a replay), a
+            ``replica`` out of range, or ``window`` < 1.
     """
     plt = _pyplot()
     if replica is None:

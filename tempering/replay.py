@@ -62,6 +62,13 @@ def best_schedule(history: History, replica: int) -> Schedule:
 
     Returns:
         The :class:`Schedule` (burn-in piece first when ``burn_in > 0``).
+
+    Raises:
+        TypeError: a history without PBT's lineage (a PT run's), or a
+            ``replica`` that is not an int.
+        ValueError: a history that does not start at step 0 (a continued
+            call's: join every call's with :meth:`History.concatenate`), or a
+            ``replica`` out of range.
     """
     if "parent" not in getattr(history.move, "_fields", ()):
         raise TypeError(
@@ -172,12 +179,17 @@ class ReplayResult(NamedTuple):
         step: shape ``(S,)``, SGD steps done at the end of each piece.
         val_loss: shape ``(S, M)``, validation loss at the end of each piece.
         val_metrics: name -> shape ``(S, M)``, likewise.
+        test_loss: shape ``(S, M)``, the test loss at the end of each piece;
+            None without ``test_data``.
+        test_metrics: name -> shape ``(S, M)``, likewise; ``{}`` without.
     """
 
     state: ReplicaState
     step: np.ndarray  # shape=(S,), SGD steps done at the end of each piece
     val_loss: np.ndarray  # shape=(S, M), validation loss at the end of each piece
     val_metrics: dict[str, np.ndarray]  # name -> shape=(S, M)
+    test_loss: np.ndarray | None = None  # shape=(S, M); None without test_data
+    test_metrics: dict[str, np.ndarray] = {}  # noqa: RUF012 - never mutated
 
     @property
     def val_accuracy(self) -> np.ndarray:
@@ -231,7 +243,8 @@ def replay_schedule(
         schedule: from :func:`best_schedule`.
         train_data: the PBT run's training data.
         validation_data: evaluated at the end of every piece.
-        test_data: optional held-out data.
+        test_data: optional held-out data, evaluated at the end of each piece
+            (``ReplayResult.test_loss`` and ``test_metrics``).
         **settings: other :class:`tempering.RunConfig` fields (``batch_size``,
             ``vectorize``, ``callback``, ...); the schedule sets
             ``num_steps`` and the rounds. A schedule of ``batch_size`` values
@@ -271,6 +284,8 @@ def replay_schedule(
     data = RunData(train_data, validation_data, test_data)
     run = train(state, key, _NextPiece(values), data, config)
     history = run.history
+    test = history.test
     return ReplayResult(
-        run.state, history.step, history.validation.loss, history.validation.metrics
-    )
+        run.state, history.step, history.validation.loss, history.validation.metrics,
+        None if test is None else test.loss, {} if test is None else dict(test.metrics),
+    )  # fmt: skip

@@ -873,6 +873,17 @@ def replica(state: ReplicaState, index: int) -> Any:
     eval mode; Equinox: a module in inference mode (``(module, state)`` with a
     state); plain functions: the params (:mod:`tempering.frontends`).
 
+    Args:
+        state: the stacked replicas.
+        index: the replica, in ``[-M, M)`` (negative counts from the end).
+
+    Returns:
+        The replica in its library's form (above), a copy.
+
+    Raises:
+        TypeError: ``index`` not an integer.
+        IndexError: ``index`` outside ``[-M, M)``.
+
     Example:
         >>> variables = replica(result.state, result.summary.best_replica)
         >>> logits = state.model.module.apply(variables, x, train=False)

@@ -165,7 +165,8 @@ def train_step(
         ``(new_state, info)``.
 
     Raises:
-        TypeError: a key that is not a PRNG key.
+        TypeError: a key that is not a PRNG key, ``per_replica_batch`` not a
+            bool.
         ValueError: inputs and targets of different lengths, a missing replica
             axis with ``per_replica_batch``, inputs the model cannot take, a
             name in ``zero_inputs`` that is not one of the model inputs.

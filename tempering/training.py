@@ -165,7 +165,8 @@ def pt_train(
             of the acceptance probability.
         scheme: ``"even_odd"`` (default: deterministic even-odd, Syed et al.
             2019) or ``"random_pair"`` (the paper's Algorithm 1).
-        exchanges: False rejects every swap: the independent grid baseline.
+        exchanges: False makes no swap: the independent grid baseline
+            (nothing proposed, so its acceptance and barrier read NaN).
         target_acceptance: the acceptance ``c="auto"`` aims at, in (0, 1).
         adapt_rounds: rounds of adaptation; default a quarter of the rounds
             this call completes (at least 1), or, continuing a run
@@ -228,9 +229,9 @@ def pt_train(
         continues the run.
 
     Raises:
-        ValueError / TypeError: before anything compiles, for a ladder that
-            does not fit the state, ``c <= 0``, an unknown scheme, bad
-            intervals, data or settings.
+        ValueError / TypeError: before any training or evaluation program compiles,
+            for a ladder that does not fit the state, ``c <= 0``, an unknown scheme,
+            bad intervals, data or settings.
 
     Example:
         >>> result = pt_train(state, ladder, jax.random.key(0),

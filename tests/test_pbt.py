@@ -519,6 +519,14 @@ def test_replay_schedule(state, blobs, tx):
         replay.state.learning_rate, schedule.values["learning_rate"][-1]
     )
     assert np.all(np.isfinite(replay.val_loss))
+    assert replay.test_loss is None and replay.test_metrics == {}
+    # test data was evaluated every piece and dropped from the result
+    tested = tp.replay_schedule(fresh, jax.random.key(1), schedule, train_data=train,
+                                validation_data=val, test_data=val, batch_size=32)  # fmt: skip
+    np.testing.assert_array_equal(tested.test_loss, tested.val_loss)
+    np.testing.assert_array_equal(
+        tested.test_metrics["accuracy"], tested.val_metrics["accuracy"]
+    )
 
 
 def test_a_replayed_batch_size_schedule_trains_every_piece_at_its_size(tx, blobs):

@@ -183,9 +183,12 @@ def load_dataset(
 
     Raises:
         ValueError: unknown name or source, raw source without ``data_dir`` or
-            for ``emnist/letters``, corrupt files.
+            for ``emnist/letters``, corrupt files, ``validation_fraction``
+            outside ``(0, 1)``, a negative ``seed``.
+        TypeError: ``validation_fraction`` or ``seed`` not a number.
         FileNotFoundError: missing files; also when ``source="auto"`` and
             ``data_dir`` holds only some of the raw files of ``name``.
+        ImportError: ``source="tfds"`` without tensorflow-datasets.
     """
     spec = dataset_spec(name)
     check_fraction(validation_fraction)
