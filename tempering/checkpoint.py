@@ -720,13 +720,21 @@ class Checkpointer:
             if saved.get(name) != self.settings.get(name) and name not in self.allowed
         )
         if differs:
+            unsaved = [name for name in differs if name not in saved]
+            older = (
+                f" (the checkpoint has no {', '.join(unsaved)}: a version of "
+                "tempering before it was fingerprinted wrote it; if the run used "
+                "the same, resume_allowing those names resumes it)"
+                if unsaved else ""
+            )  # fmt: skip
             raise ValueError(
                 f"checkpoint_dir {self.directory} holds a run made with other "
-                f"settings (they differ in: {', '.join(differs)}); resume with the "
-                "same state, key, model, optimiser, functions, data and settings, "
-                "give another checkpoint_dir (or delete this one) to start afresh, "
-                "or resume anyway with RunConfig(resume_allowing=(<names>,)) "
-                "(pt_train(..., resume_allowing=...))"
+                f"settings (they differ in: {', '.join(differs)}){older}; resume "
+                "with the same state, key, model, optimiser, functions, data and "
+                "settings, give another checkpoint_dir (or delete this one) to "
+                "start afresh, or resume anyway with "
+                "RunConfig(resume_allowing=(<names>,)) (pt_train(..., "
+                "resume_allowing=...))"
             )
 
     def due(self) -> bool:

@@ -160,21 +160,45 @@ def _global_names(code: types.CodeType) -> list[str]:
 # what settings nest to (an optax chain of a schedule of schedules: about 15);
 # cycles are cut where they close, not by depth.
 MAX_DEPTH = 64
-_ACTIVE = threading.local()  # ids of the objects being described, per thread
+# Per thread: the ids of the objects being described (a cycle closes on one),
+# and the functions one outermost description has described, by id (with the
+# function, kept alive so that its id is not reused), each described once.
+_ACTIVE = threading.local()
 
 
 @contextlib.contextmanager
 def _entered(value: Any) -> Iterator[bool]:
     """Whether ``value`` is not already being described (False: a cycle)."""
-    active: set[int] = _ACTIVE.__dict__.setdefault("ids", set())
+    state = _ACTIVE.__dict__
+    active: set[int] = state.setdefault("ids", set())
     if id(value) in active:
         yield False
         return
+    outermost = not active
+    if outermost:
+        state["described"] = {}
     active.add(id(value))
     try:
         yield True
     finally:
         active.discard(id(value))
+        if outermost:
+            state["described"] = {}
+
+
+def _on_its_own(value: Any, depth: int) -> str:
+    """``value`` described as if nothing had been described before it.
+
+    A set's elements come in an order that changes from process to process;
+    described each on its own, no ``<same:k>`` depends on that order.
+    """
+    state = _ACTIVE.__dict__
+    before = state.get("described", {})
+    state["described"] = {}
+    try:
+        return describe_value(value, depth)
+    finally:
+        state["described"] = before
 
 
 def _cut(value: Any) -> str:
@@ -217,13 +241,20 @@ def describe_callable(fn: Any, depth: int = 0) -> str:
     setting such as ``nesterov=True`` or a momentum inside an optax
     transformation's closure) get different descriptions; the same function
     defined again gets the same one. A function that reaches itself (a
-    recursive closure) reads ``<cycle:name>`` there.
+    recursive closure) reads ``<cycle:name>`` there; one met again within a
+    description (a helper many functions call) reads ``<same:k>``, the k-th
+    function described, so a description grows with the functions it
+    reaches, not with the paths to them.
     """
     if depth > MAX_DEPTH:
         return _cut(fn)
     with _entered(fn) as fresh:
         if not fresh:
             return f"<cycle:{getattr(fn, '__qualname__', type(fn).__qualname__)}>"
+        described = _ACTIVE.__dict__["described"]
+        if id(fn) in described:
+            return f"<same:{described[id(fn)][0]}>"
+        described[id(fn)] = (len(described), fn)
         return _describe_callable(fn, depth)
 
 
@@ -296,8 +327,8 @@ _NOT_AS_CALLABLE = (tuple, list, set, frozenset, dict, types.ModuleType, type)
 def _describe_value(value: Any, depth: int) -> str:
     if isinstance(value, tuple | list):
         return "[" + ", ".join(describe_value(v, depth + 1) for v in value) + "]"
-    if isinstance(value, set | frozenset):
-        described = sorted(describe_value(v, depth + 1) for v in value)
+    if isinstance(value, set | frozenset):  # in any order: each on its own
+        described = sorted(_on_its_own(v, depth + 1) for v in value)
         return "set{" + ", ".join(described) + "}"
     if isinstance(value, dict):
         items = sorted(value.items(), key=lambda kv: stable_repr(kv[0]))

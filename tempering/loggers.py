@@ -24,7 +24,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -161,12 +161,14 @@ class JsonlLogger:
     loss) is written as ``null``; the record's ``diverged`` field says which
     replicas those are.
 
-    The file holds one line per round, in order. A run resumed from a
-    checkpoint repeats the rounds after it, which the stopped process may
-    have logged already: the lines of a round the run writes again (and any
-    after it, and a line cut short by the stop) are moved out of the file to
-    ``<path>.superseded`` (appended; nothing is deleted) before the round is
-    written, with a warning.
+    A run resumed from a checkpoint repeats the rounds after it, which the
+    stopped process may have logged already: at its first record, a logger
+    moves the file's lines of that round and later ones (and a line cut
+    short by the stop) to ``<path>.superseded`` (appended; nothing is
+    deleted), with a warning, so the file holds each round once. One logger
+    given several calls appends them all (a continued run, or runs in a
+    loop). A path that is not a regular file (a pipe, ``/dev/stdout``) is
+    only appended to.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -177,15 +179,11 @@ class JsonlLogger:
         """
         self._path = os.fspath(path)
         self._file: Any = None
-        self._last_round: int | None = None  # of the file's last line
 
     def __call__(self, record: RoundRecord) -> None:
         """Writes one line; never stops the run."""
-        if self._file is None or (
-            self._last_round is not None and record.round <= self._last_round
-        ):
-            self.close()
-            self._last_round = _supersede_from(self._path, int(record.round))
+        if self._file is None:
+            _supersede_from(self._path, int(record.round))
             self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
         line = {
             "round": record.round,
@@ -204,7 +202,6 @@ class JsonlLogger:
         }  # fmt: skip
         self._file.write(json.dumps(_jsonable(line), allow_nan=False) + "\n")
         self._file.flush()
-        self._last_round = int(record.round)
 
     def close(self) -> None:
         """Closes the file (if a record opened it)."""
@@ -228,25 +225,33 @@ def _line_round(line: str) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _last_round(rounds: Iterable[int | None]) -> int | None:
-    return max((r for r in rounds if r is not None), default=None)
-
-
-def _supersede_from(path: str, first_round: int) -> int | None:
+def _supersede_from(path: str, first_round: int) -> None:
     """Moves ``path``'s lines from round ``first_round`` on to ``path.superseded``.
 
-    Lines that do not read as a round (cut short) go too. Returns the round of
-    the last line kept, None if none.
+    Lines that do not read as a round (cut short) go too. A path that is not
+    a regular file (a pipe, a terminal) is left alone; a file that cannot be
+    read or rewritten warns and is appended to.
     """
+    if not os.path.isfile(path):
+        return
     try:
-        with open(path, encoding="utf-8") as file:
-            lines = file.readlines()
-    except FileNotFoundError:
-        return None
+        _move_superseded(path, first_round)
+    except OSError as error:
+        warnings.warn(
+            f"JsonlLogger: could not set aside the lines of {path} from round "
+            f"{first_round} on ({error}); appending",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _move_superseded(path: str, first_round: int) -> None:
+    with open(path, encoding="utf-8") as file:
+        lines = file.readlines()
     rounds = [_line_round(line) for line in lines]
     kept = [r is not None and r < first_round for r in rounds]
     if all(kept):
-        return _last_round(rounds)
+        return
     moved = [line if line.endswith("\n") else line + "\n"
              for line, keep in zip(lines, kept, strict=True) if not keep]  # fmt: skip
     with open(path + ".superseded", "a", encoding="utf-8") as file:
@@ -261,9 +266,8 @@ def _supersede_from(path: str, first_round: int) -> int | None:
         "repeats the rounds after its last checkpoint); they were moved to "
         f"{path}.superseded",
         UserWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
-    return _last_round(r for r, keep in zip(rounds, kept, strict=True) if keep)
 
 
 class TensorBoardLogger:

@@ -531,7 +531,10 @@ def pbt_train(
             for name, (low, high) in zip(config.names, config.bounds, strict=True)
         })  # fmt: skip
     settings = _batch_for_explored_sizes(settings, config, state)
-    warn_no_move(state, settings, "exploit", "ready_interval", "independent training")
+    warn_no_move(
+        state, settings, "exploit", "ready_interval", "independent training",
+        at_end="exploit_at_end=True",
+    )  # fmt: skip
     run = train(state, key, move, data, settings)
     return PBTResult(run.state, run.history, pbt_summary(run))
 

@@ -117,22 +117,30 @@ class ArraySource(NamedTuple):
 
 
 def _in_memory(data: Any) -> bool:
-    return (
-        isinstance(data, Split)
-        or isinstance(data, tuple | list)
-        and len(data) == 2
-        and all(_is_array(part) or _numbers(part) for part in data)
-    )
+    if isinstance(data, Split):
+        return True
+    if not (isinstance(data, tuple | list) and len(data) == 2):
+        return False
+    if all(_is_array(part) for part in data):
+        return True
+    # inputs and labels as Python lists: each a rectangular array of numbers,
+    # as many of each (a stream of two batches of lists is neither)
+    inputs, targets = (part if _is_array(part) else _numbers(part) for part in data)
+    return inputs is not None and targets is not None and len(inputs) == len(targets)
 
 
-def _numbers(part: Any) -> bool:
-    """A non-empty nested list (or tuple) of numbers: inputs or labels as Python lists.
-
-    Told from a batch of a stream, a pair of arrays, by its first leaf.
-    """
-    while isinstance(part, list | tuple) and part:
-        part = part[0]
-    return isinstance(part, int | float | np.number) and not isinstance(part, bool)
+def _numbers(part: Any) -> np.ndarray | None:
+    """A nested list (or tuple) of numbers as a numeric array; None otherwise."""
+    leaf = part
+    while isinstance(leaf, list | tuple) and leaf:
+        leaf = leaf[0]
+    if not isinstance(leaf, int | float | np.number) or isinstance(leaf, bool):
+        return None
+    try:
+        array = np.asarray(part)
+    except ValueError:  # ragged: a batch's (inputs, targets) pair of lists
+        return None
+    return array if array.dtype.kind in "iuf" and array.ndim >= 1 else None
 
 
 def _array_source(data: Any) -> ArraySource:

@@ -375,7 +375,12 @@ def _warn_fresh_adaptation(state: ReplicaState, move: Any) -> None:
 
 
 def warn_no_move(
-    state: ReplicaState, config: RunConfig, move: str, interval_name: str, result: str
+    state: ReplicaState,
+    config: RunConfig,
+    move: str,
+    interval_name: str,
+    result: str,
+    at_end: str = "RunConfig(move_at_end=True)",
 ) -> None:
     """Warns when a fresh run's call ends before its first move.
 
@@ -388,6 +393,7 @@ def warn_no_move(
         move: what the rounds end with (``"exchange"``, ``"exploit"``).
         interval_name: the caller's name of the interval.
         result: what the call's result then is.
+        at_end: the caller's setting that makes a call's last round move.
     """
     num_steps, interval, burn_in = (
         config.num_steps,
@@ -399,7 +405,7 @@ def warn_no_move(
     if int(state.step) == 0 and num_steps < first + (not config.move_at_end):
         where = "before" if num_steps < first else "at"
         skipped = "" if num_steps < first else (
-            ", which a call's last round makes only with exploit_at_end=True"
+            f", which a call's last round makes only with {at_end}"
         )  # fmt: skip
         warn(
             f"num_steps={num_steps} ends {where} the first {move} (burn_in="

@@ -7,6 +7,7 @@ before the rewrite (marked ``# bug:``).
 import dataclasses
 import inspect
 import json
+import os
 
 import chex
 import flax.linen as nn
@@ -184,6 +185,20 @@ def test_a_resumed_run_logs_each_round_once(state, blobs, tmp_path):
             hyperparams={}, diverged=np.zeros(4, bool), restored_from=np.zeros(4),
         ))  # fmt: skip
     assert [json.loads(x)["round"] for x in path.read_text().splitlines()][-1] == 4
+
+
+def test_one_logger_appends_every_call_and_leaves_a_pipe_alone(state, blobs, tmp_path):
+    """Runs in a loop into one logger had the earlier run's lines moved out
+    as a resume's; a path that is not a regular file (/dev/stdout piped) was
+    opened for reading and hung."""
+    path = tmp_path / "runs.jsonl"
+    with loggers.JsonlLogger(path) as log:
+        for _ in range(2):
+            pt(state, blobs, num_steps=25, callback=log)
+    rounds = [json.loads(line)["round"] for line in path.read_text().splitlines()]
+    assert rounds == [0, 1, 0, 1] and not (tmp_path / "runs.jsonl.superseded").exists()
+    with loggers.JsonlLogger(os.devnull) as log:  # not a regular file: appended to
+        pt(state, blobs, num_steps=25, callback=log)
 
 
 def test_tensorboard_hides_the_events_a_resumed_run_repeats(tmp_path):

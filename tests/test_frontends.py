@@ -1076,3 +1076,37 @@ def test_replicas_made_again_compile_nothing_again(kind):
     # the weights are each build's own, never the first's from a cached program
     assert not all(jax.tree.leaves(jax.tree.map(
         lambda a, b: bool(jnp.array_equal(a, b)), first.params, second.params)))  # fmt: skip
+
+
+def test_a_model_holding_a_list_or_a_key_still_trains():
+    """Compared by content, a frontend hashed its static values: an nnx list
+    attribute or an Equinox typed key made pt_train raise TypeError."""
+
+    class Sized(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs):
+            self.sizes = [16, 3]  # a plain list: static, unhashable
+            self.out = nnx.Linear(16, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(x)
+
+    class Keyed(eqx.Module):
+        out: eqx.nn.Linear
+        noise_key: jax.Array
+
+        def __init__(self, key):
+            self.out = eqx.nn.Linear(16, 3, key=key)
+            self.noise_key = jax.random.key(7)  # not inexact: static part
+
+        def __call__(self, x):
+            return self.out(x)
+
+    x, y = TRAIN
+    for model in (Sized(nnx.Rngs(0)), Keyed(jax.random.key(0))):
+        state = tp.create_replicas(jax.random.key(0), model, tp.sgd(0.05), x[:2],
+                                   ladder=LR, train_kwarg=None)  # fmt: skip
+        hash(state.model)
+        result = tp.pt_train(state, LR, jax.random.key(1), train_data=(x, y),
+                             validation_data=VAL, num_steps=10, exchange_interval=5,
+                             batch_size=32, c=1.0)  # fmt: skip
+        assert np.all(np.isfinite(result.summary.final_val_loss))

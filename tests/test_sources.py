@@ -747,3 +747,18 @@ def test_the_data_checks_reduce_on_the_device_where_the_data_lives(monkeypatch):
     with pytest.raises(ValueError, match="inputs hold 1 non-finite values"):
         sources._check_finite(bad, "train_data")
     sources._check_finite(ArraySource(jnp.ones((2, 1)), labels[:2]), "train_data")
+
+
+def test_a_stream_of_batches_of_lists_stays_a_stream(state, blobs):
+    """Two batches as (inputs, labels) pairs of lists read as one in-memory
+    pair of lists (their first leaf a number) and failed converting."""
+    (xv, yv) = blobs[1]
+    batches = [
+        (xv[:32].tolist(), yv[:32].tolist()),
+        (xv[32:].tolist(), yv[32:].tolist()),
+    ]
+    assert isinstance(as_eval_source(batches, "validation_data"), IterableSource)
+    listed = pt(state, blobs, blobs[0], validation_data=batches, num_steps=10)
+    arrays = pt(state, blobs, blobs[0], num_steps=10)
+    np.testing.assert_allclose(listed.history.val_loss, arrays.history.val_loss,
+                               rtol=1e-6)  # fmt: skip

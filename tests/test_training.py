@@ -473,3 +473,13 @@ def test_evaluating_on_the_host_traces_the_model_once_per_call(tx, blobs):
 
     traced_over(10)  # compiles
     assert traced_over(10) == traced_over(30)  # 2 rounds, 6 rounds
+
+
+def test_a_pt_call_ending_at_its_first_exchange_names_pt_s_setting(state, blobs):
+    """The warning told a pt_train user about PBT's exploit_at_end."""
+    train, val = blobs
+    with pytest.warns(UserWarning, match=r"only with RunConfig\(move_at_end=True\)"):
+        tp.pt_train(state, LADDER, jax.random.key(1), train_data=train,
+                    validation_data=val, c=0.1, run_config=tp.RunConfig(
+                        num_steps=10, interval=10, move_at_end=False,
+                        batch_size=32))  # fmt: skip

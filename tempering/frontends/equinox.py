@@ -139,6 +139,11 @@ def _by_value(leaf: Any) -> Any:
 
     An object that cannot be hashed counts by its identity (equal to no other).
     """
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(
+        leaf.dtype, jax.dtypes.prng_key
+    ):  # a typed key: its implementation (the dtype) and its data
+        data = np.asarray(jax.random.key_data(leaf))
+        return ("key", str(leaf.dtype), data.shape, data.tobytes())
     if isinstance(leaf, np.ndarray | jax.Array):
         array = np.asarray(leaf)
         return ("array", array.shape, str(array.dtype), array.tobytes())
@@ -203,7 +208,12 @@ class Equinox:
             return False
 
     def __hash__(self) -> int:
-        return hash(self._compared) if self.shared else id(self)
+        if not self.shared:
+            return id(self)
+        try:
+            return hash(self._compared)
+        except TypeError:  # an unhashable static value (a list attribute)
+            return hash((self.name, self.train_kwarg, type(self).__name__))
 
     @classmethod
     def from_module(cls, built: Any, train_kwarg: str | None) -> Equinox:

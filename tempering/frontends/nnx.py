@@ -183,7 +183,12 @@ class Nnx:
             return False
 
     def __hash__(self) -> int:
-        return hash(self._compared) if self.shared else id(self)
+        if not self.shared:
+            return id(self)
+        try:
+            return hash(self._compared)
+        except TypeError:  # an unhashable static value (a list attribute)
+            return hash((self.name, self.train_kwarg, type(self).__name__))
 
     @classmethod
     def from_module(cls, module: nnx.Module, train_kwarg: str | None) -> Nnx:
