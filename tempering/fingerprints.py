@@ -160,45 +160,84 @@ def _global_names(code: types.CodeType) -> list[str]:
 # what settings nest to (an optax chain of a schedule of schedules: about 15);
 # cycles are cut where they close, not by depth.
 MAX_DEPTH = 64
-# Per thread: the ids of the objects being described (a cycle closes on one),
-# and the functions one outermost description has described, by id (with the
-# function, kept alive so that its id is not reused), each described once.
+# A value met again within one description is written out again when its text
+# is this short (as descriptions read before they were shared), else referred to.
+SHORT = 200
+# Per thread: the stack of objects being described (a cycle closes on one of
+# them); what one outermost description has described, by id, each object kept
+# alive so that its id is not reused: ``[object, text]``; and the texts of a
+# set's elements, each described on its own.
 _ACTIVE = threading.local()
 
 
 @contextlib.contextmanager
-def _entered(value: Any) -> Iterator[bool]:
-    """Whether ``value`` is not already being described (False: a cycle)."""
+def _entered(value: Any) -> Iterator[int | None]:
+    """None while ``value`` is new on the stack, else how far up it is (a cycle)."""
     state = _ACTIVE.__dict__
-    active: set[int] = state.setdefault("ids", set())
-    if id(value) in active:
-        yield False
+    stack: list[int] = state.setdefault("stack", [])
+    if id(value) in stack:
+        yield len(stack) - stack.index(id(value))
         return
-    outermost = not active
-    if outermost:
-        state["described"] = {}
-    active.add(id(value))
+    if not stack:  # the outermost description
+        state["described"], state["alone"] = {}, {}
+    stack.append(id(value))
     try:
-        yield True
+        yield None
     finally:
-        active.discard(id(value))
-        if outermost:
-            state["described"] = {}
+        stack.pop()
+        if not stack:
+            state["described"], state["alone"] = {}, {}
+
+
+def _once(value: Any, describe: Callable[[], str], cycle: str) -> str:
+    """``describe()`` of ``value``, once per outermost description.
+
+    Met again: its text if short, else ``<same:digest>`` (:func:`_short`),
+    so a description grows with the objects it reaches, not with the paths
+    to them. Met within itself: ``<cycle:^d>`` (``cycle``), d the levels up to
+    where it began, which tells apart closures that close on different
+    ancestors.
+    """
+    with _entered(value) as up:
+        if up is not None:
+            return f"<{cycle}:^{up}>"
+        described = _ACTIVE.__dict__["described"]
+        seen = described.get(id(value))
+        if seen is not None:
+            return _short(seen[1])
+        entry = described[id(value)] = [value, ""]
+        entry[1] = describe()
+        return entry[1]
+
+
+def _short(text: str) -> str:
+    """``text`` if short, else ``<same:digest>``: its content, not where it was met."""
+    if len(text) <= SHORT:
+        return text
+    return f"<same:{hashlib.sha1(text.encode()).hexdigest()[:16]}>"
 
 
 def _on_its_own(value: Any, depth: int) -> str:
     """``value`` described as if nothing had been described before it.
 
     A set's elements come in an order that changes from process to process;
-    described each on its own, no ``<same:k>`` depends on that order.
+    described each on its own, none depends on that order. Within
+    one outermost description each is described once (unless its text holds
+    a cycle, which depends on where it is met).
     """
     state = _ACTIVE.__dict__
+    alone = state.get("alone")
+    if alone is not None and id(value) in alone:
+        return alone[id(value)][1]
     before = state.get("described", {})
     state["described"] = {}
     try:
-        return describe_value(value, depth)
+        text = describe_value(value, depth)
     finally:
         state["described"] = before
+    if alone is not None and "<cycle" not in text:
+        alone[id(value)] = (value, text)
+    return text
 
 
 def _cut(value: Any) -> str:
@@ -226,8 +265,8 @@ def _describe_globals(code: types.CodeType, namespace: dict, depth: int) -> str:
         if value is None or isinstance(value, constant | np.ndarray | jax.Array):
             parts.append(f"{name}={describe_value(value, depth + 1)}")
         elif isinstance(value, type) and _is_run_code(value):
-            with _entered(value) as fresh:
-                text = code_of_class(value, depth + 1) if fresh else "<cycle>"
+            describe = functools.partial(code_of_class, value, depth + 1)
+            text = _once(value, describe, "cycle")
             parts.append(f"{name}=class:{text}")
         elif isinstance(value, types.FunctionType) and _is_run_code(value):
             parts.append(f"{name}={describe_callable(value, depth + 1)}")
@@ -241,21 +280,13 @@ def describe_callable(fn: Any, depth: int = 0) -> str:
     setting such as ``nesterov=True`` or a momentum inside an optax
     transformation's closure) get different descriptions; the same function
     defined again gets the same one. A function that reaches itself (a
-    recursive closure) reads ``<cycle:name>`` there; one met again within a
-    description (a helper many functions call) reads ``<same:k>``, the k-th
-    function described, so a description grows with the functions it
-    reaches, not with the paths to them.
+    recursive closure) reads ``<cycle:^d>`` there, d levels up; one met again
+    within a description (a helper many functions call) is written again if
+    short, else read ``<same:digest>`` (:func:`_once`).
     """
     if depth > MAX_DEPTH:
         return _cut(fn)
-    with _entered(fn) as fresh:
-        if not fresh:
-            return f"<cycle:{getattr(fn, '__qualname__', type(fn).__qualname__)}>"
-        described = _ACTIVE.__dict__["described"]
-        if id(fn) in described:
-            return f"<same:{described[id(fn)][0]}>"
-        described[id(fn)] = (len(described), fn)
-        return _describe_callable(fn, depth)
+    return _once(fn, lambda: _describe_callable(fn, depth), "cycle")
 
 
 def _describe_callable(fn: Any, depth: int) -> str:
@@ -317,8 +348,7 @@ def describe_value(value: Any, depth: int) -> str:
         return _cut(value)
     if callable(value) and not isinstance(value, _NOT_AS_CALLABLE):
         return describe_callable(value, depth + 1)  # which guards the cycles
-    with _entered(value) as fresh:
-        return _describe_value(value, depth) if fresh else "<cycle>"
+    return _once(value, lambda: _describe_value(value, depth), "cycle")
 
 
 _NOT_AS_CALLABLE = (tuple, list, set, frozenset, dict, types.ModuleType, type)
@@ -328,7 +358,7 @@ def _describe_value(value: Any, depth: int) -> str:
     if isinstance(value, tuple | list):
         return "[" + ", ".join(describe_value(v, depth + 1) for v in value) + "]"
     if isinstance(value, set | frozenset):  # in any order: each on its own
-        described = sorted(_on_its_own(v, depth + 1) for v in value)
+        described = sorted(_short(_on_its_own(v, depth + 1)) for v in value)
         return "set{" + ", ".join(described) + "}"
     if isinstance(value, dict):
         items = sorted(value.items(), key=lambda kv: stable_repr(kv[0]))

@@ -236,7 +236,7 @@ def _supersede_from(path: str, first_round: int) -> None:
         return
     try:
         _move_superseded(path, first_round)
-    except OSError as error:
+    except (OSError, UnicodeDecodeError) as error:  # unreadable: appended to
         warnings.warn(
             f"JsonlLogger: could not set aside the lines of {path} from round "
             f"{first_round} on ({error}); appending",

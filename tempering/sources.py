@@ -116,7 +116,7 @@ class ArraySource(NamedTuple):
     targets: Any  # shape=(N, ...)
 
 
-def _in_memory(data: Any) -> bool:
+def _in_memory(data: Any, name: str = "data") -> bool:
     if isinstance(data, Split):
         return True
     if not (isinstance(data, tuple | list) and len(data) == 2):
@@ -126,7 +126,16 @@ def _in_memory(data: Any) -> bool:
     # inputs and labels as Python lists: each a rectangular array of numbers,
     # as many of each (a stream of two batches of lists is neither)
     inputs, targets = (part if _is_array(part) else _numbers(part) for part in data)
-    return inputs is not None and targets is not None and len(inputs) == len(targets)
+    if inputs is None or targets is None or len(inputs) != len(targets):
+        return False
+    if len(inputs) == 2 and not any(map(_is_array, data)):
+        raise ValueError(
+            f"{name} given as two lists of two items each reads two ways: "
+            "(inputs, targets) of two examples, or a stream of two (inputs, "
+            "targets) batches; give numpy arrays: (np.asarray(inputs), "
+            "np.asarray(targets)), or a list of batches of arrays"
+        )
+    return True
 
 
 def _numbers(part: Any) -> np.ndarray | None:
@@ -175,7 +184,7 @@ def as_train_source(
     data: Any, name: str, batch_size: int
 ) -> ArraySource | IterableSource:
     """The training source of ``data`` (arrays, or an iterable of batches)."""
-    if _in_memory(data):
+    if _in_memory(data, name):
         return _check_arrays(_array_source(data), name, batch_size)
     if isinstance(data, Iterator):
         return IterableSource(lambda: data, restartable=False)
@@ -194,7 +203,7 @@ _ENDLESS = 1 << 48
 
 def as_eval_source(data: Any, name: str) -> ArraySource | IterableSource:
     """The evaluation source of ``data`` (arrays, a re-iterable, or a factory)."""
-    if _in_memory(data):
+    if _in_memory(data, name):
         return _check_arrays(_array_source(data), name, 1)
     try:
         length = len(data)
@@ -408,7 +417,7 @@ def prepare_sources(
     if jax.process_count() > 1:  # before any check that one process could fail
         sharding.check_same_on_processes(
             {
-                name: tuple(part) if _in_memory(part) else None
+                name: tuple(part) if _in_memory(part, name) else None
                 for name, part in (
                     ("train_data", data.train),
                     ("validation_data", data.validation),

@@ -199,6 +199,15 @@ def test_one_logger_appends_every_call_and_leaves_a_pipe_alone(state, blobs, tmp
     assert rounds == [0, 1, 0, 1] and not (tmp_path / "runs.jsonl.superseded").exists()
     with loggers.JsonlLogger(os.devnull) as log:  # not a regular file: appended to
         pt(state, blobs, num_steps=25, callback=log)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(
+        b'{"round": 0, "note": "caf\xe9"}\n'
+    )  # not UTF-8: it stopped runs
+    with (
+        loggers.JsonlLogger(latin) as log,
+        pytest.warns(UserWarning, match="could not set aside"),
+    ):
+        pt(state, blobs, num_steps=25, callback=log)
 
 
 def test_tensorboard_hides_the_events_a_resumed_run_repeats(tmp_path):

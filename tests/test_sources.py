@@ -762,3 +762,13 @@ def test_a_stream_of_batches_of_lists_stays_a_stream(state, blobs):
     arrays = pt(state, blobs, blobs[0], num_steps=10)
     np.testing.assert_allclose(listed.history.val_loss, arrays.history.val_loss,
                                rtol=1e-6)  # fmt: skip
+
+
+def test_two_lists_of_two_items_are_refused_as_ambiguous():
+    """Two batches of lists whose inputs and targets had one shape read as an
+    in-memory pair: batch 1 became the inputs, batch 2 the targets."""
+    batches = [([0.1, 0.2, 0.3, 0.4], [1.0, 2.0, 3.0, 4.0]),
+               ([0.5, 0.6, 0.7, 0.8], [5.0, 6.0, 7.0, 8.0])]  # fmt: skip
+    with pytest.raises(ValueError, match=r"validation_data given as two lists of "
+                       r"two items each reads two ways.*np\.asarray"):  # fmt: skip
+        as_eval_source(batches, "validation_data")
