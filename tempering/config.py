@@ -311,7 +311,8 @@ class RunConfig:
         if self.batch_size < largest:
             raise ValueError(
                 f"batch_size={self.batch_size} is smaller than the largest "
-                "per-replica batch_size of the state or burn_in_hyperparams, "
+                "per-replica batch_size (of the state, burn_in_hyperparams, or "
+                "the upper bound of a batch_size pbt_config explores), "
                 f"{largest}: every step's batch "
                 "holds the largest, and each replica trains on its first batch_size "
                 f"examples. Give batch_size={largest} (or None, which means it)"
@@ -382,7 +383,8 @@ def config_from(
         **settings: its other run settings, as :class:`RunConfig` fields.
 
     Raises:
-        TypeError: no config and no ``num_steps`` or interval.
+        TypeError: no config and no ``num_steps`` or interval, or an interval
+            that is not an int (explicit round ends go in a ``RunConfig``).
         ValueError: a config and settings given as keywords too.
     """
     if config is None:
@@ -396,8 +398,13 @@ def config_from(
                 f"{caller} needs {' and '.join(f'{m}=' for m in missing)} (or a "
                 "whole run_config=tempering.RunConfig(...))"
             )
-        if np.ndim(interval) == 0:
-            interval = check_int(interval, interval_name, 1)
+        if np.ndim(interval) != 0:
+            raise TypeError(
+                f"{interval_name} must be an int (SGD steps per round), got "
+                f"{interval!r}; for explicit round ends give "
+                "run_config=tempering.RunConfig(num_steps=..., interval=(end, ...))"
+            )
+        interval = check_int(interval, interval_name, 1)
         return RunConfig(num_steps=num_steps, interval=interval, **settings)
     if not isinstance(config, RunConfig):
         raise TypeError(

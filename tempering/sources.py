@@ -379,7 +379,8 @@ def _check_stream_batch_size(
             raise ValueError(
                 f"train_data is a stream whose batches hold {size[0]} examples, but "
                 f"a step needs {config.batch_size} (the largest per-replica "
-                "batch_size hyperparameter, of the state or burn_in_hyperparams, or "
+                "batch_size hyperparameter: of the state, burn_in_hyperparams, "
+                "the upper bound of a batch_size pbt_config explores, or "
                 "batch_size=): batch the stream to at least that many"
             )
         return

@@ -897,3 +897,14 @@ def test_resample_and_copy_frequencies_within_bounds():
     expected = np.arange(M) / (M - 1)
     stderr = np.sqrt(expected * (1 - expected) / trials)
     assert np.all(np.abs(freq - expected) <= 5 * stderr + 1e-9)
+
+
+def test_ready_interval_is_an_int_named_as_such(state, blobs):
+    """A sequence ran as explicit round ends (10, 20, 60 -> rounds at 10, 20)
+    and its errors named "interval", which pbt_train has no keyword for."""
+    with pytest.raises(TypeError, match=r"ready_interval must be an int .*RunConfig"):
+        run(state, blobs, ready_interval=(10, 20, 60), burn_in=0)
+    with pytest.raises(TypeError, match=r"exchange_interval must be an int"):
+        tp.pt_train(state, LADDER, jax.random.key(1), train_data=blobs[0],
+                    validation_data=blobs[1], num_steps=20,
+                    exchange_interval=[10, 20])  # fmt: skip
