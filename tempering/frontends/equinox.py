@@ -26,6 +26,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from tempering.frontends._compared import ComparedByContent
 from tempering.layers import dropout, is_static_zero
 
 __all__ = ["Dropout", "Equinox"]
@@ -155,13 +156,11 @@ def _by_value(leaf: Any) -> Any:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Equinox:
+class Equinox(ComparedByContent):
     """An Equinox module as the engine's model (:mod:`tempering.frontends`).
 
-    Hashed by identity while it builds the replicas (its programs hold its
-    weights or its builder); the replicas' copy (:meth:`shared_view`) by what
-    the engine's programs depend on, so a new ``create_replicas`` of the same
-    module (another key, a rerun notebook cell) compiles nothing again.
+    Compared by identity while it builds the replicas, by what the engine's
+    programs depend on once in their state (:class:`ComparedByContent`).
     """
 
     static: Any  # the module without its inexact arrays
@@ -181,10 +180,6 @@ class Equinox:
         "tempering.frontends.equinox.Dropout()(x, rate, key=key)"
     )
 
-    def shared_view(self) -> Equinox:
-        """This frontend compared by content: what the replicas' programs use."""
-        return dataclasses.replace(self, shared=True)
-
     @functools.cached_property
     def _compared(self) -> tuple:
         """What the engine's programs depend on (not the weights or the builder).
@@ -196,24 +191,6 @@ class Equinox:
         templates = tuple(() if t is None else ("tree", t) for t in self.templates)
         return (structure, tuple(map(_by_value, leaves)), self.stateful,
                 self.train_kwarg, self.name, templates, self.shapes)  # fmt: skip
-
-    def __eq__(self, other: object) -> bool:
-        if self is other:
-            return True
-        if not (isinstance(other, Equinox) and self.shared and other.shared):
-            return False
-        try:
-            return bool(self._compared == other._compared)
-        except (TypeError, ValueError):  # a static value without plain equality
-            return False
-
-    def __hash__(self) -> int:
-        if not self.shared:
-            return id(self)
-        try:
-            return hash(self._compared)
-        except TypeError:  # an unhashable static value (a list attribute)
-            return hash((self.name, self.train_kwarg, type(self).__name__))
 
     @classmethod
     def from_module(cls, built: Any, train_kwarg: str | None) -> Equinox:

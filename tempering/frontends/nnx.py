@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tempering.frontends._compared import ComparedByContent
 from tempering.layers import dropout, is_static_zero
 
 __all__ = ["Dropout", "Nnx"]
@@ -133,13 +134,11 @@ def _mode_graphs(module: nnx.Module) -> tuple[Any, Any]:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Nnx:
+class Nnx(ComparedByContent):
     """An nnx module as the engine's model (:mod:`tempering.frontends`).
 
-    Hashed by identity while it builds the replicas (its programs hold its
-    weights or its builder); the replicas' copy (:meth:`shared_view`) by what
-    the engine's programs depend on, so a new ``create_replicas`` of the same
-    module (another key, a rerun notebook cell) compiles nothing again.
+    Compared by identity while it builds the replicas, by what the engine's
+    programs depend on once in their state (:class:`ComparedByContent`).
     """
 
     train_graph: Any
@@ -159,10 +158,6 @@ class Nnx:
         "tempering.frontends.nnx.Dropout(rngs=rngs)(x, rate)"
     )
 
-    def shared_view(self) -> Nnx:
-        """This frontend compared by content: what the replicas' programs use."""
-        return dataclasses.replace(self, shared=True)
-
     @functools.cached_property
     def _compared(self) -> tuple:
         """What the engine's programs depend on (not the weights or the builder)."""
@@ -171,24 +166,6 @@ class Nnx:
                tuple((leaf.shape, str(leaf.dtype)) for leaf in leaves))  # fmt: skip
         return (self.train_graph, self.eval_graph, self.module_type,
                 self.train_kwarg, self.name, self.built_leaves, self.functions, rng)  # fmt: skip
-
-    def __eq__(self, other: object) -> bool:
-        if self is other:
-            return True
-        if not (isinstance(other, Nnx) and self.shared and other.shared):
-            return False
-        try:
-            return bool(self._compared == other._compared)
-        except (TypeError, ValueError):  # a static value without plain equality
-            return False
-
-    def __hash__(self) -> int:
-        if not self.shared:
-            return id(self)
-        try:
-            return hash(self._compared)
-        except TypeError:  # an unhashable static value (a list attribute)
-            return hash((self.name, self.train_kwarg, type(self).__name__))
 
     @classmethod
     def from_module(cls, module: nnx.Module, train_kwarg: str | None) -> Nnx:
