@@ -518,6 +518,18 @@ def checkable(array: Any) -> Any:
     return np.asarray(array)
 
 
+def check_labels(targets: Any, outputs: Any, what: str) -> None:
+    """Refuses ``targets`` (N, ...) that are not class indices for ``outputs``.
+
+    ``outputs`` is the model's output for one example, shape ``(1, ..., C)``;
+    the error (a TypeError or a ValueError) starts with ``what``.
+    """
+    rank = len(outputs.shape) - 1
+    found = _label_problem(checkable(targets), outputs.shape[-1], rank)
+    if found is not None:
+        raise found[0](f"{what} {found[1]}")
+
+
 def _label_problem(
     labels: np.ndarray, num_classes: int, rank: int
 ) -> tuple[type[Exception], str] | None:

@@ -77,11 +77,11 @@ from tempering.batches import (
     BatchSpec,
     IterableSource,
     _is_array,
-    _label_problem,
     _layout,
     batch_pair,
     batch_problem,
     check_batch,
+    check_labels,
     checkable,
     examples_problem,
 )
@@ -116,18 +116,19 @@ class ArraySource(NamedTuple):
     targets: Any  # shape=(N, ...)
 
 
-def _in_memory(data: Any, name: str = "data") -> bool:
+def _in_memory(data: Any, name: str = "data") -> ArraySource | None:
+    """``data`` as an in-memory source (Python lists as numpy arrays), else None."""
     if isinstance(data, Split):
-        return True
+        return ArraySource(*data)
     if not (isinstance(data, tuple | list) and len(data) == 2):
-        return False
+        return None
     if all(_is_array(part) for part in data):
-        return True
+        return ArraySource(*data)
     # inputs and labels as Python lists: each a rectangular array of numbers,
     # as many of each (a stream of two batches of lists is neither)
     inputs, targets = (part if _is_array(part) else _numbers(part) for part in data)
     if inputs is None or targets is None or len(inputs) != len(targets):
-        return False
+        return None
     if len(inputs) == 2 and not any(map(_is_array, data)):
         raise ValueError(
             f"{name} given as two lists of two items each reads two ways: "
@@ -135,7 +136,7 @@ def _in_memory(data: Any, name: str = "data") -> bool:
             "targets) batches; give numpy arrays: (np.asarray(inputs), "
             "np.asarray(targets)), or a list of batches of arrays"
         )
-    return True
+    return ArraySource(inputs, targets)
 
 
 def _numbers(part: Any) -> np.ndarray | None:
@@ -150,12 +151,6 @@ def _numbers(part: Any) -> np.ndarray | None:
     except ValueError:  # ragged: a batch's (inputs, targets) pair of lists
         return None
     return array if array.dtype.kind in "iuf" and array.ndim >= 1 else None
-
-
-def _array_source(data: Any) -> ArraySource:
-    """``data``'s two parts, Python lists as numpy arrays."""
-    inputs, targets = (part if _is_array(part) else np.asarray(part) for part in data)
-    return ArraySource(inputs, targets)
 
 
 def _check_arrays(source: ArraySource, name: str, min_size: int) -> ArraySource:
@@ -184,8 +179,8 @@ def as_train_source(
     data: Any, name: str, batch_size: int
 ) -> ArraySource | IterableSource:
     """The training source of ``data`` (arrays, or an iterable of batches)."""
-    if _in_memory(data, name):
-        return _check_arrays(_array_source(data), name, batch_size)
+    if (arrays := _in_memory(data, name)) is not None:
+        return _check_arrays(arrays, name, batch_size)
     if isinstance(data, Iterator):
         return IterableSource(lambda: data, restartable=False)
     if isinstance(data, Iterable) and not isinstance(data, str | bytes | dict):
@@ -203,8 +198,8 @@ _ENDLESS = 1 << 48
 
 def as_eval_source(data: Any, name: str) -> ArraySource | IterableSource:
     """The evaluation source of ``data`` (arrays, a re-iterable, or a factory)."""
-    if _in_memory(data, name):
-        return _check_arrays(_array_source(data), name, 1)
+    if (arrays := _in_memory(data, name)) is not None:
+        return _check_arrays(arrays, name, 1)
     try:
         length = len(data)
     except TypeError:  # no length: read until it ends
@@ -247,7 +242,7 @@ def _check_compatible(
     y = jax.ShapeDtypeStruct((1, *np.shape(targets)[1:]), jnp.result_type(targets))
     classification = state.loss_fn is cross_entropy
     if classification:
-        _check_labels(targets, out, name)
+        check_labels(targets, out, name)
     try:
         shapes = per_example_shapes(state, out, y, metrics_fn)
     except Exception as error:  # noqa: BLE001 - re-raised with the fix
@@ -273,13 +268,6 @@ def metric_names(
     out = check_model_takes(state, x, "the evaluation data", axis=0)
     target = jax.ShapeDtypeStruct((1, *np.shape(y)[1:]), jnp.result_type(y))
     return list(jax.eval_shape(metrics_fn, out, target))
-
-
-def _check_labels(targets: Any, out: Any, name: str) -> None:
-    """``targets`` (N, ...) are class indices for outputs ``out`` (1, ..., C)."""
-    found = _label_problem(checkable(targets), out.shape[-1], len(out.shape) - 1)
-    if found is not None:
-        raise found[0](f"{name} {found[1]}")
 
 
 def _first_batch(source: IterableSource, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -418,7 +406,7 @@ def prepare_sources(
     if jax.process_count() > 1:  # before any check that one process could fail
         sharding.check_same_on_processes(
             {
-                name: tuple(part) if _in_memory(part, name) else None
+                name: _in_memory(part, name)
                 for name, part in (
                     ("train_data", data.train),
                     ("validation_data", data.validation),

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from tempering import sharding
-from tempering.batches import _is_array, _label_problem, checkable
+from tempering.batches import _is_array, check_labels
 from tempering.fast import replica_vmap
 from tempering.hyperparams import (
     write_injected,
@@ -375,9 +375,7 @@ def evaluate(
     _check_chunks(targets.shape[0], batch_size)
     outputs = check_model_takes(state, inputs, "inputs", 0)
     if state.loss_fn is cross_entropy and not isinstance(targets, jax.core.Tracer):
-        found = _label_problem(checkable(targets), outputs.shape[-1], outputs.ndim - 1)
-        if found is not None:
-            raise found[0](f"targets: {found[1]}")
+        check_labels(targets, outputs, "targets:")
     one = jax.ShapeDtypeStruct((1, *np.shape(targets)[1:]), jnp.result_type(targets))
     try:
         shapes = per_example_shapes(state, outputs, one, metrics_fn)
