@@ -95,7 +95,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -259,13 +259,16 @@ def _subjaxprs(params: Mapping[str, Any]) -> list[jex_core.Jaxpr]:
     return found
 
 
-def _contains(jaxpr: jex_core.Jaxpr, names: frozenset[str]) -> bool:
+def _equations(jaxpr: jex_core.Jaxpr) -> Iterator[Any]:
+    """Every equation of ``jaxpr`` and of its sub-jaxprs."""
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name in names:
-            return True
-        if any(_contains(sub, names) for sub in _subjaxprs(eqn.params)):
-            return True
-    return False
+        yield eqn
+        for sub in _subjaxprs(eqn.params):
+            yield from _equations(sub)
+
+
+def _contains(jaxpr: jex_core.Jaxpr, names: frozenset[str]) -> bool:
+    return any(eqn.primitive.name in names for eqn in _equations(jaxpr))
 
 
 def _draws_with_other_keys(jaxpr: jex_core.Jaxpr) -> bool:
@@ -274,23 +277,16 @@ def _draws_with_other_keys(jaxpr: jex_core.Jaxpr) -> bool:
     Drawn in a loop, ``rbg`` / ``unsafe_rbg`` keys give other bits than drawn
     batched: ``"auto"`` does not choose ``"sequential"`` for such a function.
     """
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "random_bits" and (
-            str(eqn.invars[0].aval.dtype) != "key<fry>"
-        ):
-            return True
-        if any(_draws_with_other_keys(sub) for sub in _subjaxprs(eqn.params)):
-            return True
-    return False
+    return any(
+        eqn.primitive.name == RANDOM_BITS
+        and str(eqn.invars[0].aval.dtype) != "key<fry>"
+        for eqn in _equations(jaxpr)
+    )
 
 
 def _count(jaxpr: jex_core.Jaxpr, name: str) -> int:
     """Equations of primitive ``name`` in ``jaxpr`` and its sub-jaxprs."""
-    return sum(
-        (eqn.primitive.name == name)
-        + sum(_count(sub, name) for sub in _subjaxprs(eqn.params))
-        for eqn in jaxpr.eqns
-    )
+    return sum(eqn.primitive.name == name for eqn in _equations(jaxpr))
 
 
 # Call-like primitives whose body can be inlined without changing semantics.
