@@ -21,7 +21,10 @@ pairs of calls, of ``--rounds`` and of twice as many rounds: the
 difference between the two, divided by ``--rounds``, is the time per round
 (of each part, and in all), and what the shorter call takes beyond its
 rounds is the call's fixed cost (checks, placing the data, the final
-evaluation, the history). The table gives the medians.
+evaluation, the history). The table gives the medians, and the fixed cost's
+range over the repeats: it is the difference of two noisy totals, often
+smaller than their spread. ``--table-from RECORD`` writes a saved record's
+table again without measuring.
 
 The model is the zoo's MLP (one hidden layer of ``--width``) on synthetic
 MNIST-1D-sized data (40 features, 10 classes), batch 128, a validation set
@@ -191,7 +194,8 @@ def table(rows: list[dict], args: argparse.Namespace, record: dict) -> str:
         parts = " | ".join(f"{t[p]:.2f}" for p in (*PARTS, "other"))
         lines.append(
             f"| {r['method']} | {r['replicas']} | {r['processes']} x "
-            f"{r['devices'] // r['processes']} | {t['round']:.1f} | {parts} | {cost:.2f} | {t['call']:.0f} |"
+            f"{r['devices'] // r['processes']} | {t['round']:.1f} | {parts} | "
+            f"{cost:.2f} | {fixed_cost(r)} |"
         )
     prov = record["provenance"]
     machine = prov["machine"]
@@ -204,9 +208,30 @@ def table(rows: list[dict], args: argparse.Namespace, record: dict) -> str:
         f"difference over the extra rounds); a round is {args.interval} SGD steps of every "
         f"replica (MLP {args.width}, batch 128, 40 features), the evaluation on "
         "1,000 examples, the move (PT: the exchange with C = 1; PBT: exploit and "
-        "explore) and the round's records read to the host (from every process).",
+        "explore) and the round's records read to the host (from every process). "
+        "The call's fixed cost is what the shorter call took beyond its rounds, "
+        "the median [min, max] over the repeats; n/r (not resolved) where that "
+        "range reaches zero or below: the fixed cost is then smaller than the "
+        f"spread of {args.rounds} rounds' time between repeats.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def fixed_cost(row: dict) -> str:
+    """The call's fixed cost of a row: median [min, max] over repeats, or n/r."""
+    costs = [repeat["call"] for repeat in row["repeats"]]
+    spread = f"[{min(costs):.0f}, {max(costs):.0f}]"
+    if min(costs) <= 0:
+        return f"n/r {spread}"
+    return f"{row['ms_per_round']['call']:.0f} {spread}"
+
+
+def table_from(path: Path) -> str:
+    """The table of a saved record, written again beside it (its ``.md``)."""
+    record = json.loads(path.read_text())
+    text = table(record["rows"], argparse.Namespace(**record["settings"]), record)
+    path.with_suffix(".md").write_text(text)
+    return text
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -219,6 +244,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--table-from",
+        type=Path,
+        metavar="RECORD",
+        help="measure nothing: write the table of this saved record (its .json) "
+        "again beside it, as this version of the script renders it",
+    )
     add_output_args(parser, "round_cost")
     return parser.parse_args(argv)
 
@@ -227,6 +259,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.child:
         print(json.dumps(measure(args)))
+        return
+    if args.table_from is not None:
+        print(table_from(args.table_from))
         return
     rows = []
     for layout in args.layouts:

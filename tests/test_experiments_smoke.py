@@ -401,6 +401,28 @@ def test_round_cost_times_every_part_of_a_round(tmp_path):
     assert "| pt | 2 | 1 x 1 |" in (tmp_path / "round_cost.md").read_text()
 
 
+@pytest.mark.parametrize("name", ["round_cost", "round_cost_replicas"])
+def test_round_cost_tables_are_their_records_and_show_no_negative_fixed_cost(
+    tmp_path, name
+):
+    # The fixed cost is a difference of two noisy totals: a median below zero
+    # was printed as a cost. Now its range is shown and "n/r" where it reaches 0.
+    from experiments import round_cost
+
+    committed = common.REPO_ROOT / "experiments" / "results" / f"{name}.json"
+    copy = tmp_path / f"{name}.json"
+    copy.write_text(committed.read_text())
+    round_cost.main(["--table-from", str(copy)])
+    text = copy.with_suffix(".md").read_text()
+    assert text == committed.with_suffix(".md").read_text()
+    record = json.loads(committed.read_text())
+    for row, line in zip(record["rows"], text.splitlines()[2:], strict=False):
+        cell = line.rstrip(" |").rsplit("| ", 1)[-1]
+        lowest = min(repeat["call"] for repeat in row["repeats"])
+        assert cell.startswith("n/r [") == (lowest <= 0), cell
+        assert not cell.startswith("-"), cell
+
+
 def test_bench_batch_ladder_smoke(tmp_path):
     from experiments import bench_batch_ladder
 
