@@ -445,8 +445,13 @@ def describe_functions_held(
 
 
 def describe_optimizer(tx: Any, opt_state: Any) -> str:
-    """An optax transformation: its state's structure and its functions' code and settings."""
-    structure = str(jax.tree.structure(opt_state))
+    """An optax transformation: its state's structure and its functions' code and settings.
+
+    The state mirrors the parameters' tree, whose structure shows an Equinox
+    module's static function (an activation) by its address, different in
+    every process: left out (the model's own entry describes the function).
+    """
+    structure = without_addresses(str(jax.tree.structure(opt_state)))
     return f"{structure}|{describe_callable(tx.init)}|{describe_callable(tx.update)}"
 
 

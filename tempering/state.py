@@ -18,6 +18,7 @@ The fused step and the evaluation are :mod:`tempering.step`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import operator
 from collections.abc import Callable, Mapping, Sequence
@@ -424,18 +425,27 @@ _TRACER_ERRORS = (
 )
 
 
-def _check_traced_inputs(init, key, model, sample_input, inputs):
+def _check_traced_inputs(
+    init, key, model, sample_input, inputs, *, set_by_call=(), batch_mask=False
+):
     """Fails early, with the fix, unless the model takes traced per-replica inputs.
 
     Checked for init and for the model's call in each mode (linen's init made
     the inference call), by tracing them (nothing compiles): a model the
-    library cannot call fails here, not as a shape error later.
+    library cannot call fails here, not as a shape error later. The training
+    call gets ``batch_mask`` where a per-replica batch size will pass it. An
+    input in ``set_by_call`` (a ladder's or ``hyperparams``' name) that no
+    traced call reads is refused: its values would change nothing.
     """
+    mask = {"batch_mask": jnp.ones(sample_input.shape[:1], bool)}
+    names, var_kw, _ = model.keywords()
+    masked = batch_mask and ("batch_mask" in names or var_kw)  # as step passes it
 
     def apply(params, stats, traced, train):
+        passed = {**traced, **mask} if train and masked else traced
         return model.apply(
             params, stats, sample_input, train=train, key=jax.random.key(0),
-            inputs=traced,
+            inputs=passed,
         )  # fmt: skip
 
     def traced_inputs_refused() -> TypeError:
@@ -449,19 +459,95 @@ def _check_traced_inputs(init, key, model, sample_input, inputs):
         params, stats, opt_state = jax.eval_shape(init, key, sample_input, inputs)
     except _TRACER_ERRORS:
         raise traced_inputs_refused() from None
-    for train in (True,) if model.kind == "linen" else (True, False):
+    unread = set(set_by_call)
+    for train in (True, False):
         try:
-            jax.eval_shape(functools.partial(apply, train=train), params, stats, inputs)
+            program = jax.make_jaxpr(functools.partial(apply, train=train))(
+                params, stats, inputs
+            )
         except _TRACER_ERRORS as error:
             if inputs:
                 raise traced_inputs_refused() from None
             raise _uncallable(model, train, sample_input, error) from error
         except Exception as error:  # noqa: BLE001 - re-raised with the cause
-            raise _uncallable(model, train, sample_input, error) from error
+            mask_fix = (
+                ", and batch_mask (the examples a per-replica batch_size keeps) "
+                "to a call that takes **kwargs: give the call a keyword "
+                "batch_mask=None (for BatchNorm's mask, or unused)"
+            )
+            raise _uncallable(
+                model, train, sample_input, error, mask_fix if masked and train else ""
+            ) from error
+        unread &= _unread_inputs(program, params, stats, inputs)
+    if unread:
+        raise ValueError(
+            f"{model.name}'s call never reads {sorted(unread)} (the ladder or "
+            "hyperparams sets it per replica), in training or inference: its "
+            f"values would change nothing. Pass it on to the layer it is for ("
+            f"{model.dropout_fix}), or leave it out of the ladder and hyperparams"
+        )
     return stats, opt_state
 
 
-def _uncallable(model, train: bool, sample_input, error: Exception) -> Exception:
+def _set_by_call(
+    start: Mapping[str, Any], given: Mapping[str, Any], ladder: Ladder | None
+) -> set[str]:
+    """The model inputs this call sets: named by the ladder or ``hyperparams``."""
+    named = set(given) | (set() if ladder is None else set(ladder.values))
+    return named & set(start)
+
+
+def _unread_inputs(program: Any, params: Any, stats: Any, inputs: dict) -> set[str]:
+    """The names of ``inputs`` that no equation of a traced call reads."""
+    skipped = len(jax.tree.leaves((params, stats)))
+    flat, _ = jax.tree.flatten_with_path(inputs)
+    invars = program.jaxpr.invars[skipped:]
+    read = {id(v) for eqn in program.jaxpr.eqns for v in eqn.invars}
+    read |= {id(v) for v in program.jaxpr.outvars}
+    unread = set(inputs)
+    for (path, _), var in zip(flat, invars, strict=True):
+        if id(var) in read:
+            unread.discard(path[0].key)
+    return unread
+
+
+def _with_train_forwarded(model: Any, key, sample_input, inputs) -> Any:
+    """The model, passing the default train keyword on to ``**kwargs`` it reads.
+
+    A call ``__call__(self, x, **kwargs)`` that hands its keywords to a
+    module reading ``train`` (a wrapper, ``self.backbone(x, **kwargs)``) must
+    get it, or its layers run in inference mode while training; one whose
+    callee refuses the keyword must not. Traced both ways (nothing compiles):
+    passed where the training program changes with it.
+    """
+    from tempering.frontends import passes_train_kwarg
+
+    if model.kind not in ("nnx", "equinox") or model.train_kwarg != DEFAULT_TRAIN_KWARG:
+        return model
+    names, var_kw, _ = model.keywords()
+    if not var_kw or passes_train_kwarg(model.train_kwarg, names, var_kw):
+        return model
+    forwarded = dataclasses.replace(model, forwards_train=True)
+
+    def program(frontend):
+        init = functools.partial(frontend.init, key, sample_input, inputs)
+        params, stats = jax.eval_shape(init)
+        apply = functools.partial(
+            frontend.apply, x=sample_input, train=True, key=jax.random.key(0),
+            inputs=inputs,
+        )  # fmt: skip
+        return str(jax.make_jaxpr(apply)(params, stats))
+
+    try:
+        reads_it = program(model) != program(forwarded)
+    except Exception:  # noqa: BLE001 - its callee refuses it (or the call fails:
+        return model  # the checks that follow say why)
+    return forwarded if reads_it else model
+
+
+def _uncallable(
+    model, train: bool, sample_input, error: Exception, passed: str = ""
+) -> Exception:
     """The error of a model the library cannot call, with the model's own cause."""
     mode = "training" if train else "inference"
     kind = TypeError if isinstance(error, TypeError) else ValueError
@@ -470,7 +556,7 @@ def _uncallable(model, train: bool, sample_input, error: Exception) -> Exception
         f"mode on sample_input (shape {tuple(sample_input.shape)}): "
         f"{type(error).__name__}: {str(error).splitlines()[0][:300].rstrip('.')}"
         ". The library calls model(x, **per-replica inputs) with the "
-        "train_kwarg (if any) and keeps only the state it knows (nnx "
+        f"train_kwarg (if any){passed} and keeps only the state it knows (nnx "
         "Variables; Equinox's eqx.nn.State, passed with the model as "
         "(model, state); linen's batch_stats)"
     )
@@ -582,7 +668,8 @@ def create_replicas(
             in every replica.
         train_kwarg: name of the model call's train-mode keyword, or None
             (linen: required unless None; nnx and Equinox: passed when the call
-            takes it, besides their own train/eval switch).
+            takes it, or takes ``**kwargs`` and reads it, besides their own
+            train/eval switch).
         loss_fn: per-example loss ``loss_fn(outputs, targets) -> (B,)``
             (default: softmax cross entropy with integer labels).
 
@@ -591,8 +678,10 @@ def create_replicas(
 
     Raises:
         ValueError: no ladder and no ``num_replicas``, names the model or the
-            optimiser does not take, values out of range or of the wrong
-            shape, an unsound ladder; all before the init compiles.
+            optimiser does not take, a model input the ladder or
+            ``hyperparams`` sets that the model's call never reads, values out
+            of range or of the wrong shape, an unsound ladder; all before the
+            init compiles.
         TypeError: arguments of the wrong type (model, tx, key, sample_input,
             hyperparams, loss_fn, ...), a model that cannot take a traced
             per-replica input.
@@ -606,8 +695,13 @@ def create_replicas(
     given = dict(hyperparams or {})
     start = _starting_inputs(inputs, defaults, given, ladder)
     sample_input = _as_sample(sample_input)
+    model = _with_train_forwarded(model, key, sample_input, start)
     init = functools.partial(_init_replica, model=model, tx=tx)
-    stats, abstract = _check_traced_inputs(init, key, model, sample_input, start)
+    stats, abstract = _check_traced_inputs(
+        init, key, model, sample_input, start,
+        set_by_call=_set_by_call(start, given, ladder),
+        batch_mask=bool(_data_names(given, ladder)),
+    )  # fmt: skip
     _check_names(model, abstract, start, given, ladder, num_replicas)  # no compile yet
     if _data_names(given, ladder) and jax.tree.leaves(stats):
         _check_batch_mask(model)
@@ -637,8 +731,8 @@ def create_replicas(
         name: np.broadcast_to(np.float32(given.get(name, v)), (num_replicas,))
         for name, v in start.items()
     })  # fmt: skip
-    for name in _data_names(given, ladder):
-        values[name] = jnp.full((num_replicas,), given.get(name, 1.0), jnp.float32)
+    for name in _data_names(given, ladder):  # given values set (and checked) below
+        values[name] = np.ones((num_replicas,), np.float32)
     shared_view = getattr(model, "shared_view", None)  # built: compared by content
     state = ReplicaState(
         params=params,

@@ -18,7 +18,7 @@ from conftest import CrashError, TinyMLP, crash_at, leaves_equal, refuse_unpickl
 
 import tempering as tp
 from tempering import driver
-from tempering.fingerprints import describe_move
+from tempering.fingerprints import describe_move, describe_optimizer
 
 WORKER_PATH = Path(__file__).with_name("resume_worker.py")
 spec = importlib.util.spec_from_file_location("resume_worker", WORKER_PATH)
@@ -818,6 +818,15 @@ def test_the_functions_an_nnx_or_equinox_model_holds_are_in_its_fingerprint():
 
     assert eqx_described(jax.nn.relu) == eqx_described(jax.nn.relu)
     assert eqx_described(jax.nn.relu) != eqx_described(jax.nn.relu6)
+    # the optimiser's state mirrors the module's tree, static function and all:
+    # its entry held the function's address, so no other process could resume
+    module = Mlp(eqx.nn.Linear(2, 2, key=jax.random.key(0)), jax.nn.relu)
+    state = tp.create_replicas(
+        jax.random.key(0), module, tp.sgd(0.1, momentum=0.9), np.zeros((1, 2)),
+        num_replicas=2,
+    )  # fmt: skip
+    described = describe_optimizer(state.tx, state.opt_state)
+    assert "0x" not in described and "custom_jvp" in described, described
 
 
 def test_a_ctrl_c_in_a_checkpoints_save_keeps_the_rounds_that_ended(

@@ -1110,3 +1110,143 @@ def test_a_model_holding_a_list_or_a_key_still_trains():
                              validation_data=VAL, num_steps=10, exchange_interval=5,
                              batch_size=32, c=1.0)  # fmt: skip
         assert np.all(np.isfinite(result.summary.final_val_loss))
+
+
+class _NnxBackbone(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(16, 32, rngs=rngs)
+        self.norm = nnx.BatchNorm(32, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.out = nnx.Linear(32, 3, rngs=rngs)
+
+    def __call__(self, x, train: bool = False):
+        h = nnx.relu(self.norm(self.hidden(x), use_running_average=not train))
+        return self.out(self.drop(h, deterministic=not train))
+
+
+class _NnxWrapper(nnx.Module):
+    """Hands its keywords on: ``train`` reaches the backbone only through **kwargs."""
+
+    def __init__(self, rngs: nnx.Rngs, inner=_NnxBackbone):
+        self.inner = inner(rngs)
+
+    def __call__(self, x, **kwargs):
+        return self.inner(x, **kwargs)
+
+
+class _EqxBackbone(eqx.Module):
+    hidden: eqx.nn.Linear
+    drop: eqx.nn.Dropout
+    out: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2 = jax.random.split(key)
+        self.hidden = eqx.nn.Linear(16, 32, key=k1)
+        self.drop = eqx.nn.Dropout(0.5)
+        self.out = eqx.nn.Linear(32, 3, key=k2)
+
+    def __call__(self, x, train: bool = False, *, key=None):
+        h = self.drop(jax.nn.relu(self.hidden(x)), inference=not train, key=key)
+        return self.out(h)
+
+
+class _EqxWrapper(eqx.Module):
+    inner: _EqxBackbone
+
+    def __init__(self, key):
+        self.inner = _EqxBackbone(key)
+
+    def __call__(self, x, *, key=None, **kwargs):
+        return self.inner(x, key=key, **kwargs)
+
+
+@pytest.mark.parametrize("given", [False, True])
+@pytest.mark.parametrize("kind", ["nnx", "equinox"])
+def test_a_wrapper_passing_kwargs_on_trains_in_training_mode(kind, given):
+    """``train`` went only to a call that names it: a wrapper's layers (dropout,
+    BatchNorm) ran in inference mode while training, even with
+    ``train_kwarg="train"`` given, and nothing said so."""
+    x, y = TRAIN
+    model = (
+        _NnxWrapper(nnx.Rngs(0)) if kind == "nnx" else _EqxWrapper(jax.random.key(0))
+    )
+    kwargs = {"train_kwarg": "train"} if given else {}
+    state = tp.create_replicas(
+        jax.random.key(0), model, tp.sgd(1e-9), x[:4], num_replicas=2, **kwargs
+    )
+    losses = [
+        np.asarray(tp.train_step(state, jax.random.key(k), x[:64], y[:64])[1].loss)
+        for k in range(2)
+    ]
+    assert not np.allclose(losses[0], losses[1])  # dropout masks differ per step
+    evaluated = np.asarray(tp.evaluate(state, x[:64], y[:64]).loss)
+    assert not np.allclose(losses[0], evaluated)
+    if kind == "nnx":
+        new, _ = tp.train_step(state, jax.random.key(0), x[:64], y[:64])
+        moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
+                             new.batch_stats, state.batch_stats)  # fmt: skip
+        assert any(jax.tree.leaves(moved))  # BatchNorm's statistics update
+
+
+def test_a_wrapper_whose_callee_refuses_train_does_not_get_it():
+    """The default name is not forced on a **kwargs call that cannot take it."""
+
+    class Plain(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs):
+            self.out = nnx.Linear(16, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(x)
+
+    x, y = TRAIN
+    model = _NnxWrapper(nnx.Rngs(0), inner=Plain)
+    state = tp.create_replicas(jax.random.key(0), model, tp.sgd(0.1), x[:4],
+                               num_replicas=2)  # fmt: skip
+    assert not state.model.forwards_train
+    tp.train_step(state, jax.random.key(0), x[:32], y[:32])
+
+
+def test_a_laddered_input_the_model_never_reads_is_refused():
+    """A dropout ladder on a model whose rate keyword reaches no layer (a fixed
+    nnx.Dropout(0.3)) trained as if it worked: the exchanges ran on noise."""
+
+    class Fixed(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs):
+            self.hidden = nnx.Linear(16, 8, rngs=rngs)
+            self.drop = nnx.Dropout(0.3, rngs=rngs)
+            self.out = nnx.Linear(8, 3, rngs=rngs)
+
+        def __call__(self, x, dropout_rate=0.0):
+            return self.out(self.drop(self.hidden(x)))
+
+    x, _ = TRAIN
+    with pytest.raises(ValueError, match=r"never reads \['dropout_rate'\]"):
+        tp.create_replicas(jax.random.key(0), Fixed(nnx.Rngs(0)), tp.sgd(0.1),
+                           x[:2], ladder=DROPOUT)  # fmt: skip
+    with pytest.raises(ValueError, match="never reads"):
+        tp.create_replicas(jax.random.key(0), Fixed(nnx.Rngs(0)), tp.sgd(0.1),
+                           x[:2], num_replicas=2, hyperparams={"dropout_rate": 0.2})  # fmt: skip
+    # not set by the call: its default is no one's request
+    tp.create_replicas(jax.random.key(0), Fixed(nnx.Rngs(0)), tp.sgd(0.1), x[:2],
+                       ladder=LR)  # fmt: skip
+
+
+def test_per_replica_batch_sizes_as_a_list_and_a_call_refusing_batch_mask():
+    x, y = TRAIN
+    state = tp.create_replicas(jax.random.key(0), NnxTwin, tp.sgd(0.1), x[:2],
+                               num_replicas=2, hyperparams={"batch_size": [16, 32]})  # fmt: skip
+    np.testing.assert_array_equal(state.hyperparams["batch_size"], [16, 32])
+
+    class Inner(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs):
+            self.out = nnx.Linear(16, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(x)
+
+    # a **kwargs call gets batch_mask: refused before compiling, with the fix
+    with pytest.raises(TypeError, match="batch_mask=None"):
+        tp.create_replicas(
+            jax.random.key(0), functools.partial(_NnxWrapper, inner=Inner),
+            tp.sgd(0.1), x[:2], num_replicas=2, hyperparams={"batch_size": 16.0},
+        )  # fmt: skip

@@ -89,16 +89,22 @@ def call_keywords(fn: Any) -> tuple[set[str], bool, dict[str, Any]]:
     return names, var_kw, defaults
 
 
-def passes_train_kwarg(train_kwarg: str | None, names: set[str], var_kw: bool) -> bool:
+def passes_train_kwarg(
+    train_kwarg: str | None, names: set[str], var_kw: bool, forwarded: bool = False
+) -> bool:
     """Whether an nnx or Equinox call gets ``train_kwarg`` (its keywords given).
 
-    The default name goes only to a call that takes it; a name the user gave
-    also to a call that takes ``**kwargs`` (a call taking neither is refused
-    by ``create_replicas``).
+    The default name goes to a call that takes it, and to one that takes
+    ``**kwargs`` where ``create_replicas`` found that the call reads it
+    (``forwarded``: a wrapper handing its keywords to a module); another
+    name the user gave also to any call that takes ``**kwargs`` (a call
+    taking neither is refused by ``create_replicas``).
     """
     if train_kwarg is None:
         return False
-    return train_kwarg in names or (var_kw and train_kwarg != DEFAULT_TRAIN_KWARG)
+    if train_kwarg in names:
+        return True
+    return var_kw and (forwarded or train_kwarg != DEFAULT_TRAIN_KWARG)
 
 
 def _nnx() -> Any:

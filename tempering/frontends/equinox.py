@@ -173,6 +173,7 @@ class Equinox(ComparedByContent):
     # leaves' (shape, dtype): every replica's build is put into them
     templates: tuple[Any, Any] = (None, None)
     shapes: tuple[tuple, tuple] = ((), ())
+    forwards_train: bool = False  # a **kwargs call that reads the default train_kwarg
     shared: bool = False  # compared by content (the replicas' copy), not identity
     kind = "equinox"
     dropout_fix = (
@@ -190,7 +191,8 @@ class Equinox(ComparedByContent):
         # a PyTreeDef compared with None raises: a template is tagged instead
         templates = tuple(() if t is None else ("tree", t) for t in self.templates)
         return (structure, tuple(map(_by_value, leaves)), self.stateful,
-                self.train_kwarg, self.name, templates, self.shapes)  # fmt: skip
+                self.train_kwarg, self.forwards_train, self.name, templates,
+                self.shapes)  # fmt: skip
 
     @classmethod
     def from_module(cls, built: Any, train_kwarg: str | None) -> Equinox:
@@ -252,7 +254,7 @@ class Equinox(ComparedByContent):
         model = eqx.nn.inference_mode(eqx.combine(params, self.static), not train)
         kwargs = dict(inputs)
         names, var_kw, _ = self.keywords()
-        if passes_train_kwarg(self.train_kwarg, names, var_kw):
+        if passes_train_kwarg(self.train_kwarg, names, var_kw, self.forwards_train):
             kwargs[self.train_kwarg] = train
         takes_key = self._takes_key()
         keys = jax.random.split(jax.random.key(0) if key is None else key, x.shape[0])

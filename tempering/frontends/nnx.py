@@ -151,6 +151,7 @@ class Nnx(ComparedByContent):
     name: str
     built_leaves: frozenset[str] = frozenset()  # a builder's state, built eagerly
     functions: str = ""  # the functions its modules hold (an activation), by code
+    forwards_train: bool = False  # a **kwargs call that reads the default train_kwarg
     shared: bool = False  # compared by content (the replicas' copy), not identity
     kind = "nnx"
     dropout_fix = (
@@ -165,7 +166,8 @@ class Nnx(ComparedByContent):
         rng = (jax.tree.structure(self.rng_state),
                tuple((leaf.shape, str(leaf.dtype)) for leaf in leaves))  # fmt: skip
         return (self.train_graph, self.eval_graph, self.module_type,
-                self.train_kwarg, self.name, self.built_leaves, self.functions, rng)  # fmt: skip
+                self.train_kwarg, self.forwards_train, self.name, self.built_leaves,
+                self.functions, rng)  # fmt: skip
 
     @classmethod
     def from_module(cls, module: nnx.Module, train_kwarg: str | None) -> Nnx:
@@ -245,7 +247,7 @@ class Nnx(ComparedByContent):
 
         kwargs = dict(inputs)
         names, var_kw, _ = self.keywords()
-        if passes_train_kwarg(self.train_kwarg, names, var_kw):
+        if passes_train_kwarg(self.train_kwarg, names, var_kw, self.forwards_train):
             kwargs[self.train_kwarg] = train
         return kwargs
 
