@@ -186,7 +186,7 @@ class RunConfig:
         devices: split the replicas over these devices
             (:func:`tempering.sharding.shard_replicas`); None: over every local
             device when there are several and M is a multiple of their number
-            (else one device, with a warning); ``jax.devices()[:1]``: one device.
+            (else one device, with a warning); ``jax.local_devices()[:1]``: one device.
         progress: a tqdm progress bar: True, False, or None (the default): on
             in a notebook (a Jupyter or IPython kernel), off elsewhere (scripts, CI).
         callback: ``callback(record)`` after every round with its
@@ -265,6 +265,10 @@ class RunConfig:
         for name in ("callback", "score_fn", "augment", "metrics_fn"):
             _check_callable(getattr(self, name), name)
         resolve_policy(self.vectorize)  # an unknown name is a ValueError
+        if self.devices is not None:
+            from tempering.sharding import checked_mesh
+
+            checked_mesh(self.devices)
         if self.loop not in LOOPS:
             raise ValueError(f"loop must be one of {LOOPS}, got {self.loop!r}")
         hyperparams = self.burn_in_hyperparams

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 import os
 import signal
 import socket
@@ -45,7 +46,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = ["LaunchError", "LaunchResult", "free_port", "initialize", "launch"]
 
@@ -84,6 +85,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _check_count(name: str, value: Any) -> None:
+    """A TypeError or ValueError unless ``value`` is an int >= 1 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+
+
 def initialize(timeout: int | None = None) -> None:
     """Joins the processes :func:`launch` started (call it before any JAX work).
 
@@ -96,7 +105,13 @@ def initialize(timeout: int | None = None) -> None:
         timeout: seconds to wait for every process to join, and for a
             silent peer before the others fail (JAX's heartbeat); default
             the launcher's (``TEMPERING_DISTRIBUTED_TIMEOUT``) or 60.
+
+    Raises:
+        TypeError: ``timeout`` not an int.
+        ValueError: ``timeout`` below 1.
     """
+    if timeout is not None:
+        _check_count("timeout", timeout)
     if COORDINATOR not in os.environ:
         return
     import jax
@@ -154,12 +169,17 @@ def launch(
         LaunchError: a process failed or the timeout passed (with ``check``);
             the message names the process, its exit status and its last
             lines of stderr.
+        TypeError: ``num_processes``, ``devices_per_process`` or
+            ``distributed_timeout`` not an int.
+        ValueError: one of them below 1, or ``timeout`` not a finite number
+            of seconds above 0.
     """
-    if num_processes < 1 or devices_per_process < 1:
-        raise ValueError(
-            "num_processes and devices_per_process must be >= 1, got "
-            f"{num_processes} and {devices_per_process}"
-        )
+    for name, value in (
+        ("num_processes", num_processes),
+        ("devices_per_process", devices_per_process),
+        ("distributed_timeout", distributed_timeout),
+    ):
+        _check_count(name, value)
     if not (math.isfinite(timeout) and timeout > 0):  # nan would never time out
         raise ValueError(
             f"timeout must be a finite number of seconds > 0, got {timeout}"

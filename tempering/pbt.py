@@ -455,7 +455,7 @@ def pbt_train(
         progress: a tqdm progress bar: True, False, or None (the default): on
             in a notebook (a Jupyter or IPython kernel), off elsewhere (scripts, CI).
         devices: split the replicas over these devices; None: every local
-            device when M is a multiple of their number; ``jax.devices()[:1]``:
+            device when M is a multiple of their number; ``jax.local_devices()[:1]``:
             one device.
         on_diverge: ``"flag"`` or ``"restore"`` (:mod:`tempering.divergence`).
         checkpoint_dir: save checkpoints here and resume from the latest.

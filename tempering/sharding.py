@@ -144,12 +144,7 @@ def shard_replicas(
             "state must be a ReplicaState from tempering.create_replicas, got "
             f"{type(state).__name__}"
         )
-    mesh = _mesh_of(devices)
-    if mesh.axis_names != (REPLICA_AXIS,):
-        raise ValueError(
-            f"devices: a mesh must be 1-D with axis {REPLICA_AXIS!r} (see "
-            f"replica_mesh), got axes {mesh.axis_names}"
-        )
+    mesh = checked_mesh(devices)
     num, count = state.num_replicas, mesh.size
     if num % count:
         raise ValueError(
@@ -184,6 +179,17 @@ def shard_replicas(
         hyperparams=hyperparams,
         step=put_global(state.step, whole),
     )
+
+
+def checked_mesh(devices: Sequence[jax.Device] | Mesh | None) -> Mesh:
+    """The replicas' mesh ``devices=`` gives (a TypeError or ValueError if none)."""
+    mesh = _mesh_of(devices)
+    if mesh.axis_names != (REPLICA_AXIS,):
+        raise ValueError(
+            f"devices: a mesh must be 1-D with axis {REPLICA_AXIS!r} (see "
+            f"replica_mesh), got axes {mesh.axis_names}"
+        )
+    return mesh
 
 
 def _check_mesh_processes(mesh: Mesh) -> None:
@@ -221,7 +227,7 @@ def default_devices(state: ReplicaState) -> list[jax.Device] | None:
     process's devices (``jax.devices()``, the global mesh). None (the state
     stays where it is) for one device or a state already sharded. When M is
     not a multiple, a warning says which M would use them all. ``devices=
-    jax.devices()[:1]`` keeps every replica on one device.
+    jax.local_devices()[:1]`` keeps every replica on one device.
     """
     local = jax.local_devices() if jax.process_count() == 1 else jax.devices()
     if len(local) < 2 or mesh_of(state) is not None:
@@ -235,7 +241,7 @@ def default_devices(state: ReplicaState) -> list[jax.Device] | None:
             f"{num} replicas stay on one device of the {len(local)} here: M must be "
             f"a multiple of {len(local)} to be split over them all (e.g. "
             f"{' or '.join(map(str, sorted(set(fits))))}); devices= chooses them "
-            "(devices=jax.devices()[:1] keeps one device without this warning)",
+            "(devices=jax.local_devices()[:1] keeps one device without this warning)",
             UserWarning,
         )
         return None

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from tempering import sharding
 from tempering._caller import warn
 from tempering.adaptation import AdaptationState
 from tempering.config import (
@@ -201,7 +202,7 @@ def pt_train(
         progress: a tqdm progress bar: True, False, or None (the default): on
             in a notebook (a Jupyter or IPython kernel), off elsewhere (scripts, CI).
         devices: split the replicas over these devices; None: every local
-            device when M is a multiple of their number; ``jax.devices()[:1]``:
+            device when M is a multiple of their number; ``jax.local_devices()[:1]``:
             one device.
         on_diverge: ``"flag"`` or ``"restore"`` (:mod:`tempering.divergence`).
         checkpoint_dir: save checkpoints here and resume from the latest.
@@ -284,8 +285,10 @@ def pt_train(
     )  # fmt: skip
     if move_state is None:
         _warn_fresh_adaptation(state, move)
-        _warn_values_off_the_ladder(state, ladder)
-        state = assign_rungs(state, ladder, _starting_rungs(state, ladder))
+        # read once, from every process (a state split over several)
+        held = state.replace(hyperparams=sharding.to_host(state.hyperparams))
+        _warn_values_off_the_ladder(held, ladder)
+        state = assign_rungs(state, ladder, _starting_rungs(held, ladder))
         move_state = move.init(state)
     else:
         if unadapted and move.adaptation is not None:

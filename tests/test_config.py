@@ -47,3 +47,10 @@ def test_checkpoint_settings_without_a_checkpoint_dir_are_refused(setting):
         tp.RunConfig(num_steps=10, interval=5, **setting)
     tp.RunConfig(num_steps=10, interval=5, checkpoint_dir="ck", **setting)  # fine
     tp.RunConfig(num_steps=10, interval=5, checkpoint_every=1, keep_checkpoints=2)
+
+
+@pytest.mark.parametrize("devices", ["cpu", 3, [0, 1]])
+def test_devices_are_checked_when_the_config_is_built(devices):
+    # accepted until train() ran, against "built once and validated then"
+    with pytest.raises(TypeError, match="devices must"):
+        tp.RunConfig(num_steps=10, interval=5, devices=devices)

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from tempering.launch import LaunchError, launch, main
+from tempering.launch import LaunchError, initialize, launch, main
 
 pytestmark = pytest.mark.skipif(
     "jax_cpu_collectives_implementation" not in jax.config.values,
@@ -80,6 +80,10 @@ WORKER = textwrap.dedent(
                          move_state=result.move_state, callback=calls.append, **run)
     history = result.history
     weights = multihost_utils.process_allgather(result.state.params, tiled=True)
+    # a new call on replicas split over every process, without the move state
+    # (read its hyperparameters from one process's devices: an error)
+    continued = tp.pt_train(result.state, ladder, jax.random.key(4), num_steps=10,
+                            **run)
     pbt = tp.pbt_train(state, jax.random.key(2), num_steps=20, ready_interval=5,
                        config=tp.pbt_config({"learning_rate": (0.01, 0.3)}),
                        **{k: v for k, v in run.items() if k != "exchange_interval"})
@@ -118,6 +122,7 @@ WORKER = textwrap.dedent(
         pbt_lr=np.asarray(pbt.summary.final_hyperparams["learning_rate"]).tolist(),
         stream_score=np.asarray(streamed.history.score).tolist(),
         stream_final=np.asarray(streamed.summary.final_score).tolist(),
+        continued=np.asarray(continued.summary.final_score).tolist(),
     )), flush=True)
     """
 )
@@ -156,7 +161,7 @@ def test_two_processes_match_one(worker, tmp_path):
         # the same history on every process, bit for bit that of one process
         for field in ("rungs", "accepted", "score", "final_score", "weights",
                       "pbt_parent", "pbt_lr", "stream_score", "stream_final",
-                      "dropout_weights"):  # fmt: skip
+                      "dropout_weights", "continued"):  # fmt: skip
             assert got[field] == reference[field], field
         assert got["zero_inputs"] == ["dropout_rate"]  # read over the processes
     # callbacks run on process 0 only
@@ -366,6 +371,24 @@ def test_the_launchers_command_line_refuses_bad_numbers(argv, message, capsys):
         main(argv)
     assert ended.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"num_processes": "2"}, TypeError, "num_processes must be an int"),
+        ({"num_processes": True}, TypeError, "num_processes must be an int"),
+        ({"devices_per_process": 1.5}, TypeError, "devices_per_process must be an int"),
+        ({"distributed_timeout": 0}, ValueError, "distributed_timeout must be >= 1"),
+    ],
+)
+def test_launch_refuses_bad_numbers_before_starting_anything(kwargs, error, message):
+    # a str was a TypeError from '<', True ran one process, 1.5 reached XLA's flag
+    # parser in every process, a timeout of 0 aborted them from C++
+    with pytest.raises(error, match=message):
+        launch("unused.py", **{"num_processes": 2, **kwargs})
+    with pytest.raises(ValueError, match="timeout must be >= 1"):
+        initialize(timeout=0)
 
 
 # A tiny PT run every process builds alike (after tempering.launch.initialize()).

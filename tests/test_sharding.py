@@ -343,3 +343,5 @@ def test_every_local_device_by_default(four, eight):
     errors = four["errors"]
     assert errors["six_default_devices"] == 1  # 6 replicas on 4 devices: one
     assert errors["six_warning"] and "e.g. 4 or 8" in errors["six_warning"][0]
+    # advice that holds over several processes too (jax.devices()[:1] is refused there)
+    assert "devices=jax.local_devices()[:1]" in errors["six_warning"][0]
