@@ -206,9 +206,14 @@ def _check_mesh_processes(mesh: Mesh) -> None:
     from jax.experimental import multihost_utils
 
     spanned = {d.process_index for d in mesh.devices.flat}
-    usable = spanned in ({jax.process_index()}, set(range(count)))
-    flags = np.asarray(multihost_utils.process_allgather(np.array([usable])))
-    bad = [int(p) for p in np.nonzero(~flags.ravel())[0]]
+    whole = spanned == set(range(count))
+    usable = whole or spanned == {jax.process_index()}
+    ids = np.full(jax.device_count(), -1, np.int64)  # a mesh over every process
+    if whole:
+        ids[: mesh.size] = [d.id for d in mesh.devices.flat]
+    row = np.concatenate([[int(usable), int(whole)], ids])
+    rows = np.asarray(multihost_utils.process_allgather(row)).reshape(count, -1)
+    bad = [int(p) for p in np.nonzero(rows[:, 0] == 0)[0]]
     if bad:
         raise ValueError(
             f"devices: over {count} processes a mesh must hold the devices of "
@@ -216,6 +221,18 @@ def _check_mesh_processes(mesh: Mesh) -> None:
             "the process's own (jax.local_devices()); on process "
             f"{bad[0]} it holds devices of processes {sorted(spanned)}, so the "
             "processes would wait for each other forever"
+        )
+    if rows[:, 1].any() and not (rows[:, 1].all() and (rows[:, 2:] == ids).all()):
+        meshes = [
+            f"process {p}: "
+            + (f"devices {[int(i) for i in r[2:] if i >= 0]}" if r[1] else "its own")
+            for p, r in enumerate(rows)
+        ]
+        raise ValueError(
+            f"devices differs between processes ({'; '.join(meshes)}): every "
+            "process must give the same devices in the same order (devices="
+            "jax.devices() on each) or each its own (jax.local_devices()), or "
+            "they would wait for each other forever"
         )
 
 

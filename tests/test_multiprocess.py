@@ -444,6 +444,10 @@ MISUSE_WORKER = (
     cases = {
         "keys": dict(key=jax.random.key(1 + me)),  # each process its own key
         "mesh": dict(devices=jax.devices()[:2]),  # process 0's devices only
+        # the global mesh on one process, its own devices on the other; the
+        # global mesh in another order (before: misleading errors, a stall)
+        "mixed_mesh": dict(devices=jax.devices() if me == 0 else jax.local_devices()),
+        "mesh_order": dict(devices=jax.devices()[::-1] if me else jax.devices()),
         "callback": dict(callback=stop_with_an_error),  # raises on process 0
         "ctrl_c": dict(callback=ctrl_c),
         # bad on one process only: every process must fail alike, not hang
@@ -537,6 +541,10 @@ def test_misuse_over_processes_fails_alike_on_every_process(tmp_path):
         "unshared": r"ValueError: checkpoint_dir \S+ck[01] is not the same folder on "
         "every process: process 1 does not see the lock file process 0 wrote",
         "continued": "ran: step 20",
+        "mixed_mesh": r"ValueError: devices differs between processes \(process 0: "
+        r"devices \[0, 1, \d+, \d+\]; process 1: its own\)",
+        "mesh_order": r"ValueError: devices differs between processes \(process 0: "
+        r"devices \[0, 1, \d+, \d+\]; process 1: devices \[\d+, \d+, 1, 0\]\)",
         "own_state": r"ValueError: the argument differs between processes: "
         r"argument\['state'\]\[0\]\['Dense_0'\]\['kernel'\] on process 1",
         "own_plan": r"ValueError: the argument differs between processes: "
