@@ -23,7 +23,7 @@ import jax
 import tempering as tp
 from experiments import zoo
 from experiments.bench_zoo import fused_step, paired_ratio, synthetic, time_interleaved
-from experiments.common import add_output_args, provenance, write_outputs
+from experiments.common import add_output_args, output_dirs, provenance, write_outputs
 
 
 def bench(name: str, num: int, batch: int, reps: int) -> dict:
@@ -98,11 +98,24 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=20)
     add_output_args(parser, "bench_batch_ladder")
     args = parser.parse_args(argv)
+    names = [m for m in args.models.split(",") if m]
+    unknown = sorted(set(names) - set(zoo.ZOO))
+    if unknown or not names:
+        parser.error(
+            f"argument --models: unknown models {unknown}; the zoo has {list(zoo.ZOO)}"
+        )
+    for flag in ("replicas", "batch", "reps"):
+        if getattr(args, flag) < 1:
+            parser.error(f"argument --{flag} must be >= 1")
     rows = []
-    for name in args.models.split(","):
+    for name in names:
         rows.append(bench(name, args.replicas, args.batch, args.reps))
         print({k: rows[-1][k] for k in ("model", "plain_ms", "masked_ms")}, flush=True)
-    record = {"provenance": provenance(), "settings": vars(args), "rows": rows}
+    record = {
+        "provenance": provenance(outputs=output_dirs(args)),
+        "settings": vars(args),
+        "rows": rows,
+    }
     write_outputs(args, record, table(rows, record, args))
 
 

@@ -67,6 +67,7 @@ from experiments.common import (
     RUN_KEY_OFFSET,
     add_output_args,
     fmt_mean_std,
+    output_dirs,
     provenance,
     seed_keys,
     settings_of,
@@ -644,7 +645,7 @@ def main(argv=None) -> dict | None:
         for key in ("best_val_accuracy", "best_test_accuracy"):
             summary[f"ray_{mode}_{key}"] = [r["ray"][mode][key] for r in runs]
     payload = {
-        "provenance": provenance(seeds),
+        "provenance": provenance(seeds, outputs=output_dirs(args)),
         "settings": settings_of(args),
         "description": desc,
         "ray_version": ray.__version__,

@@ -66,7 +66,7 @@ import numpy as np
 
 import tempering as tp
 from experiments import zoo
-from experiments.common import add_output_args, provenance, save_result
+from experiments.common import add_output_args, output_dirs, provenance, save_result
 from experiments.flops import jaxpr_flops, peak_tflops
 from tempering import fast, loops
 
@@ -640,7 +640,7 @@ def main(argv=None) -> dict:
         parser.error("--skip takes model:variant pairs, never the loop or fused")
     out = args.out_dir
     result = {
-        "provenance": provenance(seeds=[0]),
+        "provenance": provenance(seeds=[0], outputs=output_dirs(args)),
         "statistic": "median over interleaved repeats (random order each repeat, one process)",
         "batch": args.batch,
         "policies": list(policies),

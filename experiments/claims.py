@@ -54,11 +54,15 @@ import numpy as np
 from experiments.common import (
     RECORDS_DIR,
     add_output_args,
+    check_same_setting,
     figure,
+    output_dirs,
     provenance,
     save_figure,
+    warn_dirty,
     write_outputs,
 )
+from experiments.fig2_table import shared_part
 
 # Per-seed quantities: key, label, unit, which claim they bear on.
 QUANTITIES = (
@@ -163,16 +167,25 @@ def load_quickstart(path: Path) -> Setting:
 
 
 def load_compare(folder: Path) -> Setting:
+    """The seed files of one ``experiments.compare`` run.
+
+    Raises:
+        ValueError: files of the folder made with other settings (named, with
+            the keys that differ): they are never merged.
+    """
     files = sorted(folder.glob("seed*.json"), key=lambda p: int(p.stem[4:]))
-    first = json.loads(files[0].read_text())
+    records = {path: json.loads(path.read_text()) for path in files}
+    check_same_setting(
+        [(path, record.get("settings")) for path, record in records.items()], folder
+    )
+    first = records[files[0]]
     steps = int(first["settings"]["steps"])
     ladder = ", lr" if "final_ladder_lr" in first["runs"].get("grid", {}) else ""
     setting = Setting(
         folder.name, f"{folder.name} ({first['settings']['benchmark']}{ladder}), "
         f"{steps} steps", "error", steps,
     )  # fmt: skip
-    for path in files:
-        record = json.loads(path.read_text())
+    for path, record in records.items():
         runs = record["runs"]
         if not {"grid", "pt"} <= runs.keys():
             continue
@@ -219,11 +232,19 @@ def load_fig2(path: Path) -> Setting:
 
 
 def load_fig2_folder(folder: Path) -> Setting:
-    """The authors' protocol: ``fig2/<setting>/seed<k>_<pt|grid>.json``."""
+    """The authors' protocol: ``fig2/<setting>/seed<k>_<pt|grid>.json``.
+
+    Raises:
+        ValueError: files of the folder that record different configs or
+            protocols (``experiments.fig2_table``'s check): never merged.
+    """
     by_seed: dict[int, dict[str, Run]] = {}
     files, commits, steps = [], set(), 0
-    for path in sorted(folder.glob("seed*_*.json")):
-        record = json.loads(path.read_text())
+    records = {
+        p: json.loads(p.read_text()) for p in sorted(folder.glob("seed*_*.json"))
+    }
+    check_same_setting([(p, shared_part(r)) for p, r in records.items()], folder)
+    for path, record in records.items():
         by_seed.setdefault(int(record["seed"]), {})[record["kind"]] = _fig2_run(
             record["run"]
         )
@@ -692,10 +713,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )  # fmt: skip
     add_output_args(parser, "claims")
     args = parser.parse_args(argv)
-    settings = load_settings(args.records_dir)
+    try:
+        settings = load_settings(args.records_dir)
+    except ValueError as err:  # records of other settings in one folder
+        parser.error(f"--records-dir {args.records_dir}: {err}")
+    warn_dirty({c for s in settings for c in s.produced_at}, "the claims' table")
     analyses = [analyse(s) for s in settings]
     payload = {
-        "provenance": provenance(),
+        "provenance": provenance(outputs=output_dirs(args)),
         "inputs": inputs(settings, args.records_dir),
         "definitions": __doc__,
         "settings": analyses,

@@ -26,6 +26,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -80,39 +81,89 @@ def default_data_dir() -> Path:
     return REPO_ROOT.parent / "shared" / "data"
 
 
-def git_commit() -> str:
+def git_commit(outputs: Any = ()) -> str:
     """The commit of the working tree, with ``-dirty`` if its code has local changes.
 
-    Result files (``experiments/results/``, and the untracked default
-    ``tempering-results/``) do not count: a sequence of experiments run from
-    one clean checkout records the same clean commit.
+    Result files (``experiments/results/``, the untracked default
+    ``tempering-results/`` and the run's own ``outputs``: its ``--out-dir``,
+    ``--checkpoint-dir``) do not count: a sequence of experiments run from one
+    clean checkout records the same clean commit, wherever inside the clone
+    its results go. Untracked files elsewhere do count (code never committed
+    must not hide behind a commit that lacks it), and so does an output folder
+    that holds tracked files (the repository's root, ``experiments/``).
     """
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [
-                "git",
-                "status",
-                "--porcelain",  # untracked files too: code never committed
-                "--",
-                ".",
-                ":(exclude)experiments/results",
-                ":(exclude)tempering-results",
-            ],  # fmt: skip
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        commit = _git("rev-parse", "HEAD")
+        excluded = [
+            ":(exclude)experiments/results",
+            ":(exclude)tempering-results",
+            *(f":(exclude,literal){p}" for p in _output_folders(outputs)),
+        ]
+        dirty = _git(
+            "status",
+            "--porcelain",  # untracked files too: code never committed
+            "--",
+            ".",
+            *excluded,
+        )
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def _output_folders(outputs: Any) -> list[str]:
+    """The folders of ``outputs`` inside the clone that hold no tracked file,
+    relative to its root (the folders git status need not count)."""
+    root = REPO_ROOT.resolve()
+    folders = []
+    for path in [outputs] if isinstance(outputs, str | os.PathLike) else outputs:
+        if path is None:
+            continue
+        try:
+            rel = Path(path).resolve().relative_to(root).as_posix()
+        except ValueError:
+            continue  # outside the clone: git status never sees it
+        if rel == "." or _git("ls-files", "--", f":(literal){rel}"):
+            continue  # the clone itself, or a folder with code in it
+        folders.append(rel)
+    return folders
+
+
+def output_dirs(args: argparse.Namespace) -> list[Path]:
+    """The folders a script's run writes (``--out-dir``, ``--checkpoint-dir``)."""
+    names = ("out_dir", "checkpoint_dir")
+    return [Path(v) for n in names if (v := getattr(args, n, None)) is not None]
+
+
+def short_commit(commit: str) -> str:
+    """A commit as tables show it: 7 hex digits, ``-dirty`` kept (``cb19844-dirty``)."""
+    commit = str(commit)
+    dirty = commit.endswith("-dirty")
+    base = commit[: -len("-dirty")] if dirty else commit
+    return base[:7] + ("-dirty" if dirty else "")
+
+
+def warn_dirty(commits: Any, what: str) -> bool:
+    """Warns (stderr) when a merged record names a commit of a dirty tree.
+
+    Returns whether any of ``commits`` is dirty or unknown.
+    """
+    bad = sorted({str(c) for c in commits if not is_clean_commit(str(c))})
+    if bad:
+        print(
+            f"WARNING: {what} merges records made from a tree with local changes or "
+            f"at no known commit ({', '.join(short_commit(c) for c in bad)}): "
+            "their code is not the commit they name; rerun them from a clean "
+            "checkout before quoting them",
+            file=sys.stderr,
+        )
+    return bool(bad)
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -259,11 +310,16 @@ def machine() -> dict[str, Any]:
     }
 
 
-def provenance(seeds: list[int] | None = None) -> dict[str, Any]:
-    """What produced a result: command, commit, machine, seeds, date."""
+def provenance(seeds: list[int] | None = None, outputs: Any = ()) -> dict[str, Any]:
+    """What produced a result: command, commit, machine, seeds, date.
+
+    ``outputs``: the folders the run writes (:func:`output_dirs`), which do
+    not make the commit ``-dirty`` (:func:`git_commit`). The command is quoted
+    as a shell would need it (:func:`shlex.join`), so it can be pasted back.
+    """
     return {
-        "command": "python -m " + _module_name() + " " + " ".join(sys.argv[1:]),
-        "git_commit": git_commit(),
+        "command": shlex.join(["python", "-m", _module_name(), *sys.argv[1:]]),
+        "git_commit": git_commit(outputs),
         "machine": machine(),
         "seeds": list(seeds) if seeds is not None else None,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -381,13 +437,121 @@ def add_data_dir_arg(parser: argparse.ArgumentParser) -> None:
 def add_seeds_arg(
     parser: argparse.ArgumentParser, default: int | list[int] | None
 ) -> None:
-    """``--seeds``: a count N (seeds 0..N-1) for an int default, else a list."""
+    """``--seeds``: a count N (seeds 0..N-1) for an int default, else a list.
+
+    The count must be at least 1; the list's values are seed numbers, each
+    >= 0 and given once (a repeated seed is the same run twice, not another
+    seed). Either is refused with ``parser.error`` as it is parsed.
+    """
     if isinstance(default, list):
-        parser.add_argument("--seeds", type=int, nargs="+", default=default)
+        parser.add_argument(
+            "--seeds", type=_seed_number, nargs="+", default=default,
+            action=_SeedList,
+            help=f"seed numbers to run, each once (e.g. --seeds 0 1 2; default: "
+            f"{' '.join(map(str, default))})",
+        )  # fmt: skip
     else:
         parser.add_argument(
-            "--seeds", type=int, default=default, help="number of seeds: 0..N-1"
+            "--seeds", type=_seed_count, default=default,
+            help="number of seeds N >= 1: runs seeds 0..N-1",
+        )  # fmt: skip
+
+
+def _seed_count(text: str) -> int:
+    value = _integer(text, "the number of seeds")
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"the number of seeds must be >= 1, got {value} (--seeds N runs seeds "
+            "0..N-1)"
         )
+    return value
+
+
+def _seed_number(text: str) -> int:
+    value = _integer(text, "a seed number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed number must be >= 0, got {value}")
+    return value
+
+
+def _integer(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{what} must be an integer, got {text!r}"
+        ) from None
+
+
+class _SeedList(argparse.Action):
+    """``--seeds 0 1 2``: seed numbers, each once."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        repeated = sorted({v for v in values if list(values).count(v) > 1})
+        if repeated:
+            parser.error(
+                f"argument {option_string}: seeds {repeated} given more than once; "
+                "the values are seed numbers: list each seed once"
+            )
+        setattr(namespace, self.dest, list(values))
+
+
+def seed_list_arg(parser: argparse.ArgumentParser, text: str, count: int) -> list[int]:
+    """``--seed-list 3,4``: seed numbers within ``0..count-1``, each once."""
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        parser.error(
+            f"argument --seed-list: {text!r} is not a comma-separated list of seed "
+            "numbers (e.g. --seed-list 3,4)"
+        )
+    outside = [s for s in seeds if not 0 <= s < count]
+    if not seeds or outside:
+        parser.error(
+            f"argument --seed-list: seeds {outside or seeds} are outside the run's "
+            f"seeds 0..{count - 1} (--seeds {count}); give seeds of the run, or "
+            "a larger --seeds"
+        )
+    if len(set(seeds)) != len(seeds):
+        parser.error(f"argument --seed-list: {text!r} names a seed twice")
+    return seeds
+
+
+def usage_error(message: str) -> None:
+    """Stops as ``parser.error`` does (exit 2, ``<prog>: error: ...``), where
+    the parser is out of reach."""
+    print(f"{_module_name()}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def data_dir_error(data_dir: Path, dataset: str, source: str = "raw") -> str | None:
+    """Why ``--data-dir`` cannot give ``dataset`` (None: it can, or tfds may).
+
+    ``source="raw"``: the dataset's raw files must be there; ``"auto"``: the
+    folder must exist (the loader reads the raw files or tfds' data from it).
+    """
+    from tempering.zoo import dataset_files
+
+    spec = dataset_files.dataset_spec(dataset)
+    fix = (
+        f"give --data-dir, or set ${DATA_DIR_ENV}, to the folder that holds "
+        f"{spec.raw_subdir or dataset}/"
+    )
+    if not Path(data_dir).is_dir():
+        return f"argument --data-dir: {data_dir} is no folder; {fix}"
+    if source != "raw" or not spec.raw_files:
+        return None
+    missing = [
+        f
+        for f in spec.raw_files
+        if not Path(dataset_files.raw_path(spec, data_dir, f)).is_file()
+    ]
+    if missing:
+        return (
+            f"argument --data-dir: {data_dir} lacks the raw files of {dataset} "
+            f"({spec.raw_subdir}/{missing[0]}, ...); {fix}"
+        )
+    return None
 
 
 # --- keys -------------------------------------------------------------------
@@ -420,17 +584,58 @@ def load_seed_record(path: Path, settings: dict, force: bool = False) -> dict | 
     """The record at ``path`` if it exists (and not ``force``), else None.
 
     Raises:
-        ValueError: the record was made with other ``settings``.
+        ValueError: the record was made with other ``settings`` (the keys
+            that differ named, with both values).
     """
     if force or not Path(path).exists():
         return None
     record = json.loads(Path(path).read_text())
-    if not same_record(record["settings"], _json(settings)):
+    settings = _json(settings)
+    stored = record.get("settings")
+    if not same_record(stored, settings):
+        keys = differing_keys(stored, settings)
+        values = ", ".join(
+            f"{k}: {_get(stored, k)!r} there, {_get(settings, k)!r} here" for k in keys
+        )
         raise ValueError(
-            f"{path} was made with other settings ({record['settings']}); "
-            "remove it (or --force, where offered) or give the run another --name"
+            f"{path} was made with other settings ({values}); rerun with its "
+            "settings, remove it (or --force, where offered) or give the run "
+            "another --name / --out-dir"
         )
     return record
+
+
+def _get(record: Any, key: str) -> Any:
+    return record.get(key, "absent") if isinstance(record, dict) else record
+
+
+def differing_keys(a: Any, b: Any) -> list[str]:
+    """The top-level keys whose values differ between two records (``same_record``)."""
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return [] if same_record(a, b) else ["(the whole record)"]
+    return sorted(k for k in a.keys() | b.keys() if not same_record(a.get(k), b.get(k)))
+
+
+def check_same_setting(records: list[tuple[Path, dict]], what: str) -> None:
+    """Refuses records of one merge that differ (``same_record``).
+
+    ``records``: (file, the part of its record that must agree); ``what``:
+    the folder or run being merged, for the message.
+
+    Raises:
+        ValueError: naming the keys that differ and two files that differ.
+    """
+    if not records:
+        return
+    first_path, first = records[0]
+    for path, record in records[1:]:
+        if not same_record(record, first):
+            keys = differing_keys(record, first)
+            raise ValueError(
+                f"{path} and {Path(first_path).name} in {what} record different "
+                f"{keys}: runs of other settings are not comparable and are never "
+                "merged; move one away or give the other run its own --name"
+            )
 
 
 def save_seed_record(path: Path, record: dict) -> dict:
@@ -471,11 +676,25 @@ def write_outputs(
     plot: Callable[[Path], None] | None = None,
 ) -> Path:
     """Writes ``<out_dir>/<name>``: ``.json`` (the record), ``.md`` (its
-    table) and ``.png`` (``plot(path)``, if given); prints the table."""
-    path = save_result(args.name, payload, args.out_dir)
-    path.with_suffix(".md").write_text(table)
-    if plot is not None:
-        plot(path.with_suffix(".png"))
+    table) and ``.png`` (``plot(path)``, if given); prints the table.
+
+    The figure is drawn (to a temporary file, renamed last) before the record
+    is written, so a table or figure that fails leaves no half-written
+    result: no record without its table and figure.
+    """
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{args.name}.json"
+    partial = out_dir / f".{args.name}.partial.png"
+    try:
+        if plot is not None:
+            plot(partial)
+        save_result(args.name, payload, out_dir)
+        path.with_suffix(".md").write_text(table)
+        if plot is not None:
+            os.replace(partial, path.with_suffix(".png"))
+    finally:
+        partial.unlink(missing_ok=True)
     print(table)
     print(f"wrote {path}")
     return path

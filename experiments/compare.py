@@ -43,7 +43,6 @@ compiles, excluded when there is more than one seed).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import time
@@ -58,17 +57,22 @@ from experiments.common import (
     add_data_dir_arg,
     add_output_args,
     add_seeds_arg,
+    data_dir_error,
     figure,
     fmt_mean_std,
     load_seed_record,
     mean_std,
+    output_dirs,
     provenance,
     save_figure,
     save_seed_record,
     seed_keys,
+    seed_list_arg,
     seed_path,
     settings_of,
+    short_commit,
     subset,
+    warn_dirty,
     write_outputs,
 )
 from tempering.driver import best_index
@@ -231,7 +235,9 @@ def run_seed(args, bench, dataset, ladder, tx, seed: int) -> dict:
             flush=True,
         )
     if todo:
-        record.setdefault("provenance", {})[",".join(todo)] = provenance([seed])
+        record.setdefault("provenance", {})[",".join(todo)] = provenance(
+            [seed], outputs=output_dirs(args)
+        )
         record = save_seed_record(path, record)
     return record
 
@@ -304,8 +310,8 @@ def produced_by(records: list[dict]) -> dict[str, list[str]]:
     """Method -> the commits and machines its seeds' runs came from.
 
     A seed file's provenance is keyed by the methods one command ran
-    (``"grid,pbt"``); the machine is its platform's node (e.g. ``fc-v1252``)
-    and instruction set.
+    (``"grid,pbt"``); the commit is shown with its ``-dirty`` suffix, the
+    machine is its platform's node (e.g. ``fc-v1252``) and instruction set.
     """
     found: dict[str, set[str]] = {}
     for record in records:
@@ -316,7 +322,7 @@ def produced_by(records: list[dict]) -> dict[str, list[str]]:
             isa = machine.get("cpu_isa") or "ISA unrecorded"
             for method in methods.split(","):
                 found.setdefault(method, set()).add(
-                    f"{prov['git_commit'][:7]} ({where}, {isa})"
+                    f"{short_commit(prov['git_commit'])} ({where}, {isa})"
                 )
     return {method: sorted(places) for method, places in found.items()}
 
@@ -461,17 +467,64 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.rerun = tuple(m for m in args.rerun.split(",") if m)
     if set(args.rerun) - set(args.methods):
         parser.error(f"--rerun must name only methods of --methods {args.methods}")
+    bench = BENCHMARKS[args.benchmark]
+    for field in ("seeds", "steps", "interval", "burn_in", "replicas", "batch_size"):
+        if getattr(args, field) is None:
+            setattr(args, field, getattr(bench, field))
+    for field in ("val_subset", "test_subset"):
+        if getattr(args, field) is None:
+            setattr(args, field, getattr(bench, field))
+    check_args(parser, args)
     return args
+
+
+def todo_seeds(args, parser: argparse.ArgumentParser | None = None) -> list[int]:
+    """The seeds this call runs: ``--seed-list`` (checked), else 0..N-1."""
+    if args.seed_list is None:
+        return list(range(args.seeds))
+    parser = parser or argparse.ArgumentParser(prog="experiments.compare")
+    return seed_list_arg(parser, args.seed_list, args.seeds)
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every argument problem, as ``parser.error``, before any data or training:
+    sizes, the seed list, the data folder, and the settings of the seed files
+    that this run would merge (a file of other settings is never merged)."""
+    for flag in ("steps", "interval", "replicas", "batch_size"):
+        if getattr(args, flag) < 1:
+            parser.error(f"argument --{flag.replace('_', '-')} must be >= 1")
+    for flag in ("train_subset", "val_subset", "test_subset"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"argument --{flag.replace('_', '-')} must be >= 1")
+    if args.burn_in < 0 or args.steps - args.burn_in < args.interval:
+        parser.error(
+            f"--steps {args.steps} leaves {args.steps - args.burn_in} steps after "
+            f"--burn-in {args.burn_in}, less than one --interval ({args.interval}) "
+            "(or a negative --burn-in): give more --steps, a shorter --burn-in or "
+            "--interval"
+        )
+    if args.c is not None and not args.c > 0:
+        parser.error(
+            f"argument --c must be > 0 (or left out for c='auto'), got {args.c}"
+        )
+    todo = todo_seeds(args, parser)
+    if args.benchmark != "mnist1d":
+        problem = data_dir_error(args.data_dir, args.benchmark)
+        if problem:
+            parser.error(problem)
+    settings = settings_of(args, *RUN_SETTINGS)
+    for seed in range(args.seeds):
+        if args.force and seed in todo:
+            continue  # run again, whatever its file holds
+        try:
+            load_seed_record(record_path(args, seed), settings)
+        except ValueError as err:
+            parser.error(str(err))
 
 
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
     bench = BENCHMARKS[args.benchmark]
-    for field in ("seeds", "steps", "interval", "burn_in", "replicas", "batch_size"):
-        if getattr(args, field) is None:
-            setattr(args, field, getattr(bench, field))
-    args.val_subset = args.val_subset or bench.val_subset
-    args.test_subset = args.test_subset or bench.test_subset
     dataset = load(args.benchmark, args.data_dir)
     dataset = dataset._replace(
         train=subset(dataset.train, args.train_subset),
@@ -483,20 +536,23 @@ def main(argv=None) -> dict | None:
     )
     tx = tp.sgd(bench.lr_low, momentum=args.momentum)
     seeds = list(range(args.seeds))
-    todo = (
-        seeds if args.seed_list is None else [int(x) for x in args.seed_list.split(",")]
-    )
-    for seed in todo:
+    for seed in todo_seeds(args):
         run_seed(args, bench, dataset, ladder, tx, seed)
     missing = [s for s in seeds if not record_path(args, s).exists()]
     if missing:
         print(f"seeds {missing} not run yet: no table")
         return None
-    records = [json.loads(record_path(args, s).read_text()) for s in seeds]
+    # every merged seed through the settings check, not only those run here
+    settings = settings_of(args, *RUN_SETTINGS)
+    records = [load_seed_record(record_path(args, s), settings) for s in seeds]
     lacking = [r["seed"] for r in records if set(args.methods) - set(r["runs"])]
     if lacking:
         print(f"seeds {lacking} lack some of {args.methods}: no table")
         return None
+    warn_dirty(
+        [p["git_commit"] for r in records for p in r["provenance"].values()],
+        f"{args.name}'s table",
+    )
     runs = [r["runs"] for r in records]
     summary, target = summarise(runs, args.methods, args.steps)
     desc = (
@@ -516,7 +572,7 @@ def main(argv=None) -> dict | None:
         args.benchmark, summary, target, runs, desc, produced=produced_by(records)
     )
     payload = {
-        "provenance": provenance(seeds),
+        "provenance": provenance(seeds, outputs=output_dirs(args)),
         "seed_provenance": {r["seed"]: r["provenance"] for r in records},
         "benchmark": args.benchmark,
         "settings": settings_of(args),

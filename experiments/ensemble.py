@@ -33,14 +33,18 @@ import tempering as tp
 from experiments.common import (
     add_data_dir_arg,
     add_output_args,
+    add_seeds_arg,
+    data_dir_error,
     load_seed_record,
     mean_std,
+    output_dirs,
     provenance,
     save_seed_record,
     seed_keys,
     seed_path,
     settings_of,
     subset,
+    warn_dirty,
     write_outputs,
 )
 from experiments.compare import BENCHMARKS, load
@@ -117,6 +121,12 @@ def run_seed(args, bench, dataset, seed: int) -> dict:
         return record
     pt = run_method(True, args, bench, dataset, seed)
     grid = run_method(False, args, bench, dataset, seed)
+    for name, run in (("PT", pt), ("grid", grid)):
+        if run["snapshots"] < 1:  # an ensemble of nothing: never recorded
+            raise RuntimeError(
+                f"seed {seed}: {name}'s cold-chain ensemble took no snapshot "
+                f"(--steps {args.steps}, --after {args.after}); nothing written"
+            )
     errors = {
         "pt_single": pt["single_test_error"], "pt_cold": pt["cold_test_error"],
         "grid_single": grid["single_test_error"], "grid_cold": grid["cold_test_error"],
@@ -124,7 +134,8 @@ def run_seed(args, bench, dataset, seed: int) -> dict:
     }  # fmt: skip
     print(f"seed {seed}", {k: round(100 * v, 2) for k, v in errors.items()}, flush=True)
     record = {"seed": seed, "settings": settings, "test_error": errors,
-              "pt": pt, "grid": grid, "provenance": provenance([seed])}  # fmt: skip
+              "pt": pt, "grid": grid,
+              "provenance": provenance([seed], outputs=output_dirs(args))}  # fmt: skip
     return save_seed_record(path, record)
 
 
@@ -159,20 +170,65 @@ def table(records: list[dict], args, desc: str) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", paired
 
 
+def snapshots(steps: int, after: float, bench) -> int:
+    """The cold-chain snapshots a run takes: one per moved round from round
+    ``int(after * rounds)`` on; the round that ends the run has no move
+    (``move_at_end=False``), a trailing part-round none either."""
+    rounds = (steps - bench.burn_in) // bench.interval
+    if rounds < 1:
+        return 0
+    moved = rounds if (steps - bench.burn_in) % bench.interval else rounds - 1
+    return max(0, moved - int(after * rounds))
+
+
+def check_args(parser: argparse.ArgumentParser, args, bench) -> None:
+    """Argument problems as ``parser.error``, before any data or training: at
+    least one round, an ``--after`` that leaves a snapshot, the data folder,
+    and the settings of the seed files this run merges."""
+    if not 0 <= args.after < 1:
+        parser.error(
+            f"argument --after must be in [0, 1) (the first snapshot round as a "
+            f"fraction of the rounds), got {args.after}: at 1 or more the "
+            "ensemble takes no snapshot"
+        )
+    if snapshots(args.steps, args.after, bench) < 1:
+        rounds = (args.steps - bench.burn_in) // bench.interval
+        parser.error(
+            f"--steps {args.steps} with --after {args.after} leaves the cold-chain "
+            f"ensemble no snapshot ({max(rounds, 0)} rounds of {bench.interval} "
+            f"after the {args.benchmark} burn-in of {bench.burn_in} steps, the "
+            "last one without a move): give more --steps (at least "
+            f"{bench.burn_in + 2 * bench.interval}) or a smaller --after"
+        )
+    if args.benchmark != "mnist1d":
+        problem = data_dir_error(args.data_dir, args.benchmark)
+        if problem:
+            parser.error(problem)
+    settings = settings_of(args, *SETTINGS)
+    for seed in range(args.seeds):
+        path = seed_path(Path(args.out_dir) / "ensemble", args.benchmark, seed)
+        try:
+            load_seed_record(path, settings)
+        except ValueError as err:
+            parser.error(str(err))
+
+
 def main(argv=None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
-    parser.add_argument("--seeds", type=int, default=None)
+    add_seeds_arg(parser, None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--after", type=float, default=0.5,
-                        help="first snapshot round, as a fraction of the rounds")  # fmt: skip
+                        help="first snapshot round, as a fraction of the rounds, "
+                        "in [0, 1)")  # fmt: skip
     add_data_dir_arg(parser)
     add_output_args(parser, None)
     args = parser.parse_args(argv)
     bench = BENCHMARKS[args.benchmark]
-    args.seeds = args.seeds or bench.seeds
-    args.steps = args.steps or bench.steps
+    args.seeds = bench.seeds if args.seeds is None else args.seeds
+    args.steps = bench.steps if args.steps is None else args.steps
     args.name = args.name or f"ensemble_{args.benchmark}"
+    check_args(parser, args, bench)
     dataset = load(args.benchmark, args.data_dir)
     dataset = dataset._replace(
         validation=subset(dataset.validation, bench.val_subset),
@@ -188,7 +244,9 @@ def main(argv=None) -> dict | None:
         "experiments.compare"
     )
     markdown, paired = table(records, args, desc)
-    payload = {"provenance": provenance(list(range(args.seeds))),
+    warn_dirty([r["provenance"]["git_commit"] for r in records], f"{args.name}'s table")
+    payload = {"provenance": provenance(list(range(args.seeds)),
+                                        outputs=output_dirs(args)),
                "settings": settings_of(args), "paired": paired,
                "seed_provenance": {r["seed"]: r["provenance"] for r in records},
                "records": records, "table": markdown}  # fmt: skip

@@ -25,12 +25,15 @@ from experiments.common import (
     add_data_dir_arg,
     add_output_args,
     add_seeds_arg,
+    data_dir_error,
     figure,
     fmt_mean_std,
+    output_dirs,
     provenance,
     save_figure,
     seed_keys,
     settings_of,
+    usage_error,
     write_outputs,
 )
 from tempering import diffusion
@@ -59,7 +62,13 @@ def parse_args(argv=None):
     add_seeds_arg(p, [0])
     p.add_argument("--replicas", type=int, default=None, help="first M values only")
     add_output_args(p, "fig1_diffusion")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    minimum = {"steps": 1, "t0": 0, "records": 1, "batch_size": 1, "train_size": 1,
+               "replicas": 2}  # fmt: skip
+    for flag, low in minimum.items():
+        if getattr(args, flag) is not None and getattr(args, flag) < low:
+            p.error(f"argument --{flag.replace('_', '-')} must be >= {low}")
+    return args
 
 
 def monotone(x: np.ndarray, increasing: bool) -> bool:
@@ -87,6 +96,9 @@ def verdicts(results: dict) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    problem = data_dir_error(args.data_dir, args.dataset)
+    if problem:
+        usage_error(problem)
     data = datasets.load_dataset(args.dataset, data_dir=args.data_dir, source="raw")
     x, y = data.train
     if args.train_size:
@@ -137,7 +149,7 @@ def main(argv=None) -> dict:
         }
     check = verdicts(results)
     payload = {
-        "provenance": provenance(args.seeds),
+        "provenance": provenance(args.seeds, outputs=output_dirs(args)),
         "settings": settings_of(args),
         "model": "LeNet5(tanh, avg pool), same initial weights and batches per sweep",
         "dataset": args.dataset,

@@ -32,15 +32,18 @@ from experiments.common import (
     add_data_dir_arg,
     add_output_args,
     add_seeds_arg,
+    data_dir_error,
     figure,
     fmt_mean_std,
     load_seed_record,
+    output_dirs,
     provenance,
     save_figure,
     save_seed_record,
     seed_keys,
     seed_path,
     settings_of,
+    warn_dirty,
     write_outputs,
 )
 from tempering import diffusion
@@ -67,6 +70,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     add_output_args(p, "fig1_l2")
     args = p.parse_args(argv)
+    for flag, low in (("steps", 1), ("records", 2), ("batch_size", 1), ("t0", 0)):
+        if getattr(args, flag) is not None and getattr(args, flag) < low:
+            p.error(f"argument --{flag.replace('_', '-')} must be >= {low}")
+    problem = data_dir_error(args.data_dir, "fashion_mnist")
+    if problem:
+        p.error(problem)
     if args.t0 is None:
         args.t0 = int(round(3 / (BASE_LR * min(v for v in VALUES if v > 0))))
     return args
@@ -171,15 +180,17 @@ def main(argv=None) -> dict | None:
         record = load_seed_record(path, settings)
         if record is None:
             record = save_seed_record(path, {
-                "provenance": provenance([seed]), "settings": settings,
+                "provenance": provenance([seed], outputs=output_dirs(args)),
+                "settings": settings,
                 **run_seed(args, x, y, seed),
             })  # fmt: skip
             print(f"seed {seed}: {record['wall_time_s']:.0f}s", flush=True)
         runs.append(record)
+    warn_dirty([r["provenance"]["git_commit"] for r in runs], f"{args.name}'s table")
     summary = summarise(runs)
     table = markdown(args, summary, len(runs))
     payload = {
-        "provenance": provenance(args.seeds),
+        "provenance": provenance(args.seeds, outputs=output_dirs(args)),
         "seed_provenance": {r["seed"]: r["provenance"] for r in runs},
         "settings": settings,
         "values": VALUES,

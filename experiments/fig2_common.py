@@ -41,6 +41,7 @@ Statistics, both recorded per run and both reported by the table:
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -57,6 +58,7 @@ from experiments.common import (
     add_seeds_arg,
     figure,
     final_rungs,
+    output_dirs,
     provenance,
     run_evaluate,
     save_figure,
@@ -134,7 +136,10 @@ def shaped(
         ValueError: ``scale <= 0``, or no exchange round left after the burn-in.
     """
     if not scale > 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
+        raise ValueError(
+            f"the run's scale must be > 0, got {scale:g}: give --scale > 0 or "
+            "--steps >= 1"
+        )
     full = config.paper_num_steps or config.num_steps
     config = config._replace(
         paper_num_steps=full,
@@ -318,6 +323,68 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--note", default="", help="free text stored in the result")
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuses flags that contradict each other or are out of range.
+
+    Every conflict is refused rather than resolved silently: ``--c`` fixes C,
+    ``--c-rule`` states how C is chosen (one or the other); ``--rounds`` sets
+    the run's length, which ``--steps`` also sets; ``--eval-size`` sets both
+    ``--val-size`` and ``--test-curve-size``.
+
+    Raises:
+        ValueError: naming the flags.
+    """
+    value = functools.partial(getattr, args)
+    if value("c", None) is not None:
+        if not value("c") > 0:
+            raise ValueError(f"--c must be > 0, got {value('c'):g}")
+        if value("c_rule", None) is not None:
+            raise ValueError(
+                f"--c {value('c'):g} fixes C and --c-rule {value('c_rule')} states "
+                "how C is chosen: give one of them, not both"
+            )
+    if value("steps", None) is not None and value("rounds", None) is not None:
+        raise ValueError(
+            "--rounds sets the run's length (--burn-in + rounds x "
+            "--exchange-interval), which --steps also sets: give one of them"
+        )
+    if value("eval_size", None) is not None:
+        both = [
+            f for f in ("val_size", "test_curve_size") if value(f, None) is not None
+        ]
+        if both:
+            flags = " and ".join("--" + f.replace("_", "-") for f in both)
+            raise ValueError(
+                f"--eval-size sets both --val-size and --test-curve-size; give it "
+                f"or {flags}, not both"
+            )
+    if not 0 < value("target_acceptance", 0.3) < 1:
+        raise ValueError(
+            f"--target-acceptance must be in (0, 1), got {value('target_acceptance')}"
+        )
+    minimum = {
+        "steps": 1, "rounds": 1, "burn_in": 0, "exchange_interval": 1,
+        "replicas": 1, "batch_size": 1, "train_size": 1, "val_size": 1,
+        "test_curve_size": 1, "eval_size": 1, "final_test_size": 1,
+        "checkpoint_every": 1,
+    }  # fmt: skip
+    for name, low in minimum.items():
+        if value(name, None) is not None and value(name) < low:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be >= {low}, got {value(name)}")
+
+
+def check_args(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, config: Fig2Config
+) -> Fig2Config:
+    """:func:`apply_overrides`, its refusals as ``parser.error`` (before any
+    data is loaded or any run starts)."""
+    try:
+        return apply_overrides(config, args)
+    except ValueError as err:
+        parser.error(str(err))
+
+
 def apply_overrides(config: Fig2Config, args: argparse.Namespace) -> Fig2Config:
     """Length, interval, C rule and command-line overrides; never a silent C.
 
@@ -328,8 +395,13 @@ def apply_overrides(config: Fig2Config, args: argparse.Namespace) -> Fig2Config:
 
     Raises:
         ValueError: an exchange interval other than the paper's without
-            ``--c-rule`` or ``--c``, or no exchange round left.
+            ``--c-rule`` or ``--c``, flags that contradict each other
+            (``--c`` with ``--c-rule``, ``--steps`` with ``--rounds``,
+            ``--eval-size`` with ``--val-size`` / ``--test-curve-size``), a
+            value out of range (``--c`` <= 0, ``--scale`` <= 0, a size < 1),
+            or no exchange round left. Each names its flags.
     """
+    check_flags(args)
     paper_steps = config.paper_num_steps or config.num_steps
     full_steps = shaped(config).num_steps  # whole rounds of the paper's run
     scale = args.scale
@@ -349,12 +421,12 @@ def apply_overrides(config: Fig2Config, args: argparse.Namespace) -> Fig2Config:
         scheme=getattr(args, "scheme", config.scheme),
         target_acceptance=getattr(args, "target_acceptance", 0.3),
     )
-    if args.replicas:
+    if args.replicas is not None:
         config = config._replace(num_replicas=args.replicas)
-    if args.batch_size:
+    if args.batch_size is not None:
         config = config._replace(batch_size=args.batch_size)
     c_rule = getattr(args, "c_rule", None)
-    if args.c:
+    if args.c is not None:
         config = config._replace(c=args.c, c_rule="explicit")
     elif c_rule == "auto":
         config = config._replace(c_rule="auto")
@@ -649,7 +721,7 @@ def run_experiment(
                 checkpoint_every=getattr(args, "checkpoint_every", 10),
             )
             payload = {
-                "provenance": provenance([seed]),
+                "provenance": provenance([seed], outputs=output_dirs(args)),
                 "setting": config.name,
                 "kind": kind,
                 "seed": seed,

@@ -59,10 +59,12 @@ import jax
 import jax.numpy as jnp
 
 import tempering as tp
+from experiments.common import DATA_DIR_ENV, data_dir_error
 from experiments.fig2_common import (
     Fig2Config,
     add_common_args,
     apply_overrides,
+    check_args,
     run_experiment,
 )
 from tempering.layers import Dropout
@@ -249,7 +251,17 @@ def main(argv=None) -> dict:
     )
     add_common_args(p)
     args = p.parse_args(argv)
-    data, stand_in = load(args.dataset, args.data_dir)
+    # the flags checked on the requested setting before the data load (the
+    # Fashion-MNIST stand-in shares EMNIST-letters' settings)
+    check_args(p, args, paper_config(args.dataset, args.ladder))
+    if args.dataset != "emnist/letters":
+        problem = data_dir_error(args.data_dir, args.dataset, source="auto")
+        if problem:
+            p.error(problem)
+    try:
+        data, stand_in = load(args.dataset, args.data_dir)
+    except FileNotFoundError as err:
+        p.error(f"{err} (--data-dir {args.data_dir}; default ${DATA_DIR_ENV})")
     config = paper_config(
         data.name if stand_in is None else "fashion_mnist", args.ladder
     )

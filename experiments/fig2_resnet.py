@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import argparse
 
+from experiments.common import data_dir_error
 from experiments.fig2_common import (
     Fig2Config,
     add_common_args,
-    apply_overrides,
+    check_args,
     run_experiment,
 )
 from tempering.zoo import datasets
@@ -71,7 +72,10 @@ def main(argv=None) -> dict:
     )
     add_common_args(p)
     args = p.parse_args(argv)
-    config = apply_overrides(paper_config(args.depth), args)
+    config = check_args(p, args, paper_config(args.depth))
+    problem = data_dir_error(args.data_dir, "cifar10", source="auto")
+    if problem:
+        p.error(problem)
     data = datasets.load_dataset("cifar10", data_dir=args.data_dir, source="auto")
     model = {20: resnet20, 44: resnet44}.get(args.depth, _resnet8)()
     tx = resnet_optimizer(learning_rate=0.1, momentum=0.9, weight_decay=1e-4)

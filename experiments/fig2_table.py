@@ -37,7 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from experiments.common import RESULTS_DIR, fmt_mean_std, mean_std, same_record
+from experiments.common import (
+    RESULTS_DIR,
+    check_same_setting,
+    fmt_mean_std,
+    mean_std,
+    short_commit,
+    warn_dirty,
+)
 from experiments.fig2_common import (
     AUTHORS_SIGMA,
     FIG2_DIR,
@@ -64,12 +71,15 @@ def paper_numbers(name: str) -> str:
 
 
 def machine_name(provenance: dict) -> str:
-    """The accelerator a run used, else its CPU, from its provenance."""
+    """The accelerator a run used, else its CPU and instruction set, from its
+    provenance (XLA:CPU's results differ in the last bits between instruction
+    sets, so a CPU is named with its own: ``AMD EPYC (CPU, avx512)``)."""
     machine = provenance.get("machine") or {}
     devices = machine.get("devices") or []
     if machine.get("backend") not in (None, "cpu") and devices:
         return str(devices[0])
-    return f"{machine.get('cpu', 'unknown')} (CPU)"
+    isa = machine.get("cpu_isa") or "ISA unrecorded"
+    return f"{machine.get('cpu', 'unknown')} (CPU, {isa})"
 
 
 def selected_replica_moved(run: dict, num_steps: int) -> bool:
@@ -94,6 +104,11 @@ def authors_value(run: dict) -> float:
     return authors_statistic(curves, AUTHORS_SIGMA)["value"]
 
 
+def shared_part(record: dict) -> dict:
+    """What every file of one setting must record alike: all but :data:`PER_FILE`."""
+    return {k: v for k, v in record.items() if k not in PER_FILE}
+
+
 def merge_setting(folder: Path) -> dict[str, Any]:
     """The per-seed files of one setting as one payload (``runs``: kind -> list).
 
@@ -104,31 +119,20 @@ def merge_setting(folder: Path) -> dict[str, Any]:
     files = sorted(folder.glob("seed*_*.json"))
     if not files:
         raise ValueError(f"no seed*_<kind>.json file in {folder}")
-    reference, ref_name, stand_in = None, None, None
+    records = [(path, json.loads(path.read_text())) for path in files]
+    check_same_setting([(path, shared_part(res)) for path, res in records], folder)
+    reference = shared_part(records[0][1])
+    stand_in = records[0][1].get("stand_in")
     runs: dict[str, dict[int, dict]] = {kind: {} for kind in KINDS}
     commits, machines = set(), set()
-    for path in files:
-        res = json.loads(path.read_text())
-        shared = {k: v for k, v in res.items() if k not in PER_FILE}
-        if reference is None:
-            reference, ref_name = shared, path.name
-            stand_in = res.get("stand_in")
-        elif not same_record(shared, reference):
-            keys = sorted(
-                k
-                for k in set(shared) | set(reference)
-                if not same_record(shared.get(k), reference.get(k))
-            )
-            raise ValueError(
-                f"{path} and {ref_name} in {folder} record different {keys}: "
-                "one folder holds one setting; give the other run its own --name"
-            )
+    for _, res in records:
         kind, seed = res["kind"], int(res["seed"])
         if seed in runs[kind]:
             raise ValueError(f"two {kind} results for seed {seed} in {folder}")
         runs[kind][seed] = res["run"]
         commits.add(res["provenance"].get("git_commit", "unknown"))
         machines.add(machine_name(res["provenance"]))
+    warn_dirty(commits, f"the setting {folder.name}")
     paired = sorted(set(runs["pt"]) & set(runs["grid"]))
     return {
         **reference,
@@ -248,7 +252,7 @@ def protocol_row(res: dict) -> str:
         str(proto["validation_size"]),
         f"{proto['test_curve_size']} / {proto['final_test_size']}",
         str(res.get("model", "–")),
-        ", ".join(commit[:7] for commit in res["commits"]),
+        ", ".join(short_commit(commit) for commit in res["commits"]),
         "; ".join(res["machines"]),
     ]
     return "| " + " | ".join(cells) + " |"

@@ -61,6 +61,7 @@ import tempering as tp  # noqa: E402
 from experiments import bench_zoo, zoo  # noqa: E402
 from experiments.common import (  # noqa: E402
     add_output_args,
+    output_dirs,
     provenance,
     save_result,
     write_outputs,
@@ -356,7 +357,7 @@ def main(argv=None) -> dict | None:
         if k.startswith(("JAX_", "XLA_")) and k not in CACHE_ENV
     }
     result = {
-        "provenance": provenance(seeds=[0]),
+        "provenance": provenance(seeds=[0], outputs=output_dirs(args)),
         "statistic": "median over fresh processes (interleaved: "
         + ", ".join(VARIANTS)
         + ")",

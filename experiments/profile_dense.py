@@ -35,7 +35,7 @@ from experiments.bench_zoo import (
     synthetic,
     time_interleaved,
 )
-from experiments.common import add_output_args, provenance, write_outputs
+from experiments.common import add_output_args, output_dirs, provenance, write_outputs
 from experiments.flops import CONV, DOT, compiled_alone, equations
 from tempering.step import replica_train_step
 
@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
     add_output_args(parser, "profile_dense_cpu")
     args = parser.parse_args(argv)
     result = {
-        "provenance": provenance(seeds=[0]),
+        "provenance": provenance(seeds=[0], outputs=output_dirs(args)),
         "statistic": "median over interleaved repeats",
         "profile": profile(args.model, args.replicas, args.reps, args.primitive),
     }

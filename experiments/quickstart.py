@@ -34,6 +34,7 @@ from experiments.common import (
     figure,
     final_rungs,
     fmt_mean_std,
+    output_dirs,
     provenance,
     save_figure,
     seed_keys,
@@ -64,7 +65,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--c", type=float, default=None, help="a fixed C (default: c='auto')"
     )
     add_output_args(parser, "quickstart")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for flag in ("steps", "exchange_interval", "replicas"):
+        if getattr(args, flag) < 1:
+            parser.error(f"argument --{flag.replace('_', '-')} must be >= 1")
+    if args.burn_in < 0 or args.steps - args.burn_in < args.exchange_interval:
+        parser.error(
+            f"--steps {args.steps} leaves {args.steps - args.burn_in} steps after "
+            f"--burn-in {args.burn_in}, less than one --exchange-interval "
+            f"({args.exchange_interval}) (or a negative --burn-in): give more "
+            "--steps, a shorter --burn-in or --exchange-interval"
+        )
+    if args.c is not None and not args.c > 0:
+        parser.error(
+            f"argument --c must be > 0 (or left out for c='auto'), got {args.c}"
+        )
+    return args
 
 
 def run_seed(args, dataset, ladder, tx, seed: int) -> dict:
@@ -118,10 +134,11 @@ def run_seed(args, dataset, ladder, tx, seed: int) -> dict:
     return out
 
 
-def table(runs: list[dict], ladder_desc: str) -> str:
+def table(runs: list[dict], ladder_desc: str, replicas: int = 8) -> str:
     """The markdown table of the run, from the per-seed records."""
     lines = [
-        f"MNIST-1D, MLP 128-128, 8 replicas, {ladder_desc}; {len(runs)} seeds, mean ± std.",
+        f"MNIST-1D, MLP 128-128, {replicas} replicas, {ladder_desc}; {len(runs)} "
+        "seeds, mean ± std.",
         "",
         "| method | best-replica test error (%) | acceptance rate (mean over pairs) | round trips (all replicas) | final C |",
         "|---|---|---|---|---|",
@@ -219,7 +236,7 @@ def main(argv=None) -> dict:
         + ("C adapted (c='auto')" if args.c is None else f"C = {args.c}")
     )
     payload = {
-        **provenance(seeds),
+        **provenance(seeds, outputs=output_dirs(args)),
         "settings": settings_of(args),
         "dataset": {
             "name": dataset.name,
@@ -233,7 +250,10 @@ def main(argv=None) -> dict:
         "total_wall_seconds": time.perf_counter() - start,
     }
     write_outputs(
-        args, payload, table(runs, ladder_desc), lambda p: plot(runs, ladder, p)
+        args,
+        payload,
+        table(runs, ladder_desc, args.replicas),
+        lambda p: plot(runs, ladder, p),
     )
     return payload
 

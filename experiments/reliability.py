@@ -73,6 +73,7 @@ import tempering as tp
 from experiments.common import (
     REPO_ROOT,
     add_output_args,
+    output_dirs,
     provenance,
     seed_keys,
     settings_of,
@@ -1181,7 +1182,7 @@ def main(argv=None) -> dict[str, Any]:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     payload = {
-        **provenance([SEED]),
+        **provenance([SEED], outputs=output_dirs(args)),
         "settings": settings_of(args),
         "run": (
             f"{NUM_REPLICAS} replicas, 2-layer tanh MLP with dropout 0.1, 512 "

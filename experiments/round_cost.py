@@ -47,7 +47,13 @@ if __name__ == "__main__" and "--child" in sys.argv:  # joins the launch first
 
     tempering.launch.initialize()
 
-from experiments.common import REPO_ROOT, add_output_args, provenance, write_outputs
+from experiments.common import (
+    REPO_ROOT,
+    add_output_args,
+    output_dirs,
+    provenance,
+    write_outputs,
+)
 
 PARTS = ("steps", "evaluation", "move", "records")
 METHODS = ("pt", "pbt")
@@ -269,7 +275,11 @@ def main(argv=None) -> None:
         print(json.dumps([{k: r[k] for k in ("layout", "method", "replicas",
                                               "ms_per_round")} for r in rows[-len(args.replicas) * len(args.methods):]]),
               flush=True)  # fmt: skip
-    record = {"provenance": provenance(), "settings": vars(args), "rows": rows}
+    record = {
+        "provenance": provenance(outputs=output_dirs(args)),
+        "settings": vars(args),
+        "rows": rows,
+    }
     write_outputs(args, record, table(rows, args, record))
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import add_output_args, provenance, write_outputs
+from experiments.common import add_output_args, output_dirs, provenance, write_outputs
 
 
 def rss_mb() -> float:
@@ -79,7 +79,7 @@ def main(argv=None) -> None:
         )  # fmt: skip
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
-    record = {"provenance": provenance(), "rows": rows}
+    record = {"provenance": provenance(outputs=output_dirs(args)), "rows": rows}
     lines = [
         "| rounds | RSS growth (MB) | time (s) | ms / round |",
         "|---|---|---|---|",

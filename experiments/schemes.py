@@ -30,6 +30,7 @@ from experiments.common import (
     add_output_args,
     add_seeds_arg,
     fmt_mean_std,
+    output_dirs,
     provenance,
     settings_of,
     write_outputs,
@@ -85,6 +86,10 @@ def main(argv=None) -> dict:
     add_seeds_arg(parser, 20)
     add_output_args(parser, "schemes_round_trips")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"argument --rounds must be >= 1, got {args.rounds}")
+    if min(args.rungs) < 2:
+        parser.error(f"argument --rungs: a ladder needs >= 2 rungs, got {args.rungs}")
     results = {}
     lines = [
         f"Exchange alone on a synthetic loss model (rung loss r·{GAP:g} + N(0, "
@@ -128,7 +133,7 @@ def main(argv=None) -> dict:
             )
     table = "\n".join(lines) + "\n"
     payload = {
-        "provenance": provenance(list(range(args.seeds))),
+        "provenance": provenance(list(range(args.seeds)), outputs=output_dirs(args)),
         "settings": settings_of(args),
         "model": {"gap": GAP, "noise": NOISE, "target": TARGET},
         "results": results,

@@ -12,9 +12,12 @@ named with its commit in the table's caption:
   32,64,128 ...``): the fused step, and what ``pt_train`` runs between
   exchanges (a segment of steps, per step), at many replicas.
 
-Nothing is measured here: the table is rebuilt from those files (``python -m
-experiments.zoo_summary``; ``tests/test_zoo_summary.py`` checks that the
-committed table is what the records give).
+Nothing is measured here: the table is rebuilt from those files and written
+to ``--out-dir`` (default ``$TEMPERING_RESULTS_DIR``, else
+``./tempering-results``, as every script). Refresh the committed table with
+``python -m experiments.zoo_summary --out-dir experiments/results``, then
+``python -m experiments.update_readme``; ``tests/test_zoo_summary.py`` checks
+that the committed table is what the records give.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.common import RESULTS_DIR, short_commit, warn_dirty
 from experiments.update_readme import RECORDS_DIR
 
 SOURCES = ("bench_zoo", "first_step", "bench_zoo_many")
@@ -54,7 +58,8 @@ def _source_line(name: str, record: dict) -> str:
     m = p["machine"]
     isa = f", {m['cpu_isa']}" if m.get("cpu_isa") else ""
     return (
-        f"`{name}` at {p['git_commit'][:7]} ({m['cpu']}{isa}, {m['cpu_count']} "
+        f"`{name}` at {short_commit(p['git_commit'])} ({m['cpu']}{isa}, "
+        f"{m['cpu_count']} "
         f"cores, jax {m['jax']})"
     )
 
@@ -127,11 +132,24 @@ def markdown(records: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records-dir", type=Path, default=RECORDS_DIR)
+    parser.add_argument(
+        "--records-dir", type=Path, default=RECORDS_DIR,
+        help="where the records are read (default: the committed experiments/results)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out-dir", "--out", dest="out_dir", type=Path, default=RESULTS_DIR,
+        help=f"where {NAME}.md goes (default: $TEMPERING_RESULTS_DIR, else "
+        "./tempering-results; experiments/results to refresh the committed table)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    text = markdown(_load(args.records_dir))
-    (args.records_dir / f"{NAME}.md").write_text(text)
+    records = _load(args.records_dir)
+    warn_dirty([r["provenance"]["git_commit"] for r in records.values()], f"{NAME}.md")
+    text = markdown(records)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    path = args.out_dir / f"{NAME}.md"
+    path.write_text(text)
     print(text)
+    print(f"wrote {path}")
     return text
 
 

@@ -144,3 +144,35 @@ def test_a_missing_seed_is_named_not_averaged_away(tmp_path):
     setting = claims.load_compare(folder)
     assert sorted(setting.runs) == [0, 2] and setting.unpaired == [1, 3]
     assert claims._seeds_cell(claims.analyse(setting)) == "2 (**left out: [1, 3]**)"
+
+
+def test_records_of_other_settings_are_never_merged(tmp_path, capsys):
+    """load_compare and load_fig2_folder merged files whatever their settings;
+    only fig2_table refused a mixed folder."""
+    write_records(tmp_path)
+    folder = tmp_path / "fig2" / "fig2_tiny_40steps"
+    path = folder / "seed1_pt.json"
+    record = json.loads(path.read_text())
+    record["config"] = {"num_steps": 60}
+    path.write_text(json.dumps(record))
+    with pytest.raises(
+        ValueError, match=r"seed1_pt.json and .* different \['config'\]"
+    ):
+        claims.load_fig2_folder(folder)
+    with pytest.raises(SystemExit):  # main: a usage error naming the folder
+        claims.main(["--records-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")])
+    assert "different ['config']" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    # compare's seed files: the settings they were run with
+    name = "compare_mnist1d"
+    compare = tmp_path / "compare" / name
+    compare.mkdir(parents=True)
+    for seed in (0, 1):
+        source = common.RECORDS_DIR / "compare" / name / f"seed{seed}.json"
+        record = json.loads(source.read_text())
+        record["settings"]["momentum"] = 0.9 - 0.9 * seed
+        (compare / source.name).write_text(json.dumps(record))
+    with pytest.raises(
+        ValueError, match=r"seed1.json and seed0.json .* \['momentum'\]"
+    ):
+        claims.load_compare(compare)

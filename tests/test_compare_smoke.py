@@ -112,3 +112,109 @@ def test_the_table_says_where_each_method_ran():
     text = table("x", summary, 0.1, runs, "d", produced={"grid": ["abc1234 (m, avx2)"]})
     assert "Produced at (commit, machine, instruction set): independent grid" in text
     assert "abc1234 (m, avx2)" in text
+
+
+def _tiny(monkeypatch, out_dir, *extra):
+    """A compare call at the smallest size: 2 replicas, grid and PT, 2 rounds."""
+    small = functools.cache(functools.partial(datasets.load_mnist1d, num_samples=1000))
+    monkeypatch.setattr(datasets, "load_mnist1d", small)
+    return ["mnist1d", "--steps", "20", "--interval", "10", "--burn-in", "0",
+            "--replicas", "2", "--methods", "grid,pt", "--train-subset", "256",
+            "--batch-size", "16", "--val-subset", "32", "--test-subset", "32",
+            "--out-dir", str(out_dir), *extra]  # fmt: skip
+
+
+def test_seeds_of_other_settings_are_never_merged(tmp_path, monkeypatch, capsys):
+    """Only the seeds of --seed-list had their settings checked: a seed 0 run
+    at momentum 0.9 was merged with a seed 1 at 0.0 into one record that said
+    0.0 for both (and other --steps crashed in the figure after the record)."""
+    assert compare.main(_tiny(monkeypatch, tmp_path, "--seeds", "2", "--seed-list", "0",
+                              "--momentum", "0.9")) is None  # fmt: skip
+    seed1 = tmp_path / "compare" / "compare_mnist1d" / "seed1.json"
+    for other in (["--momentum", "0.0"], ["--steps", "30"]):
+        argv = _tiny(monkeypatch, tmp_path, "--seeds", "2", "--seed-list", "1", *other)
+        with pytest.raises(SystemExit):
+            compare.main(argv)
+        err = capsys.readouterr().err
+        assert "seed0.json was made with other settings" in err
+        assert other[0][2:] in err  # the key that differs is named
+        assert not seed1.exists()  # refused before running anything
+        assert not (tmp_path / "compare_mnist1d.json").exists()
+
+
+def test_bad_arguments_stop_before_any_work(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(compare, "load", lambda *a: pytest.fail("data loaded"))
+    cases = {
+        ("--seeds", "0"): "--seeds",
+        ("--seeds", "2", "--seed-list", "0,x"): "--seed-list",
+        ("--seeds", "1", "--seed-list", "5"): "--seed-list",
+        ("--steps", "10", "--burn-in", "10"): "--burn-in",
+        ("--c", "0"): "--c",
+    }
+    for extra, flag in cases.items():
+        with pytest.raises(SystemExit):
+            compare.main(["mnist1d", "--out-dir", str(tmp_path), *extra])
+        assert flag in capsys.readouterr().err, extra
+    with pytest.raises(SystemExit):  # the folder named, with both ways to set it
+        compare.main(["fashion_mnist", "--data-dir", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert "--data-dir" in err and "TEMPERING_DATA_DIR" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_tables_show_dirty_commits(capsys):
+    from experiments.common import short_commit, warn_dirty
+
+    clean, dirty = "cb19844" + "0" * 33, "cb19844" + "0" * 33 + "-dirty"
+    assert short_commit(clean) == "cb19844" and short_commit(dirty) == "cb19844-dirty"
+    assert short_commit("unknown") == "unknown"
+    machine = {"platform": "Linux-fc-v1252", "cpu_isa": "avx2"}
+    records = [{"provenance": {"grid,pt": {"git_commit": dirty, "machine": machine},
+                               "pbt": {"git_commit": clean, "machine": machine}}}]  # fmt: skip
+    produced = compare.produced_by(records)
+    assert produced["pt"] == ["cb19844-dirty (fc-v1252, avx2)"]
+    assert produced["pbt"] == ["cb19844 (fc-v1252, avx2)"]
+    assert not warn_dirty([clean], "x") and not capsys.readouterr().err
+    assert warn_dirty([clean, dirty], "the table")
+    assert "cb19844-dirty" in capsys.readouterr().err
+
+
+def _git_repo(root: Path) -> Path:
+    import subprocess
+
+    root.mkdir()
+    (root / "code.py").write_text("x = 1\n")
+    (root / "experiments").mkdir()
+    (root / "experiments" / "lib.py").write_text("y = 2\n")
+    for command in (["init", "-q"], ["add", "."],
+                    ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"]):  # fmt: skip
+        subprocess.run(["git", *command], cwd=root, check=True, capture_output=True)
+    return root
+
+
+def test_a_runs_own_outputs_do_not_make_its_commit_dirty(tmp_path, monkeypatch):
+    """Seed 0's file in --out-dir (inside the clone) made seed 1's record dirty."""
+    from experiments import common
+
+    repo = _git_repo(tmp_path / "repo")
+    monkeypatch.setattr(common, "REPO_ROOT", repo)
+    out = repo / "my-results"
+    for seed in ("0", "1"):
+        argv = _tiny(monkeypatch, out, "--seeds", "2", "--seed-list", seed)
+        compare.main(argv)
+    folder = out / "compare" / "compare_mnist1d"
+    for seed in (0, 1):
+        record = json.loads((folder / f"seed{seed}.json").read_text())
+        (prov,) = record["provenance"].values()
+        assert common.is_clean_commit(prov["git_commit"]), prov["git_commit"]
+    merged = json.loads((out / "compare_mnist1d.json").read_text())
+    assert common.is_clean_commit(merged["provenance"]["git_commit"])
+    # untracked code elsewhere still counts, and so does an output folder that
+    # holds code (the clone's root, experiments/)
+    (repo / "experiments" / "new.py").write_text("z = 3\n")
+    assert common.git_commit([out]).endswith("-dirty")
+    (repo / "experiments" / "new.py").unlink()
+    assert common.is_clean_commit(common.git_commit([out]))
+    (repo / "experiments" / "out.json").write_text("{}")
+    assert common.git_commit([repo / "experiments"]).endswith("-dirty")
+    assert common.git_commit([repo]).endswith("-dirty")

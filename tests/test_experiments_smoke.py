@@ -6,6 +6,7 @@ these tests need neither the network nor ../shared.
 
 import json
 import math
+import types
 
 import numpy as np
 import pytest
@@ -44,14 +45,15 @@ def test_fig1_diffusion_smoke(data_dir, tmp_path):
     assert "| dropout_rate |" in table and "more dropout diffuses faster" in table
 
 
-def test_fig2_lenet_and_table_smoke(data_dir, tmp_path):
+def test_fig2_lenet_and_table_smoke(data_dir, tmp_path, capsys):
     # 28 steps of the Fashion-MNIST stand-in, the authors' dropout ladder and
     # beta, interval 3 (not the paper's 1000, so a stated C rule is required)
     argv = ["--dataset", "fashion_mnist", "--steps", "28", "--exchange-interval",
             "3", "--data-dir", str(data_dir), "--out-dir", str(tmp_path),
             *TINY]  # fmt: skip
-    with pytest.raises(ValueError, match="--c-rule keep"):
+    with pytest.raises(SystemExit):  # before the data load, as a usage error
         fig2_lenet.main(argv)  # a changed interval never keeps C silently
+    assert "--c-rule keep" in capsys.readouterr().err
     out = fig2_lenet.main([*argv, "--c-rule", "keep"])  # fmt: skip
     name = "fig2_lenet_fashion_mnist_dropout_26steps_every3"
     folder = tmp_path / "fig2" / name
@@ -99,7 +101,8 @@ def test_fig2_lenet_and_table_smoke(data_dir, tmp_path):
     assert "± 0.00" not in text.split("**Earlier protocol**")[0]
     # model, commit and machine of the runs, in the protocol table
     machine = fig2_table.machine_name(result["provenance"])
-    assert machine.endswith("(CPU)") and f"| {machine} |" in text
+    isa = result["provenance"]["machine"]["cpu_isa"]
+    assert machine.endswith(f"(CPU, {isa})") and f"| {machine} |" in text
     assert f"| {result['model']} |" in text
     gpu = {"machine": {"backend": "gpu", "devices": ["NVIDIA H100 80GB HBM3"]}}
     assert fig2_table.machine_name(gpu) == "NVIDIA H100 80GB HBM3"
@@ -496,3 +499,209 @@ def test_schemes_records_round_trips_beside_their_exact_rate(tmp_path):
         rate = np.asarray(row["round_trips_per_replica"]) * 3 / 200
         np.testing.assert_allclose(row["round_trip_rate"], rate)
     assert "exact, for the pairs' acceptance" in payload["table"]
+
+
+def _fig2_config(*argv):
+    import argparse
+
+    from experiments import fig2_common
+
+    parser = argparse.ArgumentParser()
+    fig2_common.add_common_args(parser)
+    paper = fig2_lenet.paper_config("fashion_mnist", "dropout")
+    return fig2_common.apply_overrides(paper, parser.parse_args(list(argv)))
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--c-rule", "auto", "--c", "5"], "--c 5 fixes C and --c-rule auto"),
+        (["--c-rule", "keep", "--c", "5"], "give one of them, not both"),
+        (["--c", "0"], "--c must be > 0"),  # was taken as not given: the paper's C
+        (["--steps", "10000", "--rounds", "3"], "--rounds sets the run's length"),
+        (["--val-size", "100", "--eval-size", "500"], "--eval-size sets both"),
+        (["--test-curve-size", "9", "--eval-size", "5"], "--test-curve-size, not"),
+        (["--scale", "0"], "give --scale > 0"),
+        (["--replicas", "0"], "--replicas must be >= 1"),
+    ],
+)
+def test_fig2_refuses_conflicting_or_invalid_flags(argv, says):
+    """Each was resolved silently: --c-rule dropped, --c 0 read as no --c,
+    --steps or --eval-size ignored."""
+    with pytest.raises(ValueError, match=says):
+        _fig2_config(*argv)
+
+
+def test_fig2_flags_are_checked_before_the_data_loads(data_dir, tmp_path, capsys):
+    base = ["--dataset", "fashion_mnist", "--out-dir", str(tmp_path), *TINY]
+    for extra, flag in ((["--exchange-interval", "50"], "--c-rule"),
+                        (["--scale", "0"], "--scale")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            fig2_lenet.main([*base, *extra, "--data-dir", str(tmp_path / "none")])
+        assert flag in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        fig2_resnet.main(["--c", "-1", "--data-dir", str(data_dir), *TINY])
+    assert "--c must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        fig2_lenet.main(
+            ["--dataset", "cifar10", "--data-dir", str(tmp_path / "none"), *TINY]
+        )
+    assert "--data-dir" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("script", ["fig1_l2", "fig1_diffusion", "ensemble"])
+def test_a_missing_data_folder_names_the_flag_and_the_variable(
+    script, tmp_path, capsys
+):
+    """FileNotFoundError: IDX file not found named neither --data-dir nor
+    TEMPERING_DATA_DIR."""
+    import importlib
+
+    module = importlib.import_module(f"experiments.{script}")
+    argv = ["--data-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        module.main(["fashion_mnist", *argv] if script == "ensemble" else argv)
+    err = capsys.readouterr().err
+    assert "--data-dir" in err and common.DATA_DIR_ENV in err
+    empty = tmp_path / "empty"
+    empty.mkdir()  # a folder without the dataset's raw files
+    argv = ["--data-dir", str(empty), "--out-dir", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        module.main(["fashion_mnist", *argv] if script == "ensemble" else argv)
+    assert "lacks the raw files of fashion_mnist" in capsys.readouterr().err
+
+
+def test_seed_lists_refuse_repeated_seeds_and_say_what_they_are(capsys):
+    """fig1_l2 --seeds 0 0 reported "2 seeds" with ± 0.00."""
+    from experiments import fig1_l2
+
+    with pytest.raises(SystemExit):
+        fig1_l2.parse_args(["--seeds", "0", "0"])
+    assert "seeds [0] given more than once" in capsys.readouterr().err
+    assert fig1_l2.parse_args(["--seeds", "2", "0"]).seeds == [2, 0]
+    with pytest.raises(SystemExit):
+        fig1_l2.parse_args(["--seeds", "-1"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        fig1_l2.parse_args(["--help"])
+    assert "seed numbers to run, each once" in capsys.readouterr().out
+
+
+def test_counts_below_one_and_unknown_names_are_usage_errors(tmp_path, capsys):
+    from experiments import bench_batch_ladder, schemes
+
+    with pytest.raises(SystemExit):  # was a ZeroDivisionError
+        schemes.main(["--seeds", "0", "--out-dir", str(tmp_path)])
+    assert "number of seeds must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # was a KeyError
+        bench_batch_ladder.main(["--models", "mlp,nosuch", "--out-dir", str(tmp_path)])
+    assert "unknown models ['nosuch']" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_ensemble_refuses_runs_with_no_snapshot(monkeypatch, tmp_path, capsys):
+    """--steps 100 recorded "-1 rounds", 0 snapshots and a cold-chain row;
+    --after 2 no snapshot either; --seeds 0 ran the default 10 seeds."""
+    from experiments import compare, ensemble
+
+    monkeypatch.setattr(ensemble, "load", lambda *a: pytest.fail("data loaded"))
+    bench = compare.BENCHMARKS
+    # the committed records' snapshots: 18 rounds from 9 (the last one has no
+    # move), 20 from 10
+    assert ensemble.snapshots(2000, 0.5, bench["mnist1d"]) == 8
+    assert ensemble.snapshots(1200, 0.5, bench["fashion_mnist"]) == 9
+    out = ["--out-dir", str(tmp_path)]
+    for argv, says in (
+        (["--steps", "100"], "no snapshot"), (["--steps", "400"], "no snapshot"),
+        (["--after", "2"], "--after must be in [0, 1)"),
+        (["--after", "-0.1"], "--after must be in [0, 1)"),
+        (["--seeds", "0"], "number of seeds must be >= 1"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit):
+            ensemble.main(["mnist1d", *argv, *out])
+        assert says in capsys.readouterr().err, argv
+    # a run that takes no snapshot all the same (rung 0 diverged) is not recorded
+    monkeypatch.setattr(ensemble, "load", lambda *a: types.SimpleNamespace(
+        _replace=lambda **k: None, validation=None, test=None))  # fmt: skip
+    monkeypatch.setattr(ensemble, "run_method", lambda *a: {
+        "single_test_error": 0.1, "cold_test_error": float("nan"),
+        "final_test_error": 0.1, "snapshots": 0})  # fmt: skip
+    with pytest.raises(RuntimeError, match="took no snapshot"):
+        ensemble.main(["mnist1d", "--seeds", "1", *out])
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_write_outputs_writes_nothing_when_the_figure_fails(tmp_path):
+    """The record was written before the table and figure existed."""
+    import argparse
+
+    args = argparse.Namespace(out_dir=tmp_path / "out", name="x")
+
+    def broken(path):
+        path.write_bytes(b"half a figure")
+        raise ValueError("inhomogeneous shape")
+
+    with pytest.raises(ValueError, match="inhomogeneous"):
+        common.write_outputs(args, {"a": 1}, "| table |\n", broken)
+    assert list((tmp_path / "out").iterdir()) == []
+    common.write_outputs(args, {"a": 1}, "| table |\n", lambda p: p.write_bytes(b"png"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "x.json", "x.md", "x.png"
+    ]  # fmt: skip
+
+
+def test_the_recorded_command_can_be_pasted_back(monkeypatch):
+    import shlex
+
+    argv = ["--note", "a note with spaces", "--name", "it's"]
+    monkeypatch.setattr("sys.argv", ["experiments/x.py", *argv])
+    command = common.provenance()["command"]
+    assert shlex.split(command)[:2] == ["python", "-m"]
+    assert shlex.split(command)[3:] == argv
+
+
+def test_fig2_table_names_the_instruction_set_and_dirty_commits(tmp_path, capsys):
+    machine = {"backend": "cpu", "cpu": "AMD EPYC", "cpu_isa": "avx512"}
+    assert fig2_table.machine_name({"machine": machine}) == "AMD EPYC (CPU, avx512)"
+    old = {"machine": {"backend": "cpu", "cpu": "AMD EPYC"}}
+    assert fig2_table.machine_name(old) == "AMD EPYC (CPU, ISA unrecorded)"
+    folder = tmp_path / "fig2" / "setting"
+    folder.mkdir(parents=True)
+    config = {
+        "hyperparameter": "learning_rate",
+        "low": 0.1,
+        "high": 0.2,
+        "num_steps": 30,
+        "burn_in": 10,
+        "rounds": 2,
+        "exchange_interval": 10,
+    }
+    schedule = {"learning_rate": [{"from_step": 0, "learning_rate": 0.1}]}
+    protocol = {
+        "schedule": schedule,
+        "c_rule": "keep",
+        "c": 5.0,
+        "exchange_interval": 10,
+        "paper_exchange_interval": 10,
+        "paper_num_steps": 30,
+        "scheme": "random_pair",
+        "validation_size": 8,
+        "test_curve_size": 8,
+        "final_test_size": 8,
+    }
+    commits = ("a" * 40, "b" * 40 + "-dirty")
+    for seed, commit in enumerate(commits):
+        payload = {
+            "kind": "pt",
+            "seed": seed,
+            "run": {},
+            "config": config,
+            "protocol": protocol,
+            "dataset": "d",
+            "provenance": {"git_commit": commit, "machine": machine},
+        }
+        (folder / f"seed{seed}_pt.json").write_text(json.dumps(payload))  # fmt: skip
+    row = fig2_table.protocol_row(fig2_table.merge_setting(folder))
+    assert "bbbbbbb-dirty" in capsys.readouterr().err  # warned at merge time
+    assert "| aaaaaaa, bbbbbbb-dirty | AMD EPYC (CPU, avx512) |" in row

@@ -40,7 +40,28 @@ def test_quickstart_tiny(tmp_path, monkeypatch):
     assert (tmp_path / "tiny.png").stat().st_size > 10_000
     table = (tmp_path / "tiny.md").read_text()
     assert "| grid |" in table and "| PT |" in table
+    assert "MLP 128-128, 4 replicas," in table  # the run's, not always 8
     grid = payload["runs"][0]["grid"]
     assert grid["rungs"].shape == (3, 4)  # (40 - 10) / 10 rounds, 4 replicas
     c = payload["runs"][0]["PT"]["c"]  # adapted in the first round, then frozen
     assert c.shape == (3,) and c[0] > 0 and c[1] == c[2] == c[0]
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--seeds", "0"], "number of seeds must be >= 1"),
+        (["--steps", "20", "--burn-in", "100"], "less than one --exchange-interval"),
+        (["--steps", "150", "--burn-in", "100"], "less than one --exchange-interval"),
+        (["--c", "-1"], "--c must be > 0"),
+    ],
+)
+def test_bad_arguments_stop_before_training(argv, says, tmp_path, capsys):
+    """--seeds 0 wrote a table of 0 seeds then crashed; --steps 20 --burn-in
+    100 trained every run, then crashed in the table."""
+    from experiments import quickstart
+
+    with pytest.raises(SystemExit):
+        quickstart.main([*argv, "--out-dir", str(tmp_path)])
+    assert says in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 from experiments import zoo_summary
 
@@ -58,6 +59,9 @@ def test_the_cells_come_from_the_records():
     )
     assert rows[2] == "| cnn | 2.00 | – | – | – | – | – | – |"
     assert "`bench_zoo` at aaaaaaa (Test CPU, avx2, 2 cores, jax 0.0)" in text
+    dirty = _records()
+    dirty["first_step"]["provenance"] = _provenance("b" * 40 + "-dirty")
+    assert "`first_step` at bbbbbbb-dirty (" in zoo_summary.markdown(dirty)
     assert "`first_step` at bbbbbbb" in text and "`bench_zoo_many` at ccccccc" in text
     assert "a segment of 20 steps" in text
 
@@ -74,5 +78,24 @@ def test_the_committed_table_is_what_the_committed_records_give():
     records = zoo_summary._load(zoo_summary.RECORDS_DIR)
     assert committed == zoo_summary.markdown(records), (
         "experiments/results/zoo_summary.md is stale: run python -m "
-        "experiments.zoo_summary, then python -m experiments.update_readme"
+        "experiments.zoo_summary --out-dir experiments/results, then python -m "
+        "experiments.update_readme"
     )
+
+
+def test_it_writes_where_every_script_writes(tmp_path, monkeypatch):
+    """It wrote experiments/results/zoo_summary.md, unlike every other script."""
+    from experiments import common
+
+    committed = zoo_summary.RECORDS_DIR / f"{zoo_summary.NAME}.md"
+    before = committed.stat().st_mtime_ns
+    assert zoo_summary.RESULTS_DIR == common.RESULTS_DIR  # every script's default
+    monkeypatch.chdir(tmp_path)  # (whatever $TEMPERING_RESULTS_DIR said at import)
+    monkeypatch.setattr(zoo_summary, "RESULTS_DIR", Path("tempering-results"))
+    text = zoo_summary.main([])  # ./tempering-results, read from the records
+    assert (
+        tmp_path / "tempering-results" / f"{zoo_summary.NAME}.md"
+    ).read_text() == text
+    zoo_summary.main(["--out-dir", str(tmp_path / "elsewhere")])
+    assert (tmp_path / "elsewhere" / f"{zoo_summary.NAME}.md").read_text() == text
+    assert committed.stat().st_mtime_ns == before
