@@ -31,6 +31,7 @@ import optax
 from flax import struct
 from numpy.typing import ArrayLike
 
+from tempering._caller import warn
 from tempering._quick_jit import quick_jit
 from tempering.fast import single_replica_rewrite
 from tempering.frontends import DEFAULT_TRAIN_KWARG, as_frontend
@@ -426,8 +427,9 @@ _TRACER_ERRORS = (
 
 
 def _check_traced_inputs(
-    init, key, model, sample_input, inputs, *, set_by_call=(), batch_mask=False
-):
+    init, key, model, sample_input, inputs, *, set_by_call=(), ladder_names=(),
+    batch_mask=False,
+):  # fmt: skip
     """Fails early, with the fix, unless the model takes traced per-replica inputs.
 
     Checked for init and for the model's call in each mode (linen's init made
@@ -435,7 +437,8 @@ def _check_traced_inputs(
     library cannot call fails here, not as a shape error later. The training
     call gets ``batch_mask`` where a per-replica batch size will pass it. An
     input in ``set_by_call`` (a ladder's or ``hyperparams``' name) that no
-    traced call reads is refused: its values would change nothing.
+    traced call reads is refused where the ladder sets it (its exchanges
+    would compare noise), warned of where ``hyperparams`` does.
     """
     mask = {"batch_mask": jnp.ones(sample_input.shape[:1], bool)}
     names, var_kw, _ = model.keywords()
@@ -479,12 +482,22 @@ def _check_traced_inputs(
                 model, train, sample_input, error, mask_fix if masked and train else ""
             ) from error
         unread &= _unread_inputs(program, params, stats, inputs)
-    if unread:
+    fix = (
+        f"Pass it on to the layer it is for ({model.dropout_fix}), or leave it "
+        "out of the ladder and hyperparams"
+    )
+    laddered = sorted(unread & set(ladder_names))
+    if laddered:
         raise ValueError(
-            f"{model.name}'s call never reads {sorted(unread)} (the ladder or "
-            "hyperparams sets it per replica), in training or inference: its "
-            f"values would change nothing. Pass it on to the layer it is for ("
-            f"{model.dropout_fix}), or leave it out of the ladder and hyperparams"
+            f"{model.name}'s call never reads {laddered}, in training or "
+            f"inference, but the ladder sets it per replica: its rungs would "
+            f"change nothing and the exchanges would compare noise. {fix}"
+        )
+    if unread:
+        warn(
+            f"{model.name}'s call never reads {sorted(unread)} (hyperparams sets "
+            f"it), in training or inference: its values change nothing. {fix}",
+            UserWarning,
         )
     return stats, opt_state
 
@@ -678,8 +691,8 @@ def create_replicas(
 
     Raises:
         ValueError: no ladder and no ``num_replicas``, names the model or the
-            optimiser does not take, a model input the ladder or
-            ``hyperparams`` sets that the model's call never reads, values out
+            optimiser does not take, a model input the ladder sets that the
+            model's call never reads (one ``hyperparams`` sets: a warning), values out
             of range or of the wrong shape, an unsound ladder; all before the
             init compiles.
         TypeError: arguments of the wrong type (model, tx, key, sample_input,
@@ -700,6 +713,7 @@ def create_replicas(
     stats, abstract = _check_traced_inputs(
         init, key, model, sample_input, start,
         set_by_call=_set_by_call(start, given, ladder),
+        ladder_names=() if ladder is None else tuple(ladder.values),
         batch_mask=bool(_data_names(given, ladder)),
     )  # fmt: skip
     _check_names(model, abstract, start, given, ladder, num_replicas)  # no compile yet
