@@ -32,8 +32,13 @@ Formulations of a primitive whose operands carry the replica axis:
   first layer with a shared batch, forward and kernel gradient) becomes one
   patch matrix, built once by one gather, times every replica's kernel: a single
   matrix product with M times the output features. The first layer has few
-  input channels, which XLA:CPU's convolutions handle poorly. Other
-  convolutions are treated as under ``"unroll"``.
+  input channels, which XLA:CPU's convolutions handle poorly. A small
+  convolution with both operands per replica (at most
+  :data:`~tempering.rewrite.MAX_REPLICA_PATCH_ELEMENTS` patch elements a
+  replica: a 1-D conv net's layers) becomes patches of every replica's input,
+  built by one gather, times its kernels: one batched matrix product, compiled
+  once instead of once per replica. Other convolutions are treated as under
+  ``"unroll"``.
 - ``"broadcast"`` (matrix products, ``dot_general``): a product with one
   operand shared by all replicas (a dense layer on the shared batch, and its
   kernel gradient) copies that operand to every replica and becomes a

@@ -194,6 +194,19 @@ def _conv_shared_kernel(params, num, lhs, rhs):
 
 # Largest patch tensor (elements) the "patches" formulation builds.
 _MAX_PATCH_ELEMENTS = 1 << 26
+#: Largest patch tensor of one replica (elements) for which "patches" turns a
+#: convolution with both operands per replica into patches times kernels, a
+#: batched matrix product: small convolutions (a 1-D conv net's), whose
+#: unrolled form costs compile time per replica and runs no faster. Larger ones
+#: stay unrolled: their patches cost more than the convolutions (a LeNet's
+#: second layer, 1.9M: 3x slower; the 1-D conv net's input gradient of its
+#: last layer, 304K of mostly the zeros of a dilated input: 1.3x slower).
+MAX_REPLICA_PATCH_ELEMENTS = 1 << 18
+#: ... and of all replicas' together (6 MiB of float32): beyond it the gather's
+#: copies cost more than the unrolled convolutions (the 1-D conv net's step:
+#: as fast at M = 8, 1.15M elements, compiled in half the time; 1.3-1.4x
+#: slower at M = 32 and 64, 2M and more; AMD EPYC Zen 4, 2 cores).
+MAX_REPLICAS_PATCH_ELEMENTS = 3 << 19
 
 
 def _out_spatial(params, spatial: Sequence[int], window: Sequence[int]) -> tuple:
@@ -243,17 +256,31 @@ def _patches(params, lhs, window: tuple[int, ...]) -> jax.Array:
     return x.at[index].get(mode="promise_in_bounds")
 
 
-def _conv_patches(params, num, lhs, rhs):
-    """Shared input, per-replica kernels: patches times all kernels at once."""
+def _conv_patches(params, num, lhs, rhs, lhs_batched: bool = False):
+    """Per-replica kernels: patches of the input times all kernels at once.
+
+    A shared input's patches are built once for every replica (one matrix
+    product with M times the output features); per-replica inputs are folded
+    into the batch to build theirs in one gather, and the product is batched
+    over replicas.
+    """
     dn = params["dimension_numbers"]
     kernels = jnp.transpose(rhs, (0, *(d + 1 for d in dn.rhs_spec)))  # (M, O, I, *K)
     rank = kernels.ndim - 3
-    patches = _patches(params, lhs, kernels.shape[3:])
+    if lhs_batched:
+        batch = dn.lhs_spec[0]
+        inputs = jnp.moveaxis(lhs, 0, batch)  # (..., M, N, ...)
+        shape = list(lhs.shape[1:])
+        shape[batch] *= num
+        patches = _patches(params, inputs.reshape(shape), kernels.shape[3:])
+        patches = patches.reshape(num, -1, *patches.shape[1:])  # (M, N, C, ...)
+    else:
+        patches = _patches(params, lhs, kernels.shape[3:])  # (N, C, ...)
     # never n, c, m or o (the other operands' labels): a 3-D window once took
     # "c" and made einsum take a diagonal
     window, out = "abdefghi"[:rank], "pqrstuvw"[:rank]
     result = jnp.einsum(
-        f"nc{window}{out},moc{window}->mno{out}",
+        f"{'m' if lhs_batched else ''}nc{window}{out},moc{window}->mno{out}",
         patches,
         kernels,
         precision=params["precision"],
@@ -263,13 +290,13 @@ def _conv_patches(params, num, lhs, rhs):
     return jnp.transpose(result, (0, *(j + 1 for j in to_out)))
 
 
-def _patch_elements(params, lhs, rhs) -> int:
-    """Elements of the patch tensor ``_conv_patches`` would build."""
+def _patch_elements(params, lhs_shape: Sequence[int], rhs_shape: Sequence[int]) -> int:
+    """Elements of one replica's patch tensor (single-replica operand shapes)."""
     dn = params["dimension_numbers"]
-    window = [rhs.shape[1 + d] for d in dn.rhs_spec[2:]]
-    spatial = [lhs.shape[d] for d in dn.lhs_spec[2:]]
+    window = [rhs_shape[d] for d in dn.rhs_spec[2:]]
+    spatial = [lhs_shape[d] for d in dn.lhs_spec[2:]]
     out = _out_spatial(params, spatial, window)
-    n, c = lhs.shape[dn.lhs_spec[0]], lhs.shape[dn.lhs_spec[1]]
+    n, c = lhs_shape[dn.lhs_spec[0]], lhs_shape[dn.lhs_spec[1]]
     return n * c * math.prod(window) * math.prod(out)
 
 
@@ -277,15 +304,26 @@ def _conv_rule(prim, params, num, batched, args, formulation):
     lhs_b, rhs_b = batched
     lhs, rhs = args
     if params["batch_group_count"] == 1:
-        if not lhs_b and rhs_b and params["feature_group_count"] == 1:
+        ungrouped = params["feature_group_count"] == 1
+        if not lhs_b and rhs_b and ungrouped:
             if (
                 formulation == "patches"
-                and _patch_elements(params, lhs, rhs) <= _MAX_PATCH_ELEMENTS
+                and _patch_elements(params, lhs.shape, rhs.shape[1:])
+                <= _MAX_PATCH_ELEMENTS
             ):
                 return _conv_patches(params, num, lhs, rhs)
             return _conv_shared_input(params, num, lhs, rhs)
         if lhs_b and not rhs_b:
             return _conv_shared_kernel(params, num, lhs, rhs)
+        if (
+            formulation == "patches"
+            and lhs_b
+            and ungrouped
+            and (elements := _patch_elements(params, lhs.shape[1:], rhs.shape[1:]))
+            <= MAX_REPLICA_PATCH_ELEMENTS
+            and num * elements <= MAX_REPLICAS_PATCH_ELEMENTS
+        ):
+            return _conv_patches(params, num, lhs, rhs, lhs_batched=True)
     return _conv_per_replica(params, num, batched, args, formulation)
 
 

@@ -217,6 +217,52 @@ def test_patches_conv_and_kernel_gradient_match_vmap(
     assert "conv_general_dilated" not in str(jax.make_jaxpr(patched)(kernels, x))
 
 
+@pytest.mark.parametrize(
+    "strides, padding, lhs_dilation, rhs_dilation, layout",
+    [
+        ((2,), ((1, 1),), (1,), (1,), ("NWC", "WIO", "NWC")),
+        ((1, 1), "SAME", (1, 1), (1, 1), ("NHWC", "HWIO", "NHWC")),
+        ((1, 2), ((2, 0), (1, 3)), (1, 1), (2, 1), ("NCHW", "OIHW", "NCHW")),
+        ((2, 1), ((1, 1), (0, 2)), (2, 1), (1, 2), ("NHWC", "OIHW", "NCHW")),
+    ],
+)
+def test_small_per_replica_convolutions_as_patches_match_vmap(
+    strides, padding, lhs_dilation, rhs_dilation, layout
+):
+    # Input and kernel both per replica (a second layer): its forward, kernel
+    # gradient and input gradient become batched products of patches.
+    rng = np.random.default_rng(4)
+    rank = len(strides)
+    lhs_shape = {"NWC": (3, 11, 2), "NHWC": (3, 9, 10, 2), "NCHW": (3, 2, 9, 10)}
+    rhs_shape = {"WIO": (3, 2, 4), "HWIO": (3, 2, 2, 4), "OIHW": (4, 2, 3, 2)}
+    x = jnp.asarray(rng.normal(size=(M, *lhs_shape[layout[0]])), jnp.float32)
+    kernels = jnp.asarray(rng.normal(size=(M, *rhs_shape[layout[1]])), jnp.float32)
+
+    def loss(kernel, inputs):
+        out = lax.conv_general_dilated(
+            inputs, kernel, strides, padding, lhs_dilation, rhs_dilation, layout
+        )
+        return jnp.sum(jnp.sin(out)), out
+
+    grad_fn = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    ref = jax.vmap(grad_fn)(kernels, x)
+    patched = fast.replica_vmap(grad_fn, policy="patches")
+    _assert_trees_close(jax.jit(patched)(kernels, x), ref)
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(patched)(kernels, x))
+    # a larger one (a LeNet's second layer: 1.9M) stays a convolution per replica
+    spatial = (300,) if rank == 1 else (30, 30)
+    big, big_kernels = jnp.zeros((M, 128, *spatial, 8)), jnp.zeros((M, 5, 5, 8, 16))
+    spec = ("NHWC", "HWIO", "NHWC") if rank == 2 else ("NWC", "WIO", "NWC")
+    big_kernels = big_kernels[:, 0] if rank == 1 else big_kernels
+
+    def conv(inputs, kernel):
+        return lax.conv_general_dilated(inputs, kernel, (1,) * rank, "VALID",
+                                        dimension_numbers=spec)  # fmt: skip
+
+    jaxpr = jax.make_jaxpr(fast.replica_vmap(conv, policy="patches"))
+    assert str(jaxpr(big, big_kernels)).count("conv_general_dilated") == M
+
+
 def _patch_cases(rank: int) -> list[tuple]:
     """(window, stride, dilation, input dilation, padding) per spatial dimension.
 
