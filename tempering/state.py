@@ -440,7 +440,7 @@ def _check_traced_inputs(
     traced call reads is refused where the ladder sets it (its exchanges
     would compare noise), warned of where ``hyperparams`` does.
     """
-    mask = {"batch_mask": jnp.ones(sample_input.shape[:1], bool)}
+    mask = {"batch_mask": np.ones(sample_input.shape[:1], bool)}  # no eager op
     names, var_kw, _ = model.keywords()
     masked = batch_mask and ("batch_mask" in names or var_kw)  # as step passes it
 
