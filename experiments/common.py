@@ -605,6 +605,25 @@ def load_seed_record(path: Path, settings: dict, force: bool = False) -> dict | 
     return record
 
 
+def check_before_running(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    seed_paths: Any,
+    settings: dict,
+) -> None:
+    """``parser.error`` before any work: a data folder that lacks the
+    benchmark's files, or a seed file (of ``seed_paths``) of other settings."""
+    if args.benchmark != "mnist1d":
+        problem = data_dir_error(args.data_dir, args.benchmark)
+        if problem:
+            parser.error(problem)
+    for path in seed_paths:
+        try:
+            load_seed_record(path, settings)
+        except ValueError as err:
+            parser.error(str(err))
+
+
 def _get(record: Any, key: str) -> Any:
     return record.get(key, "absent") if isinstance(record, dict) else record
 

@@ -57,7 +57,7 @@ from experiments.common import (
     add_data_dir_arg,
     add_output_args,
     add_seeds_arg,
-    data_dir_error,
+    check_before_running,
     figure,
     fmt_mean_std,
     load_seed_record,
@@ -508,18 +508,11 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             f"argument --c must be > 0 (or left out for c='auto'), got {args.c}"
         )
     todo = todo_seeds(args, parser)
-    if args.benchmark != "mnist1d":
-        problem = data_dir_error(args.data_dir, args.benchmark)
-        if problem:
-            parser.error(problem)
-    settings = settings_of(args, *RUN_SETTINGS)
-    for seed in range(args.seeds):
-        if args.force and seed in todo:
-            continue  # run again, whatever its file holds
-        try:
-            load_seed_record(record_path(args, seed), settings)
-        except ValueError as err:
-            parser.error(str(err))
+    checked = [s for s in range(args.seeds) if not (args.force and s in todo)]
+    check_before_running(  # a seed to run again (--force) may hold anything
+        parser, args, [record_path(args, s) for s in checked],
+        settings_of(args, *RUN_SETTINGS),
+    )  # fmt: skip
 
 
 def main(argv=None) -> dict | None:

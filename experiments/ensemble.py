@@ -34,7 +34,7 @@ from experiments.common import (
     add_data_dir_arg,
     add_output_args,
     add_seeds_arg,
-    data_dir_error,
+    check_before_running,
     load_seed_record,
     mean_std,
     output_dirs,
@@ -200,17 +200,12 @@ def check_args(parser: argparse.ArgumentParser, args, bench) -> None:
             "last one without a move): give more --steps (at least "
             f"{bench.burn_in + 2 * bench.interval}) or a smaller --after"
         )
-    if args.benchmark != "mnist1d":
-        problem = data_dir_error(args.data_dir, args.benchmark)
-        if problem:
-            parser.error(problem)
-    settings = settings_of(args, *SETTINGS)
-    for seed in range(args.seeds):
-        path = seed_path(Path(args.out_dir) / "ensemble", args.benchmark, seed)
-        try:
-            load_seed_record(path, settings)
-        except ValueError as err:
-            parser.error(str(err))
+    folder = Path(args.out_dir) / "ensemble"
+    check_before_running(
+        parser, args,
+        [seed_path(folder, args.benchmark, s) for s in range(args.seeds)],
+        settings_of(args, *SETTINGS),
+    )  # fmt: skip
 
 
 def main(argv=None) -> dict | None:
