@@ -513,7 +513,7 @@ def _set_by_call(
 def _unread_inputs(program: Any, params: Any, stats: Any, inputs: dict) -> set[str]:
     """The names of ``inputs`` that no equation of a traced call reads."""
     skipped = len(jax.tree.leaves((params, stats)))
-    flat, _ = jax.tree.flatten_with_path(inputs)
+    flat, _ = jax.tree_util.tree_flatten_with_path(inputs)
     invars = program.jaxpr.invars[skipped:]
     read = {id(v) for eqn in program.jaxpr.eqns for v in eqn.invars}
     read |= {id(v) for v in program.jaxpr.outvars}
