@@ -62,7 +62,7 @@ from experiments.common import (
     warn_dirty,
     write_outputs,
 )
-from experiments.fig2_table import shared_part
+from experiments.fig2_common import shared_part
 
 # Per-seed quantities: key, label, unit, which claim they bear on.
 QUANTITIES = (

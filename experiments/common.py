@@ -590,7 +590,7 @@ def load_seed_record(path: Path, settings: dict, force: bool = False) -> dict | 
     if force or not Path(path).exists():
         return None
     record = json.loads(Path(path).read_text())
-    settings = _json(settings)
+    settings = as_json(settings)
     stored = record.get("settings")
     if not same_record(stored, settings):
         keys = differing_keys(stored, settings)
@@ -675,7 +675,8 @@ def same_record(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _json(obj: Any) -> Any:
+def as_json(obj: Any) -> Any:
+    """``obj`` as a record holds it once written and read back (plain JSON types)."""
     return json.loads(json.dumps(_to_jsonable(obj)))
 
 
@@ -685,7 +686,7 @@ def _json(obj: Any) -> Any:
 def settings_of(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     """The command line's values (all, or ``names``) as a record stores them."""
     values = vars(args)
-    return _json({k: values[k] for k in names} if names else values)
+    return as_json({k: values[k] for k in names} if names else values)
 
 
 def write_outputs(

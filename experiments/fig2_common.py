@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -56,6 +57,8 @@ from experiments.common import (
     add_data_dir_arg,
     add_output_args,
     add_seeds_arg,
+    as_json,
+    check_same_setting,
     figure,
     final_rungs,
     output_dirs,
@@ -72,6 +75,9 @@ from tempering.diagnostics import count_round_trips
 # Per-seed result files live under RESULTS_DIR / FIG2_DIR / <setting>.
 FIG2_DIR = "fig2"
 KINDS = ("pt", "grid")
+# Keys of a per-seed file that may differ between the files of one setting.
+# (stand_in holds the reason EMNIST was unavailable, whose wording may vary.)
+PER_FILE = ("provenance", "run", "seed", "kind", "note", "device", "stand_in")
 # Gaussian smoothing of the test-error curves before the authors' statistic
 # (DESIGN.md section 2b), in evaluation points (here: exchange rounds).
 AUTHORS_SIGMA = 3.0
@@ -702,6 +708,18 @@ def run_experiment(
         args.test_curve_size = getattr(args, "eval_size", None)
     ladder = make_ladder(config)
     proto = protocol(config, ladder, data, args)
+    shared = {
+        "setting": config.name,
+        "config": config._asdict() | {"num_steps": config.num_steps},
+        "protocol": proto,
+        "ladder": {k: np.asarray(v) for k, v in ladder.values.items()},
+        "dataset": data.name,
+        "num_train": len(data.train.labels),
+        "scale": config.num_steps / config.paper_num_steps,
+        **(extra or {}),
+    }
+    folder = Path(args.out_dir) / FIG2_DIR / config.name
+    check_setting_folder(folder, shared_part(shared))
     runs: dict[str, list] = {kind: [] for kind in KINDS}
     paths = []
     for seed in args.seeds:
@@ -722,19 +740,12 @@ def run_experiment(
             )
             payload = {
                 "provenance": provenance([seed], outputs=output_dirs(args)),
-                "setting": config.name,
+                **shared,
                 "kind": kind,
                 "seed": seed,
-                "config": config._asdict() | {"num_steps": config.num_steps},
-                "protocol": proto,
-                "ladder": {k: np.asarray(v) for k, v in ladder.values.items()},
-                "dataset": data.name,
-                "num_train": len(data.train.labels),
-                "scale": config.num_steps / config.paper_num_steps,
                 "device": jax.default_backend(),
                 "note": args.note,
                 "run": run,
-                **(extra or {}),
             }
             path = seed_path(Path(args.out_dir) / FIG2_DIR, config.name, seed, kind)
             runs[kind].append(save_seed_record(path, payload)["run"])
@@ -750,6 +761,27 @@ def run_experiment(
             )
     return {"config": config._asdict(), "protocol": proto, "runs": runs,
             "paths": paths}  # fmt: skip
+
+
+def shared_part(record: dict) -> dict:
+    """What every file of one setting must record alike: all but :data:`PER_FILE`."""
+    return {k: v for k, v in record.items() if k not in PER_FILE}
+
+
+def check_setting_folder(folder: Path, shared: dict) -> None:
+    """A ValueError before any training where ``folder`` holds files of other settings.
+
+    ``shared``: what this run's files will record alike (:func:`shared_part`);
+    a file of another setting would be merged into no table (fig2_table and
+    claims refuse the folder), so the run would be wasted.
+    """
+    files = sorted(Path(folder).glob("seed*_*.json"))
+    here = Path("this run's settings")
+    check_same_setting(
+        [(here, as_json(shared))]
+        + [(path, shared_part(json.loads(path.read_text()))) for path in files],
+        folder,
+    )
 
 
 def plot_experiment(payload: dict[str, Any], path: Path) -> None:

@@ -51,6 +51,7 @@ from experiments.fig2_common import (
     KINDS,
     authors_statistic,
     plot_experiment,
+    shared_part,
 )
 
 PAPER = {  # DESIGN.md section 2b, read off the paper's figures (PT vs best grid)
@@ -59,9 +60,6 @@ PAPER = {  # DESIGN.md section 2b, read off the paper's figures (PT vs best grid
     "fig2_resnet20": "9.0 vs 9.2",
     "fig2_resnet44": "8.2 vs 8.4",
 }
-# Keys of a per-seed file that may differ between the files of one setting.
-# (stand_in holds the reason EMNIST was unavailable, whose wording may vary.)
-PER_FILE = ("provenance", "run", "seed", "kind", "note", "device", "stand_in")
 
 
 def paper_numbers(name: str) -> str:
@@ -102,11 +100,6 @@ def authors_value(run: dict) -> float:
         return float(stat["value"])
     curves = np.asarray(run["test_error_by_replica"], np.float64)
     return authors_statistic(curves, AUTHORS_SIGMA)["value"]
-
-
-def shared_part(record: dict) -> dict:
-    """What every file of one setting must record alike: all but :data:`PER_FILE`."""
-    return {k: v for k, v in record.items() if k not in PER_FILE}
 
 
 def merge_setting(folder: Path) -> dict[str, Any]:

@@ -296,6 +296,11 @@ def test_fig2_lenet_runs_the_authors_network(data_dir, tmp_path):
     result = json.loads((folder / "seed0_pt.json").read_text())
     assert result["model"].startswith("AuthorsCifar10Net")
     assert fig2_table.paper_numbers(folder.name) == "22.3 vs 23.0"
+    # another seed of other settings into that folder: refused before it trains
+    # (no table would merge the folder; before, the run wrote its files anyway)
+    with pytest.raises(ValueError, match=r"record different \['protocol'\]"):
+        fig2_lenet.main([*argv, "--seeds", "1", "--val-size", "2"])
+    assert sorted(p.name for p in folder.iterdir()) == ["seed0_pt.json"]
     fashion = ["--dataset", "fashion_mnist", *argv[2:]]
     fig2_lenet.main(fashion)
     folder = (
