@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import numbers
 import os
 import signal
 import socket
@@ -46,7 +45,9 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
+
+from tempering.config import check_int
 
 __all__ = ["LaunchError", "LaunchResult", "free_port", "initialize", "launch"]
 
@@ -85,14 +86,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _check_count(name: str, value: Any) -> None:
-    """A TypeError or ValueError unless ``value`` is an int >= 1 (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-
-
 def initialize(timeout: int | None = None) -> None:
     """Joins the processes :func:`launch` started (call it before any JAX work).
 
@@ -111,7 +104,7 @@ def initialize(timeout: int | None = None) -> None:
         ValueError: ``timeout`` below 1.
     """
     if timeout is not None:
-        _check_count("timeout", timeout)
+        check_int(timeout, "timeout", 1)
     if COORDINATOR not in os.environ:
         return
     import jax
@@ -179,7 +172,7 @@ def launch(
         ("devices_per_process", devices_per_process),
         ("distributed_timeout", distributed_timeout),
     ):
-        _check_count(name, value)
+        check_int(value, name, 1)
     if not (math.isfinite(timeout) and timeout > 0):  # nan would never time out
         raise ValueError(
             f"timeout must be a finite number of seconds > 0, got {timeout}"
