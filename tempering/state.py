@@ -34,7 +34,7 @@ from numpy.typing import ArrayLike
 from tempering._caller import warn
 from tempering._quick_jit import quick_jit
 from tempering.fast import single_replica_rewrite
-from tempering.frontends import DEFAULT_TRAIN_KWARG, as_frontend
+from tempering.frontends import DEFAULT_TRAIN_KWARG, as_frontend, takes_batch_mask
 from tempering.hyperparams import (
     DATA_HYPERPARAMETERS,
     check_values,
@@ -441,8 +441,7 @@ def _check_traced_inputs(
     would compare noise), warned of where ``hyperparams`` does.
     """
     mask = {"batch_mask": np.ones(sample_input.shape[:1], bool)}  # no eager op
-    names, var_kw, _ = model.keywords()
-    masked = batch_mask and ("batch_mask" in names or var_kw)  # as step passes it
+    masked = batch_mask and takes_batch_mask(model)  # as step passes it
 
     def apply(params, stats, traced, train):
         passed = {**traced, **mask} if train and masked else traced
@@ -777,8 +776,7 @@ def _check_batch_mask(model: Any) -> None:
             "Drop the batch_size hyperparameter (set the batch with pt_train's or "
             "pbt_train's batch_size=), or use a model without state"
         )
-    names, var_kw, _ = model.keywords()
-    if "batch_mask" not in names and not var_kw:
+    if not takes_batch_mask(model):
         raise ValueError(
             f"a per-replica batch_size with {model.name}, which has BatchNorm "
             "statistics: each replica's statistics must come from its own "

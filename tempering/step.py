@@ -20,6 +20,7 @@ import optax
 from tempering import sharding
 from tempering.batches import _is_array, check_labels
 from tempering.fast import replica_vmap
+from tempering.frontends import takes_batch_mask
 from tempering.hyperparams import (
     write_injected,
 )
@@ -85,8 +86,7 @@ def replica_train_step(
     if "batch_size" in hyperparams:
         size = jax.tree.leaves(targets)[0].shape[0]
         weights = (jnp.arange(size) < hyperparams["batch_size"]).astype(jnp.float32)
-        names, takes_any, _ = state.model.keywords()
-        if "batch_mask" in names or takes_any:  # as create_replicas accepted it
+        if takes_batch_mask(state.model):  # as create_replicas accepted it
             model_inputs = {**model_inputs, "batch_mask": weights > 0}
 
     def loss_of(p):

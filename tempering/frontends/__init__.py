@@ -107,6 +107,16 @@ def passes_train_kwarg(
     return var_kw and (forwarded or train_kwarg != DEFAULT_TRAIN_KWARG)
 
 
+def takes_batch_mask(model: Any) -> bool:
+    """Whether the model's call gets ``batch_mask`` under a per-replica batch size.
+
+    A call that names it or takes ``**kwargs`` (``tempering.step`` passes it
+    there; ``create_replicas`` checks that the call can take it).
+    """
+    names, var_kw, _ = model.keywords()
+    return "batch_mask" in names or var_kw
+
+
 def _nnx() -> Any:
     try:
         from flax import nnx
