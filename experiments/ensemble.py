@@ -17,7 +17,8 @@ test inputs, a snapshot every round from the second half of the rounds on
 - the grid's ensemble of its M final models (a hyperparameter ensemble).
 
 with paired differences over seeds (mean ± s.e.). One file per seed
-(``results/ensemble/<benchmark>/seed<k>.json``): runs resume seed by seed.
+(``results/ensemble/<name>/seed<k>.json``, ``--name`` by default
+``ensemble_<benchmark>``): runs resume seed by seed.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def run_method(exchanges: bool, args, bench, dataset, seed: int) -> dict:
 
 
 def run_seed(args, bench, dataset, seed: int) -> dict:
-    path = seed_path(Path(args.out_dir) / "ensemble", args.benchmark, seed)
+    path = seed_path(Path(args.out_dir) / "ensemble", args.name, seed)
     settings = settings_of(args, *SETTINGS)
     record = load_seed_record(path, settings)
     if record is not None:
@@ -203,7 +204,7 @@ def check_args(parser: argparse.ArgumentParser, args, bench) -> None:
     folder = Path(args.out_dir) / "ensemble"
     check_before_running(
         parser, args,
-        [seed_path(folder, args.benchmark, s) for s in range(args.seeds)],
+        [seed_path(folder, args.name, s) for s in range(args.seeds)],
         settings_of(args, *SETTINGS),
     )  # fmt: skip
 

@@ -250,7 +250,11 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
         help="total steps per replica (the same as --scale steps / paper steps)",
     )
     p.add_argument(
-        "--rounds", type=int, default=None, help="exchange rounds (sets the length)"
+        "--rounds",
+        type=int,
+        default=None,
+        help="exchange rounds after the burn-in (sets the length; --scale still "
+        "scales the burn-in and the lr drop)",
     )
     p.add_argument(
         "--burn-in", type=int, default=None, help="steps before the first exchange"

@@ -637,6 +637,27 @@ def test_ensemble_refuses_runs_with_no_snapshot(monkeypatch, tmp_path, capsys):
     assert not list(tmp_path.rglob("*.json"))
 
 
+def test_ensemble_keeps_the_seed_files_of_each_name_apart(monkeypatch, tmp_path):
+    """Every --name shared results/ensemble/<benchmark>/: a second variant
+    (another --after) was refused for the first one's seed files."""
+    from experiments import ensemble
+
+    monkeypatch.setattr(ensemble, "load", lambda *a: types.SimpleNamespace(
+        _replace=lambda **k: None, validation=None, test=None))  # fmt: skip
+    monkeypatch.setattr(ensemble, "run_method", lambda *a: {
+        "single_test_error": 0.2, "cold_test_error": 0.1,
+        "final_test_error": 0.15, "snapshots": 3})  # fmt: skip
+    out = ["--seeds", "2", "--out-dir", str(tmp_path)]
+    ensemble.main(["mnist1d", *out])
+    ensemble.main(["mnist1d", "--after", "0.25", "--name", "early", *out])
+    folder = tmp_path / "ensemble"
+    assert sorted(p.name for p in folder.iterdir()) == ["early", "ensemble_mnist1d"]
+    for name, after in (("ensemble_mnist1d", 0.5), ("early", 0.25)):
+        record = json.loads((folder / name / "seed1.json").read_text())
+        assert record["settings"]["after"] == after
+    assert (tmp_path / "early.json").exists()
+
+
 def test_write_outputs_writes_nothing_when_the_figure_fails(tmp_path):
     """The record was written before the table and figure existed."""
     import argparse
