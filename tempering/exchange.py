@@ -214,7 +214,9 @@ def exchange(
     at_rung = replicas_by_rung(rungs)
     cold_loss = losses[at_rung[:-1]]  # replica i at rung r
     hot_loss = losses[at_rung[1:]]  # replica j at rung r + 1
-    log_ratio = c * (betas[:-1] - betas[1:]) * (cold_loss - hot_loss)
+    loss_gap = cold_loss - hot_loss
+    # Equal losses: ratio 1 at any C (c * dbeta may overflow, and inf * 0 is NaN).
+    log_ratio = jnp.where(loss_gap == 0, 0.0, c * (betas[:-1] - betas[1:]) * loss_gap)
     defined = ~jnp.isnan(log_ratio)  # inf - inf is undefined: reject
     acceptance_prob = jnp.where(defined, jnp.exp(jnp.minimum(log_ratio, 0.0)), 0.0)
     uniforms = jax.random.uniform(accept_key, (num_rungs - 1,))

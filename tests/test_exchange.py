@@ -188,6 +188,19 @@ def test_undefined_ratio_rejects(pair):
     assert not np.any(np.asarray(info.accepted))
 
 
+@pytest.mark.parametrize("c", [1.0, 1e37, 3e38])
+def test_equal_losses_always_swap_at_any_accepted_c(c):
+    """C of 1e37 and more (finite in float32, accepted by check_c) made
+    c * dbeta overflow: inf * 0 was NaN and equal losses always rejected."""
+    betas = jnp.array([100.0, 1.0])
+    new_rungs, info = batched_exchange(
+        jnp.array([0, 1]), jnp.array([0.5, 0.5]), betas, c=c
+    )
+    assert np.all(np.asarray(new_rungs) == [1, 0])
+    assert np.all(np.asarray(info.acceptance_prob) == 1.0)
+    assert np.all(np.asarray(info.log_ratio) == 0.0)
+
+
 def test_unknown_scheme_raises():
     with pytest.raises(ValueError, match="scheme must be one of"):
         tp.exchange(
