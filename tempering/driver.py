@@ -409,12 +409,10 @@ def train(
     try:
         if saver is not None:  # another run's checkpoint: refused before any read
             saver.check_settings()
-        sources = check_first_batch(state, sources, config)
         run = _Run(
             move=move, key=key, data_key=data_key, data=sources, config=config,
-            loop=loop_for(state, sources.sample, config.loop), segments=segments,
-            first_step=first_step, before_burn_in=before_burn_in,
-            warner=divergence.Warner(config.on_diverge),
+            loop=config.loop, segments=segments, first_step=first_step,
+            before_burn_in=before_burn_in, warner=divergence.Warner(config.on_diverge),
         )  # fmt: skip
         progress = resume.Progress(
             next_segment=0,
@@ -424,10 +422,18 @@ def train(
             initial=None,
             burn_values=_host(run.before_burn_in),
         )
+        # The checkpoint before the first batch: its refusals leave a generator be.
+        restored = None
         if saver is not None:
             restored = _restore(saver, run, state, move_state, progress)
-            if restored is not None:
-                (state, move_state), progress = restored
+        if restored is not None:
+            (state, move_state), progress, position = restored
+        sources = check_first_batch(state, sources, config)
+        if saver is not None and restored is not None:
+            resume.continue_stream(saver, position, sources.train)
+        run = run._replace(
+            data=sources, loop=loop_for(state, sources.sample, config.loop)
+        )
         bar = _progress(
             config.num_steps, config.progress if jax.process_index() == 0 else False,
             type(move).__name__,
@@ -445,12 +451,12 @@ def train(
 
 
 def _restore(saver, run, state, move_state, progress):
-    """The checkpoint's ``((state, move_state), progress)``, or None without one."""
+    """The checkpoint's ``((state, move_state), progress, train position)``, or None."""
     initial = (rungs_of(move_state), _host(state.hyperparams))
     return resume.restore(
         saver, (state, move_state), progress, initial,
         lambda names: _no_rounds(state, move_state, run, names, initial[1]),
-        run.data.train, functools.partial(_resume_at, run),
+        functools.partial(_resume_at, run),
     )  # fmt: skip
 
 
@@ -486,7 +492,8 @@ class _Run(NamedTuple):
     data_key: jax.Array
     data: RunSources
     config: RunConfig
-    loop: str  # "device" or "host", resolved for this state and data
+    loop: str  # "device" or "host" for this state and data (the config's
+    # setting until the first training batch is checked)
     segments: list[_Segment]  # the call's plan
     first_step: int
     before_burn_in: Any  # the state's own hyperparams, back after the burn-in

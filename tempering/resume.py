@@ -207,13 +207,13 @@ def restore(
     progress: Progress,
     initial: Any,
     empty_record: Callable[[list[str] | None], RoundRecord],
-    train: Any = None,
     resume_at: Callable[[int, int], int] | None = None,
-) -> tuple[Any, Progress] | None:
-    """The newest intact checkpoint's carry and progress, or None without one.
+) -> tuple[Any, Progress, dict | None] | None:
+    """The newest intact checkpoint's carry, progress and stream position, or None.
 
-    A training stream (``train``, a :class:`BatchReader`) continues from the
-    saved position when the checkpoint holds one.
+    The position is the training stream's, for :func:`continue_stream`.
+
+    It reads no training batch: a call it refuses leaves a generator where it was.
 
     Args:
         saver: the call's checkpointer.
@@ -224,7 +224,6 @@ def restore(
         empty_record: ``empty_record(metric_names)``, a record stacked over zero
             rounds with those validation metrics: the template of the saved
             records.
-        train: the call's training source.
         resume_at: ``resume_at(step, rounds)``, the index of the call's
             segment that follows the saved ``step`` and ``rounds`` recorded
             rounds (a ValueError where the call's plan has none); None: the
@@ -255,14 +254,25 @@ def restore(
     next_segment = int(extra["next_segment"])
     if resume_at is not None:
         next_segment = resume_at(int(tree["carry"][0].step), int(extra["rounds"]))
-    if isinstance(train, BatchReader):
-        position = extra.get("train_stream")
-        checkpoint.together(lambda: _continue_stream(position, train, saver.allowed))
     rows = RecordRows(progress.records.capacity)
     if tree["records"] is not None:
         rows.extend(tree["records"], int(extra["rounds"]))
     resumed = Progress(next_segment, rows, tree["initial"], tree["burn_values"])
-    return tree["carry"], resumed
+    return tree["carry"], resumed, extra.get("train_stream")
+
+
+def continue_stream(
+    saver: checkpoint.Checkpointer, position: dict | None, train: Any
+) -> None:
+    """A restored call's training stream continues at the checkpoint's position.
+
+    ``train``: a :class:`BatchReader` (else nothing to do); ``position``
+    None: it reads on from wherever it is. Called after the stream's first
+    batch is checked, so the batches read at the position are checked (and
+    too short ones dropped) as the run's were.
+    """
+    if isinstance(train, BatchReader):
+        checkpoint.together(lambda: _continue_stream(position, train, saver.allowed))
 
 
 def _records_template(

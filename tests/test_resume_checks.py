@@ -30,6 +30,47 @@ def pt_on_list(blobs, tx, train_data, directory, **kwargs):
     return tp.pt_train(state, LADDER, jax.random.key(1), **{**settings, **kwargs})
 
 
+def test_a_refused_resume_leaves_the_callers_generator_where_it_was(
+    blobs, tx, tmp_path
+):
+    """The first batch was peeked before the checkpoint was read: a refusal
+    (no intact step, other arrays) had taken batch 0 from the generator, so
+    starting afresh with it trained on another stream, silently."""
+    import optax
+
+    def generator():
+        yield from batches_of(blobs) * 4
+
+    with pytest.raises(CrashError):
+        pt_on_list(blobs, tx, generator(), tmp_path, callback=crash_at(1))
+    first = batches_of(blobs)[0][0]
+    adam = optax.inject_hyperparams(optax.adam)(learning_rate=0.01)
+    fresh = generator()
+    with pytest.raises(ValueError, match="holds other arrays than this call's"):
+        pt_on_list(blobs, adam, fresh, tmp_path,
+                   resume_allowing=("optimizer", "initial_state"))  # fmt: skip
+    np.testing.assert_array_equal(next(fresh)[0], first)
+    for meta in tmp_path.glob("*/meta/metadata"):
+        meta.write_text("{broken")
+    fresh = generator()
+    with pytest.raises(ValueError, match="holds no intact checkpoint"):
+        pt_on_list(blobs, tx, fresh, tmp_path)
+    np.testing.assert_array_equal(next(fresh)[0], first)
+
+
+def test_a_bad_batch_at_the_resumed_position_is_refused_by_its_index(
+    blobs, tx, tmp_path
+):
+    """Batches read at the resumed position are checked as the run's were."""
+    stream = batches_of(blobs) * 4
+    with pytest.raises(CrashError):
+        pt_on_list(blobs, tx, stream, tmp_path, callback=crash_at(1))
+    changed = stream[:8] + [(x, y[:5]) for x, y in stream[8:]]
+    with pytest.raises(ValueError, match=r"train_data batch 10 \(counting from 0\) "
+                       "is refused before it trains: it holds 32 inputs but 5"):  # fmt: skip
+        pt_on_list(blobs, tx, changed, tmp_path, resume_allowing=("train_data",))
+
+
 # --- a re-iterable's elements before the saved position --------------------------
 
 
