@@ -327,6 +327,23 @@ def write_manifest(step_dir: Path) -> None:
     os.replace(tmp, step_dir / MANIFEST)
 
 
+# The names of the files orbax writes and reads in a step (and its chunk folders).
+_ORBAX_FILES = frozenset(
+    {"_CHECKPOINT_METADATA", "_METADATA", "_sharding", "manifest.ocdbt", "metadata",
+     "commit_success.txt"}
+)  # fmt: skip
+
+
+def _orbax_reads(name: str) -> bool:
+    """Whether orbax may read the step's file ``name`` (a path in the step)."""
+    *folders, base = name.split("/")
+    return (
+        base in _ORBAX_FILES
+        or "d" in folders
+        or any(folder.startswith("ocdbt.process_") for folder in folders)
+    )
+
+
 def check_manifest(step_dir: Path) -> None:
     """CheckpointError unless every file of the step is the one saved, byte for byte.
 
@@ -334,7 +351,8 @@ def check_manifest(step_dir: Path) -> None:
     the manifest was written) is checked array by array only. Files added
     since the save (a file manager's ``.DS_Store``, a sync tool's) are named
     in a warning and left alone: orbax reads only the files its own index,
-    checked here, lists.
+    checked here, lists. A file the manifest omits that orbax would read
+    (an orbax file's name) means the manifest was changed: an error.
     """
     path = step_dir / MANIFEST
     if not path.exists():
@@ -355,6 +373,12 @@ def check_manifest(step_dir: Path) -> None:
         if file_sha256(files[name]) != saved[name]:
             raise CheckpointError(f"its file {name} fails its checksum")
     added = sorted(set(files) - set(saved))
+    unlisted = [name for name in added if _orbax_reads(name)]
+    if unlisted:
+        raise CheckpointError(
+            f"its manifest does not list files orbax reads ({unlisted[:3]}): "
+            "the manifest was changed"
+        )
     if added:
         warn(
             f"the checkpoint in {step_dir} holds files it did not save "

@@ -235,6 +235,28 @@ def test_files_added_to_a_step_are_named_and_the_step_resumes(tmp_path, referenc
     assert not [p for p in tmp_path.iterdir() if "corrupt" in p.name]
 
 
+def test_a_manifest_that_omits_orbax_files_sets_the_step_aside(tmp_path, reference):
+    """A manifest edited to drop orbax's own files had them warned about as
+    added files, "not read (the saved files are intact)", which orbax reads."""
+    import json
+
+    steps = crashed_run(tmp_path)
+    manifest = tmp_path / str(steps[-1]) / "tempering-manifest.json"
+    listed = json.loads(manifest.read_text())
+    del listed["arrays/_METADATA"]
+    manifest.write_text(json.dumps(listed))
+    rounds_seen = []
+    with pytest.warns(
+        RuntimeWarning, match="does not list files orbax reads"
+    ) as caught:
+        result = worker.run(tmp_path, callback=lambda r: rounds_seen.append(r.round))
+    assert not any("did not save" in str(w.message) for w in caught)
+    assert rounds_seen[0] == 6  # resumed from the step before
+    assert_same(worker.arrays(result), reference)
+    kept = [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert len(kept) == 1 and kept[0].startswith(f"{steps[-1]}.corrupt-")
+
+
 def test_no_intact_step_stops_instead_of_restarting(tmp_path):
     steps = crashed_run(tmp_path)
     for step in steps:
