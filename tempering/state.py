@@ -950,20 +950,26 @@ def _check_one_value_per_name(opt_state: Any) -> None:
             )
 
 
+@functools.cache
+def _raw_key_shape(impl: str) -> tuple[int, ...]:
+    """The shape of ``jax.random.PRNGKey(0)`` under the default PRNG ``impl``."""
+    return tuple(jax.eval_shape(lambda: jax.random.PRNGKey(0)).shape)
+
+
 def check_key(key: Any, name: str) -> jax.Array:
-    """``key`` as a single PRNG key (new-style or raw), else a clear error naming ``name``."""
+    """``key`` as a single PRNG key (new-style or raw), else a clear error naming ``name``.
+
+    A raw key (``jax.random.PRNGKey``) has the default implementation's shape:
+    (2,) for threefry, (4,) for ``"rbg"`` and ``"unsafe_rbg"``.
+    """
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
             raise ValueError(f"{name} must be a single PRNG key, got shape {key.shape}")
         return key
     if (
         isinstance(key, jax.Array | np.ndarray)
-        and key.shape == (2,)
-        and key.dtype
-        in (
-            np.uint32,
-            jnp.uint32,
-        )
+        and key.dtype == np.uint32
+        and key.shape == _raw_key_shape(str(jax.config.jax_default_prng_impl))
     ):
         return cast(jax.Array, key)  # a raw jax.random.PRNGKey
     raise TypeError(

@@ -201,6 +201,25 @@ def test_equal_losses_always_swap_at_any_accepted_c(c):
     assert np.all(np.asarray(info.log_ratio) == 0.0)
 
 
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg", "unsafe_rbg"])
+def test_raw_keys_of_the_default_prng_are_taken(impl):
+    """A raw jax.random.PRNGKey of an rbg default, (4,) uint32, was refused:
+    only threefry's (2,) shape was."""
+    before = jax.config.jax_default_prng_impl
+    jax.config.update("jax_default_prng_impl", impl)
+    try:
+        raw = jax.random.PRNGKey(3)
+        new_rungs, info = tp.exchange(
+            raw, np.arange(3), np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0])
+        )
+        np.testing.assert_array_equal(np.sort(np.asarray(new_rungs)), [0, 1, 2])
+        other = np.zeros(4 if raw.shape == (2,) else 2, np.uint32)  # another impl's
+        with pytest.raises(TypeError, match="key must be a JAX PRNG key"):
+            tp.exchange(other, np.arange(3), np.ones(3), np.array([3.0, 2.0, 1.0]))
+    finally:
+        jax.config.update("jax_default_prng_impl", before)
+
+
 def test_unknown_scheme_raises():
     with pytest.raises(ValueError, match="scheme must be one of"):
         tp.exchange(
