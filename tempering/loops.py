@@ -251,7 +251,17 @@ def train_segment(
 
     Returns:
         ``(new_state, mean_train_loss)``, the loss of shape ``(M,)``.
+
+    Raises:
+        ValueError: ``settings.batch_size`` exceeds the training examples.
     """
+    inputs, targets = jax.tree.map(jnp.asarray, (inputs, targets))  # numpy too
+    if settings.batch_size > targets.shape[0]:
+        raise ValueError(
+            f"settings.batch_size {settings.batch_size} exceeds the "
+            f"{targets.shape[0]} training examples: give "
+            f"SegmentSettings(batch_size=...) of at most {targets.shape[0]}"
+        )
     start = jnp.asarray(start, jnp.int32)
     body = functools.partial(
         _array_step, key=key, data_key=data_key, inputs=inputs, targets=targets,

@@ -333,6 +333,24 @@ def test_segments_see_the_same_batches_as_one_long_run(tx, blobs):
     chex.assert_trees_all_close(whole.params, parts.params, rtol=1e-5, atol=1e-6)
 
 
+def test_a_segment_takes_numpy_data_and_refuses_a_batch_above_it(tx, blobs):
+    """numpy arrays raised a TracerArrayConversionError (numpy indexing with a
+    traced index), a batch larger than the data an internal slice TypeError."""
+    (x, y), _ = blobs
+    state = make_state(tx, x)
+    keys = (jax.random.key(5), jax.random.key(1))
+    settings = SegmentSettings(batch_size=32)
+    on_device = loops.train_segment(
+        state, *keys, jnp.asarray(x), jnp.asarray(y), 3, settings=settings
+    )
+    from_numpy = loops.train_segment(state, *keys, x, y, 3, settings=settings)
+    chex.assert_trees_all_equal(from_numpy, on_device)
+    with pytest.raises(ValueError, match=r"settings.batch_size 300 exceeds the 256"):
+        loops.train_segment(
+            state, *keys, x, y, 3, settings=SegmentSettings(batch_size=300)
+        )
+
+
 def test_per_replica_batches_differ_from_shared(tx, blobs):
     (x, y), _ = blobs
     state = make_state(tx, x, same_init=True)
