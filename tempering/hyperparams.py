@@ -301,6 +301,25 @@ def check_names(state: ReplicaState, names: Sequence[str], where: str) -> None:
         _raise_unknown(state, unknown, where)
 
 
+def _index_or_none(value: Any) -> int | None:
+    """``value`` as an index, else None (bools too).
+
+    An int, a numpy integer or a concrete 0-d integer array (``jnp.argmin``'s).
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | np.integer):
+        return operator.index(value)
+    if (
+        isinstance(value, np.ndarray | jax.Array)
+        and not isinstance(value, jax.core.Tracer)
+        and value.shape == ()
+        and np.issubdtype(value.dtype, np.integer)
+    ):
+        return operator.index(value)
+    return None
+
+
 def get_hyperparams(
     state: ReplicaState,
     names: Sequence[str] | int | None = None,
@@ -311,7 +330,8 @@ def get_hyperparams(
 
     Args:
         state: the replicas.
-        names: a name, names, or None for all; an int is taken as ``replica``.
+        names: a name, names, or None for all; an int (or a 0-d integer
+            array, such as ``jnp.argmin``'s) is taken as ``replica``.
         replica: one replica's index: its values as Python floats instead.
 
     Example:
@@ -323,11 +343,12 @@ def get_hyperparams(
         ValueError: names the state does not hold.
         ValueError: a replica out of range.
     """
-    if isinstance(names, int | np.integer) and not isinstance(names, bool):
-        replica, names = operator.index(names), None
+    if _index_or_none(names) is not None:
+        replica, names = _index_or_none(names), None
     if replica is not None:
-        if isinstance(replica, bool) or not isinstance(replica, int | np.integer):
+        if _index_or_none(replica) is None:
             raise TypeError(f"replica must be an int index, got {replica!r}")
+        replica = operator.index(replica)
         num = state.num_replicas
         if not -num <= replica < num:
             raise ValueError(
@@ -356,9 +377,9 @@ def set_hyperparams(state: ReplicaState, **values: Any) -> ReplicaState:
     """Writes per-replica hyperparameters (each ``(M,)`` or a scalar).
 
     Pure and jit-able; concrete values are range-checked (:data:`RANGES`).
-    An array split over several processes (a multi-host run's own
-    hyperparameters) cannot be read here: its shape is checked, its values
-    are not.
+    Traced values (under ``jax.jit``) and an array split over several
+    processes (a multi-host run's own hyperparameters) cannot be read here:
+    their shape is checked, their values are not.
 
     Args:
         state: the stacked replicas.
@@ -384,13 +405,13 @@ def set_hyperparams(state: ReplicaState, **values: Any) -> ReplicaState:
     num = state.num_replicas
     new = dict(state.hyperparams)
     for name, value in values.items():
-        if isinstance(value, jax.core.Tracer):
-            shape = None
-        elif isinstance(value, jax.Array) and not value.is_fully_addressable:
-            shape = value.shape
+        if isinstance(value, jax.core.Tracer) or (
+            isinstance(value, jax.Array) and not value.is_fully_addressable
+        ):  # values unreadable here, the shape known
+            shape = tuple(value.shape)
         else:
             shape = check_values(name, value).shape
-        if shape is not None and shape not in ((), (num,)):
+        if shape not in ((), (num,)):
             raise ValueError(
                 f"{name} must be a scalar or have shape ({num},) (one value per "
                 f"replica), got shape {shape}"

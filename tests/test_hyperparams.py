@@ -1,5 +1,7 @@
 """Per-replica hyperparameters: set_hyperparams and get_hyperparams."""
 
+import re
+
 import jax
 import numpy as np
 import optax
@@ -145,3 +147,35 @@ def test_get_hyperparams_takes_the_names_of_dict_keys():
     )  # fmt: skip
     got = tp.get_hyperparams(state, state.hyperparams.keys())
     assert sorted(got) == sorted(state.hyperparams)
+
+
+def test_hyperparams_take_a_0d_index_and_traced_values_of_the_right_shape():
+    """get_hyperparams(state, jnp.argmin(loss)) raised 'iteration over a 0-d
+    array'; set_hyperparams under jit broadcast a (1,) value silently and left
+    other shapes to a broadcasting error."""
+    import jax.numpy as jnp
+
+    state = tp.create_replicas(
+        jax.random.key(0), TinyMLP(), tp.sgd(0.1), np.zeros((1, 5), np.float32),
+        num_replicas=4,
+    )  # fmt: skip
+    state = tp.set_hyperparams(state, learning_rate=[0.1, 0.2, 0.3, 0.4])
+    best = jnp.argmin(jnp.array([3.0, 1.0, 2.0, 4.0]))
+    expected = float(np.float32(0.2))
+    assert tp.get_hyperparams(state, best)["learning_rate"] == expected
+    assert tp.get_hyperparams(state, replica=np.array(1))["learning_rate"] == expected
+    with pytest.raises(TypeError, match="replica must be an int index"):
+        tp.get_hyperparams(state, replica=jnp.array(1.0))
+
+    def set_lr(state, value):
+        return tp.set_hyperparams(state, learning_rate=value).hyperparams
+
+    np.testing.assert_allclose(
+        jax.jit(set_lr)(state, jnp.full(4, 0.5))["learning_rate"], 0.5
+    )
+    for shape in [(1,), (3,), (4, 1)]:
+        with pytest.raises(
+            ValueError,
+            match=re.escape(f"(4,) (one value per replica), got shape {shape}"),
+        ):
+            jax.jit(set_lr)(state, jnp.full(shape, 0.5))
