@@ -169,10 +169,14 @@ def train_step(
             bool.
         ValueError: inputs and targets of different lengths, a missing replica
             axis with ``per_replica_batch``, inputs the model cannot take, a
-            name in ``zero_inputs`` that is not one of the model inputs.
+            name in ``zero_inputs`` that is not one of the model inputs, a
+            ``batch_size`` hyperparameter above the batch's examples (read
+            where concrete; under ``jax.jit`` such a size trains on the whole
+            batch).
     """
     key = check_key(key, "key")
     batch_axis = _check_batch_axes(state, inputs, targets, per_replica_batch)
+    _check_batch_sizes(state, targets, batch_axis)
     if isinstance(zero_inputs, str):
         zero_inputs = (zero_inputs,)
     unknown = sorted(set(zero_inputs) - set(state.model_inputs))
@@ -206,6 +210,28 @@ def train_step(
         params=params, batch_stats=batch_stats, opt_state=opt_state, step=state.step + 1
     )
     return new, StepInfo(loss=loss)
+
+
+def _check_batch_sizes(state: ReplicaState, targets: Any, axis: int) -> None:
+    """A ValueError where a replica's concrete ``batch_size`` exceeds the batch."""
+    sizes = state.hyperparams.get("batch_size")
+    shape = getattr(targets, "shape", None)
+    if (
+        sizes is None
+        or shape is None
+        or isinstance(sizes, jax.core.Tracer)
+        or (isinstance(sizes, jax.Array) and not sizes.is_fully_addressable)
+    ):
+        return
+    examples = shape[axis]
+    largest = float(np.max(np.asarray(sizes)))
+    if largest > examples:
+        raise ValueError(
+            f"the replicas' batch_size hyperparameter reaches {largest:g}, but the "
+            f"batch holds {examples} examples: give batches of at least "
+            f"{largest:g} examples (each replica trains on its first batch_size), "
+            "or lower the sizes"
+        )
 
 
 def _check_batch_axes(

@@ -71,6 +71,20 @@ def test_fused_step_equals_single_runs_on_their_prefixes(model, shape) -> None:
                 np.testing.assert_allclose(a[m], b[0], rtol=2e-5, atol=2e-6)
 
 
+def test_train_step_refuses_a_batch_below_the_sizes_where_it_can_read_them() -> None:
+    """Replicas at sizes 16 and 8 given 4 examples trained on 4, silently."""
+    x, y = _data((10,))
+    ladder = tp.make_ladder(batch_size=SIZES)
+    model = models.MLP((16,), 3)
+    state = tp.create_replicas(
+        jax.random.key(0), model, tp.sgd(0.1), x[:1], ladder=ladder
+    )
+    with pytest.raises(ValueError, match=r"batch_size hyperparameter reaches 16, but "
+                       "the batch holds 4 examples"):  # fmt: skip
+        tp.train_step(state, jax.random.key(0), x[:4], y[:4])  # eager: sizes read
+    tp.train_step(state, jax.random.key(0), x[:16], y[:16])  # the largest: fine
+
+
 def test_temperature_rule_is_one_over_the_batch_size() -> None:
     ladder = tp.make_ladder(batch_size=[32, 128, 64])
     np.testing.assert_allclose(ladder.values["batch_size"], [128, 64, 32])
