@@ -966,10 +966,11 @@ def check_key(key: Any, name: str) -> jax.Array:
         if key.shape != ():
             raise ValueError(f"{name} must be a single PRNG key, got shape {key.shape}")
         return key
+    impl = str(jax.config.jax_default_prng_impl)  # type: ignore[attr-defined]
     if (
         isinstance(key, jax.Array | np.ndarray)
         and key.dtype == np.uint32
-        and key.shape == _raw_key_shape(str(jax.config.jax_default_prng_impl))
+        and key.shape == _raw_key_shape(impl)
     ):
         return cast(jax.Array, key)  # a raw jax.random.PRNGKey
     raise TypeError(
