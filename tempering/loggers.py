@@ -23,6 +23,7 @@ import functools
 import json
 import math
 import os
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -277,7 +278,10 @@ class TensorBoardLogger:
     resumed from a checkpoint repeats the rounds after it: the writer is
     created with ``purge_step`` at the first record's step (unless
     ``writer_kwargs`` sets one), so TensorBoard hides the events a stopped
-    run wrote from that step on instead of drawing them twice.
+    run wrote from that step on instead of drawing them twice. Each logger
+    writes its own event file (a unique ``filename_suffix`` unless
+    ``writer_kwargs`` sets one): a second logger on the same ``logdir``, a
+    continuing call's, never overwrites the first one's.
     """
 
     def __init__(self, logdir: str | os.PathLike, **writer_kwargs: Any):
@@ -296,8 +300,13 @@ class TensorBoardLogger:
     def __call__(self, record: RoundRecord) -> None:
         """Writes the round's scalars at its global step; never stops the run."""
         if self._writer is None:
-            purge = {} if "purge_step" in self._kwargs else {"purge_step": record.step}
-            self._writer = self._open(**purge)
+            opened: dict[str, Any] = {}
+            if "purge_step" not in self._kwargs:
+                opened["purge_step"] = record.step
+            if "filename_suffix" not in self._kwargs:  # its own file: the default
+                # name (seconds, host) is another writer's within the same second
+                opened["filename_suffix"] = f".{os.getpid()}.{uuid.uuid4().hex[:8]}"
+            self._writer = self._open(**opened)
         for tag, m, value in record_scalars(record):
             self._writer.add_scalar(f"{tag}/replica_{m}", value, record.step)
         for tag, rung, value in record_rung_scalars(record):

@@ -225,6 +225,24 @@ def test_tensorboard_hides_the_events_a_resumed_run_repeats(tmp_path):
         assert log._writer.purge_step == 5  # the user's own wins
 
 
+def test_two_tensorboard_loggers_on_one_logdir_keep_both_files(tmp_path):
+    """The default event file name (seconds, host) was the same for a second
+    logger within the same second, whose writer truncated the first's events."""
+    pytest.importorskip("tensorboardX")
+    record = RoundRecord(*[None] * len(RoundRecord._fields))._replace(
+        round=0, step=10, train_loss=np.zeros(2), score=np.zeros(2),
+        hyperparams={}, diverged=np.zeros(2, bool), restored_from=np.zeros(2),
+    )  # fmt: skip
+    for step in (10, 20):  # a call, then a continuing call's fresh logger
+        with loggers.TensorBoardLogger(tmp_path) as log:
+            log(record._replace(step=step))
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 2 and all(f.stat().st_size > 0 for f in files)
+    with loggers.TensorBoardLogger(tmp_path / "own", filename_suffix=".mine") as log:
+        log(record)
+    assert [f.name.endswith(".mine") for f in (tmp_path / "own").iterdir()] == [True]
+
+
 def test_a_failing_save_warns_and_keeps_what_trained(
     state, blobs, tmp_path, monkeypatch
 ):
