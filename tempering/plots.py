@@ -147,8 +147,8 @@ def plot_acceptance(
         ValueError: a history whose move proposes no swaps (PBT), or
             ``window`` < 1.
     """
-    ax = _axes(ax)
     acceptance = acceptance_over_time(history, window)  # shape=(R, M - 1)
+    ax = _axes(ax)  # after the checks: a refused call opens no figure
     steps = np.asarray(history.step)
     for pair in range(acceptance.shape[1]):
         ax.plot(steps, acceptance[:, pair], label=f"{pair}-{pair + 1}")
@@ -174,8 +174,8 @@ def plot_rung_occupancy(
     Returns:
         The Axes.
     """
-    ax = _axes(ax)
     occupancy = rung_occupancy(history)  # shape=(M, M)
+    ax = _axes(ax)
     image = ax.imshow(occupancy, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
     num_replicas = occupancy.shape[0]
     ticks = np.arange(num_replicas) if num_replicas <= 16 else None
@@ -211,8 +211,9 @@ def plot_rung_paths(
     Returns:
         The Axes.
     """
-    ax = _axes(ax)
     rungs = rung_history(history)  # shape=(R, M)
+    trips = int(round_trips(history).sum())
+    ax = _axes(ax)
     steps = np.asarray(history.step)
     num_replicas = rungs.shape[1]
     for m in range(num_replicas):
@@ -223,7 +224,7 @@ def plot_rung_paths(
         ax.set_yticks(np.arange(num_replicas))
     ax.set_xlabel("step")
     ax.set_ylabel("rung (0 = coldest)")
-    ax.set_title(f"rung paths ({int(round_trips(history).sum())} round trips)")
+    ax.set_title(f"rung paths ({trips} round trips)")
     return ax
 
 
@@ -266,8 +267,8 @@ def plot_c(history: History, ax: Axes | None = None) -> Axes:
         The Axes (log y axis when C spans over 10x); a line per ladder for a
         ``multi_exchange_move`` history.
     """
-    ax = _axes(ax)
     steps, c = c_over_time(history)  # shape=(R,) or (R, K)
+    ax = _axes(ax)
     if c.ndim == 2:
         for k in range(c.shape[1]):
             ax.plot(steps, c[:, k], marker=".", label=f"ladder {k}")
@@ -401,21 +402,25 @@ def plot_diagnostics(
     if name is None:
         name = _default_name(history)
     fig = plt.figure(figsize=(21, 8.5), layout="constrained")
-    grid = fig.add_gridspec(2, 4)
-    axes = np.array([[fig.add_subplot(grid[row, col]) for col in range(3)]
-                     for row in range(2)])  # fmt: skip
-    barrier_ax = fig.add_subplot(grid[:, 3])
-    plot_acceptance(history, axes[0, 0], window=window)
-    plot_rung_occupancy(history, axes[0, 1])
-    plot_rung_paths(history, axes[0, 2], highlight=replica)
-    plot_val_loss(history, axes[1, 0], highlight=replica)
-    if name is None:
-        axes[1, 1].text(0.5, 0.5, "no hyperparameters", ha="center", va="center")
-        axes[1, 1].set_axis_off()
-    else:
-        plot_schedule(history, replica, name, axes[1, 1])
-    plot_c(history, axes[1, 2])
-    plot_barrier(history, barrier_ax)
+    try:
+        grid = fig.add_gridspec(2, 4)
+        axes = np.array([[fig.add_subplot(grid[row, col]) for col in range(3)]
+                         for row in range(2)])  # fmt: skip
+        barrier_ax = fig.add_subplot(grid[:, 3])
+        plot_acceptance(history, axes[0, 0], window=window)
+        plot_rung_occupancy(history, axes[0, 1])
+        plot_rung_paths(history, axes[0, 2], highlight=replica)
+        plot_val_loss(history, axes[1, 0], highlight=replica)
+        if name is None:
+            axes[1, 1].text(0.5, 0.5, "no hyperparameters", ha="center", va="center")
+            axes[1, 1].set_axis_off()
+        else:
+            plot_schedule(history, replica, name, axes[1, 1])
+        plot_c(history, axes[1, 2])
+        plot_barrier(history, barrier_ax)
+    except BaseException:  # a refused history leaves no half-drawn figure open
+        plt.close(fig)
+        raise
     return fig
 
 

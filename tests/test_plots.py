@@ -66,6 +66,31 @@ def test_plot_diagnostics_of_a_real_run(pt_run) -> None:
         plt.close("all")
 
 
+def test_a_refused_plot_leaves_no_figure_open() -> None:
+    """The PT plots made their Axes before their checks: each refused history
+    left an empty figure behind (shown under the error in a notebook)."""
+    pt = make_history(WALK, WALK_INITIAL)
+    no_rungs = pt._replace(rungs=None, initial_rungs=None)  # a PBT-like history
+    no_info = pt._replace(move=None)
+    refused = [
+        lambda: plots.plot_acceptance(pt, window=0),
+        lambda: plots.plot_acceptance(no_info),
+        lambda: plots.plot_rung_occupancy(no_rungs),
+        lambda: plots.plot_rung_paths(no_rungs),
+        lambda: plots.plot_c(no_info),
+        lambda: plots.plot_diagnostics(pt, replica=7, name="learning_rate"),
+        lambda: plots.plot_diagnostics(no_rungs, replica=0, name="learning_rate"),
+    ]
+    plt.close("all")
+    try:
+        for plot in refused:
+            with pytest.raises(ValueError):
+                plot()
+            assert plt.get_fignums() == []
+    finally:
+        plt.close("all")
+
+
 def test_plot_barrier() -> None:
     history = make_history(LONG_WALK, WALK_INITIAL, proposed=EVEN_ODD,
                            accepted=ACCEPTED)  # fmt: skip
