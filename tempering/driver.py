@@ -395,7 +395,11 @@ def train(
     if mesh is not None:
         move_state = sharding.replicate(move_state, mesh, what="move_state")
     if "batch_size" in state.hyperparams:
-        config = config.for_batch_sizes(_host(state.hyperparams["batch_size"]))
+        sizes = _host(state.hyperparams["batch_size"])
+        reach = getattr(move, "largest_batch_size", None)  # a move exploring sizes
+        if callable(reach) and reach() is not None:
+            sizes = np.append(sizes, reach())
+        config = config.for_batch_sizes(sizes)
     first_step = int(state.step)
     segments = plan(first_step, config.rounds)  # past explicit round ends raises
     sources = prepare_sources(state, data, config)  # a stream not read yet

@@ -82,7 +82,14 @@ __all__ = [
 
 
 class Move(Protocol):
-    """The move protocol: ``init`` and a jit-able ``step``."""
+    """The move protocol: ``init`` and a jit-able ``step``.
+
+    Optional, read by :func:`tempering.train` where present:
+    ``compares_scores`` (a property: False for a move that ignores the
+    scores, so no validation data is needed) and ``largest_batch_size()``
+    (the largest ``batch_size`` hyperparameter the move can set, or None:
+    every step's batch holds it).
+    """
 
     def init(self, state: ReplicaState) -> Any:
         """What the move carries between rounds, for replicas before the first."""

@@ -322,6 +322,14 @@ class PBTMove:
         """Its exploit ranks the replicas by their scores."""
         return True
 
+    def largest_batch_size(self) -> int | None:
+        """The upper bound of an explored ``batch_size``, None if not explored.
+
+        :func:`tempering.train` sizes every step's batch to hold it: each
+        replica trains on the first ``batch_size`` examples of the batch.
+        """
+        return _explored_batch_bound(self.config)
+
     def init(self, state: ReplicaState | None = None) -> None:
         """PBT carries nothing between rounds: the population is the state."""
         del state
@@ -539,6 +547,13 @@ def pbt_train(
     return PBTResult(run.state, run.history, pbt_summary(run))
 
 
+def _explored_batch_bound(config: PBTConfig) -> int | None:
+    """The upper bound of ``batch_size`` in ``config``, None if it is not explored."""
+    if "batch_size" not in config.names:
+        return None
+    return int(config.bounds[config.names.index("batch_size")][1])
+
+
 def _batch_for_explored_sizes(
     settings: RunConfig, config: PBTConfig, state: ReplicaState
 ) -> RunConfig:
@@ -549,9 +564,9 @@ def _batch_for_explored_sizes(
     ``batch_size`` (and the state's largest), or larger sizes would be cut
     to it unseen.
     """
-    if "batch_size" not in config.names:
+    high = _explored_batch_bound(config)
+    if high is None:
         return settings
-    high = int(config.bounds[config.names.index("batch_size")][1])
     sizes = np.append(sharding.to_host(state.hyperparams["batch_size"]), high)
     if settings.batch_size is not None and settings.batch_size < high:
         raise ValueError(

@@ -255,6 +255,27 @@ def test_pbt_train_batch_holds_the_explored_batch_size(tx, blobs):
     assert sizes.min() >= 8 and sizes.max() <= 40
 
 
+def test_train_with_a_pbt_move_sizes_batches_for_the_explored_batch_size(tx, blobs):
+    """tp.train sized the batch from the state's sizes only: a replica
+    explored to 30 trained on the first 16 examples, silently."""
+    (x, y), val = blobs
+    state = tp.create_replicas(
+        jax.random.key(0), TinyMLP(), tx, x[:4], num_replicas=4,
+        hyperparams={"learning_rate": 0.05, "batch_size": 16},
+    )  # fmt: skip
+    move = pbt.pbt_move(pbt.pbt_config({"batch_size": pbt.Prior(8, 32)}))
+    assert move.largest_batch_size() == 32
+    assert pbt.pbt_move(pbt.pbt_config({"learning_rate": pbt.Prior(0.01, 0.1)}))\
+        .largest_batch_size() is None  # fmt: skip
+    data = tp.RunData((x, y), val)
+    with pytest.raises(ValueError, match=r"batch_size=16 is smaller than the largest"):
+        tp.train(state, jax.random.key(1), move, data,
+                 tp.RunConfig(num_steps=8, interval=4, batch_size=16))  # fmt: skip
+    tp.train(
+        state, jax.random.key(1), move, data, tp.RunConfig(num_steps=8, interval=4)
+    )
+
+
 def test_explore_resample_from_prior():
     config = pbt.pbt_config(
         {"dropout_rate": (0.1, 0.3)}, resample_probability=1.0, perturb_factors=[1.0]
