@@ -290,6 +290,14 @@ class BatchReader:
                 "supported"
             )
 
+    @property
+    def from_its_start(self) -> bool:
+        """Whether a call reads it from its first batch, not where one stopped.
+
+        A re-iterable's: each call makes a new iterator.
+        """
+        return self._source.restartable
+
     def _replays(self) -> bool:
         """Its position is a count of elements into a pass (no get_state to save)."""
         return self._source.restartable and not _can_save(self._iterator)

@@ -17,7 +17,8 @@ Every round's record goes to the host as numpy when the round ends (no device
 memory is held per round; the host keeps a few hundred bytes per round) and to
 the optional callback, which may stop the run. In-memory data continues
 exactly across calls; a stream continues from wherever the caller's iterator
-is, and a resume from a checkpoint from the saved position when the stream can
+is (a re-iterable, such as a list of batches, starts again in each call, with
+a warning when the call continues a run), and a resume from a checkpoint from the saved position when the stream can
 save one (:mod:`tempering.sources`). A move skipped at the end of a call
 (``move_at_end=False``, PBT) is not made up by the next call.
 
@@ -43,6 +44,7 @@ import numpy as np
 from tempering import divergence, fingerprints, resume, sharding
 from tempering._caller import warn
 from tempering._quick_jit import quick_jit
+from tempering.batches import BatchReader
 from tempering.config import Rounds, RunConfig, RunData, ScoreFn
 from tempering.hyperparams import check_names, set_hyperparams
 from tempering.loops import SegmentSettings, loop_for, run_evaluate, run_segment
@@ -432,6 +434,8 @@ def train(
             restored = _restore(saver, run, state, move_state, progress)
         if restored is not None:
             (state, move_state), progress, position = restored
+        elif first_step > 0:
+            _warn_stream_restarts(sources.train, first_step)
         sources = check_first_batch(state, sources, config)
         if saver is not None and restored is not None:
             resume.continue_stream(saver, position, sources.train)
@@ -452,6 +456,19 @@ def train(
     finally:
         if saver is not None:
             saver.close()
+
+
+def _warn_stream_restarts(train: Any, first_step: int) -> None:
+    """Warns that a continuing call reads a re-iterable from its first batch."""
+    if isinstance(train, BatchReader) and train.from_its_start:
+        warn(
+            f"train_data is a re-iterable (a list of batches, a dataset), which "
+            f"every call reads from its first batch: this call continues the run "
+            f"at step {first_step} but not its stream, so the run is not the one "
+            "long call's. To continue the stream, pass one iterator to every "
+            "call (it = iter(batches), then train_data=it), or in-memory arrays",
+            UserWarning,
+        )
 
 
 def _restore(saver, run, state, move_state, progress):

@@ -234,6 +234,26 @@ def test_a_re_iterable_reshuffled_each_pass_is_refused_on_resume(
            checkpoint_dir=tmp_path)  # fmt: skip
 
 
+def test_a_continuing_call_warns_that_a_re_iterable_starts_again(state, blobs):
+    """A list of batches restarts in every call: a split run differed from one
+    call silently, where the docs said runs continue across calls exactly."""
+    import warnings
+
+    (x, y), _ = blobs
+    batches = list_of_batches(x, y, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the first call: nothing to say
+        first = pt(state, blobs, batches, num_steps=30)
+    with pytest.warns(UserWarning, match="at step 30 but not its stream"):
+        pt(first.state, blobs, batches, num_steps=10)
+    shared = stream(x, y)
+    first = pt(state, blobs, shared, num_steps=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one iterator, and arrays, continue
+        pt(first.state, blobs, shared, num_steps=10)
+        pt(first.state, blobs, blobs[0], num_steps=10)
+
+
 # --- every batch checked before it trains ---------------------------------------
 
 
