@@ -229,8 +229,10 @@ def diffusion_test(
         t0: SGD steps trained (at the same values) before the reference
             weights ``W(t0)`` are taken, to skip the initial transient.
         **settings: other :class:`tempering.RunConfig` fields (``batch_size``,
-            ``shared_batch``, ``augment``, ``vectorize``, ``loop``); the record
-            times set ``num_steps`` and the rounds.
+            ``shared_batch``, ``augment``, ``vectorize``, ``loop``,
+            ``callback``); the record times set ``num_steps`` and the rounds.
+            A callback sees one record per record time (with ``t0`` > 0 their
+            rounds count from 1: round 0 is the t0 phase, not recorded).
 
     Returns:
         :class:`DiffusionResult`.
@@ -267,8 +269,9 @@ def diffusion_test(
     record_steps = record_schedule(num_steps, num_records, spacing)
     state = set_hyperparams(state, **{hyperparameter: values})
     data = RunData(train_data)
-    if t0 > 0:
-        burn = RunConfig(num_steps=int(t0), interval=(int(t0),), **settings)
+    if t0 > 0:  # the t0 phase: no record of the result, so none for a callback
+        quiet = {k: v for k, v in settings.items() if k != "callback"}
+        burn = RunConfig(num_steps=int(t0), interval=(int(t0),), **quiet)
         state = train(state, key, identity_move(), data, burn).state
     # the burn-in's round end (global steps), then the records'
     ends = (*((int(t0),) if t0 else ()), *(int(t0) + record_steps).tolist())

@@ -93,6 +93,19 @@ def test_diffusion_shapes_and_learning_rate_is_temperature_like(tx, blobs):
     assert int(state.step) == 0
 
 
+def test_a_callback_sees_the_recorded_rounds_only(tx, blobs):
+    """With t0 > 0 the callback also got the t0 phase's record, which is not
+    in the result: a logger wrote a row too many."""
+    (x, y), _ = blobs
+    seen = []
+    result = diffusion.diffusion_test(
+        make_state(tx, x), jax.random.key(1), train_data=(x, y),
+        hyperparameter="learning_rate", values=[1e-4, 0.01, 0.1], num_steps=40,
+        num_records=5, batch_size=32, t0=10, callback=lambda r: seen.append(r.step),
+    )  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(seen) - 10, result.steps)
+
+
 def test_weight_decay_confines_the_weights(l2_tx, blobs):
     (x, y), _ = blobs
     state = make_state(l2_tx, x)
