@@ -449,7 +449,8 @@ def plot_replica_paths(
             (``PTSummary.best_replica``), or None.
         steps: optional ``(R,)`` x positions of the rounds (``History.step``);
             round indices when None. The initial rungs are drawn one interval
-            before the first round.
+            before the first round (at step 0 when there is one round: no
+            interval to read).
         ax: the Axes to draw on; a new figure's by default.
         rung_labels: optional tick labels of the rungs (e.g. the ladder values).
         title: the Axes' title, or None.
