@@ -295,12 +295,28 @@ def _check_mode_keywords(
     bool = False``) overrides that, and the library passes only ``train_kwarg``:
     evaluation would run in training mode (or training in inference mode).
     """
-    if model.kind not in ("nnx", "equinox"):
+    if model.kind == "functions" and train_kwarg in names:
+        return  # apply reads the mode the library passes
+    if model.kind not in ("nnx", "equinox", "functions"):
         return
     overriding = sorted(
         name for name in _MODE_KEYWORDS
         if name in names and name != train_kwarg and defaults.get(name) is not None
     )  # fmt: skip
+    if overriding and model.kind == "functions":  # train_kwarg lands in **kwargs
+        name = overriding[0]
+        raise ValueError(
+            f"{model.name} takes {name}={defaults[name]!r}, a mode switch the "
+            f"library does not set (it passes train_kwarg={train_kwarg!r}, which "
+            "apply takes only through **kwargs), so that default would decide "
+            f"the mode in training and in evaluation alike: pass "
+            f"train_kwarg={name!r}"
+            + (
+                " with its sense made True in training"
+                if name not in _TRAINING_KEYWORDS
+                else ""
+            )  # fmt: skip
+        )
     if overriding:
         name = overriding[0]
         raise ValueError(
@@ -334,6 +350,14 @@ def _check_train_kwarg_taken(
             f"{model.name}.__call__ has no keyword {train_kwarg!r}: pass "
             "train_kwarg='<its name>' to create_replicas to rename it, or "
             "train_kwarg=None for a model without a train mode"
+        )
+    if model.kind == "functions":
+        raise ValueError(
+            f"train_kwarg={train_kwarg!r}, but {model.name} takes no keyword "
+            f"{train_kwarg!r} (it takes {sorted(names)}): the library passes it "
+            "True in training and False in evaluation. Pass train_kwarg='<its "
+            "name>' with the name of apply's keyword that is True in training, "
+            "or train_kwarg=None for an apply without a train mode"
         )
     if model.kind in ("nnx", "equinox") and train_kwarg != DEFAULT_TRAIN_KWARG:
         raise ValueError(

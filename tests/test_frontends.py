@@ -311,6 +311,41 @@ def test_plain_functions_are_a_model():
     np.testing.assert_allclose(tp.evaluate(result.state, *VAL).loss[1], want, rtol=1e-5)
 
 
+def test_plain_functions_take_their_mode_keyword_from_train_kwarg():
+    """Functions passed train= whatever train_kwarg said: an apply whose own
+    is_training=False default decided trained in inference mode, silently."""
+    modes = []
+
+    def init(key, x):
+        return {"w": 0.1 * jax.random.normal(key, (x.shape[-1], 3))}
+
+    def apply(params, x, *, key, is_training=False, **unused):
+        modes.append((is_training, sorted(unused)))
+        return x @ params["w"]
+
+    sample = TRAIN[0][:2]
+    with pytest.raises(ValueError, match="pass train_kwarg='is_training'"):
+        tp.create_replicas(jax.random.key(0), Functions(init, apply), tp.sgd(0.1),
+                           sample, num_replicas=2)  # fmt: skip
+    state = tp.create_replicas(jax.random.key(0), Functions(init, apply),
+                               tp.sgd(0.1), sample, num_replicas=2,
+                               train_kwarg="is_training")  # fmt: skip
+    modes.clear()
+    tp.train_step(state, jax.random.key(1), *TRAIN)
+    assert modes[-1] == (True, [])
+    tp.evaluate(state, *VAL)
+    assert modes[-1] == (False, [])
+
+    def apply_without(params, x, *, key):  # no train mode at all
+        return x @ params["w"]
+
+    with pytest.raises(ValueError, match="takes no keyword 'train'"):
+        tp.create_replicas(jax.random.key(0), Functions(init, apply_without),
+                           tp.sgd(0.1), sample, num_replicas=2)  # fmt: skip
+    tp.create_replicas(jax.random.key(0), Functions(init, apply_without),
+                       tp.sgd(0.1), sample, num_replicas=2, train_kwarg=None)  # fmt: skip
+
+
 def test_one_replicas_hyperparameters_by_index():
     state = tp.create_replicas(jax.random.key(0), EqxMLP, tp.sgd(0.1), TRAIN[0][:2],
                                ladder=DROPOUT)  # fmt: skip

@@ -34,6 +34,7 @@ A model *instance* gives every replica its weights as the common start (as
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from typing import Any, Protocol
@@ -263,7 +264,9 @@ def as_frontend(model: Any, train_kwarg: str | None = "train") -> Any:
     """
     import flax.linen as nn
 
-    if isinstance(model, Linen | Functions) or getattr(model, "kind", None) in (
+    if isinstance(model, Functions):
+        return dataclasses.replace(model, train_kwarg=train_kwarg)
+    if isinstance(model, Linen) or getattr(model, "kind", None) in (
         "nnx",
         "equinox",
     ):

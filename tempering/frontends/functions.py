@@ -18,8 +18,11 @@ class Functions:
     Args:
         init_fn: ``init_fn(key, x) -> params`` for a sample batch ``x``.
         apply_fn: ``apply_fn(params, x, *, train, key, **inputs) -> outputs``;
-            ``key`` draws dropout masks in training (None in inference),
-            ``inputs`` are the per-replica model inputs (e.g. ``dropout_rate``).
+            ``train`` is True in training and False in evaluation (the keyword
+            is ``create_replicas``' ``train_kwarg``: another name, or none
+            with ``train_kwarg=None``), ``key`` draws dropout masks in training
+            (None in inference), ``inputs`` are the per-replica model inputs
+            (e.g. ``dropout_rate``).
 
     Example:
         >>> model = tp.frontends.Functions(init, apply)
@@ -28,6 +31,7 @@ class Functions:
 
     init_fn: Callable[[jax.Array, jax.Array], Any]
     apply_fn: Callable[..., jax.Array]
+    train_kwarg: str | None = "train"  # set from create_replicas' train_kwarg
     kind = "functions"
     dropout_fix = "make apply's dropout use the rate as data (tempering.layers.dropout)"
 
@@ -53,7 +57,8 @@ class Functions:
         key: jax.Array | None, inputs: dict,
     ) -> tuple[jax.Array, Any]:  # fmt: skip
         """``(outputs, stats)``."""
-        return self.apply_fn(params, x, train=train, key=key, **inputs), stats
+        mode = {} if self.train_kwarg is None else {self.train_kwarg: train}
+        return self.apply_fn(params, x, key=key, **mode, **inputs), stats
 
     def export(self, params: Any, stats: Any) -> Any:
         """One replica's params."""
@@ -64,7 +69,8 @@ class Functions:
         """The two functions' names and code."""
         from tempering.fingerprints import describe_callable
 
+        mode = "" if self.train_kwarg == "train" else f"|{self.train_kwarg}"
         return (
             f"functions:{describe_callable(self.init_fn)}|"
-            f"{describe_callable(self.apply_fn)}"
+            f"{describe_callable(self.apply_fn)}{mode}"
         )
