@@ -346,6 +346,40 @@ def test_plain_functions_take_their_mode_keyword_from_train_kwarg():
                        tp.sgd(0.1), sample, num_replicas=2, train_kwarg=None)  # fmt: skip
 
 
+class EqxFrozenNorm(eqx.Module):
+    """A BatchNorm built frozen (fine-tuning), optionally kept so in the call."""
+
+    linear: eqx.nn.Linear
+    norm: eqx.nn.BatchNorm
+    keep_frozen: bool = eqx.field(static=True)
+
+    def __init__(self, key, keep_frozen=False):
+        self.linear = eqx.nn.Linear(16, 3, key=key)
+        self.norm = eqx.nn.BatchNorm(3, "batch", mode="batch", inference=True)
+        self.keep_frozen = keep_frozen
+
+    def __call__(self, x, state):
+        norm = eqx.nn.inference_mode(self.norm) if self.keep_frozen else self.norm
+        return norm(self.linear(x), state)
+
+
+def test_an_equinox_layer_built_frozen_is_named_and_the_fix_keeps_it():
+    """inference_mode(model, False) unfroze a BatchNorm built with
+    inference=True, silently; the warning names it and the fix works."""
+
+    def running_mean_after_a_step(keep_frozen):
+        built = eqx.nn.make_with_state(EqxFrozenNorm)(jax.random.key(0), keep_frozen)
+        with pytest.warns(UserWarning, match=r"layers \['.norm'\] in inference mode"):
+            state = tp.create_replicas(jax.random.key(0), built, tp.sgd(0.1),
+                                       TRAIN[0][:2], num_replicas=2)  # fmt: skip
+        state, _ = train_step(state, jax.random.key(1), *TRAIN)
+        module, norm_state = tp.replica(state, 0)
+        return np.abs(norm_state.get(module.norm.batch_state_index)[0]).max()
+
+    assert running_mean_after_a_step(False) > 0  # trained, as the warning says
+    assert running_mean_after_a_step(True) == 0  # kept frozen inside __call__
+
+
 def test_one_replicas_hyperparameters_by_index():
     state = tp.create_replicas(jax.random.key(0), EqxMLP, tp.sgd(0.1), TRAIN[0][:2],
                                ladder=DROPOUT)  # fmt: skip

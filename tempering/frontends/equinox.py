@@ -26,6 +26,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from tempering._caller import warn
 from tempering.frontends._compared import ComparedByContent
 from tempering.layers import dropout, is_static_zero
 
@@ -155,6 +156,32 @@ def _by_value(leaf: Any) -> Any:
     return leaf
 
 
+def _warn_mixed_modes(model: Any) -> None:
+    """Warns when layers were built in inference mode (``inference=True``).
+
+    Training runs ``eqx.nn.inference_mode(model, False)``: a layer built
+    frozen (a BatchNorm with ``inference=True`` for fine-tuning) would train.
+    """
+    with_flag = jax.tree_util.tree_flatten_with_path(
+        model, is_leaf=lambda leaf: hasattr(leaf, "inference")
+    )[0]
+    modes = {
+        jax.tree_util.keystr(path): leaf.inference
+        for path, leaf in with_flag
+        if isinstance(getattr(leaf, "inference", None), bool)
+    }
+    frozen = sorted(path for path, inference in modes.items() if inference)
+    if frozen:
+        warn(
+            f"{type(model).__name__} was built with layers {frozen[:4]} in "
+            "inference mode; training switches every layer to training mode "
+            "(eqx.nn.inference_mode(model, False)), so those train too. To keep "
+            "a layer frozen, call it as eqx.nn.inference_mode(self.layer)(...) "
+            "inside __call__",
+            UserWarning,
+        )
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Equinox(ComparedByContent):
     """An Equinox module as the engine's model (:mod:`tempering.frontends`).
@@ -198,6 +225,7 @@ class Equinox(ComparedByContent):
     def from_module(cls, built: Any, train_kwarg: str | None) -> Equinox:
         """An instance (or ``(module, state)``): every replica starts from its weights."""
         model, state = _parts(built)
+        _warn_mixed_modes(model)
         params, static = eqx.partition(model, eqx.is_inexact_array)
         stats = {} if state is None else state
         return cls(static, None, (params, stats), state is not None, train_kwarg,
@@ -210,6 +238,7 @@ class Equinox(ComparedByContent):
         """A builder ``build(key)``: every replica draws its own initial weights."""
         model, state, static = _built_static(build, jax.random.key(0))  # concrete
         name = type(model).__name__
+        _warn_mixed_modes(model)
         _check_state_given(model, state, name)
         _check_static_arrays_keyless(build, static, name)
         params = eqx.partition(model, eqx.is_inexact_array)[0]
