@@ -1031,4 +1031,4 @@ def replica(state: ReplicaState, index: int) -> Any:
             f"index must lie in [-{state.num_replicas}, {state.num_replicas}), got {index}"
         )
     params, stats = jax.tree.map(lambda x: x[index], (state.params, state.batch_stats))
-    return state.model.export(params, stats)
+    return state.model.export(params, stats, index % state.num_replicas)

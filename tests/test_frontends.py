@@ -788,6 +788,24 @@ def test_exported_nnx_replicas_share_no_variable_with_each_other_or_the_user():
     assert int(first.drop.rngs.count[...]) == 3
 
 
+def test_exported_nnx_replicas_draw_their_own_dropout_masks():
+    """Every exported replica merged the same RNG state: the same masks."""
+    state = tp.create_replicas(jax.random.key(0), NnxStockDropout, tp.sgd(0.1),
+                               TRAIN[0][:2], num_replicas=3)  # fmt: skip
+    masks = []
+    for index in range(3):
+        module = tp.replica(state, index)
+        module.linear.kernel[...] = jnp.ones_like(module.linear.kernel[...])
+        module.train()
+        masks.append(np.asarray(module(VAL[0]) == 0))
+    assert not np.array_equal(masks[0], masks[1])
+    assert not np.array_equal(masks[1], masks[2])
+    again = tp.replica(state, 1)  # the same replica draws the same stream
+    again.linear.kernel[...] = jnp.ones_like(again.linear.kernel[...])
+    again.train()
+    np.testing.assert_array_equal(np.asarray(again(VAL[0]) == 0), masks[1])
+
+
 class LinenInverted(nn.Module):
     @nn.compact
     def __call__(self, x, *, deterministic: bool):

@@ -70,8 +70,8 @@ class Frontend(Protocol):
     ) -> tuple[jax.Array, Any]:  # fmt: skip
         """``(outputs, new_stats)`` of one replica on a batch."""
 
-    def export(self, params: Any, stats: Any) -> Any:
-        """One replica as its library's users hold it."""
+    def export(self, params: Any, stats: Any, index: int = 0) -> Any:
+        """Replica ``index`` as its library's users hold it (its params, stats)."""
 
     def describe(self) -> str:
         """The model's definition (configuration and code) as a string."""

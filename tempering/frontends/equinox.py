@@ -301,12 +301,13 @@ class Equinox(ComparedByContent):
         )(x, keys, stats)
         return outputs, (new_stats if train else stats)
 
-    def export(self, params: Any, stats: Any) -> Any:
+    def export(self, params: Any, stats: Any, index: int = 0) -> Any:
         """One replica as an Equinox module in inference mode.
 
         ``(module, state)`` for a model with a state;
         ``eqx.nn.inference_mode(model, False)`` trains it again.
         """
+        del index  # its randomness is the key each call is given
         model = eqx.nn.inference_mode(eqx.combine(params, self.static), True)
         return (model, stats) if self.stateful else model
 

@@ -60,9 +60,9 @@ class Functions:
         mode = {} if self.train_kwarg is None else {self.train_kwarg: train}
         return self.apply_fn(params, x, key=key, **mode, **inputs), stats
 
-    def export(self, params: Any, stats: Any) -> Any:
+    def export(self, params: Any, stats: Any, index: int = 0) -> Any:
         """One replica's params."""
-        del stats
+        del stats, index
         return params
 
     def describe(self) -> str:

@@ -93,8 +93,9 @@ class Linen:
         outputs, updates = out if has_stats else (out, {})
         return outputs, updates.get("batch_stats", stats)
 
-    def export(self, params: Any, stats: Any) -> dict[str, Any]:
+    def export(self, params: Any, stats: Any, index: int = 0) -> dict[str, Any]:
         """One replica's Flax variables, ready for ``module.apply``."""
+        del index
         return model_variables(params, stats)
 
     def describe(self) -> str:

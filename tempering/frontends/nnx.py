@@ -264,11 +264,16 @@ class Nnx(ComparedByContent):
         nnx.pop(module, _SOWN)  # what the call sowed is not state to carry
         return outputs, _split(module)[3]
 
-    def export(self, params: Any, stats: Any) -> nnx.Module:
-        """One replica as an ``nnx.Module`` in inference mode (``.train()`` to train)."""
-        # copies: exported modules share no Variable (an RNG count) with each
-        # other or with the module the replicas were made from
-        return nnx.merge(self.eval_graph, params, self.rng_state, stats, copy=True)
+    def export(self, params: Any, stats: Any, index: int = 0) -> nnx.Module:
+        """Replica ``index`` as an ``nnx.Module`` in inference mode.
+
+        ``.train()`` trains it; its random streams are its own (drawn from
+        ``index``), so exported replicas draw different dropout masks.
+        """
+        # fresh arrays: exported modules share no Variable (an RNG count) with
+        # each other or with the module the replicas were made from
+        rngs = self._rngs(jax.random.fold_in(jax.random.key(0), index))
+        return nnx.merge(self.eval_graph, params, rngs, stats, copy=True)
 
     def describe(self) -> str:
         """The graph (structure and static attributes) and the class's code."""
