@@ -587,14 +587,28 @@ def _uncallable(
     """The error of a model the library cannot call, with the model's own cause."""
     mode = "training" if train else "inference"
     kind = TypeError if isinstance(error, TypeError) else ValueError
+    if model.kind == "functions":
+        how = (
+            "The library calls apply(params, x, key=..., **per-replica inputs) "
+            "with the train_kwarg (if any), key None in inference"
+        )
+    else:
+        how = (
+            "The library calls model(x, **per-replica inputs) with the "
+            f"train_kwarg (if any){passed} and keeps only the state it knows (nnx "
+            "Variables; Equinox's eqx.nn.State, passed with the model as "
+            "(model, state); linen's batch_stats)"
+        )
+    if model.kind == "equinox" and not train:
+        how += (
+            "; an Equinox call gets key=None in inference, as Equinox's own "
+            "inference calls: guard what splits or draws from it (if key is not None)"
+        )
     return kind(
         f"model: {model.name} fails when the library calls it in {mode} "
         f"mode on sample_input (shape {tuple(sample_input.shape)}): "
         f"{type(error).__name__}: {str(error).splitlines()[0][:300].rstrip('.')}"
-        ". The library calls model(x, **per-replica inputs) with the "
-        f"train_kwarg (if any){passed} and keeps only the state it knows (nnx "
-        "Variables; Equinox's eqx.nn.State, passed with the model as "
-        "(model, state); linen's batch_stats)"
+        f". {how}"
     )
 
 

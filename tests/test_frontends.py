@@ -869,6 +869,25 @@ def test_a_model_the_library_cannot_call_is_refused_by_create_replicas(
     assert not set(compiled) & ENGINE_PROGRAMS
 
 
+class EqxKeyAlways(eqx.Module):
+    linear: eqx.nn.Linear
+
+    def __init__(self, key):
+        self.linear = eqx.nn.Linear(16, 3, key=key)
+
+    def __call__(self, x, *, key):
+        noise = jax.random.normal(jax.random.split(key)[0], x.shape)
+        return self.linear(x + noise)
+
+
+def test_an_equinox_call_that_needs_its_key_in_inference_is_told_why():
+    """The refusal said only "unexpected PRNG key type NoneType"."""
+    with pytest.raises(TypeError, match=r"inference mode.*gets key=None in "
+                       r"inference.*if key is not None"):  # fmt: skip
+        tp.create_replicas(jax.random.key(0), EqxKeyAlways, tp.sgd(0.1),
+                           TRAIN[0][:2], num_replicas=2)  # fmt: skip
+
+
 class NnxScannedBlock(nnx.Module):
     def __init__(self, rngs: nnx.Rngs):
         self.linear = nnx.Linear(16, 16, rngs=rngs)
