@@ -1357,3 +1357,30 @@ def test_per_replica_batch_sizes_as_a_list_and_a_call_refusing_batch_mask():
             jax.random.key(0), functools.partial(_NnxWrapper, inner=Inner),
             tp.sgd(0.1), x[:2], num_replicas=2, hyperparams={"batch_size": 16.0},
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("hide", "module", "says"),
+    [
+        (
+            "import equinox; sys.modules['equinox'] = None",
+            "equinox",
+            'needs Equinox: pip install "tempering[equinox]"',
+        ),
+        (
+            "from flax import nnx; del nnx.RngStream.fork",
+            "nnx",
+            "needs flax >= 0.12 (nnx.data, nnx.RngStream.fork); this is flax",
+        ),
+    ],
+    ids=["no-equinox", "old-flax"],
+)
+def test_a_frontend_without_its_library_says_what_to_install(hide, module, says):
+    """A bare ModuleNotFoundError (equinox), or an AttributeError deep in a
+    call (an older flax.nnx without RngStream.fork)."""
+    import subprocess
+    import sys
+
+    code = f"import sys; {hide}; import tempering.frontends.{module}"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode != 0 and says in done.stderr

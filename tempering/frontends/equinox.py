@@ -22,13 +22,19 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import equinox as eqx
 import jax
 import numpy as np
 
 from tempering._caller import warn
 from tempering.frontends._compared import ComparedByContent
 from tempering.layers import dropout, is_static_zero
+
+try:
+    import equinox as eqx
+except ImportError as error:
+    raise ImportError(
+        'tempering.frontends.equinox needs Equinox: pip install "tempering[equinox]"'
+    ) from error
 
 __all__ = ["Dropout", "Equinox"]
 

@@ -34,10 +34,24 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from tempering.frontends._compared import ComparedByContent
 from tempering.layers import dropout, is_static_zero
+
+# The flax.nnx this frontend is written for (tested with flax 0.12): older ones
+# lack some of these, and fail deep inside a call.
+NEEDS = "flax >= 0.12 (nnx.data, nnx.RngStream.fork)"
+try:
+    from flax import nnx
+except ImportError as error:  # a flax before nnx
+    raise ImportError(
+        f"tempering's flax.nnx frontend needs {NEEDS}: pip install -U flax"
+    ) from error
+if not (hasattr(nnx, "data") and hasattr(nnx.RngStream, "fork")):
+    raise ImportError(
+        f"tempering's flax.nnx frontend needs {NEEDS}; this is flax "
+        f"{getattr(__import__('flax'), '__version__', '?')}: pip install -U flax"
+    )
 
 __all__ = ["Dropout", "Nnx"]
 
