@@ -107,15 +107,30 @@ class Rounds(NamedTuple):
     ends: tuple[int, ...] = ()  # explicit global round ends, increasing
 
 
+# The replicas count their global steps in int32 (``state.step``).
+MAX_STEP = 2**31 - 1
+
+
+def check_step_count(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int in ``[minimum, MAX_STEP]`` (a count of steps)."""
+    value = check_int(value, name, minimum)
+    if value > MAX_STEP:
+        raise ValueError(
+            f"{name} must be at most 2**31 - 1 = {MAX_STEP} (the replicas count "
+            f"steps in int32), got {value}"
+        )
+    return value
+
+
 def _rounds(num_steps: Any, interval: Any, burn_in: Any) -> Rounds:
     """Validates the rounds of a call (``interval``: an int, or the round ends)."""
-    num_steps = check_int(num_steps, "num_steps", 1)
-    burn_in = check_int(burn_in, "burn_in", 0)
+    num_steps = check_step_count(num_steps, "num_steps", 1)
+    burn_in = check_step_count(burn_in, "burn_in", 0)
     if isinstance(interval, int | np.integer) and not isinstance(interval, bool):
-        return Rounds(num_steps, check_int(interval, "interval", 1), burn_in)
+        return Rounds(num_steps, check_step_count(interval, "interval", 1), burn_in)
     if np.ndim(interval) == 0:  # a float, a bool, ...: not an int, not round ends
         check_int(interval, "interval", 1)
-    ends = tuple(check_int(e, "interval", 0) for e in interval)
+    ends = tuple(check_step_count(e, "interval", 0) for e in interval)
     if not ends or any(b <= a for a, b in zip(ends, ends[1:], strict=False)):
         raise ValueError(f"interval must be increasing round ends >= 1, got {ends}")
     if ends[0] == 0:

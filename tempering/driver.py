@@ -45,7 +45,7 @@ from tempering import divergence, fingerprints, resume, sharding
 from tempering._caller import warn
 from tempering._quick_jit import quick_jit
 from tempering.batches import BatchReader
-from tempering.config import Rounds, RunConfig, RunData, ScoreFn
+from tempering.config import MAX_STEP, Rounds, RunConfig, RunData, ScoreFn
 from tempering.hyperparams import check_names, set_hyperparams
 from tempering.loops import SegmentSettings, loop_for, run_evaluate, run_segment
 from tempering.moves import as_move, rungs_of
@@ -182,6 +182,12 @@ def _progress(total: int, enabled: bool | None, name: str):
     try:
         from tqdm.std import tqdm
     except ImportError:  # pragma: no cover
+        if enabled:  # asked for by name: say why there is none
+            warn(
+                "progress=True needs tqdm, which is not installed: pip install "
+                'tqdm (or "tempering[experiments]"); the call runs without a bar',
+                UserWarning,
+            )
         return None
     if in_kernel:
         try:
@@ -403,6 +409,11 @@ def train(
             sizes = np.append(sizes, reach())
         config = config.for_batch_sizes(sizes)
     first_step = int(state.step)
+    if first_step + config.rounds.num_steps > MAX_STEP:
+        raise ValueError(
+            f"num_steps={config.rounds.num_steps} from step {first_step} passes "
+            f"step 2**31 - 1 (the replicas count steps in int32): give fewer num_steps"
+        )
     segments = plan(first_step, config.rounds)  # past explicit round ends raises
     sources = prepare_sources(state, data, config)  # a stream not read yet
     data_key, key = _split_off_data_key(key)

@@ -222,6 +222,11 @@ def resolve_policy(policy: str | Policy, backend: str | None = None) -> dict[str
                 f"{sorted(POLICIES)}"
             )
         return dict(POLICIES[policy])
+    if not isinstance(policy, Mapping):
+        raise TypeError(
+            f"vectorize must be 'auto', a policy name of {sorted(POLICIES)} or a "
+            f"mapping primitive -> formulation, got {policy!r}"
+        )
     rules = dict(policy)
     for name, formulation in rules.items():
         if formulation not in FORMULATIONS:

@@ -11,6 +11,7 @@ import tempering as tp
 # fmt: off
 BAD_INPUTS = [
     # --- train ----------------------------------------------------------------
+    Case("train-num-steps-past-int32", lambda c: run(c, num_steps=2**32, interval=2**31), V, r"num_steps must be at most 2\*\*31 - 1", fixed=True),
     Case("train-interval-empty", lambda c: run(c, interval=[]), V, r"interval must be increasing round ends"),
     Case("train-interval-decreasing", lambda c: run(c, interval=[10, 5]), V, r"interval must be increasing round ends"),
     Case("train-interval-end-zero", lambda c: run(c, interval=[0, 5, 10]), V, r"interval's round ends must be >= 1, got \(0, 5, 10\): a round trains", fixed=True),
