@@ -343,6 +343,9 @@ def get_hyperparams(
         ValueError: names the state does not hold.
         ValueError: a replica out of range.
     """
+    from tempering.state import check_state  # (it imports this module)
+
+    check_state(state, "get_hyperparams")
     if _index_or_none(names) is not None:
         replica, names = _index_or_none(names), None
     if replica is not None:
@@ -399,6 +402,9 @@ def set_hyperparams(state: ReplicaState, **values: Any) -> ReplicaState:
     """
     if not values:
         return state
+    from tempering.state import check_state  # (it imports this module)
+
+    check_state(state, "set_hyperparams")
     unknown = sorted(set(values) - set(state.hyperparams))
     if unknown:
         _raise_unknown(state, unknown, "set_hyperparams")

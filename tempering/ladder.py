@@ -271,6 +271,13 @@ def make_ladder(
             f"dropout_temperature={dropout_temperature!r} sets the temperatures "
             "from the dropout rates; give it or temperatures=, not both"
         )
+    if values is not None and not isinstance(values, Mapping):
+        raise TypeError(
+            "values must map each hyperparameter to its values per rung, e.g. "
+            "make_ladder(learning_rate=[0.01, 0.02]) or make_ladder("
+            f"{{'learning_rate': [0.01, 0.02]}}), got {type(values).__name__} "
+            f"{values!r}"
+        )
     twice = sorted(set(values or {}) & set(kwargs))
     if twice:
         raise ValueError(

@@ -120,6 +120,15 @@ def _in_memory(data: Any, name: str = "data") -> ArraySource | None:
     """``data`` as an in-memory source (Python lists as numpy arrays), else None."""
     if isinstance(data, Split):
         return ArraySource(*data)
+    if (
+        isinstance(data, tuple)
+        and len(data) not in (0, 2)
+        and all(_is_array(part) for part in data)
+    ):  # not a stream either: its batches would be bare arrays
+        raise ValueError(
+            f"{name} must be an (inputs, targets) pair of arrays, got a tuple of "
+            f"{len(data)} arrays: give (x, y)"
+        )
     if not (isinstance(data, tuple | list) and len(data) == 2):
         return None
     if all(_is_array(part) for part in data):

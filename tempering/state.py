@@ -37,6 +37,7 @@ from tempering.fast import single_replica_rewrite
 from tempering.frontends import DEFAULT_TRAIN_KWARG, as_frontend, takes_batch_mask
 from tempering.hyperparams import (
     DATA_HYPERPARAMETERS,
+    check_number,
     check_values,
     injected_leaves,
     injected_names,
@@ -222,6 +223,7 @@ def sgd(
         under, so a notebook cell run again (a new ``tp.sgd(0.05)``) finds the
         programs the last run compiled instead of compiling them anew.
     """
+    _check_sgd_arguments(learning_rate, momentum, nesterov, weight_decay)
     # optax injects an int as an int32 (no float hyperparameter to ladder), and
     # the cache would take tp.sgd(1.0) for an earlier tp.sgd(1)
     learning_rate = as_float_if_int(learning_rate)
@@ -229,6 +231,27 @@ def sgd(
         return _cached_sgd(learning_rate, momentum, nesterov, weight_decay)
     except TypeError:  # an unhashable argument (an array): built afresh
         return _sgd(learning_rate, momentum, nesterov, weight_decay)
+
+
+def _check_sgd_arguments(
+    learning_rate: Any, momentum: Any, nesterov: Any, weight_decay: Any
+) -> None:
+    """Clear errors for :func:`sgd`'s arguments (optax fails later, after compiling)."""
+    if not callable(learning_rate):  # a schedule is optax's to call
+        value = check_number(learning_rate, "learning_rate")
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"learning_rate must be finite and > 0, got {value}")
+    if momentum is not None:
+        value = check_number(momentum, "momentum")
+        if not 0 <= value < 1:
+            raise ValueError(
+                f"momentum must lie in [0, 1) (or be None for plain SGD), got {value}"
+            )
+    if not isinstance(nesterov, bool | np.bool_):
+        raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
+    value = check_number(weight_decay, "weight_decay")
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"weight_decay must be finite and >= 0, got {value}")
 
 
 def as_float_if_int(value: Any) -> Any:
@@ -1017,6 +1040,15 @@ def check_key(key: Any, name: str) -> jax.Array:
     )
 
 
+def check_state(state: Any, caller: str) -> None:
+    """A TypeError unless ``state`` is a :class:`ReplicaState` (named by ``caller``)."""
+    if not isinstance(state, ReplicaState):
+        raise TypeError(
+            f"{caller} takes a ReplicaState (from tempering.create_replicas, or a "
+            f"result's .state), got {type(state).__name__}"
+        )
+
+
 def replica(state: ReplicaState, index: int) -> Any:
     """Replica ``index`` as its model library's users hold it.
 
@@ -1039,6 +1071,9 @@ def replica(state: ReplicaState, index: int) -> Any:
         >>> variables = replica(result.state, result.summary.best_replica)
         >>> logits = state.model.module.apply(variables, x, train=False)
     """
+    check_state(state, "replica")
+    if isinstance(index, bool | np.bool_) or not hasattr(index, "__index__"):
+        raise TypeError(f"index must be an int, got {index!r}")
     index = operator.index(index)
     if not -state.num_replicas <= index < state.num_replicas:
         raise IndexError(

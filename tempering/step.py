@@ -32,6 +32,7 @@ from tempering.state import (
     ReplicaState,
     StepInfo,
     check_key,
+    check_state,
     cross_entropy,
     default_metrics,
     eval_outputs,
@@ -174,9 +175,11 @@ def train_step(
             where concrete; under ``jax.jit`` such a size trains on the whole
             batch).
     """
+    check_state(state, "train_step")
     key = check_key(key, "key")
     batch_axis = _check_batch_axes(state, inputs, targets, per_replica_batch)
     _check_batch_sizes(state, targets, batch_axis)
+    _check_concrete_labels(state, inputs, targets, batch_axis)
     if isinstance(zero_inputs, str):
         zero_inputs = (zero_inputs,)
     unknown = sorted(set(zero_inputs) - set(state.model_inputs))
@@ -210,6 +213,33 @@ def train_step(
         params=params, batch_stats=batch_stats, opt_state=opt_state, step=state.step + 1
     )
     return new, StepInfo(loss=loss)
+
+
+def _check_concrete_labels(
+    state: ReplicaState, inputs: Any, targets: Any, axis: int
+) -> None:
+    """Labels checked as :func:`evaluate` checks them, where they are concrete.
+
+    Under ``jax.jit`` (traced targets) nothing is read: out-of-range labels
+    give a NaN loss there.
+    """
+    if inputs is None or targets is None:
+        raise TypeError(
+            f"inputs and targets must be arrays, got {type(inputs).__name__} and "
+            f"{type(targets).__name__}"
+        )
+    shape = getattr(targets, "shape", None)
+    if shape is None or isinstance(targets, jax.core.Tracer):
+        return
+    if shape[axis] == 0:
+        raise ValueError(f"the batch holds no examples (targets of shape {shape})")
+    concrete_inputs = hasattr(inputs, "shape") and not isinstance(
+        inputs, jax.core.Tracer
+    )
+    if state.loss_fn is cross_entropy and concrete_inputs:
+        outputs = check_model_takes(state, inputs, "inputs", axis)
+        labels = np.reshape(np.asarray(targets), (-1, *shape[axis + 1 :]))
+        check_labels(labels, outputs, "targets:")
 
 
 def _check_batch_sizes(state: ReplicaState, targets: Any, axis: int) -> None:
@@ -391,6 +421,7 @@ def evaluate(
             outside the model's outputs for the default cross-entropy (checked
             where the targets are not traced).
     """
+    check_state(state, "evaluate")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
         raise TypeError(
             f"batch_size must be an int >= 1, got {type(batch_size).__name__} "

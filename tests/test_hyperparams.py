@@ -28,6 +28,8 @@ import tempering.diffusion
 # fmt: off
 BAD_INPUTS = [
     # --- set_hyperparams / get_hyperparams ------------------------------------
+    Case("get-state-none", lambda c: tp.get_hyperparams(None), T, r"get_hyperparams takes a ReplicaState", fixed=True),
+    Case("set-state-none", lambda c: tp.set_hyperparams(None, learning_rate=0.1), T, r"set_hyperparams takes a ReplicaState", fixed=True),
     Case("set-dropout-1", lambda c: tp.set_hyperparams(c.state, dropout_rate=1.0), V, r"dropout_rate.*\[0, 1\)"),
     Case("set-lr-negative", lambda c: tp.set_hyperparams(c.state, learning_rate=-0.01), V, r"learning_rate.*\(0, "),
     Case("set-lr-huge", lambda c: tp.set_hyperparams(c.state, learning_rate=1e9), V, r"learning_rate must be at most 10", fixed=True),

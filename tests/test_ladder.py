@@ -334,6 +334,7 @@ def test_a_respaced_product_ladder_has_explicit_temperatures():
 # fmt: off
 BAD_INPUTS = [
     # --- ladders --------------------------------------------------------------
+    Case("make-ladder-positional-list", lambda c: tp.make_ladder([0.1, 0.2]), T, r"values must map each hyperparameter to its values per rung", fixed=True),
     Case("ladder-geometric-low-string", lambda c: tp.geometric_ladder("learning_rate", "0.01", 0.1, 4), T, r"low must be a number, got '0.01'", fixed=True),
     Case("ladder-linear-high-list", lambda c: tp.linear_ladder("dropout_rate", 0.0, [0.5], 4), T, r"high must be a number", fixed=True),
     Case("ladder-empty", lambda c: tp.make_ladder(), V, r"at least one hyperparameter"),

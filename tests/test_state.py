@@ -590,6 +590,15 @@ def create(ctx: Any, /, **overrides: Any) -> Any:
 # fmt: off
 BAD_INPUTS = [
     # --- create_replicas ------------------------------------------------------
+    Case("sgd-lr-string", lambda c: tp.sgd("0.1"), T, r"learning_rate must be a number, got '0.1'", fixed=True),
+    Case("sgd-lr-none", lambda c: tp.sgd(None), T, r"learning_rate must be a number, got None", fixed=True),
+    Case("sgd-lr-negative", lambda c: tp.sgd(-0.1), V, r"learning_rate must be finite and > 0", fixed=True),
+    Case("sgd-momentum-2", lambda c: tp.sgd(0.1, momentum=2.0), V, r"momentum must lie in \[0, 1\)", fixed=True),
+    Case("sgd-weight-decay-negative", lambda c: tp.sgd(0.1, weight_decay=-1), V, r"weight_decay must be finite and >= 0", fixed=True),
+    Case("sgd-nesterov-string", lambda c: tp.sgd(0.1, 0.9, nesterov="no"), T, r"nesterov must be True or False", fixed=True),
+    Case("replica-index-string", lambda c: tp.replica(c.state, "0"), T, r"index must be an int, got '0'", fixed=True),
+    Case("replica-index-bool", lambda c: tp.replica(c.state, True), T, r"index must be an int, got True", fixed=True),
+    Case("replica-state-none", lambda c: tp.replica(None, 0), T, r"replica takes a ReplicaState", fixed=True),
     Case("create-dropout-1", lambda c: create(c, hyperparams={"dropout_rate": 1.0}), V, r"dropout_rate.*\[0, 1\)"),
     Case("create-dropout-nan", lambda c: create(c, hyperparams={"dropout_rate": NAN}), V, r"dropout_rate.*non-finite"),
     Case("create-lr-negative", lambda c: create(c, hyperparams={"learning_rate": -0.1}), V, r"learning_rate.*\(0, ", fixed=True),

@@ -19,6 +19,14 @@ import tempering as tp
 # fmt: off
 BAD_INPUTS = [
     # --- evaluate / train_step ------------------------------------------------
+    Case("evaluate-state-none", lambda c: tp.evaluate(None, c.xv, c.yv), T, r"evaluate takes a ReplicaState", fixed=True),
+    Case("evaluate-vectorize-none", lambda c: tp.evaluate(c.state, c.xv, c.yv, vectorize=None), T, r"vectorize must be 'auto', a policy name", fixed=True),
+    Case("step-state-none", lambda c: tp.train_step(None, c.key, c.x, c.y), T, r"train_step takes a ReplicaState", fixed=True),
+    Case("step-vectorize-none", lambda c: tp.train_step(c.state, c.key, c.x, c.y, vectorize=None), T, r"vectorize must be 'auto', a policy name", fixed=True),
+    Case("step-labels-float", lambda c: tp.train_step(c.state, c.key, c.x, c.y.astype(np.float32)), T, r"targets: labels must be integers", fixed=True),
+    Case("step-labels-out-of-range", lambda c: tp.train_step(c.state, c.key, c.x, c.y + 10), V, r"targets: labels must lie in \[0, ", fixed=True),
+    Case("step-empty-batch", lambda c: tp.train_step(c.state, c.key, c.x[:0], c.y[:0]), V, r"the batch holds no examples", fixed=True),
+    Case("step-targets-none", lambda c: tp.train_step(c.state, c.key, c.x, None), T, r"inputs and targets must be arrays", fixed=True),
     Case("evaluate-batch-size-0", lambda c: tp.evaluate(c.state, c.xv, c.yv, batch_size=0), V, r"batch_size >= 1"),
     Case("evaluate-metrics-fn-not-callable", lambda c: tp.evaluate(c.state, c.xv, c.yv, metrics_fn="accuracy"), T, r"loss_fn or metrics_fn cannot take", fixed=True),
     Case("evaluate-batch-size-float", lambda c: tp.evaluate(c.state, c.xv, c.yv, batch_size=2.5), T, r"batch_size must be an int", fixed=True),

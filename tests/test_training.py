@@ -324,6 +324,8 @@ def nan_at(array: np.ndarray, index: tuple, value: float = NAN) -> np.ndarray:
 # fmt: off
 BAD_INPUTS = [
     # --- pt_train -------------------------------------------------------------
+    Case("pt-train-data-one-array", lambda c: pt(c, train_data=(c.x,)), V, r"train_data must be an \(inputs, targets\) pair of arrays, got a tuple of 1", fixed=True),
+    Case("pt-vectorize-none", lambda c: pt(c, vectorize=None), T, r"vectorize must be 'auto', a policy name", fixed=True),
     Case("pt-exchanges-string", lambda c: pt(c, exchanges="False"), T, r"exchanges must be True or False"),
     Case("pt-adapt-rounds-with-fixed-c", lambda c: pt(c, adapt_rounds=3), V, r"adapt_rounds=3 with a fixed c=1.0: nothing adapts"),
     Case("pt-burn-in-values-typo", lambda c: pt(c, burn_in=5, burn_in_hyperparams={"learnig_rate": 0.1}), V, r"burn_in_hyperparams: unknown hyperparameter\(s\) \['learnig_rate'\]"),
