@@ -49,7 +49,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tempering.records import History
+from tempering.records import History, check_history
 
 __all__ = [
     "Barrier",
@@ -148,6 +148,7 @@ def acceptance_rate(history: History) -> np.ndarray:
     Raises:
         ValueError: for a history whose move proposes no swaps.
     """
+    check_history(history, "acceptance_rate")
     _require_exchange(history, "proposed", "accepted")
     num_pairs = np.shape(history.proposed)[-1]
     if not len(history.step):
@@ -174,6 +175,7 @@ def acceptance_over_time(history: History, window: int = 10) -> np.ndarray:
         ValueError: if ``window`` is not an integer >= 1, or the history's move
             proposes no swaps.
     """
+    check_history(history, "acceptance_over_time")
     _require_exchange(history, "proposed", "accepted")
     if (
         isinstance(window, bool)
@@ -215,6 +217,7 @@ def rung_occupancy(history: History) -> np.ndarray:
     Raises:
         ValueError: a history whose move keeps no rungs (PBT, a replay).
     """
+    check_history(history, "rung_occupancy")
     rungs = rung_history(history)  # shape=(R, M)
     num_replicas = rungs.shape[1]
     if rungs.shape[0] == 0:
@@ -231,6 +234,7 @@ def _rung_path(history: History) -> np.ndarray:
 
 def rung_history(history: History) -> np.ndarray:
     """``history.rungs`` as ``(R, M)`` ints; a ValueError for a move without rungs."""
+    check_history(history, "rung_history")
     if history.rungs is None or history.initial_rungs is None:
         raise ValueError(
             "this history has no rungs: its move keeps none (PBT, a replayed "
@@ -256,6 +260,7 @@ def round_trips(history: History) -> np.ndarray:
     Raises:
         ValueError: a history whose move keeps no rungs (PBT, a replay).
     """
+    check_history(history, "round_trips")
     path = _rung_path(history)  # shape=(R + 1, M)
     return count_round_trips(path, path.shape[1])
 
@@ -277,6 +282,7 @@ def round_trip_steps(history: History) -> list[np.ndarray]:
     Raises:
         ValueError: a history whose move keeps no rungs (PBT, a replay).
     """
+    check_history(history, "round_trip_steps")
     path = _rung_path(history)  # shape=(R + 1, M)
     num_rungs = path.shape[1]
     steps = np.asarray(history.step)  # shape=(R,)
@@ -320,6 +326,7 @@ def replica_schedule(
     Raises:
         ValueError: for an unknown name or a replica out of range.
     """
+    check_history(history, "replica_schedule")
     if name not in history.hyperparams:
         raise ValueError(
             f"no hyperparameter {name!r} in the history; it has "
@@ -347,6 +354,7 @@ def c_over_time(history: History) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         ValueError: for a history whose move has no C (not an exchange).
     """
+    check_history(history, "c_over_time")
     _require_exchange(history, "c")
     return np.asarray(history.step), np.asarray(history.c)
 
@@ -465,6 +473,7 @@ def barrier(history: History, scheme: str | None = None) -> Barrier:
             replayed schedule, the identity move) or keeps no rungs, or an
             unknown scheme.
     """
+    check_history(history, "barrier")
     _require_exchange(history, "proposed", "accepted")
     trips = round_trips(history)  # shape=(M,); a ValueError without rungs
     if scheme is not None and scheme not in _SCHEMES:

@@ -178,7 +178,12 @@ class JsonlLogger:
         The file is opened at the first record: over several processes only
         process 0 receives records, so the others create no file.
         """
-        self._path = os.fspath(path)
+        self._path = _checked_path(path, "JsonlLogger's path")
+        if os.path.isdir(self._path):
+            raise ValueError(
+                f"JsonlLogger's path {self._path!r} is a folder: give a file's path, "
+                f"e.g. {os.path.join(self._path, 'rounds.jsonl')!r}"
+            )
         self._file: Any = None
 
     def __call__(self, record: RoundRecord) -> None:
@@ -271,6 +276,13 @@ def _move_superseded(path: str, first_round: int) -> None:
     )
 
 
+def _checked_path(path: Any, name: str) -> str:
+    """``path`` as a str, else a TypeError naming ``name``."""
+    if not isinstance(path, str | os.PathLike) or not str(path):
+        raise TypeError(f"{name} must be a path (a str or os.PathLike), got {path!r}")
+    return os.fspath(path)
+
+
 class TensorBoardLogger:
     """Writes every per-replica scalar of a round as TensorBoard events.
 
@@ -294,7 +306,8 @@ class TensorBoardLogger:
                 '"tempering[tensorboard]" (or use JsonlLogger)'
             ) from error
         self._kwargs = writer_kwargs
-        self._open = functools.partial(SummaryWriter, str(logdir), **writer_kwargs)
+        logdir = _checked_path(logdir, "TensorBoardLogger's logdir")
+        self._open = functools.partial(SummaryWriter, logdir, **writer_kwargs)
         self._writer: Any = None  # created at the first record (process 0's)
 
     def __call__(self, record: RoundRecord) -> None:
@@ -339,6 +352,13 @@ def stop_when(
     Returns:
         The callback.
     """
+    if not callable(condition):
+        raise TypeError(
+            "condition must be a function of the round's record, e.g. lambda r: "
+            f"r.validation.loss.min() < 0.1, got {condition!r}"
+        )
+    if then is not None and not callable(then):
+        raise TypeError(f"then must be a callback (a logger) or None, got {then!r}")
 
     def callback(record: RoundRecord) -> bool:
         if then is not None:

@@ -27,7 +27,7 @@ from tempering.diagnostics import (
     rung_occupancy,
 )
 from tempering.driver import best_index
-from tempering.records import History
+from tempering.records import History, check_history
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -147,6 +147,7 @@ def plot_acceptance(
         ValueError: a history whose move proposes no swaps (PBT), or
             ``window`` < 1.
     """
+    check_history(history, "plot_acceptance")
     acceptance = acceptance_over_time(history, window)  # shape=(R, M - 1)
     ax = _axes(ax)  # after the checks: a refused call opens no figure
     steps = np.asarray(history.step)
@@ -174,6 +175,7 @@ def plot_rung_occupancy(
     Returns:
         The Axes.
     """
+    check_history(history, "plot_rung_occupancy")
     occupancy = rung_occupancy(history)  # shape=(M, M)
     ax = _axes(ax)
     image = ax.imshow(occupancy, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
@@ -211,6 +213,7 @@ def plot_rung_paths(
     Returns:
         The Axes.
     """
+    check_history(history, "plot_rung_paths")
     rungs = rung_history(history)  # shape=(R, M)
     trips = int(round_trips(history).sum())
     ax = _axes(ax)
@@ -246,6 +249,7 @@ def plot_schedule(
         ValueError: a ``replica`` out of range, or a ``name`` the history
             does not hold.
     """
+    check_history(history, "plot_schedule")
     steps, values = replica_schedule(history, replica, name)
     ax = _axes(ax)
     ax.step(steps, values, where="post", marker=".")
@@ -267,6 +271,7 @@ def plot_c(history: History, ax: Axes | None = None) -> Axes:
         The Axes (log y axis when C spans over 10x); a line per ladder for a
         ``multi_exchange_move`` history.
     """
+    check_history(history, "plot_c")
     steps, c = c_over_time(history)  # shape=(R,) or (R, K)
     ax = _axes(ax)
     if c.ndim == 2:
@@ -305,6 +310,7 @@ def plot_barrier(
         ValueError: for a history without swaps or rungs (PBT, the identity
             move).
     """
+    check_history(history, "plot_barrier")
     result = barrier(history, scheme)
     ax = _axes(ax)
     num_rungs = result.profile.shape[0]
@@ -350,6 +356,7 @@ def plot_val_loss(
     Returns:
         The Axes.
     """
+    check_history(history, "plot_val_loss")
     ax = _axes(ax)
     ax.set_title("validation loss per replica")
     if history.validation is None:
@@ -396,6 +403,7 @@ def plot_diagnostics(
         ValueError: a history without swaps or rungs (PBT, a replay), a
             ``replica`` out of range, or ``window`` < 1.
     """
+    check_history(history, "plot_diagnostics")
     plt = _pyplot()
     if replica is None:
         replica = _default_replica(history)

@@ -305,3 +305,12 @@ class RecordRows:
             ),
             **call,
         )
+
+
+def check_history(history: Any, caller: str) -> None:
+    """A TypeError unless ``history`` is a :class:`History` (named by ``caller``)."""
+    if not isinstance(history, History):
+        hint = " (a result's .history)" if hasattr(history, "history") else ""
+        raise TypeError(
+            f"{caller} takes a tempering.History{hint}, got {type(history).__name__}"
+        )

@@ -21,7 +21,7 @@ from tempering.config import RunConfig, RunData, check_int, require_validation
 from tempering.driver import check_not_traced, train
 from tempering.hyperparams import check_names, check_values, set_hyperparams
 from tempering.moves import NoInfo
-from tempering.records import History, metric_of
+from tempering.records import History, check_history, metric_of
 from tempering.state import ReplicaState
 
 __all__ = ["ReplayResult", "Schedule", "best_schedule", "replay_schedule"]
@@ -70,6 +70,7 @@ def best_schedule(history: History, replica: int) -> Schedule:
             call's: join every call's with :meth:`History.concatenate`), or a
             ``replica`` out of range.
     """
+    check_history(history, "best_schedule")
     if "parent" not in getattr(history.move, "_fields", ()):
         raise TypeError(
             f"best_schedule follows PBT's lineage (history.parent), but this "

@@ -8,6 +8,8 @@ import dataclasses
 import inspect
 import json
 import os
+import sys
+import types
 
 import chex
 import flax.linen as nn
@@ -30,7 +32,7 @@ from conftest import (
 from flax import struct
 
 import tempering as tp
-from tempering import loggers
+from tempering import driver, loggers
 from tempering.records import RoundRecord
 
 LR_LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2])
@@ -241,6 +243,31 @@ def test_two_tensorboard_loggers_on_one_logdir_keep_both_files(tmp_path):
     with loggers.TensorBoardLogger(tmp_path / "own", filename_suffix=".mine") as log:
         log(record)
     assert [f.name.endswith(".mine") for f in (tmp_path / "own").iterdir()] == [True]
+
+
+def test_loggers_and_outputs_refuse_bad_arguments_when_made(tmp_path, monkeypatch):
+    """Accepted when made, they failed at the first record (after compiling and
+    training a round), or took a PTResult for its history with an AttributeError."""
+    from tempering import diagnostics, plots
+
+    with pytest.raises(ValueError, match="JsonlLogger's path .* is a folder"):
+        loggers.JsonlLogger(tmp_path)
+    for make in (loggers.JsonlLogger, loggers.TensorBoardLogger):
+        with pytest.raises(TypeError, match="must be a path"):
+            make(None)
+    with pytest.raises(TypeError, match="condition must be a function"):
+        loggers.stop_when("loss < 0.1")
+    with pytest.raises(TypeError, match="then must be a callback"):
+        loggers.stop_when(lambda r: False, then="print")
+    result = types.SimpleNamespace(history=None)  # a result, not its history
+    for check in (diagnostics.acceptance_rate, diagnostics.barrier,
+                  plots.plot_val_loss, tp.best_schedule):  # fmt: skip
+        args = (result, 0) if check is tp.best_schedule else (result,)
+        with pytest.raises(TypeError, match=r"takes a tempering.History \(a result's"):
+            check(*args)
+    monkeypatch.setitem(sys.modules, "tqdm.std", None)  # tqdm not installed
+    with pytest.warns(UserWarning, match="progress=True needs tqdm"):
+        assert driver._progress(10, True, "x") is None
 
 
 def test_a_failing_save_warns_and_keeps_what_trained(
