@@ -45,7 +45,7 @@ What each tells you:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -85,6 +85,16 @@ def count_round_trips(rung_path: np.ndarray, num_rungs: int) -> np.ndarray:
         ``(M,)`` int array: completed coldest -> hottest -> coldest trips.
     """
     rung_path = np.asarray(rung_path)
+    if rung_path.ndim != 2 or not np.issubdtype(rung_path.dtype, np.integer):
+        raise ValueError(
+            "rung_path must be the (rounds, replicas) integer rungs of every "
+            f"replica, got an array of shape {rung_path.shape} and dtype "
+            f"{rung_path.dtype}"
+        )
+    if isinstance(num_rungs, bool) or not isinstance(num_rungs, int | np.integer):
+        raise TypeError(f"num_rungs must be an int, got {num_rungs!r}")
+    if num_rungs < 1:
+        raise ValueError(f"num_rungs must be >= 1, got {num_rungs}")
     trips = np.zeros(rung_path.shape[1], np.int64)
     for m in range(rung_path.shape[1]):
         last_end = None  # which end of the ladder replica m touched last
@@ -523,6 +533,20 @@ def barrier(history: History, scheme: str | None = None) -> Barrier:
     )
 
 
+def _pair_rates(values: Any, name: str) -> np.ndarray:
+    """``(N,)`` rates of the adjacent pairs, each in [0, 1] or NaN, else a ValueError."""
+    try:
+        rates = np.asarray(values, np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be numbers, one per adjacent pair") from None
+    if rates.ndim != 1 or np.any((rates < 0) | (rates > 1)):
+        raise ValueError(
+            f"{name} must be one rate in [0, 1] (or NaN) per adjacent pair, shape "
+            f"(N,), got {rates!r}"
+        )
+    return rates
+
+
 def independent_round_trip_rate(rejection: np.ndarray, scheme: str) -> float:
     """Round trips per round, all replicas, when every swap is independent.
 
@@ -541,7 +565,9 @@ def independent_round_trip_rate(rejection: np.ndarray, scheme: str) -> float:
         The rate: NaN without pairs or with a NaN rejection, 0 when a pair
         never accepts.
     """
-    rejection = np.asarray(rejection, np.float64)
+    rejection = _pair_rates(rejection, "rejection")
+    if scheme not in ("even_odd", "random_pair"):
+        raise ValueError(f"scheme must be 'even_odd' or 'random_pair', got {scheme!r}")
     num_pairs = rejection.shape[0]
     if not num_pairs:  # one rung: no trips to make
         return math.nan
@@ -574,7 +600,9 @@ def even_odd_round_trip_rate(acceptance: np.ndarray, flip: float) -> float:
     Returns:
         The rate (NaN if an acceptance is NaN; 0 if one is 0).
     """
-    acceptance = np.asarray(acceptance, np.float64)
+    acceptance = _pair_rates(acceptance, "acceptance")
+    if isinstance(flip, bool | str) or not 0 <= float(flip) <= 1:
+        raise ValueError(f"flip must be a probability in [0, 1], got {flip!r}")
     num_pairs = acceptance.shape[0]
     if not np.all(np.isfinite(acceptance)):
         return math.nan

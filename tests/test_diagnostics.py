@@ -532,3 +532,23 @@ def test_the_scheme_the_run_recorded_wins_over_the_guess(pt_run) -> None:
     with pytest.raises(ValueError, match="schemes"):
         tp.History.concatenate([run.history, run.history._replace(
             first_step=run.history.num_steps, scheme="random_pair")])  # fmt: skip
+
+
+def test_the_rate_helpers_refuse_what_is_no_rate():
+    """A 1-D rung path raised an IndexError; a scheme "foo", rejections below 0
+    and acceptances above 1 gave numbers."""
+    from tempering import diagnostics as dg
+
+    with pytest.raises(ValueError, match=r"rung_path must be the \(rounds, replicas\)"):
+        dg.count_round_trips(np.array([0, 1, 2, 3]), 4)
+    with pytest.raises(ValueError, match="num_rungs must be >= 1"):
+        dg.count_round_trips(np.zeros((3, 2), int), 0)
+    with pytest.raises(ValueError, match="scheme must be 'even_odd' or 'random_pair'"):
+        dg.independent_round_trip_rate(np.array([0.5, 0.5]), "foo")
+    with pytest.raises(ValueError, match=r"rejection must be one rate in \[0, 1\]"):
+        dg.independent_round_trip_rate(np.array([-0.5, 0.5]), "even_odd")
+    with pytest.raises(ValueError, match=r"acceptance must be one rate in \[0, 1\]"):
+        dg.even_odd_round_trip_rate([2.0, 0.5], 0.5)
+    with pytest.raises(ValueError, match=r"flip must be a probability"):
+        dg.even_odd_round_trip_rate([0.5, 0.5], "x")
+    assert dg.even_odd_round_trip_rate([0.5, 0.5], 1.0) > 0
