@@ -23,6 +23,8 @@ class Functions:
             with ``train_kwarg=None``), ``key`` draws dropout masks in training
             (None in inference), ``inputs`` are the per-replica model inputs
             (e.g. ``dropout_rate``).
+        train_kwarg: the name of ``apply_fn``'s train-mode keyword, or None
+            for none; set by ``create_replicas(..., train_kwarg=...)``.
 
     Example:
         >>> model = tp.frontends.Functions(init, apply)
