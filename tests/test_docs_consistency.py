@@ -121,7 +121,8 @@ def test_functions_documents_its_fields():
     from tempering.frontends.functions import Functions
 
     fields = [field.name for field in dataclasses.fields(Functions)]
-    assert documented_args(Functions.__doc__) == fields == ["init_fn", "apply_fn"]
+    assert documented_args(Functions.__doc__) == fields
+    assert fields == ["init_fn", "apply_fn", "train_kwarg"]
 
 
 def run_config_doc(function) -> str:
