@@ -14,6 +14,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -334,13 +335,19 @@ _ORBAX_FILES = frozenset(
 )  # fmt: skip
 
 
+# orbax's (tensorstore's OCDBT) data files: hexadecimal names in a "d" folder
+_CHUNK = re.compile(r"[0-9a-f]{16,}")
+
+
 def _orbax_reads(name: str) -> bool:
-    """Whether orbax may read the step's file ``name`` (a path in the step)."""
+    """Whether orbax may read the step's file ``name`` (a path in the step).
+
+    Its own names only: a file manager's ``.DS_Store`` or ``._*`` beside them,
+    in any folder, is not.
+    """
     *folders, base = name.split("/")
-    return (
-        base in _ORBAX_FILES
-        or "d" in folders
-        or any(folder.startswith("ocdbt.process_") for folder in folders)
+    return base in _ORBAX_FILES or (
+        bool(folders) and folders[-1] == "d" and _CHUNK.fullmatch(base) is not None
     )
 
 

@@ -224,12 +224,15 @@ def test_files_added_to_a_step_are_named_and_the_step_resumes(tmp_path, referenc
     steps = crashed_run(tmp_path)
     for step in steps:
         (tmp_path / str(step) / ".DS_Store").write_bytes(b"\x00\x01")
+        for chunks in (tmp_path / str(step)).rglob("d"):  # beside orbax's chunks
+            (chunks / ".DS_Store").write_bytes(b"\x00\x01")
+            (chunks / "._4c91abc79f4bf158").write_bytes(b"\x00")
     (tmp_path / str(steps[-1]) / "arrays" / "notes.txt").write_text("lr too high?")
     rounds_seen = []
     with pytest.warns(RuntimeWarning, match="holds files it did not save") as caught:
         result = worker.run(tmp_path, callback=lambda r: rounds_seen.append(r.round))
     added = " ".join(str(w.message) for w in caught)
-    assert ".DS_Store" in added and "arrays/notes.txt" in added
+    assert "'.DS_Store'" in added and "'arrays/d/.DS_Store'" in added
     assert rounds_seen[0] == 7  # from the latest step (the damaged test: 6)
     assert_same(worker.arrays(result), reference)
     assert not [p for p in tmp_path.iterdir() if "corrupt" in p.name]
