@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -232,7 +233,9 @@ def diffusion_test(
             ``shared_batch``, ``augment``, ``vectorize``, ``loop``,
             ``callback``); the record times set ``num_steps`` and the rounds.
             A callback sees one record per record time (with ``t0`` > 0 their
-            rounds count from 1: round 0 is the t0 phase, not recorded).
+            rounds count from 1: round 0 is the t0 phase, not recorded). A
+            re-iterable ``train_data`` (a list of batches) starts again at its
+            first batch after the t0 phase; arrays continue their batch order.
 
     Returns:
         :class:`DiffusionResult`.
@@ -278,7 +281,9 @@ def diffusion_test(
     initial_norm = np.asarray(weight_norm(state.params))
     config = RunConfig(num_steps=int(record_steps[-1]), interval=ends, **settings)
     distance = _Distance(jax.tree.map(jnp.copy, state.params))
-    result = train(state, key, distance, data, config)
+    with warnings.catch_warnings():  # the t0 phase is no call of the user's
+        warnings.filterwarnings("ignore", "train_data is a re-iterable")
+        result = train(state, key, distance, data, config)
     return DiffusionResult(
         steps=result.history.step - int(t0),  # a callback may stop the run early
         distance=result.history.move.distance,

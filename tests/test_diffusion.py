@@ -106,6 +106,22 @@ def test_a_callback_sees_the_recorded_rounds_only(tx, blobs):
     np.testing.assert_array_equal(np.asarray(seen) - 10, result.steps)
 
 
+def test_a_list_of_batches_after_t0_warns_of_no_continuing_call(tx, blobs):
+    """The record phase is diffusion_test's own second call: the re-iterable
+    warning named the user's line and told them to pass one iterator."""
+    import warnings
+
+    (x, y), _ = blobs
+    batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 256, 32)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        diffusion.diffusion_test(
+            make_state(tx, x), jax.random.key(1), train_data=batches,
+            hyperparameter="learning_rate", values=[1e-4, 0.01, 0.1], num_steps=20,
+            num_records=3, t0=8,
+        )  # fmt: skip
+
+
 def test_weight_decay_confines_the_weights(l2_tx, blobs):
     (x, y), _ = blobs
     state = make_state(l2_tx, x)
