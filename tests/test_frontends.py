@@ -5,6 +5,7 @@ for bit.)
 """
 
 import functools
+import warnings
 from collections.abc import Callable
 
 import chex
@@ -347,20 +348,23 @@ def test_plain_functions_take_their_mode_keyword_from_train_kwarg():
 
 
 class EqxFrozenNorm(eqx.Module):
-    """A BatchNorm built frozen (fine-tuning), optionally kept so in the call."""
+    """A BatchNorm built frozen (fine-tuning) beside a training dropout,
+    optionally kept frozen in the call."""
 
     linear: eqx.nn.Linear
+    drop: eqx.nn.Dropout
     norm: eqx.nn.BatchNorm
     keep_frozen: bool = eqx.field(static=True)
 
     def __init__(self, key, keep_frozen=False):
         self.linear = eqx.nn.Linear(16, 3, key=key)
+        self.drop = eqx.nn.Dropout(0.1)
         self.norm = eqx.nn.BatchNorm(3, "batch", mode="batch", inference=True)
         self.keep_frozen = keep_frozen
 
-    def __call__(self, x, state):
+    def __call__(self, x, state, *, key=None):
         norm = eqx.nn.inference_mode(self.norm) if self.keep_frozen else self.norm
-        return norm(self.linear(x), state)
+        return norm(self.drop(self.linear(x), key=key), state)
 
 
 def test_an_equinox_layer_built_frozen_is_named_and_the_fix_keeps_it():
@@ -369,7 +373,9 @@ def test_an_equinox_layer_built_frozen_is_named_and_the_fix_keeps_it():
 
     def running_mean_after_a_step(keep_frozen):
         built = eqx.nn.make_with_state(EqxFrozenNorm)(jax.random.key(0), keep_frozen)
-        with pytest.warns(UserWarning, match=r"layers \['.norm'\] in inference mode"):
+        with pytest.warns(
+            UserWarning, match=r"layers \['.norm'\] in inference mode and"
+        ):
             state = tp.create_replicas(jax.random.key(0), built, tp.sgd(0.1),
                                        TRAIN[0][:2], num_replicas=2)  # fmt: skip
         state, _ = train_step(state, jax.random.key(1), *TRAIN)
@@ -378,6 +384,14 @@ def test_an_equinox_layer_built_frozen_is_named_and_the_fix_keeps_it():
 
     assert running_mean_after_a_step(False) > 0  # trained, as the warning says
     assert running_mean_after_a_step(True) == 0  # kept frozen inside __call__
+    # a whole model in inference mode (an exported replica) is one to train again
+    exported = tp.replica(
+        tp.create_replicas(jax.random.key(0), EqxMLP, tp.sgd(0.1), TRAIN[0][:2],
+                           num_replicas=2), 0)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tp.create_replicas(jax.random.key(0), exported, tp.sgd(0.1), TRAIN[0][:2],
+                           num_replicas=2)  # fmt: skip
 
 
 def test_one_replicas_hyperparameters_by_index():

@@ -163,7 +163,11 @@ def _by_value(leaf: Any) -> Any:
 
 
 def _warn_mixed_modes(model: Any) -> None:
-    """Warns when layers were built in inference mode (``inference=True``).
+    """Warns when some layers were built in inference mode and others not.
+
+    A whole model in inference mode (``tp.replica``'s, ``eqx.nn.inference_mode``'s)
+    is one to train again; a mix is a layer frozen on purpose (a BatchNorm for
+    fine-tuning) beside training ones.
 
     Training runs ``eqx.nn.inference_mode(model, False)``: a layer built
     frozen (a BatchNorm with ``inference=True`` for fine-tuning) would train.
@@ -177,10 +181,11 @@ def _warn_mixed_modes(model: Any) -> None:
         if isinstance(getattr(leaf, "inference", None), bool)
     }
     frozen = sorted(path for path, inference in modes.items() if inference)
-    if frozen:
+    if frozen and len(frozen) < len(modes):
         warn(
             f"{type(model).__name__} was built with layers {frozen[:4]} in "
-            "inference mode; training switches every layer to training mode "
+            "inference mode and others not; training switches every layer to "
+            "training mode "
             "(eqx.nn.inference_mode(model, False)), so those train too. To keep "
             "a layer frozen, call it as eqx.nn.inference_mode(self.layer)(...) "
             "inside __call__",
