@@ -326,6 +326,20 @@ def _check_mode_keywords(
         name for name in _MODE_KEYWORDS
         if name in names and name != train_kwarg and defaults.get(name) is not None
     )  # fmt: skip
+    if overriding and model.kind == "functions" and train_kwarg is None:
+        name = overriding[0]
+        raise ValueError(
+            f"{model.name} takes {name}={defaults[name]!r}, a mode switch, but "
+            "train_kwarg=None passes no mode: that default would decide the mode "
+            "in training and in evaluation alike. "
+            + (
+                f"Pass train_kwarg={name!r}: the library then passes it True in "
+                "training and False in evaluation"
+                if name in _TRAINING_KEYWORDS
+                else "Give apply a keyword that is True in training (e.g. train) "
+                "and pass train_kwarg with its name"
+            )
+        )
     if overriding and model.kind == "functions":  # train_kwarg lands in **kwargs
         name = overriding[0]
         raise ValueError(

@@ -346,6 +346,14 @@ def test_plain_functions_take_their_mode_keyword_from_train_kwarg():
     tp.create_replicas(jax.random.key(0), Functions(init, apply_without),
                        tp.sgd(0.1), sample, num_replicas=2, train_kwarg=None)  # fmt: skip
 
+    def apply_defaulted(params, x, *, key=None, train=False):
+        return x @ params["w"]
+
+    with pytest.raises(ValueError, match="train_kwarg=None passes no mode.*Pass "
+                       "train_kwarg='train'"):  # fmt: skip
+        tp.create_replicas(jax.random.key(0), Functions(init, apply_defaulted),
+                           tp.sgd(0.1), sample, num_replicas=2, train_kwarg=None)  # fmt: skip
+
 
 class EqxFrozenNorm(eqx.Module):
     """A BatchNorm built frozen (fine-tuning) beside a training dropout,
