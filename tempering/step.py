@@ -173,7 +173,10 @@ def train_step(
             name in ``zero_inputs`` that is not one of the model inputs, a
             ``batch_size`` hyperparameter above the batch's examples (read
             where concrete; under ``jax.jit`` such a size trains on the whole
-            batch).
+            batch), an empty batch; for the default cross-entropy, labels
+            given as numpy arrays that are no class indices of the model's
+            outputs (as :func:`evaluate` checks them; device arrays are not
+            read, nor traced ones: a label out of range gives a NaN loss).
     """
     check_state(state, "train_step")
     key = check_key(key, "key")
@@ -233,13 +236,36 @@ def _check_concrete_labels(
         return
     if shape[axis] == 0:
         raise ValueError(f"the batch holds no examples (targets of shape {shape})")
-    concrete_inputs = hasattr(inputs, "shape") and not isinstance(
-        inputs, jax.core.Tracer
+    # Host labels only: reading device ones would wait for the steps before.
+    if state.loss_fn is cross_entropy and isinstance(targets, np.ndarray):
+        outputs = _output_shape(state, inputs, axis)
+        if outputs is not None:
+            labels = np.reshape(targets, (-1, *shape[axis + 1 :]))
+            check_labels(labels, outputs, "targets:")
+
+
+# The model's output shape per (model, replica shapes, input shape): an eager
+# train_step checks its labels without tracing the model a second time.
+_OUTPUT_SHAPES: dict[Any, Any] = {}
+
+
+def _output_shape(state: ReplicaState, inputs: Any, axis: int) -> Any:
+    """:func:`check_model_takes`' result for concrete array ``inputs``, cached."""
+    if not hasattr(inputs, "shape") or isinstance(inputs, jax.core.Tracer):
+        return None
+    leaves, structure = jax.tree.flatten(
+        (state.params, state.batch_stats, state.hyperparams)
     )
-    if state.loss_fn is cross_entropy and concrete_inputs:
-        outputs = check_model_takes(state, inputs, "inputs", axis)
-        labels = np.reshape(np.asarray(targets), (-1, *shape[axis + 1 :]))
-        check_labels(labels, outputs, "targets:")
+    key = (
+        state.model, state.model_inputs, structure,
+        tuple((leaf.shape[1:], str(leaf.dtype)) for leaf in leaves),
+        tuple(inputs.shape[axis + 1 :]), str(inputs.dtype),
+    )  # fmt: skip
+    if key not in _OUTPUT_SHAPES:
+        if len(_OUTPUT_SHAPES) >= 64:
+            _OUTPUT_SHAPES.clear()
+        _OUTPUT_SHAPES[key] = check_model_takes(state, inputs, "inputs", axis)
+    return _OUTPUT_SHAPES[key]
 
 
 def _check_batch_sizes(state: ReplicaState, targets: Any, axis: int) -> None:
