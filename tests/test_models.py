@@ -72,6 +72,16 @@ def test_mlp_param_count():
 # ----------------------------------------------------------------------- shapes
 
 
+def test_mlp_refuses_widths_that_are_not_positive_ints():
+    """MLP(features=128) raised 'int' object is not iterable; (-5,) a JAX error."""
+    for bad in (128, (-5,), (True,), "256"):
+        with pytest.raises(TypeError, match="features must be a sequence of positive"):
+            MLP(features=bad)
+    with pytest.raises(TypeError, match="num_classes must be a positive int"):
+        MLP((8,), num_classes=0)
+    assert MLP(features=[np.int64(8)]).features == [8]
+
+
 @pytest.mark.parametrize(
     ("model", "shape", "num_classes"),
     [

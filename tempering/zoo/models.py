@@ -28,6 +28,7 @@ from typing import Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from tempering.layers import Dropout
@@ -67,6 +68,25 @@ class MLP(nn.Module):
 
     features: Sequence[int] = (256, 256)
     num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        """Refuses widths that are not positive ints, naming the attribute."""
+        widths = self.features
+        if not isinstance(widths, Sequence) or not all(
+            isinstance(w, int | np.integer) and not isinstance(w, bool) and w > 0
+            for w in widths
+        ):
+            raise TypeError(
+                "features must be a sequence of positive ints (the hidden layers' "
+                f"widths), e.g. (256, 256) or (128,), got {widths!r}"
+            )
+        if isinstance(self.num_classes, bool) or not (
+            isinstance(self.num_classes, int) and self.num_classes > 0
+        ):
+            raise TypeError(
+                f"num_classes must be a positive int, got {self.num_classes!r}"
+            )
+        super().__post_init__()
 
     @nn.compact
     def __call__(
