@@ -42,8 +42,8 @@ from tempering._caller import warn
 from tempering.config import check_int
 from tempering.moves import as_move
 from tempering.sharding import to_host
-from tempering.state import ReplicaState, eval_outputs
-from tempering.step import chunked, replica_outputs
+from tempering.state import ReplicaState, check_state, eval_outputs
+from tempering.step import check_model_takes, chunked, replica_outputs
 
 __all__ = [
     "ColdChainEnsemble",
@@ -100,18 +100,20 @@ class ColdChainEnsemble:
         """The wrapped move's state and an empty sum.
 
         Raises:
-            ValueError: the wrapped move keeps no rungs (nothing is "cold").
+            TypeError: ``state`` is no ReplicaState.
+            ValueError: the wrapped move keeps no rungs (nothing is "cold"), or
+                the model cannot take the inputs or gives no ``(N, K)``
+                class scores for them.
         """
+        check_state(state, "cold_chain_ensemble's init")
         inner = self.move.init(state)
         if getattr(inner, "rungs", None) is None:
             raise ValueError(
                 "cold_chain_ensemble needs a move whose state keeps rungs (the "
                 f"exchange); {type(self.move).__name__}'s state has none"
             )
-        shape = jax.eval_shape(
-            functools.partial(_probabilities, state), jnp.int32(0), self.chunks
-        ).shape
-        total = jnp.zeros((self.num_examples, shape[-1]), jnp.float32)
+        classes = _num_classes(state, self.chunks[0], "cold_chain_ensemble's inputs")
+        total = jnp.zeros((self.num_examples, classes), jnp.float32)
         return EnsembleState(inner, total, jnp.int32(0), jnp.int32(0))
 
     def step(
@@ -189,6 +191,19 @@ def _check_inputs(inputs: Any) -> np.ndarray:
     return inputs
 
 
+def _num_classes(state: ReplicaState, inputs: Any, name: str) -> int:
+    """K, from the model's ``(N, K)`` outputs on ``inputs``, else a ValueError."""
+    outputs = check_model_takes(state, inputs, name, axis=0)
+    if not isinstance(outputs, jax.ShapeDtypeStruct) or outputs.ndim != 2:
+        shape = getattr(outputs, "shape", type(outputs).__name__)
+        raise ValueError(
+            f"{name}: the model gives outputs of shape {shape} for one example; "
+            "an ensemble averages class probabilities (a softmax over the "
+            "model's (N, K) class scores): it needs a classifier"
+        )
+    return int(outputs.shape[-1])
+
+
 def mean_probabilities(move_state: EnsembleState) -> np.ndarray:
     """The ensemble's ``(N, K)`` mean predicted probabilities (NaN before a snapshot)."""
     total = np.asarray(jax.device_get(move_state.probability_sum), np.float64)
@@ -208,11 +223,14 @@ def replicas_probabilities(
 
     Raises:
         ValueError: every replica's predictions are non-finite, or bad
-            ``inputs`` or a ``chunk_size`` < 1.
+            ``inputs`` (not ``(N, ...)``, not the model's, or giving no
+            ``(N, K)`` class scores) or a ``chunk_size`` < 1.
         TypeError: a ``chunk_size`` that is not an int.
     """
+    check_state(state, "replicas_probabilities")
     check_int(chunk_size, "chunk_size", 1)
     inputs = _check_inputs(inputs)
+    _num_classes(state, inputs, "replicas_probabilities' inputs")
     chunks = _chunks(inputs, min(int(chunk_size), len(inputs)))
     keep = np.ones(state.num_replicas, bool)
     means, finite = _softmax_means(state, chunks, keep)

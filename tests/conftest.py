@@ -168,14 +168,14 @@ PROPERTY_SETTINGS = (
 
 # --- bad inputs (issue 17): the table's shared harness ------------------------------
 
-BAD_INPUTS_DOC = """No silent bad input (issue 17): a table of 309 bad inputs to the public API.
+BAD_INPUTS_DOC = """No silent bad input (issue 17): a table of 314 bad inputs to the public API.
 
 Each case makes one bad call (``create_replicas``, ``set_hyperparams``,
 ``get_hyperparams``, the ladders and hand-built ``Ladder``, ``exchange``,
 ``exchange_move``, ``multi_exchange_move``, ``pt_train``, ``pbt_config``,
 ``pbt_step``, ``pbt_train``, ``train``, ``diffusion_test``, ``evaluate``,
-``train_step``, the data loaders) and asserts the exception class (ValueError or
-TypeError) and a message that names the argument, most with the fix. The
+``train_step``, the data loaders, the ensembles) and asserts the exception
+class (ValueError or TypeError) and a message that names the argument, most with the fix. The
 error must come before anything compiles: no program of the package (init,
 segment, evaluation, move) is compiled during a case (``compiled`` fixture,
 ``jax.log_compiles``); ``create_replicas`` gets a fresh model each time, so its
@@ -183,7 +183,7 @@ init is never a cache hit. Shared replicas (M = 4, one Dense layer on 8
 features) are built once; nothing trains. Each module's cases are the
 ``BAD_INPUTS`` table of its test file (``BAD_INPUT_FILES``).
 
-Counts: 129 of them needed a library fix when they were added (``fixed=True``:
+Counts: 134 of them needed a library fix when they were added (``fixed=True``:
 they ran silently, failed with another library's message, or raised only
 after compiling, measured against the commit before with this table); 0 still
 wait for a fix in a module this change did not touch (``pending``, strict

@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -168,3 +169,22 @@ def test_the_populations_ensemble_names_a_bad_chunk_size(chunk_size, error):
     x, _, _, state = _setup()
     with pytest.raises(error, match="chunk_size must be"):
         replicas_probabilities(state, x[:10], chunk_size=chunk_size)
+
+
+class _Regression(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, train=False):
+        return nn.Dense(1)(x)[..., 0]  # shape=(N,)
+
+
+def test_the_ensembles_need_a_classifier():
+    """A regression model's (N,) outputs were softmaxed over the examples."""
+    x, _, ladder, _ = _setup()
+    state = tp.create_replicas(
+        jax.random.key(0), _Regression(), tp.sgd(0.1), x[:1], ladder=ladder,
+        loss_fn=lambda outputs, targets: (outputs - targets) ** 2,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"shape \(1,\) for one example.*a classifier"):
+        replicas_probabilities(state, x[:10])
+    with pytest.raises(ValueError, match=r"shape \(1,\) for one example.*a classifier"):
+        cold_chain_ensemble(exchange_move(ladder), x[:10]).init(state)

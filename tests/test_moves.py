@@ -7,6 +7,7 @@ import pytest
 from conftest import Case, T, V, bad_input_params, check_raises_before_compiling
 
 import tempering as tp
+from tempering.ensemble import cold_chain_ensemble, replicas_probabilities
 from tempering.zoo import models
 
 # --- bad inputs (issue 17): raised before anything compiles ----------------------
@@ -31,6 +32,12 @@ BAD_INPUTS = [
     Case("move-adapt-rounds-float", lambda c: tp.exchange_move(c.ladder, c="auto", adapt_rounds=2.5), T, r"adapt_rounds must be an int"),
     Case("move-adapt-ladder-string", lambda c: tp.exchange_move(c.ladder, adapt_ladder="yes"), T, r"adapt_ladder must be True or False"),
     Case("move-adapt-ladder-grid", lambda c: tp.exchange_move(c.ladder, enabled=False, adapt_ladder=True), V, r"adapt_ladder=True .*enabled=False .*the grid", fixed=True),
+    # --- the ensembles ---------------------------------------------------------
+    Case("ensemble-inputs-other-features", lambda c: cold_chain_ensemble(tp.exchange_move(c.ladder), c.x[:, :5]).init(c.state), V, r"cold_chain_ensemble's inputs: the model cannot take inputs of shape \(5,\)", fixed=True),
+    Case("ensemble-inputs-one-example", lambda c: cold_chain_ensemble(tp.exchange_move(c.ladder), c.x[:, :, None]).init(c.state), V, r"cold_chain_ensemble's inputs: the model cannot take inputs of shape \(8, 1\)", fixed=True),
+    Case("ensemble-init-not-a-state", lambda c: cold_chain_ensemble(tp.exchange_move(c.ladder), c.x).init(c.state.params), T, r"cold_chain_ensemble's init takes a ReplicaState", fixed=True),
+    Case("population-ensemble-other-features", lambda c: replicas_probabilities(c.state, c.x[:, :5]), V, r"replicas_probabilities' inputs: the model cannot take inputs of shape \(5,\)", fixed=True),
+    Case("population-ensemble-not-a-state", lambda c: replicas_probabilities(c.state.params, c.x), T, r"replicas_probabilities takes a ReplicaState", fixed=True),
 ]
 # fmt: on
 
