@@ -311,22 +311,24 @@ _MODE_KEYWORDS = _TRAINING_KEYWORDS + _INFERENCE_KEYWORDS
 def _check_mode_keywords(
     model: Any, train_kwarg: str | None, names: set[str], defaults: dict[str, Any]
 ) -> None:
-    """A ValueError for an nnx or Equinox call whose own mode switch would win.
+    """A ValueError for a call whose own mode switch would win.
 
-    Their modules switch mode by ``module.eval()`` / ``inference_mode``, which
-    the library sets; a call keyword with a default of its own (``deterministic:
-    bool = False``) overrides that, and the library passes only ``train_kwarg``:
-    evaluation would run in training mode (or training in inference mode).
+    nnx and Equinox modules switch mode by ``module.eval()`` /
+    ``inference_mode``, which the library sets; a call keyword with a default
+    of its own (``deterministic: bool = False``) overrides that, and the
+    library passes only ``train_kwarg``: evaluation would run in training mode
+    (or training in inference mode). A linen module or functions given
+    ``train_kwarg=None`` get no mode at all, so such a default decides both.
     """
-    if model.kind == "functions" and train_kwarg in names:
-        return  # apply reads the mode the library passes
-    if model.kind not in ("nnx", "equinox", "functions"):
-        return
+    if model.kind in ("functions", "linen") and train_kwarg in names:
+        return  # the call reads the mode the library passes
+    if model.kind == "linen" and train_kwarg is not None:
+        return  # a **kwargs call: linen modules have no mode of their own
     overriding = sorted(
         name for name in _MODE_KEYWORDS
         if name in names and name != train_kwarg and defaults.get(name) is not None
     )  # fmt: skip
-    if overriding and model.kind == "functions" and train_kwarg is None:
+    if overriding and model.kind in ("functions", "linen") and train_kwarg is None:
         name = overriding[0]
         raise ValueError(
             f"{model.name} takes {name}={defaults[name]!r}, a mode switch, but "
@@ -336,8 +338,10 @@ def _check_mode_keywords(
                 f"Pass train_kwarg={name!r}: the library then passes it True in "
                 "training and False in evaluation"
                 if name in _TRAINING_KEYWORDS
-                else "Give apply a keyword that is True in training (e.g. train) "
-                "and pass train_kwarg with its name"
+                else f"Give {'apply' if model.kind == 'functions' else '__call__'} "
+                "a keyword that is True in training (e.g. train, passing "
+                f"{name}=not train to its layers) and pass train_kwarg with its "
+                "name"
             )
         )
     if overriding and model.kind == "functions":  # train_kwarg lands in **kwargs
@@ -383,6 +387,16 @@ def _check_train_kwarg_taken(
     if train_kwarg is None or train_kwarg in names or var_kw:
         return
     if model.kind == "linen":
+        inference = [name for name in _INFERENCE_KEYWORDS if name in names]
+        if inference:
+            raise ValueError(
+                f"{model.name}.__call__ has no keyword {train_kwarg!r} but takes "
+                f"{inference[0]}, a switch that is True in inference, and the "
+                "library passes its train_kwarg True in training: give __call__ a "
+                f"train keyword, passing {inference[0]}=not train to its layers "
+                "(train_kwarg='train', the default), or pass train_kwarg with the "
+                "name of another keyword that is True in training"
+            )
         raise ValueError(
             f"{model.name}.__call__ has no keyword {train_kwarg!r}: pass "
             "train_kwarg='<its name>' to create_replicas to rename it, or "

@@ -571,6 +571,39 @@ def test_a_call_whose_own_mode_switch_would_win_is_refused(model, keyword):
                            num_replicas=2)  # fmt: skip
 
 
+class LinenDeterministic(nn.Module):
+    """Dropout switched by flax's usual ``deterministic`` keyword, no ``train``."""
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        return nn.Dense(3)(nn.Dropout(0.9, deterministic=deterministic)(x))
+
+
+class LinenTrainDefault(nn.Module):
+    """Dropout switched by ``train``, with a default of its own."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return nn.Dense(3)(nn.Dropout(0.9, deterministic=not train)(x))
+
+
+def test_a_linen_mode_switch_the_library_cannot_set_is_refused():
+    """Before, train_kwarg=None (what the first refusal offered) trained a
+    linen model with deterministic=True or train=False: no dropout, silently."""
+    create = functools.partial(
+        tp.create_replicas, jax.random.key(0), tx=tp.sgd(0.1),
+        sample_input=TRAIN[0][:2], num_replicas=2,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="no keyword 'train' but takes deterministic"):
+        create(model=LinenDeterministic())
+    with pytest.raises(ValueError, match=r"takes deterministic=True, a mode switch.*"
+                       r"passing deterministic=not train"):  # fmt: skip
+        create(model=LinenDeterministic(), train_kwarg=None)
+    with pytest.raises(ValueError, match="takes train=False.*Pass train_kwarg='train'"):
+        create(model=LinenTrainDefault(), train_kwarg=None)
+    create(model=LinenTrainDefault())  # the library passes train: fine
+
+
 class LinenAnyKeywords(nn.Module):
     """BatchNorm over the masked examples, the mask reaching it through **kwargs."""
 
