@@ -63,6 +63,7 @@ class quick_jit:  # noqa: N801  used like jax.jit
         self._fun = fun
         self._jit_kwargs = jit_kwargs
         self._jitted: Any = None
+        self._nested: Any = None
         functools.update_wrapper(self, fun)
 
     def _get(self) -> Any:
@@ -78,9 +79,26 @@ class quick_jit:  # noqa: N801  used like jax.jit
         return self._jitted
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._get()(*args, **kwargs)
+        if not _traced(args, kwargs):
+            try:
+                return self._get()(*args, **kwargs)
+            except ValueError as error:  # inside another trace with concrete
+                if "compiler_options" not in str(error):  # arguments
+                    raise
+        # Inside a user's jax.jit or jax.eval_shape (a template of the
+        # replicas, say): JAX takes compiler options at the top level only.
+        if self._nested is None:
+            self._nested = jax.jit(self._fun, **self._jit_kwargs)
+        return self._nested(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
         return getattr(self._get(), name)
+
+
+def _traced(args: Any, kwargs: Any) -> bool:
+    """Whether any argument is a tracer (the call is inside another trace)."""
+    return any(
+        isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs))
+    )

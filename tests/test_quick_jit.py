@@ -139,3 +139,23 @@ def test_pt_and_pbt_runs_are_bitwise_those_of_plain_jit(optimised, plain, blobs)
     quick = _runs(blobs)
     plain()
     chex.assert_trees_all_equal(quick, _runs(blobs))
+
+
+def test_replicas_made_inside_a_users_trace():
+    """Before, create_replicas under jax.eval_shape (a template of the replicas,
+    as a restore takes) or jax.jit raised: JAX takes compiler options at the
+    top level only."""
+    x = np.zeros((2, 6), np.float32)
+    ladder = tp.geometric_ladder("learning_rate", 0.01, 0.1, 4)
+
+    def make(key):
+        return tp.create_replicas(
+            key, models.MLP((8,), 3), tp.sgd(0.05), x, ladder=ladder
+        )
+
+    eager = make(jax.random.key(0))
+    template = jax.eval_shape(make, jax.random.key(0))
+    chex.assert_trees_all_equal_shapes_and_dtypes(template.params, eager.params)
+    traced = jax.jit(make)(jax.random.key(0))
+    chex.assert_trees_all_close(traced.params, eager.params)
+    chex.assert_trees_all_close(traced.opt_state, eager.opt_state)
