@@ -132,7 +132,7 @@ def mean_acceptance(c: jax.Array, log_ratios: jax.Array) -> jax.Array:
     valid = jnp.isfinite(log_ratios)
     x = jnp.where(valid, log_ratios, 0.0)
     probs = jnp.where(valid, jnp.exp(jnp.minimum(c * x, 0.0)), 0.0)
-    return probs.sum() / jnp.maximum(valid.sum(), 1)
+    return probs.sum() / jnp.maximum(valid.sum(), 1).astype(jnp.float32)
 
 
 def solve_c(log_ratios: jax.Array, target: float, fallback: jax.Array) -> jax.Array:
@@ -182,7 +182,8 @@ def solve_c(log_ratios: jax.Array, target: float, fallback: jax.Array) -> jax.Ar
 def _favourable_share(ratios: jax.Array) -> jax.Array:
     """The share of finite ratios that are favourable (``>= 0``, always accepted)."""
     seen = jnp.isfinite(ratios)
-    return (seen & (ratios >= 0)).sum() / jnp.maximum(seen.sum(), 1)
+    favourable = (seen & (ratios >= 0)).sum().astype(jnp.float32)
+    return favourable / jnp.maximum(seen.sum(), 1).astype(jnp.float32)
 
 
 def _switch_share(target: float | jax.Array) -> jax.Array:
@@ -273,13 +274,15 @@ def decay_step(
     unfavourable = jnp.isfinite(x) & (x < 0)
     cx = jnp.where(unfavourable, c * x, 0.0)
     accepted = jnp.where(unfavourable, jnp.exp(cx), 0.0).sum()
-    accepted = accepted / jnp.maximum(unfavourable.sum(), 1)
+    accepted = accepted / jnp.maximum(unfavourable.sum(), 1).astype(jnp.float32)
     excess = accepted - _unfavourable_aim(_favourable_share(pooled), target)
     # the sensitivity from the recent rounds: this round's alone is noisy, and
     # dividing by it biases the steps
     seen = jnp.isfinite(pooled) & (pooled < 0)
     pooled_cx = jnp.where(seen, c * pooled, 0.0)
-    slope = (pooled_cx * jnp.exp(pooled_cx)).sum() / jnp.maximum(seen.sum(), 1)
+    slope = (pooled_cx * jnp.exp(pooled_cx)).sum() / jnp.maximum(seen.sum(), 1).astype(
+        jnp.float32
+    )
     gain = (jnp.asarray(step, jnp.float32) + 1.0) ** -_DECAY_EXPONENT
     move = jnp.clip(gain * excess / jnp.maximum(-slope, _MIN_SLOPE), -1.0, 1.0)
     return jnp.where(unfavourable.any(), c * jnp.exp(move), c).astype(jnp.float32)
@@ -322,7 +325,7 @@ def barrier(c: jax.Array, log_ratios: jax.Array, positions: jax.Array) -> jax.Ar
     floor = _MIN_REJECTION / (high - low)
     cell = (high - low) / _GRID
     return jnp.concatenate(
-        [jnp.zeros((1,)), jnp.cumsum(jnp.maximum(mean, floor) * cell)]
+        [jnp.zeros((1,), jnp.float32), jnp.cumsum(jnp.maximum(mean, floor) * cell)]
     )
 
 

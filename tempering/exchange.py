@@ -201,15 +201,18 @@ def exchange(
     losses = jnp.asarray(losses, jnp.float32)
     losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
     betas = jnp.asarray(betas, jnp.float32)
+    c = jnp.asarray(c, jnp.float32)
     pair_key, accept_key = jax.random.split(key)
-    pairs = jnp.arange(num_rungs - 1)
+    pairs = jnp.arange(num_rungs - 1, dtype=jnp.int32)
 
     if scheme == "random_pair":
-        proposed = pairs == jax.random.randint(pair_key, (), 0, num_rungs - 1)
+        proposed = pairs == jax.random.randint(
+            pair_key, (), 0, num_rungs - 1, jnp.int32
+        )
     elif num_rungs == 2:  # one pair: an odd round would propose nothing
         proposed = jnp.ones((1,), bool)
     else:
-        proposed = pairs % 2 == jnp.asarray(parity) % 2
+        proposed = pairs % 2 == jnp.asarray(parity).astype(jnp.int32) % 2
 
     at_rung = replicas_by_rung(rungs)
     cold_loss = losses[at_rung[:-1]]  # replica i at rung r
@@ -219,7 +222,7 @@ def exchange(
     log_ratio = jnp.where(loss_gap == 0, 0.0, c * (betas[:-1] - betas[1:]) * loss_gap)
     defined = ~jnp.isnan(log_ratio)  # inf - inf is undefined: reject
     acceptance_prob = jnp.where(defined, jnp.exp(jnp.minimum(log_ratio, 0.0)), 0.0)
-    uniforms = jax.random.uniform(accept_key, (num_rungs - 1,))
+    uniforms = jax.random.uniform(accept_key, (num_rungs - 1,), jnp.float32)
     accepted = proposed & (uniforms < acceptance_prob) & jnp.isfinite(hot_loss)
 
     # Proposed pairs never overlap, so each accepted pair is an independent swap.

@@ -271,7 +271,7 @@ def train_segment(
     # in the loop, not a second time before it.
     carry = _first_carry(state, targets, settings, on_host=False)
     state, _, loss_sum = jax.lax.fori_loop(start, start + num_steps, body, carry)
-    return state, loss_sum / jnp.maximum(num_steps, 1)
+    return state, loss_sum / jnp.maximum(num_steps, 1).astype(loss_sum.dtype)
 
 
 _device_array_segment = jax.jit(
@@ -295,7 +295,7 @@ def _stream_segment(state, key, start, xs, ys, num_steps, *, settings):
 
     zeros = jnp.zeros((state.num_replicas,), jnp.float32)
     state, loss_sum = jax.lax.fori_loop(0, num_steps, body, (state, zeros))
-    return state, loss_sum / jnp.maximum(num_steps, 1)
+    return state, loss_sum / jnp.maximum(num_steps, 1).astype(loss_sum.dtype)
 
 
 def _stream_step(state, loss_sum, key, i, x, y, *, settings):

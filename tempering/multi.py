@@ -217,7 +217,7 @@ class MultiExchangeMove:
             rungs may have changed.
         """
         choice_key, exchange_key = jax.random.split(key)
-        chosen = jax.random.randint(choice_key, (), 0, self.num_ladders)
+        chosen = jax.random.randint(choice_key, (), 0, self.num_ladders, jnp.int32)
 
         def branch(k: int):
             def run(state: ReplicaState):

@@ -155,14 +155,14 @@ def select_parents(
         # Donors are finite (of the top n, the finite ones), and every diverged
         # replica copies one, even beyond the bottom n; with none finite, none.
         donors = jnp.clip(jnp.minimum(n, jnp.sum(finite)), 1, n)
-        donor = order[jax.random.randint(key, (num,), 0, donors)]
+        donor = order[jax.random.randint(key, (num,), 0, donors, jnp.int32)]
         bottom = ((rank >= num - n) | ~finite) & jnp.any(finite)
         parent = jnp.where(bottom, donor, own)
     else:
         if num < 2:
             return own, jnp.zeros((num,), bool)
         # a uniform other replica: shift by 1..M-1
-        other = (own + jax.random.randint(key, (num,), 1, num)) % num
+        other = (own + jax.random.randint(key, (num,), 1, num, jnp.int32)) % num
         parent = jnp.where(scores[other] < scores, other, own).astype(jnp.int32)
         # A diverged replica that drew another copies a uniform finite one: it
         # is always replaced, as under truncation.
@@ -228,9 +228,9 @@ def explore(
     ):
         value = jnp.asarray(hyperparams[name], jnp.float32)
         pick = jax.random.randint(
-            jax.random.fold_in(factor_key, i), (num,), 0, len(factors)
+            jax.random.fold_in(factor_key, i), (num,), 0, len(factors), jnp.int32
         )
-        coin = jax.random.uniform(jax.random.fold_in(coin_key, i), (num,))
+        coin = jax.random.uniform(jax.random.fold_in(coin_key, i), (num,), jnp.float32)
         redraw = coin < config.resample_probability
         perturbed = value * factors[pick]
         if name in INTEGER_HYPERPARAMETERS:

@@ -85,7 +85,8 @@ def default_metrics(outputs: jax.Array, targets: jax.Array) -> dict[str, jax.Arr
     if jnp.issubdtype(targets.dtype, jnp.integer) and outputs.ndim == targets.ndim + 1:
         # a diverged replica's NaN outputs are never right (argmax would say 0)
         finite = jnp.all(jnp.isfinite(outputs), axis=-1)
-        correct = (jnp.argmax(outputs, -1) == targets) & finite
+        predicted = jnp.argmax(outputs, -1).astype(jnp.int32)
+        correct = (predicted == targets.astype(jnp.int32)) & finite
         return {"accuracy": correct.reshape(correct.shape[0], -1).mean(axis=1)}
     return {}
 

@@ -279,8 +279,8 @@ def augment_crop_flip(
     n, h, w, c = images.shape
     padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     key_crop, key_flip = jax.random.split(key)
-    offsets = jax.random.randint(key_crop, (n, 2), 0, 2 * padding + 1)
-    flips = jax.random.bernoulli(key_flip, 0.5, (n,))
+    offsets = jax.random.randint(key_crop, (n, 2), 0, 2 * padding + 1, jnp.int32)
+    flips = jax.random.bernoulli(key_flip, jnp.float32(0.5), (n,))
 
     def crop_flip(image: jax.Array, offset: jax.Array, flip: jax.Array) -> jax.Array:
         crop = jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
