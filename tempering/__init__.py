@@ -15,7 +15,7 @@ loops, the vectorisation rewrite, data sources) sits in :mod:`tempering.loops`,
 :mod:`tempering.diagnostics` serve them.
 """
 
-from tempering import diagnostics, frontends, plots
+from tempering import diagnostics, frontends, layers, plots
 from tempering.compilation_cache import enable_compilation_cache
 from tempering.config import RunConfig, RunData
 from tempering.divergence import DivergenceError
@@ -76,6 +76,7 @@ __all__ = [
     "geometric_ladder",
     "get_hyperparams",
     "identity_move",
+    "layers",
     "linear_ladder",
     "make_ladder",
     "multi_exchange_move",

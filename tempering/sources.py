@@ -170,7 +170,10 @@ def _check_arrays(source: ArraySource, name: str, min_size: int) -> ArraySource:
             f"(N, ...), got shapes {np.shape(inputs)} and {np.shape(targets)}"
         )
     if len(targets) == 0:
-        raise ValueError(f"{name} is empty: it needs at least {min_size} examples")
+        raise ValueError(
+            f"{name} is empty: it needs at least {min_size} "
+            + ("example" if min_size == 1 else "examples")
+        )
     if len(targets) != len(inputs):
         raise ValueError(
             f"{name} has {len(inputs)} inputs but {len(targets)} targets; they "
