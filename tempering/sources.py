@@ -85,7 +85,7 @@ from tempering.batches import (
     checkable,
     examples_problem,
 )
-from tempering.data import Split
+from tempering.data import Dataset, Split
 from tempering.state import EvalMetrics, ReplicaState, cross_entropy
 from tempering.step import check_model_takes, check_per_example, per_example_shapes
 
@@ -120,6 +120,12 @@ def _in_memory(data: Any, name: str = "data") -> ArraySource | None:
     """``data`` as an in-memory source (Python lists as numpy arrays), else None."""
     if isinstance(data, Split):
         return ArraySource(*data)
+    if isinstance(data, Dataset):  # a NamedTuple: it would read as a stream
+        raise ValueError(
+            f"{name} is a whole tempering.data.Dataset (its train, validation and "
+            f"test splits); give one split: train_data=data.train, "
+            "validation_data=data.validation, test_data=data.test"
+        )
     if (
         isinstance(data, tuple)
         and len(data) not in (0, 2)

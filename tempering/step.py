@@ -412,8 +412,8 @@ def check_per_example(
 
 def evaluate(
     state: ReplicaState,
-    inputs: jax.Array | np.ndarray,
-    targets: jax.Array | np.ndarray,
+    inputs: Any,
+    targets: jax.Array | np.ndarray | None = None,
     *,
     batch_size: int = 1000,
     metrics_fn: MetricsFn | None = default_metrics,
@@ -428,7 +428,9 @@ def evaluate(
 
     Args:
         state: the stacked replicas.
-        inputs: ``(N, ...)``.
+        inputs: ``(N, ...)``; or, without ``targets``, an ``(inputs,
+            targets)`` pair such as a :class:`tempering.data.Split`
+            (``evaluate(state, data.test)``).
         targets: ``(N, ...)``.
         batch_size: examples per chunk (bounds memory).
         metrics_fn: ``metrics_fn(outputs, targets) -> {name: (B,)}`` per-example
@@ -441,7 +443,8 @@ def evaluate(
         metrics.
 
     Raises:
-        TypeError: a batch size that is not an int, targets the loss or the
+        TypeError: no ``targets`` and ``inputs`` no ``(inputs, targets)``
+            pair, a batch size that is not an int, targets the loss or the
             metrics cannot take (e.g. float labels for cross entropy).
         ValueError: no examples, a batch size < 1, inputs and targets of
             different lengths, inputs the model cannot take, class indices
@@ -449,6 +452,7 @@ def evaluate(
             where the targets are not traced).
     """
     check_state(state, "evaluate")
+    inputs, targets = _inputs_and_targets(inputs, targets)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
         raise TypeError(
             f"batch_size must be an int >= 1, got {type(batch_size).__name__} "
@@ -511,6 +515,19 @@ def _evaluate_arrays(
 _jitted_evaluate_arrays = jax.jit(
     _evaluate_arrays, static_argnames=("batch_size", "metrics_fn", "vectorize")
 )
+
+
+def _inputs_and_targets(inputs: Any, targets: Any) -> tuple[Any, Any]:
+    """``evaluate``'s data: both given, or an ``(inputs, targets)`` pair as ``inputs``."""
+    if targets is not None:
+        return inputs, targets
+    if isinstance(inputs, tuple) and len(inputs) == 2:  # a Split, or (x, y)
+        return inputs
+    raise TypeError(
+        "evaluate needs targets: evaluate(state, inputs, targets), or an "
+        "(inputs, targets) pair such as a tempering.data.Split: "
+        "evaluate(state, data.test)"
+    )
 
 
 def _check_chunks(num_examples: int, batch_size: int) -> None:

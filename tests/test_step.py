@@ -12,6 +12,7 @@ from conftest import (
 )
 
 import tempering as tp
+from tempering.data import Split
 
 # --- bad inputs (issue 17): raised before anything compiles ----------------------
 # The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
@@ -20,6 +21,7 @@ import tempering as tp
 BAD_INPUTS = [
     # --- evaluate / train_step ------------------------------------------------
     Case("evaluate-state-none", lambda c: tp.evaluate(None, c.xv, c.yv), T, r"evaluate takes a ReplicaState", fixed=True),
+    Case("evaluate-no-targets", lambda c: tp.evaluate(c.state, c.xv), T, r"evaluate needs targets: .*evaluate\(state, data.test\)", fixed=True),
     Case("evaluate-vectorize-none", lambda c: tp.evaluate(c.state, c.xv, c.yv, vectorize=None), T, r"vectorize must be 'auto', a policy name", fixed=True),
     Case("step-state-none", lambda c: tp.train_step(None, c.key, c.x, c.y), T, r"train_step takes a ReplicaState", fixed=True),
     Case("step-vectorize-none", lambda c: tp.train_step(c.state, c.key, c.x, c.y, vectorize=None), T, r"vectorize must be 'auto', a policy name", fixed=True),
@@ -47,3 +49,10 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("case", bad_input_params(BAD_INPUTS))
 def test_bad_input_raises_before_anything_compiles(ctx, compiled, case):
     check_raises_before_compiling(ctx, compiled, case)
+
+
+def test_evaluate_takes_a_split(ctx):
+    """``evaluate(state, data.test)``: a Split or an (inputs, targets) pair."""
+    by_arrays = tp.evaluate(ctx.state, ctx.xv, ctx.yv)
+    for pair in (Split(ctx.xv, ctx.yv), (ctx.xv, ctx.yv)):
+        np.testing.assert_array_equal(tp.evaluate(ctx.state, pair).loss, by_arrays.loss)

@@ -23,6 +23,7 @@ from conftest import (
 
 import tempering as tp
 from tempering import driver, loops, training
+from tempering.data import Dataset, Split
 from tempering.moves import ExchangeState
 
 LADDER = tp.make_ladder(learning_rate=[0.02, 0.05, 0.1, 0.2])
@@ -321,10 +322,19 @@ def nan_at(array: np.ndarray, index: tuple, value: float = NAN) -> np.ndarray:
 # --- bad inputs (issue 17): raised before anything compiles ----------------------
 # The harness (ctx, compiled, Case) and the table's counts are in conftest.py.
 
+
+def whole_dataset(c):
+    """A tempering.data.Dataset of the shared arrays (given where a split goes)."""
+    split = Split(c.x, c.y)
+    return Dataset(split, Split(c.xv, c.yv), split, 3, "shared")
+
+
 # fmt: off
 BAD_INPUTS = [
     # --- pt_train -------------------------------------------------------------
     Case("pt-train-data-one-array", lambda c: pt(c, train_data=(c.x,)), V, r"train_data must be an \(inputs, targets\) pair of arrays, got a tuple of 1", fixed=True),
+    Case("pt-train-data-whole-dataset", lambda c: pt(c, train_data=whole_dataset(c)), V, r"train_data is a whole tempering.data.Dataset .*train_data=data.train", fixed=True),
+    Case("pt-validation-whole-dataset", lambda c: pt(c, validation_data=whole_dataset(c)), V, r"validation_data is a whole tempering.data.Dataset", fixed=True),
     Case("pt-vectorize-none", lambda c: pt(c, vectorize=None), T, r"vectorize must be 'auto', a policy name", fixed=True),
     Case("pt-exchanges-string", lambda c: pt(c, exchanges="False"), T, r"exchanges must be True or False"),
     Case("pt-adapt-rounds-with-fixed-c", lambda c: pt(c, adapt_rounds=3), V, r"adapt_rounds=3 with a fixed c=1.0: nothing adapts"),
