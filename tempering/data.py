@@ -22,6 +22,14 @@ class Split(NamedTuple):
     inputs: np.ndarray  # shape=(N, ...), dtype=float32, normalised
     labels: np.ndarray  # shape=(N,), dtype=int32, values in [0, num_classes)
 
+    def __repr__(self) -> str:
+        """Shapes and dtypes: a notebook shows a dataset without its arrays."""
+        parts = (
+            f"{name}={np.shape(a)} {getattr(a, 'dtype', type(a).__name__)}"
+            for name, a in zip(self._fields, self, strict=True)
+        )
+        return f"Split({', '.join(parts)})"
+
 
 class Dataset(NamedTuple):
     """A classification dataset with a held-out validation split."""

@@ -49,7 +49,7 @@ from tempering.config import MAX_STEP, Rounds, RunConfig, RunData, ScoreFn
 from tempering.hyperparams import check_names, set_hyperparams
 from tempering.loops import SegmentSettings, loop_for, run_evaluate, run_segment
 from tempering.moves import as_move, rungs_of
-from tempering.records import History, RecordRows, RoundRecord
+from tempering.records import History, RecordRows, RoundRecord, brief_repr
 from tempering.sources import (
     BatchError,
     RunSources,
@@ -65,7 +65,18 @@ __all__ = ["RunResult", "best_index", "ranked_last", "train"]
 
 
 class RunResult(NamedTuple):
-    """What :func:`train` returns."""
+    """What :func:`train` returns.
+
+    Attributes:
+        state: the replicas at the end of the call.
+        history: one record per round (:class:`tempering.History`).
+        final: ``(M,)`` loss and metrics on ``validation_data`` at the end of
+            the call (None without validation data).
+        final_score: ``(M,)`` the ``score_fn`` of ``final`` (lower is better).
+        diverged: ``(M,)`` bool, replicas non-finite at the end.
+        interrupted: stopped early by Ctrl-C (after a whole round).
+        move_state: the move's state at the end: pass it on to continue.
+    """
 
     state: ReplicaState
     history: History
@@ -74,6 +85,9 @@ class RunResult(NamedTuple):
     diverged: np.ndarray  # shape=(M,), bool; non-finite at the end of the call
     interrupted: bool = False  # stopped early by Ctrl-C (after a whole round)
     move_state: Any = None  # the move's state at the end: pass it on to continue
+
+    def __repr__(self) -> str:
+        return brief_repr(self)
 
 
 def ranked_last(run: RunResult) -> np.ndarray:

@@ -73,7 +73,7 @@ from tempering.hyperparams import (
     set_hyperparams,
 )
 from tempering.pbt_settings import SELECTIONS, PBTConfig, Prior, pbt_config
-from tempering.records import History, final_or_last, metric_of
+from tempering.records import History, brief_repr, final_or_last, metric_of
 from tempering.sources import prepare_sources
 from tempering.state import MetricsFn, ReplicaState, check_key, default_metrics
 from tempering.training import warn_no_move
@@ -358,7 +358,19 @@ def pbt_move(config: PBTConfig) -> PBTMove:
 
 
 class PBTSummary(NamedTuple):
-    """Run summary."""
+    """What one :func:`pbt_train` call found, read on the host.
+
+    Attributes:
+        num_copies: exploit copies over the call.
+        best_replica: the replica with the lowest final score (validation
+            loss by default); never a diverged one.
+        best_val_loss: its validation loss.
+        final_val_loss: ``(M,)`` validation losses at the end of the call.
+        final_val_metrics: name -> ``(M,)`` validation metrics at the end.
+        final_hyperparams: name -> ``(M,)`` hyperparameters at the end.
+        diverged: ``(M,)`` bool, replicas non-finite at the end.
+        interrupted: stopped early by Ctrl-C (after a whole round).
+    """
 
     num_copies: int  # exploit copies over the run
     best_replica: int  # replica with the lowest final score (validation loss)
@@ -379,9 +391,19 @@ class PBTSummary(NamedTuple):
         """Validation accuracy of the best replica."""
         return float(self.final_val_accuracy[self.best_replica])
 
+    def __repr__(self) -> str:
+        return brief_repr(self)
+
 
 class PBTResult(NamedTuple):
-    """What :func:`pbt_train` returns."""
+    """What :func:`pbt_train` returns.
+
+    Attributes:
+        state: the replicas at the end of the call.
+        history: one record per round (:class:`tempering.History`); its
+            ``move`` holds PBT's info: parent, copied, resampled.
+        summary: a :class:`PBTSummary`.
+    """
 
     state: ReplicaState
     history: History  # its move info: parent, copied, resampled (PBTInfo)

@@ -26,6 +26,7 @@ __all__ = [
     "History",
     "RecordRows",
     "RoundRecord",
+    "brief_repr",
     "concatenate",
     "final_or_last",
     "metric_of",
@@ -314,3 +315,41 @@ def check_history(history: Any, caller: str) -> None:
         raise TypeError(
             f"{caller} takes a tempering.History{hint}, got {type(history).__name__}"
         )
+
+
+def brief_repr(result: Any, opaque: Sequence[str] = ("move_state",)) -> str:
+    """A result's repr a notebook can show: arrays shortened, ``opaque`` fields by type.
+
+    Args:
+        result: a NamedTuple of a call's results (a summary).
+        opaque: fields shown by their type's name only (a move's state holds
+            every adaptation round's ratios).
+
+    Returns:
+        ``Name(field=value, ...)`` with arrays of more than 8 entries elided
+        and floats to 4 significant digits.
+    """
+    parts = []
+    for name, value in zip(result._fields, result, strict=True):
+        if name in opaque and value is not None:
+            parts.append(f"{name}={type(value).__name__}(...)")
+        else:
+            parts.append(f"{name}={_brief(value)}")
+    return f"{type(result).__name__}({', '.join(parts)})"
+
+
+def _brief(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_brief(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, np.ndarray | jax.Array) and np.ndim(value):
+        try:
+            array = np.asarray(value)
+        except Exception:  # noqa: BLE001 - split over processes: not readable here
+            return f"Array{tuple(np.shape(value))}"
+        return np.array2string(array, precision=4, threshold=8, separator=", ")
+    if isinstance(value, float | np.floating) or (
+        isinstance(value, np.ndarray | jax.Array)
+        and np.issubdtype(value.dtype, np.floating)
+    ):
+        return f"{float(value):.4g}"
+    return repr(value)

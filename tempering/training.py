@@ -33,14 +33,40 @@ from tempering.diagnostics import acceptance_rate, barrier, round_trips
 from tempering.driver import RunResult, best_index, check_not_traced, ranked_last, train
 from tempering.ladder import Ladder, assign_rungs, check_ladder, rungs_held
 from tempering.moves import ExchangeMove, exchange_move
-from tempering.records import History, final_or_last, metric_of
+from tempering.records import History, brief_repr, final_or_last, metric_of
 from tempering.state import MetricsFn, ReplicaState, default_metrics
 
 __all__ = ["PTResult", "PTSummary", "pt_summary", "pt_train"]
 
 
 class PTSummary(NamedTuple):
-    """Run summary (of this call)."""
+    """What one :func:`pt_train` call found, read on the host.
+
+    Attributes:
+        acceptance_rate: ``(M - 1,)`` accepted / proposed swaps per adjacent
+            pair of rungs (NaN for a pair never proposed).
+        round_trips: ``(M,)`` coldest -> hottest -> coldest trips per replica.
+        best_replica: the replica with the lowest final score (validation
+            loss by default); never a diverged one.
+        best_val_loss: its validation loss.
+        final_val_loss: ``(M,)`` validation losses at the end of the call.
+        final_val_metrics: name -> ``(M,)`` validation metrics at the end.
+        final_score: ``(M,)`` the scores the exchange compared at the end.
+        c: C at the end of the call (frozen once the adaptation is over);
+            ``c=summary.c`` reruns with it fixed.
+        ladder: the ladder at the end of the call (re-spaced if adapted).
+        diverged: ``(M,)`` bool, replicas non-finite at the end.
+        interrupted: stopped early by Ctrl-C (after a whole round).
+        move_state: the exchange's state at the end (rungs, and C and the
+            ladder with ``c="auto"``): ``pt_train(..., move_state=...)``
+            continues from it.
+        barrier: the communication barrier, the sum of the pairs' rejection
+            rates (:func:`tempering.diagnostics.barrier`; NaN if a pair was
+            never proposed).
+        round_trip_bound: the round trips of all replicas per round that
+            barrier allows.
+        suggested_rungs: the rungs it suggests (None with a NaN barrier).
+    """
 
     acceptance_rate: np.ndarray  # shape=(M - 1,), accepted / proposed per pair
     round_trips: np.ndarray  # shape=(M,), coldest -> hottest -> coldest trips
@@ -75,9 +101,20 @@ class PTSummary(NamedTuple):
         """Validation accuracy of the best replica."""
         return float(self.final_val_accuracy[self.best_replica])
 
+    def __repr__(self) -> str:
+        return brief_repr(self)
+
 
 class PTResult(NamedTuple):
-    """What :func:`pt_train` returns."""
+    """What :func:`pt_train` returns.
+
+    Attributes:
+        state: the replicas at the end of the call.
+        history: one record per round (:class:`tempering.History`); its
+            ``move`` holds the exchange's info: proposed, accepted,
+            acceptance_prob, c, ...
+        summary: a :class:`PTSummary`.
+    """
 
     state: ReplicaState
     history: History  # its move info: proposed, accepted, acceptance_prob, c, ...
