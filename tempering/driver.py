@@ -58,7 +58,7 @@ from tempering.sources import (
     prepare_sources,
 )
 from tempering.sources import metric_names as metric_names_of
-from tempering.state import EvalMetrics, ReplicaState, check_key
+from tempering.state import EvalMetrics, ReplicaState, check_key, check_state
 from tempering.step import zero_model_inputs
 
 __all__ = ["RunResult", "best_index", "ranked_last", "train"]
@@ -167,8 +167,7 @@ def plan(first_step: int, sched: Rounds) -> list[_Segment]:
 
 def check_not_traced(state: ReplicaState) -> None:
     """Raises TypeError unless ``state`` is a concrete ReplicaState (no jax.jit)."""
-    if not isinstance(state, ReplicaState):
-        raise TypeError("state must be a ReplicaState from tempering.create_replicas")
+    check_state(state, "the driver (pt_train, pbt_train, train)")
     if isinstance(state.step, jax.core.Tracer):
         raise TypeError(
             "the training drivers (pt_train, pbt_train, train) run on the host: "

@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tempering._caller import warn
-from tempering.state import ReplicaState
+from tempering.state import ReplicaState, check_state
 
 __all__ = [
     "REPLICA_AXIS",
@@ -139,11 +139,7 @@ def shard_replicas(
         >>> result.state.params["Dense_0"]["kernel"].sharding.spec
         PartitionSpec('replicas',)
     """
-    if not isinstance(state, ReplicaState):
-        raise TypeError(
-            "state must be a ReplicaState from tempering.create_replicas, got "
-            f"{type(state).__name__}"
-        )
+    check_state(state, "shard_replicas")
     mesh = checked_mesh(devices)
     num, count = state.num_replicas, mesh.size
     if num % count:

@@ -1072,9 +1072,15 @@ def check_key(key: Any, name: str) -> jax.Array:
 def check_state(state: Any, caller: str) -> None:
     """A TypeError unless ``state`` is a :class:`ReplicaState` (named by ``caller``)."""
     if not isinstance(state, ReplicaState):
+        hint = ""
+        if isinstance(getattr(state, "state", None), ReplicaState):
+            hint = (
+                ": this is a call's result; pass result.state (and "
+                "move_state=result.move_state to continue its rounds)"
+            )
         raise TypeError(
             f"{caller} takes a ReplicaState (from tempering.create_replicas, or a "
-            f"result's .state), got {type(state).__name__}"
+            f"result's .state), got {type(state).__name__}{hint}"
         )
 
 
