@@ -53,7 +53,10 @@ class PTSummary(NamedTuple):
         final_val_metrics: name -> ``(M,)`` validation metrics at the end.
         final_score: ``(M,)`` the scores the exchange compared at the end.
         c: C at the end of the call (frozen once the adaptation is over);
-            ``c=summary.c`` reruns with it fixed.
+            ``c=summary.c`` reruns with it fixed. With ``c="auto"`` it is 1.0
+            until a round has ended (the call warns when none did), and for
+            the grid (``exchanges=False``) the C the exchange would have
+            used on the grid's losses: nothing was proposed with it.
         ladder: the ladder at the end of the call (re-spaced if adapted).
         diverged: ``(M,)`` bool, replicas non-finite at the end.
         interrupted: stopped early by Ctrl-C (after a whole round).
