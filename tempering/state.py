@@ -651,6 +651,12 @@ def _uncallable(
             "Variables; Equinox's eqx.nn.State, passed with the model as "
             "(model, state); linen's batch_stats)"
         )
+    if model.kind == "equinox":
+        how += (
+            "; an Equinox model is called on one example at a time (shape "
+            f"{tuple(sample_input.shape[1:])}), vmapped over the batch as "
+            "Equinox's own examples do: write __call__ for a single example"
+        )
     if model.kind == "equinox" and not train:
         how += (
             "; an Equinox call gets key=None in inference, as Equinox's own "

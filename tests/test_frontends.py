@@ -1439,3 +1439,23 @@ def test_a_frontend_without_its_library_says_what_to_install(hide, module, says)
     code = f"import sys; {hide}; import tempering.frontends.{module}"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode != 0 and says in done.stderr
+
+
+class EqxBatched(eqx.Module):
+    """Written for a batch (vmaps itself): the library calls it per example."""
+
+    linear: eqx.nn.Linear
+
+    def __init__(self, key):
+        self.linear = eqx.nn.Linear(16, 3, key=key)
+
+    def __call__(self, x, *, key=None):
+        return jax.vmap(self.linear)(x)
+
+
+def test_an_equinox_model_written_for_a_batch_is_told_it_gets_one_example():
+    """The refusal named the batch's shape (2, 16), not the (16,) it is called on."""
+    with pytest.raises(ValueError, match=r"called on one example at a time \(shape "
+                       r"\(16,\)\).*write __call__ for a single example"):  # fmt: skip
+        tp.create_replicas(jax.random.key(0), EqxBatched, tp.sgd(0.1), TRAIN[0][:2],
+                           num_replicas=2)  # fmt: skip
