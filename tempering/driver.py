@@ -681,11 +681,17 @@ def _truthy(returned: Any) -> bool:
     return bool(returned)
 
 
-def _carry_kept(error: BaseException, kept: _Kept, run: _Run) -> None:
+def _carry_kept(
+    error: BaseException,
+    kept: _Kept,
+    run: _Run,
+    where: str = "after its last finite round",
+) -> None:
     """Any error of the rounds carries the call after its last finite round.
 
     As a DivergenceError does (``state``, ``move_state``, ``history``), and a
-    note saying so; an error that has such attributes of its own keeps them.
+    note saying so (``where`` the call stands); an error that has such
+    attributes of its own keeps them.
     """
     if any(hasattr(error, name) for name in ("state", "move_state", "history")):
         return
@@ -697,8 +703,8 @@ def _carry_kept(error: BaseException, kept: _Kept, run: _Run) -> None:
         return
     if hasattr(error, "add_note"):  # Python >= 3.11
         error.add_note(
-            f"tempering: error.state, .move_state and .history hold the call after "
-            f"its last finite round (step {int(state.step)})"
+            f"tempering: error.state, .move_state and .history hold the call "
+            f"{where} (step {int(state.step)})"
         )
 
 
@@ -807,11 +813,13 @@ def _finish(run, carry, progress, saver, bar, interrupt, kept) -> RunResult:
     except KeyboardInterrupt:
         final = final_score = None
         interrupt.requested = True
-    except BaseException:
+    except BaseException as error:
         try:
             _save_end(run, carry, progress, saver)  # what trained is kept
         except Exception:  # noqa: BLE001 - the evaluation's error is the one raised
             pass
+        end = _Kept(carry, progress, None)
+        _carry_kept(error, end, run, "at its end, before the final evaluation")
         raise
     history = _stack(progress, state, move_state, run, final)
     try:

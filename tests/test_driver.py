@@ -129,6 +129,31 @@ def test_a_callbacks_error_carries_the_rounds_done(state, blobs):
     assert leaves_equal(error.move_state, stopped.move_state)
 
 
+def test_an_error_in_the_final_evaluation_carries_the_whole_call(state, blobs):
+    """Before, validation data failing at the call's final evaluation (after
+    every round) raised without the state: all the call trained was lost."""
+    train, (xv, yv) = blobs
+    failing = {"now": False}
+
+    def validation():
+        if failing["now"]:
+            raise OSError("validation files went away")
+        return iter([(xv, yv)])
+
+    def callback(record):
+        failing["now"] = int(record.step) == 45  # the last round: then the end
+
+    with pytest.raises(OSError, match="went away") as caught:
+        pt(state, blobs, validation_data=validation, callback=callback)
+    error = caught.value
+    failing["now"] = False
+    done = pt(state, blobs, validation_data=validation)
+    assert int(error.state.step) == SETTINGS["num_steps"]
+    assert leaves_equal(error.state.params, done.state.params)
+    assert error.history.step.tolist() == done.history.step.tolist()
+    assert "before the final evaluation" in " ".join(error.__notes__)
+
+
 def test_loggers_write_every_round(state, blobs, tmp_path):
     path = tmp_path / "log.jsonl"
     with loggers.JsonlLogger(path) as log:
