@@ -400,6 +400,12 @@ def check_per_example(
             "optax.softmax_cross_entropy_with_integer_labels(outputs, targets) "
             "without .mean()"
         )
+    if "loss" in metrics:
+        raise ValueError(
+            f"{name}: metrics_fn returns a metric named 'loss', the name of "
+            "loss_fn's loss in the records and logs, which it would shadow: "
+            "name it otherwise (e.g. 'zero_one_loss')"
+        )
     wrong = {k: v for k, v in metrics.items() if v != (2,)}
     if wrong:
         raise ValueError(

@@ -23,6 +23,8 @@ BAD_INPUTS = [
     # traced on the data before the first segment compiles (they failed after it trained)
     Case("train-metrics-fn-mean", lambda c: run(c, metrics_fn=lambda o, t: {"acc": (o.argmax(-1) == t).mean()}), V, r"metrics_fn must return one value per example .*'acc': \(\)"),
     Case("train-metrics-fn-per-class", lambda c: run(c, metrics_fn=lambda o, t: {"p": o}), V, r"metrics_fn must return one value per example .*'p': \(2, 3\)"),
+    Case("train-metrics-fn-named-loss", lambda c: run(c, metrics_fn=lambda o, t: {"loss": (o.argmax(-1) != t).astype(float)}), V, r"metrics_fn returns a metric named 'loss'.*name it otherwise", fixed=True),
+    Case("evaluate-metrics-fn-named-loss", lambda c: tp.evaluate(c.state, c.xv, c.yv, metrics_fn=lambda o, t: {"loss": o[:, 0]}), V, r"metrics_fn returns a metric named 'loss'", fixed=True),
     Case("train-score-fn-scalar", lambda c: run(c, score_fn=lambda m: m.loss.mean()), V, r"score_fn must return one score per replica, shape \(4,\), got shape \(\)"),
     Case("train-score-fn-unknown-metric", lambda c: run(c, score_fn=lambda m: m.metrics["acc"]), V, r"score_fn fails on the validation metrics \(KeyError: 'acc'\).*\['accuracy'\]"),
     Case("train-augment-takes-the-pair", lambda c: run(c, augment=lambda batch: batch), V, r"augment fails on a batch of inputs \(8, 8\).*augment\(key, inputs\)"),
