@@ -184,6 +184,13 @@ class JsonlLogger:
                 f"JsonlLogger's path {self._path!r} is a folder: give a file's path, "
                 f"e.g. {os.path.join(self._path, 'rounds.jsonl')!r}"
             )
+        folder = os.path.dirname(os.path.abspath(self._path))
+        if not os.path.isdir(folder):
+            raise ValueError(
+                f"JsonlLogger's path {self._path!r} is in a folder that does not "
+                f"exist ({folder!r}): create it first, e.g. "
+                f"os.makedirs({folder!r}, exist_ok=True)"
+            )
         self._file: Any = None
 
     def __call__(self, record: RoundRecord) -> None:

@@ -277,6 +277,8 @@ def test_loggers_and_outputs_refuse_bad_arguments_when_made(tmp_path, monkeypatc
 
     with pytest.raises(ValueError, match="JsonlLogger's path .* is a folder"):
         loggers.JsonlLogger(tmp_path)
+    with pytest.raises(ValueError, match="in a folder that does not exist .*makedirs"):
+        loggers.JsonlLogger(tmp_path / "runs" / "log.jsonl")
     for make in (loggers.JsonlLogger, loggers.TensorBoardLogger):
         with pytest.raises(TypeError, match="must be a path"):
             make(None)
