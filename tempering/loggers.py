@@ -290,6 +290,11 @@ def _checked_path(path: Any, name: str) -> str:
     return os.fspath(path)
 
 
+#: Seconds within which TensorBoardLogger's events reach the file (its
+#: background writer's period; tensorboardX's default is 120).
+FLUSH_SECONDS = 2
+
+
 class TensorBoardLogger:
     """Writes every per-replica scalar of a round as TensorBoard events.
 
@@ -301,6 +306,13 @@ class TensorBoardLogger:
     writes its own event file (a unique ``filename_suffix`` unless
     ``writer_kwargs`` sets one): a second logger on the same ``logdir``, a
     continuing call's, never overwrites the first one's.
+
+    tensorboardX writes the events from a background thread, so a round
+    reaches the file within ``flush_secs`` of being logged (2 s here unless
+    ``writer_kwargs`` sets it; tensorboardX's own default is 120 s) and every
+    round at :meth:`close`: a process killed at once may lose its last
+    round's events, where :class:`JsonlLogger`'s line is on disk when the
+    call returns.
     """
 
     def __init__(self, logdir: str | os.PathLike, **writer_kwargs: Any):
@@ -312,9 +324,9 @@ class TensorBoardLogger:
                 "TensorBoardLogger needs tensorboardX: pip install "
                 '"tempering[tensorboard]" (or use JsonlLogger)'
             ) from error
-        self._kwargs = writer_kwargs
+        self._kwargs = {"flush_secs": FLUSH_SECONDS, **writer_kwargs}
         logdir = _checked_path(logdir, "TensorBoardLogger's logdir")
-        self._open = functools.partial(SummaryWriter, logdir, **writer_kwargs)
+        self._open = functools.partial(SummaryWriter, logdir, **self._kwargs)
         self._writer: Any = None  # created at the first record (process 0's)
 
     def __call__(self, record: RoundRecord) -> None:

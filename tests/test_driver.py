@@ -5,10 +5,12 @@ before the rewrite (marked ``# bug:``).
 """
 
 import dataclasses
+import functools
 import inspect
 import json
 import os
 import sys
+import time
 import types
 
 import chex
@@ -250,6 +252,42 @@ def test_tensorboard_hides_the_events_a_resumed_run_repeats(tmp_path):
     with loggers.TensorBoardLogger(tmp_path / "tb2", purge_step=5) as log:
         log(record)
         assert log._writer.purge_step == 5  # the user's own wins
+
+
+def _event_count(folder) -> int:
+    """Complete TFRecord records (events) in a folder's event files."""
+    count = 0
+    for path in folder.glob("events.out.tfevents.*"):
+        data, at = path.read_bytes(), 0
+        while at + 12 <= len(data):
+            length = int.from_bytes(data[at : at + 8], "little")
+            if at + 12 + length + 4 > len(data):
+                break
+            at, count = at + 16 + length, count + 1
+    return count
+
+
+def test_tensorboard_events_reach_the_file_while_the_run_goes_on(tmp_path):
+    """tensorboardX's writer thread flushed every 120 s: a run killed then
+    lost its last round's events, whatever the logger's flush() said."""
+    pytest.importorskip("tensorboardX")
+    make = functools.partial(
+        RoundRecord(*[None] * len(RoundRecord._fields))._replace,
+        train_loss=np.zeros(2), score=np.zeros(2), hyperparams={},
+        diverged=np.zeros(2, bool), restored_from=np.zeros(2),
+    )  # fmt: skip
+    with loggers.TensorBoardLogger(tmp_path / "all") as log:
+        log(make(round=0, step=10))
+        log(make(round=1, step=20))
+    everything = _event_count(tmp_path / "all")  # written at close
+    log = loggers.TensorBoardLogger(tmp_path / "tb")
+    log(make(round=0, step=10))
+    log(make(round=1, step=20))
+    deadline = time.monotonic() + 5 * loggers.FLUSH_SECONDS + 5
+    while _event_count(tmp_path / "tb") < everything and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _event_count(tmp_path / "tb") == everything  # before close
+    log.close()
 
 
 def test_two_tensorboard_loggers_on_one_logdir_keep_both_files(tmp_path):
