@@ -167,7 +167,7 @@ def select_parents(
         # A diverged replica that drew another copies a uniform finite one: it
         # is always replaced, as under truncation.
         finite = jnp.isfinite(scores)
-        logits = jnp.where(finite, 0.0, -jnp.inf)
+        logits = jnp.where(finite, 0.0, -jnp.inf).astype(jnp.float32)
         any_finite = jax.random.categorical(
             jax.random.fold_in(key, 1), logits, shape=(num,)
         )

@@ -19,11 +19,14 @@ import numpy as np
 import pytest
 
 import tempering as tp
+from tempering.pbt import select_parents
+from tempering.zoo.datasets import augment_crop_flip
 from tempering.zoo.models import MLP
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(64, 6)).astype(np.float32)
 Y = (X[:, 0] > 0).astype(np.int32)
+IMAGES = np.random.default_rng(1).normal(size=(8, 6, 6, 3)).astype(np.float32)
 
 
 @contextlib.contextmanager
@@ -54,7 +57,7 @@ def _runs() -> dict[str, str]:
         )
         result = tp.pt_train(
             state, ladder, jax.random.key(1), train_data=(X, Y),
-            validation_data=(X, Y), num_steps=40, exchange_interval=10,
+            validation_data=(X, Y), num_steps=20, exchange_interval=5,
             batch_size=16, c=c, scheme=scheme, progress=False,
         )  # fmt: skip
         assert result.summary.final_score.dtype == np.float32
@@ -67,7 +70,7 @@ def _runs() -> dict[str, str]:
         config = tp.pbt_config({"learning_rate": (0.01, 0.1)}, selection=selection)
         result = tp.pbt_train(
             state, jax.random.key(2), config=config, train_data=(X, Y),
-            validation_data=(X, Y), num_steps=40, ready_interval=10,
+            validation_data=(X, Y), num_steps=20, ready_interval=5,
             batch_size=16, progress=False,
         )  # fmt: skip
         out[f"pbt {selection}"] = _digest(result.state.params)
@@ -79,6 +82,15 @@ def _runs() -> dict[str, str]:
     )
     stepped, _ = tp.train_step(state, jax.random.key(1), X[:16], Y[:16])
     out["batch-size ladder step"] = _digest(stepped.params)
+    out["augment"] = _digest(augment_crop_flip(jax.random.key(3), IMAGES, padding=2))
+    scores = jnp.array(
+        [1.0, jnp.nan, 0.5, jnp.inf, 2.0, jnp.nan, 0.7, 3.0], jnp.float32
+    )
+    keys = jax.random.split(jax.random.key(4), 32)
+    for selection in ("truncation", "tournament"):
+        config = tp.pbt_config({"learning_rate": (0.01, 0.1)}, selection=selection)
+        parents = jax.vmap(lambda k, c=config: select_parents(k, scores, c))(keys)
+        out[f"parents {selection}, diverged"] = _digest(parents)
     return out
 
 

@@ -283,7 +283,9 @@ def augment_crop_flip(
     flips = jax.random.bernoulli(key_flip, jnp.float32(0.5), (n,))
 
     def crop_flip(image: jax.Array, offset: jax.Array, flip: jax.Array) -> jax.Array:
-        crop = jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
+        crop = jax.lax.dynamic_slice(
+            image, (offset[0], offset[1], jnp.int32(0)), (h, w, c)
+        )
         return jnp.where(flip, crop[:, ::-1], crop)
 
     return jax.vmap(crop_flip)(padded, offsets, flips)
