@@ -194,12 +194,16 @@ def _check_inputs(inputs: Any) -> np.ndarray:
 def _num_classes(state: ReplicaState, inputs: Any, name: str) -> int:
     """K, from the model's ``(N, K)`` outputs on ``inputs``, else a ValueError."""
     outputs = check_model_takes(state, inputs, name, axis=0)
-    if not isinstance(outputs, jax.ShapeDtypeStruct) or outputs.ndim != 2:
+    if (
+        not isinstance(outputs, jax.ShapeDtypeStruct)
+        or outputs.ndim != 2
+        or outputs.shape[-1] < 2
+    ):
         shape = getattr(outputs, "shape", type(outputs).__name__)
         raise ValueError(
             f"{name}: the model gives outputs of shape {shape} for one example; "
             "an ensemble averages class probabilities (a softmax over the "
-            "model's (N, K) class scores): it needs a classifier"
+            "model's (N, K) class scores, K >= 2): it needs a classifier"
         )
     return int(outputs.shape[-1])
 

@@ -188,3 +188,9 @@ def test_the_ensembles_need_a_classifier():
         replicas_probabilities(state, x[:10])
     with pytest.raises(ValueError, match=r"shape \(1,\) for one example.*a classifier"):
         cold_chain_ensemble(exchange_move(ladder), x[:10]).init(state)
+    head = tp.create_replicas(  # a Dense(1) head: every probability was 1
+        jax.random.key(0), models.MLP((8,), 1), tp.sgd(0.1), x[:1], ladder=ladder,
+        loss_fn=lambda outputs, targets: (outputs[..., 0] - targets) ** 2,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"shape \(1, 1\) for one example"):
+        replicas_probabilities(head, x[:10])
