@@ -167,7 +167,11 @@ def plan(first_step: int, sched: Rounds) -> list[_Segment]:
 
 def check_not_traced(state: ReplicaState) -> None:
     """Raises TypeError unless ``state`` is a concrete ReplicaState (no jax.jit)."""
-    check_state(state, "the driver (pt_train, pbt_train, train)")
+    check_state(
+        state,
+        "the training drivers (pt_train, pbt_train, train, diffusion_test)",
+        continues=True,
+    )
     if isinstance(state.step, jax.core.Tracer):
         raise TypeError(
             "the training drivers (pt_train, pbt_train, train) run on the host: "

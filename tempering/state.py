@@ -655,7 +655,8 @@ def _uncallable(
         how += (
             "; an Equinox model is called on one example at a time (shape "
             f"{tuple(sample_input.shape[1:])}), vmapped over the batch as "
-            "Equinox's own examples do: write __call__ for a single example"
+            "Equinox's own examples do: if __call__ was written for a batch, "
+            "write it for a single example"
         )
     if model.kind == "equinox" and not train:
         how += (
@@ -1075,15 +1076,18 @@ def check_key(key: Any, name: str) -> jax.Array:
     )
 
 
-def check_state(state: Any, caller: str) -> None:
-    """A TypeError unless ``state`` is a :class:`ReplicaState` (named by ``caller``)."""
+def check_state(state: Any, caller: str, continues: bool = False) -> None:
+    """A TypeError unless ``state`` is a :class:`ReplicaState` (named by ``caller``).
+
+    A call's result gets the hint to pass its ``.state``, and, where the
+    caller ``continues`` a run (the drivers), its ``.move_state``.
+    """
     if not isinstance(state, ReplicaState):
         hint = ""
         if isinstance(getattr(state, "state", None), ReplicaState):
-            hint = (
-                ": this is a call's result; pass result.state (and "
-                "move_state=result.move_state to continue its rounds)"
-            )
+            hint = ": this is a call's result; pass result.state"
+            if hasattr(state, "move_state") and continues:
+                hint += " (and move_state=result.move_state to continue its rounds)"
         raise TypeError(
             f"{caller} takes a ReplicaState (from tempering.create_replicas, or a "
             f"result's .state), got {type(state).__name__}{hint}"

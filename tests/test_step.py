@@ -21,6 +21,7 @@ from tempering.data import Split
 BAD_INPUTS = [
     # --- evaluate / train_step ------------------------------------------------
     Case("evaluate-state-none", lambda c: tp.evaluate(None, c.xv, c.yv), T, r"evaluate takes a ReplicaState", fixed=True),
+    Case("evaluate-a-result", lambda c: tp.evaluate(tp.RunResult(c.state, None, None, None, None), c.xv, c.yv), T, r"a call's result; pass result\.state$", fixed=True),
     Case("evaluate-no-targets", lambda c: tp.evaluate(c.state, c.xv), T, r"evaluate needs targets: .*evaluate\(state, data.test\)", fixed=True),
     Case("evaluate-vectorize-none", lambda c: tp.evaluate(c.state, c.xv, c.yv, vectorize=None), T, r"vectorize must be 'auto', a policy name", fixed=True),
     Case("step-state-none", lambda c: tp.train_step(None, c.key, c.x, c.y), T, r"train_step takes a ReplicaState", fixed=True),
