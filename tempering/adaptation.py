@@ -127,12 +127,18 @@ def init_adaptation(ladder: Ladder, adapt_rounds: int, c: float) -> AdaptationSt
     )
 
 
+def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """The sum of ``values`` over the count of ``mask`` (at least 1), float32."""
+    count = jnp.maximum(mask.sum(), 1).astype(jnp.float32)
+    return values.sum().astype(jnp.float32) / count
+
+
 def mean_acceptance(c: jax.Array, log_ratios: jax.Array) -> jax.Array:
     """Mean of ``min(1, exp(c x))`` over the finite entries of ``log_ratios``."""
     valid = jnp.isfinite(log_ratios)
     x = jnp.where(valid, log_ratios, 0.0)
     probs = jnp.where(valid, jnp.exp(jnp.minimum(c * x, 0.0)), 0.0)
-    return probs.sum() / jnp.maximum(valid.sum(), 1).astype(jnp.float32)
+    return _masked_mean(probs, valid)
 
 
 def solve_c(log_ratios: jax.Array, target: float, fallback: jax.Array) -> jax.Array:
@@ -182,8 +188,7 @@ def solve_c(log_ratios: jax.Array, target: float, fallback: jax.Array) -> jax.Ar
 def _favourable_share(ratios: jax.Array) -> jax.Array:
     """The share of finite ratios that are favourable (``>= 0``, always accepted)."""
     seen = jnp.isfinite(ratios)
-    favourable = (seen & (ratios >= 0)).sum().astype(jnp.float32)
-    return favourable / jnp.maximum(seen.sum(), 1).astype(jnp.float32)
+    return _masked_mean(seen & (ratios >= 0), seen)
 
 
 def _switch_share(target: float | jax.Array) -> jax.Array:
@@ -273,16 +278,13 @@ def decay_step(
     pooled = x if recent is None else jnp.asarray(recent, jnp.float32)
     unfavourable = jnp.isfinite(x) & (x < 0)
     cx = jnp.where(unfavourable, c * x, 0.0)
-    accepted = jnp.where(unfavourable, jnp.exp(cx), 0.0).sum()
-    accepted = accepted / jnp.maximum(unfavourable.sum(), 1).astype(jnp.float32)
+    accepted = _masked_mean(jnp.where(unfavourable, jnp.exp(cx), 0.0), unfavourable)
     excess = accepted - _unfavourable_aim(_favourable_share(pooled), target)
     # the sensitivity from the recent rounds: this round's alone is noisy, and
     # dividing by it biases the steps
     seen = jnp.isfinite(pooled) & (pooled < 0)
     pooled_cx = jnp.where(seen, c * pooled, 0.0)
-    slope = (pooled_cx * jnp.exp(pooled_cx)).sum() / jnp.maximum(seen.sum(), 1).astype(
-        jnp.float32
-    )
+    slope = _masked_mean(pooled_cx * jnp.exp(pooled_cx), seen)
     gain = (jnp.asarray(step, jnp.float32) + 1.0) ** -_DECAY_EXPONENT
     move = jnp.clip(gain * excess / jnp.maximum(-slope, _MIN_SLOPE), -1.0, 1.0)
     return jnp.where(unfavourable.any(), c * jnp.exp(move), c).astype(jnp.float32)

@@ -143,7 +143,18 @@ class Ladder:
         return self.rule if np.ptp(np.asarray(rates)) > 0 else None
 
     def __repr__(self) -> str:
-        text = f"Ladder(values={self.values!r}, temperatures={self.temperatures!r}"
+        """Values and temperatures to 4 digits (more than 8 rungs elided)."""
+
+        def show(array: Any) -> str:
+            try:
+                return np.array2string(
+                    np.asarray(array), precision=4, threshold=8, separator=", "
+                )
+            except Exception:  # noqa: BLE001 - traced, or split over processes
+                return repr(array)
+
+        values = ", ".join(f"{k!r}: {show(v)}" for k, v in self.values.items())
+        text = f"Ladder(values={{{values}}}, temperatures={show(self.temperatures)}"
         rule = self.dropout_temperature
         if rule is not None:
             text += f", dropout_temperature={rule!r}"

@@ -338,18 +338,31 @@ def brief_repr(result: Any, opaque: Sequence[str] = ("move_state",)) -> str:
     return f"{type(result).__name__}({', '.join(parts)})"
 
 
+def _plain_named_tuple(value: Any) -> bool:
+    """A NamedTuple with the repr ``collections.namedtuple`` gives it."""
+    return (
+        isinstance(value, tuple)
+        and hasattr(value, "_fields")
+        and type(value).__repr__.__module__ == "collections"
+    )
+
+
 def _brief(value: Any) -> str:
+    """``value`` for :func:`brief_repr`: containers recursed into, arrays elided."""
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k!r}: {_brief(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, np.ndarray | jax.Array) and np.ndim(value):
-        try:
-            array = np.asarray(value)
-        except Exception:  # noqa: BLE001 - split over processes: not readable here
-            return f"Array{tuple(np.shape(value))}"
-        return np.array2string(array, precision=4, threshold=8, separator=", ")
-    if isinstance(value, float | np.floating) or (
-        isinstance(value, np.ndarray | jax.Array)
-        and np.issubdtype(value.dtype, np.floating)
-    ):
-        return f"{float(value):.4g}"
+    if _plain_named_tuple(value):  # one with a repr of its own (History) keeps it
+        fields = zip(value._fields, value, strict=True)
+        return f"{type(value).__name__}({', '.join(f'{k}={_brief(v)}' for k, v in fields)})"
+    if isinstance(value, np.ndarray | jax.Array | np.generic):
+        if np.ndim(value):
+            try:
+                array = np.asarray(value)
+            except Exception:  # noqa: BLE001 - split over processes: not readable here
+                return f"Array{tuple(np.shape(value))}"
+            return np.array2string(array, precision=4, threshold=8, separator=", ")
+        value = value.item()
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+        return text if any(c in text for c in ".enai") else text + ".0"
     return repr(value)

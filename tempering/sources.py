@@ -124,7 +124,8 @@ def _in_memory(data: Any, name: str = "data") -> ArraySource | None:
         raise ValueError(
             f"{name} is a whole tempering.data.Dataset (its train, validation and "
             f"test splits); give one split: train_data=data.train, "
-            "validation_data=data.validation, test_data=data.test"
+            "validation_data=data.validation, test_data=data.test (in a "
+            "RunData: RunData(data.train, data.validation, data.test))"
         )
     if (
         isinstance(data, tuple)

@@ -86,8 +86,8 @@ def replica_train_step(
     weights = None
     if "batch_size" in hyperparams:
         size = jax.tree.leaves(targets)[0].shape[0]
-        weights = jnp.arange(size, dtype=jnp.float32) < hyperparams["batch_size"]
-        weights = weights.astype(jnp.float32)
+        kept = jnp.arange(size, dtype=jnp.float32) < hyperparams["batch_size"]
+        weights = kept.astype(jnp.float32)
         if takes_batch_mask(state.model):  # as create_replicas accepted it
             model_inputs = {**model_inputs, "batch_mask": weights > 0}
 

@@ -1456,6 +1456,6 @@ class EqxBatched(eqx.Module):
 def test_an_equinox_model_written_for_a_batch_is_told_it_gets_one_example():
     """The refusal named the batch's shape (2, 16), not the (16,) it is called on."""
     with pytest.raises(ValueError, match=r"called on one example at a time \(shape "
-                       r"\(16,\)\).*write __call__ for a single example"):  # fmt: skip
+                       r"\(16,\)\).*write it for a single example"):  # fmt: skip
         tp.create_replicas(jax.random.key(0), EqxBatched, tp.sgd(0.1), TRAIN[0][:2],
                            num_replicas=2)  # fmt: skip

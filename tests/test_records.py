@@ -1,5 +1,7 @@
 """tempering.records: one History for every driver, concatenated across calls."""
 
+import re
+
 import chex
 import jax
 import numpy as np
@@ -120,11 +122,18 @@ def test_summaries_and_datasets_print_in_a_few_lines(pt_run):
     assert "move_state=ExchangeState(...)" in summary
     assert "log_ratios" not in summary and "\n" not in summary
     assert summary in repr(result)
-    wide = result.summary._replace(final_val_loss=np.linspace(0.0, 1.0, 100))
-    assert "..." in repr(wide) and len(repr(wide)) < len(summary) + 200
-    run = tp.RunResult(result.state, result.history, None, None, np.zeros(4, bool),
+    many = np.linspace(0.0, 1.0, 100)
+    wide = result.summary._replace(
+        final_val_loss=many, ladder=tp.geometric_ladder("learning_rate", 0.01, 1, 100)
+    )
+    # three arrays elided, and the move state
+    assert repr(wide).count("...") == 4 and len(repr(wide)) < len(summary) + 250
+    assert re.search(r", c=\d*\.\d+,", summary)  # a float (1.0, never an int's 1)
+    final = tp.EvalMetrics(many, {"accuracy": many})
+    run = tp.RunResult(result.state, result.history, final, many, np.zeros(4, bool),
                        move_state=result.summary.move_state)  # fmt: skip
     assert "move_state=ExchangeState(...)" in repr(run)
+    assert repr(run).count("...") == 4 and "\n" not in repr(run)  # 3 and the state
     split = Split(np.zeros((3600, 40), np.float32), np.zeros(3600, np.int32))
     data = Dataset(split, split, split, 10, "mnist1d")
     assert repr(split) == "Split(inputs=(3600, 40) float32, labels=(3600,) int32)"
