@@ -168,8 +168,10 @@ class JsonlLogger:
     short by the stop) to ``<path>.superseded`` (appended; nothing is
     deleted), with a warning, so the file holds each round once. One logger
     given several calls appends them all (a continued run, or runs in a
-    loop). A path that is not a regular file (a pipe, ``/dev/stdout``) is
-    only appended to.
+    loop); a new logger on a file another run wrote takes its rounds for
+    this run's repeated ones, so give each run its own path (one per seed).
+    A path that is not a regular file (a pipe, ``/dev/stdout``) is only
+    appended to.
     """
 
     def __init__(self, path: str | os.PathLike):
