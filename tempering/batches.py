@@ -255,6 +255,20 @@ class BatchReader:
             self._pending = [(self._read(1)[0], mark, count)]
         return self._pending[0][0]
 
+    def unread(self) -> None:
+        """Gives the peeked batches back to a stream that can be set back.
+
+        An iterator with ``get_state`` / ``set_state`` is set to its state
+        before the first peeked batch, so that a later call given the same
+        iterator reads them (a call stopped early took the next batch only to
+        fingerprint it). A re-iterable is read afresh by each call, and a
+        one-pass iterator cannot be set back: nothing to do.
+        """
+        if self._pending and _can_save(self._iterator):
+            _, mark, count = self._pending[0]
+            self._iterator.set_state(mark)
+            self.count, self._pending = count, []
+
     def take(self, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """The next ``count`` batches as numpy ``(inputs, targets)`` pairs."""
         out, self._pending = self._pending[:count], self._pending[count:]

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -600,15 +600,8 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
             carry, progress, record = _train_segment(run, carry, progress, index)
             if record is not None:
                 kept = _keep(carry, progress, saver, run.data.train)
-                if index + 1 < segments:  # the next segment reads the batch anyway
-                    position = resume.with_next_batch(
-                        kept.train_position, run.data.train
-                    )
-                    kept = kept._replace(train_position=position)
         except (divergence.DivergenceError, BatchError) as error:
-            _save_kept(saver, kept, error)
-            history = _stack(kept.progress, *kept.carry, run, None)
-            raise divergence.attach(error, *kept.carry, history) from None
+            _raise_kept(error, kept, saver, run)
         except Exception as error:
             _save_kept(saver, kept, error)
             _carry_kept(error, kept, run)
@@ -631,6 +624,15 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
                 _keep_on_abort(saver, kept, error, run)
                 raise
             last = index + 1 == segments
+            if not (stop or last or _interrupted(interrupt)):
+                try:  # the next segment reads that batch: taken only if it trains
+                    kept = kept._replace(
+                        train_position=resume.with_next_batch(
+                            kept.train_position, run.data.train
+                        )
+                    )
+                except (divergence.DivergenceError, BatchError) as error:
+                    _raise_kept(error, kept, saver, run)
             if saver is not None and saver.due() and not (stop or last):
                 try:
                     _save_or_warn(saver, carry, progress, kept.train_position, _DUE)
@@ -640,11 +642,23 @@ def _run_segments(run, carry, progress, saver, bar, interrupt):
                 except (KeyboardInterrupt, SystemExit) as error:  # in the save
                     _keep_on_abort(saver, kept, error, run)
                     raise
-        if stop or (interrupt.requested and jax.process_count() == 1):
+        if stop or _interrupted(interrupt):
             break
     if jax.process_count() > 1:  # process 0's Ctrl-C stopped them all: all say so
         interrupt.requested = sharding.from_process_0(interrupt.requested)
     return carry, progress, kept
+
+
+def _interrupted(interrupt: Any) -> bool:
+    """A Ctrl-C that stops the call at this segment's end (one process: any end)."""
+    return bool(interrupt.requested) and jax.process_count() == 1
+
+
+def _raise_kept(error: BaseException, kept: _Kept, saver: Any, run: _Run) -> NoReturn:
+    """Saves the call after its last finite round, attaches it to ``error``, raises."""
+    _save_kept(saver, kept, error)
+    history = _stack(kept.progress, *kept.carry, run, None)
+    raise divergence.attach(error, *kept.carry, history) from None
 
 
 def _callback_stops(callback, record: RoundRecord, stop: bool) -> bool:
@@ -857,10 +871,13 @@ def _save_end(run, carry, progress, saver) -> None:
         return
     position = resume.stream_position(run.data.train)
     if progress.next_segment < len(run.segments):  # stopped early: resumable
-        try:
+        try:  # the next batch, fingerprinted for the resume, then given back
             position = resume.with_next_batch(position, run.data.train)
         except ValueError:  # a bad or missing batch: the resumed call says so
             pass
+        finally:
+            if isinstance(run.data.train, BatchReader):
+                run.data.train.unread()
     _save_or_warn(saver, carry, progress, position, _LAST)
 
 

@@ -392,6 +392,27 @@ def test_a_stream_of_other_batches_is_refused_on_resume(state, blobs, tmp_path, 
     assert rounds_seen == [2, 3]  # resumed anyway, as asked
 
 
+def test_a_call_stopped_early_leaves_its_next_batch_in_the_stream(
+    state, blobs, tmp_path
+):
+    """With checkpoint_dir, a call stopped by its callback took one batch more
+    from the caller's iterator (fingerprinted for the resume, never trained):
+    the next call given that iterator skipped it."""
+    (x, y), _ = blobs
+    ends = {}
+    for folder in (None, tmp_path):
+        stream_ = Rewindable(x, y)
+        first = pt(state, blobs, stream_, checkpoint_dir=folder,
+                   callback=lambda r: r.round == 1)  # fmt: skip
+        ends[folder] = stream_.get_state()
+        second = pt(
+            first.state, blobs, stream_, num_steps=20, move_state=first.move_state
+        )
+        ends[folder, "params"] = second.state.params
+    assert ends[None] == ends[tmp_path] == {"index": 20}
+    assert leaves_equal(ends[None, "params"], ends[tmp_path, "params"])
+
+
 # --- evaluation streams: every batch checked and chunked; reads after checks ------
 
 
