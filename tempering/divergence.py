@@ -185,6 +185,7 @@ def _warn(replica: int, hyperparams: Any, step: int, what: str) -> None:
     """The RuntimeWarning that ``replica`` (its ``hyperparams`` named) diverged."""
     values = ", ".join(f"{k}={float(v[replica]):.4g}" for k, v in hyperparams.items())
     warn(
-        f"replica {replica} ({values}) diverged by step {step} (non-finite loss): {what}",
+        f"replica {replica} ({values}) diverged by step {step} (non-finite loss "
+        f"or score): {what}",
         RuntimeWarning,
     )

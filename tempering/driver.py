@@ -933,7 +933,8 @@ def _result(state, move_state, history, final, final_score, interrupt) -> RunRes
     diverged = _diverged_at_end(history, final, final_score, state.num_replicas)
     if diverged.all():
         raise divergence.DivergenceError(
-            f"every replica diverged (non-finite loss) by step {int(state.step)}, "
+            f"every replica diverged (a non-finite loss or score) by step "
+            f"{int(state.step)}, "
             "the end of the call: lower the learning rate or check the model and "
             "data; the error's .state is the last finite state, its .history the "
             "rounds done",
