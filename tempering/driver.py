@@ -657,8 +657,9 @@ def _interrupted(interrupt: Any) -> bool:
 def _raise_kept(error: BaseException, kept: _Kept, saver: Any, run: _Run) -> NoReturn:
     """Saves the call after its last finite round, attaches it to ``error``, raises."""
     _save_kept(saver, kept, error)
-    history = _stack(kept.progress, *kept.carry, run, None)
-    raise divergence.attach(error, *kept.carry, history) from None
+    state, move_state = kept.carry
+    history = _stack(kept.progress, state, move_state, run, None)
+    raise divergence.attach(error, state, move_state, history) from None
 
 
 def _callback_stops(callback, record: RoundRecord, stop: bool) -> bool:
