@@ -48,7 +48,7 @@ from tempering.batches import BatchReader
 from tempering.config import MAX_STEP, Rounds, RunConfig, RunData, ScoreFn
 from tempering.hyperparams import check_names, set_hyperparams
 from tempering.loops import SegmentSettings, loop_for, run_evaluate, run_segment
-from tempering.moves import as_move, rungs_of
+from tempering.moves import ExchangeMove, as_move, rungs_of
 from tempering.records import History, RecordRows, RoundRecord, brief_repr
 from tempering.sources import (
     BatchError,
@@ -180,6 +180,13 @@ def check_not_traced(state: ReplicaState) -> None:
             "(every step inside is compiled already); to compile your own loop, "
             "use tempering.train_step or tempering.loops.train_segment"
         )
+
+
+def _move_name(move: Any) -> str:
+    """The progress bar's name of a move: its type's, the grid's its own."""
+    if isinstance(move, ExchangeMove) and not move.enabled:
+        return "grid"
+    return type(move).__name__
 
 
 def _progress(total: int, enabled: bool | None, name: str):
@@ -472,7 +479,7 @@ def train(
         )
         bar = _progress(
             config.num_steps, config.progress if jax.process_index() == 0 else False,
-            type(move).__name__,
+            _move_name(move),
         )  # fmt: skip
         if bar is not None:
             bar.update(sum(seg.steps for seg in segments[: progress.next_segment]))

@@ -335,6 +335,13 @@ def test_loggers_and_outputs_refuse_bad_arguments_when_made(tmp_path, monkeypatc
         assert driver._progress(10, True, "x") is None
 
 
+def test_the_progress_bar_names_the_grid():
+    """It said ExchangeMove for a grid run (exchanges=False) too."""
+    assert driver._move_name(tp.exchange_move(LR_LADDER, enabled=False)) == "grid"
+    assert driver._move_name(tp.exchange_move(LR_LADDER)) == "ExchangeMove"
+    assert driver._move_name(tp.identity_move()) == "IdentityMove"
+
+
 def test_a_failing_save_warns_and_keeps_what_trained(
     state, blobs, tmp_path, monkeypatch
 ):
