@@ -133,6 +133,13 @@ def pbt_config(
         )
     if bounds is not None and not isinstance(bounds, Mapping):
         raise TypeError(f"bounds must be a mapping name -> (low, high), got {bounds!r}")
+    for mapping, what in ((prior, "prior"), (bounds or {}, "bounds")):
+        named = [n for n in mapping if not isinstance(n, str)]
+        if named:
+            raise TypeError(
+                f"{what} names hyperparameters by str (as create_replicas holds "
+                f"them, e.g. 'learning_rate'), got {named[0]!r}"
+            )
     bounds = dict(bounds or {})
     extra = sorted(set(bounds) - set(prior))
     if extra:

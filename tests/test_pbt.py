@@ -768,6 +768,8 @@ def replay(
 BAD_INPUTS = [
     # --- pbt ------------------------------------------------------------------
     Case("pbt-prior-empty", lambda c: tp.pbt_config({}), V, r"prior is empty"),
+    Case("pbt-prior-name-mixed", lambda c: tp.pbt_config({1: (0.1, 1), "b1": (0.5, 0.9)}), T, r"prior names hyperparameters by str .* got 1", fixed=True),
+    Case("pbt-bounds-name-int", lambda c: tp.pbt_config({"learning_rate": (0.01, 0.1)}, bounds={0: (0.0, 1.0)}), T, r"bounds names hyperparameters by str .* got 0", fixed=True),
     Case("pbt-prior-reversed", lambda c: tp.pbt_config({"learning_rate": (0.1, 0.01)}), V, r"low=0.1 >= high=0.01"),
     Case("pbt-prior-lr-negative", lambda c: tp.pbt_config({"learning_rate": (-0.1, 0.1)}), V, r"learning_rate in the prior"),
     Case("pbt-prior-dropout-1", lambda c: tp.pbt_config({"dropout_rate": (0.0, 1.0)}), V, r"dropout_rate in the prior.*\[0, 1\)"),
