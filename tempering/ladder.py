@@ -55,6 +55,7 @@ import numpy as np
 from flax import struct
 from numpy.typing import ArrayLike
 
+from tempering._text import short_array
 from tempering.hyperparams import (
     INTEGER_HYPERPARAMETERS,
     check_names,
@@ -146,12 +147,7 @@ class Ladder:
         """Values and temperatures to 4 digits (more than 8 rungs elided)."""
 
         def show(array: Any) -> str:
-            try:
-                return np.array2string(
-                    np.asarray(array), precision=4, threshold=8, separator=", "
-                )
-            except Exception:  # noqa: BLE001 - traced, or split over processes
-                return repr(array)
+            return short_array(array, repr(array))
 
         values = ", ".join(f"{k!r}: {show(v)}" for k, v in self.values.items())
         text = f"Ladder(values={{{values}}}, temperatures={show(self.temperatures)}"

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from tempering._text import short_array
 from tempering.state import EvalMetrics
 
 __all__ = [
@@ -356,11 +357,7 @@ def _brief(value: Any) -> str:
         return f"{type(value).__name__}({', '.join(f'{k}={_brief(v)}' for k, v in fields)})"
     if isinstance(value, np.ndarray | jax.Array | np.generic):
         if np.ndim(value):
-            try:
-                array = np.asarray(value)
-            except Exception:  # noqa: BLE001 - split over processes: not readable here
-                return f"Array{tuple(np.shape(value))}"
-            return np.array2string(array, precision=4, threshold=8, separator=", ")
+            return short_array(value, f"Array{tuple(np.shape(value))}")
         value = value.item()
     if isinstance(value, float):
         text = f"{value:.4g}"

@@ -89,7 +89,7 @@ def replica_train_step(
         kept = jnp.arange(size, dtype=jnp.float32) < hyperparams["batch_size"]
         weights = kept.astype(jnp.float32)
         if takes_batch_mask(state.model):  # as create_replicas accepted it
-            model_inputs = {**model_inputs, "batch_mask": weights > 0}
+            model_inputs = {**model_inputs, "batch_mask": kept}
 
     def loss_of(p):
         outputs, new_stats = state.model.apply(
